@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "memory.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "layout.h"
+#include "microvm.h"
+
+struct _MvmMemory {
+    guint64 size;
+    int fd;       /* memfd; -1 for a private file mapping */
+    guint8 *base; /* one mapping of the whole RAM, in fd order */
+    guint n_regions;
+    MvmMemoryRegion regions[MVM_MEMORY_MAX_REGIONS];
+};
+
+/* Low RAM ends where the MMIO gap starts; the rest continues at 4 GiB. */
+static void split_into_regions(MvmMemory *mem)
+{
+    guint64 low = MIN(mem->size, MVM_MMIO_GAP_START);
+
+    mem->regions[0] = (MvmMemoryRegion){.gpa = 0, .size = low, .fd_offset = 0, .host = mem->base};
+    mem->n_regions = 1;
+    if (mem->size > low) {
+        mem->regions[1] = (MvmMemoryRegion){
+            .gpa = MVM_MMIO_GAP_END,
+            .size = mem->size - low,
+            .fd_offset = low,
+            .host = mem->base + low,
+        };
+        mem->n_regions = 2;
+    }
+}
+
+static gboolean check_size(guint64 size, GError **error)
+{
+    if (size < 2 * MVM_MIB || size % (2 * MVM_MIB) != 0) {
+        g_set_error(
+            error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+            "guest memory must be a multiple of 2 MiB and at least 2 MiB, not %" G_GUINT64_FORMAT
+            " bytes",
+            size);
+        return FALSE;
+    }
+    /* Keep all RAM below the 46-bit physical limit we advertise and sizes sane for mmap. */
+    if (size > (1ULL << 46) - MVM_MMIO_GAP_END) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "guest memory of %" G_GUINT64_FORMAT " MiB is too large",
+                    (guint64)(size / MVM_MIB));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static MvmMemory *memory_map(int fd, guint64 size, int mmap_flags, GError **error)
+{
+    /* MAP_NORESERVE: guest RAM is touched lazily; do not charge it all up front. */
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, mmap_flags | MAP_NORESERVE, fd, 0);
+
+    if (base == MAP_FAILED) {
+        int saved = errno;
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED,
+                    "cannot map %" G_GUINT64_FORMAT " MiB of guest memory: %s",
+                    (guint64)(size / MVM_MIB), g_strerror(saved));
+        return NULL;
+    }
+    /* Guest RAM never goes into a core dump of the daemon; transparent huge pages help TLBs. */
+    madvise(base, size, MADV_DONTDUMP);
+    madvise(base, size, MADV_HUGEPAGE);
+
+    MvmMemory *mem = g_new0(MvmMemory, 1);
+    mem->size = size;
+    mem->base = base;
+    mem->fd = -1;
+    split_into_regions(mem);
+    return mem;
+}
+
+MvmMemory *mvm_memory_new(guint64 size, GError **error)
+{
+    if (!check_size(size, error))
+        return NULL;
+
+    int fd = memfd_create("microvm-ram", MFD_CLOEXEC);
+    if (fd < 0) {
+        int saved = errno;
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "memfd_create: %s", g_strerror(saved));
+        return NULL;
+    }
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int saved = errno;
+        close(fd);
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot size guest memory: %s",
+                    g_strerror(saved));
+        return NULL;
+    }
+    MvmMemory *mem = memory_map(fd, size, MAP_SHARED, error);
+    if (mem == NULL) {
+        close(fd);
+        return NULL;
+    }
+    mem->fd = fd;
+    return mem;
+}
+
+MvmMemory *mvm_memory_new_from_fd(int fd, guint64 size, gboolean copy, GError **error)
+{
+    if (!check_size(size, error))
+        return NULL;
+    if (!copy)
+        return memory_map(fd, size, MAP_PRIVATE, error);
+
+    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
+    if (mem == NULL)
+        return NULL;
+    for (guint64 done = 0; done < size;) {
+        ssize_t n = pread(fd, mem->base + done, MIN(size - done, 8 * MVM_MIB), (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot read guest memory: %s",
+                        n < 0 ? g_strerror(errno) : "file too short");
+            return NULL;
+        }
+        done += (guint64)n;
+    }
+    return g_steal_pointer(&mem);
+}
+
+void mvm_memory_free(MvmMemory *mem)
+{
+    if (mem == NULL)
+        return;
+    munmap(mem->base, mem->size);
+    if (mem->fd >= 0)
+        close(mem->fd);
+    g_free(mem);
+}
+
+guint64 mvm_memory_get_size(const MvmMemory *mem)
+{
+    return mem->size;
+}
+
+guint64 mvm_memory_get_end(const MvmMemory *mem)
+{
+    const MvmMemoryRegion *last = &mem->regions[mem->n_regions - 1];
+    return last->gpa + last->size;
+}
+
+guint mvm_memory_get_n_regions(const MvmMemory *mem)
+{
+    return mem->n_regions;
+}
+
+const MvmMemoryRegion *mvm_memory_get_region(const MvmMemory *mem, guint index)
+{
+    g_return_val_if_fail(index < mem->n_regions, NULL);
+    return &mem->regions[index];
+}
+
+int mvm_memory_get_fd(const MvmMemory *mem)
+{
+    return mem->fd;
+}
+
+void *mvm_memory_get_ptr(const MvmMemory *mem, guint64 gpa, guint64 len)
+{
+    for (guint i = 0; i < mem->n_regions; i++) {
+        const MvmMemoryRegion *r = &mem->regions[i];
+        /* Written so that no sum can overflow: gpa - r->gpa is only taken when gpa >= r->gpa. */
+        if (gpa < r->gpa || gpa - r->gpa >= r->size)
+            continue;
+        guint64 offset = gpa - r->gpa;
+        if (len > r->size - offset)
+            return NULL;
+        return r->host + offset;
+    }
+    return NULL;
+}
+
+static gboolean range_error(guint64 gpa, gsize len, GError **error)
+{
+    g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                "guest range 0x%" G_GINT64_MODIFIER "x+0x%" G_GSIZE_MODIFIER "x is not RAM", gpa,
+                len);
+    return FALSE;
+}
+
+gboolean mvm_memory_write(MvmMemory *mem, guint64 gpa, const void *src, gsize len, GError **error)
+{
+    void *dst = mvm_memory_get_ptr(mem, gpa, len);
+    if (dst == NULL)
+        return range_error(gpa, len, error);
+    memcpy(dst, src, len);
+    return TRUE;
+}
+
+gboolean mvm_memory_read(const MvmMemory *mem, guint64 gpa, void *dst, gsize len, GError **error)
+{
+    const void *src = mvm_memory_get_ptr(mem, gpa, len);
+    if (src == NULL)
+        return range_error(gpa, len, error);
+    memcpy(dst, src, len);
+    return TRUE;
+}

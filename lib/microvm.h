@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libmicrovm: run KVM microVMs from a C program.
+ *
+ * This is the whole public API: the daemon, microvm-run and the tests use
+ * nothing else. A VM goes through one state machine:
+ *
+ *     created → running ⇄ paused → stopped
+ *                  └──────────────→ crashed
+ *
+ * Threading: a VM may be driven from one thread at a time (the daemon's main
+ * loop). Its vCPUs run on threads of their own; the state and console
+ * callbacks are called on those threads, so a caller that owns a main loop
+ * must hand the news over (g_main_context_invoke) and never block in them.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+#define MVM_ERROR (mvm_error_quark())
+GQuark mvm_error_quark(void);
+
+typedef enum {
+    MVM_ERROR_FAILED,           /* a host-side operation failed (the message says which) */
+    MVM_ERROR_INVALID_ARGUMENT, /* bad configuration or input image */
+    MVM_ERROR_INVALID_STATE,    /* the operation is not allowed in the VM's current state */
+    MVM_ERROR_NOT_SUPPORTED,    /* KVM or this host lacks something we need */
+    MVM_ERROR_NO_KVM,           /* /dev/kvm is absent or not accessible */
+} MvmError;
+
+typedef enum {
+    MVM_VM_STATE_CREATED,
+    MVM_VM_STATE_RUNNING,
+    MVM_VM_STATE_PAUSED,
+    MVM_VM_STATE_STOPPED,
+    MVM_VM_STATE_CRASHED,
+} MvmVmState;
+
+const char *mvm_vm_state_to_string(MvmVmState state);
+
+/* How the last run ended; meaningful once the VM is stopped or crashed. */
+typedef enum {
+    MVM_EXIT_NONE,           /* still created/running/paused */
+    MVM_EXIT_REQUESTED,      /* mvm_vm_stop() */
+    MVM_EXIT_RESET,          /* the guest asked for a reset (i8042 command 0xfe) */
+    MVM_EXIT_POWEROFF,       /* ACPI/system event shutdown */
+    MVM_EXIT_DEBUG_EXIT,     /* test guest wrote the debug exit port; see exit_code */
+    MVM_EXIT_HALTED,         /* HLT reached userspace */
+    MVM_EXIT_TRIPLE_FAULT,   /* crashed: KVM_EXIT_SHUTDOWN, or INTERNAL_ERROR suberror 1 */
+    MVM_EXIT_INTERNAL_ERROR, /* crashed: KVM could not emulate an instruction, etc. */
+    MVM_EXIT_FAIL_ENTRY,     /* crashed: VM entry failed */
+    MVM_EXIT_HOST_ERROR,     /* crashed: a KVM ioctl failed on the host side */
+    MVM_EXIT_GUEST_PANIC,    /* crashed: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH) */
+} MvmExitKind;
+
+const char *mvm_exit_kind_to_string(MvmExitKind kind);
+
+typedef struct {
+    guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus() */
+    guint64 memory_mib; /* >= 2, multiple of 2 */
+    char *kernel_path;  /* used when kernel_fd < 0 */
+    int kernel_fd;      /* -1: open kernel_path; the VM dups what it needs */
+    char *initrd_path;  /* optional */
+    int initrd_fd;
+    char *cmdline;       /* optional */
+    gboolean prefer_pvh; /* use the ELF PVH entry when present */
+    gboolean debug_exit; /* test guests: debug exit port + test device */
+} MvmVmConfig;
+
+MvmVmConfig *mvm_vm_config_new(void);
+MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config);
+void mvm_vm_config_free(MvmVmConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVmConfig, mvm_vm_config_free)
+/* Checks ranges and that the files are given; does not open them. */
+gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error);
+
+typedef struct _MvmVm MvmVm;
+
+/* Called on a vCPU thread (or the caller's thread for API-driven changes). */
+typedef void (*MvmVmStateFunc)(MvmVm *vm, MvmVmState state, gpointer user_data);
+/* Serial output; called on a vCPU thread. */
+typedef void (*MvmVmConsoleFunc)(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data);
+/* Test device markers (MVM_TESTDEV_MARKER_PORT), with the host's monotonic time. */
+typedef void (*MvmVmMarkerFunc)(MvmVm *vm, guint32 marker, gint64 monotonic_us, gpointer user_data);
+
+/*
+ * Creates the KVM VM, its memory, vCPUs and devices, and loads the kernel.
+ * The VM is left in state created. Costs a few milliseconds.
+ */
+MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error);
+/* Stops the VM if needed, joins every thread, closes every fd. */
+void mvm_vm_free(MvmVm *vm);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVm, mvm_vm_free)
+
+void mvm_vm_set_state_callback(MvmVm *vm, MvmVmStateFunc func, gpointer user_data);
+void mvm_vm_set_console_callback(MvmVm *vm, MvmVmConsoleFunc func, gpointer user_data);
+void mvm_vm_set_marker_callback(MvmVm *vm, MvmVmMarkerFunc func, gpointer user_data);
+
+/* created → running. */
+gboolean mvm_vm_start(MvmVm *vm, GError **error);
+/* running → paused: returns once every vCPU has left KVM_RUN and parked. */
+gboolean mvm_vm_pause(MvmVm *vm, GError **error);
+gboolean mvm_vm_resume(MvmVm *vm, GError **error);
+/* Any state but stopped/crashed → stopped (forced). Joins the vCPU threads. */
+gboolean mvm_vm_stop(MvmVm *vm, GError **error);
+/* Ask the guest to shut down (Ctrl-Alt-Del on the i8042). Does not wait. */
+gboolean mvm_vm_request_shutdown(MvmVm *vm, GError **error);
+/* Blocks until the VM is stopped or crashed, or @timeout_us (< 0: forever) passes. */
+gboolean mvm_vm_wait(MvmVm *vm, gint64 timeout_us);
+
+MvmVmState mvm_vm_get_state(MvmVm *vm);
+MvmExitKind mvm_vm_get_exit_kind(MvmVm *vm);
+/* Human-readable reason for the last exit ("guest reset", "triple fault at rip 0x…"). */
+char *mvm_vm_dup_exit_reason(MvmVm *vm);
+/* The debug exit code (MVM_EXIT_DEBUG_EXIT), else 0. */
+guint32 mvm_vm_get_exit_code(MvmVm *vm);
+const MvmVmConfig *mvm_vm_get_config(MvmVm *vm);
+
+/* Input for the serial port (bounded; returns bytes accepted). Any thread. */
+gsize mvm_vm_console_write(MvmVm *vm, const guint8 *data, gsize len);
+
+typedef struct {
+    guint64 exits_io;
+    guint64 exits_mmio;
+    guint64 exits_hlt;
+    guint64 exits_other;
+    guint64 exits_unhandled_io;   /* accesses no device claimed */
+    guint64 kvmclock_ctrl_einval; /* pauses where the guest had no kvmclock */
+    gint64 vcpu_time_us;          /* total thread CPU time of the vCPU threads */
+    gint64 started_at_us;         /* monotonic time of the last start, 0 if never */
+    guint64 memory_bytes;         /* guest RAM size */
+} MvmVmStats;
+
+void mvm_vm_get_stats(MvmVm *vm, MvmVmStats *stats);
+
+/* KVM facts for the Manager's properties. */
+int mvm_kvm_api_version(GError **error);
+guint mvm_kvm_max_vcpus(void);
+
+G_END_DECLS

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The VM's insides, shared by vm.c (construction) and vm-run.c (threads and states). */
+#pragma once
+
+#include <pthread.h>
+
+#include "boot.h"
+#include "devices.h"
+#include "iobus.h"
+#include "kvm.h"
+#include "memory.h"
+#include "microvm.h"
+#include "vcpu.h"
+
+typedef struct {
+    MvmVm *vm;
+    MvmVcpu *vcpu;
+    GThread *thread;
+    pthread_t tid; /* valid once tid_valid is set */
+    gint tid_valid;
+    gint64 cpu_time_us; /* CPU time of the thread once it has ended */
+    gboolean exited;
+} MvmVcpuThread;
+
+struct _MvmVm {
+    MvmVmConfig *config;
+    const MvmKvm *kvm;
+    int fd;
+    MvmMemory *memory;
+    MvmIoBus *bus;
+    MvmSerial *serial;
+    MvmI8042 *i8042;
+    MvmTestDev *testdev;
+    MvmBootInfo boot;
+    guint n_vcpus;
+    MvmVcpuThread *vcpus;
+
+    MvmVmStateFunc state_func;
+    gpointer state_data;
+    MvmVmConsoleFunc console_func;
+    gpointer console_data;
+    MvmVmMarkerFunc marker_func;
+    gpointer marker_data;
+
+    /* Everything below is guarded by lock; vCPU threads wait on cond. */
+    GMutex lock;
+    GCond cond;
+    MvmVmState state;
+    gint stop_requested; /* also read without the lock (g_atomic) on the vCPU fast path */
+    gint pause_requested;
+    guint n_parked;
+    guint n_exited;
+    MvmExitKind exit_kind;
+    char *exit_reason;
+    guint32 exit_code;
+    gint64 started_at_us;
+    guint64 kvmclock_einval;
+};
+
+/* vm-run.c */
+void mvm_vm_guest_exit(MvmVm *vm, MvmExitKind kind, char *reason, guint32 code);
+void mvm_vm_notify_state(MvmVm *vm, MvmVmState state);
+void mvm_vm_join_vcpus(MvmVm *vm);
+gboolean mvm_exit_kind_is_crash(MvmExitKind kind);

@@ -1,0 +1,102 @@
+#!/bin/busybox sh
+# /init of the L1 initramfs built by tests/vmhost/run-with-kvm.
+# Runs as PID 1 inside the QEMU TCG VM. Serial ports:
+#   ttyS0  kernel console + this script's log   (host: a log file)
+# virtio-serial ports (plain char devices, no tty processing, fast):
+#   "stdout"  COMMAND's stdout                  (host: run-with-kvm's stdout)
+#   "stderr"  COMMAND's stderr                  (host: run-with-kvm's stderr)
+# The 9p share "state" holds config (sourced below), cmd.sh, and receives rc.
+
+# shellcheck disable=SC2013,SC2086,SC1091,SC2154
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /host /state
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/null >/dev/ttyS0 2>&1
+
+log() { echo "vmhost-init: $*"; }
+fail() {
+	log "FATAL: $*"
+	dmesg | tail -n 40
+	[ -d /state/. ] && echo "init: $*" >/state/init-failed
+	sync
+	reboot -f
+	sleep 10
+}
+
+# Modules, in dependency order; each line: name [params...]. Like modprobe,
+# take MODULE.PARAM=VALUE arguments from the kernel command line too.
+modparams() {
+	for a in $(cat /proc/cmdline); do
+		case $a in "$1".*=*) printf '%s ' "${a#"$1".}" ;; esac
+	done
+}
+while read -r mod params; do
+	[ -n "$mod" ] || continue
+	params="$params $(modparams "$mod")"
+	insmod "/lib/modules/$mod.ko" $params || fail "insmod $mod $params"
+done </modules.list
+
+P9="trans=virtio,version=9p2000.L,msize=512000"
+mount -t 9p -o "$P9,cache=none" state /state || fail "mount state share"
+. /state/config || fail "reading /state/config"
+log "modules loaded; $(ls -l /dev/kvm 2>&1)"
+[ -c /dev/kvm ] || fail "/dev/kvm missing after loading kvm modules"
+
+mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || fail "mount host root"
+mount -t proc proc /host/proc || fail "mount /proc"
+mount -t sysfs sysfs /host/sys || fail "mount /sys"
+mount -t devtmpfs devtmpfs /host/dev || fail "mount /dev"
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /host/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mount /tmp"
+mount -t tmpfs -o mode=755 tmpfs /host/run || fail "mount /run"
+mkdir -p /host/run/vmhost /host/run/lock
+mount --bind /state /host/run/vmhost || fail "bind state"
+
+# Writable host directories: RW_COUNT and RW_PATH_<i> come from /state/config.
+i=0
+while [ "$i" -lt "${RW_COUNT:-0}" ]; do
+	eval "p=\$RW_PATH_$i"
+	mkdir -p "/host$p" 2>/dev/null
+	mount -t 9p -o "$P9,cache=mmap" "rw$i" "/host$p" || fail "mount rw$i at $p"
+	i=$((i + 1))
+done
+
+port() { # NAME -> /dev/vportXpY
+	for p in /sys/class/virtio-ports/*; do
+		[ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}" && return 0
+	done
+	fail "no virtio-serial port named $1"
+}
+out=$(port stdout) || fail "no stdout port"
+err=$(port stderr) || fail "no stderr port"
+log "starting command"
+chroot /host /usr/bin/env -i /bin/bash /run/vmhost/cmd.sh \
+	</dev/null >"$out" 2>"$err"
+rc=$?
+log "command exited with $rc"
+echo "$rc" >/state/rc.tmp && mv /state/rc.tmp /state/rc
+# Flush: QEMU drops data still queued in the ports when the VM reboots, so
+# send an end token on each and wait until the host has read up to it.
+printf '\001\002MVMEOF-%s' "$EOF_ID" >"$out"
+printf '\001\002MVMEOF-%s' "$EOF_ID" >"$err"
+n=0
+while [ ! -e /state/ack-out ] || [ ! -e /state/ack-err ]; do
+	n=$((n + 1))
+	[ "$n" -le 600 ] || { log "host did not acknowledge the output"; break; }
+	sleep 0.05
+done
+sync
+i=$((RW_COUNT - 1))
+while [ "$i" -ge 0 ]; do
+	eval "p=\$RW_PATH_$i"
+	umount "/host$p" 2>/dev/null
+	i=$((i - 1))
+done
+sync
+reboot -f
