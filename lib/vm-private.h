@@ -57,6 +57,14 @@ struct _MvmVm {
     guint64 kvmclock_einval;
 };
 
+/* vm.c: construction in two steps, so that a restore can build the machine and fill it. */
+MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error);
+/*
+ * Creates the KVM VM, registers @memory (taking it; NULL: new zeroed RAM of the
+ * configured size), irqchip, PIT, devices and unconfigured vCPUs.
+ */
+gboolean mvm_vm_build(MvmVm *vm, MvmMemory *memory, GError **error);
+
 /* vm-run.c */
 void mvm_vm_guest_exit(MvmVm *vm, MvmExitKind kind, char *reason, guint32 code);
 void mvm_vm_notify_state(MvmVm *vm, MvmVmState state);

@@ -205,7 +205,8 @@ static gboolean setup_machine(MvmVm *vm, GError **error)
 {
     struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
 
-    vm->memory = mvm_memory_new(vm->config->memory_mib * MVM_MIB, error);
+    if (vm->memory == NULL)
+        vm->memory = mvm_memory_new(vm->config->memory_mib * MVM_MIB, error);
     if (vm->memory == NULL || !register_memory(vm, error))
         return FALSE;
     if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) < 0)
@@ -268,20 +269,26 @@ static gboolean create_vcpus(MvmVm *vm, GError **error)
         if (vm->vcpus[i].vcpu == NULL)
             return FALSE;
         mvm_vcpu_set_io_bus(vm->vcpus[i].vcpu, vm->bus);
-        if (!mvm_vcpu_configure(vm->vcpus[i].vcpu, vm->n_vcpus, &vm->boot, error))
-            return FALSE;
     }
     return TRUE;
 }
 
-MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error)
+static gboolean configure_vcpus(MvmVm *vm, GError **error)
+{
+    for (guint i = 0; i < vm->n_vcpus; i++)
+        if (!mvm_vcpu_configure(vm->vcpus[i].vcpu, vm->n_vcpus, &vm->boot, error))
+            return FALSE;
+    return TRUE;
+}
+
+MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
 {
     const MvmKvm *kvm;
 
     if (!mvm_vm_config_validate(config, error) || (kvm = mvm_kvm_get(error)) == NULL)
         return NULL;
 
-    g_autoptr(MvmVm) vm = g_new0(MvmVm, 1);
+    MvmVm *vm = g_new0(MvmVm, 1);
     g_mutex_init(&vm->lock);
     g_cond_init(&vm->cond);
     vm->fd = -1;
@@ -290,9 +297,23 @@ MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error)
     vm->config->kernel_fd = vm->config->initrd_fd = -1; /* borrowed; not ours to keep */
     vm->n_vcpus = config->n_vcpus;
     vm->state = MVM_VM_STATE_CREATED;
+    return vm;
+}
 
-    if (!create_kvm_vm(vm, error) || !setup_machine(vm, error) || !attach_devices(vm, error) ||
-        !load_kernel(vm, config, error) || !create_vcpus(vm, error))
+gboolean mvm_vm_build(MvmVm *vm, MvmMemory *memory, GError **error)
+{
+    vm->memory = memory;
+    if (!create_kvm_vm(vm, error) || !setup_machine(vm, error))
+        return FALSE;
+    return attach_devices(vm, error) && create_vcpus(vm, error);
+}
+
+MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error)
+{
+    g_autoptr(MvmVm) vm = mvm_vm_alloc(config, error);
+
+    if (vm == NULL || !mvm_vm_build(vm, NULL, error) || !load_kernel(vm, config, error) ||
+        !configure_vcpus(vm, error))
         return NULL;
     return g_steal_pointer(&vm);
 }

@@ -128,6 +128,29 @@ static void dsdt_com1(GByteArray *scope)
     mvm_aml_device(scope, "COM1", body);
 }
 
+/*
+ * Device(KBD) { _HID EISAID("PNP0303"), _CRS { IO(0x60, 1), IO(0x64, 1), IRQNoFlags(1) } }.
+ * A hardware-reduced ACPI guest has no legacy PIC (Linux: null_legacy_pic), so ISA IRQ 1
+ * exists for the i8042 driver only when the DSDT names it; without this node Linux's
+ * i8042 probe fails with -EINVAL and Ctrl-Alt-Del never reaches the guest.
+ */
+static void dsdt_i8042(GByteArray *scope)
+{
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    g_autoptr(GByteArray) obj = g_byte_array_new();
+    g_autoptr(GByteArray) res = g_byte_array_new();
+
+    mvm_aml_eisa_id(obj, "PNP0303");
+    mvm_aml_name(body, "_HID", obj);
+    mvm_aml_res_io(res, MVM_I8042_DATA_PORT, 1);
+    mvm_aml_res_io(res, MVM_I8042_COMMAND_PORT, 1);
+    mvm_aml_res_irq_noflags(res, 1);
+    g_byte_array_set_size(obj, 0);
+    mvm_aml_resource_template(obj, res);
+    mvm_aml_name(body, "_CRS", obj);
+    mvm_aml_device(scope, "KBD_", body);
+}
+
 /* §7.4.2 \_S5: Package { SLP_TYPa, SLP_TYPb, reserved, reserved }; SLP_TYPa goes to SLEEP_CONTROL.
  */
 static void dsdt_s5(GByteArray *t)
@@ -148,6 +171,7 @@ static GByteArray *build_dsdt(const MvmBootMmioDevice *devices, guint n)
     g_autoptr(GByteArray) sb = g_byte_array_new();
 
     dsdt_com1(sb);
+    dsdt_i8042(sb);
     for (guint i = 0; i < n; i++)
         dsdt_virtio_device(sb, i, &devices[i]);
     mvm_aml_scope(t, "\\_SB_", sb);

@@ -599,6 +599,10 @@ static void check_dsdt(const guint8 *dsdt, guint32 len, const MvmBootMmioDevice 
     g_assert_cmpmem(dsdt + 37 + scope_len, sizeof(s5), s5, sizeof(s5));
     g_assert_cmpuint(count_occurrences(dsdt, len, (guint8[]){0x0c, 0x41, 0xd0, 0x05, 0x01}, 5), ==,
                      1); /* EISAID("PNP0501") */
+    /* The i8042 (PNP0303) with IRQNoFlags(1): no legacy PIC in hardware-reduced ACPI. */
+    g_assert_cmpuint(count_occurrences(dsdt, len, (guint8[]){0x0c, 0x41, 0xd0, 0x03, 0x03}, 5), ==,
+                     1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, (guint8[]){0x22, 0x02, 0x00}, 3), ==, 1);
 }
 
 static void check_fadt(const guint8 *fadt, guint32 len, guint64 *dsdt_gpa)
