@@ -1,0 +1,471 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
+
+#include "errors.h"
+
+#define GROUP_VM     "VM"
+#define GROUP_CONFIG "Config"
+
+static guint max_vcpus = MVMD_VCPUS_MAX_NO_KVM;
+
+void mvmd_config_set_max_vcpus(guint value)
+{
+    max_vcpus = value > 0 ? value : MVMD_VCPUS_MAX_NO_KVM;
+}
+
+guint mvmd_config_get_max_vcpus(void)
+{
+    return max_vcpus;
+}
+
+void mvmd_vm_config_free(MvmdVmConfig *config)
+{
+    if (!config)
+        return;
+    g_free(config->name);
+    g_free(config->uuid);
+    g_free(config->kernel);
+    g_free(config->initrd);
+    g_free(config->cmdline);
+    if (config->kernel_fd >= 0)
+        close(config->kernel_fd);
+    if (config->initrd_fd >= 0)
+        close(config->initrd_fd);
+    g_free(config);
+}
+
+static MvmdVmConfig *config_new_defaults(void)
+{
+    MvmdVmConfig *config = g_new0(MvmdVmConfig, 1);
+
+    config->vcpus = 1;
+    config->memory_mib = MVMD_DEFAULT_MEMORY;
+    config->kernel_fd = -1;
+    config->initrd_fd = -1;
+    config->on_reboot = MVMD_ON_REBOOT_RESTART;
+    return config;
+}
+
+gboolean mvmd_vm_name_validate(const char *name, GError **error)
+{
+    gsize len = strlen(name);
+
+    if (len == 0 || len > MVMD_VM_NAME_MAX) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "invalid VM name: must be 1 to %d characters long", MVMD_VM_NAME_MAX);
+        return FALSE;
+    }
+    if (name[0] == '.' || name[0] == '-') {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "invalid VM name: must not start with '.' or '-'");
+        return FALSE;
+    }
+    for (const char *p = name; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '.' && *p != '_' && *p != '-') {
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                        "invalid VM name: only A-Z, a-z, 0-9, '.', '_' and '-' are allowed");
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* ---- one parser per key ---------------------------------------------------------------- */
+
+typedef gboolean (*KeyParseFunc)(MvmdVmConfig *config, const char *key, GVariant *value,
+                                 GUnixFDList *fd_list, GError **error);
+
+typedef struct {
+    const char *key;
+    const char *type;
+    KeyParseFunc parse; /* NULL: reserved, "not supported yet" */
+    gboolean storable;  /* may appear in a stored definition */
+} KeyInfo;
+
+static gboolean invalid(GError **error, const char *key, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+static gboolean invalid(GError **error, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "config key '%s': %s", key, msg);
+    return FALSE;
+}
+
+static gboolean parse_vcpus(MvmdVmConfig *config, const char *key, GVariant *value,
+                            GUnixFDList *fd_list, GError **error)
+{
+    guint32 n = g_variant_get_uint32(value);
+
+    if (n < 1 || n > max_vcpus)
+        return invalid(error, key, "%u out of range 1..%u", n, max_vcpus);
+    config->vcpus = n;
+    return TRUE;
+}
+
+static gboolean parse_memory(MvmdVmConfig *config, const char *key, GVariant *value,
+                             GUnixFDList *fd_list, GError **error)
+{
+    guint64 mib = g_variant_get_uint64(value);
+
+    if (mib < MVMD_MEMORY_MIB_MIN || mib > MVMD_MEMORY_MIB_MAX)
+        return invalid(error, key, "%" G_GUINT64_FORMAT " out of range %d..%d", mib,
+                       MVMD_MEMORY_MIB_MIN, MVMD_MEMORY_MIB_MAX);
+    if (mib % 2 != 0)
+        return invalid(error, key, "%" G_GUINT64_FORMAT " is not a multiple of 2", mib);
+    config->memory_mib = mib;
+    return TRUE;
+}
+
+static gboolean parse_path(char **out, const char *key, GVariant *value, GError **error)
+{
+    const char *path = g_variant_get_string(value, NULL);
+
+    if (!g_path_is_absolute(path))
+        return invalid(error, key, "'%s' is not an absolute path", path);
+    if (strlen(path) >= PATH_MAX)
+        return invalid(error, key, "path too long");
+    g_free(*out);
+    *out = g_strdup(path);
+    return TRUE;
+}
+
+static gboolean parse_fd(int *out, const char *key, GVariant *value, GUnixFDList *fd_list,
+                         GError **error)
+{
+    gint32 index = g_variant_get_handle(value);
+    struct stat st;
+    int fd;
+
+    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list))
+        return invalid(error, key, "handle %d: no such file descriptor in the message", index);
+    fd = g_unix_fd_list_get(fd_list, index, NULL);
+    if (fd < 0)
+        return invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return invalid(error, key, "not a regular file");
+    }
+    if (*out >= 0)
+        close(*out);
+    *out = fd;
+    return TRUE;
+}
+
+static gboolean parse_kernel(MvmdVmConfig *config, const char *key, GVariant *value,
+                             GUnixFDList *fd_list, GError **error)
+{
+    return parse_path(&config->kernel, key, value, error);
+}
+
+static gboolean parse_kernel_fd(MvmdVmConfig *config, const char *key, GVariant *value,
+                                GUnixFDList *fd_list, GError **error)
+{
+    return parse_fd(&config->kernel_fd, key, value, fd_list, error);
+}
+
+static gboolean parse_initrd(MvmdVmConfig *config, const char *key, GVariant *value,
+                             GUnixFDList *fd_list, GError **error)
+{
+    return parse_path(&config->initrd, key, value, error);
+}
+
+static gboolean parse_initrd_fd(MvmdVmConfig *config, const char *key, GVariant *value,
+                                GUnixFDList *fd_list, GError **error)
+{
+    return parse_fd(&config->initrd_fd, key, value, fd_list, error);
+}
+
+static gboolean parse_cmdline(MvmdVmConfig *config, const char *key, GVariant *value,
+                              GUnixFDList *fd_list, GError **error)
+{
+    gsize len;
+    const char *cmdline = g_variant_get_string(value, &len);
+
+    if (len > MVMD_CMDLINE_MAX)
+        return invalid(error, key, "longer than %d bytes", MVMD_CMDLINE_MAX);
+    g_free(config->cmdline);
+    config->cmdline = g_strdup(cmdline);
+    return TRUE;
+}
+
+static gboolean parse_persist(MvmdVmConfig *config, const char *key, GVariant *value,
+                              GUnixFDList *fd_list, GError **error)
+{
+    config->persist = g_variant_get_boolean(value);
+    return TRUE;
+}
+
+static gboolean parse_autostart(MvmdVmConfig *config, const char *key, GVariant *value,
+                                GUnixFDList *fd_list, GError **error)
+{
+    config->autostart = g_variant_get_boolean(value);
+    return TRUE;
+}
+
+static gboolean parse_debug_exit(MvmdVmConfig *config, const char *key, GVariant *value,
+                                 GUnixFDList *fd_list, GError **error)
+{
+    config->debug_exit = g_variant_get_boolean(value);
+    return TRUE;
+}
+
+static gboolean parse_on_reboot(MvmdVmConfig *config, const char *key, GVariant *value,
+                                GUnixFDList *fd_list, GError **error)
+{
+    const char *what = g_variant_get_string(value, NULL);
+
+    if (g_str_equal(what, "restart"))
+        config->on_reboot = MVMD_ON_REBOOT_RESTART;
+    else if (g_str_equal(what, "stop"))
+        config->on_reboot = MVMD_ON_REBOOT_STOP;
+    else
+        return invalid(error, key, "'%s' is neither 'restart' nor 'stop'", what);
+    return TRUE;
+}
+
+static const KeyInfo keys[] = {
+    {"vcpus", "u", parse_vcpus, TRUE},         {"memory-mib", "t", parse_memory, TRUE},
+    {"kernel", "s", parse_kernel, TRUE},       {"kernel-fd", "h", parse_kernel_fd, FALSE},
+    {"initrd", "s", parse_initrd, TRUE},       {"initrd-fd", "h", parse_initrd_fd, FALSE},
+    {"cmdline", "s", parse_cmdline, TRUE},     {"persist", "b", parse_persist, TRUE},
+    {"autostart", "b", parse_autostart, TRUE}, {"debug-exit", "b", parse_debug_exit, TRUE},
+    {"on-reboot", "s", parse_on_reboot, TRUE}, {"disks", "aa{sv}", NULL, FALSE},
+    {"network", "aa{sv}", NULL, FALSE},        {"vsock", "a{sv}", NULL, FALSE},
+};
+
+static const KeyInfo *key_lookup(const char *key)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(keys); i++) {
+        if (g_str_equal(keys[i].key, key))
+            return &keys[i];
+    }
+    return NULL;
+}
+
+static gboolean parse_one(MvmdVmConfig *config, const char *key, GVariant *value,
+                          GUnixFDList *fd_list, GError **error)
+{
+    const KeyInfo *info = key_lookup(key);
+
+    if (!info)
+        return invalid(error, key, "unknown key");
+    if (!g_variant_is_of_type(value, G_VARIANT_TYPE(info->type)))
+        return invalid(error, key, "must be of type %s, not %s", info->type,
+                       g_variant_get_type_string(value));
+    if (!info->parse)
+        return invalid(error, key, "not supported yet");
+    return info->parse(config, key, value, fd_list, error);
+}
+
+/* Rules between keys, checked once every key is parsed. */
+static gboolean check_consistency(MvmdVmConfig *config, GError **error)
+{
+    if (!config->kernel && config->kernel_fd < 0)
+        return invalid(error, "kernel", "required (or 'kernel-fd')");
+    if (config->kernel && config->kernel_fd >= 0)
+        return invalid(error, "kernel-fd", "give either 'kernel' or 'kernel-fd', not both");
+    if (config->initrd && config->initrd_fd >= 0)
+        return invalid(error, "initrd-fd", "give either 'initrd' or 'initrd-fd', not both");
+    if (config->persist && config->kernel_fd >= 0)
+        return invalid(error, "persist",
+                       "a VM whose kernel is passed as 'kernel-fd' cannot be persistent: a "
+                       "stored definition cannot hold a file descriptor, pass 'kernel' instead");
+    if (config->persist && config->initrd_fd >= 0)
+        return invalid(error, "persist",
+                       "a VM whose initrd is passed as 'initrd-fd' cannot be persistent: a "
+                       "stored definition cannot hold a file descriptor, pass 'initrd' instead");
+    if (config->autostart && !config->persist)
+        return invalid(error, "autostart", "needs 'persist'");
+    return TRUE;
+}
+
+/* Lets the library check what it knows better (e.g. its own vCPU limit). */
+static gboolean check_with_library(const MvmdVmConfig *config, GError **error)
+{
+    g_autoptr(MvmVmConfig) mvm = mvmd_vm_config_to_mvm(config);
+    g_autoptr(GError) local = NULL;
+
+    if (mvm_vm_config_validate(mvm, &local))
+        return TRUE;
+    g_propagate_error(error, mvmd_error_from_error(local, "invalid configuration"));
+    return FALSE;
+}
+
+MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid, GVariant *variant,
+                                              GUnixFDList *fd_list, GError **error)
+{
+    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+    GVariantIter iter;
+    const char *key;
+    GVariant *value;
+
+    if (!mvmd_vm_name_validate(name, error))
+        return NULL;
+    if (uuid && !g_uuid_string_is_valid(uuid)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "invalid UUID '%s'", uuid);
+        return NULL;
+    }
+    config->name = g_strdup(name);
+    config->uuid = uuid ? g_ascii_strdown(uuid, -1) : g_uuid_string_random();
+
+    g_variant_iter_init(&iter, variant);
+    while (g_variant_iter_loop(&iter, "{&sv}", &key, &value)) {
+        if (!g_hash_table_add(seen, (gpointer)key)) {
+            invalid(error, key, "given more than once");
+            g_variant_unref(value);
+            return NULL;
+        }
+        if (!parse_one(config, key, value, fd_list, error)) {
+            g_variant_unref(value);
+            return NULL;
+        }
+    }
+    if (!check_consistency(config, error) || !check_with_library(config, error))
+        return NULL;
+    return g_steal_pointer(&config);
+}
+
+GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "vcpus", g_variant_new_uint32(config->vcpus));
+    g_variant_builder_add(&b, "{sv}", "memory-mib", g_variant_new_uint64(config->memory_mib));
+    if (config->kernel)
+        g_variant_builder_add(&b, "{sv}", "kernel", g_variant_new_string(config->kernel));
+    else
+        g_variant_builder_add(&b, "{sv}", "kernel-fd-passed", g_variant_new_boolean(TRUE));
+    if (config->initrd)
+        g_variant_builder_add(&b, "{sv}", "initrd", g_variant_new_string(config->initrd));
+    else if (config->initrd_fd >= 0)
+        g_variant_builder_add(&b, "{sv}", "initrd-fd-passed", g_variant_new_boolean(TRUE));
+    g_variant_builder_add(&b, "{sv}", "cmdline",
+                          g_variant_new_string(config->cmdline ? config->cmdline : ""));
+    g_variant_builder_add(&b, "{sv}", "persist", g_variant_new_boolean(config->persist));
+    g_variant_builder_add(&b, "{sv}", "autostart", g_variant_new_boolean(config->autostart));
+    g_variant_builder_add(&b, "{sv}", "debug-exit", g_variant_new_boolean(config->debug_exit));
+    g_variant_builder_add(
+        &b, "{sv}", "on-reboot",
+        g_variant_new_string(config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart"));
+    return g_variant_builder_end(&b);
+}
+
+MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config)
+{
+    MvmVmConfig *mvm = mvm_vm_config_new();
+
+    mvm->n_vcpus = config->vcpus;
+    mvm->memory_mib = config->memory_mib;
+    mvm->kernel_path = g_strdup(config->kernel);
+    mvm->kernel_fd = config->kernel_fd;
+    mvm->initrd_path = g_strdup(config->initrd);
+    mvm->initrd_fd = config->initrd_fd;
+    mvm->cmdline = g_strdup(config->cmdline);
+    mvm->prefer_pvh = TRUE;
+    mvm->debug_exit = config->debug_exit;
+    return mvm;
+}
+
+/* ---- GKeyFile -------------------------------------------------------------------------- */
+
+GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+
+    g_key_file_set_string(kf, GROUP_VM, "Name", config->name);
+    g_key_file_set_string(kf, GROUP_VM, "UUID", config->uuid);
+    g_key_file_set_uint64(kf, GROUP_CONFIG, "vcpus", config->vcpus);
+    g_key_file_set_uint64(kf, GROUP_CONFIG, "memory-mib", config->memory_mib);
+    if (config->kernel)
+        g_key_file_set_string(kf, GROUP_CONFIG, "kernel", config->kernel);
+    if (config->initrd)
+        g_key_file_set_string(kf, GROUP_CONFIG, "initrd", config->initrd);
+    if (config->cmdline)
+        g_key_file_set_string(kf, GROUP_CONFIG, "cmdline", config->cmdline);
+    g_key_file_set_boolean(kf, GROUP_CONFIG, "persist", config->persist);
+    g_key_file_set_boolean(kf, GROUP_CONFIG, "autostart", config->autostart);
+    g_key_file_set_boolean(kf, GROUP_CONFIG, "debug-exit", config->debug_exit);
+    g_key_file_set_string(kf, GROUP_CONFIG, "on-reboot",
+                          config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart");
+    return g_steal_pointer(&kf);
+}
+
+/* One [Config] entry as the variant CreateVM would have received. */
+static GVariant *keyfile_value(GKeyFile *kf, const char *key, GError **error)
+{
+    const KeyInfo *info = key_lookup(key);
+    g_autoptr(GError) local = NULL;
+    GVariant *value = NULL;
+
+    if (!info || !info->storable) {
+        invalid(error, key, "unknown key in a stored definition");
+        return NULL;
+    }
+    if (g_str_equal(info->type, "u")) {
+        guint64 v = g_key_file_get_uint64(kf, GROUP_CONFIG, key, &local);
+        if (!local && v > G_MAXUINT32)
+            return invalid(error, key, "out of range"), NULL;
+        value = g_variant_new_uint32((guint32)v);
+    } else if (g_str_equal(info->type, "t")) {
+        value = g_variant_new_uint64(g_key_file_get_uint64(kf, GROUP_CONFIG, key, &local));
+    } else if (g_str_equal(info->type, "b")) {
+        value = g_variant_new_boolean(g_key_file_get_boolean(kf, GROUP_CONFIG, key, &local));
+    } else {
+        g_autofree char *s = g_key_file_get_string(kf, GROUP_CONFIG, key, &local);
+        if (s && !g_utf8_validate(s, -1, NULL))
+            return invalid(error, key, "not valid UTF-8"), NULL;
+        value = g_variant_new_string(s ? s : "");
+    }
+    if (local) {
+        g_variant_unref(g_variant_ref_sink(value));
+        invalid(error, key, "%s", local->message);
+        return NULL;
+    }
+    return value;
+}
+
+MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
+{
+    g_autofree char *name = NULL;
+    g_autofree char *uuid = NULL;
+    g_auto(GStrv) cfg_keys = NULL;
+    g_autoptr(GVariant) variant = NULL;
+    GVariantBuilder b;
+
+    name = g_key_file_get_string(kf, GROUP_VM, "Name", error);
+    if (!name)
+        return NULL;
+    uuid = g_key_file_get_string(kf, GROUP_VM, "UUID", error);
+    if (!uuid)
+        return NULL;
+    cfg_keys = g_key_file_get_keys(kf, GROUP_CONFIG, NULL, error);
+    if (!cfg_keys)
+        return NULL;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    for (char **k = cfg_keys; *k; k++) {
+        GVariant *value = keyfile_value(kf, *k, error);
+        if (!value) {
+            g_variant_builder_clear(&b);
+            return NULL;
+        }
+        g_variant_builder_add(&b, "{sv}", *k, value);
+    }
+    variant = g_variant_ref_sink(g_variant_builder_end(&b));
+    return mvmd_vm_config_new_from_variant(name, uuid, variant, NULL, error);
+}

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A VM definition as the daemon keeps it: validated from CreateVM's a{sv} (or from a stored
+ * GKeyFile, through the same checks), shown as the Config property, turned into a
+ * libmicrovm MvmVmConfig at each start.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "microvm.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+    MVMD_ON_REBOOT_RESTART,
+    MVMD_ON_REBOOT_STOP,
+} MvmdOnReboot;
+
+typedef struct {
+    char *name;
+    char *uuid;
+    guint vcpus;
+    guint64 memory_mib;
+    char *kernel; /* absolute path, or NULL when kernel_fd >= 0 */
+    int kernel_fd;
+    char *initrd; /* NULL: none, or initrd_fd */
+    int initrd_fd;
+    char *cmdline;
+    gboolean persist;
+    gboolean autostart;
+    gboolean debug_exit;
+    MvmdOnReboot on_reboot;
+} MvmdVmConfig;
+
+#define MVMD_VM_NAME_MAX      64
+#define MVMD_CMDLINE_MAX      4096
+#define MVMD_MEMORY_MIB_MIN   2
+#define MVMD_MEMORY_MIB_MAX   (1024 * 1024)
+#define MVMD_DEFAULT_MEMORY   128
+#define MVMD_VCPUS_MAX_NO_KVM 255
+
+void mvmd_vm_config_free(MvmdVmConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVmConfig, mvmd_vm_config_free)
+
+/* The host limit for the vcpus key (set once at start-up from mvm_kvm_max_vcpus()). */
+void mvmd_config_set_max_vcpus(guint max_vcpus);
+guint mvmd_config_get_max_vcpus(void);
+
+/* 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'. MVMD_ERROR_INVALID_ARGUMENT. */
+gboolean mvmd_vm_name_validate(const char *name, GError **error);
+
+/*
+ * Validates @config (a{sv}) for a VM called @name; fds (type h) are looked up in @fd_list
+ * and dup'ed. Errors: MVMD_ERROR_INVALID_ARGUMENT naming the key. @uuid may be NULL (a new
+ * one is generated).
+ */
+MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid, GVariant *config,
+                                              GUnixFDList *fd_list, GError **error);
+
+/* The Config property: every key with defaults filled in (a{sv}, floating). */
+GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config);
+
+/* For mvm_vm_new(); fds are borrowed (the library dups what it needs). */
+MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config);
+
+/* Persistence: group [VM] with Name and UUID, group [Config] with the config keys. */
+GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config);
+MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *keyfile, GError **error);
+
+G_END_DECLS

@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Daemon-wide settings and state shared by the manager and the VM objects (main loop only). */
+#pragma once
+
+#include <glib.h>
+
+#include "store.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+    char *state_dir;
+    char *runtime_dir;
+    MvmdStore *store;
+    int kvm_api_version; /* -1: no KVM */
+    gboolean stopping;   /* SIGTERM etc.: no new starts, no restarts on reset */
+    gboolean force_stop; /* the graceful part of stopping is over */
+} MvmdContext;
+
+G_END_DECLS

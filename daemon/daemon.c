@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The daemon's life: connect to the bus, export the ObjectManager, the Manager and the stored
+ * VMs, own the name, autostart; on SIGTERM/SIGINT, on losing the name (--replace) or the bus:
+ * ask every guest to shut down, wait a bounded time, force the rest, flush, exit.
+ */
+#include "daemon.h"
+
+#include <glib-unix.h>
+#include <signal.h>
+
+#include "config.h"
+#include "context.h"
+#include "errors.h"
+#include "manager.h"
+#include "names.h"
+
+#define STOP_POLL_MS        100
+#define FORCE_STOP_GRACE_US (10 * G_USEC_PER_SEC) /* after the forced stops: give up */
+
+typedef struct {
+    const MvmdDaemonOptions *options;
+    MvmdContext ctx;
+    GMainLoop *loop;
+    GDBusConnection *connection;
+    GDBusObjectManagerServer *object_manager;
+    MvmdManagerService *manager;
+    guint owner_id;
+    gboolean name_acquired;
+    int exit_status;
+    gint64 stop_deadline;
+    guint stop_source;
+    guint signal_sources[2];
+} Daemon;
+
+static void probe_kvm(Daemon *d)
+{
+    g_autoptr(GError) error = NULL;
+
+    d->ctx.kvm_api_version = mvm_kvm_api_version(&error);
+    if (d->ctx.kvm_api_version < 0) {
+        d->ctx.kvm_api_version = -1;
+        g_message("KVM is not available (%s): VMs can be defined but not started",
+                  error ? error->message : "unknown error");
+        mvmd_config_set_max_vcpus(MVMD_VCPUS_MAX_NO_KVM);
+        return;
+    }
+    mvmd_config_set_max_vcpus(mvm_kvm_max_vcpus());
+    g_message("KVM API version %d, up to %u vCPUs per VM", d->ctx.kvm_api_version,
+              mvmd_config_get_max_vcpus());
+}
+
+/* ---- stopping -------------------------------------------------------------------------- */
+
+static void finish(Daemon *d)
+{
+    GError *error = NULL;
+
+    if (d->stop_source)
+        g_source_remove(d->stop_source);
+    d->stop_source = 0;
+    if (d->connection && !g_dbus_connection_is_closed(d->connection) &&
+        !g_dbus_connection_flush_sync(d->connection, NULL, &error)) {
+        g_debug("flushing the bus connection: %s", error->message);
+        g_clear_error(&error);
+    }
+    g_main_loop_quit(d->loop);
+}
+
+static gboolean stop_tick(gpointer user_data)
+{
+    Daemon *d = user_data;
+    guint active = mvmd_manager_service_count_active(d->manager);
+    gint64 now = g_get_monotonic_time();
+
+    if (active == 0) {
+        g_message("every VM is stopped");
+        d->stop_source = 0;
+        finish(d);
+        return G_SOURCE_REMOVE;
+    }
+    if (!d->ctx.force_stop && now >= d->stop_deadline) {
+        g_autoptr(GList) vms = mvmd_manager_service_get_vms(d->manager);
+
+        g_message("%u VMs still running after %u s: stopping them", active,
+                  d->options->shutdown_timeout_sec);
+        d->ctx.force_stop = TRUE;
+        d->stop_deadline = now + FORCE_STOP_GRACE_US;
+        for (GList *l = vms; l; l = l->next)
+            mvmd_vm_object_force_stop(l->data);
+    } else if (d->ctx.force_stop && now >= d->stop_deadline) {
+        g_warning("%u VMs did not stop; exiting anyway", active);
+        d->stop_source = 0;
+        finish(d);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static void begin_stop(Daemon *d, const char *why)
+{
+    g_autoptr(GList) vms = NULL;
+
+    if (d->ctx.stopping)
+        return;
+    g_message("stopping: %s", why);
+    d->ctx.stopping = TRUE;
+    if (!d->manager) {
+        g_main_loop_quit(d->loop);
+        return;
+    }
+    vms = mvmd_manager_service_get_vms(d->manager);
+    for (GList *l = vms; l; l = l->next)
+        mvmd_vm_object_begin_shutdown(l->data);
+    d->stop_deadline = g_get_monotonic_time() + d->options->shutdown_timeout_sec * G_USEC_PER_SEC;
+    if (d->options->shutdown_timeout_sec == 0) {
+        d->ctx.force_stop = TRUE;
+        d->stop_deadline = g_get_monotonic_time() + FORCE_STOP_GRACE_US;
+        for (GList *l = vms; l; l = l->next)
+            mvmd_vm_object_force_stop(l->data);
+    }
+    d->stop_source = g_timeout_add(STOP_POLL_MS, stop_tick, d);
+    stop_tick(d);
+}
+
+static gboolean on_signal(gpointer user_data)
+{
+    Daemon *d = user_data;
+
+    begin_stop(d, "signal received");
+    return G_SOURCE_CONTINUE;
+}
+
+/* ---- the bus --------------------------------------------------------------------------- */
+
+static void on_name_acquired(GDBusConnection *connection, const char *name, gpointer user_data)
+{
+    Daemon *d = user_data;
+
+    g_message("%s acquired", name);
+    d->name_acquired = TRUE;
+    mvmd_manager_service_autostart(d->manager);
+}
+
+static void on_name_lost(GDBusConnection *connection, const char *name, gpointer user_data)
+{
+    Daemon *d = user_data;
+
+    if (!d->name_acquired) {
+        g_warning("cannot own %s on the bus (is another microvmd running? see --replace)", name);
+        d->exit_status = 1;
+        g_main_loop_quit(d->loop);
+        return;
+    }
+    begin_stop(d, "the bus name was lost (replaced)");
+}
+
+static void on_connection_closed(GDBusConnection *connection, gboolean remote_peer_vanished,
+                                 GError *error, gpointer user_data)
+{
+    Daemon *d = user_data;
+
+    g_warning("the bus connection was closed%s%s", error ? ": " : "", error ? error->message : "");
+    begin_stop(d, "bus connection closed");
+}
+
+static GDBusConnection *connect_bus(const MvmdDaemonOptions *options, GError **error)
+{
+    switch (options->bus) {
+    case MVMD_BUS_ADDRESS:
+        return g_dbus_connection_new_for_address_sync(
+            options->address,
+            G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+            NULL, NULL, error);
+    case MVMD_BUS_SESSION:
+        return g_bus_get_sync(G_BUS_TYPE_SESSION, NULL, error);
+    case MVMD_BUS_SYSTEM:
+    default:
+        return g_bus_get_sync(G_BUS_TYPE_SYSTEM, NULL, error);
+    }
+}
+
+static gboolean export_objects(Daemon *d, GError **error)
+{
+    d->object_manager = g_dbus_object_manager_server_new(MVMD_DBUS_PATH);
+    d->manager = mvmd_manager_service_new(&d->ctx, d->object_manager);
+    mvmd_manager_service_load(d->manager);
+    g_dbus_object_manager_server_set_connection(d->object_manager, d->connection);
+    /* The ObjectManager only manages objects below its path: the Manager sits at the path. */
+    return g_dbus_interface_skeleton_export(G_DBUS_INTERFACE_SKELETON(d->manager), d->connection,
+                                            MVMD_DBUS_PATH, error);
+}
+
+static gboolean start(Daemon *d, GError **error)
+{
+    /* Not queued: a second daemon fails at once unless it replaces the first. */
+    GBusNameOwnerFlags flags =
+        G_BUS_NAME_OWNER_FLAGS_ALLOW_REPLACEMENT | G_BUS_NAME_OWNER_FLAGS_DO_NOT_QUEUE;
+
+    probe_kvm(d);
+    d->connection = connect_bus(d->options, error);
+    if (!d->connection)
+        return FALSE;
+    g_dbus_connection_set_exit_on_close(d->connection, FALSE);
+    g_signal_connect(d->connection, "closed", G_CALLBACK(on_connection_closed), d);
+    if (!export_objects(d, error))
+        return FALSE;
+    if (d->options->replace)
+        flags |= G_BUS_NAME_OWNER_FLAGS_REPLACE;
+    d->owner_id = g_bus_own_name_on_connection(d->connection, MVMD_DBUS_NAME, flags,
+                                               on_name_acquired, on_name_lost, d, NULL);
+    return TRUE;
+}
+
+static void cleanup(Daemon *d)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(d->signal_sources); i++) {
+        if (d->signal_sources[i])
+            g_source_remove(d->signal_sources[i]);
+    }
+    if (d->owner_id)
+        g_bus_unown_name(d->owner_id);
+    if (d->manager)
+        g_dbus_interface_skeleton_unexport(G_DBUS_INTERFACE_SKELETON(d->manager));
+    if (d->object_manager)
+        g_dbus_object_manager_server_set_connection(d->object_manager, NULL);
+    /* VMs still alive here (they would not stop) are freed by their objects' dispose. */
+    g_clear_object(&d->manager);
+    g_clear_object(&d->object_manager);
+    g_clear_object(&d->connection);
+    mvmd_store_free(d->ctx.store);
+    g_main_loop_unref(d->loop);
+}
+
+int mvmd_daemon_run(const MvmdDaemonOptions *options)
+{
+    Daemon d = {0};
+    g_autoptr(GError) error = NULL;
+
+    d.options = options;
+    d.ctx.state_dir = options->state_dir;
+    d.ctx.runtime_dir = options->runtime_dir;
+    d.ctx.store = mvmd_store_new(options->state_dir);
+    d.loop = g_main_loop_new(NULL, FALSE);
+    /* A client closing its console socket must not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+    d.signal_sources[0] = g_unix_signal_add(SIGTERM, on_signal, &d);
+    d.signal_sources[1] = g_unix_signal_add(SIGINT, on_signal, &d);
+    g_message("microvmd %s starting (state %s, runtime %s)", MVMD_VERSION, options->state_dir,
+              options->runtime_dir);
+
+    if (!start(&d, &error)) {
+        g_warning("cannot start: %s", error->message);
+        d.exit_status = 1;
+    } else {
+        g_main_loop_run(d.loop);
+    }
+    cleanup(&d);
+    g_message("exiting with status %d", d.exit_status);
+    return d.exit_status;
+}

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+typedef enum {
+    MVMD_BUS_SYSTEM,
+    MVMD_BUS_SESSION,
+    MVMD_BUS_ADDRESS,
+} MvmdBusKind;
+
+typedef struct {
+    MvmdBusKind bus;
+    char *address;
+    char *state_dir;
+    char *runtime_dir;
+    gboolean replace;
+    guint shutdown_timeout_sec; /* graceful part of stopping every VM at exit */
+} MvmdDaemonOptions;
+
+/* Runs the daemon until it is told to stop; returns the exit status. */
+int mvmd_daemon_run(const MvmdDaemonOptions *options);
+
+G_END_DECLS

@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+/* The daemon's one error domain; each code has a D-Bus name (names.h). */
+typedef enum {
+    MVMD_ERROR_INVALID_ARGUMENT, /* org.microvmd.MicroVM1.Error.InvalidArgument */
+    MVMD_ERROR_NO_SUCH_VM,       /* org.microvmd.MicroVM1.Error.NoSuchVM */
+    MVMD_ERROR_ALREADY_EXISTS,   /* org.microvmd.MicroVM1.Error.AlreadyExists */
+    MVMD_ERROR_INVALID_STATE,    /* org.microvmd.MicroVM1.Error.InvalidState */
+    MVMD_ERROR_NOT_AUTHORIZED,   /* org.microvmd.MicroVM1.Error.NotAuthorized */
+    MVMD_ERROR_FAILED,           /* org.microvmd.MicroVM1.Error.Failed */
+    MVMD_ERROR_TIMEOUT,          /* org.microvmd.MicroVM1.Error.Timeout */
+} MvmdError;
+
+#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_TIMEOUT + 1)
+
+#define MVMD_ERROR (mvmd_error_quark())
+GQuark mvmd_error_quark(void);
+
+/*
+ * Converts an error from libmicrovm (or anything else) into the daemon's domain, keeping the
+ * message and prefixing it with @what when given. Errors already in MVMD_ERROR pass unchanged.
+ */
+GError *mvmd_error_from_error(const GError *error, const char *what);
+
+G_END_DECLS

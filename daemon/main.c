@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* microvmd: runs KVM microVMs and publishes them as org.microvmd.MicroVM1 on D-Bus. */
+#include <locale.h>
+#include <stdlib.h>
+
+#include <glib.h>
+
+#include "daemon.h"
+#include "errors.h"
+#include "log.h"
+
+#define DEFAULT_STATE_DIR        "/var/lib/microvmd"
+#define DEFAULT_RUNTIME_DIR      "/run/microvmd"
+#define DEFAULT_SHUTDOWN_TIMEOUT 10
+
+static char *dir_from_env(const char *var, const char *fallback)
+{
+    const char *value = g_getenv(var);
+    g_autofree char *first = NULL;
+    const char *colon;
+
+    if (!value || !*value)
+        return g_strdup(fallback);
+    /* systemd passes a colon-separated list when several directories are configured. */
+    colon = strchr(value, ':');
+    first = colon ? g_strndup(value, colon - value) : g_strdup(value);
+    return g_steal_pointer(&first);
+}
+
+/* $STATE_DIRECTORY / $RUNTIME_DIRECTORY (systemd), else the user's own for --session, else
+ * the system's. */
+static char *default_dir(const char *var, gboolean session)
+{
+    gboolean state = g_str_equal(var, "STATE_DIRECTORY");
+
+    if (g_getenv(var) && *g_getenv(var))
+        return dir_from_env(var, NULL);
+    if (session)
+        return g_build_filename(state ? g_get_user_state_dir() : g_get_user_runtime_dir(),
+                                "microvmd", NULL);
+    return g_strdup(state ? DEFAULT_STATE_DIR : DEFAULT_RUNTIME_DIR);
+}
+
+int main(int argc, char **argv)
+{
+    gboolean system = FALSE, session = FALSE, replace = FALSE, verbose = FALSE;
+    gboolean version = FALSE;
+    g_autofree char *address = NULL;
+    g_autofree char *state_dir = NULL;
+    g_autofree char *runtime_dir = NULL;
+    int shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT;
+    const GOptionEntry entries[] = {
+        {"system", 0, 0, G_OPTION_ARG_NONE, &system, "Use the system bus (default)", NULL},
+        {"session", 0, 0, G_OPTION_ARG_NONE, &session, "Use the session bus", NULL},
+        {"address", 0, 0, G_OPTION_ARG_STRING, &address, "Connect to the message bus at ADDR",
+         "ADDR"},
+        {"state-dir", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
+         "VM definitions (default $STATE_DIRECTORY, else " DEFAULT_STATE_DIR
+         " or with --session $XDG_STATE_HOME/microvmd)",
+         "DIR"},
+        {"runtime-dir", 0, 0, G_OPTION_ARG_FILENAME, &runtime_dir,
+         "Console logs (default $RUNTIME_DIRECTORY, else " DEFAULT_RUNTIME_DIR
+         " or with --session $XDG_RUNTIME_DIR/microvmd)",
+         "DIR"},
+        {"replace", 0, 0, G_OPTION_ARG_NONE, &replace,
+         "Replace a running microvmd (and exit when replaced)", NULL},
+        {"shutdown-timeout", 0, 0, G_OPTION_ARG_INT, &shutdown_timeout,
+         "Seconds the guests get to shut down when microvmd stops (default 10)", "SEC"},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
+        {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+        {NULL},
+    };
+    g_autoptr(GOptionContext) context = g_option_context_new("- run KVM microVMs on D-Bus");
+    g_autoptr(GError) error = NULL;
+    MvmdDaemonOptions options = {0};
+
+    setlocale(LC_ALL, "");
+    g_option_context_add_main_entries(context, entries, NULL);
+    if (!g_option_context_parse(context, &argc, &argv, &error)) {
+        g_printerr("microvmd: %s\n", error->message);
+        return 2;
+    }
+    if (version) {
+        g_print("microvmd %s\n", MVMD_VERSION);
+        return 0;
+    }
+    if ((system + session + (address != NULL)) > 1) {
+        g_printerr("microvmd: --system, --session and --address exclude each other\n");
+        return 2;
+    }
+    if (shutdown_timeout < 0 || shutdown_timeout > 3600) {
+        g_printerr("microvmd: --shutdown-timeout must be 0..3600\n");
+        return 2;
+    }
+    mvmd_log_init(verbose);
+    /* Registers the error names before any reply is sent. */
+    (void)MVMD_ERROR;
+
+    options.bus = address ? MVMD_BUS_ADDRESS : session ? MVMD_BUS_SESSION : MVMD_BUS_SYSTEM;
+    options.address = address;
+    options.state_dir = state_dir ? g_strdup(state_dir) : default_dir("STATE_DIRECTORY", session);
+    options.runtime_dir =
+        runtime_dir ? g_strdup(runtime_dir) : default_dir("RUNTIME_DIRECTORY", session);
+    options.replace = replace;
+    options.shutdown_timeout_sec = shutdown_timeout;
+    {
+        int status = mvmd_daemon_run(&options);
+
+        g_free(options.state_dir);
+        g_free(options.runtime_dir);
+        return status;
+    }
+}

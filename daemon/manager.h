@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The org.microvmd.MicroVM1.Manager interface (skeleton subclass; the generated interface
+ * already owns the name MvmdManager): defines VMs, keeps them by name, exports each under the
+ * ObjectManager.
+ */
+#pragma once
+
+#include "context.h"
+#include "mvmd-dbus-generated.h"
+#include "vm-object.h"
+
+G_BEGIN_DECLS
+
+#define MVMD_TYPE_MANAGER_SERVICE (mvmd_manager_service_get_type())
+G_DECLARE_FINAL_TYPE(MvmdManagerService, mvmd_manager_service, MVMD, MANAGER_SERVICE,
+                     MvmdManagerSkeleton)
+
+MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
+                                             GDBusObjectManagerServer *object_manager);
+
+/* Loads the stored definitions and exports them (state stopped). */
+void mvmd_manager_service_load(MvmdManagerService *self);
+/* Starts every VM with autostart. */
+void mvmd_manager_service_autostart(MvmdManagerService *self);
+
+/* Every VM object (borrowed), in no particular order. */
+GList *mvmd_manager_service_get_vms(MvmdManagerService *self);
+/* How many VMs hold KVM resources or have an operation in progress. */
+guint mvmd_manager_service_count_active(MvmdManagerService *self);
+
+G_END_DECLS

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "store.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+
+#include "errors.h"
+
+#define SUFFIX ".vm"
+
+struct _MvmdStore {
+    char *dir; /* <state-dir>/vms */
+};
+
+MvmdStore *mvmd_store_new(const char *state_dir)
+{
+    MvmdStore *store = g_new0(MvmdStore, 1);
+
+    store->dir = g_build_filename(state_dir, "vms", NULL);
+    return store;
+}
+
+void mvmd_store_free(MvmdStore *store)
+{
+    if (!store)
+        return;
+    g_free(store->dir);
+    g_free(store);
+}
+
+const char *mvmd_store_get_dir(MvmdStore *store)
+{
+    return store->dir;
+}
+
+static char *path_for(MvmdStore *store, const char *name)
+{
+    g_autofree char *file = g_strconcat(name, SUFFIX, NULL);
+
+    return g_build_filename(store->dir, file, NULL);
+}
+
+gboolean mvmd_store_save(MvmdStore *store, const MvmdVmConfig *config, GError **error)
+{
+    g_autoptr(GKeyFile) kf = mvmd_vm_config_to_keyfile(config);
+    g_autofree char *path = path_for(store, config->name);
+    g_autofree char *data = NULL;
+    g_autoptr(GError) local = NULL;
+    gsize len;
+
+    if (g_mkdir_with_parents(store->dir, 0700) < 0) {
+        int err = errno;
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot create %s: %s", store->dir,
+                    g_strerror(err));
+        return FALSE;
+    }
+    data = g_key_file_to_data(kf, &len, NULL);
+    if (!g_file_set_contents_full(path, data, len, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &local)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot store the definition: %s",
+                    local->message);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean mvmd_store_remove(MvmdStore *store, const char *name, GError **error)
+{
+    g_autofree char *path = path_for(store, name);
+
+    if (g_unlink(path) < 0 && errno != ENOENT) {
+        int err = errno;
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot remove %s: %s", path,
+                    g_strerror(err));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static MvmdVmConfig *load_one(MvmdStore *store, const char *file, GError **error)
+{
+    g_autofree char *path = g_build_filename(store->dir, file, NULL);
+    g_autofree char *expected = g_strndup(file, strlen(file) - strlen(SUFFIX));
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(MvmdVmConfig) config = NULL;
+
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, error))
+        return NULL;
+    config = mvmd_vm_config_new_from_keyfile(kf, error);
+    if (!config)
+        return NULL;
+    if (!g_str_equal(config->name, expected)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "the name '%s' does not match the file name", config->name);
+        return NULL;
+    }
+    /* Everything in the store is persistent by definition. */
+    config->persist = TRUE;
+    return g_steal_pointer(&config);
+}
+
+static gint compare_names(gconstpointer a, gconstpointer b)
+{
+    return g_strcmp0(*(const char *const *)a, *(const char *const *)b);
+}
+
+GPtrArray *mvmd_store_load_all(MvmdStore *store)
+{
+    GPtrArray *configs = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_vm_config_free);
+    g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDir) dir = g_dir_open(store->dir, 0, &error);
+    const char *file;
+
+    if (!dir) {
+        if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+            g_warning("cannot read the VM definitions: %s", error->message);
+        return configs;
+    }
+    while ((file = g_dir_read_name(dir))) {
+        if (g_str_has_suffix(file, SUFFIX) && file[0] != '.')
+            g_ptr_array_add(files, g_strdup(file));
+    }
+    g_ptr_array_sort(files, compare_names);
+    for (guint i = 0; i < files->len; i++) {
+        g_autoptr(GError) local = NULL;
+        MvmdVmConfig *config = load_one(store, files->pdata[i], &local);
+
+        if (config)
+            g_ptr_array_add(configs, config);
+        else
+            g_warning("skipping the VM definition %s/%s: %s", store->dir, (char *)files->pdata[i],
+                      local->message);
+    }
+    return configs;
+}

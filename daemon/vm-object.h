@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * One VM on the bus: the org.microvmd.MicroVM1.VM interface skeleton, subclassed. It owns the
+ * definition, the console, and while the VM is running or paused the libmicrovm VM. Lifecycle
+ * operations run in a GTask worker thread (they do file I/O, KVM ioctls and thread joins), one
+ * at a time; news from the vCPU threads reaches the main loop through idle sources.
+ */
+#pragma once
+
+#include "config.h"
+#include "context.h"
+#include "mvmd-dbus-generated.h"
+
+G_BEGIN_DECLS
+
+#define MVMD_TYPE_VM_OBJECT (mvmd_vm_object_get_type())
+G_DECLARE_FINAL_TYPE(MvmdVmObject, mvmd_vm_object, MVMD, VM_OBJECT, MvmdVmSkeleton)
+
+/* Takes @config. @state is the initial State (MVMD_STATE_CREATED or _STOPPED). */
+MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const char *state);
+
+const char *mvmd_vm_object_get_vm_name(MvmdVmObject *self);
+const MvmdVmConfig *mvmd_vm_object_get_config(MvmdVmObject *self);
+/* /org/microvmd/MicroVM1/vm/<escaped name> */
+char *mvmd_vm_object_build_path(const char *name);
+
+/* Holds KVM resources, or an operation is in progress. */
+gboolean mvmd_vm_object_is_active(MvmdVmObject *self);
+
+/* Start without a caller (autostart); failures are logged. */
+void mvmd_vm_object_autostart(MvmdVmObject *self);
+
+/* Daemon shutdown: ask a running guest to shut down (a paused one is stopped at once). */
+void mvmd_vm_object_begin_shutdown(MvmdVmObject *self);
+/* Daemon shutdown: stop now (or as soon as the operation in progress ends). */
+void mvmd_vm_object_force_stop(MvmdVmObject *self);
+
+G_END_DECLS

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "harness.h"
+
+#include <errno.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+#define BUS_NAME "org.microvmd.MicroVM1"
+
+static const char bus_config[] =
+    "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+    " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+    "<busconfig>\n"
+    "  <type>session</type>\n"
+    "  <listen>unix:dir=%s</listen>\n"
+    "  <auth>EXTERNAL</auth>\n"
+    "  <limit name=\"max_connections_per_user\">1000</limit>\n"
+    "  <limit name=\"max_replies_per_connection\">20000</limit>\n"
+    "  <policy context=\"default\">\n"
+    "    <allow send_destination=\"*\" eavesdrop=\"true\"/>\n"
+    "    <allow eavesdrop=\"true\"/>\n"
+    "    <allow own=\"*\"/>\n"
+    "  </policy>\n"
+    "</busconfig>\n";
+
+/* The bus and the daemon die with the test, even when an assertion aborts it. */
+static void child_setup(gpointer data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+static char *read_line_from_fd(int fd)
+{
+    GString *line = g_string_new(NULL);
+    char c;
+
+    while (read(fd, &c, 1) == 1 && c != '\n')
+        g_string_append_c(line, c);
+    return g_string_free(line, FALSE);
+}
+
+MvmdTestBus *mvmd_test_bus_new(void)
+{
+    MvmdTestBus *bus = g_new0(MvmdTestBus, 1);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *config_path = NULL;
+    g_autofree char *config = NULL;
+    g_autofree char *config_arg = NULL;
+    int out_fd = -1;
+
+    bus->tmpdir = g_dir_make_tmp("microvmd-test-XXXXXX", &error);
+    g_assert_no_error(error);
+    bus->state_dir = g_build_filename(bus->tmpdir, "state", NULL);
+    bus->runtime_dir = g_build_filename(bus->tmpdir, "run", NULL);
+    config_path = g_build_filename(bus->tmpdir, "bus.conf", NULL);
+    config = g_strdup_printf(bus_config, bus->tmpdir);
+    g_file_set_contents(config_path, config, -1, &error);
+    g_assert_no_error(error);
+    config_arg = g_strconcat("--config-file=", config_path, NULL);
+
+    {
+        const char *argv[] = {"dbus-daemon", config_arg, "--print-address=1", "--nofork", NULL};
+        g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
+                                 G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD |
+                                     G_SPAWN_STDERR_TO_DEV_NULL,
+                                 child_setup, NULL, &bus->bus_pid, NULL, &out_fd, NULL, &error);
+        g_assert_no_error(error);
+    }
+    bus->address = read_line_from_fd(out_fd);
+    close(out_fd);
+    g_assert_cmpstr(bus->address, !=, "");
+    bus->connection = mvmd_test_bus_connect(bus);
+    return bus;
+}
+
+GDBusConnection *mvmd_test_bus_connect(MvmdTestBus *bus)
+{
+    g_autoptr(GError) error = NULL;
+    GDBusConnection *connection =
+        g_dbus_connection_new_for_address_sync(bus->address,
+                                               G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                               NULL, NULL, &error);
+
+    g_assert_no_error(error);
+    g_dbus_connection_set_exit_on_close(connection, FALSE);
+    return connection;
+}
+
+static gboolean name_has_owner(MvmdTestBus *bus)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        bus->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+        "NameHasOwner", g_variant_new("(s)", BUS_NAME), G_VARIANT_TYPE("(b)"),
+        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    gboolean owned = FALSE;
+
+    g_assert_no_error(error);
+    g_variant_get(reply, "(b)", &owned);
+    return owned;
+}
+
+gboolean mvmd_test_bus_daemon_alive(MvmdTestBus *bus)
+{
+    int status;
+
+    if (bus->daemon_pid <= 0)
+        return FALSE;
+    return waitpid(bus->daemon_pid, &status, WNOHANG) == 0;
+}
+
+void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
+{
+    const char *microvmd = g_getenv("MICROVMD");
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) error = NULL;
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    const char *wrapper = g_getenv("MVMD_TEST_DAEMON_WRAPPER");
+
+    g_assert_nonnull(microvmd);
+    g_assert_cmpint(bus->daemon_pid, ==, 0);
+    /* e.g. MVMD_TEST_DAEMON_WRAPPER="valgrind --error-exitcode=1 --leak-check=full" */
+    if (wrapper && *wrapper) {
+        g_auto(GStrv) words = NULL;
+
+        g_shell_parse_argv(wrapper, NULL, &words, &error);
+        g_assert_no_error(error);
+        for (char **w = words; *w; w++)
+            g_ptr_array_add(argv, g_strdup(*w));
+    }
+    g_ptr_array_add(argv, g_strdup(microvmd));
+    g_ptr_array_add(argv, g_strconcat("--address=", bus->address, NULL));
+    g_ptr_array_add(argv, g_strconcat("--state-dir=", bus->state_dir, NULL));
+    g_ptr_array_add(argv, g_strconcat("--runtime-dir=", bus->runtime_dir, NULL));
+    if (g_getenv("MVMD_TEST_VERBOSE"))
+        g_ptr_array_add(argv, g_strdup("--verbose"));
+    for (const char *const *a = extra_args; a && *a; a++)
+        g_ptr_array_add(argv, g_strdup(*a));
+    g_ptr_array_add(argv, NULL);
+    /* Its stdout/stderr go to the test log (a TAP stream takes stdout: send both to stderr). */
+    g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
+                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, child_setup, NULL,
+                           &bus->daemon_pid, -1, STDERR_FILENO, STDERR_FILENO, &error);
+    g_assert_no_error(error);
+    while (!name_has_owner(bus)) {
+        g_assert_true(mvmd_test_bus_daemon_alive(bus));
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+int mvmd_test_bus_stop_daemon(MvmdTestBus *bus, guint timeout_sec)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_sec * G_USEC_PER_SEC;
+    int status;
+
+    g_assert_cmpint(bus->daemon_pid, >, 0);
+    kill(bus->daemon_pid, SIGTERM);
+    for (;;) {
+        pid_t r = waitpid(bus->daemon_pid, &status, WNOHANG);
+
+        if (r == bus->daemon_pid)
+            break;
+        if (g_get_monotonic_time() > deadline) {
+            kill(bus->daemon_pid, SIGKILL);
+            waitpid(bus->daemon_pid, &status, 0);
+            bus->daemon_pid = 0;
+            return -1;
+        }
+        g_usleep(10 * 1000);
+    }
+    bus->daemon_pid = 0;
+    /* Wait until the bus has noticed, so a restarted daemon can own the name. */
+    for (int i = 0; i < 500 && name_has_owner(bus); i++)
+        g_usleep(10 * 1000);
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
+}
+
+static void rm_rf(const char *path)
+{
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    if (dir) {
+        while ((name = g_dir_read_name(dir))) {
+            g_autofree char *child = g_build_filename(path, name, NULL);
+            rm_rf(child);
+        }
+    }
+    if (g_remove(path) < 0 && errno != ENOENT)
+        g_test_message("cannot remove %s: %s", path, g_strerror(errno));
+}
+
+void mvmd_test_bus_free(MvmdTestBus *bus)
+{
+    if (!bus)
+        return;
+    if (bus->daemon_pid > 0) {
+        kill(bus->daemon_pid, SIGKILL);
+        waitpid(bus->daemon_pid, NULL, 0);
+    }
+    if (bus->connection) {
+        g_dbus_connection_close_sync(bus->connection, NULL, NULL);
+        g_object_unref(bus->connection);
+    }
+    if (bus->bus_pid > 0) {
+        kill(bus->bus_pid, SIGTERM);
+        waitpid(bus->bus_pid, NULL, 0);
+    }
+    rm_rf(bus->tmpdir);
+    g_free(bus->tmpdir);
+    g_free(bus->state_dir);
+    g_free(bus->runtime_dir);
+    g_free(bus->address);
+    g_free(bus);
+}
+
+MvmdManager *mvmd_test_bus_manager(MvmdTestBus *bus, GDBusConnection *connection)
+{
+    g_autoptr(GError) error = NULL;
+    MvmdManager *manager = mvmd_manager_proxy_new_sync(connection ? connection : bus->connection,
+                                                       G_DBUS_PROXY_FLAGS_NONE, BUS_NAME,
+                                                       "/org/microvmd/MicroVM1", NULL, &error);
+
+    g_assert_no_error(error);
+    return manager;
+}
+
+MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    MvmdVm *vm = mvmd_vm_proxy_new_sync(connection ? connection : bus->connection,
+                                        G_DBUS_PROXY_FLAGS_NONE, BUS_NAME, path, NULL, &error);
+
+    g_assert_no_error(error);
+    return vm;
+}
+
+GVariant *mvmd_test_config(const char *text)
+{
+    g_autofree char *typed = g_strconcat("@a{sv} ", text, NULL);
+
+    /* Parsed as a format, so no '%' conversions in the tests' texts. Floating, like
+     * g_variant_new(): the call that takes it owns it. */
+    g_assert_null(strchr(text, '%'));
+    return g_variant_new_parsed(typed);
+}
+
+void mvmd_test_assert_dbus_error(GError *error, const char *name)
+{
+    g_autofree char *remote = NULL;
+
+    g_assert_nonnull(error);
+    remote = g_dbus_error_get_remote_error(error);
+    if (g_strcmp0(remote, name) != 0)
+        g_error("expected %s, got %s (%s)", name, remote ? remote : "(local)", error->message);
+}

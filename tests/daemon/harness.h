@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Test harness: a private dbus-daemon in a temporary directory, the built microvmd on it
+ * (--address, its own --state-dir and --runtime-dir), and helpers to drive it. No mocks.
+ * Paths come from the environment meson sets: MICROVMD (the daemon), MVM_TESTGUEST (the
+ * test guest ELF, for the KVM tests), MVMD_TEST_DAEMON_WRAPPER (a command line to run the
+ * daemon under, e.g. valgrind), MVMD_TEST_VERBOSE (run it with --verbose).
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "mvmd-dbus-generated.h"
+
+G_BEGIN_DECLS
+
+/* gdbus-codegen defines these for the classes only, not for the interfaces. */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdManager, g_object_unref)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVm, g_object_unref)
+
+typedef struct {
+    char *tmpdir;
+    char *state_dir;
+    char *runtime_dir;
+    char *address;
+    GPid bus_pid;
+    GPid daemon_pid;
+    GDBusConnection *connection; /* the harness's own client connection */
+} MvmdTestBus;
+
+/* Starts a private bus (not the daemon). */
+MvmdTestBus *mvmd_test_bus_new(void);
+/* Starts microvmd with @extra_args (NULL-terminated, may be NULL); waits for its name. */
+void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args);
+/* SIGTERM, wait (up to @timeout_sec); returns the exit status (-1 if it had to be killed). */
+int mvmd_test_bus_stop_daemon(MvmdTestBus *bus, guint timeout_sec);
+/* Is the daemon process still alive? */
+gboolean mvmd_test_bus_daemon_alive(MvmdTestBus *bus);
+/* Kills whatever is left and removes the temporary directory. */
+void mvmd_test_bus_free(MvmdTestBus *bus);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdTestBus, mvmd_test_bus_free)
+
+/* A new client connection to the private bus. */
+GDBusConnection *mvmd_test_bus_connect(MvmdTestBus *bus);
+MvmdManager *mvmd_test_bus_manager(MvmdTestBus *bus, GDBusConnection *connection);
+MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const char *path);
+
+/* Runs the thread-default main context until @cond is TRUE or @timeout_ms passes. */
+#define mvmd_test_wait_until(cond, timeout_ms)                                                     \
+    G_STMT_START                                                                                   \
+    {                                                                                              \
+        gint64 _deadline = g_get_monotonic_time() + (gint64)(timeout_ms)*1000;                     \
+        while (!(cond) && g_get_monotonic_time() < _deadline)                                      \
+            g_main_context_iteration(NULL, FALSE) || (g_usleep(1000), 0);                          \
+        g_assert_true(cond);                                                                       \
+    }                                                                                              \
+    G_STMT_END
+
+/* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
+GVariant *mvmd_test_config(const char *text);
+
+/* Asserts that @error is the D-Bus error @name (e.g. "org.microvmd.MicroVM1.Error.NoSuchVM"). */
+void mvmd_test_assert_dbus_error(GError *error, const char *name);
+
+G_END_DECLS
