@@ -67,7 +67,26 @@ typedef struct {
     char *cmdline;       /* optional */
     gboolean prefer_pvh; /* use the ELF PVH entry when present */
     gboolean debug_exit; /* test guests: debug exit port + test device */
+    GPtrArray *disks;    /* of MvmDiskConfig (owned; may be NULL) */
+    GPtrArray *nics;     /* of MvmNetConfig (owned; may be NULL) */
+    guint32 vsock_cid;   /* 0: no vsock device; else >= 3 */
+    char *vsock_uds_path;
+    gboolean rng;        /* virtio-rng fed from getrandom() */
 } MvmVmConfig;
+
+/* One virtio-blk disk: a raw image, by path or fd (the VM dups the fd). */
+typedef struct {
+    char *path;
+    int fd; /* -1: open path */
+    gboolean read_only;
+} MvmDiskConfig;
+
+/* One virtio-net device on a tap: by interface name or an open tap fd. */
+typedef struct {
+    char *tap_name;
+    int tap_fd;     /* -1: open tap_name */
+    guint8 mac[6];  /* all zero: generated */
+} MvmNetConfig;
 
 MvmVmConfig *mvm_vm_config_new(void);
 MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config);
@@ -134,6 +153,42 @@ typedef struct {
 } MvmVmStats;
 
 void mvm_vm_get_stats(MvmVm *vm, MvmVmStats *stats);
+
+/*
+ * Pause with options. MVM_PAUSE_FREEZE_CLOCK saves the KVM clock at pause and sets it back at
+ * resume, so guest time does not jump over the pause. mvm_vm_pause() = no flags.
+ */
+typedef enum {
+    MVM_PAUSE_NONE = 0,
+    MVM_PAUSE_FREEZE_CLOCK = 1 << 0,
+} MvmPauseFlags;
+gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
+
+/*
+ * Snapshot / restore (see DESIGN.md, "snapshot"). A snapshot is a directory with `state` and
+ * `memory`. Snapshot works on a running or paused VM: a running one is paused for the
+ * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED. The _at variants take a
+ * directory fd (not consumed) so a daemon never opens a path on behalf of a caller.
+ */
+typedef enum {
+    MVM_SNAPSHOT_NONE = 0,
+    MVM_SNAPSHOT_LEAVE_PAUSED = 1 << 0,
+} MvmSnapshotFlags;
+gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GError **error);
+gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error);
+
+/*
+ * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
+ * untrusted: everything is validated before KVM is touched, and any failure is
+ * MVM_ERROR_INVALID_ARGUMENT with the reason. Memory is mapped copy-on-write from the
+ * snapshot unless MVM_RESTORE_COPY_MEMORY.
+ */
+typedef enum {
+    MVM_RESTORE_NONE = 0,
+    MVM_RESTORE_COPY_MEMORY = 1 << 0,
+} MvmRestoreFlags;
+MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error);
+MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
 
 /* KVM facts for the Manager's properties. */
 int mvm_kvm_api_version(GError **error);
