@@ -38,7 +38,8 @@ int mvm_memory_get_fd(const MvmMemory *mem);
 
 /*
  * Returns a host pointer to [gpa, gpa + len) when that whole range is RAM
- * inside one region, NULL otherwise (also on overflow). len may be 0.
+ * inside one region, NULL otherwise (also on overflow). len may be 0, but gpa must
+ * still be RAM.
  */
 void *mvm_memory_get_ptr(const MvmMemory *mem, guint64 gpa, guint64 len);
 

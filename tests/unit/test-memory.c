@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Guest memory: the single bounds check every guest-physical access goes through, the split
+ * around the MMIO gap, and copy-on-write mapping of a memory file. No KVM needed.
+ */
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "layout.h"
+#include "memory.h"
+#include "microvm.h"
+
+static void test_sizes(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_null(mvm_memory_new(0, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_assert_null(mvm_memory_new(3 * MVM_MIB, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_assert_null(mvm_memory_new(G_MAXUINT64 - MVM_MIB + 1, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+
+    g_autoptr(MvmMemory) mem = mvm_memory_new(2 * MVM_MIB, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(mvm_memory_get_size(mem), ==, 2 * MVM_MIB);
+    g_assert_cmpuint(mvm_memory_get_end(mem), ==, 2 * MVM_MIB);
+    g_assert_cmpuint(mvm_memory_get_n_regions(mem), ==, 1);
+    g_assert_cmpint(mvm_memory_get_fd(mem), >=, 0);
+}
+
+static void test_bounds(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmMemory) mem = mvm_memory_new(4 * MVM_MIB, &error);
+    const guint64 size = 4 * MVM_MIB;
+
+    g_assert_no_error(error);
+    g_assert_nonnull(mvm_memory_get_ptr(mem, 0, size));
+    g_assert_nonnull(mvm_memory_get_ptr(mem, size - 1, 1));
+    /* Even an empty range must start inside RAM: the address itself is guest input. */
+    g_assert_nonnull(mvm_memory_get_ptr(mem, size - 1, 0));
+    g_assert_null(mvm_memory_get_ptr(mem, size, 0));
+    g_assert_null(mvm_memory_get_ptr(mem, size, 1));
+    g_assert_null(mvm_memory_get_ptr(mem, size - 1, 2));
+    g_assert_null(mvm_memory_get_ptr(mem, 0, size + 1));
+    /* Wrap-around: gpa + len overflows 64 bits and must not look small. */
+    g_assert_null(mvm_memory_get_ptr(mem, 1, G_MAXUINT64));
+    g_assert_null(mvm_memory_get_ptr(mem, G_MAXUINT64, 2));
+    g_assert_null(mvm_memory_get_ptr(mem, G_MAXUINT64 - 15, 32));
+
+    guint8 byte = 0x5a;
+    g_assert_true(mvm_memory_write(mem, size - 1, &byte, 1, &error));
+    g_assert_no_error(error);
+    g_assert_false(mvm_memory_write(mem, size - 1, &byte, 2, &error));
+    g_assert_nonnull(error);
+    g_clear_error(&error);
+    g_assert_false(mvm_memory_read(mem, G_MAXUINT64, &byte, 1, &error));
+    g_assert_nonnull(error);
+}
+
+/* Above 3 GiB the RAM continues at 4 GiB; an access may not straddle the gap. */
+static void test_gap_split(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmMemory) mem = mvm_memory_new(MVM_MMIO_GAP_START + 64 * MVM_MIB, &error);
+
+    g_assert_no_error(error);
+    g_assert_cmpuint(mvm_memory_get_n_regions(mem), ==, 2);
+    const MvmMemoryRegion *low = mvm_memory_get_region(mem, 0);
+    const MvmMemoryRegion *high = mvm_memory_get_region(mem, 1);
+    g_assert_cmpuint(low->gpa, ==, 0);
+    g_assert_cmpuint(low->size, ==, MVM_MMIO_GAP_START);
+    g_assert_cmpuint(high->gpa, ==, MVM_MMIO_GAP_END);
+    g_assert_cmpuint(high->size, ==, 64 * MVM_MIB);
+    g_assert_cmpuint(high->fd_offset, ==, MVM_MMIO_GAP_START);
+    g_assert_cmpuint(mvm_memory_get_end(mem), ==, MVM_MMIO_GAP_END + 64 * MVM_MIB);
+
+    g_assert_nonnull(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_START - 8, 8));
+    g_assert_null(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_START - 8, 16));
+    g_assert_null(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_START, 1));
+    g_assert_null(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_END - 1, 1));
+    g_assert_nonnull(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_END, 64 * MVM_MIB));
+    g_assert_null(mvm_memory_get_ptr(mem, MVM_MMIO_GAP_END, 64 * MVM_MIB + 1));
+
+    /* Both regions are windows on one memfd, in order: high RAM follows low RAM in the file. */
+    const char text[] = "above the gap";
+    g_assert_true(mvm_memory_write(mem, MVM_MMIO_GAP_END, text, sizeof(text), &error));
+    g_assert_no_error(error);
+    char back[sizeof(text)];
+    g_assert_cmpint(pread(mvm_memory_get_fd(mem), back, sizeof(back), MVM_MMIO_GAP_START), ==,
+                    sizeof(back));
+    g_assert_cmpstr(back, ==, text);
+}
+
+/* A snapshot's memory file mapped MAP_PRIVATE: guest writes never reach the file. */
+static void test_private_file_mapping(void)
+{
+    g_autoptr(GError) error = NULL;
+    const guint64 size = 2 * MVM_MIB;
+    int fd = memfd_create("test-memory", MFD_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, size), ==, 0);
+    g_assert_cmpint(pwrite(fd, "snapshot", 8, 4096), ==, 8);
+
+    g_autoptr(MvmMemory) mem = mvm_memory_new_from_fd(fd, size, FALSE, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(mvm_memory_get_fd(mem), ==, -1);
+    char buf[8];
+    g_assert_true(mvm_memory_read(mem, 4096, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
+    g_assert_true(mvm_memory_write(mem, 4096, "modified", 8, &error));
+    g_assert_no_error(error);
+
+    g_assert_cmpint(pread(fd, buf, sizeof(buf), 4096), ==, 8);
+    g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
+
+    /* A copy is independent of the file, and can be snapshotted again (it has a memfd). */
+    g_autoptr(MvmMemory) copy = mvm_memory_new_from_fd(fd, size, TRUE, &error);
+    g_assert_no_error(error);
+    g_assert_true(mvm_memory_read(copy, 4096, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
+    close(fd);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/memory/sizes", test_sizes);
+    g_test_add_func("/memory/bounds", test_bounds);
+    g_test_add_func("/memory/gap-split", test_gap_split);
+    g_test_add_func("/memory/private-file-mapping", test_private_file_mapping);
+    return g_test_run();
+}
