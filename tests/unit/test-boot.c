@@ -1023,6 +1023,12 @@ static void test_real_kernel(void)
         g_test_skip("MVM_LINUX_GUEST_DIR is not set (see tests/guest/build-linux-guest)");
         return;
     }
+    g_autofree char *bzimage = g_build_filename(dir, "bzImage", NULL);
+    if (!g_file_test(bzimage, G_FILE_TEST_EXISTS)) {
+        g_test_skip_printf("the Linux guest is not built in %s (tests/guest/build-linux-guest)",
+                           dir);
+        return;
+    }
     g_autoptr(MvmMemory) mem = new_memory(256 * MVM_MIB);
     g_auto(MvmBootInfo) bz_info = {0};
     g_auto(MvmBootInfo) elf_info = {0};
