@@ -195,3 +195,4 @@ bool mode_triplefault(void);
 bool mode_smp(void);
 bool mode_compute(void);
 bool mode_pattern(void);
+bool mode_idle(void);

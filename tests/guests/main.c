@@ -22,6 +22,7 @@ static const struct {
     {"smp", mode_smp},
     {"compute", mode_compute},
     {"pattern", mode_pattern},
+    {"idle", mode_idle},
 };
 
 void pass(const char *what)
@@ -76,7 +77,7 @@ noreturn void guest_main(const u8 *boot_params)
         }
     }
     if (!found)
-        fail("mode: expected one of boot echo iotest reset triplefault smp compute pattern "
+        fail("mode: expected one of boot echo iotest reset triplefault smp compute pattern idle "
              "got %s",
              mode);
     gprintf("TESTGUEST-DONE %s %s\n", mode, ok ? "PASS" : "FAIL");

@@ -1,0 +1,432 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * bench-client: control-plane round trips for tests/bench/compare, timed from C on both sides
+ * so that neither gets a slower client. One JSON object per measurement on stdout (µs, KiB):
+ *
+ *   bench-client qmp-pause SOCKET REPS       QMP stop / cont round trips
+ *   bench-client qmp-migrate SOCKET FILE     migrate to "exec:cat > FILE" until completed
+ *   bench-client qmp-incoming SOCKET FILE    migrate-incoming "exec:cat FILE" until running
+ *                                            (QEMU started with -incoming defer)
+ *   bench-client dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING
+ *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start,
+ *                                            property Get, Pause/Resume, GetManagedObjects with
+ *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+
+#include "bench-util.h"
+
+/* ---- QMP: one JSON object per line; replies start with {"return" or {"error" ---- */
+
+typedef struct {
+    int fd;
+    GString *buf;
+} Qmp;
+
+static char *qmp_read_line(Qmp *qmp, GError **error)
+{
+    for (;;) {
+        char *nl = memchr(qmp->buf->str, '\n', qmp->buf->len);
+        if (nl != NULL) {
+            gsize len = (gsize)(nl - qmp->buf->str);
+            char *line = g_strndup(qmp->buf->str, len);
+            g_string_erase(qmp->buf, 0, (gssize)len + 1);
+            return line;
+        }
+        char chunk[4096];
+        ssize_t n = read(qmp->fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_CLOSED, "QMP connection closed");
+            return NULL;
+        }
+        g_string_append_len(qmp->buf, chunk, n);
+    }
+}
+
+/* Sends @command and returns the reply line, skipping asynchronous events. */
+static char *qmp_execute(Qmp *qmp, const char *command, GError **error)
+{
+    gsize len = strlen(command);
+
+    if (write(qmp->fd, command, len) != (ssize_t)len) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "QMP write: %s", g_strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        char *line = qmp_read_line(qmp, error);
+        if (line == NULL)
+            return NULL;
+        if (g_str_has_prefix(line, "{\"return\""))
+            return line;
+        if (g_str_has_prefix(line, "{\"error\"")) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "QMP: %s", line);
+            g_free(line);
+            return NULL;
+        }
+        g_free(line); /* an event */
+    }
+}
+
+static gboolean qmp_run(Qmp *qmp, const char *command, GError **error)
+{
+    g_autofree char *reply = qmp_execute(qmp, command, error);
+    return reply != NULL;
+}
+
+static gboolean qmp_connect(Qmp *qmp, const char *path, GError **error)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+
+    qmp->buf = g_string_new(NULL);
+    qmp->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    if (qmp->fd < 0 || connect(qmp->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "connect %s: %s", path,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    g_autofree char *greeting = qmp_read_line(qmp, error);
+    return greeting != NULL && qmp_run(qmp, "{\"execute\": \"qmp_capabilities\"}\n", error);
+}
+
+static void qmp_close(Qmp *qmp)
+{
+    if (qmp->fd >= 0)
+        close(qmp->fd);
+    g_string_free(qmp->buf, TRUE);
+}
+
+static int cmd_qmp_pause(const char *socket_path, guint reps)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+    Qmp qmp = {-1, NULL};
+
+    if (!qmp_connect(&qmp, socket_path, &error))
+        return bench_fail("QMP", error);
+    for (guint i = 0; i < reps; i++) {
+        g_usleep(2000);
+        gint64 t0 = g_get_monotonic_time();
+        if (!qmp_run(&qmp, "{\"execute\": \"stop\"}\n", &error))
+            return bench_fail("stop", error);
+        gint64 t1 = g_get_monotonic_time();
+        if (!qmp_run(&qmp, "{\"execute\": \"cont\"}\n", &error))
+            return bench_fail("cont", error);
+        bench_samples_add(pause_us, t1 - t0);
+        bench_samples_add(resume_us, g_get_monotonic_time() - t1);
+    }
+    qmp_close(&qmp);
+    GString *json = g_string_new(NULL);
+    bench_json_samples(json, "pause_us", pause_us);
+    bench_json_samples(json, "resume_us", resume_us);
+    bench_json_print(json);
+    return 0;
+}
+
+/* Polls @query until its reply contains one of @done (success) or "failed". */
+static gboolean qmp_poll(Qmp *qmp, const char *query, const char *done, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    while (g_get_monotonic_time() < deadline) {
+        g_autofree char *reply = qmp_execute(qmp, query, error);
+        if (reply == NULL)
+            return FALSE;
+        if (strstr(reply, done) != NULL)
+            return TRUE;
+        if (strstr(reply, "\"failed\"") != NULL) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s", reply);
+            return FALSE;
+        }
+        g_usleep(200);
+    }
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no %s after 60 s", done);
+    return FALSE;
+}
+
+/* @outgoing: migrate to FILE; else migrate-incoming from FILE and wait until running. */
+static int cmd_qmp_migrate(const char *socket_path, const char *file, gboolean outgoing)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *quoted = g_shell_quote(file);
+    g_autofree char *command =
+        outgoing ? g_strdup_printf("{\"execute\": \"migrate\", \"arguments\": {\"uri\": "
+                                   "\"exec:cat > %s\"}}\n",
+                                   quoted)
+                 : g_strdup_printf("{\"execute\": \"migrate-incoming\", \"arguments\": "
+                                   "{\"uri\": \"exec:cat %s\"}}\n",
+                                   quoted);
+    Qmp qmp = {-1, NULL};
+
+    if (strchr(file, '"') != NULL || strchr(file, '\\') != NULL)
+        return bench_fail("migration file name", NULL);
+    if (!qmp_connect(&qmp, socket_path, &error))
+        return bench_fail("QMP", error);
+    gint64 t0 = g_get_monotonic_time();
+    if (!qmp_run(&qmp, command, &error))
+        return bench_fail(outgoing ? "migrate" : "migrate-incoming", error);
+    gboolean ok =
+        outgoing ? qmp_poll(&qmp, "{\"execute\": \"query-migrate\"}\n", "\"completed\"", &error)
+                 : qmp_poll(&qmp, "{\"execute\": \"query-status\"}\n", "\"running\"", &error);
+    if (!ok)
+        return bench_fail("waiting for the migration", error);
+    gint64 t1 = g_get_monotonic_time();
+    qmp_close(&qmp);
+    GString *json = g_string_new(NULL);
+    bench_json_int(json, outgoing ? "migrate_us" : "incoming_to_running_us", t1 - t0);
+    bench_json_print(json);
+    return 0;
+}
+
+/* ---- D-Bus: microvmd ---- */
+
+#define MVMD_NAME    "org.microvmd.MicroVM1"
+#define MVMD_ROOT    "/org/microvmd/MicroVM1"
+#define MVMD_MANAGER "org.microvmd.MicroVM1.Manager"
+#define MVMD_VM      "org.microvmd.MicroVM1.VM"
+
+typedef struct {
+    GDBusConnection *bus;
+    const char *kernel;
+    int daemon_pid;
+    guint reps;
+} Client;
+
+static GVariant *call(Client *c, const char *path, const char *iface, const char *method,
+                      GVariant *args, GError **error)
+{
+    return g_dbus_connection_call_sync(c->bus, MVMD_NAME, path, iface, method, args, NULL,
+                                       G_DBUS_CALL_FLAGS_NO_AUTO_START, 120000, NULL, error);
+}
+
+static gboolean vm_call(Client *c, const char *path, const char *method, GError **error)
+{
+    g_autoptr(GVariant) reply = call(c, path, MVMD_VM, method, NULL, error);
+    return reply != NULL;
+}
+
+static char *create_vm(Client *c, const char *name, const char *cmdline, GError **error)
+{
+    GVariantBuilder config;
+    char *path = NULL;
+
+    g_variant_builder_init(&config, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&config, "{sv}", "kernel", g_variant_new_string(c->kernel));
+    g_variant_builder_add(&config, "{sv}", "cmdline", g_variant_new_string(cmdline));
+    g_variant_builder_add(&config, "{sv}", "debug-exit", g_variant_new_boolean(TRUE));
+    g_variant_builder_add(&config, "{sv}", "memory-mib", g_variant_new_uint64(128));
+    g_autoptr(GVariant) reply = call(c, MVMD_ROOT, MVMD_MANAGER, "CreateVM",
+                                     g_variant_new("(sa{sv})", name, &config), error);
+    if (reply != NULL)
+        g_variant_get(reply, "(o)", &path);
+    return path;
+}
+
+/* Stop (when running) and Delete every VM in @paths. */
+static gboolean delete_vms(Client *c, GPtrArray *paths, gboolean stop, GError **error)
+{
+    for (guint i = 0; i < paths->len; i++)
+        if ((stop && !vm_call(c, paths->pdata[i], "Stop", error)) ||
+            !vm_call(c, paths->pdata[i], "Delete", error))
+            return FALSE;
+    g_ptr_array_set_size(paths, 0);
+    return TRUE;
+}
+
+static gboolean bench_create_start(Client *c, GError **error)
+{
+    g_autoptr(GArray) create_us = bench_samples_new(), total_us = bench_samples_new();
+    g_autoptr(GArray) stop_delete_us = bench_samples_new();
+
+    for (guint i = 0; i < c->reps; i++) {
+        g_autofree char *name = g_strdup_printf("bench-cs-%u", i);
+        gint64 t0 = g_get_monotonic_time();
+        g_autofree char *path = create_vm(c, name, "mode=idle", error);
+        if (path == NULL)
+            return FALSE;
+        gint64 t1 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Start", error))
+            return FALSE;
+        gint64 t2 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+            return FALSE;
+        bench_samples_add(create_us, t1 - t0);
+        bench_samples_add(total_us, t2 - t0);
+        bench_samples_add(stop_delete_us, g_get_monotonic_time() - t2);
+    }
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "create_start");
+    bench_json_samples(json, "create_us", create_us);
+    bench_json_samples(json, "create_start_us", total_us);
+    bench_json_samples(json, "stop_delete_us", stop_delete_us);
+    bench_json_print(json);
+    return TRUE;
+}
+
+static gboolean bench_get_and_pause(Client *c, GError **error)
+{
+    g_autoptr(GArray) get_us = bench_samples_new();
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+    g_autofree char *path = create_vm(c, "bench-pause", "mode=compute iterations=1e13", error);
+
+    if (path == NULL || !vm_call(c, path, "Start", error))
+        return FALSE;
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 t0 = g_get_monotonic_time();
+        g_autoptr(GVariant) state = call(c, path, "org.freedesktop.DBus.Properties", "Get",
+                                         g_variant_new("(ss)", MVMD_VM, "State"), error);
+        if (state == NULL)
+            return FALSE;
+        bench_samples_add(get_us, g_get_monotonic_time() - t0);
+    }
+    g_usleep(500000); /* let the guest reach its CPL3 loop */
+    for (guint i = 0; i < c->reps; i++) {
+        g_usleep(2000);
+        gint64 t0 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Pause", error))
+            return FALSE;
+        gint64 t1 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Resume", error))
+            return FALSE;
+        bench_samples_add(pause_us, t1 - t0);
+        bench_samples_add(resume_us, g_get_monotonic_time() - t1);
+    }
+    if (!vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+        return FALSE;
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "get_pause");
+    bench_json_samples(json, "get_us", get_us);
+    bench_json_samples(json, "pause_us", pause_us);
+    bench_json_samples(json, "resume_us", resume_us);
+    bench_json_print(json);
+    return TRUE;
+}
+
+static gboolean bench_managed_objects(Client *c, guint n, GError **error)
+{
+    g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) gmo_us = bench_samples_new();
+    gsize reply_size = 0;
+
+    gint64 t0 = g_get_monotonic_time();
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *name = g_strdup_printf("bench-def-%04u", i);
+        char *path = create_vm(c, name, "mode=idle", error);
+        if (path == NULL)
+            return FALSE;
+        g_ptr_array_add(paths, path);
+    }
+    gint64 t1 = g_get_monotonic_time();
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 s = g_get_monotonic_time();
+        g_autoptr(GVariant) objects = call(c, MVMD_ROOT, "org.freedesktop.DBus.ObjectManager",
+                                           "GetManagedObjects", NULL, error);
+        if (objects == NULL)
+            return FALSE;
+        bench_samples_add(gmo_us, g_get_monotonic_time() - s);
+        reply_size = g_variant_get_size(objects);
+    }
+    gint64 t2 = g_get_monotonic_time();
+    if (!delete_vms(c, paths, FALSE, error))
+        return FALSE;
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "managed_objects");
+    bench_json_int(json, "n", n);
+    bench_json_int(json, "create_all_us", t1 - t0);
+    bench_json_samples(json, "get_managed_objects_us", gmo_us);
+    bench_json_int(json, "reply_bytes", (gint64)reply_size);
+    bench_json_int(json, "delete_all_us", g_get_monotonic_time() - t2);
+    bench_json_print(json);
+    return TRUE;
+}
+
+static gboolean bench_running(Client *c, guint n, GError **error)
+{
+    g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+    BenchMem before, after;
+
+    if (!bench_mem_read(c->daemon_pid, &before, error))
+        return FALSE;
+    gint64 t0 = g_get_monotonic_time();
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *name = g_strdup_printf("bench-run-%03u", i);
+        char *path = create_vm(c, name, "mode=idle", error);
+        if (path == NULL)
+            return FALSE;
+        g_ptr_array_add(paths, path);
+        if (!vm_call(c, path, "Start", error))
+            return FALSE;
+    }
+    gint64 t1 = g_get_monotonic_time();
+    /* The idle guests park within milliseconds of their start; leave them a margin. */
+    g_usleep(2 * G_USEC_PER_SEC);
+    if (!bench_mem_read(c->daemon_pid, &after, error))
+        return FALSE;
+    gint64 t2 = g_get_monotonic_time();
+    if (!delete_vms(c, paths, TRUE, error))
+        return FALSE;
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "running");
+    bench_json_int(json, "n", n);
+    bench_json_int(json, "create_start_all_us", t1 - t0);
+    bench_json_int(json, "stop_delete_all_us", g_get_monotonic_time() - t2);
+    bench_json_mem(json, "before", &before);
+    bench_json_mem(json, "after", &after);
+    bench_json_print(json);
+    return TRUE;
+}
+
+static int cmd_dbus(char **argv)
+{
+    g_autoptr(GError) error = NULL;
+    Client c = {
+        .kernel = argv[2],
+        .daemon_pid = (int)g_ascii_strtoll(argv[1], NULL, 10),
+        .reps = (guint)CLAMP(g_ascii_strtoull(argv[3], NULL, 10), 1, 100000),
+    };
+    guint n_defined = (guint)CLAMP(g_ascii_strtoull(argv[4], NULL, 10), 1, 100000);
+    guint n_running = (guint)CLAMP(g_ascii_strtoull(argv[5], NULL, 10), 1, 10000);
+
+    c.bus =
+        g_dbus_connection_new_for_address_sync(argv[0],
+                                               G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                               NULL, NULL, &error);
+    if (c.bus == NULL)
+        return bench_fail("connecting to the bus", error);
+    if (!bench_create_start(&c, &error))
+        return bench_fail("CreateVM+Start", error);
+    if (!bench_get_and_pause(&c, &error))
+        return bench_fail("Get/Pause/Resume", error);
+    if (!bench_managed_objects(&c, n_defined, &error))
+        return bench_fail("GetManagedObjects", error);
+    if (!bench_running(&c, n_running, &error))
+        return bench_fail("running VMs", error);
+    g_object_unref(c.bus);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "";
+
+    if (g_str_equal(cmd, "qmp-pause") && argc == 4)
+        return cmd_qmp_pause(argv[2], (guint)CLAMP(g_ascii_strtoull(argv[3], NULL, 10), 1, 100000));
+    if (g_str_equal(cmd, "qmp-migrate") && argc == 4)
+        return cmd_qmp_migrate(argv[2], argv[3], TRUE);
+    if (g_str_equal(cmd, "qmp-incoming") && argc == 4)
+        return cmd_qmp_migrate(argv[2], argv[3], FALSE);
+    if (g_str_equal(cmd, "dbus") && argc == 8)
+        return cmd_dbus(argv + 2);
+    g_printerr("usage: bench-client qmp-pause SOCKET REPS | qmp-migrate SOCKET FILE |"
+               " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING\n");
+    return 2;
+}

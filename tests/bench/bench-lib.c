@@ -1,0 +1,437 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * bench-lib: libmicrovm measured in-process, for tests/bench/compare. Each command prints one
+ * JSON object on stdout (times in µs, memory in KiB):
+ *
+ *   bench-lib first KERNEL REPS         mvm_vm_new + mvm_vm_start → marker 1 (first guest
+ *                                       instruction, host monotonic time), then stop + free
+ *   bench-lib many KERNEL N MEM_MIB     create+start N idle VMs in this process; RSS before/after
+ *   bench-lib pause KERNEL REPS         mvm_vm_pause / mvm_vm_resume of a guest computing at CPL3
+ *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
+ *                                       mvm_vm_resume, and the time until the guest prints again
+ *
+ * KERNEL is tests/guests/testguest.elf: its first instruction writes marker 1 (README there).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <glib/gstdio.h>
+
+#include "bench-util.h"
+#include "microvm.h"
+
+/*
+ * Snapshot/restore are declared in microvm.h but land in lib/ separately: weak references let
+ * this benchmark build either way (with link_whole, they resolve whenever lib/ defines them),
+ * and the snapshot command reports "not built" instead of failing to link.
+ */
+#pragma weak mvm_vm_snapshot
+#pragma weak mvm_vm_restore
+
+#define BENCH_MEMORY_MIB 128
+#define WAIT_US          (30 * G_USEC_PER_SEC)
+
+/* What the VMs of one command report, from their vCPU threads. */
+typedef struct {
+    GMutex lock;
+    GCond cond;
+    guint markers; /* VMs that reached marker 1 */
+    guint hits;    /* console lines containing `pattern`, all VMs */
+    const char *pattern;
+} Tracker;
+
+typedef struct {
+    Tracker *tracker;
+    MvmVm *vm;
+    gint64 marker_us; /* host monotonic time of marker 1 */
+    GString *line;    /* console output since the last newline */
+} Slot;
+
+static void on_marker(MvmVm *vm, guint32 marker, gint64 monotonic_us, gpointer user_data)
+{
+    Slot *slot = user_data;
+
+    if (marker != 1)
+        return;
+    g_mutex_lock(&slot->tracker->lock);
+    if (slot->marker_us == 0) {
+        slot->marker_us = monotonic_us;
+        slot->tracker->markers++;
+        g_cond_broadcast(&slot->tracker->cond);
+    }
+    g_mutex_unlock(&slot->tracker->lock);
+}
+
+static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
+{
+    Slot *slot = user_data;
+    Tracker *tracker = slot->tracker;
+
+    g_mutex_lock(&tracker->lock);
+    for (gsize i = 0; i < len; i++) {
+        if (data[i] != '\n') {
+            if (slot->line->len < 256)
+                g_string_append_c(slot->line, (char)data[i]);
+            continue;
+        }
+        if (tracker->pattern != NULL && strstr(slot->line->str, tracker->pattern) != NULL) {
+            tracker->hits++;
+            g_cond_broadcast(&tracker->cond);
+        }
+        g_string_truncate(slot->line, 0);
+    }
+    g_mutex_unlock(&tracker->lock);
+}
+
+/* Waits until *counter >= target; FALSE on timeout. */
+static gboolean tracker_wait(Tracker *tracker, const guint *counter, guint target)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_US;
+    gboolean ok = TRUE;
+
+    g_mutex_lock(&tracker->lock);
+    while (*counter < target && ok)
+        ok = g_cond_wait_until(&tracker->cond, &tracker->lock, deadline);
+    ok = *counter >= target;
+    g_mutex_unlock(&tracker->lock);
+    return ok;
+}
+
+static MvmVmConfig *make_config(const char *kernel, const char *cmdline, guint64 memory_mib)
+{
+    MvmVmConfig *config = mvm_vm_config_new();
+
+    config->kernel_path = g_strdup(kernel);
+    config->cmdline = g_strdup(cmdline);
+    config->memory_mib = memory_mib;
+    config->n_vcpus = 1;
+    config->debug_exit = TRUE; /* the test device: marker port */
+    return config;
+}
+
+static void slot_attach(Slot *slot, Tracker *tracker, MvmVm *vm)
+{
+    slot->tracker = tracker;
+    slot->vm = vm;
+    slot->line = g_string_new(NULL);
+    mvm_vm_set_marker_callback(vm, on_marker, slot);
+    mvm_vm_set_console_callback(vm, on_console, slot);
+}
+
+static void slot_clear(Slot *slot)
+{
+    g_clear_pointer(&slot->vm, mvm_vm_free);
+    if (slot->line != NULL)
+        g_string_free(g_steal_pointer(&slot->line), TRUE);
+}
+
+static void tracker_init(Tracker *tracker, const char *pattern)
+{
+    memset(tracker, 0, sizeof(*tracker));
+    g_mutex_init(&tracker->lock);
+    g_cond_init(&tracker->cond);
+    tracker->pattern = pattern;
+}
+
+static void tracker_clear(Tracker *tracker)
+{
+    g_mutex_clear(&tracker->lock);
+    g_cond_clear(&tracker->cond);
+}
+
+/* Creates and starts one VM whose callbacks report to @slot. */
+static gboolean slot_boot(Slot *slot, Tracker *tracker, const MvmVmConfig *config, GError **error)
+{
+    MvmVm *vm = mvm_vm_new(config, error);
+
+    if (vm == NULL)
+        return FALSE;
+    slot_attach(slot, tracker, vm);
+    return mvm_vm_start(vm, error);
+}
+
+/* ---- first: new + start → first guest instruction ---- */
+
+static int cmd_first(const char *kernel, guint reps)
+{
+    g_autoptr(MvmVmConfig) config = make_config(kernel, "mode=idle", BENCH_MEMORY_MIB);
+    g_autoptr(GArray) new_us = bench_samples_new(), start_us = bench_samples_new();
+    g_autoptr(GArray) first_us = bench_samples_new(), stop_us = bench_samples_new();
+    g_autoptr(GError) error = NULL;
+
+    for (guint i = 0; i < reps; i++) {
+        Tracker tracker;
+        Slot slot = {0};
+        tracker_init(&tracker, NULL);
+        gint64 t0 = g_get_monotonic_time();
+        MvmVm *vm = mvm_vm_new(config, &error);
+        if (vm == NULL)
+            return bench_fail("mvm_vm_new", error);
+        gint64 t1 = g_get_monotonic_time();
+        slot_attach(&slot, &tracker, vm);
+        if (!mvm_vm_start(vm, &error))
+            return bench_fail("mvm_vm_start", error);
+        if (!tracker_wait(&tracker, &tracker.markers, 1))
+            return bench_fail("waiting for marker 1", NULL);
+        gint64 t2 = g_get_monotonic_time();
+        slot_clear(&slot); /* stop + free */
+        bench_samples_add(new_us, t1 - t0);
+        bench_samples_add(start_us, slot.marker_us - t1);
+        bench_samples_add(first_us, slot.marker_us - t0);
+        bench_samples_add(stop_us, g_get_monotonic_time() - t2);
+        tracker_clear(&tracker);
+    }
+    GString *json = g_string_new(NULL);
+    bench_json_samples(json, "new_us", new_us);
+    bench_json_samples(json, "start_to_first_us", start_us);
+    bench_json_samples(json, "new_to_first_us", first_us);
+    bench_json_samples(json, "stop_free_us", stop_us);
+    bench_json_print(json);
+    return 0;
+}
+
+/* ---- many: N idle VMs in one process ---- */
+
+static int cmd_many(const char *kernel, guint n, guint64 memory_mib)
+{
+    g_autoptr(MvmVmConfig) config = make_config(kernel, "mode=idle", memory_mib);
+    g_autoptr(GError) error = NULL;
+    g_autofree Slot *slots = g_new0(Slot, n);
+    Tracker tracker;
+    BenchMem before, after;
+
+    tracker_init(&tracker, "IDLE");
+    /* Warm up what every VM shares (the /dev/kvm probe, GLib's thread pool, malloc arenas). */
+    {
+        Slot warm = {0};
+        if (!slot_boot(&warm, &tracker, config, &error))
+            return bench_fail("warm-up VM", error);
+        if (!tracker_wait(&tracker, &tracker.hits, 1))
+            return bench_fail("warm-up VM: waiting for IDLE", NULL);
+        slot_clear(&warm);
+        tracker.markers = tracker.hits = 0;
+    }
+    if (!bench_mem_read(0, &before, &error))
+        return bench_fail("/proc/self/status", error);
+
+    gint64 cpu0 = bench_cpu_time_us(), t0 = g_get_monotonic_time();
+    for (guint i = 0; i < n; i++)
+        if (!slot_boot(&slots[i], &tracker, config, &error))
+            return bench_fail("create+start", error);
+    gint64 t_started = g_get_monotonic_time();
+    if (!tracker_wait(&tracker, &tracker.markers, n))
+        return bench_fail("waiting for marker 1 of every VM", NULL);
+    gint64 t_last = 0;
+    for (guint i = 0; i < n; i++)
+        t_last = MAX(t_last, slots[i].marker_us);
+    gint64 cpu1 = bench_cpu_time_us();
+
+    /* Memory once every guest has parked (it printed IDLE), so nothing is still growing. */
+    if (!tracker_wait(&tracker, &tracker.hits, n))
+        return bench_fail("waiting for IDLE of every VM", NULL);
+    gint64 cpu2 = bench_cpu_time_us();
+    if (!bench_mem_read(0, &after, &error))
+        return bench_fail("/proc/self/status", error);
+
+    gint64 t_stop = g_get_monotonic_time();
+    for (guint i = 0; i < n; i++)
+        slot_clear(&slots[i]);
+    gint64 t_stopped = g_get_monotonic_time();
+    tracker_clear(&tracker);
+
+    GString *json = g_string_new(NULL);
+    bench_json_int(json, "n", n);
+    bench_json_int(json, "memory_mib", (gint64)memory_mib);
+    bench_json_int(json, "create_start_calls_us", t_started - t0);
+    bench_json_int(json, "to_last_first_insn_us", t_last - t0);
+    bench_json_int(json, "cpu_us", cpu1 - cpu0);
+    bench_json_int(json, "cpu_idle_us", cpu2 - cpu0);
+    bench_json_int(json, "stop_free_all_us", t_stopped - t_stop);
+    bench_json_mem(json, "before", &before);
+    bench_json_mem(json, "after", &after);
+    bench_json_print(json);
+    return 0;
+}
+
+/* ---- pause: pause/resume of a guest busy at CPL3 ---- */
+
+static int cmd_pause(const char *kernel, guint reps)
+{
+    g_autoptr(MvmVmConfig) config =
+        make_config(kernel, "mode=compute iterations=1e13", BENCH_MEMORY_MIB);
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+    g_autoptr(GError) error = NULL;
+    Tracker tracker;
+    Slot slot = {0};
+
+    tracker_init(&tracker, "COMPUTE iterations");
+    if (!slot_boot(&slot, &tracker, config, &error))
+        return bench_fail("create+start", error);
+    if (!tracker_wait(&tracker, &tracker.hits, 1))
+        return bench_fail("waiting for the guest to compute", NULL);
+    for (guint i = 0; i < reps; i++) {
+        g_usleep(2000); /* let the vCPU get back into the guest */
+        gint64 t0 = g_get_monotonic_time();
+        if (!mvm_vm_pause(slot.vm, &error))
+            return bench_fail("mvm_vm_pause", error);
+        gint64 t1 = g_get_monotonic_time();
+        if (!mvm_vm_resume(slot.vm, &error))
+            return bench_fail("mvm_vm_resume", error);
+        bench_samples_add(pause_us, t1 - t0);
+        bench_samples_add(resume_us, g_get_monotonic_time() - t1);
+    }
+    slot_clear(&slot);
+    tracker_clear(&tracker);
+    GString *json = g_string_new(NULL);
+    bench_json_samples(json, "pause_us", pause_us);
+    bench_json_samples(json, "resume_us", resume_us);
+    bench_json_print(json);
+    return 0;
+}
+
+/* ---- snapshot: write, then restore to running ---- */
+
+/* Allocated and apparent size of the files in @dir, in KiB. */
+static void dir_sizes(const char *dir, gint64 *allocated_kib, gint64 *apparent_kib)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    *allocated_kib = *apparent_kib = 0;
+    while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        GStatBuf st;
+        if (g_stat(path, &st) == 0) {
+            *allocated_kib += (gint64)st.st_blocks / 2;
+            *apparent_kib += (gint64)st.st_size / 1024;
+        }
+    }
+}
+
+static void remove_dir(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        g_unlink(path);
+    }
+    g_rmdir(dir);
+}
+
+typedef struct {
+    GArray *snapshot_us, *restore_us, *resume_us, *output_us;
+    gint64 allocated_kib, apparent_kib;
+} SnapshotRun;
+
+/* One round: boot the pattern guest, snapshot it, restore it into a new VM and see it go on. */
+static gboolean snapshot_round(const char *kernel, const char *dir, SnapshotRun *run,
+                               GError **error)
+{
+    g_autoptr(MvmVmConfig) config = make_config(
+        kernel, "mode=pattern pages=64 every=20 delay=1000 verify=sample", BENCH_MEMORY_MIB);
+    Tracker tracker;
+    Slot slot = {0}, restored = {0};
+    gboolean ok = FALSE;
+
+    tracker_init(&tracker, "COUNTER");
+    if (!slot_boot(&slot, &tracker, config, error))
+        goto out;
+    if (!tracker_wait(&tracker, &tracker.hits, 1)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "no COUNTER line from the guest");
+        goto out;
+    }
+    gint64 t0 = g_get_monotonic_time();
+    if (!mvm_vm_snapshot(slot.vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, error))
+        goto out;
+    gint64 t1 = g_get_monotonic_time();
+    slot_clear(&slot);
+    dir_sizes(dir, &run->allocated_kib, &run->apparent_kib);
+
+    guint hits = tracker.hits;
+    gint64 t2 = g_get_monotonic_time();
+    MvmVm *vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, error);
+    if (vm == NULL)
+        goto out;
+    gint64 t3 = g_get_monotonic_time();
+    slot_attach(&restored, &tracker, vm);
+    if (!mvm_vm_resume(vm, error))
+        goto out;
+    gint64 t4 = g_get_monotonic_time();
+    if (!tracker_wait(&tracker, &tracker.hits, hits + 1)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "the restored guest printed nothing");
+        goto out;
+    }
+    bench_samples_add(run->snapshot_us, t1 - t0);
+    bench_samples_add(run->restore_us, t3 - t2);
+    bench_samples_add(run->resume_us, t4 - t2);
+    bench_samples_add(run->output_us, g_get_monotonic_time() - t2);
+    ok = TRUE;
+out:
+    slot_clear(&slot);
+    slot_clear(&restored);
+    tracker_clear(&tracker);
+    return ok;
+}
+
+static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
+{
+    g_autoptr(GError) error = NULL;
+    SnapshotRun run = {
+        bench_samples_new(), bench_samples_new(), bench_samples_new(), bench_samples_new(), 0, 0};
+    GString *json = g_string_new(NULL);
+
+    if (mvm_vm_snapshot == NULL || mvm_vm_restore == NULL) {
+        bench_json_str(json, "unavailable", "mvm_vm_snapshot/mvm_vm_restore not built in lib/");
+        bench_json_print(json);
+        return 0;
+    }
+    for (guint i = 0; i < reps; i++) {
+        g_autofree char *dir = g_strdup_printf("%s/snap%u", parent, i);
+        gboolean ok = snapshot_round(kernel, dir, &run, &error);
+        remove_dir(dir);
+        if (!ok) {
+            g_string_free(json, TRUE);
+            return bench_fail("snapshot/restore", error);
+        }
+    }
+    bench_json_int(json, "memory_mib", BENCH_MEMORY_MIB);
+    bench_json_samples(json, "snapshot_us", run.snapshot_us);
+    bench_json_samples(json, "restore_us", run.restore_us);
+    bench_json_samples(json, "restore_resume_us", run.resume_us);
+    bench_json_samples(json, "restore_to_output_us", run.output_us);
+    bench_json_int(json, "allocated_kib", run.allocated_kib);
+    bench_json_int(json, "apparent_kib", run.apparent_kib);
+    bench_json_print(json);
+    g_array_unref(run.snapshot_us);
+    g_array_unref(run.restore_us);
+    g_array_unref(run.resume_us);
+    g_array_unref(run.output_us);
+    return 0;
+}
+
+static guint parse_count(const char *s)
+{
+    guint64 v = g_ascii_strtoull(s, NULL, 10);
+    return (guint)CLAMP(v, 1, 100000);
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 2 ? argv[1] : "";
+
+    if (g_str_equal(cmd, "first") && argc == 4)
+        return cmd_first(argv[2], parse_count(argv[3]));
+    if (g_str_equal(cmd, "many") && argc == 5)
+        return cmd_many(argv[2], parse_count(argv[3]), parse_count(argv[4]));
+    if (g_str_equal(cmd, "pause") && argc == 4)
+        return cmd_pause(argv[2], parse_count(argv[3]));
+    if (g_str_equal(cmd, "snapshot") && argc == 5)
+        return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
+    g_printerr("usage: bench-lib first KERNEL REPS | many KERNEL N MEM_MIB | pause KERNEL REPS |"
+               " snapshot KERNEL DIR REPS\n");
+    return 2;
+}

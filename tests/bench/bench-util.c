@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "bench-util.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static gint64 status_field_kib(const char *status, const char *name)
+{
+    const char *p = strstr(status, name);
+
+    if (p == NULL)
+        return -1;
+    return g_ascii_strtoll(p + strlen(name), NULL, 10);
+}
+
+gboolean bench_mem_read(int pid, BenchMem *mem, GError **error)
+{
+    g_autofree char *path =
+        pid > 0 ? g_strdup_printf("/proc/%d/status", pid) : g_strdup("/proc/self/status");
+    g_autofree char *status = NULL;
+
+    if (!g_file_get_contents(path, &status, NULL, error))
+        return FALSE;
+    mem->rss_kib = status_field_kib(status, "\nVmRSS:");
+    mem->anon_kib = status_field_kib(status, "\nRssAnon:");
+    mem->file_kib = status_field_kib(status, "\nRssFile:");
+    mem->shmem_kib = status_field_kib(status, "\nRssShmem:");
+    if (mem->rss_kib < 0 || mem->anon_kib < 0 || mem->file_kib < 0 || mem->shmem_kib < 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s: no Rss fields", path);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gint64 bench_cpu_time_us(void)
+{
+    struct rusage usage;
+
+    getrusage(RUSAGE_SELF, &usage);
+    return (gint64)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * G_USEC_PER_SEC +
+           usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
+}
+
+static void json_key(GString *json, const char *key)
+{
+    g_string_append(json, json->len == 0 ? "{" : ", ");
+    g_string_append_printf(json, "\"%s\": ", key);
+}
+
+void bench_json_samples(GString *json, const char *key, const GArray *samples_us)
+{
+    json_key(json, key);
+    g_string_append_c(json, '[');
+    for (guint i = 0; i < samples_us->len; i++)
+        g_string_append_printf(json, "%s%" G_GINT64_FORMAT, i ? ", " : "",
+                               g_array_index(samples_us, gint64, i));
+    g_string_append_c(json, ']');
+}
+
+void bench_json_int(GString *json, const char *key, gint64 value)
+{
+    json_key(json, key);
+    g_string_append_printf(json, "%" G_GINT64_FORMAT, value);
+}
+
+void bench_json_str(GString *json, const char *key, const char *value)
+{
+    json_key(json, key);
+    g_string_append_c(json, '"');
+    for (const char *p = value; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            g_string_append_c(json, '\\');
+        if ((guchar)*p < 0x20)
+            g_string_append_printf(json, "\\u%04x", (guchar)*p);
+        else
+            g_string_append_c(json, *p);
+    }
+    g_string_append_c(json, '"');
+}
+
+void bench_json_mem(GString *json, const char *key, const BenchMem *mem)
+{
+    json_key(json, key);
+    g_string_append_printf(json,
+                           "{\"rss_kib\": %" G_GINT64_FORMAT ", \"anon_kib\": %" G_GINT64_FORMAT
+                           ", \"file_kib\": %" G_GINT64_FORMAT ", \"shmem_kib\": %" G_GINT64_FORMAT
+                           "}",
+                           mem->rss_kib, mem->anon_kib, mem->file_kib, mem->shmem_kib);
+}
+
+void bench_json_print(GString *json)
+{
+    if (json->len == 0)
+        g_string_append_c(json, '{');
+    g_string_append_c(json, '}');
+    printf("%s\n", json->str);
+    fflush(stdout);
+    g_string_free(json, TRUE);
+}
+
+int bench_fail(const char *what, const GError *error)
+{
+    GString *json = g_string_new(NULL);
+    g_autofree char *message =
+        g_strdup_printf("%s: %s", what, error != NULL ? error->message : "failed");
+
+    bench_json_str(json, "error", message);
+    bench_json_print(json);
+    return 1;
+}
+
+GArray *bench_samples_new(void)
+{
+    return g_array_new(FALSE, FALSE, sizeof(gint64));
+}
+
+void bench_samples_add(GArray *samples, gint64 value_us)
+{
+    g_array_append_val(samples, value_us);
+}

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Small pieces the benchmark helpers share: process memory figures from /proc and JSON output.
+ * The helpers print one JSON object per line on stdout; tests/bench/compare reads them.
+ */
+#pragma once
+
+#include <glib.h>
+
+/* Resident memory of a process, in KiB, from /proc/PID/status. */
+typedef struct {
+    gint64 rss_kib;
+    gint64 anon_kib;
+    gint64 file_kib;
+    gint64 shmem_kib;
+} BenchMem;
+
+/* pid 0: this process. */
+gboolean bench_mem_read(int pid, BenchMem *mem, GError **error);
+/* Process CPU time (user + system) of this process, in µs. */
+gint64 bench_cpu_time_us(void);
+
+/* Appends `"key": [v, ...]` (µs as numbers) to a JSON object being built. */
+void bench_json_samples(GString *json, const char *key, const GArray *samples_us);
+void bench_json_int(GString *json, const char *key, gint64 value);
+void bench_json_str(GString *json, const char *key, const char *value);
+void bench_json_mem(GString *json, const char *key, const BenchMem *mem);
+/* Closes the object, prints it on one line and frees it. */
+void bench_json_print(GString *json);
+/* Prints {"error": message} and returns the exit status for failures. */
+int bench_fail(const char *what, const GError *error);
+
+/* A GArray of gint64 samples. */
+GArray *bench_samples_new(void);
+void bench_samples_add(GArray *samples, gint64 value_us);
