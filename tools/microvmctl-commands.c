@@ -1,0 +1,548 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* microvmctl: list, status, info, and the commands that act on one VM. */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
+
+#include "microvmctl.h"
+
+/* Lifecycle calls can take a while on a loaded host with emulated guest kernels. */
+#define LIFECYCLE_TIMEOUT_MS (5 * 60 * 1000)
+#define SNAPSHOT_TIMEOUT_MS  (30 * 60 * 1000)
+/* Shutdown's own default (VM.xml) and the slack the reply may need beyond the guest's time. */
+#define SHUTDOWN_DEFAULT_SEC 60
+#define SHUTDOWN_SLACK_MS    (30 * 1000)
+#define SHUTDOWN_MAX_SEC     3600
+
+#define JSON_ENTRY(ctl)                                                                            \
+    {                                                                                              \
+        "json", 'j', 0, G_OPTION_ARG_NONE, &(ctl)->json, N_("Print JSON"), NULL                    \
+    }
+
+static gboolean vm_is_live(MvmdVm *vm)
+{
+    const char *state = mvmd_vm_get_state(vm);
+
+    return g_strcmp0(state, MVMD_STATE_RUNNING) == 0 || g_strcmp0(state, MVMD_STATE_PAUSED) == 0;
+}
+
+/* Microseconds since the VM last started, or -1 when it is not running or paused. */
+static gint64 vm_uptime_us(MvmdVm *vm)
+{
+    g_autoptr(GVariant) stats = NULL;
+    gint64 uptime = -1;
+
+    if (!vm_is_live(vm) ||
+        !mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, NULL))
+        return -1;
+    if (!g_variant_lookup(stats, "uptime-us", "x", &uptime))
+        return -1;
+    return uptime;
+}
+
+static gint compare_vm_names(gconstpointer a, gconstpointer b)
+{
+    return g_strcmp0(mvmd_vm_get_name(*(MvmdVm **)a), mvmd_vm_get_name(*(MvmdVm **)b));
+}
+
+/* Every VM the daemon has, sorted by name, from one GetManagedObjects round trip. */
+static GPtrArray *all_vms(GDBusObjectManager *manager)
+{
+    GList *objects = g_dbus_object_manager_get_objects(manager);
+    GPtrArray *vms = g_ptr_array_new_with_free_func(g_object_unref);
+
+    for (GList *l = objects; l; l = l->next) {
+        MvmdVm *vm = mvmd_object_get_vm(MVMD_OBJECT(l->data));
+
+        if (vm)
+            g_ptr_array_add(vms, vm);
+    }
+    g_list_free_full(objects, g_object_unref);
+    g_ptr_array_sort(vms, compare_vm_names);
+    return vms;
+}
+
+static JsonNode *vm_summary_json(MvmdVm *vm, gint64 uptime)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "name");
+    json_builder_add_string_value(b, mvmd_vm_get_name(vm));
+    json_builder_set_member_name(b, "path");
+    json_builder_add_string_value(b, g_dbus_proxy_get_object_path(G_DBUS_PROXY(vm)));
+    json_builder_set_member_name(b, "uuid");
+    json_builder_add_string_value(b, mvmd_vm_get_uuid(vm));
+    json_builder_set_member_name(b, "state");
+    json_builder_add_string_value(b, mvmd_vm_get_state(vm));
+    json_builder_set_member_name(b, "vcpus");
+    json_builder_add_int_value(b, mvmd_vm_get_vcpus(vm));
+    json_builder_set_member_name(b, "memory-mib");
+    json_builder_add_int_value(b, (gint64)mvmd_vm_get_memory_mib(vm));
+    json_builder_set_member_name(b, "uptime-us");
+    if (uptime >= 0)
+        json_builder_add_int_value(b, uptime);
+    else
+        json_builder_add_null_value(b);
+    json_builder_end_object(b);
+    return json_builder_get_root(b);
+}
+
+static void print_vm_table(GPtrArray *vms)
+{
+    const char *headers[] = {_("NAME"), _("STATE"), _("VCPUS"), _("MEMORY"), _("UPTIME")};
+    g_autoptr(MctlTable) table = mctl_table_new(G_N_ELEMENTS(headers), headers);
+
+    for (guint i = 0; i < vms->len; i++) {
+        MvmdVm *vm = vms->pdata[i];
+        g_autofree char *vcpus = g_strdup_printf("%u", mvmd_vm_get_vcpus(vm));
+        g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
+        g_autofree char *uptime = mctl_format_duration_us(vm_uptime_us(vm));
+        const char *row[] = {mvmd_vm_get_name(vm), mvmd_vm_get_state(vm), vcpus, memory, uptime};
+
+        mctl_table_add(table, row);
+    }
+    mctl_table_print(table);
+}
+
+int mctl_cmd_list(Mctl *ctl, int argc, char **argv)
+{
+    gboolean names = FALSE;
+    const GOptionEntry entries[] = {
+        JSON_ENTRY(ctl),
+        {"names", 0, 0, G_OPTION_ARG_NONE, &names, N_("Print only the names, one per line"), NULL},
+        {NULL},
+    };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDBusObjectManager) manager = NULL;
+    g_autoptr(GPtrArray) vms = NULL;
+
+    if (!mctl_parse(ctl, entries, "", _("List the VMs with their state, vCPUs, memory and uptime."),
+                    &argc, &argv) ||
+        !mctl_want_args(argc, 0, "list"))
+        return MCTL_EXIT_USAGE;
+    manager = mctl_object_manager(ctl, &error);
+    if (!manager)
+        return mctl_fail(error, NULL);
+    vms = all_vms(manager);
+    if (ctl->json) {
+        g_autoptr(JsonArray) array = json_array_new();
+        g_autoptr(JsonNode) root = json_node_new(JSON_NODE_ARRAY);
+
+        for (guint i = 0; i < vms->len; i++)
+            json_array_add_element(array,
+                                   vm_summary_json(vms->pdata[i], vm_uptime_us(vms->pdata[i])));
+        json_node_set_array(root, array);
+        mctl_print_json(root, TRUE);
+    } else if (names) {
+        for (guint i = 0; i < vms->len; i++)
+            g_print("%s\n", mvmd_vm_get_name(vms->pdata[i]));
+    } else {
+        print_vm_table(vms);
+    }
+    return MCTL_EXIT_OK;
+}
+
+/* ---- status ---------------------------------------------------------------------------- */
+
+static char *value_to_text(GVariant *value)
+{
+    if (g_variant_is_of_type(value, G_VARIANT_TYPE_VARIANT)) {
+        g_autoptr(GVariant) inner = g_variant_get_variant(value);
+
+        return value_to_text(inner);
+    }
+    if (g_variant_is_of_type(value, G_VARIANT_TYPE_STRING))
+        return g_strdup(g_variant_get_string(value, NULL));
+    if (g_variant_is_of_type(value, G_VARIANT_TYPE_BOOLEAN))
+        return g_strdup(g_variant_get_boolean(value) ? _("yes") : _("no"));
+    return g_variant_print(value, FALSE);
+}
+
+/* Prints a dictionary as "  key: value" lines; nested dictionaries (the exit counters) on one
+ * line as "a 1, b 2". */
+static void print_dict(GVariant *dict)
+{
+    GVariantIter iter;
+    const char *key;
+    GVariant *value;
+
+    g_variant_iter_init(&iter, dict);
+    while (g_variant_iter_next(&iter, "{&sv}", &key, &value)) {
+        g_autofree char *text = NULL;
+
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE("a{st}"))) {
+            g_autoptr(GString) parts = g_string_new(NULL);
+            GVariantIter sub;
+            const char *k;
+            guint64 n;
+
+            g_variant_iter_init(&sub, value);
+            while (g_variant_iter_next(&sub, "{&st}", &k, &n))
+                g_string_append_printf(parts, "%s%s %" G_GUINT64_FORMAT, parts->len ? ", " : "", k,
+                                       n);
+            text = g_strdup(parts->str);
+        } else {
+            text = value_to_text(value);
+        }
+        g_print("  %-20s %s\n", key, text);
+        g_variant_unref(value);
+    }
+}
+
+static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines)
+{
+    g_autofree char *since = mctl_format_time_us(mvmd_vm_get_state_changed_at(vm));
+    g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
+    GVariant *config = mvmd_vm_get_config(vm);
+    const char *exit_reason = mvmd_vm_get_exit_reason(vm);
+
+    g_print("%s\n", mvmd_vm_get_name(vm));
+    g_print("  %-20s %s (%s %s)\n", _("State:"), mvmd_vm_get_state(vm), _("since"), since);
+    g_print("  %-20s %s\n", _("UUID:"), mvmd_vm_get_uuid(vm));
+    g_print("  %-20s %u\n", _("vCPUs:"), mvmd_vm_get_vcpus(vm));
+    g_print("  %-20s %s\n", _("Memory:"), memory);
+    if (exit_reason && *exit_reason)
+        g_print("  %-20s %s\n", _("Last exit:"), exit_reason);
+    if (config) {
+        g_print("%s\n", _("Configuration:"));
+        print_dict(config);
+    }
+    if (stats) {
+        g_print("%s\n", _("Statistics:"));
+        print_dict(stats);
+    }
+    if (console && lines > 0) {
+        g_print(ngettext("Console (last line):", "Console (last %u lines):", lines), lines);
+        g_print("\n");
+        for (char **l = console; *l; l++)
+            g_print("  %s\n", *l);
+    }
+}
+
+static JsonNode *status_json(MvmdVm *vm, GVariant *stats, GStrv console)
+{
+    g_autoptr(JsonNode) root = vm_summary_json(vm, -1);
+    JsonObject *o = json_node_get_object(root);
+    gint64 uptime = -1;
+
+    if (stats && vm_is_live(vm))
+        g_variant_lookup(stats, "uptime-us", "x", &uptime);
+    if (uptime >= 0)
+        json_object_set_int_member(o, "uptime-us", uptime);
+    json_object_set_int_member(o, "state-changed-at", (gint64)mvmd_vm_get_state_changed_at(vm));
+    json_object_set_string_member(o, "exit-reason", mvmd_vm_get_exit_reason(vm));
+    json_object_set_member(o, "config", mctl_json_from_variant(mvmd_vm_get_config(vm)));
+    json_object_set_member(o, "stats", mctl_json_from_variant(stats));
+    if (console) {
+        JsonArray *lines = json_array_new();
+
+        for (char **l = console; *l; l++)
+            json_array_add_string_element(lines, *l);
+        json_object_set_array_member(o, "console", lines);
+    } else {
+        json_object_set_null_member(o, "console");
+    }
+    return g_steal_pointer(&root);
+}
+
+int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
+{
+    int lines = 10;
+    const GOptionEntry entries[] = {
+        JSON_ENTRY(ctl),
+        {"lines", 'n', 0, G_OPTION_ARG_INT, &lines,
+         N_("Show the last N lines of the console (default 10, 0 for none)"), N_("N")},
+        {NULL},
+    };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) stats = NULL;
+    g_auto(GStrv) console = NULL;
+
+    if (!mctl_parse(ctl, entries, _("NAME"),
+                    _("Show a VM's state, configuration, statistics and "
+                      "last console lines."),
+                    &argc, &argv) ||
+        !mctl_want_args(argc, 1, "status NAME"))
+        return MCTL_EXIT_USAGE;
+    if (lines < 0 || lines > 10000)
+        return mctl_usage_error(_("--lines must be between 0 and 10000"));
+    vm = mctl_vm_by_name(ctl, argv[0], &error);
+    if (!vm)
+        return mctl_fail(error, argv[0]);
+    if (!mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error))
+        return mctl_fail(error, argv[0]);
+    if (lines > 0) {
+        /* The console needs its own permission: without it, status shows the rest. */
+        console = mctl_console_tail(ctl, vm, lines, &error);
+        if (!console) {
+            g_dbus_error_strip_remote_error(error);
+            g_printerr(_("microvmctl: cannot read the console: %s\n"), error->message);
+            g_clear_error(&error);
+        }
+    }
+    if (ctl->json) {
+        g_autoptr(JsonNode) root = status_json(vm, stats, console);
+
+        mctl_print_json(root, TRUE);
+    } else {
+        print_status(vm, stats, console, lines);
+    }
+    return MCTL_EXIT_OK;
+}
+
+/* ---- info ------------------------------------------------------------------------------ */
+
+int mctl_cmd_info(Mctl *ctl, int argc, char **argv)
+{
+    const GOptionEntry entries[] = {JSON_ENTRY(ctl), {NULL}};
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    const char *const *caps;
+    g_autofree char *caps_text = NULL;
+
+    if (!mctl_parse(ctl, entries, "", _("Show the daemon's version and capabilities."), &argc,
+                    &argv) ||
+        !mctl_want_args(argc, 0, "info"))
+        return MCTL_EXIT_USAGE;
+    manager = mctl_manager(ctl, &error);
+    /* A proxy without a name owner has no properties: the daemon is not there. */
+    if (manager && !mvmd_manager_get_version(manager))
+        g_set_error(&error, MCTL_ERROR, MCTL_EXIT_NO_DAEMON, _("microvmd is not running"));
+    if (error)
+        return mctl_fail(error, NULL);
+    caps = mvmd_manager_get_capabilities(manager);
+    if (ctl->json) {
+        g_autoptr(JsonBuilder) b = json_builder_new();
+        g_autoptr(JsonNode) root = NULL;
+
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "version");
+        json_builder_add_string_value(b, mvmd_manager_get_version(manager));
+        json_builder_set_member_name(b, "kvm-api-version");
+        json_builder_add_int_value(b, mvmd_manager_get_kvm_api_version(manager));
+        json_builder_set_member_name(b, "vm-count");
+        json_builder_add_int_value(b, mvmd_manager_get_vm_count(manager));
+        json_builder_set_member_name(b, "capabilities");
+        json_builder_begin_array(b);
+        for (gsize i = 0; caps && caps[i]; i++)
+            json_builder_add_string_value(b, caps[i]);
+        json_builder_end_array(b);
+        json_builder_end_object(b);
+        root = json_builder_get_root(b);
+        mctl_print_json(root, TRUE);
+        return MCTL_EXIT_OK;
+    }
+    caps_text = caps ? g_strjoinv(" ", (char **)caps) : g_strdup("");
+    g_print("%-20s %s\n", _("Version:"), mvmd_manager_get_version(manager));
+    g_print("%-20s %d\n", _("KVM API version:"), mvmd_manager_get_kvm_api_version(manager));
+    g_print("%-20s %u\n", _("VMs:"), mvmd_manager_get_vm_count(manager));
+    g_print("%-20s %s\n", _("Capabilities:"), caps_text);
+    return MCTL_EXIT_OK;
+}
+
+/* ---- commands on one VM ---------------------------------------------------------------- */
+
+static const struct {
+    const char *command;
+    const char *method;
+    const char *summary;
+    const char *progress; /* followed by the VM's name */
+} verbs[] = {
+    {"start", "Start", N_("Start a VM: build the machine from its configuration and boot it."),
+     N_("Starting")},
+    {"stop", "Stop", N_("Stop a running or paused VM at once, without asking the guest."),
+     N_("Stopping")},
+    {"reboot", "Reboot", N_("Reset a running or paused VM and boot it again from its kernel."),
+     N_("Rebooting")},
+    {"resume", "Resume", N_("Let a paused VM run again."), N_("Resuming")},
+    {"delete", "Delete", N_("Delete a VM that is not running, with its stored definition."),
+     N_("Deleting")},
+};
+
+/* Finds the VM and calls @method on it (@args: floating, or NULL for the defaults); prints the
+ * error and returns the exit code. */
+static int vm_call(Mctl *ctl, const char *name, const char *method, GVariant *args,
+                   GUnixFDList *fds, int timeout_ms, const char *progress)
+{
+    g_autoptr(GVariant) owned_args = args ? g_variant_ref_sink(args) : NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVm) vm = mctl_vm_by_name(ctl, name, &error);
+    g_autofree char *text = progress ? g_strdup_printf("%s %s", progress, name) : NULL;
+    g_autoptr(GVariant) reply = NULL;
+
+    if (!vm)
+        return mctl_fail(error, name);
+    reply = mctl_call(ctl, G_DBUS_PROXY(vm), method, owned_args, fds, timeout_ms, text, &error);
+    if (!reply)
+        return mctl_fail(error, name);
+    return MCTL_EXIT_OK;
+}
+
+int mctl_cmd_verb(Mctl *ctl, int argc, char **argv)
+{
+    const char *command = argv[0];
+    g_autofree char *usage = g_strconcat(command, " NAME", NULL);
+
+    for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++) {
+        if (!g_str_equal(verbs[i].command, command))
+            continue;
+        if (!mctl_parse(ctl, NULL, _("NAME"), _(verbs[i].summary), &argc, &argv) ||
+            !mctl_want_args(argc, 1, usage))
+            return MCTL_EXIT_USAGE;
+        return vm_call(ctl, argv[0], verbs[i].method, NULL, NULL, LIFECYCLE_TIMEOUT_MS,
+                       _(verbs[i].progress));
+    }
+    g_return_val_if_reached(MCTL_EXIT_FAILED);
+}
+
+int mctl_cmd_pause(Mctl *ctl, int argc, char **argv)
+{
+    gboolean freeze_clock = FALSE;
+    const GOptionEntry entries[] = {
+        {"freeze-clock", 0, 0, G_OPTION_ARG_NONE, &freeze_clock,
+         N_("Keep the guest's clock still while it is paused"), NULL},
+        {NULL},
+    };
+    g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
+
+    if (!mctl_parse(ctl, entries, _("NAME"),
+                    _("Pause a running VM; its memory and devices are kept."), &argc, &argv) ||
+        !mctl_want_args(argc, 1, "pause NAME"))
+        return MCTL_EXIT_USAGE;
+    if (freeze_clock)
+        g_variant_dict_insert(&options, "freeze-clock", "b", TRUE);
+    return vm_call(ctl, argv[0], "Pause", g_variant_new("(@a{sv})", g_variant_dict_end(&options)),
+                   NULL, LIFECYCLE_TIMEOUT_MS, _("Pausing"));
+}
+
+int mctl_cmd_shutdown(Mctl *ctl, int argc, char **argv)
+{
+    int timeout = 0;
+    gboolean force = FALSE;
+    const GOptionEntry entries[] = {
+        {"timeout", 't', 0, G_OPTION_ARG_INT, &timeout,
+         N_("Give the guest SECONDS to shut down (default 60, at most 3600)"), N_("SECONDS")},
+        {"force", 'f', 0, G_OPTION_ARG_NONE, &force,
+         N_("Stop the VM when the guest has not shut down in time"), NULL},
+        {NULL},
+    };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    g_autofree char *progress = NULL;
+    int wait_sec;
+
+    if (!mctl_parse(ctl, entries, _("NAME"),
+                    _("Ask the guest to shut down (Ctrl-Alt-Del) and wait until the VM has "
+                      "stopped."),
+                    &argc, &argv) ||
+        !mctl_want_args(argc, 1, "shutdown NAME"))
+        return MCTL_EXIT_USAGE;
+    if (timeout < 0 || timeout > SHUTDOWN_MAX_SEC)
+        return mctl_usage_error(_("--timeout must be between 0 and %d"), SHUTDOWN_MAX_SEC);
+    vm = mctl_vm_by_name(ctl, argv[0], &error);
+    if (!vm)
+        return mctl_fail(error, argv[0]);
+    wait_sec = timeout ? timeout : SHUTDOWN_DEFAULT_SEC;
+    progress = g_strdup_printf(_("Waiting up to %d s for %s to shut down"), wait_sec, argv[0]);
+    reply = mctl_call(ctl, G_DBUS_PROXY(vm), "Shutdown", g_variant_new("(u)", (guint32)timeout),
+                      NULL, wait_sec * 1000 + SHUTDOWN_SLACK_MS, progress, &error);
+    if (!reply && force && mctl_exit_code(error) == MCTL_EXIT_TIMEOUT) {
+        g_printerr(_("microvmctl: %s did not shut down in time; stopping it\n"), argv[0]);
+        return vm_call(ctl, argv[0], "Stop", NULL, NULL, LIFECYCLE_TIMEOUT_MS, _("Stopping"));
+    }
+    if (!reply)
+        return mctl_fail(error, argv[0]);
+    return MCTL_EXIT_OK;
+}
+
+/* The snapshot directory goes to the daemon as a descriptor (option dir-fd), so the daemon
+ * reads and writes only what the user can open. Returns the handle's index, or -1. */
+static gint open_dir_for_daemon(const char *path, GUnixFDList *fds, GError **error)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    gint index;
+
+    if (fd < 0) {
+        g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot open the directory “%s”: %s"),
+                    path, g_strerror(errno));
+        return -1;
+    }
+    index = g_unix_fd_list_append(fds, fd, error);
+    close(fd);
+    return index;
+}
+
+int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
+{
+    gboolean leave_paused = FALSE;
+    const GOptionEntry entries[] = {
+        {"leave-paused", 0, 0, G_OPTION_ARG_NONE, &leave_paused,
+         N_("Leave the VM paused after the snapshot"), NULL},
+        {NULL},
+    };
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
+    gint index;
+
+    if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
+                    _("Save the VM's state and memory into DIRECTORY, an existing empty "
+                      "directory; a running VM is paused meanwhile."),
+                    &argc, &argv) ||
+        !mctl_want_args(argc, 2, "snapshot NAME DIRECTORY"))
+        return MCTL_EXIT_USAGE;
+    index = open_dir_for_daemon(argv[1], fds, &error);
+    if (index < 0)
+        return mctl_fail(error, argv[0]);
+    g_variant_dict_insert(&options, "dir-fd", "h", index);
+    if (leave_paused)
+        g_variant_dict_insert(&options, "leave-paused", "b", TRUE);
+    return vm_call(ctl, argv[0], "Snapshot",
+                   g_variant_new("(s@a{sv})", "", g_variant_dict_end(&options)), fds,
+                   SNAPSHOT_TIMEOUT_MS, _("Saving a snapshot of"));
+}
+
+int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
+{
+    gboolean resume = FALSE, copy_memory = FALSE;
+    const GOptionEntry entries[] = {
+        {"resume", 0, 0, G_OPTION_ARG_NONE, &resume,
+         N_("Let the VM run at once (otherwise it is left paused)"), NULL},
+        {"copy-memory", 0, 0, G_OPTION_ARG_NONE, &copy_memory,
+         N_("Copy guest RAM instead of mapping the snapshot's memory file"), NULL},
+        {NULL},
+    };
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
+    g_autofree char *progress = NULL;
+    gint index;
+
+    if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
+                    _("Create the VM NAME from the snapshot in DIRECTORY."), &argc, &argv) ||
+        !mctl_want_args(argc, 2, "restore NAME DIRECTORY"))
+        return MCTL_EXIT_USAGE;
+    index = open_dir_for_daemon(argv[1], fds, &error);
+    manager = index < 0 ? NULL : mctl_manager(ctl, &error);
+    if (!manager)
+        return mctl_fail(error, argv[0]);
+    g_variant_dict_insert(&options, "dir-fd", "h", index);
+    if (resume)
+        g_variant_dict_insert(&options, "resume", "b", TRUE);
+    if (copy_memory)
+        g_variant_dict_insert(&options, "copy-memory", "b", TRUE);
+    progress = g_strdup_printf("%s %s", _("Restoring"), argv[0]);
+    reply = mctl_call(ctl, G_DBUS_PROXY(manager), "RestoreVM",
+                      g_variant_new("(ss@a{sv})", argv[0], "", g_variant_dict_end(&options)), fds,
+                      SNAPSHOT_TIMEOUT_MS, progress, &error);
+    if (!reply)
+        return mctl_fail(error, argv[0]);
+    return MCTL_EXIT_OK;
+}
