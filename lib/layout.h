@@ -49,6 +49,9 @@
 #define MVM_VIRTIO_MMIO_SIZE        G_GUINT64_CONSTANT(0x1000) /* one page per device */
 #define MVM_VIRTIO_MMIO_MAX_DEVICES 32
 #define MVM_VIRTIO_IRQ_BASE         5 /* GSIs 5..23 on the IOAPIC */
+#define MVM_VIRTIO_IRQ_LAST         23
+/* Each device has its own edge-triggered GSI, so the GSIs bound the count below 32 slots. */
+#define MVM_VIRTIO_MAX_IRQ_DEVICES (MVM_VIRTIO_IRQ_LAST - MVM_VIRTIO_IRQ_BASE + 1)
 #define MVM_TESTDEV_MMIO_ADDR       G_GUINT64_CONSTANT(0xfeb00000)
 #define MVM_TESTDEV_MMIO_SIZE       G_GUINT64_CONSTANT(0x1000)
 #define MVM_IOAPIC_ADDR             G_GUINT64_CONSTANT(0xfec00000)

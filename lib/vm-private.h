@@ -7,6 +7,7 @@
 #include "boot.h"
 #include "devices.h"
 #include "iobus.h"
+#include "iothread.h"
 #include "kvm.h"
 #include "memory.h"
 #include "microvm.h"
@@ -31,6 +32,8 @@ struct _MvmVm {
     MvmSerial *serial;
     MvmI8042 *i8042;
     MvmTestDev *testdev;
+    MvmIoThread *io_thread; /* device back ends; NULL when the VM has no virtio device */
+    GPtrArray *virtio;      /* MvmVirtio *, in MMIO slot order */
     MvmBootInfo boot;
     guint n_vcpus;
     MvmVcpuThread *vcpus;

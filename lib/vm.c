@@ -10,6 +10,7 @@
 #include "acpi.h"
 #include "layout.h"
 #include "vm-private.h"
+#include "vm-virtio.h"
 
 #define MAX_MEMORY_MIB (64ULL * 1024 * 1024) /* 64 TiB; the host says no long before */
 
@@ -33,6 +34,7 @@ MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config)
     copy->kernel_path = g_strdup(config->kernel_path);
     copy->initrd_path = g_strdup(config->initrd_path);
     copy->cmdline = g_strdup(config->cmdline);
+    mvm_vm_config_copy_virtio(copy, config);
     return copy;
 }
 
@@ -43,6 +45,7 @@ void mvm_vm_config_free(MvmVmConfig *config)
     g_free(config->kernel_path);
     g_free(config->initrd_path);
     g_free(config->cmdline);
+    mvm_vm_config_free_virtio(config);
     g_free(config);
 }
 
@@ -69,7 +72,7 @@ gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error)
         g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "no kernel given");
         return FALSE;
     }
-    return TRUE;
+    return mvm_vm_config_validate_virtio(config, error);
 }
 
 /* ---- names ---- */
@@ -162,7 +165,7 @@ static gboolean attach_devices(MvmVm *vm, GError **error)
         if (!mvm_testdev_attach(vm->testdev, vm->bus, error))
             return FALSE;
     }
-    return TRUE;
+    return mvm_vm_attach_virtio(vm, error);
 }
 
 /* ---- KVM VM ---- */
@@ -246,12 +249,18 @@ static gboolean load_kernel(MvmVm *vm, const MvmVmConfig *config, GError **error
             return FALSE;
         }
     }
+    guint n_mmio = 0;
+    g_autofree MvmBootMmioDevice *mmio = mvm_vm_virtio_boot_devices(vm, &n_mmio);
     MvmBootConfig boot = {
         .kernel_fd = kernel_fd,
         .initrd_fd = initrd_fd,
         .cmdline = config->cmdline,
         .n_vcpus = vm->n_vcpus,
         .prefer_pvh = config->prefer_pvh,
+        /* Both: the DSDT for distro kernels, the command line for VIRTIO_MMIO_CMDLINE_DEVICES. */
+        .announce_mmio_on_cmdline = n_mmio > 0,
+        .mmio_devices = mmio,
+        .n_mmio_devices = n_mmio,
     };
     gboolean ok = mvm_boot_load_linux(vm->memory, &boot, &vm->boot, error);
     close(kernel_fd);
@@ -327,6 +336,7 @@ void mvm_vm_free(MvmVm *vm)
     for (guint i = 0; vm->vcpus != NULL && i < vm->n_vcpus; i++)
         mvm_vcpu_free(vm->vcpus[i].vcpu);
     g_free(vm->vcpus);
+    mvm_vm_detach_virtio(vm);
     mvm_testdev_free(vm->testdev);
     mvm_i8042_free(vm->i8042);
     mvm_serial_free(vm->serial);

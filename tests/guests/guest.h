@@ -195,4 +195,11 @@ bool mode_triplefault(void);
 bool mode_smp(void);
 bool mode_compute(void);
 bool mode_pattern(void);
+/* virtio modes (virtio.h is the driver) */
+bool mode_blk(void);
+bool mode_blkbench(void);
+bool mode_rng(void);
+bool mode_hostile(void);
+bool mode_vsock(void);
+bool mode_net(void);
 bool mode_idle(void);

@@ -22,6 +22,12 @@ static const struct {
     {"smp", mode_smp},
     {"compute", mode_compute},
     {"pattern", mode_pattern},
+    {"blk", mode_blk},
+    {"blkbench", mode_blkbench},
+    {"rng", mode_rng},
+    {"hostile", mode_hostile},
+    {"vsock", mode_vsock},
+    {"net", mode_net},
     {"idle", mode_idle},
 };
 

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "iothread.h"
+
+#include <glib-unix.h>
+
+struct _MvmIoThread {
+    GMainContext *context;
+    GMainLoop *loop;
+    GThread *thread;
+
+    GMutex lock;
+    GCond cond;
+    guint quiesce_depth; /* > 0: the thread must park */
+    gboolean parked;
+    gboolean sync_done;
+};
+
+static gpointer io_thread_main(gpointer data)
+{
+    MvmIoThread *t = data;
+
+    g_main_context_push_thread_default(t->context);
+    g_main_loop_run(t->loop);
+    g_main_context_pop_thread_default(t->context);
+    return NULL;
+}
+
+MvmIoThread *mvm_io_thread_new(const char *name, GError **error)
+{
+    g_autoptr(MvmIoThread) t = g_new0(MvmIoThread, 1);
+
+    g_mutex_init(&t->lock);
+    g_cond_init(&t->cond);
+    t->context = g_main_context_new();
+    t->loop = g_main_loop_new(t->context, FALSE);
+    t->thread = g_thread_try_new(name, io_thread_main, t, error);
+    if (t->thread == NULL)
+        return NULL;
+    return g_steal_pointer(&t);
+}
+
+static gboolean quit_loop(gpointer data)
+{
+    g_main_loop_quit(data);
+    return G_SOURCE_REMOVE;
+}
+
+void mvm_io_thread_stop(MvmIoThread *t)
+{
+    if (t->thread == NULL)
+        return;
+    g_mutex_lock(&t->lock);
+    t->quiesce_depth = 0;
+    g_cond_broadcast(&t->cond);
+    g_mutex_unlock(&t->lock);
+    g_main_context_invoke(t->context, quit_loop, t->loop);
+    g_thread_join(t->thread);
+    t->thread = NULL;
+}
+
+void mvm_io_thread_free(MvmIoThread *t)
+{
+    if (t == NULL)
+        return;
+    mvm_io_thread_stop(t);
+    g_main_loop_unref(t->loop);
+    g_main_context_unref(t->context);
+    g_mutex_clear(&t->lock);
+    g_cond_clear(&t->cond);
+    g_free(t);
+}
+
+GMainContext *mvm_io_thread_get_context(MvmIoThread *t)
+{
+    return t->context;
+}
+
+gboolean mvm_io_thread_is_current(MvmIoThread *t)
+{
+    return t->thread == g_thread_self();
+}
+
+typedef struct {
+    MvmIoFdFunc func;
+    gpointer user_data;
+} FdWatch;
+
+static gboolean fd_dispatch(gint fd, GIOCondition condition, gpointer data)
+{
+    FdWatch *w = data;
+    return w->func(fd, condition, w->user_data);
+}
+
+GSource *mvm_io_thread_add_fd(MvmIoThread *t, int fd, GIOCondition condition, MvmIoFdFunc func,
+                              gpointer user_data)
+{
+    GSource *source = g_unix_fd_source_new(fd, condition);
+    FdWatch *w = g_new(FdWatch, 1);
+
+    w->func = func;
+    w->user_data = user_data;
+    g_source_set_callback(source, G_SOURCE_FUNC(fd_dispatch), w, g_free);
+    g_source_attach(source, t->context);
+    return source;
+}
+
+typedef struct {
+    MvmIoThread *t;
+    GSourceFunc func;
+    gpointer user_data;
+    gboolean done;
+} SyncCall;
+
+static gboolean run_sync_cb(gpointer data)
+{
+    SyncCall *call = data;
+
+    call->func(call->user_data);
+    g_mutex_lock(&call->t->lock);
+    call->done = TRUE;
+    g_cond_broadcast(&call->t->cond);
+    g_mutex_unlock(&call->t->lock);
+    return G_SOURCE_REMOVE;
+}
+
+void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data)
+{
+    SyncCall call = {.t = t, .func = func, .user_data = user_data};
+
+    g_return_if_fail(!mvm_io_thread_is_current(t));
+    g_main_context_invoke_full(t->context, G_PRIORITY_HIGH, run_sync_cb, &call, NULL);
+    g_mutex_lock(&t->lock);
+    while (!call.done)
+        g_cond_wait(&t->cond, &t->lock);
+    g_mutex_unlock(&t->lock);
+}
+
+/* Runs on the I/O thread: parks until nothing asks for quiet any more. */
+static gboolean park(gpointer data)
+{
+    MvmIoThread *t = data;
+
+    g_mutex_lock(&t->lock);
+    t->parked = TRUE;
+    g_cond_broadcast(&t->cond);
+    while (t->quiesce_depth > 0)
+        g_cond_wait(&t->cond, &t->lock);
+    t->parked = FALSE;
+    g_cond_broadcast(&t->cond);
+    g_mutex_unlock(&t->lock);
+    return G_SOURCE_REMOVE;
+}
+
+void mvm_io_thread_quiesce(MvmIoThread *t)
+{
+    g_return_if_fail(!mvm_io_thread_is_current(t));
+
+    g_mutex_lock(&t->lock);
+    gboolean first = t->quiesce_depth++ == 0;
+    g_mutex_unlock(&t->lock);
+    if (first)
+        g_main_context_invoke_full(t->context, G_PRIORITY_HIGH, park, t, NULL);
+    g_mutex_lock(&t->lock);
+    while (!t->parked && t->quiesce_depth > 0)
+        g_cond_wait(&t->cond, &t->lock);
+    g_mutex_unlock(&t->lock);
+}
+
+void mvm_io_thread_unquiesce(MvmIoThread *t)
+{
+    g_mutex_lock(&t->lock);
+    if (t->quiesce_depth > 0 && --t->quiesce_depth == 0) {
+        g_cond_broadcast(&t->cond);
+        /* Wait until it left park(), so a quick quiesce after this one parks it again. */
+        while (t->parked)
+            g_cond_wait(&t->cond, &t->lock);
+    }
+    g_mutex_unlock(&t->lock);
+}

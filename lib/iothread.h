@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A VM's I/O thread: a GMainContext of its own running on one thread, where
+ * the device back ends do their work (queue kicks from ioeventfds, tap and
+ * unix sockets, disk I/O), so that a vCPU never waits for a disk or a network.
+ *
+ * A pause parks the thread (mvm_io_thread_quiesce) so that nothing writes
+ * guest memory or device state while the VM is paused or being saved.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef struct _MvmIoThread MvmIoThread;
+
+typedef gboolean (*MvmIoFdFunc)(int fd, GIOCondition condition, gpointer user_data);
+
+MvmIoThread *mvm_io_thread_new(const char *name, GError **error);
+/* Stops the loop and joins the thread (idempotent); sources stay attached but never run again. */
+void mvm_io_thread_stop(MvmIoThread *t);
+/* Stops the thread if needed; sources still attached are destroyed with the context. */
+void mvm_io_thread_free(MvmIoThread *t);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmIoThread, mvm_io_thread_free)
+
+GMainContext *mvm_io_thread_get_context(MvmIoThread *t);
+/*
+ * Watches @fd on the I/O thread; @func runs there until it returns FALSE or the
+ * source is destroyed. Returns the source (a new reference): destroy it to stop.
+ */
+GSource *mvm_io_thread_add_fd(MvmIoThread *t, int fd, GIOCondition condition, MvmIoFdFunc func,
+                              gpointer user_data);
+/* Runs @func on the I/O thread and waits for it (not from the I/O thread itself). */
+void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data);
+
+/* Parks the thread between two dispatches and returns once it is parked; nests. */
+void mvm_io_thread_quiesce(MvmIoThread *t);
+void mvm_io_thread_unquiesce(MvmIoThread *t);
+gboolean mvm_io_thread_is_current(MvmIoThread *t);
+
+G_END_DECLS

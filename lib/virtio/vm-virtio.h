@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Hooks of the VM (vm.c, vm-run.c) into its virtio devices and their I/O thread. */
+#pragma once
+
+#include "boot.h"
+#include "microvm.h"
+
+G_BEGIN_DECLS
+
+/* The disks, nics and vsock_uds_path parts of mvm_vm_config_copy/free/validate. */
+void mvm_vm_config_copy_virtio(MvmVmConfig *copy, const MvmVmConfig *config);
+void mvm_vm_config_free_virtio(MvmVmConfig *config);
+gboolean mvm_vm_config_validate_virtio(const MvmVmConfig *config, GError **error);
+
+/* Starts the I/O thread and builds every configured device (MMIO slots, GSIs, snapshot names). */
+gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error);
+/* What the boot loader announces (DSDT and command line); free with g_free. */
+MvmBootMmioDevice *mvm_vm_virtio_boot_devices(MvmVm *vm, guint *n);
+/* Stops the I/O thread, then frees the devices. */
+void mvm_vm_detach_virtio(MvmVm *vm);
+/* Pause (TRUE) parks the I/O thread so no device touches guest memory; resume (FALSE). */
+void mvm_vm_quiesce_virtio(MvmVm *vm, gboolean quiet);
+
+G_END_DECLS

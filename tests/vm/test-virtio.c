@@ -1,0 +1,467 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * virtio devices against real KVM, driven by the test guest's virtio modes
+ * (tests/guests/virtio.c): blk with host-side checks of the image, several
+ * disks, read-only and failing disks, rng, vsock both ways, net through a tap
+ * in a network namespace of the test's own, and hostile guests that must only
+ * break their own device while another VM keeps running.
+ * Skipped, with the reason, on hosts without /dev/kvm.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "layout.h"
+#include "microvm.h"
+#include "virtio.h"
+#include "vm-private.h"
+
+#define GUEST_TIMEOUT_US (120 * G_USEC_PER_SEC)
+#define SECTOR           512
+
+/* ---- a VM and what it printed ---- */
+
+typedef struct {
+    MvmVm *vm;
+    GMutex lock;
+    GCond cond;
+    GString *out;
+    GArray *markers; /* (marker, monotonic µs) pairs of gint64 */
+} Guest;
+
+static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
+{
+    Guest *g = user_data;
+
+    g_mutex_lock(&g->lock);
+    g_string_append_len(g->out, (const char *)data, (gssize)len);
+    g_cond_broadcast(&g->cond);
+    g_mutex_unlock(&g->lock);
+}
+
+static void on_marker(MvmVm *vm, guint32 marker, gint64 us, gpointer user_data)
+{
+    Guest *g = user_data;
+    gint64 pair[2] = {marker, us};
+
+    g_mutex_lock(&g->lock);
+    g_array_append_vals(g->markers, pair, 2);
+    g_mutex_unlock(&g->lock);
+}
+
+static gboolean have_kvm(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (mvm_kvm_api_version(&error) >= 0)
+        return TRUE;
+    g_autofree char *why = g_strdup_printf("no usable KVM: %s", error->message);
+    g_test_skip(why);
+    return FALSE;
+}
+
+static MvmVmConfig *guest_config(const char *cmdline)
+{
+    MvmVmConfig *config = mvm_vm_config_new();
+
+    config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+    g_assert_nonnull(config->kernel_path);
+    config->cmdline = g_strdup(cmdline);
+    config->memory_mib = 32;
+    config->debug_exit = TRUE;
+    return config;
+}
+
+static Guest *guest_start(const MvmVmConfig *config)
+{
+    g_autoptr(GError) error = NULL;
+    Guest *g = g_new0(Guest, 1);
+
+    g_mutex_init(&g->lock);
+    g_cond_init(&g->cond);
+    g->out = g_string_new(NULL);
+    g->markers = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g->vm = mvm_vm_new(config, &error);
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(g->vm, on_console, g);
+    mvm_vm_set_marker_callback(g->vm, on_marker, g);
+    g_assert_true(mvm_vm_start(g->vm, &error));
+    return g;
+}
+
+static char *guest_output(Guest *g)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&g->lock);
+    return g_strdup(g->out->str);
+}
+
+static gboolean guest_wait_for(Guest *g, const char *needle, gint64 timeout_us)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_us;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&g->lock);
+
+    while (strstr(g->out->str, needle) == NULL)
+        if (!g_cond_wait_until(&g->cond, &g->lock, deadline))
+            return FALSE;
+    return TRUE;
+}
+
+/* Waits for the guest to end and checks it ended with debug exit 0; returns its output. */
+static char *guest_finish(Guest *g)
+{
+    gboolean ended = mvm_vm_wait(g->vm, GUEST_TIMEOUT_US);
+    mvm_vm_stop(g->vm, NULL);
+    char *out = guest_output(g);
+
+    g_test_message("guest printed:\n%s", out);
+    if (!ended)
+        g_error("guest did not end; it printed:\n%s", out);
+    g_assert_cmpint(mvm_vm_get_exit_kind(g->vm), ==, MVM_EXIT_DEBUG_EXIT);
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_cmpuint(mvm_vm_get_exit_code(g->vm), ==, 0);
+    return out;
+}
+
+static gint64 guest_marker_time(Guest *g, guint32 marker)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&g->lock);
+    for (guint i = 0; i + 1 < g->markers->len; i += 2)
+        if (g_array_index(g->markers, gint64, i) == marker)
+            return g_array_index(g->markers, gint64, i + 1);
+    return -1;
+}
+
+static void guest_free(Guest *g)
+{
+    mvm_vm_free(g->vm);
+    g_string_free(g->out, TRUE);
+    g_array_unref(g->markers);
+    g_mutex_clear(&g->lock);
+    g_cond_clear(&g->cond);
+    g_free(g);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Guest, guest_free)
+
+/* One guest run from start to debug exit 0. */
+static char *run_guest(const MvmVmConfig *config)
+{
+    g_autoptr(Guest) g = guest_start(config);
+    return guest_finish(g);
+}
+
+/* ---- disks ---- */
+
+static MvmDiskConfig *disk_new(const char *path, int fd, gboolean read_only)
+{
+    MvmDiskConfig *d = g_new0(MvmDiskConfig, 1);
+
+    d->path = g_strdup(path);
+    d->fd = fd;
+    d->read_only = read_only;
+    return d;
+}
+
+static void add_disk(MvmVmConfig *config, const char *path, int fd, gboolean read_only)
+{
+    if (config->disks == NULL)
+        config->disks = g_ptr_array_new();
+    g_ptr_array_add(config->disks, disk_new(path, fd, read_only));
+}
+
+/* A temporary raw image of @sectors sectors of random bytes; returns its path. */
+static char *make_image(guint sectors, GBytes **contents)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree guint8 *data = g_malloc(sectors * SECTOR);
+    char *path = NULL;
+
+    for (gsize i = 0; i < sectors * SECTOR; i++)
+        data[i] = (guint8)g_random_int();
+    int fd = g_file_open_tmp("mvm-disk-XXXXXX.img", &path, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(write(fd, data, sectors * SECTOR), ==, (gssize)(sectors * SECTOR));
+    close(fd);
+    if (contents != NULL)
+        *contents = g_bytes_new(data, sectors * SECTOR);
+    return path;
+}
+
+static guint64 fnv1a(const guint8 *data, gsize len)
+{
+    guint64 h = 0xcbf29ce484222325ULL;
+    for (gsize i = 0; i < len; i++) {
+        h ^= data[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Mirrors tests/guests/mode_virtio_blk.c. */
+static guint8 blk_pattern_byte(guint64 sector, guint32 i, guint64 seed)
+{
+    return (guint8)((sector * 131 + i * 7 + seed * 29) ^ (i >> 5));
+}
+
+static void assert_read_sum(const char *out, GBytes *image, guint sectors)
+{
+    g_autofree char *line =
+        g_strdup_printf("BLK read-sum 0x%" G_GINT64_MODIFIER "x",
+                        fnv1a(g_bytes_get_data(image, NULL), (gsize)sectors * SECTOR));
+    g_assert_nonnull(strstr(out, line));
+}
+
+static void assert_pattern_on_disk(const char *path, guint64 at, guint sectors, guint64 seed)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, &error));
+    g_assert_cmpuint(len, >=, (at + sectors) * SECTOR);
+    for (guint64 s = at; s < at + sectors; s++)
+        for (guint32 i = 0; i < SECTOR; i++)
+            if ((guint8)data[s * SECTOR + i] != blk_pattern_byte(s, i, seed))
+                g_error("disk byte %" G_GUINT64_FORMAT ":%u is 0x%02x, expected 0x%02x", s, i,
+                        (guint8)data[s * SECTOR + i], blk_pattern_byte(s, i, seed));
+}
+
+static void test_blk_write_read(void)
+{
+    g_autoptr(GBytes) image = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(2048, &image);
+    guint64 seed = g_random_int_range(1, 1000);
+    g_autofree char *cmdline =
+        g_strdup_printf("mode=blk sectors=8 writeat=16 seed=%" G_GUINT64_FORMAT, seed);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    add_disk(config, path, -1, FALSE);
+    config->rng = TRUE;
+
+    g_autoptr(Guest) g = guest_start(config);
+    /* Both announcements: the command line for VIRTIO_MMIO_CMDLINE_DEVICES kernels. */
+    g_assert_nonnull(strstr(g->vm->boot.cmdline, "virtio_mmio.device=4K@0xd0000000:5"));
+    g_assert_nonnull(strstr(g->vm->boot.cmdline, "virtio_mmio.device=4K@0xd0001000:6"));
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "BLK capacity 2048 "));
+    g_assert_nonnull(strstr(out, "PASS blk-write-read"));
+    g_assert_nonnull(strstr(out, "PASS blk-out-of-range"));
+    g_assert_nonnull(strstr(out, "BLK id mvm"));
+    assert_read_sum(out, image, 8);
+    assert_pattern_on_disk(path, 16, 8, seed);
+    /* Nothing but sectors 16..23 changed. */
+    g_autofree char *after = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(path, &after, &len, NULL));
+    g_assert_cmpmem(after, 16 * SECTOR, g_bytes_get_data(image, NULL), 16 * SECTOR);
+    g_assert_cmpmem(after + 24 * SECTOR, len - 24 * SECTOR,
+                    (const guint8 *)g_bytes_get_data(image, NULL) + 24 * SECTOR, len - 24 * SECTOR);
+    g_unlink(path);
+}
+
+/* Two disks: the second, read-only one, is the guest's disk=1; it must stay untouched. */
+static void test_blk_two_disks_read_only(void)
+{
+    g_autoptr(GBytes) image0 = NULL, image1 = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *path0 = make_image(64, &image0);
+    g_autofree char *path1 = make_image(128, &image1);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=blk disk=1 ro=1 sectors=4");
+    add_disk(config, path0, -1, FALSE);
+    add_disk(config, path1, -1, TRUE);
+    g_autofree char *out = run_guest(config);
+    g_assert_nonnull(strstr(out, "BLK capacity 128 "));
+    g_assert_nonnull(strstr(out, "PASS blk-ro-write"));
+    assert_read_sum(out, image1, 4);
+
+    g_autofree char *after = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(path1, &after, &len, NULL));
+    g_assert_cmpmem(after, len, g_bytes_get_data(image1, NULL), g_bytes_get_size(image1));
+    g_unlink(path0);
+    g_unlink(path1);
+}
+
+/* A disk the host cannot write (an O_RDONLY fd, not flagged read-only): writes are IOERR. */
+static void test_blk_host_io_error(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(64, NULL);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=blk ioerr=1");
+    add_disk(config, NULL, fd, FALSE);
+    g_autofree char *out = run_guest(config);
+    g_assert_nonnull(strstr(out, "PASS blk-ioerr"));
+    close(fd);
+    g_unlink(path);
+}
+
+static void test_blk_bad_size(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    if (!have_kvm())
+        return;
+    int fd = g_file_open_tmp("mvm-odd-XXXXXX.img", &path, &error);
+    g_assert_cmpint(write(fd, "odd", 3), ==, 3);
+    close(fd);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=blk");
+    add_disk(config, path, -1, FALSE);
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "multiple of 512"));
+    g_clear_error(&error);
+
+    g_ptr_array_set_size(config->disks, 0);
+    add_disk(config, "/nonexistent/disk.img", -1, FALSE);
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_unlink(path);
+}
+
+static void test_config_validation(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmVmConfig) config = guest_config("mode=boot");
+
+    config->kernel_path = g_strdup("/boot/vmlinux");
+    add_disk(config, NULL, -1, FALSE);
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_ptr_array_set_size(config->disks, 0);
+
+    config->vsock_cid = 2;
+    config->vsock_uds_path = g_strdup("/tmp/v.sock");
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_assert_nonnull(strstr(error->message, "cid"));
+    g_clear_error(&error);
+    config->vsock_cid = 3;
+    g_assert_true(mvm_vm_config_validate(config, &error));
+    g_free(config->vsock_uds_path);
+    config->vsock_uds_path = g_strnfill(100, 'x');
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_clear_error(&error);
+    config->vsock_cid = 0;
+
+    for (guint i = 0; i < MVM_VIRTIO_MAX_IRQ_DEVICES + 1; i++)
+        add_disk(config, "/tmp/d.img", -1, FALSE);
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_assert_nonnull(strstr(error->message, "virtio devices"));
+    g_clear_error(&error);
+
+    /* A copy is deep, and frees on its own. */
+    g_autoptr(MvmVmConfig) copy = mvm_vm_config_copy(config);
+    g_assert_true(copy->disks != config->disks);
+    g_assert_cmpuint(copy->disks->len, ==, config->disks->len);
+    g_assert_cmpstr(((MvmDiskConfig *)g_ptr_array_index(copy->disks, 0))->path, ==, "/tmp/d.img");
+}
+
+/* ---- rng ---- */
+
+static void test_rng(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(MvmVmConfig) config = guest_config("mode=rng bytes=256");
+    config->rng = TRUE;
+    g_autofree char *out = run_guest(config);
+    g_assert_nonnull(strstr(out, "PASS rng"));
+}
+
+/* ---- hostile guests ---- */
+
+static guint count_lines(Guest *g, const char *prefix)
+{
+    g_autofree char *out = guest_output(g);
+    guint n = 0;
+    for (const char *p = out; (p = strstr(p, prefix)) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void test_hostile(gconstpointer data)
+{
+    const char *attack = data;
+
+    if (!have_kvm())
+        return;
+    /* A bystander VM with a disk of its own keeps counting through the attack. */
+    g_autofree char *path0 = make_image(64, NULL);
+    g_autofree char *path1 = make_image(64, NULL);
+    g_autoptr(MvmVmConfig) bystander_config = guest_config("mode=pattern pages=4 every=1");
+    add_disk(bystander_config, path0, -1, FALSE);
+    g_autoptr(Guest) bystander = guest_start(bystander_config);
+    g_assert_true(guest_wait_for(bystander, "COUNTER 1", GUEST_TIMEOUT_US));
+
+    g_autofree char *cmdline = g_strdup_printf("mode=hostile attack=%s", attack);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    add_disk(config, path1, -1, FALSE);
+    g_autofree char *out = run_guest(config);
+    g_assert_nonnull(strstr(out, "PASS hostile-needs-reset"));
+    g_assert_nonnull(strstr(out, "PASS hostile-recovered"));
+
+    guint before = count_lines(bystander, "COUNTER ");
+    g_autofree char *next = g_strdup_printf("COUNTER %u", before + 2);
+    g_assert_true(guest_wait_for(bystander, next, GUEST_TIMEOUT_US));
+    g_assert_cmpint(mvm_vm_get_state(bystander->vm), ==, MVM_VM_STATE_RUNNING);
+    g_unlink(path0);
+    g_unlink(path1);
+}
+
+/* ---- benchmark (prints; asserts nothing about time) ---- */
+
+static void test_blk_bench(void)
+{
+    if (!have_kvm())
+        return;
+    guint count = 32, kib = 64;
+    g_autofree char *path = make_image(count * kib * 2, NULL);
+    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    add_disk(config, path, -1, FALSE);
+    g_autoptr(Guest) g = guest_start(config);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "PASS blkbench"));
+    for (guint i = 0; i < 2; i++) {
+        gint64 t0 = guest_marker_time(g, 0x100 + 2 * i), t1 = guest_marker_time(g, 0x101 + 2 * i);
+        g_assert_cmpint(t0, >, 0);
+        g_assert_cmpint(t1, >=, t0);
+        double mb = (double)count * kib * 1024 / 1e6;
+        g_test_message("BENCH virtio-blk %s: %u x %u KiB in %.1f ms = %.1f MB/s (host clock), "
+                       "%.1f us per request",
+                       i == 0 ? "read" : "write", count, kib, (t1 - t0) / 1000.0,
+                       mb / ((t1 - t0) / 1e6), (double)(t1 - t0) / count);
+    }
+    g_unlink(path);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/virtio/config-validation", test_config_validation);
+    g_test_add_func("/virtio/blk/write-read", test_blk_write_read);
+    g_test_add_func("/virtio/blk/two-disks-read-only", test_blk_two_disks_read_only);
+    g_test_add_func("/virtio/blk/host-io-error", test_blk_host_io_error);
+    g_test_add_func("/virtio/blk/bad-size", test_blk_bad_size);
+    g_test_add_func("/virtio/blk/bench", test_blk_bench);
+    g_test_add_func("/virtio/rng", test_rng);
+    static const char *const attacks[] = {"loop",  "oob",   "huge", "badnext",
+                                          "avail", "order", "ring"};
+    for (guint i = 0; i < G_N_ELEMENTS(attacks); i++) {
+        g_autofree char *name = g_strdup_printf("/virtio/hostile/%s", attacks[i]);
+        g_test_add_data_func(name, attacks[i], test_hostile);
+    }
+    return g_test_run();
+}
