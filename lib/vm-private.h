@@ -58,6 +58,16 @@ struct _MvmVm {
     guint32 exit_code;
     gint64 started_at_us;
     guint64 kvmclock_einval;
+
+    /*
+     * Pause, resume, start, snapshot and the join in stop hold op_lock for their
+     * whole run, so two callers never interleave their steps (vm-run.c).
+     */
+    GMutex op_lock;
+    gboolean threads_started; /* a restored VM gets its threads at the first resume */
+    gboolean clock_frozen;    /* frozen_clock goes back into KVM at resume */
+    struct kvm_clock_data frozen_clock; /* guest kvmclock time when it was frozen */
+    GArray *snapshot_devices;           /* snapshot.c: devices with state of their own */
 };
 
 /* vm.c: construction in two steps, so that a restore can build the machine and fill it. */
@@ -73,3 +83,9 @@ void mvm_vm_guest_exit(MvmVm *vm, MvmExitKind kind, char *reason, guint32 code);
 void mvm_vm_notify_state(MvmVm *vm, MvmVmState state);
 void mvm_vm_join_vcpus(MvmVm *vm);
 gboolean mvm_exit_kind_is_crash(MvmExitKind kind);
+/* With op_lock held; they do not call the state callback (the caller does, unlocked). */
+gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error);
+gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error);
+
+/* snapshot.c */
+void mvm_vm_free_snapshot_devices(MvmVm *vm);

@@ -130,12 +130,24 @@ static gpointer vcpu_thread(gpointer data)
     MvmVcpuThread *t = data;
     MvmVm *vm = t->vm;
 
-    while (wait_while_paused(vm)) {
+    /*
+     * A PIO or MMIO exit is complete (RIP past the instruction, an IN's value in
+     * its register) only once KVM_RUN is entered again (KVM api.rst, "kvm_run").
+     * So a vCPU parks only after a KVM_RUN that returned EINTR: with
+     * immediate_exit set by the kick, that call finishes the pending access and
+     * returns at once, and the state a snapshot then saves is consistent.
+     */
+    gboolean settled = TRUE;
+    for (;;) {
+        if (settled ? !wait_while_paused(vm) : g_atomic_int_get(&vm->stop_requested))
+            break;
         MvmVcpuExit exit;
-        if (mvm_vcpu_run(t->vcpu, &exit) == MVM_VCPU_RUN_STOP) {
+        MvmVcpuRunResult result = mvm_vcpu_run(t->vcpu, &exit);
+        if (result == MVM_VCPU_RUN_STOP) {
             mvm_vm_guest_exit(vm, exit.kind, exit.reason, 0);
             break;
         }
+        settled = result == MVM_VCPU_RUN_KICKED;
     }
 
     g_mutex_lock(&vm->lock);
@@ -185,6 +197,7 @@ gboolean mvm_vm_start(MvmVm *vm, GError **error)
 {
     install_kick_handler_once();
 
+    g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
     g_mutex_lock(&vm->lock);
     if (vm->state != MVM_VM_STATE_CREATED) {
         set_state_error(error, vm, "start");
@@ -195,11 +208,13 @@ gboolean mvm_vm_start(MvmVm *vm, GError **error)
     vm->started_at_us = g_get_monotonic_time();
     g_mutex_unlock(&vm->lock);
 
+    vm->threads_started = TRUE;
     if (!spawn_vcpu_threads(vm, error)) {
         mvm_vm_guest_exit(vm, MVM_EXIT_HOST_ERROR, g_strdup("cannot start vCPU threads"), 0);
         mvm_vm_join_vcpus(vm);
         return FALSE;
     }
+    g_clear_pointer(&op, g_mutex_locker_free);
     mvm_vm_notify_state(vm, MVM_VM_STATE_RUNNING);
     return TRUE;
 }
@@ -223,10 +238,22 @@ static void kvmclock_ctrl_all(MvmVm *vm)
     g_mutex_unlock(&vm->lock);
 }
 
-gboolean mvm_vm_pause(MvmVm *vm, GError **error)
+/* Lets parked vCPUs go again; the state must already say running (lock held). */
+static void release_vcpus_locked(MvmVm *vm)
+{
+    g_atomic_int_set(&vm->pause_requested, FALSE);
+    g_cond_broadcast(&vm->cond);
+}
+
+/*
+ * The state says paused only once every vCPU is parked, and it goes back to
+ * running before any vCPU may leave its park: a reader never sees "paused"
+ * with a vCPU in KVM_RUN. op_lock keeps the steps of two callers apart.
+ */
+gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error)
 {
     g_mutex_lock(&vm->lock);
-    if (vm->state != MVM_VM_STATE_RUNNING || vm->pause_requested) {
+    if (vm->state != MVM_VM_STATE_RUNNING) {
         set_state_error(error, vm, "pause");
         g_mutex_unlock(&vm->lock);
         return FALSE;
@@ -246,30 +273,106 @@ gboolean mvm_vm_pause(MvmVm *vm, GError **error)
         g_mutex_unlock(&vm->lock);
         return FALSE;
     }
-    vm->state = MVM_VM_STATE_PAUSED;
     g_mutex_unlock(&vm->lock);
 
+    /* With every vCPU out of KVM_RUN the clock we read is the one the guest last saw. */
+    if ((flags & MVM_PAUSE_FREEZE_CLOCK) && !vm->clock_frozen) {
+        memset(&vm->frozen_clock, 0, sizeof(vm->frozen_clock));
+        if (mvm_kvm_ioctl(vm->fd, KVM_GET_CLOCK, &vm->frozen_clock) < 0) {
+            mvm_kvm_set_errno_error(error, "KVM_GET_CLOCK");
+            g_mutex_lock(&vm->lock);
+            release_vcpus_locked(vm);
+            g_mutex_unlock(&vm->lock);
+            return FALSE;
+        }
+        vm->clock_frozen = TRUE;
+    }
+
+    g_mutex_lock(&vm->lock);
+    vm->state = MVM_VM_STATE_PAUSED;
+    g_mutex_unlock(&vm->lock);
     /* After every vCPU is out of KVM_RUN, so the guest sees PVCLOCK_GUEST_STOPPED on resume. */
     kvmclock_ctrl_all(vm);
-    mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
+    return TRUE;
+}
+
+/*
+ * The default (mvm_vm_pause) does not freeze the clock: guest time follows
+ * the host's across a pause, as it would across a long host preemption, and
+ * KVMCLOCK_CTRL tells the guest's watchdogs why. Freezing suits short pauses
+ * (snapshots, migration) where the guest should not notice at all.
+ */
+gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error)
+{
+    g_return_val_if_fail(vm != NULL, FALSE);
+    g_return_val_if_fail((flags & ~MVM_PAUSE_FREEZE_CLOCK) == 0, FALSE);
+
+    g_mutex_lock(&vm->op_lock);
+    gboolean ok = mvm_vm_pause_locked(vm, flags, error);
+    g_mutex_unlock(&vm->op_lock);
+    if (ok)
+        mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
+    return ok;
+}
+
+gboolean mvm_vm_pause(MvmVm *vm, GError **error)
+{
+    return mvm_vm_pause_full(vm, MVM_PAUSE_NONE, error);
+}
+
+/* KVM_SET_CLOCK takes no "realtime" hint from us: the guest goes on from the frozen time. */
+static gboolean thaw_clock(MvmVm *vm, GError **error)
+{
+    struct kvm_clock_data clock = {.clock = vm->frozen_clock.clock};
+
+    if (!vm->clock_frozen)
+        return TRUE;
+    if (mvm_kvm_ioctl(vm->fd, KVM_SET_CLOCK, &clock) < 0)
+        return mvm_kvm_set_errno_error(error, "KVM_SET_CLOCK");
+    vm->clock_frozen = FALSE;
+    return TRUE;
+}
+
+gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error)
+{
+    g_mutex_lock(&vm->lock);
+    gboolean paused = vm->state == MVM_VM_STATE_PAUSED;
+    if (!paused)
+        set_state_error(error, vm, "resume");
+    g_mutex_unlock(&vm->lock);
+    if (!paused || !thaw_clock(vm, error))
+        return FALSE;
+
+    g_mutex_lock(&vm->lock);
+    vm->state = MVM_VM_STATE_RUNNING;
+    if (vm->started_at_us == 0)
+        vm->started_at_us = g_get_monotonic_time();
+    release_vcpus_locked(vm);
+    g_mutex_unlock(&vm->lock);
+
+    /* A restored VM has never run: its vCPU threads start now. */
+    if (!vm->threads_started) {
+        install_kick_handler_once();
+        vm->threads_started = TRUE;
+        if (!spawn_vcpu_threads(vm, error)) {
+            mvm_vm_guest_exit(vm, MVM_EXIT_HOST_ERROR, g_strdup("cannot start vCPU threads"), 0);
+            mvm_vm_join_vcpus(vm);
+            return FALSE;
+        }
+    }
     return TRUE;
 }
 
 gboolean mvm_vm_resume(MvmVm *vm, GError **error)
 {
-    g_mutex_lock(&vm->lock);
-    if (vm->state != MVM_VM_STATE_PAUSED) {
-        set_state_error(error, vm, "resume");
-        g_mutex_unlock(&vm->lock);
-        return FALSE;
-    }
-    vm->state = MVM_VM_STATE_RUNNING;
-    g_atomic_int_set(&vm->pause_requested, FALSE);
-    g_cond_broadcast(&vm->cond);
-    g_mutex_unlock(&vm->lock);
+    g_return_val_if_fail(vm != NULL, FALSE);
 
-    mvm_vm_notify_state(vm, MVM_VM_STATE_RUNNING);
-    return TRUE;
+    g_mutex_lock(&vm->op_lock);
+    gboolean ok = mvm_vm_resume_locked(vm, error);
+    g_mutex_unlock(&vm->op_lock);
+    if (ok)
+        mvm_vm_notify_state(vm, MVM_VM_STATE_RUNNING);
+    return ok;
 }
 
 void mvm_vm_join_vcpus(MvmVm *vm)
@@ -300,7 +403,10 @@ gboolean mvm_vm_stop(MvmVm *vm, GError **error)
     g_mutex_unlock(&vm->lock);
 
     kick_all(vm);
+    /* Not while a resume spawns threads: op_lock. A pause waiting for parks sees the stop. */
+    g_mutex_lock(&vm->op_lock);
     mvm_vm_join_vcpus(vm);
+    g_mutex_unlock(&vm->op_lock);
     if (changed)
         mvm_vm_notify_state(vm, MVM_VM_STATE_STOPPED);
     return TRUE;

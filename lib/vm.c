@@ -299,6 +299,7 @@ MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
 
     MvmVm *vm = g_new0(MvmVm, 1);
     g_mutex_init(&vm->lock);
+    g_mutex_init(&vm->op_lock);
     g_cond_init(&vm->cond);
     vm->fd = -1;
     vm->kvm = kvm;
@@ -348,7 +349,9 @@ void mvm_vm_free(MvmVm *vm)
     mvm_boot_info_clear(&vm->boot);
     mvm_vm_config_free(vm->config);
     g_free(vm->exit_reason);
+    mvm_vm_free_snapshot_devices(vm);
     g_mutex_clear(&vm->lock);
+    g_mutex_clear(&vm->op_lock);
     g_cond_clear(&vm->cond);
     g_free(vm);
 }

@@ -22,6 +22,7 @@ static const struct {
     {"smp", mode_smp},
     {"compute", mode_compute},
     {"pattern", mode_pattern},
+    {"kvmclock", mode_kvmclock},
     {"blk", mode_blk},
     {"blkbench", mode_blkbench},
     {"rng", mode_rng},

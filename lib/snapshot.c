@@ -1,0 +1,619 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Snapshot and restore of a whole VM (format in snapshot.h).
+ *
+ * Writing: with every vCPU parked, the machine state goes into one GVariant
+ * and guest RAM into a sparse file; both are written under temporary names,
+ * synced, and renamed into place. The old `state` is removed first and the
+ * new one renamed last, so a directory never pairs a `state` with a `memory`
+ * of another snapshot. Renaming (never rewriting in place) also keeps intact
+ * a `memory` that a restored VM still maps copy-on-write.
+ *
+ * Restoring: read and check all of `state` and the size of `memory` first
+ * (snapshot-format.c); only then create the KVM VM around the mapped memory
+ * and load the state into it, devices before the interrupt controllers (a
+ * device restore re-asserts its interrupt line, which the controllers' own
+ * state then overrides), controllers before vCPUs. The VM comes out paused,
+ * its clock frozen at the snapshot's time until the first resume.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "snapshot.h"
+#include "vm-private.h"
+
+#define STATE_NAME      "state"
+#define MEMORY_NAME     "memory"
+#define STATE_TMP_NAME  ".state.tmp"
+#define MEMORY_TMP_NAME ".memory.tmp"
+#define PAGE_SIZE_4K    4096
+#define WRITE_CHUNK     (8 * 1024 * 1024)
+
+typedef struct {
+    char *name;
+    const MvmSnapshotDeviceOps *ops;
+    gpointer device;
+} SnapshotDevice;
+
+static void snapshot_device_clear(gpointer data)
+{
+    SnapshotDevice *d = data;
+    g_free(d->name);
+}
+
+void mvm_vm_add_snapshot_device(MvmVm *vm, const char *name, const MvmSnapshotDeviceOps *ops,
+                                gpointer device)
+{
+    SnapshotDevice d = {g_strdup(name), ops, device};
+
+    if (vm->snapshot_devices == NULL) {
+        vm->snapshot_devices = g_array_new(FALSE, FALSE, sizeof(SnapshotDevice));
+        g_array_set_clear_func(vm->snapshot_devices, snapshot_device_clear);
+    }
+    g_array_append_val(vm->snapshot_devices, d);
+}
+
+void mvm_vm_free_snapshot_devices(MvmVm *vm)
+{
+    g_clear_pointer(&vm->snapshot_devices, g_array_unref);
+}
+
+static guint n_snapshot_devices(MvmVm *vm)
+{
+    return vm->snapshot_devices != NULL ? vm->snapshot_devices->len : 0;
+}
+
+static SnapshotDevice *snapshot_device(MvmVm *vm, guint i)
+{
+    return &g_array_index(vm->snapshot_devices, SnapshotDevice, i);
+}
+
+static gboolean set_errno_error(GError **error, int code, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+/* "WHAT: strerror(errno)" in MVM_ERROR with @code. */
+static gboolean set_errno_error(GError **error, int code, const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *what = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, MVM_ERROR, code, "%s: %s", what, g_strerror(saved));
+    return FALSE;
+}
+
+/* ---- capturing the machine ---- */
+
+static GVariant *blob(const void *data, gsize size)
+{
+    return g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, data, size, 1);
+}
+
+static GVariant *save_vcpus(MvmVm *vm, GError **error)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a" MVM_SNAPSHOT_VCPU_TYPE));
+    for (guint i = 0; i < vm->n_vcpus; i++) {
+        g_autoptr(MvmVcpuState) state = mvm_vcpu_save_state(vm->vcpus[i].vcpu, error);
+        if (state == NULL) {
+            g_prefix_error(error, "vCPU %u: ", i);
+            g_variant_builder_clear(&b);
+            return NULL;
+        }
+        g_variant_builder_add_value(&b, mvm_vcpu_state_to_variant(state));
+    }
+    return g_variant_builder_end(&b);
+}
+
+static GVariant *save_irqchip(MvmVm *vm, guint32 chip_id, GError **error)
+{
+    struct kvm_irqchip chip = {.chip_id = chip_id};
+
+    if (mvm_kvm_ioctl(vm->fd, KVM_GET_IRQCHIP, &chip) < 0) {
+        mvm_kvm_set_errno_error(error, "KVM_GET_IRQCHIP");
+        return NULL;
+    }
+    if (chip_id == KVM_IRQCHIP_IOAPIC)
+        return blob(&chip.chip.ioapic, sizeof(chip.chip.ioapic));
+    return blob(&chip.chip.pic, sizeof(chip.chip.pic));
+}
+
+static GVariant *save_devices(MvmVm *vm, GError **error)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    for (guint i = 0; i < n_snapshot_devices(vm); i++) {
+        SnapshotDevice *d = snapshot_device(vm, i);
+        g_autoptr(GVariant) state = d->ops->save(d->device, error);
+        if (state == NULL) {
+            g_prefix_error(error, "device %s: ", d->name);
+            g_variant_builder_clear(&b);
+            return NULL;
+        }
+        g_variant_builder_add(&b, "{sv}", d->name, state);
+    }
+    return g_variant_builder_end(&b);
+}
+
+static GVariant *sink(GVariant *value)
+{
+    return value != NULL ? g_variant_ref_sink(value) : NULL;
+}
+
+static gboolean get_clock(MvmVm *vm, struct kvm_clock_data *clock, GError **error)
+{
+    /* Paused with a frozen clock: the guest's time is the one taken at the pause. */
+    if (vm->clock_frozen) {
+        *clock = vm->frozen_clock;
+        return TRUE;
+    }
+    memset(clock, 0, sizeof(*clock));
+    if (mvm_kvm_ioctl(vm->fd, KVM_GET_CLOCK, clock) < 0)
+        return mvm_kvm_set_errno_error(error, "KVM_GET_CLOCK");
+    return TRUE;
+}
+
+/* All vCPUs must be parked. Returns the payload (non-floating). */
+static GVariant *capture(MvmVm *vm, GError **error)
+{
+    struct kvm_clock_data clock;
+    struct kvm_pit_state2 pit = {0};
+    g_autoptr(GVariant) vcpus = NULL, master = NULL, slave = NULL, ioapic = NULL;
+    g_autoptr(GVariant) devices = NULL, serial = NULL, i8042 = NULL;
+
+    if (!get_clock(vm, &clock, error))
+        return NULL;
+    if (mvm_kvm_ioctl(vm->fd, KVM_GET_PIT2, &pit) < 0) {
+        mvm_kvm_set_errno_error(error, "KVM_GET_PIT2");
+        return NULL;
+    }
+    if ((vcpus = sink(save_vcpus(vm, error))) == NULL ||
+        (master = sink(save_irqchip(vm, KVM_IRQCHIP_PIC_MASTER, error))) == NULL ||
+        (slave = sink(save_irqchip(vm, KVM_IRQCHIP_PIC_SLAVE, error))) == NULL ||
+        (ioapic = sink(save_irqchip(vm, KVM_IRQCHIP_IOAPIC, error))) == NULL ||
+        (devices = sink(save_devices(vm, error))) == NULL)
+        return NULL;
+    serial = mvm_serial_save(vm->serial);
+    i8042 = mvm_i8042_save(vm->i8042);
+    return g_variant_ref_sink(
+        g_variant_new("(@a{sv}@a" MVM_SNAPSHOT_VCPU_TYPE "(tu)@ay@ay@ay@ayvv@a{sv}t)",
+                      mvm_snapshot_config_to_variant(vm->config), vcpus, (guint64)clock.clock,
+                      (guint32)0, master, slave, ioapic, blob(&pit, sizeof(pit)), serial, i8042,
+                      devices, (guint64)mvm_memory_get_size(vm->memory)));
+}
+
+/* ---- writing files ---- */
+
+static gboolean write_all_at(int fd, const guint8 *data, gsize len, guint64 offset, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, data, MIN(len, (gsize)WRITE_CHUNK), (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return set_errno_error(error, MVM_ERROR_FAILED, "cannot write the snapshot's %s",
+                                   "files");
+        data += n;
+        len -= (gsize)n;
+        offset += (guint64)n;
+    }
+    return TRUE;
+}
+
+static gboolean page_is_zero(const guint8 *page)
+{
+    const guint64 *w = (const guint64 *)page;
+    guint64 acc = 0;
+
+    if (w[0] != 0)
+        return FALSE; /* most used pages end here */
+    for (gsize i = 0; i < PAGE_SIZE_4K / 8; i++)
+        acc |= w[i];
+    return acc == 0;
+}
+
+/* Writes the non-zero pages of [start, end) (file offsets = offsets in RAM); zero pages stay holes.
+ */
+static gboolean write_nonzero(int fd, const guint8 *ram, guint64 start, guint64 end, GError **error)
+{
+    guint64 off = start;
+
+    while (off < end) {
+        while (off < end && page_is_zero(ram + off))
+            off += PAGE_SIZE_4K;
+        guint64 run = off;
+        while (run < end && run - off < WRITE_CHUNK && !page_is_zero(ram + run))
+            run += PAGE_SIZE_4K;
+        if (run > off && !write_all_at(fd, ram + off, run - off, off, error))
+            return FALSE;
+        off = run;
+    }
+    return TRUE;
+}
+
+/*
+ * RAM in a memfd: only what SEEK_DATA finds was ever written, so holes are
+ * skipped without reading (reading would allocate them). RAM mapped from a
+ * snapshot file (a restored VM) has no fd here: every page is looked at.
+ */
+static gboolean write_memory(MvmVm *vm, int out, GError **error)
+{
+    guint64 size = mvm_memory_get_size(vm->memory);
+    const guint8 *ram = mvm_memory_get_region(vm->memory, 0)->host;
+    int fd = mvm_memory_get_fd(vm->memory);
+
+    if (ftruncate(out, (off_t)size) < 0)
+        return set_errno_error(error, MVM_ERROR_FAILED, "cannot size the snapshot's %s",
+                               MEMORY_NAME);
+    if (fd < 0)
+        return write_nonzero(out, ram, 0, size, error);
+    for (off_t off = 0; (guint64)off < size;) {
+        off_t data = lseek(fd, off, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break;
+        off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+        if (hole < 0) /* no SEEK_DATA here: look at everything */
+            return write_nonzero(out, ram, (guint64)off, size, error);
+        hole = MIN((guint64)hole, size);
+        if (!write_nonzero(out, ram, (guint64)data & ~(guint64)(PAGE_SIZE_4K - 1), (guint64)hole,
+                           error))
+            return FALSE;
+        off = hole;
+    }
+    return TRUE;
+}
+
+static int create_temp(int dirfd, const char *name, GError **error)
+{
+    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+
+    if (fd < 0)
+        set_errno_error(error, MVM_ERROR_FAILED, "cannot create %s in the snapshot directory",
+                        name);
+    return fd;
+}
+
+static gboolean sync_and_close(int fd, const char *name, GError **error)
+{
+    gboolean ok = fdatasync(fd) == 0 ||
+                  set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", name);
+    close(fd);
+    return ok;
+}
+
+static gboolean write_files(MvmVm *vm, int dirfd, GVariant *payload, GError **error)
+{
+    g_autoptr(GBytes) state = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    gsize state_len;
+    const guint8 *state_data = g_bytes_get_data(state, &state_len);
+
+    int fd = create_temp(dirfd, MEMORY_TMP_NAME, error);
+    if (fd < 0)
+        return FALSE;
+    if (!write_memory(vm, fd, error)) {
+        close(fd);
+        return FALSE;
+    }
+    if (!sync_and_close(fd, MEMORY_NAME, error))
+        return FALSE;
+    fd = create_temp(dirfd, STATE_TMP_NAME, error);
+    if (fd < 0)
+        return FALSE;
+    if (!write_all_at(fd, state_data, state_len, 0, error)) {
+        close(fd);
+        return FALSE;
+    }
+    if (!sync_and_close(fd, STATE_NAME, error))
+        return FALSE;
+
+    if ((unlinkat(dirfd, STATE_NAME, 0) < 0 && errno != ENOENT) ||
+        renameat(dirfd, MEMORY_TMP_NAME, dirfd, MEMORY_NAME) < 0 ||
+        renameat(dirfd, STATE_TMP_NAME, dirfd, STATE_NAME) < 0)
+        return set_errno_error(error, MVM_ERROR_FAILED, "cannot put the %s in place",
+                               "snapshot files");
+    fsync(dirfd);
+    return TRUE;
+}
+
+static gboolean snapshot_paused(MvmVm *vm, int dirfd, GError **error)
+{
+    g_autoptr(GVariant) payload = capture(vm, error);
+
+    if (payload == NULL || !write_files(vm, dirfd, payload, error)) {
+        unlinkat(dirfd, MEMORY_TMP_NAME, 0);
+        unlinkat(dirfd, STATE_TMP_NAME, 0);
+        g_prefix_error(error, "snapshot: ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * A running VM is paused for the snapshot without telling the state callback
+ * (unless it stays paused): to its watchers, it never stopped running.
+ */
+gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error)
+{
+    g_return_val_if_fail(vm != NULL, FALSE);
+    g_return_val_if_fail(dirfd >= 0, FALSE);
+
+    g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
+    MvmVmState state = mvm_vm_get_state(vm);
+    gboolean was_running = state == MVM_VM_STATE_RUNNING;
+
+    if (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_STATE, "cannot snapshot a VM that is %s",
+                    mvm_vm_state_to_string(state));
+        return FALSE;
+    }
+    if (was_running && !mvm_vm_pause_locked(vm, MVM_PAUSE_NONE, error))
+        return FALSE;
+
+    gboolean ok = snapshot_paused(vm, dirfd, error);
+    gboolean stay = was_running && (flags & MVM_SNAPSHOT_LEAVE_PAUSED);
+    if (was_running && !stay && !mvm_vm_resume_locked(vm, ok ? error : NULL))
+        ok = FALSE;
+    g_clear_pointer(&op, g_mutex_locker_free);
+    if (stay)
+        mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
+    return ok;
+}
+
+gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GError **error)
+{
+    g_return_val_if_fail(dir != NULL, FALSE);
+
+    if (g_mkdir_with_parents(dir, 0700) < 0)
+        return set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot create %s", dir);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0)
+        return set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open %s", dir);
+    gboolean ok = mvm_vm_snapshot_at(vm, dirfd, flags, error);
+    close(dirfd);
+    return ok;
+}
+
+/* ---- restoring ---- */
+
+/* Opens a regular file of the snapshot without following links. */
+static int open_member(int dirfd, const char *name, struct stat *st, GError **error)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+
+    if (fd < 0) {
+        set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "invalid snapshot: cannot open %s",
+                        name);
+        return -1;
+    }
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+        close(fd);
+        mvm_snapshot_invalid(error, "%s is not a regular file", name);
+        return -1;
+    }
+    return fd;
+}
+
+static GBytes *read_state(int dirfd, GError **error)
+{
+    struct stat st;
+    int fd = open_member(dirfd, STATE_NAME, &st, error);
+
+    if (fd < 0)
+        return NULL;
+    if (st.st_size > MVM_SNAPSHOT_MAX_STATE_SIZE) {
+        close(fd);
+        mvm_snapshot_invalid(error, "%s is larger than 32 MiB", STATE_NAME);
+        return NULL;
+    }
+    gsize size = (gsize)st.st_size, done = 0;
+    g_autofree guint8 *data = g_malloc(MAX(size, 1u));
+    while (done < size) {
+        ssize_t n = read(fd, data + done, size - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* shorter than fstat said: the size check below reports it */
+        done += (gsize)n;
+    }
+    close(fd);
+    return g_bytes_new_take(g_steal_pointer(&data), done);
+}
+
+static void limits_from_kvm(const MvmKvm *kvm, MvmSnapshotLimits *limits)
+{
+    mvm_snapshot_limits_default(limits);
+    limits->max_vcpus = MIN(kvm->max_vcpus, 255u);
+    limits->max_msrs = kvm->msr_index_list->nmsrs;
+    limits->max_xsave = kvm->has_xsave ? MAX(kvm->xsave_size, sizeof(struct kvm_xsave)) : 0;
+}
+
+/* The legacy devices check their state themselves; try it on scratch copies before KVM. */
+static gboolean precheck_devices(const MvmSnapshotState *state, GError **error)
+{
+    g_autoptr(MvmSerial) serial = mvm_serial_new(0, NULL, NULL, NULL, NULL);
+    g_autoptr(MvmI8042) i8042 = mvm_i8042_new(0, NULL, NULL, NULL, NULL);
+
+    return mvm_serial_restore(serial, state->serial, error) &&
+           mvm_i8042_restore(i8042, state->i8042, error);
+}
+
+static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
+{
+    const MvmKvm *kvm = mvm_kvm_get(error);
+    MvmSnapshotLimits limits;
+    struct stat st;
+
+    if (kvm == NULL)
+        return NULL;
+    limits_from_kvm(kvm, &limits);
+    g_autoptr(GBytes) bytes = read_state(dirfd, error);
+    if (bytes == NULL)
+        return NULL;
+    gsize len;
+    const guint8 *data = g_bytes_get_data(bytes, &len);
+    g_autoptr(MvmSnapshotState) state = mvm_snapshot_decode(data, len, &limits, error);
+    if (state == NULL || !precheck_devices(state, error))
+        return NULL;
+    int fd = open_member(dirfd, MEMORY_NAME, &st, error);
+    if (fd < 0)
+        return NULL;
+    if ((guint64)st.st_size != state->memory_size) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "invalid snapshot: %s has %" G_GUINT64_FORMAT
+                    " bytes, the VM has %" G_GUINT64_FORMAT,
+                    MEMORY_NAME, (guint64)st.st_size, state->memory_size);
+        close(fd);
+        return NULL;
+    }
+    *memory_fd = fd;
+    return g_steal_pointer(&state);
+}
+
+static gboolean restore_devices(MvmVm *vm, const MvmSnapshotState *state, GError **error)
+{
+    GVariantIter iter;
+    const char *name;
+
+    if (!mvm_serial_restore(vm->serial, state->serial, error) ||
+        !mvm_i8042_restore(vm->i8042, state->i8042, error))
+        return FALSE;
+    for (guint i = 0; i < n_snapshot_devices(vm); i++) {
+        SnapshotDevice *d = snapshot_device(vm, i);
+        g_autoptr(GVariant) value = g_variant_lookup_value(state->devices, d->name, NULL);
+        if (value == NULL)
+            return mvm_snapshot_invalid(error, "no state for device %s", d->name);
+        if (!d->ops->restore(d->device, value, error)) {
+            g_prefix_error(error, "device %s: ", d->name);
+            return FALSE;
+        }
+    }
+    g_variant_iter_init(&iter, state->devices);
+    while (g_variant_iter_next(&iter, "{&sv}", &name, NULL)) {
+        guint i = 0;
+        while (i < n_snapshot_devices(vm) && strcmp(snapshot_device(vm, i)->name, name) != 0)
+            i++;
+        if (i == n_snapshot_devices(vm))
+            return mvm_snapshot_invalid(error,
+                                        "state for device %s, which this VM "
+                                        "does not have",
+                                        name);
+    }
+    return TRUE;
+}
+
+static gboolean vm_ioctl(MvmVm *vm, unsigned long request, void *arg, const char *name,
+                         GError **error)
+{
+    if (mvm_kvm_ioctl(vm->fd, request, arg) < 0)
+        return mvm_kvm_set_errno_error(error, name);
+    return TRUE;
+}
+
+/* Refuses, before any vCPU state goes in, a TSC rate this host can neither match nor scale to. */
+static gboolean check_tsc(MvmVm *vm, const MvmVcpuState *state, GError **error)
+{
+    gboolean required = FALSE;
+    MvmVcpu *vcpu = vm->vcpus[0].vcpu;
+
+    if (state->tsc_khz == 0 ||
+        !mvm_vcpu_is_tsc_scaling_required(vcpu, state->tsc_khz, &required, NULL))
+        return TRUE; /* the snapshot's or this host's rate is unknown: nothing to compare */
+    if (required && !vm->kvm->has_tsc_control) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED,
+                    "the snapshot's TSC runs at %u kHz and this host's at %u kHz; KVM here "
+                    "cannot scale it (no KVM_CAP_TSC_CONTROL)",
+                    state->tsc_khz, mvm_vcpu_get_tsc_khz(vcpu, NULL));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean restore_machine(MvmVm *vm, MvmSnapshotState *state, GError **error)
+{
+    if (!restore_devices(vm, state, error))
+        return FALSE;
+    if (!vm_ioctl(vm, KVM_SET_IRQCHIP, &state->pic_master, "KVM_SET_IRQCHIP (PIC master)", error) ||
+        !vm_ioctl(vm, KVM_SET_IRQCHIP, &state->pic_slave, "KVM_SET_IRQCHIP (PIC slave)", error) ||
+        !vm_ioctl(vm, KVM_SET_IRQCHIP, &state->ioapic, "KVM_SET_IRQCHIP (IOAPIC)", error) ||
+        !vm_ioctl(vm, KVM_SET_PIT2, &state->pit, "KVM_SET_PIT2", error))
+        return FALSE;
+    for (guint i = 0; i < vm->n_vcpus; i++) {
+        const MvmVcpuState *vcpu = g_ptr_array_index(state->vcpus, i);
+        if (!check_tsc(vm, vcpu, error))
+            return FALSE;
+        if (!mvm_vcpu_restore_state(vm->vcpus[i].vcpu, vcpu, error)) {
+            g_prefix_error(error, "vCPU %u: ", i);
+            return FALSE;
+        }
+    }
+    /* The clock goes in at the first resume, so time stands still until then. */
+    vm->frozen_clock = (struct kvm_clock_data){.clock = state->clock.clock};
+    vm->clock_frozen = TRUE;
+    return TRUE;
+}
+
+/* KVM refusing the state is the snapshot's fault: say so with the same code as the checks. */
+static void as_invalid(GError **error)
+{
+    if (error != NULL && *error != NULL && (*error)->domain == MVM_ERROR &&
+        (*error)->code == MVM_ERROR_FAILED) {
+        (*error)->code = MVM_ERROR_INVALID_ARGUMENT;
+        g_prefix_error(error, "invalid snapshot: KVM refused its state: ");
+    }
+}
+
+MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
+{
+    int memory_fd = -1;
+
+    g_return_val_if_fail(dirfd >= 0, NULL);
+    g_return_val_if_fail((flags & ~MVM_RESTORE_COPY_MEMORY) == 0, NULL);
+
+    g_autoptr(MvmSnapshotState) state = load_state(dirfd, &memory_fd, error);
+    if (state == NULL)
+        return NULL;
+    MvmMemory *memory = mvm_memory_new_from_fd(memory_fd, state->memory_size,
+                                               (flags & MVM_RESTORE_COPY_MEMORY) != 0, error);
+    /* A private mapping keeps the file alive; the copy does not need it either. */
+    close(memory_fd);
+    if (memory == NULL)
+        return NULL;
+
+    g_autoptr(MvmVm) vm = mvm_vm_alloc(state->config, error);
+    if (vm == NULL) {
+        mvm_memory_free(memory);
+        return NULL;
+    }
+    if (!mvm_vm_build(vm, memory, error))
+        return NULL;
+    if (!restore_machine(vm, state, error)) {
+        as_invalid(error);
+        return NULL;
+    }
+    vm->state = MVM_VM_STATE_PAUSED;
+    vm->pause_requested = TRUE;
+    return g_steal_pointer(&vm);
+}
+
+MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error)
+{
+    g_return_val_if_fail(dir != NULL, NULL);
+
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s", dir);
+        return NULL;
+    }
+    MvmVm *vm = mvm_vm_restore_at(dirfd, flags, error);
+    close(dirfd);
+    return vm;
+}

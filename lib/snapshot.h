@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Snapshots, inside libmicrovm: the `state` file format, its untrusted-input
+ * decoder (also the fuzz target), and the hook devices use to put their own
+ * state in a snapshot.
+ *
+ * dir/state, all integers little-endian:
+ *
+ *     0   8  magic "MVMSNAP\0"
+ *     8   2  format major   (a reader refuses any other major)
+ *     10  2  format minor   (a reader refuses a minor newer than its own)
+ *     12  4  flags, 0
+ *     16  8  N, payload length
+ *     24  N  payload: one GVariant of MVM_SNAPSHOT_PAYLOAD_TYPE, serialized in normal form
+ *     24+N 32 SHA-256 of bytes [0, 24 + N)
+ *
+ * dir/memory: guest RAM as the VM sees it from guest-physical 0 upwards (the
+ * part above the MMIO gap follows the part below it), one file of exactly
+ * the configured size, zero pages left as holes.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "microvm.h"
+#include "vcpu.h"
+
+G_BEGIN_DECLS
+
+#define MVM_SNAPSHOT_MAGIC       "MVMSNAP"
+#define MVM_SNAPSHOT_MAGIC_LEN   8 /* with its NUL */
+#define MVM_SNAPSHOT_MAJOR       1
+#define MVM_SNAPSHOT_MINOR       0
+#define MVM_SNAPSHOT_HEADER_SIZE 24
+#define MVM_SNAPSHOT_DIGEST_SIZE 32
+/* Far above what 255 vCPUs need (~10 KiB each); bounds what restore reads into memory. */
+#define MVM_SNAPSHOT_MAX_STATE_SIZE (32 * 1024 * 1024)
+
+/*
+ * One vCPU: cpuid entries, mp_state, regs, sregs, xsave (empty: none), fpu,
+ * has_xcrs, xcrs, debugregs, lapic, MSRs (index, value), events, TSC kHz.
+ * Each struct travels as the bytes of its linux/kvm.h layout, whose size
+ * is checked exactly.
+ */
+#define MVM_SNAPSHOT_VCPU_TYPE "(ayuayayayaybayayaya(ut)ayu)"
+
+/*
+ * config a{sv}, vCPUs, KVM clock (clock, flags), PIC master, PIC slave,
+ * IOAPIC, PIT2 (struct bytes), serial v, i8042 v, other devices a{sv} (by
+ * the names they registered with), guest RAM size in bytes.
+ */
+#define MVM_SNAPSHOT_PAYLOAD_TYPE "(a{sv}a" MVM_SNAPSHOT_VCPU_TYPE "(tu)ayayayayvva{sv}t)"
+
+/* Bounds for the decoder. The restore code fills them from KVM; the fuzzer uses fixed ones. */
+typedef struct {
+    guint max_vcpus; /* <= 255 */
+    guint max_msrs;  /* MSRs per vCPU */
+    gsize max_xsave; /* bytes of one XSAVE area; 0: XSAVE state is refused */
+} MvmSnapshotLimits;
+
+/* Sets MVM_ERROR_INVALID_ARGUMENT "invalid snapshot: <message>" and returns FALSE. */
+gboolean mvm_snapshot_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/* Copies an `ay` of exactly @size bytes into @dst; else that error, naming @what. */
+gboolean mvm_snapshot_get_blob(GVariant *bytes, void *dst, gsize size, const char *what,
+                               GError **error);
+
+/* The limits of the fuzzer and of hosts we have not asked. */
+void mvm_snapshot_limits_default(MvmSnapshotLimits *limits);
+
+/* Wraps @payload (any GVariant, stored as a `v`; normalised here) in header and digest. */
+GBytes *mvm_snapshot_encode(GVariant *payload, guint16 major, guint16 minor);
+
+/*
+ * Checks the envelope of a `state` file: magic, version, length, digest, normal
+ * form and payload type. Returns the payload (a new, non-floating reference of
+ * MVM_SNAPSHOT_PAYLOAD_TYPE) or NULL with MVM_ERROR_INVALID_ARGUMENT.
+ */
+GVariant *mvm_snapshot_unwrap(const guint8 *data, gsize len, GError **error);
+
+/* Everything a `state` file holds, checked and in the forms KVM takes. */
+typedef struct {
+    MvmVmConfig *config;
+    GPtrArray *vcpus; /* of MvmVcpuState, config->n_vcpus of them */
+    struct kvm_clock_data clock;
+    struct kvm_irqchip pic_master, pic_slave, ioapic;
+    struct kvm_pit_state2 pit;
+    GVariant *serial;  /* checked by the device's restore */
+    GVariant *i8042;   /* likewise */
+    GVariant *devices; /* a{sv} */
+    guint64 memory_size;
+} MvmSnapshotState;
+
+void mvm_snapshot_state_free(MvmSnapshotState *state);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmSnapshotState, mvm_snapshot_state_free)
+
+/*
+ * mvm_snapshot_unwrap(), then every count and size against @limits and against
+ * the configuration it holds. NULL with MVM_ERROR_INVALID_ARGUMENT on any
+ * problem. Needs no KVM: this is what the fuzzer runs.
+ */
+MvmSnapshotState *mvm_snapshot_decode(const guint8 *data, gsize len,
+                                      const MvmSnapshotLimits *limits, GError **error);
+
+/* The `config` dictionary of a payload, and back (snapshot-format.c). */
+GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config);
+MvmVmConfig *mvm_snapshot_config_from_variant(GVariant *dict, const MvmSnapshotLimits *limits,
+                                              GError **error);
+
+/* ---- vCPU state (vcpu-state.c) ---- */
+GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *state);
+/* Validates sizes and counts; @state must be of MVM_SNAPSHOT_VCPU_TYPE and in normal form. */
+MvmVcpuState *mvm_vcpu_state_from_variant(GVariant *variant, const MvmSnapshotLimits *limits,
+                                          GError **error);
+
+/* ---- devices ----
+ *
+ * A device that has state of its own (virtio queues, …) registers itself on
+ * the VM when the VM builds it, under a name unique in that VM ("virtio-blk0").
+ * A snapshot stores what save returns under that name in the payload's device
+ * dictionary. A restore builds the VM from the snapshot's configuration, so the
+ * same devices register again; it then hands each its state, and refuses a
+ * snapshot where a registered device has no entry or an entry has no device.
+ * save runs with every vCPU parked; restore runs before any vCPU runs and must
+ * treat its input as untrusted (check sizes, indices, addresses; never abort).
+ */
+typedef struct {
+    /* A new, non-floating reference; NULL and @error when the state cannot be taken. */
+    GVariant *(*save)(gpointer device, GError **error);
+    /* On failure: MVM_ERROR_INVALID_ARGUMENT with the reason. */
+    gboolean (*restore)(gpointer device, GVariant *state, GError **error);
+} MvmSnapshotDeviceOps;
+
+/* @ops must outlive the VM (a static table); @name is copied. */
+void mvm_vm_add_snapshot_device(MvmVm *vm, const char *name, const MvmSnapshotDeviceOps *ops,
+                                gpointer device);
+
+G_END_DECLS
