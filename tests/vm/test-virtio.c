@@ -10,8 +10,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <poll.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <linux/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -380,6 +388,277 @@ static void test_rng(void)
     g_assert_nonnull(strstr(out, "PASS rng"));
 }
 
+/* ---- vsock ---- */
+
+static int unix_listen(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    g_assert_cmpint(listen(fd, 4), ==, 0);
+    return fd;
+}
+
+static int unix_connect(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/* Reads until @len bytes, EOF or 60 s; returns what came, NUL-terminated. */
+static char *read_some(int fd, gsize len)
+{
+    char *buf = g_malloc0(len + 1);
+    gsize got = 0;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    while (got < len && poll(&pfd, 1, 60000) == 1) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r <= 0)
+            break;
+        got += (gsize)r;
+    }
+    return buf;
+}
+
+static char *read_line(int fd)
+{
+    GString *s = g_string_new(NULL);
+    char c;
+
+    while (s->len < 64) {
+        g_autofree char *one = read_some(fd, 1);
+        c = one[0];
+        if (c == '\0' || c == '\n')
+            break;
+        g_string_append_c(s, c);
+    }
+    return g_string_free(s, FALSE);
+}
+
+static gboolean wait_eof(int fd)
+{
+    g_autofree char *rest = read_some(fd, 4096);
+    return rest[0] == '\0';
+}
+
+/* The guest's connection to host port 1234 arrives on <uds>_1234. */
+static void vsock_serve_guest(int listen_fd)
+{
+    struct pollfd pfd = {.fd = listen_fd, .events = POLLIN};
+
+    g_assert_cmpint(poll(&pfd, 1, 60000), ==, 1);
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_autofree char *ping = read_some(fd, strlen("ping from guest"));
+    g_assert_cmpstr(ping, ==, "ping from guest");
+    g_assert_cmpint(write(fd, "pong from host", 14), ==, 14);
+    /* The guest shuts down: the device closes our end. */
+    g_assert_true(wait_eof(fd));
+    close(fd);
+}
+
+/* A host program connects to <uds> and asks for the guest's port 5000. */
+static void vsock_connect_guest(Guest *g, const char *uds)
+{
+    /* A bad handshake is refused without reaching the guest. */
+    int bad = unix_connect(uds);
+    g_assert_cmpint(write(bad, "HELLO 5000\n", 11), ==, 11);
+    g_assert_true(wait_eof(bad));
+    close(bad);
+
+    int fd = unix_connect(uds);
+    g_assert_cmpint(write(fd, "CONNECT 5000\n", 13), ==, 13);
+    g_autofree char *ok = read_line(fd);
+    g_assert_true(g_str_has_prefix(ok, "OK "));
+    g_assert_cmpint(write(fd, "hello from host", 15), ==, 15);
+    g_autofree char *echo = read_some(fd, strlen("echo: hello from host"));
+    if (strcmp(echo, "echo: hello from host") != 0)
+        g_test_message("guest so far:\n%s", guest_output(g));
+    g_assert_cmpstr(echo, ==, "echo: hello from host");
+    close(fd);
+}
+
+static void test_vsock(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = g_dir_make_tmp("mvm-vsock-XXXXXX", &error);
+    g_assert_no_error(error);
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autofree char *guest_port = g_strdup_printf("%s_1234", uds);
+    int listen_fd = unix_listen(guest_port);
+
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock hostport=1234 port=5000");
+    config->vsock_cid = 42;
+    config->vsock_uds_path = g_strdup(uds);
+    g_autoptr(Guest) g = guest_start(config);
+    vsock_serve_guest(listen_fd);
+    g_assert_true(guest_wait_for(g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
+    vsock_connect_guest(g, uds);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "VSOCK cid 42"));
+    g_assert_nonnull(strstr(out, "PASS vsock-connect"));
+    g_assert_nonnull(strstr(out, "PASS vsock-listen"));
+    close(listen_fd);
+    g_clear_pointer(&g, guest_free);
+    /* The VM removed its socket. */
+    g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
+    g_unlink(guest_port);
+    g_rmdir(dir);
+}
+
+/* ---- net: a tap in a network namespace of the test's own ---- */
+
+#define TEST_TAP  "mvmtest0"
+#define ETHERTYPE 0x88b5
+
+/* Whether this process may make a network namespace (root, or CAP_SYS_ADMIN). */
+static gboolean can_unshare_net(void)
+{
+    pid_t pid = fork();
+
+    if (pid == 0)
+        _exit(unshare(CLONE_NEWNET) == 0 && access("/dev/net/tun", R_OK | W_OK) == 0 ? 0 : 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* A persistent tap named TEST_TAP, up; the VM opens it by name. */
+static int make_tap(void)
+{
+    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(ifr.ifr_name, TEST_TAP, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
+    close(fd);
+
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    memset(&ifr, 0, sizeof(ifr));
+    g_strlcpy(ifr.ifr_name, TEST_TAP, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(sock, SIOCGIFFLAGS, &ifr), ==, 0);
+    ifr.ifr_flags |= IFF_UP;
+    g_assert_cmpint(ioctl(sock, SIOCSIFFLAGS, &ifr), ==, 0);
+    g_assert_cmpint(ioctl(sock, SIOCGIFINDEX, &ifr), ==, 0);
+    close(sock);
+    return ifr.ifr_ifindex;
+}
+
+/* The host's end of the wire: a packet socket on the tap interface. */
+static int packet_socket(int ifindex)
+{
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE));
+    struct sockaddr_ll addr = {
+        .sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE), .sll_ifindex = ifindex};
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+static const guint8 test_mac[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+
+static void net_exchange(int pkt, int ifindex)
+{
+    guint8 frame[1600];
+    struct pollfd pfd = {.fd = pkt, .events = POLLIN};
+
+    g_assert_cmpint(poll(&pfd, 1, 60000), ==, 1);
+    ssize_t n = recv(pkt, frame, sizeof(frame), 0);
+    g_assert_cmpint(n, >=, 14 + 20);
+    g_assert_cmpmem(frame + 6, 6, test_mac, 6);
+    g_assert_cmpmem(frame + 14, 20, "hello from guest net", 20);
+
+    guint8 reply[60] = {0};
+    memcpy(reply, test_mac, 6);
+    memcpy(reply + 6, "\x02\x00\x00\x00\x00\x01", 6);
+    reply[12] = ETHERTYPE >> 8;
+    reply[13] = ETHERTYPE & 0xff;
+    memcpy(reply + 14, "hello from host net", 19);
+    struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = 6};
+    memcpy(to.sll_addr, test_mac, 6);
+    g_assert_cmpint(sendto(pkt, reply, sizeof(reply), 0, (struct sockaddr *)&to, sizeof(to)), ==,
+                    sizeof(reply));
+}
+
+static guint count_frames(int pkt, guint expected)
+{
+    guint8 frame[1600];
+    guint n = 0;
+    struct pollfd pfd = {.fd = pkt, .events = POLLIN};
+
+    while (n < expected && poll(&pfd, 1, 5000) == 1 && recv(pkt, frame, sizeof(frame), 0) > 0)
+        n++;
+    return n;
+}
+
+/* Runs in a child (g_test_trap_subprocess) that owns a fresh network namespace. */
+static void net_in_namespace(void)
+{
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    int ifindex = make_tap();
+    int pkt = packet_socket(ifindex);
+    guint burst = 200;
+    g_autofree char *cmdline = g_strdup_printf("mode=net burst=%u gone=1", burst);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    MvmNetConfig *nic = g_new0(MvmNetConfig, 1);
+    nic->tap_name = g_strdup(TEST_TAP);
+    nic->tap_fd = -1;
+    memcpy(nic->mac, test_mac, 6);
+    config->nics = g_ptr_array_new();
+    g_ptr_array_add(config->nics, nic);
+
+    g_autoptr(Guest) g = guest_start(config);
+    net_exchange(pkt, ifindex);
+    g_assert_true(guest_wait_for(g, "PASS net-rx", GUEST_TIMEOUT_US));
+    guint got = count_frames(pkt, burst);
+    g_assert_true(guest_wait_for(g, "NET waiting", GUEST_TIMEOUT_US));
+    /* stderr: the parent shows it; the child's stdout is its own TAP stream. */
+    gint64 t0 = guest_marker_time(g, 0x110), t1 = guest_marker_time(g, 0x111);
+    g_assert_cmpint(t1, >, t0);
+    g_printerr("# BENCH virtio-net tx: %u of %u frames reached the tap; %.0f frames/s (guest "
+               "sends one at a time and waits for each)\n",
+               got, burst, burst / ((t1 - t0) / 1e6));
+    g_assert_cmpuint(got, ==, burst);
+
+    /* The tap goes away under the running VM: its device must shrug that off. */
+    g_assert_cmpint(system("ip link delete " TEST_TAP), ==, 0);
+    mvm_vm_console_write(g->vm, (const guint8 *)"x", 1);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "NET mac 52:54:00:12:34:56"));
+    g_assert_nonnull(strstr(out, "PASS net-tap-gone"));
+    close(pkt);
+}
+
+static void test_net(void)
+{
+    if (!have_kvm())
+        return;
+    if (g_test_subprocess()) {
+        net_in_namespace();
+        return;
+    }
+    if (!can_unshare_net()) {
+        g_test_skip("cannot create a network namespace with a tap here (needs root and "
+                    "/dev/net/tun)");
+        return;
+    }
+    g_test_trap_subprocess(NULL, 120 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_INHERIT_STDERR);
+    g_test_trap_assert_passed();
+}
+
 /* ---- hostile guests ---- */
 
 static guint count_lines(Guest *g, const char *prefix)
@@ -457,6 +736,8 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/bad-size", test_blk_bad_size);
     g_test_add_func("/virtio/blk/bench", test_blk_bench);
     g_test_add_func("/virtio/rng", test_rng);
+    g_test_add_func("/virtio/vsock", test_vsock);
+    g_test_add_func("/virtio/net", test_net);
     static const char *const attacks[] = {"loop",  "oob",   "huge", "badnext",
                                           "avail", "order", "ring"};
     for (guint i = 0; i < G_N_ELEMENTS(attacks); i++) {
