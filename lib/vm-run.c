@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "vm-private.h"
+#include "vm-virtio.h"
 
 #define MVM_KICK_SIGNAL (SIGRTMIN + 1)
 
@@ -291,6 +292,8 @@ gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error)
     g_mutex_lock(&vm->lock);
     vm->state = MVM_VM_STATE_PAUSED;
     g_mutex_unlock(&vm->lock);
+    /* Device back ends stop too: a paused VM's memory and device state stay as they are. */
+    mvm_vm_quiesce_virtio(vm, TRUE);
     /* After every vCPU is out of KVM_RUN, so the guest sees PVCLOCK_GUEST_STOPPED on resume. */
     kvmclock_ctrl_all(vm);
     return TRUE;
@@ -343,6 +346,7 @@ gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error)
     if (!paused || !thaw_clock(vm, error))
         return FALSE;
 
+    mvm_vm_quiesce_virtio(vm, FALSE);
     g_mutex_lock(&vm->lock);
     vm->state = MVM_VM_STATE_RUNNING;
     if (vm->started_at_us == 0)

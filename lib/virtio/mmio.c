@@ -537,11 +537,109 @@ guint32 mvm_virtio_get_status(MvmVirtio *dev)
     mvm_virtio_unlock(dev);
     return status;
 }
+/* ---- snapshots ---- */
+
+#define STATE_VERSION 1
+/* version, status, interrupt status, device and driver features, queue select, config bytes,
+ * queues (size, descriptor/driver/device areas, ready, next available, used index). */
+#define STATE_TYPE "(uuuttuaya(qtttbqq))"
+
 GVariant *mvm_virtio_save(MvmVirtio *dev)
 {
-    return NULL;
+    GVariantBuilder queues;
+
+    mvm_virtio_lock(dev);
+    g_variant_builder_init(&queues, G_VARIANT_TYPE("a(qtttbqq)"));
+    for (guint i = 0; i < dev->ops->n_queues; i++) {
+        const MvmVirtqueue *vq = &dev->queues[i].vq;
+        g_variant_builder_add(&queues, "(qtttbqq)", vq->size, vq->desc_gpa, vq->avail_gpa,
+                              vq->used_gpa, dev->queues[i].ready != 0, vq->last_avail,
+                              vq->used_idx);
+    }
+    GVariant *config =
+        g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, dev->config, dev->config_len, 1);
+    GVariant *state =
+        g_variant_new("(uuuttu@aya(qtttbqq))", STATE_VERSION, dev->status, dev->interrupt_status,
+                      dev->device_features, dev->driver_features, dev->queue_sel, config, &queues);
+    mvm_virtio_unlock(dev);
+    return g_variant_ref_sink(state);
 }
+
+static gboolean restore_error(GError **error, MvmVirtio *dev, const char *what)
+{
+    g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "virtio-%s state: %s", dev->ops->name,
+                what);
+    return FALSE;
+}
+
+/* One queue of an untrusted state: the rings must lie in RAM, as at QueueReady. Lock held. */
+static gboolean restore_queue(MvmVirtio *dev, Queue *q, GVariant *v, GError **error)
+{
+    gboolean ready;
+    guint16 last_avail, used_idx;
+    g_autoptr(GError) local = NULL;
+
+    g_variant_get(v, "(qtttbqq)", &q->vq.size, &q->vq.desc_gpa, &q->vq.avail_gpa, &q->vq.used_gpa,
+                  &ready, &last_avail, &used_idx);
+    q->ready = 0;
+    q->vq.enabled = FALSE;
+    if (!ready)
+        return TRUE;
+    if (!mvm_vq_enable(&q->vq, dev->env.memory, &local))
+        return restore_error(error, dev, local->message);
+    q->vq.last_avail = last_avail;
+    q->vq.used_idx = used_idx;
+    q->ready = 1;
+    return TRUE;
+}
+
+static gboolean restore_locked(MvmVirtio *dev, GVariant *state, GError **error)
+{
+    guint32 version, status, isr, queue_sel;
+    guint64 device_features, driver_features;
+    g_autoptr(GVariant) config = NULL;
+    g_autoptr(GVariant) queues = NULL;
+
+    g_variant_get(state, "(uuuttu@ay@a(qtttbqq))", &version, &status, &isr, &device_features,
+                  &driver_features, &queue_sel, &config, &queues);
+    if (version != STATE_VERSION)
+        return restore_error(error, dev, "unknown version");
+    if (device_features != dev->device_features || (driver_features & ~device_features) != 0)
+        return restore_error(error, dev, "features do not match this device");
+    if (status & ~(guint32)0xcf) /* the bits of §2.1 */
+        return restore_error(error, dev, "unknown status bits");
+    if (g_variant_n_children(queues) != dev->ops->n_queues)
+        return restore_error(error, dev, "wrong number of queues");
+    if (g_variant_get_size(config) != dev->config_len)
+        return restore_error(error, dev, "configuration space of another size");
+    device_reset(dev);
+    for (guint i = 0; i < dev->ops->n_queues; i++) {
+        g_autoptr(GVariant) q = g_variant_get_child_value(queues, i);
+        if (!restore_queue(dev, &dev->queues[i], q, error))
+            return FALSE;
+    }
+    memcpy(dev->config, g_variant_get_data(config), dev->config_len);
+    dev->config_generation++;
+    dev->status = status;
+    dev->interrupt_status = isr & (VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+    dev->driver_features = driver_features;
+    dev->queue_sel = queue_sel;
+    return TRUE;
+}
+
 gboolean mvm_virtio_restore(MvmVirtio *dev, GVariant *state, GError **error)
 {
-    return FALSE;
+    if (!g_variant_is_of_type(state, G_VARIANT_TYPE(STATE_TYPE)))
+        return restore_error(error, dev, "wrong type");
+    mvm_virtio_lock(dev);
+    gboolean ok = restore_locked(dev, state, error);
+    if (!ok)
+        device_reset(dev);
+    else if (mvm_virtio_is_active(dev) && dev->ops->activate != NULL)
+        dev->ops->activate(dev->backend);
+    mvm_virtio_unlock(dev);
+    /* Requests the guest made available before the snapshot are served once it runs. */
+    for (guint i = 0; ok && i < dev->ops->n_queues; i++)
+        kick_queue(&dev->queues[i]);
+    return ok;
 }

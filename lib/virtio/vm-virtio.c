@@ -9,6 +9,7 @@
 #include <sys/un.h>
 
 #include "layout.h"
+#include "snapshot.h"
 #include "virtio.h"
 #include "vm-private.h"
 #include "vm-virtio.h"
@@ -136,6 +137,32 @@ gboolean mvm_vm_config_validate_virtio(const MvmVmConfig *config, GError **error
     return TRUE;
 }
 
+/* ---- snapshots ---- */
+
+static GVariant *snapshot_save(gpointer device, GError **error)
+{
+    return mvm_virtio_save(device);
+}
+
+static gboolean snapshot_restore(gpointer device, GVariant *state, GError **error)
+{
+    return mvm_virtio_restore(device, state, error);
+}
+
+static const MvmSnapshotDeviceOps snapshot_ops = {snapshot_save, snapshot_restore};
+
+/* "virtio-blk0", "virtio-blk1", "virtio-net0": unique names for the snapshot's device table. */
+static char *device_name(MvmVm *vm, MvmVirtio *dev)
+{
+    guint same = 0;
+
+    for (guint i = 0; i < vm->virtio->len; i++)
+        if (strcmp(mvm_virtio_get_name(g_ptr_array_index(vm->virtio, i)),
+                   mvm_virtio_get_name(dev)) == 0)
+            same++;
+    return g_strdup_printf("virtio-%s%u", mvm_virtio_get_name(dev), same);
+}
+
 /* ---- building ---- */
 
 static MvmVirtio *create_device(MvmVm *vm, guint slot, const MvmVirtioEnv *env, GError **error)
@@ -185,6 +212,8 @@ gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error)
         g_autoptr(MvmVirtio) dev = create_device(vm, slot, &env, error);
         if (dev == NULL || !mvm_virtio_attach(dev, vm->bus, error))
             return FALSE;
+        g_autofree char *name = device_name(vm, dev);
+        mvm_vm_add_snapshot_device(vm, name, &snapshot_ops, dev);
         g_ptr_array_add(vm->virtio, g_steal_pointer(&dev));
     }
     forget_fds(vm->config);

@@ -2,7 +2,8 @@
 /*
  * mode=blk: drives a virtio-blk disk. Args: disk (0: which virtio-blk), sectors (8), writeat (8),
  * seed (1), ro (0: expect a writable disk; 1: expect VIRTIO_BLK_F_RO and writes refused),
- * ioerr (0; 1: the host gave a disk it cannot write, expect VIRTIO_BLK_S_IOERR on writes).
+ * ioerr (0; 1: the host gave a disk it cannot write, expect VIRTIO_BLK_S_IOERR on writes),
+ * pause (0; 1: after the first read print "BLK paused" and wait for a console byte).
  * Prints BLK capacity/id/read-sum lines; the host checks the image for the written pattern
  * (blk_pattern_byte, mirrored in tests/vm/test-virtio.c).
  *
@@ -122,6 +123,10 @@ bool mode_blk(void)
     u8 *in = vio_page(), *out = vio_page();
     ok &= check_status("blk-read", BLK_S_OK, blk_rw(&d, BLK_T_IN, 0, in, sectors * 512));
     gprintf("BLK read-sum 0x%lx\n", fnv1a(in, sectors * 512, FNV1A_INIT));
+    if (arg_u64("pause", 0)) { /* the host snapshots and restores the VM here */
+        gprintf("BLK paused\n");
+        serial_getc();
+    }
 
     if (arg_u64("ro", 0)) {
         ok &= check_u64("blk-ro-feature", BLK_F_RO, d.features & BLK_F_RO);

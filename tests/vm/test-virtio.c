@@ -84,19 +84,28 @@ static MvmVmConfig *guest_config(const char *cmdline)
     return config;
 }
 
-static Guest *guest_start(const MvmVmConfig *config)
+/* Takes @vm; captures its console and markers. */
+static Guest *guest_wrap(MvmVm *vm)
 {
-    g_autoptr(GError) error = NULL;
     Guest *g = g_new0(Guest, 1);
 
     g_mutex_init(&g->lock);
     g_cond_init(&g->cond);
     g->out = g_string_new(NULL);
     g->markers = g_array_new(FALSE, FALSE, sizeof(gint64));
-    g->vm = mvm_vm_new(config, &error);
-    g_assert_no_error(error);
+    g->vm = vm;
     mvm_vm_set_console_callback(g->vm, on_console, g);
     mvm_vm_set_marker_callback(g->vm, on_marker, g);
+    return g;
+}
+
+static Guest *guest_start(const MvmVmConfig *config)
+{
+    g_autoptr(GError) error = NULL;
+    MvmVm *vm = mvm_vm_new(config, &error);
+
+    g_assert_no_error(error);
+    Guest *g = guest_wrap(vm);
     g_assert_true(mvm_vm_start(g->vm, &error));
     return g;
 }
@@ -311,6 +320,47 @@ static void test_blk_host_io_error(void)
     g_autofree char *out = run_guest(config);
     g_assert_nonnull(strstr(out, "PASS blk-ioerr"));
     close(fd);
+    g_unlink(path);
+}
+
+/* Queue indices and negotiated features survive a snapshot: the restored guest goes on using
+ * the queue it set up before, and its next request completes where it expects it. */
+static void test_blk_snapshot_restore(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GBytes) image = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(256, &image);
+    g_autofree char *dir = g_dir_make_tmp("mvm-virtio-snap-XXXXXX", &error);
+    g_assert_no_error(error);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=blk pause=1 seed=7 writeat=32");
+    add_disk(config, path, -1, FALSE);
+    g_autoptr(Guest) g = guest_start(config);
+    g_assert_true(guest_wait_for(g, "BLK paused", GUEST_TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(g->vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    g_autofree char *before = guest_output(g);
+    g_clear_pointer(&g, guest_free);
+
+    MvmVm *vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    g_autoptr(Guest) restored = guest_wrap(vm);
+    g_assert_true(mvm_vm_resume(vm, &error));
+    mvm_vm_console_write(vm, (const guint8 *)"x", 1);
+    g_autofree char *after = guest_finish(restored);
+    g_assert_nonnull(strstr(before, "PASS blk-read"));
+    g_assert_nonnull(strstr(after, "PASS blk-write-read"));
+    assert_pattern_on_disk(path, 32, 8, 7);
+
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while ((name = g_dir_read_name(d)) != NULL) {
+        g_autofree char *f = g_build_filename(dir, name, NULL);
+        g_unlink(f);
+    }
+    g_rmdir(dir);
     g_unlink(path);
 }
 
@@ -734,6 +784,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/two-disks-read-only", test_blk_two_disks_read_only);
     g_test_add_func("/virtio/blk/host-io-error", test_blk_host_io_error);
     g_test_add_func("/virtio/blk/bad-size", test_blk_bad_size);
+    g_test_add_func("/virtio/blk/snapshot-restore", test_blk_snapshot_restore);
     g_test_add_func("/virtio/blk/bench", test_blk_bench);
     g_test_add_func("/virtio/rng", test_rng);
     g_test_add_func("/virtio/vsock", test_vsock);
