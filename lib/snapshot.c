@@ -33,7 +33,7 @@
 #define STATE_TMP_NAME  ".state.tmp"
 #define MEMORY_TMP_NAME ".memory.tmp"
 #define PAGE_SIZE_4K    4096
-#define WRITE_CHUNK     (8 * 1024 * 1024)
+#define IO_CHUNK     (8 * 1024 * 1024)
 
 typedef struct {
     char *name;
@@ -196,7 +196,7 @@ static GVariant *capture(MvmVm *vm, GError **error)
 static gboolean write_all_at(int fd, const guint8 *data, gsize len, guint64 offset, GError **error)
 {
     while (len > 0) {
-        ssize_t n = pwrite(fd, data, MIN(len, (gsize)WRITE_CHUNK), (off_t)offset);
+        ssize_t n = pwrite(fd, data, MIN(len, (gsize)IO_CHUNK), (off_t)offset);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -231,7 +231,7 @@ static gboolean write_nonzero(int fd, const guint8 *ram, guint64 start, guint64 
         while (off < end && page_is_zero(ram + off))
             off += PAGE_SIZE_4K;
         guint64 run = off;
-        while (run < end && run - off < WRITE_CHUNK && !page_is_zero(ram + run))
+        while (run < end && run - off < IO_CHUNK && !page_is_zero(ram + run))
             run += PAGE_SIZE_4K;
         if (run > off && !write_all_at(fd, ram + off, run - off, off, error))
             return FALSE;
@@ -478,6 +478,52 @@ static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
     return g_steal_pointer(&state);
 }
 
+static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, dst, MIN(len, (gsize)IO_CHUNK), (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return set_errno_error(error, MVM_ERROR_FAILED, "cannot read the snapshot's %s",
+                                   MEMORY_NAME);
+        if (n == 0)
+            return mvm_snapshot_invalid(error, "%s became shorter while being read", MEMORY_NAME);
+        dst += n;
+        len -= (gsize)n;
+        offset += (guint64)n;
+    }
+    return TRUE;
+}
+
+/*
+ * MVM_RESTORE_COPY_MEMORY: fresh RAM, into which only the file's data extents
+ * are read; its holes are zero pages already, and stay unallocated.
+ */
+static MvmMemory *copy_memory(int fd, guint64 size, GError **error)
+{
+    g_autoptr(MvmMemory) memory = mvm_memory_new(size, error);
+
+    if (memory == NULL)
+        return NULL;
+    guint8 *ram = mvm_memory_get_region(memory, 0)->host;
+    for (off_t off = 0; (guint64)off < size;) {
+        off_t data = lseek(fd, off, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break;
+        off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+        if (hole < 0) { /* no SEEK_DATA on this file system: read it all */
+            data = off;
+            hole = (off_t)size;
+        }
+        hole = (off_t)MIN((guint64)hole, size);
+        if (!read_all_at(fd, ram + data, (gsize)(hole - data), (guint64)data, error))
+            return NULL;
+        off = hole;
+    }
+    return g_steal_pointer(&memory);
+}
+
 static gboolean restore_devices(MvmVm *vm, const MvmSnapshotState *state, GError **error)
 {
     GVariantIter iter;
@@ -581,8 +627,9 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
     g_autoptr(MvmSnapshotState) state = load_state(dirfd, &memory_fd, error);
     if (state == NULL)
         return NULL;
-    MvmMemory *memory = mvm_memory_new_from_fd(memory_fd, state->memory_size,
-                                               (flags & MVM_RESTORE_COPY_MEMORY) != 0, error);
+    MvmMemory *memory = (flags & MVM_RESTORE_COPY_MEMORY)
+                            ? copy_memory(memory_fd, state->memory_size, error)
+                            : mvm_memory_new_from_fd(memory_fd, state->memory_size, FALSE, error);
     /* A private mapping keeps the file alive; the copy does not need it either. */
     close(memory_fd);
     if (memory == NULL)
