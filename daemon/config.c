@@ -39,6 +39,10 @@ void mvmd_vm_config_free(MvmdVmConfig *config)
         close(config->kernel_fd);
     if (config->initrd_fd >= 0)
         close(config->initrd_fd);
+    mvmd_devices_clear(&config->devices);
+    g_free(config->snapshot_dir);
+    if (config->snapshot_fd >= 0)
+        close(config->snapshot_fd);
     g_free(config);
 }
 
@@ -50,7 +54,9 @@ static MvmdVmConfig *config_new_defaults(void)
     config->memory_mib = MVMD_DEFAULT_MEMORY;
     config->kernel_fd = -1;
     config->initrd_fd = -1;
+    config->snapshot_fd = -1;
     config->on_reboot = MVMD_ON_REBOOT_RESTART;
+    mvmd_devices_init(&config->devices);
     return config;
 }
 
@@ -90,19 +96,7 @@ typedef struct {
     gboolean storable;  /* may appear in a stored definition */
 } KeyInfo;
 
-static gboolean invalid(GError **error, const char *key, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-
-static gboolean invalid(GError **error, const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    g_autofree char *msg = NULL;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "config key '%s': %s", key, msg);
-    return FALSE;
-}
+#define invalid mvmd_config_invalid
 
 static gboolean parse_vcpus(MvmdVmConfig *config, const char *key, GVariant *value,
                             GUnixFDList *fd_list, GError **error)
@@ -145,19 +139,10 @@ static gboolean parse_path(char **out, const char *key, GVariant *value, GError 
 static gboolean parse_fd(int *out, const char *key, GVariant *value, GUnixFDList *fd_list,
                          GError **error)
 {
-    gint32 index = g_variant_get_handle(value);
-    struct stat st;
-    int fd;
+    int fd = mvmd_config_take_fd(value, fd_list, key, "r", error);
 
-    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list))
-        return invalid(error, key, "handle %d: no such file descriptor in the message", index);
-    fd = g_unix_fd_list_get(fd_list, index, NULL);
     if (fd < 0)
-        return invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return invalid(error, key, "not a regular file");
-    }
+        return FALSE;
     if (*out >= 0)
         close(*out);
     *out = fd;
@@ -236,14 +221,47 @@ static gboolean parse_on_reboot(MvmdVmConfig *config, const char *key, GVariant 
     return TRUE;
 }
 
+static gboolean parse_disks(MvmdVmConfig *config, const char *key, GVariant *value,
+                            GUnixFDList *fd_list, GError **error)
+{
+    return mvmd_devices_parse_disks(&config->devices, value, fd_list, error);
+}
+
+static gboolean parse_network(MvmdVmConfig *config, const char *key, GVariant *value,
+                              GUnixFDList *fd_list, GError **error)
+{
+    return mvmd_devices_parse_network(&config->devices, value, fd_list, error);
+}
+
+static gboolean parse_vsock(MvmdVmConfig *config, const char *key, GVariant *value,
+                            GUnixFDList *fd_list, GError **error)
+{
+    return mvmd_devices_parse_vsock(&config->devices, value, error);
+}
+
+static gboolean parse_rng(MvmdVmConfig *config, const char *key, GVariant *value,
+                          GUnixFDList *fd_list, GError **error)
+{
+    config->devices.rng = g_variant_get_boolean(value);
+    return TRUE;
+}
+
 static const KeyInfo keys[] = {
-    {"vcpus", "u", parse_vcpus, TRUE},         {"memory-mib", "t", parse_memory, TRUE},
-    {"kernel", "s", parse_kernel, TRUE},       {"kernel-fd", "h", parse_kernel_fd, FALSE},
-    {"initrd", "s", parse_initrd, TRUE},       {"initrd-fd", "h", parse_initrd_fd, FALSE},
-    {"cmdline", "s", parse_cmdline, TRUE},     {"persist", "b", parse_persist, TRUE},
-    {"autostart", "b", parse_autostart, TRUE}, {"debug-exit", "b", parse_debug_exit, TRUE},
-    {"on-reboot", "s", parse_on_reboot, TRUE}, {"disks", "aa{sv}", NULL, FALSE},
-    {"network", "aa{sv}", NULL, FALSE},        {"vsock", "a{sv}", NULL, FALSE},
+    {"vcpus", "u", parse_vcpus, TRUE},
+    {"memory-mib", "t", parse_memory, TRUE},
+    {"kernel", "s", parse_kernel, TRUE},
+    {"kernel-fd", "h", parse_kernel_fd, FALSE},
+    {"initrd", "s", parse_initrd, TRUE},
+    {"initrd-fd", "h", parse_initrd_fd, FALSE},
+    {"cmdline", "s", parse_cmdline, TRUE},
+    {"persist", "b", parse_persist, TRUE},
+    {"autostart", "b", parse_autostart, TRUE},
+    {"debug-exit", "b", parse_debug_exit, TRUE},
+    {"on-reboot", "s", parse_on_reboot, TRUE},
+    {"disks", "aa{sv}", parse_disks, TRUE},
+    {"network", "aa{sv}", parse_network, TRUE},
+    {"vsock", "a{sv}", parse_vsock, TRUE},
+    {"rng", "b", parse_rng, TRUE},
 };
 
 static const KeyInfo *key_lookup(const char *key)
@@ -287,9 +305,13 @@ static gboolean check_consistency(MvmdVmConfig *config, GError **error)
         return invalid(error, "persist",
                        "a VM whose initrd is passed as 'initrd-fd' cannot be persistent: a "
                        "stored definition cannot hold a file descriptor, pass 'initrd' instead");
+    if (config->persist && mvmd_devices_have_fds(&config->devices))
+        return invalid(error, "persist",
+                       "a VM with a disk or network interface passed as 'fd' cannot be "
+                       "persistent: a stored definition cannot hold a file descriptor");
     if (config->autostart && !config->persist)
         return invalid(error, "autostart", "needs 'persist'");
-    return TRUE;
+    return mvmd_devices_check(&config->devices, error);
 }
 
 /* Lets the library check what it knows better (e.g. its own vCPU limit). */
@@ -339,6 +361,35 @@ MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid
     return g_steal_pointer(&config);
 }
 
+MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
+                                          gboolean copy_memory, GError **error)
+{
+    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+
+    config->snapshot_fd = dir_fd; /* taken, whatever happens */
+    if (!mvmd_vm_name_validate(name, error))
+        return NULL;
+    if (dir_fd < 0 && !g_path_is_absolute(dir)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "snapshot_dir: '%s' is not an absolute path", dir);
+        return NULL;
+    }
+    config->name = g_strdup(name);
+    config->uuid = g_uuid_string_random();
+    config->snapshot_dir = dir_fd < 0 ? g_strdup(dir) : NULL;
+    config->copy_memory = copy_memory;
+    /* A guest reset cannot boot a kernel it does not have. */
+    config->on_reboot = MVMD_ON_REBOOT_STOP;
+    return g_steal_pointer(&config);
+}
+
+static void restored_to_variant(const MvmdVmConfig *config, GVariantBuilder *b)
+{
+    g_variant_builder_add(b, "{sv}", "snapshot",
+                          g_variant_new_string(config->snapshot_dir ? config->snapshot_dir : ""));
+    g_variant_builder_add(b, "{sv}", "copy-memory", g_variant_new_boolean(config->copy_memory));
+}
+
 GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
 {
     GVariantBuilder b;
@@ -348,8 +399,10 @@ GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
     g_variant_builder_add(&b, "{sv}", "memory-mib", g_variant_new_uint64(config->memory_mib));
     if (config->kernel)
         g_variant_builder_add(&b, "{sv}", "kernel", g_variant_new_string(config->kernel));
-    else
+    else if (config->kernel_fd >= 0)
         g_variant_builder_add(&b, "{sv}", "kernel-fd-passed", g_variant_new_boolean(TRUE));
+    else
+        restored_to_variant(config, &b);
     if (config->initrd)
         g_variant_builder_add(&b, "{sv}", "initrd", g_variant_new_string(config->initrd));
     else if (config->initrd_fd >= 0)
@@ -362,6 +415,7 @@ GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
     g_variant_builder_add(
         &b, "{sv}", "on-reboot",
         g_variant_new_string(config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart"));
+    mvmd_devices_to_variant(&config->devices, &b);
     return g_variant_builder_end(&b);
 }
 
@@ -378,10 +432,27 @@ MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config)
     mvm->cmdline = g_strdup(config->cmdline);
     mvm->prefer_pvh = TRUE;
     mvm->debug_exit = config->debug_exit;
+    mvmd_devices_to_mvm(&config->devices, mvm);
     return mvm;
 }
 
 /* ---- GKeyFile -------------------------------------------------------------------------- */
+
+/* The container keys are stored as GVariant text, read back with g_variant_parse(). */
+static void devices_to_keyfile(GKeyFile *kf, const MvmdVmConfig *config)
+{
+    g_autoptr(GVariant) all = g_variant_ref_sink(mvmd_vm_config_to_variant(config));
+    static const char *const device_keys[] = {"disks", "network", "vsock"};
+
+    for (gsize i = 0; i < G_N_ELEMENTS(device_keys); i++) {
+        g_autoptr(GVariant) value = g_variant_lookup_value(all, device_keys[i], NULL);
+        g_autofree char *text = value ? g_variant_print(value, FALSE) : NULL;
+
+        if (text)
+            g_key_file_set_string(kf, GROUP_CONFIG, device_keys[i], text);
+    }
+    g_key_file_set_boolean(kf, GROUP_CONFIG, "rng", config->devices.rng);
+}
 
 GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config)
 {
@@ -402,6 +473,7 @@ GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config)
     g_key_file_set_boolean(kf, GROUP_CONFIG, "debug-exit", config->debug_exit);
     g_key_file_set_string(kf, GROUP_CONFIG, "on-reboot",
                           config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart");
+    devices_to_keyfile(kf, config);
     return g_steal_pointer(&kf);
 }
 
@@ -425,6 +497,10 @@ static GVariant *keyfile_value(GKeyFile *kf, const char *key, GError **error)
         value = g_variant_new_uint64(g_key_file_get_uint64(kf, GROUP_CONFIG, key, &local));
     } else if (g_str_equal(info->type, "b")) {
         value = g_variant_new_boolean(g_key_file_get_boolean(kf, GROUP_CONFIG, key, &local));
+    } else if (!g_str_equal(info->type, "s")) {
+        g_autofree char *s = g_key_file_get_string(kf, GROUP_CONFIG, key, &local);
+        if (!s || !(value = g_variant_parse(G_VARIANT_TYPE(info->type), s, NULL, NULL, &local)))
+            return invalid(error, key, "%s", local->message), NULL;
     } else {
         g_autofree char *s = g_key_file_get_string(kf, GROUP_CONFIG, key, &local);
         if (s && !g_utf8_validate(s, -1, NULL))

@@ -8,6 +8,7 @@
 
 #include <gio/gio.h>
 
+#include "config-devices.h"
 #include "microvm.h"
 
 G_BEGIN_DECLS
@@ -31,6 +32,11 @@ typedef struct {
     gboolean autostart;
     gboolean debug_exit;
     MvmdOnReboot on_reboot;
+    MvmdDevices devices; /* disks, network, vsock, rng */
+    /* A VM made by RestoreVM starts from its snapshot, not from a kernel. */
+    char *snapshot_dir;
+    int snapshot_fd;
+    gboolean copy_memory;
 } MvmdVmConfig;
 
 #define MVMD_VM_NAME_MAX      64
@@ -57,6 +63,13 @@ gboolean mvmd_vm_name_validate(const char *name, GError **error);
  */
 MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid, GVariant *config,
                                               GUnixFDList *fd_list, GError **error);
+
+/*
+ * A definition for RestoreVM: the snapshot as @dir or @dir_fd (taken). vCPUs and memory are
+ * filled in once the snapshot is loaded. MVMD_ERROR_INVALID_ARGUMENT for a bad name or path.
+ */
+MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
+                                          gboolean copy_memory, GError **error);
 
 /* The Config property: every key with defaults filled in (a{sv}, floating). */
 GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config);

@@ -21,10 +21,17 @@
 #define MVMD_DBUS_ERROR_FAILED           MVMD_DBUS_ERROR_PREFIX "Failed"
 #define MVMD_DBUS_ERROR_TIMEOUT          MVMD_DBUS_ERROR_PREFIX "Timeout"
 
-/* polkit action ids (issue #5 installs the policy). */
-#define MVMD_ACTION_CREATE  "org.microvmd.vm.create"
-#define MVMD_ACTION_MANAGE  "org.microvmd.vm.manage"
-#define MVMD_ACTION_CONSOLE "org.microvmd.vm.console"
+/* polkit action ids (the systemd helper installs the policy). Reading is not checked today;
+ * MVMD_ACTION_READ is there for the policy and for callers that want to say so. */
+#define MVMD_ACTION_READ     "org.microvmd.vm.read"
+#define MVMD_ACTION_CREATE   "org.microvmd.vm.create"
+#define MVMD_ACTION_MANAGE   "org.microvmd.vm.manage"
+#define MVMD_ACTION_CONSOLE  "org.microvmd.vm.console"
+#define MVMD_ACTION_SNAPSHOT "org.microvmd.vm.snapshot"
+
+/* polkit details every check carries. */
+#define MVMD_DETAIL_VM   "vm"   /* the VM's name */
+#define MVMD_DETAIL_VERB "verb" /* the D-Bus method, e.g. "Start" */
 
 /* Structured logging field carrying the VM's name. */
 #define MVMD_LOG_FIELD_VM "MICROVM_VM"

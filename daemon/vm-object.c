@@ -1,84 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-#include "vm-object.h"
-
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <gio/gunixfdlist.h>
-
-#include "auth.h"
-#include "console.h"
 #include "errors.h"
-#include "log.h"
 #include "names.h"
+#include "vm-object-private.h"
 
-#define SHUTDOWN_TIMEOUT_DEFAULT 60
-#define SHUTDOWN_TIMEOUT_MAX     3600
 /* A guest that resets more often than this is stopped instead of restarted again. */
 #define RESET_LOOP_MAX       10
 #define RESET_LOOP_WINDOW_US (10 * G_USEC_PER_SEC)
-
-#define vm_log(self, level, fmt, ...) mvmd_vm_log((self)->config->name, level, fmt, ##__VA_ARGS__)
-
-typedef enum {
-    OP_NONE,
-    OP_START,
-    OP_PAUSE,
-    OP_RESUME,
-    OP_STOP, /* forced stop, then free */
-    OP_REAP, /* the guest stopped by itself: collect the exit, free */
-} Op;
-
-/*
- * One run of the machine: from Start to the lib VM's mvm_vm_free(). The lib's callbacks get
- * the Run (not the VM object) so that news from a finished run is recognised and dropped.
- */
-typedef struct {
-    gatomicrefcount ref;
-    GWeakRef self;
-    MvmdConsole *console;
-    GMainContext *context;
-    MvmVm *vm;         /* set by the Start worker; main loop only once that op is done */
-    gint state;        /* MvmVmState, latest from the state callback (atomic) */
-    gint poke_pending; /* an idle source is on its way to the main loop (atomic) */
-} Run;
-
-typedef enum {
-    WAIT_SHUTDOWN,
-    WAIT_STOP,
-} WaitKind;
-
-/* A Shutdown (or a Stop that arrived while the guest was already on its way out). */
-typedef struct {
-    MvmdVmObject *self; /* not a ref: the object owns its waiters */
-    GDBusMethodInvocation *invocation;
-    WaitKind kind;
-    GSource *timeout;
-    guint timeout_sec;
-} Waiter;
-
-struct _MvmdVmObject {
-    MvmdVmSkeleton parent;
-
-    MvmdContext *ctx;
-    MvmdVmConfig *config;
-    MvmdConsole *console;
-
-    Run *run;                             /* NULL while stopped / created */
-    Op op;                                /* the one operation in progress */
-    GDBusMethodInvocation *op_invocation; /* its caller, NULL for internal operations */
-    gboolean reboot_pending;              /* Reboot: Start again once the Stop is done */
-    GList *waiters;                       /* Waiter * */
-    gboolean deleted;
-
-    MvmVmStats stats_cache;
-    guint restarts;
-    gint64 reset_window_start;
-    guint reset_count;
-};
-
-static void mvmd_vm_object_iface_init(MvmdVmIface *iface);
 
 G_DEFINE_TYPE_WITH_CODE(MvmdVmObject, mvmd_vm_object, MVMD_TYPE_VM_SKELETON,
                         G_IMPLEMENT_INTERFACE(MVMD_TYPE_VM, mvmd_vm_object_iface_init))
@@ -89,7 +20,6 @@ enum {
 };
 static guint signals[N_SIGNALS];
 
-static void begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation);
 static void maybe_reap(MvmdVmObject *self);
 
 /* ---- runs and the news from the vCPU threads ------------------------------------------- */
@@ -194,13 +124,26 @@ static void on_lib_console(MvmVm *vm, const guint8 *data, gsize len, gpointer us
 typedef struct {
     Op op;
     Run *run;
+    OpArgs args;
     MvmVmConfig *mvm_config; /* Start; fds borrowed from the definition */
+    /* Start of a restored VM: the snapshot (fd borrowed from the definition). */
+    char *restore_dir;
+    int restore_fd;
+    MvmRestoreFlags restore_flags;
     /* How the run ended (Stop, Reap). */
     MvmVmState final_state;
     MvmExitKind kind;
     guint32 exit_code;
     char *reason;
 } OpData;
+
+void mvmd_op_args_clear(OpArgs *args)
+{
+    g_clear_pointer(&args->dir, g_free);
+    if (args->dir_fd >= 0)
+        close(args->dir_fd);
+    args->dir_fd = -1;
+}
 
 static void op_data_free(OpData *d)
 {
@@ -210,7 +153,9 @@ static void op_data_free(OpData *d)
         d->mvm_config->initrd_fd = -1;
         mvm_vm_config_free(d->mvm_config);
     }
+    mvmd_op_args_clear(&d->args);
     g_clear_pointer(&d->run, run_unref);
+    g_free(d->restore_dir);
     g_free(d->reason);
     g_free(d);
 }
@@ -253,7 +198,7 @@ static gboolean worker_open_files(MvmVmConfig *mvm, int *owned, GError **error)
     return TRUE;
 }
 
-static gboolean worker_start(OpData *d, GError **error)
+static MvmVm *worker_build(OpData *d, GError **error)
 {
     int owned[2] = {-1, -1};
     gboolean opened = worker_open_files(d->mvm_config, owned, error);
@@ -263,16 +208,46 @@ static gboolean worker_start(OpData *d, GError **error)
         if (owned[i] >= 0)
             close(owned[i]);
     }
+    return vm;
+}
+
+/* A restored machine comes back paused (the lib's contract): it runs unless asked not to. */
+static MvmVm *worker_restore(OpData *d, GError **error)
+{
+    if (d->restore_fd >= 0)
+        return mvm_vm_restore_at(d->restore_fd, d->restore_flags, error);
+    return mvm_vm_restore(d->restore_dir, d->restore_flags, error);
+}
+
+static gboolean worker_start(OpData *d, GError **error)
+{
+    gboolean restored = d->restore_dir || d->restore_fd >= 0;
+    MvmVm *vm = restored ? worker_restore(d, error) : worker_build(d, error);
+    gboolean ok;
+
     if (!vm)
         return FALSE;
     mvm_vm_set_state_callback(vm, on_lib_state, d->run);
     mvm_vm_set_console_callback(vm, on_lib_console, d->run);
-    if (!mvm_vm_start(vm, error)) {
+    if (restored) {
+        g_atomic_int_set(&d->run->state, mvm_vm_get_state(vm));
+        ok = d->args.paused || mvm_vm_resume(vm, error);
+    } else {
+        ok = mvm_vm_start(vm, error);
+    }
+    if (!ok) {
         mvm_vm_free(vm);
         return FALSE;
     }
     d->run->vm = vm;
     return TRUE;
+}
+
+static gboolean worker_snapshot(OpData *d, GError **error)
+{
+    if (d->args.dir_fd >= 0)
+        return mvm_vm_snapshot_at(d->run->vm, d->args.dir_fd, d->args.flags, error);
+    return mvm_vm_snapshot(d->run->vm, d->args.dir, d->args.flags, error);
 }
 
 /* Stop (if asked), note how the run ended, and free the machine (joins its threads). */
@@ -302,7 +277,10 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         ok = worker_start(d, &error);
         break;
     case OP_PAUSE:
-        ok = mvm_vm_pause(d->run->vm, &error);
+        ok = mvm_vm_pause_full(d->run->vm, d->args.flags, &error);
+        break;
+    case OP_SNAPSHOT:
+        ok = worker_snapshot(d, &error);
         break;
     case OP_RESUME:
         ok = mvm_vm_resume(d->run->vm, &error);
@@ -358,7 +336,7 @@ static void flush_properties(MvmdVmObject *self)
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
 }
 
-static void waiter_free(Waiter *w)
+void mvmd_vm_object_waiter_free(Waiter *w)
 {
     if (w->invocation)
         g_dbus_method_invocation_return_error_literal(g_steal_pointer(&w->invocation), MVMD_ERROR,
@@ -387,7 +365,7 @@ static void complete_waiters(MvmdVmObject *self, gboolean crashed, const char *r
         else
             mvmd_vm_complete_stop(MVMD_VM(self), g_steal_pointer(&w->invocation));
     }
-    g_list_free_full(waiters, (GDestroyNotify)waiter_free);
+    g_list_free_full(waiters, (GDestroyNotify)mvmd_vm_object_waiter_free);
 }
 
 static gboolean reset_loop(MvmdVmObject *self)
@@ -430,13 +408,13 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
 
     if (self->reboot_pending) {
         self->reboot_pending = FALSE;
-        begin_op(self, OP_START, invocation);
+        mvmd_vm_object_begin_op(self, OP_START, invocation, NULL);
         return;
     }
     if (should_restart(self, d)) {
         self->restarts++;
         vm_log(self, G_LOG_LEVEL_MESSAGE, "guest reset: restarting");
-        begin_op(self, OP_START, NULL);
+        mvmd_vm_object_begin_op(self, OP_START, NULL, NULL);
         return;
     }
     set_state(self, crashed ? MVMD_STATE_CRASHED : MVMD_STATE_STOPPED);
@@ -444,6 +422,31 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
     complete_waiters(self, crashed, reason);
     if (invocation)
         mvmd_vm_complete_stop(MVMD_VM(self), invocation);
+}
+
+/* RestoreVM learns how the first start went; later starts are ordinary. */
+static gboolean tell_ready(MvmdVmObject *self, const GError *error)
+{
+    MvmdVmObjectReadyFunc func = g_steal_pointer(&self->ready_func);
+
+    if (!func)
+        return FALSE;
+    func(self, error, self->ready_data);
+    return TRUE;
+}
+
+/* A restored machine has the vCPUs and memory of its snapshot, known only now. */
+static void update_restored_config(MvmdVmObject *self)
+{
+    const MvmVmConfig *mvm = mvm_vm_get_config(self->run->vm);
+
+    if (!self->config->snapshot_dir && self->config->snapshot_fd < 0)
+        return;
+    self->config->vcpus = mvm->n_vcpus;
+    self->config->memory_mib = mvm->memory_mib;
+    mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
+    mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
+    mvmd_vm_set_config(MVMD_VM(self), mvmd_vm_config_to_variant(self->config));
 }
 
 static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
@@ -454,6 +457,8 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
 
         g_clear_pointer(&self->run, run_unref);
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);
+        if (tell_ready(self, mapped))
+            return;
         if (!invocation) {
             /* Autostart or a restart after a reset: nobody to tell but the properties. */
             g_autofree char *reason = g_strdup_printf("start-failed: %s", error->message);
@@ -471,9 +476,10 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
     }
     if (invocation)
         mvmd_vm_set_exit_reason(MVMD_VM(self), "");
+    update_restored_config(self);
     sync_state(self);
     flush_properties(self);
-    if (!invocation)
+    if (tell_ready(self, NULL) || !invocation)
         return;
     /* A Reboot finishes here too. */
     if (g_str_equal(g_dbus_method_invocation_get_method_name(invocation), "Reboot"))
@@ -500,6 +506,23 @@ static void pause_resume_done(MvmdVmObject *self, Op op, gboolean ok, GError *er
         mvmd_vm_complete_resume(MVMD_VM(self), invocation);
 }
 
+static void snapshot_done(MvmdVmObject *self, gboolean ok, GError *error,
+                          GDBusMethodInvocation *invocation)
+{
+    if (!ok) {
+        g_autoptr(GError) mapped = mvmd_error_from_error(error, "cannot take the snapshot");
+
+        vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);
+        g_dbus_method_invocation_return_gerror(invocation, mapped);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "snapshot taken");
+    /* Paused for the snapshot, and running again unless asked to stay paused. */
+    sync_state(self);
+    flush_properties(self);
+    mvmd_vm_complete_snapshot(MVMD_VM(self), invocation, NULL);
+}
+
 static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     MvmdVmObject *self = MVMD_VM_OBJECT(source);
@@ -518,6 +541,9 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     case OP_RESUME:
         pause_resume_done(self, op, ok, error, invocation);
         break;
+    case OP_SNAPSHOT:
+        snapshot_done(self, ok, error, invocation);
+        break;
     case OP_STOP:
     case OP_REAP:
         end_run(self, d, invocation);
@@ -527,28 +553,40 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     }
     /* The daemon is going down, or the guest ended while we were busy. */
     if (self->ctx->force_stop && self->run && self->op == OP_NONE)
-        begin_op(self, OP_STOP, NULL);
+        mvmd_vm_object_begin_op(self, OP_STOP, NULL, NULL);
     else
         maybe_reap(self);
 }
 
-/* Takes @invocation. */
-static void begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation)
+static void op_data_set_restore(OpData *d, const MvmdVmConfig *config)
+{
+    d->restore_dir = g_strdup(config->snapshot_dir);
+    d->restore_fd = config->snapshot_fd;
+    d->restore_flags = config->copy_memory ? MVM_RESTORE_COPY_MEMORY : MVM_RESTORE_NONE;
+}
+
+void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation,
+                             OpArgs *args)
 {
     g_autoptr(GTask) task = g_task_new(self, NULL, op_done, NULL);
     OpData *d = g_new0(OpData, 1);
 
     g_return_if_fail(self->op == OP_NONE);
+    d->restore_fd = -1;
+    d->args.dir_fd = -1;
+    if (args)
+        d->args = *args; /* taken */
     if (op == OP_START) {
         g_return_if_fail(self->run == NULL);
         self->run = run_new(self);
         d->mvm_config = mvmd_vm_config_to_mvm(self->config);
+        op_data_set_restore(d, self->config);
     }
     d->op = op;
     d->run = run_ref(self->run);
     self->op = op;
     self->op_invocation = invocation;
-    g_task_set_source_tag(task, begin_op);
+    g_task_set_source_tag(task, mvmd_vm_object_begin_op);
     g_task_set_task_data(task, d, (GDestroyNotify)op_data_free);
     g_task_run_in_thread(task, op_worker);
 }
@@ -561,198 +599,17 @@ static void maybe_reap(MvmdVmObject *self)
         return;
     state = g_atomic_int_get(&self->run->state);
     if (state == MVM_VM_STATE_STOPPED || state == MVM_VM_STATE_CRASHED)
-        begin_op(self, OP_REAP, NULL);
+        mvmd_vm_object_begin_op(self, OP_REAP, NULL, NULL);
 }
 
-/* ---- D-Bus methods: handle → authorize → act → complete -------------------------------- */
+/* ---- shared with the methods ----------------------------------------------------------- */
 
-typedef void (*ActFunc)(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg);
-
-typedef struct {
-    MvmdVmObject *self;
-    GDBusMethodInvocation *invocation;
-    ActFunc act;
-    guint arg;
-} Call;
-
-static void on_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
-{
-    Call *call = user_data;
-    g_autoptr(GError) error = NULL;
-
-    if (!mvmd_authorize_finish(result, &error))
-        g_dbus_method_invocation_return_gerror(call->invocation, error);
-    else if (call->self->deleted)
-        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR, MVMD_ERROR_NO_SUCH_VM,
-                                              "the VM '%s' was deleted", call->self->config->name);
-    else
-        call->act(call->self, call->invocation, call->arg);
-    g_object_unref(call->self);
-    g_free(call);
-}
-
-static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation, const char *action,
-                          ActFunc act, guint arg)
-{
-    g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
-    Call *call = g_new0(Call, 1);
-
-    call->self = g_object_ref(self);
-    call->invocation = invocation;
-    call->act = act;
-    call->arg = arg;
-    g_hash_table_insert(details, "vm", self->config->name);
-    mvmd_authorize_async(invocation, action, details, on_authorized, call);
-    return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-static gboolean return_state_error(GDBusMethodInvocation *invocation, const char *fmt, ...)
-    G_GNUC_PRINTF(2, 3);
-
-static gboolean return_state_error(GDBusMethodInvocation *invocation, const char *fmt, ...)
-{
-    va_list ap;
-    g_autofree char *msg = NULL;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_INVALID_STATE,
-                                                  msg);
-    return FALSE;
-}
-
-/* Common checks; FALSE when an error was returned. */
-static gboolean check_idle(MvmdVmObject *self, GDBusMethodInvocation *invocation)
-{
-    if (self->op != OP_NONE)
-        return return_state_error(invocation, "operation in progress (%s)",
-                                  self->op == OP_START ? "start" : "state change");
-    return TRUE;
-}
-
-static gboolean check_active(MvmdVmObject *self, GDBusMethodInvocation *invocation)
-{
-    if (!self->run)
-        return return_state_error(invocation, "the VM is not running (state %s)",
-                                  mvmd_vm_get_state(MVMD_VM(self)));
-    return TRUE;
-}
-
-static MvmVmState run_state(MvmdVmObject *self)
+MvmVmState mvmd_vm_object_run_state(MvmdVmObject *self)
 {
     return self->run ? g_atomic_int_get(&self->run->state) : MVM_VM_STATE_STOPPED;
 }
 
-static void act_start(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    if (!check_idle(self, invocation))
-        return;
-    if (self->run) {
-        return_state_error(invocation, "the VM is already %s", mvmd_vm_get_state(MVMD_VM(self)));
-        return;
-    }
-    if (self->ctx->stopping) {
-        g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
-                                                      "the daemon is shutting down");
-        return;
-    }
-    self->restarts = 0;
-    self->reset_count = 0;
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "starting");
-    begin_op(self, OP_START, invocation);
-}
-
-static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    if (!check_idle(self, invocation) || !check_active(self, invocation))
-        return;
-    if (run_state(self) != MVM_VM_STATE_RUNNING) {
-        return_state_error(invocation, "the VM is not running (state %s)",
-                           mvmd_vm_get_state(MVMD_VM(self)));
-        return;
-    }
-    begin_op(self, OP_PAUSE, invocation);
-}
-
-static void act_resume(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    if (!check_idle(self, invocation) || !check_active(self, invocation))
-        return;
-    if (run_state(self) != MVM_VM_STATE_PAUSED) {
-        return_state_error(invocation, "the VM is not paused (state %s)",
-                           mvmd_vm_get_state(MVMD_VM(self)));
-        return;
-    }
-    begin_op(self, OP_RESUME, invocation);
-}
-
-static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
-                       guint timeout_sec);
-
-static void act_stop(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    /* Already on its way out: answer when it is out. */
-    if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
-        add_waiter(self, invocation, WAIT_STOP, 0);
-        return;
-    }
-    if (!check_idle(self, invocation) || !check_active(self, invocation))
-        return;
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    begin_op(self, OP_STOP, invocation);
-}
-
-static void act_reboot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    if (!check_idle(self, invocation) || !check_active(self, invocation))
-        return;
-    if (self->ctx->stopping) {
-        g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
-                                                      "the daemon is shutting down");
-        return;
-    }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
-    self->reboot_pending = TRUE;
-    self->restarts = 0;
-    begin_op(self, OP_STOP, invocation);
-}
-
-static gboolean on_waiter_timeout(gpointer user_data)
-{
-    Waiter *w = user_data;
-    MvmdVmObject *self = w->self;
-
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "the guest did not shut down within %u s", w->timeout_sec);
-    g_dbus_method_invocation_return_error(g_steal_pointer(&w->invocation), MVMD_ERROR,
-                                          MVMD_ERROR_TIMEOUT,
-                                          "the guest did not shut down within %u s; it is still "
-                                          "running (use Stop to force it)",
-                                          w->timeout_sec);
-    g_clear_pointer(&w->timeout, g_source_unref);
-    self->waiters = g_list_remove(self->waiters, w);
-    waiter_free(w);
-    return G_SOURCE_REMOVE;
-}
-
-static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
-                       guint timeout_sec)
-{
-    Waiter *w = g_new0(Waiter, 1);
-
-    w->self = self;
-    w->invocation = invocation;
-    w->kind = kind;
-    w->timeout_sec = timeout_sec;
-    if (timeout_sec > 0) {
-        w->timeout = g_timeout_source_new(timeout_sec * 1000);
-        g_source_set_callback(w->timeout, on_waiter_timeout, w, NULL);
-        g_source_attach(w->timeout, NULL);
-    }
-    self->waiters = g_list_append(self->waiters, w);
-}
-
-static gboolean request_shutdown(MvmdVmObject *self, GError **error)
+gboolean mvmd_vm_object_request_shutdown(MvmdVmObject *self, GError **error)
 {
     g_autoptr(GError) local = NULL;
 
@@ -763,71 +620,16 @@ static gboolean request_shutdown(MvmdVmObject *self, GError **error)
     return FALSE;
 }
 
-static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint timeout)
+void mvmd_vm_object_discard(MvmdVmObject *self)
 {
-    g_autoptr(GError) error = NULL;
-
-    if (timeout > SHUTDOWN_TIMEOUT_MAX) {
-        g_dbus_method_invocation_return_error(invocation, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                                              "timeout_sec: %u is more than %u", timeout,
-                                              SHUTDOWN_TIMEOUT_MAX);
-        return;
-    }
-    if (timeout == 0)
-        timeout = SHUTDOWN_TIMEOUT_DEFAULT;
-    if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
-        add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
-        return;
-    }
-    if (!check_idle(self, invocation) || !check_active(self, invocation))
-        return;
-    if (run_state(self) != MVM_VM_STATE_RUNNING) {
-        return_state_error(invocation, "the VM is %s: Resume or Stop it",
-                           mvmd_vm_get_state(MVMD_VM(self)));
-        return;
-    }
-    if (!request_shutdown(self, &error)) {
-        g_dbus_method_invocation_return_gerror(invocation, error);
-        return;
-    }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "shutdown requested (waiting up to %u s)", timeout);
-    add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
-}
-
-static void act_delete(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
-{
-    g_autoptr(GError) error = NULL;
-
-    if (!check_idle(self, invocation))
-        return;
-    if (self->run) {
-        return_state_error(invocation, "the VM is %s: Stop it first",
-                           mvmd_vm_get_state(MVMD_VM(self)));
-        return;
-    }
-    if (self->config->persist && !mvmd_store_remove(self->ctx->store, self->config->name, &error)) {
-        g_dbus_method_invocation_return_gerror(invocation, error);
-        return;
-    }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "deleted");
     self->deleted = TRUE;
     mvmd_console_close(self->console, TRUE);
-    g_signal_emit(self, signals[SIGNAL_DELETED], 0);
-    mvmd_vm_complete_delete(MVMD_VM(self), invocation);
 }
 
-static void act_open_console(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+void mvmd_vm_object_mark_deleted(MvmdVmObject *self)
 {
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GUnixFDList) fd_list = NULL;
-    int fd = mvmd_console_attach(self->console, &error);
-
-    if (fd < 0) {
-        g_dbus_method_invocation_return_gerror(invocation, error);
-        return;
-    }
-    fd_list = g_unix_fd_list_new_from_array(&fd, 1);
-    mvmd_vm_complete_open_console(MVMD_VM(self), invocation, fd_list, g_variant_new_handle(0));
+    mvmd_vm_object_discard(self);
+    g_signal_emit(self, signals[SIGNAL_DELETED], 0);
 }
 
 /* What a console client typed. Dropped while the machine is being built or torn down. */
@@ -846,108 +648,26 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
                 len - n);
 }
 
-static GVariant *build_stats(MvmdVmObject *self)
-{
-    MvmVmStats st = {0};
-    GVariantBuilder b, exits;
-    gint64 uptime = 0;
-
-    if (self->run && self->op == OP_NONE) {
-        mvm_vm_get_stats(self->run->vm, &st);
-        self->stats_cache = st;
-    } else if (self->run && self->op != OP_START) {
-        st = self->stats_cache;
-    }
-    if (st.started_at_us > 0)
-        uptime = g_get_monotonic_time() - st.started_at_us;
-
-    g_variant_builder_init(&exits, G_VARIANT_TYPE("a{st}"));
-    g_variant_builder_add(&exits, "{st}", "io", st.exits_io);
-    g_variant_builder_add(&exits, "{st}", "mmio", st.exits_mmio);
-    g_variant_builder_add(&exits, "{st}", "hlt", st.exits_hlt);
-    g_variant_builder_add(&exits, "{st}", "other", st.exits_other);
-    g_variant_builder_add(&exits, "{st}", "unhandled-io", st.exits_unhandled_io);
-
-    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
-    g_variant_builder_add(&b, "{sv}", "exits", g_variant_builder_end(&exits));
-    g_variant_builder_add(&b, "{sv}", "vcpu-time-us", g_variant_new_int64(st.vcpu_time_us));
-    g_variant_builder_add(&b, "{sv}", "uptime-us", g_variant_new_int64(uptime));
-    g_variant_builder_add(&b, "{sv}", "memory-bytes", g_variant_new_uint64(st.memory_bytes));
-    g_variant_builder_add(&b, "{sv}", "kvmclock-ctrl-einval",
-                          g_variant_new_uint64(st.kvmclock_ctrl_einval));
-    g_variant_builder_add(&b, "{sv}", "restarts", g_variant_new_uint32(self->restarts));
-    return g_variant_builder_end(&b);
-}
-
-static gboolean handle_start(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_start, 0);
-}
-
-static gboolean handle_pause(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_pause, 0);
-}
-
-static gboolean handle_resume(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_resume, 0);
-}
-
-static gboolean handle_shutdown(MvmdVm *vm, GDBusMethodInvocation *invocation, guint timeout)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_shutdown, timeout);
-}
-
-static gboolean handle_stop(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_stop, 0);
-}
-
-static gboolean handle_reboot(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_reboot, 0);
-}
-
-static gboolean handle_delete(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_delete, 0);
-}
-
-static gboolean handle_open_console(MvmdVm *vm, GDBusMethodInvocation *invocation,
-                                    GUnixFDList *fd_list)
-{
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_CONSOLE, act_open_console, 0);
-}
-
-/* Reading is free: no authorization. */
-static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
-{
-    mvmd_vm_complete_get_stats(vm, invocation, build_stats(MVMD_VM_OBJECT(vm)));
-    return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-static void mvmd_vm_object_iface_init(MvmdVmIface *iface)
-{
-    iface->handle_start = handle_start;
-    iface->handle_pause = handle_pause;
-    iface->handle_resume = handle_resume;
-    iface->handle_shutdown = handle_shutdown;
-    iface->handle_stop = handle_stop;
-    iface->handle_reboot = handle_reboot;
-    iface->handle_delete = handle_delete;
-    iface->handle_open_console = handle_open_console;
-    iface->handle_get_stats = handle_get_stats;
-}
-
 /* ---- daemon-side control --------------------------------------------------------------- */
+
+void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectReadyFunc func,
+                            gpointer user_data)
+{
+    OpArgs args = {.dir_fd = -1, .paused = paused};
+
+    g_return_if_fail(self->op == OP_NONE && !self->run);
+    self->ready_func = func;
+    self->ready_data = user_data;
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "restoring from a snapshot");
+    mvmd_vm_object_begin_op(self, OP_START, NULL, &args);
+}
 
 void mvmd_vm_object_autostart(MvmdVmObject *self)
 {
     if (self->op != OP_NONE || self->run || self->ctx->stopping)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "autostart");
-    begin_op(self, OP_START, NULL);
+    mvmd_vm_object_begin_op(self, OP_START, NULL, NULL);
 }
 
 void mvmd_vm_object_begin_shutdown(MvmdVmObject *self)
@@ -956,12 +676,12 @@ void mvmd_vm_object_begin_shutdown(MvmdVmObject *self)
 
     if (self->op != OP_NONE || !self->run)
         return;
-    if (run_state(self) != MVM_VM_STATE_RUNNING) {
+    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
         mvmd_vm_object_force_stop(self);
         return;
     }
     vm_log(self, G_LOG_LEVEL_MESSAGE, "daemon stopping: asking the guest to shut down");
-    if (!request_shutdown(self, &error)) {
+    if (!mvmd_vm_object_request_shutdown(self, &error)) {
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", error->message);
         mvmd_vm_object_force_stop(self);
     }
@@ -973,7 +693,7 @@ void mvmd_vm_object_force_stop(MvmdVmObject *self)
     if (self->op != OP_NONE || !self->run)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    begin_op(self, OP_STOP, NULL);
+    mvmd_vm_object_begin_op(self, OP_STOP, NULL, NULL);
 }
 
 gboolean mvmd_vm_object_is_active(MvmdVmObject *self)
@@ -1045,7 +765,7 @@ static void mvmd_vm_object_finalize(GObject *object)
 {
     MvmdVmObject *self = MVMD_VM_OBJECT(object);
 
-    g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)waiter_free);
+    g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_object_waiter_free);
     mvmd_vm_config_free(self->config);
     G_OBJECT_CLASS(mvmd_vm_object_parent_class)->finalize(object);
 }

@@ -16,6 +16,8 @@ G_BEGIN_DECLS
 #define MVMD_TYPE_VM_OBJECT (mvmd_vm_object_get_type())
 G_DECLARE_FINAL_TYPE(MvmdVmObject, mvmd_vm_object, MVMD, VM_OBJECT, MvmdVmSkeleton)
 
+typedef void (*MvmdVmObjectReadyFunc)(MvmdVmObject *self, const GError *error, gpointer user_data);
+
 /* Takes @config. @state is the initial State (MVMD_STATE_CREATED or _STOPPED). */
 MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const char *state);
 
@@ -26,6 +28,16 @@ char *mvmd_vm_object_build_path(const char *name);
 
 /* Holds KVM resources, or an operation is in progress. */
 gboolean mvmd_vm_object_is_active(MvmdVmObject *self);
+
+/*
+ * RestoreVM: the first start of a VM defined from a snapshot (mvmd_vm_config_new_restored()).
+ * @func learns how it went (error NULL: paused, or running unless @paused).
+ */
+void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectReadyFunc func,
+                            gpointer user_data);
+
+/* A VM that was never exported (its restore failed): its console and logs go. */
+void mvmd_vm_object_discard(MvmdVmObject *self);
 
 /* Start without a caller (autostart); failures are logged. */
 void mvmd_vm_object_autostart(MvmdVmObject *self);

@@ -46,7 +46,36 @@ static void test_invalid(void)
         {"vm", "{'kernel': <'/k'>, 'memory-mib': <uint64 7>}", "memory-mib"},
         {"vm", "{'kernel': <'/k'>, 'memory-mib': <uint64 2097152>}", "memory-mib"},
         {"vm", "{'kernel': <'/k'>, 'x': <1>}", "x"},
-        {"vm", "{'kernel': <'/k'>, 'vsock': <@a{sv} {}>}", "vsock"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <@a{sv} {}>}", "vsock.cid"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <{'cid': <uint32 2>, 'uds-path': <'/v'>}>}",
+         "vsock.cid"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <{'cid': <uint32 3>}>}", "vsock.uds-path"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <{'cid': <uint32 3>, 'uds-path': <'v'>}>}",
+         "vsock.uds-path"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <{'cid': <3>, 'uds-path': <'/v'>}>}", "vsock.cid"},
+        {"vm", "{'kernel': <'/k'>, 'vsock': <{'cid': <uint32 3>, 'uds-path': <'/v'>, 'x': <1>}>}",
+         "vsock.x"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[@a{sv} {}]>}", "disks[0].path"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'rel'>}]>}", "disks[0].path"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>}, {'path': <'/b'>, 'ro': <true>}]>}",
+         "disks[1].ro"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'read-only': <1>}]>}",
+         "disks[0].read-only"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'fd': <handle 0>}]>}",
+         "disks[0].fd"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'fd': <handle 0>}]>}", "disks[0].fd"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <'sda'>}", "disks"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:12:34'>}]>}",
+         "network[0].mac"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'mac': <'01:00:00:00:00:01'>}]>}",
+         "network[0].mac"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'mac': <'zz:00:00:00:00:01'>}]>}",
+         "network[0].mac"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'a/b'>}]>}", "network[0].tap"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'0123456789abcdef'>}]>}",
+         "network[0].tap"},
+        {"vm", "{'kernel': <'/k'>, 'network': <[@a{sv} {}]>}", "network[0].tap"},
+        {"vm", "{'kernel': <'/k'>, 'rng': <1>}", "rng"},
         {"vm", "{'kernel': <'/k'>, 'autostart': <true>}", "autostart"},
         {"vm", "{'kernel': <'/k'>, 'on-reboot': <'never'>}", "on-reboot"},
         {"vm", "{'kernel': <'/k'>, 'kernel': <'/j'>}", "kernel"},
@@ -68,6 +97,91 @@ static void test_invalid(void)
     }
 }
 
+static void test_devices(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVmConfig) c =
+        parse("dev",
+              "{'kernel': <'/k'>, 'disks': <[{'path': <'/d0'>}, {'path': <'/d1'>, 'read-only': "
+              "<true>}]>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:AB:cd:01'>}, {'tap': "
+              "<'tap1'>}]>, 'vsock': <{'cid': <uint32 42>, 'uds-path': <'/run/v.sock'>}>, 'rng': "
+              "<true>}",
+              &error);
+    g_autoptr(MvmVmConfig) mvm = NULL;
+    MvmDiskConfig *d1;
+    MvmNetConfig *n0;
+
+    g_assert_no_error(error);
+    mvm = mvmd_vm_config_to_mvm(c);
+    g_assert_cmpuint(mvm->disks->len, ==, 2);
+    d1 = mvm->disks->pdata[1];
+    g_assert_cmpstr(d1->path, ==, "/d1");
+    g_assert_true(d1->read_only);
+    g_assert_cmpint(d1->fd, ==, -1);
+    g_assert_cmpuint(mvm->nics->len, ==, 2);
+    n0 = mvm->nics->pdata[0];
+    g_assert_cmpstr(n0->tap_name, ==, "tap0");
+    g_assert_cmpmem(n0->mac, 6, ((const guint8[]){0x52, 0x54, 0x00, 0xab, 0xcd, 0x01}), 6);
+    g_assert_cmpuint(mvm->vsock_cid, ==, 42);
+    g_assert_cmpstr(mvm->vsock_uds_path, ==, "/run/v.sock");
+    g_assert_true(mvm->rng);
+    /* The defaults: no device but none asked for. */
+    {
+        g_autoptr(MvmdVmConfig) plain = parse("plain", "{'kernel': <'/k'>}", &error);
+        g_autoptr(MvmVmConfig) pm = mvmd_vm_config_to_mvm(plain);
+
+        g_assert_true(pm->disks == NULL || pm->disks->len == 0);
+        g_assert_cmpuint(pm->vsock_cid, ==, 0);
+        g_assert_false(pm->rng);
+    }
+}
+
+/* 17 disks, 9 NICs, or more than the 19 interrupt lines in all, are refused. */
+static void test_device_limits(void)
+{
+    g_autoptr(GString) disks = g_string_new("[");
+    g_autoptr(GString) nics = g_string_new("[");
+    g_autofree char *text = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVmConfig) c = NULL;
+
+    for (int i = 0; i < 17; i++)
+        g_string_append_printf(disks, "%s{'path': <'/d%d'>}", i ? ", " : "", i);
+    g_string_append(disks, "]");
+    for (int i = 0; i < 9; i++)
+        g_string_append_printf(nics, "%s{'tap': <'t%d'>}", i ? ", " : "", i);
+    g_string_append(nics, "]");
+    text = g_strdup_printf("{'kernel': <'/k'>, 'disks': <%s>}", disks->str);
+    c = parse("lim", text, &error);
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_free(text);
+    text = g_strdup_printf("{'kernel': <'/k'>, 'network': <%s>}", nics->str);
+    c = parse("lim", text, &error);
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    /* 16 disks + 3 NICs = 19: fine; + rng = 20: too many. */
+    g_string_truncate(disks, 0);
+    g_string_append(disks, "[");
+    for (int i = 0; i < 16; i++)
+        g_string_append_printf(disks, "%s{'path': <'/d%d'>}", i ? ", " : "", i);
+    g_string_append(disks, "]");
+    g_free(text);
+    text = g_strdup_printf("{'kernel': <'/k'>, 'disks': <%s>, 'network': <[{'tap': <'a'>}, "
+                           "{'tap': <'b'>}, {'tap': <'c'>}]>}",
+                           disks->str);
+    c = parse("lim", text, &error);
+    g_assert_no_error(error);
+    g_clear_pointer(&c, mvmd_vm_config_free);
+    g_free(text);
+    text = g_strdup_printf("{'kernel': <'/k'>, 'disks': <%s>, 'network': <[{'tap': <'a'>}, "
+                           "{'tap': <'b'>}, {'tap': <'c'>}]>, 'rng': <true>}",
+                           disks->str);
+    c = parse("lim", text, &error);
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "at most 19"));
+}
+
 static void test_keyfile_roundtrip(void)
 {
     g_autoptr(GError) error = NULL;
@@ -75,7 +189,10 @@ static void test_keyfile_roundtrip(void)
         parse("round.trip",
               "{'kernel': <'/k'>, 'initrd': <'/i'>, 'cmdline': <'a=1 b=\"2\"\\n'>,"
               " 'vcpus': <uint32 4>, 'memory-mib': <uint64 256>, 'persist': <true>,"
-              " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>}",
+              " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>,"
+              " 'disks': <[{'path': <'/d'>, 'read-only': <true>}]>, 'rng': <true>,"
+              " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>}]>,"
+              " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>}",
               &error);
     g_autoptr(GKeyFile) kf = NULL;
     g_autoptr(MvmdVmConfig) back = NULL;
@@ -130,6 +247,8 @@ int main(int argc, char **argv)
     mvmd_config_set_max_vcpus(255);
     g_test_add_func("/config/defaults", test_defaults);
     g_test_add_func("/config/invalid", test_invalid);
+    g_test_add_func("/config/devices", test_devices);
+    g_test_add_func("/config/device-limits", test_device_limits);
     g_test_add_func("/config/keyfile-roundtrip", test_keyfile_roundtrip);
     g_test_add_func("/config/store", test_store);
     return g_test_run();

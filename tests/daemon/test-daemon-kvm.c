@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
+#include <glib/gstdio.h>
 
 #include "harness.h"
 
@@ -63,13 +64,20 @@ static MvmdVm *create_guest(Fixture *f, const char *name, const char *mode, cons
     return mvmd_test_bus_vm(f->bus, NULL, path);
 }
 
-static void call_ok(MvmdVm *vm, const char *method)
+static void call_args_ok(MvmdVm *vm, const char *method, GVariant *args)
 {
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), method, NULL, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
+        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
 
     g_assert_no_error(error);
+}
+
+static void call_ok(MvmdVm *vm, const char *method)
+{
+    /* Pause takes options; an empty dictionary is the plain pause. */
+    call_args_ok(vm, method,
+                 g_str_equal(method, "Pause") ? g_variant_new_parsed("(@a{sv} {},)") : NULL);
 }
 
 static void call_fails(MvmdVm *vm, const char *method, GVariant *args, const char *error_name)
@@ -217,12 +225,20 @@ static void test_echo_console(Fixture *f, gconstpointer data)
 
     call_ok(vm, "Pause");
     wait_state(vm, "paused");
-    call_fails(vm, "Pause", NULL, ERR "InvalidState");
+    call_fails(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"), ERR "InvalidState");
     call_fails(vm, "Shutdown", g_variant_new("(u)", 1), ERR "InvalidState");
     call_ok(vm, "Resume");
     wait_state(vm, "running");
     console_send(c1, "after-resume\r");
     console_expect(c1, at, "after-resume");
+
+    /* The clock-freezing pause: the same states, and the guest goes on afterwards. */
+    call_args_ok(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <true>},)"));
+    wait_state(vm, "paused");
+    call_ok(vm, "Resume");
+    wait_state(vm, "running");
+    console_send(c1, "after-frozen\r");
+    console_expect(c1, at, "after-frozen");
 
     /* "quit" ends the echo loop: the guest reports and leaves through the debug exit. */
     console_send(c1, "quit\r");
@@ -351,6 +367,136 @@ static void test_reset(Fixture *f, gconstpointer data)
     console_close(c);
 }
 
+/* The last "COUNTER n" in @text (the pattern guest's heartbeat), or -1. */
+static gint64 last_counter(const char *text)
+{
+    const char *p = text, *hit = NULL;
+
+    while ((p = strstr(p, "COUNTER ")))
+        hit = p++;
+    return hit ? g_ascii_strtoll(hit + 8, NULL, 10) : -1;
+}
+
+static char *restore_vm(Fixture *f, const char *name, const char *dir, const char *options,
+                        GUnixFDList *fds)
+{
+    g_autoptr(GError) error = NULL;
+    char *path = NULL;
+
+    mvmd_manager_call_restore_vm_sync(f->manager, name, dir, mvmd_test_config(options),
+                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
+                                      NULL, &error);
+    g_assert_no_error(error);
+    return path;
+}
+
+/* A second VM of the same name is refused before the snapshot is even read. */
+static void restore_fails_exists(Fixture *f, const char *dir)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_restore_vm_sync(f->manager, "copy", dir, mvmd_test_config("{}"),
+                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &path, NULL,
+                                      NULL, &error);
+    mvmd_test_assert_dbus_error(error, ERR "AlreadyExists");
+}
+
+/*
+ * Snapshot a counting guest by path and by fd, restore it twice (paused, then running), and
+ * check that the copies go on counting from where the original was, with their RAM intact
+ * (the pattern guest verifies its pages and would print FAIL).
+ */
+static void test_snapshot_restore(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) orig =
+        create_guest(f, "orig", "pattern pages=16 base_mib=8 every=20 delay=2000", NULL);
+    g_autofree char *dir1 = g_build_filename(f->bus->tmpdir, "snap1", NULL);
+    g_autofree char *dir2 = g_build_filename(f->bus->tmpdir, "snap2", NULL);
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *copy_path = NULL;
+    g_autofree char *copy2_path = NULL;
+    g_autoptr(MvmdVm) copy = NULL;
+    g_autoptr(MvmdVm) copy2 = NULL;
+    g_autoptr(GVariant) config = NULL;
+    gint64 before, after;
+    Console *c, *cc;
+    int fd;
+
+    g_assert_cmpint(g_mkdir(dir1, 0700), ==, 0);
+    g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
+    call_ok(orig, "Start");
+    c = console_open(orig);
+    console_expect(c, 0, "COUNTER ");
+    call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", "relative", mvmd_test_config("{}")),
+               ERR "InvalidArgument");
+    call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir1, mvmd_test_config("{}")));
+    before = last_counter(c->seen->str);
+    g_main_context_iteration(NULL, FALSE);
+    g_assert_cmpstr(mvmd_vm_get_state(orig), ==, "running");
+    g_assert_true(g_file_test(dir1, G_FILE_TEST_IS_DIR));
+
+    /* By fd, and left paused. */
+    fd = open(dir2, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_unix_fd_list_append(fds, fd, &error);
+    close(fd);
+    g_assert_no_error(error);
+    {
+        g_autoptr(GVariant) reply = g_dbus_proxy_call_with_unix_fd_list_sync(
+            G_DBUS_PROXY(orig), "Snapshot",
+            g_variant_new_parsed("('', {'dir-fd': <handle 0>, 'leave-paused': <true>})"),
+            G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL, &error);
+        g_assert_no_error(error);
+    }
+    wait_state(orig, "paused");
+    call_ok(orig, "Stop");
+    wait_state(orig, "stopped");
+    console_close(c);
+
+    /* Restored paused: the snapshot's size, no kernel, and it counts on once resumed. */
+    copy_path = restore_vm(f, "copy", dir1, "{}", NULL);
+    copy = mvmd_test_bus_vm(f->bus, NULL, copy_path);
+    g_assert_cmpstr(mvmd_vm_get_state(copy), ==, "paused");
+    g_assert_cmpuint(mvmd_vm_get_memory_mib(copy), ==, 16);
+    g_assert_cmpuint(mvmd_vm_get_vcpus(copy), ==, 1);
+    config = mvmd_vm_dup_config(copy);
+    g_assert_true(g_variant_lookup(config, "snapshot", "&s", &(const char *){NULL}));
+    restore_fails_exists(f, dir1);
+    cc = console_open(copy);
+    call_ok(copy, "Resume");
+    wait_state(copy, "running");
+    console_expect(cc, console_expect(cc, 0, "COUNTER "), "\n");
+    after = last_counter(cc->seen->str);
+    g_test_message("counter %" G_GINT64_FORMAT " at the snapshot, %" G_GINT64_FORMAT
+                   " after the restore",
+                   before, after);
+    g_assert_cmpint(after, >, before);
+    g_assert_null(strstr(cc->seen->str, "FAIL"));
+
+    /* Stop and Start: from the snapshot again (the count starts over from there). */
+    call_ok(copy, "Stop");
+    wait_state(copy, "stopped");
+    call_ok(copy, "Start");
+    wait_state(copy, "running");
+    console_close(cc);
+
+    /* By fd, running at once. */
+    copy2_path = restore_vm(f, "copy2", "", "{'dir-fd': <handle 0>, 'resume': <true>}", fds);
+    copy2 = mvmd_test_bus_vm(f->bus, NULL, copy2_path);
+    wait_state(copy2, "running");
+    cc = console_open(copy2);
+    console_expect(cc, 0, "COUNTER ");
+    g_assert_null(strstr(cc->seen->str, "FAIL"));
+    console_close(cc);
+    call_ok(copy, "Stop");
+    call_ok(copy2, "Stop");
+    wait_state(copy, "stopped");
+    wait_state(copy2, "stopped");
+    call_ok(copy, "Delete");
+    call_ok(copy2, "Delete");
+}
+
 #define N_MANY 100
 
 typedef struct {
@@ -371,49 +517,84 @@ static void on_call_done(GObject *source, GAsyncResult *result, gpointer user_da
     p->done++;
 }
 
-static void call_all(GPtrArray *vms, const char *method)
+/* @method on every VM from index @from on, all at once. */
+static void call_all(GPtrArray *vms, guint from, const char *method)
 {
     Pending p = {0};
 
-    for (guint i = 0; i < vms->len; i++)
+    for (guint i = from; i < vms->len; i++)
         g_dbus_proxy_call(vms->pdata[i], method, NULL, G_DBUS_CALL_FLAGS_NONE, 300 * 1000, NULL,
                           on_call_done, &p);
-    mvmd_test_wait_until(p.done == vms->len, 600 * 1000);
+    mvmd_test_wait_until(p.done == vms->len - from, 600 * 1000);
     g_assert_cmpuint(p.failed, ==, 0);
 }
 
+/* kB of a "Key:   123 kB" line of /proc/<pid>/status. */
+static guint64 proc_status_kb(GPid pid, const char *key)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
+    g_autofree char *text = NULL;
+    const char *line;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL) || !(line = strstr(text, key)))
+        return 0;
+    return g_ascii_strtoull(line + strlen(key) + 1, NULL, 10);
+}
+
+static MvmdVm *create_idle(Fixture *f, const char *name)
+{
+    g_autofree char *text = g_strdup_printf(
+        "{'kernel': <'%s'>, 'cmdline': <'mode=idle'>, 'memory-mib': <uint64 4>}", testguest);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+    return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+/*
+ * 100 VMs alive at once in one daemon: parked guests (mode=idle: cli; hlt, no host CPU), so
+ * this measures the daemon, not the guests. Prints the CreateVM+Start round trip and the
+ * daemon's resident memory per VM.
+ */
 static void test_many(Fixture *f, gconstpointer data)
 {
     g_autoptr(GPtrArray) vms = g_ptr_array_new_with_free_func(g_object_unref);
+    guint64 rss0 = proc_status_kb(f->bus->daemon_pid, "VmRSS:");
     gint64 t0 = g_get_monotonic_time();
+    guint64 rss1, anon1, shmem1;
 
-    for (guint i = 0; i < N_MANY; i++) {
+    /* One at a time first: the round trip a client sees. */
+    g_ptr_array_add(vms, create_idle(f, "many000"));
+    call_ok(vms->pdata[0], "Start");
+    g_test_message("CreateVM+Start round trip: %.1f ms", (g_get_monotonic_time() - t0) / 1e3);
+    for (guint i = 1; i < N_MANY; i++) {
         g_autofree char *name = g_strdup_printf("many%03u", i);
-        g_autofree char *text = g_strdup_printf(
-            "{'kernel': <'%s'>, 'cmdline': <'mode=echo'>, 'memory-mib': <uint64 4>}", testguest);
-        g_autoptr(GError) error = NULL;
-        g_autofree char *path = NULL;
 
-        mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
-                                         G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL,
-                                         &error);
-        g_assert_no_error(error);
-        g_ptr_array_add(vms, mvmd_test_bus_vm(f->bus, NULL, path));
+        g_ptr_array_add(vms, create_idle(f, name));
     }
-    call_all(vms, "Start");
+    call_all(vms, 1, "Start");
     g_test_message("%d VMs started in %.2f s", N_MANY, (g_get_monotonic_time() - t0) / 1e6);
     for (guint i = 0; i < vms->len; i++)
         wait_state(vms->pdata[i], "running");
     /* Each one is alive: spot-check consoles at both ends and in the middle. */
     for (guint i = 0; i < vms->len; i += N_MANY / 4) {
         Console *c = console_open(vms->pdata[i]);
-        gsize at = console_expect(c, 0, "READY");
-        console_send(c, "ping\r");
-        console_expect(c, at, "ping");
+
+        console_expect(c, 0, "IDLE");
         console_close(c);
     }
+    rss1 = proc_status_kb(f->bus->daemon_pid, "VmRSS:");
+    anon1 = proc_status_kb(f->bus->daemon_pid, "RssAnon:");
+    shmem1 = proc_status_kb(f->bus->daemon_pid, "RssShmem:");
+    g_test_message("daemon RSS: %" G_GUINT64_FORMAT " kB idle, %" G_GUINT64_FORMAT
+                   " kB with %d running VMs (anon %" G_GUINT64_FORMAT
+                   " kB, guest RAM touched %" G_GUINT64_FORMAT " kB): %.0f kB per VM",
+                   rss0, rss1, N_MANY, anon1, shmem1, (double)(rss1 - rss0) / N_MANY);
     g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
-    call_all(vms, "Stop");
+    call_all(vms, 0, "Stop");
     for (guint i = 0; i < vms->len; i++)
         wait_state(vms->pdata[i], "stopped");
     g_test_message("%d VMs started and stopped in %.2f s", N_MANY,
@@ -463,6 +644,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
     ADD("/daemon-kvm/reset", test_reset);
+    ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
     return g_test_run();

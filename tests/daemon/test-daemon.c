@@ -203,9 +203,10 @@ static void test_config_errors(Fixture *f, gconstpointer data)
         "{'kernel': <'/k'>, 'autostart': <true>}",                         /* needs persist */
         "{'kernel': <'/k'>, 'kernel-fd': <handle 0>}",                     /* both; no fd */
         "{'kernel-fd': <handle 0>}",                                       /* no fd list */
-        "{'kernel': <'/k'>, 'disks': <@aa{sv} []>}",                       /* not supported yet */
-        "{'kernel': <'/k'>, 'network': <@aa{sv} []>}",                     /* not supported yet */
-        "{'kernel': <'/k'>, 'vsock': <@a{sv} {}>}",                        /* not supported yet */
+        "{'kernel': <'/k'>, 'disks': <[{'path': <'d'>}]>}",                /* relative */
+        "{'kernel': <'/k'>, 'disks': <[{'fd': <handle 0>}]>}",             /* no fd list */
+        "{'kernel': <'/k'>, 'network': <[{'tap': <'x/y'>}]>}",             /* bad ifname */
+        "{'kernel': <'/k'>, 'vsock': <@a{sv} {}>}",                        /* no cid */
         "{'kernel': <'/k'>, 'disks': <'sda'>}",                            /* wrong type */
     };
     g_autofree char *cs = g_strnfill(5000, 'c');
@@ -248,7 +249,20 @@ static void test_state_errors(Fixture *f, gconstpointer data)
                                           NULL, &error);
     mvmd_test_assert_dbus_error(error, ERR "NoSuchVM");
 
-    call_vm_fails(vm, "Pause", NULL, ERR "InvalidState");
+    call_vm_fails(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"), ERR "InvalidState");
+    call_vm_fails(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <true>},)"),
+                  ERR "InvalidState");
+    call_vm_fails(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <1>},)"),
+                  ERR "InvalidArgument");
+    call_vm_fails(vm, "Pause", g_variant_new_parsed("({'bogus': <true>},)"), ERR "InvalidArgument");
+    call_vm_fails(vm, "Snapshot", g_variant_new_parsed("('/tmp', @a{sv} {})"), ERR "InvalidState");
+    call_vm_fails(vm, "Snapshot", g_variant_new_parsed("('rel', @a{sv} {})"),
+                  ERR "InvalidArgument");
+    call_vm_fails(vm, "Snapshot", g_variant_new_parsed("('', @a{sv} {})"), ERR "InvalidArgument");
+    call_vm_fails(vm, "Snapshot", g_variant_new_parsed("('/tmp', {'dir-fd': <handle 0>})"),
+                  ERR "InvalidArgument");
+    call_vm_fails(vm, "Snapshot", g_variant_new_parsed("('/tmp', {'leave-paused': <'yes'>})"),
+                  ERR "InvalidArgument");
     call_vm_fails(vm, "Resume", NULL, ERR "InvalidState");
     call_vm_fails(vm, "Stop", NULL, ERR "InvalidState");
     call_vm_fails(vm, "Reboot", NULL, ERR "InvalidState");
@@ -264,6 +278,69 @@ static void test_state_errors(Fixture *f, gconstpointer data)
         g_clear_error(&error);
         mvmd_vm_call_start_sync(ghost, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
         g_assert_error(error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_METHOD);
+    }
+}
+
+static void restore_fails(Fixture *f, const char *name, const char *dir, GVariant *options,
+                          GUnixFDList *fds, const char *error_name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_restore_vm_sync(f->manager, name, dir, options, G_DBUS_CALL_FLAGS_NONE, -1,
+                                      fds, &path, NULL, NULL, &error);
+    g_assert_null(path);
+    mvmd_test_assert_dbus_error(error, error_name);
+    g_test_message("RestoreVM %s %s → %s", name, dir, error->message);
+}
+
+/* RestoreVM's checks come before any snapshot is read; an empty directory is no snapshot. */
+static void test_restore_errors(Fixture *f, gconstpointer data)
+{
+    g_autofree char *empty = g_build_filename(f->bus->tmpdir, "empty", NULL);
+    g_autofree char *taken = create_ok(f->manager, "taken", "{'kernel': <'/k'>}");
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    int fd;
+
+    g_assert_cmpint(g_mkdir(empty, 0700), ==, 0);
+    restore_fails(f, "a/b", empty, mvmd_test_config("{}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "", empty, mvmd_test_config("{}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "taken", empty, mvmd_test_config("{}"), NULL, ERR "AlreadyExists");
+    restore_fails(f, "r", "relative", mvmd_test_config("{}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "r", "", mvmd_test_config("{}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "r", empty, mvmd_test_config("{'bogus': <1>}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "r", empty, mvmd_test_config("{'resume': <1>}"), NULL, ERR "InvalidArgument");
+    restore_fails(f, "r", empty, mvmd_test_config("{'dir-fd': <handle 0>}"), NULL,
+                  ERR "InvalidArgument");
+    /* dir-fd must be a directory; and a path and dir-fd together are refused. */
+    fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    g_unix_fd_list_append(fds, fd, &error);
+    close(fd);
+    fd = open(empty, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_unix_fd_list_append(fds, fd, &error);
+    close(fd);
+    g_assert_no_error(error);
+    restore_fails(f, "r", "", mvmd_test_config("{'dir-fd': <handle 0>}"), fds,
+                  ERR "InvalidArgument");
+    restore_fails(f, "r", empty, mvmd_test_config("{'dir-fd': <handle 1>}"), fds,
+                  ERR "InvalidArgument");
+    /* Not a snapshot (or no KVM): refused with a name, and nothing is left behind. */
+    if (have_kvm()) {
+        restore_fails(f, "r", empty, mvmd_test_config("{}"), NULL, ERR "InvalidArgument");
+        restore_fails(f, "r", "", mvmd_test_config("{'dir-fd': <handle 1>}"), fds,
+                      ERR "InvalidArgument");
+    } else {
+        restore_fails(f, "r", empty, mvmd_test_config("{}"), NULL, ERR "Failed");
+    }
+    mvmd_test_wait_until(mvmd_manager_get_vm_count(f->manager) == 1, 5000);
+    {
+        g_autoptr(GVariant) list = NULL;
+
+        mvmd_manager_call_list_vms_sync(f->manager, G_DBUS_CALL_FLAGS_NONE, -1, &list, NULL,
+                                        &error);
+        g_assert_no_error(error);
+        g_assert_cmpuint(g_variant_n_children(list), ==, 1);
     }
 }
 
@@ -683,6 +760,39 @@ static GVariant *random_config(void)
     return g_variant_builder_end(&b);
 }
 
+static GVariant *random_options(void)
+{
+    static const char *const keys[] = {"freeze-clock", "leave-paused", "dir-fd",
+                                       "resume",       "copy-memory",  "bogus"};
+    GVariantBuilder b;
+    guint n = g_test_rand_int_range(0, 3);
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    for (guint i = 0; i < n; i++)
+        g_variant_builder_add(&b, "{sv}", keys[g_test_rand_int_range(0, G_N_ELEMENTS(keys))],
+                              random_value(0));
+    return g_variant_builder_end(&b);
+}
+
+static const char *random_dir(void)
+{
+    static const char *const dirs[] = {"", "/", "/nonexistent", "rel", "/tmp", "/proc/self"};
+
+    return dirs[g_test_rand_int_range(0, G_N_ELEMENTS(dirs))];
+}
+
+/* Arguments of the right signature for a VM method, with random content. */
+static GVariant *random_vm_args(const char *method)
+{
+    if (g_str_equal(method, "Shutdown"))
+        return g_variant_new("(u)", g_test_rand_int_range(0, 5));
+    if (g_str_equal(method, "Pause"))
+        return g_variant_new("(@a{sv})", random_options());
+    if (g_str_equal(method, "Snapshot"))
+        return g_variant_new("(s@a{sv})", random_dir(), random_options());
+    return NULL;
+}
+
 /* A call with the wrong signature entirely: GDBus answers InvalidArgs. */
 static GVariant *random_bad_args(void)
 {
@@ -700,9 +810,9 @@ static GVariant *random_bad_args(void)
 
 static void fuzz_one(Fixture *f, GPtrArray *paths)
 {
-    static const char *const vm_methods[] = {"Start",       "Pause",    "Resume",
-                                             "Shutdown",    "Stop",     "Reboot",
-                                             "OpenConsole", "GetStats", "Delete"};
+    static const char *const vm_methods[] = {"Start",    "Pause",  "Resume",   "Shutdown",
+                                             "Stop",     "Reboot", "Snapshot", "OpenConsole",
+                                             "GetStats", "Delete"};
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply = NULL;
     g_autoptr(GUnixFDList) out_fds = NULL;
@@ -725,14 +835,17 @@ static void fuzz_one(Fixture *f, GPtrArray *paths)
     case 3:
         method = g_test_rand_bit() ? "CreateVM" : "GetVMByName";
         args = random_bad_args();
+        if (g_test_rand_bit()) {
+            method = "RestoreVM";
+            args = g_variant_new("(ss@a{sv})", name, random_dir(), random_options());
+        }
         break;
     default:
         iface = "org.microvmd.MicroVM1.VM";
         path = paths->len ? paths->pdata[g_test_rand_int_range(0, paths->len)]
                           : "/org/microvmd/MicroVM1/vm/none";
         method = vm_methods[g_test_rand_int_range(0, G_N_ELEMENTS(vm_methods))];
-        args = g_str_equal(method, "Shutdown") ? g_variant_new("(u)", g_test_rand_int_range(0, 5))
-                                               : NULL;
+        args = random_vm_args(method);
         if (g_test_rand_int_range(0, 8) == 0)
             args = random_bad_args();
         break;
@@ -816,6 +929,7 @@ int main(int argc, char **argv)
     ADD("/daemon/names", test_names);
     ADD("/daemon/config-errors", test_config_errors);
     ADD("/daemon/state-errors", test_state_errors);
+    ADD("/daemon/restore-errors", test_restore_errors);
     ADD("/daemon/stats-console-idle", test_stats_and_console_idle);
     ADD("/daemon/fd-passing", test_fd_passing);
     ADD("/daemon/object-manager", test_object_manager);

@@ -1,0 +1,456 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "config-devices.h"
+
+#include <limits.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
+
+#include "errors.h"
+
+gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "config key '%s': %s", key, msg);
+    return FALSE;
+}
+
+static gboolean mode_allowed(mode_t mode, const char *kinds)
+{
+    return (S_ISREG(mode) && strchr(kinds, 'r')) || (S_ISBLK(mode) && strchr(kinds, 'b')) ||
+           (S_ISCHR(mode) && strchr(kinds, 'c')) || (S_ISDIR(mode) && strchr(kinds, 'd'));
+}
+
+int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, const char *kinds,
+                        GError **error)
+{
+    gint32 index = g_variant_get_handle(value);
+    struct stat st;
+    int fd;
+
+    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list)) {
+        mvmd_config_invalid(error, key, "handle %d: no such file descriptor in the message", index);
+        return -1;
+    }
+    fd = g_unix_fd_list_get(fd_list, index, NULL);
+    if (fd < 0) {
+        mvmd_config_invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !mode_allowed(st.st_mode, kinds)) {
+        close(fd);
+        mvmd_config_invalid(error, key, "the descriptor is not a %s",
+                            g_str_equal(kinds, "d")   ? "directory"
+                            : g_str_equal(kinds, "c") ? "character device"
+                                                      : "regular file or block device");
+        return -1;
+    }
+    return fd;
+}
+
+gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv,
+                                 GUnixFDList *fd_list, char **dir_out, int *fd_out, GError **error)
+{
+    if (*dir && fdv) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "%s: give either a path or the option 'dir-fd', not both", key);
+        return FALSE;
+    }
+    if (fdv) {
+        *fd_out = mvmd_config_take_fd(fdv, fd_list, "dir-fd", "d", error);
+        return *fd_out >= 0;
+    }
+    if (!g_path_is_absolute(dir) || strlen(dir) >= PATH_MAX) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "%s: '%s' is not an absolute path (or give the option 'dir-fd')", key, dir);
+        return FALSE;
+    }
+    *dir_out = g_strdup(dir);
+    return TRUE;
+}
+
+/* ---- owned device records -------------------------------------------------------------- */
+
+static void disk_free(MvmdDisk *disk)
+{
+    if (disk->fd >= 0)
+        close(disk->fd);
+    g_free(disk->path);
+    g_free(disk);
+}
+
+static void nic_free(MvmdNic *nic)
+{
+    if (nic->fd >= 0)
+        close(nic->fd);
+    g_free(nic->tap);
+    g_free(nic);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdDisk, disk_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdNic, nic_free)
+
+void mvmd_devices_init(MvmdDevices *devices)
+{
+    memset(devices, 0, sizeof(*devices));
+    devices->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    devices->nics = g_ptr_array_new_with_free_func((GDestroyNotify)nic_free);
+}
+
+void mvmd_devices_clear(MvmdDevices *devices)
+{
+    g_clear_pointer(&devices->disks, g_ptr_array_unref);
+    g_clear_pointer(&devices->nics, g_ptr_array_unref);
+    g_clear_pointer(&devices->vsock_uds_path, g_free);
+}
+
+/* ---- parsing --------------------------------------------------------------------------- */
+
+gboolean mvmd_config_check_keys(GVariant *dict, const MvmdKeySpec *allowed, gsize n,
+                                const char *where, GError **error)
+{
+    GVariantIter iter;
+    const char *key;
+    GVariant *value;
+
+    g_variant_iter_init(&iter, dict);
+    while (g_variant_iter_next(&iter, "{&sv}", &key, &value)) {
+        g_autoptr(GVariant) owned = value;
+        g_autofree char *name = where ? g_strdup_printf("%s.%s", where, key) : NULL;
+        gsize i;
+
+        for (i = 0; i < n && !g_str_equal(allowed[i].key, key); i++)
+            ;
+        if (i < n && g_variant_is_of_type(value, G_VARIANT_TYPE(allowed[i].type)))
+            continue;
+        if (!where && i == n)
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "option '%s': unknown",
+                        key);
+        else if (!where)
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                        "option '%s': must be of type %s, not %s", key, allowed[i].type,
+                        g_variant_get_type_string(value));
+        else if (i == n)
+            mvmd_config_invalid(error, name, "unknown key");
+        else
+            mvmd_config_invalid(error, name, "must be of type %s, not %s", allowed[i].type,
+                                g_variant_get_type_string(value));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean check_path(const char *key, const char *path, gsize max, GError **error)
+{
+    if (!g_path_is_absolute(path))
+        return mvmd_config_invalid(error, key, "'%s' is not an absolute path", path);
+    if (strlen(path) >= max)
+        return mvmd_config_invalid(error, key, "path longer than %" G_GSIZE_FORMAT " bytes",
+                                   max - 1);
+    return TRUE;
+}
+
+/* Exactly one of "path"-like @name_key (s) and "fd" (h) in @dict. */
+static gboolean path_or_fd(GVariant *dict, const char *where, const char *name_key,
+                           const char *kinds, GUnixFDList *fd_list, char **name, int *fd,
+                           GError **error)
+{
+    g_autoptr(GVariant) fdv = g_variant_lookup_value(dict, "fd", G_VARIANT_TYPE_HANDLE);
+    g_autofree char *fd_key = g_strdup_printf("%s.fd", where);
+    g_autofree char *name_full = g_strdup_printf("%s.%s", where, name_key);
+    const char *s = NULL;
+
+    g_variant_lookup(dict, name_key, "&s", &s);
+    if (!s && !fdv)
+        return mvmd_config_invalid(error, name_full, "required (or '%s')", fd_key);
+    if (s && fdv)
+        return mvmd_config_invalid(error, fd_key, "give either '%s' or 'fd', not both", name_key);
+    if (fdv) {
+        *fd = mvmd_config_take_fd(fdv, fd_list, fd_key, kinds, error);
+        return *fd >= 0;
+    }
+    *name = g_strdup(s);
+    return TRUE;
+}
+
+static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *where,
+                           GUnixFDList *fd_list, GError **error)
+{
+    static const MvmdKeySpec keys[] = {{"path", "s"}, {"fd", "h"}, {"read-only", "b"}};
+    g_autoptr(MvmdDisk) disk = g_new0(MvmdDisk, 1);
+    g_autofree char *path_key = g_strdup_printf("%s.path", where);
+
+    disk->fd = -1;
+    if (!mvmd_config_check_keys(dict, keys, G_N_ELEMENTS(keys), where, error) ||
+        !path_or_fd(dict, where, "path", "rb", fd_list, &disk->path, &disk->fd, error))
+        return FALSE;
+    if (disk->path && !check_path(path_key, disk->path, PATH_MAX, error))
+        return FALSE;
+    g_variant_lookup(dict, "read-only", "b", &disk->read_only);
+    g_ptr_array_add(devices->disks, g_steal_pointer(&disk));
+    return TRUE;
+}
+
+gboolean mvmd_devices_parse_disks(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
+                                  GError **error)
+{
+    gsize n = g_variant_n_children(value);
+
+    if (n > MVMD_DISKS_MAX)
+        return mvmd_config_invalid(error, "disks", "%" G_GSIZE_FORMAT " disks, at most %d", n,
+                                   MVMD_DISKS_MAX);
+    g_ptr_array_set_size(devices->disks, 0);
+    for (gsize i = 0; i < n; i++) {
+        g_autoptr(GVariant) dict = g_variant_get_child_value(value, i);
+        g_autofree char *where = g_strdup_printf("disks[%" G_GSIZE_FORMAT "]", i);
+
+        if (!parse_disk(devices, dict, where, fd_list, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean valid_ifname(const char *name)
+{
+    if (!*name || strlen(name) >= IFNAMSIZ)
+        return FALSE;
+    for (const char *p = name; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '-' && *p != '_' && *p != '.')
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* "52:54:00:12:34:56": six hex pairs; a unicast address (multicast bit clear). */
+static gboolean parse_mac(const char *key, const char *text, guint8 mac[6], GError **error)
+{
+    for (int i = 0; i < 6; i++) {
+        const char *p = text + i * 3;
+        int hi, lo;
+
+        if (strlen(text) != 17 || (i < 5 && p[2] != ':'))
+            return mvmd_config_invalid(error, key, "'%s' is not of the form xx:xx:xx:xx:xx:xx",
+                                       text);
+        hi = g_ascii_xdigit_value(p[0]);
+        lo = g_ascii_xdigit_value(p[1]);
+        if (hi < 0 || lo < 0)
+            return mvmd_config_invalid(error, key, "'%s' is not of the form xx:xx:xx:xx:xx:xx",
+                                       text);
+        mac[i] = (guint8)(hi << 4 | lo);
+    }
+    if (mac[0] & 1)
+        return mvmd_config_invalid(error, key, "'%s' is a multicast address", text);
+    return TRUE;
+}
+
+static gboolean parse_nic(MvmdDevices *devices, GVariant *dict, const char *where,
+                          GUnixFDList *fd_list, GError **error)
+{
+    static const MvmdKeySpec keys[] = {{"tap", "s"}, {"fd", "h"}, {"mac", "s"}};
+    g_autoptr(MvmdNic) nic = g_new0(MvmdNic, 1);
+    g_autofree char *tap_key = g_strdup_printf("%s.tap", where);
+    g_autofree char *mac_key = g_strdup_printf("%s.mac", where);
+    const char *mac;
+
+    nic->fd = -1;
+    if (!mvmd_config_check_keys(dict, keys, G_N_ELEMENTS(keys), where, error) ||
+        !path_or_fd(dict, where, "tap", "c", fd_list, &nic->tap, &nic->fd, error))
+        return FALSE;
+    if (nic->tap && !valid_ifname(nic->tap))
+        return mvmd_config_invalid(error, tap_key,
+                                   "'%s' is not an interface name (1-%d of A-Z a-z 0-9 . _ -)",
+                                   nic->tap, IFNAMSIZ - 1);
+    if (g_variant_lookup(dict, "mac", "&s", &mac)) {
+        if (!parse_mac(mac_key, mac, nic->mac, error))
+            return FALSE;
+        nic->has_mac = TRUE;
+    }
+    g_ptr_array_add(devices->nics, g_steal_pointer(&nic));
+    return TRUE;
+}
+
+gboolean mvmd_devices_parse_network(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
+                                    GError **error)
+{
+    gsize n = g_variant_n_children(value);
+
+    if (n > MVMD_NICS_MAX)
+        return mvmd_config_invalid(error, "network", "%" G_GSIZE_FORMAT " interfaces, at most %d",
+                                   n, MVMD_NICS_MAX);
+    g_ptr_array_set_size(devices->nics, 0);
+    for (gsize i = 0; i < n; i++) {
+        g_autoptr(GVariant) dict = g_variant_get_child_value(value, i);
+        g_autofree char *where = g_strdup_printf("network[%" G_GSIZE_FORMAT "]", i);
+
+        if (!parse_nic(devices, dict, where, fd_list, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError **error)
+{
+    static const MvmdKeySpec keys[] = {{"cid", "u"}, {"uds-path", "s"}};
+    struct sockaddr_un sun;
+    const char *path;
+    guint32 cid;
+
+    if (!mvmd_config_check_keys(value, keys, G_N_ELEMENTS(keys), "vsock", error))
+        return FALSE;
+    if (!g_variant_lookup(value, "cid", "u", &cid))
+        return mvmd_config_invalid(error, "vsock.cid", "required");
+    if (cid < MVMD_VSOCK_CID_MIN || cid > MVMD_VSOCK_CID_MAX)
+        return mvmd_config_invalid(error, "vsock.cid", "%u out of range %u..%u", cid,
+                                   MVMD_VSOCK_CID_MIN, MVMD_VSOCK_CID_MAX);
+    if (!g_variant_lookup(value, "uds-path", "&s", &path))
+        return mvmd_config_invalid(error, "vsock.uds-path", "required");
+    /* The host side listens on it, and connects to <path>_<port>: leave room for that. */
+    if (!check_path("vsock.uds-path", path, sizeof(sun.sun_path) - 11, error))
+        return FALSE;
+    devices->vsock_cid = cid;
+    g_free(devices->vsock_uds_path);
+    devices->vsock_uds_path = g_strdup(path);
+    return TRUE;
+}
+
+gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error)
+{
+    guint n = devices->disks->len + devices->nics->len + (devices->vsock_cid != 0) + devices->rng;
+
+    if (n > MVMD_DEVICES_MAX)
+        return mvmd_config_invalid(error, "disks",
+                                   "%u virtio devices in all (disks, network, vsock, rng), at "
+                                   "most %d",
+                                   n, MVMD_DEVICES_MAX);
+    return TRUE;
+}
+
+gboolean mvmd_devices_have_fds(const MvmdDevices *devices)
+{
+    for (guint i = 0; i < devices->disks->len; i++) {
+        if (((MvmdDisk *)devices->disks->pdata[i])->fd >= 0)
+            return TRUE;
+    }
+    for (guint i = 0; i < devices->nics->len; i++) {
+        if (((MvmdNic *)devices->nics->pdata[i])->fd >= 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* ---- out ------------------------------------------------------------------------------- */
+
+static char *format_mac(const guint8 mac[6])
+{
+    return g_strdup_printf("%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4],
+                           mac[5]);
+}
+
+static GVariant *disks_to_variant(const MvmdDevices *devices)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("aa{sv}"));
+    for (guint i = 0; i < devices->disks->len; i++) {
+        const MvmdDisk *disk = devices->disks->pdata[i];
+
+        g_variant_builder_open(&b, G_VARIANT_TYPE_VARDICT);
+        if (disk->path)
+            g_variant_builder_add(&b, "{sv}", "path", g_variant_new_string(disk->path));
+        else
+            g_variant_builder_add(&b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
+        g_variant_builder_add(&b, "{sv}", "read-only", g_variant_new_boolean(disk->read_only));
+        g_variant_builder_close(&b);
+    }
+    return g_variant_builder_end(&b);
+}
+
+static GVariant *nics_to_variant(const MvmdDevices *devices)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("aa{sv}"));
+    for (guint i = 0; i < devices->nics->len; i++) {
+        const MvmdNic *nic = devices->nics->pdata[i];
+
+        g_variant_builder_open(&b, G_VARIANT_TYPE_VARDICT);
+        if (nic->tap)
+            g_variant_builder_add(&b, "{sv}", "tap", g_variant_new_string(nic->tap));
+        else
+            g_variant_builder_add(&b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
+        if (nic->has_mac)
+            g_variant_builder_add(&b, "{sv}", "mac",
+                                  g_variant_new_take_string(format_mac(nic->mac)));
+        g_variant_builder_close(&b);
+    }
+    return g_variant_builder_end(&b);
+}
+
+void mvmd_devices_to_variant(const MvmdDevices *devices, GVariantBuilder *b)
+{
+    if (devices->disks->len > 0)
+        g_variant_builder_add(b, "{sv}", "disks", disks_to_variant(devices));
+    if (devices->nics->len > 0)
+        g_variant_builder_add(b, "{sv}", "network", nics_to_variant(devices));
+    if (devices->vsock_cid) {
+        GVariantBuilder v;
+
+        g_variant_builder_init(&v, G_VARIANT_TYPE_VARDICT);
+        g_variant_builder_add(&v, "{sv}", "cid", g_variant_new_uint32(devices->vsock_cid));
+        g_variant_builder_add(&v, "{sv}", "uds-path",
+                              g_variant_new_string(devices->vsock_uds_path));
+        g_variant_builder_add(b, "{sv}", "vsock", g_variant_builder_end(&v));
+    }
+    g_variant_builder_add(b, "{sv}", "rng", g_variant_new_boolean(devices->rng));
+}
+
+/* The lib's config owns the arrays; their free functions free the records, not the fds. */
+static void mvm_disk_free(MvmDiskConfig *disk)
+{
+    g_free(disk->path);
+    g_free(disk);
+}
+
+static void mvm_nic_free(MvmNetConfig *nic)
+{
+    g_free(nic->tap_name);
+    g_free(nic);
+}
+
+void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm)
+{
+    for (guint i = 0; i < devices->disks->len; i++) {
+        const MvmdDisk *disk = devices->disks->pdata[i];
+        MvmDiskConfig *d = g_new0(MvmDiskConfig, 1);
+
+        if (!mvm->disks)
+            mvm->disks = g_ptr_array_new_with_free_func((GDestroyNotify)mvm_disk_free);
+        d->path = g_strdup(disk->path);
+        d->fd = disk->fd;
+        d->read_only = disk->read_only;
+        g_ptr_array_add(mvm->disks, d);
+    }
+    for (guint i = 0; i < devices->nics->len; i++) {
+        const MvmdNic *nic = devices->nics->pdata[i];
+        MvmNetConfig *n = g_new0(MvmNetConfig, 1);
+
+        if (!mvm->nics)
+            mvm->nics = g_ptr_array_new_with_free_func((GDestroyNotify)mvm_nic_free);
+        n->tap_name = g_strdup(nic->tap);
+        n->tap_fd = nic->fd;
+        memcpy(n->mac, nic->mac, sizeof(n->mac));
+        g_ptr_array_add(mvm->nics, n);
+    }
+    mvm->vsock_cid = devices->vsock_cid;
+    mvm->vsock_uds_path = g_strdup(devices->vsock_uds_path);
+    mvm->rng = devices->rng;
+}

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The device keys of a VM definition (DESIGN.md, "Config keys"): `disks` aa{sv}, `network`
+ * aa{sv}, `vsock` a{sv}, `rng` b. Parsed and validated here, shown in the Config property,
+ * stored (as GVariant text) when they hold no file descriptor, and handed to libmicrovm as
+ * MvmDiskConfig / MvmNetConfig / vsock_cid / rng.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "microvm.h"
+
+G_BEGIN_DECLS
+
+/* virtio-mmio devices take GSIs 5..23 (lib/layout.h): 19 in all. */
+#define MVMD_DEVICES_MAX   19
+#define MVMD_DISKS_MAX     16
+#define MVMD_NICS_MAX      8
+#define MVMD_VSOCK_CID_MIN 3           /* 0-2 are the hypervisor, local and host */
+#define MVMD_VSOCK_CID_MAX 0xfffffffeu /* 0xffffffff is VMADDR_CID_ANY */
+
+typedef struct {
+    char *path; /* absolute; NULL when fd >= 0 */
+    int fd;
+    gboolean read_only;
+} MvmdDisk;
+
+typedef struct {
+    char *tap; /* interface name; NULL when fd >= 0 */
+    int fd;
+    gboolean has_mac;
+    guint8 mac[6];
+} MvmdNic;
+
+typedef struct {
+    GPtrArray *disks;  /* MvmdDisk *, never NULL */
+    GPtrArray *nics;   /* MvmdNic *, never NULL */
+    guint32 vsock_cid; /* 0: no vsock device */
+    char *vsock_uds_path;
+    gboolean rng;
+} MvmdDevices;
+
+void mvmd_devices_init(MvmdDevices *devices);
+void mvmd_devices_clear(MvmdDevices *devices);
+
+/* Each sets MVMD_ERROR_INVALID_ARGUMENT naming the key (and entry), e.g. "disks[1].path". */
+gboolean mvmd_devices_parse_disks(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
+                                  GError **error);
+gboolean mvmd_devices_parse_network(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
+                                    GError **error);
+gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError **error);
+
+/* Rules across the keys (device count). */
+gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error);
+/* Does any device come as a descriptor (then the definition cannot be stored)? */
+gboolean mvmd_devices_have_fds(const MvmdDevices *devices);
+
+/* Adds the present device keys to @b (a{sv}); an fd shows as `fd-passed` true. */
+void mvmd_devices_to_variant(const MvmdDevices *devices, GVariantBuilder *b);
+
+/* Fills the lib config; fds are borrowed (the VM dups what it keeps). */
+void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm);
+
+/*
+ * An fd argument (type h) from @fd_list, dup'ed. @kinds lists what it may be: 'r' a regular
+ * file, 'b' a block device, 'c' a character device, 'd' a directory.
+ */
+int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, const char *kinds,
+                        GError **error);
+
+/*
+ * A directory argument of a method (Snapshot, RestoreVM): an absolute path in @dir, or, when
+ * @dir is empty, the descriptor @fdv (h, the option "dir-fd") from @fd_list, dup'ed into
+ * @fd_out. Exactly one of the two. MVMD_ERROR_INVALID_ARGUMENT naming @key.
+ */
+gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv,
+                                 GUnixFDList *fd_list, char **dir_out, int *fd_out, GError **error);
+
+/* A dictionary key that may appear, and its type. */
+typedef struct {
+    const char *key;
+    const char *type;
+} MvmdKeySpec;
+
+/*
+ * Rejects unknown keys and wrong types in @dict (a{sv}) with MVMD_ERROR_INVALID_ARGUMENT:
+ * "config key '@where.KEY'", or "option 'KEY'" when @where is NULL (method options).
+ */
+gboolean mvmd_config_check_keys(GVariant *dict, const MvmdKeySpec *allowed, gsize n,
+                                const char *where, GError **error);
+
+/* MVMD_ERROR_INVALID_ARGUMENT "config key '@key': <message>". Returns FALSE. */
+gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+G_END_DECLS

@@ -1,0 +1,435 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The org.microvmd.MicroVM1.VM methods. Each goes handle → authorize (polkit, with the VM's
+ * name and the method as details) → act: check the state, start an operation in a worker
+ * (vm-object.c) or answer at once. Reading (GetStats) is not checked.
+ */
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
+
+#include "auth.h"
+#include "errors.h"
+#include "names.h"
+#include "vm-object-private.h"
+
+#define SHUTDOWN_TIMEOUT_DEFAULT 60
+#define SHUTDOWN_TIMEOUT_MAX     3600
+
+/* ---- D-Bus methods: handle → authorize → act → complete -------------------------------- */
+
+typedef void (*ActFunc)(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg);
+
+typedef struct {
+    MvmdVmObject *self;
+    GDBusMethodInvocation *invocation;
+    ActFunc act;
+    guint arg;
+} Call;
+
+static void on_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    Call *call = user_data;
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_authorize_finish(result, &error))
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+    else if (call->self->deleted)
+        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR, MVMD_ERROR_NO_SUCH_VM,
+                                              "the VM '%s' was deleted", call->self->config->name);
+    else
+        call->act(call->self, call->invocation, call->arg);
+    g_object_unref(call->self);
+    g_free(call);
+}
+
+static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation, const char *action,
+                          ActFunc act, guint arg)
+{
+    g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
+    Call *call = g_new0(Call, 1);
+
+    call->self = g_object_ref(self);
+    call->invocation = invocation;
+    call->act = act;
+    call->arg = arg;
+    g_hash_table_insert(details, MVMD_DETAIL_VM, self->config->name);
+    g_hash_table_insert(details, MVMD_DETAIL_VERB,
+                        (gpointer)g_dbus_method_invocation_get_method_name(invocation));
+    mvmd_authorize_async(invocation, action, details, on_authorized, call);
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+static gboolean return_state_error(GDBusMethodInvocation *invocation, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+
+static gboolean return_state_error(GDBusMethodInvocation *invocation, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_INVALID_STATE,
+                                                  msg);
+    return FALSE;
+}
+
+/* Common checks; FALSE when an error was returned. */
+static gboolean check_idle(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+{
+    if (self->op != OP_NONE)
+        return return_state_error(invocation, "operation in progress (%s)",
+                                  self->op == OP_START ? "start" : "state change");
+    return TRUE;
+}
+
+static gboolean check_active(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+{
+    if (!self->run)
+        return return_state_error(invocation, "the VM is not running (state %s)",
+                                  mvmd_vm_get_state(MVMD_VM(self)));
+    return TRUE;
+}
+
+static void act_start(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    if (!check_idle(self, invocation))
+        return;
+    if (self->run) {
+        return_state_error(invocation, "the VM is already %s", mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    if (self->ctx->stopping) {
+        g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
+                                                      "the daemon is shutting down");
+        return;
+    }
+    self->restarts = 0;
+    self->reset_count = 0;
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "starting");
+    mvmd_vm_object_begin_op(self, OP_START, invocation, NULL);
+}
+
+/* Pause's options: a{sv}, "freeze-clock" b. */
+static gboolean parse_pause_options(GVariant *options, MvmPauseFlags *flags, GError **error)
+{
+    static const MvmdKeySpec allowed[] = {{"freeze-clock", "b"}};
+    gboolean freeze = FALSE;
+
+    if (!mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+        return FALSE;
+    g_variant_lookup(options, "freeze-clock", "b", &freeze);
+    *flags = freeze ? MVM_PAUSE_FREEZE_CLOCK : MVM_PAUSE_NONE;
+    return TRUE;
+}
+
+static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GVariant) options = NULL;
+    g_autoptr(GError) error = NULL;
+    OpArgs args = {.dir_fd = -1};
+    MvmPauseFlags flags;
+
+    g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(@a{sv})", &options);
+    if (!parse_pause_options(options, &flags, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return;
+    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
+        return_state_error(invocation, "the VM is not running (state %s)",
+                           mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    args.flags = flags;
+    mvmd_vm_object_begin_op(self, OP_PAUSE, invocation, &args);
+}
+
+/* Snapshot's directory: a path (absolute) or "dir-fd"; options "leave-paused". */
+static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *args, GError **error)
+{
+    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"}, {"leave-paused", "b"}};
+    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+    g_autoptr(GVariant) options = NULL;
+    g_autoptr(GVariant) fdv = NULL;
+    gboolean leave_paused = FALSE;
+    const char *dir;
+
+    g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(&s@a{sv})", &dir,
+                  &options);
+    if (!mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+        return FALSE;
+    g_variant_lookup(options, "leave-paused", "b", &leave_paused);
+    args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;
+    fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    return mvmd_parse_dir_argument("dir", dir, fdv, g_dbus_message_get_unix_fd_list(message),
+                                   &args->dir, &args->dir_fd, error);
+}
+
+static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GError) error = NULL;
+    OpArgs args = {.dir_fd = -1};
+    MvmVmState state;
+
+    if (!parse_snapshot_args(invocation, &args, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    state = mvmd_vm_object_run_state(self);
+    if (!check_idle(self, invocation) || !check_active(self, invocation) ||
+        (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED &&
+         !return_state_error(invocation, "the VM is not running or paused (state %s)",
+                             mvmd_vm_get_state(MVMD_VM(self))))) {
+        mvmd_op_args_clear(&args);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking a snapshot to %s", args.dir ? args.dir : "a fd");
+    mvmd_vm_object_begin_op(self, OP_SNAPSHOT, invocation, &args);
+}
+
+static void act_resume(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return;
+    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_PAUSED) {
+        return_state_error(invocation, "the VM is not paused (state %s)",
+                           mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    mvmd_vm_object_begin_op(self, OP_RESUME, invocation, NULL);
+}
+
+static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
+                       guint timeout_sec);
+
+static void act_stop(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    /* Already on its way out: answer when it is out. */
+    if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
+        add_waiter(self, invocation, WAIT_STOP, 0);
+        return;
+    }
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return;
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
+    mvmd_vm_object_begin_op(self, OP_STOP, invocation, NULL);
+}
+
+static void act_reboot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return;
+    if (self->ctx->stopping) {
+        g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
+                                                      "the daemon is shutting down");
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
+    self->reboot_pending = TRUE;
+    self->restarts = 0;
+    mvmd_vm_object_begin_op(self, OP_STOP, invocation, NULL);
+}
+
+static gboolean on_waiter_timeout(gpointer user_data)
+{
+    Waiter *w = user_data;
+    MvmdVmObject *self = w->self;
+
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "the guest did not shut down within %u s", w->timeout_sec);
+    g_dbus_method_invocation_return_error(g_steal_pointer(&w->invocation), MVMD_ERROR,
+                                          MVMD_ERROR_TIMEOUT,
+                                          "the guest did not shut down within %u s; it is still "
+                                          "running (use Stop to force it)",
+                                          w->timeout_sec);
+    g_clear_pointer(&w->timeout, g_source_unref);
+    self->waiters = g_list_remove(self->waiters, w);
+    mvmd_vm_object_waiter_free(w);
+    return G_SOURCE_REMOVE;
+}
+
+static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
+                       guint timeout_sec)
+{
+    Waiter *w = g_new0(Waiter, 1);
+
+    w->self = self;
+    w->invocation = invocation;
+    w->kind = kind;
+    w->timeout_sec = timeout_sec;
+    if (timeout_sec > 0) {
+        w->timeout = g_timeout_source_new(timeout_sec * 1000);
+        g_source_set_callback(w->timeout, on_waiter_timeout, w, NULL);
+        g_source_attach(w->timeout, NULL);
+    }
+    self->waiters = g_list_append(self->waiters, w);
+}
+
+static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint timeout)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (timeout > SHUTDOWN_TIMEOUT_MAX) {
+        g_dbus_method_invocation_return_error(invocation, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                                              "timeout_sec: %u is more than %u", timeout,
+                                              SHUTDOWN_TIMEOUT_MAX);
+        return;
+    }
+    if (timeout == 0)
+        timeout = SHUTDOWN_TIMEOUT_DEFAULT;
+    if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
+        add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
+        return;
+    }
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return;
+    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
+        return_state_error(invocation, "the VM is %s: Resume or Stop it",
+                           mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    if (!mvmd_vm_object_request_shutdown(self, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "shutdown requested (waiting up to %u s)", timeout);
+    add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
+}
+
+static void act_delete(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!check_idle(self, invocation))
+        return;
+    if (self->run) {
+        return_state_error(invocation, "the VM is %s: Stop it first",
+                           mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    if (self->config->persist && !mvmd_store_remove(self->ctx->store, self->config->name, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "deleted");
+    mvmd_vm_object_mark_deleted(self);
+    mvmd_vm_complete_delete(MVMD_VM(self), invocation);
+}
+
+static void act_open_console(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GUnixFDList) fd_list = NULL;
+    int fd = mvmd_console_attach(self->console, &error);
+
+    if (fd < 0) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    fd_list = g_unix_fd_list_new_from_array(&fd, 1);
+    mvmd_vm_complete_open_console(MVMD_VM(self), invocation, fd_list, g_variant_new_handle(0));
+}
+
+static GVariant *build_stats(MvmdVmObject *self)
+{
+    MvmVmStats st = {0};
+    GVariantBuilder b, exits;
+    gint64 uptime = 0;
+
+    if (self->run && self->op == OP_NONE) {
+        mvm_vm_get_stats(self->run->vm, &st);
+        self->stats_cache = st;
+    } else if (self->run && self->op != OP_START) {
+        st = self->stats_cache;
+    }
+    if (st.started_at_us > 0)
+        uptime = g_get_monotonic_time() - st.started_at_us;
+
+    g_variant_builder_init(&exits, G_VARIANT_TYPE("a{st}"));
+    g_variant_builder_add(&exits, "{st}", "io", st.exits_io);
+    g_variant_builder_add(&exits, "{st}", "mmio", st.exits_mmio);
+    g_variant_builder_add(&exits, "{st}", "hlt", st.exits_hlt);
+    g_variant_builder_add(&exits, "{st}", "other", st.exits_other);
+    g_variant_builder_add(&exits, "{st}", "unhandled-io", st.exits_unhandled_io);
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "exits", g_variant_builder_end(&exits));
+    g_variant_builder_add(&b, "{sv}", "vcpu-time-us", g_variant_new_int64(st.vcpu_time_us));
+    g_variant_builder_add(&b, "{sv}", "uptime-us", g_variant_new_int64(uptime));
+    g_variant_builder_add(&b, "{sv}", "memory-bytes", g_variant_new_uint64(st.memory_bytes));
+    g_variant_builder_add(&b, "{sv}", "kvmclock-ctrl-einval",
+                          g_variant_new_uint64(st.kvmclock_ctrl_einval));
+    g_variant_builder_add(&b, "{sv}", "restarts", g_variant_new_uint32(self->restarts));
+    return g_variant_builder_end(&b);
+}
+
+static gboolean handle_start(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_start, 0);
+}
+
+static gboolean handle_pause(MvmdVm *vm, GDBusMethodInvocation *invocation, GVariant *options)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_pause, 0);
+}
+
+static gboolean handle_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation, GUnixFDList *fd_list,
+                                const char *dir, GVariant *options)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_SNAPSHOT, act_snapshot, 0);
+}
+
+static gboolean handle_resume(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_resume, 0);
+}
+
+static gboolean handle_shutdown(MvmdVm *vm, GDBusMethodInvocation *invocation, guint timeout)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_shutdown, timeout);
+}
+
+static gboolean handle_stop(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_stop, 0);
+}
+
+static gboolean handle_reboot(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_reboot, 0);
+}
+
+static gboolean handle_delete(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_delete, 0);
+}
+
+static gboolean handle_open_console(MvmdVm *vm, GDBusMethodInvocation *invocation,
+                                    GUnixFDList *fd_list)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_CONSOLE, act_open_console, 0);
+}
+
+/* Reading is free: no authorization. */
+static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    mvmd_vm_complete_get_stats(vm, invocation, build_stats(MVMD_VM_OBJECT(vm)));
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+void mvmd_vm_object_iface_init(MvmdVmIface *iface)
+{
+    iface->handle_snapshot = handle_snapshot;
+    iface->handle_start = handle_start;
+    iface->handle_pause = handle_pause;
+    iface->handle_resume = handle_resume;
+    iface->handle_shutdown = handle_shutdown;
+    iface->handle_stop = handle_stop;
+    iface->handle_reboot = handle_reboot;
+    iface->handle_delete = handle_delete;
+    iface->handle_open_console = handle_open_console;
+    iface->handle_get_stats = handle_get_stats;
+}

@@ -1,0 +1,102 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Runs the shell examples of docs/usage-dbus.md against a real microvmd on a private bus, with
+# the system bus swapped for the private one and the example paths for real files (the test
+# guest as kernel and initrd). An example that fails where the document shows success, or an
+# error other than the ones it shows, fails the test. Needs /dev/kvm (else exit 77).
+set -u
+
+: "${MICROVMD:?MICROVMD must point to the built microvmd}"
+: "${MVM_TESTGUEST:?MVM_TESTGUEST must point to the test guest}"
+DOC=${G_TEST_SRCDIR:-$(dirname "$0")}/../../docs/usage-dbus.md
+[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 77; }
+[ -r "$DOC" ] || { echo "Bail out! $DOC not found"; exit 1; }
+
+TMP=$(mktemp -d /tmp/microvmd-doc-XXXXXX)
+BUS_PID=
+DAEMON_PID=
+cleanup() {
+    [ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+    [ -n "$BUS_PID" ] && kill "$BUS_PID" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+cat > "$TMP/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir=$TMP</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+CONF
+dbus-daemon --config-file="$TMP/bus.conf" --print-address=3 --nofork 3>"$TMP/address" 2>/dev/null &
+BUS_PID=$!
+for _ in $(seq 100); do [ -s "$TMP/address" ] && break; sleep 0.05; done
+ADDR=$(head -n1 "$TMP/address")
+"$MICROVMD" --address="$ADDR" --state-dir="$TMP/state" --runtime-dir="$TMP/run" 2>"$TMP/daemon.log" &
+DAEMON_PID=$!
+for _ in $(seq 200); do
+    gdbus call --address "$ADDR" -d org.freedesktop.DBus -o /org/freedesktop/DBus \
+        -m org.freedesktop.DBus.NameHasOwner org.microvmd.MicroVM1 2>/dev/null | grep -q true && break
+    sleep 0.05
+done
+
+# The examples, every ```sh block but the last (which starts a bus of its own), rewritten:
+# the private bus for the system bus, real files for /srv and /run, a 1 s Shutdown wait
+# (the test guest ignores Ctrl-Alt-Del: the document says that is a Timeout error), and no
+# interactive commands.
+truncate -s 1M "$TMP/root.img"
+awk '/^```sh/{b++; on=1; next} /^```/{on=0} on{print b "\t" $0}' "$DOC" > "$TMP/blocks"
+last=$(cut -f1 "$TMP/blocks" | sort -n | tail -n1)
+awk -F'\t' -v last="$last" '$1 != last { sub(/^[0-9]+\t/, ""); print }' "$TMP/blocks" |
+    grep -v -e '^microvmctl ' -e '^tail -f' -e '^gdbus monitor' |
+    sed -e "s|gdbus call --system|gdbus call --address \"$ADDR\"|" \
+        -e "s|^busctl --timeout=40 |busctl --address=\"$ADDR\" --timeout=40 |" \
+        -e "s|^busctl |busctl --address=\"$ADDR\" |" \
+        -e "s|/srv/vm/vmlinux|$MVM_TESTGUEST|g" -e "s|/srv/vm/initrd.img|$MVM_TESTGUEST|g" \
+        -e "s|/srv/vm/[a-z]*\.img|$TMP/root.img|g" -e "s|/srv/snap/web|$TMP/snap/web|g" \
+        -e "s|mkdir $TMP|mkdir -p $TMP|" -e "s|/run/db.vsock|$TMP/db.vsock|g" \
+        -e "s|Shutdown u 30|Shutdown u 1|" > "$TMP/examples.sh"
+echo "# running $(grep -c -e '^gdbus' -e '^busctl' "$TMP/examples.sh") example calls"
+bash "$TMP/examples.sh" > "$TMP/out" 2>&1
+cat "$TMP/out" | sed 's/^/# /'
+
+N=0
+FAILED=0
+ok() { N=$((N + 1)); echo "ok $N - $*"; }
+not_ok() { N=$((N + 1)); FAILED=$((FAILED + 1)); echo "not ok $N - $*"; }
+check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
+
+# Exactly the two failures the document shows: the bad key, and the Shutdown timeout.
+errors=$(grep -c -e '^Error:' -e '^Call failed:' "$TMP/out")
+check "two errors, as documented (got $errors)" '[ "$errors" -eq 2 ]'
+check "the bad key is InvalidArgument naming it" \
+    "grep -q \"InvalidArgument: config key 'vcpus'\" \"$TMP/out\""
+check "the graceful shutdown timed out" "grep -q 'did not shut down within 1 s' \"$TMP/out\""
+check "web was created" "grep -q \"objectpath '/org/microvmd/MicroVM1/vm/web'\" \"$TMP/out\""
+check "web2 was created with busctl" "grep -q 'o \"/org/microvmd/MicroVM1/vm/web2\"' \"$TMP/out\""
+check "the State property read running" "grep -q 's \"running\"' \"$TMP/out\""
+check "ListVMs showed web running" "grep -Eq \"\\('web', (objectpath )?'/org/microvmd/MicroVM1/vm/web', 'running'\" \"$TMP/out\""
+check "the snapshot was written" "[ -s \"$TMP/snap/web/state\" ]"
+list=$(gdbus call --address "$ADDR" -d org.microvmd.MicroVM1 -o /org/microvmd/MicroVM1 \
+    -m org.microvmd.MicroVM1.Manager.ListVMs)
+echo "# after the examples: $list"
+check "web was deleted" "! grep -q \"'web',\" <<<\"\$list\""
+check "web-copy runs" "grep -Eq \"\\('web-copy', (objectpath )?'/org/microvmd/MicroVM1/vm/web_2dcopy', 'running'\" <<<\"\$list\""
+check "db is defined and stored" "[ -f \"$TMP/state/vms/db.vm\" ]"
+check "the daemon is alive" "kill -0 $DAEMON_PID"
+kill -TERM "$DAEMON_PID"
+wait "$DAEMON_PID"
+rc=$?
+DAEMON_PID=
+check "SIGTERM with running VMs: exit 0" "[ $rc -eq 0 ]"
+echo "1..$N"
+[ $FAILED -eq 0 ]
