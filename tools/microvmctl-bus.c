@@ -4,6 +4,59 @@
 
 #include "microvmctl.h"
 
+/* A peer that accepts but never answers must not hang microvmctl. */
+#define CONNECT_TIMEOUT_SEC 30
+
+typedef struct {
+    GMainLoop *loop;
+    GAsyncResult *result;
+    const char *progress;
+    gint64 started;
+    gboolean shown;
+} CallWait;
+
+static void on_call_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    CallWait *wait = data;
+
+    wait->result = g_object_ref(result);
+    g_main_loop_quit(wait->loop);
+}
+
+static gboolean on_connect_timeout(gpointer cancellable)
+{
+    g_cancellable_cancel(cancellable);
+    return G_SOURCE_REMOVE;
+}
+
+static GDBusConnection *connect_address(const char *address, GDBusConnectionFlags flags,
+                                        GError **error)
+{
+    g_autoptr(GMainContext) context = g_main_context_new();
+    g_autoptr(GMainLoop) loop = g_main_loop_new(context, FALSE);
+    g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autoptr(GSource) timeout = g_timeout_source_new_seconds(CONNECT_TIMEOUT_SEC);
+    CallWait wait = {loop, NULL, NULL, 0, FALSE};
+    GDBusConnection *connection;
+    g_autoptr(GError) local = NULL;
+
+    g_main_context_push_thread_default(context);
+    g_source_set_callback(timeout, on_connect_timeout, cancellable, NULL);
+    g_source_attach(timeout, context);
+    g_dbus_connection_new_for_address(address, flags, NULL, cancellable, on_call_done, &wait);
+    g_main_loop_run(loop);
+    g_source_destroy(timeout);
+    connection = g_dbus_connection_new_for_address_finish(wait.result, &local);
+    g_object_unref(wait.result);
+    g_main_context_pop_thread_default(context);
+    if (g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, _("No answer within %d seconds"),
+                    CONNECT_TIMEOUT_SEC);
+    else if (local)
+        g_propagate_error(error, g_steal_pointer(&local));
+    return connection;
+}
+
 GDBusConnection *mctl_connection(Mctl *ctl, GError **error)
 {
     g_autoptr(GError) local = NULL;
@@ -18,14 +71,13 @@ GDBusConnection *mctl_connection(Mctl *ctl, GError **error)
         g_autofree char *address = g_strconcat("unix:path=", escaped, NULL);
 
         ctl->bus_name = NULL;
-        connection = g_dbus_connection_new_for_address_sync(
-            address, G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT, NULL, NULL, &local);
+        connection =
+            connect_address(address, G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT, &local);
     } else if (ctl->address) {
-        connection = g_dbus_connection_new_for_address_sync(
-            ctl->address,
-            G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
-                G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
-            NULL, NULL, &local);
+        connection = connect_address(ctl->address,
+                                     G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                         G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                     &local);
     } else {
         connection =
             g_bus_get_sync(ctl->session ? G_BUS_TYPE_SESSION : G_BUS_TYPE_SYSTEM, NULL, &local);
@@ -71,12 +123,41 @@ MvmdVm *mctl_vm_by_name(Mctl *ctl, const char *name, GError **error)
     return mctl_vm_by_path(ctl, path, error);
 }
 
+static GVariant *call_bus(Mctl *ctl, const char *method, GVariant *args, const char *reply_type,
+                          GError **error)
+{
+    return g_dbus_connection_call_sync(
+        ctl->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+        method, args, G_VARIANT_TYPE(reply_type), G_DBUS_CALL_FLAGS_NONE, -1, NULL, error);
+}
+
+/* An ObjectManager client only watches the name: ask the bus to start microvmd (D-Bus
+ * activation) when nobody owns it, as a method call on a proxy would. */
+static gboolean start_service(Mctl *ctl, GError **error)
+{
+    g_autoptr(GVariant) owned = NULL;
+    g_autoptr(GVariant) started = NULL;
+    gboolean has_owner = FALSE;
+
+    if (!ctl->bus_name)
+        return TRUE;
+    owned = call_bus(ctl, "NameHasOwner", g_variant_new("(s)", ctl->bus_name), "(b)", error);
+    if (!owned)
+        return FALSE;
+    g_variant_get(owned, "(b)", &has_owner);
+    if (has_owner)
+        return TRUE;
+    started =
+        call_bus(ctl, "StartServiceByName", g_variant_new("(su)", ctl->bus_name, 0), "(u)", error);
+    return started != NULL;
+}
+
 GDBusObjectManager *mctl_object_manager(Mctl *ctl, GError **error)
 {
     GDBusConnection *connection = mctl_connection(ctl, error);
     g_autoptr(GDBusObjectManager) manager = NULL;
 
-    if (!connection)
+    if (!connection || !start_service(ctl, error))
         return NULL;
     manager =
         mvmd_object_manager_client_new_sync(connection, G_DBUS_OBJECT_MANAGER_CLIENT_FLAGS_NONE,
@@ -84,11 +165,15 @@ GDBusObjectManager *mctl_object_manager(Mctl *ctl, GError **error)
     if (!manager)
         return NULL;
     /* The client does not fail when nobody owns the name: it just sees no objects. */
-    if (ctl->bus_name &&
-        !g_dbus_object_manager_client_get_name_owner(G_DBUS_OBJECT_MANAGER_CLIENT(manager))) {
-        g_set_error(error, MCTL_ERROR, MCTL_EXIT_NO_DAEMON,
-                    _("microvmd is not running on this bus"));
-        return NULL;
+    if (ctl->bus_name) {
+        g_autofree char *owner =
+            g_dbus_object_manager_client_get_name_owner(G_DBUS_OBJECT_MANAGER_CLIENT(manager));
+
+        if (!owner) {
+            g_set_error(error, MCTL_ERROR, MCTL_EXIT_NO_DAEMON,
+                        _("microvmd is not running on this bus"));
+            return NULL;
+        }
     }
     return g_steal_pointer(&manager);
 }
@@ -127,22 +212,6 @@ static GVariant *default_args(GDBusProxy *proxy, const char *method, GError **er
         g_variant_builder_add_value(&args, value);
     }
     return g_variant_builder_end(&args);
-}
-
-typedef struct {
-    GMainLoop *loop;
-    GAsyncResult *result;
-    const char *progress;
-    gint64 started;
-    gboolean shown;
-} CallWait;
-
-static void on_call_done(GObject *source, GAsyncResult *result, gpointer data)
-{
-    CallWait *wait = data;
-
-    wait->result = g_object_ref(result);
-    g_main_loop_quit(wait->loop);
 }
 
 /* Redraws "progress… 3 s" in place; only on a terminal (ctl->show_progress). */
@@ -212,7 +281,8 @@ static const struct {
     {"org.freedesktop.DBus.Error.ServiceUnknown", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.NameHasNoOwner", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.AccessDenied", MCTL_EXIT_NOT_AUTHORIZED},
-    {"org.freedesktop.DBus.Error.NoReply", MCTL_EXIT_TIMEOUT},
+    /* The bus's answer when the daemon went away in the middle of a call. */
+    {"org.freedesktop.DBus.Error.NoReply", MCTL_EXIT_NO_DAEMON},
 };
 
 int mctl_exit_code(const GError *error)

@@ -171,9 +171,9 @@ static void mctl_clear(Mctl *ctl)
     g_clear_pointer(&ctl->socket_path, g_free);
 }
 
-int main(int argc, char **argv)
+/* Parses the options before the command and runs the command. */
+static int run(Mctl *ctl, int argc, char **argv)
 {
-    Mctl ctl = {0};
     gboolean version = FALSE;
     const GOptionEntry global_entries[] = {
         {"version", 0, 0, G_OPTION_ARG_NONE, &version, N_("Print the version and exit"), NULL},
@@ -183,33 +183,42 @@ int main(int argc, char **argv)
     g_autoptr(GError) error = NULL;
     g_autofree char *description = NULL;
     const MctlCommand *command;
-    int status;
 
-    setup_i18n();
-    context = new_context(&ctl, _("COMMAND [ARGUMENTS…]"),
+    context = new_context(ctl, _("COMMAND [ARGUMENTS…]"),
                           _("Control the KVM microVMs of microvmd."), global_entries);
     description = commands_description();
     g_option_context_set_description(context, description);
     /* Options up to the command are ours; the rest belong to the command. */
     g_option_context_set_strict_posix(context, TRUE);
     if (!g_option_context_parse(context, &argc, &argv, &error) ||
-        !check_connection_options(&ctl, &error))
+        !check_connection_options(ctl, &error))
         return mctl_usage_error("%s", error->message);
     if (version) {
         g_print("microvmctl %s\n", MVMD_VERSION);
         return MCTL_EXIT_OK;
     }
-    if (argc < 2 || g_str_equal(argv[1], "help")) {
+    if (argc < 2)
+        return mctl_usage_error(_("No command given"));
+    if (g_str_equal(argv[1], "help")) {
         g_autofree char *help = g_option_context_get_help(context, TRUE, NULL);
 
         g_print("%s", help);
-        return argc < 2 ? MCTL_EXIT_USAGE : MCTL_EXIT_OK;
+        return MCTL_EXIT_OK;
     }
     command = find_command(argv[1]);
     if (!command)
         return mctl_usage_error(_("Unknown command “%s”"), argv[1]);
-    ctl.show_progress = isatty(STDERR_FILENO);
-    status = command->func(&ctl, argc - 1, argv + 1);
+    ctl->show_progress = isatty(STDERR_FILENO);
+    return command->func(ctl, argc - 1, argv + 1);
+}
+
+int main(int argc, char **argv)
+{
+    Mctl ctl = {0};
+    int status;
+
+    setup_i18n();
+    status = run(&ctl, argc, argv);
     mctl_clear(&ctl);
     return status;
 }

@@ -1,0 +1,665 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""microvmctl against the real microvmd on a private dbus-daemon, with real test guests.
+
+Every command is run as a user would run it (a process, its exit code, stdout and stderr);
+--json output is parsed and checked against what the daemon must have; the console goes through a
+pseudo-terminal. Output is TAP. Environment (set by meson): MICROVMCTL, MICROVMD, MVM_TESTGUEST
+(optional: without it, or without /dev/kvm, the parts that run guests are skipped),
+MICROVMCTL_LOCALEDIR (the build tree's catalogs), MVMD_PO_DIR (po/ sources), MVMD_COMPLETION.
+"""
+import ctypes
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+MICROVMCTL = os.environ["MICROVMCTL"]
+MICROVMD = os.environ["MICROVMD"]
+TESTGUEST = os.environ.get("MVM_TESTGUEST", "")
+GUEST_TIMEOUT = 60  # seconds; nested KVM emulates guest kernel code (FACTS.md)
+
+# Exit codes, as in microvmctl.h and microvmctl(1).
+OK, FAILED, USAGE, NO_DAEMON, NO_SUCH_VM, INVALID_STATE = 0, 1, 2, 3, 4, 5
+INVALID_ARGUMENT, ALREADY_EXISTS, NOT_AUTHORIZED, TIMEOUT, LOCAL_IO = 6, 7, 8, 9, 10
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+def die_with_parent():
+    """Children (bus, daemon) are killed when the test dies, even by an uncaught error."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class TestBus:
+    """A private dbus-daemon and, on demand, microvmd on it."""
+
+    def __init__(self, tmp, name):
+        self.dir = os.path.join(tmp, name)
+        os.makedirs(self.dir)
+        conf = os.path.join(self.dir, "bus.conf")
+        with open(conf, "w") as f:
+            f.write(BUS_CONFIG.format(dir=self.dir))
+        self.bus = subprocess.Popen(
+            ["dbus-daemon", "--config-file=" + conf, "--print-address=1", "--nofork"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.address = self.bus.stdout.readline().decode().strip()
+        assert self.address, "no bus address"
+        self.daemon = None
+
+    def daemon_args(self):
+        return [MICROVMD, "--address=" + self.address,
+                "--state-dir=" + os.path.join(self.dir, "state"),
+                "--runtime-dir=" + os.path.join(self.dir, "run"), "--shutdown-timeout=1"]
+
+    def start_daemon(self):
+        self.daemon = subprocess.Popen(self.daemon_args(), stdout=sys.stderr, stderr=sys.stderr,
+                                       preexec_fn=die_with_parent)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.daemon.poll() is None, "microvmd exited"
+            r = subprocess.run(["gdbus", "call", "--address", self.address, "-d",
+                                "org.freedesktop.DBus", "-o", "/org/freedesktop/DBus", "-m",
+                                "org.freedesktop.DBus.NameHasOwner", "org.microvmd.MicroVM1"],
+                               capture_output=True, text=True)
+            if "true" in r.stdout:
+                return
+            time.sleep(0.05)
+        raise AssertionError("microvmd did not take its name")
+
+    def stop(self):
+        for p in (self.daemon, self.bus):
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if self.bus.stdout:
+            self.bus.stdout.close()
+
+
+class Result:
+    def __init__(self, p):
+        self.rc, self.out, self.err = p.returncode, p.stdout, p.stderr
+
+    def json(self):
+        return json.loads(self.out)
+
+    def __repr__(self):
+        return "rc=%d stdout=%r stderr=%r" % (self.rc, self.out[-2000:], self.err[-2000:])
+
+
+def env_c(**extra):
+    env = dict(os.environ)
+    env.update({"LC_ALL": "C.UTF-8", "LANGUAGE": ""})
+    env.update(extra)
+    return env
+
+
+def ctl(bus, *args, input=None, env=None, timeout=120):
+    cmd = [MICROVMCTL] + (["--address=" + bus.address] if bus else []) + list(args)
+    p = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env or env_c(),
+                       timeout=timeout)
+    return Result(p)
+
+
+def expect_rc(r, rc, what=""):
+    assert r.rc == rc, "%s: expected exit %d, got %r" % (what, rc, r)
+    if rc != OK:
+        assert r.err.startswith("microvmctl: "), "no message on stderr: %r" % r
+
+
+def vm_json(bus, name):
+    r = ctl(bus, "status", name, "--json", "--lines=40")
+    expect_rc(r, OK, "status --json")
+    return r.json()
+
+
+def wait_state(bus, name, state):
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while True:
+        s = vm_json(bus, name)
+        if s["state"] == state:
+            return s
+        assert time.monotonic() < deadline, "%s: state %s, expected %s (%s)" % (
+            name, s["state"], state, s["exit-reason"])
+        time.sleep(0.1)
+
+
+def wait_console(bus, name, text):
+    """Waits until the console (status's replay) shows @text."""
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while True:
+        lines = vm_json(bus, name)["console"]
+        if any(text in line for line in lines):
+            return lines
+        assert time.monotonic() < deadline, "%s: %r not on the console: %r" % (name, text, lines)
+        time.sleep(0.1)
+
+
+class Pty:
+    """A process on a pseudo-terminal; reads what it writes there."""
+
+    def __init__(self, argv, env=None):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            try:
+                os.execvpe(argv[0], argv, env or env_c())
+            finally:
+                os._exit(127)
+        self.seen = b""
+
+    def expect(self, text, start=0, timeout=GUEST_TIMEOUT):
+        """Reads until @text appears after @start; returns the offset after it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            at = self.seen.find(text, start)
+            if at >= 0:
+                return at + len(text)
+            left = deadline - time.monotonic()
+            assert left > 0, "%r not seen; got %r" % (text, self.seen[-3000:])
+            r, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if r:
+                try:
+                    data = os.read(self.fd, 4096)
+                except OSError:  # EIO: the other side is closed
+                    data = b""
+                if not data:
+                    raise AssertionError("pty closed before %r; got %r" % (text, self.seen[-3000:]))
+                self.seen += data
+
+    def send(self, data):
+        os.write(self.fd, data)
+
+    def wait(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.drain()
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            assert time.monotonic() < deadline, "process on the pty did not exit: %r" % self.seen
+            self.drain(0.1)
+
+    def drain(self, timeout=0):
+        while select.select([self.fd], [], [], timeout)[0]:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.seen += data
+
+
+# ---- the tests ---------------------------------------------------------------------------
+
+def have_kvm():
+    return bool(TESTGUEST) and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def test_usage(t):
+    r = ctl(None, "--help")
+    expect_rc(r, OK, "--help")
+    for command in ("list", "status", "create", "console", "events", "snapshot", "restore"):
+        assert re.search(r"^  %s " % command, r.out, re.M), "--help lacks %s: %r" % (command, r)
+    expect_rc(ctl(None), USAGE, "no command")
+    expect_rc(ctl(None, "frobnicate"), USAGE, "unknown command")
+    expect_rc(ctl(None, "list", "--bogus"), USAGE, "unknown option")
+    expect_rc(ctl(None, "status"), USAGE, "missing name")
+    expect_rc(ctl(None, "status", "a", "b"), USAGE, "extra argument")
+    expect_rc(ctl(None, "--session", "--address=unix:path=/nonexistent", "list"), USAGE,
+              "two connections")
+    expect_rc(ctl(None, "status", "x", "--lines=-1"), USAGE, "bad --lines")
+    r = ctl(None, "--version")
+    expect_rc(r, OK, "--version")
+    assert re.match(r"microvmctl \d+\.\d+", r.out), r
+
+
+def test_german(t):
+    """The catalog was built, is complete, and is used."""
+    po = os.path.join(os.environ["MVMD_PO_DIR"], "de.po")
+    r = subprocess.run(["msgfmt", "--check", "--statistics", "-o", "/dev/null", po],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "untranslated" not in r.stderr and "fuzzy" not in r.stderr, r.stderr
+    mo = os.path.join(os.environ["MICROVMCTL_LOCALEDIR"], "de", "LC_MESSAGES", "microvmd.mo")
+    assert os.path.getsize(mo) > 1000, mo
+    de = env_c(LANGUAGE="de")
+    r = ctl(None, "--help", env=de)
+    expect_rc(r, OK, "LANGUAGE=de --help")
+    assert "Befehle:" in r.out and "Die VMs auflisten" in r.out, r
+    assert "Mit dem Systembus verbinden" in r.out, r
+    r = ctl(None, "create", "--help", env=de)
+    assert "Der Kernel: ein bzImage" in r.out and "Gastspeicher in MiB" in r.out, r
+    r = ctl(None, "frobnicate", env=de)
+    expect_rc(r, USAGE, "German error")
+    assert "Unbekannter Befehl „frobnicate“" in r.err, r
+    # And English without LANGUAGE.
+    assert "Commands:" in ctl(None, "--help").out
+
+
+def test_no_daemon(t, bus):
+    for args in (["list"], ["list", "--json"], ["info"], ["status", "x"], ["start", "x"],
+                 ["events"]):
+        expect_rc(ctl(bus, *args), NO_DAEMON, " ".join(args) + " without a daemon")
+    r = ctl(None, "--socket=" + os.path.join(bus.dir, "nothing-here"), "list")
+    expect_rc(r, NO_DAEMON, "--socket to nowhere")
+
+
+def test_info(t, bus):
+    r = ctl(bus, "info", "--json")
+    expect_rc(r, OK, "info --json")
+    info = r.json()
+    assert info["version"] == os.environ.get("MVMD_VERSION", info["version"]), info
+    assert re.match(r"^\d+\.\d+\.\d+$", info["version"]), info
+    assert isinstance(info["kvm-api-version"], int), info
+    assert info["vm-count"] == 0, info
+    assert "console" in info["capabilities"], info
+    assert ("kvm" in info["capabilities"]) == (info["kvm-api-version"] == 12), info
+    r = ctl(bus, "info")
+    assert re.search(r"^Version: +%s$" % re.escape(info["version"]), r.out, re.M), r
+
+
+def test_create_errors(t, bus):
+    kernel = TESTGUEST or MICROVMCTL  # any regular file: defining needs no KVM
+    expect_rc(ctl(bus, "create", "x"), USAGE, "no --kernel")
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--memory", "12X"), USAGE, "bad size")
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--disk", ",ro"), USAGE, "bad disk")
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--vsock", "2,/tmp/v"), USAGE,
+              "reserved CID")
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--set", "vcpus"), USAGE, "bad --set")
+    expect_rc(ctl(bus, "create", "x", "--kernel", "/nonexistent/vmlinux"), LOCAL_IO,
+              "missing kernel")
+    expect_rc(ctl(bus, "create", "x", "--kernel", "/"), LOCAL_IO, "kernel is a directory")
+    r = ctl(bus, "create", "bad/name", "--kernel", kernel)
+    expect_rc(r, INVALID_ARGUMENT, "bad name")
+    assert "GDBus.Error" not in r.err, "the D-Bus error name is not for users: %r" % r
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--set", "no-such-key=true"),
+              INVALID_ARGUMENT, "unknown key")
+    expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--autostart"), INVALID_ARGUMENT,
+              "autostart without persist")
+    for verb in ("start", "stop", "reboot", "pause", "resume", "delete", "shutdown", "console",
+                 "status"):
+        r = ctl(bus, verb, "nosuchvm")
+        expect_rc(r, NO_SUCH_VM, verb + " of an unknown VM")
+    expect_rc(ctl(bus, "snapshot", "nosuchvm", bus.dir), NO_SUCH_VM, "snapshot unknown")
+    assert ctl(bus, "list", "--json").json() == [], "a failed create left a VM behind"
+
+
+def test_define(t, bus):
+    """create (descriptors and --persist), list, status, delete: no guest runs."""
+    kernel = TESTGUEST or MICROVMCTL
+    r = ctl(bus, "create", "def1", "--kernel", kernel, "--cmdline", "mode=echo x='a b'",
+            "--vcpus", "2", "--memory", "1G")
+    expect_rc(r, OK, "create")
+    assert r.out == "" and r.err == "", "create is quiet when piped: %r" % r
+    expect_rc(ctl(bus, "create", "def1", "--kernel", kernel), ALREADY_EXISTS, "create twice")
+    rel = os.path.relpath(kernel)
+    expect_rc(ctl(bus, "create", "def2", "--kernel", rel, "--persist", "--autostart",
+                  "--on-reboot", "stop", "--set", "debug-exit=true"), OK, "create --persist")
+    vms = ctl(bus, "list", "--json").json()
+    assert [v["name"] for v in vms] == ["def1", "def2"], vms
+    v = vms[0]
+    assert v["state"] == "created" and v["vcpus"] == 2 and v["memory-mib"] == 1024, v
+    assert v["uptime-us"] is None and v["path"].startswith("/org/microvmd/MicroVM1/vm/"), v
+    assert re.match(r"^[0-9a-f-]{36}$", v["uuid"]), v
+    s = vm_json(bus, "def1")
+    assert s["config"]["cmdline"] == "mode=echo x='a b'", s
+    assert s["config"].get("kernel-fd-passed") is True and "kernel" not in s["config"], s
+    assert s["console"] == [] and s["exit-reason"] == "", s
+    s = vm_json(bus, "def2")
+    assert s["config"]["kernel"] == os.path.realpath(kernel), "--persist sends the path: %r" % s
+    assert s["config"]["persist"] is True and s["config"]["autostart"] is True, s
+    assert s["config"]["on-reboot"] == "stop" and s["config"]["debug-exit"] is True, s
+    assert os.path.exists(os.path.join(bus.dir, "state", "vms", "def2.vm")), "not stored"
+    r = ctl(bus, "list")
+    lines = r.out.splitlines()
+    assert re.match(r"^NAME +STATE +VCPUS +MEMORY +UPTIME$", lines[0]), r
+    assert re.match(r"^def1 +created +2 +1 GiB +-$", lines[1]), r
+    assert ctl(bus, "list", "--names").out == "def1\ndef2\n"
+    r = ctl(bus, "status", "def1")
+    assert "mode=echo" in r.out and "created" in r.out and "1 GiB" in r.out, r
+    expect_rc(ctl(bus, "pause", "def1"), INVALID_STATE, "pause a created VM")
+    expect_rc(ctl(bus, "snapshot", "def1", bus.dir), INVALID_STATE, "snapshot a created VM")
+    for name in ("def1", "def2"):
+        expect_rc(ctl(bus, "delete", name), OK, "delete")
+    assert not os.path.exists(os.path.join(bus.dir, "state", "vms", "def2.vm"))
+    expect_rc(ctl(bus, "delete", "def1"), NO_SUCH_VM, "delete twice")
+
+
+def create_echo(bus, name):
+    expect_rc(ctl(bus, "create", name, "--kernel", TESTGUEST, "--cmdline", "mode=echo",
+                  "--memory", "16", "--set", "debug-exit=true", "--start"), OK, "create --start")
+    wait_console(bus, name, "READY")
+
+
+def test_lifecycle(t, bus):
+    create_echo(bus, "e1")
+    expect_rc(ctl(bus, "start", "e1"), INVALID_STATE, "start a running VM")
+    v = ctl(bus, "list", "--json").json()[0]
+    assert v["state"] == "running" and v["uptime-us"] is not None and v["uptime-us"] >= 0, v
+    s = vm_json(bus, "e1")
+    assert "TESTGUEST echo start" in s["console"] and "READY" in s["console"], s
+    assert s["stats"]["uptime-us"] >= 0 and s["stats"]["memory-bytes"] == 16 << 20, s
+    assert s["stats"]["exits"]["io"] > 0, "the guest printed through port I/O: %r" % s
+    r = ctl(bus, "pause", "e1")
+    assert r.rc == OK and r.out == "" and r.err == "", r
+    assert vm_json(bus, "e1")["state"] == "paused"
+    expect_rc(ctl(bus, "pause", "e1"), INVALID_STATE, "pause twice")
+    expect_rc(ctl(bus, "resume", "e1"), OK, "resume")
+    expect_rc(ctl(bus, "resume", "e1"), INVALID_STATE, "resume a running VM")
+    expect_rc(ctl(bus, "pause", "e1", "--freeze-clock"), OK, "pause --freeze-clock")
+    expect_rc(ctl(bus, "resume", "e1"), OK, "resume")
+    expect_rc(ctl(bus, "reboot", "e1"), OK, "reboot")
+    assert vm_json(bus, "e1")["state"] == "running"
+    expect_rc(ctl(bus, "stop", "e1"), OK, "stop")
+    s = vm_json(bus, "e1")
+    assert s["state"] == "stopped" and s["exit-reason"].startswith("requested"), s
+    expect_rc(ctl(bus, "stop", "e1"), INVALID_STATE, "stop twice")
+    expect_rc(ctl(bus, "delete", "e1"), OK, "delete")
+
+
+def test_console_pty(t, bus):
+    """Interactive: raw terminal, a round trip through the echo guest, Ctrl-] leaves, the
+    terminal is restored; then progress on a terminal while shutdown waits."""
+    create_echo(bus, "con")
+    script = ('stty -g; "$0" --address="$1" console con; echo "rc=$?"; stty -g; '
+              '"$0" --address="$1" shutdown con --timeout=2; echo "shutdown-rc=$?"')
+    p = Pty(["sh", "-c", script, MICROVMCTL, bus.address])
+    at = p.expect(b"Press Ctrl-] to leave.")
+    at = p.expect(b"READY", at)  # the replay of what the guest printed before
+    p.send(b"hello-pty")
+    at = p.expect(b"hello-pty", at)  # echoed by the guest, not by the terminal (raw mode)
+    p.send(b"\x1d")
+    at = p.expect(b"rc=0", at)
+    at = p.expect(b"shutdown-rc=%d" % TIMEOUT, at)
+    assert p.wait() == 0
+    out = p.seen.decode(errors="replace")
+    modes = re.findall(r"^([0-9a-f]+(?::[0-9a-f]+){10,})\r?$", out, re.M)
+    assert len(modes) == 2 and modes[0] == modes[1], "terminal not restored: %r" % out
+    assert "Disconnected." in out, out
+    assert "Waiting up to 2 s for con to shut down" in out, "no progress on a tty: %r" % out
+    assert "con: " in out, out  # the daemon's timeout message
+    # The guest ignored Ctrl-Alt-Del and still runs; piped, shutdown shows no progress.
+    r = ctl(bus, "shutdown", "con", "--timeout=1")
+    expect_rc(r, TIMEOUT, "shutdown timeout")
+    assert "Waiting" not in r.err, r
+    r = ctl(bus, "shutdown", "con", "--timeout=1", "--force")
+    expect_rc(r, OK, "shutdown --force")
+    assert vm_json(bus, "con")["state"] == "stopped"
+    expect_rc(ctl(bus, "delete", "con"), OK, "delete")
+
+
+def test_console_pipe(t, bus):
+    """Not a terminal: stdin to the guest, its output to stdout, leave when input has ended
+    and the console is quiet."""
+    create_echo(bus, "pipe")
+    r = ctl(bus, "console", "pipe", "--wait-idle=1500", input="abc\nquit\n")
+    expect_rc(r, OK, "console from a pipe")
+    assert "READY" in r.out and "PASS echo" in r.out, r
+    assert r.out.index("abc") > r.out.index("READY"), r
+    assert "TESTGUEST-DONE echo PASS" in r.out, r
+    assert "Press Ctrl-]" not in r.err, r
+    s = wait_state(bus, "pipe", "stopped")
+    assert "debug-exit" in s["exit-reason"], s
+    r = ctl(bus, "console", "pipe", "--wait-idle=200", input="")
+    expect_rc(r, OK, "console of a stopped VM")
+    assert "TESTGUEST-DONE echo PASS" in r.out, "replay of a stopped VM: %r" % r
+    r = ctl(bus, "status", "pipe", "--lines=2")
+    assert re.search(r"PASS echo\n  TESTGUEST-DONE echo PASS\n$", r.out), r
+    expect_rc(ctl(bus, "delete", "pipe"), OK, "delete")
+
+
+def test_snapshot(t, bus):
+    info = ctl(bus, "info", "--json").json()
+    if "snapshot" not in info["capabilities"]:
+        return "SKIP daemon without snapshots"
+    create_echo(bus, "snap")
+    d = os.path.join(bus.dir, "snapdir")
+    os.mkdir(d)
+    expect_rc(ctl(bus, "snapshot", "snap", os.path.join(bus.dir, "nonexistent")), LOCAL_IO,
+              "snapshot into a missing directory")
+    expect_rc(ctl(bus, "snapshot", "snap", d), OK, "snapshot")
+    assert os.path.getsize(os.path.join(d, "state")) > 0, os.listdir(d)
+    assert vm_json(bus, "snap")["state"] == "running", "snapshot without --leave-paused"
+    expect_rc(ctl(bus, "restore", "copy", d), OK, "restore")
+    s = vm_json(bus, "copy")
+    assert s["state"] == "paused" and s["memory-mib"] == 16, s
+    expect_rc(ctl(bus, "restore", "copy", d), ALREADY_EXISTS, "restore twice")
+    expect_rc(ctl(bus, "restore", "copy2", bus.dir), INVALID_ARGUMENT, "restore a non-snapshot")
+    expect_rc(ctl(bus, "restore", "copy3", os.path.join(bus.dir, "nonexistent")), LOCAL_IO,
+              "restore from a missing directory")
+    expect_rc(ctl(bus, "resume", "copy"), OK, "resume the copy")
+    # The copy carries on from the snapshot: it is still echoing.
+    r = ctl(bus, "console", "copy", "--wait-idle=1500", input="zz-copy\nquit\n")
+    assert "zz-copy" in r.out and "TESTGUEST-DONE echo PASS" in r.out, r
+    d2 = os.path.join(bus.dir, "snapdir2")
+    os.mkdir(d2)
+    expect_rc(ctl(bus, "snapshot", "snap", d2, "--leave-paused"), OK, "snapshot --leave-paused")
+    assert vm_json(bus, "snap")["state"] == "paused"
+    expect_rc(ctl(bus, "restore", "copy4", d2, "--resume", "--copy-memory"), OK,
+              "restore --resume --copy-memory")
+    assert vm_json(bus, "copy4")["state"] == "running"
+    for name in ("snap", "copy", "copy4"):
+        ctl(bus, "stop", name)
+        expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
+
+
+class Events:
+    """A running `microvmctl events`; lines are read from the pipe unbuffered, so that select()
+    never waits for a line already read ahead."""
+
+    def __init__(self, cmd):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env_c())
+        self.buf = b""
+        self.lines = []
+
+    def until(self, want, timeout=GUEST_TIMEOUT):
+        """Reads lines until one satisfies @want; returns the lines read by this call."""
+        start = len(self.lines)
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                self.lines.append(line.decode())
+                if want(self.lines[-1]):
+                    return self.lines[start:]
+            left = deadline - time.monotonic()
+            assert left > 0, "event not seen; got %r" % self.lines[start:]
+            if select.select([self.proc.stdout], [], [], left)[0]:
+                data = os.read(self.proc.stdout.fileno(), 65536)
+                assert data, "events ended; got %r" % self.lines[start:]
+                self.buf += data
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(10)
+        self.proc.stdout.close()
+        return rc
+
+
+def event_is(event, name=None, **properties):
+    """A predicate on JSON event lines."""
+    def want(line):
+        e = json.loads(line)
+        if e["event"] != event or (name and e["name"] != name):
+            return False
+        return all(e.get("properties", {}).get(k) == v for k, v in properties.items())
+    return want
+
+
+def test_events(t, bus):
+    kernel = TESTGUEST or MICROVMCTL
+    expect_rc(ctl(bus, "create", "pre", "--kernel", kernel), OK, "create")
+    cmd = [MICROVMCTL, "--address=" + bus.address, "events", "--json"]
+    text_cmd = [MICROVMCTL, "events", "--address=" + bus.address]
+    procs = [Events(c) for c in (cmd, text_cmd)]
+    try:
+        for p in procs:  # subscribed once the existing VM is reported
+            p.until(lambda line: "present" in line)
+        expect_rc(ctl(bus, "create", "ev1", "--kernel", kernel, "--memory", "32"), OK, "create")
+        expect_rc(ctl(bus, "delete", "ev1"), OK, "delete")
+        expect_rc(ctl(bus, "delete", "pre"), OK, "delete")
+        events = [json.loads(line) for line in procs[0].until(event_is("removed", "pre"))]
+        added = [e for e in events if e["event"] == "added"]
+        assert len(added) == 1 and added[0]["name"] == "ev1", events
+        assert added[0]["properties"]["State"] == "created", added
+        assert added[0]["properties"]["MemoryMiB"] == 32, added
+        assert added[0]["path"] == "/org/microvmd/MicroVM1/vm/ev1", added
+        removed = [e["name"] for e in events if e["event"] == "removed"]
+        assert removed == ["ev1", "pre"], events
+        text = procs[1].until(lambda line: line.startswith("removed pre"))
+        assert any(re.match(r"^added ev1 .*\bState=created\b", line) for line in text), text
+        if have_kvm():
+            expect_rc(ctl(bus, "create", "ev2", "--kernel", TESTGUEST, "--cmdline", "mode=echo",
+                          "--memory", "16", "--start"), OK, "create --start")
+            procs[0].until(event_is("changed", "ev2", State="running"))
+            expect_rc(ctl(bus, "stop", "ev2"), OK, "stop")
+            procs[0].until(event_is("changed", "ev2", State="stopped"))
+            procs[1].until(lambda line: re.match(r"^changed ev2 .*State=stopped", line))
+            expect_rc(ctl(bus, "delete", "ev2"), OK, "delete")
+    finally:
+        for p in procs:
+            assert p.stop() == 0, "events does not exit 0 on SIGINT"
+
+
+def test_completion(t, bus):
+    kernel = TESTGUEST or MICROVMCTL
+    for name in ("alpha", "beta"):
+        expect_rc(ctl(bus, "create", name, "--kernel", kernel), OK, "create")
+    bindir = os.path.join(bus.dir, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    link = os.path.join(bindir, "microvmctl")
+    if not os.path.exists(link):
+        os.symlink(MICROVMCTL, link)
+
+    def complete(*words):
+        script = ('source "$COMPLETION"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); '
+                  '_microvmctl; printf "%s\\n" "${COMPREPLY[@]}"')
+        r = subprocess.run(["bash", "-c", script, "bash"] + list(words), capture_output=True,
+                           text=True, env=env_c(COMPLETION=os.environ["MVMD_COMPLETION"],
+                                                PATH=bindir + ":" + os.environ["PATH"]))
+        assert r.returncode == 0, r.stderr
+        return sorted(x for x in r.stdout.split("\n") if x)
+
+    assert complete("microvmctl", "sta") == ["start", "status"]
+    assert complete("microvmctl", "--address", bus.address, "start", "") == ["alpha", "beta"]
+    assert complete("microvmctl", "--address=" + bus.address, "console", "a") == ["alpha"]
+    assert complete("microvmctl", "start", "--address", bus.address, "") == ["alpha", "beta"]
+    assert "--freeze-clock" in complete("microvmctl", "pause", "--f")
+    assert complete("microvmctl", "--address", bus.address, "start", "alpha", "") == []
+    assert complete("microvmctl", "create", "x", "--on-reboot", "") == ["restart", "stop"]
+    for name in ("alpha", "beta"):
+        expect_rc(ctl(bus, "delete", name), OK, "delete")
+
+
+def test_socket(t, tmp):
+    """--socket: peer to peer with a socket-activated microvmd (systemd-socket-activate)."""
+    if not shutil.which("systemd-socket-activate"):
+        return "SKIP no systemd-socket-activate"
+    bus = TestBus(tmp, "socketbus")
+    path = os.path.join(bus.dir, "microvmd.sock")
+    activator = subprocess.Popen(["systemd-socket-activate", "-l", path] + bus.daemon_args(),
+                                 stdout=sys.stderr, stderr=sys.stderr, preexec_fn=die_with_parent)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline and activator.poll() is None, "no socket"
+            time.sleep(0.05)
+        kernel = TESTGUEST or MICROVMCTL
+        r = ctl(None, "--socket", path, "create", "p2p", "--kernel", kernel)
+        expect_rc(r, OK, "create over the socket")
+        r = ctl(None, "list", "--json", "--socket=" + path)
+        expect_rc(r, OK, "list over the socket")
+        assert [v["name"] for v in r.json()] == ["p2p"], r
+        assert vm_json_socket(path, "p2p")["state"] == "created"
+        expect_rc(ctl(None, "--socket", path, "start", "nosuch"), NO_SUCH_VM, "unknown VM")
+        expect_rc(ctl(None, "--socket", path, "delete", "p2p"), OK, "delete over the socket")
+    finally:
+        activator.terminate()
+        activator.wait(30)
+        bus.stop()
+
+
+def vm_json_socket(path, name):
+    r = ctl(None, "--socket", path, "status", name, "--json")
+    expect_rc(r, OK, "status over the socket")
+    return r.json()
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="microvmctl-test-")
+    n, failed = 0, 0
+
+    def run(name, fn, *args, needs_kvm=False):
+        nonlocal n, failed
+        n += 1
+        if needs_kvm and not have_kvm():
+            print("ok %d - %s # SKIP no usable /dev/kvm or no test guest" % (n, name))
+            return
+        started = time.monotonic()
+        try:
+            skip = fn(None, *args)
+        except Exception:
+            failed += 1
+            print("not ok %d - %s" % (n, name))
+            for line in traceback.format_exc().splitlines():
+                print("# " + line)
+            return
+        extra = " # " + skip if skip else ""
+        print("ok %d - %s (%.1f s)%s" % (n, name, time.monotonic() - started, extra))
+        sys.stdout.flush()
+
+    bus = TestBus(tmp, "bus")
+    try:
+        run("usage and exit codes", test_usage)
+        run("German translation", test_german)
+        run("no daemon", test_no_daemon, bus)
+        bus.start_daemon()
+        run("info", test_info, bus)
+        run("create errors", test_create_errors, bus)
+        run("define, list, status, delete", test_define, bus)
+        run("events", test_events, bus)
+        run("bash completion", test_completion, bus)
+        run("lifecycle", test_lifecycle, bus, needs_kvm=True)
+        run("console on a pty", test_console_pty, bus, needs_kvm=True)
+        run("console from a pipe", test_console_pipe, bus, needs_kvm=True)
+        run("snapshot and restore", test_snapshot, bus, needs_kvm=True)
+        run("peer-to-peer socket", test_socket, tmp)
+        if bus.daemon.poll() is not None:
+            failed += 1
+            n += 1
+            print("not ok %d - microvmd died (exit %d)" % (n, bus.daemon.returncode))
+    finally:
+        bus.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("1..%d" % n)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
