@@ -618,7 +618,8 @@ static gboolean restore_locked(MvmVirtio *dev, GVariant *state, GError **error)
         if (!restore_queue(dev, &dev->queues[i], q, error))
             return FALSE;
     }
-    memcpy(dev->config, g_variant_get_data(config), dev->config_len);
+    if (dev->config_len > 0) /* rng has no configuration space */
+        memcpy(dev->config, g_variant_get_data(config), dev->config_len);
     dev->config_generation++;
     dev->status = status;
     dev->interrupt_status = isr & (VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
