@@ -1,0 +1,392 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Snapshots damaged in every way the restore checks for (truncated, flipped
+ * bytes, wrong or newer version, short memory, wrong vCPU count, not in
+ * GVariant normal form, ...): each is refused with MVM_ERROR_INVALID_ARGUMENT
+ * and the reason, and leaves no fd (no VM) behind. The cases that change the
+ * payload re-encode it with a right digest, so the check behind the digest is
+ * the one that must refuse. Needs KVM and the test guest for the one good
+ * snapshot they all start from.
+ */
+#include <glib/gstdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "snapshot-test-util.h"
+#include "snapshot.h"
+#include "vm-private.h"
+
+static char *good_snapshot; /* a valid snapshot directory, made once */
+static guint64 good_vm_vcpus;
+
+static const char *get_good_snapshot(void)
+{
+    if (good_snapshot != NULL)
+        return good_snapshot;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(MvmVm) vm = new_guest("mode=pattern pages=16 base_mib=8 every=5 delay=100", 1, 16, c);
+    g_autoptr(GError) error = NULL;
+
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_true(capture_wait_from(c, 0, "COUNTER 10\n", TIMEOUT_US));
+    good_snapshot = make_tmpdir();
+    g_assert_true(mvm_vm_snapshot(vm, good_snapshot, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    good_vm_vcpus = vm->n_vcpus;
+    return good_snapshot;
+}
+
+/* A copy of the good snapshot whose files the caller then damages. */
+static char *copy_snapshot(void)
+{
+    const char *good = get_good_snapshot();
+    char *dir = make_tmpdir();
+
+    for (guint i = 0; i < 2; i++) {
+        const char *name = i == 0 ? "state" : "memory";
+        g_autofree char *from = g_build_filename(good, name, NULL);
+        g_autofree char *to = g_build_filename(dir, name, NULL);
+        g_autofree char *data = NULL;
+        gsize len;
+        g_assert_true(g_file_get_contents(from, &data, &len, NULL));
+        g_assert_true(g_file_set_contents(to, data, (gssize)len, NULL));
+    }
+    return dir;
+}
+
+static GBytes *read_member(const char *dir, const char *name)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    return g_bytes_new_take(g_steal_pointer(&data), len);
+}
+
+static void write_member(const char *dir, const char *name, const void *data, gsize len)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_assert_true(g_file_set_contents(path, data, (gssize)len, NULL));
+}
+
+/* Restoring @dir must fail with INVALID_ARGUMENT mentioning @reason, and leave nothing open. */
+static void assert_refused(const char *dir, const char *reason)
+{
+    g_autoptr(GError) error = NULL;
+    guint fds = count_open_fds();
+    MvmVm *vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+
+    g_assert_null(vm);
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_test_message("refused: %s", error->message);
+    g_assert_nonnull(strstr(error->message, reason));
+    g_assert_cmpuint(count_open_fds(), ==, fds);
+}
+
+/* The good state's payload, for re-encoding with one change. */
+static GVariant *good_payload(void)
+{
+    g_autoptr(GBytes) state = read_member(get_good_snapshot(), "state");
+    gsize len;
+    const guint8 *data = g_bytes_get_data(state, &len);
+    g_autoptr(GError) error = NULL;
+    GVariant *payload = mvm_snapshot_unwrap(data, len, &error);
+
+    g_assert_no_error(error);
+    return payload;
+}
+
+/* A copy of a tuple or array with child @index replaced. */
+static GVariant *replace_child(GVariant *container, gsize index, GVariant *child)
+{
+    gsize n = g_variant_n_children(container);
+    g_autofree GVariant **children = g_new0(GVariant *, n);
+
+    g_variant_ref_sink(child);
+    for (gsize i = 0; i < n; i++)
+        children[i] = i == index ? g_variant_ref(child) : g_variant_get_child_value(container, i);
+    GVariant *result = g_variant_is_of_type(container, G_VARIANT_TYPE_TUPLE)
+                           ? g_variant_new_tuple(children, n)
+                           : g_variant_new_array(NULL, children, n);
+    for (gsize i = 0; i < n; i++)
+        g_variant_unref(children[i]);
+    g_variant_unref(child);
+    return result;
+}
+
+/* The config dictionary with @key set to @value. */
+static GVariant *config_with(GVariant *payload, const char *key, GVariant *value)
+{
+    g_autoptr(GVariant) config = g_variant_get_child_value(payload, 0);
+    GVariantDict dict;
+
+    g_variant_dict_init(&dict, config);
+    g_variant_dict_insert_value(&dict, key, value);
+    return replace_child(payload, 0, g_variant_dict_end(&dict));
+}
+
+static void write_encoded(const char *dir, GVariant *payload, guint16 major, guint16 minor)
+{
+    g_autoptr(GVariant) sunk = g_variant_ref_sink(payload);
+    g_autoptr(GBytes) bytes = mvm_snapshot_encode(sunk, major, minor);
+    gsize len;
+    const guint8 *data = g_bytes_get_data(bytes, &len);
+
+    write_member(dir, "state", data, len);
+}
+
+typedef void (*DamageFunc)(const char *dir);
+
+static void damage_truncate_state(const char *dir)
+{
+    g_autoptr(GBytes) state = read_member(dir, "state");
+    write_member(dir, "state", g_bytes_get_data(state, NULL), g_bytes_get_size(state) - 100);
+}
+
+static void damage_tiny_state(const char *dir)
+{
+    write_member(dir, "state", "MVMSNAP", 7);
+}
+
+static void damage_flip_payload(const char *dir)
+{
+    g_autoptr(GBytes) state = read_member(dir, "state");
+    gsize len;
+    g_autofree guint8 *data = g_memdup2(g_bytes_get_data(state, &len), g_bytes_get_size(state));
+    data[len / 2] ^= 0x40;
+    write_member(dir, "state", data, len);
+}
+
+static void damage_flip_digest(const char *dir)
+{
+    g_autoptr(GBytes) state = read_member(dir, "state");
+    gsize len;
+    g_autofree guint8 *data = g_memdup2(g_bytes_get_data(state, &len), g_bytes_get_size(state));
+    data[len - 1] ^= 0x01;
+    write_member(dir, "state", data, len);
+}
+
+static void damage_magic(const char *dir)
+{
+    g_autoptr(GBytes) state = read_member(dir, "state");
+    gsize len;
+    g_autofree guint8 *data = g_memdup2(g_bytes_get_data(state, &len), g_bytes_get_size(state));
+    data[0] = 'X';
+    write_member(dir, "state", data, len);
+}
+
+static void damage_major(const char *dir)
+{
+    write_encoded(dir, good_payload(), MVM_SNAPSHOT_MAJOR + 1, 0);
+}
+
+static void damage_newer_minor(const char *dir)
+{
+    write_encoded(dir, good_payload(), MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR + 1);
+}
+
+static void damage_short_memory(const char *dir)
+{
+    g_autofree char *path = g_build_filename(dir, "memory", NULL);
+    g_assert_cmpint(truncate(path, 16 * 1024 * 1024 - 4096), ==, 0);
+}
+
+static void damage_no_memory(const char *dir)
+{
+    g_autofree char *path = g_build_filename(dir, "memory", NULL);
+    g_assert_cmpint(g_unlink(path), ==, 0);
+}
+
+static void damage_vcpu_count(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_uint32(good_vm_vcpus + 1)),
+                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_too_many_vcpus(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_uint32(100000)),
+                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_memory_size(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    write_encoded(dir, config_with(payload, "memory-mib", g_variant_new_uint64(32)),
+                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_config_type(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_string("1")), MVM_SNAPSHOT_MAJOR,
+                  MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_wrong_type(const char *dir)
+{
+    write_encoded(dir, g_variant_new_string("not a snapshot"), MVM_SNAPSHOT_MAJOR,
+                  MVM_SNAPSHOT_MINOR);
+}
+
+/* A `v` whose child claims type (uu) but has 4 bytes: not in normal form; digest still right. */
+static void damage_not_normal(const char *dir)
+{
+    static const guint8 bad[] = {1, 0, 0, 0, 0, '(', 'u', 'u', ')'};
+    g_autoptr(GBytes) good =
+        mvm_snapshot_encode(g_variant_new_string("x"), MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    gsize n = MVM_SNAPSHOT_HEADER_SIZE + sizeof(bad) + MVM_SNAPSHOT_DIGEST_SIZE;
+    g_autofree guint8 *data = g_malloc0(n);
+    guint64 len_le = GUINT64_TO_LE(sizeof(bad));
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+    gsize digest_len = MVM_SNAPSHOT_DIGEST_SIZE;
+
+    memcpy(data, g_bytes_get_data(good, NULL), 16); /* magic, version, flags */
+    memcpy(data + 16, &len_le, 8);
+    memcpy(data + MVM_SNAPSHOT_HEADER_SIZE, bad, sizeof(bad));
+    g_checksum_update(sum, data, MVM_SNAPSHOT_HEADER_SIZE + sizeof(bad));
+    g_checksum_get_digest(sum, data + MVM_SNAPSHOT_HEADER_SIZE + sizeof(bad), &digest_len);
+    write_member(dir, "state", data, n);
+}
+
+static void damage_blob_size(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    static const guint8 short_pit[8];
+    write_encoded(
+        dir,
+        replace_child(payload, 6, g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, short_pit, 8, 1)),
+        MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_unknown_device(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    GVariantDict dict;
+    g_variant_dict_init(&dict, NULL);
+    g_variant_dict_insert(&dict, "virtio-blk7", "u", 1);
+    write_encoded(dir, replace_child(payload, 9, g_variant_dict_end(&dict)), MVM_SNAPSHOT_MAJOR,
+                  MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_state_symlink(const char *dir)
+{
+    g_autofree char *path = g_build_filename(dir, "state", NULL);
+    g_autofree char *target = g_build_filename(get_good_snapshot(), "state", NULL);
+    g_unlink(path);
+    g_assert_cmpint(symlink(target, path), ==, 0);
+}
+
+typedef struct {
+    const char *name;
+    DamageFunc damage;
+    const char *reason;
+} Damage;
+
+static const Damage damages[] = {
+    {"truncated-state", damage_truncate_state, "truncated"},
+    {"tiny-state", damage_tiny_state, "too short"},
+    {"flipped-payload-byte", damage_flip_payload, "digest"},
+    {"flipped-digest-byte", damage_flip_digest, "digest"},
+    {"bad-magic", damage_magic, "magic"},
+    {"wrong-major", damage_major, "format version 2.0"},
+    {"newer-minor", damage_newer_minor, "format version 1.1"},
+    {"memory-too-short", damage_short_memory, "memory has"},
+    {"memory-missing", damage_no_memory, "cannot open memory"},
+    {"wrong-vcpu-count", damage_vcpu_count, "vCPU states for a VM of"},
+    {"too-many-vcpus", damage_too_many_vcpus, "100000 vCPUs"},
+    {"memory-size-mismatch", damage_memory_size, "bytes of RAM for a VM of 32 MiB"},
+    {"config-type", damage_config_type, "has type s, expected u"},
+    {"wrong-payload-type", damage_wrong_type, "has type s, expected"},
+    {"not-normal-form", damage_not_normal, "normal form"},
+    {"short-pit-state", damage_blob_size, "PIT state has 8 bytes"},
+    {"unknown-device", damage_unknown_device, "virtio-blk7"},
+    {"state-symlink", damage_state_symlink, "cannot open state"},
+};
+
+static void test_corrupt(gconstpointer data)
+{
+    const Damage *d = data;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = copy_snapshot();
+    d->damage(dir);
+    assert_refused(dir, d->reason);
+    rm_rf(dir);
+}
+
+/* The unchanged copy restores: the damage, not the copying, is what the cases above refuse. */
+static void test_corrupt_control(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = copy_snapshot();
+    /* Re-encoding the payload unchanged must also restore: the test's encoder is sound. */
+    write_encoded(dir, good_payload(), MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    g_assert_nonnull(vm);
+    rm_rf(dir);
+}
+
+/* A TSC rate 10% off: set with KVM_SET_TSC_KHZ where KVM can scale, else a clear refusal. */
+static void test_tsc_mismatch(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = copy_snapshot();
+    g_autoptr(GVariant) payload = good_payload();
+    g_autoptr(GVariant) vcpus = g_variant_get_child_value(payload, 1);
+    g_autoptr(GVariant) vcpu = g_variant_get_child_value(vcpus, 0);
+    g_autoptr(GVariant) khz = g_variant_get_child_value(vcpu, 12);
+    guint32 changed = g_variant_get_uint32(khz) / 10 * 11;
+    if (g_variant_get_uint32(khz) == 0) {
+        g_test_skip("this host does not tell its TSC rate");
+        return;
+    }
+    GVariant *new_vcpus =
+        replace_child(vcpus, 0, replace_child(vcpu, 12, g_variant_new_uint32(changed)));
+    write_encoded(dir, replace_child(payload, 1, new_vcpus), MVM_SNAPSHOT_MAJOR,
+                  MVM_SNAPSHOT_MINOR);
+    g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+    if (vm == NULL) {
+        g_test_message("refused: %s", error->message);
+        g_assert_error(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED);
+        g_assert_nonnull(strstr(error->message, "TSC"));
+    }
+    rm_rf(dir);
+}
+
+static void cleanup_good_snapshot(void)
+{
+    if (good_snapshot != NULL)
+        rm_rf(good_snapshot);
+    g_clear_pointer(&good_snapshot, g_free);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+    if (g_getenv("MVM_TESTGUEST") == NULL) {
+        g_printerr("MVM_TESTGUEST is not set\n");
+        return 77;
+    }
+    g_test_add_func("/snapshot/corrupt/control", test_corrupt_control);
+    for (gsize i = 0; i < G_N_ELEMENTS(damages); i++) {
+        g_autofree char *path = g_strdup_printf("/snapshot/corrupt/%s", damages[i].name);
+        g_test_add_data_func(path, &damages[i], test_corrupt);
+    }
+    g_test_add_func("/snapshot/corrupt/tsc-mismatch", test_tsc_mismatch);
+    int ret = g_test_run();
+    cleanup_good_snapshot();
+    return ret;
+}
