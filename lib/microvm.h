@@ -156,7 +156,11 @@ void mvm_vm_get_stats(MvmVm *vm, MvmVmStats *stats);
 
 /*
  * Pause with options. MVM_PAUSE_FREEZE_CLOCK saves the KVM clock at pause and sets it back at
- * resume, so guest time does not jump over the pause. mvm_vm_pause() = no flags.
+ * resume, so guest time does not jump over the pause. mvm_vm_pause() = no flags, the default:
+ * guest time follows the host's over a pause (KVM_KVMCLOCK_CTRL tells the guest's watchdogs
+ * why it jumped). Either way "paused" means every vCPU is parked; pause, resume and snapshot
+ * calls from several threads are serialized, and a call in the wrong state fails with
+ * MVM_ERROR_INVALID_STATE.
  */
 typedef enum {
     MVM_PAUSE_NONE = 0,
@@ -167,8 +171,10 @@ gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
 /*
  * Snapshot / restore (see DESIGN.md, "snapshot"). A snapshot is a directory with `state` and
  * `memory`. Snapshot works on a running or paused VM: a running one is paused for the
- * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED. The _at variants take a
- * directory fd (not consumed) so a daemon never opens a path on behalf of a caller.
+ * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not
+ * reported to the state callback). The _at variants take a directory fd (not consumed) so a
+ * daemon never opens a path on behalf of a caller. Files are written under temporary names and
+ * renamed into place.
  */
 typedef enum {
     MVM_SNAPSHOT_NONE = 0,
@@ -180,8 +186,11 @@ gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError
 /*
  * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
  * untrusted: everything is validated before KVM is touched, and any failure is
- * MVM_ERROR_INVALID_ARGUMENT with the reason. Memory is mapped copy-on-write from the
- * snapshot unless MVM_RESTORE_COPY_MEMORY.
+ * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_NOT_SUPPORTED when the snapshot's
+ * TSC rate differs and KVM here cannot scale it). Memory is mapped copy-on-write from the
+ * snapshot unless MVM_RESTORE_COPY_MEMORY: the file must then stay unchanged (it may be
+ * unlinked) while the VM lives. The guest's clock stays at the snapshot's time until the
+ * first resume.
  */
 typedef enum {
     MVM_RESTORE_NONE = 0,
