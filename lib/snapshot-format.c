@@ -38,6 +38,8 @@ void mvm_snapshot_limits_default(MvmSnapshotLimits *limits)
     limits->max_vcpus = 255;
     limits->max_msrs = 1024;
     limits->max_xsave = 64 * 1024;
+    limits->msr_indices = NULL;
+    limits->n_msr_indices = 0;
 }
 
 void mvm_snapshot_state_free(MvmSnapshotState *state)

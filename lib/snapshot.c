@@ -33,7 +33,7 @@
 #define STATE_TMP_NAME  ".state.tmp"
 #define MEMORY_TMP_NAME ".memory.tmp"
 #define PAGE_SIZE_4K    4096
-#define IO_CHUNK     (8 * 1024 * 1024)
+#define IO_CHUNK        (8 * 1024 * 1024)
 
 typedef struct {
     char *name;
@@ -433,6 +433,8 @@ static void limits_from_kvm(const MvmKvm *kvm, MvmSnapshotLimits *limits)
     mvm_snapshot_limits_default(limits);
     limits->max_vcpus = MIN(kvm->max_vcpus, 255u);
     limits->max_msrs = kvm->msr_index_list->nmsrs;
+    limits->msr_indices = kvm->msr_index_list->indices;
+    limits->n_msr_indices = kvm->msr_index_list->nmsrs;
     limits->max_xsave = kvm->has_xsave ? MAX(kvm->xsave_size, sizeof(struct kvm_xsave)) : 0;
 }
 

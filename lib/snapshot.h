@@ -56,6 +56,9 @@ typedef struct {
     guint max_vcpus; /* <= 255 */
     guint max_msrs;  /* MSRs per vCPU */
     gsize max_xsave; /* bytes of one XSAVE area; 0: XSAVE state is refused */
+    /* The MSRs KVM saves and restores (KVM_GET_MSR_INDEX_LIST); NULL: any index. */
+    const guint32 *msr_indices;
+    guint n_msr_indices;
 } MvmSnapshotLimits;
 
 /* Sets MVM_ERROR_INVALID_ARGUMENT "invalid snapshot: <message>" and returns FALSE. */

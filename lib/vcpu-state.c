@@ -317,19 +317,32 @@ static gboolean cpuid_from_variant(GVariant *bytes, MvmVcpuState *state, GError 
     return TRUE;
 }
 
-static gboolean msrs_from_variant(GVariant *array, MvmVcpuState *state, guint max_msrs,
-                                  GError **error)
+static gboolean msr_is_known(const MvmSnapshotLimits *limits, guint32 index)
+{
+    if (limits->msr_indices == NULL)
+        return TRUE;
+    for (guint i = 0; i < limits->n_msr_indices; i++)
+        if (limits->msr_indices[i] == index)
+            return TRUE;
+    return FALSE;
+}
+
+/* Only MSRs KVM lists as saveable: a snapshot has no business setting any other. */
+static gboolean msrs_from_variant(GVariant *array, MvmVcpuState *state,
+                                  const MvmSnapshotLimits *limits, GError **error)
 {
     gsize n = g_variant_n_children(array);
 
-    if (n == 0 || n > max_msrs)
+    if (n == 0 || n > limits->max_msrs)
         return mvm_snapshot_invalid(error, "%" G_GSIZE_FORMAT " MSRs; expected 1 to %u", n,
-                                    max_msrs);
+                                    limits->max_msrs);
     state->msrs = msrs_new(n);
     for (gsize i = 0; i < n; i++) {
         guint32 index;
         guint64 value;
         g_variant_get_child(array, i, "(ut)", &index, &value);
+        if (!msr_is_known(limits, index))
+            return mvm_snapshot_invalid(error, "MSR 0x%x is not one KVM saves", index);
         state->msrs->entries[i].index = index;
         state->msrs->entries[i].data = value;
     }
@@ -375,7 +388,7 @@ MvmVcpuState *mvm_vcpu_state_from_variant(GVariant *variant, const MvmSnapshotLi
         !mvm_snapshot_get_blob(debugregs, &state->debugregs, sizeof(state->debugregs), "debugregs",
                                error) ||
         !mvm_snapshot_get_blob(lapic, &state->lapic, sizeof(state->lapic), "lapic", error) ||
-        !msrs_from_variant(msrs, state, limits->max_msrs, error) ||
+        !msrs_from_variant(msrs, state, limits, error) ||
         !mvm_snapshot_get_blob(events, &state->events, sizeof(state->events), "events", error))
         return NULL;
     /* KVM_SET_XCRS reads nr_xcrs entries of a fixed array: keep the count inside it. */

@@ -262,6 +262,18 @@ static void damage_blob_size(const char *dir)
         MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
+/* vCPU 0's MSRs: one that KVM does not list among those it saves. */
+static void damage_unknown_msr(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    g_autoptr(GVariant) vcpus = g_variant_get_child_value(payload, 1);
+    g_autoptr(GVariant) vcpu = g_variant_get_child_value(vcpus, 0);
+    GVariant *msrs = g_variant_new_parsed("[(uint32 0xdeadbeef, uint64 0)]");
+    GVariant *new_vcpus = replace_child(vcpus, 0, replace_child(vcpu, 10, msrs));
+    write_encoded(dir, replace_child(payload, 1, new_vcpus), MVM_SNAPSHOT_MAJOR,
+                  MVM_SNAPSHOT_MINOR);
+}
+
 static void damage_unknown_device(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
@@ -304,6 +316,7 @@ static const Damage damages[] = {
     {"not-normal-form", damage_not_normal, "normal form"},
     {"short-pit-state", damage_blob_size, "PIT state has 8 bytes"},
     {"unknown-device", damage_unknown_device, "virtio-blk7"},
+    {"unknown-msr", damage_unknown_msr, "MSR 0xdeadbeef is not one KVM saves"},
     {"state-symlink", damage_state_symlink, "cannot open state"},
 };
 
