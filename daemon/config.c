@@ -507,8 +507,10 @@ static GVariant *keyfile_value(GKeyFile *kf, const char *key, GError **error)
             return invalid(error, key, "not valid UTF-8"), NULL;
         value = g_variant_new_string(s ? s : "");
     }
+    /* g_variant_parse() returns a full reference, the constructors a floating one: own both. */
+    value = g_variant_take_ref(value);
     if (local) {
-        g_variant_unref(g_variant_ref_sink(value));
+        g_variant_unref(value);
         invalid(error, key, "%s", local->message);
         return NULL;
     }
@@ -535,7 +537,7 @@ MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
 
     g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
     for (char **k = cfg_keys; *k; k++) {
-        GVariant *value = keyfile_value(kf, *k, error);
+        g_autoptr(GVariant) value = keyfile_value(kf, *k, error);
         if (!value) {
             g_variant_builder_clear(&b);
             return NULL;

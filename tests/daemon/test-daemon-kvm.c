@@ -367,6 +367,93 @@ static void test_reset(Fixture *f, gconstpointer data)
     console_close(c);
 }
 
+/* A raw image of @sectors random sectors; its contents in @contents. */
+static char *make_image(const char *dir, const char *name, gsize sectors, GBytes **contents)
+{
+    g_autofree guint8 *data = g_malloc(sectors * 512);
+    g_autoptr(GError) error = NULL;
+    char *path = g_build_filename(dir, name, NULL);
+
+    for (gsize i = 0; i < sectors * 512; i++)
+        data[i] = (guint8)g_random_int();
+    g_file_set_contents(path, (const char *)data, sectors * 512, &error);
+    g_assert_no_error(error);
+    *contents = g_bytes_new(data, sectors * 512);
+    return path;
+}
+
+/* Runs a guest that ends by itself (debug exit) and returns its console output. */
+static char *run_to_end(Fixture *f, MvmdVm *vm)
+{
+    Console *c = console_open(vm);
+    char *out;
+
+    call_ok(vm, "Start");
+    console_expect(c, 0, "TESTGUEST-DONE");
+    wait_state(vm, "stopped");
+    out = g_strdup(c->seen->str);
+    console_close(c);
+    return out;
+}
+
+/*
+ * The device keys reach the machine: a disk by path and one by fd (the guest writes a
+ * pattern to sectors 16..23 of the first), and the rng.
+ */
+static void test_devices(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GBytes) image0 = NULL, image1 = NULL;
+    g_autofree char *disk0 = make_image(f->bus->tmpdir, "d0.img", 2048, &image0);
+    g_autofree char *disk1 = make_image(f->bus->tmpdir, "d1.img", 128, &image1);
+    g_autofree char *extra = g_strdup_printf(
+        "'disks': <[{'path': <'%s'>}, {'fd': <handle 0>, 'read-only': <true>}]>", disk0);
+    g_autofree char *text =
+        g_strdup_printf("{'kernel': <'%s'>, 'cmdline': <'mode=blk sectors=8 writeat=16 seed=5'>, "
+                        "'debug-exit': <true>, 'memory-mib': <uint64 16>, %s}",
+                        testguest, extra);
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *after = NULL;
+    g_autoptr(MvmdVm) blk = NULL;
+    g_autoptr(MvmdVm) rng = NULL;
+    g_autoptr(GVariant) config = NULL;
+    g_autoptr(GVariant) disks = NULL;
+    gsize len;
+    int fd = open(disk1, O_RDONLY | O_CLOEXEC);
+
+    g_unix_fd_list_append(fds, fd, &error);
+    close(fd);
+    g_assert_no_error(error);
+    mvmd_manager_call_create_vm_sync(f->manager, "blk", mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+    blk = mvmd_test_bus_vm(f->bus, NULL, path);
+    config = mvmd_vm_dup_config(blk);
+    disks = g_variant_lookup_value(config, "disks", G_VARIANT_TYPE("aa{sv}"));
+    g_assert_nonnull(disks);
+    g_assert_cmpuint(g_variant_n_children(disks), ==, 2);
+    out = run_to_end(f, blk);
+    g_assert_nonnull(strstr(out, "BLK capacity 2048 "));
+    g_assert_nonnull(strstr(out, "PASS blk-write-read"));
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(blk), "debug-exit"));
+    /* The guest wrote sectors 16..23 of the first disk and nothing else. */
+    g_assert_true(g_file_get_contents(disk0, &after, &len, NULL));
+    g_assert_cmpuint(len, ==, 2048 * 512);
+    g_assert_cmpmem(after, 16 * 512, g_bytes_get_data(image0, NULL), 16 * 512);
+    g_assert_true(memcmp(after + 16 * 512, (const char *)g_bytes_get_data(image0, NULL) + 16 * 512,
+                         8 * 512) != 0);
+    g_assert_cmpmem(after + 24 * 512, len - 24 * 512,
+                    (const char *)g_bytes_get_data(image0, NULL) + 24 * 512, len - 24 * 512);
+
+    rng = create_guest(f, "rng", "rng bytes=256", "'rng': <true>");
+    g_clear_pointer(&out, g_free);
+    out = run_to_end(f, rng);
+    g_assert_nonnull(strstr(out, "PASS rng"));
+}
+
 /* The last "COUNTER n" in @text (the pattern guest's heartbeat), or -1. */
 static gint64 last_counter(const char *text)
 {
@@ -644,6 +731,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
     ADD("/daemon-kvm/reset", test_reset);
+    ADD("/daemon-kvm/devices", test_devices);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
