@@ -183,10 +183,18 @@ static MvmDiskConfig *disk_new(const char *path, int fd, gboolean read_only)
     return d;
 }
 
+static void disk_free(gpointer data)
+{
+    MvmDiskConfig *d = data;
+
+    g_free(d->path);
+    g_free(d);
+}
+
 static void add_disk(MvmVmConfig *config, const char *path, int fd, gboolean read_only)
 {
     if (config->disks == NULL)
-        config->disks = g_ptr_array_new();
+        config->disks = g_ptr_array_new_with_free_func(disk_free);
     g_ptr_array_add(config->disks, disk_new(path, fd, read_only));
 }
 
@@ -393,6 +401,7 @@ static void test_config_validation(void)
     g_autoptr(GError) error = NULL;
     g_autoptr(MvmVmConfig) config = guest_config("mode=boot");
 
+    g_free(config->kernel_path);
     config->kernel_path = g_strdup("/boot/vmlinux");
     add_disk(config, NULL, -1, FALSE);
     g_assert_false(mvm_vm_config_validate(config, &error));
