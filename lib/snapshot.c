@@ -241,6 +241,8 @@ static gboolean write_nonzero(int fd, const guint8 *ram, guint64 start, guint64 
 }
 
 /*
+ * The file holds RAM in memfd order, which is the order of memory.c's one
+ * mapping: region 1 (above the MMIO gap) follows region 0 in both.
  * RAM in a memfd: only what SEEK_DATA finds was ever written, so holes are
  * skipped without reading (reading would allocate them). RAM mapped from a
  * snapshot file (a restored VM) has no fd here: every page is looked at.
@@ -251,6 +253,14 @@ static gboolean write_memory(MvmVm *vm, int out, GError **error)
     const guint8 *ram = mvm_memory_get_region(vm->memory, 0)->host;
     int fd = mvm_memory_get_fd(vm->memory);
 
+    for (guint i = 0; i < mvm_memory_get_n_regions(vm->memory); i++) {
+        const MvmMemoryRegion *r = mvm_memory_get_region(vm->memory, i);
+        if (r->host != ram + r->fd_offset) {
+            g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
+                                "guest RAM is not one mapping in file order");
+            return FALSE;
+        }
+    }
     if (ftruncate(out, (off_t)size) < 0)
         return set_errno_error(error, MVM_ERROR_FAILED, "cannot size the snapshot's %s",
                                MEMORY_NAME);

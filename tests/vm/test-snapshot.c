@@ -341,6 +341,41 @@ static void test_restore_beside_original(void)
     rm_rf(dir2);
 }
 
+/* RAM above the MMIO gap (a second region) goes into the file after low RAM, and comes back. */
+static void test_restore_above_4g(void)
+{
+    static const char marker[] = "above the 3-4 GiB gap";
+    const guint64 high = 4ULL * 1024 * 1024 * 1024 + 100 * 1024 * 1024;
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(MvmVm) vm = new_guest("mode=pattern pages=16 every=5 delay=100", 1, 3200, c);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    char back[sizeof(marker)];
+
+    g_assert_cmpuint(mvm_memory_get_n_regions(vm->memory), ==, 2);
+    g_assert_true(mvm_memory_write(vm->memory, high, marker, sizeof(marker), &error));
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_true(capture_wait_from(c, 0, "COUNTER 10\n", TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    g_clear_pointer(&vm, mvm_vm_free);
+    for (int copy = 0; copy < 2; copy++) {
+        g_autoptr(MvmVm) r = mvm_vm_restore(dir, copy ? MVM_RESTORE_COPY_MEMORY : 0, &error);
+        g_assert_no_error(error);
+        g_assert_cmpuint(mvm_memory_get_n_regions(r->memory), ==, 2);
+        g_assert_true(mvm_memory_read(r->memory, high, back, sizeof(back), &error));
+        g_assert_cmpstr(back, ==, marker);
+        g_autoptr(Capture) c2 = capture_new();
+        mvm_vm_set_console_callback(r, on_console, c2);
+        g_assert_true(mvm_vm_resume(r, &error));
+        g_assert_true(capture_wait_from(c2, 0, "COUNTER", TIMEOUT_US));
+        g_clear_pointer(&r, mvm_vm_free);
+    }
+    rm_rf(dir);
+}
+
 /*
  * The fresh-process test: the parent writes the snapshot and what the child
  * must see into MVM_SNAPSHOT_CHILD_DIR (set in main, before any thread, so no
@@ -529,6 +564,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/pause/kvmclock-guest-stopped", test_kvmclock_guest_stopped);
     g_test_add_func("/snapshot/pause/kvmclock-freeze", test_kvmclock_freeze);
     g_test_add_func("/snapshot/restore/beside-original", test_restore_beside_original);
+    g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
     g_test_add_data_func("/snapshot/restore/fresh-process-lazy", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
     g_test_add_data_func("/snapshot/restore/fresh-process-copy", GINT_TO_POINTER(1),
