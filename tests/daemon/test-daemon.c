@@ -84,10 +84,31 @@ static void test_manager_properties(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_manager_get_version(f->manager), ==, MVMD_VERSION);
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 0);
     g_assert_nonnull(caps);
-    for (const char *const *c = (const char *const[]){"pause", "console", "shutdown", "reboot",
-                                                      "stats", "persist", "fd-passing", NULL};
+    for (const char *const *c =
+             (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
+                                   "fd-passing", "snapshot", "freeze-clock", "devices", NULL};
          *c; c++)
         g_assert_true(g_strv_contains(caps, *c));
+    /* Every property also through org.freedesktop.DBus.Properties.GetAll. */
+    {
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GVariant) all = g_dbus_connection_call_sync(
+            f->bus->connection, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1",
+            "org.freedesktop.DBus.Properties", "GetAll",
+            g_variant_new("(s)", "org.microvmd.MicroVM1.Manager"), G_VARIANT_TYPE("(a{sv})"),
+            G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+        g_autoptr(GVariant) props = NULL;
+
+        g_assert_no_error(error);
+        props = g_variant_get_child_value(all, 0);
+        for (const char *const *p =
+                 (const char *const[]){"Version", "KvmApiVersion", "VMCount", "Capabilities", NULL};
+             *p; p++) {
+            g_autoptr(GVariant) value = g_variant_lookup_value(props, *p, NULL);
+
+            g_assert_nonnull(value);
+        }
+    }
     if (have_kvm()) {
         g_assert_cmpint(mvmd_manager_get_kvm_api_version(f->manager), ==, 12);
         g_assert_true(g_strv_contains(caps, "kvm"));
@@ -664,6 +685,12 @@ static gpointer client_thread(gpointer data)
             c->failures++;
         }
     }
+    /* The proxy's signal subscriptions are released from this context: let that happen. */
+    g_clear_object(&manager);
+    g_dbus_connection_close_sync(connection, NULL, NULL);
+    g_clear_object(&connection);
+    while (g_main_context_iteration(context, FALSE))
+        ;
     g_main_context_pop_thread_default(context);
     return NULL;
 }
@@ -881,6 +908,13 @@ static void test_fuzz(Fixture *f, gconstpointer data)
     g_test_message("%" G_GSIZE_FORMAT " VMs left after the fuzz", g_variant_n_children(list));
 }
 
+static gboolean has_owner(MvmdManager *manager)
+{
+    g_autofree char *owner = g_dbus_proxy_get_name_owner(G_DBUS_PROXY(manager));
+
+    return owner != NULL;
+}
+
 static void test_replace(Fixture *f, gconstpointer data)
 {
     const char *microvmd = g_getenv("MICROVMD");
@@ -913,7 +947,7 @@ static void test_replace(Fixture *f, gconstpointer data)
     f->bus->daemon_pid = new_pid;
     g_clear_object(&f->manager);
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
-    mvmd_test_wait_until(g_dbus_proxy_get_name_owner(G_DBUS_PROXY(f->manager)) != NULL, 5000);
+    mvmd_test_wait_until(has_owner(f->manager), 5000);
 }
 
 int main(int argc, char **argv)
