@@ -610,7 +610,14 @@ def test_socket(t, tmp):
         assert [v["name"] for v in r.json()] == ["p2p"], r
         assert vm_json_socket(path, "p2p")["state"] == "created"
         expect_rc(ctl(None, "--socket", path, "start", "nosuch"), NO_SUCH_VM, "unknown VM")
-        expect_rc(ctl(None, "--socket", path, "delete", "p2p"), OK, "delete over the socket")
+        # The peer connection has an ObjectManager of its own: events work there too.
+        events = Events([MICROVMCTL, "--socket", path, "events", "--json"])
+        try:
+            events.until(event_is("present", "p2p"))
+            expect_rc(ctl(None, "--socket", path, "delete", "p2p"), OK, "delete over the socket")
+            events.until(event_is("removed", "p2p"))
+        finally:
+            assert events.stop() == 0
     finally:
         activator.terminate()
         activator.wait(30)
@@ -642,6 +649,12 @@ def main():
             for line in traceback.format_exc().splitlines():
                 print("# " + line)
             return
+        finally:
+            # Everything after a crash of the daemon would fail for that reason alone.
+            if bus.daemon and bus.daemon.poll() is not None:
+                print("Bail out! microvmd died (exit %d) during %s" % (bus.daemon.returncode,
+                                                                       name))
+                sys.exit(1)
         extra = " # " + skip if skip else ""
         print("ok %d - %s (%.1f s)%s" % (n, name, time.monotonic() - started, extra))
         sys.stdout.flush()
