@@ -8,423 +8,407 @@
 #include "names.h"
 
 struct _MvmdManagerService {
-  MvmdManagerSkeleton parent;
+    MvmdManagerSkeleton parent;
 
-  MvmdContext *ctx;
-  GDBusObjectManagerServer *object_manager;
-  GHashTable *vms;       /* name → MvmdVmObject (ref) */
-  GHashTable *restoring; /* names of VMs being restored (not exported yet) */
+    MvmdContext *ctx;
+    GDBusObjectManagerServer *object_manager;
+    GHashTable *vms;       /* name → MvmdVmObject (ref) */
+    GHashTable *restoring; /* names of VMs being restored (not exported yet) */
 };
 
 static void mvmd_manager_service_iface_init(MvmdManagerIface *iface);
 
-G_DEFINE_TYPE_WITH_CODE(MvmdManagerService, mvmd_manager_service,
-                        MVMD_TYPE_MANAGER_SKELETON,
-                        G_IMPLEMENT_INTERFACE(MVMD_TYPE_MANAGER,
-                                              mvmd_manager_service_iface_init))
+G_DEFINE_TYPE_WITH_CODE(MvmdManagerService, mvmd_manager_service, MVMD_TYPE_MANAGER_SKELETON,
+                        G_IMPLEMENT_INTERFACE(MVMD_TYPE_MANAGER, mvmd_manager_service_iface_init))
 
-static void update_count(MvmdManagerService *self) {
-  mvmd_manager_set_vm_count(MVMD_MANAGER(self), g_hash_table_size(self->vms));
+static void update_count(MvmdManagerService *self)
+{
+    mvmd_manager_set_vm_count(MVMD_MANAGER(self), g_hash_table_size(self->vms));
 }
 
-static void on_vm_deleted(MvmdVmObject *vm, gpointer user_data) {
-  MvmdManagerService *self = user_data;
-  g_autofree char *path =
-      mvmd_vm_object_build_path(mvmd_vm_object_get_vm_name(vm));
+static void on_vm_deleted(MvmdVmObject *vm, gpointer user_data)
+{
+    MvmdManagerService *self = user_data;
+    g_autofree char *path = mvmd_vm_object_build_path(mvmd_vm_object_get_vm_name(vm));
 
-  g_signal_handlers_disconnect_by_data(vm, self);
-  g_dbus_object_manager_server_unexport(self->object_manager, path);
-  g_hash_table_remove(self->vms, mvmd_vm_object_get_vm_name(vm));
-  update_count(self);
-  g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
+    g_signal_handlers_disconnect_by_data(vm, self);
+    g_dbus_object_manager_server_unexport(self->object_manager, path);
+    g_hash_table_remove(self->vms, mvmd_vm_object_get_vm_name(vm));
+    update_count(self);
+    g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
 }
 
 /* Takes @vm. */
-static void export_vm(MvmdManagerService *self, MvmdVmObject *vm) {
-  const char *name = mvmd_vm_object_get_vm_name(vm);
-  g_autofree char *path = mvmd_vm_object_build_path(name);
-  g_autoptr(MvmdObjectSkeleton) object = mvmd_object_skeleton_new(path);
+static void export_vm(MvmdManagerService *self, MvmdVmObject *vm)
+{
+    const char *name = mvmd_vm_object_get_vm_name(vm);
+    g_autofree char *path = mvmd_vm_object_build_path(name);
+    g_autoptr(MvmdObjectSkeleton) object = mvmd_object_skeleton_new(path);
 
-  mvmd_object_skeleton_set_vm(object, MVMD_VM(vm));
-  g_hash_table_insert(self->vms, g_strdup(name), vm);
-  g_signal_connect(vm, "deleted", G_CALLBACK(on_vm_deleted), self);
-  g_dbus_object_manager_server_export(self->object_manager,
-                                      G_DBUS_OBJECT_SKELETON(object));
-  update_count(self);
+    mvmd_object_skeleton_set_vm(object, MVMD_VM(vm));
+    g_hash_table_insert(self->vms, g_strdup(name), vm);
+    g_signal_connect(vm, "deleted", G_CALLBACK(on_vm_deleted), self);
+    g_dbus_object_manager_server_export(self->object_manager, G_DBUS_OBJECT_SKELETON(object));
+    update_count(self);
 }
 
 /* Takes @config. */
-static MvmdVmObject *add_vm(MvmdManagerService *self, MvmdVmConfig *config,
-                            const char *state) {
-  MvmdVmObject *vm = mvmd_vm_object_new(self->ctx, config, state);
+static MvmdVmObject *add_vm(MvmdManagerService *self, MvmdVmConfig *config, const char *state)
+{
+    MvmdVmObject *vm = mvmd_vm_object_new(self->ctx, config, state);
 
-  export_vm(self, vm);
-  return vm;
+    export_vm(self, vm);
+    return vm;
 }
 
-void mvmd_manager_service_load(MvmdManagerService *self) {
-  g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
+void mvmd_manager_service_load(MvmdManagerService *self)
+{
+    g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
 
-  for (guint i = 0; i < configs->len; i++) {
-    MvmdVmConfig *config = configs->pdata[i];
+    for (guint i = 0; i < configs->len; i++) {
+        MvmdVmConfig *config = configs->pdata[i];
 
-    if (g_hash_table_contains(self->vms, config->name))
-      continue;
-    configs->pdata[i] = NULL;
-    add_vm(self, config, MVMD_STATE_STOPPED);
-  }
-  g_message("%u VM definitions loaded from %s", g_hash_table_size(self->vms),
-            mvmd_store_get_dir(self->ctx->store));
+        if (g_hash_table_contains(self->vms, config->name))
+            continue;
+        configs->pdata[i] = NULL;
+        add_vm(self, config, MVMD_STATE_STOPPED);
+    }
+    g_message("%u VM definitions loaded from %s", g_hash_table_size(self->vms),
+              mvmd_store_get_dir(self->ctx->store));
 }
 
-void mvmd_manager_service_autostart(MvmdManagerService *self) {
-  GHashTableIter iter;
-  gpointer vm;
+void mvmd_manager_service_autostart(MvmdManagerService *self)
+{
+    GHashTableIter iter;
+    gpointer vm;
 
-  g_hash_table_iter_init(&iter, self->vms);
-  while (g_hash_table_iter_next(&iter, NULL, &vm)) {
-    if (mvmd_vm_object_get_config(vm)->autostart)
-      mvmd_vm_object_autostart(vm);
-  }
+    g_hash_table_iter_init(&iter, self->vms);
+    while (g_hash_table_iter_next(&iter, NULL, &vm)) {
+        if (mvmd_vm_object_get_config(vm)->autostart)
+            mvmd_vm_object_autostart(vm);
+    }
 }
 
-GList *mvmd_manager_service_get_vms(MvmdManagerService *self) {
-  return g_hash_table_get_values(self->vms);
+GList *mvmd_manager_service_get_vms(MvmdManagerService *self)
+{
+    return g_hash_table_get_values(self->vms);
 }
 
-guint mvmd_manager_service_count_active(MvmdManagerService *self) {
-  GHashTableIter iter;
-  gpointer vm;
-  guint n = 0;
+guint mvmd_manager_service_count_active(MvmdManagerService *self)
+{
+    GHashTableIter iter;
+    gpointer vm;
+    guint n = 0;
 
-  g_hash_table_iter_init(&iter, self->vms);
-  while (g_hash_table_iter_next(&iter, NULL, &vm))
-    n += mvmd_vm_object_is_active(vm);
-  return n + g_hash_table_size(self->restoring);
-}
-
-/* ---- CreateVM: handle → authorize → validate → define → complete
- * ----------------------- */
-
-typedef struct {
-  MvmdManagerService *self;
-  GDBusMethodInvocation *invocation;
-  GUnixFDList *fd_list;
-  char *name;
-  GVariant *config;
-} CreateCall;
-
-static void create_call_free(CreateCall *call) {
-  g_object_unref(call->self);
-  g_clear_object(&call->fd_list);
-  g_free(call->name);
-  g_variant_unref(call->config);
-  g_free(call);
-}
-
-static void create_vm(CreateCall *call) {
-  MvmdManagerService *self = call->self;
-  g_autoptr(GError) error = NULL;
-  g_autoptr(MvmdVmConfig) config = NULL;
-  g_autofree char *path = NULL;
-
-  if (!mvmd_vm_name_validate(call->name, &error)) {
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-    return;
-  }
-  if (g_hash_table_contains(self->vms, call->name) ||
-      g_hash_table_contains(self->restoring, call->name)) {
-    g_dbus_method_invocation_return_error(
-        call->invocation, MVMD_ERROR, MVMD_ERROR_ALREADY_EXISTS,
-        "a VM named '%s' exists already", call->name);
-    return;
-  }
-  config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config,
-                                           call->fd_list, &error);
-  if (!config ||
-      (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-    return;
-  }
-  g_message("%s: defined (%u vCPUs, %" G_GUINT64_FORMAT " MiB%s)", call->name,
-            config->vcpus, config->memory_mib,
-            config->persist ? ", persistent" : "");
-  path = mvmd_vm_object_build_path(call->name);
-  add_vm(self, g_steal_pointer(&config), MVMD_STATE_CREATED);
-  g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
-  mvmd_manager_complete_create_vm(MVMD_MANAGER(self), call->invocation, NULL,
-                                  path);
-}
-
-static void on_create_authorized(GObject *source, GAsyncResult *result,
-                                 gpointer user_data) {
-  CreateCall *call = user_data;
-  g_autoptr(GError) error = NULL;
-
-  if (!mvmd_authorize_finish(result, &error))
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-  else if (call->self->ctx->stopping)
-    g_dbus_method_invocation_return_error_literal(
-        call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
-        "the daemon is shutting down");
-  else
-    create_vm(call);
-  create_call_free(call);
-}
-
-static gboolean handle_create_vm(MvmdManager *manager,
-                                 GDBusMethodInvocation *invocation,
-                                 GUnixFDList *fd_list, const char *name,
-                                 GVariant *config) {
-  MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
-  CreateCall *call = g_new0(CreateCall, 1);
-  g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
-
-  call->self = g_object_ref(self);
-  call->invocation = invocation;
-  call->fd_list = fd_list ? g_object_ref(fd_list) : NULL;
-  call->name = g_strdup(name);
-  call->config = g_variant_ref(config);
-  g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
-  g_hash_table_insert(details, MVMD_DETAIL_VERB, "CreateVM");
-  mvmd_authorize_async(invocation, MVMD_ACTION_CREATE, details,
-                       on_create_authorized, call);
-  return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-/* ---- RestoreVM: handle → authorize → validate → restore in a worker → export
- * ----------- */
-
-typedef struct {
-  MvmdManagerService *self;
-  GDBusMethodInvocation *invocation;
-  char *name;
-} RestoreCall;
-
-static void restore_call_free(RestoreCall *call) {
-  g_hash_table_remove(call->self->restoring, call->name);
-  g_object_unref(call->self);
-  g_free(call->name);
-  g_free(call);
-}
-
-/* The object is exported only once its machine is there: a failed restore
- * leaves no trace. */
-static void on_restored(MvmdVmObject *vm, const GError *error,
-                        gpointer user_data) {
-  RestoreCall *call = user_data;
-  g_autofree char *path = mvmd_vm_object_build_path(call->name);
-
-  if (error) {
-    mvmd_vm_object_discard(vm);
-    g_object_unref(vm);
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-  } else {
-    export_vm(call->self, vm);
-    if (call->self->ctx->stopping)
-      mvmd_vm_object_force_stop(vm); /* the daemon began to stop meanwhile */
-    g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(call->self));
-    mvmd_manager_complete_restore_vm(MVMD_MANAGER(call->self), call->invocation,
-                                     NULL, path);
-  }
-  restore_call_free(call);
-}
-
-static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused,
-                                    GError **error) {
-  static const MvmdKeySpec allowed[] = {
-      {"dir-fd", "h"}, {"resume", "b"}, {"copy-memory", "b"}};
-  GDBusMessage *message =
-      g_dbus_method_invocation_get_message(call->invocation);
-  g_autoptr(GVariant) options = NULL;
-  g_autoptr(GVariant) fdv = NULL;
-  g_autofree char *dir = NULL;
-  gboolean resume = FALSE, copy = FALSE;
-  const char *dir_arg;
-  int fd = -1;
-
-  g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation),
-                "(&s&s@a{sv})", NULL, &dir_arg, &options);
-  if (!mvmd_vm_name_validate(call->name, error) ||
-      !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL,
-                              error))
-    return NULL;
-  g_variant_lookup(options, "resume", "b", &resume);
-  g_variant_lookup(options, "copy-memory", "b", &copy);
-  fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
-  if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv,
-                               g_dbus_message_get_unix_fd_list(message), &dir,
-                               &fd, error))
-    return NULL;
-  *paused = !resume;
-  return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
-}
-
-static void restore_vm(RestoreCall *call) {
-  MvmdManagerService *self = call->self;
-  g_autoptr(GError) error = NULL;
-  MvmdVmConfig *config;
-  gboolean paused = TRUE;
-
-  if (g_hash_table_contains(self->vms, call->name) ||
-      g_hash_table_contains(self->restoring, call->name)) {
-    g_dbus_method_invocation_return_error(
-        call->invocation, MVMD_ERROR, MVMD_ERROR_ALREADY_EXISTS,
-        "a VM named '%s' exists already", call->name);
-    restore_call_free(call);
-    return;
-  }
-  config = restore_config(call, &paused, &error);
-  if (!config) {
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-    restore_call_free(call);
-    return;
-  }
-  g_hash_table_add(self->restoring, g_strdup(call->name));
-  mvmd_vm_object_restore(
-      mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
-      on_restored, call);
-}
-
-static void on_restore_authorized(GObject *source, GAsyncResult *result,
-                                  gpointer user_data) {
-  RestoreCall *call = user_data;
-  g_autoptr(GError) error = NULL;
-
-  if (!mvmd_authorize_finish(result, &error))
-    g_dbus_method_invocation_return_gerror(call->invocation, error);
-  else if (call->self->ctx->stopping)
-    g_dbus_method_invocation_return_error_literal(
-        call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
-        "the daemon is shutting down");
-  else
-    return restore_vm(call);
-  restore_call_free(call);
-}
-
-static gboolean handle_restore_vm(MvmdManager *manager,
-                                  GDBusMethodInvocation *invocation,
-                                  GUnixFDList *fd_list, const char *name,
-                                  const char *dir, GVariant *options) {
-  RestoreCall *call = g_new0(RestoreCall, 1);
-  g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
-
-  call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
-  call->invocation = invocation;
-  call->name = g_strdup(name);
-  g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
-  g_hash_table_insert(details, MVMD_DETAIL_VERB, "RestoreVM");
-  mvmd_authorize_async(invocation, MVMD_ACTION_SNAPSHOT, details,
-                       on_restore_authorized, call);
-  return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-/* ---- reading: no authorization
- * --------------------------------------------------------- */
-
-static gboolean handle_get_vm_by_name(MvmdManager *manager,
-                                      GDBusMethodInvocation *invocation,
-                                      const char *name) {
-  MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
-  g_autofree char *path = NULL;
-
-  if (!g_hash_table_contains(self->vms, name)) {
-    g_dbus_method_invocation_return_error(invocation, MVMD_ERROR,
-                                          MVMD_ERROR_NO_SUCH_VM,
-                                          "no VM named '%s'", name);
-    return G_DBUS_METHOD_INVOCATION_HANDLED;
-  }
-  path = mvmd_vm_object_build_path(name);
-  mvmd_manager_complete_get_vm_by_name(manager, invocation, path);
-  return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-static gint compare_names(gconstpointer a, gconstpointer b) {
-  return g_strcmp0(*(const char *const *)a, *(const char *const *)b);
-}
-
-static gboolean handle_list_vms(MvmdManager *manager,
-                                GDBusMethodInvocation *invocation) {
-  MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
-  g_autofree gpointer *names =
-      (gpointer *)g_hash_table_get_keys_as_array(self->vms, NULL);
-  guint n = g_hash_table_size(self->vms);
-  GVariantBuilder b;
-
-  qsort(names, n, sizeof(*names), compare_names);
-  g_variant_builder_init(&b, G_VARIANT_TYPE("a(soss)"));
-  for (guint i = 0; i < n; i++) {
-    MvmdVm *vm = g_hash_table_lookup(self->vms, names[i]);
-    g_autofree char *path = mvmd_vm_object_build_path(names[i]);
-
-    g_variant_builder_add(&b, "(soss)", (const char *)names[i], path,
-                          mvmd_vm_get_state(vm), mvmd_vm_get_uuid(vm));
-  }
-  mvmd_manager_complete_list_vms(manager, invocation,
-                                 g_variant_builder_end(&b));
-  return G_DBUS_METHOD_INVOCATION_HANDLED;
-}
-
-static void mvmd_manager_service_iface_init(MvmdManagerIface *iface) {
-  iface->handle_create_vm = handle_create_vm;
-  iface->handle_restore_vm = handle_restore_vm;
-  iface->handle_get_vm_by_name = handle_get_vm_by_name;
-  iface->handle_list_vms = handle_list_vms;
-}
-
-/* ---- GObject
- * ---------------------------------------------------------------------------
- */
-
-MvmdManagerService *
-mvmd_manager_service_new(MvmdContext *ctx,
-                         GDBusObjectManagerServer *object_manager) {
-  MvmdManagerService *self = g_object_new(MVMD_TYPE_MANAGER_SERVICE, NULL);
-  g_autoptr(GPtrArray) caps = g_ptr_array_new();
-
-  self->ctx = ctx;
-  self->object_manager = g_object_ref(object_manager);
-  for (const char *const *c =
-           (const char *const[]){"pause", "console", "shutdown", "reboot",
-                                 "stats", "persist", "fd-passing", "snapshot",
-                                 "freeze-clock", "devices", NULL};
-       *c; c++)
-    g_ptr_array_add(caps, (gpointer)*c);
-  if (ctx->kvm_api_version >= 0)
-    g_ptr_array_add(caps, "kvm");
-  g_ptr_array_add(caps, NULL);
-
-  mvmd_manager_set_version(MVMD_MANAGER(self), MVMD_VERSION);
-  mvmd_manager_set_kvm_api_version(MVMD_MANAGER(self), ctx->kvm_api_version);
-  mvmd_manager_set_capabilities(MVMD_MANAGER(self),
-                                (const char *const *)caps->pdata);
-  update_count(self);
-  return self;
-}
-
-static void mvmd_manager_service_init(MvmdManagerService *self) {
-  self->vms =
-      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
-  self->restoring =
-      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-}
-
-static void mvmd_manager_service_dispose(GObject *object) {
-  MvmdManagerService *self = MVMD_MANAGER_SERVICE(object);
-  GHashTableIter iter;
-  gpointer vm;
-
-  if (self->vms) {
     g_hash_table_iter_init(&iter, self->vms);
     while (g_hash_table_iter_next(&iter, NULL, &vm))
-      g_signal_handlers_disconnect_by_data(vm, self);
-    g_clear_pointer(&self->vms, g_hash_table_unref);
-  }
-  g_clear_pointer(&self->restoring, g_hash_table_unref);
-  g_clear_object(&self->object_manager);
-  G_OBJECT_CLASS(mvmd_manager_service_parent_class)->dispose(object);
+        n += mvmd_vm_object_is_active(vm);
+    return n + g_hash_table_size(self->restoring);
 }
 
-static void mvmd_manager_service_class_init(MvmdManagerServiceClass *klass) {
-  G_OBJECT_CLASS(klass)->dispose = mvmd_manager_service_dispose;
+/* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
+
+typedef struct {
+    MvmdManagerService *self;
+    GDBusMethodInvocation *invocation;
+    GUnixFDList *fd_list;
+    char *name;
+    GVariant *config;
+} CreateCall;
+
+static void create_call_free(CreateCall *call)
+{
+    g_object_unref(call->self);
+    g_clear_object(&call->fd_list);
+    g_free(call->name);
+    g_variant_unref(call->config);
+    g_free(call);
+}
+
+static void create_vm(CreateCall *call)
+{
+    MvmdManagerService *self = call->self;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVmConfig) config = NULL;
+    g_autofree char *path = NULL;
+
+    if (!mvmd_vm_name_validate(call->name, &error)) {
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+        return;
+    }
+    if (g_hash_table_contains(self->vms, call->name) ||
+        g_hash_table_contains(self->restoring, call->name)) {
+        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR,
+                                              MVMD_ERROR_ALREADY_EXISTS,
+                                              "a VM named '%s' exists already", call->name);
+        return;
+    }
+    config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (!config || (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+        return;
+    }
+    g_message("%s: defined (%u vCPUs, %" G_GUINT64_FORMAT " MiB%s)", call->name, config->vcpus,
+              config->memory_mib, config->persist ? ", persistent" : "");
+    path = mvmd_vm_object_build_path(call->name);
+    add_vm(self, g_steal_pointer(&config), MVMD_STATE_CREATED);
+    g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
+    mvmd_manager_complete_create_vm(MVMD_MANAGER(self), call->invocation, NULL, path);
+}
+
+static void on_create_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    CreateCall *call = user_data;
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_authorize_finish(result, &error))
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+    else if (call->self->ctx->stopping)
+        g_dbus_method_invocation_return_error_literal(
+            call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
+    else
+        create_vm(call);
+    create_call_free(call);
+}
+
+static gboolean handle_create_vm(MvmdManager *manager, GDBusMethodInvocation *invocation,
+                                 GUnixFDList *fd_list, const char *name, GVariant *config)
+{
+    MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
+    CreateCall *call = g_new0(CreateCall, 1);
+    g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
+
+    call->self = g_object_ref(self);
+    call->invocation = invocation;
+    call->fd_list = fd_list ? g_object_ref(fd_list) : NULL;
+    call->name = g_strdup(name);
+    call->config = g_variant_ref(config);
+    g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
+    g_hash_table_insert(details, MVMD_DETAIL_VERB, "CreateVM");
+    mvmd_authorize_async(invocation, MVMD_ACTION_CREATE, details, on_create_authorized, call);
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+/* ---- RestoreVM: handle → authorize → validate → restore in a worker → export ----------- */
+
+typedef struct {
+    MvmdManagerService *self;
+    GDBusMethodInvocation *invocation;
+    char *name;
+} RestoreCall;
+
+static void restore_call_free(RestoreCall *call)
+{
+    g_hash_table_remove(call->self->restoring, call->name);
+    g_object_unref(call->self);
+    g_free(call->name);
+    g_free(call);
+}
+
+/* The object is exported only once its machine is there: a failed restore leaves no trace. */
+static void on_restored(MvmdVmObject *vm, const GError *error, gpointer user_data)
+{
+    RestoreCall *call = user_data;
+    g_autofree char *path = mvmd_vm_object_build_path(call->name);
+
+    if (error) {
+        mvmd_vm_object_discard(vm);
+        g_object_unref(vm);
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+    } else {
+        export_vm(call->self, vm);
+        if (call->self->ctx->stopping)
+            mvmd_vm_object_force_stop(vm); /* the daemon began to stop meanwhile */
+        g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(call->self));
+        mvmd_manager_complete_restore_vm(MVMD_MANAGER(call->self), call->invocation, NULL, path);
+    }
+    restore_call_free(call);
+}
+
+static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError **error)
+{
+    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"}, {"resume", "b"}, {"copy-memory", "b"}};
+    GDBusMessage *message = g_dbus_method_invocation_get_message(call->invocation);
+    g_autoptr(GVariant) options = NULL;
+    g_autoptr(GVariant) fdv = NULL;
+    g_autofree char *dir = NULL;
+    gboolean resume = FALSE, copy = FALSE;
+    const char *dir_arg;
+    int fd = -1;
+
+    g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
+                  &dir_arg, &options);
+    if (!mvmd_vm_name_validate(call->name, error) ||
+        !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+        return NULL;
+    g_variant_lookup(options, "resume", "b", &resume);
+    g_variant_lookup(options, "copy-memory", "b", &copy);
+    fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv,
+                                 g_dbus_message_get_unix_fd_list(message), &dir, &fd, error))
+        return NULL;
+    *paused = !resume;
+    return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+}
+
+static void restore_vm(RestoreCall *call)
+{
+    MvmdManagerService *self = call->self;
+    g_autoptr(GError) error = NULL;
+    MvmdVmConfig *config;
+    gboolean paused = TRUE;
+
+    if (g_hash_table_contains(self->vms, call->name) ||
+        g_hash_table_contains(self->restoring, call->name)) {
+        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR,
+                                              MVMD_ERROR_ALREADY_EXISTS,
+                                              "a VM named '%s' exists already", call->name);
+        restore_call_free(call);
+        return;
+    }
+    config = restore_config(call, &paused, &error);
+    if (!config) {
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+        restore_call_free(call);
+        return;
+    }
+    g_hash_table_add(self->restoring, g_strdup(call->name));
+    mvmd_vm_object_restore(mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
+                           on_restored, call);
+}
+
+static void on_restore_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    RestoreCall *call = user_data;
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_authorize_finish(result, &error))
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+    else if (call->self->ctx->stopping)
+        g_dbus_method_invocation_return_error_literal(
+            call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
+    else
+        return restore_vm(call);
+    restore_call_free(call);
+}
+
+static gboolean handle_restore_vm(MvmdManager *manager, GDBusMethodInvocation *invocation,
+                                  GUnixFDList *fd_list, const char *name, const char *dir,
+                                  GVariant *options)
+{
+    RestoreCall *call = g_new0(RestoreCall, 1);
+    g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
+
+    call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
+    call->invocation = invocation;
+    call->name = g_strdup(name);
+    g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
+    g_hash_table_insert(details, MVMD_DETAIL_VERB, "RestoreVM");
+    mvmd_authorize_async(invocation, MVMD_ACTION_SNAPSHOT, details, on_restore_authorized, call);
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+/* ---- reading: no authorization --------------------------------------------------------- */
+
+static gboolean handle_get_vm_by_name(MvmdManager *manager, GDBusMethodInvocation *invocation,
+                                      const char *name)
+{
+    MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
+    g_autofree char *path = NULL;
+
+    if (!g_hash_table_contains(self->vms, name)) {
+        g_dbus_method_invocation_return_error(invocation, MVMD_ERROR, MVMD_ERROR_NO_SUCH_VM,
+                                              "no VM named '%s'", name);
+        return G_DBUS_METHOD_INVOCATION_HANDLED;
+    }
+    path = mvmd_vm_object_build_path(name);
+    mvmd_manager_complete_get_vm_by_name(manager, invocation, path);
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+static gint compare_names(gconstpointer a, gconstpointer b)
+{
+    return g_strcmp0(*(const char *const *)a, *(const char *const *)b);
+}
+
+static gboolean handle_list_vms(MvmdManager *manager, GDBusMethodInvocation *invocation)
+{
+    MvmdManagerService *self = MVMD_MANAGER_SERVICE(manager);
+    g_autofree gpointer *names = (gpointer *)g_hash_table_get_keys_as_array(self->vms, NULL);
+    guint n = g_hash_table_size(self->vms);
+    GVariantBuilder b;
+
+    qsort(names, n, sizeof(*names), compare_names);
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(soss)"));
+    for (guint i = 0; i < n; i++) {
+        MvmdVm *vm = g_hash_table_lookup(self->vms, names[i]);
+        g_autofree char *path = mvmd_vm_object_build_path(names[i]);
+
+        g_variant_builder_add(&b, "(soss)", (const char *)names[i], path, mvmd_vm_get_state(vm),
+                              mvmd_vm_get_uuid(vm));
+    }
+    mvmd_manager_complete_list_vms(manager, invocation, g_variant_builder_end(&b));
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
+static void mvmd_manager_service_iface_init(MvmdManagerIface *iface)
+{
+    iface->handle_create_vm = handle_create_vm;
+    iface->handle_restore_vm = handle_restore_vm;
+    iface->handle_get_vm_by_name = handle_get_vm_by_name;
+    iface->handle_list_vms = handle_list_vms;
+}
+
+/* ---- GObject --------------------------------------------------------------------------- */
+
+MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
+                                             GDBusObjectManagerServer *object_manager)
+{
+    MvmdManagerService *self = g_object_new(MVMD_TYPE_MANAGER_SERVICE, NULL);
+    g_autoptr(GPtrArray) caps = g_ptr_array_new();
+
+    self->ctx = ctx;
+    self->object_manager = g_object_ref(object_manager);
+    for (const char *const *c =
+             (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
+                                   "fd-passing", "snapshot", "freeze-clock", "devices", NULL};
+         *c; c++)
+        g_ptr_array_add(caps, (gpointer)*c);
+    if (ctx->kvm_api_version >= 0)
+        g_ptr_array_add(caps, "kvm");
+    g_ptr_array_add(caps, NULL);
+
+    mvmd_manager_set_version(MVMD_MANAGER(self), MVMD_VERSION);
+    mvmd_manager_set_kvm_api_version(MVMD_MANAGER(self), ctx->kvm_api_version);
+    mvmd_manager_set_capabilities(MVMD_MANAGER(self), (const char *const *)caps->pdata);
+    update_count(self);
+    return self;
+}
+
+static void mvmd_manager_service_init(MvmdManagerService *self)
+{
+    self->vms = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
+    self->restoring = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+}
+
+static void mvmd_manager_service_dispose(GObject *object)
+{
+    MvmdManagerService *self = MVMD_MANAGER_SERVICE(object);
+    GHashTableIter iter;
+    gpointer vm;
+
+    if (self->vms) {
+        g_hash_table_iter_init(&iter, self->vms);
+        while (g_hash_table_iter_next(&iter, NULL, &vm))
+            g_signal_handlers_disconnect_by_data(vm, self);
+        g_clear_pointer(&self->vms, g_hash_table_unref);
+    }
+    g_clear_pointer(&self->restoring, g_hash_table_unref);
+    g_clear_object(&self->object_manager);
+    G_OBJECT_CLASS(mvmd_manager_service_parent_class)->dispose(object);
+}
+
+static void mvmd_manager_service_class_init(MvmdManagerServiceClass *klass)
+{
+    G_OBJECT_CLASS(klass)->dispose = mvmd_manager_service_dispose;
 }
