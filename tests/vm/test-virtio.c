@@ -17,6 +17,7 @@
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
 #include <sched.h>
+#include <stdio.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -781,6 +782,20 @@ static void test_blk_bench(void)
                        "%.1f us per request",
                        i == 0 ? "read" : "write", count, kib, (t1 - t0) / 1000.0,
                        mb / ((t1 - t0) / 1e6), (double)(t1 - t0) / count);
+    }
+    /* What the guest measured with its TSC, at the TSC rate KVM gives it. */
+    guint32 khz = mvm_vcpu_get_tsc_khz(g->vm->vcpus[0].vcpu, NULL);
+    for (guint i = 0; i < 2 && khz > 0; i++) {
+        const char *kind = i == 0 ? "read" : "write";
+        g_autofree char *prefix = g_strdup_printf("BLKBENCH %s bytes ", kind);
+        const char *line = strstr(out, prefix);
+        guint64 bytes = 0, tsc = 0;
+        g_assert_nonnull(line);
+        g_assert_cmpint(sscanf(line + strlen(prefix),
+                               "%" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &bytes, &tsc),
+                        ==, 2);
+        g_test_message("BENCH virtio-blk %s, guest-reported: %.1f MB/s (TSC %u kHz)", kind,
+                       bytes / 1e6 / (tsc / (khz * 1e3)), khz);
     }
     gint64 k0 = guest_marker_time(g, 0x104), k1 = guest_marker_time(g, 0x105);
     gint64 k2 = guest_marker_time(g, 0x106);
