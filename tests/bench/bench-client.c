@@ -11,6 +11,10 @@
  *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start,
  *                                            property Get, Pause/Resume, GetManagedObjects with
  *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs
+ *   bench-client libvirt ADDRESS REPS N_DEFINED
+ *                                            libvirt-dbus (test driver) on the bus at ADDRESS:
+ *                                            DomainDefineXML+Create, Get, Suspend/Resume,
+ *                                            ListDomains with N_DEFINED domains
  */
 #include <errno.h>
 #include <string.h>
@@ -195,6 +199,7 @@ static int cmd_qmp_migrate(const char *socket_path, const char *file, gboolean o
 
 typedef struct {
     GDBusConnection *bus;
+    const char *dest; /* the bus name called */
     const char *kernel;
     int daemon_pid;
     guint reps;
@@ -203,7 +208,7 @@ typedef struct {
 static GVariant *call(Client *c, const char *path, const char *iface, const char *method,
                       GVariant *args, GError **error)
 {
-    return g_dbus_connection_call_sync(c->bus, MVMD_NAME, path, iface, method, args, NULL,
+    return g_dbus_connection_call_sync(c->bus, c->dest, path, iface, method, args, NULL,
                                        G_DBUS_CALL_FLAGS_NO_AUTO_START, 120000, NULL, error);
 }
 
@@ -384,10 +389,20 @@ static gboolean bench_running(Client *c, guint n, GError **error)
     return TRUE;
 }
 
+static GDBusConnection *connect_bus(const char *address, GError **error)
+{
+    return g_dbus_connection_new_for_address_sync(
+        address,
+        G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+            G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+        NULL, NULL, error);
+}
+
 static int cmd_dbus(char **argv)
 {
     g_autoptr(GError) error = NULL;
     Client c = {
+        .dest = MVMD_NAME,
         .kernel = argv[2],
         .daemon_pid = (int)g_ascii_strtoll(argv[1], NULL, 10),
         .reps = (guint)CLAMP(g_ascii_strtoull(argv[3], NULL, 10), 1, 100000),
@@ -395,11 +410,7 @@ static int cmd_dbus(char **argv)
     guint n_defined = (guint)CLAMP(g_ascii_strtoull(argv[4], NULL, 10), 1, 100000);
     guint n_running = (guint)CLAMP(g_ascii_strtoull(argv[5], NULL, 10), 1, 10000);
 
-    c.bus =
-        g_dbus_connection_new_for_address_sync(argv[0],
-                                               G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
-                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
-                                               NULL, NULL, &error);
+    c.bus = connect_bus(argv[0], &error);
     if (c.bus == NULL)
         return bench_fail("connecting to the bus", error);
     if (!bench_create_start(&c, &error))
@@ -410,6 +421,139 @@ static int cmd_dbus(char **argv)
         return bench_fail("GetManagedObjects", error);
     if (!bench_running(&c, n_running, &error))
         return bench_fail("running VMs", error);
+    g_object_unref(c.bus);
+    return 0;
+}
+
+/* ---- D-Bus: libvirt-dbus with libvirt's test driver (nothing runs: control plane only) ---- */
+
+#define LIBVIRT_NAME   "org.libvirt"
+#define LIBVIRT_TEST   "/org/libvirt/Test"
+#define LIBVIRT_CONN   "org.libvirt.Connect"
+#define LIBVIRT_DOMAIN "org.libvirt.Domain"
+
+static char *define_domain(Client *c, const char *name, GError **error)
+{
+    g_autofree char *xml = g_strdup_printf(
+        "<domain type='test'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>",
+        name);
+    g_autoptr(GVariant) reply =
+        call(c, LIBVIRT_TEST, LIBVIRT_CONN, "DomainDefineXML", g_variant_new("(s)", xml), error);
+    char *path = NULL;
+
+    if (reply != NULL)
+        g_variant_get(reply, "(o)", &path);
+    return path;
+}
+
+static gboolean domain_call(Client *c, const char *path, const char *method, gboolean flags,
+                            GError **error)
+{
+    g_autoptr(GVariant) reply =
+        call(c, path, LIBVIRT_DOMAIN, method, flags ? g_variant_new("(u)", 0) : NULL, error);
+    return reply != NULL;
+}
+
+/* Get, Suspend and Resume on one running test domain. */
+static gboolean libvirt_get_pause(Client *c, const char *path, GArray *get_us, GArray *pause_us,
+                                  GArray *resume_us, GError **error)
+{
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 t0 = g_get_monotonic_time();
+        g_autoptr(GVariant) v = call(c, path, "org.freedesktop.DBus.Properties", "Get",
+                                     g_variant_new("(ss)", LIBVIRT_DOMAIN, "Active"), error);
+        if (v == NULL)
+            return FALSE;
+        gint64 t1 = g_get_monotonic_time();
+        if (!domain_call(c, path, "Suspend", FALSE, error))
+            return FALSE;
+        gint64 t2 = g_get_monotonic_time();
+        if (!domain_call(c, path, "Resume", FALSE, error))
+            return FALSE;
+        bench_samples_add(get_us, t1 - t0);
+        bench_samples_add(pause_us, t2 - t1);
+        bench_samples_add(resume_us, g_get_monotonic_time() - t2);
+    }
+    return TRUE;
+}
+
+static gboolean libvirt_define_create(Client *c, GError **error)
+{
+    g_autoptr(GArray) total_us = bench_samples_new(), get_us = bench_samples_new();
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+
+    for (guint i = 0; i < c->reps; i++) {
+        g_autofree char *name = g_strdup_printf("bench-cs-%u", i);
+        gint64 t0 = g_get_monotonic_time();
+        g_autofree char *path = define_domain(c, name, error);
+        if (path == NULL || !domain_call(c, path, "Create", TRUE, error))
+            return FALSE;
+        bench_samples_add(total_us, g_get_monotonic_time() - t0);
+        if (i == 0 && !libvirt_get_pause(c, path, get_us, pause_us, resume_us, error))
+            return FALSE;
+        if (!domain_call(c, path, "Destroy", TRUE, error) ||
+            !domain_call(c, path, "Undefine", TRUE, error))
+            return FALSE;
+    }
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "libvirt_create_start");
+    bench_json_samples(json, "create_start_us", total_us);
+    bench_json_samples(json, "get_us", get_us);
+    bench_json_samples(json, "pause_us", pause_us);
+    bench_json_samples(json, "resume_us", resume_us);
+    bench_json_print(json);
+    return TRUE;
+}
+
+/* libvirt-dbus has no ObjectManager: ListDomains is what a client calls to see every VM. */
+static gboolean libvirt_list(Client *c, guint n, GError **error)
+{
+    g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) list_us = bench_samples_new();
+
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *name = g_strdup_printf("bench-def-%04u", i);
+        char *path = define_domain(c, name, error);
+        if (path == NULL)
+            return FALSE;
+        g_ptr_array_add(paths, path);
+    }
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 t0 = g_get_monotonic_time();
+        g_autoptr(GVariant) list =
+            call(c, LIBVIRT_TEST, LIBVIRT_CONN, "ListDomains", g_variant_new("(u)", 0), error);
+        if (list == NULL)
+            return FALSE;
+        bench_samples_add(list_us, g_get_monotonic_time() - t0);
+    }
+    for (guint i = 0; i < paths->len; i++)
+        if (!domain_call(c, paths->pdata[i], "Undefine", TRUE, error))
+            return FALSE;
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "what", "libvirt_list");
+    bench_json_int(json, "n", n);
+    bench_json_samples(json, "list_domains_us", list_us);
+    bench_json_print(json);
+    return TRUE;
+}
+
+static int cmd_libvirt(char **argv)
+{
+    g_autoptr(GError) error = NULL;
+    Client c = {
+        .dest = LIBVIRT_NAME,
+        .reps = (guint)CLAMP(g_ascii_strtoull(argv[1], NULL, 10), 1, 100000),
+    };
+    guint n_defined = (guint)CLAMP(g_ascii_strtoull(argv[2], NULL, 10), 1, 100000);
+
+    c.bus = connect_bus(argv[0], &error);
+    if (c.bus == NULL)
+        return bench_fail("connecting to the bus", error);
+    if (!libvirt_define_create(&c, &error))
+        return bench_fail("libvirt-dbus DomainDefineXML+Create", error);
+    if (!libvirt_list(&c, n_defined, &error))
+        return bench_fail("libvirt-dbus ListDomains", error);
     g_object_unref(c.bus);
     return 0;
 }
@@ -426,7 +570,10 @@ int main(int argc, char **argv)
         return cmd_qmp_migrate(argv[2], argv[3], FALSE);
     if (g_str_equal(cmd, "dbus") && argc == 8)
         return cmd_dbus(argv + 2);
+    if (g_str_equal(cmd, "libvirt") && argc == 5)
+        return cmd_libvirt(argv + 2);
     g_printerr("usage: bench-client qmp-pause SOCKET REPS | qmp-migrate SOCKET FILE |"
-               " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING\n");
+               " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING |"
+               " libvirt ADDRESS REPS N_DEFINED\n");
     return 2;
 }
