@@ -275,7 +275,10 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
         return mctl_fail(error, argv[0]);
     if (!mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error))
         return mctl_fail(error, argv[0]);
-    if (lines > 0) {
+    if (lines > 0 && g_strcmp0(mvmd_vm_get_state(vm), MVMD_STATE_CREATED) == 0) {
+        /* Never started: nothing was printed, and asking would only wait. */
+        console = g_new0(char *, 1);
+    } else if (lines > 0) {
         /* The console needs its own permission: without it, status shows the rest. */
         console = mctl_console_tail(ctl, vm, lines, &error);
         if (!console) {

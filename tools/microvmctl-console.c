@@ -17,6 +17,7 @@
 
 #define ESCAPE_CHAR 0x1d /* Ctrl-] as in telnet and virsh console */
 /* status: how long the replay may take to arrive, and how much of it to keep. */
+#define TAIL_FIRST_MS 500
 #define TAIL_QUIET_MS 200
 #define TAIL_MAX_MS   1500
 #define TAIL_MAX      (256 * 1024)
@@ -64,7 +65,7 @@ GStrv mctl_console_tail(Mctl *ctl, MvmdVm *vm, guint n, GError **error)
      * deadline too. */
     while (seen->len < TAIL_MAX && g_get_monotonic_time() < deadline) {
         char buf[4096];
-        gssize r = read_some(fd, buf, sizeof(buf), TAIL_QUIET_MS);
+        gssize r = read_some(fd, buf, sizeof(buf), seen->len ? TAIL_QUIET_MS : TAIL_FIRST_MS);
 
         if (r <= 0)
             break;

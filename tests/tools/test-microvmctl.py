@@ -430,8 +430,10 @@ def test_console_pipe(t, bus):
     """Not a terminal: stdin to the guest, its output to stdout, leave when input has ended
     and the console is quiet."""
     create_echo(bus, "pipe")
-    r = ctl(bus, "console", "pipe", "--wait-idle=1500", input="abc\nquit\n")
+    # The guest echoes an escape sequence: console passes it through, status must not.
+    r = ctl(bus, "console", "pipe", "--wait-idle=1500", input="abc\x1b[2Jred\nquit\n")
     expect_rc(r, OK, "console from a pipe")
+    assert "abc\x1b[2Jred" in r.out, r
     assert "READY" in r.out and "PASS echo" in r.out, r
     assert r.out.index("abc") > r.out.index("READY"), r
     assert "TESTGUEST-DONE echo PASS" in r.out, r
@@ -443,6 +445,9 @@ def test_console_pipe(t, bus):
     assert "TESTGUEST-DONE echo PASS" in r.out, "replay of a stopped VM: %r" % r
     r = ctl(bus, "status", "pipe", "--lines=2")
     assert re.search(r"PASS echo\n  TESTGUEST-DONE echo PASS\n$", r.out), r
+    r = ctl(bus, "status", "pipe")
+    assert "\x1b" not in r.out and "abc\ufffd[2Jred" in r.out, r
+    assert "abc\ufffd[2Jred" in vm_json(bus, "pipe")["console"], "JSON keeps it readable"
     expect_rc(ctl(bus, "delete", "pipe"), OK, "delete")
 
 
