@@ -77,6 +77,7 @@ static gpointer snapshotter(gpointer data)
         g_assert_no_error(error);
         g_autoptr(MvmVm) copy = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
         g_assert_no_error(error);
+        g_assert_cmpint(mvm_vm_get_state(copy), ==, MVM_VM_STATE_PAUSED);
         g_atomic_int_inc(&s->snapshots);
     }
     rm_rf(dir);
