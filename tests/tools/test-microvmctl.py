@@ -575,9 +575,11 @@ def test_completion(t, bus):
         os.symlink(MICROVMCTL, link)
 
     def complete(*words):
-        script = ('source "$COMPLETION"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); '
+        """Completes the last of @words, as bash does on a command line with them."""
+        line = " ".join(words)
+        script = ('source "$COMPLETION"; COMP_LINE="$1"; COMP_POINT=${#COMP_LINE}; '
                   '_microvmctl; printf "%s\\n" "${COMPREPLY[@]}"')
-        r = subprocess.run(["bash", "-c", script, "bash"] + list(words), capture_output=True,
+        r = subprocess.run(["bash", "-c", script, "bash", line], capture_output=True,
                            text=True, env=env_c(COMPLETION=os.environ["MVMD_COMPLETION"],
                                                 PATH=bindir + ":" + os.environ["PATH"]))
         assert r.returncode == 0, r.stderr
@@ -590,6 +592,9 @@ def test_completion(t, bus):
     assert "--freeze-clock" in complete("microvmctl", "pause", "--f")
     assert complete("microvmctl", "--address", bus.address, "start", "alpha", "") == []
     assert complete("microvmctl", "create", "x", "--on-reboot", "") == ["restart", "stop"]
+    assert complete("microvmctl", "create", "x", "--on-reboot=r") == ["restart"]
+    assert complete("microvmctl", "--json") == [], "not a global option"
+    assert complete("microvmctl", "--socket=/nonexistent", "stop", "") == []
     for name in ("alpha", "beta"):
         expect_rc(ctl(bus, "delete", name), OK, "delete")
 
