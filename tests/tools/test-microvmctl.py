@@ -239,6 +239,32 @@ def test_usage(t):
     assert re.match(r"microvmctl \d+\.\d+", r.out), r
 
 
+def help_options(argv):
+    """The long options a --help output lists."""
+    r = subprocess.run(argv + ["--help"], capture_output=True, text=True, env=env_c())
+    assert r.returncode == 0, r
+    return set(re.findall(r"^  (?:-\w, )?(--[a-z-]+)", r.stdout, re.M)) - {"--help"}
+
+
+def test_man_pages(t):
+    """Every option of every command, and of microvmd, is in the man pages."""
+    docs = os.path.join(os.path.dirname(os.environ["MVMD_PO_DIR"]), "docs", "man")
+    with open(os.path.join(docs, "microvmctl.1.rst")) as f:
+        ctl_page = f.read()
+    with open(os.path.join(docs, "microvmd.8.rst")) as f:
+        daemon_page = f.read()
+    for command in ("list", "status", "info", "create", "start", "stop", "shutdown", "reboot",
+                    "pause", "resume", "delete", "snapshot", "restore", "console", "events"):
+        assert re.search(r"^``%s``" % command, ctl_page, re.M), "command %s not documented" % command
+        for option in help_options([MICROVMCTL, command]):
+            assert "``" + option in ctl_page, "%s %s not documented" % (command, option)
+    for option in help_options([MICROVMD]):
+        assert "``" + option in daemon_page, "microvmd %s not documented" % option
+    # Each exit code of microvmctl.h is explained.
+    for code in range(0, LOCAL_IO + 1):
+        assert re.search(r"^%d\n    \S" % code, ctl_page, re.M), "exit code %d" % code
+
+
 def test_german(t):
     """The catalog was built, is complete, and is used."""
     po = os.path.join(os.environ["MVMD_PO_DIR"], "de.po")
@@ -673,6 +699,7 @@ def main():
     try:
         run("usage and exit codes", test_usage)
         run("German translation", test_german)
+        run("man pages document every option", test_man_pages)
         run("no daemon", test_no_daemon, bus)
         bus.start_daemon()
         run("info", test_info, bus)
