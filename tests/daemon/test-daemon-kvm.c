@@ -454,6 +454,51 @@ static void test_devices(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(out, "PASS rng"));
 }
 
+/*
+ * Persistence with real guests: an autostart VM is running again after a daemon restart, and
+ * a stored definition with devices comes back with the same Config.
+ */
+static void test_autostart_restart(Fixture *f, gconstpointer data)
+{
+    const char *const args[] = {"--shutdown-timeout=1", NULL};
+    g_autoptr(GBytes) image = NULL;
+    g_autofree char *disk = make_image(f->bus->tmpdir, "keep.img", 64, &image);
+    g_autofree char *extra = g_strdup_printf(
+        "'persist': <true>, 'rng': <true>, 'disks': <[{'path': <'%s'>, 'read-only': <true>}]>",
+        disk);
+    g_autoptr(MvmdVm) autovm = create_guest(f, "auto", "idle",
+                                            "'persist': <true>, "
+                                            "'autostart': <true>");
+    g_autoptr(MvmdVm) kept = create_guest(f, "kept", "idle", extra);
+    g_autoptr(GVariant) config_before = mvmd_vm_dup_config(kept);
+    g_autoptr(GVariant) config_after = NULL;
+    g_autofree char *uuid = g_strdup(mvmd_vm_get_uuid(autovm));
+    Console *c;
+
+    /* Running when the daemon stops: asked, then forced after the 1 s grace. */
+    call_ok(autovm, "Start");
+    wait_state(autovm, "running");
+    g_clear_object(&autovm);
+    g_clear_object(&kept);
+    g_clear_object(&f->manager);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
+
+    mvmd_test_bus_start_daemon(f->bus, args);
+    f->manager = mvmd_test_bus_manager(f->bus, NULL);
+    autovm = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/auto");
+    kept = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/kept");
+    wait_state(autovm, "running");
+    g_assert_cmpstr(mvmd_vm_get_uuid(autovm), ==, uuid);
+    c = console_open(autovm);
+    console_expect(c, 0, "IDLE");
+    console_close(c);
+    g_assert_cmpstr(mvmd_vm_get_state(kept), ==, "stopped");
+    config_after = mvmd_vm_dup_config(kept);
+    g_assert_true(g_variant_equal(config_before, config_after));
+    call_ok(autovm, "Stop");
+    wait_state(autovm, "stopped");
+}
+
 /* The last "COUNTER n" in @text (the pattern guest's heartbeat), or -1. */
 static gint64 last_counter(const char *text)
 {
@@ -732,6 +777,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
+    ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
