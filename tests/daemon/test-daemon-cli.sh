@@ -97,6 +97,15 @@ expect '"kernel" s "/boot/vmlinuz"' "Config" "$(bctl get-property $D $A $VMI Con
 out=$(bctl get-property $D $A $VMI UUID)
 if grep -Eq '^s "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"$' <<<"$out"; then ok "UUID v4"; else not_ok "UUID: $out"; fi
 expect '.Shutdown' "busctl introspect shows the VM interface" "$(bctl introspect $D $A)"
+intro=$(bctl introspect $D $A $VMI)
+for m in .Start .Pause .Resume .Shutdown .Stop .Reboot .Delete .Snapshot .OpenConsole .GetStats \
+    .Name .UUID .State .VCPUs .MemoryMiB .Config .StateChangedAt .ExitReason; do
+    expect "$m" "VM interface has $m" "$intro"
+done
+intro=$(bctl introspect $D $ROOT $MGR)
+for m in .CreateVM .RestoreVM .GetVMByName .ListVMs .Version .KvmApiVersion .VMCount .Capabilities; do
+    expect "$m" "Manager interface has $m" "$intro"
+done
 expect "$A" "busctl tree" "$(bctl tree $D)"
 expect '"data"' "busctl --json" "$(bctl --json=short get-property $D $A $VMI State)"
 
