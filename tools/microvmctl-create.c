@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * microvmctl create: the command line becomes CreateVM's a{sv} configuration. The kernel and
- * the initrd are opened here and passed as descriptors (kernel-fd, initrd-fd), so the daemon
+ * microvmctl create: the command line becomes CreateVM's a{sv} configuration. The kernel, the
+ * initrd and the disks are opened here and passed as descriptors (kernel-fd, initrd-fd, a
+ * disk's fd), so the daemon
  * never opens a path on a user's behalf and an unprivileged user needs only polkit's yes. A
  * persistent VM must be started again after a daemon restart, and a descriptor cannot be
  * stored: with --persist the paths are sent instead.
@@ -32,6 +33,7 @@ typedef struct {
     gboolean persist;
     gboolean autostart;
     gboolean start;
+    gboolean rng;
 } CreateOptions;
 
 static void create_options_clear(CreateOptions *o)
@@ -83,10 +85,12 @@ static gboolean parse_memory(const char *text, guint64 *mib, GError **error)
     return TRUE;
 }
 
-/* Opens a file for the daemon to read, and adds it to @fds; returns its handle index. */
-static gint open_for_daemon(const char *option, const char *path, GUnixFDList *fds, GError **error)
+/* Opens a file for the daemon (a regular file, or for a disk also a block device) and adds it
+ * to @fds; returns its handle index. */
+static gint open_for_daemon(const char *option, const char *path, int flags, gboolean block_ok,
+                            GUnixFDList *fds, GError **error)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    int fd = open(path, flags | O_CLOEXEC | O_NOCTTY);
     struct stat st;
     gint index;
 
@@ -95,7 +99,7 @@ static gint open_for_daemon(const char *option, const char *path, GUnixFDList *f
                     path, g_strerror(errno));
         return -1;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || (block_ok && S_ISBLK(st.st_mode)))) {
         g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("%s: “%s” is not a regular file"),
                     option, path);
         close(fd);
@@ -120,15 +124,45 @@ static gboolean add_file(GVariantDict *config, const char *key, const char *path
         g_variant_dict_insert(config, key, "s", absolute);
         return TRUE;
     }
-    index = open_for_daemon(option, path, fds, error);
+    index = open_for_daemon(option, path, O_RDONLY, FALSE, fds, error);
     if (index < 0)
         return FALSE;
     g_variant_dict_insert(config, fd_key, "h", index);
     return TRUE;
 }
 
-/* --disk PATH[,ro] → {'path': <'/abs'>, 'read-only': <b>} */
-static gboolean add_disks(GVariantDict *config, char **disks, GError **error)
+/* --disk PATH[,ro] → {'fd': <h>, 'read-only': <b>}, or with --persist {'path': <'/abs'>, …} */
+static gboolean add_disk(GVariantBuilder *list, const char *arg, gboolean by_path, GUnixFDList *fds,
+                         GError **error)
+{
+    g_auto(GStrv) parts = g_strsplit(arg, ",", 2);
+    gboolean ro;
+    GVariantDict disk;
+    gint index;
+
+    if (!*parts[0] || (parts[1] && !g_str_equal(parts[1], "ro") && !g_str_equal(parts[1], "rw")))
+        return invalid(error, _("--disk: “%s” is not PATH[,ro]"), arg);
+    ro = parts[1] && g_str_equal(parts[1], "ro");
+    g_variant_dict_init(&disk, NULL);
+    if (by_path) {
+        g_autofree char *path = g_canonicalize_filename(parts[0], NULL);
+
+        g_variant_dict_insert(&disk, "path", "s", path);
+    } else {
+        index = open_for_daemon("--disk", parts[0], ro ? O_RDONLY : O_RDWR, TRUE, fds, error);
+        if (index < 0) {
+            g_variant_dict_clear(&disk);
+            return FALSE;
+        }
+        g_variant_dict_insert(&disk, "fd", "h", index);
+    }
+    g_variant_dict_insert(&disk, "read-only", "b", ro);
+    g_variant_builder_add_value(list, g_variant_dict_end(&disk));
+    return TRUE;
+}
+
+static gboolean add_disks(GVariantDict *config, char **disks, gboolean by_path, GUnixFDList *fds,
+                          GError **error)
 {
     GVariantBuilder list;
 
@@ -136,22 +170,10 @@ static gboolean add_disks(GVariantDict *config, char **disks, GError **error)
         return TRUE;
     g_variant_builder_init(&list, G_VARIANT_TYPE("aa{sv}"));
     for (char **d = disks; *d; d++) {
-        g_auto(GStrv) parts = g_strsplit(*d, ",", 2);
-        g_autofree char *path = NULL;
-        gboolean ro = FALSE;
-        GVariantDict disk;
-
-        if (!*parts[0] ||
-            (parts[1] && !g_str_equal(parts[1], "ro") && !g_str_equal(parts[1], "rw"))) {
+        if (!add_disk(&list, *d, by_path, fds, error)) {
             g_variant_builder_clear(&list);
-            return invalid(error, _("--disk: “%s” is not PATH[,ro]"), *d);
+            return FALSE;
         }
-        ro = parts[1] && g_str_equal(parts[1], "ro");
-        path = g_canonicalize_filename(parts[0], NULL);
-        g_variant_dict_init(&disk, NULL);
-        g_variant_dict_insert(&disk, "path", "s", path);
-        g_variant_dict_insert(&disk, "read-only", "b", ro);
-        g_variant_builder_add_value(&list, g_variant_dict_end(&disk));
     }
     g_variant_dict_insert_value(config, "disks", g_variant_builder_end(&list));
     return TRUE;
@@ -251,8 +273,8 @@ static GVariant *build_config(CreateOptions *o, GUnixFDList *fds, GError **error
     /* Open files only once the plain values are known to be good. */
     if (!add_file(&config, "kernel", o->kernel, o->persist, fds, error) ||
         (o->initrd && !add_file(&config, "initrd", o->initrd, o->persist, fds, error)) ||
-        !add_disks(&config, o->disks, error) || !add_taps(&config, o->taps, error) ||
-        !add_vsock(&config, o->vsock, error))
+        !add_disks(&config, o->disks, o->persist, fds, error) ||
+        !add_taps(&config, o->taps, error) || !add_vsock(&config, o->vsock, error))
         return NULL;
     if (o->vcpus)
         g_variant_dict_insert(&config, "vcpus", "u", (guint32)o->vcpus);
@@ -264,6 +286,8 @@ static GVariant *build_config(CreateOptions *o, GUnixFDList *fds, GError **error
         g_variant_dict_insert(&config, "persist", "b", TRUE);
     if (o->autostart)
         g_variant_dict_insert(&config, "autostart", "b", TRUE);
+    if (o->rng)
+        g_variant_dict_insert(&config, "rng", "b", TRUE);
     /* Last, so that --set has the final word. */
     if (!add_sets(&config, o->sets, error))
         return NULL;
@@ -329,6 +353,7 @@ int mctl_cmd_create(Mctl *ctl, int argc, char **argv)
         {"vsock", 0, 0, G_OPTION_ARG_STRING, &o.vsock,
          N_("Add a vsock device with the guest address CID, on unix sockets at PATH"),
          N_("CID,PATH")},
+        {"rng", 0, 0, G_OPTION_ARG_NONE, &o.rng, N_("Add a virtio entropy device"), NULL},
         {"on-reboot", 0, 0, G_OPTION_ARG_STRING, &o.on_reboot,
          N_("What a guest reset does: “restart” (default) or “stop”"), N_("ACTION")},
         {"persist", 0, 0, G_OPTION_ARG_NONE, &o.persist,

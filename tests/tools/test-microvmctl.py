@@ -374,6 +374,28 @@ def test_define(t, bus):
     assert s["config"]["persist"] is True and s["config"]["autostart"] is True, s
     assert s["config"]["on-reboot"] == "stop" and s["config"]["debug-exit"] is True, s
     assert os.path.exists(os.path.join(bus.dir, "state", "vms", "def2.vm")), "not stored"
+    # Devices: disks are opened here (read-write unless ",ro") and passed as descriptors.
+    disk, disk_ro = os.path.join(bus.dir, "disk.img"), os.path.join(bus.dir, "ro.img")
+    for path in (disk, disk_ro):
+        with open(path, "wb") as f:
+            f.truncate(1 << 20)
+    os.chmod(disk_ro, 0o444)
+    vsock = os.path.join(bus.dir, "v.sock")
+    expect_rc(ctl(bus, "create", "dev", "--kernel", kernel, "--disk", disk, "--disk",
+                  disk_ro + ",ro", "--rng", "--vsock", "7," + vsock, "--tap",
+                  "mvmtap0,mac=52:54:00:12:34:56"), OK, "create with devices")
+    c = vm_json(bus, "dev")["config"]
+    assert [(d.get("fd-passed"), d["read-only"]) for d in c["disks"]] == [(True, False),
+                                                                        (True, True)], c
+    assert c["rng"] is True and c["vsock"] == {"cid": 7, "uds-path": vsock}, c
+    assert c["network"] == [{"tap": "mvmtap0", "mac": "52:54:00:12:34:56"}], c
+    expect_rc(ctl(bus, "delete", "dev"), OK, "delete")
+    expect_rc(ctl(bus, "create", "dev", "--kernel", kernel, "--disk", disk, "--persist"), OK,
+              "create --persist with a disk")
+    assert vm_json(bus, "dev")["config"]["disks"][0]["path"] == disk
+    expect_rc(ctl(bus, "delete", "dev"), OK, "delete")
+    r = ctl(bus, "create", "dev", "--kernel", kernel, "--disk", os.path.join(bus.dir, "nope"))
+    expect_rc(r, LOCAL_IO, "missing disk")
     r = ctl(bus, "list")
     lines = r.out.splitlines()
     assert re.match(r"^NAME +STATE +VCPUS +MEMORY +UPTIME$", lines[0]), r
