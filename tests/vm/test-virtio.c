@@ -274,6 +274,19 @@ static void test_blk_write_read(void)
     /* Both announcements: the command line for VIRTIO_MMIO_CMDLINE_DEVICES kernels. */
     g_assert_nonnull(strstr(g->vm->boot.cmdline, "virtio_mmio.device=4K@0xd0000000:5"));
     g_assert_nonnull(strstr(g->vm->boot.cmdline, "virtio_mmio.device=4K@0xd0001000:6"));
+    /* And the DSDT, for distro kernels: one LNRO0005 device per virtio device. */
+    const guint8 *acpi = mvm_memory_get_ptr(g->vm->memory, MVM_ACPI_TABLES_ADDR,
+                                            MVM_ACPI_TABLES_END - MVM_ACPI_TABLES_ADDR);
+    guint lnro = 0;
+    for (const guint8 *p = acpi; p != NULL;) {
+        gsize left = MVM_ACPI_TABLES_END - MVM_ACPI_TABLES_ADDR - (gsize)(p - acpi);
+        p = memmem(p, left, "LNRO0005", 8);
+        if (p != NULL) {
+            lnro++;
+            p += 8;
+        }
+    }
+    g_assert_cmpuint(lnro, ==, 2);
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "BLK capacity 2048 "));
     g_assert_nonnull(strstr(out, "PASS blk-write-read"));
