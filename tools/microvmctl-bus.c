@@ -29,26 +29,24 @@ static gboolean on_connect_timeout(gpointer cancellable)
     return G_SOURCE_REMOVE;
 }
 
+/* On the default main context: the connection emits "closed" in the context it was made in. */
 static GDBusConnection *connect_address(const char *address, GDBusConnectionFlags flags,
                                         GError **error)
 {
-    g_autoptr(GMainContext) context = g_main_context_new();
-    g_autoptr(GMainLoop) loop = g_main_loop_new(context, FALSE);
+    g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
     g_autoptr(GCancellable) cancellable = g_cancellable_new();
     g_autoptr(GSource) timeout = g_timeout_source_new_seconds(CONNECT_TIMEOUT_SEC);
     CallWait wait = {loop, NULL, NULL, 0, FALSE};
     GDBusConnection *connection;
     g_autoptr(GError) local = NULL;
 
-    g_main_context_push_thread_default(context);
     g_source_set_callback(timeout, on_connect_timeout, cancellable, NULL);
-    g_source_attach(timeout, context);
+    g_source_attach(timeout, NULL);
     g_dbus_connection_new_for_address(address, flags, NULL, cancellable, on_call_done, &wait);
     g_main_loop_run(loop);
     g_source_destroy(timeout);
     connection = g_dbus_connection_new_for_address_finish(wait.result, &local);
     g_object_unref(wait.result);
-    g_main_context_pop_thread_default(context);
     if (g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CANCELLED))
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, _("No answer within %d seconds"),
                     CONNECT_TIMEOUT_SEC);

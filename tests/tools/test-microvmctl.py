@@ -676,6 +676,13 @@ def test_socket(t, tmp):
             events.until(event_is("removed", "p2p"))
         finally:
             assert events.stop() == 0
+        # When microvmd goes away, a follower on its socket ends with "no daemon".
+        expect_rc(ctl(None, "--socket", path, "create", "last", "--kernel", kernel), OK, "create")
+        events = Events([MICROVMCTL, "--socket", path, "events"])
+        events.until(lambda line: line.startswith("present last"))
+        activator.terminate()  # systemd-socket-activate execs microvmd in its own place
+        assert events.proc.wait(30) == NO_DAEMON
+        events.proc.stdout.close()
     finally:
         activator.terminate()
         activator.wait(30)
