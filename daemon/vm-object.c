@@ -453,7 +453,10 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
                        GDBusMethodInvocation *invocation)
 {
     if (!ok) {
-        g_autoptr(GError) mapped = mvmd_error_from_error(error, "cannot start the VM");
+        g_autoptr(GError) mapped = mvmd_error_from_error(
+            error, self->config->snapshot_dir || self->config->snapshot_fd >= 0
+                       ? "cannot restore the snapshot"
+                       : "cannot start the VM");
 
         g_clear_pointer(&self->run, run_unref);
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);

@@ -563,6 +563,13 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     console_expect(c, 0, "COUNTER ");
     call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", "relative", mvmd_test_config("{}")),
                ERR "InvalidArgument");
+    {
+        g_autofree char *file = g_build_filename(f->bus->tmpdir, "a-file", NULL);
+
+        g_assert_true(g_file_set_contents(file, "x", 1, NULL));
+        call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", file, mvmd_test_config("{}")),
+                   ERR "InvalidArgument");
+    }
     call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir1, mvmd_test_config("{}")));
     before = last_counter(c->seen->str);
     g_main_context_iteration(NULL, FALSE);
