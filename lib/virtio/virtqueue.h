@@ -58,6 +58,9 @@ typedef enum {
     MVM_VQ_POP_BROKEN, /* the guest broke the rules; @error says how */
 } MvmVqPopResult;
 
+/* Sets @error to MVM_ERROR_INVALID_ARGUMENT with a printf-style message; returns FALSE. */
+gboolean mvm_virtio_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
 /* Resets indexes and forgets the rings (device reset, §2.4). Keeps nothing from the guest. */
 void mvm_vq_reset(MvmVirtqueue *vq);
 /* Validates size and ring placement (§2.7: alignment, all inside RAM) and maps the rings. */

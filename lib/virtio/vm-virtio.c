@@ -83,33 +83,21 @@ static guint count_devices(const MvmVmConfig *config)
            (config->rng ? 1 : 0);
 }
 
-static gboolean invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-
-static gboolean invalid(GError **error, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, msg);
-    return FALSE;
-}
-
 static gboolean validate_vsock(const MvmVmConfig *config, GError **error)
 {
     if (config->vsock_cid == 0)
         return TRUE;
     /* 0-2 are the hypervisor, the local and the host CID; -1 is VMADDR_CID_ANY. */
     if (config->vsock_cid < 3 || config->vsock_cid == G_MAXUINT32)
-        return invalid(error, "vsock cid must be between 3 and %u, not %u", G_MAXUINT32 - 1,
-                       config->vsock_cid);
+        return mvm_virtio_invalid(error, "vsock cid must be between 3 and %u, not %u",
+                                  G_MAXUINT32 - 1, config->vsock_cid);
     if (config->vsock_uds_path == NULL || *config->vsock_uds_path == '\0')
-        return invalid(error, "vsock needs a uds-path");
+        return mvm_virtio_invalid(error, "vsock needs a uds-path");
     if (strlen(config->vsock_uds_path) + VSOCK_PORT_SUFFIX_MAX >=
         sizeof(((struct sockaddr_un *)NULL)->sun_path))
-        return invalid(error, "vsock uds-path %s is too long for a unix socket with a port suffix",
-                       config->vsock_uds_path);
+        return mvm_virtio_invalid(
+            error, "vsock uds-path %s is too long for a unix socket with a port suffix",
+            config->vsock_uds_path);
     return TRUE;
 }
 
@@ -118,22 +106,24 @@ gboolean mvm_vm_config_validate_virtio(const MvmVmConfig *config, GError **error
     for (guint i = 0; config->disks != NULL && i < config->disks->len; i++) {
         const MvmDiskConfig *d = g_ptr_array_index(config->disks, i);
         if (d == NULL || (d->fd < 0 && (d->path == NULL || *d->path == '\0')))
-            return invalid(error, "disk %u has neither a path nor an fd", i);
+            return mvm_virtio_invalid(error, "disk %u has neither a path nor an fd", i);
     }
     for (guint i = 0; config->nics != NULL && i < config->nics->len; i++) {
         const MvmNetConfig *n = g_ptr_array_index(config->nics, i);
         if (n == NULL || (n->tap_fd < 0 && (n->tap_name == NULL || *n->tap_name == '\0')))
-            return invalid(error, "network interface %u has neither a tap name nor an fd", i);
+            return mvm_virtio_invalid(error,
+                                      "network interface %u has neither a tap name nor an fd", i);
         if (n->tap_fd < 0 && strlen(n->tap_name) >= 16) /* IFNAMSIZ */
-            return invalid(error, "tap name %s is longer than 15 bytes", n->tap_name);
+            return mvm_virtio_invalid(error, "tap name %s is longer than 15 bytes", n->tap_name);
         if (n->mac[0] & 1)
-            return invalid(error, "network interface %u has a multicast MAC address", i);
+            return mvm_virtio_invalid(error, "network interface %u has a multicast MAC address", i);
     }
     if (!validate_vsock(config, error))
         return FALSE;
     if (count_devices(config) > MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES))
-        return invalid(error, "%u virtio devices requested; at most %u fit", count_devices(config),
-                       (guint)MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES));
+        return mvm_virtio_invalid(
+            error, "%u virtio devices requested; at most %u fit", count_devices(config),
+            (guint)MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES));
     return TRUE;
 }
 

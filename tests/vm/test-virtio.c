@@ -26,31 +26,21 @@
 
 #include "layout.h"
 #include "microvm.h"
+#include "snapshot-test-util.h"
 #include "virtio.h"
 #include "vm-private.h"
 
-#define GUEST_TIMEOUT_US (120 * G_USEC_PER_SEC)
+#define GUEST_TIMEOUT_US TIMEOUT_US
 #define SECTOR           512
 
-/* ---- a VM and what it printed ---- */
+/* ---- a VM, what it printed (snapshot-test-util's Capture) and its markers ---- */
 
 typedef struct {
     MvmVm *vm;
+    Capture *console;
     GMutex lock;
-    GCond cond;
-    GString *out;
     GArray *markers; /* (marker, monotonic µs) pairs of gint64 */
 } Guest;
-
-static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
-{
-    Guest *g = user_data;
-
-    g_mutex_lock(&g->lock);
-    g_string_append_len(g->out, (const char *)data, (gssize)len);
-    g_cond_broadcast(&g->cond);
-    g_mutex_unlock(&g->lock);
-}
 
 static void on_marker(MvmVm *vm, guint32 marker, gint64 us, gpointer user_data)
 {
@@ -60,17 +50,6 @@ static void on_marker(MvmVm *vm, guint32 marker, gint64 us, gpointer user_data)
     g_mutex_lock(&g->lock);
     g_array_append_vals(g->markers, pair, 2);
     g_mutex_unlock(&g->lock);
-}
-
-static gboolean have_kvm(void)
-{
-    g_autoptr(GError) error = NULL;
-
-    if (mvm_kvm_api_version(&error) >= 0)
-        return TRUE;
-    g_autofree char *why = g_strdup_printf("no usable KVM: %s", error->message);
-    g_test_skip(why);
-    return FALSE;
 }
 
 static MvmVmConfig *guest_config(const char *cmdline)
@@ -91,11 +70,10 @@ static Guest *guest_wrap(MvmVm *vm)
     Guest *g = g_new0(Guest, 1);
 
     g_mutex_init(&g->lock);
-    g_cond_init(&g->cond);
-    g->out = g_string_new(NULL);
+    g->console = capture_new();
     g->markers = g_array_new(FALSE, FALSE, sizeof(gint64));
     g->vm = vm;
-    mvm_vm_set_console_callback(g->vm, on_console, g);
+    mvm_vm_set_console_callback(g->vm, on_console, g->console);
     mvm_vm_set_marker_callback(g->vm, on_marker, g);
     return g;
 }
@@ -113,19 +91,12 @@ static Guest *guest_start(const MvmVmConfig *config)
 
 static char *guest_output(Guest *g)
 {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&g->lock);
-    return g_strdup(g->out->str);
+    return capture_dup_from(g->console, 0);
 }
 
 static gboolean guest_wait_for(Guest *g, const char *needle, gint64 timeout_us)
 {
-    gint64 deadline = g_get_monotonic_time() + timeout_us;
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&g->lock);
-
-    while (strstr(g->out->str, needle) == NULL)
-        if (!g_cond_wait_until(&g->cond, &g->lock, deadline))
-            return FALSE;
-    return TRUE;
+    return capture_wait_from(g->console, 0, needle, timeout_us);
 }
 
 /* Waits for the guest to end and checks it ended with debug exit 0; returns its output. */
@@ -156,10 +127,9 @@ static gint64 guest_marker_time(Guest *g, guint32 marker)
 static void guest_free(Guest *g)
 {
     mvm_vm_free(g->vm);
-    g_string_free(g->out, TRUE);
+    capture_free(g->console);
     g_array_unref(g->markers);
     g_mutex_clear(&g->lock);
-    g_cond_clear(&g->cond);
     g_free(g);
 }
 
@@ -355,8 +325,7 @@ static void test_blk_snapshot_restore(void)
     if (!have_kvm())
         return;
     g_autofree char *path = make_image(256, &image);
-    g_autofree char *dir = g_dir_make_tmp("mvm-virtio-snap-XXXXXX", &error);
-    g_assert_no_error(error);
+    g_autofree char *dir = make_tmpdir();
     g_autoptr(MvmVmConfig) config = guest_config("mode=blk pause=1 seed=7 writeat=32");
     add_disk(config, path, -1, FALSE);
     g_autoptr(Guest) g = guest_start(config);
@@ -376,13 +345,7 @@ static void test_blk_snapshot_restore(void)
     g_assert_nonnull(strstr(after, "PASS blk-write-read"));
     assert_pattern_on_disk(path, 32, 8, 7);
 
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    while ((name = g_dir_read_name(d)) != NULL) {
-        g_autofree char *f = g_build_filename(dir, name, NULL);
-        g_unlink(f);
-    }
-    g_rmdir(dir);
+    rm_rf(dir);
     g_unlink(path);
 }
 
