@@ -638,6 +638,8 @@ gboolean mvm_virtio_restore(MvmVirtio *dev, GVariant *state, GError **error)
         device_reset(dev);
     else if (mvm_virtio_is_active(dev) && dev->ops->activate != NULL)
         dev->ops->activate(dev->backend);
+    if (ok && dev->ops->restored != NULL)
+        dev->ops->restored(dev->backend);
     mvm_virtio_unlock(dev);
     /* Requests the guest made available before the snapshot are served once it runs. */
     for (guint i = 0; ok && i < dev->ops->n_queues; i++)

@@ -83,6 +83,8 @@ typedef struct {
     void (*activate)(gpointer backend);
     /* The driver reset the device. vCPU thread, lock held: do not block. Optional. */
     void (*reset)(gpointer backend);
+    /* The device state came back from a snapshot. Lock held. Optional. */
+    void (*restored)(gpointer backend);
     void (*free)(gpointer backend);
 } MvmVirtioOps;
 

@@ -38,12 +38,13 @@
 #define VSOCK_SHUTDOWN_RCV      1
 #define VSOCK_SHUTDOWN_SEND     2
 
-#define VSOCK_HDR_SIZE         44
-#define VSOCK_BUF_ALLOC        (256 * 1024) /* what we buffer per connection towards a socket */
-#define VSOCK_CONNECT_LINE_MAX 32
-#define VSOCK_HOST_PORT_FIRST  (1u << 30) /* ports we pick for host-initiated connections */
-#define VSOCK_MAX_CONNS        1024
-#define VSOCK_MAX_PENDING      4096 /* control packets waiting for guest rx buffers */
+#define VSOCK_HDR_SIZE              44
+#define VSOCK_EVENT_TRANSPORT_RESET 0            /* §5.10.6.7 */
+#define VSOCK_BUF_ALLOC             (256 * 1024) /* what we buffer per connection towards a socket */
+#define VSOCK_CONNECT_LINE_MAX      32
+#define VSOCK_HOST_PORT_FIRST       (1u << 30) /* ports we pick for host-initiated connections */
+#define VSOCK_MAX_CONNS             1024
+#define VSOCK_MAX_PENDING           4096 /* control packets waiting for guest rx buffers */
 
 typedef struct __attribute__((packed)) {
     guint64 src_cid, dst_cid;
@@ -91,6 +92,7 @@ struct _Vsock {
     GPtrArray *conns;     /* Conn * */
     GPtrArray *graveyard; /* Conn * of a reset device, freed on the I/O thread */
     GQueue pending;       /* VsockHdr * control packets for the guest */
+    gboolean reset_event; /* a TRANSPORT_RESET event waits for an event buffer */
     guint32 next_port;
 };
 
@@ -475,12 +477,38 @@ static void process_tx(Vsock *vs)
     }
 }
 
+/* §5.10.6.7: after a restore the guest must drop its connections; they did not survive. */
+static void deliver_reset_event(Vsock *vs)
+{
+    g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
+    guint32 id = GUINT32_TO_LE(VSOCK_EVENT_TRANSPORT_RESET);
+
+    if (!vs->reset_event || mvm_virtio_pop(vs->dev, VSOCK_QUEUE_EVENT, chain) != MVM_VQ_POP_OK)
+        return;
+    vs->reset_event = FALSE;
+    if (chain->in_len < sizeof(id)) {
+        mvm_virtio_set_needs_reset(vs->dev, "event buffer smaller than an event");
+        return;
+    }
+    mvm_vq_chain_write(chain, 0, &id, sizeof(id));
+    mvm_virtio_push(vs->dev, VSOCK_QUEUE_EVENT, chain->head, sizeof(id));
+}
+
+static void vsock_restored(gpointer backend)
+{
+    Vsock *vs = backend;
+
+    vs->reset_event = TRUE;
+    deliver_reset_event(vs);
+}
+
 static void vsock_notify(gpointer backend, guint index)
 {
     Vsock *vs = backend;
 
     mvm_virtio_lock(vs->dev);
     if (mvm_virtio_is_active(vs->dev)) {
+        deliver_reset_event(vs);
         flush_pending(vs);
         if (index == VSOCK_QUEUE_TX)
             process_tx(vs);
@@ -626,6 +654,7 @@ static void vsock_reset(gpointer backend)
         g_ptr_array_add(vs->graveyard, c);
     }
     g_queue_clear_full(&vs->pending, g_free);
+    vs->reset_event = FALSE;
     g_main_context_invoke(mvm_io_thread_get_context(mvm_virtio_get_io_thread(vs->dev)), bury_conns,
                           vs);
 }
@@ -658,6 +687,7 @@ static const MvmVirtioOps vsock_ops = {
     .queue_size_max = VSOCK_QUEUE_MAX,
     .notify = vsock_notify,
     .reset = vsock_reset,
+    .restored = vsock_restored,
     .free = vsock_free,
 };
 

@@ -5,6 +5,8 @@
  *     answer "pong from host", then shuts down and expects an RST;
  *  2. prints "VSOCK listening <port>" (`port`, 5000) and accepts a connection from the host,
  *     echoes what it receives with "echo: " in front, and waits for the host to close.
+ * pause=1 instead: print "VSOCK paused", wait for a console byte (the host snapshots and restores
+ * the VM meanwhile) and expect a TRANSPORT_RESET event (§5.10.6.7).
  * Receive buffers: RX_BUFS pages, each one descriptor whose index is its buffer number.
  */
 #include "virtio.h"
@@ -143,6 +145,21 @@ static bool guest_listens(u32 port)
     return true;
 }
 
+/* pause=1: the host snapshots and restores the VM, which must tell us TRANSPORT_RESET. */
+static bool transport_reset(u32 *event)
+{
+    u32 id, len;
+
+    gprintf("VSOCK paused\n");
+    serial_getc();
+    if (!vq_wait(&dev, &dev.q[2], &id, &len, 10000)) {
+        fail("vsock: no event after the restore");
+        return false;
+    }
+    gprintf("VSOCK event id %u len %u\n", *event, len);
+    return check_u64("vsock-transport-reset", 0, *event) && check_u64("vsock-event-len", 4, len);
+}
+
 bool mode_vsock(void)
 {
     if (!virtio_find(19, 0, &dev)) {
@@ -159,6 +176,11 @@ bool mode_vsock(void)
         vq_post(&dev.q[0], i, (u64)rx_pages[i], 4096, true);
     }
     vq_kick(&dev, &dev.q[0]);
+    u8 *event = vio_page();
+    vq_post(&dev.q[2], 0, (u64)event, 4, true);
+    vq_kick(&dev, &dev.q[2]);
+    if (arg_u64("pause", 0))
+        return transport_reset((u32 *)event);
     bool ok = guest_connects((u32)arg_u64("hostport", 1234));
     ok = ok && guest_listens((u32)arg_u64("port", 5000));
     return ok;

@@ -552,6 +552,37 @@ static void test_vsock(void)
     g_rmdir(dir);
 }
 
+/* Connections do not survive a snapshot: a restored vsock device says so (TRANSPORT_RESET). */
+static void test_vsock_snapshot_restore(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autofree char *snap = g_build_filename(dir, "snapshot", NULL);
+    g_assert_cmpint(g_mkdir(snap, 0700), ==, 0);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock pause=1");
+    config->vsock_cid = 7;
+    config->vsock_uds_path = g_strdup(uds);
+    g_autoptr(Guest) g = guest_start(config);
+    g_assert_true(guest_wait_for(g, "VSOCK paused", GUEST_TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(g->vm, snap, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    g_clear_pointer(&g, guest_free);
+
+    MvmVm *vm = mvm_vm_restore(snap, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    g_autoptr(Guest) restored = guest_wrap(vm);
+    g_assert_true(mvm_vm_resume(vm, &error));
+    mvm_vm_console_write(vm, (const guint8 *)"x", 1);
+    g_autofree char *out = guest_finish(restored);
+    g_assert_nonnull(strstr(out, "PASS vsock-transport-reset"));
+    g_clear_pointer(&restored, guest_free);
+    rm_rf(dir);
+}
+
 /* ---- net: a tap in a network namespace of the test's own ---- */
 
 #define TEST_TAP  "mvmtest0"
@@ -795,6 +826,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/bench", test_blk_bench);
     g_test_add_func("/virtio/rng", test_rng);
     g_test_add_func("/virtio/vsock", test_vsock);
+    g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
     g_test_add_func("/virtio/net", test_net);
     static const char *const attacks[] = {"loop",  "oob",   "huge", "badnext",
                                           "avail", "order", "ring"};
