@@ -128,10 +128,7 @@ static int cmd_qmp_pause(const char *socket_path, guint reps)
         bench_samples_add(resume_us, g_get_monotonic_time() - t1);
     }
     qmp_close(&qmp);
-    GString *json = g_string_new(NULL);
-    bench_json_samples(json, "pause_us", pause_us);
-    bench_json_samples(json, "resume_us", resume_us);
-    bench_json_print(json);
+    bench_print_samples(NULL, "pause_us", pause_us, "resume_us", resume_us, NULL);
     return 0;
 }
 
@@ -269,12 +266,8 @@ static gboolean bench_create_start(Client *c, GError **error)
         bench_samples_add(total_us, t2 - t0);
         bench_samples_add(stop_delete_us, g_get_monotonic_time() - t2);
     }
-    GString *json = g_string_new(NULL);
-    bench_json_str(json, "what", "create_start");
-    bench_json_samples(json, "create_us", create_us);
-    bench_json_samples(json, "create_start_us", total_us);
-    bench_json_samples(json, "stop_delete_us", stop_delete_us);
-    bench_json_print(json);
+    bench_print_samples("create_start", "create_us", create_us, "create_start_us", total_us,
+                        "stop_delete_us", stop_delete_us, NULL);
     return TRUE;
 }
 
@@ -331,14 +324,8 @@ static gboolean bench_get_and_pause(Client *c, GError **error)
                    error) ||
         !pause_one(c, "bench-pause-idle", "mode=idle", NULL, pause_idle_us, resume_idle_us, error))
         return FALSE;
-    GString *json = g_string_new(NULL);
-    bench_json_str(json, "what", "get_pause");
-    bench_json_samples(json, "get_us", get_us);
-    bench_json_samples(json, "pause_us", pause_us);
-    bench_json_samples(json, "resume_us", resume_us);
-    bench_json_samples(json, "pause_idle_us", pause_idle_us);
-    bench_json_samples(json, "resume_idle_us", resume_idle_us);
-    bench_json_print(json);
+    bench_print_samples("get_pause", "get_us", get_us, "pause_us", pause_us, "resume_us", resume_us,
+                        "pause_idle_us", pause_idle_us, "resume_idle_us", resume_idle_us, NULL);
     return TRUE;
 }
 
@@ -523,13 +510,8 @@ static gboolean libvirt_define_create(Client *c, GError **error)
             !domain_call(c, path, "Undefine", TRUE, error))
             return FALSE;
     }
-    GString *json = g_string_new(NULL);
-    bench_json_str(json, "what", "libvirt_create_start");
-    bench_json_samples(json, "create_start_us", total_us);
-    bench_json_samples(json, "get_us", get_us);
-    bench_json_samples(json, "pause_us", pause_us);
-    bench_json_samples(json, "resume_us", resume_us);
-    bench_json_print(json);
+    bench_print_samples("libvirt_create_start", "create_start_us", total_us, "get_us", get_us,
+                        "pause_us", pause_us, "resume_us", resume_us, NULL);
     return TRUE;
 }
 

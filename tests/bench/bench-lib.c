@@ -185,12 +185,8 @@ static int cmd_first(const char *kernel, guint reps)
         bench_samples_add(stop_us, g_get_monotonic_time() - t2);
         tracker_clear(&tracker);
     }
-    GString *json = g_string_new(NULL);
-    bench_json_samples(json, "new_us", new_us);
-    bench_json_samples(json, "start_to_first_us", start_us);
-    bench_json_samples(json, "new_to_first_us", first_us);
-    bench_json_samples(json, "stop_free_us", stop_us);
-    bench_json_print(json);
+    bench_print_samples(NULL, "new_us", new_us, "start_to_first_us", start_us, "new_to_first_us",
+                        first_us, "stop_free_us", stop_us, NULL);
     return 0;
 }
 
@@ -309,10 +305,7 @@ static int cmd_pause(const char *kernel, guint reps)
     }
     slot_clear(&slot);
     tracker_clear(&tracker);
-    GString *json = g_string_new(NULL);
-    bench_json_samples(json, "pause_us", pause_us);
-    bench_json_samples(json, "resume_us", resume_us);
-    bench_json_print(json);
+    bench_print_samples(NULL, "pause_us", pause_us, "resume_us", resume_us, NULL);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "bench-util.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -97,6 +98,21 @@ void bench_json_print(GString *json)
     printf("%s\n", json->str);
     fflush(stdout);
     g_string_free(json, TRUE);
+}
+
+void bench_print_samples(const char *what, ...)
+{
+    GString *json = g_string_new(NULL);
+    va_list ap;
+    const char *key;
+
+    if (what != NULL)
+        bench_json_str(json, "what", what);
+    va_start(ap, what);
+    while ((key = va_arg(ap, const char *)) != NULL)
+        bench_json_samples(json, key, va_arg(ap, const GArray *));
+    va_end(ap);
+    bench_json_print(json);
 }
 
 int bench_fail(const char *what, const GError *error)

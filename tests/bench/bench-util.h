@@ -27,6 +27,11 @@ void bench_json_str(GString *json, const char *key, const char *value);
 void bench_json_mem(GString *json, const char *key, const BenchMem *mem);
 /* Closes the object, prints it on one line and frees it. */
 void bench_json_print(GString *json);
+/*
+ * Prints {"what": @what, "key": [samples], ...} on one line: the arguments after @what are
+ * (const char *key, GArray *samples) pairs, ended by NULL. @what NULL: no "what" key.
+ */
+void bench_print_samples(const char *what, ...) G_GNUC_NULL_TERMINATED;
 /* Prints {"error": message} and returns the exit status for failures. */
 int bench_fail(const char *what, const GError *error);
 
