@@ -386,6 +386,26 @@ static void test_config_validation(void)
     g_clear_error(&error);
     g_ptr_array_set_size(config->disks, 0);
 
+    /* NICs: a tap name or fd, a name that fits IFNAMSIZ, a unicast MAC. */
+    MvmNetConfig *nic = g_new0(MvmNetConfig, 1);
+    nic->tap_fd = -1;
+    config->nics = g_ptr_array_new();
+    g_ptr_array_add(config->nics, nic);
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_assert_nonnull(strstr(error->message, "neither a tap name nor an fd"));
+    g_clear_error(&error);
+    nic->tap_name = g_strdup("a-very-long-tap-name");
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_clear_error(&error);
+    g_free(nic->tap_name);
+    nic->tap_name = g_strdup("tap0");
+    nic->mac[0] = 0x01;
+    g_assert_false(mvm_vm_config_validate(config, &error));
+    g_assert_nonnull(strstr(error->message, "multicast"));
+    g_clear_error(&error);
+    nic->mac[0] = 0x02;
+    g_assert_true(mvm_vm_config_validate(config, &error));
+
     config->vsock_cid = 2;
     config->vsock_uds_path = g_strdup("/tmp/v.sock");
     g_assert_false(mvm_vm_config_validate(config, &error));
@@ -600,27 +620,33 @@ static gboolean can_unshare_net(void)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-/* A persistent tap named TEST_TAP, up; the VM opens it by name. */
-static int make_tap(void)
+/*
+ * A tap named @name, up, with its index in *ifindex. Persistent (the VM opens it by name) when
+ * @keep_fd is FALSE; else the open tap fd is returned for the VM to take.
+ */
+static int make_tap(const char *name, gboolean keep_fd, int *ifindex)
 {
     struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
 
     g_assert_cmpint(fd, >=, 0);
-    g_strlcpy(ifr.ifr_name, TEST_TAP, sizeof(ifr.ifr_name));
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
     g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
-    g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
-    close(fd);
-
+    if (!keep_fd) {
+        g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
+        close(fd);
+        fd = -1;
+    }
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     memset(&ifr, 0, sizeof(ifr));
-    g_strlcpy(ifr.ifr_name, TEST_TAP, sizeof(ifr.ifr_name));
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
     g_assert_cmpint(ioctl(sock, SIOCGIFFLAGS, &ifr), ==, 0);
     ifr.ifr_flags |= IFF_UP;
     g_assert_cmpint(ioctl(sock, SIOCSIFFLAGS, &ifr), ==, 0);
     g_assert_cmpint(ioctl(sock, SIOCGIFINDEX, &ifr), ==, 0);
     close(sock);
-    return ifr.ifr_ifindex;
+    *ifindex = ifr.ifr_ifindex;
+    return fd;
 }
 
 /* The host's end of the wire: a packet socket on the tap interface. */
@@ -637,7 +663,8 @@ static int packet_socket(int ifindex)
 
 static const guint8 test_mac[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 
-static void net_exchange(int pkt, int ifindex)
+/* Takes the guest's hello, checks it, answers to the MAC it came from (returned in @mac). */
+static void net_exchange(int pkt, int ifindex, guint8 mac[6])
 {
     guint8 frame[1600];
     struct pollfd pfd = {.fd = pkt, .events = POLLIN};
@@ -645,17 +672,17 @@ static void net_exchange(int pkt, int ifindex)
     g_assert_cmpint(poll(&pfd, 1, 60000), ==, 1);
     ssize_t n = recv(pkt, frame, sizeof(frame), 0);
     g_assert_cmpint(n, >=, 14 + 20);
-    g_assert_cmpmem(frame + 6, 6, test_mac, 6);
     g_assert_cmpmem(frame + 14, 20, "hello from guest net", 20);
+    memcpy(mac, frame + 6, 6);
 
     guint8 reply[60] = {0};
-    memcpy(reply, test_mac, 6);
+    memcpy(reply, mac, 6);
     memcpy(reply + 6, "\x02\x00\x00\x00\x00\x01", 6);
     reply[12] = ETHERTYPE >> 8;
     reply[13] = ETHERTYPE & 0xff;
     memcpy(reply + 14, "hello from host net", 19);
     struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = 6};
-    memcpy(to.sll_addr, test_mac, 6);
+    memcpy(to.sll_addr, mac, 6);
     g_assert_cmpint(sendto(pkt, reply, sizeof(reply), 0, (struct sockaddr *)&to, sizeof(to)), ==,
                     sizeof(reply));
 }
@@ -671,30 +698,40 @@ static guint count_frames(int pkt, guint expected)
     return n;
 }
 
-/* Runs in a child (g_test_trap_subprocess) that owns a fresh network namespace. */
-static void net_in_namespace(void)
+static MvmVmConfig *net_config(const char *cmdline, const char *tap, int fd, const guint8 *mac)
 {
-    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
-    int ifindex = make_tap();
-    int pkt = packet_socket(ifindex);
-    guint burst = 200;
-    g_autofree char *cmdline = g_strdup_printf("mode=net burst=%u gone=1", burst);
-    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    MvmVmConfig *config = guest_config(cmdline);
     MvmNetConfig *nic = g_new0(MvmNetConfig, 1);
-    nic->tap_name = g_strdup(TEST_TAP);
-    nic->tap_fd = -1;
-    memcpy(nic->mac, test_mac, 6);
+
+    nic->tap_name = g_strdup(tap);
+    nic->tap_fd = fd;
+    if (mac != NULL)
+        memcpy(nic->mac, mac, 6);
     config->nics = g_ptr_array_new();
     g_ptr_array_add(config->nics, nic);
+    return config;
+}
 
+/* A tap by name with a MAC from the config: frames both ways, a burst, then the tap vanishes. */
+static void net_by_name(void)
+{
+    int ifindex;
+    guint8 mac[6];
+    guint burst = 200;
+
+    make_tap(TEST_TAP, FALSE, &ifindex);
+    int pkt = packet_socket(ifindex);
+    g_autofree char *cmdline = g_strdup_printf("mode=net burst=%u gone=1", burst);
+    g_autoptr(MvmVmConfig) config = net_config(cmdline, TEST_TAP, -1, test_mac);
     g_autoptr(Guest) g = guest_start(config);
-    net_exchange(pkt, ifindex);
+    net_exchange(pkt, ifindex, mac);
+    g_assert_cmpmem(mac, 6, test_mac, 6);
     g_assert_true(guest_wait_for(g, "PASS net-rx", GUEST_TIMEOUT_US));
     guint got = count_frames(pkt, burst);
     g_assert_true(guest_wait_for(g, "NET waiting", GUEST_TIMEOUT_US));
-    /* stderr: the parent shows it; the child's stdout is its own TAP stream. */
     gint64 t0 = guest_marker_time(g, 0x110), t1 = guest_marker_time(g, 0x111);
     g_assert_cmpint(t1, >, t0);
+    /* stderr: the parent shows it; the child's stdout is its own TAP stream. */
     g_printerr("# BENCH virtio-net tx: %u of %u frames reached the tap; %.0f frames/s (guest "
                "sends one at a time and waits for each)\n",
                got, burst, burst / ((t1 - t0) / 1e6));
@@ -707,6 +744,34 @@ static void net_in_namespace(void)
     g_assert_nonnull(strstr(out, "NET mac 52:54:00:12:34:56"));
     g_assert_nonnull(strstr(out, "PASS net-tap-gone"));
     close(pkt);
+}
+
+/* A tap handed over as an fd, and no MAC in the config: a generated, local unicast one. */
+static void net_by_fd(void)
+{
+    int ifindex;
+    guint8 mac[6];
+    int fd = make_tap("mvmtest1", TRUE, &ifindex);
+    int pkt = packet_socket(ifindex);
+    g_autoptr(MvmVmConfig) config = net_config("mode=net", NULL, fd, NULL);
+    g_autoptr(Guest) g = guest_start(config);
+
+    close(fd); /* the VM has its own copy */
+    net_exchange(pkt, ifindex, mac);
+    g_autofree char *out = guest_finish(g);
+    g_assert_cmpuint(mac[0] & 3, ==, 2); /* locally administered, unicast */
+    g_autofree char *line = g_strdup_printf("NET mac %02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1],
+                                            mac[2], mac[3], mac[4], mac[5]);
+    g_assert_nonnull(strstr(out, line));
+    close(pkt);
+}
+
+/* Runs in a child (g_test_trap_subprocess) that owns a fresh network namespace. */
+static void net_in_namespace(void)
+{
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    net_by_name();
+    net_by_fd();
 }
 
 static void test_net(void)
