@@ -615,7 +615,16 @@ static int listen_unix(const char *path, GError **error)
         return -1;
     }
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-    unlink(path); /* a socket left by an earlier run of this VM */
+    /* A socket left by an earlier run goes; one that a live VM listens on is not ours to take. */
+    int probe = connect_unix(path);
+    if (probe >= 0) {
+        close(probe);
+        close(fd);
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s is in use by another listener", path);
+        return -1;
+    }
+    unlink(path);
     if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0) {
         int saved = errno;
         close(fd);

@@ -557,6 +557,12 @@ static void test_vsock(void)
     config->vsock_cid = 42;
     config->vsock_uds_path = g_strdup(uds);
     g_autoptr(Guest) g = guest_start(config);
+    /* A second VM cannot take over the socket of a running one. */
+    config->vsock_cid = 43;
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "in use"));
+    g_clear_error(&error);
     vsock_serve_guest(listen_fd);
     g_assert_true(guest_wait_for(g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
     vsock_connect_guest(g, uds);
