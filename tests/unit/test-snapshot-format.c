@@ -122,6 +122,7 @@ static void test_versions(void)
     mvm_snapshot_limits_default(&limits);
     g_autoptr(MvmSnapshotState) state = decode(same, &limits, &error);
     g_assert_no_error(error);
+    g_assert_nonnull(state);
     assert_refused(major, &limits, "format version 2.0");
     assert_refused(older, &limits, "format version 0.0");
     assert_refused(minor, &limits, "format version 1.1");
