@@ -156,17 +156,29 @@ static void create_vm(CreateCall *call)
     mvmd_manager_complete_create_vm(MVMD_MANAGER(self), call->invocation, NULL, path);
 }
 
+/* After the polkit check: FALSE (and the caller answered) when denied or shutting down. */
+static gboolean may_go_on(MvmdManagerService *self, GDBusMethodInvocation *invocation,
+                          GAsyncResult *result)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_authorize_finish(result, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return FALSE;
+    }
+    if (self->ctx->stopping) {
+        g_dbus_method_invocation_return_error_literal(invocation, MVMD_ERROR, MVMD_ERROR_FAILED,
+                                                      "the daemon is shutting down");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 static void on_create_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     CreateCall *call = user_data;
-    g_autoptr(GError) error = NULL;
 
-    if (!mvmd_authorize_finish(result, &error))
-        g_dbus_method_invocation_return_gerror(call->invocation, error);
-    else if (call->self->ctx->stopping)
-        g_dbus_method_invocation_return_error_literal(
-            call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
-    else
+    if (may_go_on(call->self, call->invocation, result))
         create_vm(call);
     create_call_free(call);
 }
@@ -280,16 +292,11 @@ static void restore_vm(RestoreCall *call)
 static void on_restore_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     RestoreCall *call = user_data;
-    g_autoptr(GError) error = NULL;
 
-    if (!mvmd_authorize_finish(result, &error))
-        g_dbus_method_invocation_return_gerror(call->invocation, error);
-    else if (call->self->ctx->stopping)
-        g_dbus_method_invocation_return_error_literal(
-            call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
+    if (may_go_on(call->self, call->invocation, result))
+        restore_vm(call); /* frees @call when done */
     else
-        return restore_vm(call);
-    restore_call_free(call);
+        restore_call_free(call);
 }
 
 static gboolean handle_restore_vm(MvmdManager *manager, GDBusMethodInvocation *invocation,

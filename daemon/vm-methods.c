@@ -169,21 +169,29 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
                                    &args->dir, &args->dir_fd, error);
 }
 
+/* Snapshot works on a machine that is there and not busy: running or paused. */
+static gboolean check_snapshot_state(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+{
+    MvmVmState state = mvmd_vm_object_run_state(self);
+
+    if (!check_idle(self, invocation) || !check_active(self, invocation))
+        return FALSE;
+    if (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED)
+        return return_state_error(invocation, "the VM is not running or paused (state %s)",
+                                  mvmd_vm_get_state(MVMD_VM(self)));
+    return TRUE;
+}
+
 static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
     OpArgs args = {.dir_fd = -1};
-    MvmVmState state;
 
     if (!parse_snapshot_args(invocation, &args, &error)) {
         g_dbus_method_invocation_return_gerror(invocation, error);
         return;
     }
-    state = mvmd_vm_object_run_state(self);
-    if (!check_idle(self, invocation) || !check_active(self, invocation) ||
-        (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED &&
-         !return_state_error(invocation, "the VM is not running or paused (state %s)",
-                             mvmd_vm_get_state(MVMD_VM(self))))) {
+    if (!check_snapshot_state(self, invocation)) {
         mvmd_op_args_clear(&args);
         return;
     }

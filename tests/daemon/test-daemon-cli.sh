@@ -4,58 +4,12 @@
 # Needs MICROVMD (the built daemon). Output is TAP.
 set -u
 
-: "${MICROVMD:?MICROVMD must point to the built microvmd}"
-TMP=$(mktemp -d /tmp/microvmd-cli-XXXXXX)
-BUS_PID=
-DAEMON_PID=
+. "$(dirname "$0")/private-bus.sh"
 N=0
 FAILED=0
 
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
-    [ -n "$BUS_PID" ] && kill "$BUS_PID" 2>/dev/null
-    wait 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
 ok() { N=$((N + 1)); echo "ok $N - $*"; }
 not_ok() { N=$((N + 1)); FAILED=$((FAILED + 1)); echo "not ok $N - $*"; }
-
-cat > "$TMP/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir=$TMP</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-
-dbus-daemon --config-file="$TMP/bus.conf" --print-address=3 --nofork 3>"$TMP/address" 2>/dev/null &
-BUS_PID=$!
-for _ in $(seq 100); do [ -s "$TMP/address" ] && break; sleep 0.05; done
-ADDR=$(head -n1 "$TMP/address")
-[ -n "$ADDR" ] || { echo "Bail out! no bus address"; exit 1; }
-
-start_daemon() {
-    "$MICROVMD" --address="$ADDR" --state-dir="$TMP/state" --runtime-dir="$TMP/run" >&2 &
-    DAEMON_PID=$!
-    for _ in $(seq 200); do
-        if gdbus call --address "$ADDR" -d org.freedesktop.DBus -o /org/freedesktop/DBus \
-            -m org.freedesktop.DBus.NameHasOwner org.microvmd.MicroVM1 2>/dev/null | grep -q true; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "Bail out! microvmd did not take its name"
-    exit 1
-}
 
 D=org.microvmd.MicroVM1
 ROOT=/org/microvmd/MicroVM1

@@ -49,12 +49,8 @@ static void fixture_teardown(Fixture *f, gconstpointer data)
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static MvmdVm *create_guest(Fixture *f, const char *name, const char *mode, const char *extra)
+static MvmdVm *create_from_text(Fixture *f, const char *name, const char *text)
 {
-    g_autofree char *text =
-        g_strdup_printf("{'kernel': <'%s'>, 'cmdline': <'mode=%s'>, 'debug-exit': <true>,"
-                        " 'memory-mib': <uint64 16>%s%s}",
-                        testguest, mode, extra ? ", " : "", extra ? extra : "");
     g_autoptr(GError) error = NULL;
     g_autofree char *path = NULL;
 
@@ -62,6 +58,16 @@ static MvmdVm *create_guest(Fixture *f, const char *name, const char *mode, cons
                                      G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
     g_assert_no_error(error);
     return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+static MvmdVm *create_guest(Fixture *f, const char *name, const char *mode, const char *extra)
+{
+    g_autofree char *text =
+        g_strdup_printf("{'kernel': <'%s'>, 'cmdline': <'mode=%s'>, 'debug-exit': <true>,"
+                        " 'memory-mib': <uint64 16>%s%s}",
+                        testguest, mode, extra ? ", " : "", extra ? extra : "");
+
+    return create_from_text(f, name, text);
 }
 
 static void call_args_ok(MvmdVm *vm, const char *method, GVariant *args)
@@ -680,17 +686,13 @@ static guint64 proc_status_kb(GPid pid, const char *key)
     return g_ascii_strtoull(line + strlen(key) + 1, NULL, 10);
 }
 
+/* A parked guest in the smallest memory that boots it. */
 static MvmdVm *create_idle(Fixture *f, const char *name)
 {
     g_autofree char *text = g_strdup_printf(
         "{'kernel': <'%s'>, 'cmdline': <'mode=idle'>, 'memory-mib': <uint64 4>}", testguest);
-    g_autoptr(GError) error = NULL;
-    g_autofree char *path = NULL;
 
-    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
-                                     G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
-    g_assert_no_error(error);
-    return mvmd_test_bus_vm(f->bus, NULL, path);
+    return create_from_text(f, name, text);
 }
 
 /*

@@ -6,48 +6,13 @@
 # error other than the ones it shows, fails the test. Needs /dev/kvm (else exit 77).
 set -u
 
-: "${MICROVMD:?MICROVMD must point to the built microvmd}"
 : "${MVM_TESTGUEST:?MVM_TESTGUEST must point to the test guest}"
 DOC=${G_TEST_SRCDIR:-$(dirname "$0")}/../../docs/usage-dbus.md
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 77; }
 [ -r "$DOC" ] || { echo "Bail out! $DOC not found"; exit 1; }
 
-TMP=$(mktemp -d /tmp/microvmd-doc-XXXXXX)
-BUS_PID=
-DAEMON_PID=
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
-    [ -n "$BUS_PID" ] && kill "$BUS_PID" 2>/dev/null
-    wait 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-cat > "$TMP/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir=$TMP</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-dbus-daemon --config-file="$TMP/bus.conf" --print-address=3 --nofork 3>"$TMP/address" 2>/dev/null &
-BUS_PID=$!
-for _ in $(seq 100); do [ -s "$TMP/address" ] && break; sleep 0.05; done
-ADDR=$(head -n1 "$TMP/address")
-"$MICROVMD" --address="$ADDR" --state-dir="$TMP/state" --runtime-dir="$TMP/run" 2>"$TMP/daemon.log" &
-DAEMON_PID=$!
-for _ in $(seq 200); do
-    gdbus call --address "$ADDR" -d org.freedesktop.DBus -o /org/freedesktop/DBus \
-        -m org.freedesktop.DBus.NameHasOwner org.microvmd.MicroVM1 2>/dev/null | grep -q true && break
-    sleep 0.05
-done
+. "$(dirname "$0")/private-bus.sh"
+start_daemon "$TMP/daemon.log"
 
 # The examples, every ```sh block but the last (which starts a bus of its own), rewritten:
 # the private bus for the system bus, real files for /srv and /run, a 1 s Shutdown wait
