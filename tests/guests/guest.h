@@ -203,4 +203,5 @@ bool mode_rng(void);
 bool mode_hostile(void);
 bool mode_vsock(void);
 bool mode_net(void);
+bool mode_virtioirq(void);
 bool mode_idle(void);

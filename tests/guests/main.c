@@ -29,6 +29,7 @@ static const struct {
     {"hostile", mode_hostile},
     {"vsock", mode_vsock},
     {"net", mode_net},
+    {"virtioirq", mode_virtioirq},
     {"idle", mode_idle},
 };
 

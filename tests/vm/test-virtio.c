@@ -797,6 +797,26 @@ static void test_net(void)
     g_test_trap_assert_passed();
 }
 
+/* Interrupts reach the guest through irqfd, the IOAPIC and its LAPIC (not just InterruptStatus).
+ * @data: disks before the rng, so that its GSI is on the 8259s too (5) or above them (16). */
+static void test_interrupts(gconstpointer data)
+{
+    guint n_disks = GPOINTER_TO_UINT(data);
+
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(8, NULL);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=virtioirq rounds=8");
+    for (guint i = 0; i < n_disks; i++)
+        add_disk(config, path, -1, TRUE);
+    config->rng = TRUE;
+    g_autofree char *out = run_guest(config);
+    g_autofree char *line = g_strdup_printf("IRQ gsi %u ", MVM_VIRTIO_IRQ_BASE + n_disks);
+    g_assert_nonnull(strstr(out, line));
+    g_assert_nonnull(strstr(out, "PASS virtioirq-count"));
+    g_unlink(path);
+}
+
 /* ---- hostile guests ---- */
 
 static guint count_lines(Guest *g, const char *prefix)
@@ -896,6 +916,8 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/snapshot-restore", test_blk_snapshot_restore);
     g_test_add_func("/virtio/blk/bench", test_blk_bench);
     g_test_add_func("/virtio/rng", test_rng);
+    g_test_add_data_func("/virtio/interrupts/gsi5", GUINT_TO_POINTER(0), test_interrupts);
+    g_test_add_data_func("/virtio/interrupts/gsi16", GUINT_TO_POINTER(11), test_interrupts);
     g_test_add_func("/virtio/vsock", test_vsock);
     g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
     g_test_add_func("/virtio/net", test_net);
