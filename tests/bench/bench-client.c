@@ -10,7 +10,8 @@
  *   bench-client dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING
  *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start,
  *                                            property Get, Pause/Resume, GetManagedObjects with
- *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs
+ *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs,
+ *                                            Snapshot + RestoreVM of a 128 MiB guest
  *   bench-client libvirt ADDRESS REPS N_DEFINED
  *                                            libvirt-dbus (test driver) on the bus at ADDRESS:
  *                                            DomainDefineXML+Create, Get, Suspend/Resume,
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include <gio/gio.h>
+#include <glib/gstdio.h>
 
 #include "bench-util.h"
 
@@ -403,6 +405,74 @@ static gboolean bench_running(Client *c, guint n, GError **error)
     return TRUE;
 }
 
+static void remove_snapshot_dir(const char *dir)
+{
+    g_autofree char *state = g_build_filename(dir, "state", NULL);
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+
+    g_unlink(state);
+    g_unlink(memory);
+    g_rmdir(dir);
+}
+
+/* Snapshot (left paused) and RestoreVM (resume: true) of one guest, @n times. */
+static gboolean snapshot_rounds(Client *c, const char *path, const char *tmp, guint n,
+                                GArray *snapshot_us, GArray *restore_us, GError **error)
+{
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *dir = g_strdup_printf("%s/snap%u", tmp, i);
+        g_autofree char *name = g_strdup_printf("bench-restored-%u", i);
+        GVariantBuilder opts;
+        char *restored = NULL;
+
+        g_variant_builder_init(&opts, G_VARIANT_TYPE_VARDICT);
+        g_variant_builder_add(&opts, "{sv}", "leave-paused", g_variant_new_boolean(TRUE));
+        gint64 t0 = g_get_monotonic_time();
+        g_autoptr(GVariant) snap =
+            call(c, path, MVMD_VM, "Snapshot", g_variant_new("(sa{sv})", dir, &opts), error);
+        if (snap == NULL)
+            return FALSE;
+        gint64 t1 = g_get_monotonic_time();
+        g_variant_builder_init(&opts, G_VARIANT_TYPE_VARDICT);
+        g_variant_builder_add(&opts, "{sv}", "resume", g_variant_new_boolean(TRUE));
+        g_autoptr(GVariant) reply = call(c, MVMD_ROOT, MVMD_MANAGER, "RestoreVM",
+                                         g_variant_new("(ssa{sv})", name, dir, &opts), error);
+        if (reply == NULL)
+            return FALSE;
+        bench_samples_add(snapshot_us, t1 - t0);
+        bench_samples_add(restore_us, g_get_monotonic_time() - t1);
+        g_variant_get(reply, "(o)", &restored);
+        gboolean ok = vm_call(c, restored, "Stop", error) && vm_call(c, restored, "Delete", error);
+        g_free(restored);
+        remove_snapshot_dir(dir);
+        if (!ok)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean bench_snapshot(Client *c, GError **error)
+{
+    g_autoptr(GArray) snapshot_us = bench_samples_new(), restore_us = bench_samples_new();
+    g_autofree char *tmp = g_dir_make_tmp("microvmd-bench-XXXXXX", error);
+    g_autofree char *path = NULL;
+
+    if (tmp == NULL)
+        return FALSE;
+    path = create_vm(c, "bench-snap", "mode=pattern pages=64 every=20 delay=1000 verify=sample",
+                     error);
+    gboolean ok = path != NULL && vm_call(c, path, "Start", error);
+    if (ok) {
+        g_usleep(G_USEC_PER_SEC); /* the guest fills its pattern pages */
+        ok = snapshot_rounds(c, path, tmp, MIN(c->reps, 5), snapshot_us, restore_us, error) &&
+             vm_call(c, path, "Stop", error) && vm_call(c, path, "Delete", error);
+    }
+    g_rmdir(tmp);
+    if (ok)
+        bench_print_samples("snapshot", "snapshot_us", snapshot_us, "restore_us", restore_us, NULL);
+    return ok;
+}
+
 static GDBusConnection *connect_bus(const char *address, GError **error)
 {
     return g_dbus_connection_new_for_address_sync(
@@ -435,6 +505,8 @@ static int cmd_dbus(char **argv)
         return bench_fail("GetManagedObjects", error);
     if (!bench_running(&c, n_running, &error))
         return bench_fail("running VMs", error);
+    if (!bench_snapshot(&c, &error))
+        return bench_fail("Snapshot/RestoreVM", error);
     g_object_unref(c.bus);
     return 0;
 }
