@@ -343,6 +343,42 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
     wait_state(vm, "stopped");
 }
 
+/*
+ * Shutdown that the guest answers (mode=ctrlaltdel): by a reset (as Linux with reboot=k),
+ * which ends the VM instead of restarting it, or by leaving through the debug exit. Then the
+ * daemon's SIGTERM: the guest is asked the same way, and its console log shows it answered.
+ */
+static void test_graceful_shutdown(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) polite = create_guest(f, "polite", "ctrlaltdel", NULL);
+    g_autoptr(MvmdVm) leaving = create_guest(f, "leaving", "ctrlaltdel action=exit", NULL);
+    g_autoptr(MvmdVm) last = create_guest(f, "last", "ctrlaltdel", NULL);
+    g_autofree char *log_path =
+        g_build_filename(f->bus->runtime_dir, "vm", "last", "console.log", NULL);
+    g_autofree char *log = NULL;
+    Console *c;
+
+    for (MvmdVm **vm = (MvmdVm *[]){polite, leaving, last, NULL}; *vm; vm++) {
+        call_ok(*vm, "Start");
+        c = console_open(*vm);
+        console_expect(c, 0, "WAITING");
+        console_close(c);
+    }
+    call_args_ok(polite, "Shutdown", g_variant_new("(u)", 30));
+    g_main_context_iteration(NULL, FALSE);
+    wait_state(polite, "stopped");
+    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(polite), "reset"));
+    call_args_ok(leaving, "Shutdown", g_variant_new("(u)", 30));
+    wait_state(leaving, "stopped");
+    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(leaving), "debug-exit"));
+    /* A stopped VM has nothing to shut down. */
+    call_fails(polite, "Shutdown", g_variant_new("(u)", 1), ERR "InvalidState");
+
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
+    g_assert_true(g_file_get_contents(log_path, &log, NULL, NULL));
+    g_assert_nonnull(strstr(log, "CTRL-ALT-DEL"));
+}
+
 static void test_reset(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) once = create_guest(f, "reset-stop", "reset", "'on-reboot': <'stop'>");
@@ -784,6 +820,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
+    ADD("/daemon-kvm/graceful-shutdown", test_graceful_shutdown);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);

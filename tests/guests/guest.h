@@ -205,3 +205,4 @@ bool mode_vsock(void);
 bool mode_net(void);
 bool mode_virtioirq(void);
 bool mode_idle(void);
+bool mode_ctrlaltdel(void);

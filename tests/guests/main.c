@@ -31,6 +31,7 @@ static const struct {
     {"net", mode_net},
     {"virtioirq", mode_virtioirq},
     {"idle", mode_idle},
+    {"ctrlaltdel", mode_ctrlaltdel},
 };
 
 void pass(const char *what)
@@ -86,7 +87,7 @@ noreturn void guest_main(const u8 *boot_params)
     }
     if (!found)
         fail("mode: expected one of boot echo iotest reset triplefault smp compute pattern idle "
-             "got %s",
+             "ctrlaltdel got %s",
              mode);
     gprintf("TESTGUEST-DONE %s %s\n", mode, ok ? "PASS" : "FAIL");
     guest_exit(ok ? 0 : 1);
