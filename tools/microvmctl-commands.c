@@ -147,6 +147,26 @@ int mctl_cmd_list(Mctl *ctl, int argc, char **argv)
 
 /* ---- status ---------------------------------------------------------------------------- */
 
+static char *value_to_text(GVariant *value);
+
+/* A dictionary on one line: "key value, key value" (a{sv}: the devices; a{st}: exit counts). */
+static char *dict_to_text(GVariant *dict)
+{
+    GString *text = g_string_new(NULL);
+    GVariantIter iter;
+    const char *key;
+    GVariant *value;
+
+    g_variant_iter_init(&iter, dict);
+    while (g_variant_iter_next(&iter, "{&s@*}", &key, &value)) {
+        g_autofree char *v = value_to_text(value);
+
+        g_string_append_printf(text, "%s%s %s", text->len ? ", " : "", key, v);
+        g_variant_unref(value);
+    }
+    return g_string_free(text, FALSE);
+}
+
 static char *value_to_text(GVariant *value)
 {
     if (g_variant_is_of_type(value, G_VARIANT_TYPE_VARIANT)) {
@@ -158,11 +178,24 @@ static char *value_to_text(GVariant *value)
         return g_strdup(g_variant_get_string(value, NULL));
     if (g_variant_is_of_type(value, G_VARIANT_TYPE_BOOLEAN))
         return g_strdup(g_variant_get_boolean(value) ? _("yes") : _("no"));
+    if (g_variant_is_of_type(value, G_VARIANT_TYPE("a{s*}")))
+        return dict_to_text(value);
+    if (g_variant_is_of_type(value, G_VARIANT_TYPE("aa{sv}"))) {
+        /* A list of devices: one "[…]" each. */
+        GString *text = g_string_new(NULL);
+
+        for (gsize i = 0; i < g_variant_n_children(value); i++) {
+            g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+            g_autofree char *c = dict_to_text(child);
+
+            g_string_append_printf(text, "%s[%s]", i ? " " : "", c);
+        }
+        return g_string_free(text, FALSE);
+    }
     return g_variant_print(value, FALSE);
 }
 
-/* Prints a dictionary as "  key: value" lines; nested dictionaries (the exit counters) on one
- * line as "a 1, b 2". */
+/* Prints a dictionary as "  key  value" lines. */
 static void print_dict(GVariant *dict)
 {
     GVariantIter iter;
@@ -171,22 +204,8 @@ static void print_dict(GVariant *dict)
 
     g_variant_iter_init(&iter, dict);
     while (g_variant_iter_next(&iter, "{&sv}", &key, &value)) {
-        g_autofree char *text = NULL;
+        g_autofree char *text = value_to_text(value);
 
-        if (g_variant_is_of_type(value, G_VARIANT_TYPE("a{st}"))) {
-            g_autoptr(GString) parts = g_string_new(NULL);
-            GVariantIter sub;
-            const char *k;
-            guint64 n;
-
-            g_variant_iter_init(&sub, value);
-            while (g_variant_iter_next(&sub, "{&st}", &k, &n))
-                g_string_append_printf(parts, "%s%s %" G_GUINT64_FORMAT, parts->len ? ", " : "", k,
-                                       n);
-            text = g_strdup(parts->str);
-        } else {
-            text = value_to_text(value);
-        }
         g_print("  %-20s %s\n", key, text);
         g_variant_unref(value);
     }
