@@ -143,6 +143,9 @@ static void tracker_clear(Tracker *tracker)
     g_cond_clear(&tracker->cond);
 }
 
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Tracker, tracker_clear)
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Slot, slot_clear)
+
 /* Creates and starts one VM whose callbacks report to @slot. */
 static gboolean slot_boot(Slot *slot, Tracker *tracker, const MvmVmConfig *config, GError **error)
 {
@@ -284,8 +287,8 @@ static int cmd_pause(const char *kernel, guint reps)
         make_config(kernel, "mode=compute iterations=1e13", BENCH_MEMORY_MIB);
     g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
     g_autoptr(GError) error = NULL;
-    Tracker tracker;
-    Slot slot = {0};
+    g_auto(Tracker) tracker = {0};
+    g_auto(Slot) slot = {0}; /* declared after the tracker: freed before it */
 
     tracker_init(&tracker, "COMPUTE iterations");
     if (!slot_boot(&slot, &tracker, config, &error))
@@ -303,8 +306,6 @@ static int cmd_pause(const char *kernel, guint reps)
         bench_samples_add(pause_us, t1 - t0);
         bench_samples_add(resume_us, g_get_monotonic_time() - t1);
     }
-    slot_clear(&slot);
-    tracker_clear(&tracker);
     bench_print_samples(NULL, "pause_us", pause_us, "resume_us", resume_us, NULL);
     return 0;
 }
@@ -345,54 +346,54 @@ typedef struct {
     gint64 allocated_kib, apparent_kib;
 } SnapshotRun;
 
+/* Restores @dir into a new VM, runs it, and waits for its next COUNTER line. */
+static gboolean restore_round(const char *dir, Tracker *tracker, SnapshotRun *run, GError **error)
+{
+    g_auto(Slot) restored = {0};
+    guint hits = tracker->hits;
+    gint64 t0 = g_get_monotonic_time();
+    MvmVm *vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, error);
+
+    if (vm == NULL)
+        return FALSE;
+    gint64 t1 = g_get_monotonic_time();
+    slot_attach(&restored, tracker, vm);
+    if (!mvm_vm_resume(vm, error))
+        return FALSE;
+    gint64 t2 = g_get_monotonic_time();
+    if (!tracker_wait(tracker, &tracker->hits, hits + 1)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "the restored guest printed nothing");
+        return FALSE;
+    }
+    bench_samples_add(run->restore_us, t1 - t0);
+    bench_samples_add(run->resume_us, t2 - t0);
+    bench_samples_add(run->output_us, g_get_monotonic_time() - t0);
+    return TRUE;
+}
+
 /* One round: boot the pattern guest, snapshot it, restore it into a new VM and see it go on. */
 static gboolean snapshot_round(const char *kernel, const char *dir, SnapshotRun *run,
                                GError **error)
 {
     g_autoptr(MvmVmConfig) config = make_config(
         kernel, "mode=pattern pages=64 every=20 delay=1000 verify=sample", BENCH_MEMORY_MIB);
-    Tracker tracker;
-    Slot slot = {0}, restored = {0};
-    gboolean ok = FALSE;
+    g_auto(Tracker) tracker = {0};
+    g_auto(Slot) slot = {0}; /* declared after the tracker: freed before it */
 
     tracker_init(&tracker, "COUNTER");
     if (!slot_boot(&slot, &tracker, config, error))
-        goto out;
+        return FALSE;
     if (!tracker_wait(&tracker, &tracker.hits, 1)) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "no COUNTER line from the guest");
-        goto out;
+        return FALSE;
     }
     gint64 t0 = g_get_monotonic_time();
     if (!mvm_vm_snapshot(slot.vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, error))
-        goto out;
-    gint64 t1 = g_get_monotonic_time();
+        return FALSE;
+    bench_samples_add(run->snapshot_us, g_get_monotonic_time() - t0);
     slot_clear(&slot);
     dir_sizes(dir, &run->allocated_kib, &run->apparent_kib);
-
-    guint hits = tracker.hits;
-    gint64 t2 = g_get_monotonic_time();
-    MvmVm *vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, error);
-    if (vm == NULL)
-        goto out;
-    gint64 t3 = g_get_monotonic_time();
-    slot_attach(&restored, &tracker, vm);
-    if (!mvm_vm_resume(vm, error))
-        goto out;
-    gint64 t4 = g_get_monotonic_time();
-    if (!tracker_wait(&tracker, &tracker.hits, hits + 1)) {
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "the restored guest printed nothing");
-        goto out;
-    }
-    bench_samples_add(run->snapshot_us, t1 - t0);
-    bench_samples_add(run->restore_us, t3 - t2);
-    bench_samples_add(run->resume_us, t4 - t2);
-    bench_samples_add(run->output_us, g_get_monotonic_time() - t2);
-    ok = TRUE;
-out:
-    slot_clear(&slot);
-    slot_clear(&restored);
-    tracker_clear(&tracker);
-    return ok;
+    return restore_round(dir, &tracker, run, error);
 }
 
 static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
