@@ -391,6 +391,16 @@ void mvm_virtio_set_config(MvmVirtio *dev, const void *config, gsize len)
     mvm_virtio_unlock(dev);
 }
 
+/* §4.2.2: a change the driver may not expect gets a new generation and an interrupt. */
+void mvm_virtio_update_config(MvmVirtio *dev, gsize offset, const void *data, gsize len)
+{
+    g_return_if_fail(offset <= dev->config_len && len <= dev->config_len - offset);
+    memcpy(dev->config + offset, data, len);
+    dev->config_generation++;
+    if (dev->status & VIRTIO_STATUS_DRIVER_OK)
+        raise_interrupt(dev, VIRTIO_MMIO_INT_CONFIG);
+}
+
 /* ---- construction ---- */
 
 static gboolean queue_kicked(int fd, GIOCondition condition, gpointer data)

@@ -31,6 +31,7 @@
 #define NET_QUEUE_MAX          256
 #define NET_HDR_SIZE           12 /* struct virtio_net_hdr with num_buffers (§5.1.6) */
 #define NET_NUM_BUFFERS_OFFSET 10
+#define NET_STATUS_OFFSET      6 /* in the config space, after mac[6] */
 
 typedef struct {
     MvmVirtio *dev;
@@ -54,6 +55,9 @@ static void tap_failed(Net *net, int err)
     net->tap_gone = TRUE;
     g_message("virtio-net: tap %s: %s; the interface is down from now on",
               net->name != NULL ? net->name : "(fd)", g_strerror(err));
+    /* §5.1.4: the guest sees the link go down (VIRTIO_NET_S_LINK_UP cleared). */
+    guint16 status = 0;
+    mvm_virtio_update_config(net->dev, NET_STATUS_OFFSET, &status, sizeof(status));
 }
 
 static gboolean tap_error_is_fatal(int err)

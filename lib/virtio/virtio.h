@@ -128,6 +128,8 @@ guint16 mvm_virtio_pending(MvmVirtio *dev, guint queue);
 /* Publishes a used buffer; the interrupt goes out at mvm_virtio_flush_irq() or unlock. */
 void mvm_virtio_push(MvmVirtio *dev, guint queue, guint16 head, guint32 len);
 void mvm_virtio_set_needs_reset(MvmVirtio *dev, const char *reason);
+/* Changes part of the config space and tells the driver (configuration change interrupt). */
+void mvm_virtio_update_config(MvmVirtio *dev, gsize offset, const void *data, gsize len);
 
 /* Snapshot state: negotiated features, status, queue configuration and indices, config. */
 GVariant *mvm_virtio_save(MvmVirtio *dev);

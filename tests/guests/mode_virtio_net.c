@@ -10,12 +10,13 @@
  */
 #include "virtio.h"
 
-#define NET_F_MAC   (1ULL << 5)
-#define HDR_SIZE    12
-#define ETH_HLEN    14
-#define ETHERTYPE   0x88b5
-#define RX_BUFS     8
-#define FRAME_BYTES 64
+#define NET_F_MAC    (1ULL << 5)
+#define NET_F_STATUS (1ULL << 16)
+#define HDR_SIZE     12
+#define ETH_HLEN     14
+#define ETHERTYPE    0x88b5
+#define RX_BUFS      8
+#define FRAME_BYTES  64
 
 static struct vdev dev;
 static u8 mac[6];
@@ -71,7 +72,9 @@ bool mode_net(void)
         fail("net: no virtio-net device");
         return false;
     }
-    if (!virtio_setup(&dev, NET_F_MAC, 2))
+    if (!virtio_setup(&dev, NET_F_MAC | NET_F_STATUS, 2))
+        return false;
+    if (!check_u64("net-link-up", 1, *(volatile u16 *)(dev.base + VIO_CONFIG + 6)))
         return false;
     for (unsigned i = 0; i < 6; i++)
         mac[i] = *(volatile u8 *)(dev.base + VIO_CONFIG + i);
@@ -104,6 +107,12 @@ bool mode_net(void)
         if (!send_frame("after the tap is gone"))
             return false;
         pass("net-tap-gone");
+        /* The device says the link is down (status LINK_UP cleared, a config interrupt). */
+        u16 status = *(volatile u16 *)(dev.base + VIO_CONFIG + 6);
+        u32 isr = vio_read(&dev, VIO_INT_STATUS) | dev.irq_seen;
+        gprintf("NET status %u interrupt-status 0x%x\n", status, isr);
+        if (!check_u64("net-link-down", 0, status) || !check_u64("net-config-irq", 2, isr & 2))
+            return false;
     }
     pass("net");
     return true;

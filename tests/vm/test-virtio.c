@@ -749,6 +749,7 @@ static void net_by_name(void)
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "NET mac 52:54:00:12:34:56"));
     g_assert_nonnull(strstr(out, "PASS net-tap-gone"));
+    g_assert_nonnull(strstr(out, "PASS net-link-down"));
     close(pkt);
 }
 
