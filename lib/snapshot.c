@@ -629,7 +629,58 @@ static void as_invalid(GError **error)
     }
 }
 
+static guint n_items(const GPtrArray *array)
+{
+    return array != NULL ? array->len : 0;
+}
+
+/*
+ * The guest's devices come from the snapshot, their back ends from the caller:
+ * as many disks and NICs, the same read-only flags (a guest told its disk is
+ * writable must not get a read-only file, nor a caller's read-only file a
+ * writer), a vsock socket exactly when the snapshot has a vsock device. NICs
+ * keep the snapshot's MAC, which the guest knows.
+ */
+static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, GError **error)
+{
+    if (n_items(config->disks) != n_items(backends->disks) ||
+        n_items(config->nics) != n_items(backends->nics) ||
+        (config->vsock_cid != 0) != (backends->vsock_uds_path != NULL))
+        return mvm_snapshot_invalid(
+            error, "it has %u disks, %u NICs and %s vsock; the back ends given are %u, %u and %s",
+            n_items(config->disks), n_items(config->nics), config->vsock_cid ? "a" : "no",
+            n_items(backends->disks), n_items(backends->nics),
+            backends->vsock_uds_path ? "a socket" : "none");
+    for (guint i = 0; i < n_items(config->disks); i++) {
+        const MvmDiskConfig *mine = g_ptr_array_index(config->disks, i);
+        const MvmDiskConfig *theirs = g_ptr_array_index(backends->disks, i);
+        if (mine->read_only != theirs->read_only)
+            return mvm_snapshot_invalid(error, "disk %u is %s in the snapshot", i,
+                                        mine->read_only ? "read-only" : "writable");
+    }
+    g_autoptr(MvmVmConfig) copy = mvm_vm_config_copy(backends);
+    for (guint i = 0; i < n_items(config->nics); i++)
+        memcpy(((MvmNetConfig *)g_ptr_array_index(copy->nics, i))->mac,
+               ((MvmNetConfig *)g_ptr_array_index(config->nics, i))->mac, 6);
+    /* Swapped: the snapshot's own back ends go with @copy. */
+    GPtrArray *disks = config->disks, *nics = config->nics;
+    char *uds = config->vsock_uds_path;
+    config->disks = g_steal_pointer(&copy->disks);
+    config->nics = g_steal_pointer(&copy->nics);
+    config->vsock_uds_path = g_steal_pointer(&copy->vsock_uds_path);
+    copy->disks = disks;
+    copy->nics = nics;
+    copy->vsock_uds_path = uds;
+    return TRUE;
+}
+
 MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
+{
+    return mvm_vm_restore_with_backends(dirfd, NULL, flags, error);
+}
+
+MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
+                                    GError **error)
 {
     int memory_fd = -1;
 
@@ -639,6 +690,10 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
     g_autoptr(MvmSnapshotState) state = load_state(dirfd, &memory_fd, error);
     if (state == NULL)
         return NULL;
+    if (backends != NULL && !use_backends(state->config, backends, error)) {
+        close(memory_fd);
+        return NULL;
+    }
     MvmMemory *memory = (flags & MVM_RESTORE_COPY_MEMORY)
                             ? copy_memory(memory_fd, state->memory_size, error)
                             : mvm_memory_new_from_fd(memory_fd, state->memory_size, FALSE, error);

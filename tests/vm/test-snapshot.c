@@ -8,10 +8,12 @@
  * test-snapshot-corrupt.c. With -m perf it prints pause, snapshot and restore
  * figures.
  */
+#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "snapshot-test-util.h"
 #include "vm-private.h"
@@ -377,6 +379,96 @@ static void test_restore_above_4g(void)
     rm_rf(dir);
 }
 
+static MvmVmConfig *config_with_disk(const char *path, int fd, gboolean read_only)
+{
+    MvmVmConfig *config = mvm_vm_config_new();
+    MvmDiskConfig *disk = g_new0(MvmDiskConfig, 1);
+
+    disk->path = g_strdup(path);
+    disk->fd = fd;
+    disk->read_only = read_only;
+    config->disks = g_ptr_array_new();
+    g_ptr_array_add(config->disks, disk);
+    return config;
+}
+
+static MvmVm *restore_backends(const char *dir, const MvmVmConfig *backends, GError **error)
+{
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, MVM_RESTORE_NONE, error);
+    close(dirfd);
+    return vm;
+}
+
+/* Back ends from the caller instead of the paths a snapshot names; mismatches refused. */
+static void test_restore_backends(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir(), *snap = make_tmpdir();
+    g_autofree char *a = g_build_filename(dir, "a.img", NULL);
+    g_autofree char *b = g_build_filename(dir, "b.img", NULL);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(Capture) c = capture_new();
+    g_autofree char *zeros = g_malloc0(1024 * 1024);
+
+    g_assert_true(g_file_set_contents(a, zeros, 1024 * 1024, NULL));
+    g_assert_true(g_file_set_contents(b, zeros, 1024 * 1024, NULL));
+    {
+        g_autoptr(MvmVmConfig) config = config_with_disk(a, -1, FALSE);
+        config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+        config->cmdline = g_strdup("mode=pattern pages=16 base_mib=8 every=5 delay=100");
+        config->memory_mib = 32;
+        config->debug_exit = TRUE;
+        g_autoptr(MvmVm) vm = mvm_vm_new(config, &error);
+        g_assert_no_error(error);
+        mvm_vm_set_console_callback(vm, on_console, c);
+        g_assert_true(mvm_vm_start(vm, &error));
+        g_assert_true(capture_wait_from(c, 0, "COUNTER 10\n", TIMEOUT_US));
+        g_assert_true(mvm_vm_snapshot(vm, snap, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+        g_assert_no_error(error);
+    }
+    /* By path, the snapshot's own disk; with back ends, the caller's. */
+    g_autoptr(MvmVm) own = mvm_vm_restore(snap, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    MvmDiskConfig *disk = g_ptr_array_index(mvm_vm_get_config(own)->disks, 0);
+    g_assert_cmpstr(disk->path, ==, a);
+    g_clear_pointer(&own, mvm_vm_free);
+    g_autoptr(MvmVmConfig) by_path = config_with_disk(b, -1, FALSE);
+    g_autoptr(MvmVm) other = restore_backends(snap, by_path, &error);
+    g_assert_no_error(error);
+    disk = g_ptr_array_index(mvm_vm_get_config(other)->disks, 0);
+    g_assert_cmpstr(disk->path, ==, b);
+    g_clear_pointer(&other, mvm_vm_free);
+
+    /* By fd, and it runs on. */
+    int fd = open(b, O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_autoptr(MvmVmConfig) by_fd = config_with_disk(NULL, fd, FALSE);
+    g_autoptr(MvmVm) vm = restore_backends(snap, by_fd, &error);
+    g_assert_no_error(error);
+    close(fd); /* the VM has its own */
+    g_autoptr(Capture) c2 = capture_new();
+    mvm_vm_set_console_callback(vm, on_console, c2);
+    g_assert_true(mvm_vm_resume(vm, &error));
+    g_assert_true(capture_wait_from(c2, 0, "COUNTER", TIMEOUT_US));
+    g_clear_pointer(&vm, mvm_vm_free);
+
+    /* A read-only file for a disk the guest was told is writable; no disk at all. */
+    g_autoptr(MvmVmConfig) read_only = config_with_disk(b, -1, TRUE);
+    g_assert_null(restore_backends(snap, read_only, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "disk 0 is writable in the snapshot"));
+    g_clear_error(&error);
+    g_autoptr(MvmVmConfig) none = mvm_vm_config_new();
+    g_assert_null(restore_backends(snap, none, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "it has 1 disks"));
+    rm_rf(snap);
+    rm_rf(dir);
+}
+
 /*
  * The fresh-process test: the parent writes the snapshot and what the child
  * must see into MVM_SNAPSHOT_CHILD_DIR (set in main, before any thread, so no
@@ -566,6 +658,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/pause/kvmclock-freeze", test_kvmclock_freeze);
     g_test_add_func("/snapshot/restore/beside-original", test_restore_beside_original);
     g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
+    g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_data_func("/snapshot/restore/fresh-process-lazy", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
     g_test_add_data_func("/snapshot/restore/fresh-process-copy", GINT_TO_POINTER(1),
