@@ -14,7 +14,7 @@ DOC=${G_TEST_SRCDIR:-$(dirname "$0")}/../../docs/usage-dbus.md
 . "$(dirname "$0")/private-bus.sh"
 start_daemon "$TMP/daemon.log"
 
-# The examples, every ```sh block but the last (which starts a bus of its own), rewritten:
+# The examples, every ```sh block but the last (it starts a bus of its own: below), rewritten:
 # the private bus for the system bus, real files for /srv and /run, a 1 s Shutdown wait
 # (the test guest ignores Ctrl-Alt-Del: the document says that is a Timeout error), and no
 # interactive commands.
@@ -58,6 +58,17 @@ check "web was deleted" "! grep -q \"'web',\" <<<\"\$list\""
 check "web-copy runs" "grep -Eq \"\\('web-copy', (objectpath )?'/org/microvmd/MicroVM1/vm/web_2dcopy', 'running'\" <<<\"\$list\""
 check "db is defined and stored" "[ -f \"$TMP/state/vms/db.vm\" ]"
 check "the daemon is alive" "kill -0 $DAEMON_PID"
+
+# The last block, in a dbus-run-session of its own as the document says, with the built
+# daemon and test guest for build/... and a directory of ours for /tmp/mvmd.
+awk -F'\t' -v last="$last" '$1 == last { sub(/^[0-9]+\t/, ""); print }' "$TMP/blocks" |
+    grep -v '^dbus-run-session' |
+    sed -e "s|build/daemon/microvmd|$MICROVMD|" -e "s|\$PWD/build/tests/guests/testguest.elf|$MVM_TESTGUEST|" \
+        -e "s|/tmp/mvmd|$TMP/trial|g" > "$TMP/trial.sh"
+timeout 60 dbus-run-session -- bash "$TMP/trial.sh" > "$TMP/trial.out" 2>/dev/null
+sed 's/^/# /' "$TMP/trial.out"
+check "without root: the VM was created" "grep -q \"objectpath '/org/microvmd/MicroVM1/vm/t'\" \"$TMP/trial.out\""
+check "without root: its console log shows the boot" "grep -q 'TESTGUEST boot start' \"$TMP/trial.out\""
 kill -TERM "$DAEMON_PID"
 wait "$DAEMON_PID"
 rc=$?
