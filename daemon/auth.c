@@ -1,21 +1,342 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "auth.h"
 
+#include <errno.h>
+#include <grp.h>
+#include <sys/socket.h>
+
 #include "errors.h"
+#include "names.h"
+
+#define POLKIT_NAME      "org.freedesktop.PolicyKit1"
+#define POLKIT_PATH      "/org/freedesktop/PolicyKit1/Authority"
+#define POLKIT_INTERFACE "org.freedesktop.PolicyKit1.Authority"
+/* CheckAuthorizationFlags: AllowUserInteraction. */
+#define POLKIT_ALLOW_USER_INTERACTION 1u
+/* Bound on SO_PEERGROUPS (NGROUPS_MAX is 65536; real users have a handful). */
+#define PEER_GROUPS_MAX 1024
+
+static gid_t socket_group = (gid_t)-1;
+
+static GQuark caller_uid_quark(void)
+{
+    return g_quark_from_static_string("mvmd-caller-uid");
+}
+
+/* The invocation outlives the check, and path arguments are checked against it later. */
+static void remember_uid(GDBusMethodInvocation *invocation, uid_t uid)
+{
+    g_object_set_qdata(G_OBJECT(invocation), caller_uid_quark(), GUINT_TO_POINTER(uid + 1));
+}
+
+gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid)
+{
+    gpointer data = g_object_get_qdata(G_OBJECT(invocation), caller_uid_quark());
+
+    if (!data)
+        return FALSE;
+    *uid = GPOINTER_TO_UINT(data) - 1;
+    return TRUE;
+}
+
+gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
+                                       GError **error)
+{
+    uid_t uid;
+
+    if (mvmd_auth_get_caller_uid(invocation, &uid) && uid == 0)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                "'%s': only root may have microvmd open a path or a host interface by name; "
+                "pass an open file descriptor instead",
+                key);
+    return FALSE;
+}
+
+gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation, const MvmdVmConfig *config,
+                                      GError **error)
+{
+    if (config->kernel && !mvmd_auth_check_path_argument(invocation, "kernel", error))
+        return FALSE;
+    if (config->initrd && !mvmd_auth_check_path_argument(invocation, "initrd", error))
+        return FALSE;
+    for (guint i = 0; i < config->devices.disks->len; i++) {
+        const MvmdDisk *disk = config->devices.disks->pdata[i];
+        g_autofree char *key = g_strdup_printf("disks[%u].path", i);
+
+        if (disk->path && !mvmd_auth_check_path_argument(invocation, key, error))
+            return FALSE;
+    }
+    /* A tap named by a caller is a host interface the daemon would attach to: same rule. */
+    for (guint i = 0; i < config->devices.nics->len; i++) {
+        const MvmdNic *nic = config->devices.nics->pdata[i];
+        g_autofree char *key = g_strdup_printf("network[%u].tap", i);
+
+        if (nic->tap && !mvmd_auth_check_path_argument(invocation, key, error))
+            return FALSE;
+    }
+    if (config->devices.vsock_uds_path &&
+        !mvmd_auth_check_path_argument(invocation, "vsock.uds-path", error))
+        return FALSE;
+    return TRUE;
+}
+
+/* ---- the peer-to-peer socket ----------------------------------------------------------- */
+
+gboolean mvmd_auth_set_socket_group(const char *group, GError **error)
+{
+    struct group *gr;
+    guint64 number;
+
+    if (!group) {
+        socket_group = (gid_t)-1;
+        return TRUE;
+    }
+    if (g_ascii_string_to_unsigned(group, 10, 0, G_MAXUINT32 - 1, &number, NULL)) {
+        socket_group = (gid_t)number;
+        return TRUE;
+    }
+    errno = 0;
+    gr = getgrnam(group);
+    if (!gr) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "no such group '%s'%s%s", group,
+                    errno ? ": " : "", errno ? g_strerror(errno) : "");
+        return FALSE;
+    }
+    socket_group = gr->gr_gid;
+    return TRUE;
+}
+
+static gboolean peer_in_group(int fd, gid_t primary, gid_t group)
+{
+    g_autofree gid_t *groups = g_new(gid_t, PEER_GROUPS_MAX);
+    socklen_t len = PEER_GROUPS_MAX * sizeof(gid_t);
+
+    if (primary == group)
+        return TRUE;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
+        g_debug("SO_PEERGROUPS: %s", g_strerror(errno));
+        return FALSE;
+    }
+    for (socklen_t i = 0; i < len / sizeof(gid_t); i++) {
+        if (groups[i] == group)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+gboolean mvmd_auth_check_peer(GSocket *socket, GError **error)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int fd = g_socket_get_fd(socket);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                    "cannot read the peer's credentials: %s", g_strerror(errno));
+        return FALSE;
+    }
+    if (cred.uid == 0)
+        return TRUE;
+    if (socket_group != (gid_t)-1 && peer_in_group(fd, cred.gid, socket_group))
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                "uid %u may not use this socket: only root%s", (guint)cred.uid,
+                socket_group != (gid_t)-1 ? " and members of the socket group" : "");
+    return FALSE;
+}
+
+/* ---- one check ------------------------------------------------------------------------- */
+
+typedef struct {
+    GDBusMethodInvocation *invocation;
+    char *action_id;
+    char *verb; /* the D-Bus method: "CreateVM", "Start", … */
+    GHashTable *details;
+} Check;
+
+static void check_free(Check *check)
+{
+    g_object_unref(check->invocation);
+    g_free(check->action_id);
+    g_free(check->verb);
+    g_hash_table_unref(check->details);
+    g_free(check);
+}
+
+static void deny(GTask *task, const char *why)
+{
+    Check *check = g_task_get_task_data(task);
+    const char *vm = g_hash_table_lookup(check->details, MVMD_DETAIL_VM);
+
+    g_task_return_new_error(task, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                            "not authorized to call %s%s%s%s (polkit action %s): %s", check->verb,
+                            vm ? " VM '" : "", vm ? vm : "", vm ? "'" : "", check->action_id, why);
+}
+
+static gboolean is_interactive(GDBusMethodInvocation *invocation)
+{
+    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+
+    return (g_dbus_message_get_flags(message) &
+            G_DBUS_MESSAGE_FLAGS_ALLOW_INTERACTIVE_AUTHORIZATION) != 0;
+}
+
+static gboolean polkit_is_absent(const GError *error)
+{
+    return g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_SERVICE_UNKNOWN) ||
+           g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_NAME_HAS_NO_OWNER) ||
+           g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_SPAWN_SERVICE_NOT_FOUND);
+}
+
+static void on_polkit_reply(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    g_autoptr(GTask) task = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+    gboolean authorized = FALSE, challenge = FALSE;
+
+    if (!reply) {
+        g_autofree char *why = NULL;
+
+        g_dbus_error_strip_remote_error(error);
+        why = polkit_is_absent(error)
+                  ? g_strdup("no polkit authority is running, so only root may do this")
+                  : g_strdup_printf("cannot ask polkit: %s", error->message);
+        deny(task, why);
+        return;
+    }
+    g_variant_get(reply, "((bb@a{ss}))", &authorized, &challenge, NULL);
+    if (authorized)
+        g_task_return_boolean(task, TRUE);
+    else if (challenge)
+        deny(task, "authentication is required; call with interactive authorization allowed "
+                   "(e.g. busctl --allow-interactive-authorization=yes)");
+    else
+        deny(task, "polkit said no");
+}
+
+static GVariant *polkit_details(Check *check)
+{
+    GVariantBuilder b;
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a{ss}"));
+    g_hash_table_iter_init(&iter, check->details);
+    while (g_hash_table_iter_next(&iter, &key, &value))
+        g_variant_builder_add(&b, "{ss}", (const char *)key, (const char *)value);
+    return g_variant_builder_end(&b);
+}
+
+static void ask_polkit(GTask *task)
+{
+    Check *check = g_task_get_task_data(task);
+    GDBusMethodInvocation *invocation = check->invocation;
+    gboolean interactive = is_interactive(invocation);
+    GVariantBuilder subject;
+
+    g_variant_builder_init(&subject, G_VARIANT_TYPE("a{sv}"));
+    g_variant_builder_add(&subject, "{sv}", "name",
+                          g_variant_new_string(g_dbus_method_invocation_get_sender(invocation)));
+    g_dbus_connection_call(g_dbus_method_invocation_get_connection(invocation), POLKIT_NAME,
+                           POLKIT_PATH, POLKIT_INTERFACE, "CheckAuthorization",
+                           g_variant_new("((sa{sv})s@a{ss}us)", "system-bus-name", &subject,
+                                         check->action_id, polkit_details(check),
+                                         interactive ? POLKIT_ALLOW_USER_INTERACTION : 0u, ""),
+                           G_VARIANT_TYPE("((bba{ss}))"), G_DBUS_CALL_FLAGS_NONE,
+                           /* A person may be typing a password: no timeout then. */
+                           interactive ? G_MAXINT : -1, g_task_get_cancellable(task),
+                           on_polkit_reply, g_object_ref(task));
+}
+
+static void on_caller_uid(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    g_autoptr(GTask) task = user_data;
+    Check *check = g_task_get_task_data(task);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+    guint32 uid;
+
+    if (!reply) {
+        g_autofree char *why = NULL;
+
+        g_dbus_error_strip_remote_error(error);
+        why = g_strdup_printf("cannot identify the caller: %s", error->message);
+        deny(task, why);
+        return;
+    }
+    g_variant_get(reply, "(u)", &uid);
+    remember_uid(check->invocation, uid);
+    if (uid == 0) {
+        g_task_return_boolean(task, TRUE);
+        return;
+    }
+    ask_polkit(task);
+}
+
+static void authorize_peer(GTask *task)
+{
+    Check *check = g_task_get_task_data(task);
+    GDBusConnection *connection = g_dbus_method_invocation_get_connection(check->invocation);
+    GIOStream *stream = g_dbus_connection_get_stream(connection);
+    GCredentials *credentials = g_dbus_connection_get_peer_credentials(connection);
+    g_autoptr(GError) error = NULL;
+    uid_t uid;
+
+    if (!G_IS_SOCKET_CONNECTION(stream) || !credentials) {
+        deny(task, "the peer's credentials are unknown");
+        return;
+    }
+    uid = g_credentials_get_unix_user(credentials, NULL);
+    if (uid != (uid_t)-1)
+        remember_uid(check->invocation, uid);
+    /* Checked again per call (cheap): a group membership known at connect time is what counts. */
+    if (!mvmd_auth_check_peer(g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream)),
+                              &error)) {
+        deny(task, error->message);
+        return;
+    }
+    g_task_return_boolean(task, TRUE);
+}
 
 void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
                           GHashTable *details, GAsyncReadyCallback callback, gpointer user_data)
 {
     g_autoptr(GTask) task = g_task_new(NULL, NULL, callback, user_data);
+    GDBusConnection *connection = g_dbus_method_invocation_get_connection(invocation);
+    Check *check = g_new0(Check, 1);
+    GHashTableIter iter;
+    gpointer key, value;
 
     g_task_set_source_tag(task, mvmd_authorize_async);
-    g_task_set_task_data(task, g_strdup(action_id), g_free);
-    g_debug("authorizing %s for %s: allowed (no polkit yet)", action_id,
-            g_dbus_method_invocation_get_sender(invocation));
-    /* Issue #5: polkit_authority_check_authorization() for the sender's system-bus-name subject
-     * with @details, ALLOW_USER_INTERACTION when the message allows it. GTask defers the
-     * callback to a later main-loop iteration, so callers see the same shape as then. */
-    g_task_return_boolean(task, TRUE);
+    check->invocation = g_object_ref(invocation);
+    check->action_id = g_strdup(action_id);
+    check->details = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    if (details) {
+        g_hash_table_iter_init(&iter, details);
+        while (g_hash_table_iter_next(&iter, &key, &value))
+            g_hash_table_insert(check->details, g_strdup(key), g_strdup(value));
+    }
+    /* polkit rules can match on the method (action.lookup("verb") == "Start"). */
+    if (!g_hash_table_contains(check->details, MVMD_DETAIL_VERB))
+        g_hash_table_insert(check->details, g_strdup(MVMD_DETAIL_VERB),
+                            g_strdup(g_dbus_method_invocation_get_method_name(invocation)));
+    check->verb = g_strdup(g_hash_table_lookup(check->details, MVMD_DETAIL_VERB));
+    g_task_set_task_data(task, check, (GDestroyNotify)check_free);
+
+    /* No unique name: not a message bus but a peer on our socket. */
+    if (!g_dbus_connection_get_unique_name(connection)) {
+        authorize_peer(task);
+        return;
+    }
+    g_dbus_connection_call(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "GetConnectionUnixUser",
+                           g_variant_new("(s)", g_dbus_method_invocation_get_sender(invocation)),
+                           G_VARIANT_TYPE("(u)"), G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid,
+                           g_object_ref(task));
 }
 
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error)

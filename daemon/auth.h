@@ -1,15 +1,24 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
+#include <sys/types.h>
+
 #include <gio/gio.h>
+
+#include "config.h"
 
 G_BEGIN_DECLS
 
 /*
  * The one place where a method call is authorized. Every mutating handler goes
- * "handle → mvmd_authorize_async → act → complete", so polkit (issue #5) plugs in here alone:
- * @action_id is a polkit action (MVMD_ACTION_* in names.h) and @details become the polkit
- * details (e.g. "vm" → name). For now every caller is allowed.
+ * "handle → mvmd_authorize_async → act → complete":
+ * - on a message bus: uid 0 is always allowed; anyone else is asked about through polkit
+ *   (org.freedesktop.PolicyKit1.Authority.CheckAuthorization, subject system-bus-name = the
+ *   sender, @details plus "verb" = the method, e.g. "start"; interactive only when the message
+ *   carries ALLOW_INTERACTIVE_AUTHORIZATION). Without a polkit authority only uid 0 may act.
+ * - on a peer-to-peer socket (socket activation): the peer's credentials decide, see
+ *   mvmd_auth_check_peer().
+ * @action_id is a polkit action (MVMD_ACTION_* in names.h).
  *
  * @callback runs on the caller's thread-default main context, never from within this call.
  */
@@ -18,5 +27,34 @@ void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_
 
 /* Returns FALSE with MVMD_ERROR_NOT_AUTHORIZED (or another error) when the call is denied. */
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error);
+
+/*
+ * The uid of the process that sent @invocation, as learned by mvmd_authorize_async() (from the
+ * bus daemon, or the socket's peer credentials). FALSE when it is not known (yet).
+ */
+gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid);
+
+/*
+ * Path arguments: the daemon runs as root, so it opens a path named by a caller only when the
+ * caller is root (uid known and 0); everyone else must pass an fd instead. FALSE with
+ * MVMD_ERROR_NOT_AUTHORIZED naming @key otherwise. Call it after authorization, for each
+ * argument that names a file or directory (kernel, initrd, disks, snapshot directories).
+ */
+gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
+                                       GError **error);
+/* mvmd_auth_check_path_argument() for every path in @config. */
+gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation, const MvmdVmConfig *config,
+                                      GError **error);
+
+/*
+ * Who may use the peer-to-peer socket: root, and members of @group (a name or a number; NULL:
+ * root only). Set once at start-up (--socket-group).
+ */
+gboolean mvmd_auth_set_socket_group(const char *group, GError **error);
+/*
+ * Is the peer on @socket (a connected AF_UNIX socket) root or a member of the socket group?
+ * Uses SO_PEERCRED and SO_PEERGROUPS, i.e. what the kernel recorded at connect(2).
+ */
+gboolean mvmd_auth_check_peer(GSocket *socket, GError **error);
 
 G_END_DECLS

@@ -12,8 +12,11 @@
 #include "config.h"
 #include "context.h"
 #include "errors.h"
+#include "machined.h"
 #include "manager.h"
 #include "names.h"
+#include "peer.h"
+#include "sdnotify.h"
 
 #define STOP_POLL_MS        100
 #define FORCE_STOP_GRACE_US (10 * G_USEC_PER_SEC) /* after the forced stops: give up */
@@ -30,7 +33,11 @@ typedef struct {
     int exit_status;
     gint64 stop_deadline;
     guint stop_source;
-    guint signal_sources[2];
+    guint signal_sources[3];
+    MvmdPeerServer *peer_server;   /* socket activation (may be the only way in) */
+    MvmdStatusWatch *status_watch; /* STATUS= */
+    MvmdMachined *machined;
+    guint watchdog_source;
 } Daemon;
 
 static void probe_kvm(Daemon *d)
@@ -105,6 +112,9 @@ static void begin_stop(Daemon *d, const char *why)
         return;
     g_message("stopping: %s", why);
     d->ctx.stopping = TRUE;
+    /* The graceful part, the forced part, and a little for flushing. */
+    mvmd_sd_notify_stopping(((guint64)d->options->shutdown_timeout_sec + 5) * G_USEC_PER_SEC +
+                            FORCE_STOP_GRACE_US);
     if (!d->manager) {
         g_main_loop_quit(d->loop);
         return;
@@ -131,6 +141,15 @@ static gboolean on_signal(gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
+static gboolean on_sighup(gpointer user_data)
+{
+    Daemon *d = user_data;
+
+    if (d->manager && !d->ctx.stopping)
+        mvmd_manager_service_reload(d->manager);
+    return G_SOURCE_CONTINUE;
+}
+
 /* ---- the bus --------------------------------------------------------------------------- */
 
 static void on_name_acquired(GDBusConnection *connection, const char *name, gpointer user_data)
@@ -139,6 +158,7 @@ static void on_name_acquired(GDBusConnection *connection, const char *name, gpoi
 
     g_message("%s acquired", name);
     d->name_acquired = TRUE;
+    mvmd_sd_notify_ready(); /* the name is ours and the definitions are loaded */
     mvmd_manager_service_autostart(d->manager);
 }
 
@@ -147,7 +167,11 @@ static void on_name_lost(GDBusConnection *connection, const char *name, gpointer
     Daemon *d = user_data;
 
     if (!d->name_acquired) {
+        g_autoptr(GError) error =
+            g_error_new(G_IO_ERROR, G_IO_ERROR_EXISTS, "cannot own %s on the bus", name);
+
         g_warning("cannot own %s on the bus (is another microvmd running? see --replace)", name);
+        mvmd_sd_notify_failure(error);
         d->exit_status = 1;
         g_main_loop_quit(d->loop);
         return;
@@ -186,10 +210,30 @@ static gboolean export_objects(Daemon *d, GError **error)
     d->object_manager = g_dbus_object_manager_server_new(MVMD_DBUS_PATH);
     d->manager = mvmd_manager_service_new(&d->ctx, d->object_manager);
     mvmd_manager_service_load(d->manager);
+    if (!d->connection)
+        return TRUE; /* socket activation only: peer.c exports them per client */
     g_dbus_object_manager_server_set_connection(d->object_manager, d->connection);
     /* The ObjectManager only manages objects below its path: the Manager sits at the path. */
     return g_dbus_interface_skeleton_export(G_DBUS_INTERFACE_SKELETON(d->manager), d->connection,
                                             MVMD_DBUS_PATH, error);
+}
+
+/* Socket activation, STATUS=, the watchdog and machined (see sdnotify.h, peer.h, machined.h). */
+static gboolean start_service(Daemon *d, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+
+    d->peer_server = mvmd_peer_server_new(d->object_manager, d->manager, &local);
+    if (local) {
+        g_propagate_error(error, g_steal_pointer(&local));
+        return FALSE;
+    }
+    if (d->connection)
+        d->machined = mvmd_machined_new(d->connection);
+    d->status_watch = mvmd_status_watch_new(
+        d->manager, d->machined ? mvmd_machined_vm_state_changed : NULL, d->machined);
+    d->watchdog_source = mvmd_sd_watchdog_add();
+    return TRUE;
 }
 
 static gboolean start(Daemon *d, GError **error)
@@ -200,12 +244,25 @@ static gboolean start(Daemon *d, GError **error)
 
     probe_kvm(d);
     d->connection = connect_bus(d->options, error);
-    if (!d->connection)
+    if (!d->connection && !mvmd_peer_sockets_passed())
         return FALSE;
-    g_dbus_connection_set_exit_on_close(d->connection, FALSE);
-    g_signal_connect(d->connection, "closed", G_CALLBACK(on_connection_closed), d);
+    if (!d->connection) {
+        /* Containers and orchestrators without a system bus use the socket alone. */
+        g_message("no message bus (%s): serving the passed sockets only", (*error)->message);
+        g_clear_error(error);
+    } else {
+        g_dbus_connection_set_exit_on_close(d->connection, FALSE);
+        g_signal_connect(d->connection, "closed", G_CALLBACK(on_connection_closed), d);
+    }
     if (!export_objects(d, error))
         return FALSE;
+    if (!start_service(d, error))
+        return FALSE;
+    if (!d->connection) {
+        mvmd_sd_notify_ready();
+        mvmd_manager_service_autostart(d->manager);
+        return TRUE;
+    }
     if (d->options->replace)
         flags |= G_BUS_NAME_OWNER_FLAGS_REPLACE;
     d->owner_id = g_bus_own_name_on_connection(d->connection, MVMD_DBUS_NAME, flags,
@@ -219,6 +276,11 @@ static void cleanup(Daemon *d)
         if (d->signal_sources[i])
             g_source_remove(d->signal_sources[i]);
     }
+    if (d->watchdog_source)
+        g_source_remove(d->watchdog_source);
+    mvmd_status_watch_free(d->status_watch);
+    mvmd_machined_free(d->machined);
+    mvmd_peer_server_free(d->peer_server);
     if (d->owner_id)
         g_bus_unown_name(d->owner_id);
     if (d->manager)
@@ -247,11 +309,13 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     signal(SIGPIPE, SIG_IGN);
     d.signal_sources[0] = g_unix_signal_add(SIGTERM, on_signal, &d);
     d.signal_sources[1] = g_unix_signal_add(SIGINT, on_signal, &d);
+    d.signal_sources[2] = g_unix_signal_add(SIGHUP, on_sighup, &d);
     g_message("microvmd %s starting (state %s, runtime %s)", MVMD_VERSION, options->state_dir,
               options->runtime_dir);
 
     if (!start(&d, &error)) {
         g_warning("cannot start: %s", error->message);
+        mvmd_sd_notify_failure(error);
         d.exit_status = 1;
     } else {
         g_main_loop_run(d.loop);

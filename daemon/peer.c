@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "peer.h"
+
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "errors.h"
+#include "names.h"
+
+#define SOCKET_FD_NAME "microvmd"
+/* Each client holds an fd and some memory: a local user must not be able to exhaust us. */
+#define MAX_PEERS 256
+
+/*
+ * GDBusObjectManagerServer exports on one connection only, and unexporting a skeleton from
+ * it unexports it from every connection. So each client gets its own small ObjectManager,
+ * kept in step with the daemon's one, and the skeletons themselves are exported per
+ * connection (a skeleton may be exported on several).
+ */
+static const char object_manager_xml[] =
+    "<node>"
+    " <interface name='org.freedesktop.DBus.ObjectManager'>"
+    "  <method name='GetManagedObjects'>"
+    "   <arg type='a{oa{sa{sv}}}' name='object_paths_interfaces_and_properties' direction='out'/>"
+    "  </method>"
+    "  <signal name='InterfacesAdded'>"
+    "   <arg type='o' name='object_path'/>"
+    "   <arg type='a{sa{sv}}' name='interfaces_and_properties'/>"
+    "  </signal>"
+    "  <signal name='InterfacesRemoved'>"
+    "   <arg type='o' name='object_path'/>"
+    "   <arg type='as' name='interfaces'/>"
+    "  </signal>"
+    " </interface>"
+    "</node>";
+
+typedef struct {
+    MvmdPeerServer *server;
+    GDBusConnection *connection;
+    GHashTable *exported; /* object path → GDBusObject (ref) exported on this connection */
+    guint om_registration;
+} Peer;
+
+struct _MvmdPeerServer {
+    GSocketService *service;
+    GDBusObjectManagerServer *object_manager;
+    MvmdManagerService *manager;
+    GDBusNodeInfo *om_info;
+    GDBusAuthObserver *observer;
+    char *guid;
+    GHashTable *peers; /* Peer * (owned) */
+    guint n_pending;   /* connections still authenticating; each holds a reference */
+    gboolean closing;  /* mvmd_peer_server_free() was called */
+};
+
+static void server_clear(MvmdPeerServer *server);
+
+gboolean mvmd_peer_sockets_passed(void)
+{
+    return sd_listen_fds(0) > 0;
+}
+
+/* ---- the object tree on one connection ------------------------------------------------- */
+
+static GVariant *interfaces_and_properties(GDBusObject *object)
+{
+    g_autolist(GDBusInterface) interfaces = g_dbus_object_get_interfaces(object);
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a{sa{sv}}"));
+    for (GList *l = interfaces; l; l = l->next) {
+        GDBusInterfaceSkeleton *skeleton = l->data;
+
+        g_variant_builder_add(&b, "{s@a{sv}}", g_dbus_interface_skeleton_get_info(skeleton)->name,
+                              g_dbus_interface_skeleton_get_properties(skeleton));
+    }
+    return g_variant_builder_end(&b);
+}
+
+static void emit(Peer *peer, const char *signal, GVariant *parameters)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!g_dbus_connection_emit_signal(peer->connection, NULL, MVMD_DBUS_PATH,
+                                       "org.freedesktop.DBus.ObjectManager", signal, parameters,
+                                       &error))
+        g_debug("peer: %s: %s", signal, error->message);
+}
+
+static void export_object(Peer *peer, GDBusObject *object, gboolean announce)
+{
+    const char *path = g_dbus_object_get_object_path(object);
+    g_autolist(GDBusInterface) interfaces = g_dbus_object_get_interfaces(object);
+
+    for (GList *l = interfaces; l; l = l->next) {
+        g_autoptr(GError) error = NULL;
+
+        if (!g_dbus_interface_skeleton_export(l->data, peer->connection, path, &error))
+            g_warning("peer: cannot export %s: %s", path, error->message);
+    }
+    g_hash_table_insert(peer->exported, g_strdup(path), g_object_ref(object));
+    if (announce)
+        emit(peer, "InterfacesAdded",
+             g_variant_new("(o@a{sa{sv}})", path, interfaces_and_properties(object)));
+}
+
+static void unexport_object(Peer *peer, const char *path, GDBusObject *object, gboolean announce)
+{
+    g_autolist(GDBusInterface) interfaces = g_dbus_object_get_interfaces(object);
+    GVariantBuilder names;
+
+    g_variant_builder_init(&names, G_VARIANT_TYPE("as"));
+    for (GList *l = interfaces; l; l = l->next) {
+        GDBusInterfaceSkeleton *skeleton = l->data;
+
+        /* The daemon's ObjectManager may have unexported it from every connection already. */
+        if (g_dbus_interface_skeleton_has_connection(skeleton, peer->connection))
+            g_dbus_interface_skeleton_unexport_from_connection(skeleton, peer->connection);
+        g_variant_builder_add(&names, "s", g_dbus_interface_skeleton_get_info(skeleton)->name);
+    }
+    if (announce)
+        emit(peer, "InterfacesRemoved", g_variant_new("(oas)", path, &names));
+    else
+        g_variant_builder_clear(&names);
+}
+
+/* Brings one connection in step with the daemon's ObjectManager. */
+static void peer_sync(Peer *peer, gboolean announce)
+{
+    g_autolist(GDBusObject) objects =
+        g_dbus_object_manager_get_objects(G_DBUS_OBJECT_MANAGER(peer->server->object_manager));
+    g_autoptr(GHashTable) present = g_hash_table_new(g_str_hash, g_str_equal);
+    GHashTableIter iter;
+    gpointer path, object;
+
+    for (GList *l = objects; l; l = l->next) {
+        const char *p = g_dbus_object_get_object_path(l->data);
+
+        g_hash_table_add(present, (gpointer)p);
+        if (g_hash_table_lookup(peer->exported, p) != l->data)
+            export_object(peer, l->data, announce);
+    }
+    g_hash_table_iter_init(&iter, peer->exported);
+    while (g_hash_table_iter_next(&iter, &path, &object)) {
+        if (g_hash_table_contains(present, path))
+            continue;
+        unexport_object(peer, path, object, announce);
+        g_hash_table_iter_remove(&iter);
+    }
+}
+
+static void om_method_call(GDBusConnection *connection, const char *sender, const char *path,
+                           const char *interface, const char *method, GVariant *parameters,
+                           GDBusMethodInvocation *invocation, gpointer user_data)
+{
+    Peer *peer = user_data;
+    GVariantBuilder b;
+    GHashTableIter iter;
+    gpointer object_path, object;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a{oa{sa{sv}}}"));
+    g_hash_table_iter_init(&iter, peer->exported);
+    while (g_hash_table_iter_next(&iter, &object_path, &object))
+        g_variant_builder_add(&b, "{o@a{sa{sv}}}", (const char *)object_path,
+                              interfaces_and_properties(object));
+    g_dbus_method_invocation_return_value(invocation, g_variant_new("(a{oa{sa{sv}}})", &b));
+}
+
+static const GDBusInterfaceVTable om_vtable = {.method_call = om_method_call};
+
+/* ---- clients --------------------------------------------------------------------------- */
+
+static void peer_free(Peer *peer)
+{
+    GHashTableIter iter;
+    gpointer path, object;
+    GDBusInterfaceSkeleton *manager = G_DBUS_INTERFACE_SKELETON(peer->server->manager);
+
+    g_signal_handlers_disconnect_by_data(peer->connection, peer);
+    g_hash_table_iter_init(&iter, peer->exported);
+    while (g_hash_table_iter_next(&iter, &path, &object))
+        unexport_object(peer, path, object, FALSE);
+    g_hash_table_unref(peer->exported);
+    if (g_dbus_interface_skeleton_has_connection(manager, peer->connection))
+        g_dbus_interface_skeleton_unexport_from_connection(manager, peer->connection);
+    if (peer->om_registration)
+        g_dbus_connection_unregister_object(peer->connection, peer->om_registration);
+    if (!g_dbus_connection_is_closed(peer->connection))
+        g_dbus_connection_close(peer->connection, NULL, NULL, NULL);
+    g_object_unref(peer->connection);
+    g_free(peer);
+}
+
+static void on_peer_closed(GDBusConnection *connection, gboolean remote_peer_vanished,
+                           GError *error, gpointer user_data)
+{
+    Peer *peer = user_data;
+
+    g_debug("peer: a client disconnected");
+    g_hash_table_remove(peer->server->peers, peer);
+}
+
+static gboolean peer_export(Peer *peer, GError **error)
+{
+    MvmdPeerServer *server = peer->server;
+
+    peer->om_registration = g_dbus_connection_register_object(peer->connection, MVMD_DBUS_PATH,
+                                                              server->om_info->interfaces[0],
+                                                              &om_vtable, peer, NULL, error);
+    if (!peer->om_registration)
+        return FALSE;
+    if (!g_dbus_interface_skeleton_export(G_DBUS_INTERFACE_SKELETON(server->manager),
+                                          peer->connection, MVMD_DBUS_PATH, error))
+        return FALSE;
+    peer_sync(peer, FALSE);
+    return TRUE;
+}
+
+static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDBusConnection) connection = g_dbus_connection_new_finish(result, &error);
+    Peer *peer;
+
+    server->n_pending--;
+    if (server->closing) {
+        if (connection)
+            g_dbus_connection_close(connection, NULL, NULL, NULL);
+        g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+        return;
+    }
+    g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+    if (!connection) {
+        g_message("peer: a client failed to authenticate: %s", error->message);
+        return;
+    }
+    peer = g_new0(Peer, 1);
+    peer->server = server;
+    peer->connection = g_steal_pointer(&connection);
+    peer->exported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
+    g_dbus_connection_set_exit_on_close(peer->connection, FALSE);
+    g_hash_table_add(server->peers, peer);
+    if (!peer_export(peer, &error)) {
+        g_warning("peer: cannot export the objects: %s", error->message);
+        g_hash_table_remove(server->peers, peer);
+        return;
+    }
+    g_signal_connect(peer->connection, "closed", G_CALLBACK(on_peer_closed), peer);
+    /* Messages were held back until the objects were in place. */
+    g_dbus_connection_start_message_processing(peer->connection);
+    g_debug("peer: a client connected (%u now)", g_hash_table_size(server->peers));
+}
+
+static gboolean on_incoming(GSocketService *service, GSocketConnection *connection,
+                            GObject *source_object, gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+
+    if (g_hash_table_size(server->peers) + server->n_pending >= MAX_PEERS) {
+        g_warning("peer: refusing a client: %d connections already", MAX_PEERS);
+        return TRUE; /* dropping our reference closes it */
+    }
+    server->n_pending++;
+    g_dbus_connection_new(G_IO_STREAM(connection), server->guid,
+                          G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_SERVER |
+                              G_DBUS_CONNECTION_FLAGS_DELAY_MESSAGE_PROCESSING,
+                          server->observer, NULL, on_connection_ready, g_rc_box_acquire(server));
+    return TRUE;
+}
+
+static gboolean on_allow_mechanism(GDBusAuthObserver *observer, const char *mechanism,
+                                   gpointer user_data)
+{
+    /* The kernel vouches for EXTERNAL (SO_PEERCRED); nothing else identifies a local user. */
+    return g_strcmp0(mechanism, "EXTERNAL") == 0;
+}
+
+static gboolean on_authorize_peer(GDBusAuthObserver *observer, GIOStream *stream,
+                                  GCredentials *credentials, gpointer user_data)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!G_IS_SOCKET_CONNECTION(stream) || !credentials)
+        return FALSE;
+    if (!mvmd_auth_check_peer(g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream)),
+                              &error)) {
+        g_message("peer: refused: %s", error->message);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void on_vm_count(GObject *object, GParamSpec *pspec, gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+    GHashTableIter iter;
+    gpointer peer;
+
+    g_hash_table_iter_init(&iter, server->peers);
+    while (g_hash_table_iter_next(&iter, &peer, NULL))
+        peer_sync(peer, TRUE);
+}
+
+/* ---- the listening sockets ------------------------------------------------------------- */
+
+/* Adds the passed sockets meant for us to @listener; returns how many. */
+static guint add_sockets(GSocketListener *listener, GError **error)
+{
+    g_auto(GStrv) names = NULL;
+    int n = sd_listen_fds_with_names(1, &names);
+    guint added = 0;
+
+    if (n < 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot take the passed sockets: %s",
+                    g_strerror(-n));
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        const char *name = names && names[i] ? names[i] : "unknown";
+        g_autoptr(GSocket) socket = NULL;
+        g_autoptr(GError) local = NULL;
+
+        /* "unknown": systemd-socket-activate and sockets without FileDescriptorName=. */
+        if ((!g_str_equal(name, SOCKET_FD_NAME) && !g_str_equal(name, "unknown")) ||
+            sd_is_socket(fd, AF_UNIX, SOCK_STREAM, 1) <= 0) {
+            g_warning("ignoring passed fd %d (%s): not a listening AF_UNIX stream socket named "
+                      "'%s'",
+                      fd, name, SOCKET_FD_NAME);
+            close(fd);
+            continue;
+        }
+        socket = g_socket_new_from_fd(fd, &local);
+        if (!socket || !g_socket_listener_add_socket(listener, socket, NULL, &local)) {
+            g_warning("ignoring passed fd %d: %s", fd, local->message);
+            if (!socket)
+                close(fd);
+            continue;
+        }
+        added++;
+    }
+    return added;
+}
+
+MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
+                                     MvmdManagerService *manager, GError **error)
+{
+    g_autoptr(MvmdPeerServer) server = g_rc_box_new0(MvmdPeerServer);
+    guint n;
+
+    server->object_manager = g_object_ref(object_manager);
+    server->manager = g_object_ref(manager);
+    server->peers = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)peer_free, NULL);
+    server->service = g_socket_service_new();
+    server->guid = g_dbus_generate_guid();
+    server->om_info = g_dbus_node_info_new_for_xml(object_manager_xml, error);
+    if (!server->om_info)
+        return NULL;
+    server->observer = g_dbus_auth_observer_new();
+    g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
+    g_signal_connect(server->observer, "authorize-authenticated-peer",
+                     G_CALLBACK(on_authorize_peer), NULL);
+    n = add_sockets(G_SOCKET_LISTENER(server->service), error);
+    if (n == 0)
+        return NULL;
+    g_signal_connect(server->service, "incoming", G_CALLBACK(on_incoming), server);
+    g_signal_connect(manager, "notify::vm-count", G_CALLBACK(on_vm_count), server);
+    g_socket_service_start(server->service);
+    g_message("serving peer-to-peer D-Bus on %u passed socket%s", n, n == 1 ? "" : "s");
+    return g_steal_pointer(&server);
+}
+
+guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server)
+{
+    return g_hash_table_size(server->peers);
+}
+
+/* The last reference is gone (clients still authenticating at exit hold one). */
+static void server_clear(MvmdPeerServer *server)
+{
+    g_clear_object(&server->observer);
+    g_clear_pointer(&server->om_info, g_dbus_node_info_unref);
+    g_free(server->guid);
+}
+
+void mvmd_peer_server_free(MvmdPeerServer *server)
+{
+    if (!server)
+        return;
+    server->closing = TRUE;
+    if (server->manager)
+        g_signal_handlers_disconnect_by_data(server->manager, server);
+    if (server->service) {
+        g_signal_handlers_disconnect_by_data(server->service, server);
+        g_socket_service_stop(server->service);
+        g_socket_listener_close(G_SOCKET_LISTENER(server->service));
+        g_clear_object(&server->service);
+    }
+    g_clear_pointer(&server->peers, g_hash_table_unref);
+    g_clear_object(&server->manager);
+    g_clear_object(&server->object_manager);
+    g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+}
