@@ -663,9 +663,17 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     console_close(cc);
 
     /* By fd, running at once. */
-    copy2_path = restore_vm(f, "copy2", "", "{'dir-fd': <handle 0>, 'resume': <true>}", fds);
+    copy2_path = restore_vm(f, "copy2", "",
+                            "{'dir-fd': <handle 0>, 'resume': <true>, 'copy-memory': <true>}", fds);
     copy2 = mvmd_test_bus_vm(f->bus, NULL, copy2_path);
     wait_state(copy2, "running");
+    {
+        g_autoptr(GVariant) config2 = mvmd_vm_dup_config(copy2);
+        gboolean copied = FALSE;
+
+        g_assert_true(g_variant_lookup(config2, "copy-memory", "b", &copied));
+        g_assert_true(copied);
+    }
     cc = console_open(copy2);
     console_expect(cc, 0, "COUNTER ");
     g_assert_null(strstr(cc->seen->str, "FAIL"));
