@@ -12,7 +12,8 @@ G_BEGIN_DECLS
 /*
  * The one place where a method call is authorized. Every mutating handler goes
  * "handle → mvmd_authorize_async → act → complete":
- * - on a message bus: uid 0 is always allowed; anyone else is asked about through polkit
+ * - on a message bus: uid 0 and the daemon's own uid are always allowed; anyone else is asked
+ *   about through polkit
  *   (org.freedesktop.PolicyKit1.Authority.CheckAuthorization, subject system-bus-name = the
  *   sender, @details plus "verb" = the method, e.g. "start"; interactive only when the message
  *   carries ALLOW_INTERACTIVE_AUTHORIZATION). Without a polkit authority only uid 0 may act.
@@ -36,7 +37,7 @@ gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid)
 
 /*
  * Path arguments: the daemon runs as root, so it opens a path named by a caller only when the
- * caller is root (uid known and 0); everyone else must pass an fd instead. FALSE with
+ * caller is root or the daemon's own user; everyone else must pass an fd instead. FALSE with
  * MVMD_ERROR_NOT_AUTHORIZED naming @key otherwise. Call it after authorization, for each
  * argument that names a file or directory (kernel, initrd, disks, snapshot directories).
  */
@@ -47,8 +48,8 @@ gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation, const M
                                       GError **error);
 
 /*
- * Who may use the peer-to-peer socket: root, and members of @group (a name or a number; NULL:
- * root only). Set once at start-up (--socket-group).
+ * Who may use the peer-to-peer socket: root (and the daemon's own user), and members of @group (a
+ * name or a number; NULL: root only). Set once at start-up (--socket-group).
  */
 gboolean mvmd_auth_set_socket_group(const char *group, GError **error);
 /*

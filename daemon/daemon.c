@@ -283,7 +283,7 @@ static void cleanup(Daemon *d)
     mvmd_peer_server_free(d->peer_server);
     if (d->owner_id)
         g_bus_unown_name(d->owner_id);
-    if (d->manager)
+    if (d->manager && d->connection) /* without a bus it was only exported to peers */
         g_dbus_interface_skeleton_unexport(G_DBUS_INTERFACE_SKELETON(d->manager));
     if (d->object_manager)
         g_dbus_object_manager_server_set_connection(d->object_manager, NULL);

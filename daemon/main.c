@@ -5,6 +5,7 @@
 
 #include <glib.h>
 
+#include "auth.h"
 #include "daemon.h"
 #include "errors.h"
 #include "log.h"
@@ -49,6 +50,7 @@ int main(int argc, char **argv)
     g_autofree char *state_dir = NULL;
     g_autofree char *runtime_dir = NULL;
     int shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT;
+    g_autofree char *socket_group = NULL;
     const GOptionEntry entries[] = {
         {"system", 0, 0, G_OPTION_ARG_NONE, &system, "Use the system bus (default)", NULL},
         {"session", 0, 0, G_OPTION_ARG_NONE, &session, "Use the session bus", NULL},
@@ -66,6 +68,8 @@ int main(int argc, char **argv)
          "Replace a running microvmd (and exit when replaced)", NULL},
         {"shutdown-timeout", 0, 0, G_OPTION_ARG_INT, &shutdown_timeout,
          "Seconds the guests get to shut down when microvmd stops (default 10)", "SEC"},
+        {"socket-group", 0, 0, G_OPTION_ARG_STRING, &socket_group,
+         "Members of GROUP may use the socket-activated socket too (default: root only)", "GROUP"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
         {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
         {NULL},
@@ -90,6 +94,10 @@ int main(int argc, char **argv)
     }
     if (shutdown_timeout < 0 || shutdown_timeout > 3600) {
         g_printerr("microvmd: --shutdown-timeout must be 0..3600\n");
+        return 2;
+    }
+    if (!mvmd_auth_set_socket_group(socket_group, &error)) {
+        g_printerr("microvmd: --socket-group: %s\n", error->message);
         return 2;
     }
     mvmd_log_init(verbose);

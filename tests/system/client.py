@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A microvmd client the tests run as another user (setpriv): performs OPS in order and prints
+one JSON line each, {"op": …, "error": D-Bus error name or null}. ADDRESS is a bus address, or
+with --p2p the address of microvmd's own socket.
+
+OPS: list, reload, create NAME (kernel by path), create-fd NAME (kernel from the inherited
+descriptor $CLIENT_KERNEL_FD), start|pause|resume|shutdown|stop|reboot|delete|console|stats
+NAME."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+from systest import Gio, GLib  # noqa: E402
+
+VM_CALLS = {
+    "start": ("Start", None),
+    "pause": ("Pause", systest.NO_OPTIONS),
+    "resume": ("Resume", None),
+    "shutdown": ("Shutdown", GLib.Variant("(u)", (1,))),
+    "stop": ("Stop", None),
+    "reboot": ("Reboot", None),
+    "delete": ("Delete", None),
+    "console": ("OpenConsole", None),
+    "stats": ("GetStats", None),
+}
+
+
+def vm_path(conn, name):
+    reply, err = systest.call(conn, systest.PATH, systest.MANAGER, "GetVMByName",
+                              GLib.Variant("(s)", (name,)), "(o)")
+    if err:
+        raise SystemExit(f"GetVMByName({name}): {err}")
+    return reply[0]
+
+
+def run(conn, op, name, flags):
+    if op == "list":
+        return systest.call(conn, systest.PATH, systest.MANAGER, "ListVMs", None, "(a(soss))",
+                            flags=flags)[1]
+    if op == "reload":
+        return systest.call(conn, systest.PATH, systest.MANAGER, "Reload", flags=flags)[1]
+    if op in ("create", "create-fd"):
+        fds = [int(os.environ["CLIENT_KERNEL_FD"])] if op == "create-fd" else None
+        args = GLib.Variant.new_tuple(GLib.Variant("s", name),
+                                      systest.guest_config(kernel_fd=fds is not None))
+        return systest.call(conn, systest.PATH, systest.MANAGER, "CreateVM", args, "(o)",
+                            fds=fds, flags=flags)[1]
+    method, args = VM_CALLS[op]
+    return systest.call(conn, vm_path(conn, name), systest.VM, method, args, flags=flags)[1]
+
+
+def main():
+    argv = sys.argv[1:]
+    p2p = "--p2p" in argv
+    flags = Gio.DBusCallFlags.NONE
+    if "--interactive" in argv:
+        flags = Gio.DBusCallFlags.ALLOW_INTERACTIVE_AUTHORIZATION
+    argv = [a for a in argv if not a.startswith("--")]
+    address, ops = argv[0], argv[1:]
+    conn_flags = Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
+    if not p2p:
+        conn_flags |= Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
+    try:
+        conn = Gio.DBusConnection.new_for_address_sync(address, conn_flags, None, None)
+    except GLib.Error as e:
+        print(json.dumps({"op": "connect", "error": e.message}), flush=True)
+        return
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        name = None
+        if op not in ("list", "reload"):
+            i += 1
+            name = ops[i]
+        print(json.dumps({"op": op, "vm": name, "error": run(conn, op, name, flags)}),
+              flush=True)
+        i += 1
+
+
+if __name__ == "__main__":
+    main()

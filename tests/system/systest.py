@@ -1,0 +1,362 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Shared pieces of the `system` suite: private buses (a permissive one, and a system-like one
+that loads the shipped policy), the built microvmd, a NOTIFY_SOCKET listener, and GDBus clients
+(bus or peer-to-peer). Paths come from the environment meson sets (see meson.build)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import gi
+
+gi.require_version("Gio", "2.0")
+gi.require_version("GLib", "2.0")
+from gi.repository import Gio, GLib  # noqa: E402
+
+NAME = "org.microvmd.MicroVM1"
+PATH = "/org/microvmd/MicroVM1"
+MANAGER = NAME + ".Manager"
+VM = NAME + ".VM"
+ERR = NAME + ".Error."
+ACTIONS = {
+    "create": "org.microvmd.vm.create",
+    "manage": "org.microvmd.vm.manage",
+    "console": "org.microvmd.vm.console",
+}
+# Methods with an a{sv} of options (Pause), called without any.
+NO_OPTIONS = GLib.Variant("(a{sv})", ({},))
+# Nested KVM emulates guest kernel code (FACTS.md): be generous with guest timeouts.
+GUEST_TIMEOUT_MS = 60000
+
+MICROVMD = os.environ.get("MICROVMD")
+TESTGUEST = os.environ.get("MVM_TESTGUEST")
+
+# The permissive bus of tests/daemon: anyone may own and call anything.
+SESSION_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+# Like Debian's /usr/share/dbus-1/system.conf: method calls and name ownership are denied
+# unless a policy file allows them; ours is <include>d as shipped. Root may own anything
+# else, for the mocks (polkitd, machined) that the tests start as root.
+SYSTEM_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={dir}/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <policy user="root">
+    <allow own="*"/>
+    <allow send_destination="*"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+def skip(reason):
+    """Meson counts exit status 77 as skipped."""
+    print(f"SKIP: {reason}")
+    sys.exit(77)
+
+
+def require_kvm():
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        os.close(fd)
+    except OSError as e:
+        skip(f"/dev/kvm is not usable: {e}")
+    if not TESTGUEST or not os.path.exists(TESTGUEST):
+        skip("the test guest (testguest.elf) is not built")
+
+
+def kill_and_reap(proc, sig=signal.SIGKILL):
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class TmpDir:
+    def __init__(self, mode=0o700):
+        self.path = tempfile.mkdtemp(prefix="microvmd-system-")
+        os.chmod(self.path, mode)
+
+    def join(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def cleanup(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Bus:
+    """A private dbus-daemon. system=True: the system-like policy with ours included."""
+
+    def __init__(self, tmp, system=False, policy=None):
+        conf = tmp.join("bus.conf")
+        if system:
+            text = SYSTEM_CONF.format(dir=tmp.path, policy=policy)
+        else:
+            text = SESSION_CONF.format(dir=tmp.path)
+        with open(conf, "w") as f:
+            f.write(text)
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={conf}", "--print-address=1", "--nofork"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.address = self.proc.stdout.readline().strip()
+        if not self.address:
+            self.stop()
+            raise RuntimeError("dbus-daemon did not start (bad configuration?)")
+
+    def connect(self):
+        return Gio.DBusConnection.new_for_address_sync(
+            self.address,
+            Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
+            | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION, None, None)
+
+    def stop(self):
+        kill_and_reap(self.proc, signal.SIGTERM)
+        self.proc.stdout.close()
+
+
+def name_has_owner(conn, name=NAME):
+    reply = conn.call_sync("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "NameHasOwner",
+                           GLib.Variant("(s)", (name,)), GLib.VariantType("(b)"),
+                           Gio.DBusCallFlags.NONE, -1, None)
+    return reply.unpack()[0]
+
+
+def wait_for(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    """The built microvmd. @args after the directory options; @env added to ours."""
+
+    def __init__(self, tmp, args, env=None, wrapper_argv=()):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        # e.g. MVMD_TEST_DAEMON_WRAPPER="valgrind --error-exitcode=1", as for tests/daemon.
+        wrapper = list(wrapper_argv) + os.environ.get("MVMD_TEST_DAEMON_WRAPPER", "").split()
+        argv = wrapper + [MICROVMD, f"--state-dir={tmp.join('state')}",
+                                f"--runtime-dir={tmp.join('run')}", "--shutdown-timeout=2"]
+        if os.environ.get("MVMD_TEST_VERBOSE"):
+            argv.append("--verbose")
+        self.started_at = time.monotonic()
+        # stdout to our stderr: the test log keeps the daemon's messages.
+        self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=sys.stderr)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=60):
+        if not self.alive():
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -1
+
+
+class NotifyListener:
+    """The service manager's side of sd_notify(3): a datagram socket for $NOTIFY_SOCKET."""
+
+    def __init__(self, tmp):
+        self.path = tmp.join("notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []  # (monotonic time, {key: value})
+
+    def receive(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        fields = {}
+        for line in data.decode().split("\n"):
+            if "=" in line:
+                key, value = line.split("=", 1)
+                fields[key] = value
+        entry = (time.monotonic(), fields)
+        self.messages.append(entry)
+        return entry
+
+    def wait_for(self, key, value=None, timeout=60):
+        """Returns the (time, fields) of the first new message with @key (= @value)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key}={value or '*'} from microvmd; got {self.messages}")
+            entry = self.receive(left)
+            if entry and key in entry[1] and (value is None or entry[1][key] == value):
+                return entry
+
+    def close(self):
+        self.sock.close()
+
+
+def peer_connect(socket_path):
+    """A peer-to-peer D-Bus connection to microvmd's socket (EXTERNAL authentication)."""
+    return Gio.DBusConnection.new_for_address_sync(
+        f"unix:path={socket_path}", Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT, None, None)
+
+
+def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
+         timeout=GUEST_TIMEOUT_MS, name=NAME, flags=Gio.DBusCallFlags.NONE):
+    """Calls @method; returns (unpacked reply, None) or (None, D-Bus error name)."""
+    # On a peer-to-peer connection there is no bus: no destination.
+    dest = name if conn.get_unique_name() else None
+    try:
+        if fds is not None:
+            fd_list = Gio.UnixFDList.new_from_array(fds)
+            reply, _ = conn.call_with_unix_fd_list_sync(
+                dest, path, interface, method, args,
+                GLib.VariantType(reply_type) if reply_type else None, flags, timeout, fd_list,
+                None)
+        else:
+            reply = conn.call_sync(dest, path, interface, method, args,
+                                   GLib.VariantType(reply_type) if reply_type else None, flags,
+                                   timeout, None)
+        return (reply.unpack() if reply else None), None
+    except GLib.Error as e:
+        remote = Gio.DBusError.get_remote_error(e)
+        return None, remote or f"local:{e.message}"
+
+
+def guest_config(mode="echo", kernel_fd=False, extra=""):
+    """A{sv} text for the test guest (tests/guests/README.md); kernel as path or handle 0."""
+    kernel = "'kernel-fd': <handle 0>" if kernel_fd else f"'kernel': <'{TESTGUEST}'>"
+    return GLib.Variant.parse(
+        GLib.VariantType("a{sv}"),
+        "{" + kernel + f", 'cmdline': <'mode={mode}'>, 'debug-exit': <true>,"
+        f" 'memory-mib': <uint64 16>{extra}" + "}", None, None)
+
+
+def create_vm(conn, name, **kwargs):
+    """CreateVM with the test guest; returns (path, error)."""
+    fds = None
+    if kwargs.get("kernel_fd"):
+        fds = [os.open(TESTGUEST, os.O_RDONLY | os.O_CLOEXEC)]
+    try:
+        args = GLib.Variant.new_tuple(GLib.Variant("s", name), guest_config(**kwargs))
+        reply, err = call(conn, PATH, MANAGER, "CreateVM", args, "(o)", fds=fds)
+    finally:
+        for fd in fds or []:
+            os.close(fd)
+    return (reply[0] if reply else None), err
+
+
+def vm_state(conn, path):
+    reply, err = call(conn, path, "org.freedesktop.DBus.Properties", "Get",
+                      GLib.Variant("(ss)", (VM, "State")), "(v)")
+    assert err is None, err
+    return reply[0]
+
+
+class TestCase(unittest.TestCase):
+    """Cleans up what setUp made, in reverse order, even when a test fails."""
+
+    def setUp(self):
+        self.tmp = TmpDir()
+        self.addCleanup(self.tmp.cleanup)
+
+    def start_bus(self, **kwargs):
+        bus = Bus(self.tmp, **kwargs)
+        self.addCleanup(bus.stop)
+        return bus
+
+    def start_daemon(self, args, **kwargs):
+        daemon = Daemon(self.tmp, args, **kwargs)
+        self.addCleanup(kill_and_reap, daemon.proc)
+        return daemon
+
+
+def main():
+    if not MICROVMD:
+        skip("MICROVMD is not set (run through meson test)")
+    unittest.main(verbosity=2)
+
+
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "client.py")
+NOBODY = 65534  # uid "nobody" and gid "nogroup" on Debian
+
+
+def require_root_and_setpriv():
+    if os.geteuid() != 0:
+        skip("needs root, to run clients as another user")
+    if not shutil.which("setpriv"):
+        skip("setpriv (util-linux) is not installed")
+
+
+def run_client_as(uid, gid, address, ops, p2p=False, interactive=False, kernel_fd=None):
+    """Runs client.py as @uid/@gid (no supplementary groups); returns its results, in order."""
+    import json
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            sys.executable, CLIENT, address] + list(ops)
+    if p2p:
+        argv.append("--p2p")
+    if interactive:
+        argv.append("--interactive")
+    env = dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1")
+    if kernel_fd is not None:
+        env["CLIENT_KERNEL_FD"] = str(kernel_fd)
+    out = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, timeout=300,
+                         pass_fds=(kernel_fd,) if kernel_fd is not None else (), check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def open_guest_for_client():
+    """The guest ELF opened by us, for an unprivileged client to pass on as a descriptor."""
+    fd = os.open(TESTGUEST, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    return fd

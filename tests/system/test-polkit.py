@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Authorization on a private *system-like* bus: dbus-daemon with a system.conf-style default
+policy and our data/org.microvmd.MicroVM1.conf included as shipped; polkitd and
+systemd-machined mocked by python-dbusmock. An unprivileged caller (nobody, via setpriv) is
+denied every mutating method until polkit says yes; reading is always allowed; without a polkit
+authority only root may act; a running VM is registered with machined."""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+from systest import GLib  # noqa: E402
+
+POLKIT = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+MACHINED = "org.freedesktop.machine1"
+MACHINED_PATH = "/org/freedesktop/machine1"
+MOCK = "org.freedesktop.DBus.Mock"
+NOT_AUTHORIZED = systest.ERR + "NotAuthorized"
+
+# Every method that changes something, on a VM that root made; "guest" exists, "mine" not.
+MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume", "guest",
+                "shutdown", "guest", "stop", "guest", "reboot", "guest", "console", "guest",
+                "delete", "guest", "reload"]
+READING_OPS = ["list", "stats", "guest"]
+
+
+class PolkitTest(systest.TestCase):
+    def setUp(self):
+        super().setUp()
+        systest.require_kvm()
+        systest.require_root_and_setpriv()
+        os.chmod(self.tmp.path, 0o755)  # nobody must reach the bus socket
+        self.bus = self.start_bus(system=True, policy=os.environ["MVMD_DBUS_POLICY"])
+        self.root = self.bus.connect()
+        self.kernel_fd = systest.open_guest_for_client()
+        self.addCleanup(os.close, self.kernel_fd)
+
+    def start_mock(self, *args):
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
+        proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system"] + list(args),
+                                env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+        self.addCleanup(systest.kill_and_reap, proc)
+        name = POLKIT if "polkitd" in args else args[0]
+        systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
+        return proc
+
+    def start_microvmd(self):
+        daemon = self.start_daemon([f"--address={self.bus.address}"])
+        systest.wait_for(lambda: systest.name_has_owner(self.root), 60, "microvmd on the bus")
+        path, err = systest.create_vm(self.root, "guest")
+        self.assertIsNone(err)
+        return daemon, path
+
+    def as_nobody(self, ops, interactive=False):
+        results = systest.run_client_as(systest.NOBODY, systest.NOBODY, self.bus.address, ops,
+                                        interactive=interactive, kernel_fd=self.kernel_fd)
+        return [(r["op"], r["vm"], r["error"]) for r in results]
+
+    def assert_all(self, results, error):
+        self.assertTrue(results)
+        for op, vm, err in results:
+            self.assertEqual(err, error, f"{op} {vm or ''}: {err}")
+
+    def test_polkit_decides_for_unprivileged_callers(self):
+        self.start_mock("--template", "polkitd")
+        daemon, _ = self.start_microvmd()
+        # polkitd's template says no to everything until told otherwise.
+        self.assert_all(self.as_nobody(MUTATING_OPS), NOT_AUTHORIZED)
+        self.assert_all(self.as_nobody(MUTATING_OPS, interactive=True), NOT_AUTHORIZED)
+        self.assert_all(self.as_nobody(READING_OPS), None)
+
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
+                              GLib.Variant("(as)", (list(systest.ACTIONS.values()),)),
+                              name=POLKIT)
+        self.assertIsNone(err)
+        results = self.as_nobody(["create-fd", "mine", "start", "mine", "pause", "mine",
+                                  "resume", "mine", "console", "mine", "stop", "mine",
+                                  "delete", "mine", "reload"])
+        self.assert_all(results, None)
+        # polkit's yes does not extend to making root open a path.
+        self.assertEqual(self.as_nobody(["create", "by-path"]),
+                         [("create", "by-path", NOT_AUTHORIZED)])
+        self.assertEqual(daemon.stop(), 0)
+
+    def test_without_polkit_only_root(self):
+        daemon, path = self.start_microvmd()
+        self.assert_all(self.as_nobody(MUTATING_OPS), NOT_AUTHORIZED)
+        self.assert_all(self.as_nobody(READING_OPS), None)
+        for method in ("Start", "Stop"):
+            _, err = systest.call(self.root, path, systest.VM, method)
+            self.assertIsNone(err, method)
+        self.assertEqual(daemon.stop(), 0)
+
+    def test_machined_registration(self):
+        self.start_mock(MACHINED, MACHINED_PATH, MACHINED + ".Manager")
+        for method, in_sig, out_sig, code in (
+                ("RegisterMachine", "sayssus", "o",
+                 "ret = '/org/freedesktop/machine1/machine/' + args[0]"),
+                ("UnregisterMachine", "s", "", "")):
+            _, err = systest.call(self.root, MACHINED_PATH, MOCK, "AddMethod",
+                                  GLib.Variant("(sssss)", ("", method, in_sig, out_sig, code)),
+                                  name=MACHINED)
+            self.assertIsNone(err)
+        daemon, path = self.start_microvmd()
+        uuid, err = systest.call(self.root, path, "org.freedesktop.DBus.Properties", "Get",
+                                 GLib.Variant("(ss)", (systest.VM, "UUID")), "(v)")
+        self.assertIsNone(err)
+        _, err = systest.call(self.root, path, systest.VM, "Start")
+        self.assertIsNone(err)
+
+        def calls(method):
+            reply, err = systest.call(self.root, MACHINED_PATH, MOCK, "GetMethodCalls",
+                                      GLib.Variant("(s)", (method,)), "(a(tav))",
+                                      name=MACHINED)
+            self.assertIsNone(err)
+            return [args for _, args in reply[0]]
+
+        systest.wait_for(lambda: calls("RegisterMachine"), 30, "RegisterMachine")
+        name, machine_id, service, klass, leader, root_dir = calls("RegisterMachine")[0]
+        self.assertEqual((name, service, klass, leader, root_dir),
+                         ("guest", "microvmd", "vm", daemon.proc.pid, ""))
+        self.assertEqual(bytes(machine_id).hex(), uuid[0].replace("-", ""))
+        _, err = systest.call(self.root, path, systest.VM, "Stop")
+        self.assertIsNone(err)
+        systest.wait_for(lambda: calls("UnregisterMachine"), 30, "UnregisterMachine")
+        self.assertEqual(calls("UnregisterMachine"), [["guest"]])
+        self.assertEqual(daemon.stop(), 0)
+
+
+if __name__ == "__main__":
+    systest.main()

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Socket activation without systemd as PID 1: systemd-socket-activate listens on a path and
+starts microvmd on the first connection, passing the socket as microvmd.socket does
+(FileDescriptorName=microvmd). There is no bus at all ($DBUS_SYSTEM_BUS_ADDRESS points nowhere),
+so the clients speak peer-to-peer D-Bus: they create and start a real guest, a second client
+works at the same time and sees the first one's changes, and the peer's uid is checked."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import systest  # noqa: E402
+from systest import Gio, GLib  # noqa: E402
+
+OM = "org.freedesktop.DBus.ObjectManager"
+
+
+def iterate_until(predicate, timeout=60):
+    ctx = GLib.MainContext.default()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a signal")
+        if not ctx.iteration(False):
+            time.sleep(0.005)
+
+
+class SocketTest(systest.TestCase):
+    def setUp(self):
+        super().setUp()
+        systest.require_kvm()
+        if not shutil.which("systemd-socket-activate"):
+            systest.skip("systemd-socket-activate is not installed")
+        os.chmod(self.tmp.path, 0o755)  # so that other users reach the socket, and are refused
+        self.socket = self.tmp.join("io.socket")
+
+    def activate(self, extra_args=()):
+        argv = ["systemd-socket-activate", "-l", self.socket, "--fdname=microvmd",
+                "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
+        # systemd-socket-activate execs microvmd once a client connects: same process.
+        self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv)
+        systest.wait_for(lambda: os.path.exists(self.socket), 30, "the listening socket")
+        os.chmod(self.socket, 0o666)
+
+    def managed_paths(self, conn):
+        reply, err = systest.call(conn, systest.PATH, OM, "GetManagedObjects", None,
+                                  "(a{oa{sa{sv}}})")
+        self.assertIsNone(err)
+        return sorted(reply[0].keys())
+
+    def test_two_clients_run_a_guest(self):
+        self.activate()
+        started = time.monotonic()
+        first = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(first), [])
+        print(f"# first connection → first reply (includes starting microvmd): "
+              f"{(time.monotonic() - started) * 1000:.1f} ms")
+
+        second = systest.peer_connect(self.socket)
+        added, removed, states = [], [], []
+        second.signal_subscribe(None, OM, "InterfacesAdded", systest.PATH, None,
+                                Gio.DBusSignalFlags.NONE,
+                                lambda *a: added.append(a[5].unpack()[0]))
+        second.signal_subscribe(None, OM, "InterfacesRemoved", systest.PATH, None,
+                                Gio.DBusSignalFlags.NONE,
+                                lambda *a: removed.append(a[5].unpack()[0]))
+        second.signal_subscribe(None, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                                None, None, Gio.DBusSignalFlags.NONE,
+                                lambda *a: states.append(a[5].unpack()[1].get("State")))
+
+        path, err = systest.create_vm(first, "p2p-guest")
+        self.assertIsNone(err)
+        iterate_until(lambda: path in added)
+        _, err = systest.call(first, path, systest.VM, "Start")
+        self.assertIsNone(err)
+        self.assertEqual(systest.vm_state(second, path), "running")
+        iterate_until(lambda: "running" in states)
+        self.assertEqual(self.managed_paths(second), [path])
+
+        # The first client goes away: the second keeps the objects and can act on them.
+        first.close_sync(None)
+        _, err = systest.call(second, path, systest.VM, "Stop")
+        self.assertIsNone(err)
+        self.assertEqual(systest.vm_state(second, path), "stopped")
+        _, err = systest.call(second, path, systest.VM, "Delete")
+        self.assertIsNone(err)
+        iterate_until(lambda: path in removed)
+        self.assertEqual(self.managed_paths(second), [])
+
+        # A third client after all that gets a consistent view.
+        third = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(third), [])
+        second.close_sync(None)
+        third.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+
+    def test_peer_uid_is_checked(self):
+        systest.require_root_and_setpriv()
+        self.activate()
+        address = f"unix:path={self.socket}"
+        # Root is served (and starts the daemon); nobody is refused at authentication.
+        self.assertEqual(systest.run_client_as(0, 0, address, ["list"], p2p=True),
+                         [{"op": "list", "vm": None, "error": None}])
+        result = systest.run_client_as(systest.NOBODY, systest.NOBODY, address, ["list"],
+                                       p2p=True)
+        self.assertEqual(result[0]["op"], "connect", result)
+        self.assertEqual(self.daemon.stop(), 0)
+
+    def test_socket_group_and_descriptors(self):
+        systest.require_root_and_setpriv()
+        self.activate([f"--socket-group={systest.NOBODY}"])
+        address = f"unix:path={self.socket}"
+        fd = systest.open_guest_for_client()
+        self.addCleanup(os.close, fd)
+        result = systest.run_client_as(
+            systest.NOBODY, systest.NOBODY, address,
+            ["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd", "stop",
+             "by-fd", "delete", "by-fd"], p2p=True, kernel_fd=fd)
+        errors = {(r["op"], r["vm"]): r["error"] for r in result}
+        self.assertIsNone(errors[("list", None)])
+        # A member of the socket group may act, but never makes root open a path.
+        self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
+        for op in ("create-fd", "start", "stop", "delete"):
+            self.assertIsNone(errors[(op, "by-fd")], (op, result))
+        self.assertEqual(self.daemon.stop(), 0)
+
+
+if __name__ == "__main__":
+    systest.main()
