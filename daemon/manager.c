@@ -6,6 +6,7 @@
 #include "auth.h"
 #include "errors.h"
 #include "names.h"
+#include "sdnotify.h"
 
 struct _MvmdManagerService {
     MvmdManagerSkeleton parent;
@@ -144,7 +145,8 @@ static void create_vm(CreateCall *call)
         return;
     }
     config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
-    if (!config || (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
+    if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
+        (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
         return;
     }
@@ -358,8 +360,51 @@ static gboolean handle_list_vms(MvmdManager *manager, GDBusMethodInvocation *inv
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 
+/* ---- Reload (and SIGHUP): new stored definitions appear, existing VMs stay untouched ---- */
+
+void mvmd_manager_service_reload(MvmdManagerService *self)
+{
+    mvmd_sd_notify_reloading();
+    mvmd_manager_service_load(self);
+    mvmd_sd_notify_ready();
+}
+
+typedef struct {
+    MvmdManagerService *self;
+    GDBusMethodInvocation *invocation;
+} ReloadCall;
+
+static void on_reload_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    ReloadCall *call = user_data;
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_authorize_finish(result, &error)) {
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+    } else if (call->self->ctx->stopping) {
+        g_dbus_method_invocation_return_error_literal(
+            call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
+    } else {
+        mvmd_manager_service_reload(call->self);
+        mvmd_manager_complete_reload(MVMD_MANAGER(call->self), call->invocation);
+    }
+    g_object_unref(call->self);
+    g_free(call);
+}
+
+static gboolean handle_reload(MvmdManager *manager, GDBusMethodInvocation *invocation)
+{
+    ReloadCall *call = g_new0(ReloadCall, 1);
+
+    call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
+    call->invocation = invocation;
+    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE, NULL, on_reload_authorized, call);
+    return G_DBUS_METHOD_INVOCATION_HANDLED;
+}
+
 static void mvmd_manager_service_iface_init(MvmdManagerIface *iface)
 {
+    iface->handle_reload = handle_reload;
     iface->handle_create_vm = handle_create_vm;
     iface->handle_restore_vm = handle_restore_vm;
     iface->handle_get_vm_by_name = handle_get_vm_by_name;
