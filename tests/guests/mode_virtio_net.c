@@ -4,7 +4,8 @@
  * Sends "hello from guest net" to the broadcast address, then waits for a frame of that type
  * carrying "hello from host net" (other frames, e.g. the host's IPv6 chatter, are skipped).
  * Args: burst (0): then sends that many more frames for the host to count ("NET burst N tsc T",
- * between markers 0x110 and 0x111).
+ * between markers 0x110 and 0x111). rxburst (0): then prints "NET rx-ready" and takes that many
+ * frames the host sends at once (markers 0x112 at the first, 0x113 at the last).
  * gone (0): 1 = after that, wait for a byte on the console (the host deleted the tap meanwhile)
  * and check that sending still completes.
  */
@@ -38,12 +39,14 @@ static bool send_frame(const char *text)
     return vq_request(&dev, &dev.q[1], &b, 1, &used);
 }
 
-static bool receive_hello(void)
+/* The next frame of our type sent to our MAC whose payload starts with @text (others are
+ * skipped, e.g. the host's IPv6 chatter); the rx buffer goes straight back to the device. */
+static bool receive(const char *text, u16 *num_buffers)
 {
     for (unsigned frames = 0; frames < 64; frames++) {
         u32 id, len;
         if (!vq_wait(&dev, &dev.q[0], &id, &len, 30000)) {
-            fail("net: no frame of type 0x88b5 in 30 s (%u others)", frames);
+            fail("net: no frame '%s' in 30 s (%u others)", text, frames);
             return false;
         }
         if (id >= RX_BUFS || len < HDR_SIZE + ETH_HLEN || len > 4096) {
@@ -52,18 +55,43 @@ static bool receive_hello(void)
         }
         u8 *f = rx_pages[id] + HDR_SIZE;
         u16 type = (u16)(f[12] << 8 | f[13]);
-        u16 nbuf = *(u16 *)(rx_pages[id] + 10);
-        bool ours = type == ETHERTYPE && !memcmp(f, mac, 6);
-        bool hello = ours && !memcmp(f + ETH_HLEN, "hello from host net", 19);
+        *num_buffers = *(u16 *)(rx_pages[id] + 10);
+        bool ours =
+            type == ETHERTYPE && !memcmp(f, mac, 6) && !memcmp(f + ETH_HLEN, text, strlen(text));
         vq_post(&dev.q[0], (u16)id, (u64)rx_pages[id], 4096, true);
         vq_kick(&dev, &dev.q[0]);
-        if (hello) {
-            gprintf("NET received %u bytes num_buffers %u\n", len, nbuf);
-            return check_u64("net-rx", 1, nbuf);
-        }
+        if (ours)
+            return true;
     }
-    fail("net: 64 frames and none from the test");
+    fail("net: 64 frames and none was '%s'", text);
     return false;
+}
+
+static bool receive_hello(void)
+{
+    u16 nbuf;
+
+    if (!receive("hello from host net", &nbuf))
+        return false;
+    gprintf("NET received hello num_buffers %u\n", nbuf);
+    return check_u64("net-rx", 1, nbuf);
+}
+
+/* rxburst=N: the host sends N frames at once; markers 0x112 (first) and 0x113 (last). */
+static bool receive_burst(u64 n)
+{
+    u16 nbuf;
+
+    gprintf("NET rx-ready\n");
+    for (u64 i = 0; i < n; i++) {
+        if (!receive("burst from host", &nbuf))
+            return false;
+        if (i == 0)
+            outl(MVM_TESTDEV_MARKER_PORT, 0x112);
+    }
+    outl(MVM_TESTDEV_MARKER_PORT, 0x113);
+    gprintf("NET rx-burst %lu\n", n);
+    return true;
 }
 
 bool mode_net(void)
@@ -101,6 +129,9 @@ bool mode_net(void)
     outl(MVM_TESTDEV_MARKER_PORT, 0x111);
     if (burst)
         gprintf("NET burst %lu tsc %lu\n", burst, rdtsc() - t0);
+    u64 rxburst = arg_u64("rxburst", 0);
+    if (rxburst && !receive_burst(rxburst))
+        return false;
     if (arg_u64("gone", 0)) {
         gprintf("NET waiting\n");
         serial_getc();
