@@ -7,6 +7,7 @@ polkit's DTD, dbus-daemon loading the bus policy, the activation files as key fi
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import unittest
@@ -132,6 +133,69 @@ class Units(systest.TestCase):
         exposure = float(match.group(1))
         print(f"# systemd-analyze security exposure: {exposure}")
         self.assertLessEqual(exposure, MAX_EXPOSURE, out.stdout)
+
+    def unit_syscall_filter(self):
+        """The set of calls the unit's SystemCallFilter= lines allow, applied in order."""
+        listing = run(["systemd-analyze", "syscall-filter", "--no-pager"]).stdout
+        groups, current = {}, None
+        for line in listing.splitlines():
+            if line.startswith("@"):
+                current = groups.setdefault(line.strip(), [])
+            elif line.startswith("    ") and current is not None and "#" not in line:
+                current.append(line.strip())
+
+        def expand(item, seen=()):
+            if not item.startswith("@"):
+                return {item}
+            return set().union(*(expand(i, seen + (item,)) for i in groups[item]
+                                 if i not in seen))
+
+        allowed = None
+        with open(self.unit) as f:
+            for line in f:
+                if not line.startswith("SystemCallFilter="):
+                    continue
+                value = line.split("=", 1)[1].strip()
+                deny = value.startswith("~")
+                items = set().union(*(expand(i) for i in value.lstrip("~").split()))
+                if allowed is None:
+                    self.assertFalse(deny, "the filter must be an allow list")
+                    allowed = items
+                else:
+                    allowed = allowed - items if deny else allowed | items
+        return allowed
+
+    def test_syscalls_pass_the_filter(self):
+        """Runs a guest through its life under strace: every call microvmd made must pass."""
+        systest.require_kvm()
+        if not shutil.which("strace"):
+            self.skipTest("strace is not installed")
+        allowed = self.unit_syscall_filter()
+        bus = systest.Bus(self.tmp)
+        self.addCleanup(bus.stop)
+        trace = self.tmp.join("trace")
+        daemon = systest.Daemon(self.tmp, [f"--address={bus.address}"],
+                                wrapper_argv=["strace", "-f", "-qq", "-o", trace])
+        self.addCleanup(systest.kill_and_reap, daemon.proc)
+        client = bus.connect()
+        systest.wait_for(lambda: systest.name_has_owner(client), 60, "microvmd on the bus")
+        path, err = systest.create_vm(client, "traced")
+        self.assertIsNone(err)
+        for method, args in (("Start", None), ("Pause", systest.NO_OPTIONS), ("Resume", None),
+                             ("OpenConsole", None), ("GetStats", None), ("Stop", None),
+                             ("Delete", None)):
+            _, err = systest.call(client, path, systest.VM, method, args)
+            self.assertIsNone(err, method)
+        # strace blocks SIGTERM for itself (-o FILE PROG): signal microvmd, its child.
+        with open(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children") as f:
+            microvmd_pid = int(f.read().split()[0])
+        os.kill(microvmd_pid, signal.SIGTERM)
+        self.assertEqual(daemon.proc.wait(timeout=120), 0)
+        with open(trace) as f:
+            used = set(re.findall(r"^\d+\s+([a-z0-9_]+)\(", f.read(), flags=re.M))
+        self.assertIn("ioctl", used)  # the trace saw KVM at work
+        print(f"# {len(used)} different system calls, all checked against the unit's filter")
+        self.assertEqual(used - allowed, set())
 
 
 if __name__ == "__main__":
