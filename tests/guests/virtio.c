@@ -34,10 +34,15 @@ static void vio_write64(struct vdev *d, u32 off, u64 v)
     vio_write(d, off + 4, (u32)(v >> 32));
 }
 
+/* vbase= and vstride= place the slots elsewhere: QEMU's microvm has them at 0xfeb00000, 512 bytes
+ * apart (for the benchmark against QEMU). */
 bool virtio_find(u32 device_id, unsigned nth, struct vdev *d)
 {
+    u64 first = arg_u64("vbase", MVM_VIRTIO_MMIO_BASE);
+    u64 stride = arg_u64("vstride", MVM_VIRTIO_MMIO_SIZE);
+
     for (unsigned slot = 0; slot < MVM_VIRTIO_MMIO_MAX_DEVICES; slot++) {
-        u64 base = MVM_VIRTIO_MMIO_BASE + slot * MVM_VIRTIO_MMIO_SIZE;
+        u64 base = first + slot * stride;
         if (mmio_read32(base + VIO_MAGIC) != 0x74726976)
             return false; /* slots are dense: the first empty one ends the list */
         if (mmio_read32(base + VIO_DEVICE_ID) != device_id)
