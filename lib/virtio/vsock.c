@@ -61,7 +61,6 @@ typedef enum {
     CONN_HANDSHAKE,  /* host socket accepted, waiting for "CONNECT P\n" */
     CONN_CONNECTING, /* REQUEST sent to the guest, waiting for RESPONSE */
     CONN_ESTABLISHED,
-    CONN_CLOSING, /* SHUTDOWN sent to the guest, waiting for its RST */
 } ConnState;
 
 typedef struct _Vsock Vsock;
@@ -226,7 +225,8 @@ static gboolean conn_read_once(Conn *c)
     g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
     struct iovec iov[MVM_VQ_MAX_SIZE];
 
-    if (mvm_virtio_pop(vs->dev, VSOCK_QUEUE_RX, chain) != MVM_VQ_POP_OK)
+    /* Control packets that wait for a buffer go first: a RESPONSE must precede the data. */
+    if (vs->pending.length > 0 || mvm_virtio_pop(vs->dev, VSOCK_QUEUE_RX, chain) != MVM_VQ_POP_OK)
         return FALSE;
     if (chain->in_len <= VSOCK_HDR_SIZE) {
         mvm_virtio_set_needs_reset(vs->dev, "rx buffer smaller than a packet header");
@@ -243,13 +243,14 @@ static gboolean conn_read_once(Conn *c)
         return FALSE;
     }
     if (r <= 0) {
-        /* The host end closed: no more data either way (§5.10.6.5). */
-        VsockHdr hdr =
-            make_hdr(vs, c, VSOCK_OP_SHUTDOWN, 0, VSOCK_SHUTDOWN_RCV | VSOCK_SHUTDOWN_SEND);
+        /*
+         * The host end sends no more (§5.10.6.5, SHUTDOWN with SEND). It may still read, after
+         * a half close; if it closed for good, the next write fails and the guest gets an RST.
+         */
+        VsockHdr hdr = make_hdr(vs, c, VSOCK_OP_SHUTDOWN, 0, VSOCK_SHUTDOWN_SEND);
         mvm_vq_chain_write(chain, 0, &hdr, sizeof(hdr));
         mvm_virtio_push(vs->dev, VSOCK_QUEUE_RX, chain->head, VSOCK_HDR_SIZE);
         c->host_eof = TRUE;
-        c->state = CONN_CLOSING;
         return FALSE;
     }
     VsockHdr hdr = make_hdr(vs, c, VSOCK_OP_RW, (guint32)r, 0);
@@ -296,6 +297,7 @@ static gboolean conn_event(int fd, GIOCondition condition, gpointer data)
         mvm_virtio_unlock(vs->dev);
         return G_SOURCE_CONTINUE;
     }
+    flush_pending(vs);
     if ((condition & G_IO_OUT) && !conn_flush_to_sock(c)) {
         guest_side_reset(c);
         mvm_virtio_unlock(vs->dev);

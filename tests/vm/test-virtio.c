@@ -534,10 +534,14 @@ static void vsock_connect_guest(Guest *g, const char *uds)
     g_autofree char *ok = read_line(fd);
     g_assert_true(g_str_has_prefix(ok, "OK "));
     g_assert_cmpint(write(fd, "hello from host", 15), ==, 15);
+    /* A half close: the guest learns we send no more (SHUTDOWN), its answer still comes back. */
+    g_assert_cmpint(shutdown(fd, SHUT_WR), ==, 0);
     g_autofree char *echo = read_some(fd, strlen("echo: hello from host"));
     if (strcmp(echo, "echo: hello from host") != 0)
         g_test_message("guest so far:\n%s", guest_output(g));
     g_assert_cmpstr(echo, ==, "echo: hello from host");
+    /* The guest answers our SHUTDOWN with an RST: the device closes its end. */
+    g_assert_true(wait_eof(fd));
     close(fd);
 }
 
