@@ -259,7 +259,8 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     g_variant_lookup(options, "copy-memory", "b", &copy);
     fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
     if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv,
-                                 g_dbus_message_get_unix_fd_list(message), &dir, &fd, error))
+                                 g_dbus_message_get_unix_fd_list(message), &dir, &fd, error) ||
+        (dir && !mvmd_auth_check_path_argument(call->invocation, "snapshot_dir", error)))
         return NULL;
     *paused = !resume;
     return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);

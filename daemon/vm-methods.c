@@ -165,8 +165,11 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
     g_variant_lookup(options, "leave-paused", "b", &leave_paused);
     args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;
     fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
-    return mvmd_parse_dir_argument("dir", dir, fdv, g_dbus_message_get_unix_fd_list(message),
-                                   &args->dir, &args->dir_fd, error);
+    if (!mvmd_parse_dir_argument("dir", dir, fdv, g_dbus_message_get_unix_fd_list(message),
+                                 &args->dir, &args->dir_fd, error))
+        return FALSE;
+    /* Only root may have the daemon write where a path says; others pass "dir-fd". */
+    return !args->dir || mvmd_auth_check_path_argument(invocation, "dir", error);
 }
 
 /* Snapshot works on a machine that is there and not busy: running or paused. */
@@ -188,6 +191,7 @@ static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
     OpArgs args = {.dir_fd = -1};
 
     if (!parse_snapshot_args(invocation, &args, &error)) {
+        mvmd_op_args_clear(&args);
         g_dbus_method_invocation_return_gerror(invocation, error);
         return;
     }
