@@ -180,8 +180,9 @@ static void write_status(MvmVirtio *dev, guint32 value)
                           !(dev->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
     if (going_live && !(value & VIRTIO_STATUS_FEATURES_OK))
         value &= ~(guint32)VIRTIO_STATUS_DRIVER_OK;
-    /* The driver cannot clear NEEDS_RESET except by a reset. */
-    dev->status = value | (dev->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+    /* NEEDS_RESET is the device's to set, and only a reset clears it (§2.1.1). */
+    dev->status = (value & ~(guint32)VIRTIO_STATUS_DEVICE_NEEDS_RESET) |
+                  (dev->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
     if (going_live && (value & VIRTIO_STATUS_DRIVER_OK)) {
         if (dev->ops->activate != NULL)
             dev->ops->activate(dev->backend);
