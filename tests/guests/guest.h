@@ -204,5 +204,6 @@ bool mode_hostile(void);
 bool mode_vsock(void);
 bool mode_net(void);
 bool mode_virtioirq(void);
+bool mode_vtransport(void);
 bool mode_idle(void);
 bool mode_ctrlaltdel(void);

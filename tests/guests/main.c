@@ -30,6 +30,7 @@ static const struct {
     {"vsock", mode_vsock},
     {"net", mode_net},
     {"virtioirq", mode_virtioirq},
+    {"vtransport", mode_vtransport},
     {"idle", mode_idle},
     {"ctrlaltdel", mode_ctrlaltdel},
 };

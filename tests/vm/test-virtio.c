@@ -432,6 +432,20 @@ static void test_config_validation(void)
     g_assert_cmpstr(((MvmDiskConfig *)g_ptr_array_index(copy->disks, 0))->path, ==, "/tmp/d.img");
 }
 
+/* The transport's registers, from the guest's side (tests/guests/mode_virtio_transport.c). */
+static void test_transport(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(96, NULL);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vtransport sectors=96");
+    add_disk(config, path, -1, FALSE);
+    g_autofree char *out = run_guest(config);
+    g_assert_nonnull(strstr(out, "PASS vt-legacy-refused"));
+    g_assert_nonnull(strstr(out, "PASS vt-working-after-reset"));
+    g_unlink(path);
+}
+
 /* ---- rng ---- */
 
 static void test_rng(void)
@@ -1022,6 +1036,7 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/virtio/config-validation", test_config_validation);
+    g_test_add_func("/virtio/transport", test_transport);
     g_test_add_func("/virtio/blk/write-read", test_blk_write_read);
     g_test_add_func("/virtio/blk/two-disks-read-only", test_blk_two_disks_read_only);
     g_test_add_func("/virtio/blk/host-io-error", test_blk_host_io_error);
