@@ -41,6 +41,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
+    <allow user="*"/>
   </policy>
 </busconfig>
 """
@@ -411,6 +412,33 @@ def test_define(t, bus):
     expect_rc(ctl(bus, "delete", "def1"), NO_SUCH_VM, "delete twice")
 
 
+def test_unprivileged(t, bus):
+    """Reading is free; changing needs polkit's yes, and there is no polkit here: an ordinary
+    user (nobody) gets NotAuthorized, exit code 8, with the daemon's explanation."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return "SKIP needs root and setpriv"
+    kernel = TESTGUEST or MICROVMCTL
+    for d in (os.path.dirname(bus.dir), bus.dir):
+        os.chmod(d, 0o755)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", MICROVMCTL,
+                 "--address=" + bus.address]
+
+    def run(*args):
+        return Result(subprocess.run(as_nobody + list(args), capture_output=True, text=True,
+                                     env=env_c(), timeout=60))
+
+    expect_rc(ctl(bus, "create", "rootvm", "--kernel", kernel), OK, "create as root")
+    r = run("list", "--json")
+    expect_rc(r, OK, "list as nobody")
+    assert [v["name"] for v in r.json()] == ["rootvm"], r
+    r = run("create", "mine", "--kernel", kernel)
+    expect_rc(r, NOT_AUTHORIZED, "create as nobody")
+    assert "polkit" in r.err, r
+    expect_rc(run("start", "rootvm"), NOT_AUTHORIZED, "start as nobody")
+    expect_rc(run("delete", "rootvm"), NOT_AUTHORIZED, "delete as nobody")
+    expect_rc(ctl(bus, "delete", "rootvm"), OK, "delete as root")
+
+
 def create_echo(bus, name):
     expect_rc(ctl(bus, "create", name, "--kernel", TESTGUEST, "--cmdline", "mode=echo",
                   "--memory", "16", "--set", "debug-exit=true", "--start"), OK, "create --start")
@@ -735,6 +763,7 @@ def main():
         run("create errors", test_create_errors, bus)
         run("define, list, status, delete", test_define, bus)
         run("events", test_events, bus)
+        run("unprivileged user", test_unprivileged, bus)
         run("bash completion", test_completion, bus)
         run("lifecycle", test_lifecycle, bus, needs_kvm=True)
         run("console on a pty", test_console_pty, bus, needs_kvm=True)
