@@ -28,6 +28,28 @@ MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume
 READING_OPS = ["list", "stats", "guest"]
 
 
+class CheckMonitor:
+    """Records every CheckAuthorization on the bus (BecomeMonitor, as root): (args, flags)."""
+
+    def __init__(self, bus):
+        self.checks = []
+        self.conn = bus.connect()
+        self.conn.add_filter(self.on_message)
+        rule = f"type='method_call',interface='{POLKIT}.Authority',member='CheckAuthorization'"
+        _, err = systest.call(self.conn, "/org/freedesktop/DBus",
+                              "org.freedesktop.DBus.Monitoring", "BecomeMonitor",
+                              GLib.Variant("(asu)", ([rule], 0)), name="org.freedesktop.DBus")
+        assert err is None, err
+
+    def on_message(self, conn, message, incoming):
+        # Runs in GDBus' worker thread; list.append is atomic in CPython.
+        if incoming and message.get_member() == "CheckAuthorization":
+            self.checks.append(message.get_body().unpack())
+            # Not ours to answer: a monitor that sends anything is disconnected by the bus.
+            return None
+        return message
+
+
 class PolkitTest(systest.TestCase):
     def setUp(self):
         super().setUp()
@@ -68,10 +90,16 @@ class PolkitTest(systest.TestCase):
     def test_polkit_decides_for_unprivileged_callers(self):
         self.start_mock("--template", "polkitd")
         daemon, _ = self.start_microvmd()
+        monitor = CheckMonitor(self.bus)
         # polkitd's template says no to everything until told otherwise.
         self.assert_all(self.as_nobody(MUTATING_OPS), NOT_AUTHORIZED)
+        self.assert_checks(monitor, interactive=False)
+        monitor.checks.clear()
         self.assert_all(self.as_nobody(MUTATING_OPS, interactive=True), NOT_AUTHORIZED)
+        self.assert_checks(monitor, interactive=True)
+        monitor.checks.clear()
         self.assert_all(self.as_nobody(READING_OPS), None)
+        self.assertEqual(monitor.checks, [])  # reading never asks
 
         _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
                               GLib.Variant("(as)", (list(systest.ACTIONS.values()),)),
@@ -85,6 +113,25 @@ class PolkitTest(systest.TestCase):
         self.assertEqual(self.as_nobody(["create", "by-path"]),
                          [("create", "by-path", NOT_AUTHORIZED)])
         self.assertEqual(daemon.stop(), 0)
+
+    def assert_checks(self, monitor, interactive):
+        """One check per mutating call: the caller's bus name, the VM and the method."""
+        expected = {"CreateVM": ("create", "mine"), "Reload": ("manage", None),
+                    "OpenConsole": ("console", "guest")}
+        systest.wait_for(lambda: len(monitor.checks) >= 10, 10, "the polkit checks")
+        verbs = []
+        for (kind, subject), action, details, flags, cancellation in monitor.checks:
+            self.assertEqual(kind, "system-bus-name")
+            self.assertTrue(subject["name"].startswith(":"), subject)
+            verb = details["verb"]
+            verbs.append(verb)
+            short, vm = expected.get(verb, ("manage", "guest"))
+            self.assertEqual(action, systest.ACTIONS[short], verb)
+            self.assertEqual(details.get("vm"), vm, verb)
+            self.assertEqual(flags, 1 if interactive else 0, verb)
+        self.assertEqual(sorted(verbs), sorted(
+            ["CreateVM", "Start", "Pause", "Resume", "Shutdown", "Stop", "Reboot",
+             "OpenConsole", "Delete", "Reload"]))
 
     def test_without_polkit_only_root(self):
         daemon, path = self.start_microvmd()
