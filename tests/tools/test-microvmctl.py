@@ -341,12 +341,31 @@ def test_create_errors(t, bus):
               INVALID_ARGUMENT, "unknown key")
     expect_rc(ctl(bus, "create", "x", "--kernel", kernel, "--autostart"), INVALID_ARGUMENT,
               "autostart without persist")
+    # Failures at start: a kernel that is no kernel (the daemon's InvalidArgument), and one
+    # whose file is gone by then (Failed). Without KVM every start fails the same way.
+    if have_kvm():
+        start_failures(bus)
     for verb in ("start", "stop", "reboot", "pause", "resume", "delete", "shutdown", "console",
                  "status"):
         r = ctl(bus, verb, "nosuchvm")
         expect_rc(r, NO_SUCH_VM, verb + " of an unknown VM")
     expect_rc(ctl(bus, "snapshot", "nosuchvm", bus.dir), NO_SUCH_VM, "snapshot unknown")
     assert ctl(bus, "list", "--json").json() == [], "a failed create left a VM behind"
+
+
+def start_failures(bus):
+    junk = os.path.join(bus.dir, "junk")
+    with open(junk, "w") as f:
+        f.write("no kernel")
+    expect_rc(ctl(bus, "create", "junk", "--kernel", junk, "--persist"), OK, "create")
+    r = ctl(bus, "start", "junk")
+    expect_rc(r, INVALID_ARGUMENT, "start a junk kernel")
+    assert "junk: " in r.err, r
+    os.unlink(junk)
+    r = ctl(bus, "start", "junk")
+    expect_rc(r, FAILED, "start with the kernel gone")
+    assert junk in r.err, "the daemon's message names the file: %r" % r
+    expect_rc(ctl(bus, "delete", "junk"), OK, "delete")
 
 
 def test_define(t, bus):
