@@ -363,9 +363,48 @@ static gboolean handle_list_vms(MvmdManager *manager, GDBusMethodInvocation *inv
 
 /* ---- Reload (and SIGHUP): new stored definitions appear, existing VMs stay untouched ---- */
 
+static gboolean same_definition(const MvmdVmConfig *a, const MvmdVmConfig *b)
+{
+    g_autoptr(GKeyFile) ka = mvmd_vm_config_to_keyfile(a);
+    g_autoptr(GKeyFile) kb = mvmd_vm_config_to_keyfile(b);
+    g_autofree char *ta = g_key_file_to_data(ka, NULL, NULL);
+    g_autofree char *tb = g_key_file_to_data(kb, NULL, NULL);
+
+    return g_strcmp0(ta, tb) == 0;
+}
+
+/*
+ * A stored VM that holds nothing (not running, paused or busy) and whose definition file
+ * changed or vanished is dropped; the load below brings the changed ones back. Running and
+ * paused VMs, and transient ones, are never touched.
+ */
+static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
+{
+    g_autoptr(GHashTable) stored = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GList) vms = g_hash_table_get_values(self->vms);
+
+    for (guint i = 0; i < configs->len; i++)
+        g_hash_table_insert(stored, ((MvmdVmConfig *)configs->pdata[i])->name, configs->pdata[i]);
+    for (GList *l = vms; l; l = l->next) {
+        const MvmdVmConfig *config = mvmd_vm_object_get_config(l->data);
+        const MvmdVmConfig *on_disk = g_hash_table_lookup(stored, config->name);
+
+        if (!config->persist || mvmd_vm_object_is_active(l->data))
+            continue;
+        if (on_disk && same_definition(config, on_disk))
+            continue;
+        g_message("%s: definition %s", config->name,
+                  on_disk ? "changed on disk: reloading it" : "removed from disk: dropping it");
+        on_vm_deleted(l->data, self);
+    }
+}
+
 void mvmd_manager_service_reload(MvmdManagerService *self)
 {
+    g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
+
     mvmd_sd_notify_reloading();
+    drop_outdated(self, configs);
     mvmd_manager_service_load(self);
     mvmd_sd_notify_ready();
 }

@@ -21,7 +21,8 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
 
 /* Loads the stored definitions and exports them (state stopped). */
 void mvmd_manager_service_load(MvmdManagerService *self);
-/* Reload()/SIGHUP: RELOADING=1, load the definitions that are new, READY=1. */
+/* Reload()/SIGHUP: RELOADING=1, re-read the stored definitions (new ones appear, changed or
+ * removed ones of VMs that are not running or paused are replaced or dropped), READY=1. */
 void mvmd_manager_service_reload(MvmdManagerService *self);
 /* Starts every VM with autostart. */
 void mvmd_manager_service_autostart(MvmdManagerService *self);

@@ -20,12 +20,12 @@ from systest import GLib  # noqa: E402
 WATCHDOG_USEC = 1000000
 
 
-def write_definition(state_dir, name):
+def write_definition(state_dir, name, memory_mib=16):
     """A stored definition as microvmd writes them (daemon/store.c, config.c keyfile)."""
     os.makedirs(os.path.join(state_dir, "vms"), exist_ok=True)
     with open(os.path.join(state_dir, "vms", name + ".vm"), "w") as f:
         f.write(f"[VM]\nName={name}\nUUID={uuid.uuid4()}\n\n[Config]\n"
-                f"kernel={systest.TESTGUEST}\ncmdline=mode=echo\nmemory-mib=16\n"
+                f"kernel={systest.TESTGUEST}\ncmdline=mode=echo\nmemory-mib={memory_mib}\n"
                 "debug-exit=true\npersist=true\n")
 
 
@@ -98,23 +98,47 @@ class NotifyTest(systest.TestCase):
         self.assertLessEqual(stamp, when + 1)
         self.notify.wait_for("READY", "1")
 
+    def vm_names(self):
+        reply, err = systest.call(self.client, systest.PATH, systest.MANAGER, "ListVMs", None,
+                                  "(a(soss))")
+        self.assertIsNone(err)
+        return [vm[0] for vm in reply[0]]
+
+    def memory_mib(self, name):
+        reply, err = systest.call(self.client, systest.PATH, systest.MANAGER, "GetVMByName",
+                                  GLib.Variant("(s)", (name,)), "(o)")
+        self.assertIsNone(err)
+        reply, err = systest.call(self.client, reply[0], "org.freedesktop.DBus.Properties",
+                                  "Get", GLib.Variant("(ss)", (systest.VM, "MemoryMiB")), "(v)")
+        self.assertIsNone(err)
+        return reply[0]
+
     def test_reload(self):
         daemon = self.start()
         self.notify.wait_for("READY", "1")
-        manager_path = systest.PATH
-        write_definition(self.tmp.join("state"), "added-later")
+        state = self.tmp.join("state")
+        write_definition(state, "added-later")
         self.assert_reload(lambda: daemon.proc.send_signal(signal.SIGHUP))
-        reply, err = systest.call(self.client, manager_path, systest.MANAGER, "GetVMByName",
-                                  GLib.Variant("(s)", ("added-later",)), "(o)")
-        self.assertIsNone(err)
+        self.assertEqual(self.vm_names(), ["added-later", "stored"])
 
-        write_definition(self.tmp.join("state"), "added-by-call")
+        # Changed and removed definitions of VMs that are not running are taken over.
+        write_definition(state, "added-by-call", memory_mib=32)
+        write_definition(state, "stored", memory_mib=64)
+        os.unlink(os.path.join(state, "vms", "added-later.vm"))
         self.assert_reload(lambda: self.assertIsNone(
-            systest.call(self.client, manager_path, systest.MANAGER, "Reload")[1]))
-        reply, err = systest.call(self.client, manager_path, systest.MANAGER, "ListVMs",
-                                  None, "(a(soss))")
-        self.assertIsNone(err)
-        self.assertEqual([vm[0] for vm in reply[0]], ["added-by-call", "added-later", "stored"])
+            systest.call(self.client, systest.PATH, systest.MANAGER, "Reload")[1]))
+        self.assertEqual(self.vm_names(), ["added-by-call", "stored"])
+        self.assertEqual(self.memory_mib("stored"), 64)
+
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            # A running VM keeps running, whatever happened to its file.
+            path, _ = systest.call(self.client, systest.PATH, systest.MANAGER, "GetVMByName",
+                                   GLib.Variant("(s)", ("stored",)), "(o)")
+            self.assertIsNone(systest.call(self.client, path[0], systest.VM, "Start")[1])
+            os.unlink(os.path.join(state, "vms", "stored.vm"))
+            self.assert_reload(lambda: daemon.proc.send_signal(signal.SIGHUP))
+            self.assertEqual(self.vm_names(), ["added-by-call", "stored"])
+            self.assertEqual(systest.vm_state(self.client, path[0]), "running")
         self.assertTrue(daemon.alive())
 
     def test_stopping(self):
