@@ -66,6 +66,18 @@ class PolicyFiles(systest.TestCase):
                 else:  # mutating: an administrator, never plain yes
                     self.assertTrue(value.startswith("auth_admin"), (action.get("id"), value))
 
+    def test_polkit_policy_is_translated(self):
+        """i18n.merge_file put each catalog's description and message into the policy."""
+        linguas_path = os.path.join(os.path.dirname(ENV["MVMD_POLKIT_POLICY_IN"]), "..", "po",
+                                    "LINGUAS")
+        with open(linguas_path) as f:
+            languages = [w for line in f for w in line.split("#")[0].split()]
+        lang = "{http://www.w3.org/XML/1998/namespace}lang"
+        for action in ET.parse(ENV["MVMD_POLKIT_POLICY"]).getroot().iter("action"):
+            for tag in ("description", "message"):
+                translated = {e.get(lang) for e in action.findall(tag) if e.get(lang)}
+                self.assertEqual(translated, set(languages), (action.get("id"), tag))
+
     def test_bus_policy_loads(self):
         path = ENV["MVMD_DBUS_POLICY"]
         out = run(["xmllint", "--noout", path])
