@@ -631,6 +631,15 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
         g_assert_no_error(error);
     }
     wait_state(orig, "paused");
+    /* A paused VM stays paused through a snapshot. */
+    {
+        g_autofree char *dir3 = g_build_filename(f->bus->tmpdir, "snap3", NULL);
+
+        call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir3, mvmd_test_config("{}")));
+        g_main_context_iteration(NULL, FALSE);
+        g_assert_cmpstr(mvmd_vm_get_state(orig), ==, "paused");
+        g_assert_true(g_file_test(dir3, G_FILE_TEST_IS_DIR));
+    }
     call_ok(orig, "Stop");
     wait_state(orig, "stopped");
     console_close(c);
