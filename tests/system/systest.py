@@ -28,6 +28,7 @@ ACTIONS = {
     "create": "org.microvmd.vm.create",
     "manage": "org.microvmd.vm.manage",
     "console": "org.microvmd.vm.console",
+    "snapshot": "org.microvmd.vm.snapshot",
 }
 # Methods with an a{sv} of options (Pause), called without any.
 NO_OPTIONS = GLib.Variant("(a{sv})", ({},))

@@ -24,7 +24,7 @@ NOT_AUTHORIZED = systest.ERR + "NotAuthorized"
 # Every method that changes something, on a VM that root made; "guest" exists, "mine" not.
 MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume", "guest",
                 "shutdown", "guest", "stop", "guest", "reboot", "guest", "console", "guest",
-                "delete", "guest", "reload"]
+                "snapshot", "guest", "restore", "copy", "delete", "guest", "reload"]
 READING_OPS = ["list", "stats", "guest"]
 
 
@@ -110,15 +110,18 @@ class PolkitTest(systest.TestCase):
                                   "delete", "mine", "reload"])
         self.assert_all(results, None)
         # polkit's yes does not extend to making root open a path.
-        self.assertEqual(self.as_nobody(["create", "by-path"]),
-                         [("create", "by-path", NOT_AUTHORIZED)])
+        self.assertEqual(self.as_nobody(["create", "by-path", "snapshot", "guest", "restore",
+                                         "copy"]),
+                         [("create", "by-path", NOT_AUTHORIZED), ("snapshot", "guest",
+                          NOT_AUTHORIZED), ("restore", "copy", NOT_AUTHORIZED)])
         self.assertEqual(daemon.stop(), 0)
 
     def assert_checks(self, monitor, interactive):
         """One check per mutating call: the caller's bus name, the VM and the method."""
         expected = {"CreateVM": ("create", "mine"), "Reload": ("manage", None),
-                    "OpenConsole": ("console", "guest")}
-        systest.wait_for(lambda: len(monitor.checks) >= 10, 10, "the polkit checks")
+                    "OpenConsole": ("console", "guest"), "Snapshot": ("snapshot", "guest"),
+                    "RestoreVM": ("snapshot", "copy")}
+        systest.wait_for(lambda: len(monitor.checks) >= 12, 10, "the polkit checks")
         verbs = []
         for (kind, subject), action, details, flags, cancellation in monitor.checks:
             self.assertEqual(kind, "system-bus-name")
@@ -131,7 +134,7 @@ class PolkitTest(systest.TestCase):
             self.assertEqual(flags, 1 if interactive else 0, verb)
         self.assertEqual(sorted(verbs), sorted(
             ["CreateVM", "Start", "Pause", "Resume", "Shutdown", "Stop", "Reboot",
-             "OpenConsole", "Delete", "Reload"]))
+             "OpenConsole", "Snapshot", "RestoreVM", "Delete", "Reload"]))
 
     def test_without_polkit_only_root(self):
         daemon, path = self.start_microvmd()
