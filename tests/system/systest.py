@@ -87,6 +87,7 @@ SYSTEM_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
     <allow send_destination="*"/>
   </policy>
   <include>{policy}</include>
+  {servicedir}
 </busconfig>
 """
 
@@ -132,10 +133,11 @@ class TmpDir:
 class Bus:
     """A private dbus-daemon. system=True: the system-like policy with ours included."""
 
-    def __init__(self, tmp, system=False, policy=None):
+    def __init__(self, tmp, system=False, policy=None, servicedir=None):
         conf = tmp.join("bus.conf")
         if system:
-            text = SYSTEM_CONF.format(dir=tmp.path, policy=policy)
+            text = SYSTEM_CONF.format(dir=tmp.path, policy=policy, servicedir=(
+                f"<servicedir>{servicedir}</servicedir>" if servicedir else ""))
         else:
             text = SESSION_CONF.format(dir=tmp.path)
         with open(conf, "w") as f:

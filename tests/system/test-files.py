@@ -107,6 +107,16 @@ class PolicyFiles(systest.TestCase):
         self.assertIn(f"Alias={alias}", unit)
         self.assertIn(f"BusName={systest.NAME}", unit)
         self.assertIn("Type=notify", unit)
+        # A system bus reads it as activatable (it would hand the start to systemd).
+        bus_dir = os.path.dirname(ENV["MVMD_BUS_SERVICE"])
+        system_bus = systest.Bus(self.tmp, system=True, policy=ENV["MVMD_DBUS_POLICY"],
+                                 servicedir=bus_dir)
+        self.addCleanup(system_bus.stop)
+        names, err = systest.call(system_bus.connect(), "/org/freedesktop/DBus",
+                                  "org.freedesktop.DBus", "ListActivatableNames", None, "(as)",
+                                  name="org.freedesktop.DBus")
+        self.assertIsNone(err)
+        self.assertIn(systest.NAME, names[0])
         with open(ENV["MVMD_SOCKET_UNIT"]) as f:
             socket_unit = f.read().splitlines()
         self.assertIn("ListenStream=/run/microvmd/io.socket", socket_unit)

@@ -98,6 +98,24 @@ class SocketTest(systest.TestCase):
         third.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
 
+    def test_only_external_authentication(self):
+        """The kernel's word (SO_PEERCRED) is the only one taken: other mechanisms are refused."""
+        import socket
+        self.activate()
+        for mechanism in (b"ANONYMOUS 74657374", b"DBUS_COOKIE_SHA1 30"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(30)
+                sock.connect(self.socket)
+                sock.sendall(b"\0AUTH " + mechanism + b"\r\n")
+                reply = sock.recv(4096).decode()
+                self.assertTrue(reply.startswith("REJECTED"), reply)
+                self.assertEqual(reply.split()[1:], ["EXTERNAL"], reply)
+        # ...and the daemon is still there for a proper client.
+        conn = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(conn), [])
+        conn.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+
     def test_peer_uid_is_checked(self):
         systest.require_root_and_setpriv()
         self.activate()
