@@ -1,0 +1,417 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The virtio devices with sockets on the host side, against real KVM: vsock
+ * both ways (unix sockets, Firecracker-style) and across a snapshot, and net
+ * through taps in a network namespace the test makes (skipped where it cannot).
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <linux/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "microvm.h"
+#include "virtio-test-util.h"
+#include "vm-private.h"
+
+/* ---- vsock ---- */
+
+static int unix_listen(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    g_assert_cmpint(listen(fd, 4), ==, 0);
+    return fd;
+}
+
+static int unix_connect(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/* Reads until @len bytes, EOF or 60 s; returns what came, NUL-terminated. */
+static char *read_some(int fd, gsize len)
+{
+    char *buf = g_malloc0(len + 1);
+    gsize got = 0;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    while (got < len && poll(&pfd, 1, 60000) == 1) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r <= 0)
+            break;
+        got += (gsize)r;
+    }
+    return buf;
+}
+
+static char *read_line(int fd)
+{
+    GString *s = g_string_new(NULL);
+    char c;
+
+    while (s->len < 64) {
+        g_autofree char *one = read_some(fd, 1);
+        c = one[0];
+        if (c == '\0' || c == '\n')
+            break;
+        g_string_append_c(s, c);
+    }
+    return g_string_free(s, FALSE);
+}
+
+static gboolean wait_eof(int fd)
+{
+    g_autofree char *rest = read_some(fd, 4096);
+    return rest[0] == '\0';
+}
+
+/* The guest's connection to host port 1234 arrives on <uds>_1234. */
+static void vsock_serve_guest(int listen_fd)
+{
+    struct pollfd pfd = {.fd = listen_fd, .events = POLLIN};
+
+    g_assert_cmpint(poll(&pfd, 1, 60000), ==, 1);
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_autofree char *ping = read_some(fd, strlen("ping from guest"));
+    g_assert_cmpstr(ping, ==, "ping from guest");
+    g_assert_cmpint(write(fd, "pong from host", 14), ==, 14);
+    /* The guest shuts down: the device closes our end. */
+    g_assert_true(wait_eof(fd));
+    close(fd);
+}
+
+/* A host program connects to <uds> and asks for the guest's port 5000. */
+static void vsock_connect_guest(Guest *g, const char *uds)
+{
+    /* A bad handshake is refused without reaching the guest. */
+    int bad = unix_connect(uds);
+    g_assert_cmpint(write(bad, "HELLO 5000\n", 11), ==, 11);
+    g_assert_true(wait_eof(bad));
+    close(bad);
+
+    int fd = unix_connect(uds);
+    g_assert_cmpint(write(fd, "CONNECT 5000\n", 13), ==, 13);
+    g_autofree char *ok = read_line(fd);
+    g_assert_true(g_str_has_prefix(ok, "OK "));
+    g_assert_cmpint(write(fd, "hello from host", 15), ==, 15);
+    /* A half close: the guest learns we send no more (SHUTDOWN), its answer still comes back. */
+    g_assert_cmpint(shutdown(fd, SHUT_WR), ==, 0);
+    g_autofree char *echo = read_some(fd, strlen("echo: hello from host"));
+    if (strcmp(echo, "echo: hello from host") != 0)
+        g_test_message("guest so far:\n%s", guest_output(g));
+    g_assert_cmpstr(echo, ==, "echo: hello from host");
+    /* The guest answers our SHUTDOWN with an RST: the device closes its end. */
+    g_assert_true(wait_eof(fd));
+    close(fd);
+}
+
+static void test_vsock(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = g_dir_make_tmp("mvm-vsock-XXXXXX", &error);
+    g_assert_no_error(error);
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autofree char *guest_port = g_strdup_printf("%s_1234", uds);
+    int listen_fd = unix_listen(guest_port);
+
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock hostport=1234 port=5000");
+    config->vsock_cid = 42;
+    config->vsock_uds_path = g_strdup(uds);
+    g_autoptr(Guest) g = guest_start(config);
+    /* A second VM cannot take over the socket of a running one. */
+    config->vsock_cid = 43;
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "in use"));
+    g_clear_error(&error);
+    vsock_serve_guest(listen_fd);
+    g_assert_true(guest_wait_for(g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
+    vsock_connect_guest(g, uds);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "VSOCK cid 42"));
+    g_assert_nonnull(strstr(out, "PASS vsock-connect"));
+    g_assert_nonnull(strstr(out, "PASS vsock-listen"));
+    close(listen_fd);
+    g_clear_pointer(&g, guest_free);
+    /* The VM removed its socket. */
+    g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
+    g_unlink(guest_port);
+    g_rmdir(dir);
+}
+
+/* Connections do not survive a snapshot: a restored vsock device says so (TRANSPORT_RESET). */
+static void test_vsock_snapshot_restore(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autofree char *snap = g_build_filename(dir, "snapshot", NULL);
+    g_assert_cmpint(g_mkdir(snap, 0700), ==, 0);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock pause=1");
+    config->vsock_cid = 7;
+    config->vsock_uds_path = g_strdup(uds);
+    g_autoptr(Guest) g = guest_start(config);
+    g_assert_true(guest_wait_for(g, "VSOCK paused", GUEST_TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(g->vm, snap, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    g_clear_pointer(&g, guest_free);
+
+    MvmVm *vm = mvm_vm_restore(snap, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    g_autoptr(Guest) restored = guest_wrap(vm);
+    g_assert_true(mvm_vm_resume(vm, &error));
+    mvm_vm_console_write(vm, (const guint8 *)"x", 1);
+    g_autofree char *out = guest_finish(restored);
+    g_assert_nonnull(strstr(out, "PASS vsock-transport-reset"));
+    g_clear_pointer(&restored, guest_free);
+    rm_rf(dir);
+}
+
+/* ---- net: a tap in a network namespace of the test's own ---- */
+
+#define TEST_TAP  "mvmtest0"
+#define ETHERTYPE 0x88b5
+
+/* Whether this process may make a network namespace (root, or CAP_SYS_ADMIN). */
+static gboolean can_unshare_net(void)
+{
+    pid_t pid = fork();
+
+    if (pid == 0)
+        _exit(unshare(CLONE_NEWNET) == 0 && access("/dev/net/tun", R_OK | W_OK) == 0 ? 0 : 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/*
+ * A tap named @name, up, with its index in *ifindex. Persistent (the VM opens it by name) when
+ * @keep_fd is FALSE; else the open tap fd is returned for the VM to take.
+ */
+static int make_tap(const char *name, gboolean keep_fd, int *ifindex)
+{
+    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    if (!keep_fd) {
+        g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
+        close(fd);
+        fd = -1;
+    }
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    memset(&ifr, 0, sizeof(ifr));
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(sock, SIOCGIFFLAGS, &ifr), ==, 0);
+    ifr.ifr_flags |= IFF_UP;
+    g_assert_cmpint(ioctl(sock, SIOCSIFFLAGS, &ifr), ==, 0);
+    g_assert_cmpint(ioctl(sock, SIOCGIFINDEX, &ifr), ==, 0);
+    close(sock);
+    *ifindex = ifr.ifr_ifindex;
+    return fd;
+}
+
+/* The host's end of the wire: a packet socket on the tap interface. */
+static int packet_socket(int ifindex)
+{
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE));
+    struct sockaddr_ll addr = {
+        .sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE), .sll_ifindex = ifindex};
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+static const guint8 test_mac[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+
+/* Takes the guest's hello, checks it, answers to the MAC it came from (returned in @mac). */
+static void net_exchange(int pkt, int ifindex, guint8 mac[6])
+{
+    guint8 frame[1600];
+    struct pollfd pfd = {.fd = pkt, .events = POLLIN};
+
+    g_assert_cmpint(poll(&pfd, 1, 60000), ==, 1);
+    ssize_t n = recv(pkt, frame, sizeof(frame), 0);
+    g_assert_cmpint(n, >=, 14 + 20);
+    g_assert_cmpmem(frame + 14, 20, "hello from guest net", 20);
+    memcpy(mac, frame + 6, 6);
+
+    guint8 reply[60] = {0};
+    memcpy(reply, mac, 6);
+    memcpy(reply + 6, "\x02\x00\x00\x00\x00\x01", 6);
+    reply[12] = ETHERTYPE >> 8;
+    reply[13] = ETHERTYPE & 0xff;
+    memcpy(reply + 14, "hello from host net", 19);
+    struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = 6};
+    memcpy(to.sll_addr, mac, 6);
+    g_assert_cmpint(sendto(pkt, reply, sizeof(reply), 0, (struct sockaddr *)&to, sizeof(to)), ==,
+                    sizeof(reply));
+}
+
+static void send_burst(int pkt, int ifindex, const guint8 mac[6], guint n)
+{
+    guint8 frame[60] = {0};
+    struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = ifindex, .sll_halen = 6};
+
+    memcpy(frame, mac, 6);
+    memcpy(frame + 6, "\x02\x00\x00\x00\x00\x01", 6);
+    frame[12] = ETHERTYPE >> 8;
+    frame[13] = ETHERTYPE & 0xff;
+    memcpy(frame + 14, "burst from host", 15);
+    memcpy(to.sll_addr, mac, 6);
+    for (guint i = 0; i < n; i++)
+        g_assert_cmpint(sendto(pkt, frame, sizeof(frame), 0, (struct sockaddr *)&to, sizeof(to)),
+                        ==, sizeof(frame));
+}
+
+static guint count_frames(int pkt, guint expected)
+{
+    guint8 frame[1600];
+    guint n = 0;
+    struct pollfd pfd = {.fd = pkt, .events = POLLIN};
+
+    while (n < expected && poll(&pfd, 1, 5000) == 1 && recv(pkt, frame, sizeof(frame), 0) > 0)
+        n++;
+    return n;
+}
+
+static MvmVmConfig *net_config(const char *cmdline, const char *tap, int fd, const guint8 *mac)
+{
+    MvmVmConfig *config = guest_config(cmdline);
+    MvmNetConfig *nic = g_new0(MvmNetConfig, 1);
+
+    nic->tap_name = g_strdup(tap);
+    nic->tap_fd = fd;
+    if (mac != NULL)
+        memcpy(nic->mac, mac, 6);
+    config->nics = g_ptr_array_new();
+    g_ptr_array_add(config->nics, nic);
+    return config;
+}
+
+/* A tap by name with a MAC from the config: frames both ways, a burst, then the tap vanishes. */
+static void net_by_name(void)
+{
+    int ifindex;
+    guint8 mac[6];
+    guint burst = 200;
+
+    make_tap(TEST_TAP, FALSE, &ifindex);
+    int pkt = packet_socket(ifindex);
+    g_autofree char *cmdline = g_strdup_printf("mode=net burst=%u rxburst=%u gone=1", burst, burst);
+    g_autoptr(MvmVmConfig) config = net_config(cmdline, TEST_TAP, -1, test_mac);
+    g_autoptr(Guest) g = guest_start(config);
+    net_exchange(pkt, ifindex, mac);
+    g_assert_cmpmem(mac, 6, test_mac, 6);
+    g_assert_true(guest_wait_for(g, "PASS net-rx", GUEST_TIMEOUT_US));
+    guint got = count_frames(pkt, burst);
+    /* Host to guest: a burst the tap queues while the guest takes one frame per buffer. */
+    g_assert_true(guest_wait_for(g, "NET rx-ready", GUEST_TIMEOUT_US));
+    send_burst(pkt, ifindex, mac, burst);
+    g_assert_true(guest_wait_for(g, "NET rx-burst", GUEST_TIMEOUT_US));
+    gint64 r0 = guest_marker_time(g, 0x112), r1 = guest_marker_time(g, 0x113);
+    g_assert_cmpint(r1, >, r0);
+    g_printerr("# BENCH virtio-net rx: %u frames, %.0f frames/s (first to last, as the guest "
+               "took them)\n",
+               burst, (burst - 1) / ((r1 - r0) / 1e6));
+
+    g_assert_true(guest_wait_for(g, "NET waiting", GUEST_TIMEOUT_US));
+    gint64 t0 = guest_marker_time(g, 0x110), t1 = guest_marker_time(g, 0x111);
+    g_assert_cmpint(t1, >, t0);
+    /* stderr: the parent shows it; the child's stdout is its own TAP stream. */
+    g_printerr("# BENCH virtio-net tx: %u of %u frames reached the tap; %.0f frames/s (guest "
+               "sends one at a time and waits for each)\n",
+               got, burst, burst / ((t1 - t0) / 1e6));
+    g_assert_cmpuint(got, ==, burst);
+
+    /* The tap goes away under the running VM: its device must shrug that off. */
+    g_assert_cmpint(system("ip link delete " TEST_TAP), ==, 0);
+    mvm_vm_console_write(g->vm, (const guint8 *)"x", 1);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "NET mac 52:54:00:12:34:56"));
+    g_assert_nonnull(strstr(out, "PASS net-tap-gone"));
+    g_assert_nonnull(strstr(out, "PASS net-link-down"));
+    close(pkt);
+}
+
+/* A tap handed over as an fd, and no MAC in the config: a generated, local unicast one. */
+static void net_by_fd(void)
+{
+    int ifindex;
+    guint8 mac[6];
+    int fd = make_tap("mvmtest1", TRUE, &ifindex);
+    int pkt = packet_socket(ifindex);
+    g_autoptr(MvmVmConfig) config = net_config("mode=net", NULL, fd, NULL);
+    g_autoptr(Guest) g = guest_start(config);
+
+    close(fd); /* the VM has its own copy */
+    net_exchange(pkt, ifindex, mac);
+    g_autofree char *out = guest_finish(g);
+    g_assert_cmpuint(mac[0] & 3, ==, 2); /* locally administered, unicast */
+    g_autofree char *line = g_strdup_printf("NET mac %02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1],
+                                            mac[2], mac[3], mac[4], mac[5]);
+    g_assert_nonnull(strstr(out, line));
+    close(pkt);
+}
+
+/* Runs in a child (g_test_trap_subprocess) that owns a fresh network namespace. */
+static void net_in_namespace(void)
+{
+    g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+    net_by_name();
+    net_by_fd();
+}
+
+static void test_net(void)
+{
+    if (!have_kvm())
+        return;
+    if (g_test_subprocess()) {
+        net_in_namespace();
+        return;
+    }
+    if (!can_unshare_net()) {
+        g_test_skip("cannot create a network namespace with a tap here (needs root and "
+                    "/dev/net/tun)");
+        return;
+    }
+    g_test_trap_subprocess(NULL, 120 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_INHERIT_STDERR);
+    g_test_trap_assert_passed();
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/virtio/vsock", test_vsock);
+    g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
+    g_test_add_func("/virtio/net", test_net);
+    return g_test_run();
+}
