@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -438,6 +439,27 @@ static char *run_to_end(Fixture *f, MvmdVm *vm)
     return out;
 }
 
+/* vsock: the guest reads its CID from the device; the host side listens on uds-path. */
+static void test_vsock_device(Fixture *f)
+{
+    g_autofree char *uds = g_build_filename(f->bus->tmpdir, "v.sock", NULL);
+    g_autofree char *extra =
+        g_strdup_printf("'vsock': <{'cid': <uint32 42>, 'uds-path': <'%s'>}>", uds);
+    g_autoptr(MvmdVm) vm = create_guest(f, "vsock", "vsock pause=1", extra);
+    Console *c = console_open(vm);
+    GStatBuf st;
+
+    call_ok(vm, "Start");
+    console_expect(c, console_expect(c, 0, "VSOCK cid 42"), "VSOCK paused");
+    g_assert_cmpint(g_stat(uds, &st), ==, 0);
+    g_assert_true(S_ISSOCK(st.st_mode));
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    /* The machine took its socket away with it. */
+    g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
+    console_close(c);
+}
+
 /*
  * The device keys reach the machine: a disk by path and one by fd (the guest writes a
  * pattern to sectors 16..23 of the first), and the rng.
@@ -494,6 +516,7 @@ static void test_devices(Fixture *f, gconstpointer data)
     g_clear_pointer(&out, g_free);
     out = run_to_end(f, rng);
     g_assert_nonnull(strstr(out, "PASS rng"));
+    test_vsock_device(f);
 }
 
 /*
