@@ -136,10 +136,14 @@ static void peer_sync(Peer *peer, gboolean announce)
 
     for (GList *l = objects; l; l = l->next) {
         const char *p = g_dbus_object_get_object_path(l->data);
+        GDBusObject *old = g_hash_table_lookup(peer->exported, p);
 
         g_hash_table_add(present, (gpointer)p);
-        if (g_hash_table_lookup(peer->exported, p) != l->data)
-            export_object(peer, l->data, announce);
+        if (old == l->data)
+            continue;
+        if (old) /* another object took the path (e.g. a reloaded definition) */
+            unexport_object(peer, p, old, announce);
+        export_object(peer, l->data, announce);
     }
     g_hash_table_iter_init(&iter, peer->exported);
     while (g_hash_table_iter_next(&iter, &path, &object)) {
