@@ -123,6 +123,21 @@ class PolicyFiles(systest.TestCase):
         self.assertIn("FileDescriptorName=microvmd", socket_unit)
 
 
+class Tmpfiles(systest.TestCase):
+    def test_tmpfiles_creates_the_directories(self):
+        if not shutil.which("systemd-tmpfiles"):
+            self.skipTest("systemd-tmpfiles is not installed")
+        if os.geteuid() != 0:
+            self.skipTest("needs root (the directories belong to root)")
+        out = run(["systemd-tmpfiles", "--create", f"--root={self.tmp.path}",
+                   ENV["MVMD_TMPFILES"]])
+        self.assertEqual(out.returncode, 0, out.stdout)
+        for path, mode in (("var/lib/microvmd", 0o700), ("run/microvmd", 0o755)):
+            st = os.stat(self.tmp.join(path))
+            self.assertEqual(st.st_mode & 0o7777, mode, path)
+            self.assertEqual(st.st_uid, 0, path)
+
+
 class Units(systest.TestCase):
     def setUp(self):
         super().setUp()
