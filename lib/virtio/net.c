@@ -181,6 +181,10 @@ static void net_free(gpointer backend)
 {
     Net *net = backend;
 
+    g_debug("virtio-net %s: %" G_GUINT64_FORMAT " frames received, %" G_GUINT64_FORMAT
+            " sent, %" G_GUINT64_FORMAT " dropped",
+            net->name != NULL ? net->name : "(fd)", net->rx_frames, net->tx_frames,
+            net->tx_dropped);
     if (net->source != NULL) {
         g_source_destroy(net->source);
         g_source_unref(net->source);
