@@ -108,6 +108,12 @@ def require_kvm():
         skip("the test guest (testguest.elf) is not built")
 
 
+def die_with_us():
+    """preexec_fn: a child (bus, daemon, mock) is killed when the test process dies."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def kill_and_reap(proc, sig=signal.SIGKILL):
     if proc and proc.poll() is None:
         proc.send_signal(sig)
@@ -144,7 +150,7 @@ class Bus:
             f.write(text)
         self.proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={conf}", "--print-address=1", "--nofork"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_us)
         self.address = self.proc.stdout.readline().strip()
         if not self.address:
             self.stop()
@@ -192,7 +198,8 @@ class Daemon:
             argv.append("--verbose")
         self.started_at = time.monotonic()
         # stdout to our stderr: the test log keeps the daemon's messages.
-        self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=sys.stderr)
+        self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=sys.stderr,
+                                     preexec_fn=die_with_us)
 
     def alive(self):
         return self.proc.poll() is None

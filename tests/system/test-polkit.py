@@ -64,7 +64,8 @@ class PolkitTest(systest.TestCase):
     def start_mock(self, *args):
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
         proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system"] + list(args),
-                                env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+                                env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr,
+                                preexec_fn=systest.die_with_us)
         self.addCleanup(systest.kill_and_reap, proc)
         name = POLKIT if "polkitd" in args else args[0]
         systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
