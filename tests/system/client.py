@@ -24,7 +24,6 @@ VM_CALLS = {
     "stop": ("Stop", None),
     "reboot": ("Reboot", None),
     "delete": ("Delete", None),
-    "console": ("OpenConsole", None),
     "stats": ("GetStats", None),
     # A path: never followed for an unprivileged caller, whatever polkit says.
     "snapshot": ("Snapshot", GLib.Variant("(sa{sv})", ("/var/tmp/microvmd-snapshot", {}))),
@@ -37,6 +36,26 @@ def vm_path(conn, name):
     if err:
         raise SystemExit(f"GetVMByName({name}): {err}")
     return reply[0]
+
+
+def read_console(conn, path, flags):
+    """OpenConsole, then the guest's first line from the descriptor (the kept boot output)."""
+    dest = systest.NAME if conn.get_unique_name() else None
+    try:
+        reply, fd_list = conn.call_with_unix_fd_list_sync(
+            dest, path, systest.VM, "OpenConsole", None, GLib.VariantType("(h)"), flags,
+            systest.GUEST_TIMEOUT_MS, None, None)
+    except GLib.Error as e:
+        return Gio.DBusError.get_remote_error(e) or f"local:{e.message}"
+    fd = fd_list.get(reply.unpack()[0])
+    data = b""
+    with os.fdopen(fd, "rb", buffering=0) as console:
+        while b"TESTGUEST" not in data:
+            chunk = console.read(4096)
+            if not chunk:
+                return "console: end of stream before the guest's banner"
+            data += chunk
+    return None
 
 
 def run(conn, op, name, flags):
@@ -55,6 +74,8 @@ def run(conn, op, name, flags):
                                       systest.guest_config(kernel_fd=fds is not None))
         return systest.call(conn, systest.PATH, systest.MANAGER, "CreateVM", args, "(o)",
                             fds=fds, flags=flags)[1]
+    if op == "console":
+        return read_console(conn, vm_path(conn, name), flags)
     method, args = VM_CALLS[op]
     return systest.call(conn, vm_path(conn, name), systest.VM, method, args, flags=flags)[1]
 

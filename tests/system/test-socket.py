@@ -136,13 +136,13 @@ class SocketTest(systest.TestCase):
         self.addCleanup(os.close, fd)
         result = systest.run_client_as(
             systest.NOBODY, systest.NOBODY, address,
-            ["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd", "stop",
-             "by-fd", "delete", "by-fd"], p2p=True, kernel_fd=fd)
+            ["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd", "console",
+             "by-fd", "stop", "by-fd", "delete", "by-fd"], p2p=True, kernel_fd=fd)
         errors = {(r["op"], r["vm"]): r["error"] for r in result}
         self.assertIsNone(errors[("list", None)])
         # A member of the socket group may act, but never makes root open a path.
         self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
-        for op in ("create-fd", "start", "stop", "delete"):
+        for op in ("create-fd", "start", "console", "stop", "delete"):
             self.assertIsNone(errors[(op, "by-fd")], (op, result))
         self.assertEqual(self.daemon.stop(), 0)
 
