@@ -163,6 +163,8 @@ typedef struct {
     char *action_id;
     char *verb; /* the D-Bus method: "CreateVM", "Start", … */
     GHashTable *details;
+    char *cancellation_id; /* interactive checks: polkit may wait for a password… */
+    guint caller_watch;    /* …so they are cancelled when the caller goes away */
 } Check;
 
 static void check_free(Check *check)
@@ -171,6 +173,9 @@ static void check_free(Check *check)
     g_free(check->action_id);
     g_free(check->verb);
     g_hash_table_unref(check->details);
+    if (check->caller_watch)
+        g_bus_unwatch_name(check->caller_watch);
+    g_free(check->cancellation_id);
     g_free(check);
 }
 
@@ -240,12 +245,38 @@ static GVariant *polkit_details(Check *check)
     return g_variant_builder_end(&b);
 }
 
+static void on_caller_vanished(GDBusConnection *connection, const char *name, gpointer user_data)
+{
+    Check *check = user_data;
+
+    g_debug("%s left during an interactive authorization: cancelling it", name);
+    g_dbus_connection_call(connection, POLKIT_NAME, POLKIT_PATH, POLKIT_INTERFACE,
+                           "CancelCheckAuthorization", g_variant_new("(s)", check->cancellation_id),
+                           NULL, G_DBUS_CALL_FLAGS_NO_AUTO_START, -1, NULL, NULL, NULL);
+}
+
+/* An authentication dialog may stay up for minutes: let polkit drop it if the caller leaves. */
+static void watch_caller(Check *check)
+{
+    static guint counter;
+    GDBusMethodInvocation *invocation = check->invocation;
+
+    check->cancellation_id = g_strdup_printf("microvmd-%d-%u", (int)getpid(), ++counter);
+    check->caller_watch = g_bus_watch_name_on_connection(
+        g_dbus_method_invocation_get_connection(invocation),
+        g_dbus_method_invocation_get_sender(invocation), G_BUS_NAME_WATCHER_FLAGS_NONE, NULL,
+        on_caller_vanished, check, NULL);
+}
+
 static void ask_polkit(GTask *task)
 {
     Check *check = g_task_get_task_data(task);
     GDBusMethodInvocation *invocation = check->invocation;
     gboolean interactive = is_interactive(invocation);
     GVariantBuilder subject;
+
+    if (interactive)
+        watch_caller(check);
 
     g_variant_builder_init(&subject, G_VARIANT_TYPE("a{sv}"));
     g_variant_builder_add(&subject, "{sv}", "name",
@@ -254,7 +285,8 @@ static void ask_polkit(GTask *task)
                            POLKIT_PATH, POLKIT_INTERFACE, "CheckAuthorization",
                            g_variant_new("((sa{sv})s@a{ss}us)", "system-bus-name", &subject,
                                          check->action_id, polkit_details(check),
-                                         interactive ? POLKIT_ALLOW_USER_INTERACTION : 0u, ""),
+                                         interactive ? POLKIT_ALLOW_USER_INTERACTION : 0u,
+                                         check->cancellation_id ? check->cancellation_id : ""),
                            G_VARIANT_TYPE("((bba{ss}))"), G_DBUS_CALL_FLAGS_NONE,
                            /* A person may be typing a password: no timeout then. */
                            interactive ? G_MAXINT : -1, g_task_get_cancellable(task),

@@ -29,25 +29,31 @@ READING_OPS = ["list", "stats", "guest"]
 
 
 class CheckMonitor:
-    """Records every CheckAuthorization on the bus (BecomeMonitor, as root): (args, flags)."""
+    """Records the calls to polkit on the bus (BecomeMonitor, as root): the arguments of each
+    CheckAuthorization in .checks, the ids of each CancelCheckAuthorization in .cancels."""
 
     def __init__(self, bus):
         self.checks = []
+        self.cancels = []
         self.conn = bus.connect()
         self.conn.add_filter(self.on_message)
-        rule = f"type='method_call',interface='{POLKIT}.Authority',member='CheckAuthorization'"
+        rules = [f"type='method_call',interface='{POLKIT}.Authority',member='{member}'"
+                 for member in ("CheckAuthorization", "CancelCheckAuthorization")]
         _, err = systest.call(self.conn, "/org/freedesktop/DBus",
                               "org.freedesktop.DBus.Monitoring", "BecomeMonitor",
-                              GLib.Variant("(asu)", ([rule], 0)), name="org.freedesktop.DBus")
+                              GLib.Variant("(asu)", (rules, 0)), name="org.freedesktop.DBus")
         assert err is None, err
 
     def on_message(self, conn, message, incoming):
         # Runs in GDBus' worker thread; list.append is atomic in CPython.
-        if incoming and message.get_member() == "CheckAuthorization":
+        if not incoming or message.get_interface() != f"{POLKIT}.Authority":
+            return message
+        if message.get_member() == "CheckAuthorization":
             self.checks.append(message.get_body().unpack())
-            # Not ours to answer: a monitor that sends anything is disconnected by the bus.
-            return None
-        return message
+        else:
+            self.cancels.append(message.get_body().unpack()[0])
+        # Not ours to answer: a monitor that sends anything is disconnected by the bus.
+        return None
 
 
 class PolkitTest(systest.TestCase):
@@ -136,6 +142,33 @@ class PolkitTest(systest.TestCase):
         self.assertEqual(sorted(verbs), sorted(
             ["CreateVM", "Start", "Pause", "Resume", "Shutdown", "Stop", "Reboot",
              "OpenConsole", "Snapshot", "RestoreVM", "Delete", "Reload"]))
+
+    def test_interactive_check_cancelled_when_the_caller_leaves(self):
+        self.start_mock("--template", "polkitd")
+        daemon, _ = self.start_microvmd()
+        monitor = CheckMonitor(self.bus)
+        # polkit "shows a password dialog" (never answers) for manage.
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SimulateHangActions",
+                              GLib.Variant("(as)", ([systest.ACTIONS["manage"]],)), name=POLKIT)
+        self.assertIsNone(err)
+        client = subprocess.Popen(
+            ["setpriv", f"--reuid={systest.NOBODY}", f"--regid={systest.NOBODY}",
+             "--clear-groups", "--", sys.executable, systest.CLIENT, self.bus.address, "start",
+             "guest", "--interactive"], stdout=subprocess.DEVNULL, preexec_fn=systest.die_with_us)
+        self.addCleanup(systest.kill_and_reap, client)
+        systest.wait_for(lambda: monitor.checks, 30, "the interactive check")
+        cancellation_id = monitor.checks[0][4]
+        self.assertTrue(cancellation_id)
+        self.assertEqual(monitor.cancels, [])
+        client.kill()
+        client.wait()
+        systest.wait_for(lambda: monitor.cancels, 30, "CancelCheckAuthorization")
+        self.assertEqual(monitor.cancels, [cancellation_id])
+        # A non-interactive check carries no id (nothing to cancel).
+        monitor.checks.clear()
+        self.assert_all(self.as_nobody(["console", "guest"]), NOT_AUTHORIZED)
+        self.assertEqual(monitor.checks[0][4], "")
+        self.assertEqual(daemon.stop(), 0)
 
     def test_without_polkit_only_root(self):
         daemon, path = self.start_microvmd()
