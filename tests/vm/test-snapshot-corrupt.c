@@ -126,9 +126,10 @@ static GVariant *config_with(GVariant *payload, const char *key, GVariant *value
     return replace_child(payload, 0, g_variant_dict_end(&dict));
 }
 
+/* Takes @payload, floating (built here) or a full reference (from good_payload()). */
 static void write_encoded(const char *dir, GVariant *payload, guint16 major, guint16 minor)
 {
-    g_autoptr(GVariant) sunk = g_variant_ref_sink(payload);
+    g_autoptr(GVariant) sunk = g_variant_take_ref(payload);
     g_autoptr(GBytes) bytes = mvm_snapshot_encode(sunk, major, minor);
     gsize len;
     const guint8 *data = g_bytes_get_data(bytes, &len);
