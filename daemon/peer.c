@@ -71,9 +71,11 @@ static GVariant *interfaces_and_properties(GDBusObject *object)
     g_variant_builder_init(&b, G_VARIANT_TYPE("a{sa{sv}}"));
     for (GList *l = interfaces; l; l = l->next) {
         GDBusInterfaceSkeleton *skeleton = l->data;
+        /* A full reference (not floating): the builder takes one of its own. */
+        g_autoptr(GVariant) properties = g_dbus_interface_skeleton_get_properties(skeleton);
 
         g_variant_builder_add(&b, "{s@a{sv}}", g_dbus_interface_skeleton_get_info(skeleton)->name,
-                              g_dbus_interface_skeleton_get_properties(skeleton));
+                              properties);
     }
     return g_variant_builder_end(&b);
 }

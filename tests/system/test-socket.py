@@ -43,8 +43,15 @@ class SocketTest(systest.TestCase):
                 "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
         # systemd-socket-activate execs microvmd once a client connects: same process.
         self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv)
-        systest.wait_for(lambda: os.path.exists(self.socket), 30, "the listening socket")
+        # The path appears at bind(), before listen(): wait for the listening flag
+        # (__SO_ACCEPTCON in /proc/net/unix) without connecting, which would start microvmd.
+        systest.wait_for(self.listening, 30, "the listening socket")
         os.chmod(self.socket, 0o666)
+
+    def listening(self):
+        with open("/proc/net/unix") as f:
+            return any(line.split()[3] == "00010000" and line.split()[-1] == self.socket
+                       for line in f.readlines()[1:] if len(line.split()) >= 8)
 
     def managed_paths(self, conn):
         reply, err = systest.call(conn, systest.PATH, OM, "GetManagedObjects", None,
