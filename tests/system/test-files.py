@@ -79,6 +79,9 @@ class PolicyFiles(systest.TestCase):
                 self.assertEqual(translated, set(languages), (action.get("id"), tag))
 
     def test_bus_policy_loads(self):
+        """xmllint for the XML; dbus-daemon for the rest. (The busconfig.dtd that libdbus-1-dev
+        ships predates send_destination and friends: every policy in
+        /usr/share/dbus-1/system.d fails it, so it cannot judge ours.)"""
         path = ENV["MVMD_DBUS_POLICY"]
         out = run(["xmllint", "--noout", path])
         self.assertEqual(out.returncode, 0, out.stdout)
