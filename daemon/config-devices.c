@@ -322,6 +322,22 @@ gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError 
     return TRUE;
 }
 
+gboolean mvmd_devices_parse_backends(MvmdDevices *devices, GVariant *options, GUnixFDList *fd_list,
+                                     gboolean *given, GError **error)
+{
+    g_autoptr(GVariant) disks = g_variant_lookup_value(options, "disks", G_VARIANT_TYPE("aa{sv}"));
+    g_autoptr(GVariant) network =
+        g_variant_lookup_value(options, "network", G_VARIANT_TYPE("aa{sv}"));
+    g_autoptr(GVariant) vsock = g_variant_lookup_value(options, "vsock", G_VARIANT_TYPE_VARDICT);
+
+    *given = disks || network || vsock;
+    if ((disks && !mvmd_devices_parse_disks(devices, disks, fd_list, error)) ||
+        (network && !mvmd_devices_parse_network(devices, network, fd_list, error)) ||
+        (vsock && !mvmd_devices_parse_vsock(devices, vsock, error)))
+        return FALSE;
+    return mvmd_devices_check(devices, error);
+}
+
 gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error)
 {
     guint n = devices->disks->len + devices->nics->len + (devices->vsock_cid != 0) + devices->rng;
@@ -453,4 +469,46 @@ void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm)
     mvm->vsock_cid = devices->vsock_cid;
     mvm->vsock_uds_path = g_strdup(devices->vsock_uds_path);
     mvm->rng = devices->rng;
+}
+
+/* The snapshot's own back ends (RestoreVM by root): paths and tap names, never fds. */
+static void backends_from_mvm(MvmdDevices *devices, const MvmVmConfig *mvm)
+{
+    g_ptr_array_set_size(devices->disks, 0);
+    g_ptr_array_set_size(devices->nics, 0);
+    for (guint i = 0; mvm->disks && i < mvm->disks->len; i++) {
+        const MvmDiskConfig *d = mvm->disks->pdata[i];
+        MvmdDisk *disk = g_new0(MvmdDisk, 1);
+
+        disk->path = g_strdup(d->path);
+        disk->fd = -1;
+        disk->read_only = d->read_only;
+        g_ptr_array_add(devices->disks, disk);
+    }
+    for (guint i = 0; mvm->nics && i < mvm->nics->len; i++) {
+        const MvmNetConfig *n = mvm->nics->pdata[i];
+        MvmdNic *nic = g_new0(MvmdNic, 1);
+
+        nic->tap = g_strdup(n->tap_name);
+        nic->fd = -1;
+        g_ptr_array_add(devices->nics, nic);
+    }
+    g_free(devices->vsock_uds_path);
+    devices->vsock_uds_path = g_strdup(mvm->vsock_uds_path);
+    devices->from_snapshot = FALSE;
+}
+
+void mvmd_devices_update_from_mvm(MvmdDevices *devices, const MvmVmConfig *mvm)
+{
+    if (devices->from_snapshot)
+        backends_from_mvm(devices, mvm);
+    /* The restore refused a different count, so these line up one to one. */
+    for (guint i = 0; mvm->nics && i < MIN(mvm->nics->len, devices->nics->len); i++) {
+        MvmdNic *nic = devices->nics->pdata[i];
+
+        memcpy(nic->mac, ((const MvmNetConfig *)mvm->nics->pdata[i])->mac, sizeof(nic->mac));
+        nic->has_mac = TRUE;
+    }
+    devices->vsock_cid = mvm->vsock_cid;
+    devices->rng = mvm->rng;
 }

@@ -39,6 +39,11 @@ typedef struct {
     guint32 vsock_cid; /* 0: no vsock device */
     char *vsock_uds_path;
     gboolean rng;
+    /*
+     * RestoreVM by root without back-end options: the machine gets the back ends its snapshot
+     * names, and the records above are filled from it once it is restored.
+     */
+    gboolean from_snapshot;
 } MvmdDevices;
 
 void mvmd_devices_init(MvmdDevices *devices);
@@ -50,6 +55,19 @@ gboolean mvmd_devices_parse_disks(MvmdDevices *devices, GVariant *value, GUnixFD
 gboolean mvmd_devices_parse_network(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
                                     GError **error);
 gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError **error);
+
+/*
+ * RestoreVM's back-end options: `disks`, `network` and `vsock` of @options (a{sv}, types
+ * already checked), parsed as the config keys of the same names. @given: was any there?
+ */
+gboolean mvmd_devices_parse_backends(MvmdDevices *devices, GVariant *options, GUnixFDList *fd_list,
+                                     gboolean *given, GError **error);
+
+/*
+ * After a restore: the devices as the machine @mvm has them. The snapshot decides the MACs,
+ * the vsock CID and the rng; with from_snapshot its back ends too (and from_snapshot ends).
+ */
+void mvmd_devices_update_from_mvm(MvmdDevices *devices, const MvmVmConfig *mvm);
 
 /* Rules across the keys (device count). */
 gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error);

@@ -239,12 +239,35 @@ static void on_restored(MvmdVmObject *vm, const GError *error, gpointer user_dat
     restore_call_free(call);
 }
 
+/*
+ * The device back ends: from the options (paths only for root, as in CreateVM), else the ones
+ * the snapshot names, but only for root. For anyone else the machine gets exactly the fds
+ * given, none when none were, and a snapshot with devices is refused: the daemon never opens
+ * a path an untrusted snapshot names on behalf of a caller who could not open it.
+ */
+static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDList *fd_list,
+                                 MvmdVmConfig *config, GError **error)
+{
+    gboolean given = FALSE;
+
+    if (!mvmd_devices_parse_backends(&config->devices, options, fd_list, &given, error) ||
+        !mvmd_auth_check_config_paths(call->invocation, config, error))
+        return FALSE;
+    config->devices.from_snapshot =
+        !given && mvmd_auth_check_path_argument(call->invocation, "snapshot back ends", NULL);
+    return TRUE;
+}
+
 static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError **error)
 {
-    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"}, {"resume", "b"}, {"copy-memory", "b"}};
+    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"},       {"resume", "b"},
+                                          {"copy-memory", "b"},  {"disks", "aa{sv}"},
+                                          {"network", "aa{sv}"}, {"vsock", "a{sv}"}};
     GDBusMessage *message = g_dbus_method_invocation_get_message(call->invocation);
+    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(GVariant) fdv = NULL;
+    g_autoptr(MvmdVmConfig) config = NULL;
     g_autofree char *dir = NULL;
     gboolean resume = FALSE, copy = FALSE;
     const char *dir_arg;
@@ -258,12 +281,14 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     g_variant_lookup(options, "resume", "b", &resume);
     g_variant_lookup(options, "copy-memory", "b", &copy);
     fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
-    if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv,
-                                 g_dbus_message_get_unix_fd_list(message), &dir, &fd, error) ||
+    if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv, fd_list, &dir, &fd, error) ||
         (dir && !mvmd_auth_check_path_argument(call->invocation, "snapshot_dir", error)))
         return NULL;
     *paused = !resume;
-    return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+    config = mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+    if (!config || !restore_backends(call, options, fd_list, config, error))
+        return NULL;
+    return g_steal_pointer(&config);
 }
 
 static void restore_vm(RestoreCall *call)

@@ -5,7 +5,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -718,6 +722,396 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     call_ok(copy2, "Delete");
 }
 
+/* ---- RestoreVM's back ends ---------------------------------------------------------------- */
+
+/* The unprivileged caller of the tests: nobody (Debian's uid and gid 65534). */
+#define NOBODY 65534
+
+/*
+ * A blk guest with a disk (@disk, contents @image) that has read its disk and waits for a
+ * console byte, snapshotted to @dir and stopped: its next step after a restore is to write
+ * and read back its disk. @other is a copy of the image, for restores to use instead.
+ */
+typedef struct {
+    GBytes *image;
+    char *disk;
+    char *other;
+    char *dir;
+} BlkSnapshot;
+
+static void blk_snapshot_free(BlkSnapshot *snap)
+{
+    g_bytes_unref(snap->image);
+    g_free(snap->disk);
+    g_free(snap->other);
+    g_free(snap->dir);
+    g_free(snap);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BlkSnapshot, blk_snapshot_free)
+
+static BlkSnapshot *blk_snapshot_new(Fixture *f)
+{
+    BlkSnapshot *snap = g_new0(BlkSnapshot, 1);
+    g_autofree char *extra = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    Console *c;
+
+    snap->disk = make_image(f->bus->tmpdir, "orig.img", 64, &snap->image);
+    snap->other = g_build_filename(f->bus->tmpdir, "other.img", NULL);
+    snap->dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_assert_true(g_file_set_contents(snap->other, g_bytes_get_data(snap->image, NULL),
+                                      g_bytes_get_size(snap->image), NULL));
+    extra = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", snap->disk);
+    vm = create_guest(f, "blk", "blk sectors=8 writeat=16 seed=5 pause=1", extra);
+    c = console_open(vm);
+    call_ok(vm, "Start");
+    console_expect(c, 0, "BLK paused");
+    g_assert_cmpint(g_mkdir(snap->dir, 0755), ==, 0);
+    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", snap->dir, mvmd_test_config("{}")));
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    console_close(c);
+    call_ok(vm, "Delete");
+    return snap;
+}
+
+static void restore_fails(Fixture *f, const char *name, const char *dir, const char *options,
+                          GUnixFDList *fds, const char *error_name, const char *text)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_restore_vm_sync(f->manager, name, dir, mvmd_test_config(options),
+                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
+                                      NULL, &error);
+    mvmd_test_assert_dbus_error(error, error_name);
+    g_test_message("%s", error->message);
+    g_assert_nonnull(strstr(error->message, text));
+}
+
+/* The first disk entry of a VM's Config property. */
+static GVariant *config_disk0(MvmdVm *vm)
+{
+    g_autoptr(GVariant) config = mvmd_vm_dup_config(vm);
+    g_autoptr(GVariant) disks = g_variant_lookup_value(config, "disks", G_VARIANT_TYPE("aa{sv}"));
+
+    g_assert_nonnull(disks);
+    g_assert_cmpuint(g_variant_n_children(disks), ==, 1);
+    return g_variant_get_child_value(disks, 0);
+}
+
+static GUnixFDList *fd_list_of(const char *path, int flags)
+{
+    GUnixFDList *fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    int fd = open(path, flags | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_unix_fd_list_append(fds, fd, &error);
+    close(fd);
+    g_assert_no_error(error);
+    return fds;
+}
+
+/*
+ * Root restores a VM with a disk: counts that do not match are refused, the disk passed as an
+ * fd in the options is the one the guest goes on using (the snapshot's file stays untouched),
+ * and without options the snapshot's own disk is used; the Config property shows which.
+ */
+static void test_restore_backends(Fixture *f, gconstpointer data)
+{
+    g_autoptr(BlkSnapshot) snap = blk_snapshot_new(f);
+    const char *dir = snap->dir;
+    g_autoptr(GUnixFDList) fds = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *after = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) disk0 = NULL;
+    const char *s = NULL;
+    gsize len;
+    Console *c;
+
+    restore_fails(f, "none", dir, "{'disks': <@aa{sv} []>}", NULL, ERR "InvalidArgument",
+                  "the snapshot has 1 disk; pass it as an fd in the 'disks' option");
+    fds = fd_list_of(snap->other, O_RDWR);
+    restore_fails(f, "two", dir,
+                  "{'disks': <[{'fd': <handle 0>}, {'fd': <handle 0>}]>, 'network': <@aa{sv} []>}",
+                  fds, ERR "InvalidArgument", "the 'disks' option gives 2");
+    restore_fails(f, "ro", dir, "{'disks': <[{'fd': <handle 0>, 'read-only': <true>}]>}", fds,
+                  ERR "InvalidArgument", "disk 0 is writable in the snapshot");
+    restore_fails(f, "cid", dir,
+                  "{'disks': <[{'fd': <handle 0>}]>, 'vsock': <{'cid': <uint32 7>, 'uds-path': "
+                  "<'/nonexistent/v'>}>}",
+                  fds, ERR "InvalidArgument", "the snapshot has no vsock device");
+
+    /* Root without options: the disk the snapshot names. */
+    path = restore_vm(f, "own", dir, "{}", NULL);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    disk0 = config_disk0(vm);
+    g_assert_true(g_variant_lookup(disk0, "path", "&s", &s));
+    g_assert_cmpstr(s, ==, snap->disk);
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    call_ok(vm, "Delete");
+    g_clear_object(&vm);
+    g_clear_pointer(&path, g_free);
+    g_clear_pointer(&disk0, g_variant_unref);
+
+    /* The caller's fd, running at once: the guest writes and reads back through it. */
+    path = restore_vm(f, "copy", dir, "{'disks': <[{'fd': <handle 0>}]>, 'resume': <true>}", fds);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    disk0 = config_disk0(vm);
+    g_assert_false(g_variant_lookup(disk0, "path", "&s", &s));
+    g_assert_true(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN) != NULL);
+    c = console_open(vm);
+    console_send(c, "x");
+    console_expect(c, 0, "PASS blk-write-read");
+    console_expect(c, 0, "TESTGUEST-DONE");
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    wait_state(vm, "stopped");
+    console_close(c);
+    /* Sectors 16..23 of the fd's file were written; the snapshot's disk is as it was. */
+    g_assert_true(g_file_get_contents(snap->other, &after, &len, NULL));
+    g_assert_cmpuint(len, ==, 64 * 512);
+    g_assert_true(memcmp(after + 16 * 512,
+                         (const char *)g_bytes_get_data(snap->image, NULL) + 16 * 512,
+                         8 * 512) != 0);
+    g_assert_cmpmem(after, 16 * 512, g_bytes_get_data(snap->image, NULL), 16 * 512);
+    g_clear_pointer(&after, g_free);
+    g_assert_true(g_file_get_contents(snap->disk, &after, &len, NULL));
+    g_assert_cmpmem(after, len, g_bytes_get_data(snap->image, NULL), g_bytes_get_size(snap->image));
+}
+
+/*
+ * RestoreVM as another user: this test binary again (main() below), run as nobody with the
+ * snapshot directory at fd 3 and, if given, a disk at fd 4. argv: --restore-client ADDRESS
+ * NAME OPTIONS N_FDS. Prints "ok PATH" or "error NAME MESSAGE".
+ */
+static int restore_client_main(char **argv)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDBusConnection) conn =
+        g_dbus_connection_new_for_address_sync(argv[2],
+                                               G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                               NULL, NULL, &error);
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GVariant) reply = NULL;
+    g_autoptr(GVariant) path = NULL;
+    g_autofree char *remote = NULL;
+    int n_fds = atoi(argv[5]);
+
+    if (!conn) {
+        g_print("error connect %s\n", error->message);
+        return 1;
+    }
+    for (int fd = 3; fd < 3 + n_fds; fd++)
+        g_unix_fd_list_append(fds, fd, NULL);
+    reply = g_dbus_connection_call_with_unix_fd_list_sync(
+        conn, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1", "org.microvmd.MicroVM1.Manager",
+        "RestoreVM", g_variant_new("(ss@a{sv})", argv[3], "", g_variant_new_parsed(argv[4])),
+        G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL, &error);
+    if (!reply) {
+        remote = g_dbus_error_get_remote_error(error);
+        g_dbus_error_strip_remote_error(error);
+        g_print("error %s %s\n", remote ? remote : "local", error->message);
+        return 0;
+    }
+    g_print("ok %s\n", g_variant_get_string(path = g_variant_get_child_value(reply, 0), NULL));
+    return 0;
+}
+
+static void drop_to_nobody(gpointer data)
+{
+    if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+        setresuid(NOBODY, NOBODY, NOBODY) < 0)
+        _exit(126);
+}
+
+/* Runs restore_client_main() as nobody; @dirfd and @diskfd (or -1) become its fds 3 and 4. */
+static char *restore_as_nobody(Fixture *f, const char *name, const char *options, int dirfd,
+                               int diskfd)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *n_fds = g_strdup_printf("%d", diskfd >= 0 ? 2 : 1);
+    g_autoptr(GSubprocess) child = NULL;
+    g_autoptr(GError) error = NULL;
+    char *out = NULL;
+
+    g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
+    g_subprocess_launcher_take_fd(launcher, dup(dirfd), 3);
+    if (diskfd >= 0)
+        g_subprocess_launcher_take_fd(launcher, dup(diskfd), 4);
+    child = g_subprocess_launcher_spawn(launcher, &error, self, "--restore-client", f->bus->address,
+                                        name, options, n_fds, NULL);
+    g_assert_no_error(error);
+    g_subprocess_communicate_utf8(child, NULL, NULL, &out, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_subprocess_get_if_exited(child));
+    g_assert_cmpint(g_subprocess_get_exit_status(child), ==, 0);
+    g_test_message("as nobody: %s", out);
+    return out;
+}
+
+static void die_with_test(gpointer data)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+static gboolean has_owner(Fixture *f, const char *name)
+{
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+        "NameHasOwner", g_variant_new("(s)", name), G_VARIANT_TYPE("(b)"), G_DBUS_CALL_FLAGS_NONE,
+        -1, NULL, NULL);
+    gboolean owned = FALSE;
+
+    if (reply)
+        g_variant_get(reply, "(b)", &owned);
+    return owned;
+}
+
+/* The harness's bus lets only its own user in: add everyone, and reload. */
+static void open_bus_to_all(Fixture *f)
+{
+    static const char policy[] = "<policy context=\"default\">";
+    g_autofree char *conf_path = g_build_filename(f->bus->tmpdir, "bus.conf", NULL);
+    g_autofree char *conf = NULL;
+    g_autofree char *opened = NULL;
+    g_auto(GStrv) parts = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = NULL;
+
+    g_assert_true(g_file_get_contents(conf_path, &conf, NULL, NULL));
+    parts = g_strsplit(conf, policy, 2);
+    g_assert_cmpuint(g_strv_length(parts), ==, 2);
+    opened = g_strconcat(parts[0], policy, "\n    <allow user=\"*\"/>", parts[1], NULL);
+    g_assert_true(g_file_set_contents(conf_path, opened, -1, NULL));
+    reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+        "ReloadConfig", NULL, NULL, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(g_chmod(f->bus->tmpdir, 0755), ==, 0);
+}
+
+/*
+ * python-dbusmock's polkitd on the private bus, allowing @action (as tests/system does on its
+ * system-like bus), or NULL when python-dbusmock is not installed.
+ */
+static GSubprocess *start_polkit_mock(Fixture *f, const char *action)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
+    g_autoptr(GSubprocess) mock = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    gint status = -1;
+
+    if (!g_spawn_command_line_sync("/usr/bin/python3 -c 'import dbusmock'", NULL, NULL, &status,
+                                   NULL) ||
+        !g_spawn_check_wait_status(status, NULL))
+        return NULL;
+    g_subprocess_launcher_setenv(launcher, "DBUS_SESSION_BUS_ADDRESS", f->bus->address, TRUE);
+    g_subprocess_launcher_set_child_setup(launcher, die_with_test, NULL, NULL);
+    mock = g_subprocess_launcher_spawn(launcher, &error, "/usr/bin/python3", "-m", "dbusmock",
+                                       "--session", "--template", "polkitd", NULL);
+    g_assert_no_error(error);
+    mvmd_test_wait_until(has_owner(f, "org.freedesktop.PolicyKit1"), 30000);
+    reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
+        "org.freedesktop.DBus.Mock", "SetAllowed", g_variant_new_parsed("([%s],)", action), NULL,
+        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    return g_steal_pointer(&mock);
+}
+
+/* Opens of @path since the watch began (inotify IN_OPEN, from any process). */
+static guint count_opens(int inotify_fd)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    guint n = 0;
+    ssize_t len;
+
+    while ((len = read(inotify_fd, buf, sizeof(buf))) > 0) {
+        for (char *p = buf; p < buf + len;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+
+            n += (ev->mask & IN_OPEN) != 0;
+            p += sizeof(*ev) + ev->len;
+        }
+    }
+    return n;
+}
+
+/*
+ * A caller that is not root (nobody, allowed by polkit) restores by fd a snapshot whose disk
+ * is a path: the daemon never opens that path for it. Without back ends the answer names the
+ * option to fill; a path in the options is refused as CreateVM refuses it; the disk as an fd
+ * works. Root restoring without options does open it, which shows the watch sees opens.
+ */
+static void test_restore_unprivileged(Fixture *f, gconstpointer data)
+{
+    g_autoptr(BlkSnapshot) snap = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *with_path = NULL;
+    g_autofree char *root_path = NULL;
+    g_autoptr(GSubprocess) mock = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) disk0 = NULL;
+    int dirfd, diskfd, watch;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody");
+        return;
+    }
+    open_bus_to_all(f);
+    mock = start_polkit_mock(f, "org.microvmd.vm.snapshot");
+    if (!mock) {
+        g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
+        return;
+    }
+    snap = blk_snapshot_new(f);
+    dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    diskfd = open(snap->other, O_RDWR | O_CLOEXEC);
+    watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    g_assert_cmpint(diskfd, >=, 0);
+    g_assert_cmpint(inotify_add_watch(watch, snap->disk, IN_OPEN), >=, 0);
+
+    out = restore_as_nobody(f, "a", "{'dir-fd': <handle 0>}", dirfd, -1);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "InvalidArgument "));
+    g_assert_nonnull(strstr(out, "pass it as an fd in the 'disks' option"));
+    g_clear_pointer(&out, g_free);
+    with_path =
+        g_strdup_printf("{'dir-fd': <handle 0>, 'disks': <[{'path': <'%s'>}]>}", snap->disk);
+    out = restore_as_nobody(f, "b", with_path, dirfd, -1);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    g_assert_nonnull(strstr(out, "disks[0].path"));
+    g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(f, "c", "{'dir-fd': <handle 0>, 'disks': <[{'fd': <handle 1>}]>}",
+                            dirfd, diskfd);
+    g_assert_true(g_str_has_prefix(out, "ok /org/microvmd/MicroVM1/vm/c"));
+    g_assert_cmpuint(count_opens(watch), ==, 0);
+
+    vm = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/c");
+    g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
+    disk0 = config_disk0(vm);
+    g_assert_nonnull(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN));
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+
+    /* The control: root without options has the snapshot's own disk opened. */
+    root_path = restore_vm(f, "root", snap->dir, "{}", NULL);
+    g_assert_cmpuint(count_opens(watch), >, 0);
+    close(watch);
+    close(diskfd);
+    close(dirfd);
+    g_subprocess_force_exit(mock);
+    g_subprocess_wait(mock, NULL, NULL);
+}
+
 #define N_MANY 100
 
 typedef struct {
@@ -845,6 +1239,8 @@ static gboolean kvm_usable(void)
 
 int main(int argc, char **argv)
 {
+    if (argc == 6 && g_str_equal(argv[1], "--restore-client"))
+        return restore_client_main(argv);
     g_test_init(&argc, &argv, NULL);
     if (!kvm_usable()) {
         g_printerr("SKIP: %s is not usable here (%s)\n", KVM_DEVICE, g_strerror(errno));
@@ -865,6 +1261,8 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/devices", test_devices);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
+    ADD("/daemon-kvm/restore-backends", test_restore_backends);
+    ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
     return g_test_run();
