@@ -91,10 +91,17 @@ static gboolean qmp_connect(Qmp *qmp, const char *path, GError **error)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
 
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    int rc;
+
     qmp->buf = g_string_new(NULL);
     qmp->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-    if (qmp->fd < 0 || connect(qmp->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    /* QEMU binds the socket a moment before it listens: refused until then. */
+    while (qmp->fd >= 0 && (rc = connect(qmp->fd, (struct sockaddr *)&addr, sizeof(addr))) < 0 &&
+           (errno == ECONNREFUSED || errno == ENOENT) && g_get_monotonic_time() < deadline)
+        g_usleep(1000);
+    if (qmp->fd < 0 || rc < 0) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "connect %s: %s", path,
                     g_strerror(errno));
         return FALSE;
