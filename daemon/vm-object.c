@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <unistd.h>
 
 #include "errors.h"
@@ -214,6 +213,11 @@ static MvmVm *worker_build(OpData *d, GError **error)
     return vm;
 }
 
+static guint n_items(const GPtrArray *array)
+{
+    return array != NULL ? array->len : 0;
+}
+
 /* "the snapshot has 1 disk; pass it as an fd in the 'disks' option" */
 static void hint_count(GString *msg, const char *what, const char *option, guint has, guint given)
 {
@@ -228,56 +232,56 @@ static void hint_count(GString *msg, const char *what, const char *option, guint
 }
 
 /*
- * The library refuses back ends that do not match the snapshot's devices, in the words of its
- * own API ("it has 1 disks, 0 NICs and no vsock; the back ends given are 0, 0 and none").
- * Say instead which RestoreVM option the caller must fill. Any other error, or a message of
- * another form, is left as it is. The lib has no call that reads a snapshot's device counts,
- * so its message is read here (lib/snapshot.c, use_backends(); /daemon-kvm/restore-backends
- * fails if the wording drifts).
+ * The snapshot's devices against the back ends of RestoreVM's options, before any VM is built,
+ * said in terms of the option the caller must fill. The library would refuse a mismatch too
+ * (and still does, should the snapshot change in between), but in the words of its own API.
  */
-static void explain_backends(GError **error)
+static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig *given,
+                                     GError **error)
 {
-    guint disks, nics, given_disks, given_nics;
-    char vsock[4], given_vsock[8];
     g_autoptr(GString) msg = g_string_new(NULL);
+    guint disks = n_items(snap->disks), given_disks = n_items(given->disks);
+    guint nics = n_items(snap->nics), given_nics = n_items(given->nics);
 
-    if (!g_error_matches(*error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT) ||
-        sscanf((*error)->message,
-               "invalid snapshot: it has %u disks, %u NICs and %3s vsock; the back ends given "
-               "are %u, %u and %7s",
-               &disks, &nics, vsock, &given_disks, &given_nics, given_vsock) != 6)
-        return;
     if (disks != given_disks)
         hint_count(msg, "disk", "disks", disks, given_disks);
     if (nics != given_nics)
         hint_count(msg, "network interface", "network", nics, given_nics);
-    if (g_str_equal(vsock, "a") && g_str_equal(given_vsock, "none"))
+    if (snap->vsock_cid != 0 && given->vsock_uds_path == NULL)
         g_string_append_printf(msg,
                                "%sthe snapshot has a vsock device; pass its host socket in "
                                "the 'vsock' option",
                                msg->len ? "; " : "");
-    else if (g_str_equal(vsock, "no") && !g_str_equal(given_vsock, "none"))
+    else if (snap->vsock_cid == 0 && given->vsock_uds_path != NULL)
         g_string_append_printf(msg,
                                "%sthe snapshot has no vsock device; leave out the 'vsock' "
                                "option",
                                msg->len ? "; " : "");
     if (!msg->len)
-        return;
-    g_clear_error(error);
+        return TRUE;
     g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, msg->str);
+    return FALSE;
 }
 
 /* The guest knows its CID from the snapshot: a caller's other CID would be a lie. */
-static gboolean check_vsock_cid(MvmVm *vm, const MvmVmConfig *backends, GError **error)
+static gboolean check_vsock_cid(const MvmVmConfig *snap, const MvmVmConfig *backends,
+                                GError **error)
 {
-    guint32 cid = mvm_vm_get_config(vm)->vsock_cid;
-
-    if (backends->vsock_cid == cid)
+    if (backends->vsock_cid == snap->vsock_cid)
         return TRUE;
     g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                 "option 'vsock': cid %u, but the snapshot's guest has cid %u", backends->vsock_cid,
-                cid);
+                snap->vsock_cid);
     return FALSE;
+}
+
+/* Reads only the snapshot's `state` (untrusted, checked by the library); opens nothing it names. */
+static gboolean check_backends(int dirfd, const MvmVmConfig *backends, GError **error)
+{
+    g_autoptr(MvmVmConfig) snap = mvm_snapshot_read_config_at(dirfd, error);
+
+    return snap != NULL && check_backend_counts(snap, backends, error) &&
+           check_vsock_cid(snap, backends, error);
 }
 
 /*
@@ -299,13 +303,11 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
             return NULL;
         }
     }
-    vm = mvm_vm_restore_with_backends(dirfd, d->mvm_config, d->restore_flags, error);
+    vm = check_backends(dirfd, d->mvm_config, error)
+             ? mvm_vm_restore_with_backends(dirfd, d->mvm_config, d->restore_flags, error)
+             : NULL;
     if (dirfd != d->restore_fd)
         close(dirfd);
-    if (!vm)
-        explain_backends(error);
-    else if (!check_vsock_cid(vm, d->mvm_config, error))
-        g_clear_pointer(&vm, mvm_vm_free);
     return vm;
 }
 

@@ -177,3 +177,11 @@ void mvm_io_thread_unquiesce(MvmIoThread *t)
     }
     g_mutex_unlock(&t->lock);
 }
+
+gboolean mvm_io_thread_is_parked(MvmIoThread *t)
+{
+    g_mutex_lock(&t->lock);
+    gboolean parked = t->parked;
+    g_mutex_unlock(&t->lock);
+    return parked;
+}

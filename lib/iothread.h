@@ -5,7 +5,8 @@
  * unix sockets, disk I/O), so that a vCPU never waits for a disk or a network.
  *
  * A pause parks the thread (mvm_io_thread_quiesce) so that nothing writes
- * guest memory or device state while the VM is paused or being saved.
+ * guest memory or device state while the VM is paused or being saved; a
+ * restored VM's thread is parked from the start, until the first resume.
  */
 #pragma once
 
@@ -37,6 +38,8 @@ void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data
 /* Parks the thread between two dispatches and returns once it is parked; nests. */
 void mvm_io_thread_quiesce(MvmIoThread *t);
 void mvm_io_thread_unquiesce(MvmIoThread *t);
+/* TRUE while the thread sits parked (no source dispatches); any thread. */
+gboolean mvm_io_thread_is_parked(MvmIoThread *t);
 gboolean mvm_io_thread_is_current(MvmIoThread *t);
 
 G_END_DECLS

@@ -208,6 +208,18 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
  */
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends,
                                     MvmRestoreFlags flags, GError **error);
+/*
+ * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
+ * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone
+ * (no other file, no KVM) and checks it as a restore does, untrusted, except for the limits
+ * only KVM knows (vCPUs and MSRs of this host) and the size of `memory`: a restore may still
+ * refuse what this accepted. Returns the snapshot's configuration: n_vcpus, memory_mib,
+ * cmdline, rng; disks (their read_only flags are what the guest was told), nics (with the MACs
+ * the guest knows), vsock_cid (0: no vsock device). Paths and tap names are the snapshot's
+ * own, as untrusted as the rest; every fd is -1. Any problem: MVM_ERROR_INVALID_ARGUMENT with
+ * the reason, worded as by a restore.
+ */
+MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error);
 
 /* KVM facts for the Manager's properties. */
 int mvm_kvm_api_version(GError **error);

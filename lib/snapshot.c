@@ -14,7 +14,8 @@
  * and load the state into it, devices before the interrupt controllers (a
  * device restore re-asserts its interrupt line, which the controllers' own
  * state then overrides), controllers before vCPUs. The VM comes out paused,
- * its clock frozen at the snapshot's time until the first resume.
+ * its clock frozen at the snapshot's time and its I/O thread parked until
+ * the first resume.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +28,7 @@
 
 #include "snapshot.h"
 #include "vm-private.h"
+#include "vm-virtio.h"
 
 #define STATE_NAME      "state"
 #define MEMORY_NAME     "memory"
@@ -458,6 +460,33 @@ static gboolean precheck_devices(const MvmSnapshotState *state, GError **error)
            mvm_i8042_restore(i8042, state->i8042, error);
 }
 
+/* Every check of `state` that needs neither KVM nor another file: the decoder, the devices'. */
+static MvmSnapshotState *decode_state_file(int dirfd, const MvmSnapshotLimits *limits,
+                                           GError **error)
+{
+    g_autoptr(GBytes) bytes = read_state(dirfd, error);
+    if (bytes == NULL)
+        return NULL;
+    gsize len;
+    const guint8 *data = g_bytes_get_data(bytes, &len);
+    g_autoptr(MvmSnapshotState) state = mvm_snapshot_decode(data, len, limits, error);
+    if (state == NULL || !precheck_devices(state, error))
+        return NULL;
+    return g_steal_pointer(&state);
+}
+
+/* No KVM here: the decoder's own limits (the fuzzer's); a restore checks KVM's on top. */
+MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error)
+{
+    MvmSnapshotLimits limits;
+
+    g_return_val_if_fail(dirfd >= 0, NULL);
+
+    mvm_snapshot_limits_default(&limits);
+    g_autoptr(MvmSnapshotState) state = decode_state_file(dirfd, &limits, error);
+    return state != NULL ? g_steal_pointer(&state->config) : NULL;
+}
+
 static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
 {
     const MvmKvm *kvm = mvm_kvm_get(error);
@@ -467,13 +496,8 @@ static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
     if (kvm == NULL)
         return NULL;
     limits_from_kvm(kvm, &limits);
-    g_autoptr(GBytes) bytes = read_state(dirfd, error);
-    if (bytes == NULL)
-        return NULL;
-    gsize len;
-    const guint8 *data = g_bytes_get_data(bytes, &len);
-    g_autoptr(MvmSnapshotState) state = mvm_snapshot_decode(data, len, &limits, error);
-    if (state == NULL || !precheck_devices(state, error))
+    g_autoptr(MvmSnapshotState) state = decode_state_file(dirfd, &limits, error);
+    if (state == NULL)
         return NULL;
     int fd = open_member(dirfd, MEMORY_NAME, &st, error);
     if (fd < 0)
@@ -709,6 +733,12 @@ MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmR
     }
     if (!mvm_vm_build(vm, memory, error))
         return NULL;
+    /*
+     * Paused like any paused VM: the device back ends stay parked until the first resume. Before
+     * the devices get their state, whose restore kicks the queues the guest had filled: those
+     * requests are served once the guest runs, not while a paused VM is on show or saved.
+     */
+    mvm_vm_quiesce_virtio(vm, TRUE);
     if (!restore_machine(vm, state, error)) {
         as_invalid(error);
         return NULL;

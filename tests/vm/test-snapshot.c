@@ -392,6 +392,21 @@ static MvmVmConfig *config_with_disk(const char *path, int fd, gboolean read_onl
     return config;
 }
 
+/* Runs a guest of @config until it prints @until, and snapshots it into @snap. */
+static void snapshot_guest(const MvmVmConfig *config, const char *until, const char *snap)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(MvmVm) vm = mvm_vm_new(config, &error);
+
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(vm, on_console, c);
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_true(capture_wait_from(c, 0, until, TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(vm, snap, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+}
+
 static MvmVm *restore_backends(const char *dir, const MvmVmConfig *backends, GError **error)
 {
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -410,7 +425,6 @@ static void test_restore_backends(void)
     g_autofree char *a = g_build_filename(dir, "a.img", NULL);
     g_autofree char *b = g_build_filename(dir, "b.img", NULL);
     g_autoptr(GError) error = NULL;
-    g_autoptr(Capture) c = capture_new();
     g_autofree char *zeros = g_malloc0(1024 * 1024);
 
     g_assert_true(g_file_set_contents(a, zeros, 1024 * 1024, NULL));
@@ -421,13 +435,7 @@ static void test_restore_backends(void)
         config->cmdline = g_strdup("mode=pattern pages=16 base_mib=8 every=5 delay=100");
         config->memory_mib = 32;
         config->debug_exit = TRUE;
-        g_autoptr(MvmVm) vm = mvm_vm_new(config, &error);
-        g_assert_no_error(error);
-        mvm_vm_set_console_callback(vm, on_console, c);
-        g_assert_true(mvm_vm_start(vm, &error));
-        g_assert_true(capture_wait_from(c, 0, "COUNTER 10\n", TIMEOUT_US));
-        g_assert_true(mvm_vm_snapshot(vm, snap, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
-        g_assert_no_error(error);
+        snapshot_guest(config, "COUNTER 10\n", snap);
     }
     /* By path, the snapshot's own disk; with back ends, the caller's. */
     g_autoptr(MvmVm) own = mvm_vm_restore(snap, MVM_RESTORE_NONE, &error);
@@ -465,6 +473,127 @@ static void test_restore_backends(void)
     g_assert_null(restore_backends(snap, none, &error));
     g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
     g_assert_nonnull(strstr(error->message, "it has 1 disks"));
+    rm_rf(snap);
+    rm_rf(dir);
+}
+
+static void add_disk_to(MvmVmConfig *config, const char *path, gboolean read_only)
+{
+    g_autoptr(MvmVmConfig) one = config_with_disk(path, -1, read_only);
+
+    if (config->disks == NULL)
+        config->disks = g_ptr_array_new();
+    g_ptr_array_add(config->disks, g_ptr_array_steal_index(one->disks, 0));
+}
+
+static MvmVmConfig *read_config(const char *dir, GError **error)
+{
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    MvmVmConfig *config = mvm_snapshot_read_config_at(dirfd, error);
+    /* Not consumed. */
+    g_assert_cmpint(fcntl(dirfd, F_GETFD), >=, 0);
+    close(dirfd);
+    return config;
+}
+
+static void assert_read_config_refuses(const char *dir, const char *reason)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_null(read_config(dir, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_test_message("%s", error->message);
+    g_assert_nonnull(strstr(error->message, reason));
+}
+
+static void write_file(const char *path, const void *data, gsize len)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_true(g_file_set_contents(path, data, (gssize)len, &error));
+    g_assert_no_error(error);
+}
+
+/*
+ * What a snapshot describes, from its `state` alone: counts, flags and the CID of the VM that
+ * wrote it, with `memory` gone; a damaged, truncated, missing or symlinked `state` refused.
+ */
+static void test_read_config(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir(), *snap = make_tmpdir();
+    g_autofree char *a = g_build_filename(dir, "a.img", NULL);
+    g_autofree char *b = g_build_filename(dir, "b.img", NULL);
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *zeros = g_malloc0(64 * 1024);
+    guint32 cid = g_random_int_range(3, 100000);
+
+    write_file(a, zeros, 64 * 1024);
+    write_file(b, zeros, 32 * 1024);
+    {
+        g_autoptr(MvmVmConfig) config = config_with_disk(a, -1, FALSE);
+        add_disk_to(config, b, TRUE);
+        config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+        config->cmdline = g_strdup("mode=pattern pages=4 base_mib=8 every=5 delay=100");
+        config->n_vcpus = 2;
+        config->memory_mib = 34;
+        config->debug_exit = TRUE;
+        config->vsock_cid = cid;
+        config->vsock_uds_path = g_strdup(uds);
+        config->rng = TRUE;
+        snapshot_guest(config, "COUNTER 5\n", snap);
+    }
+    /* Only `state` is read: without `memory` the description is there, a restore is not. */
+    g_autofree char *memory = g_build_filename(snap, "memory", NULL);
+    g_autofree char *moved = g_build_filename(dir, "memory", NULL);
+    g_assert_cmpint(g_rename(memory, moved), ==, 0);
+    g_autoptr(MvmVmConfig) got = read_config(snap, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(got->n_vcpus, ==, 2);
+    g_assert_cmpuint(got->memory_mib, ==, 34);
+    g_assert_cmpstr(got->cmdline, ==, "mode=pattern pages=4 base_mib=8 every=5 delay=100");
+    g_assert_nonnull(got->disks);
+    g_assert_cmpuint(got->disks->len, ==, 2);
+    const MvmDiskConfig *d0 = g_ptr_array_index(got->disks, 0);
+    const MvmDiskConfig *d1 = g_ptr_array_index(got->disks, 1);
+    g_assert_false(d0->read_only);
+    g_assert_true(d1->read_only);
+    g_assert_cmpstr(d0->path, ==, a);
+    g_assert_cmpstr(d1->path, ==, b);
+    g_assert_cmpint(d0->fd, ==, -1);
+    g_assert_true(got->nics == NULL || got->nics->len == 0);
+    g_assert_cmpuint(got->vsock_cid, ==, cid);
+    g_assert_true(got->rng);
+    g_assert_null(mvm_vm_restore(snap, MVM_RESTORE_NONE, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+
+    /* Damaged: one byte of the payload, then half the file, then none, then a link to it. */
+    g_autofree char *state = g_build_filename(snap, "state", NULL);
+    g_autofree char *good = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(state, &good, &len, NULL));
+    g_autofree char *bad = g_memdup2(good, len);
+    bad[len / 2] ^= 0x40;
+    write_file(state, bad, len);
+    assert_read_config_refuses(snap, "invalid snapshot");
+    write_file(state, good, len / 2);
+    assert_read_config_refuses(snap, "invalid snapshot");
+    g_assert_cmpint(g_unlink(state), ==, 0);
+    assert_read_config_refuses(snap, "cannot open state");
+    g_autofree char *elsewhere = g_build_filename(dir, "state", NULL);
+    write_file(elsewhere, good, len);
+    g_assert_cmpint(symlink(elsewhere, state), ==, 0);
+    assert_read_config_refuses(snap, "cannot open state");
+    /* The control: the same bytes in place are accepted again. */
+    g_assert_cmpint(g_unlink(state), ==, 0);
+    write_file(state, good, len);
+    g_autoptr(MvmVmConfig) again = read_config(snap, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(again->vsock_cid, ==, cid);
     rm_rf(snap);
     rm_rf(dir);
 }
@@ -659,6 +788,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/beside-original", test_restore_beside_original);
     g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
+    g_test_add_func("/snapshot/read-config", test_read_config);
     g_test_add_data_func("/snapshot/restore/fresh-process-lazy", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
     g_test_add_data_func("/snapshot/restore/fresh-process-copy", GINT_TO_POINTER(1),

@@ -18,6 +18,7 @@
 #include "virtio-test-util.h"
 #include "virtio.h"
 #include "vm-private.h"
+#include "vm-virtio.h"
 
 static guint64 fnv1a(const guint8 *data, gsize len)
 {
@@ -179,6 +180,121 @@ static void test_blk_snapshot_restore(void)
 
     rm_rf(dir);
     g_unlink(path);
+}
+
+/* Queue 0 of a VM's first virtio device: its rings' indices in guest RAM and the device's own. */
+typedef struct {
+    guint16 avail_idx, used_idx;      /* as the guest's rings say */
+    guint16 last_avail, dev_used_idx; /* as the device saw them */
+} QueueIndices;
+
+static QueueIndices queue0_indices(MvmVm *vm)
+{
+    g_autoptr(GVariant) state = mvm_virtio_save(g_ptr_array_index(vm->virtio, 0));
+    g_autoptr(GVariant) queues = g_variant_get_child_value(state, 7);
+    guint64 desc, avail, used;
+    guint16 size;
+    gboolean ready;
+    QueueIndices q;
+
+    g_variant_get_child(queues, 0, "(qtttbqq)", &size, &desc, &avail, &used, &ready, &q.last_avail,
+                        &q.dev_used_idx);
+    g_assert_true(ready);
+    /* The guest writes these while we read: volatile, one 16-bit load each. */
+    const volatile guint16 *avail_idx = mvm_memory_get_ptr(vm->memory, avail + 2, 2);
+    const volatile guint16 *used_idx = mvm_memory_get_ptr(vm->memory, used + 2, 2);
+    g_assert_nonnull(avail_idx);
+    g_assert_nonnull(used_idx);
+    q.avail_idx = GUINT16_FROM_LE(*avail_idx);
+    q.used_idx = GUINT16_FROM_LE(*used_idx);
+    return q;
+}
+
+static gboolean wait_for_queued_request(MvmVm *vm, gint64 timeout_us)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_us;
+
+    for (;;) {
+        QueueIndices q = queue0_indices(vm);
+        if (q.avail_idx != q.last_avail)
+            return TRUE;
+        if (g_get_monotonic_time() > deadline)
+            return FALSE;
+        g_usleep(1000);
+    }
+}
+
+static void assert_file_is(const char *path, GBytes *contents)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    g_assert_cmpmem(data, len, g_bytes_get_data(contents, NULL), g_bytes_get_size(contents));
+}
+
+/*
+ * A restored VM is paused like any other: a request the guest queued before the snapshot waits
+ * for the resume. The original's back ends are parked while its vCPU runs on, so the guest's
+ * next write sits in the ring, unserved, when the snapshot is taken. Restored onto a copy of
+ * the disk: before the resume the copy and the used ring are untouched and the I/O thread is
+ * parked; after it, the write lands and the guest finishes its checks.
+ */
+static void test_blk_restore_parked(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GBytes) image = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *path = make_image(256, &image);
+    g_autofree char *copy = make_image(256, NULL);
+    g_autofree char *dir = make_tmpdir();
+    g_assert_true(g_file_set_contents(copy, g_bytes_get_data(image, NULL),
+                                      (gssize)g_bytes_get_size(image), NULL));
+    g_autoptr(MvmVmConfig) config = guest_config("mode=blk pause=1 seed=9 writeat=48");
+    add_disk(config, path, -1, FALSE);
+    g_autoptr(Guest) g = guest_start(config);
+    g_assert_true(guest_wait_for(g, "BLK paused", GUEST_TIMEOUT_US));
+    mvm_vm_quiesce_virtio(g->vm, TRUE);
+    mvm_vm_console_write(g->vm, (const guint8 *)"x", 1);
+    g_assert_true(wait_for_queued_request(g->vm, GUEST_TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(g->vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    QueueIndices saved = queue0_indices(g->vm);
+    g_assert_cmpuint(saved.avail_idx, !=, saved.last_avail); /* the write, not yet taken */
+    g_assert_cmpuint(saved.used_idx, ==, saved.dev_used_idx);
+    assert_file_is(path, image);
+    g_clear_pointer(&g, guest_free);
+
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    g_autoptr(MvmVmConfig) backends = mvm_vm_config_new();
+    add_disk(backends, copy, -1, FALSE);
+    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    close(dirfd);
+    g_autoptr(Guest) restored = guest_wrap(vm);
+    g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_PAUSED);
+    /* Parked returns only once the thread sits in its park: nothing can be in flight. */
+    g_assert_true(mvm_io_thread_is_parked(vm->io_thread));
+    QueueIndices now = queue0_indices(vm);
+    g_assert_cmpuint(now.avail_idx, ==, saved.avail_idx);
+    g_assert_cmpuint(now.used_idx, ==, saved.used_idx);
+    g_assert_cmpuint(now.last_avail, ==, saved.last_avail);
+    assert_file_is(copy, image);
+
+    g_assert_true(mvm_vm_resume(vm, &error));
+    g_assert_no_error(error);
+    g_autofree char *out = guest_finish(restored);
+    g_assert_nonnull(strstr(out, "PASS blk-write-read"));
+    assert_pattern_on_disk(copy, 48, 8, 9);
+    QueueIndices after = queue0_indices(vm);
+    g_assert_cmpuint(after.used_idx, !=, saved.used_idx);
+
+    rm_rf(dir);
+    g_unlink(path);
+    g_unlink(copy);
 }
 
 static void test_blk_bad_size(void)
@@ -490,6 +606,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/host-io-error", test_blk_host_io_error);
     g_test_add_func("/virtio/blk/bad-size", test_blk_bad_size);
     g_test_add_func("/virtio/blk/snapshot-restore", test_blk_snapshot_restore);
+    g_test_add_func("/virtio/blk/restore-parked", test_blk_restore_parked);
     g_test_add_func("/virtio/blk/bench", test_blk_bench);
     g_test_add_func("/virtio/rng", test_rng);
     g_test_add_data_func("/virtio/interrupts/gsi5", GUINT_TO_POINTER(0), test_interrupts);
