@@ -12,6 +12,7 @@ struct _MvmIoThread {
     GCond cond;
     guint quiesce_depth; /* > 0: the thread must park */
     gboolean parked;
+    gboolean stopping;
     gboolean sync_done;
 };
 
@@ -50,6 +51,7 @@ void mvm_io_thread_stop(MvmIoThread *t)
     if (t->thread == NULL)
         return;
     g_mutex_lock(&t->lock);
+    t->stopping = TRUE;
     t->quiesce_depth = 0;
     g_cond_broadcast(&t->cond);
     g_mutex_unlock(&t->lock);
@@ -135,7 +137,11 @@ void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data
     g_mutex_unlock(&t->lock);
 }
 
-/* Runs on the I/O thread: parks until nothing asks for quiet any more. */
+/*
+ * Runs on the I/O thread: parks until nothing asks for quiet any more. Woken by a stop, it
+ * ends the loop from here: park runs at high priority, so the loop's last round dispatches no
+ * queue kick or socket event, and a VM stopped while paused serves nothing on its way out.
+ */
 static gboolean park(gpointer data)
 {
     MvmIoThread *t = data;
@@ -145,6 +151,8 @@ static gboolean park(gpointer data)
     g_cond_broadcast(&t->cond);
     while (t->quiesce_depth > 0)
         g_cond_wait(&t->cond, &t->lock);
+    if (t->stopping)
+        g_main_loop_quit(t->loop);
     t->parked = FALSE;
     g_cond_broadcast(&t->cond);
     g_mutex_unlock(&t->lock);

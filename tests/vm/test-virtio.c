@@ -233,10 +233,25 @@ static void assert_file_is(const char *path, GBytes *contents)
     g_assert_cmpmem(data, len, g_bytes_get_data(contents, NULL), g_bytes_get_size(contents));
 }
 
+static MvmVm *restore_onto(const char *dir, const char *disk)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmVmConfig) backends = mvm_vm_config_new();
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    g_assert_cmpint(dirfd, >=, 0);
+    add_disk(backends, disk, -1, FALSE);
+    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    close(dirfd);
+    return vm;
+}
+
 /*
  * A restored VM is paused like any other: a request the guest queued before the snapshot waits
  * for the resume. The original's back ends are parked while its vCPU runs on, so the guest's
- * next write sits in the ring, unserved, when the snapshot is taken. Restored onto a copy of
+ * next write sits in the ring, unserved, when the snapshot is taken. Neither the paused
+ * original nor a restored VM freed unresumed serves it on its way out. Restored onto a copy of
  * the disk: before the resume the copy and the used ring are untouched and the I/O thread is
  * parked; after it, the write lands and the guest finishes its checks.
  */
@@ -264,16 +279,16 @@ static void test_blk_restore_parked(void)
     QueueIndices saved = queue0_indices(g->vm);
     g_assert_cmpuint(saved.avail_idx, !=, saved.last_avail); /* the write, not yet taken */
     g_assert_cmpuint(saved.used_idx, ==, saved.dev_used_idx);
-    assert_file_is(path, image);
+    /* A paused VM that goes away serves nothing on its way out either. */
     g_clear_pointer(&g, guest_free);
+    assert_file_is(path, image);
 
-    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    g_assert_cmpint(dirfd, >=, 0);
-    g_autoptr(MvmVmConfig) backends = mvm_vm_config_new();
-    add_disk(backends, copy, -1, FALSE);
-    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, MVM_RESTORE_NONE, &error);
-    g_assert_no_error(error);
-    close(dirfd);
+    /* Restored and freed without a resume: the disk stays as it was. */
+    MvmVm *vm = restore_onto(dir, path);
+    mvm_vm_free(vm);
+    assert_file_is(path, image);
+
+    vm = restore_onto(dir, copy);
     g_autoptr(Guest) restored = guest_wrap(vm);
     g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_PAUSED);
     /* Parked returns only once the thread sits in its park: nothing can be in flight. */
