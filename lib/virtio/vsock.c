@@ -496,12 +496,16 @@ static void deliver_reset_event(Vsock *vs)
     mvm_virtio_push(vs->dev, VSOCK_QUEUE_EVENT, chain->head, sizeof(id));
 }
 
+/*
+ * Only owe the event here: a restored VM is paused, and its guest memory must not change
+ * before resume. mvm_virtio_restore() kicks every queue, and that kick is served (with the
+ * event) once the I/O thread unparks at resume.
+ */
 static void vsock_restored(gpointer backend)
 {
     Vsock *vs = backend;
 
     vs->reset_event = TRUE;
-    deliver_reset_event(vs);
 }
 
 static void vsock_notify(gpointer backend, guint index)
