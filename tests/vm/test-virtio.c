@@ -569,6 +569,11 @@ static void test_blk_bench(void)
 {
     BlkFigures ours, theirs;
 
+    /* Figures, not checks: only in perf mode (tests/bench/ runs it), so the suite stays quick. */
+    if (!g_test_perf()) {
+        g_test_skip("a benchmark: run with -m perf");
+        return;
+    }
     if (!have_kvm())
         return;
     guint count = 32, kib = 64;
