@@ -8,7 +8,8 @@
  *                                       also the CPU time of mvm_vm_new
  *   bench-lib many KERNEL N MEM_MIB     create+start N idle VMs in this process; RSS before/after;
  *                                       then stop + free them on FREE_THREADS threads
- *   bench-lib pause KERNEL REPS         mvm_vm_pause / mvm_vm_resume of a guest computing at CPL3
+ *   bench-lib pause KERNEL REPS [idle]  mvm_vm_pause / mvm_vm_resume of a guest computing at CPL3
+ *                                       (idle: of a guest parked in HLT)
  *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
  *                                       mvm_vm_resume, and the time until the guest prints again
  *
@@ -297,16 +298,17 @@ static int cmd_many(const char *kernel, guint n, guint64 memory_mib)
 
 /* ---- pause: pause/resume of a guest busy at CPL3 ---- */
 
-static int cmd_pause(const char *kernel, guint reps)
+/* @idle: the guest parks in HLT (a sleeping vCPU thread) instead of computing at CPL3. */
+static int cmd_pause(const char *kernel, guint reps, gboolean idle)
 {
     g_autoptr(MvmVmConfig) config =
-        make_config(kernel, "mode=compute iterations=1e13", BENCH_MEMORY_MIB);
+        make_config(kernel, idle ? "mode=idle" : "mode=compute iterations=1e13", BENCH_MEMORY_MIB);
     g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
     g_autoptr(GError) error = NULL;
     g_auto(Tracker) tracker = {0};
     g_auto(Slot) slot = {0}; /* declared after the tracker: freed before it */
 
-    tracker_init(&tracker, "COMPUTE iterations");
+    tracker_init(&tracker, idle ? "IDLE" : "COMPUTE iterations");
     if (!slot_boot(&slot, &tracker, config, &error))
         return bench_fail("create+start", error);
     if (!tracker_wait(&tracker, &tracker.hits, 1))
@@ -462,11 +464,12 @@ int main(int argc, char **argv)
         return cmd_first(argv[2], parse_count(argv[3]));
     if (g_str_equal(cmd, "many") && argc == 5)
         return cmd_many(argv[2], parse_count(argv[3]), parse_count(argv[4]));
-    if (g_str_equal(cmd, "pause") && argc == 4)
-        return cmd_pause(argv[2], parse_count(argv[3]));
+    if (g_str_equal(cmd, "pause") && (argc == 4 || (argc == 5 && g_str_equal(argv[4], "idle"))))
+        return cmd_pause(argv[2], parse_count(argv[3]), argc == 5);
     if (g_str_equal(cmd, "snapshot") && argc == 5)
         return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
-    g_printerr("usage: bench-lib first KERNEL REPS | many KERNEL N MEM_MIB | pause KERNEL REPS |"
-               " snapshot KERNEL DIR REPS\n");
+    g_printerr(
+        "usage: bench-lib first KERNEL REPS | many KERNEL N MEM_MIB | pause KERNEL REPS [idle] |"
+        " snapshot KERNEL DIR REPS\n");
     return 2;
 }
