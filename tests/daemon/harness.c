@@ -264,3 +264,32 @@ void mvmd_test_assert_dbus_error(GError *error, const char *name)
     if (g_strcmp0(remote, name) != 0)
         g_error("expected %s, got %s (%s)", name, remote ? remote : "(local)", error->message);
 }
+
+char *mvmd_test_reachable_copy(const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = g_dir_make_tmp("microvmd-reachable-XXXXXX", &error);
+    g_autofree char *base = g_path_get_basename(path);
+    g_autofree char *contents = NULL;
+    char *copy = NULL;
+    gsize len = 0;
+
+    g_assert_no_error(error);
+    copy = g_build_filename(dir, base, NULL);
+    g_file_get_contents(path, &contents, &len, &error);
+    g_assert_no_error(error);
+    g_file_set_contents_full(copy, contents, len, G_FILE_SET_CONTENTS_NONE, 0755, &error);
+    g_assert_no_error(error);
+    /* Both explicitly: g_dir_make_tmp() makes 0700 and the umask may have trimmed the copy. */
+    g_assert_cmpint(g_chmod(copy, 0755), ==, 0);
+    g_assert_cmpint(g_chmod(dir, 0755), ==, 0);
+    return copy;
+}
+
+void mvmd_test_remove_reachable_copy(char *copy)
+{
+    g_autofree char *dir = g_path_get_dirname(copy);
+
+    rm_rf(dir);
+    g_free(copy);
+}

@@ -62,4 +62,14 @@ GVariant *mvmd_test_config(const char *text);
 /* Asserts that @error is the D-Bus error @name (e.g. "org.microvmd.MicroVM1.Error.NoSuchVM"). */
 void mvmd_test_assert_dbus_error(GError *error, const char *name);
 
+/*
+ * A copy of the file @path for a process run as another user: in a new temporary directory
+ * that anyone may traverse (0755), the copy itself 0755. The build tree may be out of that
+ * user's reach (CI clones into a 0700 directory); nothing outside the new directory is
+ * chmod'ed. Free with mvmd_test_remove_reachable_copy().
+ */
+char *mvmd_test_reachable_copy(const char *path);
+/* Removes the copy and its directory; frees @copy. */
+void mvmd_test_remove_reachable_copy(char *copy);
+
 G_END_DECLS

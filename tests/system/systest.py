@@ -3,6 +3,7 @@
 that loads the shipped policy), the built microvmd, a NOTIFY_SOCKET listener, and GDBus clients
 (bus or peer-to-peer). Paths come from the environment meson sets (see meson.build)."""
 
+import atexit
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ import gi
 gi.require_version("Gio", "2.0")
 gi.require_version("GLib", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
+
+import reachable  # noqa: E402
 
 NAME = "org.microvmd.MicroVM1"
 PATH = "/org/microvmd/MicroVM1"
@@ -337,8 +340,30 @@ def main():
     unittest.main(verbosity=2)
 
 
-CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "client.py")
 NOBODY = 65534  # uid "nobody" and gid "nogroup" on Debian
+# client.py and the modules it imports: run from copies (see reachable.py).
+CLIENT_FILES = ("client.py", "systest.py", "reachable.py")
+_client_dir = None
+
+
+def client_dir():
+    """The directory with the client's copies, made once per test process and removed when
+    it exits."""
+    global _client_dir
+    if _client_dir is None:
+        _client_dir = reachable.ReachableDir("microvmd-client-")
+        atexit.register(_client_dir.cleanup)
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in CLIENT_FILES:
+            _client_dir.copy(os.path.join(here, name))
+    return _client_dir.path
+
+
+def client_argv(uid, gid, address, ops):
+    """The command line that runs client.py as @uid/@gid (no supplementary groups); run it
+    with cwd=client_dir()."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+            sys.executable, os.path.join(client_dir(), "client.py"), address] + list(ops)
 
 
 def require_root_and_setpriv():
@@ -351,8 +376,7 @@ def require_root_and_setpriv():
 def run_client_as(uid, gid, address, ops, p2p=False, interactive=False, kernel_fd=None):
     """Runs client.py as @uid/@gid (no supplementary groups); returns its results, in order."""
     import json
-    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-            sys.executable, CLIENT, address] + list(ops)
+    argv = client_argv(uid, gid, address, ops)
     if p2p:
         argv.append("--p2p")
     if interactive:
@@ -360,8 +384,9 @@ def run_client_as(uid, gid, address, ops, p2p=False, interactive=False, kernel_f
     env = dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1")
     if kernel_fd is not None:
         env["CLIENT_KERNEL_FD"] = str(kernel_fd)
-    out = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, timeout=300,
-                         pass_fds=(kernel_fd,) if kernel_fd is not None else (), check=True)
+    out = subprocess.run(argv, env=env, cwd=client_dir(), stdout=subprocess.PIPE, text=True,
+                         timeout=300, pass_fds=(kernel_fd,) if kernel_fd is not None else (),
+                         check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 

@@ -152,9 +152,9 @@ class PolkitTest(systest.TestCase):
                               GLib.Variant("(as)", ([systest.ACTIONS["manage"]],)), name=POLKIT)
         self.assertIsNone(err)
         client = subprocess.Popen(
-            ["setpriv", f"--reuid={systest.NOBODY}", f"--regid={systest.NOBODY}",
-             "--clear-groups", "--", sys.executable, systest.CLIENT, self.bus.address, "start",
-             "guest", "--interactive"], stdout=subprocess.DEVNULL, preexec_fn=systest.die_with_us)
+            systest.client_argv(systest.NOBODY, systest.NOBODY, self.bus.address,
+                                ["start", "guest", "--interactive"]),
+            cwd=systest.client_dir(), stdout=subprocess.DEVNULL, preexec_fn=systest.die_with_us)
         self.addCleanup(systest.kill_and_reap, client)
         systest.wait_for(lambda: monitor.checks, 30, "the interactive check")
         cancellation_id = monitor.checks[0][4]

@@ -22,6 +22,10 @@ import tempfile
 import time
 import traceback
 
+# The helper tests/system shares with us (copies a client run as another user can reach).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
+import reachable  # noqa: E402
+
 MICROVMCTL = os.environ["MICROVMCTL"]
 MICROVMD = os.environ["MICROVMD"]
 TESTGUEST = os.environ.get("MVM_TESTGUEST", "")
@@ -439,15 +443,23 @@ def test_unprivileged(t, bus):
     user (nobody) gets NotAuthorized, exit code 8, with the daemon's explanation."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return "SKIP needs root and setpriv"
-    kernel = TESTGUEST or MICROVMCTL
-    for d in (os.path.dirname(bus.dir), bus.dir):
+    for d in (os.path.dirname(bus.dir), bus.dir):  # our temporary dirs: nobody reaches the bus
         os.chmod(d, 0o755)
-    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", MICROVMCTL,
+    # The build tree may be out of nobody's reach: microvmctl and the kernel it opens are run
+    # and read from copies (the C locale: no catalogs to read).
+    with reachable.ReachableDir("microvmctl-nobody-") as copies:
+        microvmctl = copies.copy(MICROVMCTL, executable=True)
+        kernel = copies.copy(TESTGUEST) if TESTGUEST else microvmctl
+        unprivileged_calls(bus, microvmctl, kernel, copies.path)
+
+
+def unprivileged_calls(bus, microvmctl, kernel, cwd):
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", microvmctl,
                  "--address=" + bus.address]
 
     def run(*args):
         return Result(subprocess.run(as_nobody + list(args), capture_output=True, text=True,
-                                     env=env_c(), timeout=60))
+                                     env=env_c(), cwd=cwd, timeout=60))
 
     expect_rc(ctl(bus, "create", "rootvm", "--kernel", kernel), OK, "create as root")
     r = run("list", "--json")
@@ -752,6 +764,19 @@ def vm_json_socket(path, name):
     return r.json()
 
 
+def clear_vms(bus):
+    """Removes every VM on the daemon; returns their names. Each case deletes what it creates,
+    but one that fails half-way leaves its VMs, and the next cases (which list or complete
+    names) would fail for that alone: they start from an empty daemon."""
+    if not bus.daemon or bus.daemon.poll() is not None:
+        return []
+    names = ctl(bus, "list", "--names").out.split()
+    for name in names:
+        ctl(bus, "stop", name)  # fails unless it runs: fine
+        ctl(bus, "delete", name)
+    return names
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="microvmctl-test-")
     n, failed = 0, 0
@@ -763,20 +788,26 @@ def main():
             print("ok %d - %s # SKIP no usable /dev/kvm or no test guest" % (n, name))
             return
         started = time.monotonic()
+        error = None
         try:
             skip = fn(None, *args)
         except Exception:
-            failed += 1
-            print("not ok %d - %s" % (n, name))
-            for line in traceback.format_exc().splitlines():
-                print("# " + line)
-            return
+            error = traceback.format_exc()
         finally:
             # Everything after a crash of the daemon would fail for that reason alone.
             if bus.daemon and bus.daemon.poll() is not None:
                 print("Bail out! microvmd died (exit %d) during %s" % (bus.daemon.returncode,
                                                                        name))
                 sys.exit(1)
+        left = clear_vms(bus) if bus in args else []
+        if left and not error:
+            error = "the case left VMs behind: %s" % ", ".join(left)
+        if error:
+            failed += 1
+            print("not ok %d - %s" % (n, name))
+            for line in error.splitlines():
+                print("# " + line)
+            return
         extra = " # " + skip if skip else ""
         print("ok %d - %s (%.1f s)%s" % (n, name, time.monotonic() - started, extra))
         sys.stdout.flush()
