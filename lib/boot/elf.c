@@ -6,6 +6,7 @@
  * (XEN_ELFNOTE_PHYS32_ENTRY in a note named "Xen", xen/include/public/elfnote.h).
  */
 #include <elf.h>
+#include <sys/mman.h>
 #include <string.h>
 
 #include "boot-private.h"
@@ -61,13 +62,33 @@ static gboolean check_load_segment(MvmMemory *mem, const Elf64_Phdr *ph, guint i
     return TRUE;
 }
 
+/*
+ * Zeroes guest RAM without touching what is already zero: whole pages are dropped from the
+ * memfd (MADV_REMOVE; they read back as zeros and take no memory), only the partial pages at
+ * the ends are written. A kernel's .bss is hundreds of KiB to MiBs that a memset would fault
+ * in and keep resident in every VM. Where the mapping is not shared memory (a private file
+ * mapping), MADV_REMOVE fails and memset does it all.
+ */
+static void zero_guest_range(guint8 *dst, guint64 len)
+{
+    guintptr start = ((guintptr)dst + MVM_PAGE_SIZE - 1) & ~(guintptr)(MVM_PAGE_SIZE - 1);
+    guintptr end = ((guintptr)dst + len) & ~(guintptr)(MVM_PAGE_SIZE - 1);
+
+    if (end > start && madvise((void *)start, end - start, MADV_REMOVE) == 0) {
+        memset(dst, 0, start - (guintptr)dst);
+        memset((void *)end, 0, (guintptr)dst + len - end);
+        return;
+    }
+    memset(dst, 0, len);
+}
+
 static gboolean load_segment(MvmMemory *mem, int fd, const Elf64_Phdr *ph, GError **error)
 {
     guint8 *dst = mvm_memory_get_ptr(mem, ph->p_paddr, ph->p_memsz); /* checked before */
 
     if (!mvm_boot_pread(fd, dst, ph->p_filesz, ph->p_offset, "kernel", error))
         return FALSE;
-    memset(dst + ph->p_filesz, 0, ph->p_memsz - ph->p_filesz); /* .bss */
+    zero_guest_range(dst + ph->p_filesz, ph->p_memsz - ph->p_filesz); /* .bss */
     return TRUE;
 }
 

@@ -331,6 +331,29 @@ static void test_elf_load(void)
     check_initrd(mem, &info, 100000, 0x44, MEM_64M);
 }
 
+/* A .bss that starts and ends inside pages: whole pages are dropped, the edges written. */
+static void test_elf_bss_unaligned(void)
+{
+    g_autoptr(MvmMemory) mem = new_memory(MEM_64M);
+    g_autoptr(GByteArray) elf = build_elf(FALSE);
+    g_auto(MvmBootInfo) info = {0};
+    g_autoptr(GError) error = NULL;
+    Elf64_Phdr *ph = (Elf64_Phdr *)(elf->data + elf_ehdr(elf)->e_phoff);
+    const guint64 filesz = 0x1234, memsz = 0x4567;
+
+    ph[0].p_filesz = filesz;
+    ph[0].p_memsz = memsz;
+    memset(guest(mem, SEG0_PADDR, 0x6000), 0xcc, 0x6000);
+    g_assert_true(load_bytes(mem, elf, -1, &info, &error));
+    g_assert_no_error(error);
+    g_assert_cmpmem(guest(mem, SEG0_PADDR, filesz), filesz, elf->data + 0x1000, filesz);
+    for (guint64 a = SEG0_PADDR + filesz; a < SEG0_PADDR + memsz; a++)
+        g_assert_cmpuint(*guest(mem, a, 1), ==, 0);
+    /* Past the segment nothing was touched. */
+    g_assert_cmpuint(*guest(mem, SEG0_PADDR + memsz, 1), ==, 0xcc);
+    g_assert_cmpuint(*guest(mem, SEG0_PADDR + 0x5fff, 1), ==, 0xcc);
+}
+
 static void test_elf_virtual_entry(void)
 {
     g_autoptr(MvmMemory) mem = new_memory(MEM_64M);
@@ -1065,6 +1088,7 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/boot/elf/load", test_elf_load);
+    g_test_add_func("/boot/elf/bss-unaligned", test_elf_bss_unaligned);
     g_test_add_func("/boot/elf/virtual-entry", test_elf_virtual_entry);
     g_test_add_func("/boot/elf/pvh", test_elf_pvh);
     g_test_add_func("/boot/elf/pvh-absent", test_elf_pvh_absent);
