@@ -18,14 +18,14 @@
 /* Boot structures in the first MiB. */
 #define MVM_GDT_ADDR G_GUINT64_CONSTANT(0x500)
 #define MVM_IDT_ADDR G_GUINT64_CONSTANT(0x520)
-#define MVM_BOOT_STACK_TOP                                                                         \
-    G_GUINT64_CONSTANT(0x8ff0) /* rsp at entry; grows down below boot_params */
-#define MVM_ZERO_PAGE_ADDR G_GUINT64_CONSTANT(0x7000) /* struct boot_params, handed over in %rsi   \
-                                                       */
-#define MVM_PML4_ADDR G_GUINT64_CONSTANT(0x9000)
-#define MVM_PDPT_ADDR G_GUINT64_CONSTANT(0xa000)
-#define MVM_PD_ADDR                                                                                \
-    G_GUINT64_CONSTANT(0xb000) /* four page directories: identity map of 0–4 GiB, 2 MiB pages */
+/* rsp at entry; grows down below boot_params */
+#define MVM_BOOT_STACK_TOP G_GUINT64_CONSTANT(0x8ff0)
+/* struct boot_params, handed over in %rsi */
+#define MVM_ZERO_PAGE_ADDR G_GUINT64_CONSTANT(0x7000)
+#define MVM_PML4_ADDR      G_GUINT64_CONSTANT(0x9000)
+#define MVM_PDPT_ADDR      G_GUINT64_CONSTANT(0xa000)
+/* four page directories: identity map of 0–4 GiB, 2 MiB pages */
+#define MVM_PD_ADDR             G_GUINT64_CONSTANT(0xb000)
 #define MVM_PVH_START_INFO_ADDR G_GUINT64_CONSTANT(0x6000)
 #define MVM_CMDLINE_ADDR        G_GUINT64_CONSTANT(0x20000)
 #define MVM_CMDLINE_MAX                                                                            \
@@ -52,10 +52,10 @@
 #define MVM_VIRTIO_IRQ_LAST         23
 /* Each device has its own edge-triggered GSI, so the GSIs bound the count below 32 slots. */
 #define MVM_VIRTIO_MAX_IRQ_DEVICES (MVM_VIRTIO_IRQ_LAST - MVM_VIRTIO_IRQ_BASE + 1)
-#define MVM_TESTDEV_MMIO_ADDR       G_GUINT64_CONSTANT(0xfeb00000)
-#define MVM_TESTDEV_MMIO_SIZE       G_GUINT64_CONSTANT(0x1000)
-#define MVM_IOAPIC_ADDR             G_GUINT64_CONSTANT(0xfec00000)
-#define MVM_LAPIC_ADDR              G_GUINT64_CONSTANT(0xfee00000)
+#define MVM_TESTDEV_MMIO_ADDR      G_GUINT64_CONSTANT(0xfeb00000)
+#define MVM_TESTDEV_MMIO_SIZE      G_GUINT64_CONSTANT(0x1000)
+#define MVM_IOAPIC_ADDR            G_GUINT64_CONSTANT(0xfec00000)
+#define MVM_LAPIC_ADDR             G_GUINT64_CONSTANT(0xfee00000)
 
 /* KVM_SET_TSS_ADDR needs three pages, KVM_SET_IDENTITY_MAP_ADDR one, just below 4 GiB. */
 #define MVM_KVM_IDENTITY_MAP_ADDR G_GUINT64_CONSTANT(0xfeffc000)

@@ -71,7 +71,7 @@ typedef struct {
     GPtrArray *nics;     /* of MvmNetConfig (owned; may be NULL) */
     guint32 vsock_cid;   /* 0: no vsock device; else >= 3 */
     char *vsock_uds_path;
-    gboolean rng;        /* virtio-rng fed from getrandom() */
+    gboolean rng; /* virtio-rng fed from getrandom() */
 } MvmVmConfig;
 
 /* One virtio-blk disk: a raw image, by path or fd (the VM dups the fd). */
@@ -84,8 +84,8 @@ typedef struct {
 /* One virtio-net device on a tap: by interface name or an open tap fd. */
 typedef struct {
     char *tap_name;
-    int tap_fd;     /* -1: open tap_name */
-    guint8 mac[6];  /* all zero: generated */
+    int tap_fd;    /* -1: open tap_name */
+    guint8 mac[6]; /* all zero: generated */
 } MvmNetConfig;
 
 MvmVmConfig *mvm_vm_config_new(void);
@@ -206,8 +206,8 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
  * here, so an untrusted snapshot never makes it open a file. A snapshot of a VM whose disks
  * were given by fd can only be restored this way.
  */
-MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends,
-                                    MvmRestoreFlags flags, GError **error);
+MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
+                                    GError **error);
 /*
  * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
  * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone

@@ -64,8 +64,8 @@ struct _MvmVm {
      * whole run, so two callers never interleave their steps (vm-run.c).
      */
     GMutex op_lock;
-    gboolean threads_started; /* a restored VM gets its threads at the first resume */
-    gboolean clock_frozen;    /* frozen_clock goes back into KVM at resume */
+    gboolean threads_started;           /* a restored VM gets its threads at the first resume */
+    gboolean clock_frozen;              /* frozen_clock goes back into KVM at resume */
     struct kvm_clock_data frozen_clock; /* guest kvmclock time when it was frozen */
     GArray *snapshot_devices;           /* snapshot.c: devices with state of their own */
 };
