@@ -293,6 +293,59 @@ static void ask_polkit(GTask *task)
                            on_polkit_reply, g_object_ref(task));
 }
 
+/*
+ * Known uids of bus clients, by unique name. A unique name is never reused by the bus, so an
+ * entry cannot go stale; it is dropped when its name leaves the bus (NameOwnerChanged), which
+ * bounds the table. Saves a GetConnectionUnixUser round trip on every call but the first.
+ */
+typedef struct {
+    GDBusConnection *connection; /* weak: the bus connection the entries belong to */
+    guint subscription;
+    GHashTable *uids; /* unique name → uid + 1 */
+} UidCache;
+
+static UidCache uid_cache;
+
+static void on_name_owner_changed(GDBusConnection *connection, const char *sender_name,
+                                  const char *object_path, const char *interface_name,
+                                  const char *signal_name, GVariant *parameters, gpointer user_data)
+{
+    const char *name, *old_owner, *new_owner;
+
+    g_variant_get(parameters, "(&s&s&s)", &name, &old_owner, &new_owner);
+    if (name[0] == ':' && new_owner[0] == '\0')
+        g_hash_table_remove(uid_cache.uids, name);
+}
+
+static GHashTable *uid_cache_for(GDBusConnection *connection)
+{
+    if (uid_cache.connection == connection)
+        return uid_cache.uids;
+    if (uid_cache.connection) /* the daemon uses one bus; a new one starts afresh */
+        g_dbus_connection_signal_unsubscribe(uid_cache.connection, uid_cache.subscription);
+    g_clear_pointer(&uid_cache.uids, g_hash_table_unref);
+    g_clear_weak_pointer(&uid_cache.connection);
+    g_set_weak_pointer(&uid_cache.connection, connection);
+    uid_cache.uids = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    uid_cache.subscription = g_dbus_connection_signal_subscribe(
+        connection, "org.freedesktop.DBus", "org.freedesktop.DBus", "NameOwnerChanged",
+        "/org/freedesktop/DBus", NULL, G_DBUS_SIGNAL_FLAGS_NONE, on_name_owner_changed, NULL, NULL);
+    return uid_cache.uids;
+}
+
+/* Decides once the caller's uid is known. */
+static void authorize_uid(GTask *task, uid_t uid)
+{
+    Check *check = g_task_get_task_data(task);
+
+    remember_uid(check->invocation, uid);
+    if (uid_is_trusted(uid)) {
+        g_task_return_boolean(task, TRUE);
+        return;
+    }
+    ask_polkit(task);
+}
+
 static void on_caller_uid(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     g_autoptr(GTask) task = user_data;
@@ -311,12 +364,10 @@ static void on_caller_uid(GObject *source, GAsyncResult *result, gpointer user_d
         return;
     }
     g_variant_get(reply, "(u)", &uid);
-    remember_uid(check->invocation, uid);
-    if (uid_is_trusted(uid)) {
-        g_task_return_boolean(task, TRUE);
-        return;
-    }
-    ask_polkit(task);
+    g_hash_table_insert(uid_cache_for(G_DBUS_CONNECTION(source)),
+                        g_strdup(g_dbus_method_invocation_get_sender(check->invocation)),
+                        GUINT_TO_POINTER(uid + 1));
+    authorize_uid(task, uid);
 }
 
 static void authorize_peer(GTask *task)
@@ -374,11 +425,16 @@ void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_
         authorize_peer(task);
         return;
     }
+    const char *sender = g_dbus_method_invocation_get_sender(invocation);
+    gpointer known = g_hash_table_lookup(uid_cache_for(connection), sender);
+    if (known) {
+        authorize_uid(task, GPOINTER_TO_UINT(known) - 1);
+        return;
+    }
     g_dbus_connection_call(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
                            "org.freedesktop.DBus", "GetConnectionUnixUser",
-                           g_variant_new("(s)", g_dbus_method_invocation_get_sender(invocation)),
-                           G_VARIANT_TYPE("(u)"), G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid,
-                           g_object_ref(task));
+                           g_variant_new("(s)", sender), G_VARIANT_TYPE("(u)"),
+                           G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid, g_object_ref(task));
 }
 
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error)
