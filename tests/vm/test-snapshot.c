@@ -333,9 +333,10 @@ static void test_restore_beside_original(void)
     g_assert_true(mvm_vm_snapshot(copy, dir2, MVM_SNAPSHOT_NONE, &error));
     g_assert_no_error(error);
     g_assert_cmpint(mvm_vm_get_state(copy), ==, MVM_VM_STATE_RUNNING);
+    /* c3 before third: cleanup runs in reverse, and the VM must stop before its capture goes. */
+    g_autoptr(Capture) c3 = capture_new();
     g_autoptr(MvmVm) third = mvm_vm_restore(dir2, MVM_RESTORE_COPY_MEMORY, &error);
     g_assert_no_error(error);
-    g_autoptr(Capture) c3 = capture_new();
     mvm_vm_set_console_callback(third, on_console, c3);
     g_assert_true(mvm_vm_resume(third, &error));
     g_assert_true(capture_wait_from(c3, 0, "COUNTER", TIMEOUT_US));
