@@ -86,6 +86,15 @@ static gboolean check_devices(const MvmBootMmioDevice *devices, guint n, GError 
     return TRUE;
 }
 
+/* Name(_CRS, ResourceTemplate() { @res }) into a device's @body. */
+static void name_crs(GByteArray *body, const GByteArray *res)
+{
+    g_autoptr(GByteArray) obj = g_byte_array_new();
+
+    mvm_aml_resource_template(obj, res);
+    mvm_aml_name(body, "_CRS", obj);
+}
+
 /* Device(Vnnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt edge high } } */
 static void dsdt_virtio_device(GByteArray *scope, guint index, const MvmBootMmioDevice *d)
 {
@@ -101,9 +110,7 @@ static void dsdt_virtio_device(GByteArray *scope, guint index, const MvmBootMmio
     mvm_aml_name(body, "_UID", obj);
     mvm_aml_res_memory32_fixed(res, (guint32)d->base, (guint32)d->size, TRUE);
     mvm_aml_res_interrupt(res, d->gsi, TRUE, FALSE, FALSE);
-    g_byte_array_set_size(obj, 0);
-    mvm_aml_resource_template(obj, res);
-    mvm_aml_name(body, "_CRS", obj);
+    name_crs(body, res);
     g_snprintf(name, sizeof(name), "V%03u", index % 1000);
     mvm_aml_device(scope, name, body);
 }
@@ -122,9 +129,7 @@ static void dsdt_com1(GByteArray *scope)
     mvm_aml_name(body, "_UID", obj);
     mvm_aml_res_io(res, MVM_SERIAL_COM1_PORT, 8);
     mvm_aml_res_irq_noflags(res, MVM_SERIAL_COM1_IRQ);
-    g_byte_array_set_size(obj, 0);
-    mvm_aml_resource_template(obj, res);
-    mvm_aml_name(body, "_CRS", obj);
+    name_crs(body, res);
     mvm_aml_device(scope, "COM1", body);
 }
 
@@ -145,9 +150,7 @@ static void dsdt_i8042(GByteArray *scope)
     mvm_aml_res_io(res, MVM_I8042_DATA_PORT, 1);
     mvm_aml_res_io(res, MVM_I8042_COMMAND_PORT, 1);
     mvm_aml_res_irq_noflags(res, 1);
-    g_byte_array_set_size(obj, 0);
-    mvm_aml_resource_template(obj, res);
-    mvm_aml_name(body, "_CRS", obj);
+    name_crs(body, res);
     mvm_aml_device(scope, "KBD_", body);
 }
 
