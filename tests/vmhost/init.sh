@@ -58,14 +58,28 @@ mount -t tmpfs -o mode=755 tmpfs /host/run || fail "mount /run"
 mkdir -p /host/run/vmhost /host/run/lock
 mount --bind /state /host/run/vmhost || fail "bind state"
 
-# Writable host directories: RW_COUNT and RW_PATH_<i> come from /state/config.
+# Shared host directories: RW_COUNT, RW_PATH_<i> and RW_MODE_<i> (rw or ro)
+# come from /state/config, parents before children.
 i=0
 while [ "$i" -lt "${RW_COUNT:-0}" ]; do
-	eval "p=\$RW_PATH_$i"
+	eval "p=\$RW_PATH_$i mode=\$RW_MODE_$i"
+	opts="$P9,cache=mmap"
+	[ "$mode" = ro ] && opts="$P9,ro,cache=loose"
 	mkdir -p "/host$p" 2>/dev/null
-	mount -t 9p -o "$P9,cache=mmap" "rw$i" "/host$p" || fail "mount rw$i at $p"
+	mount -t 9p -o "$opts" "rw$i" "/host$p" || fail "mount rw$i at $p"
 	i=$((i + 1))
 done
+
+# A heartbeat the host watches (run-with-kvm --stall): when it stops, this
+# kernel has stopped running userspace, and the host ends the VM and names the
+# tests that were running (MVM_TEST_JOURNAL, in the state share).
+# Each beat says how loaded the VM was, for the report of a stall.
+beat() {
+	set -- $(cat /proc/loadavg)
+	echo "load $1 $2 $3, $(grep MemAvailable /proc/meminfo | tr -s ' ')"
+}
+(while :; do beat >/state/heartbeat; sleep 5; done) </dev/null >/dev/null 2>&1 &
+echo $! >/state/heartbeat.pid # run-with-kvm's own test stops it to play a frozen kernel
 
 port() { # NAME -> /dev/vportXpY
 	for p in /sys/class/virtio-ports/*; do
