@@ -4,17 +4,18 @@
  * vmlinux and initramfs.cpio.gz).
  * - `linux` suite: snapshot it mid-boot, free the original, restore, and the
  *   restored kernel goes on printing boot messages without booting again.
- * - `linux-full` suite (--full; MVM_LINUX_FULL=1, hosts with hardware
- *   virtualization, since our CI's nested KVM never gets Linux to /init):
+ * - `linux-full` suite (--full; wherever Linux reaches /init: linux-full-host.h):
  *   a shell (rdinit=/bin/sh) restored from a snapshot runs commands, and a
  *   pause longer than the soft-lockup threshold leaves no soft-lockup report.
- * Exits 77 (skipped), saying why, without the guest, KVM or MVM_LINUX_FULL.
+ * Exits 77 (skipped), saying why, without the guest or KVM, or with --full where
+ * Linux cannot reach /init.
  */
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "linux-full-host.h"
 #include "microvm.h"
 
 #define CMDLINE                                                                                    \
@@ -267,8 +268,8 @@ int main(int argc, char **argv)
     gboolean full = argc > 1 && g_strcmp0(argv[1], "--full") == 0;
 
     g_test_init(&argc, &argv, NULL);
-    if (full && g_strcmp0(g_getenv("MVM_LINUX_FULL"), "1") != 0)
-        return skip("linux-full runs with MVM_LINUX_FULL=1 on hosts with hardware virtualization");
+    if (full && linux_full_unsupported() != NULL)
+        return skip(linux_full_unsupported());
     guest_dir = g_getenv("MVM_LINUX_GUEST_DIR");
     if (guest_dir == NULL || *guest_dir == '\0')
         return skip("MVM_LINUX_GUEST_DIR is not set: build the Linux guest (tests/guest/)");
