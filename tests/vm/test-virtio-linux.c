@@ -82,9 +82,10 @@ static void make_tap(void)
 {
     g_autoptr(GError) error = NULL;
     struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    int fd = -1;
 
-    if (unshare(CLONE_NEWNET) != 0 || fd < 0)
+    /* In this order: a tap lives in the namespace /dev/net/tun was opened in. */
+    if (unshare(CLONE_NEWNET) != 0 || (fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0)
         skip("cannot make a network namespace with a tap (needs root and /dev/net/tun)");
     g_strlcpy(ifr.ifr_name, TAP_NAME, sizeof(ifr.ifr_name));
     g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
@@ -93,7 +94,10 @@ static void make_tap(void)
     char *up[] = {"ip", "link", "set", TAP_NAME, "up", NULL};
     char *addr[] = {"ip", "addr", "add", "10.77.0.1/24", "dev", TAP_NAME, NULL};
     char *lo[] = {"ip", "link", "set", "lo", "up", NULL};
-    g_assert_true(run(up, &error) && run(addr, &error) && run(lo, &error));
+    for (char **const *argv = (char **const[]){up, addr, lo, NULL}; *argv != NULL; argv++) {
+        run(*argv, &error);
+        g_assert_no_error(error);
+    }
 }
 
 /* The guest's initramfs, then our overlay: the kernel unpacks both, ours last. */
