@@ -71,7 +71,9 @@ gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv
     }
     if (!g_path_is_absolute(dir) || strlen(dir) >= PATH_MAX) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                    "%s: '%s' is not an absolute path (or give the option 'dir-fd')", key, dir);
+                    "%s: '%s' is not an absolute path (or give the options 'state-fd' and "
+                    "'memory-fd', or 'dir-fd')",
+                    key, dir);
         return FALSE;
     }
     *dir_out = g_strdup(dir);
