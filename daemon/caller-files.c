@@ -66,22 +66,44 @@ static char *mount_fstype(guint64 mnt_id)
     return NULL;
 }
 
+static gboolean not_usable(GError **error, const char *what)
+{
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s", what);
+    return FALSE;
+}
+
 /* A FUSE server answers every read and write: the caller's own one might never answer. */
-static gboolean check_file_system(const struct statx *stx, const char *key, GError **error)
+static gboolean check_file_system(const struct statx *stx, gboolean strict, GError **error)
 {
     g_autofree char *fstype = NULL;
 
     if (!(stx->stx_mask & STATX_MNT_ID))
-        return refuse(error, key, "this kernel does not tell which file system the file is on");
+        return !strict ||
+               not_usable(error, "this kernel does not tell which file system the file is on");
     fstype = mount_fstype(stx->stx_mnt_id);
     if (!fstype)
-        return refuse(error, key,
-                      "the file is on a file system that microvmd does not see (another "
-                      "mount namespace?); use a file on a local file system");
-    if (g_str_equal(fstype, "fuse") || g_str_has_prefix(fstype, "fuse."))
-        return refuse(error, key, "the file is on a FUSE file system (%s); use a local one",
-                      fstype);
+        return !strict || not_usable(error, "the file is on a file system that microvmd does "
+                                            "not see (another mount namespace?); use a file "
+                                            "on a local file system");
+    if (g_str_equal(fstype, "fuse") || g_str_has_prefix(fstype, "fuse.")) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "the file is on a FUSE file system (%s); use a local one", fstype);
+        return FALSE;
+    }
     return TRUE;
+}
+
+gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error)
+{
+    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO | STATX_MNT_ID;
+
+    /* DONT_SYNC: the attributes the kernel has, without asking a FUSE or NFS server. */
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "cannot look at the descriptor: %s", g_strerror(errno));
+        return FALSE;
+    }
+    return check_file_system(stx, strict, error);
 }
 
 static gboolean check_access_mode(int fd, const char *key, MvmdCallerFileUse use, GError **error)
@@ -120,17 +142,16 @@ static gboolean check_own_file(const struct statx *stx, const char *key, uid_t o
 static gboolean check_one(int fd, const char *key, MvmdCallerFileUse use, uid_t owner,
                           struct statx *stx, GError **error)
 {
-    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO | STATX_MNT_ID;
-
-    /* DONT_SYNC: the attributes the kernel has, without asking a FUSE or NFS server. */
-    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0)
-        return refuse(error, key, "cannot look at the descriptor: %s", g_strerror(errno));
+    if (!mvmd_caller_fd_statx(fd, TRUE, stx, error)) {
+        g_prefix_error(error, "option '%s': ", key);
+        return FALSE;
+    }
     if (!S_ISREG(stx->stx_mode))
         return refuse(error, key,
                       "the descriptor is not a regular file (a FIFO, socket, device or "
                       "directory is never %s)",
                       use == MVMD_CALLER_FILE_WRITE ? "written" : "read");
-    if (!check_access_mode(fd, key, use, error) || !check_file_system(stx, key, error))
+    if (!check_access_mode(fd, key, use, error))
         return FALSE;
     return use == MVMD_CALLER_FILE_READ || check_own_file(stx, key, owner, error);
 }

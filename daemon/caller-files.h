@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <gio/gio.h>
@@ -34,5 +35,12 @@ typedef enum {
  */
 gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCallerFileUse use,
                                  uid_t owner, int *state_fd, int *memory_fd, GError **error);
+
+/*
+ * statx() of any descriptor a caller passed, without waiting on anyone, refusing a file on FUSE;
+ * with @strict also one whose file system is not in this daemon's mount table (another mount
+ * namespace: it may be FUSE). FALSE with MVMD_ERROR_INVALID_ARGUMENT and the reason (no key).
+ */
+gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error);
 
 G_END_DECLS
