@@ -284,8 +284,11 @@ static gboolean check_vsock_cid(const MvmVmConfig *snap, const MvmVmConfig *back
     return FALSE;
 }
 
-/* Reads only the snapshot's `state` (untrusted, checked by the library); opens nothing it names. */
-static gboolean check_backends(MvmVmConfig *snap, const MvmVmConfig *backends, GError **error)
+/*
+ * @snap: what the snapshot's `state` alone says (untrusted, checked by the library; nothing it
+ * names is opened), or NULL with @error set when it could not be read.
+ */
+static gboolean check_backends(const MvmVmConfig *snap, const MvmVmConfig *backends, GError **error)
 {
     return snap != NULL && check_backend_counts(snap, backends, error) &&
            check_vsock_cid(snap, backends, error);
