@@ -49,12 +49,26 @@ gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid)
     return TRUE;
 }
 
-gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
-                                       GError **error)
+gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation)
 {
     uid_t uid;
 
-    if (mvmd_auth_get_caller_uid(invocation, &uid) && uid_is_trusted(uid))
+    return mvmd_auth_get_caller_uid(invocation, &uid) && uid_is_trusted(uid);
+}
+
+uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation)
+{
+    uid_t uid;
+
+    if (mvmd_auth_caller_is_trusted(invocation) || !mvmd_auth_get_caller_uid(invocation, &uid))
+        return (uid_t)-1;
+    return uid;
+}
+
+gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
+                                       GError **error)
+{
+    if (mvmd_auth_caller_is_trusted(invocation))
         return TRUE;
     g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
                 "'%s': only root may have microvmd open a path or a host interface by name; "

@@ -35,6 +35,15 @@ gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error);
  */
 gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid);
 
+/* Root or the daemon's own user: never asked, and may name paths. */
+gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation);
+
+/*
+ * Whom files a caller passes for the daemon to write must belong to: the caller's uid, or
+ * (uid_t)-1 (anyone) for a trusted caller.
+ */
+uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation);
+
 /*
  * Path arguments: the daemon runs as root, so it opens a path named by a caller only when the
  * caller is root or the daemon's own user; everyone else must pass an fd instead. FALSE with

@@ -10,6 +10,7 @@
 
 #include <gio/gunixfdlist.h>
 
+#include "caller-files.h"
 #include "errors.h"
 
 gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, ...)
@@ -34,7 +35,7 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
                         GError **error)
 {
     gint32 index = g_variant_get_handle(value);
-    struct stat st;
+    struct statx stx;
     int fd;
 
     if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list)) {
@@ -46,7 +47,13 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
         mvmd_config_invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
         return -1;
     }
-    if (fstat(fd, &st) < 0 || !mode_allowed(st.st_mode, kinds)) {
+    /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */
+    if (!mvmd_caller_fd_statx(fd, FALSE, &stx, error)) {
+        close(fd);
+        g_prefix_error(error, "config key '%s': ", key);
+        return -1;
+    }
+    if (!mode_allowed(stx.stx_mode, kinds)) {
         close(fd);
         mvmd_config_invalid(error, key, "the descriptor is not a %s",
                             g_str_equal(kinds, "d")   ? "directory"
@@ -71,7 +78,9 @@ gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv
     }
     if (!g_path_is_absolute(dir) || strlen(dir) >= PATH_MAX) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                    "%s: '%s' is not an absolute path (or give the option 'dir-fd')", key, dir);
+                    "%s: '%s' is not an absolute path (or give the options 'state-fd' and "
+                    "'memory-fd', or 'dir-fd')",
+                    key, dir);
         return FALSE;
     }
     *dir_out = g_strdup(dir);

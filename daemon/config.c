@@ -43,6 +43,10 @@ void mvmd_vm_config_free(MvmdVmConfig *config)
     g_free(config->snapshot_dir);
     if (config->snapshot_fd >= 0)
         close(config->snapshot_fd);
+    if (config->snapshot_state_fd >= 0)
+        close(config->snapshot_state_fd);
+    if (config->snapshot_memory_fd >= 0)
+        close(config->snapshot_memory_fd);
     g_free(config);
 }
 
@@ -55,6 +59,8 @@ static MvmdVmConfig *config_new_defaults(void)
     config->kernel_fd = -1;
     config->initrd_fd = -1;
     config->snapshot_fd = -1;
+    config->snapshot_state_fd = -1;
+    config->snapshot_memory_fd = -1;
     config->on_reboot = MVMD_ON_REBOOT_RESTART;
     mvmd_devices_init(&config->devices);
     return config;
@@ -361,26 +367,52 @@ MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid
     return g_steal_pointer(&config);
 }
 
+/* What every restored definition has; vCPUs and memory come once the snapshot is loaded. */
+static gboolean restored_defaults(MvmdVmConfig *config, const char *name, gboolean copy_memory,
+                                  GError **error)
+{
+    if (!mvmd_vm_name_validate(name, error))
+        return FALSE;
+    config->name = g_strdup(name);
+    config->uuid = g_uuid_string_random();
+    config->copy_memory = copy_memory;
+    /* A guest reset cannot boot a kernel it does not have. */
+    config->on_reboot = MVMD_ON_REBOOT_STOP;
+    return TRUE;
+}
+
 MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
                                           gboolean copy_memory, GError **error)
 {
     g_autoptr(MvmdVmConfig) config = config_new_defaults();
 
     config->snapshot_fd = dir_fd; /* taken, whatever happens */
-    if (!mvmd_vm_name_validate(name, error))
+    if (!restored_defaults(config, name, copy_memory, error))
         return NULL;
     if (dir_fd < 0 && !g_path_is_absolute(dir)) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                     "snapshot_dir: '%s' is not an absolute path", dir);
         return NULL;
     }
-    config->name = g_strdup(name);
-    config->uuid = g_uuid_string_random();
     config->snapshot_dir = dir_fd < 0 ? g_strdup(dir) : NULL;
-    config->copy_memory = copy_memory;
-    /* A guest reset cannot boot a kernel it does not have. */
-    config->on_reboot = MVMD_ON_REBOOT_STOP;
     return g_steal_pointer(&config);
+}
+
+MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, int memory_fd,
+                                                gboolean copy_memory, GError **error)
+{
+    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+
+    config->snapshot_state_fd = state_fd; /* taken, whatever happens */
+    config->snapshot_memory_fd = memory_fd;
+    if (!restored_defaults(config, name, copy_memory, error))
+        return NULL;
+    return g_steal_pointer(&config);
+}
+
+gboolean mvmd_vm_config_is_restored(const MvmdVmConfig *config)
+{
+    return config->snapshot_dir || config->snapshot_fd >= 0 || config->snapshot_state_fd >= 0;
 }
 
 static void restored_to_variant(const MvmdVmConfig *config, GVariantBuilder *b)

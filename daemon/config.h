@@ -36,6 +36,8 @@ typedef struct {
     /* A VM made by RestoreVM starts from its snapshot, not from a kernel. */
     char *snapshot_dir;
     int snapshot_fd;
+    int snapshot_state_fd; /* or its two files, as the caller passed them */
+    int snapshot_memory_fd;
     gboolean copy_memory;
 } MvmdVmConfig;
 
@@ -70,6 +72,11 @@ MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid
  */
 MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
                                           gboolean copy_memory, GError **error);
+/* The same with the snapshot as its two files, @state_fd and @memory_fd (taken). */
+MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, int memory_fd,
+                                                gboolean copy_memory, GError **error);
+/* Made by RestoreVM: starts from its snapshot. */
+gboolean mvmd_vm_config_is_restored(const MvmdVmConfig *config);
 
 /* The Config property: every key with defaults filled in (a{sv}, floating). */
 GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config);

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "manager.h"
 
+#include <unistd.h>
+
 #include <gio/gunixfdlist.h>
 
 #include "auth.h"
+#include "caller-files.h"
 #include "errors.h"
 #include "names.h"
 #include "sdnotify.h"
@@ -258,34 +261,81 @@ static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDLi
     return TRUE;
 }
 
+/*
+ * The snapshot as a directory: a path or "dir-fd", root only. The daemon opens `state` and
+ * `memory` in it with its own rights, so anyone else could have it read (and show their guest)
+ * files they cannot read themselves.
+ */
+static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, GVariant *options,
+                                        GUnixFDList *fd_list, gboolean copy, GError **error)
+{
+    g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    g_autofree char *dir = NULL;
+    int fd = -1;
+
+    if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv, fd_list, &dir, &fd, error))
+        return NULL;
+    if (!mvmd_auth_caller_is_trusted(call->invocation)) {
+        if (fd >= 0)
+            close(fd);
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                    "'%s': only root may have microvmd open the files of a snapshot directory; "
+                    "open 'state' and 'memory' yourself and pass them in the options "
+                    "'state-fd' and 'memory-fd'",
+                    dir ? "snapshot_dir" : "dir-fd");
+        return NULL;
+    }
+    return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+}
+
+/*
+ * The snapshot as the caller's two open files. Guest RAM is copied out of an untrusted
+ * caller's memory file, never mapped: the caller could truncate a mapped file, and the daemon
+ * (every VM in it) would take SIGBUS on the next access to the guest's RAM.
+ */
+static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg, GVariant *options,
+                                          int state_fd, int memory_fd, gboolean copy,
+                                          GError **error)
+{
+    if (*dir_arg || g_variant_lookup(options, "dir-fd", "h", NULL)) {
+        close(state_fd);
+        close(memory_fd);
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "snapshot_dir: give either a directory (a path or 'dir-fd') or the "
+                            "options 'state-fd' and 'memory-fd', not both");
+        return NULL;
+    }
+    copy = copy || !mvmd_auth_caller_is_trusted(call->invocation);
+    return mvmd_vm_config_new_restored_files(call->name, state_fd, memory_fd, copy, error);
+}
+
 static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError **error)
 {
-    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"},       {"resume", "b"},
-                                          {"copy-memory", "b"},  {"disks", "aa{sv}"},
-                                          {"network", "aa{sv}"}, {"vsock", "a{sv}"}};
+    static const MvmdKeySpec allowed[] = {
+        {"dir-fd", "h"},      {"state-fd", "h"},   {"memory-fd", "h"},    {"resume", "b"},
+        {"copy-memory", "b"}, {"disks", "aa{sv}"}, {"network", "aa{sv}"}, {"vsock", "a{sv}"}};
     GDBusMessage *message = g_dbus_method_invocation_get_message(call->invocation);
     GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
     g_autoptr(GVariant) options = NULL;
-    g_autoptr(GVariant) fdv = NULL;
     g_autoptr(MvmdVmConfig) config = NULL;
-    g_autofree char *dir = NULL;
     gboolean resume = FALSE, copy = FALSE;
     const char *dir_arg;
-    int fd = -1;
+    int state_fd, memory_fd;
 
     g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
                   &dir_arg, &options);
     if (!mvmd_vm_name_validate(call->name, error) ||
-        !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+        !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error) ||
+        !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_READ, (uid_t)-1, &state_fd,
+                                 &memory_fd, error))
         return NULL;
     g_variant_lookup(options, "resume", "b", &resume);
     g_variant_lookup(options, "copy-memory", "b", &copy);
-    fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
-    if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv, fd_list, &dir, &fd, error) ||
-        (dir && !mvmd_auth_check_path_argument(call->invocation, "snapshot_dir", error)))
-        return NULL;
     *paused = !resume;
-    config = mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+    if (state_fd >= 0)
+        config = restore_config_files(call, dir_arg, options, state_fd, memory_fd, copy, error);
+    else
+        config = restore_config_dir(call, dir_arg, options, fd_list, copy, error);
     if (!config || !restore_backends(call, options, fd_list, config, error))
         return NULL;
     return g_steal_pointer(&config);

@@ -9,6 +9,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "auth.h"
+#include "caller-files.h"
 #include "errors.h"
 #include "names.h"
 #include "vm-object-private.h"
@@ -129,7 +130,7 @@ static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, gui
 {
     g_autoptr(GVariant) options = NULL;
     g_autoptr(GError) error = NULL;
-    OpArgs args = {.dir_fd = -1};
+    OpArgs args = OP_ARGS_INIT;
     MvmPauseFlags flags;
 
     g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(@a{sv})", &options);
@@ -148,13 +149,55 @@ static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, gui
     mvmd_vm_object_begin_op(self, OP_PAUSE, invocation, &args);
 }
 
-/* Snapshot's directory: a path (absolute) or "dir-fd"; options "leave-paused". */
+/*
+ * Only root may have the daemon create, replace and rename files in a directory, named by a
+ * path or passed as "dir-fd": any other caller could name a directory it cannot write
+ * (an O_PATH fd of /etc/cron.d is enough) and have root write its guest's memory there.
+ */
+static gboolean check_dir_allowed(GDBusMethodInvocation *invocation, const char *key,
+                                  GError **error)
+{
+    if (mvmd_auth_caller_is_trusted(invocation))
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                "'%s': only root may have microvmd create files in a directory; create the "
+                "files 'state' and 'memory' yourself and pass them open for writing in the "
+                "options 'state-fd' and 'memory-fd'",
+                key);
+    return FALSE;
+}
+
+/* Where the snapshot goes: the caller's two files ("state-fd", "memory-fd") or a directory. */
+static gboolean parse_snapshot_dest(GDBusMethodInvocation *invocation, const char *dir,
+                                    GVariant *options, OpArgs *args, GError **error)
+{
+    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+
+    if (!mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE,
+                                 mvmd_auth_file_owner(invocation), &args->state_fd,
+                                 &args->memory_fd, error))
+        return FALSE;
+    if (args->state_fd >= 0 && (*dir || fdv)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "dir: give either a directory (a path or 'dir-fd') or the options "
+                            "'state-fd' and 'memory-fd', not both");
+        return FALSE;
+    }
+    if (args->state_fd >= 0)
+        return TRUE;
+    if (!mvmd_parse_dir_argument("dir", dir, fdv, fd_list, &args->dir, &args->dir_fd, error))
+        return FALSE;
+    return check_dir_allowed(invocation, args->dir ? "dir" : "dir-fd", error);
+}
+
+/* Snapshot's arguments: the destination, and the option "leave-paused". */
 static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *args, GError **error)
 {
-    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"}, {"leave-paused", "b"}};
-    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+    static const MvmdKeySpec allowed[] = {
+        {"dir-fd", "h"}, {"state-fd", "h"}, {"memory-fd", "h"}, {"leave-paused", "b"}};
     g_autoptr(GVariant) options = NULL;
-    g_autoptr(GVariant) fdv = NULL;
     gboolean leave_paused = FALSE;
     const char *dir;
 
@@ -164,12 +207,7 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
         return FALSE;
     g_variant_lookup(options, "leave-paused", "b", &leave_paused);
     args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;
-    fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
-    if (!mvmd_parse_dir_argument("dir", dir, fdv, g_dbus_message_get_unix_fd_list(message),
-                                 &args->dir, &args->dir_fd, error))
-        return FALSE;
-    /* Only root may have the daemon write where a path says; others pass "dir-fd". */
-    return !args->dir || mvmd_auth_check_path_argument(invocation, "dir", error);
+    return parse_snapshot_dest(invocation, dir, options, args, error);
 }
 
 /* Snapshot works on a machine that is there and not busy: running or paused. */
@@ -188,7 +226,7 @@ static gboolean check_snapshot_state(MvmdVmObject *self, GDBusMethodInvocation *
 static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
-    OpArgs args = {.dir_fd = -1};
+    OpArgs args = OP_ARGS_INIT;
 
     if (!parse_snapshot_args(invocation, &args, &error)) {
         mvmd_op_args_clear(&args);
@@ -199,7 +237,10 @@ static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
         mvmd_op_args_clear(&args);
         return;
     }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking a snapshot to %s", args.dir ? args.dir : "a fd");
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking a snapshot to %s",
+           args.dir           ? args.dir
+           : args.dir_fd >= 0 ? "a directory fd"
+                              : "the caller's files");
     mvmd_vm_object_begin_op(self, OP_SNAPSHOT, invocation, &args);
 }
 

@@ -26,10 +26,17 @@ typedef enum {
 /* What an operation needs besides the VM (owned by the operation). */
 typedef struct {
     guint flags;     /* MvmPauseFlags, MvmSnapshotFlags */
-    char *dir;       /* Snapshot: the directory, or NULL with dir_fd */
-    int dir_fd;      /* Snapshot: -1 or the caller's directory */
+    char *dir;       /* Snapshot (root only): the directory, or NULL */
+    int dir_fd;      /* Snapshot (root only): -1 or the caller's directory */
+    int state_fd;    /* Snapshot: -1 or the caller's own file for `state` (checked) */
+    int memory_fd;   /* Snapshot: -1 or the caller's own file for `memory` (checked) */
     gboolean paused; /* Start of a restored VM: leave it paused */
 } OpArgs;
+
+#define OP_ARGS_INIT                                                                               \
+    {                                                                                              \
+        .dir_fd = -1, .state_fd = -1, .memory_fd = -1                                              \
+    }
 
 void mvmd_op_args_clear(OpArgs *args);
 

@@ -129,6 +129,8 @@ typedef struct {
     /* Start of a restored VM: the snapshot (fd borrowed from the definition). */
     char *restore_dir;
     int restore_fd;
+    int restore_state_fd; /* or its two files (borrowed too) */
+    int restore_memory_fd;
     MvmRestoreFlags restore_flags;
     /* Root asked for the back ends the snapshot names; else mvm_config's devices are used. */
     gboolean restore_own_backends;
@@ -139,12 +141,19 @@ typedef struct {
     char *reason;
 } OpData;
 
+static void clear_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
 void mvmd_op_args_clear(OpArgs *args)
 {
     g_clear_pointer(&args->dir, g_free);
-    if (args->dir_fd >= 0)
-        close(args->dir_fd);
-    args->dir_fd = -1;
+    clear_fd(&args->dir_fd);
+    clear_fd(&args->state_fd);
+    clear_fd(&args->memory_fd);
 }
 
 static void op_data_free(OpData *d)
@@ -275,13 +284,25 @@ static gboolean check_vsock_cid(const MvmVmConfig *snap, const MvmVmConfig *back
     return FALSE;
 }
 
-/* Reads only the snapshot's `state` (untrusted, checked by the library); opens nothing it names. */
-static gboolean check_backends(int dirfd, const MvmVmConfig *backends, GError **error)
+/*
+ * @snap: what the snapshot's `state` alone says (untrusted, checked by the library; nothing it
+ * names is opened), or NULL with @error set when it could not be read.
+ */
+static gboolean check_backends(const MvmVmConfig *snap, const MvmVmConfig *backends, GError **error)
 {
-    g_autoptr(MvmVmConfig) snap = mvm_snapshot_read_config_at(dirfd, error);
-
     return snap != NULL && check_backend_counts(snap, backends, error) &&
            check_vsock_cid(snap, backends, error);
+}
+
+/* The snapshot as the caller's two files: read, never mapped from a file the caller can change. */
+static MvmVm *worker_restore_files(OpData *d, GError **error)
+{
+    g_autoptr(MvmVmConfig) snap = mvm_snapshot_read_config_fd(d->restore_state_fd, error);
+
+    if (!check_backends(snap, d->mvm_config, error))
+        return NULL;
+    return mvm_vm_restore_from_fds(d->restore_state_fd, d->restore_memory_fd, d->mvm_config,
+                                   d->restore_flags, error);
 }
 
 /*
@@ -291,9 +312,12 @@ static gboolean check_backends(int dirfd, const MvmVmConfig *backends, GError **
  */
 static MvmVm *worker_restore_backends(OpData *d, GError **error)
 {
+    g_autoptr(MvmVmConfig) snap = NULL;
     int dirfd = d->restore_fd;
     MvmVm *vm;
 
+    if (d->restore_state_fd >= 0)
+        return worker_restore_files(d, error);
     if (dirfd < 0) {
         dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dirfd < 0) {
@@ -303,7 +327,8 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
             return NULL;
         }
     }
-    vm = check_backends(dirfd, d->mvm_config, error)
+    snap = mvm_snapshot_read_config_at(dirfd, error);
+    vm = check_backends(snap, d->mvm_config, error)
              ? mvm_vm_restore_with_backends(dirfd, d->mvm_config, d->restore_flags, error)
              : NULL;
     if (dirfd != d->restore_fd)
@@ -316,6 +341,9 @@ static MvmVm *worker_restore(OpData *d, GError **error)
 {
     if (!d->restore_own_backends)
         return worker_restore_backends(d, error);
+    if (d->restore_state_fd >= 0)
+        return mvm_vm_restore_from_fds(d->restore_state_fd, d->restore_memory_fd, NULL,
+                                       d->restore_flags, error);
     if (d->restore_fd >= 0)
         return mvm_vm_restore_at(d->restore_fd, d->restore_flags, error);
     return mvm_vm_restore(d->restore_dir, d->restore_flags, error);
@@ -323,7 +351,7 @@ static MvmVm *worker_restore(OpData *d, GError **error)
 
 static gboolean worker_start(OpData *d, GError **error)
 {
-    gboolean restored = d->restore_dir || d->restore_fd >= 0;
+    gboolean restored = d->restore_dir || d->restore_fd >= 0 || d->restore_state_fd >= 0;
     MvmVm *vm = restored ? worker_restore(d, error) : worker_build(d, error);
     gboolean ok;
 
@@ -345,8 +373,17 @@ static gboolean worker_start(OpData *d, GError **error)
     return TRUE;
 }
 
+/*
+ * On this worker thread, not the main loop. mvm_vm_snapshot_to_fds() holds the VM's operation
+ * lock, with the VM paused, while it writes the caller's files; the files were checked to be
+ * regular files off FUSE (caller-files.c), so the writes end. The daemon holds no lock of its
+ * own: only this VM's other operations wait ("operation in progress").
+ */
 static gboolean worker_snapshot(OpData *d, GError **error)
 {
+    if (d->args.state_fd >= 0)
+        return mvm_vm_snapshot_to_fds(d->run->vm, d->args.state_fd, d->args.memory_fd,
+                                      d->args.flags, error);
     if (d->args.dir_fd >= 0)
         return mvm_vm_snapshot_at(d->run->vm, d->args.dir_fd, d->args.flags, error);
     return mvm_vm_snapshot(d->run->vm, d->args.dir, d->args.flags, error);
@@ -542,7 +579,7 @@ static void update_restored_config(MvmdVmObject *self)
 {
     const MvmVmConfig *mvm = mvm_vm_get_config(self->run->vm);
 
-    if (!self->config->snapshot_dir && self->config->snapshot_fd < 0)
+    if (!mvmd_vm_config_is_restored(self->config))
         return;
     self->config->vcpus = mvm->n_vcpus;
     self->config->memory_mib = mvm->memory_mib;
@@ -557,9 +594,8 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
 {
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(
-            error, self->config->snapshot_dir || self->config->snapshot_fd >= 0
-                       ? "cannot restore the snapshot"
-                       : "cannot start the VM");
+            error, mvmd_vm_config_is_restored(self->config) ? "cannot restore the snapshot"
+                                                            : "cannot start the VM");
 
         g_clear_pointer(&self->run, run_unref);
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);
@@ -668,6 +704,8 @@ static void op_data_set_restore(OpData *d, const MvmdVmConfig *config)
 {
     d->restore_dir = g_strdup(config->snapshot_dir);
     d->restore_fd = config->snapshot_fd;
+    d->restore_state_fd = config->snapshot_state_fd;
+    d->restore_memory_fd = config->snapshot_memory_fd;
     d->restore_flags = config->copy_memory ? MVM_RESTORE_COPY_MEMORY : MVM_RESTORE_NONE;
     d->restore_own_backends = config->devices.from_snapshot;
 }
@@ -679,8 +717,10 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     OpData *d = g_new0(OpData, 1);
 
     g_return_if_fail(self->op == OP_NONE);
-    d->restore_fd = -1;
-    d->args.dir_fd = -1;
+    const OpArgs none = OP_ARGS_INIT;
+
+    d->restore_fd = d->restore_state_fd = d->restore_memory_fd = -1;
+    d->args = none;
     if (args)
         d->args = *args; /* taken */
     if (op == OP_START) {
@@ -760,9 +800,10 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
 void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectReadyFunc func,
                             gpointer user_data)
 {
-    OpArgs args = {.dir_fd = -1, .paused = paused};
+    OpArgs args = OP_ARGS_INIT;
 
     g_return_if_fail(self->op == OP_NONE && !self->run);
+    args.paused = paused;
     self->ready_func = func;
     self->ready_data = user_data;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "restoring from a snapshot");

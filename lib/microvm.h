@@ -182,6 +182,15 @@ typedef enum {
 } MvmSnapshotFlags;
 gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GError **error);
 gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error);
+/*
+ * The snapshot into two open files (not consumed) instead of a directory: `state` into
+ * @state_fd and `memory` into @memory_fd, each emptied (ftruncate to 0) and written from offset
+ * 0, then synced. Nothing is created, renamed or unlinked, so a daemon can write into files its
+ * untrusted caller created. The VM stays paused, its operation lock held, while both files are
+ * written (guest RAM must not change under the copy).
+ */
+gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnapshotFlags flags,
+                                GError **error);
 
 /*
  * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
@@ -209,6 +218,15 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error);
 /*
+ * mvm_vm_restore_with_backends() from the snapshot's two files as open fds (not consumed, read
+ * from offset 0 whatever their position; @backends may be NULL). Both must be regular files:
+ * anything else is refused before it is read. Without MVM_RESTORE_COPY_MEMORY @memory_fd is
+ * mapped, and whoever can write or truncate that file changes or faults the guest's RAM: a
+ * daemon restoring its caller's files copies them.
+ */
+MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *backends,
+                               MvmRestoreFlags flags, GError **error);
+/*
  * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
  * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone
  * (no other file, no KVM) and checks it as a restore does, untrusted, except for the limits
@@ -220,6 +238,8 @@ MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmR
  * the reason, worded as by a restore.
  */
 MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error);
+/* The same from the `state` file as an open fd (not consumed, read from offset 0). */
+MvmVmConfig *mvm_snapshot_read_config_fd(int state_fd, GError **error);
 
 /* KVM facts for the Manager's properties. */
 int mvm_kvm_api_version(GError **error);

@@ -294,39 +294,47 @@ static int create_temp(int dirfd, const char *name, GError **error)
     return fd;
 }
 
-static gboolean sync_and_close(int fd, const char *name, GError **error)
+/* Into a file that may hold an older snapshot: emptied first, so no old page survives a hole. */
+static gboolean write_memory_file(MvmVm *vm, int fd, GError **error)
 {
-    gboolean ok = fdatasync(fd) == 0 ||
-                  set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", name);
-    close(fd);
-    return ok;
+    if (ftruncate(fd, 0) < 0)
+        return set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
+                               MEMORY_NAME);
+    return write_memory(vm, fd, error) &&
+           (fdatasync(fd) == 0 ||
+            set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", MEMORY_NAME));
 }
 
-static gboolean write_files(MvmVm *vm, int dirfd, GVariant *payload, GError **error)
+static gboolean write_state_file(int fd, GVariant *payload, GError **error)
 {
     g_autoptr(GBytes) state = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
-    gsize state_len;
-    const guint8 *state_data = g_bytes_get_data(state, &state_len);
+    gsize len;
+    const guint8 *data = g_bytes_get_data(state, &len);
 
+    if (ftruncate(fd, 0) < 0)
+        return set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
+                               STATE_NAME);
+    return write_all_at(fd, data, len, 0, error) &&
+           (fdatasync(fd) == 0 ||
+            set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", STATE_NAME));
+}
+
+static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
+{
+    int dirfd = *(int *)data;
     int fd = create_temp(dirfd, MEMORY_TMP_NAME, error);
-    if (fd < 0)
-        return FALSE;
-    if (!write_memory(vm, fd, error)) {
+    gboolean ok = fd >= 0 && write_memory_file(vm, fd, error);
+
+    if (fd >= 0)
         close(fd);
-        return FALSE;
-    }
-    if (!sync_and_close(fd, MEMORY_NAME, error))
+    if (!ok)
         return FALSE;
     fd = create_temp(dirfd, STATE_TMP_NAME, error);
-    if (fd < 0)
-        return FALSE;
-    if (!write_all_at(fd, state_data, state_len, 0, error)) {
+    ok = fd >= 0 && write_state_file(fd, payload, error);
+    if (fd >= 0)
         close(fd);
+    if (!ok)
         return FALSE;
-    }
-    if (!sync_and_close(fd, STATE_NAME, error))
-        return FALSE;
-
     if ((unlinkat(dirfd, STATE_NAME, 0) < 0 && errno != ENOENT) ||
         renameat(dirfd, MEMORY_TMP_NAME, dirfd, MEMORY_NAME) < 0 ||
         renameat(dirfd, STATE_TMP_NAME, dirfd, STATE_NAME) < 0)
@@ -336,13 +344,20 @@ static gboolean write_files(MvmVm *vm, int dirfd, GVariant *payload, GError **er
     return TRUE;
 }
 
-static gboolean snapshot_paused(MvmVm *vm, int dirfd, GError **error)
+static gboolean write_into_fds(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
+{
+    const int *fds = data; /* state, memory */
+
+    return write_memory_file(vm, fds[1], error) && write_state_file(fds[0], payload, error);
+}
+
+typedef gboolean (*WriteFunc)(MvmVm *vm, GVariant *payload, gpointer data, GError **error);
+
+static gboolean snapshot_paused(MvmVm *vm, WriteFunc write, gpointer data, GError **error)
 {
     g_autoptr(GVariant) payload = capture(vm, error);
 
-    if (payload == NULL || !write_files(vm, dirfd, payload, error)) {
-        unlinkat(dirfd, MEMORY_TMP_NAME, 0);
-        unlinkat(dirfd, STATE_TMP_NAME, 0);
+    if (payload == NULL || !write(vm, payload, data, error)) {
         g_prefix_error(error, "snapshot: ");
         return FALSE;
     }
@@ -353,11 +368,9 @@ static gboolean snapshot_paused(MvmVm *vm, int dirfd, GError **error)
  * A running VM is paused for the snapshot without telling the state callback
  * (unless it stays paused): to its watchers, it never stopped running.
  */
-gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error)
+static gboolean snapshot_with(MvmVm *vm, MvmSnapshotFlags flags, WriteFunc write, gpointer data,
+                              GError **error)
 {
-    g_return_val_if_fail(vm != NULL, FALSE);
-    g_return_val_if_fail(dirfd >= 0, FALSE);
-
     g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
     MvmVmState state = mvm_vm_get_state(vm);
     gboolean was_running = state == MVM_VM_STATE_RUNNING;
@@ -370,7 +383,7 @@ gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError
     if (was_running && !mvm_vm_pause_locked(vm, MVM_PAUSE_NONE, error))
         return FALSE;
 
-    gboolean ok = snapshot_paused(vm, dirfd, error);
+    gboolean ok = snapshot_paused(vm, write, data, error);
     gboolean stay = was_running && (flags & MVM_SNAPSHOT_LEAVE_PAUSED);
     if (was_running && !stay && !mvm_vm_resume_locked(vm, ok ? error : NULL))
         ok = FALSE;
@@ -378,6 +391,29 @@ gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError
     if (stay)
         mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
     return ok;
+}
+
+gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error)
+{
+    g_return_val_if_fail(vm != NULL, FALSE);
+    g_return_val_if_fail(dirfd >= 0, FALSE);
+
+    if (snapshot_with(vm, flags, write_into_dir, &dirfd, error))
+        return TRUE;
+    unlinkat(dirfd, MEMORY_TMP_NAME, 0);
+    unlinkat(dirfd, STATE_TMP_NAME, 0);
+    return FALSE;
+}
+
+gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnapshotFlags flags,
+                                GError **error)
+{
+    int fds[2] = {state_fd, memory_fd};
+
+    g_return_val_if_fail(vm != NULL, FALSE);
+    g_return_val_if_fail(state_fd >= 0 && memory_fd >= 0, FALSE);
+
+    return snapshot_with(vm, flags, write_into_fds, fds, error);
 }
 
 gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GError **error)
@@ -396,47 +432,57 @@ gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GEr
 
 /* ---- restoring ---- */
 
-/* Opens a regular file of the snapshot without following links. */
-static int open_member(int dirfd, const char *name, struct stat *st, GError **error)
+/* A snapshot file given by a caller is read only when it is a regular file: a FIFO would block. */
+static gboolean check_member(int fd, const char *name, struct stat *st, GError **error)
 {
-    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode))
+        return mvm_snapshot_invalid(error, "%s is not a regular file", name);
+    return TRUE;
+}
+
+/*
+ * Opens a regular file of the snapshot without following links. O_NONBLOCK so that opening a
+ * FIFO in the caller's place returns at once (then fails the check) instead of waiting for a
+ * writer; on a regular file it changes nothing.
+ */
+static int open_member(int dirfd, const char *name, GError **error)
+{
+    struct stat st;
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
 
     if (fd < 0) {
         set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "invalid snapshot: cannot open %s",
                         name);
         return -1;
     }
-    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+    if (!check_member(fd, name, &st, error)) {
         close(fd);
-        mvm_snapshot_invalid(error, "%s is not a regular file", name);
         return -1;
     }
     return fd;
 }
 
-static GBytes *read_state(int dirfd, GError **error)
+/* From offset 0 whatever the fd's position: a caller's fd may be read more than once. */
+static GBytes *read_state(int fd, GError **error)
 {
     struct stat st;
-    int fd = open_member(dirfd, STATE_NAME, &st, error);
 
-    if (fd < 0)
+    if (!check_member(fd, STATE_NAME, &st, error))
         return NULL;
     if (st.st_size > MVM_SNAPSHOT_MAX_STATE_SIZE) {
-        close(fd);
         mvm_snapshot_invalid(error, "%s is larger than 32 MiB", STATE_NAME);
         return NULL;
     }
     gsize size = (gsize)st.st_size, done = 0;
     g_autofree guint8 *data = g_malloc(MAX(size, 1u));
     while (done < size) {
-        ssize_t n = read(fd, data + done, size - done);
+        ssize_t n = pread(fd, data + done, size - done, (off_t)done);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break; /* shorter than fstat said: the size check below reports it */
         done += (gsize)n;
     }
-    close(fd);
     return g_bytes_new_take(g_steal_pointer(&data), done);
 }
 
@@ -461,10 +507,10 @@ static gboolean precheck_devices(const MvmSnapshotState *state, GError **error)
 }
 
 /* Every check of `state` that needs neither KVM nor another file: the decoder, the devices'. */
-static MvmSnapshotState *decode_state_file(int dirfd, const MvmSnapshotLimits *limits,
+static MvmSnapshotState *decode_state_file(int state_fd, const MvmSnapshotLimits *limits,
                                            GError **error)
 {
-    g_autoptr(GBytes) bytes = read_state(dirfd, error);
+    g_autoptr(GBytes) bytes = read_state(state_fd, error);
     if (bytes == NULL)
         return NULL;
     gsize len;
@@ -476,18 +522,30 @@ static MvmSnapshotState *decode_state_file(int dirfd, const MvmSnapshotLimits *l
 }
 
 /* No KVM here: the decoder's own limits (the fuzzer's); a restore checks KVM's on top. */
-MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error)
+MvmVmConfig *mvm_snapshot_read_config_fd(int state_fd, GError **error)
 {
     MvmSnapshotLimits limits;
 
-    g_return_val_if_fail(dirfd >= 0, NULL);
+    g_return_val_if_fail(state_fd >= 0, NULL);
 
     mvm_snapshot_limits_default(&limits);
-    g_autoptr(MvmSnapshotState) state = decode_state_file(dirfd, &limits, error);
+    g_autoptr(MvmSnapshotState) state = decode_state_file(state_fd, &limits, error);
     return state != NULL ? g_steal_pointer(&state->config) : NULL;
 }
 
-static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
+MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error)
+{
+    g_return_val_if_fail(dirfd >= 0, NULL);
+
+    int fd = open_member(dirfd, STATE_NAME, error);
+    if (fd < 0)
+        return NULL;
+    MvmVmConfig *config = mvm_snapshot_read_config_fd(fd, error);
+    close(fd);
+    return config;
+}
+
+static MvmSnapshotState *load_state(int state_fd, int memory_fd, GError **error)
 {
     const MvmKvm *kvm = mvm_kvm_get(error);
     MvmSnapshotLimits limits;
@@ -496,21 +554,16 @@ static MvmSnapshotState *load_state(int dirfd, int *memory_fd, GError **error)
     if (kvm == NULL)
         return NULL;
     limits_from_kvm(kvm, &limits);
-    g_autoptr(MvmSnapshotState) state = decode_state_file(dirfd, &limits, error);
-    if (state == NULL)
-        return NULL;
-    int fd = open_member(dirfd, MEMORY_NAME, &st, error);
-    if (fd < 0)
+    g_autoptr(MvmSnapshotState) state = decode_state_file(state_fd, &limits, error);
+    if (state == NULL || !check_member(memory_fd, MEMORY_NAME, &st, error))
         return NULL;
     if ((guint64)st.st_size != state->memory_size) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
                     "invalid snapshot: %s has %" G_GUINT64_FORMAT
                     " bytes, the VM has %" G_GUINT64_FORMAT,
                     MEMORY_NAME, (guint64)st.st_size, state->memory_size);
-        close(fd);
         return NULL;
     }
-    *memory_fd = fd;
     return g_steal_pointer(&state);
 }
 
@@ -706,23 +759,35 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error)
 {
-    int memory_fd = -1;
-
     g_return_val_if_fail(dirfd >= 0, NULL);
+
+    int state_fd = open_member(dirfd, STATE_NAME, error);
+    int memory_fd = state_fd < 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
+    MvmVm *vm =
+        memory_fd < 0 ? NULL : mvm_vm_restore_from_fds(state_fd, memory_fd, backends, flags, error);
+
+    if (state_fd >= 0)
+        close(state_fd);
+    if (memory_fd >= 0)
+        close(memory_fd);
+    return vm;
+}
+
+MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *backends,
+                               MvmRestoreFlags flags, GError **error)
+{
+    g_return_val_if_fail(state_fd >= 0 && memory_fd >= 0, NULL);
     g_return_val_if_fail((flags & ~MVM_RESTORE_COPY_MEMORY) == 0, NULL);
 
-    g_autoptr(MvmSnapshotState) state = load_state(dirfd, &memory_fd, error);
+    g_autoptr(MvmSnapshotState) state = load_state(state_fd, memory_fd, error);
     if (state == NULL)
         return NULL;
-    if (backends != NULL && !use_backends(state->config, backends, error)) {
-        close(memory_fd);
+    if (backends != NULL && !use_backends(state->config, backends, error))
         return NULL;
-    }
+    /* A private mapping keeps the file alive once the caller closes @memory_fd. */
     MvmMemory *memory = (flags & MVM_RESTORE_COPY_MEMORY)
                             ? copy_memory(memory_fd, state->memory_size, error)
                             : mvm_memory_new_from_fd(memory_fd, state->memory_size, FALSE, error);
-    /* A private mapping keeps the file alive; the copy does not need it either. */
-    close(memory_fd);
     if (memory == NULL)
         return NULL;
 

@@ -2,6 +2,7 @@
 /* microvmctl: list, status, info, and the commands that act on one VM. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -482,21 +483,122 @@ int mctl_cmd_shutdown(Mctl *ctl, int argc, char **argv)
     return MCTL_EXIT_OK;
 }
 
-/* The snapshot directory goes to the daemon as a descriptor (option dir-fd), so the daemon
- * reads and writes only what the user can open. Returns the handle's index, or -1. */
-static gint open_dir_for_daemon(const char *path, GUnixFDList *fds, GError **error)
+/* A snapshot is a directory with these two files (lib/snapshot.h). */
+static const char *const snapshot_members[2] = {"state", "memory"};
+
+static int open_dir(const char *path, GError **error)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    gint index;
 
-    if (fd < 0) {
+    if (fd < 0)
         g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot open the directory “%s”: %s"),
                     path, g_strerror(errno));
-        return -1;
-    }
-    index = g_unix_fd_list_append(fds, fd, error);
+    return fd;
+}
+
+/* Hands @fd (closed here) to the daemon in @fds and names it in @options as @key. */
+static gboolean pass_fd(int fd, GUnixFDList *fds, GVariantDict *options, const char *key,
+                        GError **error)
+{
+    gint index = g_unix_fd_list_append(fds, fd, error);
+
     close(fd);
-    return index;
+    if (index < 0)
+        return FALSE;
+    g_variant_dict_insert(options, key, "h", index);
+    return TRUE;
+}
+
+/*
+ * The snapshot's files, created by microvmctl as the user who runs it, under temporary names in
+ * the target directory, and passed to the daemon open for writing (options state-fd and
+ * memory-fd). microvmd runs as root: it writes only into files its caller made, and never
+ * creates, renames or removes a file itself. Renamed into place once the daemon is done.
+ */
+typedef struct {
+    const char *dir;
+    int dirfd;
+    char *tmp[2]; /* as snapshot_members; NULL once renamed */
+} SnapshotFiles;
+
+static void snapshot_files_clear(SnapshotFiles *files)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(files->tmp); i++) {
+        if (files->tmp[i])
+            unlinkat(files->dirfd, files->tmp[i], 0); /* a failed snapshot leaves nothing */
+        g_clear_pointer(&files->tmp[i], g_free);
+    }
+    if (files->dirfd >= 0)
+        close(files->dirfd);
+    files->dirfd = -1;
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(SnapshotFiles, snapshot_files_clear)
+
+static gboolean snapshot_files_create(SnapshotFiles *files, GUnixFDList *fds, GVariantDict *options,
+                                      GError **error)
+{
+    files->dirfd = open_dir(files->dir, error);
+    if (files->dirfd < 0)
+        return FALSE;
+    for (gsize i = 0; i < G_N_ELEMENTS(snapshot_members); i++) {
+        g_autofree char *name =
+            g_strdup_printf(".%s.%08x.tmp", snapshot_members[i], g_random_int());
+        g_autofree char *key = g_strconcat(snapshot_members[i], "-fd", NULL);
+        /* O_EXCL: a new file of the user's own, never one that was there (a link, a FIFO). */
+        int fd =
+            openat(files->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+
+        if (fd < 0) {
+            g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot create “%s” in “%s”: %s"),
+                        name, files->dir, g_strerror(errno));
+            return FALSE;
+        }
+        files->tmp[i] = g_steal_pointer(&name);
+        if (!pass_fd(fd, fds, options, key, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* The old state goes first and the new one comes last: never a state with another's memory. */
+static gboolean snapshot_files_commit(SnapshotFiles *files, GError **error)
+{
+    if ((unlinkat(files->dirfd, "state", 0) < 0 && errno != ENOENT) ||
+        renameat(files->dirfd, files->tmp[1], files->dirfd, "memory") < 0 ||
+        renameat(files->dirfd, files->tmp[0], files->dirfd, "state") < 0) {
+        g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO,
+                    _("Cannot put the snapshot files in place in “%s”: %s"), files->dir,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    g_clear_pointer(&files->tmp[0], g_free);
+    g_clear_pointer(&files->tmp[1], g_free);
+    fsync(files->dirfd);
+    return TRUE;
+}
+
+/* The snapshot's files opened for the daemon (options state-fd, memory-fd): it reads those. */
+static gboolean snapshot_files_open(const char *dir, GUnixFDList *fds, GVariantDict *options,
+                                    GError **error)
+{
+    int dirfd = open_dir(dir, error);
+    gboolean ok = dirfd >= 0;
+
+    for (gsize i = 0; ok && i < G_N_ELEMENTS(snapshot_members); i++) {
+        g_autofree char *key = g_strconcat(snapshot_members[i], "-fd", NULL);
+        /* O_NONBLOCK: a FIFO in its place must not hang us; the daemon refuses it. */
+        int fd = openat(dirfd, snapshot_members[i],
+                        O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
+
+        if (fd < 0)
+            g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot open “%s” in “%s”: %s"),
+                        snapshot_members[i], dir, g_strerror(errno));
+        ok = fd >= 0 && pass_fd(fd, fds, options, key, error);
+    }
+    if (dirfd >= 0)
+        close(dirfd);
+    return ok;
 }
 
 int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
@@ -510,7 +612,8 @@ int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
     g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
     g_autoptr(GError) error = NULL;
     g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
-    gint index;
+    g_auto(SnapshotFiles) files = {.dirfd = -1};
+    int rc;
 
     if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
                     _("Save the VM's state and memory into DIRECTORY, an existing empty "
@@ -518,15 +621,17 @@ int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
                     &argc, &argv) ||
         !mctl_want_args(argc, 2, "snapshot NAME DIRECTORY"))
         return MCTL_EXIT_USAGE;
-    index = open_dir_for_daemon(argv[1], fds, &error);
-    if (index < 0)
+    files.dir = argv[1];
+    if (!snapshot_files_create(&files, fds, &options, &error))
         return mctl_fail(error, argv[0]);
-    g_variant_dict_insert(&options, "dir-fd", "h", index);
     if (leave_paused)
         g_variant_dict_insert(&options, "leave-paused", "b", TRUE);
-    return vm_call(ctl, argv[0], "Snapshot",
-                   g_variant_new("(s@a{sv})", "", g_variant_dict_end(&options)), fds,
-                   SNAPSHOT_TIMEOUT_MS, _("Saving a snapshot of"));
+    rc = vm_call(ctl, argv[0], "Snapshot",
+                 g_variant_new("(s@a{sv})", "", g_variant_dict_end(&options)), fds,
+                 SNAPSHOT_TIMEOUT_MS, _("Saving a snapshot of"));
+    if (rc == MCTL_EXIT_OK && !snapshot_files_commit(&files, &error))
+        return mctl_fail(error, argv[0]);
+    return rc;
 }
 
 int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
@@ -545,17 +650,15 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
     g_autoptr(GVariant) reply = NULL;
     g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
     g_autofree char *progress = NULL;
-    gint index;
 
     if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
                     _("Create the VM NAME from the snapshot in DIRECTORY."), &argc, &argv) ||
         !mctl_want_args(argc, 2, "restore NAME DIRECTORY"))
         return MCTL_EXIT_USAGE;
-    index = open_dir_for_daemon(argv[1], fds, &error);
-    manager = index < 0 ? NULL : mctl_manager(ctl, &error);
+    if (snapshot_files_open(argv[1], fds, &options, &error))
+        manager = mctl_manager(ctl, &error);
     if (!manager)
         return mctl_fail(error, argv[0]);
-    g_variant_dict_insert(&options, "dir-fd", "h", index);
     if (resume)
         g_variant_dict_insert(&options, "resume", "b", TRUE);
     if (copy_memory)

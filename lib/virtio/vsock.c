@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -87,6 +88,7 @@ struct _Vsock {
     guint64 cid;
     char *uds_path;
     int listen_fd;
+    struct stat listen_st; /* the socket file bound at uds_path, removed only if still there */
     GSource *listen_source;
     GPtrArray *conns;     /* Conn * */
     GPtrArray *graveyard; /* Conn * of a reset device, freed on the I/O thread */
@@ -611,6 +613,26 @@ static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/*
+ * Only a socket file is in the way: the path comes from the configuration, or from a snapshot
+ * (untrusted) that root restores with its own back ends, and anything else there is someone's
+ * file, not ours to remove.
+ */
+static gboolean remove_stale_socket(const char *path, GError **error)
+{
+    struct stat st;
+
+    if (lstat(path, &st) < 0)
+        return TRUE;
+    if (!S_ISSOCK(st.st_mode)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s: something else than a socket is there", path);
+        return FALSE;
+    }
+    unlink(path);
+    return TRUE;
+}
+
 static int listen_unix(const char *path, GError **error)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -630,7 +652,10 @@ static int listen_unix(const char *path, GError **error)
                     "vsock socket %s is in use by another listener", path);
         return -1;
     }
-    unlink(path);
+    if (!remove_stale_socket(path, error)) {
+        close(fd);
+        return -1;
+    }
     if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0) {
         int saved = errno;
         close(fd);
@@ -688,8 +713,13 @@ static void vsock_free(gpointer backend)
         g_ptr_array_unref(vs->graveyard);
     g_queue_clear_full(&vs->pending, g_free);
     if (vs->listen_fd >= 0) {
+        struct stat st;
+
         close(vs->listen_fd);
-        unlink(vs->uds_path);
+        /* Ours only while it is the socket file we bound: it may have been replaced since. */
+        if (lstat(vs->uds_path, &st) == 0 && st.st_dev == vs->listen_st.st_dev &&
+            st.st_ino == vs->listen_st.st_ino)
+            unlink(vs->uds_path);
     }
     g_free(vs->uds_path);
     g_free(vs);
@@ -723,6 +753,7 @@ MvmVirtio *mvm_virtio_vsock_new(guint32 cid, const char *uds_path, const MvmVirt
         vsock_free(vs);
         return NULL;
     }
+    lstat(uds_path, &vs->listen_st); /* just bound: what vsock_free() may remove */
     vs->dev = mvm_virtio_new(&vsock_ops, vs, env, error);
     if (vs->dev == NULL)
         return NULL;

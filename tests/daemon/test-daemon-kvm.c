@@ -883,8 +883,8 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
 }
 
 /*
- * RestoreVM as another user: this test binary again (main() below), run as nobody with the
- * snapshot directory at fd 3 and, if given, a disk at fd 4. argv: --restore-client ADDRESS
+ * RestoreVM as another user: this test binary again (main() below), run as nobody with N_FDS
+ * descriptors from fd 3 on (handles 0, 1, ...) to pass. argv: --restore-client ADDRESS
  * NAME OPTIONS N_FDS. Prints "ok PATH" or "error NAME MESSAGE".
  */
 static int restore_client_main(char **argv)
@@ -929,8 +929,8 @@ static void drop_to_nobody(gpointer data)
 }
 
 /* Runs restore_client_main() as nobody; @dirfd and @diskfd (or -1) become its fds 3 and 4. */
-static char *restore_as_nobody(Fixture *f, const char *name, const char *options, int dirfd,
-                               int diskfd)
+static char *restore_as_nobody(Fixture *f, const char *name, const char *options, const int *pass,
+                               guint n_pass)
 {
     g_autoptr(GSubprocessLauncher) launcher =
         g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
@@ -938,16 +938,15 @@ static char *restore_as_nobody(Fixture *f, const char *name, const char *options
     /* The build dir may be out of nobody's reach: it runs a copy, from the copy's dir. */
     char *self = mvmd_test_reachable_copy(exe);
     g_autofree char *cwd = g_path_get_dirname(self);
-    g_autofree char *n_fds = g_strdup_printf("%d", diskfd >= 0 ? 2 : 1);
+    g_autofree char *n_fds = g_strdup_printf("%u", n_pass);
     g_autoptr(GSubprocess) child = NULL;
     g_autoptr(GError) error = NULL;
     char *out = NULL;
 
     g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
     g_subprocess_launcher_set_cwd(launcher, cwd);
-    g_subprocess_launcher_take_fd(launcher, dup(dirfd), 3);
-    if (diskfd >= 0)
-        g_subprocess_launcher_take_fd(launcher, dup(diskfd), 4);
+    for (guint i = 0; i < n_pass; i++)
+        g_subprocess_launcher_take_fd(launcher, dup(pass[i]), 3 + (int)i);
     child = g_subprocess_launcher_spawn(launcher, &error, self, "--restore-client", f->bus->address,
                                         name, options, n_fds, NULL);
     if (child)
@@ -1056,6 +1055,8 @@ static guint count_opens(int inotify_fd)
  * option to fill; a path in the options is refused as CreateVM refuses it; the disk as an fd
  * works. Root restoring without options does open it, which shows the watch sees opens.
  */
+#define FILES "{'state-fd': <handle 0>, 'memory-fd': <handle 1>}"
+
 static void test_restore_unprivileged(Fixture *f, gconstpointer data)
 {
     g_autoptr(BlkSnapshot) snap = NULL;
@@ -1065,7 +1066,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_autoptr(GSubprocess) mock = NULL;
     g_autoptr(MvmdVm) vm = NULL;
     g_autoptr(GVariant) disk0 = NULL;
-    int dirfd, diskfd, watch;
+    int dirfd, pass[3], watch;
+    gboolean copied = FALSE;
 
     if (getuid() != 0) {
         g_test_skip("needs root to run a client as nobody");
@@ -1079,24 +1081,34 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     }
     snap = blk_snapshot_new(f);
     dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    diskfd = open(snap->other, O_RDWR | O_CLOEXEC);
+    pass[0] = openat(dirfd, "state", O_RDONLY | O_CLOEXEC);
+    pass[1] = openat(dirfd, "memory", O_RDONLY | O_CLOEXEC);
+    pass[2] = open(snap->other, O_RDWR | O_CLOEXEC);
     watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    g_assert_cmpint(dirfd, >=, 0);
-    g_assert_cmpint(diskfd, >=, 0);
+    for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
+        g_assert_cmpint(pass[i], >=, 0);
     g_assert_cmpint(inotify_add_watch(watch, snap->disk, IN_OPEN), >=, 0);
 
-    out = restore_as_nobody(f, "a", "{'dir-fd': <handle 0>}", dirfd, -1);
+    /* A directory is opened by root only: the daemon would read files nobody cannot. */
+    out = restore_as_nobody(f, "d", "{'dir-fd': <handle 0>}", &dirfd, 1);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    g_assert_nonnull(strstr(out, "'state-fd' and 'memory-fd'"));
+    g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(f, "a", FILES, pass, 2);
     g_assert_true(g_str_has_prefix(out, "error " ERR "InvalidArgument "));
     g_assert_nonnull(strstr(out, "pass it as an fd in the 'disks' option"));
     g_clear_pointer(&out, g_free);
-    with_path =
-        g_strdup_printf("{'dir-fd': <handle 0>, 'disks': <[{'path': <'%s'>}]>}", snap->disk);
-    out = restore_as_nobody(f, "b", with_path, dirfd, -1);
+    with_path = g_strdup_printf("{'state-fd': <handle 0>, 'memory-fd': <handle 1>, "
+                                "'disks': <[{'path': <'%s'>}]>}",
+                                snap->disk);
+    out = restore_as_nobody(f, "b", with_path, pass, 2);
     g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
     g_assert_nonnull(strstr(out, "disks[0].path"));
     g_clear_pointer(&out, g_free);
-    out = restore_as_nobody(f, "c", "{'dir-fd': <handle 0>, 'disks': <[{'fd': <handle 1>}]>}",
-                            dirfd, diskfd);
+    out = restore_as_nobody(f, "c",
+                            "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, "
+                            "'disks': <[{'fd': <handle 2>}]>}",
+                            pass, 3);
     g_assert_true(g_str_has_prefix(out, "ok /org/microvmd/MicroVM1/vm/c"));
     g_assert_cmpuint(count_opens(watch), ==, 0);
 
@@ -1104,6 +1116,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
     disk0 = config_disk0(vm);
     g_assert_nonnull(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN));
+    /* Never mapped from a file its caller could truncate under the daemon. */
+    g_assert_true(g_variant_lookup(mvmd_vm_get_config(vm), "copy-memory", "b", &copied) && copied);
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
 
@@ -1111,7 +1125,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     root_path = restore_vm(f, "root", snap->dir, "{}", NULL);
     g_assert_cmpuint(count_opens(watch), >, 0);
     close(watch);
-    close(diskfd);
+    for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
+        close(pass[i]);
     close(dirfd);
     g_subprocess_force_exit(mock);
     g_subprocess_wait(mock, NULL, NULL);

@@ -6,7 +6,13 @@ with --p2p the address of microvmd's own socket.
 
 OPS: list, reload, create NAME (kernel by path), create-fd NAME (kernel from the inherited
 descriptor $CLIENT_KERNEL_FD), restore NAME (from a snapshot path),
-start|pause|resume|shutdown|stop|reboot|delete|console|stats|snapshot NAME."""
+start|pause|resume|shutdown|stop|reboot|delete|console|stats|snapshot NAME.
+
+Snapshot destinations (SNAPSHOT_OPS), each "snapshot-KIND NAME": a directory $CLIENT_TARGET
+by path, as a dir-fd or as an O_PATH dir-fd; or a state file of the KIND given (see
+state_file()) with a proper memory file, both made in $CLIENT_WORKDIR (the client's own).
+restore-files NAME restores from the files "snapshot-files" made there, restore-fifo NAME
+with a FIFO in place of the state file."""
 
 import json
 import os
@@ -28,6 +34,71 @@ VM_CALLS = {
     # A path: never followed for an unprivileged caller, whatever polkit says.
     "snapshot": ("Snapshot", GLib.Variant("(sa{sv})", ("/var/tmp/microvmd-snapshot", {}))),
 }
+
+
+WORKDIR = os.environ.get("CLIENT_WORKDIR", "")
+TARGET = os.environ.get("CLIENT_TARGET", "")
+FILES = {"state-fd": GLib.Variant("h", 0), "memory-fd": GLib.Variant("h", 1)}
+
+
+def new_file(name, flags=os.O_WRONLY):
+    return os.open(os.path.join(WORKDIR, name), os.O_CREAT | os.O_EXCL | flags, 0o600)
+
+
+def fifo(name):
+    path = os.path.join(WORKDIR, name)
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR)  # a reader and a writer: opening it does not wait
+
+
+def hard_linked(name):
+    fd = new_file(name)
+    os.link(os.path.join(WORKDIR, name), os.path.join(WORKDIR, name + ".link"))
+    return fd
+
+
+def state_file(kind, memory_fd):
+    """The state file of each kind: all but "files" are refused by the daemon."""
+    return {
+        "files": lambda: new_file("state"),
+        "fifo": lambda: fifo("state.fifo"),
+        "devnull": lambda: os.open("/dev/null", os.O_WRONLY),
+        "readonly": lambda: new_file("state.ro", os.O_RDONLY),
+        "append": lambda: new_file("state.append", os.O_WRONLY | os.O_APPEND),
+        "hardlink": lambda: hard_linked("state.linked"),
+        "same": lambda: os.dup(memory_fd),
+    }[kind]()
+
+
+def snapshot_args(kind):
+    """Snapshot's arguments and descriptors for the op snapshot-KIND."""
+    if kind == "path":
+        return (TARGET, {}), None
+    if kind in ("dir-fd", "opath"):
+        flags = os.O_DIRECTORY | (os.O_PATH if kind == "opath" else os.O_RDONLY)
+        return ("", {"dir-fd": GLib.Variant("h", 0)}), [os.open(TARGET, flags)]
+    memory = new_file("memory" if kind == "files" else f"memory.{kind}")
+    return ("", FILES), [state_file(kind, memory), memory]
+
+
+# The descriptors go to the message's fd list, which closes them.
+def snapshot_to(conn, kind, name, flags):
+    args, fds = snapshot_args(kind)
+    return systest.call(conn, vm_path(conn, name), systest.VM, "Snapshot",
+                        GLib.Variant("(sa{sv})", args), fds=fds, flags=flags)[1]
+
+
+def restore_files(conn, name, flags, state_kind="files"):
+    """RestoreVM from the files of "snapshot-files", or with a FIFO as its state."""
+    state = os.path.join(WORKDIR, "state")
+    if state_kind == "fifo":
+        state = os.path.join(WORKDIR, "restore.fifo")
+        os.mkfifo(state, 0o600)
+    fds = [os.open(f, os.O_RDWR if f == state and state_kind == "fifo" else os.O_RDONLY)
+           for f in (state, os.path.join(WORKDIR, "memory"))]
+    args = GLib.Variant("(ssa{sv})", (name, "", FILES))
+    return systest.call(conn, systest.PATH, systest.MANAGER, "RestoreVM", args, "(o)",
+                        fds=fds, flags=flags)[1]
 
 
 def vm_path(conn, name):
@@ -76,6 +147,10 @@ def run(conn, op, name, flags):
                             fds=fds, flags=flags)[1]
     if op == "console":
         return read_console(conn, vm_path(conn, name), flags)
+    if op.startswith("snapshot-"):
+        return snapshot_to(conn, op[len("snapshot-"):], name, flags)
+    if op in ("restore-files", "restore-fifo"):
+        return restore_files(conn, name, flags, op[len("restore-"):])
     method, args = VM_CALLS[op]
     return systest.call(conn, vm_path(conn, name), systest.VM, method, args, flags=flags)[1]
 

@@ -373,15 +373,17 @@ def require_root_and_setpriv():
         skip("setpriv (util-linux) is not installed")
 
 
-def run_client_as(uid, gid, address, ops, p2p=False, interactive=False, kernel_fd=None):
-    """Runs client.py as @uid/@gid (no supplementary groups); returns its results, in order."""
+def run_client_as(uid, gid, address, ops, p2p=False, interactive=False, kernel_fd=None,
+                  env=None):
+    """Runs client.py as @uid/@gid (no supplementary groups), with @env added to ours;
+    returns its results, in order."""
     import json
     argv = client_argv(uid, gid, address, ops)
     if p2p:
         argv.append("--p2p")
     if interactive:
         argv.append("--interactive")
-    env = dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1", **(env or {}))
     if kernel_fd is not None:
         env["CLIENT_KERNEL_FD"] = str(kernel_fd)
     out = subprocess.run(argv, env=env, cwd=client_dir(), stdout=subprocess.PIPE, text=True,

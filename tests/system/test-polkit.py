@@ -123,6 +123,54 @@ class PolkitTest(systest.TestCase):
                           NOT_AUTHORIZED), ("restore", "copy", NOT_AUTHORIZED)])
         self.assertEqual(daemon.stop(), 0)
 
+    def test_snapshot_files_of_unprivileged_callers(self):
+        """nobody, allowed to snapshot, never makes root create a file: a directory of root's
+        (by path, dir-fd or O_PATH dir-fd) is refused and stays empty; a FIFO, /dev/null, a
+        read-only, O_APPEND or hard-linked file, or one file twice, is refused by name with an
+        answer at once; files nobody made itself take the snapshot, and restore from (a FIFO
+        as the state to restore is refused, never read)."""
+        self.start_mock("--template", "polkitd")
+        daemon, path = self.start_microvmd()
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
+                              GLib.Variant("(as)", ([systest.ACTIONS["snapshot"]],)), name=POLKIT)
+        self.assertIsNone(err)
+        _, err = systest.call(self.root, path, systest.VM, "Start")
+        self.assertIsNone(err)
+        target = os.path.join(self.tmp.path, "root-only")
+        workdir = os.path.join(self.tmp.path, "nobody")
+        os.mkdir(target, 0o755)
+        os.mkdir(workdir, 0o700)
+        os.chown(workdir, systest.NOBODY, systest.NOBODY)
+        env = {"CLIENT_TARGET": target, "CLIENT_WORKDIR": workdir}
+
+        def as_nobody(ops):
+            results = systest.run_client_as(systest.NOBODY, systest.NOBODY, self.bus.address,
+                                            ops, env=env)
+            return [(r["op"], r["error"]) for r in results]
+
+        dirs = ["snapshot-path", "snapshot-dir-fd", "snapshot-opath"]
+        self.assertEqual(as_nobody([x for op in dirs for x in (op, "guest")]),
+                         [(op, NOT_AUTHORIZED) for op in dirs])
+        self.assertEqual(os.listdir(target), [])
+        bad = ["snapshot-fifo", "snapshot-devnull", "snapshot-readonly", "snapshot-append",
+               "snapshot-hardlink", "snapshot-same"]
+        self.assertEqual(as_nobody([x for op in bad for x in (op, "guest")] + ["list"]),
+                         [(op, systest.ERR + "InvalidArgument") for op in bad] + [("list", None)])
+        self.assertEqual(as_nobody(["snapshot-files", "guest", "restore-fifo", "fifo",
+                                    "restore-files", "copy"]),
+                         [("snapshot-files", None),
+                          ("restore-fifo", systest.ERR + "InvalidArgument"),
+                          ("restore-files", None)])
+        for name in ("state", "memory"):
+            st = os.stat(os.path.join(workdir, name))
+            self.assertEqual((st.st_uid, st.st_nlink), (systest.NOBODY, 1))
+            self.assertGreater(st.st_size, 0)
+        copy, err = systest.call(self.root, systest.PATH, systest.MANAGER, "GetVMByName",
+                                 GLib.Variant("(s)", ("copy",)), "(o)")
+        self.assertIsNone(err)
+        self.assertEqual(systest.vm_state(self.root, copy[0]), "paused")
+        self.assertEqual(daemon.stop(), 0)
+
     def assert_checks(self, monitor, interactive):
         """One check per mutating call: the caller's bus name, the VM and the method."""
         expected = {"CreateVM": ("create", "mine"), "Reload": ("manage", None),

@@ -453,14 +453,19 @@ def test_unprivileged(t, bus):
         unprivileged_calls(bus, microvmctl, kernel, copies.path)
 
 
-def unprivileged_calls(bus, microvmctl, kernel, cwd):
+def nobody_runner(bus, microvmctl, cwd):
+    """A function that runs @microvmctl (a copy nobody can reach) as nobody, from @cwd."""
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", microvmctl,
                  "--address=" + bus.address]
 
-    def run(*args):
-        return Result(subprocess.run(as_nobody + list(args), capture_output=True, text=True,
-                                     env=env_c(), cwd=cwd, timeout=60))
+    def run(*args, input=None):
+        return Result(subprocess.run(as_nobody + list(args), input=input, capture_output=True,
+                                     text=True, env=env_c(), cwd=cwd, timeout=120))
+    return run
 
+
+def unprivileged_calls(bus, microvmctl, kernel, cwd):
+    run = nobody_runner(bus, microvmctl, cwd)
     expect_rc(ctl(bus, "create", "rootvm", "--kernel", kernel), OK, "create as root")
     r = run("list", "--json")
     expect_rc(r, OK, "list as nobody")
@@ -579,12 +584,20 @@ def test_snapshot(t, bus):
               "snapshot into a missing directory")
     expect_rc(ctl(bus, "snapshot", "snap", d), OK, "snapshot")
     assert os.path.getsize(os.path.join(d, "state")) > 0, os.listdir(d)
+    # microvmctl made the files and renamed them into place: nothing else is left there.
+    assert sorted(os.listdir(d)) == ["memory", "state"], os.listdir(d)
     assert vm_json(bus, "snap")["state"] == "running", "snapshot without --leave-paused"
     expect_rc(ctl(bus, "restore", "copy", d), OK, "restore")
     s = vm_json(bus, "copy")
     assert s["state"] == "paused" and s["memory-mib"] == 16, s
     expect_rc(ctl(bus, "restore", "copy", d), ALREADY_EXISTS, "restore twice")
-    expect_rc(ctl(bus, "restore", "copy2", bus.dir), INVALID_ARGUMENT, "restore a non-snapshot")
+    junk = os.path.join(bus.dir, "junk")
+    os.mkdir(junk)
+    expect_rc(ctl(bus, "restore", "copy2", junk), LOCAL_IO, "restore from a dir without files")
+    for name in ("state", "memory"):
+        with open(os.path.join(junk, name), "w") as f:
+            f.write("not a snapshot")
+    expect_rc(ctl(bus, "restore", "copy2", junk), INVALID_ARGUMENT, "restore a non-snapshot")
     expect_rc(ctl(bus, "restore", "copy3", os.path.join(bus.dir, "nonexistent")), LOCAL_IO,
               "restore from a missing directory")
     expect_rc(ctl(bus, "resume", "copy"), OK, "resume the copy")
@@ -599,6 +612,76 @@ def test_snapshot(t, bus):
               "restore --resume --copy-memory")
     assert vm_json(bus, "copy4")["state"] == "running"
     for name in ("snap", "copy", "copy4"):
+        ctl(bus, "stop", name)
+        expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
+
+
+def start_polkit_mock(bus):
+    """python-dbusmock's polkitd on the test bus, saying yes to every microvmd action; None
+    when python-dbusmock is not installed (for Debian's python3, which a python3 earlier in
+    PATH, ours, may not be)."""
+    python = "/usr/bin/python3"
+    if subprocess.run([python, "-c", "import dbusmock"], capture_output=True).returncode != 0:
+        return None
+    mock = subprocess.Popen([python, "-m", "dbusmock", "--session", "--template", "polkitd"],
+                            env=dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address),
+                            stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    actions = ["org.microvmd.vm." + a for a in ("create", "manage", "console", "snapshot")]
+    deadline = time.monotonic() + 30
+    while subprocess.run(["gdbus", "call", "--address", bus.address, "-d",
+                          "org.freedesktop.PolicyKit1", "-o",
+                          "/org/freedesktop/PolicyKit1/Authority", "-m",
+                          "org.freedesktop.DBus.Mock.SetAllowed", str(actions)],
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "the polkit mock did not come up"
+        time.sleep(0.1)
+    return mock
+
+
+def test_snapshot_unprivileged(t, bus):
+    """nobody, allowed by polkit, snapshots its own VM into its own directory and restores it:
+    microvmctl creates the files as nobody and the daemon only writes into them. A directory
+    nobody cannot write stays empty."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return "SKIP needs root and setpriv"
+    for d in (os.path.dirname(bus.dir), bus.dir):
+        os.chmod(d, 0o755)
+    mock = start_polkit_mock(bus)
+    if mock is None:
+        return "SKIP python-dbusmock is not installed"
+    try:
+        with reachable.ReachableDir("microvmctl-nobody-") as copies:
+            microvmctl = copies.copy(MICROVMCTL, executable=True)
+            snapshot_as_nobody(bus, microvmctl, copies.copy(TESTGUEST), copies.path)
+    finally:
+        mock.terminate()
+        mock.wait(30)
+
+
+def snapshot_as_nobody(bus, microvmctl, kernel, cwd):
+    run = nobody_runner(bus, microvmctl, cwd)
+    mine = os.path.join(cwd, "snap")
+    os.mkdir(mine)
+    os.chown(mine, 65534, 65534)
+    roots = os.path.join(bus.dir, "root-snap")
+    os.mkdir(roots, 0o755)
+    expect_rc(run("create", "mine", "--kernel", kernel, "--cmdline", "mode=echo", "--memory",
+                  "16", "--set", "debug-exit=true", "--start"), OK, "create --start as nobody")
+    wait_console(bus, "mine", "READY")
+    r = run("snapshot", "mine", roots)
+    expect_rc(r, LOCAL_IO, "snapshot into root's directory as nobody")
+    assert os.listdir(roots) == [], os.listdir(roots)
+    expect_rc(run("snapshot", "mine", mine), OK, "snapshot as nobody")
+    assert sorted(os.listdir(mine)) == ["memory", "state"], os.listdir(mine)
+    for name in ("memory", "state"):
+        st = os.stat(os.path.join(mine, name))
+        assert st.st_uid == 65534 and st.st_mode & 0o777 == 0o600 and st.st_size > 0, st
+    expect_rc(run("restore", "copy", mine, "--resume"), OK, "restore as nobody")
+    s = vm_json(bus, "copy")
+    assert s["state"] == "running" and s["memory-mib"] == 16, s
+    r = run("console", "copy", "--wait-idle=1500", input="zz-nobody\nquit\n")
+    assert "zz-nobody" in r.out and "TESTGUEST-DONE echo PASS" in r.out, r
+    for name in ("mine", "copy"):
         ctl(bus, "stop", name)
         expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
 
@@ -829,6 +912,7 @@ def main():
         run("console on a pty", test_console_pty, bus, needs_kvm=True)
         run("console from a pipe", test_console_pipe, bus, needs_kvm=True)
         run("snapshot and restore", test_snapshot, bus, needs_kvm=True)
+        run("snapshot and restore as nobody", test_snapshot_unprivileged, bus, needs_kvm=True)
         run("peer-to-peer socket", test_socket, tmp)
         if bus.daemon.poll() is not None:
             failed += 1

@@ -345,6 +345,75 @@ static void test_restore_beside_original(void)
     rm_rf(dir2);
 }
 
+static void fill_junk(int fd, guint mib)
+{
+    g_autofree char *junk = g_malloc(1024 * 1024);
+
+    memset(junk, 0xa5, 1024 * 1024);
+    for (guint i = 0; i < mib; i++)
+        g_assert_cmpint(write(fd, junk, 1024 * 1024), ==, 1024 * 1024);
+}
+
+static int open_in(const char *dir, const char *name, int flags)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    int fd = open(path, flags | O_CLOEXEC, 0600);
+
+    g_assert_cmpint(fd, >=, 0);
+    return fd;
+}
+
+/*
+ * Into two files the caller opened (a daemon's untrusted caller): the files are emptied first,
+ * so what they held does not survive in the memory file's holes or past the state's end; the
+ * snapshot restores from the same files as fds. A FIFO in a snapshot's place is refused, not
+ * waited on: by fd, and named `state` in a directory.
+ */
+static void test_snapshot_to_fds(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new(), c2 = capture_new();
+    g_autoptr(MvmVm) vm = new_guest(PATTERN_CMDLINE, 1, 128, c);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir(), *fifo_dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *fifo = g_build_filename(fifo_dir, "state", NULL);
+    int state_fd = open_in(dir, "state", O_RDWR | O_CREAT);
+    int memory_fd = open_in(dir, "memory", O_RDWR | O_CREAT);
+
+    /* Old contents, longer than the new ones and all over the new file's holes. */
+    fill_junk(state_fd, 40);
+    fill_junk(memory_fd, 256);
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_true(capture_wait_from(c, 0, "COUNTER 20\n", TIMEOUT_US));
+    g_assert_true(
+        mvm_vm_snapshot_to_fds(vm, state_fd, memory_fd, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    assert_memory_equals_file(vm, memory);
+    assert_sparse(memory, 8 * 1024 * 1024);
+
+    g_autoptr(MvmVm) copy =
+        mvm_vm_restore_from_fds(state_fd, memory_fd, NULL, MVM_RESTORE_COPY_MEMORY, &error);
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(copy, on_console, c2);
+    g_assert_true(mvm_vm_resume(copy, &error));
+    g_assert_true(capture_wait_from(c2, 0, "COUNTER", TIMEOUT_US));
+
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    int fifo_fd = open(fifo, O_RDWR | O_CLOEXEC);
+    g_assert_null(mvm_vm_restore_from_fds(fifo_fd, memory_fd, NULL, MVM_RESTORE_NONE, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_assert_null(mvm_vm_restore(fifo_dir, MVM_RESTORE_NONE, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    close(fifo_fd);
+    close(state_fd);
+    close(memory_fd);
+    rm_rf(fifo_dir);
+    rm_rf(dir);
+}
+
 /* RAM above the MMIO gap (a second region) goes into the file after low RAM, and comes back. */
 static void test_restore_above_4g(void)
 {
@@ -787,6 +856,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/pause/kvmclock-guest-stopped", test_kvmclock_guest_stopped);
     g_test_add_func("/snapshot/pause/kvmclock-freeze", test_kvmclock_freeze);
     g_test_add_func("/snapshot/restore/beside-original", test_restore_beside_original);
+    g_test_add_func("/snapshot/to-fds", test_snapshot_to_fds);
     g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_func("/snapshot/read-config", test_read_config);

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+/*
+ * Files a caller hands over open, for the daemon to write a snapshot into (Snapshot's
+ * `state-fd` and `memory-fd`) or to read one from (RestoreVM's). microvmd runs as root: for a
+ * caller who is not, it never creates, truncates, renames or unlinks a path, nor opens one; the
+ * caller creates the files itself and passes them. Each is checked here before a byte moves.
+ *
+ * Every check is made without waiting on anyone: the file's attributes come from statx() with
+ * AT_STATX_DONT_SYNC (no round trip to a FUSE server or an NFS host) and its file system from
+ * /proc/self/mountinfo, so these run on the main loop. Files on a FUSE file system are refused:
+ * the caller's own FUSE server could stall a write or read for ever while the VM is paused.
+ */
+
+typedef enum {
+    MVMD_CALLER_FILE_READ,  /* a regular file opened for reading */
+    MVMD_CALLER_FILE_WRITE, /* a regular file of its own (one link), opened for writing, no O_APPEND
+                             */
+} MvmdCallerFileUse;
+
+/*
+ * The options `state-fd` and `memory-fd` (handles into @fd_list) of @options: both or neither.
+ * With neither, TRUE and both fds -1. With both, the duplicated descriptors (the caller's to
+ * close) once they pass the checks for @use: regular files, not on FUSE, opened the right way,
+ * two different files; for MVMD_CALLER_FILE_WRITE also one link each and, unless @owner is
+ * (uid_t)-1, owned by @owner. FALSE with MVMD_ERROR_INVALID_ARGUMENT and the reason otherwise.
+ */
+gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCallerFileUse use,
+                                 uid_t owner, int *state_fd, int *memory_fd, GError **error);
+
+/*
+ * statx() of any descriptor a caller passed, without waiting on anyone, refusing a file on FUSE;
+ * with @strict also one whose file system is not in this daemon's mount table (another mount
+ * namespace: it may be FUSE). FALSE with MVMD_ERROR_INVALID_ARGUMENT and the reason (no key).
+ */
+gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error);
+
+G_END_DECLS
