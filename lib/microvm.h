@@ -187,10 +187,13 @@ gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError
  * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
  * untrusted: everything is validated before KVM is touched, and any failure is
  * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_NOT_SUPPORTED when the snapshot's
- * TSC rate differs and KVM here cannot scale it). Memory is mapped copy-on-write from the
- * snapshot unless MVM_RESTORE_COPY_MEMORY: the file must then stay unchanged (it may be
- * unlinked) while the VM lives. The guest's clock stays at the snapshot's time until the
- * first resume.
+ * TSC rate differs and KVM here cannot scale it). Guest RAM is read from the snapshot's
+ * `memory` into the VM's own memory (only the file's data: holes cost nothing), so the file
+ * may change or go once the call returns. A file mapped instead would bring the whole process
+ * down (SIGBUS) the moment it shrank under a page in use; that is done only for a memfd sealed
+ * against shrinking and writing (see mvm_vm_restore_with_memory()), and
+ * MVM_RESTORE_COPY_MEMORY copies even that. The guest's clock stays at the snapshot's time
+ * until the first resume.
  */
 typedef enum {
     MVM_RESTORE_NONE = 0,
@@ -208,6 +211,15 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
  */
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error);
+/*
+ * mvm_vm_restore_with_backends() (@backends may be NULL: the snapshot's own) with guest RAM
+ * from @memory_fd (not consumed; -1: the directory's `memory`), a regular file of the
+ * snapshot's memory size. A memfd sealed with F_SEAL_SHRINK and F_SEAL_WRITE is mapped
+ * copy-on-write, lazily, which makes a restore cost next to nothing whatever the RAM size;
+ * anything else is copied.
+ */
+MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *backends,
+                                  MvmRestoreFlags flags, GError **error);
 /*
  * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
  * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone
