@@ -1117,6 +1117,155 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_subprocess_wait(mock, NULL, NULL);
 }
 
+/* ---- name reservations ------------------------------------------------------------------- */
+
+/*
+ * A write lease on @path (ours: we are root): anyone's open of it blocks until we let go (or
+ * the kernel's lease-break-time, 45 s by default, passes). SIGIO, the kernel's news of an
+ * open that waits, is ignored: hold_is_hit() asks instead.
+ */
+static int hold_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    signal(SIGIO, SIG_IGN);
+    g_assert_cmpint(fcntl(fd, F_SETLEASE, F_WRLCK), ==, 0);
+    return fd;
+}
+
+/* Is someone's open of the file waiting for us? (We are asked to downgrade to a read lease.) */
+static gboolean hold_is_hit(int fd)
+{
+    return fcntl(fd, F_GETLEASE) == F_RDLCK;
+}
+
+static void hold_release(int fd)
+{
+    g_assert_cmpint(fcntl(fd, F_SETLEASE, F_UNLCK), ==, 0);
+    close(fd);
+}
+
+/* A counting guest snapshotted into @dir, then stopped and deleted. */
+static void snapshot_counting_guest(Fixture *f, const char *dir)
+{
+    g_autoptr(MvmdVm) vm = create_guest(f, "orig", "pattern pages=16 base_mib=8 every=20", NULL);
+    Console *c = console_open(vm);
+
+    g_assert_cmpint(g_mkdir(dir, 0755), ==, 0);
+    call_ok(vm, "Start");
+    console_expect(c, 0, "COUNTER ");
+    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    console_close(c);
+    call_ok(vm, "Delete");
+}
+
+static void create_fails_exists(Fixture *f, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *text = g_strdup_printf("{'kernel': <'%s'>}", testguest);
+
+    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
+    mvmd_test_assert_dbus_error(error, ERR "AlreadyExists");
+}
+
+static void assert_no_vm(Fixture *f, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, name, G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
+                                          &error);
+    mvmd_test_assert_dbus_error(error, ERR "NoSuchVM");
+}
+
+typedef struct {
+    gboolean done;
+    char *path;
+    GError *error;
+} AsyncRestore;
+
+static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    AsyncRestore *r = user_data;
+
+    mvmd_manager_call_restore_vm_finish(MVMD_MANAGER(source), &r->path, NULL, result, &r->error);
+    r->done = TRUE;
+}
+
+/*
+ * A name is released only by the call that reserved it. A RestoreVM of "x" is held in flight
+ * (its worker waits on a lease we hold on the snapshot's `state`, so it has been authorized and
+ * has reserved "x"); meanwhile a second RestoreVM of "x" fails (the name is taken) and a third,
+ * from nobody, is denied: neither may release the first one's reservation, so CreateVM "x" is
+ * still refused after each. The first restore then finishes with a working VM, the only "x".
+ * A denied call on a free name leaves nothing behind: no object, and the name stays free.
+ */
+static void test_restore_reservation(Fixture *f, gconstpointer data)
+{
+    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_autofree char *state = g_build_filename(dir, "state", NULL);
+    g_autofree char *out = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(MvmdVm) y = NULL;
+    AsyncRestore first = {0};
+    int dirfd, lease;
+    Console *c;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody and to lease the snapshot's file");
+        return;
+    }
+    open_bus_to_all(f);
+    snapshot_counting_guest(f, dir);
+    dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+
+    lease = hold_file(state);
+    mvmd_manager_call_restore_vm(f->manager, "x", dir, mvmd_test_config("{}"),
+                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 on_restore_done, &first);
+    mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
+    g_assert_false(first.done);
+    create_fails_exists(f, "x");
+    restore_fails(f, "x", dir, "{}", NULL, ERR "AlreadyExists", "exists already");
+    create_fails_exists(f, "x");
+    out = restore_as_nobody(f, "x", "{'dir-fd': <handle 0>}", dirfd, -1);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    create_fails_exists(f, "x");
+    assert_no_vm(f, "x"); /* reserved, not exported before it is there */
+    g_assert_false(first.done);
+
+    hold_release(lease);
+    mvmd_test_wait_until(first.done, GUEST_TIMEOUT_MS);
+    g_assert_no_error(first.error);
+    g_assert_cmpstr(first.path, ==, "/org/microvmd/MicroVM1/vm/x");
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
+    vm = mvmd_test_bus_vm(f->bus, NULL, first.path);
+    g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
+    c = console_open(vm);
+    call_ok(vm, "Resume");
+    console_expect(c, console_expect(c, 0, "COUNTER "), "\n");
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    console_close(c);
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+
+    /* Denied on a free name: nothing is left, and root may take the name at once. */
+    g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(f, "y", "{'dir-fd': <handle 0>}", dirfd, -1);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    assert_no_vm(f, "y");
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
+    y = create_guest(f, "y", "idle", NULL);
+    close(dirfd);
+    g_free(first.path);
+}
+
 #define N_MANY 100
 
 typedef struct {
@@ -1268,6 +1417,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/restore-backends", test_restore_backends);
     ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
+    ADD("/daemon-kvm/restore-reservation", test_restore_reservation);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
     return g_test_run();
