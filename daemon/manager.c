@@ -442,6 +442,7 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
             continue;
         g_message("%s: definition %s", config->name,
                   on_disk ? "changed on disk: reloading it" : "removed from disk: dropping it");
+        mvmd_vm_object_retire(l->data);
         on_vm_deleted(l->data, self);
     }
 }

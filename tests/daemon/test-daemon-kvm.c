@@ -1032,6 +1032,25 @@ static GSubprocess *start_polkit_mock(Fixture *f, const char *action)
     return g_steal_pointer(&mock);
 }
 
+/*
+ * What a test with a client run as nobody needs: root, the bus open to all, and the polkit mock
+ * allowing @action. NULL (and the test skipped) when that cannot be.
+ */
+static GSubprocess *start_nobody_and_polkit(Fixture *f, const char *action)
+{
+    GSubprocess *mock;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody");
+        return NULL;
+    }
+    open_bus_to_all(f);
+    mock = start_polkit_mock(f, action);
+    if (!mock)
+        g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
+    return mock;
+}
+
 /* Opens of @path since the watch began (inotify IN_OPEN, from any process). */
 static guint count_opens(int inotify_fd)
 {
@@ -1067,16 +1086,9 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_autoptr(GVariant) disk0 = NULL;
     int dirfd, diskfd, watch;
 
-    if (getuid() != 0) {
-        g_test_skip("needs root to run a client as nobody");
+    mock = start_nobody_and_polkit(f, "org.microvmd.vm.snapshot");
+    if (!mock)
         return;
-    }
-    open_bus_to_all(f);
-    mock = start_polkit_mock(f, "org.microvmd.vm.snapshot");
-    if (!mock) {
-        g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
-        return;
-    }
     snap = blk_snapshot_new(f);
     dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     diskfd = open(snap->other, O_RDWR | O_CLOEXEC);
@@ -1266,6 +1278,98 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_free(first.path);
 }
 
+/* A call to the polkit mock's own interface (org.freedesktop.DBus.Mock). */
+static GVariant *polkit_mock_call(Fixture *f, const char *method, GVariant *args)
+{
+    g_autoptr(GError) error = NULL;
+    GVariant *reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
+        "org.freedesktop.DBus.Mock", method, args, NULL, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+
+    g_assert_no_error(error);
+    return reply;
+}
+
+static gboolean polkit_mock_hangs(Fixture *f)
+{
+    g_autoptr(GVariant) reply = polkit_mock_call(f, "HaveHangingCalls", NULL);
+    gboolean hanging = FALSE;
+
+    g_variant_get(reply, "(b)", &hanging);
+    return hanging;
+}
+
+/* `gdbus call` of VM @name's @method, as nobody; its stdout and stderr end up in @out. */
+static GSubprocess *vm_call_as_nobody(Fixture *f, const char *name, const char *method)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE);
+    g_autofree char *path = g_strconcat("/org/microvmd/MicroVM1/vm/", name, NULL);
+    g_autofree char *member = g_strconcat("org.microvmd.MicroVM1.VM.", method, NULL);
+    g_autoptr(GError) error = NULL;
+    GSubprocess *child;
+
+    g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
+    g_subprocess_launcher_set_cwd(launcher, "/");
+    child = g_subprocess_launcher_spawn(launcher, &error, "gdbus", "call", "--address",
+                                        f->bus->address, "--dest", "org.microvmd.MicroVM1",
+                                        "--object-path", path, "--method", member, NULL);
+    g_assert_no_error(error);
+    return child;
+}
+
+/*
+ * A call on its way to a VM (waiting for polkit) when a Reload drops that VM, because its
+ * definition changed on disk: the call answers NoSuchVM once allowed. It acted before on the
+ * dropped object, so a Delete removed the definition that had replaced it (same name).
+ */
+static void test_reload_drops_pending_call(Fixture *f, gconstpointer data)
+{
+    g_autofree char *text = g_strdup_printf("{'kernel': <'%s'>, 'persist': <true>}", testguest);
+    g_autofree char *file = g_build_filename(f->bus->state_dir, "vms", "p.vm", NULL);
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GSubprocess) mock = NULL;
+    g_autoptr(GSubprocess) client = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *path = NULL;
+
+    mock = start_nobody_and_polkit(f, "org.microvmd.vm.manage");
+    if (!mock)
+        return;
+    vm = create_from_text(f, "p", text);
+    g_clear_pointer(&reply, g_variant_unref);
+    reply = polkit_mock_call(f, "SimulateHangActions",
+                             g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage"));
+    client = vm_call_as_nobody(f, "p", "Delete");
+    mvmd_test_wait_until(polkit_mock_hangs(f), GUEST_TIMEOUT_MS);
+
+    /* The definition changes on disk; Reload (root: no polkit) replaces the VM. */
+    g_assert_true(g_key_file_load_from_file(kf, file, G_KEY_FILE_KEEP_COMMENTS, NULL));
+    g_key_file_set_uint64(kf, "Config", "memory-mib", 64);
+    g_assert_true(g_key_file_save_to_file(kf, file, NULL));
+    mvmd_manager_call_reload_sync(f->manager, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+
+    g_clear_pointer(&reply, g_variant_unref);
+    reply = polkit_mock_call(f, "ReleaseHangingCalls", NULL);
+    g_subprocess_communicate_utf8(client, NULL, NULL, &out, NULL, &error);
+    g_assert_no_error(error);
+    g_test_message("Delete as nobody: %s", out);
+    g_assert_nonnull(strstr(out, ERR "NoSuchVM"));
+    g_assert_true(g_file_test(file, G_FILE_TEST_EXISTS));
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, "p", G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
+                                          &error);
+    g_assert_no_error(error);
+    g_clear_object(&vm);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_assert_cmpuint(mvmd_vm_get_memory_mib(vm), ==, 64);
+    g_subprocess_force_exit(mock);
+    g_subprocess_wait(mock, NULL, NULL);
+}
+
 #define N_MANY 100
 
 typedef struct {
@@ -1418,6 +1522,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/restore-backends", test_restore_backends);
     ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
     ADD("/daemon-kvm/restore-reservation", test_restore_reservation);
+    ADD("/daemon-kvm/reload-drops-pending-call", test_reload_drops_pending_call);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
     return g_test_run();
