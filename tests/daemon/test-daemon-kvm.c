@@ -722,6 +722,53 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     call_ok(copy2, "Delete");
 }
 
+/*
+ * The snapshot's memory file truncated to nothing under a VM restored from it, as any caller
+ * who can write the file could: a Snapshot of it reads its RAM and the daemon lives on (the RAM
+ * is a copy; with a mapping of the file, that read raised SIGBUS, which ended the daemon and
+ * every VM in it), and the guest, resumed, goes on checking its pattern pages and counting. A later
+ * Start, which restores from the snapshot again, fails alone with the reason.
+ */
+static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) orig = create_guest(f, "orig", "pattern pages=16 base_mib=8 every=20", NULL);
+    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_autofree char *dir2 = g_build_filename(f->bus->tmpdir, "snap2", NULL);
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *path = NULL;
+    g_autofree char *want = NULL;
+    g_autoptr(MvmdVm) copy = NULL;
+    Console *c = console_open(orig);
+
+    g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
+    g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
+    call_ok(orig, "Start");
+    console_expect(c, 0, "COUNTER ");
+    call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    call_ok(orig, "Stop");
+    wait_state(orig, "stopped");
+    console_close(c);
+
+    path = restore_vm(f, "copy", dir, "{}", NULL);
+    copy = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_assert_cmpint(truncate(memory, 0), ==, 0);
+    call_args_ok(copy, "Snapshot", g_variant_new("(s@a{sv})", dir2, mvmd_test_config("{}")));
+    g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
+    c = console_open(copy);
+    call_ok(copy, "Resume");
+    console_expect(c, 0, "COUNTER ");
+    want = g_strdup_printf("COUNTER %" G_GINT64_FORMAT "\n", last_counter(c->seen->str) + 40);
+    console_expect(c, 0, want);
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    wait_state(copy, "running");
+    console_close(c);
+
+    call_ok(copy, "Stop");
+    wait_state(copy, "stopped");
+    call_fails(copy, "Start", NULL, ERR "InvalidArgument");
+    g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
+}
+
 /* ---- RestoreVM's back ends ---------------------------------------------------------------- */
 
 /* The unprivileged caller of the tests: nobody (Debian's uid and gid 65534). */
@@ -1519,6 +1566,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/devices", test_devices);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
+    ADD("/daemon-kvm/restore-truncated-memory", test_restore_truncated_memory);
     ADD("/daemon-kvm/restore-backends", test_restore_backends);
     ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
     ADD("/daemon-kvm/restore-reservation", test_restore_reservation);
