@@ -395,10 +395,14 @@ gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GEr
 
 /* ---- restoring ---- */
 
-/* Opens a regular file of the snapshot without following links. */
+/*
+ * Opens a regular file of the snapshot without following links. O_NONBLOCK: the directory may
+ * be the caller's, and an open of a FIFO in it would wait for a writer, forever if the caller
+ * wants (a daemon's worker thread, the name it restores under). Regular files ignore the flag.
+ */
 static int open_member(int dirfd, const char *name, struct stat *st, GError **error)
 {
-    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
 
     if (fd < 0) {
         set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "invalid snapshot: cannot open %s",

@@ -1193,32 +1193,16 @@ static int hold_file(const char *path)
     return fd;
 }
 
-/* Is someone's open of the file waiting for us? (We are asked to downgrade to a read lease.) */
+/* Is someone's open of the file waiting for us? (We are asked to give up the lease.) */
 static gboolean hold_is_hit(int fd)
 {
-    return fcntl(fd, F_GETLEASE) == F_RDLCK;
+    return fcntl(fd, F_GETLEASE) != F_WRLCK;
 }
 
 static void hold_release(int fd)
 {
     g_assert_cmpint(fcntl(fd, F_SETLEASE, F_UNLCK), ==, 0);
     close(fd);
-}
-
-/* A counting guest snapshotted into @dir, then stopped and deleted. */
-static void snapshot_counting_guest(Fixture *f, const char *dir)
-{
-    g_autoptr(MvmdVm) vm = create_guest(f, "orig", "pattern pages=16 base_mib=8 every=20", NULL);
-    Console *c = console_open(vm);
-
-    g_assert_cmpint(g_mkdir(dir, 0755), ==, 0);
-    call_ok(vm, "Start");
-    console_expect(c, 0, "COUNTER ");
-    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
-    console_close(c);
-    call_ok(vm, "Delete");
 }
 
 static void create_fails_exists(Fixture *f, const char *name)
@@ -1258,16 +1242,16 @@ static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user
 
 /*
  * A name is released only by the call that reserved it. A RestoreVM of "x" is held in flight
- * (its worker waits on a lease we hold on the snapshot's `state`, so it has been authorized and
- * has reserved "x"); meanwhile a second RestoreVM of "x" fails (the name is taken) and a third,
- * from nobody, is denied: neither may release the first one's reservation, so CreateVM "x" is
- * still refused after each. The first restore then finishes with a working VM, the only "x".
+ * (its worker waits on a lease we hold on the snapshot's disk, which root's restore opens by the
+ * path the snapshot names: it has been authorized and has reserved "x"); meanwhile a second
+ * RestoreVM of "x" fails (the name is taken) and a third, from nobody, is denied: neither may
+ * release the first one's reservation, so CreateVM "x" is still refused after each. The first
+ * restore then finishes with a working VM (the guest writes and reads back its disk), the only "x".
  * A denied call on a free name leaves nothing behind: no object, and the name stays free.
  */
 static void test_restore_reservation(Fixture *f, gconstpointer data)
 {
-    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
-    g_autofree char *state = g_build_filename(dir, "state", NULL);
+    g_autoptr(BlkSnapshot) snap = NULL;
     g_autofree char *out = NULL;
     g_autoptr(MvmdVm) vm = NULL;
     g_autoptr(MvmdVm) y = NULL;
@@ -1276,22 +1260,22 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     Console *c;
 
     if (getuid() != 0) {
-        g_test_skip("needs root to run a client as nobody and to lease the snapshot's file");
+        g_test_skip("needs root to run a client as nobody and to lease the snapshot's disk");
         return;
     }
     open_bus_to_all(f);
-    snapshot_counting_guest(f, dir);
-    dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    snap = blk_snapshot_new(f);
+    dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     g_assert_cmpint(dirfd, >=, 0);
 
-    lease = hold_file(state);
-    mvmd_manager_call_restore_vm(f->manager, "x", dir, mvmd_test_config("{}"),
+    lease = hold_file(snap->disk);
+    mvmd_manager_call_restore_vm(f->manager, "x", snap->dir, mvmd_test_config("{}"),
                                  G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
                                  on_restore_done, &first);
     mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
     g_assert_false(first.done);
     create_fails_exists(f, "x");
-    restore_fails(f, "x", dir, "{}", NULL, ERR "AlreadyExists", "exists already");
+    restore_fails(f, "x", snap->dir, "{}", NULL, ERR "AlreadyExists", "exists already");
     create_fails_exists(f, "x");
     out = restore_as_nobody(f, "x", "{'dir-fd': <handle 0>}", dirfd, -1);
     g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
@@ -1308,11 +1292,12 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
     c = console_open(vm);
     call_ok(vm, "Resume");
-    console_expect(c, console_expect(c, 0, "COUNTER "), "\n");
+    console_send(c, "x");
+    console_expect(c, 0, "PASS blk-write-read");
+    console_expect(c, 0, "TESTGUEST-DONE");
     g_assert_null(strstr(c->seen->str, "FAIL"));
-    console_close(c);
-    call_ok(vm, "Stop");
     wait_state(vm, "stopped");
+    console_close(c);
 
     /* Denied on a free name: nothing is left, and root may take the name at once. */
     g_clear_pointer(&out, g_free);
