@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "layout.h"
@@ -111,6 +113,18 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error)
 }
 
 /*
+ * A memfd of hugetlbfs (MFD_HUGETLB) is sealable too, but a private mapping of it faults SIGBUS
+ * on a copy-on-write that finds the huge page pool empty, which anyone else may have emptied:
+ * only plain shared memory (tmpfs) will do.
+ */
+static gboolean is_shmem(int fd)
+{
+    struct statfs sfs;
+
+    return fstatfs(fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
+}
+
+/*
  * A file the daemon maps may only be one that no one can make shorter than the mapping: a
  * page past the end of the file raises SIGBUS on the touch (the process's, or KVM's on its
  * behalf), which kills every VM of the process. Only a memfd sealed against shrinking gives
@@ -125,7 +139,7 @@ gboolean mvm_memory_fd_is_sealed(int fd, guint64 size)
     int seals = fcntl(fd, F_GET_SEALS);
 
     return seals >= 0 && (seals & needed) == needed && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-           (guint64)st.st_size >= size;
+           (guint64)st.st_size >= size && is_shmem(fd);
 }
 
 MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error)

@@ -32,7 +32,10 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error);
  */
 MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error);
 MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error);
-/* Is @fd a memfd of at least @size bytes sealed against shrinking and writing, for good? */
+/*
+ * Is @fd a memfd of plain shared memory (not MFD_HUGETLB) of at least @size bytes, sealed against
+ * shrinking and writing for good?
+ */
 gboolean mvm_memory_fd_is_sealed(int fd, guint64 size);
 void mvm_memory_free(MvmMemory *mem);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemory, mvm_memory_free)

@@ -214,8 +214,8 @@ MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmR
 /*
  * mvm_vm_restore_with_backends() (@backends may be NULL: the snapshot's own) with guest RAM
  * from @memory_fd (not consumed; -1: the directory's `memory`), a regular file of the
- * snapshot's memory size. A memfd sealed with F_SEAL_SHRINK and F_SEAL_WRITE is mapped
- * copy-on-write, lazily, which makes a restore cost next to nothing whatever the RAM size;
+ * snapshot's memory size. A memfd (not MFD_HUGETLB) sealed with F_SEAL_SHRINK and F_SEAL_WRITE is
+ * mapped copy-on-write, lazily, which makes a restore cost next to nothing whatever the RAM size;
  * anything else is copied.
  */
 MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *backends,

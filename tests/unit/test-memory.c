@@ -149,6 +149,22 @@ static void test_unsealed_not_mapped(void)
     close(fd);
 }
 
+/* Sealed but on hugetlbfs: a copy-on-write there can fault when the huge page pool is empty. */
+static void test_hugetlb_not_mapped(void)
+{
+    int fd = memfd_create("test-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+
+    if (fd < 0 || ftruncate(fd, 2 * MVM_MIB) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE) < 0) {
+        g_test_skip("no sealable 2 MiB hugetlbfs memfd here");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    g_assert_false(mvm_memory_fd_is_sealed(fd, 2 * MVM_MIB));
+    close(fd);
+}
+
 /*
  * A copy is independent of the file: the file truncated afterwards changes nothing, and the
  * copy has a memfd of its own (it can be snapshotted again).
@@ -184,6 +200,7 @@ int main(int argc, char **argv)
     g_test_add_func("/memory/gap-split", test_gap_split);
     g_test_add_func("/memory/private-file-mapping", test_private_file_mapping);
     g_test_add_func("/memory/unsealed-not-mapped", test_unsealed_not_mapped);
+    g_test_add_func("/memory/hugetlb-not-mapped", test_hugetlb_not_mapped);
     g_test_add_func("/memory/copy", test_copy);
     return g_test_run();
 }
