@@ -3,9 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -179,7 +179,7 @@ static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GErr
 /*
  * Only the file's data extents are read; its holes are zero pages of the fresh memfd already,
  * and stay unallocated. Reading (never mapping) the file is what makes a file that shrinks
- * meanwhile a short read, which fails this call, and not a fault.
+ * meanwhile read as zeros past its new end, or fail this call: never a fault.
  */
 MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
 {

@@ -9,12 +9,12 @@
  * of another snapshot.
  *
  * Restoring: read and check all of `state` and the size of `memory` first
- * (snapshot-format.c); only then create the KVM VM around its memory (a copy,
- * see restore_memory()) and load the state into it, devices before the interrupt controllers (a
- * device restore re-asserts its interrupt line, which the controllers' own
- * state then overrides), controllers before vCPUs. The VM comes out paused,
- * its clock frozen at the snapshot's time and its I/O thread parked until
- * the first resume.
+ * (snapshot-format.c); only then create the KVM VM around its memory (a
+ * copy, see restore_memory()) and load the state into it, devices before the
+ * interrupt controllers (a device restore re-asserts its interrupt line,
+ * which the controllers' own state then overrides), controllers before vCPUs.
+ * The VM comes out paused, its clock frozen at the snapshot's time and its
+ * I/O thread parked until the first resume.
  */
 #include <errno.h>
 #include <fcntl.h>
