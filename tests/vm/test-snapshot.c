@@ -942,9 +942,9 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/memfd", test_restore_memfd);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_func("/snapshot/read-config", test_read_config);
-    g_test_add_data_func("/snapshot/restore/fresh-process-lazy", GINT_TO_POINTER(0),
+    g_test_add_data_func("/snapshot/restore/fresh-process", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
-    g_test_add_data_func("/snapshot/restore/fresh-process-copy", GINT_TO_POINTER(1),
+    g_test_add_data_func("/snapshot/restore/fresh-process-copy-flag", GINT_TO_POINTER(1),
                          test_restore_fresh_process);
     if (g_test_perf())
         g_test_add_func("/snapshot/bench", test_bench);
