@@ -17,7 +17,7 @@ struct _MvmdManagerService {
     MvmdContext *ctx;
     GDBusObjectManagerServer *object_manager;
     GHashTable *vms;       /* name → MvmdVmObject (ref) */
-    GHashTable *restoring; /* names of VMs being restored (not exported yet) */
+    GHashTable *restoring; /* name → the RestoreCall that reserved it (not exported yet) */
 };
 
 static void mvmd_manager_service_iface_init(MvmdManagerIface *iface);
@@ -36,19 +36,23 @@ static void on_vm_deleted(MvmdVmObject *vm, gpointer user_data)
     g_autofree char *path = mvmd_vm_object_build_path(mvmd_vm_object_get_vm_name(vm));
 
     g_signal_handlers_disconnect_by_data(vm, self);
+    /* By name, but only this object: a name is released by its holder alone. */
+    if (g_hash_table_lookup(self->vms, mvmd_vm_object_get_vm_name(vm)) != vm)
+        return;
     g_dbus_object_manager_server_unexport(self->object_manager, path);
     g_hash_table_remove(self->vms, mvmd_vm_object_get_vm_name(vm));
     update_count(self);
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
 }
 
-/* Takes @vm. */
+/* Takes @vm, whose name must be free or reserved by the caller (see check_name_free()). */
 static void export_vm(MvmdManagerService *self, MvmdVmObject *vm)
 {
     const char *name = mvmd_vm_object_get_vm_name(vm);
     g_autofree char *path = mvmd_vm_object_build_path(name);
     g_autoptr(MvmdObjectSkeleton) object = mvmd_object_skeleton_new(path);
 
+    g_return_if_fail(!g_hash_table_contains(self->vms, name));
     mvmd_object_skeleton_set_vm(object, MVMD_VM(vm));
     g_hash_table_insert(self->vms, g_strdup(name), vm);
     g_signal_connect(vm, "deleted", G_CALLBACK(on_vm_deleted), self);
@@ -72,7 +76,9 @@ void mvmd_manager_service_load(MvmdManagerService *self)
     for (guint i = 0; i < configs->len; i++) {
         MvmdVmConfig *config = configs->pdata[i];
 
-        if (g_hash_table_contains(self->vms, config->name))
+        /* A name a RestoreVM in flight reserved stays its own: that VM wins, as a running one. */
+        if (g_hash_table_contains(self->vms, config->name) ||
+            g_hash_table_contains(self->restoring, config->name))
             continue;
         configs->pdata[i] = NULL;
         add_vm(self, config, MVMD_STATE_STOPPED);
@@ -110,6 +116,20 @@ guint mvmd_manager_service_count_active(MvmdManagerService *self)
     return n + g_hash_table_size(self->restoring);
 }
 
+/*
+ * A name is taken by an exported VM, or reserved by the RestoreVM call that is building a VM
+ * under it (self->restoring). FALSE, and @invocation answered, when @name is taken.
+ */
+static gboolean check_name_free(MvmdManagerService *self, GDBusMethodInvocation *invocation,
+                                const char *name)
+{
+    if (!g_hash_table_contains(self->vms, name) && !g_hash_table_contains(self->restoring, name))
+        return TRUE;
+    g_dbus_method_invocation_return_error(invocation, MVMD_ERROR, MVMD_ERROR_ALREADY_EXISTS,
+                                          "a VM named '%s' exists already", name);
+    return FALSE;
+}
+
 /* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
 
 typedef struct {
@@ -140,13 +160,8 @@ static void create_vm(CreateCall *call)
         g_dbus_method_invocation_return_gerror(call->invocation, error);
         return;
     }
-    if (g_hash_table_contains(self->vms, call->name) ||
-        g_hash_table_contains(self->restoring, call->name)) {
-        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR,
-                                              MVMD_ERROR_ALREADY_EXISTS,
-                                              "a VM named '%s' exists already", call->name);
+    if (!check_name_free(self, call->invocation, call->name))
         return;
-    }
     config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
@@ -214,9 +229,20 @@ typedef struct {
     char *name;
 } RestoreCall;
 
+/*
+ * The reservation is the call itself (the value in self->restoring): a call releases the name
+ * only if it holds it. A RestoreVM that was denied, or failed before reserving (the name
+ * taken, a bad argument), ends without touching another call's reservation.
+ */
+static void reserve_name(RestoreCall *call)
+{
+    g_hash_table_insert(call->self->restoring, g_strdup(call->name), call);
+}
+
 static void restore_call_free(RestoreCall *call)
 {
-    g_hash_table_remove(call->self->restoring, call->name);
+    if (g_hash_table_lookup(call->self->restoring, call->name) == call)
+        g_hash_table_remove(call->self->restoring, call->name);
     g_object_unref(call->self);
     g_free(call->name);
     g_free(call);
@@ -348,11 +374,7 @@ static void restore_vm(RestoreCall *call)
     MvmdVmConfig *config;
     gboolean paused = TRUE;
 
-    if (g_hash_table_contains(self->vms, call->name) ||
-        g_hash_table_contains(self->restoring, call->name)) {
-        g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR,
-                                              MVMD_ERROR_ALREADY_EXISTS,
-                                              "a VM named '%s' exists already", call->name);
+    if (!check_name_free(self, call->invocation, call->name)) {
         restore_call_free(call);
         return;
     }
@@ -362,7 +384,7 @@ static void restore_vm(RestoreCall *call)
         restore_call_free(call);
         return;
     }
-    g_hash_table_add(self->restoring, g_strdup(call->name));
+    reserve_name(call);
     mvmd_vm_object_restore(mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
                            on_restored, call);
 }
@@ -470,6 +492,7 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
             continue;
         g_message("%s: definition %s", config->name,
                   on_disk ? "changed on disk: reloading it" : "removed from disk: dropping it");
+        mvmd_vm_object_retire(l->data);
         on_vm_deleted(l->data, self);
     }
 }

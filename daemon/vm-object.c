@@ -773,6 +773,12 @@ void mvmd_vm_object_discard(MvmdVmObject *self)
     mvmd_console_close(self->console, TRUE);
 }
 
+void mvmd_vm_object_retire(MvmdVmObject *self)
+{
+    self->deleted = TRUE;
+    mvmd_console_close(self->console, FALSE);
+}
+
 void mvmd_vm_object_mark_deleted(MvmdVmObject *self)
 {
     mvmd_vm_object_discard(self);

@@ -38,6 +38,12 @@ void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectRea
 
 /* A VM that was never exported (its restore failed): its console and logs go. */
 void mvmd_vm_object_discard(MvmdVmObject *self);
+/*
+ * A VM dropped by a reload (its definition changed or went): a call on its way to it, waiting
+ * for polkit, answers NoSuchVM instead of acting on a VM that is no longer there (or on the
+ * definition that replaced it, which has the same name). Its logs stay, for that definition.
+ */
+void mvmd_vm_object_retire(MvmdVmObject *self);
 
 /* Start without a caller (autostart); failures are logged. */
 void mvmd_vm_object_autostart(MvmdVmObject *self);

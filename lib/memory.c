@@ -2,16 +2,22 @@
 #include "memory.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "layout.h"
 #include "microvm.h"
 
+#define COPY_CHUNK (8 * MVM_MIB)
+
 struct _MvmMemory {
     guint64 size;
-    int fd;       /* memfd; -1 for a private file mapping */
+    int fd;       /* our memfd; -1 for a private mapping of a sealed memfd */
     guint8 *base; /* one mapping of the whole RAM, in fd order */
     guint n_regions;
     MvmMemoryRegion regions[MVM_MEMORY_MAX_REGIONS];
@@ -106,26 +112,94 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error)
     return mem;
 }
 
-MvmMemory *mvm_memory_new_from_fd(int fd, guint64 size, gboolean copy, GError **error)
+/*
+ * A memfd of hugetlbfs (MFD_HUGETLB) is sealable too, but a private mapping of it faults SIGBUS
+ * on a copy-on-write that finds the huge page pool empty, which anyone else may have emptied:
+ * only plain shared memory (tmpfs) will do.
+ */
+static gboolean is_shmem(int fd)
+{
+    struct statfs sfs;
+
+    return fstatfs(fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
+}
+
+/*
+ * A file the daemon maps may only be one that no one can make shorter than the mapping: a
+ * page past the end of the file raises SIGBUS on the touch (the process's, or KVM's on its
+ * behalf), which kills every VM of the process. Only a memfd sealed against shrinking gives
+ * that guarantee (seals are never removed); sealed against writing too, its contents cannot
+ * change under the guest either. The seals are read before the size, so a file shrunk and
+ * then sealed is seen at its sealed size.
+ */
+gboolean mvm_memory_fd_is_sealed(int fd, guint64 size)
+{
+    const int needed = F_SEAL_SHRINK | F_SEAL_WRITE;
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+
+    return seals >= 0 && (seals & needed) == needed && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+           (guint64)st.st_size >= size && is_shmem(fd);
+}
+
+MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error)
 {
     if (!check_size(size, error))
         return NULL;
-    if (!copy)
-        return memory_map(fd, size, MAP_PRIVATE, error);
-
-    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
-    if (mem == NULL)
+    if (!mvm_memory_fd_is_sealed(fd, size)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "guest memory can be mapped only from a memfd of at least %" G_GUINT64_FORMAT
+                    " bytes sealed against shrinking and writing",
+                    size);
         return NULL;
-    for (guint64 done = 0; done < size;) {
-        ssize_t n = pread(fd, mem->base + done, MIN(size - done, 8 * MVM_MIB), (off_t)done);
+    }
+    return memory_map(fd, size, MAP_PRIVATE, error);
+}
+
+static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, dst, MIN(len, (gsize)COPY_CHUNK), (off_t)offset);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot read guest memory: %s",
-                        n < 0 ? g_strerror(errno) : "file too short");
-            return NULL;
+            int saved = errno;
+            g_set_error(error, MVM_ERROR, n < 0 ? MVM_ERROR_FAILED : MVM_ERROR_INVALID_ARGUMENT,
+                        "cannot read guest memory: %s",
+                        n < 0 ? g_strerror(saved) : "the file became shorter while being read");
+            return FALSE;
         }
-        done += (guint64)n;
+        dst += n;
+        len -= (gsize)n;
+        offset += (guint64)n;
+    }
+    return TRUE;
+}
+
+/*
+ * Only the file's data extents are read; its holes are zero pages of the fresh memfd already,
+ * and stay unallocated. Reading (never mapping) the file is what makes a file that shrinks
+ * meanwhile read as zeros past its new end, or fail this call: never a fault.
+ */
+MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
+{
+    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
+
+    if (mem == NULL)
+        return NULL;
+    for (off_t off = 0; (guint64)off < size;) {
+        off_t data = lseek(fd, off, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break;
+        off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+        if (hole < 0) { /* no SEEK_DATA on this file system: read it all */
+            data = off;
+            hole = (off_t)size;
+        }
+        hole = (off_t)MIN((guint64)hole, size);
+        if (!read_all_at(fd, mem->base + data, (gsize)(hole - data), (guint64)data, error))
+            return NULL;
+        off = hole;
     }
     return g_steal_pointer(&mem);
 }

@@ -23,8 +23,20 @@ typedef struct _MvmMemory MvmMemory;
 
 /* Allocates @size bytes (a multiple of 2 MiB, at least 2 MiB) of guest RAM. */
 MvmMemory *mvm_memory_new(guint64 size, GError **error);
-/* Maps an existing file (a snapshot's memory) privately, copy-on-write. */
-MvmMemory *mvm_memory_new_from_fd(int fd, guint64 size, gboolean copy, GError **error);
+/*
+ * Guest RAM from a file (a snapshot's memory), two ways. A copy: fresh RAM into which the
+ * file's data is read (its holes cost nothing), for any file; the file may change or vanish
+ * afterwards. A mapping, copy-on-write and lazy: only of a memfd that
+ * mvm_memory_fd_is_sealed() accepts (else MVM_ERROR_INVALID_ARGUMENT), because a mapped file
+ * that shrinks faults whoever touches the lost pages. Neither consumes @fd.
+ */
+MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error);
+MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error);
+/*
+ * Is @fd a memfd of plain shared memory (not MFD_HUGETLB) of at least @size bytes, sealed against
+ * shrinking and writing for good?
+ */
+gboolean mvm_memory_fd_is_sealed(int fd, guint64 size);
 void mvm_memory_free(MvmMemory *mem);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemory, mvm_memory_free)
 
@@ -33,7 +45,7 @@ guint64 mvm_memory_get_size(const MvmMemory *mem);
 guint64 mvm_memory_get_end(const MvmMemory *mem);
 guint mvm_memory_get_n_regions(const MvmMemory *mem);
 const MvmMemoryRegion *mvm_memory_get_region(const MvmMemory *mem, guint index);
-/* The memfd, or -1 for a file-backed private mapping. */
+/* The memfd, or -1 for a private mapping (mvm_memory_new_mapped()). */
 int mvm_memory_get_fd(const MvmMemory *mem);
 
 /*

@@ -196,10 +196,13 @@ gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnaps
  * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
  * untrusted: everything is validated before KVM is touched, and any failure is
  * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_NOT_SUPPORTED when the snapshot's
- * TSC rate differs and KVM here cannot scale it). Memory is mapped copy-on-write from the
- * snapshot unless MVM_RESTORE_COPY_MEMORY: the file must then stay unchanged (it may be
- * unlinked) while the VM lives. The guest's clock stays at the snapshot's time until the
- * first resume.
+ * TSC rate differs and KVM here cannot scale it). Guest RAM is read from the snapshot's
+ * `memory` into the VM's own memory (only the file's data: holes cost nothing), so the file
+ * may change or go once the call returns. A file mapped instead would bring the whole process
+ * down (SIGBUS) the moment it shrank under a page in use; that is done only for a memfd sealed
+ * against shrinking and writing (see mvm_vm_restore_with_memory()), and
+ * MVM_RESTORE_COPY_MEMORY copies even that. The guest's clock stays at the snapshot's time
+ * until the first resume.
  */
 typedef enum {
     MVM_RESTORE_NONE = 0,
@@ -218,11 +221,19 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error);
 /*
- * mvm_vm_restore_with_backends() from the snapshot's two files as open fds (not consumed, read
- * from offset 0 whatever their position; @backends may be NULL). Both must be regular files:
- * anything else is refused before it is read. Without MVM_RESTORE_COPY_MEMORY @memory_fd is
- * mapped, and whoever can write or truncate that file changes or faults the guest's RAM: a
- * daemon restoring its caller's files copies them.
+ * mvm_vm_restore_with_backends() (@backends may be NULL: the snapshot's own) with guest RAM
+ * from @memory_fd (not consumed; -1: the directory's `memory`), a regular file of the
+ * snapshot's memory size. A memfd (not MFD_HUGETLB) sealed with F_SEAL_SHRINK and F_SEAL_WRITE is
+ * mapped copy-on-write, lazily, which makes a restore cost next to nothing whatever the RAM size;
+ * anything else is copied.
+ */
+MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *backends,
+                                  MvmRestoreFlags flags, GError **error);
+/*
+ * The same from the snapshot's two files as open fds (not consumed, read from offset 0 whatever
+ * their position). Both must be regular files: anything else is refused before it is read.
+ * Guest RAM is taken from @memory_fd as mvm_vm_restore_with_memory() says: copied, unless it is
+ * a sealed memfd.
  */
 MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *backends,
                                MvmRestoreFlags flags, GError **error);

@@ -6,16 +6,15 @@
  * and guest RAM into a sparse file; both are written under temporary names,
  * synced, and renamed into place. The old `state` is removed first and the
  * new one renamed last, so a directory never pairs a `state` with a `memory`
- * of another snapshot. Renaming (never rewriting in place) also keeps intact
- * a `memory` that a restored VM still maps copy-on-write.
+ * of another snapshot.
  *
  * Restoring: read and check all of `state` and the size of `memory` first
- * (snapshot-format.c); only then create the KVM VM around the mapped memory
- * and load the state into it, devices before the interrupt controllers (a
- * device restore re-asserts its interrupt line, which the controllers' own
- * state then overrides), controllers before vCPUs. The VM comes out paused,
- * its clock frozen at the snapshot's time and its I/O thread parked until
- * the first resume.
+ * (snapshot-format.c); only then create the KVM VM around its memory (a
+ * copy, see restore_memory()) and load the state into it, devices before the
+ * interrupt controllers (a device restore re-asserts its interrupt line,
+ * which the controllers' own state then overrides), controllers before vCPUs.
+ * The VM comes out paused, its clock frozen at the snapshot's time and its
+ * I/O thread parked until the first resume.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -247,7 +246,7 @@ static gboolean write_nonzero(int fd, const guint8 *ram, guint64 start, guint64 
  * mapping: region 1 (above the MMIO gap) follows region 0 in both.
  * RAM in a memfd: only what SEEK_DATA finds was ever written, so holes are
  * skipped without reading (reading would allocate them). RAM mapped from a
- * snapshot file (a restored VM) has no fd here: every page is looked at.
+ * sealed memfd (a restored VM) has no fd here: every page is looked at.
  */
 static gboolean write_memory(MvmVm *vm, int out, GError **error)
 {
@@ -567,50 +566,18 @@ static MvmSnapshotState *load_state(int state_fd, int memory_fd, GError **error)
     return g_steal_pointer(&state);
 }
 
-static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GError **error)
-{
-    while (len > 0) {
-        ssize_t n = pread(fd, dst, MIN(len, (gsize)IO_CHUNK), (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return set_errno_error(error, MVM_ERROR_FAILED, "cannot read the snapshot's %s",
-                                   MEMORY_NAME);
-        if (n == 0)
-            return mvm_snapshot_invalid(error, "%s became shorter while being read", MEMORY_NAME);
-        dst += n;
-        len -= (gsize)n;
-        offset += (guint64)n;
-    }
-    return TRUE;
-}
-
 /*
- * MVM_RESTORE_COPY_MEMORY: fresh RAM, into which only the file's data extents
- * are read; its holes are zero pages already, and stay unallocated.
+ * Guest RAM is the one thing of a snapshot read after the restore returns, by KVM and by the
+ * device models, on every touch of a page: a mapped file that shrinks (truncated by whoever can
+ * write it) then raises SIGBUS, which takes the whole process and every VM in it down. So RAM
+ * is a copy, except from a memfd sealed so that it can never shrink (nor change), which is
+ * mapped lazily unless MVM_RESTORE_COPY_MEMORY asks for the copy anyway.
  */
-static MvmMemory *copy_memory(int fd, guint64 size, GError **error)
+static MvmMemory *restore_memory(int fd, guint64 size, MvmRestoreFlags flags, GError **error)
 {
-    g_autoptr(MvmMemory) memory = mvm_memory_new(size, error);
-
-    if (memory == NULL)
-        return NULL;
-    guint8 *ram = mvm_memory_get_region(memory, 0)->host;
-    for (off_t off = 0; (guint64)off < size;) {
-        off_t data = lseek(fd, off, SEEK_DATA);
-        if (data < 0 && errno == ENXIO)
-            break;
-        off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
-        if (hole < 0) { /* no SEEK_DATA on this file system: read it all */
-            data = off;
-            hole = (off_t)size;
-        }
-        hole = (off_t)MIN((guint64)hole, size);
-        if (!read_all_at(fd, ram + data, (gsize)(hole - data), (guint64)data, error))
-            return NULL;
-        off = hole;
-    }
-    return g_steal_pointer(&memory);
+    if (!(flags & MVM_RESTORE_COPY_MEMORY) && mvm_memory_fd_is_sealed(fd, size))
+        return mvm_memory_new_mapped(fd, size, error);
+    return mvm_memory_new_copy(fd, size, error);
 }
 
 static gboolean restore_devices(MvmVm *vm, const MvmSnapshotState *state, GError **error)
@@ -759,17 +726,25 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error)
 {
+    return mvm_vm_restore_with_memory(dirfd, -1, backends, flags, error);
+}
+
+MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *backends,
+                                  MvmRestoreFlags flags, GError **error)
+{
     g_return_val_if_fail(dirfd >= 0, NULL);
 
     int state_fd = open_member(dirfd, STATE_NAME, error);
-    int memory_fd = state_fd < 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
-    MvmVm *vm =
-        memory_fd < 0 ? NULL : mvm_vm_restore_from_fds(state_fd, memory_fd, backends, flags, error);
+    int own_memory_fd = state_fd < 0 || memory_fd >= 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
+    int use_memory_fd = memory_fd >= 0 ? memory_fd : own_memory_fd;
+    MvmVm *vm = state_fd < 0 || use_memory_fd < 0
+                    ? NULL
+                    : mvm_vm_restore_from_fds(state_fd, use_memory_fd, backends, flags, error);
 
     if (state_fd >= 0)
         close(state_fd);
-    if (memory_fd >= 0)
-        close(memory_fd);
+    if (own_memory_fd >= 0)
+        close(own_memory_fd);
     return vm;
 }
 
@@ -784,10 +759,8 @@ MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *b
         return NULL;
     if (backends != NULL && !use_backends(state->config, backends, error))
         return NULL;
-    /* A private mapping keeps the file alive once the caller closes @memory_fd. */
-    MvmMemory *memory = (flags & MVM_RESTORE_COPY_MEMORY)
-                            ? copy_memory(memory_fd, state->memory_size, error)
-                            : mvm_memory_new_from_fd(memory_fd, state->memory_size, FALSE, error);
+    /* A private mapping keeps the memfd alive once the caller closes @memory_fd. */
+    MvmMemory *memory = restore_memory(memory_fd, state->memory_size, flags, error);
     if (memory == NULL)
         return NULL;
 

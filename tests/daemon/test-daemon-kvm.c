@@ -722,6 +722,57 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     call_ok(copy2, "Delete");
 }
 
+/*
+ * The snapshot's memory file truncated to nothing under a VM restored from it, as any caller
+ * who can write the file could: a Snapshot of it reads its RAM and the daemon lives on (the RAM
+ * is a copy; with a mapping of the file, that read raised SIGBUS, which ended the daemon and
+ * every VM in it), and the guest, resumed, goes on checking its pattern pages and counting. A later
+ * Start, which restores from the snapshot again, fails alone with the reason.
+ */
+static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) orig = create_guest(f, "orig", "pattern pages=16 base_mib=8 every=20", NULL);
+    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_autofree char *dir2 = g_build_filename(f->bus->tmpdir, "snap2", NULL);
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *path = NULL;
+    g_autofree char *want = NULL;
+    g_autoptr(MvmdVm) copy = NULL;
+    Console *c = console_open(orig);
+    gsize at;
+
+    g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
+    g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
+    call_ok(orig, "Start");
+    console_expect(c, 0, "COUNTER ");
+    call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    call_ok(orig, "Stop");
+    wait_state(orig, "stopped");
+    console_close(c);
+
+    path = restore_vm(f, "copy", dir, "{}", NULL);
+    copy = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_assert_cmpint(truncate(memory, 0), ==, 0);
+    call_args_ok(copy, "Snapshot", g_variant_new("(s@a{sv})", dir2, mvmd_test_config("{}")));
+    g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
+    c = console_open(copy);
+    call_ok(copy, "Resume");
+    /* Two counts on from the first complete line (the output may end within a line). */
+    at = console_expect(c, 0, "COUNTER ");
+    console_expect(c, at, "\n");
+    want = g_strdup_printf("COUNTER %" G_GINT64_FORMAT "\n",
+                           g_ascii_strtoll(c->seen->str + at, NULL, 10) + 40);
+    console_expect(c, 0, want);
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    wait_state(copy, "running");
+    console_close(c);
+
+    call_ok(copy, "Stop");
+    wait_state(copy, "stopped");
+    call_fails(copy, "Start", NULL, ERR "InvalidArgument");
+    g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
+}
+
 /* ---- RestoreVM's back ends ---------------------------------------------------------------- */
 
 /* The unprivileged caller of the tests: nobody (Debian's uid and gid 65534). */
@@ -1031,6 +1082,25 @@ static GSubprocess *start_polkit_mock(Fixture *f, const char *action)
     return g_steal_pointer(&mock);
 }
 
+/*
+ * What a test with a client run as nobody needs: root, the bus open to all, and the polkit mock
+ * allowing @action. NULL (and the test skipped) when that cannot be.
+ */
+static GSubprocess *start_nobody_and_polkit(Fixture *f, const char *action)
+{
+    GSubprocess *mock;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody");
+        return NULL;
+    }
+    open_bus_to_all(f);
+    mock = start_polkit_mock(f, action);
+    if (!mock)
+        g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
+    return mock;
+}
+
 /* Opens of @path since the watch began (inotify IN_OPEN, from any process). */
 static guint count_opens(int inotify_fd)
 {
@@ -1069,16 +1139,9 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     int dirfd, pass[3], watch;
     gboolean copied = FALSE;
 
-    if (getuid() != 0) {
-        g_test_skip("needs root to run a client as nobody");
+    mock = start_nobody_and_polkit(f, "org.microvmd.vm.snapshot");
+    if (!mock)
         return;
-    }
-    open_bus_to_all(f);
-    mock = start_polkit_mock(f, "org.microvmd.vm.snapshot");
-    if (!mock) {
-        g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
-        return;
-    }
     snap = blk_snapshot_new(f);
     dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     pass[0] = openat(dirfd, "state", O_RDONLY | O_CLOEXEC);
@@ -1128,6 +1191,243 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
         close(pass[i]);
     close(dirfd);
+    g_subprocess_force_exit(mock);
+    g_subprocess_wait(mock, NULL, NULL);
+}
+
+/* ---- name reservations ------------------------------------------------------------------- */
+
+/*
+ * A write lease on @path (ours: we are root): anyone's open of it blocks until we let go (or
+ * the kernel's lease-break-time, 45 s by default, passes). SIGIO, the kernel's news of an
+ * open that waits, is ignored: hold_is_hit() asks instead.
+ */
+static int hold_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    signal(SIGIO, SIG_IGN);
+    g_assert_cmpint(fcntl(fd, F_SETLEASE, F_WRLCK), ==, 0);
+    return fd;
+}
+
+/* Is someone's open of the file waiting for us? (We are asked to give up the lease.) */
+static gboolean hold_is_hit(int fd)
+{
+    return fcntl(fd, F_GETLEASE) != F_WRLCK;
+}
+
+static void hold_release(int fd)
+{
+    g_assert_cmpint(fcntl(fd, F_SETLEASE, F_UNLCK), ==, 0);
+    close(fd);
+}
+
+static void create_fails_exists(Fixture *f, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *text = g_strdup_printf("{'kernel': <'%s'>}", testguest);
+
+    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
+    mvmd_test_assert_dbus_error(error, ERR "AlreadyExists");
+}
+
+static void assert_no_vm(Fixture *f, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, name, G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
+                                          &error);
+    mvmd_test_assert_dbus_error(error, ERR "NoSuchVM");
+}
+
+typedef struct {
+    gboolean done;
+    char *path;
+    GError *error;
+} AsyncRestore;
+
+static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    AsyncRestore *r = user_data;
+
+    mvmd_manager_call_restore_vm_finish(MVMD_MANAGER(source), &r->path, NULL, result, &r->error);
+    r->done = TRUE;
+}
+
+/*
+ * A name is released only by the call that reserved it. A RestoreVM of "x" is held in flight
+ * (its worker waits on a lease we hold on the snapshot's disk, which root's restore opens by the
+ * path the snapshot names: it has been authorized and has reserved "x"); meanwhile a second
+ * RestoreVM of "x" fails (the name is taken) and a third, from nobody, is denied: neither may
+ * release the first one's reservation, so CreateVM "x" is still refused after each. The first
+ * restore then finishes with a working VM (the guest writes and reads back its disk), the only "x".
+ * A denied call on a free name leaves nothing behind: no object, and the name stays free.
+ */
+#define NOBODY_RESTORE_OPTIONS                                                                     \
+    "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, 'disks': <[{'fd': <handle 2>}]>}"
+
+static void test_restore_reservation(Fixture *f, gconstpointer data)
+{
+    g_autoptr(BlkSnapshot) snap = NULL;
+    g_autofree char *out = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(MvmdVm) y = NULL;
+    AsyncRestore first = {0};
+    int dirfd, lease, pass[3];
+    Console *c;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody and to lease the snapshot's disk");
+        return;
+    }
+    open_bus_to_all(f);
+    snap = blk_snapshot_new(f);
+    dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    /* What a user other than root passes, complete: so that only polkit can say no. */
+    pass[0] = openat(dirfd, "state", O_RDONLY | O_CLOEXEC);
+    pass[1] = openat(dirfd, "memory", O_RDONLY | O_CLOEXEC);
+    pass[2] = open(snap->other, O_RDWR | O_CLOEXEC);
+    for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
+        g_assert_cmpint(pass[i], >=, 0);
+
+    lease = hold_file(snap->disk);
+    mvmd_manager_call_restore_vm(f->manager, "x", snap->dir, mvmd_test_config("{}"),
+                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 on_restore_done, &first);
+    mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
+    g_assert_false(first.done);
+    create_fails_exists(f, "x");
+    restore_fails(f, "x", snap->dir, "{}", NULL, ERR "AlreadyExists", "exists already");
+    create_fails_exists(f, "x");
+    out = restore_as_nobody(f, "x", NOBODY_RESTORE_OPTIONS, pass, 3);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    create_fails_exists(f, "x");
+    assert_no_vm(f, "x"); /* reserved, not exported before it is there */
+    g_assert_false(first.done);
+
+    hold_release(lease);
+    mvmd_test_wait_until(first.done, GUEST_TIMEOUT_MS);
+    g_assert_no_error(first.error);
+    g_assert_cmpstr(first.path, ==, "/org/microvmd/MicroVM1/vm/x");
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
+    vm = mvmd_test_bus_vm(f->bus, NULL, first.path);
+    g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
+    c = console_open(vm);
+    call_ok(vm, "Resume");
+    console_send(c, "x");
+    console_expect(c, 0, "PASS blk-write-read");
+    console_expect(c, 0, "TESTGUEST-DONE");
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    wait_state(vm, "stopped");
+    console_close(c);
+
+    /* Denied on a free name: nothing is left, and root may take the name at once. */
+    g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(f, "y", NOBODY_RESTORE_OPTIONS, pass, 3);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    assert_no_vm(f, "y");
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
+    y = create_guest(f, "y", "idle", NULL);
+    close(dirfd);
+    for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
+        close(pass[i]);
+    g_free(first.path);
+}
+
+/* A call to the polkit mock's own interface (org.freedesktop.DBus.Mock). */
+static GVariant *polkit_mock_call(Fixture *f, const char *method, GVariant *args)
+{
+    g_autoptr(GError) error = NULL;
+    GVariant *reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
+        "org.freedesktop.DBus.Mock", method, args, NULL, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+
+    g_assert_no_error(error);
+    return reply;
+}
+
+static gboolean polkit_mock_hangs(Fixture *f)
+{
+    g_autoptr(GVariant) reply = polkit_mock_call(f, "HaveHangingCalls", NULL);
+    gboolean hanging = FALSE;
+
+    g_variant_get(reply, "(b)", &hanging);
+    return hanging;
+}
+
+/* `gdbus call` of VM @name's @method, as nobody; its stdout and stderr end up in @out. */
+static GSubprocess *vm_call_as_nobody(Fixture *f, const char *name, const char *method)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE);
+    g_autofree char *path = g_strconcat("/org/microvmd/MicroVM1/vm/", name, NULL);
+    g_autofree char *member = g_strconcat("org.microvmd.MicroVM1.VM.", method, NULL);
+    g_autoptr(GError) error = NULL;
+    GSubprocess *child;
+
+    g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
+    g_subprocess_launcher_set_cwd(launcher, "/");
+    child = g_subprocess_launcher_spawn(launcher, &error, "gdbus", "call", "--address",
+                                        f->bus->address, "--dest", "org.microvmd.MicroVM1",
+                                        "--object-path", path, "--method", member, NULL);
+    g_assert_no_error(error);
+    return child;
+}
+
+/*
+ * A call on its way to a VM (waiting for polkit) when a Reload drops that VM, because its
+ * definition changed on disk: the call answers NoSuchVM once allowed. It acted before on the
+ * dropped object, so a Delete removed the definition that had replaced it (same name).
+ */
+static void test_reload_drops_pending_call(Fixture *f, gconstpointer data)
+{
+    g_autofree char *text = g_strdup_printf("{'kernel': <'%s'>, 'persist': <true>}", testguest);
+    g_autofree char *file = g_build_filename(f->bus->state_dir, "vms", "p.vm", NULL);
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GSubprocess) mock = NULL;
+    g_autoptr(GSubprocess) client = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *path = NULL;
+
+    mock = start_nobody_and_polkit(f, "org.microvmd.vm.manage");
+    if (!mock)
+        return;
+    vm = create_from_text(f, "p", text);
+    g_clear_pointer(&reply, g_variant_unref);
+    reply = polkit_mock_call(f, "SimulateHangActions",
+                             g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage"));
+    client = vm_call_as_nobody(f, "p", "Delete");
+    mvmd_test_wait_until(polkit_mock_hangs(f), GUEST_TIMEOUT_MS);
+
+    /* The definition changes on disk; Reload (root: no polkit) replaces the VM. */
+    g_assert_true(g_key_file_load_from_file(kf, file, G_KEY_FILE_KEEP_COMMENTS, NULL));
+    g_key_file_set_uint64(kf, "Config", "memory-mib", 64);
+    g_assert_true(g_key_file_save_to_file(kf, file, NULL));
+    mvmd_manager_call_reload_sync(f->manager, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+
+    g_clear_pointer(&reply, g_variant_unref);
+    reply = polkit_mock_call(f, "ReleaseHangingCalls", NULL);
+    g_subprocess_communicate_utf8(client, NULL, NULL, &out, NULL, &error);
+    g_assert_no_error(error);
+    g_test_message("Delete as nobody: %s", out);
+    g_assert_nonnull(strstr(out, ERR "NoSuchVM"));
+    g_assert_true(g_file_test(file, G_FILE_TEST_EXISTS));
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, "p", G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
+                                          &error);
+    g_assert_no_error(error);
+    g_clear_object(&vm);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_assert_cmpuint(mvmd_vm_get_memory_mib(vm), ==, 64);
     g_subprocess_force_exit(mock);
     g_subprocess_wait(mock, NULL, NULL);
 }
@@ -1281,8 +1581,11 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/devices", test_devices);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
+    ADD("/daemon-kvm/restore-truncated-memory", test_restore_truncated_memory);
     ADD("/daemon-kvm/restore-backends", test_restore_backends);
     ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
+    ADD("/daemon-kvm/restore-reservation", test_restore_reservation);
+    ADD("/daemon-kvm/reload-drops-pending-call", test_reload_drops_pending_call);
     ADD("/daemon-kvm/many", test_many);
     ADD("/daemon-kvm/sigterm-running", test_sigterm_running);
     return g_test_run();

@@ -3,6 +3,7 @@
  * Guest memory: the single bounds check every guest-physical access goes through, the split
  * around the MMIO gap, and copy-on-write mapping of a memory file. No KVM needed.
  */
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -97,34 +98,97 @@ static void test_gap_split(void)
     g_assert_cmpstr(back, ==, text);
 }
 
-/* A snapshot's memory file mapped MAP_PRIVATE: guest writes never reach the file. */
+/* A 2 MiB memfd with "snapshot" at 4096 and a hole elsewhere. */
+static int memory_file(void)
+{
+    int fd = memfd_create("test-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, 2 * MVM_MIB), ==, 0);
+    g_assert_cmpint(pwrite(fd, "snapshot", 8, 4096), ==, 8);
+    return fd;
+}
+
+/* A sealed memfd mapped MAP_PRIVATE: guest writes never reach the file. */
 static void test_private_file_mapping(void)
 {
     g_autoptr(GError) error = NULL;
     const guint64 size = 2 * MVM_MIB;
-    int fd = memfd_create("test-memory", MFD_CLOEXEC);
+    int fd = memory_file();
+    char buf[8];
 
-    g_assert_cmpint(fd, >=, 0);
-    g_assert_cmpint(ftruncate(fd, size), ==, 0);
-    g_assert_cmpint(pwrite(fd, "snapshot", 8, 4096), ==, 8);
+    g_assert_false(mvm_memory_fd_is_sealed(fd, size));
+    g_assert_cmpint(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE), ==, 0);
+    g_assert_true(mvm_memory_fd_is_sealed(fd, size));
+    g_assert_false(mvm_memory_fd_is_sealed(fd, size + 2 * MVM_MIB)); /* shorter than the RAM */
 
-    g_autoptr(MvmMemory) mem = mvm_memory_new_from_fd(fd, size, FALSE, &error);
+    g_autoptr(MvmMemory) mem = mvm_memory_new_mapped(fd, size, &error);
     g_assert_no_error(error);
     g_assert_cmpint(mvm_memory_get_fd(mem), ==, -1);
-    char buf[8];
     g_assert_true(mvm_memory_read(mem, 4096, buf, sizeof(buf), &error));
     g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
     g_assert_true(mvm_memory_write(mem, 4096, "modified", 8, &error));
     g_assert_no_error(error);
-
     g_assert_cmpint(pread(fd, buf, sizeof(buf), 4096), ==, 8);
     g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
+    close(fd);
+}
 
-    /* A copy is independent of the file, and can be snapshotted again (it has a memfd). */
-    g_autoptr(MvmMemory) copy = mvm_memory_new_from_fd(fd, size, TRUE, &error);
+/* What can still shrink is never mapped: an unsealed memfd, a memfd sealed but for shrinking. */
+static void test_unsealed_not_mapped(void)
+{
+    g_autoptr(GError) error = NULL;
+    int fd = memory_file();
+
+    g_assert_null(mvm_memory_new_mapped(fd, 2 * MVM_MIB, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+    g_assert_cmpint(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW), ==, 0);
+    g_assert_null(mvm_memory_new_mapped(fd, 2 * MVM_MIB, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    close(fd);
+}
+
+/* Sealed but on hugetlbfs: a copy-on-write there can fault when the huge page pool is empty. */
+static void test_hugetlb_not_mapped(void)
+{
+    int fd = memfd_create("test-memory", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+
+    if (fd < 0 || ftruncate(fd, 2 * MVM_MIB) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE) < 0) {
+        g_test_skip("no sealable 2 MiB hugetlbfs memfd here");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    g_assert_false(mvm_memory_fd_is_sealed(fd, 2 * MVM_MIB));
+    close(fd);
+}
+
+/*
+ * A copy is independent of the file: the file truncated afterwards changes nothing, and the
+ * copy has a memfd of its own (it can be snapshotted again).
+ */
+static void test_copy(void)
+{
+    g_autoptr(GError) error = NULL;
+    int fd = memory_file();
+    char buf[8];
+
+    g_autoptr(MvmMemory) copy = mvm_memory_new_copy(fd, 2 * MVM_MIB, &error);
     g_assert_no_error(error);
+    g_assert_cmpint(mvm_memory_get_fd(copy), >=, 0);
+    g_assert_cmpint(ftruncate(fd, 0), ==, 0);
     g_assert_true(mvm_memory_read(copy, 4096, buf, sizeof(buf), &error));
     g_assert_cmpmem(buf, sizeof(buf), "snapshot", 8);
+    g_assert_true(mvm_memory_read(copy, 2 * MVM_MIB - 8, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "\0\0\0\0\0\0\0\0", 8);
+
+    /* A file shorter than the RAM (it shrank during a restore): the rest reads as zeros. */
+    g_autoptr(MvmMemory) short_copy = mvm_memory_new_copy(fd, 2 * MVM_MIB, &error);
+    g_assert_no_error(error);
+    g_assert_true(mvm_memory_read(short_copy, 4096, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "\0\0\0\0\0\0\0\0", 8);
     close(fd);
 }
 
@@ -135,5 +199,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memory/bounds", test_bounds);
     g_test_add_func("/memory/gap-split", test_gap_split);
     g_test_add_func("/memory/private-file-mapping", test_private_file_mapping);
+    g_test_add_func("/memory/unsealed-not-mapped", test_unsealed_not_mapped);
+    g_test_add_func("/memory/hugetlb-not-mapped", test_hugetlb_not_mapped);
+    g_test_add_func("/memory/copy", test_copy);
     return g_test_run();
 }

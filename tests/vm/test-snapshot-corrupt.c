@@ -10,6 +10,7 @@
  */
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "snapshot-test-util.h"
@@ -293,6 +294,24 @@ static void damage_state_symlink(const char *dir)
     g_assert_cmpint(symlink(target, path), ==, 0);
 }
 
+/* A FIFO instead of @name: opening it for reading would wait for a writer that never comes. */
+static void replace_by_fifo(const char *dir, const char *name)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_assert_cmpint(g_unlink(path), ==, 0);
+    g_assert_cmpint(mkfifo(path, 0600), ==, 0);
+}
+
+static void damage_state_fifo(const char *dir)
+{
+    replace_by_fifo(dir, "state");
+}
+
+static void damage_memory_fifo(const char *dir)
+{
+    replace_by_fifo(dir, "memory");
+}
+
 typedef struct {
     const char *name;
     DamageFunc damage;
@@ -319,6 +338,8 @@ static const Damage damages[] = {
     {"unknown-device", damage_unknown_device, "virtio-blk7"},
     {"unknown-msr", damage_unknown_msr, "MSR 0xdeadbeef is not one KVM saves"},
     {"state-symlink", damage_state_symlink, "cannot open state"},
+    {"state-fifo", damage_state_fifo, "state is not a regular file"},
+    {"memory-fifo", damage_memory_fifo, "memory is not a regular file"},
 };
 
 static void test_corrupt(gconstpointer data)

@@ -8,10 +8,12 @@
  * test-snapshot-corrupt.c. With -m perf it prints pause, snapshot and restore
  * figures.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -449,6 +451,145 @@ static void test_restore_above_4g(void)
     rm_rf(dir);
 }
 
+/* ---- guest RAM from a file the caller can still change ---- */
+
+/* Snapshots a counting pattern guest of @memory_mib into @dir; returns its output so far. */
+static char *snapshot_pattern_guest(const char *dir, guint64 memory_mib)
+{
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(MvmVm) vm = new_guest(PATTERN_CMDLINE, 1, memory_mib, c);
+    g_autoptr(GError) error = NULL;
+
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_true(capture_wait_from(c, 0, "COUNTER 60\n", TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    return capture_dup_from(c, 0);
+}
+
+/*
+ * A restored pattern guest (paused) is snapshotted, which reads every page of its RAM that holds
+ * data, then runs on from @out (its original's output).
+ */
+static void assert_snapshots_and_runs(MvmVm *copy, Capture *c, const char *out)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+
+    g_assert_true(mvm_vm_snapshot(copy, dir, MVM_SNAPSHOT_NONE, &error));
+    g_assert_no_error(error);
+    assert_memory_equals_file(copy, memory);
+    rm_rf(dir);
+    assert_counts_on(copy, c, strrchr(out, '\n') + 1, last_counter(out));
+    g_assert_cmpint(mvm_vm_get_state(copy), ==, MVM_VM_STATE_RUNNING);
+}
+
+/*
+ * The snapshot's memory file truncated to nothing under a restored VM: a snapshot of it reads
+ * all its RAM, and the guest goes on verifying its pattern pages and counting. With the RAM
+ * mapped from the file, the first touch of a lost page raised SIGBUS and ended the process, and
+ * with it every VM in it.
+ */
+static void test_restore_truncated_file(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *out = snapshot_pattern_guest(dir, 128);
+
+    g_autoptr(MvmVm) copy = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(copy, on_console, c);
+    g_assert_cmpint(truncate(memory, 0), ==, 0);
+    assert_snapshots_and_runs(copy, c, out);
+    rm_rf(dir);
+}
+
+/* A chunk of zeros stays a hole. */
+static gboolean is_zero(const guint8 *p, gsize len)
+{
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+/* A memfd with the contents of @path (its holes kept), sealed against shrinking and writing if
+ * @seal. */
+static int memfd_copy_of(const char *path, const char *name, gboolean seal)
+{
+    const gsize chunk = 1024 * 1024;
+    g_autofree guint8 *buf = g_malloc(chunk);
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    struct stat st;
+    ssize_t n;
+
+    g_assert_cmpint(in, >=, 0);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(fstat(in, &st), ==, 0);
+    g_assert_cmpint(ftruncate(fd, st.st_size), ==, 0);
+    for (off_t off = 0; (n = pread(in, buf, chunk, off)) > 0; off += n) {
+        if (!is_zero(buf, (gsize)n))
+            g_assert_cmpint(pwrite(fd, buf, (gsize)n, off), ==, n);
+    }
+    g_assert_cmpint(n, ==, 0);
+    close(in);
+    if (seal)
+        g_assert_cmpint(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE | F_SEAL_SEAL), ==, 0);
+    return fd;
+}
+
+/* Does this process map a memfd named @name? */
+static gboolean maps_memfd(const char *name)
+{
+    g_autofree char *maps = NULL;
+    g_autofree char *needle = g_strdup_printf("/memfd:%s ", name);
+
+    g_assert_true(g_file_get_contents("/proc/self/maps", &maps, NULL, NULL));
+    return strstr(maps, needle) != NULL;
+}
+
+/*
+ * Guest RAM from the caller's memfd: sealed, it is mapped as it is (it can never shrink, so
+ * the restore copies nothing); unsealed, it is copied like a file, and truncating it after
+ * the restore changes nothing for the guest.
+ */
+static void test_restore_memfd(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new(), c2 = capture_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *out = snapshot_pattern_guest(dir, 64);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int sealed = memfd_copy_of(memory, "mvm-test-sealed", TRUE);
+    int unsealed = memfd_copy_of(memory, "mvm-test-unsealed", FALSE);
+
+    g_assert_cmpint(dirfd, >=, 0);
+    g_autoptr(MvmVm) mapped = mvm_vm_restore_with_memory(dirfd, sealed, NULL, 0, &error);
+    g_assert_no_error(error);
+    g_autoptr(MvmVm) copied = mvm_vm_restore_with_memory(dirfd, unsealed, NULL, 0, &error);
+    g_assert_no_error(error);
+    close(dirfd);
+    rm_rf(dir);
+    g_assert_true(maps_memfd("mvm-test-sealed"));
+    g_assert_false(maps_memfd("mvm-test-unsealed"));
+    g_assert_cmpint(ftruncate(sealed, 0), ==, -1);
+    g_assert_cmpint(errno, ==, EPERM);
+    g_assert_cmpint(ftruncate(unsealed, 0), ==, 0);
+    close(sealed);
+    close(unsealed);
+
+    mvm_vm_set_console_callback(mapped, on_console, c);
+    mvm_vm_set_console_callback(copied, on_console, c2);
+    assert_snapshots_and_runs(mapped, c, out);
+    assert_snapshots_and_runs(copied, c2, out);
+}
+
 static MvmVmConfig *config_with_disk(const char *path, int fd, gboolean read_only)
 {
     MvmVmConfig *config = mvm_vm_config_new();
@@ -772,20 +913,26 @@ static void bench_pause(MvmVm *vm, char **pause, char **resume)
     *resume = summary(r, G_N_ELEMENTS(r));
 }
 
-/* Restore + resume until the call returns (the vCPU threads run), @n times. */
-static char *bench_restore(const char *dir, MvmRestoreFlags flags, int n)
+/*
+ * Restore + resume until the call returns (the vCPU threads run), @n times; RAM from
+ * @memory_fd (-1: the directory's file).
+ */
+static char *bench_restore(const char *dir, int memory_fd, MvmRestoreFlags flags, int n)
 {
     g_autoptr(GError) error = NULL;
     double ms[5];
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
+    g_assert_cmpint(dirfd, >=, 0);
     g_assert_cmpint(n, <=, G_N_ELEMENTS(ms));
     for (int i = 0; i < n; i++) {
         gint64 t0 = g_get_monotonic_time();
-        g_autoptr(MvmVm) vm = mvm_vm_restore(dir, flags, &error);
+        g_autoptr(MvmVm) vm = mvm_vm_restore_with_memory(dirfd, memory_fd, NULL, flags, &error);
         g_assert_no_error(error);
         g_assert_true(mvm_vm_resume(vm, &error));
         ms[i] = ms_since(t0);
     }
+    close(dirfd);
     return summary(ms, n);
 }
 
@@ -814,16 +961,19 @@ static void bench_one(guint64 memory_mib, guint64 dirty_mib)
     g_autofree char *state = g_build_filename(dir, "state", NULL);
     g_assert_cmpint(g_stat(memory, &mem_st), ==, 0);
     g_assert_cmpint(g_stat(state, &state_st), ==, 0);
-    g_autofree char *lazy = bench_restore(dir, MVM_RESTORE_NONE, 5);
-    g_autofree char *copy = bench_restore(dir, MVM_RESTORE_COPY_MEMORY, 3);
+    int sealed = memfd_copy_of(memory, "mvm-bench-memory", TRUE);
+    g_autofree char *lazy = bench_restore(dir, sealed, MVM_RESTORE_NONE, 5);
+    g_autofree char *copy = bench_restore(dir, -1, MVM_RESTORE_NONE, 5);
+    close(sealed);
     g_autofree char *out = capture_dup_from(c, 0);
     g_assert_null(strstr(out, "FAIL"));
 
     g_test_message("bench %" G_GUINT64_FORMAT " MiB guest, %" G_GUINT64_FORMAT
                    " MiB made non-zero by the host: ms median (min-max): pause %s, resume %s; "
                    "snapshot %.1f ms, memory file %" G_GUINT64_FORMAT
-                   " KiB allocated, state %" G_GUINT64_FORMAT " bytes; restore+resume lazy %s, "
-                   "copy %s",
+                   " KiB allocated, state %" G_GUINT64_FORMAT
+                   " bytes; restore+resume from a sealed memfd (lazy) %s, "
+                   "from the file (copied) %s",
                    memory_mib, dirty_mib, pause, resume, snap_ms,
                    (guint64)mem_st.st_blocks * 512 / 1024, (guint64)state_st.st_size, lazy, copy);
     rm_rf(dir);
@@ -858,11 +1008,13 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/beside-original", test_restore_beside_original);
     g_test_add_func("/snapshot/to-fds", test_snapshot_to_fds);
     g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
+    g_test_add_func("/snapshot/restore/truncated-file", test_restore_truncated_file);
+    g_test_add_func("/snapshot/restore/memfd", test_restore_memfd);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_func("/snapshot/read-config", test_read_config);
-    g_test_add_data_func("/snapshot/restore/fresh-process-lazy", GINT_TO_POINTER(0),
+    g_test_add_data_func("/snapshot/restore/fresh-process", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
-    g_test_add_data_func("/snapshot/restore/fresh-process-copy", GINT_TO_POINTER(1),
+    g_test_add_data_func("/snapshot/restore/fresh-process-copy-flag", GINT_TO_POINTER(1),
                          test_restore_fresh_process);
     if (g_test_perf())
         g_test_add_func("/snapshot/bench", test_bench);
