@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -243,6 +244,16 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
 
     g_assert_no_error(error);
     return vm;
+}
+
+gboolean mvmd_test_kvm_usable(void)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+    if (fd < 0)
+        return FALSE;
+    close(fd);
+    return TRUE;
 }
 
 GVariant *mvmd_test_config(const char *text)

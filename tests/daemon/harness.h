@@ -56,6 +56,9 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
     }                                                                                              \
     G_STMT_END
 
+/* Whether /dev/kvm opens here (errno tells why not). */
+gboolean mvmd_test_kvm_usable(void);
+
 /* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
 GVariant *mvmd_test_config(const char *text);
 
