@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Turning failed system calls into GErrors. */
+/* Turning failed system calls into GErrors, and threads that fail instead of aborting. */
 #pragma once
 
 #include <glib.h>
@@ -17,5 +17,11 @@ MvmError mvm_error_code_for_errno(int err, MvmError otherwise);
  */
 gboolean mvm_set_errno_error(GError **error, MvmError otherwise, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
+
+/*
+ * g_thread_try_new(), with the failure (no memory, no more threads) said as
+ * MVM_ERROR_NO_RESOURCES. Never g_thread_new(): that one aborts the whole process.
+ */
+GThread *mvm_thread_new(const char *name, GThreadFunc func, gpointer data, GError **error);
 
 G_END_DECLS

@@ -37,3 +37,15 @@ gboolean mvm_set_errno_error(GError **error, MvmError otherwise, const char *fmt
     errno = saved;
     return FALSE;
 }
+
+GThread *mvm_thread_new(const char *name, GThreadFunc func, gpointer data, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    GThread *thread = g_thread_try_new(name, func, data, &local);
+
+    /* G_THREAD_ERROR_AGAIN is GLib's only code: pthread_create had no memory or no thread. */
+    if (thread == NULL)
+        g_set_error(error, MVM_ERROR, MVM_ERROR_NO_RESOURCES,
+                    "cannot create thread %s (out of threads or memory): %s", name, local->message);
+    return thread;
+}
