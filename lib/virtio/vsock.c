@@ -354,7 +354,9 @@ static int connect_unix(const char *path)
         return -1;
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 && errno != EINPROGRESS) {
+        int saved = errno;
         close(fd);
+        errno = saved; /* the caller tells a missing listener from a full backlog */
         return -1;
     }
     return fd;
@@ -623,6 +625,12 @@ static int listen_unix(const char *path, GError **error)
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
     /* A socket left by an earlier run goes; one that a live VM listens on is not ours to take. */
     int probe = connect_unix(path);
+    /* No socket for the probe (or a full backlog) says nothing about a listener: keep it. */
+    if (probe < 0 && mvm_errno_is_no_resources(errno)) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot check vsock socket %s", path);
+        close(fd);
+        return -1;
+    }
     if (probe >= 0) {
         close(probe);
         close(fd);
