@@ -171,11 +171,8 @@ static int open_boot_file(const char *path, const char *what, GError **error)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 
-    if (fd < 0) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot open the %s %s: %s", what, path,
-                    g_strerror(err));
-    }
+    if (fd < 0)
+        mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot open the %s %s", what, path);
     return fd;
 }
 
@@ -297,9 +294,8 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
     if (dirfd < 0) {
         dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dirfd < 0) {
-            int err = errno;
-            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                        "cannot open snapshot %s: %s", d->restore_dir, g_strerror(err));
+            mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s",
+                                 d->restore_dir);
             return NULL;
         }
     }
