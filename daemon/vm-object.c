@@ -364,6 +364,19 @@ static void worker_finish(OpData *d, gboolean stop)
     d->run->vm = NULL;
 }
 
+/*
+ * Every failure below sets its GError; should one ever not, the call still gets an answer
+ * (g_task_return_error() with no error is a critical, and the task would never complete).
+ */
+static GError *error_or_bug(GError *error, Op op)
+{
+    if (error != NULL)
+        return error;
+    g_warning("BUG: operation %d failed without saying why", op);
+    return g_error_new_literal(MVMD_ERROR, MVMD_ERROR_FAILED,
+                               "the operation failed for an unknown reason (a bug in microvmd)");
+}
+
 static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancellable *cancel)
 {
     OpData *d = task_data;
@@ -393,7 +406,7 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
     if (ok)
         g_task_return_boolean(task, TRUE);
     else
-        g_task_return_error(task, error);
+        g_task_return_error(task, error_or_bug(error, d->op));
 }
 
 /* ---- completing operations on the main loop -------------------------------------------- */
