@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * microvmd under a low descriptor limit: a start that runs out of descriptors fails that one
+ * call with NoResources while the daemon and the guests already running go on. Real guests
+ * (tests/guests/testguest.elf, mode=idle); the tests skip without a usable /dev/kvm.
+ */
+#include <errno.h>
+
+#include "harness.h"
+
+#define ERR "org.microvmd.MicroVM1.Error."
+/* Nested KVM emulates guest kernel code: be generous. */
+#define CALL_TIMEOUT_MS (60 * 1000)
+/*
+ * Both limits of the exhaustion test: a few dozen idle guests fit, not a hundred. A start
+ * takes several descriptors (KVM VM and vCPU, guest memory, the kernel, the console log, the
+ * definition): one test for each of as many limits in a row, so that the last descriptor runs
+ * out at each step in turn.
+ */
+#define LOW_NOFILE    96
+#define N_LOW_NOFILES 8
+/* More than LOW_NOFILE descriptors could ever hold: reaching it means no limit was hit. */
+#define MAX_VMS 200
+
+static const char *testguest;
+
+/* ---- out of descriptors ------------------------------------------------------------------ */
+
+/* CreateVM of an idle guest; NULL with @error set when the call fails. */
+static MvmdVm *try_create(MvmdTestBus *bus, MvmdManager *manager, const char *name, GError **error)
+{
+    g_autofree char *text = g_strdup_printf(
+        "{'kernel': <'%s'>, 'cmdline': <'mode=idle'>, 'memory-mib': <uint64 16>}", testguest);
+    g_autofree char *path = NULL;
+
+    if (!mvmd_manager_call_create_vm_sync(manager, name, mvmd_test_config(text),
+                                          G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, &path,
+                                          NULL, NULL, error))
+        return NULL;
+    return mvmd_test_bus_vm(bus, NULL, path);
+}
+
+static gboolean try_call(MvmdVm *vm, const char *method, GError **error)
+{
+    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
+        G_DBUS_PROXY(vm), method, NULL, G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, error);
+
+    return reply != NULL;
+}
+
+static void call_ok(MvmdVm *vm, const char *method)
+{
+    g_autoptr(GError) error = NULL;
+
+    try_call(vm, method, &error);
+    g_assert_no_error(error);
+}
+
+/* Asked of the daemon now, not from a proxy's cache: it answers, and says this. */
+static char *get_state(MvmdTestBus *bus, MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        bus->connection, "org.microvmd.MicroVM1", g_dbus_proxy_get_object_path(G_DBUS_PROXY(vm)),
+        "org.freedesktop.DBus.Properties", "Get",
+        g_variant_new("(ss)", "org.microvmd.MicroVM1.VM", "State"), G_VARIANT_TYPE("(v)"),
+        G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, &error);
+    g_autoptr(GVariant) value = NULL;
+
+    g_assert_no_error(error);
+    g_variant_get(reply, "(v)", &value);
+    return g_variant_dup_string(value, NULL);
+}
+
+static guint count_managed_objects(MvmdTestBus *bus)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        bus->connection, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1",
+        "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", NULL,
+        G_VARIANT_TYPE("(a{oa{sa{sv}}})"), G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, &error);
+    g_autoptr(GVariant) objects = NULL;
+
+    g_assert_no_error(error);
+    objects = g_variant_get_child_value(reply, 0);
+    return (guint)g_variant_n_children(objects);
+}
+
+/*
+ * Creates and starts guests one after another, as a user would, until a call fails; returns
+ * that call's error. The guests that started are added to @running.
+ */
+static GError *start_until_failure(MvmdTestBus *bus, MvmdManager *manager, GPtrArray *running,
+                                   MvmdVm **failed, guint limit)
+{
+    for (guint i = 0; i < MAX_VMS; i++) {
+        g_autofree char *name = g_strdup_printf("vm%03u", i);
+        GError *error = NULL;
+        g_autoptr(MvmdVm) vm = try_create(bus, manager, name, &error);
+
+        if (vm == NULL)
+            return error;
+        if (!try_call(vm, "Start", &error)) {
+            *failed = g_steal_pointer(&vm);
+            return error;
+        }
+        g_ptr_array_add(running, g_steal_pointer(&vm));
+    }
+    g_error("%d guests started under a limit of %u descriptors: no call failed", MAX_VMS, limit);
+}
+
+/* The daemon and every guest that was running go on as before. */
+static void assert_unharmed(MvmdTestBus *bus, GPtrArray *running, guint n_defined)
+{
+    g_assert_true(mvmd_test_bus_daemon_alive(bus));
+    /* The ObjectManager lists every VM (the Manager at its own path is not among them). */
+    g_assert_cmpuint(count_managed_objects(bus), ==, n_defined);
+    for (guint i = 0; i < running->len; i++) {
+        g_autofree char *state = get_state(bus, running->pdata[i]);
+
+        g_assert_cmpstr(state, ==, "running");
+    }
+}
+
+static void test_out_of_descriptors(gconstpointer data)
+{
+    guint limit = GPOINTER_TO_UINT(data);
+    g_autoptr(MvmdTestBus) bus = mvmd_test_bus_new();
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GPtrArray) running = g_ptr_array_new_with_free_func(g_object_unref);
+    g_autoptr(MvmdVm) failed = NULL;
+    g_autoptr(MvmdVm) again = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GError) again_error = NULL;
+    g_autofree char *state = NULL;
+
+    bus->daemon_nofile_soft = bus->daemon_nofile_hard = limit;
+    mvmd_test_bus_start_daemon(bus, (const char *const[]){"--shutdown-timeout=1", NULL});
+    manager = mvmd_test_bus_manager(bus, NULL);
+
+    error = start_until_failure(bus, manager, running, &failed, limit);
+    g_test_message("%u guests running when a call failed: %s", running->len, error->message);
+    g_assert_cmpuint(running->len, >=, 2);
+    mvmd_test_assert_dbus_error(error, ERR "NoResources");
+    /* The message names what ran out: the descriptors, in strerror's words. */
+    g_assert_nonnull(strstr(error->message, g_strerror(EMFILE)));
+    assert_unharmed(bus, running, running->len + (failed != NULL));
+
+    /*
+     * Room again once guests are gone. Two: at its peak a start holds the kernel file twice
+     * (the daemon's fd and the library's copy) besides what a running guest keeps.
+     */
+    if (failed)
+        call_ok(failed, "Delete");
+    for (guint i = 0; i < 2; i++) {
+        call_ok(running->pdata[0], "Stop");
+        call_ok(running->pdata[0], "Delete");
+        g_ptr_array_remove_index(running, 0);
+    }
+    again = try_create(bus, manager, "again", &again_error);
+    g_assert_no_error(again_error);
+    call_ok(again, "Start");
+    state = get_state(bus, again);
+    g_assert_cmpstr(state, ==, "running");
+    assert_unharmed(bus, running, running->len + 1);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    if (!g_getenv("MICROVMD")) {
+        g_printerr("SKIP: MICROVMD is not set (run through meson test)\n");
+        return 77;
+    }
+    testguest = g_getenv("MVM_TESTGUEST");
+    if (!mvmd_test_kvm_usable() || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
+        g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
+        return g_test_run();
+    }
+    for (guint limit = LOW_NOFILE; limit < LOW_NOFILE + N_LOW_NOFILES; limit++) {
+        g_autofree char *path = g_strdup_printf("/daemon-limits/out-of-descriptors/%u", limit);
+
+        g_test_add_data_func(path, GUINT_TO_POINTER(limit), test_out_of_descriptors);
+    }
+    return g_test_run();
+}
