@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * microvmd under a low descriptor limit: a start that runs out of descriptors fails that one
- * call with NoResources while the daemon and the guests already running go on. Real guests
- * (tests/guests/testguest.elf, mode=idle); the tests skip without a usable /dev/kvm.
+ * microvmd under a low descriptor limit: it raises its soft limit to the hard one at start,
+ * and a start that runs out of descriptors fails that one call with NoResources while the
+ * daemon and the guests already running go on. Real guests (tests/guests/testguest.elf,
+ * mode=idle); the KVM tests skip without a usable /dev/kvm.
  */
 #include <errno.h>
+#include <sys/resource.h>
 
 #include "harness.h"
 
@@ -23,6 +25,48 @@
 #define MAX_VMS 200
 
 static const char *testguest;
+
+/* The "Max open files" soft and hard limits of /proc/PID/limits. */
+static void read_nofile_limits(GPid pid, guint64 *soft, guint64 *hard)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/limits", pid);
+    g_autofree char *text = NULL;
+    g_autoptr(GError) error = NULL;
+    const char *line;
+    char *end;
+
+    g_file_get_contents(path, &text, NULL, &error);
+    g_assert_no_error(error);
+    line = strstr(text, "Max open files");
+    g_assert_nonnull(line);
+    *soft = g_ascii_strtoull(line + strlen("Max open files"), &end, 10);
+    *hard = g_ascii_strtoull(end, NULL, 10);
+}
+
+static void test_raises_soft_limit(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    struct rlimit own;
+    guint64 soft, hard;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that keeps descriptors of its own");
+        return;
+    }
+    g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &own), ==, 0);
+    if (own.rlim_max <= 256) {
+        g_test_skip("the hard descriptor limit here is too low to start below it");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    bus->daemon_nofile_soft = 256;
+    bus->daemon_nofile_hard = MIN(own.rlim_max, 4096);
+    mvmd_test_bus_start_daemon(bus, NULL);
+    read_nofile_limits(bus->daemon_pid, &soft, &hard);
+    g_assert_cmpuint(hard, ==, bus->daemon_nofile_hard);
+    g_assert_cmpuint(soft, ==, hard);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
 
 /* ---- out of descriptors ------------------------------------------------------------------ */
 
@@ -174,6 +218,7 @@ int main(int argc, char **argv)
         return 77;
     }
     testguest = g_getenv("MVM_TESTGUEST");
+    g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
     if (!mvmd_test_kvm_usable() || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
         return g_test_run();
