@@ -65,8 +65,9 @@ static int open_kvm_device(GError **error)
                                              "to run virtual machines?)"
                            : saved == EACCES || saved == EPERM ? " (is the user in group kvm?)"
                                                                : "";
-        g_set_error(error, MVM_ERROR, MVM_ERROR_NO_KVM, "cannot open %s: %s%s", KVM_DEVICE,
-                    g_strerror(saved), hint);
+        /* Out of descriptors is no reason to say that this host has no KVM. */
+        g_set_error(error, MVM_ERROR, mvm_error_code_for_errno(saved, MVM_ERROR_NO_KVM),
+                    "cannot open %s: %s%s", KVM_DEVICE, g_strerror(saved), hint);
     }
     return fd;
 }
