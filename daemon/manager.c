@@ -144,7 +144,9 @@ static void create_vm(CreateCall *call)
                                               "a VM named '%s' exists already", call->name);
         return;
     }
-    config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (mvmd_check_fds_arrived(call->invocation, &error))
+        config =
+            mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
@@ -276,6 +278,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
                   &dir_arg, &options);
     if (!mvmd_vm_name_validate(call->name, error) ||
+        !mvmd_check_fds_arrived(call->invocation, error) ||
         !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
         return NULL;
     g_variant_lookup(options, "resume", "b", &resume);

@@ -6,7 +6,11 @@
  * mode=idle); the KVM tests skip without a usable /dev/kvm.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
 
 #include "harness.h"
 
@@ -70,18 +74,27 @@ static void test_raises_soft_limit(void)
 
 /* ---- out of descriptors ------------------------------------------------------------------ */
 
-/* CreateVM of an idle guest; NULL with @error set when the call fails. */
-static MvmdVm *try_create(MvmdTestBus *bus, MvmdManager *manager, const char *name, GError **error)
+/* CreateVM of an idle guest with @kernel ("'kernel': <...>" or the like) and @fds. */
+static MvmdVm *try_create_full(MvmdTestBus *bus, MvmdManager *manager, const char *name,
+                               const char *kernel, GUnixFDList *fds, GError **error)
 {
-    g_autofree char *text = g_strdup_printf(
-        "{'kernel': <'%s'>, 'cmdline': <'mode=idle'>, 'memory-mib': <uint64 16>}", testguest);
+    g_autofree char *text =
+        g_strdup_printf("{%s, 'cmdline': <'mode=idle'>, 'memory-mib': <uint64 16>}", kernel);
     g_autofree char *path = NULL;
 
     if (!mvmd_manager_call_create_vm_sync(manager, name, mvmd_test_config(text),
-                                          G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, NULL, &path,
-                                          NULL, NULL, error))
+                                          G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS, fds, &path, NULL,
+                                          NULL, error))
         return NULL;
     return mvmd_test_bus_vm(bus, NULL, path);
+}
+
+/* The same with the kernel as a path; NULL with @error set when the call fails. */
+static MvmdVm *try_create(MvmdTestBus *bus, MvmdManager *manager, const char *name, GError **error)
+{
+    g_autofree char *kernel = g_strdup_printf("'kernel': <'%s'>", testguest);
+
+    return try_create_full(bus, manager, name, kernel, NULL, error);
 }
 
 static gboolean try_call(MvmdVm *vm, const char *method, GError **error)
@@ -166,6 +179,14 @@ static void assert_unharmed(MvmdTestBus *bus, GPtrArray *running, guint n_define
     }
 }
 
+/* The daemon with @limit descriptors, soft and hard; its Manager. */
+static MvmdManager *start_daemon_at(MvmdTestBus *bus, guint limit)
+{
+    bus->daemon_nofile_soft = bus->daemon_nofile_hard = limit;
+    mvmd_test_bus_start_daemon(bus, (const char *const[]){"--shutdown-timeout=1", NULL});
+    return mvmd_test_bus_manager(bus, NULL);
+}
+
 static void test_out_of_descriptors(gconstpointer data)
 {
     guint limit = GPOINTER_TO_UINT(data);
@@ -178,9 +199,7 @@ static void test_out_of_descriptors(gconstpointer data)
     g_autoptr(GError) again_error = NULL;
     g_autofree char *state = NULL;
 
-    bus->daemon_nofile_soft = bus->daemon_nofile_hard = limit;
-    mvmd_test_bus_start_daemon(bus, (const char *const[]){"--shutdown-timeout=1", NULL});
-    manager = mvmd_test_bus_manager(bus, NULL);
+    manager = start_daemon_at(bus, limit);
 
     error = start_until_failure(bus, manager, running, &failed, limit);
     g_test_message("%u guests running when a call failed: %s", running->len, error->message);
@@ -210,6 +229,111 @@ static void test_out_of_descriptors(gconstpointer data)
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
 }
 
+/* ---- at the limit ------------------------------------------------------------------------ */
+
+/* The lowest descriptor number @pid has free: the next one it would get. */
+static int lowest_free_fd(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    g_autoptr(GHashTable) open_fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+    int fd = 0;
+
+    g_assert_nonnull(dir);
+    while ((name = g_dir_read_name(dir)))
+        g_hash_table_add(open_fds, g_strdup(name));
+    for (;; fd++) {
+        g_autofree char *number = g_strdup_printf("%d", fd);
+
+        if (!g_hash_table_contains(open_fds, number))
+            return fd;
+    }
+}
+
+/* Lets the daemon open no more descriptors (soft limit at its next free one), or any again. */
+static void set_daemon_room(MvmdTestBus *bus, gboolean room)
+{
+    struct rlimit limit = {.rlim_max = bus->daemon_nofile_hard};
+
+    limit.rlim_cur = room ? limit.rlim_max : (rlim_t)lowest_free_fd(bus->daemon_pid);
+    g_assert_cmpint(prlimit(bus->daemon_pid, RLIMIT_NOFILE, &limit, NULL), ==, 0);
+}
+
+/* The kernel as handle 0 of a new list. */
+static GUnixFDList *kernel_fd_list(void)
+{
+    GUnixFDList *fds = g_unix_fd_list_new();
+    int fd = open(testguest, O_RDONLY | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(g_unix_fd_list_append(fds, fd, NULL), ==, 0);
+    close(fd);
+    return fds;
+}
+
+static void assert_no_resources(GError *error, const char *resource)
+{
+    g_test_message("%s", error->message);
+    mvmd_test_assert_dbus_error(error, ERR "NoResources");
+    if (!strstr(error->message, resource))
+        g_error("'%s' is not in the message: %s", resource, error->message);
+}
+
+/*
+ * Every call that needs a new descriptor, made while the daemon has none left: each answers
+ * NoResources and names the resource; the rest of the daemon goes on, and once there is room
+ * again the same calls succeed.
+ */
+static void test_at_the_limit(void)
+{
+    g_autoptr(MvmdTestBus) bus = mvmd_test_bus_new();
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GPtrArray) running = g_ptr_array_new_with_free_func(g_object_unref);
+    g_autoptr(MvmdVm) created = NULL;
+    g_autoptr(MvmdVm) by_fd = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) console = NULL;
+    g_autoptr(GUnixFDList) fds = kernel_fd_list();
+    g_autofree char *persistent = g_strdup_printf("'kernel': <'%s'>, 'persist': <true>", testguest);
+
+    manager = start_daemon_at(bus, 256);
+    g_ptr_array_add(running, try_create(bus, manager, "running", &error));
+    g_assert_no_error(error);
+    call_ok(running->pdata[0], "Start");
+    created = try_create(bus, manager, "created", &error);
+    g_assert_no_error(error);
+
+    set_daemon_room(bus, FALSE);
+    /* GDBus gets the message without its descriptor (the kernel had nowhere to put it). */
+    g_assert_null(try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error));
+    assert_no_resources(error, "file descriptors");
+    g_clear_error(&error);
+    /* A persistent definition is written to a new file. */
+    g_assert_null(try_create_full(bus, manager, "persistent", persistent, NULL, &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    /* The kernel file is opened, KVM asked for a VM... */
+    g_assert_false(try_call(created, "Start", &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    /* A console is a new socket pair. */
+    g_assert_false(mvmd_vm_call_open_console_sync(running->pdata[0], G_DBUS_CALL_FLAGS_NONE,
+                                                  CALL_TIMEOUT_MS, NULL, &console, NULL, NULL,
+                                                  &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    assert_unharmed(bus, running, 2);
+
+    set_daemon_room(bus, TRUE);
+    by_fd = try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error);
+    g_assert_no_error(error);
+    call_ok(created, "Start");
+    g_ptr_array_add(running, g_object_ref(created));
+    assert_unharmed(bus, running, 3);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -228,5 +352,6 @@ int main(int argc, char **argv)
 
         g_test_add_data_func(path, GUINT_TO_POINTER(limit), test_out_of_descriptors);
     }
+    g_test_add_func("/daemon-limits/at-the-limit", test_at_the_limit);
     return g_test_run();
 }
