@@ -409,6 +409,41 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         g_task_return_error(task, error_or_bug(error, d->op));
 }
 
+static gpointer op_thread(gpointer data)
+{
+    g_autoptr(GTask) task = data;
+
+    op_worker(task, g_task_get_source_object(task), g_task_get_task_data(task), NULL);
+    return NULL;
+}
+
+/*
+ * Each operation gets a thread of its own, not one of GTask's pool: a pool that cannot start
+ * a thread (no memory, no more tasks) queues the work silently, and the call would never be
+ * answered. Here a call that cannot get its thread answers NoResources; the end of a run, which
+ * nobody waits for and which must happen, is done on the spot instead.
+ */
+static void run_op(GTask *task)
+{
+    OpData *d = g_task_get_task_data(task);
+    g_autoptr(GError) error = NULL;
+    GThread *thread = g_thread_try_new("vm-op", op_thread, g_object_ref(task), &error);
+
+    if (thread) {
+        g_thread_unref(thread);
+        return;
+    }
+    g_object_unref(task); /* the thread's */
+    if (d->op == OP_STOP || d->op == OP_REAP) {
+        g_debug("no thread to end the run (%s): ending it on the main loop", error->message);
+        op_worker(task, g_task_get_source_object(task), d, NULL);
+        return;
+    }
+    g_task_return_new_error(task, MVMD_ERROR, MVMD_ERROR_NO_RESOURCES,
+                            "no thread for the operation (out of memory or threads): %s",
+                            error->message);
+}
+
 /* ---- completing operations on the main loop -------------------------------------------- */
 
 static const char *exit_kind_token(MvmExitKind kind)
@@ -704,7 +739,7 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     self->op_invocation = invocation;
     g_task_set_source_tag(task, mvmd_vm_object_begin_op);
     g_task_set_task_data(task, d, (GDestroyNotify)op_data_free);
-    g_task_run_in_thread(task, op_worker);
+    run_op(task);
 }
 
 static void maybe_reap(MvmdVmObject *self)

@@ -334,6 +334,66 @@ static void test_at_the_limit(void)
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
 }
 
+/* ---- out of memory ----------------------------------------------------------------------- */
+
+/* kB of the "VmSize:" line of /proc/PID/status: the address space the daemon maps. */
+static guint64 vm_size_kb(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", pid);
+    g_autofree char *text = NULL;
+    const char *line;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    line = strstr(text, "VmSize:");
+    g_assert_nonnull(line);
+    return g_ascii_strtoull(line + strlen("VmSize:"), NULL, 10);
+}
+
+/* Leaves the daemon @room_kb of address space more than it maps now (0: no limit). */
+static void set_daemon_address_space(MvmdTestBus *bus, guint64 room_kb)
+{
+    struct rlimit limit = {RLIM_INFINITY, RLIM_INFINITY};
+
+    if (room_kb > 0)
+        limit.rlim_cur = (vm_size_kb(bus->daemon_pid) + room_kb) * 1024;
+    g_assert_cmpint(prlimit(bus->daemon_pid, RLIMIT_AS, &limit, NULL), ==, 0);
+}
+
+/*
+ * A start without the address space it needs (RLIMIT_AS): with room for no new thread (8 MiB
+ * of stack), then with room for the thread but not for the guest's 16 MiB. Each answers
+ * NoResources naming what ran out; with room again the start succeeds. (The first start
+ * must be the daemon's first operation: glibc keeps the stacks of ended threads for new ones.)
+ */
+static void test_out_of_memory(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GPtrArray) running = g_ptr_array_new_with_free_func(g_object_unref);
+    g_autoptr(GError) error = NULL;
+
+    if (g_getenv("ASAN_OPTIONS") || g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the sanitizers and wrappers map terabytes of their own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    manager = start_daemon_at(bus, 256);
+    g_ptr_array_add(running, try_create(bus, manager, "vm", &error));
+    g_assert_no_error(error);
+    set_daemon_address_space(bus, 1024);
+    g_assert_false(try_call(running->pdata[0], "Start", &error));
+    assert_no_resources(error, "out of memory or threads");
+    g_clear_error(&error);
+    set_daemon_address_space(bus, 12 * 1024);
+    g_assert_false(try_call(running->pdata[0], "Start", &error));
+    assert_no_resources(error, g_strerror(ENOMEM));
+    g_clear_error(&error);
+    set_daemon_address_space(bus, 0);
+    call_ok(running->pdata[0], "Start");
+    assert_unharmed(bus, running, 1);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -353,5 +413,6 @@ int main(int argc, char **argv)
         g_test_add_data_func(path, GUINT_TO_POINTER(limit), test_out_of_descriptors);
     }
     g_test_add_func("/daemon-limits/at-the-limit", test_at_the_limit);
+    g_test_add_func("/daemon-limits/out-of-memory", test_out_of_memory);
     return g_test_run();
 }
