@@ -35,6 +35,7 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
                         GError **error)
 {
     gint32 index = g_variant_get_handle(value);
+    g_autoptr(GError) local = NULL;
     struct statx stx;
     int fd;
 
@@ -42,9 +43,13 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
         mvmd_config_invalid(error, key, "handle %d: no such file descriptor in the message", index);
         return -1;
     }
-    fd = g_unix_fd_list_get(fd_list, index, NULL);
+    fd = g_unix_fd_list_get(fd_list, index, &local);
     if (fd < 0) {
-        mvmd_config_invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
+        /* A dup fails only when the daemon is out of descriptors: NoResources, not the caller's. */
+        g_autofree char *what = g_strdup_printf(
+            "config key '%s': handle %d: cannot duplicate the descriptor", key, index);
+
+        g_propagate_error(error, mvmd_error_from_error(local, what));
         return -1;
     }
     /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */
@@ -62,6 +67,27 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
         return -1;
     }
     return fd;
+}
+
+/*
+ * When the daemon has no room for a message's descriptors the kernel drops them (recvmsg's
+ * MSG_CTRUNC) and GDBus hands the message on with fewer than its header announced: say why,
+ * rather than "no such file descriptor" as if the caller had sent none.
+ */
+gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **error)
+{
+    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    guint32 sent = g_dbus_message_get_num_unix_fds(message);
+    guint32 got = fd_list ? (guint32)g_unix_fd_list_get_length(fd_list) : 0;
+
+    if (got >= sent)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_NO_RESOURCES,
+                "%u of the %u file descriptors sent with the call did not arrive: microvmd has "
+                "no room for more file descriptors",
+                sent - got, sent);
+    return FALSE;
 }
 
 gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv,

@@ -88,6 +88,12 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
                         GError **error);
 
 /*
+ * Whether every descriptor the method call @invocation was sent with arrived; else
+ * MVMD_ERROR_NO_RESOURCES. A daemon out of descriptors receives the message without them.
+ */
+gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **error);
+
+/*
  * A directory argument of a method (Snapshot, RestoreVM): an absolute path in @dir, or, when
  * @dir is empty, the descriptor @fdv (h, the option "dir-fd") from @fd_list, dup'ed into
  * @fd_out. Exactly one of the two. MVMD_ERROR_INVALID_ARGUMENT naming @key.

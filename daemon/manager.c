@@ -162,7 +162,9 @@ static void create_vm(CreateCall *call)
     }
     if (!check_name_free(self, call->invocation, call->name))
         return;
-    config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (mvmd_check_fds_arrived(call->invocation, &error))
+        config =
+            mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
@@ -351,6 +353,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
                   &dir_arg, &options);
     if (!mvmd_vm_name_validate(call->name, error) ||
+        !mvmd_check_fds_arrived(call->invocation, error) ||
         !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error) ||
         !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_READ, (uid_t)-1, &state_fd,
                                  &memory_fd, error))

@@ -11,6 +11,8 @@
 #define SOCKET_FD_NAME "microvmd"
 /* Each client holds an fd and some memory: a local user must not be able to exhaust us. */
 #define MAX_PEERS 256
+/* A failed accept (no descriptor for the connection, most likely) is retried after this. */
+#define ACCEPT_REST_MS 100
 
 /*
  * GDBusObjectManagerServer exports on one connection only, and unexporting a skeleton from
@@ -43,7 +45,9 @@ typedef struct {
 } Peer;
 
 struct _MvmdPeerServer {
-    GSocketService *service;
+    GSocketListener *listener;
+    GCancellable *cancellable; /* the pending accept */
+    guint rest_source;         /* after a failed accept */
     GDBusObjectManagerServer *object_manager;
     MvmdManagerService *manager;
     GDBusNodeInfo *om_info;
@@ -259,21 +263,64 @@ static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer 
     g_debug("peer: a client connected (%u now)", g_hash_table_size(server->peers));
 }
 
-static gboolean on_incoming(GSocketService *service, GSocketConnection *connection,
-                            GObject *source_object, gpointer user_data)
+static void on_incoming(MvmdPeerServer *server, GSocketConnection *connection)
 {
-    MvmdPeerServer *server = user_data;
-
     if (g_hash_table_size(server->peers) + server->n_pending >= MAX_PEERS) {
         g_warning("peer: refusing a client: %d connections already", MAX_PEERS);
-        return TRUE; /* dropping our reference closes it */
+        return; /* dropping our reference closes it */
     }
     server->n_pending++;
     g_dbus_connection_new(G_IO_STREAM(connection), server->guid,
                           G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_SERVER |
                               G_DBUS_CONNECTION_FLAGS_DELAY_MESSAGE_PROCESSING,
                           server->observer, NULL, on_connection_ready, g_rc_box_acquire(server));
-    return TRUE;
+}
+
+static void accept_next(MvmdPeerServer *server);
+
+static gboolean accept_after_rest(gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+
+    server->rest_source = 0;
+    accept_next(server);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Not GSocketService: it retries a failed accept at once, and a connection that found no
+ * descriptor stays queued, so out of descriptors the main loop would spin (with a warning each
+ * turn). A failed accept rests a while; the client waits in the backlog meanwhile.
+ */
+static void on_accepted(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GSocketConnection) connection =
+        g_socket_listener_accept_finish(G_SOCKET_LISTENER(source), result, NULL, &error);
+
+    if (server->closing || g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+        g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+        return;
+    }
+    if (connection) {
+        on_incoming(server, connection);
+        accept_next(server);
+    } else {
+        /* Out of descriptors is expected to pass (and would say so ten times a second). */
+        if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_TOO_MANY_OPEN_FILES))
+            g_debug("peer: accept: %s; trying again in %d ms", error->message, ACCEPT_REST_MS);
+        else
+            g_warning("peer: accept: %s; trying again in %d ms", error->message, ACCEPT_REST_MS);
+        server->rest_source = g_timeout_add(ACCEPT_REST_MS, accept_after_rest, server);
+    }
+    g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+}
+
+static void accept_next(MvmdPeerServer *server)
+{
+    g_socket_listener_accept_async(server->listener, server->cancellable, on_accepted,
+                                   g_rc_box_acquire(server));
 }
 
 static gboolean on_allow_mechanism(GDBusAuthObserver *observer, const char *mechanism,
@@ -359,7 +406,8 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->object_manager = g_object_ref(object_manager);
     server->manager = g_object_ref(manager);
     server->peers = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)peer_free, NULL);
-    server->service = g_socket_service_new();
+    server->listener = g_socket_listener_new();
+    server->cancellable = g_cancellable_new();
     server->guid = g_dbus_generate_guid();
     server->om_info = g_dbus_node_info_new_for_xml(object_manager_xml, error);
     if (!server->om_info)
@@ -368,12 +416,11 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
     g_signal_connect(server->observer, "authorize-authenticated-peer",
                      G_CALLBACK(on_authorize_peer), NULL);
-    n = add_sockets(G_SOCKET_LISTENER(server->service), error);
+    n = add_sockets(server->listener, error);
     if (n == 0)
         return NULL;
-    g_signal_connect(server->service, "incoming", G_CALLBACK(on_incoming), server);
     g_signal_connect(manager, "notify::vm-count", G_CALLBACK(on_vm_count), server);
-    g_socket_service_start(server->service);
+    accept_next(server);
     g_message("serving peer-to-peer D-Bus on %u passed socket%s", n, n == 1 ? "" : "s");
     return g_steal_pointer(&server);
 }
@@ -386,6 +433,7 @@ guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server)
 /* The last reference is gone (clients still authenticating at exit hold one). */
 static void server_clear(MvmdPeerServer *server)
 {
+    g_clear_object(&server->cancellable);
     g_clear_object(&server->observer);
     g_clear_pointer(&server->om_info, g_dbus_node_info_unref);
     g_free(server->guid);
@@ -398,11 +446,12 @@ void mvmd_peer_server_free(MvmdPeerServer *server)
     server->closing = TRUE;
     if (server->manager)
         g_signal_handlers_disconnect_by_data(server->manager, server);
-    if (server->service) {
-        g_signal_handlers_disconnect_by_data(server->service, server);
-        g_socket_service_stop(server->service);
-        g_socket_listener_close(G_SOCKET_LISTENER(server->service));
-        g_clear_object(&server->service);
+    /* A pending accept ends (cancelled) later and drops the reference it holds. */
+    g_cancellable_cancel(server->cancellable);
+    g_clear_handle_id(&server->rest_source, g_source_remove);
+    if (server->listener) {
+        g_socket_listener_close(server->listener);
+        g_clear_object(&server->listener);
     }
     g_clear_pointer(&server->peers, g_hash_table_unref);
     g_clear_object(&server->manager);

@@ -203,7 +203,8 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
 
     g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(&s@a{sv})", &dir,
                   &options);
-    if (!mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+    if (!mvmd_check_fds_arrived(invocation, error) ||
+        !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
         return FALSE;
     g_variant_lookup(options, "leave-paused", "b", &leave_paused);
     args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;

@@ -180,11 +180,8 @@ static int open_boot_file(const char *path, const char *what, GError **error)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 
-    if (fd < 0) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot open the %s %s: %s", what, path,
-                    g_strerror(err));
-    }
+    if (fd < 0)
+        mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot open the %s %s", what, path);
     return fd;
 }
 
@@ -321,9 +318,8 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
     if (dirfd < 0) {
         dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dirfd < 0) {
-            int err = errno;
-            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                        "cannot open snapshot %s: %s", d->restore_dir, g_strerror(err));
+            mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s",
+                                 d->restore_dir);
             return NULL;
         }
     }
@@ -405,6 +401,19 @@ static void worker_finish(OpData *d, gboolean stop)
     d->run->vm = NULL;
 }
 
+/*
+ * Every failure below sets its GError; should one ever not, the call still gets an answer
+ * (g_task_return_error() with no error is a critical, and the task would never complete).
+ */
+static GError *error_or_bug(GError *error, Op op)
+{
+    if (error != NULL)
+        return error;
+    g_warning("BUG: operation %d failed without saying why", op);
+    return g_error_new_literal(MVMD_ERROR, MVMD_ERROR_FAILED,
+                               "the operation failed for an unknown reason (a bug in microvmd)");
+}
+
 static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancellable *cancel)
 {
     OpData *d = task_data;
@@ -434,7 +443,42 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
     if (ok)
         g_task_return_boolean(task, TRUE);
     else
-        g_task_return_error(task, error);
+        g_task_return_error(task, error_or_bug(error, d->op));
+}
+
+static gpointer op_thread(gpointer data)
+{
+    g_autoptr(GTask) task = data;
+
+    op_worker(task, g_task_get_source_object(task), g_task_get_task_data(task), NULL);
+    return NULL;
+}
+
+/*
+ * Each operation gets a thread of its own, not one of GTask's pool: a pool that cannot start
+ * a thread (no memory, no more tasks) queues the work silently, and the call would never be
+ * answered. Here a call that cannot get its thread answers NoResources; the end of a run, which
+ * nobody waits for and which must happen, is done on the spot instead.
+ */
+static void run_op(GTask *task)
+{
+    OpData *d = g_task_get_task_data(task);
+    g_autoptr(GError) error = NULL;
+    GThread *thread = g_thread_try_new("vm-op", op_thread, g_object_ref(task), &error);
+
+    if (thread) {
+        g_thread_unref(thread);
+        return;
+    }
+    g_object_unref(task); /* the thread's */
+    if (d->op == OP_STOP || d->op == OP_REAP) {
+        g_debug("no thread to end the run (%s): ending it on the main loop", error->message);
+        op_worker(task, g_task_get_source_object(task), d, NULL);
+        return;
+    }
+    g_task_return_new_error(task, MVMD_ERROR, MVMD_ERROR_NO_RESOURCES,
+                            "no thread for the operation (out of memory or threads): %s",
+                            error->message);
 }
 
 /* ---- completing operations on the main loop -------------------------------------------- */
@@ -735,7 +779,7 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     self->op_invocation = invocation;
     g_task_set_source_tag(task, mvmd_vm_object_begin_op);
     g_task_set_task_data(task, d, (GDestroyNotify)op_data_free);
-    g_task_run_in_thread(task, op_worker);
+    run_op(task);
 }
 
 static void maybe_reap(MvmdVmObject *self)

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "layout.h"
-#include "microvm.h"
+#include "error-private.h"
 
 #define COPY_CHUNK (8 * MVM_MIB)
 
@@ -67,10 +67,9 @@ static MvmMemory *memory_map(int fd, guint64 size, int mmap_flags, GError **erro
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, mmap_flags | MAP_NORESERVE, fd, 0);
 
     if (base == MAP_FAILED) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED,
-                    "cannot map %" G_GUINT64_FORMAT " MiB of guest memory: %s",
-                    (guint64)(size / MVM_MIB), g_strerror(saved));
+        mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                            "cannot map %" G_GUINT64_FORMAT " MiB of guest memory",
+                            (guint64)(size / MVM_MIB));
         return NULL;
     }
     /* Guest RAM never goes into a core dump of the daemon; transparent huge pages help TLBs. */
@@ -92,15 +91,12 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error)
 
     int fd = memfd_create("microvm-ram", MFD_CLOEXEC);
     if (fd < 0) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "memfd_create: %s", g_strerror(saved));
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create guest memory (memfd_create)");
         return NULL;
     }
     if (ftruncate(fd, (off_t)size) < 0) {
-        int saved = errno;
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size guest memory");
         close(fd);
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot size guest memory: %s",
-                    g_strerror(saved));
         return NULL;
     }
     MvmMemory *mem = memory_map(fd, size, MAP_SHARED, error);

@@ -28,7 +28,11 @@ typedef enum {
     MVM_ERROR_INVALID_STATE,    /* the operation is not allowed in the VM's current state */
     MVM_ERROR_NOT_SUPPORTED,    /* KVM or this host lacks something we need */
     MVM_ERROR_NO_KVM,           /* /dev/kvm is absent or not accessible */
+    MVM_ERROR_NO_RESOURCES,     /* the host ran out: descriptors, memory, threads, mappings */
 } MvmError;
+
+/* Whether @err (an errno value) says the host ran out of something (MVM_ERROR_NO_RESOURCES). */
+gboolean mvm_errno_is_no_resources(int err);
 
 typedef enum {
     MVM_VM_STATE_CREATED,

@@ -46,6 +46,7 @@
 #define VSOCK_HOST_PORT_FIRST       (1u << 30) /* ports we pick for host-initiated connections */
 #define VSOCK_MAX_CONNS             1024
 #define VSOCK_MAX_PENDING           4096 /* control packets waiting for guest rx buffers */
+#define VSOCK_LISTEN_REST_MS        100  /* no descriptor for a connection: retry after */
 
 typedef struct __attribute__((packed)) {
     guint64 src_cid, dst_cid;
@@ -356,7 +357,9 @@ static int connect_unix(const char *path)
         return -1;
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 && errno != EINPROGRESS) {
+        int saved = errno;
         close(fd);
+        errno = saved; /* the caller tells a missing listener from a full backlog */
         return -1;
     }
     return fd;
@@ -592,11 +595,43 @@ static gboolean handshake_event(int fd, GIOCondition condition, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+static gboolean listener_event(int fd, GIOCondition condition, gpointer data);
+
+/* I/O thread: the listener's rest is over; a connection that waited is accepted now. */
+static gboolean listener_resume(gpointer data)
+{
+    Vsock *vs = data;
+
+    g_source_unref(vs->listen_source);
+    vs->listen_source = mvm_io_thread_add_fd(mvm_virtio_get_io_thread(vs->dev), vs->listen_fd,
+                                             G_IO_IN, listener_event, vs);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * accept4() with no descriptor to spare leaves the connection queued and the socket readable:
+ * watched on, the I/O thread would spin on it and take a host CPU from the other VMs. The
+ * listener rests a while instead; the connection waits in the backlog.
+ */
+static gboolean listener_rest(Vsock *vs)
+{
+    GSource *timeout = g_timeout_source_new(VSOCK_LISTEN_REST_MS);
+
+    g_source_set_callback(timeout, listener_resume, vs, NULL);
+    g_source_attach(timeout, mvm_io_thread_get_context(mvm_virtio_get_io_thread(vs->dev)));
+    g_source_unref(vs->listen_source);
+    vs->listen_source = timeout;
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
 {
     Vsock *vs = data;
     int conn_fd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
+    /* EAGAIN is no connection (another wakeup took it); these are no room for one. */
+    if (conn_fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM))
+        return listener_rest(vs);
     if (conn_fd < 0)
         return G_SOURCE_CONTINUE;
     mvm_virtio_lock(vs->dev);
@@ -645,6 +680,12 @@ static int listen_unix(const char *path, GError **error)
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
     /* A socket left by an earlier run goes; one that a live VM listens on is not ours to take. */
     int probe = connect_unix(path);
+    /* No socket for the probe (or a full backlog) says nothing about a listener: keep it. */
+    if (probe < 0 && mvm_errno_is_no_resources(errno)) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot check vsock socket %s", path);
+        close(fd);
+        return -1;
+    }
     if (probe >= 0) {
         close(probe);
         close(fd);

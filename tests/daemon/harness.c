@@ -2,9 +2,11 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +34,18 @@ static const char bus_config[] =
 static void child_setup(gpointer data)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+/* The daemon's child setup: as above, and the descriptor limit the test asked for. */
+static void daemon_child_setup(gpointer data)
+{
+    MvmdTestBus *bus = data;
+    struct rlimit limit = {bus->daemon_nofile_soft, bus->daemon_nofile_hard};
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Only async-signal-safe calls here; a failure shows as the limit the test then reads. */
+    if (bus->daemon_nofile_hard > 0)
+        setrlimit(RLIMIT_NOFILE, &limit);
 }
 
 static char *read_line_from_fd(int fd)
@@ -146,7 +160,7 @@ void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
     g_ptr_array_add(argv, NULL);
     /* Its stdout/stderr go to the test log (a TAP stream takes stdout: send both to stderr). */
     g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
-                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, child_setup, NULL,
+                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, daemon_child_setup, bus,
                            &bus->daemon_pid, -1, STDERR_FILENO, STDERR_FILENO, &error);
     g_assert_no_error(error);
     while (!name_has_owner(bus)) {
@@ -243,6 +257,16 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
 
     g_assert_no_error(error);
     return vm;
+}
+
+gboolean mvmd_test_kvm_usable(void)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+    if (fd < 0)
+        return FALSE;
+    close(fd);
+    return TRUE;
 }
 
 GVariant *mvmd_test_config(const char *text)

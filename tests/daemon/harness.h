@@ -26,6 +26,9 @@ typedef struct {
     GPid bus_pid;
     GPid daemon_pid;
     GDBusConnection *connection; /* the harness's own client connection */
+    /* RLIMIT_NOFILE (soft, hard) the daemon is started with; 0, 0: the test's own. */
+    guint64 daemon_nofile_soft;
+    guint64 daemon_nofile_hard;
 } MvmdTestBus;
 
 /* Starts a private bus (not the daemon). */
@@ -55,6 +58,9 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
         g_assert_true(cond);                                                                       \
     }                                                                                              \
     G_STMT_END
+
+/* Whether /dev/kvm opens here (errno tells why not). */
+gboolean mvmd_test_kvm_usable(void);
 
 /* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
 GVariant *mvmd_test_config(const char *text);

@@ -19,10 +19,6 @@
 
 #include "harness.h"
 
-#ifndef KVM_DEVICE
-#define KVM_DEVICE "/dev/kvm"
-#endif
-
 #define ERR "org.microvmd.MicroVM1.Error."
 /* Nested KVM emulates guest kernel code (FACTS.md): be generous. */
 #define GUEST_TIMEOUT_MS (60 * 1000)
@@ -1547,23 +1543,13 @@ static void test_sigterm_running(Fixture *f, gconstpointer data)
     g_test_message("daemon stopped in %.2f s", (g_get_monotonic_time() - start) / 1e6);
 }
 
-static gboolean kvm_usable(void)
-{
-    int fd = open(KVM_DEVICE, O_RDWR | O_CLOEXEC);
-
-    if (fd < 0)
-        return FALSE;
-    close(fd);
-    return TRUE;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 6 && g_str_equal(argv[1], "--restore-client"))
         return restore_client_main(argv);
     g_test_init(&argc, &argv, NULL);
-    if (!kvm_usable()) {
-        g_printerr("SKIP: %s is not usable here (%s)\n", KVM_DEVICE, g_strerror(errno));
+    if (!mvmd_test_kvm_usable()) {
+        g_printerr("SKIP: /dev/kvm is not usable here (%s)\n", g_strerror(errno));
         return 77;
     }
     testguest = g_getenv("MVM_TESTGUEST");

@@ -34,16 +34,6 @@ static void fixture_teardown(Fixture *f, gconstpointer data)
     mvmd_test_bus_free(f->bus);
 }
 
-static gboolean have_kvm(void)
-{
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-
-    if (fd < 0)
-        return FALSE;
-    close(fd);
-    return TRUE;
-}
-
 static char *create_vm(MvmdManager *manager, const char *name, const char *config, GError **error)
 {
     g_autoptr(GVariant) cfg = g_variant_ref_sink(mvmd_test_config(config));
@@ -109,7 +99,7 @@ static void test_manager_properties(Fixture *f, gconstpointer data)
             g_assert_nonnull(value);
         }
     }
-    if (have_kvm()) {
+    if (mvmd_test_kvm_usable()) {
         g_assert_cmpint(mvmd_manager_get_kvm_api_version(f->manager), ==, 12);
         g_assert_true(g_strv_contains(caps, "kvm"));
     } else {

@@ -126,6 +126,22 @@ class PolicyFiles(systest.TestCase):
         self.assertIn("FileDescriptorName=microvmd", socket_unit)
 
 
+class ErrorNames(systest.TestCase):
+    def test_every_error_is_documented(self):
+        """Each D-Bus error name of daemon/names.h is in the interface XML and both references."""
+        with open(ENV["MVMD_NAMES_H"]) as f:
+            names = re.findall(r'#define MVMD_DBUS_ERROR_\w+\s+MVMD_DBUS_ERROR_PREFIX "(\w+)"',
+                               f.read())
+        self.assertIn("NoResources", names)
+        root = os.path.dirname(os.path.dirname(ENV["MVMD_NAMES_H"]))
+        for doc in ("introspection/org.microvmd.MicroVM1.Manager.xml", "docs/usage-dbus.md",
+                    "docs/man/microvmd.8.rst"):
+            with open(os.path.join(root, doc)) as f:
+                text = f.read()
+            for name in names:
+                self.assertRegex(text, rf"\b{name}\b", f"{doc} does not name the error {name}")
+
+
 class Tmpfiles(systest.TestCase):
     def test_tmpfiles_creates_the_directories(self):
         if not shutil.which("systemd-tmpfiles"):

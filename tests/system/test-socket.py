@@ -38,9 +38,11 @@ class SocketTest(systest.TestCase):
         os.chmod(self.tmp.path, 0o755)  # so that other users reach the socket, and are refused
         self.socket = self.tmp.join("io.socket")
 
-    def activate(self, extra_args=()):
+    def activate(self, extra_args=(), env=None):
         argv = ["systemd-socket-activate", "-l", self.socket, "--fdname=microvmd",
                 "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
+        for key, value in (env or {}).items():
+            argv += ["-E", f"{key}={value}"]
         # systemd-socket-activate execs microvmd once a client connects: same process.
         self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv)
         # The path appears at bind(), before listen(): wait for the listening flag
@@ -121,6 +123,37 @@ class SocketTest(systest.TestCase):
         conn = systest.peer_connect(self.socket)
         self.assertEqual(self.managed_paths(conn), [])
         conn.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+
+    def test_out_of_descriptors(self):
+        """A client that connects while microvmd has no descriptor to spare waits in the
+        backlog: the daemon neither spins on the socket nor warns each turn (G_DEBUG makes a
+        warning fatal), its other client is still served, and once there is room the waiting
+        client and a new one are served too."""
+        import resource
+        import socket
+        self.activate(env={"G_DEBUG": "fatal-warnings"})
+        first = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(first), [])
+        pid = self.daemon.proc.pid  # systemd-socket-activate exec'ed microvmd
+        open_fds = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+        hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        next_free = min(set(range(len(open_fds) + 1)) - open_fds)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (next_free, hard))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+            waiting.settimeout(30)
+            waiting.connect(self.socket)
+            # No assertion on time: only long enough for microvmd to try, and fail, to accept.
+            time.sleep(0.3)
+            self.assertEqual(self.managed_paths(first), [])
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+            # Accepted now: the server's side of the authentication speaks first.
+            waiting.sendall(b"\0AUTH\r\n")
+            self.assertTrue(waiting.recv(4096).startswith(b"REJECTED"))
+        second = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(second), [])
+        first.close_sync(None)
+        second.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
 
     def test_peer_uid_is_checked(self):
