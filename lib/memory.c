@@ -185,14 +185,19 @@ MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
         return NULL;
     for (off_t off = 0; (guint64)off < size;) {
         off_t data = lseek(fd, off, SEEK_DATA);
-        if (data < 0 && errno == ENXIO)
-            break;
+        if ((data < 0 && errno == ENXIO) || (data >= 0 && (guint64)data >= size))
+            break; /* the rest is a hole; data past @size (the file grew meanwhile) is not RAM */
         off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
         if (hole < 0) { /* no SEEK_DATA on this file system: read it all */
             data = off;
             hole = (off_t)size;
         }
         hole = (off_t)MIN((guint64)hole, size);
+        if (hole <= data) { /* the file changed under us: never a length that wraps */
+            g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                        "cannot read guest memory: the file changed while being read");
+            return NULL;
+        }
         if (!read_all_at(fd, mem->base + data, (gsize)(hole - data), (guint64)data, error))
             return NULL;
         off = hole;
