@@ -21,6 +21,8 @@ typedef enum {
 typedef struct {
     char *name;
     char *uuid;
+    /* Who created or restored it (caller's uid); 0 for definitions stored before owners. */
+    guint32 owner;
     guint vcpus;
     guint64 memory_mib;
     char *kernel; /* absolute path, or NULL when kernel_fd >= 0 */

@@ -889,6 +889,7 @@ MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const c
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
     mvmd_vm_set_vcpus(vm, config->vcpus);
     mvmd_vm_set_memory_mib(vm, config->memory_mib);
+    mvmd_vm_set_owner(vm, config->owner);
     mvmd_vm_set_config(vm, mvmd_vm_config_to_variant(config));
     mvmd_vm_set_exit_reason(vm, "");
     return self;

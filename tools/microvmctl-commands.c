@@ -2,6 +2,7 @@
 /* microvmctl: list, status, info, and the commands that act on one VM. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -78,6 +79,8 @@ static JsonNode *vm_summary_json(MvmdVm *vm, gint64 uptime)
     json_builder_add_string_value(b, mvmd_vm_get_uuid(vm));
     json_builder_set_member_name(b, "state");
     json_builder_add_string_value(b, mvmd_vm_get_state(vm));
+    json_builder_set_member_name(b, "owner");
+    json_builder_add_int_value(b, mvmd_vm_get_owner(vm));
     json_builder_set_member_name(b, "vcpus");
     json_builder_add_int_value(b, mvmd_vm_get_vcpus(vm));
     json_builder_set_member_name(b, "memory-mib");
@@ -91,9 +94,18 @@ static JsonNode *vm_summary_json(MvmdVm *vm, gint64 uptime)
     return json_builder_get_root(b);
 }
 
+/* A user name for a uid, or the number when it has none here. */
+static char *format_owner(guint32 uid)
+{
+    struct passwd *pw = getpwuid(uid);
+
+    return pw ? g_strdup(pw->pw_name) : g_strdup_printf("%u", uid);
+}
+
 static void print_vm_table(GPtrArray *vms)
 {
-    const char *headers[] = {_("NAME"), _("STATE"), _("VCPUS"), _("MEMORY"), _("UPTIME")};
+    const char *headers[] = {_("NAME"),  _("STATE"),  _("OWNER"),
+                             _("VCPUS"), _("MEMORY"), _("UPTIME")};
     g_autoptr(MctlTable) table = mctl_table_new(G_N_ELEMENTS(headers), headers);
 
     for (guint i = 0; i < vms->len; i++) {
@@ -101,7 +113,9 @@ static void print_vm_table(GPtrArray *vms)
         g_autofree char *vcpus = g_strdup_printf("%u", mvmd_vm_get_vcpus(vm));
         g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
         g_autofree char *uptime = mctl_format_duration_us(vm_uptime_us(vm));
-        const char *row[] = {mvmd_vm_get_name(vm), mvmd_vm_get_state(vm), vcpus, memory, uptime};
+        g_autofree char *owner = format_owner(mvmd_vm_get_owner(vm));
+        const char *row[] = {
+            mvmd_vm_get_name(vm), mvmd_vm_get_state(vm), owner, vcpus, memory, uptime};
 
         mctl_table_add(table, row);
     }
@@ -218,10 +232,12 @@ static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines
     g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
     GVariant *config = mvmd_vm_get_config(vm);
     const char *exit_reason = mvmd_vm_get_exit_reason(vm);
+    g_autofree char *owner = format_owner(mvmd_vm_get_owner(vm));
 
     g_print("%s\n", mvmd_vm_get_name(vm));
     g_print("  %-20s %s (%s %s)\n", _("State:"), mvmd_vm_get_state(vm), _("since"), since);
     g_print("  %-20s %s\n", _("UUID:"), mvmd_vm_get_uuid(vm));
+    g_print("  %-20s %s\n", _("Owner:"), owner);
     g_print("  %-20s %u\n", _("vCPUs:"), mvmd_vm_get_vcpus(vm));
     g_print("  %-20s %s\n", _("Memory:"), memory);
     if (exit_reason && *exit_reason)
