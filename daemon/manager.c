@@ -552,7 +552,8 @@ static gboolean handle_reload(MvmdManager *manager, GDBusMethodInvocation *invoc
 
     call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
     call->invocation = invocation;
-    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE, NULL, on_reload_authorized, call);
+    /* Every user's stored VMs may be dropped or replaced: not the business of one owner. */
+    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE_OTHERS, NULL, on_reload_authorized, call);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 

@@ -226,12 +226,34 @@ static void print_dict(GVariant *dict)
     }
 }
 
-static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines)
+/* What status shows beyond the public properties: the owner's (or with read-others). */
+typedef struct {
+    GVariant *stats;
+    GVariant *config;
+    char *exit_reason;
+} Details;
+
+static void details_clear(Details *d)
+{
+    g_clear_pointer(&d->stats, g_variant_unref);
+    g_clear_pointer(&d->config, g_variant_unref);
+    g_clear_pointer(&d->exit_reason, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Details, details_clear)
+
+static gboolean fetch_details(MvmdVm *vm, Details *d, GError **error)
+{
+    return mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->stats, NULL, error) &&
+           mvmd_vm_call_get_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->config, NULL, error) &&
+           mvmd_vm_call_get_exit_reason_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->exit_reason, NULL,
+                                             error);
+}
+
+static void print_status(MvmdVm *vm, const Details *d, GStrv console, guint lines)
 {
     g_autofree char *since = mctl_format_time_us(mvmd_vm_get_state_changed_at(vm));
     g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
-    GVariant *config = mvmd_vm_get_config(vm);
-    const char *exit_reason = mvmd_vm_get_exit_reason(vm);
     g_autofree char *owner = format_owner(mvmd_vm_get_owner(vm));
 
     g_print("%s\n", mvmd_vm_get_name(vm));
@@ -240,15 +262,15 @@ static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines
     g_print("  %-20s %s\n", _("Owner:"), owner);
     g_print("  %-20s %u\n", _("vCPUs:"), mvmd_vm_get_vcpus(vm));
     g_print("  %-20s %s\n", _("Memory:"), memory);
-    if (exit_reason && *exit_reason)
-        g_print("  %-20s %s\n", _("Last exit:"), exit_reason);
-    if (config) {
+    if (d->exit_reason && *d->exit_reason)
+        g_print("  %-20s %s\n", _("Last exit:"), d->exit_reason);
+    if (d->config) {
         g_print("%s\n", _("Configuration:"));
-        print_dict(config);
+        print_dict(d->config);
     }
-    if (stats) {
+    if (d->stats) {
         g_print("%s\n", _("Statistics:"));
-        print_dict(stats);
+        print_dict(d->stats);
     }
     if (console && lines > 0) {
         g_print(ngettext("Console (last line):", "Console (last %u lines):", lines), lines);
@@ -258,20 +280,23 @@ static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines
     }
 }
 
-static JsonNode *status_json(MvmdVm *vm, GVariant *stats, GStrv console)
+static JsonNode *status_json(MvmdVm *vm, const Details *d, GStrv console)
 {
     g_autoptr(JsonNode) root = vm_summary_json(vm, -1);
     JsonObject *o = json_node_get_object(root);
     gint64 uptime = -1;
 
-    if (stats && vm_is_live(vm))
-        g_variant_lookup(stats, "uptime-us", "x", &uptime);
+    if (d->stats && vm_is_live(vm))
+        g_variant_lookup(d->stats, "uptime-us", "x", &uptime);
     if (uptime >= 0)
         json_object_set_int_member(o, "uptime-us", uptime);
     json_object_set_int_member(o, "state-changed-at", (gint64)mvmd_vm_get_state_changed_at(vm));
-    json_object_set_string_member(o, "exit-reason", mvmd_vm_get_exit_reason(vm));
-    json_object_set_member(o, "config", mctl_json_from_variant(mvmd_vm_get_config(vm)));
-    json_object_set_member(o, "stats", mctl_json_from_variant(stats));
+    if (d->exit_reason)
+        json_object_set_string_member(o, "exit-reason", d->exit_reason);
+    else
+        json_object_set_null_member(o, "exit-reason");
+    json_object_set_member(o, "config", mctl_json_from_variant(d->config));
+    json_object_set_member(o, "stats", mctl_json_from_variant(d->stats));
     if (console) {
         JsonArray *lines = json_array_new();
 
@@ -295,7 +320,7 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
     };
     g_autoptr(GError) error = NULL;
     g_autoptr(MvmdVm) vm = NULL;
-    g_autoptr(GVariant) stats = NULL;
+    g_auto(Details) details = {0};
     g_auto(GStrv) console = NULL;
 
     if (!mctl_parse(ctl, entries, _("NAME"),
@@ -309,8 +334,15 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
     vm = mctl_vm_by_name(ctl, argv[0], &error);
     if (!vm)
         return mctl_fail(error, argv[0]);
-    if (!mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error))
-        return mctl_fail(error, argv[0]);
+    if (!fetch_details(vm, &details, &error)) {
+        /* Another user's VM: its details need polkit's read-others; the rest is public. */
+        if (mctl_exit_code(error) != MCTL_EXIT_NOT_AUTHORIZED)
+            return mctl_fail(error, argv[0]);
+        g_dbus_error_strip_remote_error(error);
+        g_printerr(_("microvmctl: cannot read the VM's details: %s\n"), error->message);
+        g_clear_error(&error);
+        details_clear(&details);
+    }
     if (lines > 0 && g_strcmp0(mvmd_vm_get_state(vm), MVMD_STATE_CREATED) == 0) {
         /* Never started: nothing was printed, and asking would only wait. */
         console = g_new0(char *, 1);
@@ -324,11 +356,11 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
         }
     }
     if (ctl->json) {
-        g_autoptr(JsonNode) root = status_json(vm, stats, console);
+        g_autoptr(JsonNode) root = status_json(vm, &details, console);
 
         mctl_print_json(root, TRUE);
     } else {
-        print_status(vm, stats, console, lines);
+        print_status(vm, &details, console, lines);
     }
     return MCTL_EXIT_OK;
 }

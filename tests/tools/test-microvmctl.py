@@ -432,6 +432,7 @@ def test_define(t, bus):
     assert ctl(bus, "list", "--names").out == "def1\ndef2\n"
     r = ctl(bus, "status", "def1")
     assert "mode=echo" in r.out and "created" in r.out and "1 GiB" in r.out, r
+    owner = pwd.getpwuid(os.geteuid()).pw_name
     assert re.search(r"^  Owner: +%s$" % re.escape(owner), r.out, re.M), r
     assert vm_json(bus, "def1")["owner"] == os.geteuid()
     expect_rc(ctl(bus, "pause", "def1"), INVALID_STATE, "pause a created VM")
@@ -443,8 +444,9 @@ def test_define(t, bus):
 
 
 def test_unprivileged(t, bus):
-    """Reading is free; changing needs polkit's yes, and there is no polkit here: an ordinary
-    user (nobody) gets NotAuthorized, exit code 8, with the daemon's explanation."""
+    """Listing is free; changing, and reading another user's VM's details, need polkit's yes,
+    and there is no polkit here: an ordinary user (nobody) gets NotAuthorized, exit code 8,
+    with the daemon's explanation, and status shows only the public part of root's VM."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return "SKIP needs root and setpriv"
     for d in (os.path.dirname(bus.dir), bus.dir):  # our temporary dirs: nobody reaches the bus
@@ -476,6 +478,12 @@ def unprivileged_calls(bus, microvmctl, kernel, cwd):
     assert [(v["name"], v["owner"]) for v in r.json()] == [("rootvm", 0)], r
     r = run("list")
     assert re.search(r"^rootvm +created +root ", r.out, re.M), r
+    # Another user's VM: the public part, and why the details are missing (no polkit here).
+    r = run("status", "rootvm", "--json", "--lines=0")
+    expect_rc(r, OK, "status of root's VM as nobody")
+    s = r.json()
+    assert (s["owner"], s["config"], s["stats"], s["exit-reason"]) == (0, None, None, None), s
+    assert "read-others" in r.err, r
     r = run("create", "mine", "--kernel", kernel)
     expect_rc(r, NOT_AUTHORIZED, "create as nobody")
     assert "polkit" in r.err, r
