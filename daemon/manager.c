@@ -130,6 +130,19 @@ static gboolean check_name_free(MvmdManagerService *self, GDBusMethodInvocation 
     return FALSE;
 }
 
+/*
+ * The new VM's owner: the caller, as authorization learned it. Authorization always learns the
+ * uid before it allows a call (a peer without one is let in only by its credentials, which
+ * carry it), so the fallback to root is never taken in practice; root is the safe side.
+ */
+static guint32 caller_uid(GDBusMethodInvocation *invocation)
+{
+    uid_t uid = 0;
+
+    mvmd_auth_get_caller_uid(invocation, &uid);
+    return uid;
+}
+
 /* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
 
 typedef struct {
@@ -165,6 +178,8 @@ static void create_vm(CreateCall *call)
     if (mvmd_check_fds_arrived(call->invocation, &error))
         config =
             mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (config)
+        config->owner = caller_uid(call->invocation);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
@@ -387,6 +402,7 @@ static void restore_vm(RestoreCall *call)
         restore_call_free(call);
         return;
     }
+    config->owner = caller_uid(call->invocation);
     reserve_name(call);
     mvmd_vm_object_restore(mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
                            on_restored, call);
@@ -539,7 +555,8 @@ static gboolean handle_reload(MvmdManager *manager, GDBusMethodInvocation *invoc
 
     call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
     call->invocation = invocation;
-    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE, NULL, on_reload_authorized, call);
+    /* Every user's stored VMs may be dropped or replaced: not the business of one owner. */
+    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE_OTHERS, NULL, on_reload_authorized, call);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 

@@ -65,6 +65,13 @@ static void set_state(MvmdVmObject *self, const char *state)
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
 }
 
+/* Not a property: only the owner (and whom polkit allows) may read it, through GetExitReason. */
+static void set_exit_reason(MvmdVmObject *self, const char *reason)
+{
+    g_free(self->exit_reason);
+    self->exit_reason = g_strdup(reason);
+}
+
 /* Publishes what the vCPU threads reported; a run that ended is reaped. */
 static void sync_state(MvmdVmObject *self)
 {
@@ -586,7 +593,7 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
     g_clear_pointer(&self->run, run_unref);
     memset(&self->stats_cache, 0, sizeof(self->stats_cache));
     mvmd_console_flush(self->console);
-    mvmd_vm_set_exit_reason(MVMD_VM(self), reason);
+    set_exit_reason(self, reason);
     vm_log(self, crashed ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE, "run ended: %s", reason);
 
     if (self->reboot_pending) {
@@ -630,7 +637,6 @@ static void update_restored_config(MvmdVmObject *self)
     mvmd_devices_update_from_mvm(&self->config->devices, mvm);
     mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
-    mvmd_vm_set_config(MVMD_VM(self), mvmd_vm_config_to_variant(self->config));
 }
 
 static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
@@ -649,7 +655,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
             /* Autostart or a restart after a reset: nobody to tell but the properties. */
             g_autofree char *reason = g_strdup_printf("start-failed: %s", error->message);
 
-            mvmd_vm_set_exit_reason(MVMD_VM(self), reason);
+            set_exit_reason(self, reason);
             if (g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_RUNNING) ||
                 g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_PAUSED))
                 set_state(self, MVMD_STATE_STOPPED); /* a restart after a reset failed */
@@ -661,7 +667,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
         return;
     }
     if (invocation)
-        mvmd_vm_set_exit_reason(MVMD_VM(self), "");
+        set_exit_reason(self, "");
     update_restored_config(self);
     sync_state(self);
     flush_properties(self);
@@ -933,8 +939,8 @@ MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const c
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
     mvmd_vm_set_vcpus(vm, config->vcpus);
     mvmd_vm_set_memory_mib(vm, config->memory_mib);
-    mvmd_vm_set_config(vm, mvmd_vm_config_to_variant(config));
-    mvmd_vm_set_exit_reason(vm, "");
+    mvmd_vm_set_owner(vm, config->owner);
+    self->exit_reason = g_strdup("");
     return self;
 }
 
@@ -965,6 +971,7 @@ static void mvmd_vm_object_finalize(GObject *object)
 
     g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_object_waiter_free);
     mvmd_vm_config_free(self->config);
+    g_free(self->exit_reason);
     G_OBJECT_CLASS(mvmd_vm_object_parent_class)->finalize(object);
 }
 

@@ -317,3 +317,26 @@ void mvmd_test_remove_reachable_copy(char *copy)
     rm_rf(dir);
     g_free(copy);
 }
+
+GVariant *mvmd_test_vm_config(MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    GVariant *config = NULL;
+
+    mvmd_vm_call_get_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &config, NULL, &error);
+    g_assert_no_error(error);
+    g_object_set_data_full(G_OBJECT(vm), "mvmd-test-config", config,
+                           (GDestroyNotify)g_variant_unref);
+    return config;
+}
+
+const char *mvmd_test_vm_exit_reason(MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    char *reason = NULL;
+
+    mvmd_vm_call_get_exit_reason_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &reason, NULL, &error);
+    g_assert_no_error(error);
+    g_object_set_data_full(G_OBJECT(vm), "mvmd-test-exit-reason", reason, g_free);
+    return reason;
+}

@@ -65,6 +65,13 @@ gboolean mvmd_test_kvm_usable(void);
 /* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
 GVariant *mvmd_test_config(const char *text);
 
+/*
+ * GetConfig and GetExitReason on @vm (they are methods: only the owner and root read them),
+ * asserting success. The result stays valid until the next such call on @vm.
+ */
+GVariant *mvmd_test_vm_config(MvmdVm *vm);
+const char *mvmd_test_vm_exit_reason(MvmdVm *vm);
+
 /* Asserts that @error is the D-Bus error @name (e.g. "org.microvmd.MicroVM1.Error.NoSuchVM"). */
 void mvmd_test_assert_dbus_error(GError *error, const char *name);
 

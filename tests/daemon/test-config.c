@@ -200,14 +200,48 @@ static void test_keyfile_roundtrip(void)
     g_autoptr(GVariant) v2 = NULL;
 
     g_assert_no_error(error);
+    c->owner = 1000;
     kf = mvmd_vm_config_to_keyfile(c);
     back = mvmd_vm_config_new_from_keyfile(kf, &error);
     g_assert_no_error(error);
     g_assert_cmpstr(back->name, ==, c->name);
     g_assert_cmpstr(back->uuid, ==, c->uuid);
+    g_assert_cmpuint(back->owner, ==, 1000);
     v1 = g_variant_ref_sink(mvmd_vm_config_to_variant(c));
     v2 = g_variant_ref_sink(mvmd_vm_config_to_variant(back));
     g_assert_true(g_variant_equal(v1, v2));
+}
+
+/* A definition stored before VMs had owners is root's; a bad Owner is refused, not guessed. */
+static void test_keyfile_owner(void)
+{
+    static const char *const head = "[VM]\nName=old\nUUID=2f5d7e0a-8c1e-4a57-9b83-6f2a0c1d9e44\n";
+    static const char *const tail = "[Config]\nkernel=/k\npersist=true\n";
+    static const struct {
+        const char *owner_line;
+        gint64 owner; /* -1: refused */
+    } cases[] = {{"", 0},
+                 {"Owner=65534\n", 65534},
+                 {"Owner=-1\n", -1},
+                 {"Owner=4294967295\n", -1},
+                 {"Owner=me\n", -1}};
+
+    for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autofree char *text = g_strconcat(head, cases[i].owner_line, tail, NULL);
+        g_autoptr(GKeyFile) kf = g_key_file_new();
+        g_autoptr(MvmdVmConfig) c = NULL;
+        g_autoptr(GError) error = NULL;
+
+        g_assert_true(g_key_file_load_from_data(kf, text, -1, G_KEY_FILE_NONE, NULL));
+        c = mvmd_vm_config_new_from_keyfile(kf, &error);
+        if (cases[i].owner < 0) {
+            g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+            g_assert_nonnull(strstr(error->message, "Owner"));
+            continue;
+        }
+        g_assert_no_error(error);
+        g_assert_cmpuint(c->owner, ==, cases[i].owner);
+    }
 }
 
 static void test_store(void)
@@ -250,6 +284,7 @@ int main(int argc, char **argv)
     g_test_add_func("/config/devices", test_devices);
     g_test_add_func("/config/device-limits", test_device_limits);
     g_test_add_func("/config/keyfile-roundtrip", test_keyfile_roundtrip);
+    g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);
     return g_test_run();
 }

@@ -4,9 +4,10 @@
 one JSON line each, {"op": …, "error": D-Bus error name or null}. ADDRESS is a bus address, or
 with --p2p the address of microvmd's own socket.
 
-OPS: list, reload, create NAME (kernel by path), create-fd NAME (kernel from the inherited
+OPS: list, reload, managed (GetManagedObjects; its reply printed as "reply"), create NAME
+(kernel by path), create-fd NAME (kernel from the inherited
 descriptor $CLIENT_KERNEL_FD), restore NAME (from a snapshot path),
-start|pause|resume|shutdown|stop|reboot|delete|console|stats|snapshot NAME.
+start|pause|resume|shutdown|stop|reboot|delete|console|stats|config|exit-reason|snapshot NAME.
 
 Snapshot destinations (SNAPSHOT_OPS), each "snapshot-KIND NAME": a directory $CLIENT_TARGET
 by path, as a dir-fd or as an O_PATH dir-fd; or a state file of the KIND given (see
@@ -31,6 +32,8 @@ VM_CALLS = {
     "reboot": ("Reboot", None),
     "delete": ("Delete", None),
     "stats": ("GetStats", None),
+    "config": ("GetConfig", None),
+    "exit-reason": ("GetExitReason", None),
     # A path: never followed for an unprivileged caller, whatever polkit says.
     "snapshot": ("Snapshot", GLib.Variant("(sa{sv})", ("/var/tmp/microvmd-snapshot", {}))),
 }
@@ -129,6 +132,17 @@ def read_console(conn, path, flags):
     return None
 
 
+def managed_objects(conn, flags):
+    """GetManagedObjects, as a JSON-able dict: path → interface → property → printed value."""
+    reply, err = systest.call(conn, systest.PATH, "org.freedesktop.DBus.ObjectManager",
+                              "GetManagedObjects", None, "(a{oa{sa{sv}}})", flags=flags)
+    if err:
+        return err, None
+    return None, {path: {iface: {k: str(v) for k, v in props.items()}
+                         for iface, props in ifaces.items()}
+                  for path, ifaces in reply[0].items()}
+
+
 def run(conn, op, name, flags):
     if op == "list":
         return systest.call(conn, systest.PATH, systest.MANAGER, "ListVMs", None, "(a(soss))",
@@ -175,11 +189,15 @@ def main():
     while i < len(ops):
         op = ops[i]
         name = None
-        if op not in ("list", "reload"):
+        if op not in ("list", "reload", "managed"):
             i += 1
             name = ops[i]
-        print(json.dumps({"op": op, "vm": name, "error": run(conn, op, name, flags)}),
-              flush=True)
+        if op == "managed":
+            error, reply = managed_objects(conn, flags)
+            print(json.dumps({"op": op, "vm": None, "error": error, "reply": reply}), flush=True)
+        else:
+            print(json.dumps({"op": op, "vm": name, "error": run(conn, op, name, flags)}),
+                  flush=True)
         i += 1
 
 

@@ -27,12 +27,18 @@ PATH = "/org/microvmd/MicroVM1"
 MANAGER = NAME + ".Manager"
 VM = NAME + ".VM"
 ERR = NAME + ".Error."
+# The polkit actions: on one's own VMs, and (-others) on other users' VMs.
 ACTIONS = {
     "create": "org.microvmd.vm.create",
     "manage": "org.microvmd.vm.manage",
     "console": "org.microvmd.vm.console",
     "snapshot": "org.microvmd.vm.snapshot",
+    "read-others": "org.microvmd.vm.read-others",
+    "manage-others": "org.microvmd.vm.manage-others",
+    "console-others": "org.microvmd.vm.console-others",
+    "snapshot-others": "org.microvmd.vm.snapshot-others",
 }
+OWN_ACTIONS = [ACTIONS[a] for a in ("create", "manage", "console", "snapshot")]
 # Methods with an a{sv} of options (Pause), called without any.
 NO_OPTIONS = GLib.Variant("(a{sv})", ({},))
 # Nested KVM emulates guest kernel code (FACTS.md): be generous with guest timeouts.
@@ -364,6 +370,22 @@ def client_argv(uid, gid, address, ops):
     with cwd=client_dir()."""
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
             sys.executable, os.path.join(client_dir(), "client.py"), address] + list(ops)
+
+
+def throwaway_user(test):
+    """A system user made for @test (useradd) and removed after it; its (uid, gid). Where
+    useradd is missing, the existing unprivileged user "daemon" stands in."""
+    import pwd
+    name = f"mvmtest-{os.getpid()}"
+    if shutil.which("useradd") and subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--user-group", "--shell",
+             "/usr/sbin/nologin", name], stdout=subprocess.DEVNULL).returncode == 0:
+        test.addCleanup(subprocess.run, ["userdel", name], stdout=subprocess.DEVNULL)
+    else:
+        name = "daemon"
+    pw = pwd.getpwnam(name)
+    assert pw.pw_uid not in (0, NOBODY), pw
+    return pw.pw_uid, pw.pw_gid
 
 
 def require_root_and_setpriv():

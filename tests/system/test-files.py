@@ -56,15 +56,21 @@ class PolicyFiles(systest.TestCase):
                    .iter("action")}
         self.assertTrue(used)
         self.assertEqual(used, shipped)
+        # Each own-VM action has its -others twin (create has none: a new VM is one's own).
+        for action_id in used - {"org.microvmd.vm.create"}:
+            self.assertIn(action_id.removesuffix("-others") + "-others", used)
         for action in ET.parse(ENV["MVMD_POLKIT_POLICY"]).getroot().iter("action"):
+            action_id = action.get("id")
             defaults = action.find("defaults")
-            expected = "yes" if action.get("id").endswith(".read") else None
             for key in ("allow_any", "allow_inactive", "allow_active"):
                 value = defaults.find(key).text
-                if expected:
-                    self.assertEqual(value, expected)
-                else:  # mutating: an administrator, never plain yes
-                    self.assertTrue(value.startswith("auth_admin"), (action.get("id"), value))
+                if action_id.endswith(".read"):
+                    self.assertEqual(value, "yes")
+                elif key == "allow_active" and not action_id.endswith("-others"):
+                    # One's own VMs, as one's own media: no password in an active session.
+                    self.assertEqual(value, "yes", action_id)
+                else:  # other users' VMs, or not at the seat: an administrator
+                    self.assertTrue(value.startswith("auth_admin"), (action_id, value))
 
     def test_polkit_policy_is_translated(self):
         """i18n.merge_file put each catalog's description and message into the policy."""

@@ -169,23 +169,44 @@ class SocketTest(systest.TestCase):
         self.assertEqual(self.daemon.stop(), 0)
 
     def test_socket_group_and_descriptors(self):
+        """A member of the socket group acts on its own VMs, never on root's (there is no
+        polkit on the socket); root acts on everyone's."""
         systest.require_root_and_setpriv()
         self.activate([f"--socket-group={systest.NOBODY}"])
         address = f"unix:path={self.socket}"
         fd = systest.open_guest_for_client()
         self.addCleanup(os.close, fd)
-        result = systest.run_client_as(
-            systest.NOBODY, systest.NOBODY, address,
-            ["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd", "console",
-             "by-fd", "stop", "by-fd", "delete", "by-fd"], p2p=True, kernel_fd=fd)
-        errors = {(r["op"], r["vm"]): r["error"] for r in result}
-        self.assertIsNone(errors[("list", None)])
-        # A member of the socket group may act, but never makes root open a path.
-        self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
-        for op in ("create-fd", "start", "console", "stop", "delete"):
-            self.assertIsNone(errors[(op, "by-fd")], (op, result))
-        self.assertEqual(self.daemon.stop(), 0)
+        root = systest.peer_connect(self.socket)
+        _, err = systest.create_vm(root, "rootvm")
+        self.assertIsNone(err)
 
+        def as_nobody(ops):
+            result = systest.run_client_as(systest.NOBODY, systest.NOBODY, address, ops,
+                                           p2p=True, kernel_fd=fd)
+            return {(r["op"], r["vm"]): r["error"] for r in result}
+
+        errors = as_nobody(["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd",
+                            "console", "by-fd", "config", "by-fd", "stop", "by-fd", "start",
+                            "rootvm", "config", "rootvm", "console", "rootvm", "delete",
+                            "rootvm"])
+        self.assertIsNone(errors[("list", None)])
+        # A member of the socket group may act, but never makes root open a path...
+        self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
+        for op in ("create-fd", "start", "console", "config", "stop"):
+            self.assertIsNone(errors[(op, "by-fd")], (op, errors))
+        # ...nor touches or reads root's VM.
+        for op in ("start", "config", "console", "delete"):
+            self.assertEqual(errors[(op, "rootvm")], systest.ERR + "NotAuthorized", op)
+        self.assertEqual(systest.vm_state(root, systest.PATH + "/vm/rootvm"), "created")
+        by_fd = systest.PATH + "/vm/by_2dfd"
+        owner, err = systest.call(root, by_fd, "org.freedesktop.DBus.Properties", "Get",
+                                  GLib.Variant("(ss)", (systest.VM, "Owner")), "(v)")
+        self.assertEqual((owner, err), ((systest.NOBODY,), None))
+        _, err = systest.call(root, by_fd, systest.VM, "GetConfig", None, "(a{sv})")
+        self.assertIsNone(err)
+        self.assertEqual(as_nobody(["delete", "by-fd"]), {("delete", "by-fd"): None})
+        root.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
 
 if __name__ == "__main__":
     systest.main()
