@@ -27,7 +27,7 @@ gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, .
 
 static gboolean mode_allowed(mode_t mode, const char *kinds)
 {
-    return (S_ISREG(mode) && strchr(kinds, 'r')) || (S_ISBLK(mode) && strchr(kinds, 'b')) ||
+    return (S_ISREG(mode) && strpbrk(kinds, "rw")) || (S_ISBLK(mode) && strchr(kinds, 'b')) ||
            (S_ISCHR(mode) && strchr(kinds, 'c')) || (S_ISDIR(mode) && strchr(kinds, 'd'));
 }
 
@@ -54,6 +54,13 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
     }
     /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */
     if (!mvmd_caller_fd_statx(fd, FALSE, &stx, error)) {
+        close(fd);
+        g_prefix_error(error, "config key '%s': ", key);
+        return -1;
+    }
+    /* A disk image the guest writes: its writes must land in plain storage (caller-files.h). */
+    if (S_ISREG(stx.stx_mode) && strchr(kinds, 'w') &&
+        !mvmd_caller_file_system_check(&stx, TRUE, error)) {
         close(fd);
         g_prefix_error(error, "config key '%s': ", key);
         return -1;
@@ -226,7 +233,7 @@ static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *whe
 
     disk->fd = -1;
     if (!mvmd_config_check_keys(dict, keys, G_N_ELEMENTS(keys), where, error) ||
-        !path_or_fd(dict, where, "path", "rb", fd_list, &disk->path, &disk->fd, error))
+        !path_or_fd(dict, where, "path", "wb", fd_list, &disk->path, &disk->fd, error))
         return FALSE;
     if (disk->path && !check_path(path_key, disk->path, PATH_MAX, error))
         return FALSE;
