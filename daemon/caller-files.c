@@ -10,6 +10,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 
 #define MOUNTINFO  "/proc/self/mountinfo"
 #define STATE_KEY  "state-fd"
@@ -250,10 +251,8 @@ gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCa
     state = take_fd(statev, fd_list, STATE_KEY, error);
     memory = state < 0 ? -1 : take_fd(memoryv, fd_list, MEMORY_KEY, error);
     if (memory < 0 || !check_pair(state, memory, use, owner, error)) {
-        if (state >= 0)
-            close(state);
-        if (memory >= 0)
-            close(memory);
+        mvmd_close_later(state);
+        mvmd_close_later(memory);
         return FALSE;
     }
     *state_fd = state;

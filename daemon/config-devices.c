@@ -12,6 +12,7 @@
 
 #include "caller-files.h"
 #include "errors.h"
+#include "fd-closer.h"
 
 gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, ...)
 {
@@ -54,19 +55,19 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
     }
     /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */
     if (!mvmd_caller_fd_statx(fd, FALSE, &stx, error)) {
-        close(fd);
+        mvmd_close_later(fd);
         g_prefix_error(error, "config key '%s': ", key);
         return -1;
     }
     /* A disk image the guest writes: its writes must land in plain storage (caller-files.h). */
     if (S_ISREG(stx.stx_mode) && strchr(kinds, 'w') &&
         !mvmd_caller_file_system_check(&stx, TRUE, error)) {
-        close(fd);
+        mvmd_close_later(fd);
         g_prefix_error(error, "config key '%s': ", key);
         return -1;
     }
     if (!mode_allowed(stx.stx_mode, kinds)) {
-        close(fd);
+        mvmd_close_later(fd);
         mvmd_config_invalid(error, key, "the descriptor is not a %s",
                             g_str_equal(kinds, "d")   ? "directory"
                             : g_str_equal(kinds, "c") ? "character device"
@@ -84,7 +85,7 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
 gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **error)
 {
     GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
-    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
     guint32 sent = g_dbus_message_get_num_unix_fds(message);
     guint32 got = fd_list ? (guint32)g_unix_fd_list_get_length(fd_list) : 0;
 
@@ -124,16 +125,14 @@ gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv
 
 static void disk_free(MvmdDisk *disk)
 {
-    if (disk->fd >= 0)
-        close(disk->fd);
+    mvmd_close_later(disk->fd);
     g_free(disk->path);
     g_free(disk);
 }
 
 static void nic_free(MvmdNic *nic)
 {
-    if (nic->fd >= 0)
-        close(nic->fd);
+    mvmd_close_later(nic->fd);
     g_free(nic->tap);
     g_free(nic);
 }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "vm-object-private.h"
 
@@ -141,19 +142,13 @@ typedef struct {
     char *reason;
 } OpData;
 
-static void clear_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
 void mvmd_op_args_clear(OpArgs *args)
 {
     g_clear_pointer(&args->dir, g_free);
-    clear_fd(&args->dir_fd);
-    clear_fd(&args->state_fd);
-    clear_fd(&args->memory_fd);
+    /* The caller's descriptors: closing one may wait for the caller (fd-closer.h). */
+    mvmd_clear_fd_later(&args->dir_fd);
+    mvmd_clear_fd_later(&args->state_fd);
+    mvmd_clear_fd_later(&args->memory_fd);
 }
 
 static void op_data_free(OpData *d)

@@ -58,6 +58,20 @@ class CheckMonitor:
         return None
 
 
+def caller_files_held(daemon, workdir):
+    """What microvmd has open of a caller's: files in @workdir, files of the caller's /proc."""
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    held = []
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith(workdir + "/") or target.endswith(("/oom_score_adj", "/comm")):
+            held.append(target)
+    return held
+
+
 class PolkitTest(systest.TestCase):
     def setUp(self):
         super().setUp()
@@ -167,6 +181,10 @@ class PolkitTest(systest.TestCase):
         for message in proc["message"]:
             self.assertIn("on a proc file system", message)
         self.assertFalse(proc["written"], proc)
+        # The refused descriptors are all closed (by the daemon's closer thread, never by the
+        # main loop): none left pointing at nobody's files.
+        systest.wait_for(lambda: not caller_files_held(daemon, workdir), 30,
+                         "microvmd to close the refused descriptors")
         self.assertEqual(as_nobody(["snapshot-files", "guest", "restore-fifo", "fifo",
                                     "restore-files", "copy"]),
                          [("snapshot-files", None),
