@@ -234,8 +234,9 @@ static void hint_count(GString *msg, const char *what, const char *option, guint
 
 /*
  * The snapshot's devices against the back ends of RestoreVM's options, before any VM is built,
- * said in terms of the option the caller must fill. The library would refuse a mismatch too
- * (and still does, should the snapshot change in between), but in the words of its own API.
+ * said in terms of the option the caller must fill. The library refuses a mismatch of counts
+ * or CID too, on the state it decodes for the restore (the caller's file may have changed
+ * since this read), but in the words of its own API.
  */
 static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig *given,
                                      GError **error)
