@@ -174,9 +174,10 @@ static gboolean parse_snapshot_dest(GDBusMethodInvocation *invocation, const cha
 {
     GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
     g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    uid_t owner;
 
-    if (!mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE,
-                                 mvmd_auth_file_owner(invocation), &args->state_fd,
+    if (!mvmd_auth_file_owner(invocation, &owner, error) ||
+        !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE, owner, &args->state_fd,
                                  &args->memory_fd, error))
         return FALSE;
     if (args->state_fd >= 0 && (*dir || fdv)) {
