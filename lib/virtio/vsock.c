@@ -361,8 +361,14 @@ static void update_all_watches(Vsock *vs)
 static int connect_unix(const char *path)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd;
 
+    /* Cut short, it would name another socket (a guest's port makes it longer). */
+    if (strlen(path) >= sizeof(addr.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
@@ -770,9 +776,11 @@ static int listen_unix(Vsock *vs, GError **error)
     g_autofree char *path = path_at(vs->dir_fd, vs->name);
     int fd;
 
-    if (strlen(path) >= sizeof(addr.sun_path)) {
+    /* Room for the longest "_<port>" of guest_request() too. */
+    if (strlen(path) + strlen("_4294967295") >= sizeof(addr.sun_path)) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                    "vsock socket %s: the file name is too long", vs->uds_path);
+                    "vsock socket %s: the file name is too long (it is reached as %s)",
+                    vs->uds_path, path);
         return -1;
     }
     if (!check_no_listener(vs, path, error) || !remove_stale_socket(vs, error))
