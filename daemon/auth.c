@@ -56,13 +56,19 @@ gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation)
     return mvmd_auth_get_caller_uid(invocation, &uid) && uid_is_trusted(uid);
 }
 
-uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation)
+gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, GError **error)
 {
     uid_t uid;
 
-    if (mvmd_auth_caller_is_trusted(invocation) || !mvmd_auth_get_caller_uid(invocation, &uid))
-        return (uid_t)-1;
-    return uid;
+    /* Unknown is not "anyone": whose files may be written could not be said. */
+    if (!mvmd_auth_get_caller_uid(invocation, &uid)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                            "microvmd could not tell which user is calling, so not whose files "
+                            "it may write; call again");
+        return FALSE;
+    }
+    *owner = uid_is_trusted(uid) ? (uid_t)-1 : uid;
+    return TRUE;
 }
 
 gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,

@@ -50,10 +50,11 @@ gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid)
 gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation);
 
 /*
- * Whom files a caller passes for the daemon to write must belong to: the caller's uid, or
- * (uid_t)-1 (anyone) for a trusted caller.
+ * Whom files a caller passes for the daemon to write must belong to, in *@owner: the caller's
+ * uid, or (uid_t)-1 (anyone) for a trusted caller. FALSE with MVMD_ERROR_NOT_AUTHORIZED when
+ * the caller's uid is not known.
  */
-uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation);
+gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, GError **error);
 
 /*
  * Path arguments: the daemon runs as root, so it opens a path named by a caller only when the

@@ -82,7 +82,8 @@ void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm);
 
 /*
  * An fd argument (type h) from @fd_list, dup'ed. @kinds lists what it may be: 'r' a regular
- * file, 'b' a block device, 'c' a character device, 'd' a directory.
+ * file, 'w' a regular file the guest may write (on a local file system only), 'b' a block
+ * device, 'c' a character device, 'd' a directory.
  */
 int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, const char *kinds,
                         GError **error);

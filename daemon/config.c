@@ -10,6 +10,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 
 #define GROUP_VM     "VM"
 #define GROUP_CONFIG "Config"
@@ -35,18 +36,14 @@ void mvmd_vm_config_free(MvmdVmConfig *config)
     g_free(config->kernel);
     g_free(config->initrd);
     g_free(config->cmdline);
-    if (config->kernel_fd >= 0)
-        close(config->kernel_fd);
-    if (config->initrd_fd >= 0)
-        close(config->initrd_fd);
+    /* The caller's descriptors: closing one may wait for the caller (fd-closer.h). */
+    mvmd_close_later(config->kernel_fd);
+    mvmd_close_later(config->initrd_fd);
     mvmd_devices_clear(&config->devices);
     g_free(config->snapshot_dir);
-    if (config->snapshot_fd >= 0)
-        close(config->snapshot_fd);
-    if (config->snapshot_state_fd >= 0)
-        close(config->snapshot_state_fd);
-    if (config->snapshot_memory_fd >= 0)
-        close(config->snapshot_memory_fd);
+    mvmd_close_later(config->snapshot_fd);
+    mvmd_close_later(config->snapshot_state_fd);
+    mvmd_close_later(config->snapshot_memory_fd);
     g_free(config);
 }
 
@@ -149,8 +146,7 @@ static gboolean parse_fd(int *out, const char *key, GVariant *value, GUnixFDList
 
     if (fd < 0)
         return FALSE;
-    if (*out >= 0)
-        close(*out);
+    mvmd_close_later(*out);
     *out = fd;
     return TRUE;
 }

@@ -8,6 +8,7 @@
 #include "auth.h"
 #include "caller-files.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "sdnotify.h"
 
@@ -229,7 +230,10 @@ static gboolean handle_create_vm(MvmdManager *manager, GDBusMethodInvocation *in
 
     call->self = g_object_ref(self);
     call->invocation = invocation;
-    call->fd_list = fd_list ? g_object_ref(fd_list) : NULL;
+    /* The descriptors: GDBus' list was emptied as the message arrived (fd-closer.h). */
+    call->fd_list = mvmd_invocation_fds(invocation);
+    if (call->fd_list)
+        g_object_ref(call->fd_list);
     call->name = g_strdup(name);
     call->config = g_variant_ref(config);
     g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
@@ -319,8 +323,7 @@ static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, 
     if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv, fd_list, &dir, &fd, error))
         return NULL;
     if (!mvmd_auth_caller_is_trusted(call->invocation)) {
-        if (fd >= 0)
-            close(fd);
+        mvmd_close_later(fd);
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
                     "'%s': only root may have microvmd open the files of a snapshot directory; "
                     "open 'state' and 'memory' yourself and pass them in the options "
@@ -341,8 +344,8 @@ static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg
                                           GError **error)
 {
     if (*dir_arg || g_variant_lookup(options, "dir-fd", "h", NULL)) {
-        close(state_fd);
-        close(memory_fd);
+        mvmd_close_later(state_fd);
+        mvmd_close_later(memory_fd);
         g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                             "snapshot_dir: give either a directory (a path or 'dir-fd') or the "
                             "options 'state-fd' and 'memory-fd', not both");
@@ -357,8 +360,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     static const MvmdKeySpec allowed[] = {
         {"dir-fd", "h"},      {"state-fd", "h"},   {"memory-fd", "h"},    {"resume", "b"},
         {"copy-memory", "b"}, {"disks", "aa{sv}"}, {"network", "aa{sv}"}, {"vsock", "a{sv}"}};
-    GDBusMessage *message = g_dbus_method_invocation_get_message(call->invocation);
-    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(MvmdVmConfig) config = NULL;
     gboolean resume = FALSE, copy = FALSE;

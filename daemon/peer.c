@@ -6,6 +6,7 @@
 
 #include "auth.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 
 #define SOCKET_FD_NAME "microvmd"
@@ -251,6 +252,7 @@ static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer 
     peer->connection = g_steal_pointer(&connection);
     peer->exported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
     g_dbus_connection_set_exit_on_close(peer->connection, FALSE);
+    mvmd_fd_closer_watch(peer->connection);
     g_hash_table_add(server->peers, peer);
     if (!peer_export(peer, &error)) {
         g_warning("peer: cannot export the objects: %s", error->message);

@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "caller-files.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "vm-object-private.h"
 
@@ -186,12 +187,12 @@ static gboolean check_dir_allowed(GDBusMethodInvocation *invocation, const char 
 static gboolean parse_snapshot_dest(GDBusMethodInvocation *invocation, const char *dir,
                                     GVariant *options, OpArgs *args, GError **error)
 {
-    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
-    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
     g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    uid_t owner;
 
-    if (!mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE,
-                                 mvmd_auth_file_owner(invocation), &args->state_fd,
+    if (!mvmd_auth_file_owner(invocation, &owner, error) ||
+        !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE, owner, &args->state_fd,
                                  &args->memory_fd, error))
         return FALSE;
     if (args->state_fd >= 0 && (*dir || fdv)) {

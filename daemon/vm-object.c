@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "vm-object-private.h"
 
@@ -148,19 +149,13 @@ typedef struct {
     char *reason;
 } OpData;
 
-static void clear_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
 void mvmd_op_args_clear(OpArgs *args)
 {
     g_clear_pointer(&args->dir, g_free);
-    clear_fd(&args->dir_fd);
-    clear_fd(&args->state_fd);
-    clear_fd(&args->memory_fd);
+    /* The caller's descriptors: closing one may wait for the caller (fd-closer.h). */
+    mvmd_clear_fd_later(&args->dir_fd);
+    mvmd_clear_fd_later(&args->state_fd);
+    mvmd_clear_fd_later(&args->memory_fd);
 }
 
 static void op_data_free(OpData *d)
@@ -246,8 +241,9 @@ static void hint_count(GString *msg, const char *what, const char *option, guint
 
 /*
  * The snapshot's devices against the back ends of RestoreVM's options, before any VM is built,
- * said in terms of the option the caller must fill. The library would refuse a mismatch too
- * (and still does, should the snapshot change in between), but in the words of its own API.
+ * said in terms of the option the caller must fill. The library refuses a mismatch of counts
+ * or CID too, on the state it decodes for the restore (the caller's file may have changed
+ * since this read), but in the words of its own API.
  */
 static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig *given,
                                      GError **error)

@@ -666,8 +666,9 @@ static guint n_items(const GPtrArray *array)
  * The guest's devices come from the snapshot, their back ends from the caller:
  * as many disks and NICs, the same read-only flags (a guest told its disk is
  * writable must not get a read-only file, nor a caller's read-only file a
- * writer), a vsock socket exactly when the snapshot has a vsock device. NICs
- * keep the snapshot's MAC, which the guest knows.
+ * writer), a vsock socket exactly when the snapshot has a vsock device, and its
+ * CID when the back ends name one. NICs keep the snapshot's MAC, which the
+ * guest knows.
  */
 static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, GError **error)
 {
@@ -679,6 +680,13 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, G
             n_items(config->disks), n_items(config->nics), config->vsock_cid ? "a" : "no",
             n_items(backends->disks), n_items(backends->nics),
             backends->vsock_uds_path ? "a socket" : "none");
+    /*
+     * The guest knows its CID from this state. Checked here, on the state being restored,
+     * though a caller may have compared an earlier read of the file: it may have changed since.
+     */
+    if (backends->vsock_cid != 0 && backends->vsock_cid != config->vsock_cid)
+        return mvm_snapshot_invalid(error, "its guest has vsock cid %u; the back ends say %u",
+                                    config->vsock_cid, backends->vsock_cid);
     for (guint i = 0; i < n_items(config->disks); i++) {
         const MvmDiskConfig *mine = g_ptr_array_index(config->disks, i);
         const MvmDiskConfig *theirs = g_ptr_array_index(backends->disks, i);

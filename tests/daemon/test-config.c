@@ -2,6 +2,7 @@
 /* Config validation and the GKeyFile round trip, without a bus. */
 #include <glib/gstdio.h>
 
+#include "caller-files.h"
 #include "config.h"
 #include "errors.h"
 #include "store.h"
@@ -275,6 +276,49 @@ static void test_store(void)
     g_rmdir(dir);
 }
 
+/*
+ * Caller files are placed by the device number in mountinfo's third field, the same in every
+ * mount namespace (mount IDs are not); the type is the first field after " - ".
+ */
+static const char mountinfo_sample[] =
+    "22 28 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n"
+    "28 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "30 22 0:26 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw,inode64\n"
+    "41 28 0:45 / /run/user/1000/doc rw,nosuid,nodev,relatime shared:60 - fuse portal rw\n"
+    "42 28 8:17 / /media/usb rw,nosuid,nodev,relatime shared:61 - fuseblk /dev/sdb1 rw\n"
+    "43 28 0:47 / /home/u/remote rw,nosuid,nodev,relatime shared:62 - fuse.sshfs u@h: rw\n"
+    "44 28 254:0 /srv /var/srv rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "45 28 0:48 / /mnt/odd\\040name rw - tmpfs none rw\n"
+    "not a mountinfo line\n";
+
+static void assert_fstype(guint major, guint minor, const char *expected, gboolean local)
+{
+    g_autofree char *fstype = mvmd_mountinfo_fstype(mountinfo_sample, major, minor);
+
+    g_assert_cmpstr(fstype, ==, expected);
+    if (fstype)
+        g_assert_cmpint(mvmd_fstype_is_local(fstype), ==, local);
+}
+
+static void test_mountinfo(void)
+{
+    assert_fstype(0, 21, "proc", FALSE);
+    assert_fstype(254, 0, "ext4", TRUE);
+    assert_fstype(0, 26, "tmpfs", TRUE);
+    assert_fstype(0, 45, "fuse", FALSE);
+    assert_fstype(8, 17, "fuseblk", FALSE);
+    assert_fstype(0, 47, "fuse.sshfs", FALSE);
+    assert_fstype(0, 48, "tmpfs", TRUE);
+    /* Whole numbers: 0:2 is not 0:21 nor 0:26, 25:0 is not 254:0. */
+    assert_fstype(0, 2, NULL, FALSE);
+    assert_fstype(25, 0, NULL, FALSE);
+    g_assert_null(mvmd_mountinfo_fstype("", 0, 21));
+    g_assert_null(mvmd_mountinfo_fstype("22 28 0:21 / /proc rw", 0, 21)); /* no " - " */
+    g_assert_false(mvmd_fstype_is_local("nfs4"));
+    g_assert_false(mvmd_fstype_is_local("ext"));
+    g_assert_false(mvmd_fstype_is_local("sysfs"));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -286,5 +330,6 @@ int main(int argc, char **argv)
     g_test_add_func("/config/keyfile-roundtrip", test_keyfile_roundtrip);
     g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);
+    g_test_add_func("/config/mountinfo", test_mountinfo);
     return g_test_run();
 }

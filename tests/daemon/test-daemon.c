@@ -438,6 +438,19 @@ static void test_fd_passing(Fixture *f, gconstpointer data)
         G_DBUS_CALL_FLAGS_NONE, -1, fds, NULL, NULL, NULL, &error);
     mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
     g_assert_nonnull(strstr(error->message, "persist"));
+    g_clear_error(&error);
+
+    /* A disk the guest would write, as a file of proc: refused, naming the file system. */
+    fd = open("/proc/self/comm", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(g_unix_fd_list_append(fds, fd, &error), ==, 2);
+    close(fd);
+    mvmd_manager_call_create_vm_sync(
+        f->manager, "byfd5",
+        mvmd_test_config("{'kernel-fd': <handle 0>, 'disks': <[{'fd': <handle 2>}]>}"),
+        G_DBUS_CALL_FLAGS_NONE, -1, fds, NULL, NULL, NULL, &error);
+    mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
+    g_assert_nonnull(strstr(error->message, "disks[0].fd"));
+    g_assert_nonnull(strstr(error->message, "on a proc file system"));
 }
 
 /* ---- ObjectManager and PropertiesChanged -------------------------------------------------- */

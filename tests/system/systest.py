@@ -271,8 +271,9 @@ def peer_connect(socket_path):
 
 
 def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
-         timeout=GUEST_TIMEOUT_MS, name=NAME, flags=Gio.DBusCallFlags.NONE):
-    """Calls @method; returns (unpacked reply, None) or (None, D-Bus error name)."""
+         timeout=GUEST_TIMEOUT_MS, name=NAME, flags=Gio.DBusCallFlags.NONE, messages=None):
+    """Calls @method; returns (unpacked reply, None) or (None, D-Bus error name). An error's
+    message is appended to the list @messages, when given."""
     # On a peer-to-peer connection there is no bus: no destination.
     dest = name if conn.get_unique_name() else None
     try:
@@ -289,6 +290,8 @@ def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
         return (reply.unpack() if reply else None), None
     except GLib.Error as e:
         remote = Gio.DBusError.get_remote_error(e)
+        if messages is not None:
+            messages.append(e.message)
         return None, remote or f"local:{e.message}"
 
 

@@ -10,8 +10,10 @@ with machined."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import systest  # noqa: E402
@@ -64,6 +66,20 @@ class CheckMonitor:
         return None
 
 
+def caller_files_held(daemon, workdir):
+    """What microvmd has open of a caller's: files in @workdir, files of the caller's /proc."""
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    held = []
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith(workdir + "/") or target.endswith(("/oom_score_adj", "/comm")):
+            held.append(target)
+    return held
+
+
 class PolkitTest(systest.TestCase):
     def setUp(self):
         super().setUp()
@@ -85,8 +101,8 @@ class PolkitTest(systest.TestCase):
         systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
         return proc
 
-    def start_microvmd(self):
-        daemon = self.start_daemon([f"--address={self.bus.address}"])
+    def start_microvmd(self, **kwargs):
+        daemon = self.start_daemon([f"--address={self.bus.address}"], **kwargs)
         systest.wait_for(lambda: systest.name_has_owner(self.root), 60, "microvmd on the bus")
         path, err = systest.create_vm(self.root, "guest")
         self.assertIsNone(err)
@@ -172,6 +188,19 @@ class PolkitTest(systest.TestCase):
                "snapshot-hardlink", "snapshot-same"]
         self.assertEqual(as_nobody([x for op in bad for x in (op, "guest")] + ["list"]),
                          [(op, systest.ERR + "InvalidArgument") for op in bad] + [("list", None)])
+        # Files of proc, the client's own (regular, one link, its owner's): refused by file
+        # system, never truncated nor written with root's privileges.
+        proc, = systest.run_client_as(systest.NOBODY, systest.NOBODY, self.bus.address,
+                                      ["snapshot-proc", "guest"], env=env)
+        self.assertEqual(proc["error"], systest.ERR + "InvalidArgument", proc)
+        self.assertEqual(len(proc["message"]), 2, proc)
+        for message in proc["message"]:
+            self.assertIn("on a proc file system", message)
+        self.assertFalse(proc["written"], proc)
+        # The refused descriptors are all closed (by the daemon's closer thread, never by the
+        # main loop): none left pointing at nobody's files.
+        systest.wait_for(lambda: not caller_files_held(daemon, workdir), 30,
+                         "microvmd to close the refused descriptors")
         self.assertEqual(as_nobody(["snapshot-files", "guest", "restore-fifo", "fifo",
                                     "restore-files", "copy"]),
                          [("snapshot-files", None),
@@ -185,6 +214,35 @@ class PolkitTest(systest.TestCase):
                                  GLib.Variant("(s)", ("copy",)), "(o)")
         self.assertIsNone(err)
         self.assertEqual(systest.vm_state(self.root, copy[0]), "paused")
+        self.assertEqual(daemon.stop(), 0)
+
+    def test_snapshot_files_from_another_mount_namespace(self):
+        """As under the unit (PrivateMounts=, PrivateTmp=): microvmd in a mount namespace of
+        its own, where every mount has another ID than the caller's, still takes a caller's
+        files on ext4 or tmpfs (found by device number) to snapshot into and restore from."""
+        if not shutil.which("unshare"):
+            self.skipTest("unshare (util-linux) is not installed")
+        self.start_mock("--template", "polkitd")
+        daemon, path = self.start_microvmd(
+            wrapper_argv=["unshare", "--mount", "--propagation", "private"])
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
+                              GLib.Variant("(as)", ([systest.ACTIONS["snapshot"]],)), name=POLKIT)
+        self.assertIsNone(err)
+        _, err = systest.call(self.root, path, systest.VM, "Start")
+        self.assertIsNone(err)
+        shm = tempfile.mkdtemp(prefix="microvmd-test-", dir="/dev/shm")
+        self.addCleanup(shutil.rmtree, shm)
+        os.chmod(shm, 0o755)  # nobody must reach its workdir
+        for i, parent in enumerate((self.tmp.path, shm)):
+            workdir = os.path.join(parent, "nobody")
+            os.mkdir(workdir, 0o700)
+            os.chown(workdir, systest.NOBODY, systest.NOBODY)
+            results = systest.run_client_as(
+                systest.NOBODY, systest.NOBODY, self.bus.address,
+                ["snapshot-files", "guest", "restore-files", f"copy{i}"],
+                env={"CLIENT_WORKDIR": workdir})
+            self.assertEqual([(r["op"], r["error"]) for r in results],
+                             [("snapshot-files", None), ("restore-files", None)], parent)
         self.assertEqual(daemon.stop(), 0)
 
     def assert_checks(self, monitor, interactive):

@@ -269,6 +269,46 @@ static void test_vsock_snapshot_restore(void)
     rm_rf(dir);
 }
 
+/*
+ * The socket's directory is opened once, refusing a symbolic link on the way: a path whose
+ * parent is a link (as a swap of a directory for one would make it) is refused before
+ * anything is removed, and a stale socket the link leads to stays where it is. A stale socket
+ * in the real directory goes, and the VM's own socket is removed at the end.
+ */
+static void test_vsock_symlinked_dir(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *real = g_build_filename(dir, "real", NULL);
+    g_autofree char *link = g_build_filename(dir, "link", NULL);
+    g_autofree char *stale = g_build_filename(real, "v.sock", NULL);
+    g_autofree char *through_link = g_build_filename(link, "v.sock", NULL);
+    g_assert_cmpint(g_mkdir(real, 0700), ==, 0);
+    g_assert_cmpint(symlink(real, link), ==, 0);
+    close(unix_listen(stale)); /* a socket file nobody listens on */
+
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock pause=1");
+    config->vsock_cid = 9;
+    config->vsock_uds_path = g_strdup(through_link);
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "symbolic link"));
+    g_clear_error(&error);
+    g_assert_true(g_file_test(stale, G_FILE_TEST_EXISTS));
+
+    g_free(config->vsock_uds_path);
+    config->vsock_uds_path = g_strdup(stale);
+    MvmVm *vm = mvm_vm_new(config, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_file_test(stale, G_FILE_TEST_EXISTS)); /* bound again, by the VM */
+    mvm_vm_free(vm);
+    g_assert_false(g_file_test(stale, G_FILE_TEST_EXISTS));
+    rm_rf(dir);
+}
+
 /* ---- net: a tap in a network namespace of the test's own ---- */
 
 #define TEST_TAP  "mvmtest0"
@@ -505,6 +545,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/vsock", test_vsock);
     g_test_add_func("/virtio/vsock-out-of-descriptors", test_vsock_out_of_descriptors);
     g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
+    g_test_add_func("/virtio/vsock-symlinked-dir", test_vsock_symlinked_dir);
     g_test_add_func("/virtio/net", test_net);
     return g_test_run();
 }
