@@ -14,9 +14,10 @@ typedef enum {
     MVMD_ERROR_NOT_AUTHORIZED,   /* org.microvmd.MicroVM1.Error.NotAuthorized */
     MVMD_ERROR_FAILED,           /* org.microvmd.MicroVM1.Error.Failed */
     MVMD_ERROR_TIMEOUT,          /* org.microvmd.MicroVM1.Error.Timeout */
+    MVMD_ERROR_LIMIT_REACHED,    /* org.microvmd.MicroVM1.Error.LimitReached (bounds.h) */
 } MvmdError;
 
-#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_TIMEOUT + 1)
+#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_LIMIT_REACHED + 1)
 
 #define MVMD_ERROR (mvmd_error_quark())
 GQuark mvmd_error_quark(void);

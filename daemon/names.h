@@ -20,6 +20,7 @@
 #define MVMD_DBUS_ERROR_NOT_AUTHORIZED   MVMD_DBUS_ERROR_PREFIX "NotAuthorized"
 #define MVMD_DBUS_ERROR_FAILED           MVMD_DBUS_ERROR_PREFIX "Failed"
 #define MVMD_DBUS_ERROR_TIMEOUT          MVMD_DBUS_ERROR_PREFIX "Timeout"
+#define MVMD_DBUS_ERROR_LIMIT_REACHED    MVMD_DBUS_ERROR_PREFIX "LimitReached"
 
 /* polkit action ids (the systemd helper installs the policy). Reading is not checked today;
  * MVMD_ACTION_READ is there for the policy and for callers that want to say so. */

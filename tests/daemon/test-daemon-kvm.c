@@ -118,19 +118,28 @@ typedef struct {
     GString *seen;
 } Console;
 
+static Console *console_try_open(MvmdVm *vm, GError **error)
+{
+    g_autoptr(GVariant) handle = NULL;
+    g_autoptr(GUnixFDList) fds = NULL;
+    Console *c;
+
+    if (!mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
+                                        error))
+        return NULL;
+    c = g_new0(Console, 1);
+    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), error);
+    g_assert_cmpint(c->fd, >=, 0);
+    c->seen = g_string_new(NULL);
+    return c;
+}
+
 static Console *console_open(MvmdVm *vm)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) handle = NULL;
-    g_autoptr(GUnixFDList) fds = NULL;
-    Console *c = g_new0(Console, 1);
+    Console *c = console_try_open(vm, &error);
 
-    mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
-                                   &error);
     g_assert_no_error(error);
-    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), &error);
-    g_assert_no_error(error);
-    c->seen = g_string_new(NULL);
     return c;
 }
 
@@ -346,6 +355,97 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
     console_close(c);
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
+}
+
+/* Bounds from daemon/bounds.h, as documented in docs/usage-dbus.md. */
+#define CONSOLE_CLIENTS_MAX 16
+#define VM_WAITERS_MAX      64
+
+static void console_open_fails(MvmdVm *vm, const char *error_name)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_null(console_try_open(vm, &error));
+    mvmd_test_assert_dbus_error(error, error_name);
+}
+
+/* One VM's console clients are bounded; those attached and another VM's console go on. */
+static void test_console_clients_bounded(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = create_guest(f, "crowded", "echo", NULL);
+    g_autoptr(MvmdVm) other = create_guest(f, "quiet", "echo", NULL);
+    g_autoptr(GPtrArray) consoles = g_ptr_array_new_with_free_func((GDestroyNotify)console_close);
+    Console *c;
+    gsize at;
+
+    call_ok(vm, "Start");
+    call_ok(other, "Start");
+    for (guint i = 0; i < CONSOLE_CLIENTS_MAX; i++)
+        g_ptr_array_add(consoles, console_open(vm));
+    console_open_fails(vm, ERR "LimitReached");
+
+    c = consoles->pdata[0];
+    at = console_expect(c, 0, "READY");
+    console_send(c, "still here\r");
+    console_expect(c, at, "still here");
+    c = console_open(other);
+    at = console_expect(c, 0, "READY");
+    console_send(c, "unaffected\r");
+    console_expect(c, at, "unaffected");
+    console_close(c);
+
+    /* A client that leaves makes room (the daemon sees the hang-up on its main loop). */
+    g_ptr_array_remove_index(consoles, 1);
+    for (gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;;) {
+        g_autoptr(GError) error = NULL;
+
+        c = console_try_open(vm, &error);
+        if (c)
+            break;
+        mvmd_test_assert_dbus_error(error, ERR "LimitReached");
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    console_expect(c, 0, "READY");
+    console_close(c);
+    call_ok(vm, "Stop");
+    call_ok(other, "Stop");
+}
+
+static void on_shutdown_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    GPtrArray *errors = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_proxy_call_finish(G_DBUS_PROXY(source), result, &error);
+
+    g_ptr_array_add(errors, error ? g_dbus_error_get_remote_error(error) : g_strdup("ok"));
+}
+
+/* Shutdown callers waiting on one VM are bounded; a Stop answers every one of them. */
+static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = create_guest(f, "stubborn", "echo", NULL);
+    g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
+    Console *c;
+
+    call_ok(vm, "Start");
+    c = console_open(vm);
+    console_expect(c, 0, "READY");
+    /* The echo guest ignores Ctrl-Alt-Del: every Shutdown waits, up to an hour. */
+    for (guint i = 0; i < VM_WAITERS_MAX + 1; i++)
+        g_dbus_proxy_call(G_DBUS_PROXY(vm), "Shutdown", g_variant_new("(u)", 3600),
+                          G_DBUS_CALL_FLAGS_NONE, G_MAXINT, NULL, on_shutdown_done, done);
+    /* Only the call past the bound is answered while the guest runs. */
+    mvmd_test_wait_until(done->len == 1, GUEST_TIMEOUT_MS);
+    g_assert_cmpstr(done->pdata[0], ==, ERR "LimitReached");
+    call_fails(vm, "Shutdown", g_variant_new("(u)", 3600), ERR "LimitReached");
+    g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
+
+    call_ok(vm, "Stop");
+    mvmd_test_wait_until(done->len == VM_WAITERS_MAX + 1, GUEST_TIMEOUT_MS);
+    for (guint i = 1; i < done->len; i++)
+        g_assert_cmpstr(done->pdata[i], ==, "ok");
+    console_close(c);
 }
 
 /*
@@ -1576,6 +1676,8 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
+    ADD("/daemon-kvm/console-clients-bounded", test_console_clients_bounded);
+    ADD("/daemon-kvm/shutdown-waiters-bounded", test_shutdown_waiters_bounded);
     ADD("/daemon-kvm/graceful-shutdown", test_graceful_shutdown);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
