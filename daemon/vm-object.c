@@ -132,7 +132,8 @@ typedef struct {
     int restore_state_fd; /* or its two files (borrowed too) */
     int restore_memory_fd;
     MvmRestoreFlags restore_flags;
-    /* Root asked for the back ends the snapshot names; else mvm_config's devices are used. */
+    /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
+     * mvm_config's devices are used. */
     gboolean restore_own_backends;
     /* How the run ended (Stop, Reap). */
     MvmVmState final_state;
@@ -268,6 +269,10 @@ static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig 
                                msg->len ? "; " : "");
     if (!msg->len)
         return TRUE;
+    if (given_disks == 0 && given_nics == 0 && given->vsock_uds_path == NULL)
+        g_string_append(msg, "; or, as root, pass 'use-snapshot-backends': <true> to have microvmd "
+                             "open the ones the snapshot names (its disk paths read-write, its "
+                             "taps, its vsock socket path)");
     g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, msg->str);
     return FALSE;
 }
@@ -307,8 +312,9 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 
 /*
  * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
- * root gave) the snapshot's own paths are never opened; only root who gave no back ends gets
- * those (DESIGN.md: the daemon never follows a path for a non-root caller).
+ * root gave) the snapshot's own paths are never opened; only root who asked for them with
+ * 'use-snapshot-backends' gets those (DESIGN.md: the daemon never follows a path for a
+ * non-root caller, nor one a snapshot names unless root says so).
  */
 static MvmVm *worker_restore_backends(OpData *d, GError **error)
 {

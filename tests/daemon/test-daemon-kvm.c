@@ -995,8 +995,16 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
                   "<'/nonexistent/v'>}>}",
                   fds, ERR "InvalidArgument", "the snapshot has no vsock device");
 
-    /* Root without options: the disk the snapshot names. */
-    path = restore_vm(f, "own", dir, "{}", NULL);
+    /* Root without back ends or the option: a snapshot made elsewhere names them, so no. */
+    restore_fails(f, "unasked", dir, "{}", NULL, ERR "InvalidArgument",
+                  "the snapshot has 1 disk; pass it as an fd in the 'disks' option; or, as root, "
+                  "pass 'use-snapshot-backends': <true>");
+    restore_fails(f, "both", dir,
+                  "{'disks': <[{'fd': <handle 0>}]>, 'use-snapshot-backends': <true>}", fds,
+                  ERR "InvalidArgument", "not both");
+
+    /* Root asking for them: the disk the snapshot names. */
+    path = restore_vm(f, "own", dir, "{'use-snapshot-backends': <true>}", NULL);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
     disk0 = config_disk0(vm);
     g_assert_true(g_variant_lookup(disk0, "path", "&s", &s));
@@ -1268,6 +1276,13 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
     g_assert_nonnull(strstr(out, "disks[0].path"));
     g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(
+        f, "s",
+        "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, 'use-snapshot-backends': <true>}", pass,
+        2);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    g_assert_nonnull(strstr(out, "'use-snapshot-backends'"));
+    g_clear_pointer(&out, g_free);
     out = restore_as_nobody(f, "c",
                             "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, "
                             "'disks': <[{'fd': <handle 2>}]>}",
@@ -1284,8 +1299,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
 
-    /* The control: root without options has the snapshot's own disk opened. */
-    root_path = restore_vm(f, "root", snap->dir, "{}", NULL);
+    /* The control: root asking for them has the snapshot's own disk opened. */
+    root_path = restore_vm(f, "root", snap->dir, "{'use-snapshot-backends': <true>}", NULL);
     g_assert_cmpuint(count_opens(watch), >, 0);
     close(watch);
     for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
@@ -1362,7 +1377,8 @@ static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user
 /*
  * A name is released only by the call that reserved it. A RestoreVM of "x" is held in flight
  * (its worker waits on a lease we hold on the snapshot's disk, which root's restore opens by the
- * path the snapshot names: it has been authorized and has reserved "x"); meanwhile a second
+ * path the snapshot names, as asked with 'use-snapshot-backends': it has been authorized and
+ * has reserved "x"); meanwhile a second
  * RestoreVM of "x" fails (the name is taken) and a third, from nobody, is denied: neither may
  * release the first one's reservation, so CreateVM "x" is still refused after each. The first
  * restore then finishes with a working VM (the guest writes and reads back its disk), the only "x".
@@ -1397,9 +1413,9 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
         g_assert_cmpint(pass[i], >=, 0);
 
     lease = hold_file(snap->disk);
-    mvmd_manager_call_restore_vm(f->manager, "x", snap->dir, mvmd_test_config("{}"),
-                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
-                                 on_restore_done, &first);
+    mvmd_manager_call_restore_vm(
+        f->manager, "x", snap->dir, mvmd_test_config("{'use-snapshot-backends': <true>}"),
+        G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL, on_restore_done, &first);
     mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
     g_assert_false(first.done);
     create_fails_exists(f, "x");
