@@ -4,7 +4,8 @@
 starts microvmd on the first connection, passing the socket as microvmd.socket does
 (FileDescriptorName=microvmd). There is no bus at all ($DBUS_SYSTEM_BUS_ADDRESS points nowhere),
 so the clients speak peer-to-peer D-Bus: they create and start a real guest, a second client
-works at the same time and sees the first one's changes, and the peer's uid is checked."""
+works at the same time and sees the first one's changes, and the peer's uid is checked;
+peers that do not authenticate are disconnected, and each uid's connections are bounded."""
 
 import os
 import shutil
@@ -151,6 +152,51 @@ class SocketTest(systest.TestCase):
         self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
         for op in ("create-fd", "start", "console", "stop", "delete"):
             self.assertIsNone(errors[(op, "by-fd")], (op, result))
+        self.assertEqual(self.daemon.stop(), 0)
+
+    def test_unauthenticated_peers_bounded(self):
+        """A peer that never authenticates is disconnected after the daemon's timeout (5 s),
+        and one uid holds at most 32 connections: one more is closed at once, while another
+        uid still connects and calls, and the first one's authenticated connection goes on."""
+        import socket
+        systest.require_root_and_setpriv()
+        self.activate([f"--socket-group={systest.NOBODY}"])
+        conn = systest.peer_connect(self.socket)  # root's first place (and starts microvmd)
+        self.assertEqual(self.managed_paths(conn), [])
+
+        def silent_peer():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(sock.close)
+            sock.settimeout(60)
+            sock.connect(self.socket)
+            sock.sendall(b"\0")  # the credentials byte, then nothing
+            return sock
+
+        def closed_by_daemon(sock):
+            try:
+                return sock.recv(4096) == b""
+            except ConnectionResetError:
+                return True
+
+        silent = [silent_peer() for _ in range(31)]
+        # Root's 33rd connection is refused at accept: its AUTH gets no "OK", only the close.
+        extra = silent_peer()
+        extra.sendall(b"AUTH EXTERNAL 30\r\n")
+        self.assertTrue(closed_by_daemon(extra))
+
+        # Another uid is not affected.
+        result = systest.run_client_as(systest.NOBODY, systest.NOBODY,
+                                       f"unix:path={self.socket}", ["list"], p2p=True)
+        self.assertEqual(result, [{"op": "list", "vm": None, "error": None}])
+
+        # The silent ones are disconnected by the daemon; root's own connection goes on.
+        for sock in silent:
+            self.assertTrue(closed_by_daemon(sock))
+        self.assertEqual(self.managed_paths(conn), [])
+        again = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(again), [])
+        again.close_sync(None)
+        conn.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
 
 
