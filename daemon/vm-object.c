@@ -30,6 +30,7 @@ static Run *run_new(MvmdVmObject *self)
 
     g_atomic_ref_count_init(&run->ref);
     g_weak_ref_init(&run->self, self);
+    run->name = g_strdup(self->config->name);
     run->console = mvmd_console_ref(self->console);
     run->context = g_main_context_ref_thread_default();
     run->state = MVM_VM_STATE_CREATED;
@@ -49,6 +50,7 @@ static void run_unref(Run *run)
     /* The lib VM is freed by a worker (or dispose) before the last reference goes. */
     g_warn_if_fail(run->vm == NULL);
     g_weak_ref_clear(&run->self);
+    g_free(run->name);
     mvmd_console_unref(run->console);
     g_main_context_unref(run->context);
     g_free(run);
@@ -117,6 +119,14 @@ static void on_lib_console(MvmVm *vm, const guint8 *data, gsize len, gpointer us
     Run *run = user_data;
 
     mvmd_console_feed(run->console, data, len);
+}
+
+/* vCPU or I/O thread: what the lib says about the VM (guest-caused messages are limited). */
+static void on_lib_log(MvmVm *vm, GLogLevelFlags level, const char *message, gpointer user_data)
+{
+    Run *run = user_data;
+
+    mvmd_vm_log(run->name, level, "%s", message);
 }
 
 /* ---- operations in a worker thread ----------------------------------------------------- */
@@ -365,6 +375,7 @@ static gboolean worker_start(OpData *d, GError **error)
         return FALSE;
     mvm_vm_set_state_callback(vm, on_lib_state, d->run);
     mvm_vm_set_console_callback(vm, on_lib_console, d->run);
+    mvm_vm_set_log_callback(vm, on_lib_log, d->run);
     if (restored) {
         g_atomic_int_set(&d->run->state, mvm_vm_get_state(vm));
         ok = d->args.paused || mvm_vm_resume(vm, error);

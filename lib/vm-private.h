@@ -6,6 +6,7 @@
 
 #include "boot.h"
 #include "devices.h"
+#include "guest-log.h"
 #include "iobus.h"
 #include "iothread.h"
 #include "kvm.h"
@@ -44,6 +45,7 @@ struct _MvmVm {
     gpointer console_data;
     MvmVmMarkerFunc marker_func;
     gpointer marker_data;
+    MvmGuestLog guest_log; /* every message about the VM, limited (guest-log.h) */
 
     /* Everything below is guarded by lock; vCPU threads wait on cond. */
     GMutex lock;

@@ -26,6 +26,7 @@ typedef struct {
     GPid bus_pid;
     GPid daemon_pid;
     GDBusConnection *connection; /* the harness's own client connection */
+    char *daemon_log; /* set before starting the daemon: its output goes there (appended) */
 } MvmdTestBus;
 
 /* Starts a private bus (not the daemon). */

@@ -39,6 +39,9 @@ static void fixture_setup(Fixture *f, gconstpointer data)
     const char *const args[] = {"--shutdown-timeout=2", NULL};
 
     f->bus = mvmd_test_bus_new();
+    /* @data: the daemon's output goes to that file in the test's directory, to be read. */
+    if (data)
+        f->bus->daemon_log = g_build_filename(f->bus->tmpdir, data, NULL);
     mvmd_test_bus_start_daemon(f->bus, args);
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
 }
@@ -541,6 +544,82 @@ static char *run_to_end(Fixture *f, MvmdVm *vm)
     out = g_strdup(c->seen->str);
     console_close(c);
     return out;
+}
+
+/* Guest-caused messages a VM may log at once (lib/microvm.h: MVM_GUEST_LOG_BURST). */
+#define GUEST_LOG_BURST 10
+#define HOSTILE_ROUNDS  60
+
+static guint count_substrings(const char *text, const char *what)
+{
+    guint n = 0;
+
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
+/* Of @vm's lines in @log: those saying @what, and the sum the "suppressed" lines give. */
+static guint count_vm_lines(const char *log, const char *vm, const char *what, guint64 *suppressed)
+{
+    g_auto(GStrv) lines = g_strsplit(log, "\n", -1);
+    g_autofree char *prefix = g_strdup_printf(": %s: ", vm);
+    guint n = 0;
+
+    *suppressed = 0;
+    for (char **l = lines; *l; l++) {
+        const char *text = strstr(*l, prefix);
+
+        if (!text)
+            continue;
+        text += strlen(prefix);
+        if (strstr(text, what))
+            n++;
+        else if (strstr(text, "caused by the guest suppressed"))
+            *suppressed += g_ascii_strtoull(text, NULL, 10);
+    }
+    return n;
+}
+
+/*
+ * A guest that breaks its virtqueue over and over (and recovers each time) gets a few lines in
+ * the daemon's log, then one a second; the rest is counted, and every attack is accounted for.
+ * Another VM's message still gets through.
+ */
+static void test_guest_log_limited(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GBytes) contents = NULL;
+    g_autofree char *image = make_image(f->bus->tmpdir, "hostile.img", 64, &contents);
+    g_autofree char *disk = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", image);
+    g_autofree char *mode = g_strdup_printf("hostile rounds=%d", HOSTILE_ROUNDS);
+    g_autoptr(MvmdVm) noisy = create_guest(f, "noisy", mode, disk);
+    g_autoptr(MvmdVm) other = create_guest(f, "other", "hostile", disk);
+    g_autofree char *out = NULL;
+    g_autofree char *log = NULL;
+    guint64 suppressed, other_suppressed;
+    gint64 start = g_get_monotonic_time();
+    guint lines, elapsed_s;
+
+    out = run_to_end(f, noisy);
+    elapsed_s = (guint)((g_get_monotonic_time() - start + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+    /* Its device worked again after every reset (the lines before TESTGUEST-DONE). */
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_cmpuint(count_substrings(out, "PASS hostile-recovered"), ==, HOSTILE_ROUNDS);
+    g_clear_pointer(&out, g_free);
+    out = run_to_end(f, other);
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_cmpuint(count_substrings(out, "PASS hostile-recovered"), ==, 1);
+
+    g_assert_true(g_file_get_contents(f->bus->daemon_log, &log, NULL, NULL));
+    lines = count_vm_lines(log, "noisy", "device needs reset", &suppressed);
+    g_test_message("noisy: %u lines, %" G_GUINT64_FORMAT " suppressed, in %u s", lines, suppressed,
+                   elapsed_s);
+    /* The bucket holds GUEST_LOG_BURST and gains one a second while the guest ran. */
+    g_assert_cmpuint(lines, >=, 1);
+    g_assert_cmpuint(lines, <=, GUEST_LOG_BURST + elapsed_s + 1);
+    g_assert_cmpuint(lines + suppressed, ==, HOSTILE_ROUNDS);
+    g_assert_cmpuint(count_vm_lines(log, "other", "device needs reset", &other_suppressed), ==, 1);
+    g_assert_cmpuint(other_suppressed, ==, 0);
 }
 
 /* vsock: the guest reads its CID from the device; the host side listens on uds-path. */
@@ -1697,6 +1776,8 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/graceful-shutdown", test_graceful_shutdown);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
+    g_test_add("/daemon-kvm/guest-log-limited", Fixture, "daemon.log", fixture_setup,
+               test_guest_log_limited, fixture_teardown);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/restore-truncated-memory", test_restore_truncated_memory);
