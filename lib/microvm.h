@@ -119,6 +119,13 @@ typedef void (*MvmVmLogFunc)(MvmVm *vm, GLogLevelFlags level, const char *messag
 #define MVM_GUEST_LOG_INTERVAL_US G_USEC_PER_SEC
 
 /*
+ * Connections one VM's vsock device holds at once, each with a host socket, whether the guest
+ * opened it or a host program (anyone the socket's permissions let in). Past it a host
+ * connection is closed at accept and a guest's is refused (RST); said once per VM.
+ */
+#define MVM_VSOCK_CONNECTIONS_MAX 256
+
+/*
  * Creates the KVM VM, its memory, vCPUs and devices, and loads the kernel.
  * The VM is left in state created. Costs a few milliseconds.
  */

@@ -44,8 +44,7 @@
 #define VSOCK_BUF_ALLOC             (256 * 1024) /* what we buffer per connection towards a socket */
 #define VSOCK_CONNECT_LINE_MAX      32
 #define VSOCK_HOST_PORT_FIRST       (1u << 30) /* ports we pick for host-initiated connections */
-#define VSOCK_MAX_CONNS             1024
-#define VSOCK_MAX_PENDING           4096 /* control packets waiting for guest rx buffers */
+#define VSOCK_MAX_PENDING           4096       /* control packets waiting for guest rx buffers */
 
 typedef struct __attribute__((packed)) {
     guint64 src_cid, dst_cid;
@@ -95,6 +94,7 @@ struct _Vsock {
     GQueue pending;       /* VsockHdr * control packets for the guest */
     gboolean reset_event; /* a TRANSPORT_RESET event waits for an event buffer */
     guint32 next_port;
+    gboolean bound_logged; /* connections were refused at the bound (said once per VM) */
 };
 
 static void conn_update_watch(Conn *c);
@@ -362,12 +362,30 @@ static int connect_unix(const char *path)
     return fd;
 }
 
+/*
+ * Each connection holds one of the process's fds and up to VSOCK_BUF_ALLOC of its memory,
+ * whichever side opened it: neither the guest nor whoever may open uds_path gets more than
+ * MVM_VSOCK_CONNECTIONS_MAX of them. Lock held.
+ */
+static gboolean conn_allowed(Vsock *vs, const char *who)
+{
+    if (vs->conns->len < MVM_VSOCK_CONNECTIONS_MAX)
+        return TRUE;
+    if (!vs->bound_logged)
+        mvm_guest_log(mvm_virtio_get_guest_log(vs->dev), G_LOG_LEVEL_MESSAGE,
+                      "virtio-vsock: refusing %s connections: %d are open, the most there may "
+                      "be (said once)",
+                      who, MVM_VSOCK_CONNECTIONS_MAX);
+    vs->bound_logged = TRUE;
+    return FALSE;
+}
+
 /* The guest connects to host port @port: "<uds_path>_<port>". */
 static void guest_request(Vsock *vs, const VsockHdr *h)
 {
     guint32 port = GUINT32_FROM_LE(h->dst_port);
     g_autofree char *path = g_strdup_printf("%s_%u", vs->uds_path, port);
-    int fd = vs->conns->len < VSOCK_MAX_CONNS ? connect_unix(path) : -1;
+    int fd = conn_allowed(vs, "the guest's") ? connect_unix(path) : -1;
 
     if (fd < 0) {
         send_rst_reply(vs, h);
@@ -600,7 +618,7 @@ static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
     if (conn_fd < 0)
         return G_SOURCE_CONTINUE;
     mvm_virtio_lock(vs->dev);
-    if (vs->conns->len >= VSOCK_MAX_CONNS) {
+    if (!conn_allowed(vs, "host")) {
         close(conn_fd);
     } else {
         Conn *c = conn_new(vs, conn_fd, CONN_HANDSHAKE);
