@@ -9,6 +9,7 @@
 #include "auth.h"
 #include "bounds.h"
 #include "errors.h"
+#include "guest-log.h"
 #include "names.h"
 
 #define SOCKET_FD_NAME "microvmd"
@@ -69,7 +70,10 @@ struct _MvmdPeerServer {
     GHashTable *peers;   /* Peer * (owned) */
     GHashTable *per_uid; /* uid → UidCount * (owned); freed with the last reference */
     guint n_pending;     /* connections still authenticating; each holds a reference */
-    gboolean closing;    /* mvmd_peer_server_free() was called */
+    /* What clients make us say at each connection, limited: anyone who may connect could
+     * otherwise flood the log by connecting and failing over and over. Any thread. */
+    MvmGuestLog client_log;
+    gboolean closing; /* mvmd_peer_server_free() was called */
 };
 
 static void server_clear(MvmdPeerServer *server);
@@ -348,7 +352,8 @@ static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer 
         uid_release(server, pending->uid);
     } else if (!connection) {
         if (!pending->timed_out)
-            g_message("peer: a client failed to authenticate: %s", error->message);
+            mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                          "peer: a client failed to authenticate: %s", error->message);
         uid_release(server, pending->uid);
     } else {
         /* Its place in server->per_uid goes to the peer. */
@@ -358,14 +363,16 @@ static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer 
 }
 
 /* The kernel's word on who connected (SO_PEERCRED, taken at connect()). */
-static gboolean peer_uid(GSocketConnection *connection, uid_t *uid)
+static gboolean peer_uid(MvmdPeerServer *server, GSocketConnection *connection, uid_t *uid)
 {
     struct ucred cred;
     socklen_t len = sizeof(cred);
     int fd = g_socket_get_fd(g_socket_connection_get_socket(connection));
 
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-        g_message("peer: refusing a client: cannot read its credentials: %s", g_strerror(errno));
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                      "peer: refusing a client: cannot read its credentials: %s",
+                      g_strerror(errno));
         return FALSE;
     }
     *uid = cred.uid;
@@ -398,10 +405,11 @@ static gboolean on_incoming(GSocketService *service, GSocketConnection *connecti
     uid_t uid;
 
     if (g_hash_table_size(server->peers) + server->n_pending >= MVMD_PEERS_MAX) {
-        g_warning("peer: refusing a client: %d connections already", MVMD_PEERS_MAX);
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_WARNING,
+                      "peer: refusing a client: %d connections already", MVMD_PEERS_MAX);
         return TRUE; /* dropping our reference closes it */
     }
-    if (!peer_uid(connection, &uid) || !uid_acquire(server, uid))
+    if (!peer_uid(server, connection, &uid) || !uid_acquire(server, uid))
         return TRUE;
     pending_start(server, connection, uid);
     return TRUE;
@@ -414,16 +422,19 @@ static gboolean on_allow_mechanism(GDBusAuthObserver *observer, const char *mech
     return g_strcmp0(mechanism, "EXTERNAL") == 0;
 }
 
+/* In a GDBus worker thread. */
 static gboolean on_authorize_peer(GDBusAuthObserver *observer, GIOStream *stream,
                                   GCredentials *credentials, gpointer user_data)
 {
+    MvmdPeerServer *server = user_data;
     g_autoptr(GError) error = NULL;
 
     if (!G_IS_SOCKET_CONNECTION(stream) || !credentials)
         return FALSE;
     if (!mvmd_auth_check_peer(g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream)),
                               &error)) {
-        g_message("peer: refused: %s", error->message);
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE, "peer: refused: %s",
+                      error->message);
         return FALSE;
     }
     return TRUE;
@@ -481,6 +492,12 @@ static guint add_sockets(GSocketListener *listener, GError **error)
     return added;
 }
 
+static void log_client_message(MvmVm *vm, GLogLevelFlags level, const char *message,
+                               gpointer user_data)
+{
+    g_log(G_LOG_DOMAIN, level, "%s", message);
+}
+
 MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
                                      MvmdManagerService *manager, GError **error)
 {
@@ -491,6 +508,8 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->manager = g_object_ref(manager);
     server->peers = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)peer_free, NULL);
     server->per_uid = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    mvm_guest_log_init(&server->client_log, NULL, "socket clients");
+    mvm_guest_log_set_func(&server->client_log, log_client_message, NULL);
     server->service = g_socket_service_new();
     server->guid = g_dbus_generate_guid();
     server->om_info = g_dbus_node_info_new_for_xml(object_manager_xml, error);
@@ -499,7 +518,7 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->observer = g_dbus_auth_observer_new();
     g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
     g_signal_connect(server->observer, "authorize-authenticated-peer",
-                     G_CALLBACK(on_authorize_peer), NULL);
+                     G_CALLBACK(on_authorize_peer), server);
     n = add_sockets(G_SOCKET_LISTENER(server->service), error);
     if (n == 0)
         return NULL;
@@ -518,6 +537,7 @@ guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server)
 /* The last reference is gone (clients still authenticating at exit hold one). */
 static void server_clear(MvmdPeerServer *server)
 {
+    mvm_guest_log_clear(&server->client_log);
     g_clear_pointer(&server->per_uid, g_hash_table_unref);
     g_clear_object(&server->observer);
     g_clear_pointer(&server->om_info, g_dbus_node_info_unref);

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "guest-log.h"
 
-void mvm_guest_log_init(MvmGuestLog *log, MvmVm *vm)
+void mvm_guest_log_init(MvmGuestLog *log, MvmVm *vm, const char *cause)
 {
-    *log = (MvmGuestLog){0};
+    *log = (MvmGuestLog){.cause = cause};
     g_mutex_init(&log->lock);
     log->tokens = MVM_GUEST_LOG_BURST;
     log->refilled_us = g_get_monotonic_time();
@@ -25,10 +25,10 @@ static void say_suppressed(MvmGuestLog *log)
 
     if (log->suppressed == 0)
         return;
-    line = g_strdup_printf("%" G_GUINT64_FORMAT " more message%s caused by the guest suppressed "
+    line = g_strdup_printf("%" G_GUINT64_FORMAT " more message%s caused by %s suppressed "
                            "(at most %d at once, then one every %d s)",
-                           log->suppressed, log->suppressed == 1 ? "" : "s", MVM_GUEST_LOG_BURST,
-                           (int)(MVM_GUEST_LOG_INTERVAL_US / G_USEC_PER_SEC));
+                           log->suppressed, log->suppressed == 1 ? "" : "s", log->cause,
+                           MVM_GUEST_LOG_BURST, (int)(MVM_GUEST_LOG_INTERVAL_US / G_USEC_PER_SEC));
     log->suppressed = 0;
     emit(log, G_LOG_LEVEL_MESSAGE, line);
 }

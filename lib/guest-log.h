@@ -17,12 +17,18 @@ typedef struct {
     guint tokens;
     gint64 refilled_us; /* monotonic time the tokens were last counted up to */
     guint64 suppressed; /* dropped since the last message that passed */
+    const char *cause;  /* static, for the summary: "the guest" */
     MvmVm *vm;          /* for the sink */
     MvmVmLogFunc func;  /* NULL: g_log() */
     gpointer func_data;
 } MvmGuestLog;
 
-void mvm_guest_log_init(MvmGuestLog *log, MvmVm *vm);
+/*
+ * @vm: passed to the sink (may be NULL). @cause: who makes the messages, as the summary says
+ * it ("N more messages caused by @cause suppressed"); static. The daemon limits what socket
+ * clients cause the same way.
+ */
+void mvm_guest_log_init(MvmGuestLog *log, MvmVm *vm, const char *cause);
 /* Says what was suppressed, if anything. */
 void mvm_guest_log_clear(MvmGuestLog *log);
 void mvm_guest_log_set_func(MvmGuestLog *log, MvmVmLogFunc func, gpointer user_data);

@@ -298,7 +298,7 @@ MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
         return NULL;
 
     MvmVm *vm = g_new0(MvmVm, 1);
-    mvm_guest_log_init(&vm->guest_log, vm);
+    mvm_guest_log_init(&vm->guest_log, vm, "the guest");
     g_mutex_init(&vm->lock);
     g_mutex_init(&vm->op_lock);
     g_cond_init(&vm->cond);

@@ -39,11 +39,11 @@ class SocketTest(systest.TestCase):
         os.chmod(self.tmp.path, 0o755)  # so that other users reach the socket, and are refused
         self.socket = self.tmp.join("io.socket")
 
-    def activate(self, extra_args=()):
+    def activate(self, extra_args=(), log_path=None):
         argv = ["systemd-socket-activate", "-l", self.socket, "--fdname=microvmd",
                 "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
         # systemd-socket-activate execs microvmd once a client connects: same process.
-        self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv)
+        self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv, log_path=log_path)
         # The path appears at bind(), before listen(): wait for the listening flag
         # (__SO_ACCEPTCON in /proc/net/unix) without connecting, which would start microvmd.
         systest.wait_for(self.listening, 30, "the listening socket")
@@ -198,6 +198,36 @@ class SocketTest(systest.TestCase):
         again.close_sync(None)
         conn.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
+
+    def test_failing_clients_log_limited(self):
+        """Clients that connect and fail over and over get a few lines in the daemon's log,
+        then one a second; the rest is counted in a summary, and all are accounted for."""
+        import re
+        import socket
+        rounds = 60
+        self.activate(log_path=self.tmp.join("daemon.log"))
+        started = time.monotonic()
+        for _ in range(rounds):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(30)
+                sock.connect(self.socket)
+                sock.sendall(b"\0AUTH ANONYMOUS 74657374\r\n")
+                self.assertTrue(sock.recv(4096).startswith(b"REJECTED"))
+            # ...and it hangs up: the handshake fails.
+        conn = systest.peer_connect(self.socket)  # a proper client is still served
+        self.assertEqual(self.managed_paths(conn), [])
+        conn.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+        elapsed = int(time.monotonic() - started) + 1
+
+        log = self.daemon.log()
+        lines = log.count("peer: a client failed to authenticate")
+        suppressed = sum(int(n) for n in
+                         re.findall(r"(\d+) more messages? caused by socket clients suppressed", log))
+        print(f"# {lines} lines, {suppressed} suppressed, in {elapsed} s")
+        self.assertGreaterEqual(lines, 1)
+        self.assertLessEqual(lines, 10 + elapsed)  # the burst, then one a second
+        self.assertEqual(lines + suppressed, rounds)
 
 
 if __name__ == "__main__":

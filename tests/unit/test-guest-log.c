@@ -37,7 +37,7 @@ static void test_flood(void)
     guint passed, elapsed_s;
     guint64 suppressed;
 
-    mvm_guest_log_init(&log, NULL);
+    mvm_guest_log_init(&log, NULL, "the guest");
     mvm_guest_log_set_func(&log, collect, lines);
     for (guint i = 0; i < 1000; i++)
         mvm_guest_log(&log, G_LOG_LEVEL_MESSAGE, "attack %u", i);
@@ -59,7 +59,7 @@ static void test_quiet(void)
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
     MvmGuestLog log;
 
-    mvm_guest_log_init(&log, NULL);
+    mvm_guest_log_init(&log, NULL, "the guest");
     mvm_guest_log_set_func(&log, collect, lines);
     for (guint i = 0; i < MVM_GUEST_LOG_BURST; i++)
         mvm_guest_log(&log, G_LOG_LEVEL_MESSAGE, "attack %u", i);
