@@ -57,7 +57,7 @@ typedef struct {
 /* One local user's connections, authenticated or not. */
 typedef struct {
     guint n;
-    gboolean refusal_logged; /* once per time at the bound, not once per refused connect */
+    gboolean refusal_logged; /* said once until all its connections are gone (and limited) */
 } UidCount;
 
 struct _MvmdPeerServer {
@@ -220,9 +220,10 @@ static gboolean uid_acquire(MvmdPeerServer *server, uid_t uid)
         return TRUE;
     }
     if (!count->refusal_logged)
-        g_message("peer: refusing connections of uid %u: it has %d already, the most one user "
-                  "may have",
-                  (guint)uid, MVMD_PEERS_PER_UID_MAX);
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                      "peer: refusing connections of uid %u: it has %d already, the most one "
+                      "user may have",
+                      (guint)uid, MVMD_PEERS_PER_UID_MAX);
     count->refusal_logged = TRUE;
     return FALSE;
 }
@@ -235,8 +236,6 @@ static void uid_release(MvmdPeerServer *server, uid_t uid)
         count->n--;
     if (count->n == 0)
         g_hash_table_remove(server->per_uid, GUINT_TO_POINTER(uid));
-    else
-        count->refusal_logged = FALSE;
 }
 
 static void peer_free(Peer *peer)
