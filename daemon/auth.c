@@ -56,13 +56,19 @@ gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation)
     return mvmd_auth_get_caller_uid(invocation, &uid) && uid_is_trusted(uid);
 }
 
-uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation)
+gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, GError **error)
 {
     uid_t uid;
 
-    if (mvmd_auth_caller_is_trusted(invocation) || !mvmd_auth_get_caller_uid(invocation, &uid))
-        return (uid_t)-1;
-    return uid;
+    /* Unknown is not "anyone": whose files may be written could not be said. */
+    if (!mvmd_auth_get_caller_uid(invocation, &uid)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                            "microvmd could not tell which user is calling, so not whose files "
+                            "it may write; call again");
+        return FALSE;
+    }
+    *owner = uid_is_trusted(uid) ? (uid_t)-1 : uid;
+    return TRUE;
 }
 
 gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
@@ -174,8 +180,15 @@ gboolean mvmd_auth_check_peer(GSocket *socket, GError **error)
 
 typedef struct {
     GDBusMethodInvocation *invocation;
-    char *action_id;
-    char *verb; /* the D-Bus method: "CreateVM", "Start", … */
+    char *action_id; /* what polkit is asked; for a VM, chosen once the caller is known */
+    /* A call on a VM: its owner, and the actions for the owner (NULL: no need to ask) and for
+     * everyone else. */
+    gboolean on_vm;
+    uid_t owner;
+    char *own_action;
+    char *others_action;
+    gboolean is_owner; /* the caller is the VM's owner (known once the uid is) */
+    char *verb;        /* the D-Bus method: "CreateVM", "Start", … */
     GHashTable *details;
     char *cancellation_id; /* interactive checks: polkit may wait for a password… */
     guint caller_watch;    /* …so they are cancelled when the caller goes away */
@@ -185,6 +198,8 @@ static void check_free(Check *check)
 {
     g_object_unref(check->invocation);
     g_free(check->action_id);
+    g_free(check->own_action);
+    g_free(check->others_action);
     g_free(check->verb);
     g_hash_table_unref(check->details);
     if (check->caller_watch)
@@ -193,14 +208,42 @@ static void check_free(Check *check)
     g_free(check);
 }
 
+/* "org.microvmd.vm.manage-others; the VM belongs to uid 1000": what was asked, and why that. */
+static char *describe_action(const Check *check)
+{
+    if (!check->on_vm)
+        return g_strdup(check->action_id);
+    if (!check->action_id) /* refused before the caller was known */
+        return g_strdup_printf("%s or %s", check->own_action ? check->own_action : "none",
+                               check->others_action);
+    if (check->is_owner)
+        return g_strdup(check->action_id);
+    return g_strdup_printf("%s; the VM belongs to uid %u", check->action_id, (guint)check->owner);
+}
+
 static void deny(GTask *task, const char *why)
 {
     Check *check = g_task_get_task_data(task);
     const char *vm = g_hash_table_lookup(check->details, MVMD_DETAIL_VM);
+    g_autofree char *action = describe_action(check);
 
     g_task_return_new_error(task, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
                             "not authorized to call %s%s%s%s (polkit action %s): %s", check->verb,
-                            vm ? " VM '" : "", vm ? vm : "", vm ? "'" : "", check->action_id, why);
+                            vm ? " VM '" : "", vm ? vm : "", vm ? "'" : "", action, why);
+}
+
+/*
+ * A call on a VM: the owner's own action or the -others one. FALSE when the caller needs no
+ * action at all (the owner reading their own VM).
+ */
+static gboolean choose_action(Check *check, uid_t uid)
+{
+    if (!check->on_vm)
+        return TRUE;
+    check->is_owner = uid == check->owner;
+    g_free(check->action_id);
+    check->action_id = g_strdup(check->is_owner ? check->own_action : check->others_action);
+    return check->action_id != NULL;
 }
 
 static gboolean is_interactive(GDBusMethodInvocation *invocation)
@@ -353,7 +396,7 @@ static void authorize_uid(GTask *task, uid_t uid)
     Check *check = g_task_get_task_data(task);
 
     remember_uid(check->invocation, uid);
-    if (uid_is_trusted(uid)) {
+    if (uid_is_trusted(uid) || !choose_action(check, uid)) {
         g_task_return_boolean(task, TRUE);
         return;
     }
@@ -384,6 +427,17 @@ static void on_caller_uid(GObject *source, GAsyncResult *result, gpointer user_d
     authorize_uid(task, uid);
 }
 
+/* No polkit on the socket: the socket group acts on its members' own VMs, root on everyone's. */
+static gboolean peer_may_act(Check *check, uid_t uid)
+{
+    if (!check->on_vm || uid_is_trusted(uid))
+        return TRUE;
+    if (uid == (uid_t)-1)
+        return FALSE;
+    choose_action(check, uid);
+    return check->is_owner;
+}
+
 static void authorize_peer(GTask *task)
 {
     Check *check = g_task_get_task_data(task);
@@ -406,21 +460,20 @@ static void authorize_peer(GTask *task)
         deny(task, error->message);
         return;
     }
+    if (!peer_may_act(check, uid)) {
+        deny(task, "on this socket only root may act on another user's VM");
+        return;
+    }
     g_task_return_boolean(task, TRUE);
 }
 
-void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
-                          GHashTable *details, GAsyncReadyCallback callback, gpointer user_data)
+static Check *check_new(GDBusMethodInvocation *invocation, GHashTable *details)
 {
-    g_autoptr(GTask) task = g_task_new(NULL, NULL, callback, user_data);
-    GDBusConnection *connection = g_dbus_method_invocation_get_connection(invocation);
     Check *check = g_new0(Check, 1);
     GHashTableIter iter;
     gpointer key, value;
 
-    g_task_set_source_tag(task, mvmd_authorize_async);
     check->invocation = g_object_ref(invocation);
-    check->action_id = g_strdup(action_id);
     check->details = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     if (details) {
         g_hash_table_iter_init(&iter, details);
@@ -432,6 +485,17 @@ void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_
         g_hash_table_insert(check->details, g_strdup(MVMD_DETAIL_VERB),
                             g_strdup(g_dbus_method_invocation_get_method_name(invocation)));
     check->verb = g_strdup(g_hash_table_lookup(check->details, MVMD_DETAIL_VERB));
+    return check;
+}
+
+/* Takes @check: learns who the caller is, then decides. */
+static void start_check(Check *check, GAsyncReadyCallback callback, gpointer user_data)
+{
+    g_autoptr(GTask) task = g_task_new(NULL, NULL, callback, user_data);
+    GDBusMethodInvocation *invocation = check->invocation;
+    GDBusConnection *connection = g_dbus_method_invocation_get_connection(invocation);
+
+    g_task_set_source_tag(task, mvmd_authorize_async);
     g_task_set_task_data(task, check, (GDestroyNotify)check_free);
 
     /* No unique name: not a message bus but a peer on our socket. */
@@ -451,8 +515,33 @@ void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_
                            G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid, g_object_ref(task));
 }
 
+void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
+                          GHashTable *details, GAsyncReadyCallback callback, gpointer user_data)
+{
+    Check *check = check_new(invocation, details);
+
+    check->action_id = g_strdup(action_id);
+    start_check(check, callback, user_data);
+}
+
+void mvmd_authorize_vm_async(GDBusMethodInvocation *invocation, uid_t owner, const char *own_action,
+                             const char *others_action, GHashTable *details,
+                             GAsyncReadyCallback callback, gpointer user_data)
+{
+    Check *check = check_new(invocation, details);
+
+    check->on_vm = TRUE;
+    check->owner = owner;
+    check->own_action = g_strdup(own_action);
+    check->others_action = g_strdup(others_action);
+    g_hash_table_insert(check->details, g_strdup(MVMD_DETAIL_OWNER),
+                        g_strdup_printf("%u", (guint)owner));
+    start_check(check, callback, user_data);
+}
+
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error)
 {
     g_return_val_if_fail(g_task_is_valid(result, NULL), FALSE);
+    g_return_val_if_fail(g_task_get_source_tag(G_TASK(result)) == mvmd_authorize_async, FALSE);
     return g_task_propagate_boolean(G_TASK(result), error);
 }

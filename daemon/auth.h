@@ -18,7 +18,7 @@ G_BEGIN_DECLS
  *   sender, @details plus "verb" = the method, e.g. "start"; interactive only when the message
  *   carries ALLOW_INTERACTIVE_AUTHORIZATION). Without a polkit authority only uid 0 may act.
  * - on a peer-to-peer socket (socket activation): the peer's credentials decide, see
- *   mvmd_auth_check_peer().
+ *   mvmd_auth_check_peer(), and for a VM its owner (mvmd_authorize_vm_async()).
  * @action_id is a polkit action (MVMD_ACTION_* in names.h).
  *
  * @callback runs on the caller's thread-default main context, never from within this call.
@@ -26,7 +26,18 @@ G_BEGIN_DECLS
 void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
                           GHashTable *details, GAsyncReadyCallback callback, gpointer user_data);
 
-/* Returns FALSE with MVMD_ERROR_NOT_AUTHORIZED (or another error) when the call is denied. */
+/*
+ * mvmd_authorize_async() for a call on a VM owned by @owner: the caller's own VM needs
+ * @own_action (NULL: the owner is never asked, as for reading), another user's VM needs
+ * @others_action. The details get MVMD_DETAIL_OWNER too. On the peer-to-peer socket, where
+ * there is no polkit, a member of the socket group may act on their own VMs only.
+ */
+void mvmd_authorize_vm_async(GDBusMethodInvocation *invocation, uid_t owner, const char *own_action,
+                             const char *others_action, GHashTable *details,
+                             GAsyncReadyCallback callback, gpointer user_data);
+
+/* Either check's result. Returns FALSE with MVMD_ERROR_NOT_AUTHORIZED (or another error) when the
+ * call is denied. */
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error);
 
 /*
@@ -39,10 +50,11 @@ gboolean mvmd_auth_get_caller_uid(GDBusMethodInvocation *invocation, uid_t *uid)
 gboolean mvmd_auth_caller_is_trusted(GDBusMethodInvocation *invocation);
 
 /*
- * Whom files a caller passes for the daemon to write must belong to: the caller's uid, or
- * (uid_t)-1 (anyone) for a trusted caller.
+ * Whom files a caller passes for the daemon to write must belong to, in *@owner: the caller's
+ * uid, or (uid_t)-1 (anyone) for a trusted caller. FALSE with MVMD_ERROR_NOT_AUTHORIZED when
+ * the caller's uid is not known.
  */
-uid_t mvmd_auth_file_owner(GDBusMethodInvocation *invocation);
+gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, GError **error);
 
 /*
  * Path arguments: the daemon runs as root, so it opens a path named by a caller only when the

@@ -10,6 +10,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 
 #define MOUNTINFO  "/proc/self/mountinfo"
 #define STATE_KEY  "state-fd"
@@ -45,25 +46,79 @@ static int take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, GErro
     return fd;
 }
 
-/* The type of the file system mounted as @mnt_id ("ext4", "fuse.sshfs"), NULL when not seen. */
-static char *mount_fstype(guint64 mnt_id)
+/*
+ * Where caller files may live: file systems that only keep the bytes written to them. A write
+ * to a file of proc, sysfs, cgroupfs, debugfs, configfs and the like is a request to the
+ * kernel, judged by the capabilities of the writer, which would be root's; a FUSE, NFS or CIFS
+ * file answers through a server that may never answer. (Block devices given as disks are
+ * device nodes, not files on a file system: config-devices.c lets those through.)
+ */
+static const char *const local_fstypes[] = {
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs",
+};
+
+#define LOCAL_FSTYPES_TEXT "ext2, ext3, ext4, xfs, btrfs, f2fs or tmpfs"
+
+gboolean mvmd_fstype_is_local(const char *fstype)
+{
+    for (guint i = 0; i < G_N_ELEMENTS(local_fstypes); i++)
+        if (g_str_equal(fstype, local_fstypes[i]))
+            return TRUE;
+    return FALSE;
+}
+
+/* fuse (and fuseblk, fuse.sshfs…): the caller's own server answers every read and write. */
+static gboolean fstype_is_fuse(const char *fstype)
+{
+    return g_str_has_prefix(fstype, "fuse");
+}
+
+/* The file system type of one mountinfo line if it mounts device @major:@minor, else NULL. */
+static char *mountinfo_line_fstype(const char *line, guint major, guint minor)
+{
+    g_auto(GStrv) fields = g_strsplit(line, " ", 4);
+    const char *sep = strstr(line, " - ");
+    guint64 maj, min;
+    char *end;
+
+    if (g_strv_length(fields) < 4 || !sep)
+        return NULL;
+    maj = g_ascii_strtoull(fields[2], &end, 10);
+    if (*end != ':')
+        return NULL;
+    min = g_ascii_strtoull(end + 1, &end, 10);
+    if (*end != '\0' || maj != major || min != minor)
+        return NULL;
+    return g_strndup(sep + 3, strcspn(sep + 3, " "));
+}
+
+char *mvmd_mountinfo_fstype(const char *mountinfo, guint major, guint minor)
+{
+    g_auto(GStrv) lines = g_strsplit(mountinfo, "\n", -1);
+
+    for (char **line = lines; *line; line++) {
+        char *fstype = mountinfo_line_fstype(*line, major, minor);
+
+        if (fstype)
+            return fstype;
+    }
+    return NULL;
+}
+
+/*
+ * The type of the file system holding the file of @stx, NULL when no mount of this namespace
+ * has its device. By device number, not by mount ID: the daemon usually runs in a mount
+ * namespace of its own (the unit's PrivateMounts=, PrivateTmp=) where every mount, the same
+ * file systems as the caller's, has another ID; the device number is the file system's own.
+ * Reading /proc/self/mountinfo never waits on a file system's server.
+ */
+static char *file_fstype(const struct statx *stx)
 {
     g_autofree char *text = NULL;
-    g_auto(GStrv) lines = NULL;
 
     if (!g_file_get_contents(MOUNTINFO, &text, NULL, NULL))
         return NULL;
-    lines = g_strsplit(text, "\n", -1);
-    for (char **line = lines; *line; line++) {
-        const char *sep = strstr(*line, " - ");
-        g_auto(GStrv) after = NULL;
-
-        if (!sep || g_ascii_strtoull(*line, NULL, 10) != mnt_id)
-            continue;
-        after = g_strsplit(sep + 3, " ", 2);
-        return g_strdup(after[0]);
-    }
-    return NULL;
+    return mvmd_mountinfo_fstype(text, stx->stx_dev_major, stx->stx_dev_minor);
 }
 
 static gboolean not_usable(GError **error, const char *what)
@@ -72,22 +127,30 @@ static gboolean not_usable(GError **error, const char *what)
     return FALSE;
 }
 
-/* A FUSE server answers every read and write: the caller's own one might never answer. */
-static gboolean check_file_system(const struct statx *stx, gboolean strict, GError **error)
+/*
+ * A device no mount of ours shows (a btrfs subvolume not mounted on its own, a memfd, a mount
+ * the caller's namespace has and ours has not) is refused when strict: what it is cannot be
+ * told without asking it.
+ */
+gboolean mvmd_caller_file_system_check(const struct statx *stx, gboolean strict, GError **error)
 {
-    g_autofree char *fstype = NULL;
+    g_autofree char *fstype = file_fstype(stx);
 
-    if (!(stx->stx_mask & STATX_MNT_ID))
-        return !strict ||
-               not_usable(error, "this kernel does not tell which file system the file is on");
-    fstype = mount_fstype(stx->stx_mnt_id);
     if (!fstype)
-        return !strict || not_usable(error, "the file is on a file system that microvmd does "
-                                            "not see (another mount namespace?); use a file "
-                                            "on a local file system");
-    if (g_str_equal(fstype, "fuse") || g_str_has_prefix(fstype, "fuse.")) {
+        return !strict ||
+               not_usable(error, "the file is on a file system that microvmd does not see "
+                                 "mounted (not mounted in its mount namespace, or not mounted "
+                                 "at all, as a memfd); use a file on " LOCAL_FSTYPES_TEXT);
+    if (fstype_is_fuse(fstype)) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                     "the file is on a FUSE file system (%s); use a local one", fstype);
+        return FALSE;
+    }
+    if (strict && !mvmd_fstype_is_local(fstype)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "the file is on a %s file system; microvmd reads and writes only files "
+                    "on " LOCAL_FSTYPES_TEXT,
+                    fstype);
         return FALSE;
     }
     return TRUE;
@@ -95,7 +158,7 @@ static gboolean check_file_system(const struct statx *stx, gboolean strict, GErr
 
 gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error)
 {
-    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO | STATX_MNT_ID;
+    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO;
 
     /* DONT_SYNC: the attributes the kernel has, without asking a FUSE or NFS server. */
     if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0) {
@@ -103,7 +166,7 @@ gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError
                     "cannot look at the descriptor: %s", g_strerror(errno));
         return FALSE;
     }
-    return check_file_system(stx, strict, error);
+    return mvmd_caller_file_system_check(stx, strict, error);
 }
 
 static gboolean check_access_mode(int fd, const char *key, MvmdCallerFileUse use, GError **error)
@@ -188,10 +251,8 @@ gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCa
     state = take_fd(statev, fd_list, STATE_KEY, error);
     memory = state < 0 ? -1 : take_fd(memoryv, fd_list, MEMORY_KEY, error);
     if (memory < 0 || !check_pair(state, memory, use, owner, error)) {
-        if (state >= 0)
-            close(state);
-        if (memory >= 0)
-            close(memory);
+        mvmd_close_later(state);
+        mvmd_close_later(memory);
         return FALSE;
     }
     *state_fd = state;

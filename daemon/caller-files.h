@@ -16,8 +16,10 @@ G_BEGIN_DECLS
  *
  * Every check is made without waiting on anyone: the file's attributes come from statx() with
  * AT_STATX_DONT_SYNC (no round trip to a FUSE server or an NFS host) and its file system from
- * /proc/self/mountinfo, so these run on the main loop. Files on a FUSE file system are refused:
- * the caller's own FUSE server could stall a write or read for ever while the VM is paused.
+ * /proc/self/mountinfo, so these run on the main loop. Only files on disk and memory file
+ * systems are taken: one on proc, sysfs and the like would have root's privileges act on the
+ * kernel, and the caller's own FUSE server could stall a write or read for ever while the VM
+ * is paused.
  */
 
 typedef enum {
@@ -29,7 +31,8 @@ typedef enum {
 /*
  * The options `state-fd` and `memory-fd` (handles into @fd_list) of @options: both or neither.
  * With neither, TRUE and both fds -1. With both, the duplicated descriptors (the caller's to
- * close) once they pass the checks for @use: regular files, not on FUSE, opened the right way,
+ * close) once they pass the checks for @use: regular files on a local file system
+ * (mvmd_fstype_is_local()), opened the right way,
  * two different files; for MVMD_CALLER_FILE_WRITE also one link each and, unless @owner is
  * (uid_t)-1, owned by @owner. FALSE with MVMD_ERROR_INVALID_ARGUMENT and the reason otherwise.
  */
@@ -37,10 +40,26 @@ gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCa
                                  uid_t owner, int *state_fd, int *memory_fd, GError **error);
 
 /*
- * statx() of any descriptor a caller passed, without waiting on anyone, refusing a file on FUSE;
- * with @strict also one whose file system is not in this daemon's mount table (another mount
- * namespace: it may be FUSE). FALSE with MVMD_ERROR_INVALID_ARGUMENT and the reason (no key).
+ * statx() of any descriptor a caller passed, without waiting on anyone, and
+ * mvmd_caller_file_system_check() of its file system. FALSE with MVMD_ERROR_INVALID_ARGUMENT
+ * and the reason (no key).
  */
 gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error);
+
+/*
+ * The file system of the file @stx describes (found by its device in /proc/self/mountinfo):
+ * never FUSE (fuse, fuseblk, fuse.*); with @strict, also one of mvmd_fstype_is_local() and
+ * one this daemon sees mounted. Snapshot and restore files, and disk images, are strict.
+ */
+gboolean mvmd_caller_file_system_check(const struct statx *stx, gboolean strict, GError **error);
+
+/* Whether the daemon may read and write files on @fstype: ext2/3/4, xfs, btrfs, f2fs, tmpfs. */
+gboolean mvmd_fstype_is_local(const char *fstype);
+
+/*
+ * The file system type ("ext4", "fuse.sshfs") of the first mount of device @major:@minor in
+ * @mountinfo (the text of /proc/PID/mountinfo), NULL when none.
+ */
+char *mvmd_mountinfo_fstype(const char *mountinfo, guint major, guint minor);
 
 G_END_DECLS

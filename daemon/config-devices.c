@@ -12,6 +12,7 @@
 
 #include "caller-files.h"
 #include "errors.h"
+#include "fd-closer.h"
 
 gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, ...)
 {
@@ -27,7 +28,7 @@ gboolean mvmd_config_invalid(GError **error, const char *key, const char *fmt, .
 
 static gboolean mode_allowed(mode_t mode, const char *kinds)
 {
-    return (S_ISREG(mode) && strchr(kinds, 'r')) || (S_ISBLK(mode) && strchr(kinds, 'b')) ||
+    return (S_ISREG(mode) && strpbrk(kinds, "rw")) || (S_ISBLK(mode) && strchr(kinds, 'b')) ||
            (S_ISCHR(mode) && strchr(kinds, 'c')) || (S_ISDIR(mode) && strchr(kinds, 'd'));
 }
 
@@ -35,6 +36,7 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
                         GError **error)
 {
     gint32 index = g_variant_get_handle(value);
+    g_autoptr(GError) local = NULL;
     struct statx stx;
     int fd;
 
@@ -42,19 +44,30 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
         mvmd_config_invalid(error, key, "handle %d: no such file descriptor in the message", index);
         return -1;
     }
-    fd = g_unix_fd_list_get(fd_list, index, NULL);
+    fd = g_unix_fd_list_get(fd_list, index, &local);
     if (fd < 0) {
-        mvmd_config_invalid(error, key, "handle %d: cannot duplicate the descriptor", index);
+        /* A dup fails only when the daemon is out of descriptors: NoResources, not the caller's. */
+        g_autofree char *what = g_strdup_printf(
+            "config key '%s': handle %d: cannot duplicate the descriptor", key, index);
+
+        g_propagate_error(error, mvmd_error_from_error(local, what));
         return -1;
     }
     /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */
     if (!mvmd_caller_fd_statx(fd, FALSE, &stx, error)) {
-        close(fd);
+        mvmd_close_later(fd);
+        g_prefix_error(error, "config key '%s': ", key);
+        return -1;
+    }
+    /* A disk image the guest writes: its writes must land in plain storage (caller-files.h). */
+    if (S_ISREG(stx.stx_mode) && strchr(kinds, 'w') &&
+        !mvmd_caller_file_system_check(&stx, TRUE, error)) {
+        mvmd_close_later(fd);
         g_prefix_error(error, "config key '%s': ", key);
         return -1;
     }
     if (!mode_allowed(stx.stx_mode, kinds)) {
-        close(fd);
+        mvmd_close_later(fd);
         mvmd_config_invalid(error, key, "the descriptor is not a %s",
                             g_str_equal(kinds, "d")   ? "directory"
                             : g_str_equal(kinds, "c") ? "character device"
@@ -62,6 +75,27 @@ int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, 
         return -1;
     }
     return fd;
+}
+
+/*
+ * When the daemon has no room for a message's descriptors the kernel drops them (recvmsg's
+ * MSG_CTRUNC) and GDBus hands the message on with fewer than its header announced: say why,
+ * rather than "no such file descriptor" as if the caller had sent none.
+ */
+gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **error)
+{
+    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
+    GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
+    guint32 sent = g_dbus_message_get_num_unix_fds(message);
+    guint32 got = fd_list ? (guint32)g_unix_fd_list_get_length(fd_list) : 0;
+
+    if (got >= sent)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_NO_RESOURCES,
+                "%u of the %u file descriptors sent with the call did not arrive: microvmd has "
+                "no room for more file descriptors",
+                sent - got, sent);
+    return FALSE;
 }
 
 gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv,
@@ -91,16 +125,14 @@ gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv
 
 static void disk_free(MvmdDisk *disk)
 {
-    if (disk->fd >= 0)
-        close(disk->fd);
+    mvmd_close_later(disk->fd);
     g_free(disk->path);
     g_free(disk);
 }
 
 static void nic_free(MvmdNic *nic)
 {
-    if (nic->fd >= 0)
-        close(nic->fd);
+    mvmd_close_later(nic->fd);
     g_free(nic->tap);
     g_free(nic);
 }
@@ -200,7 +232,7 @@ static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *whe
 
     disk->fd = -1;
     if (!mvmd_config_check_keys(dict, keys, G_N_ELEMENTS(keys), where, error) ||
-        !path_or_fd(dict, where, "path", "rb", fd_list, &disk->path, &disk->fd, error))
+        !path_or_fd(dict, where, "path", "wb", fd_list, &disk->path, &disk->fd, error))
         return FALSE;
     if (disk->path && !check_path(path_key, disk->path, PATH_MAX, error))
         return FALSE;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The device keys of a VM definition (DESIGN.md, "Config keys"): `disks` aa{sv}, `network`
- * aa{sv}, `vsock` a{sv}, `rng` b. Parsed and validated here, shown in the Config property,
+ * aa{sv}, `vsock` a{sv}, `rng` b. Parsed and validated here, shown by GetConfig,
  * stored (as GVariant text) when they hold no file descriptor, and handed to libmicrovm as
  * MvmDiskConfig / MvmNetConfig / vsock_cid / rng.
  */
@@ -82,10 +82,17 @@ void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm);
 
 /*
  * An fd argument (type h) from @fd_list, dup'ed. @kinds lists what it may be: 'r' a regular
- * file, 'b' a block device, 'c' a character device, 'd' a directory.
+ * file, 'w' a regular file the guest may write (on a local file system only), 'b' a block
+ * device, 'c' a character device, 'd' a directory.
  */
 int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, const char *kinds,
                         GError **error);
+
+/*
+ * Whether every descriptor the method call @invocation was sent with arrived; else
+ * MVMD_ERROR_NO_RESOURCES. A daemon out of descriptors receives the message without them.
+ */
+gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **error);
 
 /*
  * A directory argument of a method (Snapshot, RestoreVM): an absolute path in @dir, or, when

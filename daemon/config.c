@@ -10,6 +10,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 
 #define GROUP_VM     "VM"
 #define GROUP_CONFIG "Config"
@@ -35,18 +36,14 @@ void mvmd_vm_config_free(MvmdVmConfig *config)
     g_free(config->kernel);
     g_free(config->initrd);
     g_free(config->cmdline);
-    if (config->kernel_fd >= 0)
-        close(config->kernel_fd);
-    if (config->initrd_fd >= 0)
-        close(config->initrd_fd);
+    /* The caller's descriptors: closing one may wait for the caller (fd-closer.h). */
+    mvmd_close_later(config->kernel_fd);
+    mvmd_close_later(config->initrd_fd);
     mvmd_devices_clear(&config->devices);
     g_free(config->snapshot_dir);
-    if (config->snapshot_fd >= 0)
-        close(config->snapshot_fd);
-    if (config->snapshot_state_fd >= 0)
-        close(config->snapshot_state_fd);
-    if (config->snapshot_memory_fd >= 0)
-        close(config->snapshot_memory_fd);
+    mvmd_close_later(config->snapshot_fd);
+    mvmd_close_later(config->snapshot_state_fd);
+    mvmd_close_later(config->snapshot_memory_fd);
     g_free(config);
 }
 
@@ -149,8 +146,7 @@ static gboolean parse_fd(int *out, const char *key, GVariant *value, GUnixFDList
 
     if (fd < 0)
         return FALSE;
-    if (*out >= 0)
-        close(*out);
+    mvmd_close_later(*out);
     *out = fd;
     return TRUE;
 }
@@ -492,6 +488,7 @@ GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config)
 
     g_key_file_set_string(kf, GROUP_VM, "Name", config->name);
     g_key_file_set_string(kf, GROUP_VM, "UUID", config->uuid);
+    g_key_file_set_uint64(kf, GROUP_VM, "Owner", config->owner);
     g_key_file_set_uint64(kf, GROUP_CONFIG, "vcpus", config->vcpus);
     g_key_file_set_uint64(kf, GROUP_CONFIG, "memory-mib", config->memory_mib);
     if (config->kernel)
@@ -549,8 +546,31 @@ static GVariant *keyfile_value(GKeyFile *kf, const char *key, GError **error)
     return value;
 }
 
+/*
+ * [VM] Owner: definitions written before VMs had owners have none. Only root could define
+ * persistent VMs by path then, and only root edits the store, so they are root's (0).
+ */
+static gboolean keyfile_owner(GKeyFile *kf, guint32 *owner, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    guint64 value;
+
+    *owner = 0;
+    if (!g_key_file_has_key(kf, GROUP_VM, "Owner", NULL))
+        return TRUE;
+    value = g_key_file_get_uint64(kf, GROUP_VM, "Owner", &local);
+    if (local || value >= G_MAXUINT32) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "[VM] Owner: not a uid%s%s",
+                    local ? ": " : "", local ? local->message : "");
+        return FALSE;
+    }
+    *owner = (guint32)value;
+    return TRUE;
+}
+
 MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
 {
+    g_autoptr(MvmdVmConfig) config = NULL;
     g_autofree char *name = NULL;
     g_autofree char *uuid = NULL;
     g_auto(GStrv) cfg_keys = NULL;
@@ -577,5 +597,8 @@ MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
         g_variant_builder_add(&b, "{sv}", *k, value);
     }
     variant = g_variant_ref_sink(g_variant_builder_end(&b));
-    return mvmd_vm_config_new_from_variant(name, uuid, variant, NULL, error);
+    config = mvmd_vm_config_new_from_variant(name, uuid, variant, NULL, error);
+    if (config && !keyfile_owner(kf, &config->owner, error))
+        return NULL;
+    return g_steal_pointer(&config);
 }

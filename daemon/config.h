@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * A VM definition as the daemon keeps it: validated from CreateVM's a{sv} (or from a stored
- * GKeyFile, through the same checks), shown as the Config property, turned into a
+ * GKeyFile, through the same checks), shown by GetConfig, turned into a
  * libmicrovm MvmVmConfig at each start.
  */
 #pragma once
@@ -21,6 +21,8 @@ typedef enum {
 typedef struct {
     char *name;
     char *uuid;
+    /* Who created or restored it (caller's uid); 0 for definitions stored before owners. */
+    guint32 owner;
     guint vcpus;
     guint64 memory_mib;
     char *kernel; /* absolute path, or NULL when kernel_fd >= 0 */
@@ -78,7 +80,7 @@ MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, 
 /* Made by RestoreVM: starts from its snapshot. */
 gboolean mvmd_vm_config_is_restored(const MvmdVmConfig *config);
 
-/* The Config property: every key with defaults filled in (a{sv}, floating). */
+/* What GetConfig answers: every key with defaults filled in (a{sv}, floating). */
 GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config);
 
 /* For mvm_vm_new(); fds are borrowed (the library dups what it needs). */

@@ -10,8 +10,9 @@
 
 #include <glib/gstdio.h>
 
-#include "errors.h"
 #include "bounds.h"
+#include "errors.h"
+#include "microvm.h"
 
 typedef struct {
     MvmdConsole *console; /* not a ref: the console owns its clients */
@@ -129,6 +130,11 @@ static gboolean log_open(MvmdConsole *console)
         return FALSE;
     }
     console->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
+    if (console->log_fd < 0 && mvm_errno_is_no_resources(errno)) {
+        /* The daemon is out of descriptors for now: this output is lost, later output not. */
+        g_debug("%s: console log open: %s", console->name, g_strerror(errno));
+        return FALSE;
+    }
     if (console->log_fd < 0) {
         log_failed(console, "open", errno);
         return FALSE;
@@ -321,8 +327,7 @@ int mvmd_console_attach(MvmdConsole *console, GError **error)
         return -1;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "socketpair: %s", g_strerror(err));
+        mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot make the console socket");
         return -1;
     }
     socket = g_socket_new_from_fd(fds[0], error);

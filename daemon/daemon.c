@@ -12,6 +12,7 @@
 #include "config.h"
 #include "context.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "machined.h"
 #include "manager.h"
 #include "names.h"
@@ -243,6 +244,8 @@ static gboolean start(Daemon *d, GError **error)
         G_BUS_NAME_OWNER_FLAGS_ALLOW_REPLACEMENT | G_BUS_NAME_OWNER_FLAGS_DO_NOT_QUEUE;
 
     probe_kvm(d);
+    if (!mvmd_fd_closer_start(error))
+        return FALSE;
     d->connection = connect_bus(d->options, error);
     if (!d->connection && !mvmd_peer_sockets_passed())
         return FALSE;
@@ -252,6 +255,8 @@ static gboolean start(Daemon *d, GError **error)
         g_clear_error(error);
     } else {
         g_dbus_connection_set_exit_on_close(d->connection, FALSE);
+        /* Before anything is exported: no call may reach a handler with GDBus' own list. */
+        mvmd_fd_closer_watch(d->connection);
         g_signal_connect(d->connection, "closed", G_CALLBACK(on_connection_closed), d);
     }
     if (!export_objects(d, error))

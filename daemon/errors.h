@@ -14,6 +14,7 @@ typedef enum {
     MVMD_ERROR_NOT_AUTHORIZED,   /* org.microvmd.MicroVM1.Error.NotAuthorized */
     MVMD_ERROR_FAILED,           /* org.microvmd.MicroVM1.Error.Failed */
     MVMD_ERROR_TIMEOUT,          /* org.microvmd.MicroVM1.Error.Timeout */
+    MVMD_ERROR_NO_RESOURCES,     /* org.microvmd.MicroVM1.Error.NoResources */
     MVMD_ERROR_LIMIT_REACHED,    /* org.microvmd.MicroVM1.Error.LimitReached (bounds.h) */
 } MvmdError;
 
@@ -27,5 +28,12 @@ GQuark mvmd_error_quark(void);
  * message and prefixing it with @what when given. Errors already in MVMD_ERROR pass unchanged.
  */
 GError *mvmd_error_from_error(const GError *error, const char *what);
+
+/*
+ * Sets "WHAT: strerror(errno)" in MVMD_ERROR: NoResources when the host ran out of something
+ * (descriptors, memory, threads), else @otherwise. Returns FALSE.
+ */
+gboolean mvmd_set_errno_error(GError **error, MvmdError otherwise, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
 
 G_END_DECLS

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* microvmd: runs KVM microVMs and publishes them as org.microvmd.MicroVM1 on D-Bus. */
+#include <errno.h>
 #include <locale.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <glib.h>
 
@@ -13,6 +15,34 @@
 #define DEFAULT_STATE_DIR        "/var/lib/microvmd"
 #define DEFAULT_RUNTIME_DIR      "/run/microvmd"
 #define DEFAULT_SHUTDOWN_TIMEOUT 10
+
+/*
+ * Each running VM holds descriptors (KVM's VM and vCPU fds, guest memory, eventfds, console):
+ * under the usual soft limit of 1024 a few hundred guests would use up what the whole daemon
+ * shares. The hard limit is what the administrator allows (LimitNOFILE= in the unit). Nothing
+ * in microvmd uses select(), so descriptors past FD_SETSIZE are safe; it spawns no children
+ * that could mind the higher limit.
+ */
+static void raise_nofile_limit(void)
+{
+    struct rlimit limit;
+
+    if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
+        g_warning("cannot read the descriptor limit: %s", g_strerror(errno));
+        return;
+    }
+    if (limit.rlim_cur == limit.rlim_max) {
+        g_debug("descriptor limit (RLIMIT_NOFILE): %llu", (unsigned long long)limit.rlim_cur);
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) < 0) {
+        g_warning("cannot raise the descriptor limit to %llu: %s",
+                  (unsigned long long)limit.rlim_max, g_strerror(errno));
+        return;
+    }
+    g_debug("descriptor limit (RLIMIT_NOFILE) raised to %llu", (unsigned long long)limit.rlim_cur);
+}
 
 static char *dir_from_env(const char *var, const char *fallback)
 {
@@ -101,6 +131,7 @@ int main(int argc, char **argv)
         return 2;
     }
     mvmd_log_init(verbose);
+    raise_nofile_limit();
     /* Registers the error names before any reply is sent. */
     (void)MVMD_ERROR;
 

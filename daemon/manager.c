@@ -8,6 +8,7 @@
 #include "auth.h"
 #include "caller-files.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "sdnotify.h"
 
@@ -130,6 +131,19 @@ static gboolean check_name_free(MvmdManagerService *self, GDBusMethodInvocation 
     return FALSE;
 }
 
+/*
+ * The new VM's owner: the caller, as authorization learned it. Authorization always learns the
+ * uid before it allows a call (a peer without one is let in only by its credentials, which
+ * carry it), so the fallback to root is never taken in practice; root is the safe side.
+ */
+static guint32 caller_uid(GDBusMethodInvocation *invocation)
+{
+    uid_t uid = 0;
+
+    mvmd_auth_get_caller_uid(invocation, &uid);
+    return uid;
+}
+
 /* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
 
 typedef struct {
@@ -162,7 +176,11 @@ static void create_vm(CreateCall *call)
     }
     if (!check_name_free(self, call->invocation, call->name))
         return;
-    config = mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (mvmd_check_fds_arrived(call->invocation, &error))
+        config =
+            mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+    if (config)
+        config->owner = caller_uid(call->invocation);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
@@ -212,7 +230,10 @@ static gboolean handle_create_vm(MvmdManager *manager, GDBusMethodInvocation *in
 
     call->self = g_object_ref(self);
     call->invocation = invocation;
-    call->fd_list = fd_list ? g_object_ref(fd_list) : NULL;
+    /* The descriptors: GDBus' list was emptied as the message arrived (fd-closer.h). */
+    call->fd_list = mvmd_invocation_fds(invocation);
+    if (call->fd_list)
+        g_object_ref(call->fd_list);
     call->name = g_strdup(name);
     call->config = g_variant_ref(config);
     g_hash_table_insert(details, MVMD_DETAIL_VM, call->name);
@@ -313,8 +334,7 @@ static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, 
     if (!mvmd_parse_dir_argument("snapshot_dir", dir_arg, fdv, fd_list, &dir, &fd, error))
         return NULL;
     if (!mvmd_auth_caller_is_trusted(call->invocation)) {
-        if (fd >= 0)
-            close(fd);
+        mvmd_close_later(fd);
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
                     "'%s': only root may have microvmd open the files of a snapshot directory; "
                     "open 'state' and 'memory' yourself and pass them in the options "
@@ -335,8 +355,8 @@ static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg
                                           GError **error)
 {
     if (*dir_arg || g_variant_lookup(options, "dir-fd", "h", NULL)) {
-        close(state_fd);
-        close(memory_fd);
+        mvmd_close_later(state_fd);
+        mvmd_close_later(memory_fd);
         g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                             "snapshot_dir: give either a directory (a path or 'dir-fd') or the "
                             "options 'state-fd' and 'memory-fd', not both");
@@ -352,8 +372,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
         {"dir-fd", "h"},       {"state-fd", "h"},    {"memory-fd", "h"},
         {"resume", "b"},       {"copy-memory", "b"}, {"disks", "aa{sv}"},
         {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"}};
-    GDBusMessage *message = g_dbus_method_invocation_get_message(call->invocation);
-    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(MvmdVmConfig) config = NULL;
     gboolean resume = FALSE, copy = FALSE;
@@ -363,6 +382,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
     g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
                   &dir_arg, &options);
     if (!mvmd_vm_name_validate(call->name, error) ||
+        !mvmd_check_fds_arrived(call->invocation, error) ||
         !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error) ||
         !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_READ, (uid_t)-1, &state_fd,
                                  &memory_fd, error))
@@ -396,6 +416,7 @@ static void restore_vm(RestoreCall *call)
         restore_call_free(call);
         return;
     }
+    config->owner = caller_uid(call->invocation);
     reserve_name(call);
     mvmd_vm_object_restore(mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
                            on_restored, call);
@@ -548,7 +569,8 @@ static gboolean handle_reload(MvmdManager *manager, GDBusMethodInvocation *invoc
 
     call->self = g_object_ref(MVMD_MANAGER_SERVICE(manager));
     call->invocation = invocation;
-    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE, NULL, on_reload_authorized, call);
+    /* Every user's stored VMs may be dropped or replaced: not the business of one owner. */
+    mvmd_authorize_async(invocation, MVMD_ACTION_MANAGE_OTHERS, NULL, on_reload_authorized, call);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 

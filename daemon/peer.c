@@ -9,10 +9,13 @@
 #include "auth.h"
 #include "bounds.h"
 #include "errors.h"
+#include "fd-closer.h"
 #include "guest-log.h"
 #include "names.h"
 
 #define SOCKET_FD_NAME "microvmd"
+/* A failed accept (no descriptor for the connection, most likely) is retried after this. */
+#define ACCEPT_REST_MS 100
 
 /*
  * GDBusObjectManagerServer exports on one connection only, and unexporting a skeleton from
@@ -61,7 +64,9 @@ typedef struct {
 } UidCount;
 
 struct _MvmdPeerServer {
-    GSocketService *service;
+    GSocketListener *listener;
+    GCancellable *cancellable; /* the pending accept */
+    guint rest_source;         /* after a failed accept */
     GDBusObjectManagerServer *object_manager;
     MvmdManagerService *manager;
     GDBusNodeInfo *om_info;
@@ -324,6 +329,7 @@ static void peer_add(MvmdPeerServer *server, GDBusConnection *connection, uid_t 
     peer->uid = uid;
     peer->exported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
     g_dbus_connection_set_exit_on_close(peer->connection, FALSE);
+    mvmd_fd_closer_watch(peer->connection);
     g_hash_table_add(server->peers, peer);
     if (!peer_export(peer, &error)) {
         g_warning("peer: cannot export the objects: %s", error->message);
@@ -397,21 +403,65 @@ static void pending_start(MvmdPeerServer *server, GSocketConnection *connection,
 }
 
 /* Each client holds an fd and some memory: no local user may exhaust them for the others. */
-static gboolean on_incoming(GSocketService *service, GSocketConnection *connection,
-                            GObject *source_object, gpointer user_data)
+static void on_incoming(MvmdPeerServer *server, GSocketConnection *connection)
 {
-    MvmdPeerServer *server = user_data;
     uid_t uid;
 
     if (g_hash_table_size(server->peers) + server->n_pending >= MVMD_PEERS_MAX) {
         mvm_guest_log(&server->client_log, G_LOG_LEVEL_WARNING,
                       "peer: refusing a client: %d connections already", MVMD_PEERS_MAX);
-        return TRUE; /* dropping our reference closes it */
+        return; /* dropping our reference closes it */
     }
     if (!peer_uid(server, connection, &uid) || !uid_acquire(server, uid))
-        return TRUE;
+        return;
     pending_start(server, connection, uid);
-    return TRUE;
+}
+
+static void accept_next(MvmdPeerServer *server);
+
+static gboolean accept_after_rest(gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+
+    server->rest_source = 0;
+    accept_next(server);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Not GSocketService: it retries a failed accept at once, and a connection that found no
+ * descriptor stays queued, so out of descriptors the main loop would spin (with a warning each
+ * turn). A failed accept rests a while; the client waits in the backlog meanwhile.
+ */
+static void on_accepted(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    MvmdPeerServer *server = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GSocketConnection) connection =
+        g_socket_listener_accept_finish(G_SOCKET_LISTENER(source), result, NULL, &error);
+
+    if (server->closing || g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+        g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+        return;
+    }
+    if (connection) {
+        on_incoming(server, connection);
+        accept_next(server);
+    } else {
+        /* Out of descriptors is expected to pass (and would say so ten times a second). */
+        if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_TOO_MANY_OPEN_FILES))
+            g_debug("peer: accept: %s; trying again in %d ms", error->message, ACCEPT_REST_MS);
+        else
+            g_warning("peer: accept: %s; trying again in %d ms", error->message, ACCEPT_REST_MS);
+        server->rest_source = g_timeout_add(ACCEPT_REST_MS, accept_after_rest, server);
+    }
+    g_rc_box_release_full(server, (GDestroyNotify)server_clear);
+}
+
+static void accept_next(MvmdPeerServer *server)
+{
+    g_socket_listener_accept_async(server->listener, server->cancellable, on_accepted,
+                                   g_rc_box_acquire(server));
 }
 
 static gboolean on_allow_mechanism(GDBusAuthObserver *observer, const char *mechanism,
@@ -509,7 +559,8 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->per_uid = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     mvm_guest_log_init(&server->client_log, NULL, "socket clients");
     mvm_guest_log_set_func(&server->client_log, log_client_message, NULL);
-    server->service = g_socket_service_new();
+    server->listener = g_socket_listener_new();
+    server->cancellable = g_cancellable_new();
     server->guid = g_dbus_generate_guid();
     server->om_info = g_dbus_node_info_new_for_xml(object_manager_xml, error);
     if (!server->om_info)
@@ -518,12 +569,11 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
     g_signal_connect(server->observer, "authorize-authenticated-peer",
                      G_CALLBACK(on_authorize_peer), server);
-    n = add_sockets(G_SOCKET_LISTENER(server->service), error);
+    n = add_sockets(server->listener, error);
     if (n == 0)
         return NULL;
-    g_signal_connect(server->service, "incoming", G_CALLBACK(on_incoming), server);
     g_signal_connect(manager, "notify::vm-count", G_CALLBACK(on_vm_count), server);
-    g_socket_service_start(server->service);
+    accept_next(server);
     g_message("serving peer-to-peer D-Bus on %u passed socket%s", n, n == 1 ? "" : "s");
     return g_steal_pointer(&server);
 }
@@ -538,6 +588,7 @@ static void server_clear(MvmdPeerServer *server)
 {
     mvm_guest_log_clear(&server->client_log);
     g_clear_pointer(&server->per_uid, g_hash_table_unref);
+    g_clear_object(&server->cancellable);
     g_clear_object(&server->observer);
     g_clear_pointer(&server->om_info, g_dbus_node_info_unref);
     g_free(server->guid);
@@ -550,11 +601,12 @@ void mvmd_peer_server_free(MvmdPeerServer *server)
     server->closing = TRUE;
     if (server->manager)
         g_signal_handlers_disconnect_by_data(server->manager, server);
-    if (server->service) {
-        g_signal_handlers_disconnect_by_data(server->service, server);
-        g_socket_service_stop(server->service);
-        g_socket_listener_close(G_SOCKET_LISTENER(server->service));
-        g_clear_object(&server->service);
+    /* A pending accept ends (cancelled) later and drops the reference it holds. */
+    g_cancellable_cancel(server->cancellable);
+    g_clear_handle_id(&server->rest_source, g_source_remove);
+    if (server->listener) {
+        g_socket_listener_close(server->listener);
+        g_clear_object(&server->listener);
     }
     g_clear_pointer(&server->peers, g_hash_table_unref);
     g_clear_object(&server->manager);

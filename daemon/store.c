@@ -48,16 +48,12 @@ gboolean mvmd_store_save(MvmdStore *store, const MvmdVmConfig *config, GError **
     g_autoptr(GError) local = NULL;
     gsize len;
 
-    if (g_mkdir_with_parents(store->dir, 0700) < 0) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot create %s: %s", store->dir,
-                    g_strerror(err));
-        return FALSE;
-    }
+    if (g_mkdir_with_parents(store->dir, 0700) < 0)
+        return mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot create %s", store->dir);
     data = g_key_file_to_data(kf, &len, NULL);
     if (!g_file_set_contents_full(path, data, len, G_FILE_SET_CONTENTS_CONSISTENT, 0600, &local)) {
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot store the definition: %s",
-                    local->message);
+        /* Out of descriptors (G_FILE_ERROR_MFILE) is NoResources; the rest Failed. */
+        g_propagate_error(error, mvmd_error_from_error(local, "cannot store the definition"));
         return FALSE;
     }
     return TRUE;
@@ -67,12 +63,8 @@ gboolean mvmd_store_remove(MvmdStore *store, const char *name, GError **error)
 {
     g_autofree char *path = path_for(store, name);
 
-    if (g_unlink(path) < 0 && errno != ENOENT) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot remove %s: %s", path,
-                    g_strerror(err));
-        return FALSE;
-    }
+    if (g_unlink(path) < 0 && errno != ENOENT)
+        return mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot remove %s", path);
     return TRUE;
 }
 

@@ -1,17 +1,20 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The org.microvmd.MicroVM1.VM methods. Each goes handle → authorize (polkit, with the VM's
- * name and the method as details) → act: check the state, start an operation in a worker
- * (vm-object.c) or answer at once. Reading (GetStats) is not checked.
+ * name, owner and the method as details) → act: check the state, start an operation in a worker
+ * (vm-object.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
+ * own action, or the -others one for everyone else. Reading (GetConfig, GetExitReason,
+ * GetStats) is free for the owner and needs read-others for anyone else.
  */
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
 
 #include "auth.h"
+#include "bounds.h"
 #include "caller-files.h"
 #include "errors.h"
-#include "bounds.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "vm-object-private.h"
 
@@ -45,8 +48,20 @@ static void on_authorized(GObject *source, GAsyncResult *result, gpointer user_d
     g_free(call);
 }
 
-static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation, const char *action,
-                          ActFunc act, guint arg)
+/* The polkit actions for a kind of call: on one's own VM (NULL: never asked), on another's. */
+typedef struct {
+    const char *own;
+    const char *others;
+} Access;
+
+static const Access MANAGE = {MVMD_ACTION_MANAGE, MVMD_ACTION_MANAGE_OTHERS};
+static const Access CONSOLE = {MVMD_ACTION_CONSOLE, MVMD_ACTION_CONSOLE_OTHERS};
+static const Access SNAPSHOT = {MVMD_ACTION_SNAPSHOT, MVMD_ACTION_SNAPSHOT_OTHERS};
+/* The owner reads at once: no polkit round trip on what the owner's own tools poll. */
+static const Access READ = {NULL, MVMD_ACTION_READ_OTHERS};
+
+static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation,
+                          const Access *access, ActFunc act, guint arg)
 {
     g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
     Call *call = g_new0(Call, 1);
@@ -58,7 +73,8 @@ static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation,
     g_hash_table_insert(details, MVMD_DETAIL_VM, self->config->name);
     g_hash_table_insert(details, MVMD_DETAIL_VERB,
                         (gpointer)g_dbus_method_invocation_get_method_name(invocation));
-    mvmd_authorize_async(invocation, action, details, on_authorized, call);
+    mvmd_authorize_vm_async(invocation, self->config->owner, access->own, access->others, details,
+                            on_authorized, call);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 
@@ -172,12 +188,12 @@ static gboolean check_dir_allowed(GDBusMethodInvocation *invocation, const char 
 static gboolean parse_snapshot_dest(GDBusMethodInvocation *invocation, const char *dir,
                                     GVariant *options, OpArgs *args, GError **error)
 {
-    GDBusMessage *message = g_dbus_method_invocation_get_message(invocation);
-    GUnixFDList *fd_list = g_dbus_message_get_unix_fd_list(message);
+    GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
     g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    uid_t owner;
 
-    if (!mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE,
-                                 mvmd_auth_file_owner(invocation), &args->state_fd,
+    if (!mvmd_auth_file_owner(invocation, &owner, error) ||
+        !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_WRITE, owner, &args->state_fd,
                                  &args->memory_fd, error))
         return FALSE;
     if (args->state_fd >= 0 && (*dir || fdv)) {
@@ -204,7 +220,8 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
 
     g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(&s@a{sv})", &dir,
                   &options);
-    if (!mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
+    if (!mvmd_check_fds_arrived(invocation, error) ||
+        !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error))
         return FALSE;
     g_variant_lookup(options, "leave-paused", "b", &leave_paused);
     args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;
@@ -439,56 +456,79 @@ static GVariant *build_stats(MvmdVmObject *self)
 
 static gboolean handle_start(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_start, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_start, 0);
 }
 
 static gboolean handle_pause(MvmdVm *vm, GDBusMethodInvocation *invocation, GVariant *options)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_pause, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_pause, 0);
 }
 
 static gboolean handle_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation, GUnixFDList *fd_list,
                                 const char *dir, GVariant *options)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_SNAPSHOT, act_snapshot, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &SNAPSHOT, act_snapshot, 0);
 }
 
 static gboolean handle_resume(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_resume, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_resume, 0);
 }
 
 static gboolean handle_shutdown(MvmdVm *vm, GDBusMethodInvocation *invocation, guint timeout)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_shutdown, timeout);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_shutdown, timeout);
 }
 
 static gboolean handle_stop(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_stop, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_stop, 0);
 }
 
 static gboolean handle_reboot(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_reboot, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_reboot, 0);
 }
 
 static gboolean handle_delete(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_MANAGE, act_delete, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_delete, 0);
 }
 
 static gboolean handle_open_console(MvmdVm *vm, GDBusMethodInvocation *invocation,
                                     GUnixFDList *fd_list)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, MVMD_ACTION_CONSOLE, act_open_console, 0);
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &CONSOLE, act_open_console, 0);
 }
 
-/* Reading is free: no authorization. */
+static void act_get_stats(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    mvmd_vm_complete_get_stats(MVMD_VM(self), invocation, build_stats(self));
+}
+
+static void act_get_config(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    mvmd_vm_complete_get_config(MVMD_VM(self), invocation, mvmd_vm_config_to_variant(self->config));
+}
+
+static void act_get_exit_reason(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    mvmd_vm_complete_get_exit_reason(MVMD_VM(self), invocation, self->exit_reason);
+}
+
 static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    mvmd_vm_complete_get_stats(vm, invocation, build_stats(MVMD_VM_OBJECT(vm)));
-    return G_DBUS_METHOD_INVOCATION_HANDLED;
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_stats, 0);
+}
+
+static gboolean handle_get_config(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_config, 0);
+}
+
+static gboolean handle_get_exit_reason(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_exit_reason, 0);
 }
 
 void mvmd_vm_object_iface_init(MvmdVmIface *iface)
@@ -503,4 +543,6 @@ void mvmd_vm_object_iface_init(MvmdVmIface *iface)
     iface->handle_delete = handle_delete;
     iface->handle_open_console = handle_open_console;
     iface->handle_get_stats = handle_get_stats;
+    iface->handle_get_config = handle_get_config;
+    iface->handle_get_exit_reason = handle_get_exit_reason;
 }

@@ -82,6 +82,7 @@ struct _MvmdVmObject {
     gboolean reboot_pending;              /* Reboot: Start again once the Stop is done */
     GList *waiters;                       /* Waiter * */
     gboolean deleted;
+    char *exit_reason; /* GetExitReason: why the last run ended, "" before the first end */
 
     /* RestoreVM: told how the first start went, instead of a caller. */
     MvmdVmObjectReadyFunc ready_func;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "fd-closer.h"
 #include "names.h"
 #include "vm-object-private.h"
 
@@ -65,6 +66,13 @@ static void set_state(MvmdVmObject *self, const char *state)
     vm_log(self, G_LOG_LEVEL_MESSAGE, "state %s → %s", mvmd_vm_get_state(vm), state);
     mvmd_vm_set_state(vm, state);
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
+}
+
+/* Not a property: only the owner (and whom polkit allows) may read it, through GetExitReason. */
+static void set_exit_reason(MvmdVmObject *self, const char *reason)
+{
+    g_free(self->exit_reason);
+    self->exit_reason = g_strdup(reason);
 }
 
 /* Publishes what the vCPU threads reported; a run that ended is reaped. */
@@ -152,19 +160,13 @@ typedef struct {
     char *reason;
 } OpData;
 
-static void clear_fd(int *fd)
-{
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
-}
-
 void mvmd_op_args_clear(OpArgs *args)
 {
     g_clear_pointer(&args->dir, g_free);
-    clear_fd(&args->dir_fd);
-    clear_fd(&args->state_fd);
-    clear_fd(&args->memory_fd);
+    /* The caller's descriptors: closing one may wait for the caller (fd-closer.h). */
+    mvmd_clear_fd_later(&args->dir_fd);
+    mvmd_clear_fd_later(&args->state_fd);
+    mvmd_clear_fd_later(&args->memory_fd);
 }
 
 static void op_data_free(OpData *d)
@@ -191,11 +193,8 @@ static int open_boot_file(const char *path, const char *what, GError **error)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 
-    if (fd < 0) {
-        int err = errno;
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot open the %s %s: %s", what, path,
-                    g_strerror(err));
-    }
+    if (fd < 0)
+        mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot open the %s %s", what, path);
     return fd;
 }
 
@@ -253,8 +252,9 @@ static void hint_count(GString *msg, const char *what, const char *option, guint
 
 /*
  * The snapshot's devices against the back ends of RestoreVM's options, before any VM is built,
- * said in terms of the option the caller must fill. The library would refuse a mismatch too
- * (and still does, should the snapshot change in between), but in the words of its own API.
+ * said in terms of the option the caller must fill. The library refuses a mismatch of counts
+ * or CID too, on the state it decodes for the restore (the caller's file may have changed
+ * since this read), but in the words of its own API.
  */
 static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig *given,
                                      GError **error)
@@ -337,9 +337,8 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
     if (dirfd < 0) {
         dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dirfd < 0) {
-            int err = errno;
-            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                        "cannot open snapshot %s: %s", d->restore_dir, g_strerror(err));
+            mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s",
+                                 d->restore_dir);
             return NULL;
         }
     }
@@ -422,6 +421,19 @@ static void worker_finish(OpData *d, gboolean stop)
     d->run->vm = NULL;
 }
 
+/*
+ * Every failure below sets its GError; should one ever not, the call still gets an answer
+ * (g_task_return_error() with no error is a critical, and the task would never complete).
+ */
+static GError *error_or_bug(GError *error, Op op)
+{
+    if (error != NULL)
+        return error;
+    g_warning("BUG: operation %d failed without saying why", op);
+    return g_error_new_literal(MVMD_ERROR, MVMD_ERROR_FAILED,
+                               "the operation failed for an unknown reason (a bug in microvmd)");
+}
+
 static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancellable *cancel)
 {
     OpData *d = task_data;
@@ -451,7 +463,42 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
     if (ok)
         g_task_return_boolean(task, TRUE);
     else
-        g_task_return_error(task, error);
+        g_task_return_error(task, error_or_bug(error, d->op));
+}
+
+static gpointer op_thread(gpointer data)
+{
+    g_autoptr(GTask) task = data;
+
+    op_worker(task, g_task_get_source_object(task), g_task_get_task_data(task), NULL);
+    return NULL;
+}
+
+/*
+ * Each operation gets a thread of its own, not one of GTask's pool: a pool that cannot start
+ * a thread (no memory, no more tasks) queues the work silently, and the call would never be
+ * answered. Here a call that cannot get its thread answers NoResources; the end of a run, which
+ * nobody waits for and which must happen, is done on the spot instead.
+ */
+static void run_op(GTask *task)
+{
+    OpData *d = g_task_get_task_data(task);
+    g_autoptr(GError) error = NULL;
+    GThread *thread = g_thread_try_new("vm-op", op_thread, g_object_ref(task), &error);
+
+    if (thread) {
+        g_thread_unref(thread);
+        return;
+    }
+    g_object_unref(task); /* the thread's */
+    if (d->op == OP_STOP || d->op == OP_REAP) {
+        g_debug("no thread to end the run (%s): ending it on the main loop", error->message);
+        op_worker(task, g_task_get_source_object(task), d, NULL);
+        return;
+    }
+    g_task_return_new_error(task, MVMD_ERROR, MVMD_ERROR_NO_RESOURCES,
+                            "no thread for the operation (out of memory or threads): %s",
+                            error->message);
 }
 
 /* ---- completing operations on the main loop -------------------------------------------- */
@@ -559,7 +606,7 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
     g_clear_pointer(&self->run, run_unref);
     memset(&self->stats_cache, 0, sizeof(self->stats_cache));
     mvmd_console_flush(self->console);
-    mvmd_vm_set_exit_reason(MVMD_VM(self), reason);
+    set_exit_reason(self, reason);
     vm_log(self, crashed ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE, "run ended: %s", reason);
 
     if (self->reboot_pending) {
@@ -603,7 +650,6 @@ static void update_restored_config(MvmdVmObject *self)
     mvmd_devices_update_from_mvm(&self->config->devices, mvm);
     mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
-    mvmd_vm_set_config(MVMD_VM(self), mvmd_vm_config_to_variant(self->config));
 }
 
 static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
@@ -622,7 +668,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
             /* Autostart or a restart after a reset: nobody to tell but the properties. */
             g_autofree char *reason = g_strdup_printf("start-failed: %s", error->message);
 
-            mvmd_vm_set_exit_reason(MVMD_VM(self), reason);
+            set_exit_reason(self, reason);
             if (g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_RUNNING) ||
                 g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_PAUSED))
                 set_state(self, MVMD_STATE_STOPPED); /* a restart after a reset failed */
@@ -634,7 +680,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
         return;
     }
     if (invocation)
-        mvmd_vm_set_exit_reason(MVMD_VM(self), "");
+        set_exit_reason(self, "");
     update_restored_config(self);
     sync_state(self);
     flush_properties(self);
@@ -752,7 +798,7 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     self->op_invocation = invocation;
     g_task_set_source_tag(task, mvmd_vm_object_begin_op);
     g_task_set_task_data(task, d, (GDestroyNotify)op_data_free);
-    g_task_run_in_thread(task, op_worker);
+    run_op(task);
 }
 
 static void maybe_reap(MvmdVmObject *self)
@@ -906,8 +952,8 @@ MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const c
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
     mvmd_vm_set_vcpus(vm, config->vcpus);
     mvmd_vm_set_memory_mib(vm, config->memory_mib);
-    mvmd_vm_set_config(vm, mvmd_vm_config_to_variant(config));
-    mvmd_vm_set_exit_reason(vm, "");
+    mvmd_vm_set_owner(vm, config->owner);
+    self->exit_reason = g_strdup("");
     return self;
 }
 
@@ -938,6 +984,7 @@ static void mvmd_vm_object_finalize(GObject *object)
 
     g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_object_waiter_free);
     mvmd_vm_config_free(self->config);
+    g_free(self->exit_reason);
     G_OBJECT_CLASS(mvmd_vm_object_parent_class)->finalize(object);
 }
 

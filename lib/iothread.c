@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "iothread.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <glib-unix.h>
+
+#include "error-private.h"
 
 struct _MvmIoThread {
     GMainContext *context;
@@ -26,15 +31,34 @@ static gpointer io_thread_main(gpointer data)
     return NULL;
 }
 
+/*
+ * GLib aborts the whole process when a new main context gets no wakeup descriptor
+ * (g_wakeup_new): see that one is left first. Another thread can still take it in the few
+ * instructions between the close and GLib's own eventfd(), which this only makes unlikely.
+ */
+static gboolean check_descriptor_left(GError **error)
+{
+    int fd = eventfd(0, EFD_CLOEXEC);
+
+    if (fd < 0)
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                                   "cannot create the I/O thread's wakeup descriptor");
+    close(fd);
+    return TRUE;
+}
+
 MvmIoThread *mvm_io_thread_new(const char *name, GError **error)
 {
+    if (!check_descriptor_left(error))
+        return NULL;
+
     g_autoptr(MvmIoThread) t = g_new0(MvmIoThread, 1);
 
     g_mutex_init(&t->lock);
     g_cond_init(&t->cond);
     t->context = g_main_context_new();
     t->loop = g_main_loop_new(t->context, FALSE);
-    t->thread = g_thread_try_new(name, io_thread_main, t, error);
+    t->thread = mvm_thread_new(name, io_thread_main, t, error);
     if (t->thread == NULL)
         return NULL;
     return g_steal_pointer(&t);

@@ -6,7 +6,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "microvm.h"
+#include "error-private.h"
 
 #define KVM_DEVICE        "/dev/kvm"
 #define MAX_CPUID_ENTRIES 256
@@ -46,11 +46,7 @@ int mvm_kvm_ioctl(int fd, unsigned long request, void *arg)
 
 gboolean mvm_kvm_set_errno_error(GError **error, const char *what)
 {
-    int saved = errno;
-
-    g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "%s: %s", what, g_strerror(saved));
-    errno = saved;
-    return FALSE;
+    return mvm_set_errno_error(error, MVM_ERROR_FAILED, "%s", what);
 }
 
 static int check_extension(int fd, int cap)
@@ -69,8 +65,9 @@ static int open_kvm_device(GError **error)
                                              "to run virtual machines?)"
                            : saved == EACCES || saved == EPERM ? " (is the user in group kvm?)"
                                                                : "";
-        g_set_error(error, MVM_ERROR, MVM_ERROR_NO_KVM, "cannot open %s: %s%s", KVM_DEVICE,
-                    g_strerror(saved), hint);
+        /* Out of descriptors is no reason to say that this host has no KVM. */
+        g_set_error(error, MVM_ERROR, mvm_error_code_for_errno(saved, MVM_ERROR_NO_KVM),
+                    "cannot open %s: %s%s", KVM_DEVICE, g_strerror(saved), hint);
     }
     return fd;
 }

@@ -9,6 +9,8 @@
 #include <glib.h>
 #include <linux/kvm.h>
 
+#include "error-private.h"
+
 G_BEGIN_DECLS
 
 typedef struct {
@@ -33,7 +35,10 @@ const MvmKvm *mvm_kvm_get(GError **error);
 /* An ioctl that retries on EINTR; returns the ioctl's result, errno preserved on -1. */
 int mvm_kvm_ioctl(int fd, unsigned long request, void *arg);
 
-/* Sets a GError "WHAT: strerror(errno)" in MVM_ERROR_FAILED and returns FALSE. */
+/*
+ * Sets a GError "WHAT: strerror(errno)" and returns FALSE: MVM_ERROR_NO_RESOURCES when the host
+ * ran out of something (EMFILE, ENOMEM, ...), else MVM_ERROR_FAILED.
+ */
 gboolean mvm_kvm_set_errno_error(GError **error, const char *what);
 
 G_END_DECLS

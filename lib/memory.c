@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "layout.h"
-#include "microvm.h"
+#include "error-private.h"
 
 #define COPY_CHUNK (8 * MVM_MIB)
 
@@ -67,10 +67,9 @@ static MvmMemory *memory_map(int fd, guint64 size, int mmap_flags, GError **erro
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, mmap_flags | MAP_NORESERVE, fd, 0);
 
     if (base == MAP_FAILED) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED,
-                    "cannot map %" G_GUINT64_FORMAT " MiB of guest memory: %s",
-                    (guint64)(size / MVM_MIB), g_strerror(saved));
+        mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                            "cannot map %" G_GUINT64_FORMAT " MiB of guest memory",
+                            (guint64)(size / MVM_MIB));
         return NULL;
     }
     /* Guest RAM never goes into a core dump of the daemon; transparent huge pages help TLBs. */
@@ -92,15 +91,12 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error)
 
     int fd = memfd_create("microvm-ram", MFD_CLOEXEC);
     if (fd < 0) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "memfd_create: %s", g_strerror(saved));
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create guest memory (memfd_create)");
         return NULL;
     }
     if (ftruncate(fd, (off_t)size) < 0) {
-        int saved = errno;
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size guest memory");
         close(fd);
-        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot size guest memory: %s",
-                    g_strerror(saved));
         return NULL;
     }
     MvmMemory *mem = memory_map(fd, size, MAP_SHARED, error);
@@ -189,14 +185,19 @@ MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
         return NULL;
     for (off_t off = 0; (guint64)off < size;) {
         off_t data = lseek(fd, off, SEEK_DATA);
-        if (data < 0 && errno == ENXIO)
-            break;
+        if ((data < 0 && errno == ENXIO) || (data >= 0 && (guint64)data >= size))
+            break; /* the rest is a hole; data past @size (the file grew meanwhile) is not RAM */
         off_t hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
         if (hole < 0) { /* no SEEK_DATA on this file system: read it all */
             data = off;
             hole = (off_t)size;
         }
         hole = (off_t)MIN((guint64)hole, size);
+        if (hole <= data) { /* the file changed under us: never a length that wraps */
+            g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                        "cannot read guest memory: the file changed while being read");
+            return NULL;
+        }
         if (!read_all_at(fd, mem->base + data, (gsize)(hole - data), (guint64)data, error))
             return NULL;
         off = hole;

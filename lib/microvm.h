@@ -28,7 +28,11 @@ typedef enum {
     MVM_ERROR_INVALID_STATE,    /* the operation is not allowed in the VM's current state */
     MVM_ERROR_NOT_SUPPORTED,    /* KVM or this host lacks something we need */
     MVM_ERROR_NO_KVM,           /* /dev/kvm is absent or not accessible */
+    MVM_ERROR_NO_RESOURCES,     /* the host ran out: descriptors, memory, threads, mappings */
 } MvmError;
+
+/* Whether @err (an errno value) says the host ran out of something (MVM_ERROR_NO_RESOURCES). */
+gboolean mvm_errno_is_no_resources(int err);
 
 typedef enum {
     MVM_VM_STATE_CREATED,
@@ -236,10 +240,10 @@ MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
 /*
  * mvm_vm_restore_at() with the device back ends taken from @backends instead of the paths
  * the snapshot names: its disks, nics and vsock_uds_path (paths or fds, as for mvm_vm_new;
- * the rest of @backends is ignored) must match the snapshot's devices in number and
- * read-only flags. A daemon restoring a snapshot it did not write passes its caller's fds
- * here, so an untrusted snapshot never makes it open a file. A snapshot of a VM whose disks
- * were given by fd can only be restored this way.
+ * vsock_cid, when not 0; the rest of @backends is ignored) must match the snapshot's devices
+ * in number, read-only flags and CID. A daemon restoring a snapshot it did not write passes
+ * its caller's fds here, so an untrusted snapshot never makes it open a file. A snapshot of a
+ * VM whose disks were given by fd can only be restored this way.
  */
 MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmRestoreFlags flags,
                                     GError **error);

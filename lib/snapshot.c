@@ -18,7 +18,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -73,21 +72,6 @@ static guint n_snapshot_devices(MvmVm *vm)
 static SnapshotDevice *snapshot_device(MvmVm *vm, guint i)
 {
     return &g_array_index(vm->snapshot_devices, SnapshotDevice, i);
-}
-
-static gboolean set_errno_error(GError **error, int code, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-
-/* "WHAT: strerror(errno)" in MVM_ERROR with @code. */
-static gboolean set_errno_error(GError **error, int code, const char *fmt, ...)
-{
-    int saved = errno;
-    va_list ap;
-
-    va_start(ap, fmt);
-    g_autofree char *what = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error(error, MVM_ERROR, code, "%s: %s", what, g_strerror(saved));
-    return FALSE;
 }
 
 /* ---- capturing the machine ---- */
@@ -201,8 +185,8 @@ static gboolean write_all_at(int fd, const guint8 *data, gsize len, guint64 offs
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return set_errno_error(error, MVM_ERROR_FAILED, "cannot write the snapshot's %s",
-                                   "files");
+            return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot write the snapshot's %s",
+                                       "files");
         data += n;
         len -= (gsize)n;
         offset += (guint64)n;
@@ -263,8 +247,8 @@ static gboolean write_memory(MvmVm *vm, int out, GError **error)
         }
     }
     if (ftruncate(out, (off_t)size) < 0)
-        return set_errno_error(error, MVM_ERROR_FAILED, "cannot size the snapshot's %s",
-                               MEMORY_NAME);
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size the snapshot's %s",
+                                   MEMORY_NAME);
     if (fd < 0)
         return write_nonzero(out, ram, 0, size, error);
     for (off_t off = 0; (guint64)off < size;) {
@@ -288,8 +272,8 @@ static int create_temp(int dirfd, const char *name, GError **error)
     int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 
     if (fd < 0)
-        set_errno_error(error, MVM_ERROR_FAILED, "cannot create %s in the snapshot directory",
-                        name);
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create %s in the snapshot directory",
+                            name);
     return fd;
 }
 
@@ -297,11 +281,11 @@ static int create_temp(int dirfd, const char *name, GError **error)
 static gboolean write_memory_file(MvmVm *vm, int fd, GError **error)
 {
     if (ftruncate(fd, 0) < 0)
-        return set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
                                MEMORY_NAME);
     return write_memory(vm, fd, error) &&
            (fdatasync(fd) == 0 ||
-            set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", MEMORY_NAME));
+            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", MEMORY_NAME));
 }
 
 static gboolean write_state_file(int fd, GVariant *payload, GError **error)
@@ -311,11 +295,11 @@ static gboolean write_state_file(int fd, GVariant *payload, GError **error)
     const guint8 *data = g_bytes_get_data(state, &len);
 
     if (ftruncate(fd, 0) < 0)
-        return set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
                                STATE_NAME);
     return write_all_at(fd, data, len, 0, error) &&
            (fdatasync(fd) == 0 ||
-            set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", STATE_NAME));
+            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", STATE_NAME));
 }
 
 static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
@@ -337,8 +321,8 @@ static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GErr
     if ((unlinkat(dirfd, STATE_NAME, 0) < 0 && errno != ENOENT) ||
         renameat(dirfd, MEMORY_TMP_NAME, dirfd, MEMORY_NAME) < 0 ||
         renameat(dirfd, STATE_TMP_NAME, dirfd, STATE_NAME) < 0)
-        return set_errno_error(error, MVM_ERROR_FAILED, "cannot put the %s in place",
-                               "snapshot files");
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot put the %s in place",
+                                   "snapshot files");
     fsync(dirfd);
     return TRUE;
 }
@@ -420,10 +404,10 @@ gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GEr
     g_return_val_if_fail(dir != NULL, FALSE);
 
     if (g_mkdir_with_parents(dir, 0700) < 0)
-        return set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot create %s", dir);
+        return mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot create %s", dir);
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0)
-        return set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open %s", dir);
+        return mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open %s", dir);
     gboolean ok = mvm_vm_snapshot_at(vm, dirfd, flags, error);
     close(dirfd);
     return ok;
@@ -450,8 +434,8 @@ static int open_member(int dirfd, const char *name, GError **error)
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
 
     if (fd < 0) {
-        set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "invalid snapshot: cannot open %s",
-                        name);
+        mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "invalid snapshot: cannot open %s",
+                            name);
         return -1;
     }
     if (!check_member(fd, name, &st, error)) {
@@ -682,8 +666,9 @@ static guint n_items(const GPtrArray *array)
  * The guest's devices come from the snapshot, their back ends from the caller:
  * as many disks and NICs, the same read-only flags (a guest told its disk is
  * writable must not get a read-only file, nor a caller's read-only file a
- * writer), a vsock socket exactly when the snapshot has a vsock device. NICs
- * keep the snapshot's MAC, which the guest knows.
+ * writer), a vsock socket exactly when the snapshot has a vsock device, and its
+ * CID when the back ends name one. NICs keep the snapshot's MAC, which the
+ * guest knows.
  */
 static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, GError **error)
 {
@@ -695,6 +680,13 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, G
             n_items(config->disks), n_items(config->nics), config->vsock_cid ? "a" : "no",
             n_items(backends->disks), n_items(backends->nics),
             backends->vsock_uds_path ? "a socket" : "none");
+    /*
+     * The guest knows its CID from this state. Checked here, on the state being restored,
+     * though a caller may have compared an earlier read of the file: it may have changed since.
+     */
+    if (backends->vsock_cid != 0 && backends->vsock_cid != config->vsock_cid)
+        return mvm_snapshot_invalid(error, "its guest has vsock cid %u; the back ends say %u",
+                                    config->vsock_cid, backends->vsock_cid);
     for (guint i = 0; i < n_items(config->disks); i++) {
         const MvmDiskConfig *mine = g_ptr_array_index(config->disks, i);
         const MvmDiskConfig *theirs = g_ptr_array_index(backends->disks, i);
@@ -792,7 +784,7 @@ MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error)
 
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0) {
-        set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s", dir);
+        mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s", dir);
         return NULL;
     }
     MvmVm *vm = mvm_vm_restore_at(dirfd, flags, error);

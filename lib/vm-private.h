@@ -6,6 +6,7 @@
 
 #include "boot.h"
 #include "devices.h"
+#include "error-private.h"
 #include "guest-log.h"
 #include "iobus.h"
 #include "iothread.h"

@@ -180,7 +180,7 @@ static gboolean spawn_vcpu_threads(MvmVm *vm, GError **error)
         g_autofree char *name = g_strdup_printf("vcpu%u", i);
         MvmVcpuThread *t = &vm->vcpus[i];
 
-        t->thread = g_thread_try_new(name, vcpu_thread_start, t, error);
+        t->thread = mvm_thread_new(name, vcpu_thread_start, t, error);
         if (t->thread == NULL)
             return FALSE;
     }

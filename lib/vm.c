@@ -219,19 +219,24 @@ static gboolean setup_machine(MvmVm *vm, GError **error)
     return TRUE;
 }
 
-/* The caller's fd is borrowed; a path is opened here and closed after loading. */
+/*
+ * The caller's fd is borrowed (dup'ed, which fails only when the process is out of
+ * descriptors); a path is opened here and closed after loading.
+ */
 static int open_input(int fd, const char *path, const char *what, GError **error)
 {
-    if (fd >= 0)
-        return fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    if (path == NULL)
-        return -1;
-    int opened = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (opened < 0) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "cannot open %s %s: %s", what,
-                    path, g_strerror(saved));
+    int opened;
+
+    if (fd >= 0) {
+        opened = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (opened < 0)
+            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot duplicate the %s descriptor",
+                                what);
+        return opened;
     }
+    opened = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (opened < 0)
+        mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open %s %s", what, path);
     return opened;
 }
 

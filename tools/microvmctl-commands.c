@@ -2,6 +2,7 @@
 /* microvmctl: list, status, info, and the commands that act on one VM. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -78,6 +79,8 @@ static JsonNode *vm_summary_json(MvmdVm *vm, gint64 uptime)
     json_builder_add_string_value(b, mvmd_vm_get_uuid(vm));
     json_builder_set_member_name(b, "state");
     json_builder_add_string_value(b, mvmd_vm_get_state(vm));
+    json_builder_set_member_name(b, "owner");
+    json_builder_add_int_value(b, mvmd_vm_get_owner(vm));
     json_builder_set_member_name(b, "vcpus");
     json_builder_add_int_value(b, mvmd_vm_get_vcpus(vm));
     json_builder_set_member_name(b, "memory-mib");
@@ -91,9 +94,18 @@ static JsonNode *vm_summary_json(MvmdVm *vm, gint64 uptime)
     return json_builder_get_root(b);
 }
 
+/* A user name for a uid, or the number when it has none here. */
+static char *format_owner(guint32 uid)
+{
+    struct passwd *pw = getpwuid(uid);
+
+    return pw ? g_strdup(pw->pw_name) : g_strdup_printf("%u", uid);
+}
+
 static void print_vm_table(GPtrArray *vms)
 {
-    const char *headers[] = {_("NAME"), _("STATE"), _("VCPUS"), _("MEMORY"), _("UPTIME")};
+    const char *headers[] = {_("NAME"),  _("STATE"),  _("OWNER"),
+                             _("VCPUS"), _("MEMORY"), _("UPTIME")};
     g_autoptr(MctlTable) table = mctl_table_new(G_N_ELEMENTS(headers), headers);
 
     for (guint i = 0; i < vms->len; i++) {
@@ -101,7 +113,9 @@ static void print_vm_table(GPtrArray *vms)
         g_autofree char *vcpus = g_strdup_printf("%u", mvmd_vm_get_vcpus(vm));
         g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
         g_autofree char *uptime = mctl_format_duration_us(vm_uptime_us(vm));
-        const char *row[] = {mvmd_vm_get_name(vm), mvmd_vm_get_state(vm), vcpus, memory, uptime};
+        g_autofree char *owner = format_owner(mvmd_vm_get_owner(vm));
+        const char *row[] = {
+            mvmd_vm_get_name(vm), mvmd_vm_get_state(vm), owner, vcpus, memory, uptime};
 
         mctl_table_add(table, row);
     }
@@ -212,27 +226,51 @@ static void print_dict(GVariant *dict)
     }
 }
 
-static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines)
+/* What status shows beyond the public properties: the owner's (or with read-others). */
+typedef struct {
+    GVariant *stats;
+    GVariant *config;
+    char *exit_reason;
+} Details;
+
+static void details_clear(Details *d)
+{
+    g_clear_pointer(&d->stats, g_variant_unref);
+    g_clear_pointer(&d->config, g_variant_unref);
+    g_clear_pointer(&d->exit_reason, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Details, details_clear)
+
+static gboolean fetch_details(MvmdVm *vm, Details *d, GError **error)
+{
+    return mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->stats, NULL, error) &&
+           mvmd_vm_call_get_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->config, NULL, error) &&
+           mvmd_vm_call_get_exit_reason_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &d->exit_reason, NULL,
+                                             error);
+}
+
+static void print_status(MvmdVm *vm, const Details *d, GStrv console, guint lines)
 {
     g_autofree char *since = mctl_format_time_us(mvmd_vm_get_state_changed_at(vm));
     g_autofree char *memory = mctl_format_mib(mvmd_vm_get_memory_mib(vm));
-    GVariant *config = mvmd_vm_get_config(vm);
-    const char *exit_reason = mvmd_vm_get_exit_reason(vm);
+    g_autofree char *owner = format_owner(mvmd_vm_get_owner(vm));
 
     g_print("%s\n", mvmd_vm_get_name(vm));
     g_print("  %-20s %s (%s %s)\n", _("State:"), mvmd_vm_get_state(vm), _("since"), since);
     g_print("  %-20s %s\n", _("UUID:"), mvmd_vm_get_uuid(vm));
+    g_print("  %-20s %s\n", _("Owner:"), owner);
     g_print("  %-20s %u\n", _("vCPUs:"), mvmd_vm_get_vcpus(vm));
     g_print("  %-20s %s\n", _("Memory:"), memory);
-    if (exit_reason && *exit_reason)
-        g_print("  %-20s %s\n", _("Last exit:"), exit_reason);
-    if (config) {
+    if (d->exit_reason && *d->exit_reason)
+        g_print("  %-20s %s\n", _("Last exit:"), d->exit_reason);
+    if (d->config) {
         g_print("%s\n", _("Configuration:"));
-        print_dict(config);
+        print_dict(d->config);
     }
-    if (stats) {
+    if (d->stats) {
         g_print("%s\n", _("Statistics:"));
-        print_dict(stats);
+        print_dict(d->stats);
     }
     if (console && lines > 0) {
         g_print(ngettext("Console (last line):", "Console (last %u lines):", lines), lines);
@@ -242,20 +280,23 @@ static void print_status(MvmdVm *vm, GVariant *stats, GStrv console, guint lines
     }
 }
 
-static JsonNode *status_json(MvmdVm *vm, GVariant *stats, GStrv console)
+static JsonNode *status_json(MvmdVm *vm, const Details *d, GStrv console)
 {
     g_autoptr(JsonNode) root = vm_summary_json(vm, -1);
     JsonObject *o = json_node_get_object(root);
     gint64 uptime = -1;
 
-    if (stats && vm_is_live(vm))
-        g_variant_lookup(stats, "uptime-us", "x", &uptime);
+    if (d->stats && vm_is_live(vm))
+        g_variant_lookup(d->stats, "uptime-us", "x", &uptime);
     if (uptime >= 0)
         json_object_set_int_member(o, "uptime-us", uptime);
     json_object_set_int_member(o, "state-changed-at", (gint64)mvmd_vm_get_state_changed_at(vm));
-    json_object_set_string_member(o, "exit-reason", mvmd_vm_get_exit_reason(vm));
-    json_object_set_member(o, "config", mctl_json_from_variant(mvmd_vm_get_config(vm)));
-    json_object_set_member(o, "stats", mctl_json_from_variant(stats));
+    if (d->exit_reason)
+        json_object_set_string_member(o, "exit-reason", d->exit_reason);
+    else
+        json_object_set_null_member(o, "exit-reason");
+    json_object_set_member(o, "config", mctl_json_from_variant(d->config));
+    json_object_set_member(o, "stats", mctl_json_from_variant(d->stats));
     if (console) {
         JsonArray *lines = json_array_new();
 
@@ -279,7 +320,7 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
     };
     g_autoptr(GError) error = NULL;
     g_autoptr(MvmdVm) vm = NULL;
-    g_autoptr(GVariant) stats = NULL;
+    g_auto(Details) details = {0};
     g_auto(GStrv) console = NULL;
 
     if (!mctl_parse(ctl, entries, _("NAME"),
@@ -293,8 +334,15 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
     vm = mctl_vm_by_name(ctl, argv[0], &error);
     if (!vm)
         return mctl_fail(error, argv[0]);
-    if (!mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error))
-        return mctl_fail(error, argv[0]);
+    if (!fetch_details(vm, &details, &error)) {
+        /* Another user's VM: its details need polkit's read-others; the rest is public. */
+        if (mctl_exit_code(error) != MCTL_EXIT_NOT_AUTHORIZED)
+            return mctl_fail(error, argv[0]);
+        g_dbus_error_strip_remote_error(error);
+        g_printerr(_("microvmctl: cannot read the VM's details: %s\n"), error->message);
+        g_clear_error(&error);
+        details_clear(&details);
+    }
     if (lines > 0 && g_strcmp0(mvmd_vm_get_state(vm), MVMD_STATE_CREATED) == 0) {
         /* Never started: nothing was printed, and asking would only wait. */
         console = g_new0(char *, 1);
@@ -308,11 +356,11 @@ int mctl_cmd_status(Mctl *ctl, int argc, char **argv)
         }
     }
     if (ctl->json) {
-        g_autoptr(JsonNode) root = status_json(vm, stats, console);
+        g_autoptr(JsonNode) root = status_json(vm, &details, console);
 
         mctl_print_json(root, TRUE);
     } else {
-        print_status(vm, stats, console, lines);
+        print_status(vm, &details, console, lines);
     }
     return MCTL_EXIT_OK;
 }

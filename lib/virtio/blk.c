@@ -57,11 +57,9 @@ static int open_disk(const MvmDiskConfig *config, GError **error)
         fd = fcntl(config->fd, F_DUPFD_CLOEXEC, 3);
     else
         fd = open(config->path, (config->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        int saved = errno;
-        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "cannot open disk %s: %s",
-                    config->path != NULL ? config->path : "(fd)", g_strerror(saved));
-    }
+    if (fd < 0)
+        mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "cannot open disk %s",
+                            config->path != NULL ? config->path : "(fd)");
     return fd;
 }
 

@@ -210,10 +210,8 @@ static const MvmVirtioOps net_ops = {
 
 static gboolean tap_error(GError **error, const char *name, const char *what)
 {
-    int saved = errno;
-    g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "tap %s: %s: %s",
-                name != NULL ? name : "(fd)", what, g_strerror(saved));
-    return FALSE;
+    return mvm_set_errno_error(error, MVM_ERROR_INVALID_ARGUMENT, "tap %s: %s",
+                               name != NULL ? name : "(fd)", what);
 }
 
 static int open_tap(const MvmNetConfig *config, GError **error)

@@ -12,10 +12,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -45,6 +47,7 @@
 #define VSOCK_CONNECT_LINE_MAX      32
 #define VSOCK_HOST_PORT_FIRST       (1u << 30) /* ports we pick for host-initiated connections */
 #define VSOCK_MAX_PENDING           4096       /* control packets waiting for guest rx buffers */
+#define VSOCK_LISTEN_REST_MS        100        /* no descriptor for a connection: retry after */
 
 typedef struct __attribute__((packed)) {
     guint64 src_cid, dst_cid;
@@ -86,8 +89,16 @@ struct _Vsock {
     MvmVirtio *dev;
     guint64 cid;
     char *uds_path;
+    /*
+     * uds_path's directory, opened once without following a symbolic link, and the socket's
+     * name in it: every later use goes through this descriptor, so swapping a directory of the
+     * path for a link afterwards (the path may come from an untrusted snapshot that root
+     * restores) cannot point a bind, a connect or an unlink elsewhere.
+     */
+    int dir_fd;
+    char *name;
     int listen_fd;
-    struct stat listen_st; /* the socket file bound at uds_path, removed only if still there */
+    struct stat listen_st; /* the socket file bound as name, removed only if still there */
     GSource *listen_source;
     GPtrArray *conns;     /* Conn * */
     GPtrArray *graveyard; /* Conn * of a reset device, freed on the I/O thread */
@@ -350,13 +361,21 @@ static void update_all_watches(Vsock *vs)
 static int connect_unix(const char *path)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd;
 
+    /* Cut short, it would name another socket (a guest's port makes it longer). */
+    if (strlen(path) >= sizeof(addr.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 && errno != EINPROGRESS) {
+        int saved = errno;
         close(fd);
+        errno = saved; /* the caller tells a missing listener from a full backlog */
         return -1;
     }
     return fd;
@@ -380,11 +399,21 @@ static gboolean conn_allowed(Vsock *vs, const char *who)
     return FALSE;
 }
 
+/*
+ * @name in the directory @dir_fd as a path for bind() and connect(), which take no directory
+ * descriptor: through /proc/self/fd, which resolves to that very directory.
+ */
+static char *path_at(int dir_fd, const char *name)
+{
+    return g_strdup_printf("/proc/self/fd/%d/%s", dir_fd, name);
+}
+
 /* The guest connects to host port @port: "<uds_path>_<port>". */
 static void guest_request(Vsock *vs, const VsockHdr *h)
 {
     guint32 port = GUINT32_FROM_LE(h->dst_port);
-    g_autofree char *path = g_strdup_printf("%s_%u", vs->uds_path, port);
+    g_autofree char *name = g_strdup_printf("%s_%u", vs->name, port);
+    g_autofree char *path = path_at(vs->dir_fd, name);
     int fd = conn_allowed(vs, "the guest's") ? connect_unix(path) : -1;
 
     if (fd < 0) {
@@ -610,11 +639,43 @@ static gboolean handshake_event(int fd, GIOCondition condition, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+static gboolean listener_event(int fd, GIOCondition condition, gpointer data);
+
+/* I/O thread: the listener's rest is over; a connection that waited is accepted now. */
+static gboolean listener_resume(gpointer data)
+{
+    Vsock *vs = data;
+
+    g_source_unref(vs->listen_source);
+    vs->listen_source = mvm_io_thread_add_fd(mvm_virtio_get_io_thread(vs->dev), vs->listen_fd,
+                                             G_IO_IN, listener_event, vs);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * accept4() with no descriptor to spare leaves the connection queued and the socket readable:
+ * watched on, the I/O thread would spin on it and take a host CPU from the other VMs. The
+ * listener rests a while instead; the connection waits in the backlog.
+ */
+static gboolean listener_rest(Vsock *vs)
+{
+    GSource *timeout = g_timeout_source_new(VSOCK_LISTEN_REST_MS);
+
+    g_source_set_callback(timeout, listener_resume, vs, NULL);
+    g_source_attach(timeout, mvm_io_thread_get_context(mvm_virtio_get_io_thread(vs->dev)));
+    g_source_unref(vs->listen_source);
+    vs->listen_source = timeout;
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
 {
     Vsock *vs = data;
     int conn_fd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
+    /* EAGAIN is no connection (another wakeup took it); these are no room for one. */
+    if (conn_fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM))
+        return listener_rest(vs);
     if (conn_fd < 0)
         return G_SOURCE_CONTINUE;
     mvm_virtio_lock(vs->dev);
@@ -631,54 +692,129 @@ static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
-/*
- * Only a socket file is in the way: the path comes from the configuration, or from a snapshot
- * (untrusted) that root restores with its own back ends, and anything else there is someone's
- * file, not ours to remove.
- */
-static gboolean remove_stale_socket(const char *path, GError **error)
+/* @dir component by component, each opened with O_NOFOLLOW: for kernels without openat2(). */
+static int open_dir_by_components(const char *dir)
 {
-    struct stat st;
+    g_auto(GStrv) parts = g_strsplit(dir, "/", -1);
+    int fd = open(g_path_is_absolute(dir) ? "/" : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 
-    if (lstat(path, &st) < 0)
-        return TRUE;
-    if (!S_ISSOCK(st.st_mode)) {
+    for (char **part = parts; fd >= 0 && *part; part++) {
+        int next;
+
+        if (**part == '\0')
+            continue;
+        next = openat(fd, *part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        fd = next;
+    }
+    return fd;
+}
+
+/* @dir, refusing a symbolic link anywhere in it (ELOOP or ENOTDIR). */
+static int open_dir_nofollow(const char *dir)
+{
+    struct open_how how = {
+        .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+        .resolve = RESOLVE_NO_SYMLINKS,
+    };
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, dir, &how, sizeof(how));
+
+    /* ENOSYS before Linux 5.6; EPERM from a seccomp filter that does not know it. */
+    if (fd < 0 && (errno == ENOSYS || errno == EPERM))
+        return open_dir_by_components(dir);
+    return fd;
+}
+
+/* vs->dir_fd and vs->name from @path. */
+static gboolean open_socket_dir(Vsock *vs, const char *path, GError **error)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+
+    vs->name = g_path_get_basename(path);
+    if (g_str_has_suffix(path, "/") || g_str_equal(vs->name, ".") || g_str_equal(vs->name, "..")) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                    "vsock socket %s: something else than a socket is there", path);
+                    "vsock socket %s: not a file name", path);
         return FALSE;
     }
-    unlink(path);
+    vs->dir_fd = open_dir_nofollow(dir);
+    if (vs->dir_fd < 0) {
+        int saved = errno;
+
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s: cannot open its directory%s: %s", path,
+                    saved == ELOOP || saved == ENOTDIR ? " (a symbolic link on the way?)" : "",
+                    g_strerror(saved));
+        return FALSE;
+    }
     return TRUE;
 }
 
-static int listen_unix(const char *path, GError **error)
+/*
+ * Only a socket file is in the way: the path comes from the configuration, or from a snapshot
+ * (untrusted) that root restores with its own back ends, and anything else there is someone's
+ * file, not ours to remove. Looked at and removed in the directory opened once, never by path.
+ */
+static gboolean remove_stale_socket(Vsock *vs, GError **error)
+{
+    struct stat st;
+
+    if (fstatat(vs->dir_fd, vs->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return TRUE;
+    if (!S_ISSOCK(st.st_mode)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s: something else than a socket is there", vs->uds_path);
+        return FALSE;
+    }
+    unlinkat(vs->dir_fd, vs->name, 0);
+    return TRUE;
+}
+
+/* A socket left by an earlier run goes; one that a live VM listens on is not ours to take. */
+static gboolean check_no_listener(Vsock *vs, const char *path, GError **error)
+{
+    int probe = connect_unix(path);
+
+    /* No socket for the probe (or a full backlog) says nothing about a listener: keep it. */
+    if (probe < 0 && mvm_errno_is_no_resources(errno)) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot check vsock socket %s", vs->uds_path);
+        return FALSE;
+    }
+    if (probe >= 0) {
+        close(probe);
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s is in use by another listener", vs->uds_path);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static int listen_unix(Vsock *vs, GError **error)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    g_autofree char *path = path_at(vs->dir_fd, vs->name);
+    int fd;
 
+    /* Room for the longest "_<port>" of guest_request() too. */
+    if (strlen(path) + strlen("_4294967295") >= sizeof(addr.sun_path)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "vsock socket %s: the file name is too long (it is reached as %s)",
+                    vs->uds_path, path);
+        return -1;
+    }
+    if (!check_no_listener(vs, path, error) || !remove_stale_socket(vs, error))
+        return -1;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         mvm_kvm_set_errno_error(error, "socket");
         return -1;
     }
     g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-    /* A socket left by an earlier run goes; one that a live VM listens on is not ours to take. */
-    int probe = connect_unix(path);
-    if (probe >= 0) {
-        close(probe);
-        close(fd);
-        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                    "vsock socket %s is in use by another listener", path);
-        return -1;
-    }
-    if (!remove_stale_socket(path, error)) {
-        close(fd);
-        return -1;
-    }
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0) {
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 64) < 0 ||
+        fstatat(vs->dir_fd, vs->name, &vs->listen_st, AT_SYMLINK_NOFOLLOW) < 0) {
         int saved = errno;
         close(fd);
         g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "cannot listen on vsock socket %s: %s",
-                    path, g_strerror(saved));
+                    vs->uds_path, g_strerror(saved));
         return -1;
     }
     return fd;
@@ -735,10 +871,13 @@ static void vsock_free(gpointer backend)
 
         close(vs->listen_fd);
         /* Ours only while it is the socket file we bound: it may have been replaced since. */
-        if (lstat(vs->uds_path, &st) == 0 && st.st_dev == vs->listen_st.st_dev &&
-            st.st_ino == vs->listen_st.st_ino)
-            unlink(vs->uds_path);
+        if (fstatat(vs->dir_fd, vs->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            st.st_dev == vs->listen_st.st_dev && st.st_ino == vs->listen_st.st_ino)
+            unlinkat(vs->dir_fd, vs->name, 0);
     }
+    if (vs->dir_fd >= 0)
+        close(vs->dir_fd);
+    g_free(vs->name);
     g_free(vs->uds_path);
     g_free(vs);
 }
@@ -766,12 +905,11 @@ MvmVirtio *mvm_virtio_vsock_new(guint32 cid, const char *uds_path, const MvmVirt
     vs->conns = g_ptr_array_new_with_free_func(conn_free);
     vs->graveyard = g_ptr_array_new_with_free_func(conn_free);
     g_queue_init(&vs->pending);
-    vs->listen_fd = listen_unix(uds_path, error);
-    if (vs->listen_fd < 0) {
+    vs->dir_fd = vs->listen_fd = -1;
+    if (!open_socket_dir(vs, uds_path, error) || (vs->listen_fd = listen_unix(vs, error)) < 0) {
         vsock_free(vs);
         return NULL;
     }
-    lstat(uds_path, &vs->listen_st); /* just bound: what vsock_free() may remove */
     vs->dev = mvm_virtio_new(&vsock_ops, vs, env, error);
     if (vs->dev == NULL)
         return NULL;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,18 @@ static const char bus_config[] =
 static void child_setup(gpointer data)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+/* The daemon's child setup: as above, and the descriptor limit the test asked for. */
+static void daemon_child_setup(gpointer data)
+{
+    MvmdTestBus *bus = data;
+    struct rlimit limit = {bus->daemon_nofile_soft, bus->daemon_nofile_hard};
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Only async-signal-safe calls here; a failure shows as the limit the test then reads. */
+    if (bus->daemon_nofile_hard > 0)
+        setrlimit(RLIMIT_NOFILE, &limit);
 }
 
 static char *read_line_from_fd(int fd)
@@ -152,7 +165,7 @@ void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
                           : STDERR_FILENO;
     g_assert_cmpint(out, >=, 0);
     g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
-                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, child_setup, NULL,
+                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, daemon_child_setup, bus,
                            &bus->daemon_pid, -1, out, out, &error);
     if (out != STDERR_FILENO)
         close(out);
@@ -254,6 +267,16 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
     return vm;
 }
 
+gboolean mvmd_test_kvm_usable(void)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+    if (fd < 0)
+        return FALSE;
+    close(fd);
+    return TRUE;
+}
+
 GVariant *mvmd_test_config(const char *text)
 {
     g_autofree char *typed = g_strconcat("@a{sv} ", text, NULL);
@@ -301,4 +324,27 @@ void mvmd_test_remove_reachable_copy(char *copy)
 
     rm_rf(dir);
     g_free(copy);
+}
+
+GVariant *mvmd_test_vm_config(MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    GVariant *config = NULL;
+
+    mvmd_vm_call_get_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &config, NULL, &error);
+    g_assert_no_error(error);
+    g_object_set_data_full(G_OBJECT(vm), "mvmd-test-config", config,
+                           (GDestroyNotify)g_variant_unref);
+    return config;
+}
+
+const char *mvmd_test_vm_exit_reason(MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    char *reason = NULL;
+
+    mvmd_vm_call_get_exit_reason_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &reason, NULL, &error);
+    g_assert_no_error(error);
+    g_object_set_data_full(G_OBJECT(vm), "mvmd-test-exit-reason", reason, g_free);
+    return reason;
 }

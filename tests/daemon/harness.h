@@ -27,6 +27,9 @@ typedef struct {
     GPid daemon_pid;
     GDBusConnection *connection; /* the harness's own client connection */
     char *daemon_log; /* set before starting the daemon: its output goes there (appended) */
+    /* RLIMIT_NOFILE (soft, hard) the daemon is started with; 0, 0: the test's own. */
+    guint64 daemon_nofile_soft;
+    guint64 daemon_nofile_hard;
 } MvmdTestBus;
 
 /* Starts a private bus (not the daemon). */
@@ -57,8 +60,18 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
     }                                                                                              \
     G_STMT_END
 
+/* Whether /dev/kvm opens here (errno tells why not). */
+gboolean mvmd_test_kvm_usable(void);
+
 /* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
 GVariant *mvmd_test_config(const char *text);
+
+/*
+ * GetConfig and GetExitReason on @vm (they are methods: only the owner and root read them),
+ * asserting success. The result stays valid until the next such call on @vm.
+ */
+GVariant *mvmd_test_vm_config(MvmdVm *vm);
+const char *mvmd_test_vm_exit_reason(MvmdVm *vm);
 
 /* Asserts that @error is the D-Bus error @name (e.g. "org.microvmd.MicroVM1.Error.NoSuchVM"). */
 void mvmd_test_assert_dbus_error(GError *error, const char *name);

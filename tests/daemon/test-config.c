@@ -2,6 +2,7 @@
 /* Config validation and the GKeyFile round trip, without a bus. */
 #include <glib/gstdio.h>
 
+#include "caller-files.h"
 #include "config.h"
 #include "errors.h"
 #include "store.h"
@@ -200,14 +201,48 @@ static void test_keyfile_roundtrip(void)
     g_autoptr(GVariant) v2 = NULL;
 
     g_assert_no_error(error);
+    c->owner = 1000;
     kf = mvmd_vm_config_to_keyfile(c);
     back = mvmd_vm_config_new_from_keyfile(kf, &error);
     g_assert_no_error(error);
     g_assert_cmpstr(back->name, ==, c->name);
     g_assert_cmpstr(back->uuid, ==, c->uuid);
+    g_assert_cmpuint(back->owner, ==, 1000);
     v1 = g_variant_ref_sink(mvmd_vm_config_to_variant(c));
     v2 = g_variant_ref_sink(mvmd_vm_config_to_variant(back));
     g_assert_true(g_variant_equal(v1, v2));
+}
+
+/* A definition stored before VMs had owners is root's; a bad Owner is refused, not guessed. */
+static void test_keyfile_owner(void)
+{
+    static const char *const head = "[VM]\nName=old\nUUID=2f5d7e0a-8c1e-4a57-9b83-6f2a0c1d9e44\n";
+    static const char *const tail = "[Config]\nkernel=/k\npersist=true\n";
+    static const struct {
+        const char *owner_line;
+        gint64 owner; /* -1: refused */
+    } cases[] = {{"", 0},
+                 {"Owner=65534\n", 65534},
+                 {"Owner=-1\n", -1},
+                 {"Owner=4294967295\n", -1},
+                 {"Owner=me\n", -1}};
+
+    for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autofree char *text = g_strconcat(head, cases[i].owner_line, tail, NULL);
+        g_autoptr(GKeyFile) kf = g_key_file_new();
+        g_autoptr(MvmdVmConfig) c = NULL;
+        g_autoptr(GError) error = NULL;
+
+        g_assert_true(g_key_file_load_from_data(kf, text, -1, G_KEY_FILE_NONE, NULL));
+        c = mvmd_vm_config_new_from_keyfile(kf, &error);
+        if (cases[i].owner < 0) {
+            g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+            g_assert_nonnull(strstr(error->message, "Owner"));
+            continue;
+        }
+        g_assert_no_error(error);
+        g_assert_cmpuint(c->owner, ==, cases[i].owner);
+    }
 }
 
 static void test_store(void)
@@ -241,6 +276,49 @@ static void test_store(void)
     g_rmdir(dir);
 }
 
+/*
+ * Caller files are placed by the device number in mountinfo's third field, the same in every
+ * mount namespace (mount IDs are not); the type is the first field after " - ".
+ */
+static const char mountinfo_sample[] =
+    "22 28 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n"
+    "28 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "30 22 0:26 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw,inode64\n"
+    "41 28 0:45 / /run/user/1000/doc rw,nosuid,nodev,relatime shared:60 - fuse portal rw\n"
+    "42 28 8:17 / /media/usb rw,nosuid,nodev,relatime shared:61 - fuseblk /dev/sdb1 rw\n"
+    "43 28 0:47 / /home/u/remote rw,nosuid,nodev,relatime shared:62 - fuse.sshfs u@h: rw\n"
+    "44 28 254:0 /srv /var/srv rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "45 28 0:48 / /mnt/odd\\040name rw - tmpfs none rw\n"
+    "not a mountinfo line\n";
+
+static void assert_fstype(guint major, guint minor, const char *expected, gboolean local)
+{
+    g_autofree char *fstype = mvmd_mountinfo_fstype(mountinfo_sample, major, minor);
+
+    g_assert_cmpstr(fstype, ==, expected);
+    if (fstype)
+        g_assert_cmpint(mvmd_fstype_is_local(fstype), ==, local);
+}
+
+static void test_mountinfo(void)
+{
+    assert_fstype(0, 21, "proc", FALSE);
+    assert_fstype(254, 0, "ext4", TRUE);
+    assert_fstype(0, 26, "tmpfs", TRUE);
+    assert_fstype(0, 45, "fuse", FALSE);
+    assert_fstype(8, 17, "fuseblk", FALSE);
+    assert_fstype(0, 47, "fuse.sshfs", FALSE);
+    assert_fstype(0, 48, "tmpfs", TRUE);
+    /* Whole numbers: 0:2 is not 0:21 nor 0:26, 25:0 is not 254:0. */
+    assert_fstype(0, 2, NULL, FALSE);
+    assert_fstype(25, 0, NULL, FALSE);
+    g_assert_null(mvmd_mountinfo_fstype("", 0, 21));
+    g_assert_null(mvmd_mountinfo_fstype("22 28 0:21 / /proc rw", 0, 21)); /* no " - " */
+    g_assert_false(mvmd_fstype_is_local("nfs4"));
+    g_assert_false(mvmd_fstype_is_local("ext"));
+    g_assert_false(mvmd_fstype_is_local("sysfs"));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -250,6 +328,8 @@ int main(int argc, char **argv)
     g_test_add_func("/config/devices", test_devices);
     g_test_add_func("/config/device-limits", test_device_limits);
     g_test_add_func("/config/keyfile-roundtrip", test_keyfile_roundtrip);
+    g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);
+    g_test_add_func("/config/mountinfo", test_mountinfo);
     return g_test_run();
 }

@@ -47,13 +47,15 @@ expect 's "created"' "State created" "$(bctl get-property $D $A $VMI State)"
 expect 'u 2' "VCPUs" "$(bctl get-property $D $A $VMI VCPUs)"
 expect 't 64' "MemoryMiB" "$(bctl get-property $D $A $VMI MemoryMiB)"
 expect 's "alpha"' "Name" "$(bctl get-property $D $A $VMI Name)"
-expect '"kernel" s "/boot/vmlinuz"' "Config" "$(bctl get-property $D $A $VMI Config)"
+expect '"kernel" s "/boot/vmlinuz"' "GetConfig" "$(bctl call $D $A $VMI GetConfig)"
+expect 's ""' "GetExitReason before any run" "$(bctl call $D $A $VMI GetExitReason)"
+expect "u $(id -u)" "Owner is the caller" "$(bctl get-property $D $A $VMI Owner)"
 out=$(bctl get-property $D $A $VMI UUID)
 if grep -Eq '^s "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"$' <<<"$out"; then ok "UUID v4"; else not_ok "UUID: $out"; fi
 expect '.Shutdown' "busctl introspect shows the VM interface" "$(bctl introspect $D $A)"
 intro=$(bctl introspect $D $A $VMI)
 for m in .Start .Pause .Resume .Shutdown .Stop .Reboot .Delete .Snapshot .OpenConsole .GetStats \
-    .Name .UUID .State .VCPUs .MemoryMiB .Config .StateChangedAt .ExitReason; do
+    .GetConfig .GetExitReason .Name .UUID .State .VCPUs .MemoryMiB .StateChangedAt .Owner; do
     expect "$m" "VM interface has $m" "$intro"
 done
 intro=$(bctl introspect $D $ROOT $MGR)

@@ -19,10 +19,6 @@
 
 #include "harness.h"
 
-#ifndef KVM_DEVICE
-#define KVM_DEVICE "/dev/kvm"
-#endif
-
 #define ERR "org.microvmd.MicroVM1.Error."
 /* Nested KVM emulates guest kernel code (FACTS.md): be generous. */
 #define GUEST_TIMEOUT_MS (60 * 1000)
@@ -110,7 +106,7 @@ static void wait_state(MvmdVm *vm, const char *state)
     while (g_strcmp0(mvmd_vm_get_state(vm), state) != 0) {
         if (g_get_monotonic_time() > deadline)
             g_error("%s: state %s, expected %s (exit reason: %s)", mvmd_vm_get_name(vm),
-                    mvmd_vm_get_state(vm), state, mvmd_vm_get_exit_reason(vm));
+                    mvmd_vm_get_state(vm), state, mvmd_test_vm_exit_reason(vm));
         if (!g_main_context_iteration(NULL, FALSE))
             g_usleep(1000);
     }
@@ -221,7 +217,7 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     wait_state(vm, "running");
     g_assert_true(strv_has(states, "running"));
     g_assert_cmpuint(mvmd_vm_get_state_changed_at(vm), >, created_at);
-    g_assert_cmpstr(mvmd_vm_get_exit_reason(vm), ==, "");
+    g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     call_fails(vm, "Start", NULL, ERR "InvalidState");
     call_fails(vm, "Resume", NULL, ERR "InvalidState");
     call_fails(vm, "Delete", NULL, ERR "InvalidState");
@@ -267,7 +263,7 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     console_send(c1, "quit\r");
     console_expect(c1, at, "TESTGUEST-DONE echo PASS");
     wait_state(vm, "stopped");
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(vm), "debug-exit"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "debug-exit"));
     g_assert_true(strv_has(states, "paused"));
     g_assert_true(strv_has(states, "stopped"));
 
@@ -293,13 +289,13 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
     at = console_expect(c, 0, "READY");
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(vm), "requested"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "requested"));
     call_fails(vm, "Stop", NULL, ERR "InvalidState");
 
     /* A fresh machine each time; the console carries on. */
     call_ok(vm, "Start");
     wait_state(vm, "running");
-    g_assert_cmpstr(mvmd_vm_get_exit_reason(vm), ==, "");
+    g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     at = console_expect(c, at, "READY");
     call_ok(vm, "Reboot");
     wait_state(vm, "running");
@@ -325,7 +321,7 @@ static void test_triplefault_isolated(Fixture *f, gconstpointer data)
     at = console_expect(c, 0, "READY");
     call_ok(bad, "Start");
     wait_state(bad, "crashed");
-    reason = mvmd_vm_get_exit_reason(bad);
+    reason = mvmd_test_vm_exit_reason(bad);
     g_test_message("triple fault: %s", reason);
     g_assert_true(g_str_has_prefix(reason, "triple-fault") ||
                   g_str_has_prefix(reason, "internal-error"));
@@ -475,10 +471,10 @@ static void test_graceful_shutdown(Fixture *f, gconstpointer data)
     call_args_ok(polite, "Shutdown", g_variant_new("(u)", 30));
     g_main_context_iteration(NULL, FALSE);
     wait_state(polite, "stopped");
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(polite), "reset"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(polite), "reset"));
     call_args_ok(leaving, "Shutdown", g_variant_new("(u)", 30));
     wait_state(leaving, "stopped");
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(leaving), "debug-exit"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(leaving), "debug-exit"));
     /* A stopped VM has nothing to shut down. */
     call_fails(polite, "Shutdown", g_variant_new("(u)", 1), ERR "InvalidState");
 
@@ -497,7 +493,7 @@ static void test_reset(Fixture *f, gconstpointer data)
 
     call_ok(once, "Start");
     wait_state(once, "stopped");
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(once), "reset"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(once), "reset"));
 
     /* The default restarts the guest: it comes up again (and resets again...). */
     c = console_open(again);
@@ -677,7 +673,7 @@ static void test_devices(Fixture *f, gconstpointer data)
                                      G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
     g_assert_no_error(error);
     blk = mvmd_test_bus_vm(f->bus, NULL, path);
-    config = mvmd_vm_dup_config(blk);
+    config = g_variant_ref(mvmd_test_vm_config(blk));
     disks = g_variant_lookup_value(config, "disks", G_VARIANT_TYPE("aa{sv}"));
     g_assert_nonnull(disks);
     g_assert_cmpuint(g_variant_n_children(disks), ==, 2);
@@ -685,7 +681,7 @@ static void test_devices(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(out, "BLK capacity 2048 "));
     g_assert_nonnull(strstr(out, "PASS blk-write-read"));
     g_assert_null(strstr(out, "FAIL"));
-    g_assert_true(g_str_has_prefix(mvmd_vm_get_exit_reason(blk), "debug-exit"));
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(blk), "debug-exit"));
     /* The guest wrote sectors 16..23 of the first disk and nothing else. */
     g_assert_true(g_file_get_contents(disk0, &after, &len, NULL));
     g_assert_cmpuint(len, ==, 2048 * 512);
@@ -718,7 +714,7 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
                                             "'persist': <true>, "
                                             "'autostart': <true>");
     g_autoptr(MvmdVm) kept = create_guest(f, "kept", "idle", extra);
-    g_autoptr(GVariant) config_before = mvmd_vm_dup_config(kept);
+    g_autoptr(GVariant) config_before = g_variant_ref(mvmd_test_vm_config(kept));
     g_autoptr(GVariant) config_after = NULL;
     g_autofree char *uuid = g_strdup(mvmd_vm_get_uuid(autovm));
     Console *c;
@@ -741,7 +737,7 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     console_expect(c, 0, "IDLE");
     console_close(c);
     g_assert_cmpstr(mvmd_vm_get_state(kept), ==, "stopped");
-    config_after = mvmd_vm_dup_config(kept);
+    config_after = g_variant_ref(mvmd_test_vm_config(kept));
     g_assert_true(g_variant_equal(config_before, config_after));
     call_ok(autovm, "Stop");
     wait_state(autovm, "stopped");
@@ -856,7 +852,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(copy), ==, "paused");
     g_assert_cmpuint(mvmd_vm_get_memory_mib(copy), ==, 16);
     g_assert_cmpuint(mvmd_vm_get_vcpus(copy), ==, 1);
-    config = mvmd_vm_dup_config(copy);
+    config = g_variant_ref(mvmd_test_vm_config(copy));
     g_assert_true(g_variant_lookup(config, "snapshot", "&s", &(const char *){NULL}));
     restore_fails_exists(f, dir1);
     cc = console_open(copy);
@@ -883,7 +879,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     copy2 = mvmd_test_bus_vm(f->bus, NULL, copy2_path);
     wait_state(copy2, "running");
     {
-        g_autoptr(GVariant) config2 = mvmd_vm_dup_config(copy2);
+        g_autoptr(GVariant) config2 = g_variant_ref(mvmd_test_vm_config(copy2));
         gboolean copied = FALSE;
 
         g_assert_true(g_variant_lookup(config2, "copy-memory", "b", &copied));
@@ -1019,10 +1015,10 @@ static void restore_fails(Fixture *f, const char *name, const char *dir, const c
     g_assert_nonnull(strstr(error->message, text));
 }
 
-/* The first disk entry of a VM's Config property. */
+/* The first disk entry of a VM's configuration (GetConfig). */
 static GVariant *config_disk0(MvmdVm *vm)
 {
-    g_autoptr(GVariant) config = mvmd_vm_dup_config(vm);
+    g_autoptr(GVariant) config = g_variant_ref(mvmd_test_vm_config(vm));
     g_autoptr(GVariant) disks = g_variant_lookup_value(config, "disks", G_VARIANT_TYPE("aa{sv}"));
 
     g_assert_nonnull(disks);
@@ -1046,7 +1042,7 @@ static GUnixFDList *fd_list_of(const char *path, int flags)
 /*
  * Root restores a VM with a disk: counts that do not match are refused, the disk passed as an
  * fd in the options is the one the guest goes on using (the snapshot's file stays untouched),
- * and without options the snapshot's own disk is used; the Config property shows which.
+ * and without options the snapshot's own disk is used; GetConfig shows which.
  */
 static void test_restore_backends(Fixture *f, gconstpointer data)
 {
@@ -1374,7 +1370,7 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     disk0 = config_disk0(vm);
     g_assert_nonnull(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN));
     /* Never mapped from a file its caller could truncate under the daemon. */
-    g_assert_true(g_variant_lookup(mvmd_vm_get_config(vm), "copy-memory", "b", &copied) && copied);
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "copy-memory", "b", &copied) && copied);
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
 
@@ -1593,13 +1589,14 @@ static void test_reload_drops_pending_call(Fixture *f, gconstpointer data)
     g_autofree char *out = NULL;
     g_autofree char *path = NULL;
 
-    mock = start_nobody_and_polkit(f, "org.microvmd.vm.manage");
+    /* Root's VM, nobody's call: the action for other users' VMs. */
+    mock = start_nobody_and_polkit(f, "org.microvmd.vm.manage-others");
     if (!mock)
         return;
     vm = create_from_text(f, "p", text);
     g_clear_pointer(&reply, g_variant_unref);
     reply = polkit_mock_call(f, "SimulateHangActions",
-                             g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage"));
+                             g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage-others"));
     client = vm_call_as_nobody(f, "p", "Delete");
     mvmd_test_wait_until(polkit_mock_hangs(f), GUEST_TIMEOUT_MS);
 
@@ -1742,23 +1739,13 @@ static void test_sigterm_running(Fixture *f, gconstpointer data)
     g_test_message("daemon stopped in %.2f s", (g_get_monotonic_time() - start) / 1e6);
 }
 
-static gboolean kvm_usable(void)
-{
-    int fd = open(KVM_DEVICE, O_RDWR | O_CLOEXEC);
-
-    if (fd < 0)
-        return FALSE;
-    close(fd);
-    return TRUE;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 6 && g_str_equal(argv[1], "--restore-client"))
         return restore_client_main(argv);
     g_test_init(&argc, &argv, NULL);
-    if (!kvm_usable()) {
-        g_printerr("SKIP: %s is not usable here (%s)\n", KVM_DEVICE, g_strerror(errno));
+    if (!mvmd_test_kvm_usable()) {
+        g_printerr("SKIP: /dev/kvm is not usable here (%s)\n", g_strerror(errno));
         return 77;
     }
     testguest = g_getenv("MVM_TESTGUEST");

@@ -34,16 +34,6 @@ static void fixture_teardown(Fixture *f, gconstpointer data)
     mvmd_test_bus_free(f->bus);
 }
 
-static gboolean have_kvm(void)
-{
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-
-    if (fd < 0)
-        return FALSE;
-    close(fd);
-    return TRUE;
-}
-
 static char *create_vm(MvmdManager *manager, const char *name, const char *config, GError **error)
 {
     g_autoptr(GVariant) cfg = g_variant_ref_sink(mvmd_test_config(config));
@@ -109,7 +99,7 @@ static void test_manager_properties(Fixture *f, gconstpointer data)
             g_assert_nonnull(value);
         }
     }
-    if (have_kvm()) {
+    if (mvmd_test_kvm_usable()) {
         g_assert_cmpint(mvmd_manager_get_kvm_api_version(f->manager), ==, 12);
         g_assert_true(g_strv_contains(caps, "kvm"));
     } else {
@@ -146,11 +136,11 @@ static void test_create(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "created");
     g_assert_cmpuint(mvmd_vm_get_vcpus(vm), ==, 2);
     g_assert_cmpuint(mvmd_vm_get_memory_mib(vm), ==, 64);
-    g_assert_cmpstr(mvmd_vm_get_exit_reason(vm), ==, "");
+    g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     g_assert_cmpint(mvmd_vm_get_state_changed_at(vm), <=, now);
     g_assert_cmpint(mvmd_vm_get_state_changed_at(vm), >, now - 60 * G_USEC_PER_SEC);
 
-    config = mvmd_vm_get_config(vm);
+    config = mvmd_test_vm_config(vm);
     g_assert_true(g_variant_lookup(config, "kernel", "&s", &s));
     g_assert_cmpstr(s, ==, "/boot/vmlinuz");
     g_assert_true(g_variant_lookup(config, "initrd", "&s", &s));
@@ -428,9 +418,9 @@ static void test_fd_passing(Fixture *f, gconstpointer data)
                                      G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
     g_assert_no_error(error);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
-    g_assert_true(g_variant_lookup(mvmd_vm_get_config(vm), "kernel-fd-passed", "b", &passed));
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "kernel-fd-passed", "b", &passed));
     g_assert_true(passed);
-    g_assert_null(g_variant_lookup_value(mvmd_vm_get_config(vm), "kernel", NULL));
+    g_assert_null(g_variant_lookup_value(mvmd_test_vm_config(vm), "kernel", NULL));
 
     /* Out of range, not a regular file, persistent. */
     mvmd_manager_call_create_vm_sync(f->manager, "byfd2",
@@ -448,6 +438,19 @@ static void test_fd_passing(Fixture *f, gconstpointer data)
         G_DBUS_CALL_FLAGS_NONE, -1, fds, NULL, NULL, NULL, &error);
     mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
     g_assert_nonnull(strstr(error->message, "persist"));
+    g_clear_error(&error);
+
+    /* A disk the guest would write, as a file of proc: refused, naming the file system. */
+    fd = open("/proc/self/comm", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(g_unix_fd_list_append(fds, fd, &error), ==, 2);
+    close(fd);
+    mvmd_manager_call_create_vm_sync(
+        f->manager, "byfd5",
+        mvmd_test_config("{'kernel-fd': <handle 0>, 'disks': <[{'fd': <handle 2>}]>}"),
+        G_DBUS_CALL_FLAGS_NONE, -1, fds, NULL, NULL, NULL, &error);
+    mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
+    g_assert_nonnull(strstr(error->message, "disks[0].fd"));
+    g_assert_nonnull(strstr(error->message, "on a proc file system"));
 }
 
 /* ---- ObjectManager and PropertiesChanged -------------------------------------------------- */
@@ -590,15 +593,15 @@ static void test_persistence(Fixture *f, gconstpointer data)
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
     g_assert_cmpstr(mvmd_vm_get_uuid(vm), ==, uuid);
     g_assert_cmpuint(mvmd_vm_get_vcpus(vm), ==, 2);
-    g_assert_true(g_variant_lookup(mvmd_vm_get_config(vm), "autostart", "b", &autostart));
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "autostart", "b", &autostart));
     g_assert_true(autostart);
     {
         const char *cmdline = NULL;
-        g_assert_true(g_variant_lookup(mvmd_vm_get_config(vm), "cmdline", "&s", &cmdline));
+        g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "cmdline", "&s", &cmdline));
         g_assert_cmpstr(cmdline, ==, "a=\"b c\" ü");
     }
     /* Autostart was tried; the kernel does not exist (or there is no KVM): stopped, and why. */
-    mvmd_test_wait_until(g_str_has_prefix(mvmd_vm_get_exit_reason(vm), "start-failed"), 10000);
+    mvmd_test_wait_until(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "start-failed"), 10000);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "stopped");
 
     /* The bad files are still there, untouched. */

@@ -4,15 +4,20 @@
 one JSON line each, {"op": …, "error": D-Bus error name or null}. ADDRESS is a bus address, or
 with --p2p the address of microvmd's own socket.
 
-OPS: list, reload, create NAME (kernel by path), create-fd NAME (kernel from the inherited
+OPS: list, reload, managed (GetManagedObjects; its reply printed as "reply"), create NAME
+(kernel by path), create-fd NAME (kernel from the inherited
 descriptor $CLIENT_KERNEL_FD), restore NAME (from a snapshot path),
-start|pause|resume|shutdown|stop|reboot|delete|console|stats|snapshot NAME.
+start|pause|resume|shutdown|stop|reboot|delete|console|stats|config|exit-reason|snapshot NAME.
 
 Snapshot destinations (SNAPSHOT_OPS), each "snapshot-KIND NAME": a directory $CLIENT_TARGET
 by path, as a dir-fd or as an O_PATH dir-fd; or a state file of the KIND given (see
 state_file()) with a proper memory file, both made in $CLIENT_WORKDIR (the client's own).
 restore-files NAME restores from the files "snapshot-files" made there, restore-fifo NAME
-with a FIFO in place of the state file."""
+with a FIFO in place of the state file.
+
+snapshot-proc NAME passes the client's own /proc/self/oom_score_adj as the state file, then
+its /proc/self/comm as the memory file, each opened for writing (two calls); its result adds
+"message" (the error's messages) and "written" (whether any of the files changed)."""
 
 import json
 import os
@@ -31,6 +36,8 @@ VM_CALLS = {
     "reboot": ("Reboot", None),
     "delete": ("Delete", None),
     "stats": ("GetStats", None),
+    "config": ("GetConfig", None),
+    "exit-reason": ("GetExitReason", None),
     # A path: never followed for an unprivileged caller, whatever polkit says.
     "snapshot": ("Snapshot", GLib.Variant("(sa{sv})", ("/var/tmp/microvmd-snapshot", {}))),
 }
@@ -101,6 +108,36 @@ def restore_files(conn, name, flags, state_kind="files"):
                         fds=fds, flags=flags)[1]
 
 
+PROC_FILES = ("/proc/self/oom_score_adj", "/proc/self/comm")
+
+
+def read_proc_files():
+    contents = []
+    for path in PROC_FILES:
+        with open(path) as f:
+            contents.append(f.read())
+    return contents
+
+
+def snapshot_to_proc(conn, name, flags, result):
+    """Snapshot into files of proc, which root's writes would turn into requests to the kernel
+    (an oom_score_adj of -1000 needs CAP_SYS_RESOURCE): both calls must fail, nothing move."""
+    before = read_proc_files()
+    errors, messages, plain = [], [], []
+    for i, proc_path in enumerate(PROC_FILES):
+        fds = [new_file(f"proc.{i}.{n}") for n in range(2)]
+        plain.append(os.path.join(WORKDIR, f"proc.{i}.{1 - i}"))
+        os.close(fds[i])
+        fds[i] = os.open(proc_path, os.O_WRONLY)
+        errors.append(systest.call(conn, vm_path(conn, name), systest.VM, "Snapshot",
+                                   GLib.Variant("(sa{sv})", ("", FILES)), fds=fds,
+                                   flags=flags, messages=messages)[1])
+    result["message"] = messages
+    result["written"] = (read_proc_files() != before or
+                         any(os.stat(p).st_size for p in plain))
+    return errors[0] if errors[0] == errors[1] else f"{errors[0]} then {errors[1]}"
+
+
 def vm_path(conn, name):
     reply, err = systest.call(conn, systest.PATH, systest.MANAGER, "GetVMByName",
                               GLib.Variant("(s)", (name,)), "(o)")
@@ -129,7 +166,20 @@ def read_console(conn, path, flags):
     return None
 
 
-def run(conn, op, name, flags):
+def managed_objects(conn, flags):
+    """GetManagedObjects, as a JSON-able dict: path → interface → property → printed value."""
+    reply, err = systest.call(conn, systest.PATH, "org.freedesktop.DBus.ObjectManager",
+                              "GetManagedObjects", None, "(a{oa{sa{sv}}})", flags=flags)
+    if err:
+        return err, None
+    return None, {path: {iface: {k: str(v) for k, v in props.items()}
+                         for iface, props in ifaces.items()}
+                  for path, ifaces in reply[0].items()}
+
+
+def run(conn, op, name, flags, result):
+    if op == "snapshot-proc":
+        return snapshot_to_proc(conn, name, flags, result)
     if op == "list":
         return systest.call(conn, systest.PATH, systest.MANAGER, "ListVMs", None, "(a(soss))",
                             flags=flags)[1]
@@ -175,11 +225,16 @@ def main():
     while i < len(ops):
         op = ops[i]
         name = None
-        if op not in ("list", "reload"):
+        if op not in ("list", "reload", "managed"):
             i += 1
             name = ops[i]
-        print(json.dumps({"op": op, "vm": name, "error": run(conn, op, name, flags)}),
-              flush=True)
+        if op == "managed":
+            error, reply = managed_objects(conn, flags)
+            print(json.dumps({"op": op, "vm": None, "error": error, "reply": reply}), flush=True)
+        else:
+            result = {"op": op, "vm": name}
+            result["error"] = run(conn, op, name, flags, result)
+            print(json.dumps(result), flush=True)
         i += 1
 
 

@@ -27,12 +27,18 @@ PATH = "/org/microvmd/MicroVM1"
 MANAGER = NAME + ".Manager"
 VM = NAME + ".VM"
 ERR = NAME + ".Error."
+# The polkit actions: on one's own VMs, and (-others) on other users' VMs.
 ACTIONS = {
     "create": "org.microvmd.vm.create",
     "manage": "org.microvmd.vm.manage",
     "console": "org.microvmd.vm.console",
     "snapshot": "org.microvmd.vm.snapshot",
+    "read-others": "org.microvmd.vm.read-others",
+    "manage-others": "org.microvmd.vm.manage-others",
+    "console-others": "org.microvmd.vm.console-others",
+    "snapshot-others": "org.microvmd.vm.snapshot-others",
 }
+OWN_ACTIONS = [ACTIONS[a] for a in ("create", "manage", "console", "snapshot")]
 # Methods with an a{sv} of options (Pause), called without any.
 NO_OPTIONS = GLib.Variant("(a{sv})", ({},))
 # Nested KVM emulates guest kernel code (FACTS.md): be generous with guest timeouts.
@@ -275,8 +281,9 @@ def peer_connect(socket_path):
 
 
 def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
-         timeout=GUEST_TIMEOUT_MS, name=NAME, flags=Gio.DBusCallFlags.NONE):
-    """Calls @method; returns (unpacked reply, None) or (None, D-Bus error name)."""
+         timeout=GUEST_TIMEOUT_MS, name=NAME, flags=Gio.DBusCallFlags.NONE, messages=None):
+    """Calls @method; returns (unpacked reply, None) or (None, D-Bus error name). An error's
+    message is appended to the list @messages, when given."""
     # On a peer-to-peer connection there is no bus: no destination.
     dest = name if conn.get_unique_name() else None
     try:
@@ -293,6 +300,8 @@ def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
         return (reply.unpack() if reply else None), None
     except GLib.Error as e:
         remote = Gio.DBusError.get_remote_error(e)
+        if messages is not None:
+            messages.append(e.message)
         return None, remote or f"local:{e.message}"
 
 
@@ -374,6 +383,22 @@ def client_argv(uid, gid, address, ops):
     with cwd=client_dir()."""
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
             sys.executable, os.path.join(client_dir(), "client.py"), address] + list(ops)
+
+
+def throwaway_user(test):
+    """A system user made for @test (useradd) and removed after it; its (uid, gid). Where
+    useradd is missing, the existing unprivileged user "daemon" stands in."""
+    import pwd
+    name = f"mvmtest-{os.getpid()}"
+    if shutil.which("useradd") and subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--user-group", "--shell",
+             "/usr/sbin/nologin", name], stdout=subprocess.DEVNULL).returncode == 0:
+        test.addCleanup(subprocess.run, ["userdel", name], stdout=subprocess.DEVNULL)
+    else:
+        name = "daemon"
+    pw = pwd.getpwnam(name)
+    assert pw.pw_uid not in (0, NOBODY), pw
+    return pw.pw_uid, pw.pw_gid
 
 
 def require_root_and_setpriv():

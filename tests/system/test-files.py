@@ -56,15 +56,21 @@ class PolicyFiles(systest.TestCase):
                    .iter("action")}
         self.assertTrue(used)
         self.assertEqual(used, shipped)
+        # Each own-VM action has its -others twin (create has none: a new VM is one's own).
+        for action_id in used - {"org.microvmd.vm.create"}:
+            self.assertIn(action_id.removesuffix("-others") + "-others", used)
         for action in ET.parse(ENV["MVMD_POLKIT_POLICY"]).getroot().iter("action"):
+            action_id = action.get("id")
             defaults = action.find("defaults")
-            expected = "yes" if action.get("id").endswith(".read") else None
             for key in ("allow_any", "allow_inactive", "allow_active"):
                 value = defaults.find(key).text
-                if expected:
-                    self.assertEqual(value, expected)
-                else:  # mutating: an administrator, never plain yes
-                    self.assertTrue(value.startswith("auth_admin"), (action.get("id"), value))
+                if action_id.endswith(".read"):
+                    self.assertEqual(value, "yes")
+                elif key == "allow_active" and not action_id.endswith("-others"):
+                    # One's own VMs, as one's own media: no password in an active session.
+                    self.assertEqual(value, "yes", action_id)
+                else:  # other users' VMs, or not at the seat: an administrator
+                    self.assertTrue(value.startswith("auth_admin"), (action_id, value))
 
     def test_polkit_policy_is_translated(self):
         """i18n.merge_file put each catalog's description and message into the policy."""
@@ -124,6 +130,23 @@ class PolicyFiles(systest.TestCase):
             socket_unit = f.read().splitlines()
         self.assertIn("ListenStream=/run/microvmd/io.socket", socket_unit)
         self.assertIn("FileDescriptorName=microvmd", socket_unit)
+
+
+class ErrorNames(systest.TestCase):
+    def test_every_error_is_documented(self):
+        """Each D-Bus error name of daemon/names.h is in the interface XML and both references."""
+        with open(ENV["MVMD_NAMES_H"]) as f:
+            names = re.findall(r'#define MVMD_DBUS_ERROR_\w+\s+MVMD_DBUS_ERROR_PREFIX "(\w+)"',
+                               f.read())
+        self.assertIn("NoResources", names)
+        self.assertIn("LimitReached", names)
+        root = os.path.dirname(os.path.dirname(ENV["MVMD_NAMES_H"]))
+        for doc in ("introspection/org.microvmd.MicroVM1.Manager.xml", "docs/usage-dbus.md",
+                    "docs/man/microvmd.8.rst"):
+            with open(os.path.join(root, doc)) as f:
+                text = f.read()
+            for name in names:
+                self.assertRegex(text, rf"\b{name}\b", f"{doc} does not name the error {name}")
 
 
 class Tmpfiles(systest.TestCase):

@@ -3,12 +3,17 @@
 """Authorization on a private *system-like* bus: dbus-daemon with a system.conf-style default
 policy and our data/org.microvmd.MicroVM1.conf included as shipped; polkitd and
 systemd-machined mocked by python-dbusmock. An unprivileged caller (nobody, via setpriv) is
-denied every mutating method until polkit says yes; reading is always allowed; without a polkit
-authority only root may act; a running VM is registered with machined."""
+denied every mutating method until polkit says yes; on another user's VM the -others actions
+are asked, and reading its details needs read-others; the owner reads without asking; listing
+is always allowed; without a polkit authority only root may act; a running VM is registered
+with machined."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import systest  # noqa: E402
@@ -25,7 +30,12 @@ NOT_AUTHORIZED = systest.ERR + "NotAuthorized"
 MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume", "guest",
                 "shutdown", "guest", "stop", "guest", "reboot", "guest", "console", "guest",
                 "snapshot", "guest", "restore", "copy", "delete", "guest", "reload"]
-READING_OPS = ["list", "stats", "guest"]
+# Public: anyone, never asked.
+PUBLIC_OPS = ["list", "managed"]
+# The details of root's VM "guest": another user's, so read-others is asked.
+DETAIL_OPS = ["stats", "guest", "config", "guest", "exit-reason", "guest"]
+# What the bus shows everyone of a VM: no configuration, no exit reason.
+PUBLIC_PROPERTIES = {"Name", "UUID", "State", "VCPUs", "MemoryMiB", "StateChangedAt", "Owner"}
 
 
 class CheckMonitor:
@@ -56,6 +66,20 @@ class CheckMonitor:
         return None
 
 
+def caller_files_held(daemon, workdir):
+    """What microvmd has open of a caller's: files in @workdir, files of the caller's /proc."""
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    held = []
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith(workdir + "/") or target.endswith(("/oom_score_adj", "/comm")):
+            held.append(target)
+    return held
+
+
 class PolkitTest(systest.TestCase):
     def setUp(self):
         super().setUp()
@@ -77,8 +101,8 @@ class PolkitTest(systest.TestCase):
         systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
         return proc
 
-    def start_microvmd(self):
-        daemon = self.start_daemon([f"--address={self.bus.address}"])
+    def start_microvmd(self, **kwargs):
+        daemon = self.start_daemon([f"--address={self.bus.address}"], **kwargs)
         systest.wait_for(lambda: systest.name_has_owner(self.root), 60, "microvmd on the bus")
         path, err = systest.create_vm(self.root, "guest")
         self.assertIsNone(err)
@@ -105,8 +129,13 @@ class PolkitTest(systest.TestCase):
         self.assert_all(self.as_nobody(MUTATING_OPS, interactive=True), NOT_AUTHORIZED)
         self.assert_checks(monitor, interactive=True)
         monitor.checks.clear()
-        self.assert_all(self.as_nobody(READING_OPS), None)
-        self.assertEqual(monitor.checks, [])  # reading never asks
+        self.assert_all(self.as_nobody(PUBLIC_OPS), None)
+        self.assertEqual(monitor.checks, [])  # listing never asks
+        self.assert_all(self.as_nobody(DETAIL_OPS), NOT_AUTHORIZED)
+        systest.wait_for(lambda: len(monitor.checks) >= 3, 10, "the read checks")
+        self.assertEqual({(c[1], c[2]["verb"], c[2]["owner"], c[3]) for c in monitor.checks},
+                         {(systest.ACTIONS["read-others"], verb, "0", 0)
+                          for verb in ("GetStats", "GetConfig", "GetExitReason")})
 
         _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
                               GLib.Variant("(as)", (list(systest.ACTIONS.values()),)),
@@ -131,8 +160,11 @@ class PolkitTest(systest.TestCase):
         as the state to restore is refused, never read)."""
         self.start_mock("--template", "polkitd")
         daemon, path = self.start_microvmd()
+        # Root's VM: snapshot-others; the copy nobody restores is nobody's own: snapshot.
         _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
-                              GLib.Variant("(as)", ([systest.ACTIONS["snapshot"]],)), name=POLKIT)
+                              GLib.Variant("(as)", ([systest.ACTIONS["snapshot-others"],
+                                                     systest.ACTIONS["snapshot"]],)),
+                              name=POLKIT)
         self.assertIsNone(err)
         _, err = systest.call(self.root, path, systest.VM, "Start")
         self.assertIsNone(err)
@@ -156,6 +188,19 @@ class PolkitTest(systest.TestCase):
                "snapshot-hardlink", "snapshot-same"]
         self.assertEqual(as_nobody([x for op in bad for x in (op, "guest")] + ["list"]),
                          [(op, systest.ERR + "InvalidArgument") for op in bad] + [("list", None)])
+        # Files of proc, the client's own (regular, one link, its owner's): refused by file
+        # system, never truncated nor written with root's privileges.
+        proc, = systest.run_client_as(systest.NOBODY, systest.NOBODY, self.bus.address,
+                                      ["snapshot-proc", "guest"], env=env)
+        self.assertEqual(proc["error"], systest.ERR + "InvalidArgument", proc)
+        self.assertEqual(len(proc["message"]), 2, proc)
+        for message in proc["message"]:
+            self.assertIn("on a proc file system", message)
+        self.assertFalse(proc["written"], proc)
+        # The refused descriptors are all closed (by the daemon's closer thread, never by the
+        # main loop): none left pointing at nobody's files.
+        systest.wait_for(lambda: not caller_files_held(daemon, workdir), 30,
+                         "microvmd to close the refused descriptors")
         self.assertEqual(as_nobody(["snapshot-files", "guest", "restore-fifo", "fifo",
                                     "restore-files", "copy"]),
                          [("snapshot-files", None),
@@ -171,11 +216,43 @@ class PolkitTest(systest.TestCase):
         self.assertEqual(systest.vm_state(self.root, copy[0]), "paused")
         self.assertEqual(daemon.stop(), 0)
 
+    def test_snapshot_files_from_another_mount_namespace(self):
+        """As under the unit (PrivateMounts=, PrivateTmp=): microvmd in a mount namespace of
+        its own, where every mount has another ID than the caller's, still takes a caller's
+        files on ext4 or tmpfs (found by device number) to snapshot into and restore from."""
+        if not shutil.which("unshare"):
+            self.skipTest("unshare (util-linux) is not installed")
+        self.start_mock("--template", "polkitd")
+        daemon, path = self.start_microvmd(
+            wrapper_argv=["unshare", "--mount", "--propagation", "private"])
+        # "guest" is root's: nobody snapshots it with the -others action, restores its own copy.
+        allowed = [systest.ACTIONS["snapshot"], systest.ACTIONS["snapshot-others"]]
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
+                              GLib.Variant("(as)", (allowed,)), name=POLKIT)
+        self.assertIsNone(err)
+        _, err = systest.call(self.root, path, systest.VM, "Start")
+        self.assertIsNone(err)
+        shm = tempfile.mkdtemp(prefix="microvmd-test-", dir="/dev/shm")
+        self.addCleanup(shutil.rmtree, shm)
+        os.chmod(shm, 0o755)  # nobody must reach its workdir
+        for i, parent in enumerate((self.tmp.path, shm)):
+            workdir = os.path.join(parent, "nobody")
+            os.mkdir(workdir, 0o700)
+            os.chown(workdir, systest.NOBODY, systest.NOBODY)
+            results = systest.run_client_as(
+                systest.NOBODY, systest.NOBODY, self.bus.address,
+                ["snapshot-files", "guest", "restore-files", f"copy{i}"],
+                env={"CLIENT_WORKDIR": workdir})
+            self.assertEqual([(r["op"], r["error"]) for r in results],
+                             [("snapshot-files", None), ("restore-files", None)], parent)
+        self.assertEqual(daemon.stop(), 0)
+
     def assert_checks(self, monitor, interactive):
-        """One check per mutating call: the caller's bus name, the VM and the method."""
-        expected = {"CreateVM": ("create", "mine"), "Reload": ("manage", None),
-                    "OpenConsole": ("console", "guest"), "Snapshot": ("snapshot", "guest"),
-                    "RestoreVM": ("snapshot", "copy")}
+        """One check per mutating call: the caller's bus name, the VM and the method. "guest"
+        is root's: the -others actions, with its owner (0) in the details."""
+        expected = {"CreateVM": ("create", "mine"), "Reload": ("manage-others", None),
+                    "OpenConsole": ("console-others", "guest"),
+                    "Snapshot": ("snapshot-others", "guest"), "RestoreVM": ("snapshot", "copy")}
         systest.wait_for(lambda: len(monitor.checks) >= 12, 10, "the polkit checks")
         verbs = []
         for (kind, subject), action, details, flags, cancellation in monitor.checks:
@@ -183,9 +260,10 @@ class PolkitTest(systest.TestCase):
             self.assertTrue(subject["name"].startswith(":"), subject)
             verb = details["verb"]
             verbs.append(verb)
-            short, vm = expected.get(verb, ("manage", "guest"))
+            short, vm = expected.get(verb, ("manage-others", "guest"))
             self.assertEqual(action, systest.ACTIONS[short], verb)
             self.assertEqual(details.get("vm"), vm, verb)
+            self.assertEqual(details.get("owner"), "0" if vm == "guest" else None, verb)
             self.assertEqual(flags, 1 if interactive else 0, verb)
         self.assertEqual(sorted(verbs), sorted(
             ["CreateVM", "Start", "Pause", "Resume", "Shutdown", "Stop", "Reboot",
@@ -195,9 +273,10 @@ class PolkitTest(systest.TestCase):
         self.start_mock("--template", "polkitd")
         daemon, _ = self.start_microvmd()
         monitor = CheckMonitor(self.bus)
-        # polkit "shows a password dialog" (never answers) for manage.
+        # polkit "shows a password dialog" (never answers) for manage-others (root's VM).
         _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SimulateHangActions",
-                              GLib.Variant("(as)", ([systest.ACTIONS["manage"]],)), name=POLKIT)
+                              GLib.Variant("(as)", ([systest.ACTIONS["manage-others"]],)),
+                              name=POLKIT)
         self.assertIsNone(err)
         client = subprocess.Popen(
             systest.client_argv(systest.NOBODY, systest.NOBODY, self.bus.address,
@@ -221,10 +300,83 @@ class PolkitTest(systest.TestCase):
     def test_without_polkit_only_root(self):
         daemon, path = self.start_microvmd()
         self.assert_all(self.as_nobody(MUTATING_OPS), NOT_AUTHORIZED)
-        self.assert_all(self.as_nobody(READING_OPS), None)
-        for method in ("Start", "Stop"):
+        self.assert_all(self.as_nobody(PUBLIC_OPS), None)
+        self.assert_all(self.as_nobody(DETAIL_OPS), NOT_AUTHORIZED)
+        for method in ("Start", "Stop", "GetConfig"):
             _, err = systest.call(self.root, path, systest.VM, method)
             self.assertIsNone(err, method)
+        self.assertEqual(daemon.stop(), 0)
+
+    def set_allowed(self, actions):
+        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
+                              GLib.Variant("(as)", (list(actions),)), name=POLKIT)
+        self.assertIsNone(err)
+
+    def test_owner_rules(self):
+        """nobody creates and owns a VM; another user allowed only the own-VM actions can
+        neither change it nor read its details or console (and nothing changes); with the
+        -others actions it can; root always can. The bus shows the VM's owner to everyone and
+        its configuration to no one who is not allowed to read it."""
+        self.start_mock("--template", "polkitd")
+        daemon, _ = self.start_microvmd()
+        other_uid, other_gid = systest.throwaway_user(self)
+        workdir = os.path.join(self.tmp.path, "other")
+        os.mkdir(workdir, 0o700)
+        os.chown(workdir, other_uid, other_gid)
+
+        def as_other(ops):
+            results = systest.run_client_as(other_uid, other_gid, self.bus.address, ops,
+                                            env={"CLIENT_WORKDIR": workdir})
+            return [(r["op"], r["error"]) for r in results]
+
+        self.set_allowed(systest.OWN_ACTIONS)
+        monitor = CheckMonitor(self.bus)
+        self.assert_all(self.as_nobody(["create-fd", "mine", "start", "mine"]), None)
+        mine, err = systest.call(self.root, systest.PATH, systest.MANAGER, "GetVMByName",
+                                 GLib.Variant("(s)", ("mine",)), "(o)")
+        self.assertIsNone(err)
+        mine = mine[0]
+        owner, err = systest.call(self.root, mine, "org.freedesktop.DBus.Properties", "Get",
+                                  GLib.Variant("(ss)", (systest.VM, "Owner")), "(v)")
+        self.assertEqual((owner, err), ((systest.NOBODY,), None))
+        # The owner reads their own VM without a polkit round trip.
+        monitor.checks.clear()
+        self.assert_all(self.as_nobody(["config", "mine", "exit-reason", "mine", "stats",
+                                        "mine", "console", "mine"]), None)
+        self.assertEqual([c[1] for c in monitor.checks], [systest.ACTIONS["console"]])
+
+        denied = ["stop", "pause", "shutdown", "reboot", "delete", "snapshot-files", "config",
+                  "exit-reason", "stats", "console"]
+        self.assertEqual(as_other([x for op in denied for x in (op, "mine")]),
+                         [(op, NOT_AUTHORIZED) for op in denied])
+        self.assertEqual(systest.vm_state(self.root, mine), "running")
+        # The files the denied snapshot was offered stay empty (then go, for the next one).
+        for name in ("state", "memory"):
+            self.assertEqual(os.stat(os.path.join(workdir, name)).st_size, 0)
+            os.unlink(os.path.join(workdir, name))
+        result = systest.run_client_as(other_uid, other_gid, self.bus.address, ["managed"])
+        self.assertIsNone(result[0]["error"])
+        props = result[0]["reply"][mine][systest.VM]
+        self.assertEqual(set(props), PUBLIC_PROPERTIES)
+        self.assertEqual(props["Owner"], str(systest.NOBODY))
+        self.assertNotIn("mode=echo", json.dumps(result[0]["reply"]))  # the guest's cmdline
+
+        self.set_allowed(systest.OWN_ACTIONS + [systest.ACTIONS[a] for a in (
+            "read-others", "manage-others", "console-others", "snapshot-others")])
+        allowed = ["config", "exit-reason", "stats", "console", "pause", "resume",
+                   "snapshot-files", "stop"]
+        self.assertEqual(as_other([x for op in allowed for x in (op, "mine")]),
+                         [(op, None) for op in allowed])
+        self.assertEqual(systest.vm_state(self.root, mine), "stopped")
+        # Root is never asked, and the VM stays nobody's.
+        monitor.checks.clear()
+        for method in ("Start", "GetConfig", "Stop", "GetExitReason"):
+            _, err = systest.call(self.root, mine, systest.VM, method)
+            self.assertIsNone(err, method)
+        self.assertEqual(monitor.checks, [])
+        owner, _ = systest.call(self.root, mine, "org.freedesktop.DBus.Properties", "Get",
+                                GLib.Variant("(ss)", (systest.VM, "Owner")), "(v)")
+        self.assertEqual(owner, (systest.NOBODY,))
         self.assertEqual(daemon.stop(), 0)
 
     def test_machined_registration(self):

@@ -39,9 +39,11 @@ class SocketTest(systest.TestCase):
         os.chmod(self.tmp.path, 0o755)  # so that other users reach the socket, and are refused
         self.socket = self.tmp.join("io.socket")
 
-    def activate(self, extra_args=(), log_path=None):
+    def activate(self, extra_args=(), env=None, log_path=None):
         argv = ["systemd-socket-activate", "-l", self.socket, "--fdname=microvmd",
                 "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
+        for key, value in (env or {}).items():
+            argv += ["-E", f"{key}={value}"]
         # systemd-socket-activate execs microvmd once a client connects: same process.
         self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv, log_path=log_path)
         # The path appears at bind(), before listen(): wait for the listening flag
@@ -124,6 +126,37 @@ class SocketTest(systest.TestCase):
         conn.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
 
+    def test_out_of_descriptors(self):
+        """A client that connects while microvmd has no descriptor to spare waits in the
+        backlog: the daemon neither spins on the socket nor warns each turn (G_DEBUG makes a
+        warning fatal), its other client is still served, and once there is room the waiting
+        client and a new one are served too."""
+        import resource
+        import socket
+        self.activate(env={"G_DEBUG": "fatal-warnings"})
+        first = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(first), [])
+        pid = self.daemon.proc.pid  # systemd-socket-activate exec'ed microvmd
+        open_fds = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+        hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        next_free = min(set(range(len(open_fds) + 1)) - open_fds)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (next_free, hard))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+            waiting.settimeout(30)
+            waiting.connect(self.socket)
+            # No assertion on time: only long enough for microvmd to try, and fail, to accept.
+            time.sleep(0.3)
+            self.assertEqual(self.managed_paths(first), [])
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+            # Accepted now: the server's side of the authentication speaks first.
+            waiting.sendall(b"\0AUTH\r\n")
+            self.assertTrue(waiting.recv(4096).startswith(b"REJECTED"))
+        second = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(second), [])
+        first.close_sync(None)
+        second.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+
     def test_peer_uid_is_checked(self):
         systest.require_root_and_setpriv()
         self.activate()
@@ -137,21 +170,43 @@ class SocketTest(systest.TestCase):
         self.assertEqual(self.daemon.stop(), 0)
 
     def test_socket_group_and_descriptors(self):
+        """A member of the socket group acts on its own VMs, never on root's (there is no
+        polkit on the socket); root acts on everyone's."""
         systest.require_root_and_setpriv()
         self.activate([f"--socket-group={systest.NOBODY}"])
         address = f"unix:path={self.socket}"
         fd = systest.open_guest_for_client()
         self.addCleanup(os.close, fd)
-        result = systest.run_client_as(
-            systest.NOBODY, systest.NOBODY, address,
-            ["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd", "console",
-             "by-fd", "stop", "by-fd", "delete", "by-fd"], p2p=True, kernel_fd=fd)
-        errors = {(r["op"], r["vm"]): r["error"] for r in result}
+        root = systest.peer_connect(self.socket)
+        _, err = systest.create_vm(root, "rootvm")
+        self.assertIsNone(err)
+
+        def as_nobody(ops):
+            result = systest.run_client_as(systest.NOBODY, systest.NOBODY, address, ops,
+                                           p2p=True, kernel_fd=fd)
+            return {(r["op"], r["vm"]): r["error"] for r in result}
+
+        errors = as_nobody(["list", "create", "by-path", "create-fd", "by-fd", "start", "by-fd",
+                            "console", "by-fd", "config", "by-fd", "stop", "by-fd", "start",
+                            "rootvm", "config", "rootvm", "console", "rootvm", "delete",
+                            "rootvm"])
         self.assertIsNone(errors[("list", None)])
-        # A member of the socket group may act, but never makes root open a path.
+        # A member of the socket group may act, but never makes root open a path...
         self.assertEqual(errors[("create", "by-path")], systest.ERR + "NotAuthorized")
-        for op in ("create-fd", "start", "console", "stop", "delete"):
-            self.assertIsNone(errors[(op, "by-fd")], (op, result))
+        for op in ("create-fd", "start", "console", "config", "stop"):
+            self.assertIsNone(errors[(op, "by-fd")], (op, errors))
+        # ...nor touches or reads root's VM.
+        for op in ("start", "config", "console", "delete"):
+            self.assertEqual(errors[(op, "rootvm")], systest.ERR + "NotAuthorized", op)
+        self.assertEqual(systest.vm_state(root, systest.PATH + "/vm/rootvm"), "created")
+        by_fd = systest.PATH + "/vm/by_2dfd"
+        owner, err = systest.call(root, by_fd, "org.freedesktop.DBus.Properties", "Get",
+                                  GLib.Variant("(ss)", (systest.VM, "Owner")), "(v)")
+        self.assertEqual((owner, err), ((systest.NOBODY,), None))
+        _, err = systest.call(root, by_fd, systest.VM, "GetConfig", None, "(a{sv})")
+        self.assertIsNone(err)
+        self.assertEqual(as_nobody(["delete", "by-fd"]), {("delete", "by-fd"): None})
+        root.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
 
     def test_unauthenticated_peers_bounded(self):

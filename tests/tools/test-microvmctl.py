@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import pty
+import pwd
 import re
 import select
 import shutil
@@ -425,11 +426,15 @@ def test_define(t, bus):
     expect_rc(r, LOCAL_IO, "missing disk")
     r = ctl(bus, "list")
     lines = r.out.splitlines()
-    assert re.match(r"^NAME +STATE +VCPUS +MEMORY +UPTIME$", lines[0]), r
-    assert re.match(r"^def1 +created +2 +1 GiB +-$", lines[1]), r
+    assert re.match(r"^NAME +STATE +OWNER +VCPUS +MEMORY +UPTIME$", lines[0]), r
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    assert re.match(r"^def1 +created +%s +2 +1 GiB +-$" % re.escape(owner), lines[1]), r
     assert ctl(bus, "list", "--names").out == "def1\ndef2\n"
     r = ctl(bus, "status", "def1")
     assert "mode=echo" in r.out and "created" in r.out and "1 GiB" in r.out, r
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    assert re.search(r"^  Owner: +%s$" % re.escape(owner), r.out, re.M), r
+    assert vm_json(bus, "def1")["owner"] == os.geteuid()
     expect_rc(ctl(bus, "pause", "def1"), INVALID_STATE, "pause a created VM")
     expect_rc(ctl(bus, "snapshot", "def1", bus.dir), INVALID_STATE, "snapshot a created VM")
     for name in ("def1", "def2"):
@@ -439,8 +444,9 @@ def test_define(t, bus):
 
 
 def test_unprivileged(t, bus):
-    """Reading is free; changing needs polkit's yes, and there is no polkit here: an ordinary
-    user (nobody) gets NotAuthorized, exit code 8, with the daemon's explanation."""
+    """Listing is free; changing, and reading another user's VM's details, need polkit's yes,
+    and there is no polkit here: an ordinary user (nobody) gets NotAuthorized, exit code 8,
+    with the daemon's explanation, and status shows only the public part of root's VM."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return "SKIP needs root and setpriv"
     for d in (os.path.dirname(bus.dir), bus.dir):  # our temporary dirs: nobody reaches the bus
@@ -469,7 +475,15 @@ def unprivileged_calls(bus, microvmctl, kernel, cwd):
     expect_rc(ctl(bus, "create", "rootvm", "--kernel", kernel), OK, "create as root")
     r = run("list", "--json")
     expect_rc(r, OK, "list as nobody")
-    assert [v["name"] for v in r.json()] == ["rootvm"], r
+    assert [(v["name"], v["owner"]) for v in r.json()] == [("rootvm", 0)], r
+    r = run("list")
+    assert re.search(r"^rootvm +created +root ", r.out, re.M), r
+    # Another user's VM: the public part, and why the details are missing (no polkit here).
+    r = run("status", "rootvm", "--json", "--lines=0")
+    expect_rc(r, OK, "status of root's VM as nobody")
+    s = r.json()
+    assert (s["owner"], s["config"], s["stats"], s["exit-reason"]) == (0, None, None, None), s
+    assert "read-others" in r.err, r
     r = run("create", "mine", "--kernel", kernel)
     expect_rc(r, NOT_AUTHORIZED, "create as nobody")
     assert "polkit" in r.err, r

@@ -192,6 +192,25 @@ static void test_copy(void)
     close(fd);
 }
 
+/*
+ * A file that grew past the RAM size after its size was checked, with data only past the end:
+ * nothing of it is RAM, and nothing is written past the copy's memory (ASan would see it).
+ */
+static void test_copy_grown(void)
+{
+    g_autoptr(GError) error = NULL;
+    int fd = memfd_create("grown", MFD_CLOEXEC);
+    char buf[8];
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(pwrite(fd, "ATTACKER", 8, 3 * MVM_MIB), ==, 8);
+    g_autoptr(MvmMemory) copy = mvm_memory_new_copy(fd, 2 * MVM_MIB, &error);
+    g_assert_no_error(error);
+    g_assert_true(mvm_memory_read(copy, 2 * MVM_MIB - 8, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "\0\0\0\0\0\0\0\0", 8);
+    close(fd);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -202,5 +221,6 @@ int main(int argc, char **argv)
     g_test_add_func("/memory/unsealed-not-mapped", test_unsealed_not_mapped);
     g_test_add_func("/memory/hugetlb-not-mapped", test_hugetlb_not_mapped);
     g_test_add_func("/memory/copy", test_copy);
+    g_test_add_func("/memory/copy-grown", test_copy_grown);
     return g_test_run();
 }

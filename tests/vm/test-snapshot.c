@@ -805,6 +805,23 @@ static void test_read_config(void)
     g_autoptr(MvmVmConfig) again = read_config(snap, &error);
     g_assert_no_error(error);
     g_assert_cmpuint(again->vsock_cid, ==, cid);
+
+    /*
+     * Back ends that name another CID than the state restored are refused by the restore
+     * itself, on the state it decodes: what a caller checked on an earlier read of the file
+     * (which may have changed since) does not count.
+     */
+    g_assert_cmpint(g_rename(moved, memory), ==, 0);
+    g_autoptr(MvmVmConfig) backends = config_with_disk(a, -1, FALSE);
+    add_disk_to(backends, b, TRUE);
+    backends->vsock_cid = cid + 1;
+    backends->vsock_uds_path = g_strdup(uds);
+    int dirfd = open(snap, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_null(mvm_vm_restore_with_backends(dirfd, backends, MVM_RESTORE_NONE, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "vsock cid"));
+    g_clear_error(&error);
+    close(dirfd);
     rm_rf(snap);
     rm_rf(dir);
 }

@@ -14,6 +14,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -99,16 +100,9 @@ static void vsock_serve_guest(int listen_fd)
     close(fd);
 }
 
-/* A host program connects to <uds> and asks for the guest's port 5000. */
-static void vsock_connect_guest(Guest *g, const char *uds)
+/* Over @fd, connected to the device's socket: the guest's port 5000 echoes a line. */
+static void vsock_talk(Guest *g, int fd)
 {
-    /* A bad handshake is refused without reaching the guest. */
-    int bad = unix_connect(uds);
-    g_assert_cmpint(write(bad, "HELLO 5000\n", 11), ==, 11);
-    g_assert_true(wait_eof(bad));
-    close(bad);
-
-    int fd = unix_connect(uds);
     g_assert_cmpint(write(fd, "CONNECT 5000\n", 13), ==, 13);
     g_autofree char *ok = read_line(fd);
     g_assert_true(g_str_has_prefix(ok, "OK "));
@@ -124,41 +118,124 @@ static void vsock_connect_guest(Guest *g, const char *uds)
     close(fd);
 }
 
-static void test_vsock(void)
+/* A host program connects to <uds> and asks for the guest's port 5000. */
+static void vsock_connect_guest(Guest *g, const char *uds)
+{
+    /* A bad handshake is refused without reaching the guest. */
+    int bad = unix_connect(uds);
+    g_assert_cmpint(write(bad, "HELLO 5000\n", 11), ==, 11);
+    g_assert_true(wait_eof(bad));
+    close(bad);
+
+    vsock_talk(g, unix_connect(uds));
+}
+
+/* A vsock guest (cid 42) on <dir>/v.sock: it calls host port 1234, then listens on 5000. */
+typedef struct {
+    char *dir;
+    char *uds;
+    char *guest_port;
+    int listen_fd; /* host port 1234 */
+    MvmVmConfig *config;
+    Guest *g;
+} VsockGuest;
+
+static void vsock_guest_start(VsockGuest *v)
 {
     g_autoptr(GError) error = NULL;
 
+    v->dir = g_dir_make_tmp("mvm-vsock-XXXXXX", &error);
+    g_assert_no_error(error);
+    v->uds = g_build_filename(v->dir, "v.sock", NULL);
+    v->guest_port = g_strdup_printf("%s_1234", v->uds);
+    v->listen_fd = unix_listen(v->guest_port);
+    v->config = guest_config("mode=vsock hostport=1234 port=5000");
+    v->config->vsock_cid = 42;
+    v->config->vsock_uds_path = g_strdup(v->uds);
+    v->g = guest_start(v->config);
+}
+
+/* Waits for the guest's end; returns its output. */
+static char *vsock_guest_finish(VsockGuest *v)
+{
+    char *out = guest_finish(v->g);
+
+    close(v->listen_fd);
+    g_clear_pointer(&v->g, guest_free);
+    /* The VM removed its socket. */
+    g_assert_false(g_file_test(v->uds, G_FILE_TEST_EXISTS));
+    g_unlink(v->guest_port);
+    g_rmdir(v->dir);
+    g_free(v->dir);
+    g_free(v->uds);
+    g_free(v->guest_port);
+    mvm_vm_config_free(v->config);
+    return out;
+}
+
+static void test_vsock(void)
+{
+    g_autoptr(GError) error = NULL;
+    VsockGuest v;
+
     if (!have_kvm())
         return;
-    g_autofree char *dir = g_dir_make_tmp("mvm-vsock-XXXXXX", &error);
-    g_assert_no_error(error);
-    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
-    g_autofree char *guest_port = g_strdup_printf("%s_1234", uds);
-    int listen_fd = unix_listen(guest_port);
-
-    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock hostport=1234 port=5000");
-    config->vsock_cid = 42;
-    config->vsock_uds_path = g_strdup(uds);
-    g_autoptr(Guest) g = guest_start(config);
+    vsock_guest_start(&v);
     /* A second VM cannot take over the socket of a running one. */
-    config->vsock_cid = 43;
-    g_assert_null(mvm_vm_new(config, &error));
+    v.config->vsock_cid = 43;
+    g_assert_null(mvm_vm_new(v.config, &error));
     g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
     g_assert_nonnull(strstr(error->message, "in use"));
     g_clear_error(&error);
-    vsock_serve_guest(listen_fd);
-    g_assert_true(guest_wait_for(g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
-    vsock_connect_guest(g, uds);
-    g_autofree char *out = guest_finish(g);
+    vsock_serve_guest(v.listen_fd);
+    g_assert_true(guest_wait_for(v.g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
+    vsock_connect_guest(v.g, v.uds);
+    g_autofree char *out = vsock_guest_finish(&v);
     g_assert_nonnull(strstr(out, "VSOCK cid 42"));
     g_assert_nonnull(strstr(out, "PASS vsock-connect"));
     g_assert_nonnull(strstr(out, "PASS vsock-listen"));
-    close(listen_fd);
-    g_clear_pointer(&g, guest_free);
-    /* The VM removed its socket. */
-    g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
-    g_unlink(guest_port);
-    g_rmdir(dir);
+}
+
+/* The lowest descriptor number this process has free: the next one it would get. */
+static int lowest_free_fd(void)
+{
+    int fd = 0;
+
+    while (fcntl(fd, F_GETFD) >= 0)
+        fd++;
+    return fd;
+}
+
+/*
+ * A host program connects while the VMM has no descriptor to spare (its soft limit at the
+ * next free one): the I/O thread cannot accept the connection, rests instead of spinning on
+ * the socket, and takes it once there is room again.
+ */
+static void test_vsock_out_of_descriptors(void)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    struct rlimit saved, none;
+    VsockGuest v;
+    int fd;
+
+    if (!have_kvm())
+        return;
+    vsock_guest_start(&v);
+    vsock_serve_guest(v.listen_fd);
+    g_assert_true(guest_wait_for(v.g, "VSOCK listening 5000", GUEST_TIMEOUT_US));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    g_strlcpy(addr.sun_path, v.uds, sizeof(addr.sun_path));
+    g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &saved), ==, 0);
+    none = saved;
+    none.rlim_cur = (rlim_t)lowest_free_fd();
+    g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &none), ==, 0);
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    /* No assertion on time: only long enough that the I/O thread tries, and fails, to accept. */
+    g_usleep(300 * 1000);
+    g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &saved), ==, 0);
+    vsock_talk(v.g, fd);
+    g_autofree char *out = vsock_guest_finish(&v);
+    g_assert_nonnull(strstr(out, "PASS vsock-listen"));
 }
 
 /* Connections do not survive a snapshot: a restored vsock device says so (TRANSPORT_RESET). */
@@ -246,6 +323,46 @@ static void test_vsock_host_bound(void)
     g_assert_cmpuint(refused, ==, 3);
     g_assert_cmpuint(messages->len, ==, 1);
     g_assert_nonnull(strstr(messages->pdata[0], "refusing host connections"));
+    rm_rf(dir);
+}
+
+/*
+ * The socket's directory is opened once, refusing a symbolic link on the way: a path whose
+ * parent is a link (as a swap of a directory for one would make it) is refused before
+ * anything is removed, and a stale socket the link leads to stays where it is. A stale socket
+ * in the real directory goes, and the VM's own socket is removed at the end.
+ */
+static void test_vsock_symlinked_dir(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *real = g_build_filename(dir, "real", NULL);
+    g_autofree char *link = g_build_filename(dir, "link", NULL);
+    g_autofree char *stale = g_build_filename(real, "v.sock", NULL);
+    g_autofree char *through_link = g_build_filename(link, "v.sock", NULL);
+    g_assert_cmpint(g_mkdir(real, 0700), ==, 0);
+    g_assert_cmpint(symlink(real, link), ==, 0);
+    close(unix_listen(stale)); /* a socket file nobody listens on */
+
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock pause=1");
+    config->vsock_cid = 9;
+    config->vsock_uds_path = g_strdup(through_link);
+    g_assert_null(mvm_vm_new(config, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "symbolic link"));
+    g_clear_error(&error);
+    g_assert_true(g_file_test(stale, G_FILE_TEST_EXISTS));
+
+    g_free(config->vsock_uds_path);
+    config->vsock_uds_path = g_strdup(stale);
+    MvmVm *vm = mvm_vm_new(config, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_file_test(stale, G_FILE_TEST_EXISTS)); /* bound again, by the VM */
+    mvm_vm_free(vm);
+    g_assert_false(g_file_test(stale, G_FILE_TEST_EXISTS));
     rm_rf(dir);
 }
 
@@ -483,8 +600,10 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/virtio/vsock", test_vsock);
+    g_test_add_func("/virtio/vsock-out-of-descriptors", test_vsock_out_of_descriptors);
     g_test_add_func("/virtio/vsock/host-bound", test_vsock_host_bound);
     g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
+    g_test_add_func("/virtio/vsock-symlinked-dir", test_vsock_symlinked_dir);
     g_test_add_func("/virtio/net", test_net);
     return g_test_run();
 }
