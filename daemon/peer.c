@@ -603,6 +603,9 @@ void mvmd_peer_server_free(MvmdPeerServer *server)
         g_signal_handlers_disconnect_by_data(server->manager, server);
     /* A pending accept ends (cancelled) later and drops the reference it holds. */
     g_cancellable_cancel(server->cancellable);
+    /* That takes another turn of the main loop, which at exit never comes: server_clear()
+     * would not run, and what the clients' limiter held back would never be said. */
+    mvm_guest_log_flush(&server->client_log);
     g_clear_handle_id(&server->rest_source, g_source_remove);
     if (server->listener) {
         g_socket_listener_close(server->listener);

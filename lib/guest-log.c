@@ -33,11 +33,16 @@ static void say_suppressed(MvmGuestLog *log)
     emit(log, G_LOG_LEVEL_MESSAGE, line);
 }
 
-void mvm_guest_log_clear(MvmGuestLog *log)
+void mvm_guest_log_flush(MvmGuestLog *log)
 {
     g_mutex_lock(&log->lock);
     say_suppressed(log);
     g_mutex_unlock(&log->lock);
+}
+
+void mvm_guest_log_clear(MvmGuestLog *log)
+{
+    mvm_guest_log_flush(log);
     g_mutex_clear(&log->lock);
 }
 

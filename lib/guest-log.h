@@ -29,6 +29,8 @@ typedef struct {
  * clients cause the same way.
  */
 void mvm_guest_log_init(MvmGuestLog *log, MvmVm *vm, const char *cause);
+/* Says what was suppressed, if anything, now; the limiter goes on. Any thread. */
+void mvm_guest_log_flush(MvmGuestLog *log);
 /* Says what was suppressed, if anything. */
 void mvm_guest_log_clear(MvmGuestLog *log);
 void mvm_guest_log_set_func(MvmGuestLog *log, MvmVmLogFunc func, gpointer user_data);

@@ -24,6 +24,20 @@ static guint64 suppressed_in(GPtrArray *lines, guint *passed)
     return sum;
 }
 
+/* A limiter whose lines go to @lines. */
+static void limiter_init(MvmGuestLog *log, GPtrArray *lines)
+{
+    mvm_guest_log_init(log, NULL, "the guest");
+    mvm_guest_log_set_func(log, collect, lines);
+}
+
+/* "attack FROM" to "attack TO - 1" through @log. */
+static void attack(MvmGuestLog *log, guint from, guint to)
+{
+    for (guint i = from; i < to; i++)
+        mvm_guest_log(log, G_LOG_LEVEL_MESSAGE, "attack %u", i);
+}
+
 /*
  * A flood: the burst passes, the rest is counted and said once the limiter is cleared, and
  * every message is accounted for. The bucket gains one token a second while this runs, so
@@ -37,10 +51,8 @@ static void test_flood(void)
     guint passed, elapsed_s;
     guint64 suppressed;
 
-    mvm_guest_log_init(&log, NULL, "the guest");
-    mvm_guest_log_set_func(&log, collect, lines);
-    for (guint i = 0; i < 1000; i++)
-        mvm_guest_log(&log, G_LOG_LEVEL_MESSAGE, "attack %u", i);
+    limiter_init(&log, lines);
+    attack(&log, 0, 1000);
     elapsed_s = (guint)((g_get_monotonic_time() - start) / G_USEC_PER_SEC) + 1;
     mvm_guest_log_clear(&log);
 
@@ -59,12 +71,36 @@ static void test_quiet(void)
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
     MvmGuestLog log;
 
-    mvm_guest_log_init(&log, NULL, "the guest");
-    mvm_guest_log_set_func(&log, collect, lines);
-    for (guint i = 0; i < MVM_GUEST_LOG_BURST; i++)
-        mvm_guest_log(&log, G_LOG_LEVEL_MESSAGE, "attack %u", i);
+    limiter_init(&log, lines);
+    attack(&log, 0, MVM_GUEST_LOG_BURST);
     mvm_guest_log_clear(&log);
     g_assert_cmpuint(lines->len, ==, MVM_GUEST_LOG_BURST);
+}
+
+/*
+ * A flush says what was dropped so far at once (a daemon exiting without freeing the limiter
+ * still accounts for it); the limiter goes on counting, and a clear says only what came after.
+ */
+static void test_flush(void)
+{
+    g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+    MvmGuestLog log;
+    guint passed, n;
+    guint64 suppressed;
+
+    limiter_init(&log, lines);
+    attack(&log, 0, 100);
+    mvm_guest_log_flush(&log);
+    suppressed = suppressed_in(lines, &passed);
+    g_assert_cmpuint(suppressed, >, 0);
+    g_assert_cmpuint(passed + suppressed, ==, 100);
+    n = lines->len;
+    mvm_guest_log_flush(&log); /* nothing new: nothing said */
+    g_assert_cmpuint(lines->len, ==, n);
+    attack(&log, 100, 200);
+    mvm_guest_log_clear(&log);
+    suppressed = suppressed_in(lines, &passed);
+    g_assert_cmpuint(passed + suppressed, ==, 200);
 }
 
 int main(int argc, char **argv)
@@ -72,5 +108,6 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/guest-log/flood", test_flood);
     g_test_add_func("/guest-log/quiet", test_quiet);
+    g_test_add_func("/guest-log/flush", test_flush);
     return g_test_run();
 }
