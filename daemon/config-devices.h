@@ -40,8 +40,8 @@ typedef struct {
     char *vsock_uds_path;
     gboolean rng;
     /*
-     * RestoreVM by root without back-end options: the machine gets the back ends its snapshot
-     * names, and the records above are filled from it once it is restored.
+     * RestoreVM by root with 'use-snapshot-backends': the machine gets the back ends its
+     * snapshot names, and the records above are filled from it once it is restored.
      */
     gboolean from_snapshot;
 } MvmdDevices;

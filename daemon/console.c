@@ -10,6 +10,7 @@
 
 #include <glib/gstdio.h>
 
+#include "bounds.h"
 #include "errors.h"
 #include "microvm.h"
 
@@ -316,6 +317,13 @@ int mvmd_console_attach(MvmdConsole *console, GError **error)
 
     if (console->closed) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_STATE, "the console is closed");
+        return -1;
+    }
+    if (console->clients->len >= MVMD_CONSOLE_CLIENTS_MAX) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
+                    "%u clients are attached to this console already, the most there may be; "
+                    "close one first",
+                    console->clients->len);
         return -1;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) {

@@ -290,21 +290,32 @@ static void on_restored(MvmdVmObject *vm, const GError *error, gpointer user_dat
 }
 
 /*
- * The device back ends: from the options (paths only for root, as in CreateVM), else the ones
- * the snapshot names, but only for root. For anyone else the machine gets exactly the fds
- * given, none when none were, and a snapshot with devices is refused: the daemon never opens
- * a path an untrusted snapshot names on behalf of a caller who could not open it.
+ * The device back ends: from the options (paths only for root, as in CreateVM), or, when root
+ * asks for them with 'use-snapshot-backends', the ones the snapshot names. Never by default:
+ * a snapshot made elsewhere would have the daemon open its disk paths read-write, attach its
+ * taps and unlink and bind its vsock socket path. Without either, the machine gets no back
+ * ends, and a snapshot with devices is refused (in the worker, which reads the snapshot)
+ * saying what to pass.
  */
 static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDList *fd_list,
                                  MvmdVmConfig *config, GError **error)
 {
-    gboolean given = FALSE;
+    gboolean given = FALSE, use_snapshot = FALSE;
 
+    g_variant_lookup(options, "use-snapshot-backends", "b", &use_snapshot);
     if (!mvmd_devices_parse_backends(&config->devices, options, fd_list, &given, error) ||
         !mvmd_auth_check_config_paths(call->invocation, config, error))
         return FALSE;
-    config->devices.from_snapshot =
-        !given && mvmd_auth_check_path_argument(call->invocation, "snapshot back ends", NULL);
+    if (use_snapshot && given) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "'use-snapshot-backends': give either the back ends in 'disks', "
+                            "'network' and 'vsock' or this option, not both");
+        return FALSE;
+    }
+    if (use_snapshot &&
+        !mvmd_auth_check_path_argument(call->invocation, "use-snapshot-backends", error))
+        return FALSE;
+    config->devices.from_snapshot = use_snapshot;
     return TRUE;
 }
 
@@ -358,8 +369,9 @@ static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg
 static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError **error)
 {
     static const MvmdKeySpec allowed[] = {
-        {"dir-fd", "h"},      {"state-fd", "h"},   {"memory-fd", "h"},    {"resume", "b"},
-        {"copy-memory", "b"}, {"disks", "aa{sv}"}, {"network", "aa{sv}"}, {"vsock", "a{sv}"}};
+        {"dir-fd", "h"},       {"state-fd", "h"},    {"memory-fd", "h"},
+        {"resume", "b"},       {"copy-memory", "b"}, {"disks", "aa{sv}"},
+        {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"}};
     GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(MvmdVmConfig) config = NULL;

@@ -1,17 +1,19 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "peer.h"
 
+#include <errno.h>
+#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "auth.h"
+#include "bounds.h"
 #include "errors.h"
 #include "fd-closer.h"
+#include "guest-log.h"
 #include "names.h"
 
 #define SOCKET_FD_NAME "microvmd"
-/* Each client holds an fd and some memory: a local user must not be able to exhaust us. */
-#define MAX_PEERS 256
 /* A failed accept (no descriptor for the connection, most likely) is retried after this. */
 #define ACCEPT_REST_MS 100
 
@@ -43,7 +45,23 @@ typedef struct {
     GDBusConnection *connection;
     GHashTable *exported; /* object path → GDBusObject (ref) exported on this connection */
     guint om_registration;
+    uid_t uid; /* SO_PEERCRED at accept: counted in server->per_uid until freed */
 } Peer;
+
+/* A connection still authenticating; holds a reference on the server. */
+typedef struct {
+    MvmdPeerServer *server;
+    GSocketConnection *stream;
+    uid_t uid;
+    GSource *timeout;
+    gboolean timed_out;
+} Pending;
+
+/* One local user's connections, authenticated or not. */
+typedef struct {
+    guint n;
+    gboolean refusal_logged; /* said once until all its connections are gone (and limited) */
+} UidCount;
 
 struct _MvmdPeerServer {
     GSocketListener *listener;
@@ -54,9 +72,13 @@ struct _MvmdPeerServer {
     GDBusNodeInfo *om_info;
     GDBusAuthObserver *observer;
     char *guid;
-    GHashTable *peers; /* Peer * (owned) */
-    guint n_pending;   /* connections still authenticating; each holds a reference */
-    gboolean closing;  /* mvmd_peer_server_free() was called */
+    GHashTable *peers;   /* Peer * (owned) */
+    GHashTable *per_uid; /* uid → UidCount * (owned); freed with the last reference */
+    guint n_pending;     /* connections still authenticating; each holds a reference */
+    /* What clients make us say at each connection, limited: anyone who may connect could
+     * otherwise flood the log by connecting and failing over and over. Any thread. */
+    MvmGuestLog client_log;
+    gboolean closing; /* mvmd_peer_server_free() was called */
 };
 
 static void server_clear(MvmdPeerServer *server);
@@ -182,6 +204,45 @@ static const GDBusInterfaceVTable om_vtable = {.method_call = om_method_call};
 
 /* ---- clients --------------------------------------------------------------------------- */
 
+static UidCount *uid_count(MvmdPeerServer *server, uid_t uid)
+{
+    UidCount *count = g_hash_table_lookup(server->per_uid, GUINT_TO_POINTER(uid));
+
+    if (!count) {
+        count = g_new0(UidCount, 1);
+        g_hash_table_insert(server->per_uid, GUINT_TO_POINTER(uid), count);
+    }
+    return count;
+}
+
+/* Takes one of @uid's places; FALSE (logged once while at the bound) when it has none left. */
+static gboolean uid_acquire(MvmdPeerServer *server, uid_t uid)
+{
+    UidCount *count = uid_count(server, uid);
+
+    if (count->n < MVMD_PEERS_PER_UID_MAX) {
+        count->n++;
+        return TRUE;
+    }
+    if (!count->refusal_logged)
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                      "peer: refusing connections of uid %u: it has %d already, the most one "
+                      "user may have",
+                      (guint)uid, MVMD_PEERS_PER_UID_MAX);
+    count->refusal_logged = TRUE;
+    return FALSE;
+}
+
+static void uid_release(MvmdPeerServer *server, uid_t uid)
+{
+    UidCount *count = uid_count(server, uid);
+
+    if (count->n > 0)
+        count->n--;
+    if (count->n == 0)
+        g_hash_table_remove(server->per_uid, GUINT_TO_POINTER(uid));
+}
+
 static void peer_free(Peer *peer)
 {
     GHashTableIter iter;
@@ -200,6 +261,7 @@ static void peer_free(Peer *peer)
     if (!g_dbus_connection_is_closed(peer->connection))
         g_dbus_connection_close(peer->connection, NULL, NULL, NULL);
     g_object_unref(peer->connection);
+    uid_release(peer->server, peer->uid);
     g_free(peer);
 }
 
@@ -228,28 +290,43 @@ static gboolean peer_export(Peer *peer, GError **error)
     return TRUE;
 }
 
-static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer user_data)
+static void pending_free(Pending *pending)
 {
-    MvmdPeerServer *server = user_data;
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GDBusConnection) connection = g_dbus_connection_new_finish(result, &error);
-    Peer *peer;
+    if (pending->timeout) {
+        g_source_destroy(pending->timeout);
+        g_source_unref(pending->timeout);
+    }
+    g_object_unref(pending->stream);
+    g_rc_box_release_full(pending->server, (GDestroyNotify)server_clear);
+    g_free(pending);
+}
 
-    server->n_pending--;
-    if (server->closing) {
-        if (connection)
-            g_dbus_connection_close(connection, NULL, NULL, NULL);
-        g_rc_box_release_full(server, (GDestroyNotify)server_clear);
-        return;
-    }
-    g_rc_box_release_full(server, (GDestroyNotify)server_clear);
-    if (!connection) {
-        g_message("peer: a client failed to authenticate: %s", error->message);
-        return;
-    }
-    peer = g_new0(Peer, 1);
+/*
+ * Authentication runs in a GDBus worker thread, blocked reading the client: a client that
+ * says nothing would hold its fd and its uid's place for ever. Shutting the socket down (not
+ * closing it, which would not wake the reader) ends the handshake with an error.
+ */
+static gboolean on_auth_timeout(gpointer user_data)
+{
+    Pending *pending = user_data;
+
+    /* Debug only: a user could have a line logged every few seconds for ever. */
+    g_debug("peer: a client of uid %u did not authenticate within %d s; disconnecting it",
+            (guint)pending->uid, MVMD_PEER_AUTH_TIMEOUT_SEC);
+    pending->timed_out = TRUE;
+    g_socket_shutdown(g_socket_connection_get_socket(pending->stream), TRUE, TRUE, NULL);
+    g_clear_pointer(&pending->timeout, g_source_unref);
+    return G_SOURCE_REMOVE;
+}
+
+static void peer_add(MvmdPeerServer *server, GDBusConnection *connection, uid_t uid)
+{
+    g_autoptr(GError) error = NULL;
+    Peer *peer = g_new0(Peer, 1);
+
     peer->server = server;
-    peer->connection = g_steal_pointer(&connection);
+    peer->connection = connection;
+    peer->uid = uid;
     peer->exported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
     g_dbus_connection_set_exit_on_close(peer->connection, FALSE);
     mvmd_fd_closer_watch(peer->connection);
@@ -262,20 +339,82 @@ static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer 
     g_signal_connect(peer->connection, "closed", G_CALLBACK(on_peer_closed), peer);
     /* Messages were held back until the objects were in place. */
     g_dbus_connection_start_message_processing(peer->connection);
-    g_debug("peer: a client connected (%u now)", g_hash_table_size(server->peers));
+    g_debug("peer: a client of uid %u connected (%u now)", (guint)uid,
+            g_hash_table_size(server->peers));
 }
 
-static void on_incoming(MvmdPeerServer *server, GSocketConnection *connection)
+static void on_connection_ready(GObject *source, GAsyncResult *result, gpointer user_data)
 {
-    if (g_hash_table_size(server->peers) + server->n_pending >= MAX_PEERS) {
-        g_warning("peer: refusing a client: %d connections already", MAX_PEERS);
-        return; /* dropping our reference closes it */
+    Pending *pending = user_data;
+    MvmdPeerServer *server = pending->server;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDBusConnection) connection = g_dbus_connection_new_finish(result, &error);
+
+    server->n_pending--;
+    if (server->closing) {
+        if (connection)
+            g_dbus_connection_close(connection, NULL, NULL, NULL);
+        uid_release(server, pending->uid);
+    } else if (!connection) {
+        if (!pending->timed_out)
+            mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                          "peer: a client failed to authenticate: %s", error->message);
+        uid_release(server, pending->uid);
+    } else {
+        /* Its place in server->per_uid goes to the peer. */
+        peer_add(server, g_steal_pointer(&connection), pending->uid);
     }
+    pending_free(pending);
+}
+
+/* The kernel's word on who connected (SO_PEERCRED, taken at connect()). */
+static gboolean peer_uid(MvmdPeerServer *server, GSocketConnection *connection, uid_t *uid)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int fd = g_socket_get_fd(g_socket_connection_get_socket(connection));
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE,
+                      "peer: refusing a client: cannot read its credentials: %s",
+                      g_strerror(errno));
+        return FALSE;
+    }
+    *uid = cred.uid;
+    return TRUE;
+}
+
+static void pending_start(MvmdPeerServer *server, GSocketConnection *connection, uid_t uid)
+{
+    Pending *pending = g_new0(Pending, 1);
+
+    pending->server = g_rc_box_acquire(server);
+    pending->stream = g_object_ref(connection);
+    pending->uid = uid;
+    pending->timeout = g_timeout_source_new_seconds(MVMD_PEER_AUTH_TIMEOUT_SEC);
+    g_source_set_callback(pending->timeout, on_auth_timeout, pending, NULL);
+    g_source_set_static_name(pending->timeout, "[microvmd] peer authentication timeout");
+    g_source_attach(pending->timeout, NULL);
     server->n_pending++;
     g_dbus_connection_new(G_IO_STREAM(connection), server->guid,
                           G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_SERVER |
                               G_DBUS_CONNECTION_FLAGS_DELAY_MESSAGE_PROCESSING,
-                          server->observer, NULL, on_connection_ready, g_rc_box_acquire(server));
+                          server->observer, NULL, on_connection_ready, pending);
+}
+
+/* Each client holds an fd and some memory: no local user may exhaust them for the others. */
+static void on_incoming(MvmdPeerServer *server, GSocketConnection *connection)
+{
+    uid_t uid;
+
+    if (g_hash_table_size(server->peers) + server->n_pending >= MVMD_PEERS_MAX) {
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_WARNING,
+                      "peer: refusing a client: %d connections already", MVMD_PEERS_MAX);
+        return; /* dropping our reference closes it */
+    }
+    if (!peer_uid(server, connection, &uid) || !uid_acquire(server, uid))
+        return;
+    pending_start(server, connection, uid);
 }
 
 static void accept_next(MvmdPeerServer *server);
@@ -332,16 +471,19 @@ static gboolean on_allow_mechanism(GDBusAuthObserver *observer, const char *mech
     return g_strcmp0(mechanism, "EXTERNAL") == 0;
 }
 
+/* In a GDBus worker thread. */
 static gboolean on_authorize_peer(GDBusAuthObserver *observer, GIOStream *stream,
                                   GCredentials *credentials, gpointer user_data)
 {
+    MvmdPeerServer *server = user_data;
     g_autoptr(GError) error = NULL;
 
     if (!G_IS_SOCKET_CONNECTION(stream) || !credentials)
         return FALSE;
     if (!mvmd_auth_check_peer(g_socket_connection_get_socket(G_SOCKET_CONNECTION(stream)),
                               &error)) {
-        g_message("peer: refused: %s", error->message);
+        mvm_guest_log(&server->client_log, G_LOG_LEVEL_MESSAGE, "peer: refused: %s",
+                      error->message);
         return FALSE;
     }
     return TRUE;
@@ -399,6 +541,12 @@ static guint add_sockets(GSocketListener *listener, GError **error)
     return added;
 }
 
+static void log_client_message(MvmVm *vm, GLogLevelFlags level, const char *message,
+                               gpointer user_data)
+{
+    g_log(G_LOG_DOMAIN, level, "%s", message);
+}
+
 MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
                                      MvmdManagerService *manager, GError **error)
 {
@@ -408,6 +556,9 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->object_manager = g_object_ref(object_manager);
     server->manager = g_object_ref(manager);
     server->peers = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)peer_free, NULL);
+    server->per_uid = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    mvm_guest_log_init(&server->client_log, NULL, "socket clients");
+    mvm_guest_log_set_func(&server->client_log, log_client_message, NULL);
     server->listener = g_socket_listener_new();
     server->cancellable = g_cancellable_new();
     server->guid = g_dbus_generate_guid();
@@ -417,7 +568,7 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     server->observer = g_dbus_auth_observer_new();
     g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
     g_signal_connect(server->observer, "authorize-authenticated-peer",
-                     G_CALLBACK(on_authorize_peer), NULL);
+                     G_CALLBACK(on_authorize_peer), server);
     n = add_sockets(server->listener, error);
     if (n == 0)
         return NULL;
@@ -435,6 +586,8 @@ guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server)
 /* The last reference is gone (clients still authenticating at exit hold one). */
 static void server_clear(MvmdPeerServer *server)
 {
+    mvm_guest_log_clear(&server->client_log);
+    g_clear_pointer(&server->per_uid, g_hash_table_unref);
     g_clear_object(&server->cancellable);
     g_clear_object(&server->observer);
     g_clear_pointer(&server->om_info, g_dbus_node_info_unref);
@@ -450,6 +603,9 @@ void mvmd_peer_server_free(MvmdPeerServer *server)
         g_signal_handlers_disconnect_by_data(server->manager, server);
     /* A pending accept ends (cancelled) later and drops the reference it holds. */
     g_cancellable_cancel(server->cancellable);
+    /* That takes another turn of the main loop, which at exit never comes: server_clear()
+     * would not run, and what the clients' limiter held back would never be said. */
+    mvm_guest_log_flush(&server->client_log);
     g_clear_handle_id(&server->rest_source, g_source_remove);
     if (server->listener) {
         g_socket_listener_close(server->listener);

@@ -5,6 +5,8 @@
  * gets its own GDBusConnection (EXTERNAL authentication only; the peer must be root or in the
  * socket group, see mvmd_auth_check_peer) with the same objects as the bus: the Manager and an
  * org.freedesktop.DBus.ObjectManager at /org/microvmd/MicroVM1, and every VM below it.
+ * A client that has not authenticated within MVMD_PEER_AUTH_TIMEOUT_SEC is disconnected, and
+ * each uid (SO_PEERCRED at accept) holds at most MVMD_PEERS_PER_UID_MAX connections (bounds.h).
  */
 #pragma once
 

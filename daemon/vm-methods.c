@@ -11,6 +11,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "auth.h"
+#include "bounds.h"
 #include "caller-files.h"
 #include "errors.h"
 #include "fd-closer.h"
@@ -276,11 +277,26 @@ static void act_resume(MvmdVmObject *self, GDBusMethodInvocation *invocation, gu
 static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
                        guint timeout_sec);
 
+/* Each waiter holds a pending reply and a timer: a caller must not pile them up without end. */
+static gboolean check_waiters_room(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+{
+    guint n = g_list_length(self->waiters);
+
+    if (n < MVMD_VM_WAITERS_MAX)
+        return TRUE;
+    g_dbus_method_invocation_return_error(invocation, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
+                                          "%u calls are waiting for this VM to stop already, "
+                                          "the most there may be; wait for them or call Stop",
+                                          n);
+    return FALSE;
+}
+
 static void act_stop(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
 {
     /* Already on its way out: answer when it is out. */
     if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
-        add_waiter(self, invocation, WAIT_STOP, 0);
+        if (check_waiters_room(self, invocation))
+            add_waiter(self, invocation, WAIT_STOP, 0);
         return;
     }
     if (!check_idle(self, invocation) || !check_active(self, invocation))
@@ -350,6 +366,8 @@ static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
     }
     if (timeout == 0)
         timeout = SHUTDOWN_TIMEOUT_DEFAULT;
+    if (!check_waiters_room(self, invocation))
+        return;
     if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
         add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
         return;

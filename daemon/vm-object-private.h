@@ -47,6 +47,7 @@ void mvmd_op_args_clear(OpArgs *args);
 typedef struct {
     gatomicrefcount ref;
     GWeakRef self;
+    char *name; /* the VM's, for the lib's messages from its threads */
     MvmdConsole *console;
     GMainContext *context;
     MvmVm *vm;         /* set by the Start worker; main loop only once that op is done */

@@ -31,6 +31,7 @@ static Run *run_new(MvmdVmObject *self)
 
     g_atomic_ref_count_init(&run->ref);
     g_weak_ref_init(&run->self, self);
+    run->name = g_strdup(self->config->name);
     run->console = mvmd_console_ref(self->console);
     run->context = g_main_context_ref_thread_default();
     run->state = MVM_VM_STATE_CREATED;
@@ -50,6 +51,7 @@ static void run_unref(Run *run)
     /* The lib VM is freed by a worker (or dispose) before the last reference goes. */
     g_warn_if_fail(run->vm == NULL);
     g_weak_ref_clear(&run->self);
+    g_free(run->name);
     mvmd_console_unref(run->console);
     g_main_context_unref(run->context);
     g_free(run);
@@ -127,6 +129,14 @@ static void on_lib_console(MvmVm *vm, const guint8 *data, gsize len, gpointer us
     mvmd_console_feed(run->console, data, len);
 }
 
+/* vCPU or I/O thread: what the lib says about the VM (guest-caused messages are limited). */
+static void on_lib_log(MvmVm *vm, GLogLevelFlags level, const char *message, gpointer user_data)
+{
+    Run *run = user_data;
+
+    mvmd_vm_log(run->name, level, "%s", message);
+}
+
 /* ---- operations in a worker thread ----------------------------------------------------- */
 
 typedef struct {
@@ -140,7 +150,8 @@ typedef struct {
     int restore_state_fd; /* or its two files (borrowed too) */
     int restore_memory_fd;
     MvmRestoreFlags restore_flags;
-    /* Root asked for the back ends the snapshot names; else mvm_config's devices are used. */
+    /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
+     * mvm_config's devices are used. */
     gboolean restore_own_backends;
     /* How the run ended (Stop, Reap). */
     MvmVmState final_state;
@@ -268,6 +279,10 @@ static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig 
                                msg->len ? "; " : "");
     if (!msg->len)
         return TRUE;
+    if (given_disks == 0 && given_nics == 0 && given->vsock_uds_path == NULL)
+        g_string_append(msg, "; or, as root, pass 'use-snapshot-backends': <true> to have microvmd "
+                             "open the ones the snapshot names (its disk paths read-write, its "
+                             "taps, its vsock socket path)");
     g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, msg->str);
     return FALSE;
 }
@@ -307,8 +322,9 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 
 /*
  * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
- * root gave) the snapshot's own paths are never opened; only root who gave no back ends gets
- * those (DESIGN.md: the daemon never follows a path for a non-root caller).
+ * root gave) the snapshot's own paths are never opened; only root who asked for them with
+ * 'use-snapshot-backends' gets those (DESIGN.md: the daemon never follows a path for a
+ * non-root caller, nor one a snapshot names unless root says so).
  */
 static MvmVm *worker_restore_backends(OpData *d, GError **error)
 {
@@ -358,6 +374,7 @@ static gboolean worker_start(OpData *d, GError **error)
         return FALSE;
     mvm_vm_set_state_callback(vm, on_lib_state, d->run);
     mvm_vm_set_console_callback(vm, on_lib_console, d->run);
+    mvm_vm_set_log_callback(vm, on_lib_log, d->run);
     if (restored) {
         g_atomic_int_set(&d->run->state, mvm_vm_get_state(vm));
         ok = d->args.paused || mvm_vm_resume(vm, error);

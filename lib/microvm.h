@@ -107,6 +107,27 @@ typedef void (*MvmVmStateFunc)(MvmVm *vm, MvmVmState state, gpointer user_data);
 typedef void (*MvmVmConsoleFunc)(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data);
 /* Test device markers (MVM_TESTDEV_MARKER_PORT), with the host's monotonic time. */
 typedef void (*MvmVmMarkerFunc)(MvmVm *vm, guint32 marker, gint64 monotonic_us, gpointer user_data);
+/*
+ * A message about this VM, most of them caused by what its guest did (a broken virtqueue, a
+ * back end that failed). Called on a vCPU thread or the VM's I/O thread, one at a time.
+ */
+typedef void (*MvmVmLogFunc)(MvmVm *vm, GLogLevelFlags level, const char *message,
+                             gpointer user_data);
+
+/*
+ * Messages a guest causes are limited per VM (a token bucket): at most MVM_GUEST_LOG_BURST at
+ * once, then one every MVM_GUEST_LOG_INTERVAL_US; what is dropped is counted and said in one
+ * line with the next message that passes. So no guest floods the host's log.
+ */
+#define MVM_GUEST_LOG_BURST       10
+#define MVM_GUEST_LOG_INTERVAL_US G_USEC_PER_SEC
+
+/*
+ * Connections one VM's vsock device holds at once, each with a host socket, whether the guest
+ * opened it or a host program (anyone the socket's permissions let in). Past it a host
+ * connection is closed at accept and a guest's is refused (RST); said once per VM.
+ */
+#define MVM_VSOCK_CONNECTIONS_MAX 256
 
 /*
  * Creates the KVM VM, its memory, vCPUs and devices, and loads the kernel.
@@ -120,6 +141,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVm, mvm_vm_free)
 void mvm_vm_set_state_callback(MvmVm *vm, MvmVmStateFunc func, gpointer user_data);
 void mvm_vm_set_console_callback(MvmVm *vm, MvmVmConsoleFunc func, gpointer user_data);
 void mvm_vm_set_marker_callback(MvmVm *vm, MvmVmMarkerFunc func, gpointer user_data);
+/* Without one, the VM's messages go to g_log() (domain "microvm"). */
+void mvm_vm_set_log_callback(MvmVm *vm, MvmVmLogFunc func, gpointer user_data);
 
 /* created → running. */
 gboolean mvm_vm_start(MvmVm *vm, GError **error);

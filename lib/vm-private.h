@@ -7,6 +7,7 @@
 #include "boot.h"
 #include "devices.h"
 #include "error-private.h"
+#include "guest-log.h"
 #include "iobus.h"
 #include "iothread.h"
 #include "kvm.h"
@@ -45,6 +46,7 @@ struct _MvmVm {
     gpointer console_data;
     MvmVmMarkerFunc marker_func;
     gpointer marker_data;
+    MvmGuestLog guest_log; /* every message about the VM, limited (guest-log.h) */
 
     /* Everything below is guarded by lock; vCPU threads wait on cond. */
     GMutex lock;

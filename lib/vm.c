@@ -303,6 +303,7 @@ MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
         return NULL;
 
     MvmVm *vm = g_new0(MvmVm, 1);
+    mvm_guest_log_init(&vm->guest_log, vm, "the guest");
     g_mutex_init(&vm->lock);
     g_mutex_init(&vm->op_lock);
     g_cond_init(&vm->cond);
@@ -355,6 +356,7 @@ void mvm_vm_free(MvmVm *vm)
     mvm_vm_config_free(vm->config);
     g_free(vm->exit_reason);
     mvm_vm_free_snapshot_devices(vm);
+    mvm_guest_log_clear(&vm->guest_log); /* after the devices: it says what they suppressed */
     g_mutex_clear(&vm->lock);
     g_mutex_clear(&vm->op_lock);
     g_cond_clear(&vm->cond);
@@ -373,6 +375,11 @@ void mvm_vm_set_console_callback(MvmVm *vm, MvmVmConsoleFunc func, gpointer user
 {
     vm->console_func = func;
     vm->console_data = user_data;
+}
+
+void mvm_vm_set_log_callback(MvmVm *vm, MvmVmLogFunc func, gpointer user_data)
+{
+    mvm_guest_log_set_func(&vm->guest_log, func, user_data);
 }
 
 void mvm_vm_set_marker_callback(MvmVm *vm, MvmVmMarkerFunc func, gpointer user_data)

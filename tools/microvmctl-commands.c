@@ -684,12 +684,14 @@ int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
 
 int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
 {
-    gboolean resume = FALSE, copy_memory = FALSE;
+    gboolean resume = FALSE, copy_memory = FALSE, snapshot_backends = FALSE;
     const GOptionEntry entries[] = {
         {"resume", 0, 0, G_OPTION_ARG_NONE, &resume,
          N_("Let the VM run at once (otherwise it is left paused)"), NULL},
         {"copy-memory", 0, 0, G_OPTION_ARG_NONE, &copy_memory,
          N_("Copy guest RAM instead of mapping the snapshot's memory file"), NULL},
+        {"snapshot-backends", 0, 0, G_OPTION_ARG_NONE, &snapshot_backends,
+         N_("Root only: open the disks, taps and vsock socket the snapshot names"), NULL},
         {NULL},
     };
     g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
@@ -711,6 +713,8 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
         g_variant_dict_insert(&options, "resume", "b", TRUE);
     if (copy_memory)
         g_variant_dict_insert(&options, "copy-memory", "b", TRUE);
+    if (snapshot_backends)
+        g_variant_dict_insert(&options, "use-snapshot-backends", "b", TRUE);
     progress = g_strdup_printf("%s %s", _("Restoring"), argv[0]);
     reply = mctl_call(ctl, G_DBUS_PROXY(manager), "RestoreVM",
                       g_variant_new("(ss@a{sv})", argv[0], "", g_variant_dict_end(&options)), fds,

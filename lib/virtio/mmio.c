@@ -97,13 +97,19 @@ guint32 mvm_virtio_get_epoch(MvmVirtio *dev)
     return dev->epoch;
 }
 
+MvmGuestLog *mvm_virtio_get_guest_log(MvmVirtio *dev)
+{
+    return dev->env.guest_log;
+}
+
 /* §2.1.2: the device sets DEVICE_NEEDS_RESET and sends a configuration change notification. */
 void mvm_virtio_set_needs_reset(MvmVirtio *dev, const char *reason)
 {
     if (dev->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET)
         return;
-    g_message("virtio-%s at 0x%" G_GINT64_MODIFIER "x: %s; device needs reset", dev->ops->name,
-              dev->env.base, reason);
+    mvm_guest_log(dev->env.guest_log, G_LOG_LEVEL_MESSAGE,
+                  "virtio-%s at 0x%" G_GINT64_MODIFIER "x: %s; device needs reset", dev->ops->name,
+                  dev->env.base, reason);
     dev->status |= VIRTIO_STATUS_DEVICE_NEEDS_RESET;
     raise_interrupt(dev, VIRTIO_MMIO_INT_CONFIG);
 }

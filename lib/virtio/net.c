@@ -53,8 +53,9 @@ static void tap_failed(Net *net, int err)
     if (net->tap_gone)
         return;
     net->tap_gone = TRUE;
-    g_message("virtio-net: tap %s: %s; the interface is down from now on",
-              net->name != NULL ? net->name : "(fd)", g_strerror(err));
+    mvm_guest_log(mvm_virtio_get_guest_log(net->dev), G_LOG_LEVEL_MESSAGE,
+                  "virtio-net: tap %s: %s; the interface is down from now on",
+                  net->name != NULL ? net->name : "(fd)", g_strerror(err));
     /* §5.1.4: the guest sees the link go down (VIRTIO_NET_S_LINK_UP cleared). */
     guint16 status = 0;
     mvm_virtio_update_config(net->dev, NET_STATUS_OFFSET, &status, sizeof(status));

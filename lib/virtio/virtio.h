@@ -13,6 +13,7 @@
 
 #include <glib.h>
 
+#include "guest-log.h"
 #include "iobus.h"
 #include "iothread.h"
 #include "memory.h"
@@ -95,6 +96,7 @@ typedef struct {
     MvmIoThread *io_thread;
     guint64 base; /* MMIO window, MVM_VIRTIO_MMIO_SIZE bytes */
     guint32 gsi;
+    MvmGuestLog *guest_log; /* what the guest makes the device say; NULL: not limited */
 } MvmVirtioEnv;
 
 /* Takes @backend (freed with ops->free, also on failure). Sets up eventfds, ioeventfds, irqfd. */
@@ -122,6 +124,8 @@ gboolean mvm_virtio_is_active(MvmVirtio *dev); /* DRIVER_OK and not NEEDS_RESET 
 guint64 mvm_virtio_get_driver_features(MvmVirtio *dev);
 /* Changes at every reset: a back end that dropped the lock checks it before pushing. */
 guint32 mvm_virtio_get_epoch(MvmVirtio *dev);
+/* Where the device says what its guest made it do (MvmVirtioEnv.guest_log). */
+MvmGuestLog *mvm_virtio_get_guest_log(MvmVirtio *dev);
 /* A broken chain marks the device DEVICE_NEEDS_RESET (logged once) and returns BROKEN. */
 MvmVqPopResult mvm_virtio_pop(MvmVirtio *dev, guint queue, MvmVqChain *chain);
 guint16 mvm_virtio_pending(MvmVirtio *dev, guint queue);

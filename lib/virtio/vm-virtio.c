@@ -198,6 +198,7 @@ gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error)
             .io_thread = vm->io_thread,
             .base = MVM_VIRTIO_MMIO_BASE + slot * MVM_VIRTIO_MMIO_SIZE,
             .gsi = MVM_VIRTIO_IRQ_BASE + slot,
+            .guest_log = &vm->guest_log,
         };
         g_autoptr(MvmVirtio) dev = create_device(vm, slot, &env, error);
         if (dev == NULL || !mvm_virtio_attach(dev, vm->bus, error))

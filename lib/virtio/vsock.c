@@ -46,9 +46,8 @@
 #define VSOCK_BUF_ALLOC             (256 * 1024) /* what we buffer per connection towards a socket */
 #define VSOCK_CONNECT_LINE_MAX      32
 #define VSOCK_HOST_PORT_FIRST       (1u << 30) /* ports we pick for host-initiated connections */
-#define VSOCK_MAX_CONNS             1024
-#define VSOCK_MAX_PENDING           4096 /* control packets waiting for guest rx buffers */
-#define VSOCK_LISTEN_REST_MS        100  /* no descriptor for a connection: retry after */
+#define VSOCK_MAX_PENDING           4096       /* control packets waiting for guest rx buffers */
+#define VSOCK_LISTEN_REST_MS        100        /* no descriptor for a connection: retry after */
 
 typedef struct __attribute__((packed)) {
     guint64 src_cid, dst_cid;
@@ -106,6 +105,7 @@ struct _Vsock {
     GQueue pending;       /* VsockHdr * control packets for the guest */
     gboolean reset_event; /* a TRANSPORT_RESET event waits for an event buffer */
     guint32 next_port;
+    gboolean bound_logged; /* connections were refused at the bound (said once per VM) */
 };
 
 static void conn_update_watch(Conn *c);
@@ -382,6 +382,24 @@ static int connect_unix(const char *path)
 }
 
 /*
+ * Each connection holds one of the process's fds and up to VSOCK_BUF_ALLOC of its memory,
+ * whichever side opened it: neither the guest nor whoever may open uds_path gets more than
+ * MVM_VSOCK_CONNECTIONS_MAX of them. Lock held.
+ */
+static gboolean conn_allowed(Vsock *vs, const char *who)
+{
+    if (vs->conns->len < MVM_VSOCK_CONNECTIONS_MAX)
+        return TRUE;
+    if (!vs->bound_logged)
+        mvm_guest_log(mvm_virtio_get_guest_log(vs->dev), G_LOG_LEVEL_MESSAGE,
+                      "virtio-vsock: refusing %s connections: %d are open, the most there may "
+                      "be (said once)",
+                      who, MVM_VSOCK_CONNECTIONS_MAX);
+    vs->bound_logged = TRUE;
+    return FALSE;
+}
+
+/*
  * @name in the directory @dir_fd as a path for bind() and connect(), which take no directory
  * descriptor: through /proc/self/fd, which resolves to that very directory.
  */
@@ -396,7 +414,7 @@ static void guest_request(Vsock *vs, const VsockHdr *h)
     guint32 port = GUINT32_FROM_LE(h->dst_port);
     g_autofree char *name = g_strdup_printf("%s_%u", vs->name, port);
     g_autofree char *path = path_at(vs->dir_fd, name);
-    int fd = vs->conns->len < VSOCK_MAX_CONNS ? connect_unix(path) : -1;
+    int fd = conn_allowed(vs, "the guest's") ? connect_unix(path) : -1;
 
     if (fd < 0) {
         send_rst_reply(vs, h);
@@ -661,7 +679,7 @@ static gboolean listener_event(int fd, GIOCondition condition, gpointer data)
     if (conn_fd < 0)
         return G_SOURCE_CONTINUE;
     mvm_virtio_lock(vs->dev);
-    if (vs->conns->len >= VSOCK_MAX_CONNS) {
+    if (!conn_allowed(vs, "host")) {
         close(conn_fd);
     } else {
         Conn *c = conn_new(vs, conn_fd, CONN_HANDSHAKE);

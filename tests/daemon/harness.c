@@ -137,6 +137,7 @@ void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
     gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
 
     const char *wrapper = g_getenv("MVMD_TEST_DAEMON_WRAPPER");
+    int out;
 
     g_assert_nonnull(microvmd);
     g_assert_cmpint(bus->daemon_pid, ==, 0);
@@ -158,10 +159,16 @@ void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
     for (const char *const *a = extra_args; a && *a; a++)
         g_ptr_array_add(argv, g_strdup(*a));
     g_ptr_array_add(argv, NULL);
-    /* Its stdout/stderr go to the test log (a TAP stream takes stdout: send both to stderr). */
+    /* Its stdout/stderr go to the test log (a TAP stream takes stdout: send both to stderr),
+     * or to the file the test reads. */
+    out = bus->daemon_log ? open(bus->daemon_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)
+                          : STDERR_FILENO;
+    g_assert_cmpint(out, >=, 0);
     g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
                            G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, daemon_child_setup, bus,
-                           &bus->daemon_pid, -1, STDERR_FILENO, STDERR_FILENO, &error);
+                           &bus->daemon_pid, -1, out, out, &error);
+    if (out != STDERR_FILENO)
+        close(out);
     g_assert_no_error(error);
     while (!name_has_owner(bus)) {
         g_assert_true(mvmd_test_bus_daemon_alive(bus));
@@ -235,6 +242,7 @@ void mvmd_test_bus_free(MvmdTestBus *bus)
     g_free(bus->state_dir);
     g_free(bus->runtime_dir);
     g_free(bus->address);
+    g_free(bus->daemon_log);
     g_free(bus);
 }
 

@@ -26,6 +26,7 @@ typedef struct {
     GPid bus_pid;
     GPid daemon_pid;
     GDBusConnection *connection; /* the harness's own client connection */
+    char *daemon_log; /* set before starting the daemon: its output goes there (appended) */
     /* RLIMIT_NOFILE (soft, hard) the daemon is started with; 0, 0: the test's own. */
     guint64 daemon_nofile_soft;
     guint64 daemon_nofile_hard;

@@ -35,6 +35,9 @@ static void fixture_setup(Fixture *f, gconstpointer data)
     const char *const args[] = {"--shutdown-timeout=2", NULL};
 
     f->bus = mvmd_test_bus_new();
+    /* @data: the daemon's output goes to that file in the test's directory, to be read. */
+    if (data)
+        f->bus->daemon_log = g_build_filename(f->bus->tmpdir, data, NULL);
     mvmd_test_bus_start_daemon(f->bus, args);
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
 }
@@ -114,19 +117,28 @@ typedef struct {
     GString *seen;
 } Console;
 
+static Console *console_try_open(MvmdVm *vm, GError **error)
+{
+    g_autoptr(GVariant) handle = NULL;
+    g_autoptr(GUnixFDList) fds = NULL;
+    Console *c;
+
+    if (!mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
+                                        error))
+        return NULL;
+    c = g_new0(Console, 1);
+    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), error);
+    g_assert_cmpint(c->fd, >=, 0);
+    c->seen = g_string_new(NULL);
+    return c;
+}
+
 static Console *console_open(MvmdVm *vm)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) handle = NULL;
-    g_autoptr(GUnixFDList) fds = NULL;
-    Console *c = g_new0(Console, 1);
+    Console *c = console_try_open(vm, &error);
 
-    mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
-                                   &error);
     g_assert_no_error(error);
-    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), &error);
-    g_assert_no_error(error);
-    c->seen = g_string_new(NULL);
     return c;
 }
 
@@ -344,6 +356,97 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
     wait_state(vm, "stopped");
 }
 
+/* Bounds from daemon/bounds.h, as documented in docs/usage-dbus.md. */
+#define CONSOLE_CLIENTS_MAX 16
+#define VM_WAITERS_MAX      64
+
+static void console_open_fails(MvmdVm *vm, const char *error_name)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_null(console_try_open(vm, &error));
+    mvmd_test_assert_dbus_error(error, error_name);
+}
+
+/* One VM's console clients are bounded; those attached and another VM's console go on. */
+static void test_console_clients_bounded(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = create_guest(f, "crowded", "echo", NULL);
+    g_autoptr(MvmdVm) other = create_guest(f, "quiet", "echo", NULL);
+    g_autoptr(GPtrArray) consoles = g_ptr_array_new_with_free_func((GDestroyNotify)console_close);
+    Console *c;
+    gsize at;
+
+    call_ok(vm, "Start");
+    call_ok(other, "Start");
+    for (guint i = 0; i < CONSOLE_CLIENTS_MAX; i++)
+        g_ptr_array_add(consoles, console_open(vm));
+    console_open_fails(vm, ERR "LimitReached");
+
+    c = consoles->pdata[0];
+    at = console_expect(c, 0, "READY");
+    console_send(c, "still here\r");
+    console_expect(c, at, "still here");
+    c = console_open(other);
+    at = console_expect(c, 0, "READY");
+    console_send(c, "unaffected\r");
+    console_expect(c, at, "unaffected");
+    console_close(c);
+
+    /* A client that leaves makes room (the daemon sees the hang-up on its main loop). */
+    g_ptr_array_remove_index(consoles, 1);
+    for (gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;;) {
+        g_autoptr(GError) error = NULL;
+
+        c = console_try_open(vm, &error);
+        if (c)
+            break;
+        mvmd_test_assert_dbus_error(error, ERR "LimitReached");
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    console_expect(c, 0, "READY");
+    console_close(c);
+    call_ok(vm, "Stop");
+    call_ok(other, "Stop");
+}
+
+static void on_shutdown_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    GPtrArray *errors = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_proxy_call_finish(G_DBUS_PROXY(source), result, &error);
+
+    g_ptr_array_add(errors, error ? g_dbus_error_get_remote_error(error) : g_strdup("ok"));
+}
+
+/* Shutdown callers waiting on one VM are bounded; a Stop answers every one of them. */
+static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = create_guest(f, "stubborn", "echo", NULL);
+    g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
+    Console *c;
+
+    call_ok(vm, "Start");
+    c = console_open(vm);
+    console_expect(c, 0, "READY");
+    /* The echo guest ignores Ctrl-Alt-Del: every Shutdown waits, up to an hour. */
+    for (guint i = 0; i < VM_WAITERS_MAX + 1; i++)
+        g_dbus_proxy_call(G_DBUS_PROXY(vm), "Shutdown", g_variant_new("(u)", 3600),
+                          G_DBUS_CALL_FLAGS_NONE, G_MAXINT, NULL, on_shutdown_done, done);
+    /* Only the call past the bound is answered while the guest runs. */
+    mvmd_test_wait_until(done->len == 1, GUEST_TIMEOUT_MS);
+    g_assert_cmpstr(done->pdata[0], ==, ERR "LimitReached");
+    call_fails(vm, "Shutdown", g_variant_new("(u)", 3600), ERR "LimitReached");
+    g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
+
+    call_ok(vm, "Stop");
+    mvmd_test_wait_until(done->len == VM_WAITERS_MAX + 1, GUEST_TIMEOUT_MS);
+    for (guint i = 1; i < done->len; i++)
+        g_assert_cmpstr(done->pdata[i], ==, "ok");
+    console_close(c);
+}
+
 /*
  * Shutdown that the guest answers (mode=ctrlaltdel): by a reset (as Linux with reboot=k),
  * which ends the VM instead of restarting it, or by leaving through the debug exit. Then the
@@ -437,6 +540,82 @@ static char *run_to_end(Fixture *f, MvmdVm *vm)
     out = g_strdup(c->seen->str);
     console_close(c);
     return out;
+}
+
+/* Guest-caused messages a VM may log at once (lib/microvm.h: MVM_GUEST_LOG_BURST). */
+#define GUEST_LOG_BURST 10
+#define HOSTILE_ROUNDS  60
+
+static guint count_substrings(const char *text, const char *what)
+{
+    guint n = 0;
+
+    for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
+        n++;
+    return n;
+}
+
+/* Of @vm's lines in @log: those saying @what, and the sum the "suppressed" lines give. */
+static guint count_vm_lines(const char *log, const char *vm, const char *what, guint64 *suppressed)
+{
+    g_auto(GStrv) lines = g_strsplit(log, "\n", -1);
+    g_autofree char *prefix = g_strdup_printf(": %s: ", vm);
+    guint n = 0;
+
+    *suppressed = 0;
+    for (char **l = lines; *l; l++) {
+        const char *text = strstr(*l, prefix);
+
+        if (!text)
+            continue;
+        text += strlen(prefix);
+        if (strstr(text, what))
+            n++;
+        else if (strstr(text, "caused by the guest suppressed"))
+            *suppressed += g_ascii_strtoull(text, NULL, 10);
+    }
+    return n;
+}
+
+/*
+ * A guest that breaks its virtqueue over and over (and recovers each time) gets a few lines in
+ * the daemon's log, then one a second; the rest is counted, and every attack is accounted for.
+ * Another VM's message still gets through.
+ */
+static void test_guest_log_limited(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GBytes) contents = NULL;
+    g_autofree char *image = make_image(f->bus->tmpdir, "hostile.img", 64, &contents);
+    g_autofree char *disk = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", image);
+    g_autofree char *mode = g_strdup_printf("hostile rounds=%d", HOSTILE_ROUNDS);
+    g_autoptr(MvmdVm) noisy = create_guest(f, "noisy", mode, disk);
+    g_autoptr(MvmdVm) other = create_guest(f, "other", "hostile", disk);
+    g_autofree char *out = NULL;
+    g_autofree char *log = NULL;
+    guint64 suppressed, other_suppressed;
+    gint64 start = g_get_monotonic_time();
+    guint lines, elapsed_s;
+
+    out = run_to_end(f, noisy);
+    elapsed_s = (guint)((g_get_monotonic_time() - start + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+    /* Its device worked again after every reset (the lines before TESTGUEST-DONE). */
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_cmpuint(count_substrings(out, "PASS hostile-recovered"), ==, HOSTILE_ROUNDS);
+    g_clear_pointer(&out, g_free);
+    out = run_to_end(f, other);
+    g_assert_null(strstr(out, "FAIL"));
+    g_assert_cmpuint(count_substrings(out, "PASS hostile-recovered"), ==, 1);
+
+    g_assert_true(g_file_get_contents(f->bus->daemon_log, &log, NULL, NULL));
+    lines = count_vm_lines(log, "noisy", "device needs reset", &suppressed);
+    g_test_message("noisy: %u lines, %" G_GUINT64_FORMAT " suppressed, in %u s", lines, suppressed,
+                   elapsed_s);
+    /* The bucket holds GUEST_LOG_BURST and gains one a second while the guest ran. */
+    g_assert_cmpuint(lines, >=, 1);
+    g_assert_cmpuint(lines, <=, GUEST_LOG_BURST + elapsed_s + 1);
+    g_assert_cmpuint(lines + suppressed, ==, HOSTILE_ROUNDS);
+    g_assert_cmpuint(count_vm_lines(log, "other", "device needs reset", &other_suppressed), ==, 1);
+    g_assert_cmpuint(other_suppressed, ==, 0);
 }
 
 /* vsock: the guest reads its CID from the device; the host side listens on uds-path. */
@@ -891,8 +1070,16 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
                   "<'/nonexistent/v'>}>}",
                   fds, ERR "InvalidArgument", "the snapshot has no vsock device");
 
-    /* Root without options: the disk the snapshot names. */
-    path = restore_vm(f, "own", dir, "{}", NULL);
+    /* Root without back ends or the option: a snapshot made elsewhere names them, so no. */
+    restore_fails(f, "unasked", dir, "{}", NULL, ERR "InvalidArgument",
+                  "the snapshot has 1 disk; pass it as an fd in the 'disks' option; or, as root, "
+                  "pass 'use-snapshot-backends': <true>");
+    restore_fails(f, "both", dir,
+                  "{'disks': <[{'fd': <handle 0>}]>, 'use-snapshot-backends': <true>}", fds,
+                  ERR "InvalidArgument", "not both");
+
+    /* Root asking for them: the disk the snapshot names. */
+    path = restore_vm(f, "own", dir, "{'use-snapshot-backends': <true>}", NULL);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
     disk0 = config_disk0(vm);
     g_assert_true(g_variant_lookup(disk0, "path", "&s", &s));
@@ -1164,6 +1351,13 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
     g_assert_nonnull(strstr(out, "disks[0].path"));
     g_clear_pointer(&out, g_free);
+    out = restore_as_nobody(
+        f, "s",
+        "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, 'use-snapshot-backends': <true>}", pass,
+        2);
+    g_assert_true(g_str_has_prefix(out, "error " ERR "NotAuthorized "));
+    g_assert_nonnull(strstr(out, "'use-snapshot-backends'"));
+    g_clear_pointer(&out, g_free);
     out = restore_as_nobody(f, "c",
                             "{'state-fd': <handle 0>, 'memory-fd': <handle 1>, "
                             "'disks': <[{'fd': <handle 2>}]>}",
@@ -1180,8 +1374,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
 
-    /* The control: root without options has the snapshot's own disk opened. */
-    root_path = restore_vm(f, "root", snap->dir, "{}", NULL);
+    /* The control: root asking for them has the snapshot's own disk opened. */
+    root_path = restore_vm(f, "root", snap->dir, "{'use-snapshot-backends': <true>}", NULL);
     g_assert_cmpuint(count_opens(watch), >, 0);
     close(watch);
     for (guint i = 0; i < G_N_ELEMENTS(pass); i++)
@@ -1258,7 +1452,8 @@ static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user
 /*
  * A name is released only by the call that reserved it. A RestoreVM of "x" is held in flight
  * (its worker waits on a lease we hold on the snapshot's disk, which root's restore opens by the
- * path the snapshot names: it has been authorized and has reserved "x"); meanwhile a second
+ * path the snapshot names, as asked with 'use-snapshot-backends': it has been authorized and
+ * has reserved "x"); meanwhile a second
  * RestoreVM of "x" fails (the name is taken) and a third, from nobody, is denied: neither may
  * release the first one's reservation, so CreateVM "x" is still refused after each. The first
  * restore then finishes with a working VM (the guest writes and reads back its disk), the only "x".
@@ -1293,9 +1488,9 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
         g_assert_cmpint(pass[i], >=, 0);
 
     lease = hold_file(snap->disk);
-    mvmd_manager_call_restore_vm(f->manager, "x", snap->dir, mvmd_test_config("{}"),
-                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
-                                 on_restore_done, &first);
+    mvmd_manager_call_restore_vm(
+        f->manager, "x", snap->dir, mvmd_test_config("{'use-snapshot-backends': <true>}"),
+        G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL, on_restore_done, &first);
     mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
     g_assert_false(first.done);
     create_fails_exists(f, "x");
@@ -1563,9 +1758,13 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
+    ADD("/daemon-kvm/console-clients-bounded", test_console_clients_bounded);
+    ADD("/daemon-kvm/shutdown-waiters-bounded", test_shutdown_waiters_bounded);
     ADD("/daemon-kvm/graceful-shutdown", test_graceful_shutdown);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
+    g_test_add("/daemon-kvm/guest-log-limited", Fixture, "daemon.log", fixture_setup,
+               test_guest_log_limited, fixture_teardown);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/restore-truncated-memory", test_restore_truncated_memory);

@@ -5,7 +5,8 @@
  * then to work again after a reset. attack= loop (a descriptor chain that cycles), oob (a buffer
  * outside guest RAM), huge (a 4 GiB - 1 length), badnext (next index beyond the queue), avail
  * (the available index jumps past the queue size), ring (the descriptor table outside RAM),
- * order (a device-readable descriptor after a device-writable one).
+ * order (a device-readable descriptor after a device-writable one). rounds= (1) repeats it
+ * after each recovery.
  */
 #include "virtio.h"
 
@@ -106,13 +107,23 @@ static bool recovered(struct vdev *d)
     return check_u64("hostile-recovered", 0, *status);
 }
 
+/* rounds=N: the attack again after each recovery, for a host that must not log them all. */
 bool mode_hostile(void)
 {
     struct vdev d;
     const char *kind = arg_str("attack", "loop");
+    u64 rounds = arg_u64("rounds", 1);
 
-    gprintf("HOSTILE attack %s\n", kind);
-    if (!setup_blk(&d) || !attack(&d, kind, vio_page()) || !wait_needs_reset(&d))
+    gprintf("HOSTILE attack %s rounds %u\n", kind, (u32)rounds);
+    if (!setup_blk(&d))
         return false;
-    return recovered(&d);
+    unsigned mark = vio_page_mark();
+    for (u64 i = 0; i < rounds; i++) {
+        /* Each round takes the same pages for the same use: the attack's page, then (after
+         * the reset) the new queue and the request; the live queue is never the attack's. */
+        vio_page_release(mark);
+        if (!attack(&d, kind, vio_page()) || !wait_needs_reset(&d) || !recovered(&d))
+            return false;
+    }
+    return true;
 }

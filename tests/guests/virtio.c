@@ -18,6 +18,17 @@ void *vio_page(void)
     return p;
 }
 
+unsigned vio_page_mark(void)
+{
+    return pool_used;
+}
+
+void vio_page_release(unsigned mark)
+{
+    if (mark < pool_used)
+        pool_used = mark;
+}
+
 u32 vio_read(struct vdev *d, u32 off)
 {
     return mmio_read32(d->base + off);

@@ -92,5 +92,10 @@ bool vq_has_used(struct vq *q);
 bool vq_request(struct vdev *d, struct vq *q, const struct vbuf *bufs, unsigned n, u32 *len);
 /* A page of zeroed memory for buffers (from a fixed pool; never freed). */
 void *vio_page(void);
+/* The pool as a stack, for a mode that repeats itself: pages taken after @mark are given back
+ * (the caller makes sure the device no longer uses them, or that they are taken back in the
+ * same order for the same use). */
+unsigned vio_page_mark(void);
+void vio_page_release(unsigned mark);
 u64 fnv1a(const void *data, u64 len, u64 hash);
 #define FNV1A_INIT 0xcbf29ce484222325ULL

@@ -196,7 +196,7 @@ def wait_for(predicate, timeout=60, what="condition"):
 class Daemon:
     """The built microvmd. @args after the directory options; @env added to ours."""
 
-    def __init__(self, tmp, args, env=None, wrapper_argv=()):
+    def __init__(self, tmp, args, env=None, wrapper_argv=(), log_path=None):
         full_env = dict(os.environ)
         full_env.update(env or {})
         # e.g. MVMD_TEST_DAEMON_WRAPPER="valgrind --error-exitcode=1", as for tests/daemon.
@@ -206,9 +206,19 @@ class Daemon:
         if os.environ.get("MVMD_TEST_VERBOSE"):
             argv.append("--verbose")
         self.started_at = time.monotonic()
-        # stdout to our stderr: the test log keeps the daemon's messages.
-        self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=sys.stderr,
-                                     preexec_fn=die_with_us)
+        # stdout to our stderr: the test log keeps the daemon's messages; or both to
+        # @log_path, for a test that reads them.
+        self.log_path = log_path
+        out = open(log_path, "a") if log_path else sys.stderr
+        self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=out,
+                                     stderr=out if log_path else None, preexec_fn=die_with_us)
+        if log_path:
+            out.close()
+
+    def log(self):
+        """What the daemon wrote, when started with a log_path."""
+        with open(self.log_path) as f:
+            return f.read()
 
     def alive(self):
         return self.proc.poll() is None

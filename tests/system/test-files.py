@@ -139,6 +139,7 @@ class ErrorNames(systest.TestCase):
             names = re.findall(r'#define MVMD_DBUS_ERROR_\w+\s+MVMD_DBUS_ERROR_PREFIX "(\w+)"',
                                f.read())
         self.assertIn("NoResources", names)
+        self.assertIn("LimitReached", names)
         root = os.path.dirname(os.path.dirname(ENV["MVMD_NAMES_H"]))
         for doc in ("introspection/org.microvmd.MicroVM1.Manager.xml", "docs/usage-dbus.md",
                     "docs/man/microvmd.8.rst"):

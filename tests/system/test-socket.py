@@ -4,7 +4,8 @@
 starts microvmd on the first connection, passing the socket as microvmd.socket does
 (FileDescriptorName=microvmd). There is no bus at all ($DBUS_SYSTEM_BUS_ADDRESS points nowhere),
 so the clients speak peer-to-peer D-Bus: they create and start a real guest, a second client
-works at the same time and sees the first one's changes, and the peer's uid is checked."""
+works at the same time and sees the first one's changes, and the peer's uid is checked;
+peers that do not authenticate are disconnected, and each uid's connections are bounded."""
 
 import os
 import shutil
@@ -38,13 +39,13 @@ class SocketTest(systest.TestCase):
         os.chmod(self.tmp.path, 0o755)  # so that other users reach the socket, and are refused
         self.socket = self.tmp.join("io.socket")
 
-    def activate(self, extra_args=(), env=None):
+    def activate(self, extra_args=(), env=None, log_path=None):
         argv = ["systemd-socket-activate", "-l", self.socket, "--fdname=microvmd",
                 "-E", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + self.tmp.join("no-bus")]
         for key, value in (env or {}).items():
             argv += ["-E", f"{key}={value}"]
         # systemd-socket-activate execs microvmd once a client connects: same process.
-        self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv)
+        self.daemon = self.start_daemon(list(extra_args), wrapper_argv=argv, log_path=log_path)
         # The path appears at bind(), before listen(): wait for the listening flag
         # (__SO_ACCEPTCON in /proc/net/unix) without connecting, which would start microvmd.
         systest.wait_for(self.listening, 30, "the listening socket")
@@ -207,6 +208,82 @@ class SocketTest(systest.TestCase):
         self.assertEqual(as_nobody(["delete", "by-fd"]), {("delete", "by-fd"): None})
         root.close_sync(None)
         self.assertEqual(self.daemon.stop(), 0)
+
+    def test_unauthenticated_peers_bounded(self):
+        """A peer that never authenticates is disconnected after the daemon's timeout (5 s),
+        and one uid holds at most 32 connections: one more is closed at once, while another
+        uid still connects and calls, and the first one's authenticated connection goes on."""
+        import socket
+        systest.require_root_and_setpriv()
+        self.activate([f"--socket-group={systest.NOBODY}"])
+        conn = systest.peer_connect(self.socket)  # root's first place (and starts microvmd)
+        self.assertEqual(self.managed_paths(conn), [])
+
+        def silent_peer():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(sock.close)
+            sock.settimeout(60)
+            sock.connect(self.socket)
+            sock.sendall(b"\0")  # the credentials byte, then nothing
+            return sock
+
+        def closed_by_daemon(sock):
+            try:
+                return sock.recv(4096) == b""
+            except ConnectionResetError:
+                return True
+
+        silent = [silent_peer() for _ in range(31)]
+        # Root's 33rd connection is refused at accept: its AUTH gets no "OK", only the close.
+        extra = silent_peer()
+        extra.sendall(b"AUTH EXTERNAL 30\r\n")
+        self.assertTrue(closed_by_daemon(extra))
+
+        # Another uid is not affected.
+        result = systest.run_client_as(systest.NOBODY, systest.NOBODY,
+                                       f"unix:path={self.socket}", ["list"], p2p=True)
+        self.assertEqual(result, [{"op": "list", "vm": None, "error": None}])
+
+        # The silent ones are disconnected by the daemon; root's own connection goes on.
+        for sock in silent:
+            self.assertTrue(closed_by_daemon(sock))
+        self.assertEqual(self.managed_paths(conn), [])
+        again = systest.peer_connect(self.socket)
+        self.assertEqual(self.managed_paths(again), [])
+        again.close_sync(None)
+        conn.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+
+    def test_failing_clients_log_limited(self):
+        """Clients that connect and fail over and over get a few lines in the daemon's log,
+        then one a second; the rest is counted in a summary, and all are accounted for."""
+        import re
+        import socket
+        rounds = 60
+        self.activate(log_path=self.tmp.join("daemon.log"))
+        started = time.monotonic()
+        for _ in range(rounds):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(30)
+                sock.connect(self.socket)
+                sock.sendall(b"\0AUTH ANONYMOUS 74657374\r\n")
+                self.assertTrue(sock.recv(4096).startswith(b"REJECTED"))
+            # ...and it hangs up: the handshake fails.
+        conn = systest.peer_connect(self.socket)  # a proper client is still served
+        self.assertEqual(self.managed_paths(conn), [])
+        conn.close_sync(None)
+        self.assertEqual(self.daemon.stop(), 0)
+        elapsed = int(time.monotonic() - started) + 1
+
+        log = self.daemon.log()
+        lines = log.count("peer: a client failed to authenticate")
+        suppressed = sum(int(n) for n in
+                         re.findall(r"(\d+) more messages? caused by socket clients suppressed", log))
+        print(f"# {lines} lines, {suppressed} suppressed, in {elapsed} s")
+        self.assertGreaterEqual(lines, 1)
+        self.assertLessEqual(lines, 10 + elapsed)  # the burst, then one a second
+        self.assertEqual(lines + suppressed, rounds)
+
 
 if __name__ == "__main__":
     systest.main()

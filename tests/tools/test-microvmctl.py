@@ -628,6 +628,30 @@ def test_snapshot(t, bus):
     for name in ("snap", "copy", "copy4"):
         ctl(bus, "stop", name)
         expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
+    snapshot_backends(bus)
+
+
+def snapshot_backends(bus):
+    """A snapshot names its disk by path: only --snapshot-backends has root open it."""
+    disk = os.path.join(bus.dir, "snapdisk.img")
+    with open(disk, "wb") as f:
+        f.truncate(64 * 512)
+    expect_rc(ctl(bus, "create", "withdisk", "--kernel", TESTGUEST, "--cmdline", "mode=echo",
+                  "--memory", "16", "--disk", disk, "--persist", "--start"), OK,
+              "create --persist with a disk")
+    wait_console(bus, "withdisk", "READY")
+    d = os.path.join(bus.dir, "snapdisk")
+    os.mkdir(d)
+    expect_rc(ctl(bus, "snapshot", "withdisk", d), OK, "snapshot with a disk")
+    r = ctl(bus, "restore", "disk-copy", d)
+    expect_rc(r, INVALID_ARGUMENT, "restore without back ends or --snapshot-backends")
+    assert "use-snapshot-backends" in r.err, r
+    expect_rc(ctl(bus, "restore", "disk-copy", d, "--snapshot-backends"), OK,
+              "restore --snapshot-backends")
+    assert vm_json(bus, "disk-copy")["config"]["disks"][0]["path"] == disk
+    for name in ("withdisk", "disk-copy"):
+        ctl(bus, "stop", name)
+        expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
 
 
 def start_polkit_mock(bus):

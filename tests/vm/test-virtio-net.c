@@ -269,6 +269,63 @@ static void test_vsock_snapshot_restore(void)
     rm_rf(dir);
 }
 
+static void collect_message(MvmVm *vm, GLogLevelFlags level, const char *message,
+                            gpointer user_data)
+{
+    g_ptr_array_add(user_data, g_strdup(message));
+}
+
+/* Not ready to read: neither data nor EOF nor an error (poll without waiting). */
+static gboolean still_open(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    return poll(&pfd, 1, 0) == 0;
+}
+
+/*
+ * A VM's vsock device holds at most MVM_VSOCK_CONNECTIONS_MAX connections: host programs that
+ * connect past it are closed at once (said once), the ones held stay. The device accepts in order,
+ * so once the first refused one is closed, every earlier one has been taken.
+ */
+static void test_vsock_host_bound(void)
+{
+    g_autoptr(GPtrArray) messages = g_ptr_array_new_with_free_func(g_free);
+    int held[MVM_VSOCK_CONNECTIONS_MAX];
+    guint refused = 0;
+
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *uds = g_build_filename(dir, "v.sock", NULL);
+    g_autoptr(MvmVmConfig) config = guest_config("mode=vsock pause=1");
+    config->vsock_cid = 9;
+    config->vsock_uds_path = g_strdup(uds);
+    g_autoptr(Guest) g = guest_start(config);
+    mvm_vm_set_log_callback(g->vm, collect_message, messages);
+    g_assert_true(guest_wait_for(g, "VSOCK paused", GUEST_TIMEOUT_US));
+
+    for (guint i = 0; i < G_N_ELEMENTS(held); i++)
+        held[i] = unix_connect(uds); /* they never say CONNECT: each holds its place */
+    for (guint i = 0; i < 3; i++) {
+        int fd = unix_connect(uds);
+        g_autofree char *got = read_some(fd, 1);
+
+        g_assert_cmpstr(got, ==, ""); /* EOF: closed by the device */
+        refused++;
+        close(fd);
+    }
+    for (guint i = 0; i < G_N_ELEMENTS(held); i++) {
+        g_assert_true(still_open(held[i]));
+        close(held[i]);
+    }
+    g_clear_pointer(&g, guest_free); /* stops the guest, still paused */
+    g_assert_cmpuint(refused, ==, 3);
+    g_assert_cmpuint(messages->len, ==, 1);
+    g_assert_nonnull(strstr(messages->pdata[0], "refusing host connections"));
+    rm_rf(dir);
+}
+
 /*
  * The socket's directory is opened once, refusing a symbolic link on the way: a path whose
  * parent is a link (as a swap of a directory for one would make it) is refused before
@@ -544,6 +601,7 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/virtio/vsock", test_vsock);
     g_test_add_func("/virtio/vsock-out-of-descriptors", test_vsock_out_of_descriptors);
+    g_test_add_func("/virtio/vsock/host-bound", test_vsock_host_bound);
     g_test_add_func("/virtio/vsock-snapshot-restore", test_vsock_snapshot_restore);
     g_test_add_func("/virtio/vsock-symlinked-dir", test_vsock_symlinked_dir);
     g_test_add_func("/virtio/net", test_net);
