@@ -1039,6 +1039,17 @@ static GUnixFDList *fd_list_of(const char *path, int flags)
     return fds;
 }
 
+/* The blk guest, told to go on: it writes and reads back its disk, then stops; @c is closed. */
+static void blk_guest_runs_to_the_end(MvmdVm *vm, Console *c)
+{
+    console_send(c, "x");
+    console_expect(c, 0, "PASS blk-write-read");
+    console_expect(c, 0, "TESTGUEST-DONE");
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    wait_state(vm, "stopped");
+    console_close(c);
+}
+
 /*
  * Root restores a VM with a disk: counts that do not match are refused, the disk passed as an
  * fd in the options is the one the guest goes on using (the snapshot's file stays untouched),
@@ -1098,12 +1109,7 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
     g_assert_false(g_variant_lookup(disk0, "path", "&s", &s));
     g_assert_true(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN) != NULL);
     c = console_open(vm);
-    console_send(c, "x");
-    console_expect(c, 0, "PASS blk-write-read");
-    console_expect(c, 0, "TESTGUEST-DONE");
-    g_assert_null(strstr(c->seen->str, "FAIL"));
-    wait_state(vm, "stopped");
-    console_close(c);
+    blk_guest_runs_to_the_end(vm, c);
     /* Sectors 16..23 of the fd's file were written; the snapshot's disk is as it was. */
     g_assert_true(g_file_get_contents(snap->other, &after, &len, NULL));
     g_assert_cmpuint(len, ==, 64 * 512);
@@ -1511,12 +1517,7 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
     c = console_open(vm);
     call_ok(vm, "Resume");
-    console_send(c, "x");
-    console_expect(c, 0, "PASS blk-write-read");
-    console_expect(c, 0, "TESTGUEST-DONE");
-    g_assert_null(strstr(c->seen->str, "FAIL"));
-    wait_state(vm, "stopped");
-    console_close(c);
+    blk_guest_runs_to_the_end(vm, c);
 
     /* Denied on a free name: nothing is left, and root may take the name at once. */
     g_clear_pointer(&out, g_free);
