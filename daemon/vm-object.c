@@ -323,7 +323,7 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 /*
  * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
  * root gave) the snapshot's own paths are never opened; only root who asked for them with
- * 'use-snapshot-backends' gets those (DESIGN.md: the daemon never follows a path for a
+ * 'use-snapshot-backends' gets those (docs/security.md: the daemon never follows a path for a
  * non-root caller, nor one a snapshot names unless root says so).
  */
 static MvmVm *worker_restore_backends(OpData *d, GError **error)
