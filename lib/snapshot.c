@@ -282,10 +282,11 @@ static gboolean write_memory_file(MvmVm *vm, int fd, GError **error)
 {
     if (ftruncate(fd, 0) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
-                               MEMORY_NAME);
+                                   MEMORY_NAME);
     return write_memory(vm, fd, error) &&
            (fdatasync(fd) == 0 ||
-            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", MEMORY_NAME));
+            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s",
+                                MEMORY_NAME));
 }
 
 static gboolean write_state_file(int fd, GVariant *payload, GError **error)
@@ -296,10 +297,10 @@ static gboolean write_state_file(int fd, GVariant *payload, GError **error)
 
     if (ftruncate(fd, 0) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
-                               STATE_NAME);
+                                   STATE_NAME);
     return write_all_at(fd, data, len, 0, error) &&
-           (fdatasync(fd) == 0 ||
-            mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s", STATE_NAME));
+           (fdatasync(fd) == 0 || mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                                                      "cannot sync the snapshot's %s", STATE_NAME));
 }
 
 static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
@@ -727,7 +728,8 @@ MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *b
     g_return_val_if_fail(dirfd >= 0, NULL);
 
     int state_fd = open_member(dirfd, STATE_NAME, error);
-    int own_memory_fd = state_fd < 0 || memory_fd >= 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
+    int own_memory_fd =
+        state_fd < 0 || memory_fd >= 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
     int use_memory_fd = memory_fd >= 0 ? memory_fd : own_memory_fd;
     MvmVm *vm = state_fd < 0 || use_memory_fd < 0
                     ? NULL
