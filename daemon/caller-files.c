@@ -33,16 +33,10 @@ static gboolean refuse(GError **error, const char *key, const char *fmt, ...)
 
 static int take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, GError **error)
 {
-    gint32 index = g_variant_get_handle(value);
-    int fd;
+    int fd = mvmd_fd_list_dup(fd_list, value, error);
 
-    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list)) {
-        refuse(error, key, "handle %d: no such file descriptor in the message", index);
-        return -1;
-    }
-    fd = g_unix_fd_list_get(fd_list, index, NULL);
     if (fd < 0)
-        refuse(error, key, "handle %d: cannot duplicate the descriptor", index);
+        g_prefix_error(error, "option '%s': ", key);
     return fd;
 }
 

@@ -35,22 +35,11 @@ static gboolean mode_allowed(mode_t mode, const char *kinds)
 int mvmd_config_take_fd(GVariant *value, GUnixFDList *fd_list, const char *key, const char *kinds,
                         GError **error)
 {
-    gint32 index = g_variant_get_handle(value);
-    g_autoptr(GError) local = NULL;
     struct statx stx;
-    int fd;
+    int fd = mvmd_fd_list_dup(fd_list, value, error);
 
-    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list)) {
-        mvmd_config_invalid(error, key, "handle %d: no such file descriptor in the message", index);
-        return -1;
-    }
-    fd = g_unix_fd_list_get(fd_list, index, &local);
     if (fd < 0) {
-        /* A dup fails only when the daemon is out of descriptors: NoResources, not the caller's. */
-        g_autofree char *what = g_strdup_printf(
-            "config key '%s': handle %d: cannot duplicate the descriptor", key, index);
-
-        g_propagate_error(error, mvmd_error_from_error(local, what));
+        g_prefix_error(error, "config key '%s': ", key);
         return -1;
     }
     /* On the main loop: a plain fstat() of a file on FUSE waits for the caller's server. */

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "fd-closer.h"
 
+#include "errors.h"
+
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -96,4 +98,25 @@ GUnixFDList *mvmd_invocation_fds(GDBusMethodInvocation *invocation)
     GUnixFDList *taken = g_object_get_data(G_OBJECT(message), FDS_KEY);
 
     return taken ? taken : g_dbus_message_get_unix_fd_list(message);
+}
+
+int mvmd_fd_list_dup(GUnixFDList *fd_list, GVariant *value, GError **error)
+{
+    gint32 index = g_variant_get_handle(value);
+    g_autoptr(GError) local = NULL;
+    int fd;
+
+    if (!fd_list || index < 0 || index >= g_unix_fd_list_get_length(fd_list)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "handle %d: no such file descriptor in the message", index);
+        return -1;
+    }
+    fd = g_unix_fd_list_get(fd_list, index, &local);
+    if (fd < 0) {
+        g_autofree char *what =
+            g_strdup_printf("handle %d: cannot duplicate the descriptor", index);
+
+        g_propagate_error(error, mvmd_error_from_error(local, what));
+    }
+    return fd;
 }

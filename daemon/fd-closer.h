@@ -43,4 +43,11 @@ void mvmd_fd_closer_watch(GDBusConnection *connection);
  */
 GUnixFDList *mvmd_invocation_fds(GDBusMethodInvocation *invocation);
 
+/*
+ * A dup of the descriptor that the handle @value ('h') names in @fd_list, or -1: an index the
+ * message does not hold is InvalidArgument; a dup that fails (the daemon is out of descriptors)
+ * is NoResources, not the caller's fault. Callers prefix the error with the key it came in.
+ */
+int mvmd_fd_list_dup(GUnixFDList *fd_list, GVariant *value, GError **error);
+
 G_END_DECLS
