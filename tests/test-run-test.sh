@@ -11,10 +11,12 @@ n=0 failed=0
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)) failed=1; echo "not ok $n - $1"; sed 's/^/# /' "$tmp/err"; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-# A sleeper in a new session, its pid in $tmp/pid; $1 more seconds of the main process.
+# A sleeper in a new session, its pid in $tmp/pid once it runs sleep (before its exec, /proc
+# shows the shell's command line); $2 more seconds of the main process.
 cat >"$tmp/leaver" <<'SH'
 #!/bin/bash
 setsid sleep 997 </dev/null >/dev/null 2>&1 &
+until [ "$(tr '\0' ' ' <"/proc/$!/cmdline")" = "sleep 997 " ]; do sleep 0.01; done
 echo $! >"$1/pid"
 sleep "$2"
 exit 3
