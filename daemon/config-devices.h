@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The device keys of a VM definition (DESIGN.md, "Config keys"): `disks` aa{sv}, `network`
- * aa{sv}, `vsock` a{sv}, `rng` b. Parsed and validated here, shown by GetConfig,
+ * The device keys of a VM definition (documented at CreateVM in
+ * introspection/org.microvmd.MicroVM1.Manager.xml): `disks` aa{sv}, `network` aa{sv}, `vsock`
+ * a{sv}, `rng` b. Parsed and validated here, shown by GetConfig,
  * stored (as GVariant text) when they hold no file descriptor, and handed to libmicrovm as
  * MvmDiskConfig / MvmNetConfig / vsock_cid / rng.
  */

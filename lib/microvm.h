@@ -196,7 +196,7 @@ typedef enum {
 gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
 
 /*
- * Snapshot / restore (see DESIGN.md, "snapshot"). A snapshot is a directory with `state` and
+ * Snapshot / restore (docs/architecture.md, "Snapshots"). A snapshot is a directory with `state` and
  * `memory`. Snapshot works on a running or paused VM: a running one is paused for the
  * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not
  * reported to the state callback). The _at variants take a directory fd (not consumed) so a

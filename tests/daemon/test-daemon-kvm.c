@@ -20,7 +20,7 @@
 #include "harness.h"
 
 #define ERR "org.microvmd.MicroVM1.Error."
-/* Nested KVM emulates guest kernel code (FACTS.md): be generous. */
+/* Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous. */
 #define GUEST_TIMEOUT_MS (60 * 1000)
 
 static const char *testguest;

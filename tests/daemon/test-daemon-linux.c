@@ -2,7 +2,7 @@
 /*
  * Debian's kernel booted through microvmd on a private bus, its early boot read through
  * OpenConsole: "Linux version", the exact command line we passed, and "Booting paravirtualized
- * kernel on KVM" (FACTS.md: ~8-14 s of guest clock under nested KVM, so minutes are allowed).
+ * kernel on KVM" (docs/kvm-hosts.md: ~8-14 s of guest clock under nested KVM, so minutes are allowed).
  * The guest comes from MVM_LINUX_GUEST_DIR (vmlinux, initramfs.cpio.gz, built by tests/guest/);
  * without it, or without /dev/kvm, the test is skipped (77).
  */

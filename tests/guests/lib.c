@@ -87,7 +87,7 @@ noreturn void guest_exit(u32 code)
 {
     outl(MVM_DEBUG_EXIT_PORT, code);
     /* Still here: the VMM has no debug-exit device. HLT with interrupts off would never come
-     * back to the VMM (FACTS.md), so spin. */
+     * back to the VMM (docs/kvm-hosts.md), so spin. */
     for (;;)
         cpu_relax();
 }

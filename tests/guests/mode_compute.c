@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * mode=compute: heavy work belongs at CPL3, which runs natively under our CI machines' nested KVM
- * while CPL0 is emulated (FACTS.md). Builds page tables with the U/S bit (identity map of
+ * while CPL0 is emulated (docs/kvm-hosts.md). Builds page tables with the U/S bit (identity map of
  * 0-4 GiB, 2 MiB pages), drops to CPL3, runs `iterations` dec/jnz (default 1e8), and comes back.
  *
  * Args: iterations; enter=auto|sysexit|sysret|iret (default auto: SYSEXIT, the only one KVM's

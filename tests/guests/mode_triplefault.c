@@ -3,7 +3,7 @@
  * mode=triplefault: an IDT with limit 0, then UD2: #UD cannot be delivered (#GP), nor can the
  * #GP (#DF), nor the #DF: shutdown (KVM_EXIT_SHUTDOWN). Where KVM emulates guest CPL0 code, the
  * emulator decodes neither UD2 nor a long-mode INT3 and exits with KVM_EXIT_INTERNAL_ERROR
- * instead (FACTS.md); the VMM must mark the VM crashed either way.
+ * instead (docs/kvm-hosts.md); the VMM must mark the VM crashed either way.
  */
 #include "guest.h"
 

@@ -41,7 +41,7 @@ ACTIONS = {
 OWN_ACTIONS = [ACTIONS[a] for a in ("create", "manage", "console", "snapshot")]
 # Methods with an a{sv} of options (Pause), called without any.
 NO_OPTIONS = GLib.Variant("(a{sv})", ({},))
-# Nested KVM emulates guest kernel code (FACTS.md): be generous with guest timeouts.
+# Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous with guest timeouts.
 GUEST_TIMEOUT_MS = 60000
 
 MICROVMD = os.environ.get("MICROVMD")

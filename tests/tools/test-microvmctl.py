@@ -30,7 +30,7 @@ import reachable  # noqa: E402
 MICROVMCTL = os.environ["MICROVMCTL"]
 MICROVMD = os.environ["MICROVMD"]
 TESTGUEST = os.environ.get("MVM_TESTGUEST", "")
-GUEST_TIMEOUT = 60  # seconds; nested KVM emulates guest kernel code (FACTS.md)
+GUEST_TIMEOUT = 60  # seconds; nested KVM emulates guest kernel code (docs/kvm-hosts.md)
 
 # Exit codes, as in microvmctl.h and microvmctl(1).
 OK, FAILED, USAGE, NO_DAEMON, NO_SUCH_VM, INVALID_STATE = 0, 1, 2, 3, 4, 5
