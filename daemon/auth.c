@@ -83,8 +83,8 @@ gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const 
     return FALSE;
 }
 
-gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation, const MvmdVmConfig *config,
-                                      GError **error)
+gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
+                                      const MvmdVmDefinition *config, GError **error)
 {
     if (config->kernel && !mvmd_auth_check_path_argument(invocation, "kernel", error))
         return FALSE;

@@ -5,7 +5,7 @@
 
 #include <gio/gio.h>
 
-#include "config.h"
+#include "definition.h"
 
 G_BEGIN_DECLS
 
@@ -65,8 +65,8 @@ gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, G
 gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
                                        GError **error);
 /* mvmd_auth_check_path_argument() for every path in @config. */
-gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation, const MvmdVmConfig *config,
-                                      GError **error);
+gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
+                                      const MvmdVmDefinition *config, GError **error);
 
 /*
  * Who may use the peer-to-peer socket: root (and the daemon's own user), and members of @group (a

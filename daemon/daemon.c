@@ -9,7 +9,7 @@
 #include <glib-unix.h>
 #include <signal.h>
 
-#include "config.h"
+#include "definition.h"
 #include "context.h"
 #include "errors.h"
 #include "fd-closer.h"

@@ -62,7 +62,7 @@ static void export_vm(MvmdManagerService *self, MvmdVmObject *vm)
 }
 
 /* Takes @config. */
-static MvmdVmObject *add_vm(MvmdManagerService *self, MvmdVmConfig *config, const char *state)
+static MvmdVmObject *add_vm(MvmdManagerService *self, MvmdVmDefinition *config, const char *state)
 {
     MvmdVmObject *vm = mvmd_vm_object_new(self->ctx, config, state);
 
@@ -75,7 +75,7 @@ void mvmd_manager_service_load(MvmdManagerService *self)
     g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
 
     for (guint i = 0; i < configs->len; i++) {
-        MvmdVmConfig *config = configs->pdata[i];
+        MvmdVmDefinition *config = configs->pdata[i];
 
         /* A name a RestoreVM in flight reserved stays its own: that VM wins, as a running one. */
         if (g_hash_table_contains(self->vms, config->name) ||
@@ -95,7 +95,7 @@ void mvmd_manager_service_autostart(MvmdManagerService *self)
 
     g_hash_table_iter_init(&iter, self->vms);
     while (g_hash_table_iter_next(&iter, NULL, &vm)) {
-        if (mvmd_vm_object_get_config(vm)->autostart)
+        if (mvmd_vm_object_get_definition(vm)->autostart)
             mvmd_vm_object_autostart(vm);
     }
 }
@@ -167,7 +167,7 @@ static void create_vm(CreateCall *call)
 {
     MvmdManagerService *self = call->self;
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) config = NULL;
+    g_autoptr(MvmdVmDefinition) config = NULL;
     g_autofree char *path = NULL;
 
     if (!mvmd_vm_name_validate(call->name, &error)) {
@@ -177,8 +177,8 @@ static void create_vm(CreateCall *call)
     if (!check_name_free(self, call->invocation, call->name))
         return;
     if (mvmd_check_fds_arrived(call->invocation, &error))
-        config =
-            mvmd_vm_config_new_from_variant(call->name, NULL, call->config, call->fd_list, &error);
+        config = mvmd_vm_definition_new_from_variant(call->name, NULL, call->config, call->fd_list,
+                                                     &error);
     if (config)
         config->owner = caller_uid(call->invocation);
     if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
@@ -298,7 +298,7 @@ static void on_restored(MvmdVmObject *vm, const GError *error, gpointer user_dat
  * saying what to pass.
  */
 static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDList *fd_list,
-                                 MvmdVmConfig *config, GError **error)
+                                 MvmdVmDefinition *config, GError **error)
 {
     gboolean given = FALSE, use_snapshot = FALSE;
 
@@ -324,8 +324,9 @@ static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDLi
  * `memory` in it with its own rights, so anyone else could have it read (and show their guest)
  * files they cannot read themselves.
  */
-static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, GVariant *options,
-                                        GUnixFDList *fd_list, gboolean copy, GError **error)
+static MvmdVmDefinition *restore_config_dir(RestoreCall *call, const char *dir_arg,
+                                            GVariant *options, GUnixFDList *fd_list, gboolean copy,
+                                            GError **error)
 {
     g_autoptr(GVariant) fdv = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
     g_autofree char *dir = NULL;
@@ -342,7 +343,7 @@ static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, 
                     dir ? "snapshot_dir" : "dir-fd");
         return NULL;
     }
-    return mvmd_vm_config_new_restored(call->name, dir, fd, copy, error);
+    return mvmd_vm_definition_new_restored(call->name, dir, fd, copy, error);
 }
 
 /*
@@ -350,9 +351,9 @@ static MvmdVmConfig *restore_config_dir(RestoreCall *call, const char *dir_arg, 
  * caller's memory file, never mapped: the caller could truncate a mapped file, and the daemon
  * (every VM in it) would take SIGBUS on the next access to the guest's RAM.
  */
-static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg, GVariant *options,
-                                          int state_fd, int memory_fd, gboolean copy,
-                                          GError **error)
+static MvmdVmDefinition *restore_config_files(RestoreCall *call, const char *dir_arg,
+                                              GVariant *options, int state_fd, int memory_fd,
+                                              gboolean copy, GError **error)
 {
     if (*dir_arg || g_variant_lookup(options, "dir-fd", "h", NULL)) {
         mvmd_close_later(state_fd);
@@ -363,10 +364,10 @@ static MvmdVmConfig *restore_config_files(RestoreCall *call, const char *dir_arg
         return NULL;
     }
     copy = copy || !mvmd_auth_caller_is_trusted(call->invocation);
-    return mvmd_vm_config_new_restored_files(call->name, state_fd, memory_fd, copy, error);
+    return mvmd_vm_definition_new_restored_files(call->name, state_fd, memory_fd, copy, error);
 }
 
-static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError **error)
+static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, GError **error)
 {
     static const MvmdKeySpec allowed[] = {
         {"dir-fd", "h"},       {"state-fd", "h"},    {"memory-fd", "h"},
@@ -374,7 +375,7 @@ static MvmdVmConfig *restore_config(RestoreCall *call, gboolean *paused, GError 
         {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"}};
     GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
-    g_autoptr(MvmdVmConfig) config = NULL;
+    g_autoptr(MvmdVmDefinition) config = NULL;
     gboolean resume = FALSE, copy = FALSE;
     const char *dir_arg;
     int state_fd, memory_fd;
@@ -403,7 +404,7 @@ static void restore_vm(RestoreCall *call)
 {
     MvmdManagerService *self = call->self;
     g_autoptr(GError) error = NULL;
-    MvmdVmConfig *config;
+    MvmdVmDefinition *config;
     gboolean paused = TRUE;
 
     if (!check_name_free(self, call->invocation, call->name)) {
@@ -493,10 +494,10 @@ static gboolean handle_list_vms(MvmdManager *manager, GDBusMethodInvocation *inv
 
 /* ---- Reload (and SIGHUP): new stored definitions appear, existing VMs stay untouched ---- */
 
-static gboolean same_definition(const MvmdVmConfig *a, const MvmdVmConfig *b)
+static gboolean same_definition(const MvmdVmDefinition *a, const MvmdVmDefinition *b)
 {
-    g_autoptr(GKeyFile) ka = mvmd_vm_config_to_keyfile(a);
-    g_autoptr(GKeyFile) kb = mvmd_vm_config_to_keyfile(b);
+    g_autoptr(GKeyFile) ka = mvmd_vm_definition_to_keyfile(a);
+    g_autoptr(GKeyFile) kb = mvmd_vm_definition_to_keyfile(b);
     g_autofree char *ta = g_key_file_to_data(ka, NULL, NULL);
     g_autofree char *tb = g_key_file_to_data(kb, NULL, NULL);
 
@@ -514,10 +515,11 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
     g_autoptr(GList) vms = g_hash_table_get_values(self->vms);
 
     for (guint i = 0; i < configs->len; i++)
-        g_hash_table_insert(stored, ((MvmdVmConfig *)configs->pdata[i])->name, configs->pdata[i]);
+        g_hash_table_insert(stored, ((MvmdVmDefinition *)configs->pdata[i])->name,
+                            configs->pdata[i]);
     for (GList *l = vms; l; l = l->next) {
-        const MvmdVmConfig *config = mvmd_vm_object_get_config(l->data);
-        const MvmdVmConfig *on_disk = g_hash_table_lookup(stored, config->name);
+        const MvmdVmDefinition *config = mvmd_vm_object_get_definition(l->data);
+        const MvmdVmDefinition *on_disk = g_hash_table_lookup(stored, config->name);
 
         if (!config->persist || mvmd_vm_object_is_active(l->data))
             continue;

@@ -40,9 +40,9 @@ static char *path_for(MvmdStore *store, const char *name)
     return g_build_filename(store->dir, file, NULL);
 }
 
-gboolean mvmd_store_save(MvmdStore *store, const MvmdVmConfig *config, GError **error)
+gboolean mvmd_store_save(MvmdStore *store, const MvmdVmDefinition *config, GError **error)
 {
-    g_autoptr(GKeyFile) kf = mvmd_vm_config_to_keyfile(config);
+    g_autoptr(GKeyFile) kf = mvmd_vm_definition_to_keyfile(config);
     g_autofree char *path = path_for(store, config->name);
     g_autofree char *data = NULL;
     g_autoptr(GError) local = NULL;
@@ -68,16 +68,16 @@ gboolean mvmd_store_remove(MvmdStore *store, const char *name, GError **error)
     return TRUE;
 }
 
-static MvmdVmConfig *load_one(MvmdStore *store, const char *file, GError **error)
+static MvmdVmDefinition *load_one(MvmdStore *store, const char *file, GError **error)
 {
     g_autofree char *path = g_build_filename(store->dir, file, NULL);
     g_autofree char *expected = g_strndup(file, strlen(file) - strlen(SUFFIX));
     g_autoptr(GKeyFile) kf = g_key_file_new();
-    g_autoptr(MvmdVmConfig) config = NULL;
+    g_autoptr(MvmdVmDefinition) config = NULL;
 
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, error))
         return NULL;
-    config = mvmd_vm_config_new_from_keyfile(kf, error);
+    config = mvmd_vm_definition_new_from_keyfile(kf, error);
     if (!config)
         return NULL;
     if (!g_str_equal(config->name, expected)) {
@@ -97,7 +97,7 @@ static gint compare_names(gconstpointer a, gconstpointer b)
 
 GPtrArray *mvmd_store_load_all(MvmdStore *store)
 {
-    GPtrArray *configs = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_vm_config_free);
+    GPtrArray *configs = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_vm_definition_free);
     g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GError) error = NULL;
     g_autoptr(GDir) dir = g_dir_open(store->dir, 0, &error);
@@ -115,7 +115,7 @@ GPtrArray *mvmd_store_load_all(MvmdStore *store)
     g_ptr_array_sort(files, compare_names);
     for (guint i = 0; i < files->len; i++) {
         g_autoptr(GError) local = NULL;
-        MvmdVmConfig *config = load_one(store, files->pdata[i], &local);
+        MvmdVmDefinition *config = load_one(store, files->pdata[i], &local);
 
         if (config)
             g_ptr_array_add(configs, config);

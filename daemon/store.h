@@ -5,7 +5,7 @@
  */
 #pragma once
 
-#include "config.h"
+#include "definition.h"
 
 G_BEGIN_DECLS
 
@@ -18,10 +18,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdStore, mvmd_store_free)
 const char *mvmd_store_get_dir(MvmdStore *store);
 
 /* Creates the directory when needed. */
-gboolean mvmd_store_save(MvmdStore *store, const MvmdVmConfig *config, GError **error);
+gboolean mvmd_store_save(MvmdStore *store, const MvmdVmDefinition *config, GError **error);
 /* Missing files are not an error. */
 gboolean mvmd_store_remove(MvmdStore *store, const char *name, GError **error);
-/* Every valid definition (MvmdVmConfig *, owned by the array), sorted by file name. */
+/* Every valid definition (MvmdVmDefinition *, owned by the array), sorted by file name. */
 GPtrArray *mvmd_store_load_all(MvmdStore *store);
 
 G_END_DECLS

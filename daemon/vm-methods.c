@@ -41,7 +41,8 @@ static void on_authorized(GObject *source, GAsyncResult *result, gpointer user_d
         g_dbus_method_invocation_return_gerror(call->invocation, error);
     else if (call->self->deleted)
         g_dbus_method_invocation_return_error(call->invocation, MVMD_ERROR, MVMD_ERROR_NO_SUCH_VM,
-                                              "the VM '%s' was deleted", call->self->config->name);
+                                              "the VM '%s' was deleted",
+                                              call->self->definition->name);
     else
         call->act(call->self, call->invocation, call->arg);
     g_object_unref(call->self);
@@ -70,11 +71,11 @@ static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation,
     call->invocation = invocation;
     call->act = act;
     call->arg = arg;
-    g_hash_table_insert(details, MVMD_DETAIL_VM, self->config->name);
+    g_hash_table_insert(details, MVMD_DETAIL_VM, self->definition->name);
     g_hash_table_insert(details, MVMD_DETAIL_VERB,
                         (gpointer)g_dbus_method_invocation_get_method_name(invocation));
-    mvmd_authorize_vm_async(invocation, self->config->owner, access->own, access->others, details,
-                            on_authorized, call);
+    mvmd_authorize_vm_async(invocation, self->definition->owner, access->own, access->others,
+                            details, on_authorized, call);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
 
@@ -398,7 +399,8 @@ static void act_delete(MvmdVmObject *self, GDBusMethodInvocation *invocation, gu
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
-    if (self->config->persist && !mvmd_store_remove(self->ctx->store, self->config->name, &error)) {
+    if (self->definition->persist &&
+        !mvmd_store_remove(self->ctx->store, self->definition->name, &error)) {
         g_dbus_method_invocation_return_gerror(invocation, error);
         return;
     }
@@ -508,7 +510,8 @@ static void act_get_stats(MvmdVmObject *self, GDBusMethodInvocation *invocation,
 
 static void act_get_config(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
 {
-    mvmd_vm_complete_get_config(MVMD_VM(self), invocation, mvmd_vm_config_to_variant(self->config));
+    mvmd_vm_complete_get_config(MVMD_VM(self), invocation,
+                                mvmd_vm_definition_to_variant(self->definition));
 }
 
 static void act_get_exit_reason(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)

@@ -11,7 +11,8 @@
 
 G_BEGIN_DECLS
 
-#define vm_log(self, level, fmt, ...) mvmd_vm_log((self)->config->name, level, fmt, ##__VA_ARGS__)
+#define vm_log(self, level, fmt, ...)                                                              \
+    mvmd_vm_log((self)->definition->name, level, fmt, ##__VA_ARGS__)
 
 typedef enum {
     OP_NONE,
@@ -73,7 +74,7 @@ struct _MvmdVmObject {
     MvmdVmSkeleton parent;
 
     MvmdContext *ctx;
-    MvmdVmConfig *config;
+    MvmdVmDefinition *definition;
     MvmdConsole *console;
 
     Run *run;                             /* NULL while stopped / created */

@@ -31,7 +31,7 @@ static Run *run_new(MvmdVmObject *self)
 
     g_atomic_ref_count_init(&run->ref);
     g_weak_ref_init(&run->self, self);
-    run->name = g_strdup(self->config->name);
+    run->name = g_strdup(self->definition->name);
     run->console = mvmd_console_ref(self->console);
     run->context = g_main_context_ref_thread_default();
     run->state = MVM_VM_STATE_CREATED;
@@ -587,7 +587,8 @@ static gboolean should_restart(MvmdVmObject *self, const OpData *d)
 {
     if (d->op != OP_REAP || d->kind != MVM_EXIT_RESET)
         return FALSE;
-    if (self->config->on_reboot != MVMD_ON_REBOOT_RESTART || self->waiters || self->ctx->stopping)
+    if (self->definition->on_reboot != MVMD_ON_REBOOT_RESTART || self->waiters ||
+        self->ctx->stopping)
         return FALSE;
     if (reset_loop(self)) {
         vm_log(self, G_LOG_LEVEL_WARNING, "more than %d resets in %d s: stopping it",
@@ -639,15 +640,15 @@ static gboolean tell_ready(MvmdVmObject *self, const GError *error)
 }
 
 /* A restored machine has the vCPUs, memory and devices of its snapshot, known only now. */
-static void update_restored_config(MvmdVmObject *self)
+static void update_restored_definition(MvmdVmObject *self)
 {
     const MvmVmConfig *mvm = mvm_vm_get_config(self->run->vm);
 
-    if (!mvmd_vm_config_is_restored(self->config))
+    if (!mvmd_vm_definition_is_restored(self->definition))
         return;
-    self->config->vcpus = mvm->n_vcpus;
-    self->config->memory_mib = mvm->memory_mib;
-    mvmd_devices_update_from_mvm(&self->config->devices, mvm);
+    self->definition->vcpus = mvm->n_vcpus;
+    self->definition->memory_mib = mvm->memory_mib;
+    mvmd_devices_update_from_mvm(&self->definition->devices, mvm);
     mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
 }
@@ -657,8 +658,8 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
 {
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(
-            error, mvmd_vm_config_is_restored(self->config) ? "cannot restore the snapshot"
-                                                            : "cannot start the VM");
+            error, mvmd_vm_definition_is_restored(self->definition) ? "cannot restore the snapshot"
+                                                                    : "cannot start the VM");
 
         g_clear_pointer(&self->run, run_unref);
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);
@@ -681,7 +682,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
     }
     if (invocation)
         set_exit_reason(self, "");
-    update_restored_config(self);
+    update_restored_definition(self);
     sync_state(self);
     flush_properties(self);
     if (tell_ready(self, NULL) || !invocation)
@@ -763,14 +764,14 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
         maybe_reap(self);
 }
 
-static void op_data_set_restore(OpData *d, const MvmdVmConfig *config)
+static void op_data_set_restore(OpData *d, const MvmdVmDefinition *definition)
 {
-    d->restore_dir = g_strdup(config->snapshot_dir);
-    d->restore_fd = config->snapshot_fd;
-    d->restore_state_fd = config->snapshot_state_fd;
-    d->restore_memory_fd = config->snapshot_memory_fd;
-    d->restore_flags = config->copy_memory ? MVM_RESTORE_COPY_MEMORY : MVM_RESTORE_NONE;
-    d->restore_own_backends = config->devices.from_snapshot;
+    d->restore_dir = g_strdup(definition->snapshot_dir);
+    d->restore_fd = definition->snapshot_fd;
+    d->restore_state_fd = definition->snapshot_state_fd;
+    d->restore_memory_fd = definition->snapshot_memory_fd;
+    d->restore_flags = definition->copy_memory ? MVM_RESTORE_COPY_MEMORY : MVM_RESTORE_NONE;
+    d->restore_own_backends = definition->devices.from_snapshot;
 }
 
 void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation,
@@ -789,8 +790,8 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     if (op == OP_START) {
         g_return_if_fail(self->run == NULL);
         self->run = run_new(self);
-        d->mvm_config = mvmd_vm_config_to_mvm(self->config);
-        op_data_set_restore(d, self->config);
+        d->mvm_config = mvmd_vm_definition_to_mvm(self->definition);
+        op_data_set_restore(d, self->definition);
     }
     d->op = op;
     d->run = run_ref(self->run);
@@ -860,7 +861,7 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
         return;
     n = mvm_vm_console_write(self->run->vm, data, len);
     if (n < len)
-        g_debug("%s: console input: %" G_GSIZE_FORMAT " bytes dropped", self->config->name,
+        g_debug("%s: console input: %" G_GSIZE_FORMAT " bytes dropped", self->definition->name,
                 len - n);
 }
 
@@ -920,12 +921,12 @@ gboolean mvmd_vm_object_is_active(MvmdVmObject *self)
 
 const char *mvmd_vm_object_get_vm_name(MvmdVmObject *self)
 {
-    return self->config->name;
+    return self->definition->name;
 }
 
-const MvmdVmConfig *mvmd_vm_object_get_config(MvmdVmObject *self)
+const MvmdVmDefinition *mvmd_vm_object_get_definition(MvmdVmObject *self)
 {
-    return self->config;
+    return self->definition;
 }
 
 char *mvmd_vm_object_build_path(const char *name)
@@ -937,22 +938,22 @@ char *mvmd_vm_object_build_path(const char *name)
 
 /* ---- GObject --------------------------------------------------------------------------- */
 
-MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const char *state)
+MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmDefinition *definition, const char *state)
 {
     MvmdVmObject *self = g_object_new(MVMD_TYPE_VM_OBJECT, NULL);
     MvmdVm *vm = MVMD_VM(self);
-    g_autofree char *log_dir = g_build_filename(ctx->runtime_dir, "vm", config->name, NULL);
+    g_autofree char *log_dir = g_build_filename(ctx->runtime_dir, "vm", definition->name, NULL);
 
     self->ctx = ctx;
-    self->config = config;
-    self->console = mvmd_console_new(config->name, log_dir, NULL, console_input, self);
-    mvmd_vm_set_name(vm, config->name);
-    mvmd_vm_set_uuid(vm, config->uuid);
+    self->definition = definition;
+    self->console = mvmd_console_new(definition->name, log_dir, NULL, console_input, self);
+    mvmd_vm_set_name(vm, definition->name);
+    mvmd_vm_set_uuid(vm, definition->uuid);
     mvmd_vm_set_state(vm, state);
     mvmd_vm_set_state_changed_at(vm, g_get_real_time());
-    mvmd_vm_set_vcpus(vm, config->vcpus);
-    mvmd_vm_set_memory_mib(vm, config->memory_mib);
-    mvmd_vm_set_owner(vm, config->owner);
+    mvmd_vm_set_vcpus(vm, definition->vcpus);
+    mvmd_vm_set_memory_mib(vm, definition->memory_mib);
+    mvmd_vm_set_owner(vm, definition->owner);
     self->exit_reason = g_strdup("");
     return self;
 }
@@ -983,7 +984,7 @@ static void mvmd_vm_object_finalize(GObject *object)
     MvmdVmObject *self = MVMD_VM_OBJECT(object);
 
     g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_object_waiter_free);
-    mvmd_vm_config_free(self->config);
+    mvmd_vm_definition_free(self->definition);
     g_free(self->exit_reason);
     G_OBJECT_CLASS(mvmd_vm_object_parent_class)->finalize(object);
 }

@@ -7,7 +7,7 @@
  */
 #pragma once
 
-#include "config.h"
+#include "definition.h"
 #include "context.h"
 #include "mvmd-dbus-generated.h"
 
@@ -18,11 +18,11 @@ G_DECLARE_FINAL_TYPE(MvmdVmObject, mvmd_vm_object, MVMD, VM_OBJECT, MvmdVmSkelet
 
 typedef void (*MvmdVmObjectReadyFunc)(MvmdVmObject *self, const GError *error, gpointer user_data);
 
-/* Takes @config. @state is the initial State (MVMD_STATE_CREATED or _STOPPED). */
-MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmConfig *config, const char *state);
+/* Takes @definition. @state is the initial State (MVMD_STATE_CREATED or _STOPPED). */
+MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmDefinition *definition, const char *state);
 
 const char *mvmd_vm_object_get_vm_name(MvmdVmObject *self);
-const MvmdVmConfig *mvmd_vm_object_get_config(MvmdVmObject *self);
+const MvmdVmDefinition *mvmd_vm_object_get_definition(MvmdVmObject *self);
 /* /org/microvmd/MicroVM1/vm/<escaped name> */
 char *mvmd_vm_object_build_path(const char *name);
 
@@ -30,7 +30,7 @@ char *mvmd_vm_object_build_path(const char *name);
 gboolean mvmd_vm_object_is_active(MvmdVmObject *self);
 
 /*
- * RestoreVM: the first start of a VM defined from a snapshot (mvmd_vm_config_new_restored()).
+ * RestoreVM: the first start of a VM defined from a snapshot (mvmd_vm_definition_new_restored()).
  * @func learns how it went (error NULL: paused, or running unless @paused).
  */
 void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectReadyFunc func,

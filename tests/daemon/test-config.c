@@ -3,22 +3,22 @@
 #include <glib/gstdio.h>
 
 #include "caller-files.h"
-#include "config.h"
+#include "definition.h"
 #include "errors.h"
 #include "store.h"
 
-static MvmdVmConfig *parse(const char *name, const char *text, GError **error)
+static MvmdVmDefinition *parse(const char *name, const char *text, GError **error)
 {
     g_autoptr(GVariant) v = g_variant_parse(G_VARIANT_TYPE_VARDICT, text, NULL, NULL, NULL);
 
     g_assert_nonnull(v);
-    return mvmd_vm_config_new_from_variant(name, NULL, v, NULL, error);
+    return mvmd_vm_definition_new_from_variant(name, NULL, v, NULL, error);
 }
 
 static void test_defaults(void)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) c = parse("vm", "{'kernel': <'/k'>}", &error);
+    g_autoptr(MvmdVmDefinition) c = parse("vm", "{'kernel': <'/k'>}", &error);
 
     g_assert_no_error(error);
     g_assert_cmpuint(c->vcpus, ==, 1);
@@ -87,7 +87,7 @@ static void test_invalid(void)
 
     for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(GError) error = NULL;
-        g_autoptr(MvmdVmConfig) c = parse(cases[i].name, cases[i].text, &error);
+        g_autoptr(MvmdVmDefinition) c = parse(cases[i].name, cases[i].text, &error);
 
         g_assert_null(c);
         g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
@@ -101,7 +101,7 @@ static void test_invalid(void)
 static void test_devices(void)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) c =
+    g_autoptr(MvmdVmDefinition) c =
         parse("dev",
               "{'kernel': <'/k'>, 'disks': <[{'path': <'/d0'>}, {'path': <'/d1'>, 'read-only': "
               "<true>}]>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:AB:cd:01'>}, {'tap': "
@@ -113,7 +113,7 @@ static void test_devices(void)
     MvmNetConfig *n0;
 
     g_assert_no_error(error);
-    mvm = mvmd_vm_config_to_mvm(c);
+    mvm = mvmd_vm_definition_to_mvm(c);
     g_assert_cmpuint(mvm->disks->len, ==, 2);
     d1 = mvm->disks->pdata[1];
     g_assert_cmpstr(d1->path, ==, "/d1");
@@ -128,8 +128,8 @@ static void test_devices(void)
     g_assert_true(mvm->rng);
     /* The defaults: no device but none asked for. */
     {
-        g_autoptr(MvmdVmConfig) plain = parse("plain", "{'kernel': <'/k'>}", &error);
-        g_autoptr(MvmVmConfig) pm = mvmd_vm_config_to_mvm(plain);
+        g_autoptr(MvmdVmDefinition) plain = parse("plain", "{'kernel': <'/k'>}", &error);
+        g_autoptr(MvmVmConfig) pm = mvmd_vm_definition_to_mvm(plain);
 
         g_assert_true(pm->disks == NULL || pm->disks->len == 0);
         g_assert_cmpuint(pm->vsock_cid, ==, 0);
@@ -144,7 +144,7 @@ static void test_device_limits(void)
     g_autoptr(GString) nics = g_string_new("[");
     g_autofree char *text = NULL;
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) c = NULL;
+    g_autoptr(MvmdVmDefinition) c = NULL;
 
     for (int i = 0; i < 17; i++)
         g_string_append_printf(disks, "%s{'path': <'/d%d'>}", i ? ", " : "", i);
@@ -173,7 +173,7 @@ static void test_device_limits(void)
                            disks->str);
     c = parse("lim", text, &error);
     g_assert_no_error(error);
-    g_clear_pointer(&c, mvmd_vm_config_free);
+    g_clear_pointer(&c, mvmd_vm_definition_free);
     g_free(text);
     text = g_strdup_printf("{'kernel': <'/k'>, 'disks': <%s>, 'network': <[{'tap': <'a'>}, "
                            "{'tap': <'b'>}, {'tap': <'c'>}]>, 'rng': <true>}",
@@ -186,7 +186,7 @@ static void test_device_limits(void)
 static void test_keyfile_roundtrip(void)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) c =
+    g_autoptr(MvmdVmDefinition) c =
         parse("round.trip",
               "{'kernel': <'/k'>, 'initrd': <'/i'>, 'cmdline': <'a=1 b=\"2\"\\n'>,"
               " 'vcpus': <uint32 4>, 'memory-mib': <uint64 256>, 'persist': <true>,"
@@ -196,20 +196,20 @@ static void test_keyfile_roundtrip(void)
               " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>}",
               &error);
     g_autoptr(GKeyFile) kf = NULL;
-    g_autoptr(MvmdVmConfig) back = NULL;
+    g_autoptr(MvmdVmDefinition) back = NULL;
     g_autoptr(GVariant) v1 = NULL;
     g_autoptr(GVariant) v2 = NULL;
 
     g_assert_no_error(error);
     c->owner = 1000;
-    kf = mvmd_vm_config_to_keyfile(c);
-    back = mvmd_vm_config_new_from_keyfile(kf, &error);
+    kf = mvmd_vm_definition_to_keyfile(c);
+    back = mvmd_vm_definition_new_from_keyfile(kf, &error);
     g_assert_no_error(error);
     g_assert_cmpstr(back->name, ==, c->name);
     g_assert_cmpstr(back->uuid, ==, c->uuid);
     g_assert_cmpuint(back->owner, ==, 1000);
-    v1 = g_variant_ref_sink(mvmd_vm_config_to_variant(c));
-    v2 = g_variant_ref_sink(mvmd_vm_config_to_variant(back));
+    v1 = g_variant_ref_sink(mvmd_vm_definition_to_variant(c));
+    v2 = g_variant_ref_sink(mvmd_vm_definition_to_variant(back));
     g_assert_true(g_variant_equal(v1, v2));
 }
 
@@ -230,11 +230,11 @@ static void test_keyfile_owner(void)
     for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autofree char *text = g_strconcat(head, cases[i].owner_line, tail, NULL);
         g_autoptr(GKeyFile) kf = g_key_file_new();
-        g_autoptr(MvmdVmConfig) c = NULL;
+        g_autoptr(MvmdVmDefinition) c = NULL;
         g_autoptr(GError) error = NULL;
 
         g_assert_true(g_key_file_load_from_data(kf, text, -1, G_KEY_FILE_NONE, NULL));
-        c = mvmd_vm_config_new_from_keyfile(kf, &error);
+        c = mvmd_vm_definition_new_from_keyfile(kf, &error);
         if (cases[i].owner < 0) {
             g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
             g_assert_nonnull(strstr(error->message, "Owner"));
@@ -250,7 +250,7 @@ static void test_store(void)
     g_autofree char *dir = g_dir_make_tmp("mvmd-store-XXXXXX", NULL);
     g_autoptr(MvmdStore) store = mvmd_store_new(dir);
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdVmConfig) c = parse("s1", "{'kernel': <'/k'>, 'persist': <true>}", &error);
+    g_autoptr(MvmdVmDefinition) c = parse("s1", "{'kernel': <'/k'>, 'persist': <true>}", &error);
     g_autoptr(GPtrArray) loaded = NULL;
     g_autofree char *junk = g_build_filename(mvmd_store_get_dir(store), "junk.vm", NULL);
     g_autofree char *file = g_build_filename(mvmd_store_get_dir(store), "s1.vm", NULL);
@@ -266,7 +266,7 @@ static void test_store(void)
         g_log_set_always_fatal(fatal);
     }
     g_assert_cmpuint(loaded->len, ==, 1);
-    g_assert_cmpstr(((MvmdVmConfig *)loaded->pdata[0])->uuid, ==, c->uuid);
+    g_assert_cmpstr(((MvmdVmDefinition *)loaded->pdata[0])->uuid, ==, c->uuid);
     g_assert_true(g_file_test(junk, G_FILE_TEST_EXISTS));
     g_assert_true(mvmd_store_remove(store, "s1", &error));
     g_assert_true(mvmd_store_remove(store, "s1", &error)); /* gone: fine */

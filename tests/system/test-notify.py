@@ -21,7 +21,7 @@ WATCHDOG_USEC = 1000000
 
 
 def write_definition(state_dir, name, memory_mib=16):
-    """A stored definition as microvmd writes them (daemon/store.c, config.c keyfile)."""
+    """A stored definition as microvmd writes them (daemon/store.c, definition.c keyfile)."""
     os.makedirs(os.path.join(state_dir, "vms"), exist_ok=True)
     with open(os.path.join(state_dir, "vms", name + ".vm"), "w") as f:
         f.write(f"[VM]\nName={name}\nUUID={uuid.uuid4()}\n\n[Config]\n"

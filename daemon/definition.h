@@ -41,7 +41,7 @@ typedef struct {
     int snapshot_state_fd; /* or its two files, as the caller passed them */
     int snapshot_memory_fd;
     gboolean copy_memory;
-} MvmdVmConfig;
+} MvmdVmDefinition;
 
 #define MVMD_VM_NAME_MAX      64
 #define MVMD_CMDLINE_MAX      4096
@@ -50,8 +50,8 @@ typedef struct {
 #define MVMD_DEFAULT_MEMORY   128
 #define MVMD_VCPUS_MAX_NO_KVM 255
 
-void mvmd_vm_config_free(MvmdVmConfig *config);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVmConfig, mvmd_vm_config_free)
+void mvmd_vm_definition_free(MvmdVmDefinition *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVmDefinition, mvmd_vm_definition_free)
 
 /* The host limit for the vcpus key (set once at start-up from mvm_kvm_max_vcpus()). */
 void mvmd_config_set_max_vcpus(guint max_vcpus);
@@ -65,29 +65,31 @@ gboolean mvmd_vm_name_validate(const char *name, GError **error);
  * and dup'ed. Errors: MVMD_ERROR_INVALID_ARGUMENT naming the key. @uuid may be NULL (a new
  * one is generated).
  */
-MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid, GVariant *config,
-                                              GUnixFDList *fd_list, GError **error);
+MvmdVmDefinition *mvmd_vm_definition_new_from_variant(const char *name, const char *uuid,
+                                                      GVariant *config, GUnixFDList *fd_list,
+                                                      GError **error);
 
 /*
  * A definition for RestoreVM: the snapshot as @dir or @dir_fd (taken). vCPUs and memory are
  * filled in once the snapshot is loaded. MVMD_ERROR_INVALID_ARGUMENT for a bad name or path.
  */
-MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
-                                          gboolean copy_memory, GError **error);
+MvmdVmDefinition *mvmd_vm_definition_new_restored(const char *name, const char *dir, int dir_fd,
+                                                  gboolean copy_memory, GError **error);
 /* The same with the snapshot as its two files, @state_fd and @memory_fd (taken). */
-MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, int memory_fd,
-                                                gboolean copy_memory, GError **error);
+MvmdVmDefinition *mvmd_vm_definition_new_restored_files(const char *name, int state_fd,
+                                                        int memory_fd, gboolean copy_memory,
+                                                        GError **error);
 /* Made by RestoreVM: starts from its snapshot. */
-gboolean mvmd_vm_config_is_restored(const MvmdVmConfig *config);
+gboolean mvmd_vm_definition_is_restored(const MvmdVmDefinition *config);
 
 /* What GetConfig answers: every key with defaults filled in (a{sv}, floating). */
-GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config);
+GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config);
 
 /* For mvm_vm_new(); fds are borrowed (the library dups what it needs). */
-MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config);
+MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config);
 
 /* Persistence: group [VM] with Name and UUID, group [Config] with the config keys. */
-GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config);
-MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *keyfile, GError **error);
+GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config);
+MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *keyfile, GError **error);
 
 G_END_DECLS

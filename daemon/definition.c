@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-#include "config.h"
+#include "definition.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -27,7 +27,7 @@ guint mvmd_config_get_max_vcpus(void)
     return max_vcpus;
 }
 
-void mvmd_vm_config_free(MvmdVmConfig *config)
+void mvmd_vm_definition_free(MvmdVmDefinition *config)
 {
     if (!config)
         return;
@@ -47,9 +47,9 @@ void mvmd_vm_config_free(MvmdVmConfig *config)
     g_free(config);
 }
 
-static MvmdVmConfig *config_new_defaults(void)
+static MvmdVmDefinition *config_new_defaults(void)
 {
-    MvmdVmConfig *config = g_new0(MvmdVmConfig, 1);
+    MvmdVmDefinition *config = g_new0(MvmdVmDefinition, 1);
 
     config->vcpus = 1;
     config->memory_mib = MVMD_DEFAULT_MEMORY;
@@ -89,7 +89,7 @@ gboolean mvmd_vm_name_validate(const char *name, GError **error)
 
 /* ---- one parser per key ---------------------------------------------------------------- */
 
-typedef gboolean (*KeyParseFunc)(MvmdVmConfig *config, const char *key, GVariant *value,
+typedef gboolean (*KeyParseFunc)(MvmdVmDefinition *config, const char *key, GVariant *value,
                                  GUnixFDList *fd_list, GError **error);
 
 typedef struct {
@@ -101,7 +101,7 @@ typedef struct {
 
 #define invalid mvmd_config_invalid
 
-static gboolean parse_vcpus(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_vcpus(MvmdVmDefinition *config, const char *key, GVariant *value,
                             GUnixFDList *fd_list, GError **error)
 {
     guint32 n = g_variant_get_uint32(value);
@@ -112,7 +112,7 @@ static gboolean parse_vcpus(MvmdVmConfig *config, const char *key, GVariant *val
     return TRUE;
 }
 
-static gboolean parse_memory(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_memory(MvmdVmDefinition *config, const char *key, GVariant *value,
                              GUnixFDList *fd_list, GError **error)
 {
     guint64 mib = g_variant_get_uint64(value);
@@ -151,31 +151,31 @@ static gboolean parse_fd(int *out, const char *key, GVariant *value, GUnixFDList
     return TRUE;
 }
 
-static gboolean parse_kernel(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_kernel(MvmdVmDefinition *config, const char *key, GVariant *value,
                              GUnixFDList *fd_list, GError **error)
 {
     return parse_path(&config->kernel, key, value, error);
 }
 
-static gboolean parse_kernel_fd(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_kernel_fd(MvmdVmDefinition *config, const char *key, GVariant *value,
                                 GUnixFDList *fd_list, GError **error)
 {
     return parse_fd(&config->kernel_fd, key, value, fd_list, error);
 }
 
-static gboolean parse_initrd(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_initrd(MvmdVmDefinition *config, const char *key, GVariant *value,
                              GUnixFDList *fd_list, GError **error)
 {
     return parse_path(&config->initrd, key, value, error);
 }
 
-static gboolean parse_initrd_fd(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_initrd_fd(MvmdVmDefinition *config, const char *key, GVariant *value,
                                 GUnixFDList *fd_list, GError **error)
 {
     return parse_fd(&config->initrd_fd, key, value, fd_list, error);
 }
 
-static gboolean parse_cmdline(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_cmdline(MvmdVmDefinition *config, const char *key, GVariant *value,
                               GUnixFDList *fd_list, GError **error)
 {
     gsize len;
@@ -188,28 +188,28 @@ static gboolean parse_cmdline(MvmdVmConfig *config, const char *key, GVariant *v
     return TRUE;
 }
 
-static gboolean parse_persist(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_persist(MvmdVmDefinition *config, const char *key, GVariant *value,
                               GUnixFDList *fd_list, GError **error)
 {
     config->persist = g_variant_get_boolean(value);
     return TRUE;
 }
 
-static gboolean parse_autostart(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_autostart(MvmdVmDefinition *config, const char *key, GVariant *value,
                                 GUnixFDList *fd_list, GError **error)
 {
     config->autostart = g_variant_get_boolean(value);
     return TRUE;
 }
 
-static gboolean parse_debug_exit(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_debug_exit(MvmdVmDefinition *config, const char *key, GVariant *value,
                                  GUnixFDList *fd_list, GError **error)
 {
     config->debug_exit = g_variant_get_boolean(value);
     return TRUE;
 }
 
-static gboolean parse_on_reboot(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_on_reboot(MvmdVmDefinition *config, const char *key, GVariant *value,
                                 GUnixFDList *fd_list, GError **error)
 {
     const char *what = g_variant_get_string(value, NULL);
@@ -223,25 +223,25 @@ static gboolean parse_on_reboot(MvmdVmConfig *config, const char *key, GVariant 
     return TRUE;
 }
 
-static gboolean parse_disks(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_disks(MvmdVmDefinition *config, const char *key, GVariant *value,
                             GUnixFDList *fd_list, GError **error)
 {
     return mvmd_devices_parse_disks(&config->devices, value, fd_list, error);
 }
 
-static gboolean parse_network(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_network(MvmdVmDefinition *config, const char *key, GVariant *value,
                               GUnixFDList *fd_list, GError **error)
 {
     return mvmd_devices_parse_network(&config->devices, value, fd_list, error);
 }
 
-static gboolean parse_vsock(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_vsock(MvmdVmDefinition *config, const char *key, GVariant *value,
                             GUnixFDList *fd_list, GError **error)
 {
     return mvmd_devices_parse_vsock(&config->devices, value, error);
 }
 
-static gboolean parse_rng(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_rng(MvmdVmDefinition *config, const char *key, GVariant *value,
                           GUnixFDList *fd_list, GError **error)
 {
     config->devices.rng = g_variant_get_boolean(value);
@@ -275,7 +275,7 @@ static const KeyInfo *key_lookup(const char *key)
     return NULL;
 }
 
-static gboolean parse_one(MvmdVmConfig *config, const char *key, GVariant *value,
+static gboolean parse_one(MvmdVmDefinition *config, const char *key, GVariant *value,
                           GUnixFDList *fd_list, GError **error)
 {
     const KeyInfo *info = key_lookup(key);
@@ -291,7 +291,7 @@ static gboolean parse_one(MvmdVmConfig *config, const char *key, GVariant *value
 }
 
 /* Rules between keys, checked once every key is parsed. */
-static gboolean check_consistency(MvmdVmConfig *config, GError **error)
+static gboolean check_consistency(MvmdVmDefinition *config, GError **error)
 {
     if (!config->kernel && config->kernel_fd < 0)
         return invalid(error, "kernel", "required (or 'kernel-fd')");
@@ -317,9 +317,9 @@ static gboolean check_consistency(MvmdVmConfig *config, GError **error)
 }
 
 /* Lets the library check what it knows better (e.g. its own vCPU limit). */
-static gboolean check_with_library(const MvmdVmConfig *config, GError **error)
+static gboolean check_with_library(const MvmdVmDefinition *config, GError **error)
 {
-    g_autoptr(MvmVmConfig) mvm = mvmd_vm_config_to_mvm(config);
+    g_autoptr(MvmVmConfig) mvm = mvmd_vm_definition_to_mvm(config);
     g_autoptr(GError) local = NULL;
 
     if (mvm_vm_config_validate(mvm, &local))
@@ -328,10 +328,11 @@ static gboolean check_with_library(const MvmdVmConfig *config, GError **error)
     return FALSE;
 }
 
-MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid, GVariant *variant,
-                                              GUnixFDList *fd_list, GError **error)
+MvmdVmDefinition *mvmd_vm_definition_new_from_variant(const char *name, const char *uuid,
+                                                      GVariant *variant, GUnixFDList *fd_list,
+                                                      GError **error)
 {
-    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+    g_autoptr(MvmdVmDefinition) config = config_new_defaults();
     g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
     GVariantIter iter;
     const char *key;
@@ -364,7 +365,7 @@ MvmdVmConfig *mvmd_vm_config_new_from_variant(const char *name, const char *uuid
 }
 
 /* What every restored definition has; vCPUs and memory come once the snapshot is loaded. */
-static gboolean restored_defaults(MvmdVmConfig *config, const char *name, gboolean copy_memory,
+static gboolean restored_defaults(MvmdVmDefinition *config, const char *name, gboolean copy_memory,
                                   GError **error)
 {
     if (!mvmd_vm_name_validate(name, error))
@@ -377,10 +378,10 @@ static gboolean restored_defaults(MvmdVmConfig *config, const char *name, gboole
     return TRUE;
 }
 
-MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int dir_fd,
-                                          gboolean copy_memory, GError **error)
+MvmdVmDefinition *mvmd_vm_definition_new_restored(const char *name, const char *dir, int dir_fd,
+                                                  gboolean copy_memory, GError **error)
 {
-    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+    g_autoptr(MvmdVmDefinition) config = config_new_defaults();
 
     config->snapshot_fd = dir_fd; /* taken, whatever happens */
     if (!restored_defaults(config, name, copy_memory, error))
@@ -394,10 +395,11 @@ MvmdVmConfig *mvmd_vm_config_new_restored(const char *name, const char *dir, int
     return g_steal_pointer(&config);
 }
 
-MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, int memory_fd,
-                                                gboolean copy_memory, GError **error)
+MvmdVmDefinition *mvmd_vm_definition_new_restored_files(const char *name, int state_fd,
+                                                        int memory_fd, gboolean copy_memory,
+                                                        GError **error)
 {
-    g_autoptr(MvmdVmConfig) config = config_new_defaults();
+    g_autoptr(MvmdVmDefinition) config = config_new_defaults();
 
     config->snapshot_state_fd = state_fd; /* taken, whatever happens */
     config->snapshot_memory_fd = memory_fd;
@@ -406,19 +408,19 @@ MvmdVmConfig *mvmd_vm_config_new_restored_files(const char *name, int state_fd, 
     return g_steal_pointer(&config);
 }
 
-gboolean mvmd_vm_config_is_restored(const MvmdVmConfig *config)
+gboolean mvmd_vm_definition_is_restored(const MvmdVmDefinition *config)
 {
     return config->snapshot_dir || config->snapshot_fd >= 0 || config->snapshot_state_fd >= 0;
 }
 
-static void restored_to_variant(const MvmdVmConfig *config, GVariantBuilder *b)
+static void restored_to_variant(const MvmdVmDefinition *config, GVariantBuilder *b)
 {
     g_variant_builder_add(b, "{sv}", "snapshot",
                           g_variant_new_string(config->snapshot_dir ? config->snapshot_dir : ""));
     g_variant_builder_add(b, "{sv}", "copy-memory", g_variant_new_boolean(config->copy_memory));
 }
 
-GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
+GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
 {
     GVariantBuilder b;
 
@@ -447,7 +449,7 @@ GVariant *mvmd_vm_config_to_variant(const MvmdVmConfig *config)
     return g_variant_builder_end(&b);
 }
 
-MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config)
+MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config)
 {
     MvmVmConfig *mvm = mvm_vm_config_new();
 
@@ -467,9 +469,9 @@ MvmVmConfig *mvmd_vm_config_to_mvm(const MvmdVmConfig *config)
 /* ---- GKeyFile -------------------------------------------------------------------------- */
 
 /* The container keys are stored as GVariant text, read back with g_variant_parse(). */
-static void devices_to_keyfile(GKeyFile *kf, const MvmdVmConfig *config)
+static void devices_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config)
 {
-    g_autoptr(GVariant) all = g_variant_ref_sink(mvmd_vm_config_to_variant(config));
+    g_autoptr(GVariant) all = g_variant_ref_sink(mvmd_vm_definition_to_variant(config));
     static const char *const device_keys[] = {"disks", "network", "vsock"};
 
     for (gsize i = 0; i < G_N_ELEMENTS(device_keys); i++) {
@@ -482,7 +484,7 @@ static void devices_to_keyfile(GKeyFile *kf, const MvmdVmConfig *config)
     g_key_file_set_boolean(kf, GROUP_CONFIG, "rng", config->devices.rng);
 }
 
-GKeyFile *mvmd_vm_config_to_keyfile(const MvmdVmConfig *config)
+GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
 
@@ -568,9 +570,9 @@ static gboolean keyfile_owner(GKeyFile *kf, guint32 *owner, GError **error)
     return TRUE;
 }
 
-MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
+MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *kf, GError **error)
 {
-    g_autoptr(MvmdVmConfig) config = NULL;
+    g_autoptr(MvmdVmDefinition) config = NULL;
     g_autofree char *name = NULL;
     g_autofree char *uuid = NULL;
     g_auto(GStrv) cfg_keys = NULL;
@@ -597,7 +599,7 @@ MvmdVmConfig *mvmd_vm_config_new_from_keyfile(GKeyFile *kf, GError **error)
         g_variant_builder_add(&b, "{sv}", *k, value);
     }
     variant = g_variant_ref_sink(g_variant_builder_end(&b));
-    config = mvmd_vm_config_new_from_variant(name, uuid, variant, NULL, error);
+    config = mvmd_vm_definition_new_from_variant(name, uuid, variant, NULL, error);
     if (config && !keyfile_owner(kf, &config->owner, error))
         return NULL;
     return g_steal_pointer(&config);
