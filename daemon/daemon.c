@@ -95,7 +95,7 @@ static gboolean stop_tick(gpointer user_data)
         d->ctx.force_stop = TRUE;
         d->stop_deadline = now + FORCE_STOP_GRACE_US;
         for (GList *l = vms; l; l = l->next)
-            mvmd_vm_object_force_stop(l->data);
+            mvmd_vm_service_force_stop(l->data);
     } else if (d->ctx.force_stop && now >= d->stop_deadline) {
         g_warning("%u VMs did not stop; exiting anyway", active);
         d->stop_source = 0;
@@ -122,13 +122,13 @@ static void begin_stop(Daemon *d, const char *why)
     }
     vms = mvmd_manager_service_get_vms(d->manager);
     for (GList *l = vms; l; l = l->next)
-        mvmd_vm_object_begin_shutdown(l->data);
+        mvmd_vm_service_begin_shutdown(l->data);
     d->stop_deadline = g_get_monotonic_time() + d->options->shutdown_timeout_sec * G_USEC_PER_SEC;
     if (d->options->shutdown_timeout_sec == 0) {
         d->ctx.force_stop = TRUE;
         d->stop_deadline = g_get_monotonic_time() + FORCE_STOP_GRACE_US;
         for (GList *l = vms; l; l = l->next)
-            mvmd_vm_object_force_stop(l->data);
+            mvmd_vm_service_force_stop(l->data);
     }
     d->stop_source = g_timeout_add(STOP_POLL_MS, stop_tick, d);
     stop_tick(d);

@@ -125,10 +125,10 @@ static void reconcile(MvmdMachined *machined, const char *name)
         unregister_machine(machined, name);
 }
 
-void mvmd_machined_vm_state_changed(MvmdVmObject *vm, const char *state, gpointer user_data)
+void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpointer user_data)
 {
     MvmdMachined *machined = user_data;
-    const char *name = mvmd_vm_object_get_vm_name(vm);
+    const char *name = mvmd_vm_service_get_vm_name(vm);
     gboolean active =
         g_strcmp0(state, MVMD_STATE_RUNNING) == 0 || g_strcmp0(state, MVMD_STATE_PAUSED) == 0;
 

@@ -17,7 +17,7 @@ struct _MvmdManagerService {
 
     MvmdContext *ctx;
     GDBusObjectManagerServer *object_manager;
-    GHashTable *vms;       /* name → MvmdVmObject (ref) */
+    GHashTable *vms;       /* name → MvmdVmService (ref) */
     GHashTable *restoring; /* name → the RestoreCall that reserved it (not exported yet) */
 };
 
@@ -31,26 +31,26 @@ static void update_count(MvmdManagerService *self)
     mvmd_manager_set_vm_count(MVMD_MANAGER(self), g_hash_table_size(self->vms));
 }
 
-static void on_vm_deleted(MvmdVmObject *vm, gpointer user_data)
+static void on_vm_deleted(MvmdVmService *vm, gpointer user_data)
 {
     MvmdManagerService *self = user_data;
-    g_autofree char *path = mvmd_vm_object_build_path(mvmd_vm_object_get_vm_name(vm));
+    g_autofree char *path = mvmd_vm_service_build_path(mvmd_vm_service_get_vm_name(vm));
 
     g_signal_handlers_disconnect_by_data(vm, self);
     /* By name, but only this object: a name is released by its holder alone. */
-    if (g_hash_table_lookup(self->vms, mvmd_vm_object_get_vm_name(vm)) != vm)
+    if (g_hash_table_lookup(self->vms, mvmd_vm_service_get_vm_name(vm)) != vm)
         return;
     g_dbus_object_manager_server_unexport(self->object_manager, path);
-    g_hash_table_remove(self->vms, mvmd_vm_object_get_vm_name(vm));
+    g_hash_table_remove(self->vms, mvmd_vm_service_get_vm_name(vm));
     update_count(self);
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
 }
 
 /* Takes @vm, whose name must be free or reserved by the caller (see check_name_free()). */
-static void export_vm(MvmdManagerService *self, MvmdVmObject *vm)
+static void export_vm(MvmdManagerService *self, MvmdVmService *vm)
 {
-    const char *name = mvmd_vm_object_get_vm_name(vm);
-    g_autofree char *path = mvmd_vm_object_build_path(name);
+    const char *name = mvmd_vm_service_get_vm_name(vm);
+    g_autofree char *path = mvmd_vm_service_build_path(name);
     g_autoptr(MvmdObjectSkeleton) object = mvmd_object_skeleton_new(path);
 
     g_return_if_fail(!g_hash_table_contains(self->vms, name));
@@ -62,9 +62,9 @@ static void export_vm(MvmdManagerService *self, MvmdVmObject *vm)
 }
 
 /* Takes @config. */
-static MvmdVmObject *add_vm(MvmdManagerService *self, MvmdVmDefinition *config, const char *state)
+static MvmdVmService *add_vm(MvmdManagerService *self, MvmdVmDefinition *config, const char *state)
 {
-    MvmdVmObject *vm = mvmd_vm_object_new(self->ctx, config, state);
+    MvmdVmService *vm = mvmd_vm_service_new(self->ctx, config, state);
 
     export_vm(self, vm);
     return vm;
@@ -95,8 +95,8 @@ void mvmd_manager_service_autostart(MvmdManagerService *self)
 
     g_hash_table_iter_init(&iter, self->vms);
     while (g_hash_table_iter_next(&iter, NULL, &vm)) {
-        if (mvmd_vm_object_get_definition(vm)->autostart)
-            mvmd_vm_object_autostart(vm);
+        if (mvmd_vm_service_get_definition(vm)->autostart)
+            mvmd_vm_service_autostart(vm);
     }
 }
 
@@ -113,7 +113,7 @@ guint mvmd_manager_service_count_active(MvmdManagerService *self)
 
     g_hash_table_iter_init(&iter, self->vms);
     while (g_hash_table_iter_next(&iter, NULL, &vm))
-        n += mvmd_vm_object_is_active(vm);
+        n += mvmd_vm_service_is_active(vm);
     return n + g_hash_table_size(self->restoring);
 }
 
@@ -188,7 +188,7 @@ static void create_vm(CreateCall *call)
     }
     g_message("%s: defined (%u vCPUs, %" G_GUINT64_FORMAT " MiB%s)", call->name, config->vcpus,
               config->memory_mib, config->persist ? ", persistent" : "");
-    path = mvmd_vm_object_build_path(call->name);
+    path = mvmd_vm_service_build_path(call->name);
     add_vm(self, g_steal_pointer(&config), MVMD_STATE_CREATED);
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
     mvmd_manager_complete_create_vm(MVMD_MANAGER(self), call->invocation, NULL, path);
@@ -270,19 +270,19 @@ static void restore_call_free(RestoreCall *call)
 }
 
 /* The object is exported only once its machine is there: a failed restore leaves no trace. */
-static void on_restored(MvmdVmObject *vm, const GError *error, gpointer user_data)
+static void on_restored(MvmdVmService *vm, const GError *error, gpointer user_data)
 {
     RestoreCall *call = user_data;
-    g_autofree char *path = mvmd_vm_object_build_path(call->name);
+    g_autofree char *path = mvmd_vm_service_build_path(call->name);
 
     if (error) {
-        mvmd_vm_object_discard(vm);
+        mvmd_vm_service_discard(vm);
         g_object_unref(vm);
         g_dbus_method_invocation_return_gerror(call->invocation, error);
     } else {
         export_vm(call->self, vm);
         if (call->self->ctx->stopping)
-            mvmd_vm_object_force_stop(vm); /* the daemon began to stop meanwhile */
+            mvmd_vm_service_force_stop(vm); /* the daemon began to stop meanwhile */
         g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(call->self));
         mvmd_manager_complete_restore_vm(MVMD_MANAGER(call->self), call->invocation, NULL, path);
     }
@@ -419,8 +419,8 @@ static void restore_vm(RestoreCall *call)
     }
     config->owner = caller_uid(call->invocation);
     reserve_name(call);
-    mvmd_vm_object_restore(mvmd_vm_object_new(self->ctx, config, MVMD_STATE_CREATED), paused,
-                           on_restored, call);
+    mvmd_vm_service_restore(mvmd_vm_service_new(self->ctx, config, MVMD_STATE_CREATED), paused,
+                            on_restored, call);
 }
 
 static void on_restore_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
@@ -462,7 +462,7 @@ static gboolean handle_get_vm_by_name(MvmdManager *manager, GDBusMethodInvocatio
                                               "no VM named '%s'", name);
         return G_DBUS_METHOD_INVOCATION_HANDLED;
     }
-    path = mvmd_vm_object_build_path(name);
+    path = mvmd_vm_service_build_path(name);
     mvmd_manager_complete_get_vm_by_name(manager, invocation, path);
     return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
@@ -483,7 +483,7 @@ static gboolean handle_list_vms(MvmdManager *manager, GDBusMethodInvocation *inv
     g_variant_builder_init(&b, G_VARIANT_TYPE("a(soss)"));
     for (guint i = 0; i < n; i++) {
         MvmdVm *vm = g_hash_table_lookup(self->vms, names[i]);
-        g_autofree char *path = mvmd_vm_object_build_path(names[i]);
+        g_autofree char *path = mvmd_vm_service_build_path(names[i]);
 
         g_variant_builder_add(&b, "(soss)", (const char *)names[i], path, mvmd_vm_get_state(vm),
                               mvmd_vm_get_uuid(vm));
@@ -518,16 +518,16 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
         g_hash_table_insert(stored, ((MvmdVmDefinition *)configs->pdata[i])->name,
                             configs->pdata[i]);
     for (GList *l = vms; l; l = l->next) {
-        const MvmdVmDefinition *config = mvmd_vm_object_get_definition(l->data);
+        const MvmdVmDefinition *config = mvmd_vm_service_get_definition(l->data);
         const MvmdVmDefinition *on_disk = g_hash_table_lookup(stored, config->name);
 
-        if (!config->persist || mvmd_vm_object_is_active(l->data))
+        if (!config->persist || mvmd_vm_service_is_active(l->data))
             continue;
         if (on_disk && same_definition(config, on_disk))
             continue;
         g_message("%s: definition %s", config->name,
                   on_disk ? "changed on disk: reloading it" : "removed from disk: dropping it");
-        mvmd_vm_object_retire(l->data);
+        mvmd_vm_service_retire(l->data);
         on_vm_deleted(l->data, self);
     }
 }

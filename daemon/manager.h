@@ -8,7 +8,7 @@
 
 #include "context.h"
 #include "mvmd-dbus-generated.h"
-#include "vm-object.h"
+#include "vm-service.h"
 
 G_BEGIN_DECLS
 

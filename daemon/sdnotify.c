@@ -10,9 +10,9 @@
 
 struct _MvmdStatusWatch {
     MvmdManagerService *manager;
-    MvmdVmStateFunc func;
+    MvmdVmStateChangedFunc func;
     gpointer user_data;
-    GHashTable *vms; /* MvmdVmObject (ref) → itself: the VMs whose State we follow */
+    GHashTable *vms; /* MvmdVmService (ref) → itself: the VMs whose State we follow */
     char *last;      /* the STATUS= line sent last, so unchanged lines are not re-sent */
     guint idle;
 };
@@ -166,7 +166,7 @@ static void on_vm_state(GObject *object, GParamSpec *pspec, gpointer user_data)
     MvmdStatusWatch *watch = user_data;
 
     if (watch->func)
-        watch->func(MVMD_VM_OBJECT(object), mvmd_vm_get_state(MVMD_VM(object)), watch->user_data);
+        watch->func(MVMD_VM_SERVICE(object), mvmd_vm_get_state(MVMD_VM(object)), watch->user_data);
     schedule_status(watch);
 }
 
@@ -208,7 +208,7 @@ static void on_vm_count(GObject *object, GParamSpec *pspec, gpointer user_data)
     sync_vms(user_data);
 }
 
-MvmdStatusWatch *mvmd_status_watch_new(MvmdManagerService *manager, MvmdVmStateFunc func,
+MvmdStatusWatch *mvmd_status_watch_new(MvmdManagerService *manager, MvmdVmStateChangedFunc func,
                                        gpointer user_data)
 {
     MvmdStatusWatch *watch = g_new0(MvmdStatusWatch, 1);

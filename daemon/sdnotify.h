@@ -29,14 +29,14 @@ void mvmd_sd_notify_failure(const GError *error);
 guint mvmd_sd_watchdog_add(void);
 
 /* Called with every VM whose State changed (and once for each VM when it appears). */
-typedef void (*MvmdVmStateFunc)(MvmdVmObject *vm, const char *state, gpointer user_data);
+typedef void (*MvmdVmStateChangedFunc)(MvmdVmService *vm, const char *state, gpointer user_data);
 
 /*
  * Keeps STATUS= current ("3 running, 1 paused, 5 defined") by following the manager's VMs and
  * their State; @func (may be NULL) hears about each state change, e.g. for machined.
  */
 typedef struct _MvmdStatusWatch MvmdStatusWatch;
-MvmdStatusWatch *mvmd_status_watch_new(MvmdManagerService *manager, MvmdVmStateFunc func,
+MvmdStatusWatch *mvmd_status_watch_new(MvmdManagerService *manager, MvmdVmStateChangedFunc func,
                                        gpointer user_data);
 void mvmd_status_watch_free(MvmdStatusWatch *watch);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdStatusWatch, mvmd_status_watch_free)

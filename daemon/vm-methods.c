@@ -2,7 +2,7 @@
 /*
  * The org.microvmd.MicroVM1.VM methods. Each goes handle → authorize (polkit, with the VM's
  * name, owner and the method as details) → act: check the state, start an operation in a worker
- * (vm-object.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
+ * (vm-service.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
  * own action, or the -others one for everyone else. Reading (GetConfig, GetExitReason,
  * GetStats) is free for the owner and needs read-others for anyone else.
  */
@@ -16,17 +16,17 @@
 #include "errors.h"
 #include "fd-closer.h"
 #include "names.h"
-#include "vm-object-private.h"
+#include "vm-service-private.h"
 
 #define SHUTDOWN_TIMEOUT_DEFAULT 60
 #define SHUTDOWN_TIMEOUT_MAX     3600
 
 /* ---- D-Bus methods: handle → authorize → act → complete -------------------------------- */
 
-typedef void (*ActFunc)(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg);
+typedef void (*ActFunc)(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg);
 
 typedef struct {
-    MvmdVmObject *self;
+    MvmdVmService *self;
     GDBusMethodInvocation *invocation;
     ActFunc act;
     guint arg;
@@ -61,7 +61,7 @@ static const Access SNAPSHOT = {MVMD_ACTION_SNAPSHOT, MVMD_ACTION_SNAPSHOT_OTHER
 /* The owner reads at once: no polkit round trip on what the owner's own tools poll. */
 static const Access READ = {NULL, MVMD_ACTION_READ_OTHERS};
 
-static gboolean authorize(MvmdVmObject *self, GDBusMethodInvocation *invocation,
+static gboolean authorize(MvmdVmService *self, GDBusMethodInvocation *invocation,
                           const Access *access, ActFunc act, guint arg)
 {
     g_autoptr(GHashTable) details = g_hash_table_new(g_str_hash, g_str_equal);
@@ -96,7 +96,7 @@ static gboolean return_state_error(GDBusMethodInvocation *invocation, const char
 }
 
 /* Common checks; FALSE when an error was returned. */
-static gboolean check_idle(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+static gboolean check_idle(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
     if (self->op != OP_NONE)
         return return_state_error(invocation, "operation in progress (%s)",
@@ -104,7 +104,7 @@ static gboolean check_idle(MvmdVmObject *self, GDBusMethodInvocation *invocation
     return TRUE;
 }
 
-static gboolean check_active(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+static gboolean check_active(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
     if (!self->run)
         return return_state_error(invocation, "the VM is not running (state %s)",
@@ -112,7 +112,7 @@ static gboolean check_active(MvmdVmObject *self, GDBusMethodInvocation *invocati
     return TRUE;
 }
 
-static void act_start(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_start(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     if (!check_idle(self, invocation))
         return;
@@ -128,7 +128,7 @@ static void act_start(MvmdVmObject *self, GDBusMethodInvocation *invocation, gui
     self->restarts = 0;
     self->reset_count = 0;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "starting");
-    mvmd_vm_object_begin_op(self, OP_START, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_START, invocation, NULL);
 }
 
 /* Pause's options: a{sv}, "freeze-clock" b. */
@@ -144,7 +144,7 @@ static gboolean parse_pause_options(GVariant *options, MvmPauseFlags *flags, GEr
     return TRUE;
 }
 
-static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_pause(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GVariant) options = NULL;
     g_autoptr(GError) error = NULL;
@@ -158,13 +158,13 @@ static void act_pause(MvmdVmObject *self, GDBusMethodInvocation *invocation, gui
     }
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
-    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
+    if (mvmd_vm_service_run_state(self) != MVM_VM_STATE_RUNNING) {
         return_state_error(invocation, "the VM is not running (state %s)",
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
     args.flags = flags;
-    mvmd_vm_object_begin_op(self, OP_PAUSE, invocation, &args);
+    mvmd_vm_service_begin_op(self, OP_PAUSE, invocation, &args);
 }
 
 /*
@@ -230,9 +230,9 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
 }
 
 /* Snapshot works on a machine that is there and not busy: running or paused. */
-static gboolean check_snapshot_state(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+static gboolean check_snapshot_state(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
-    MvmVmState state = mvmd_vm_object_run_state(self);
+    MvmVmState state = mvmd_vm_service_run_state(self);
 
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return FALSE;
@@ -242,7 +242,7 @@ static gboolean check_snapshot_state(MvmdVmObject *self, GDBusMethodInvocation *
     return TRUE;
 }
 
-static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
     OpArgs args = OP_ARGS_INIT;
@@ -260,26 +260,26 @@ static void act_snapshot(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
            args.dir           ? args.dir
            : args.dir_fd >= 0 ? "a directory fd"
                               : "the caller's files");
-    mvmd_vm_object_begin_op(self, OP_SNAPSHOT, invocation, &args);
+    mvmd_vm_service_begin_op(self, OP_SNAPSHOT, invocation, &args);
 }
 
-static void act_resume(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
-    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_PAUSED) {
+    if (mvmd_vm_service_run_state(self) != MVM_VM_STATE_PAUSED) {
         return_state_error(invocation, "the VM is not paused (state %s)",
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
-    mvmd_vm_object_begin_op(self, OP_RESUME, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_RESUME, invocation, NULL);
 }
 
-static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
+static void add_waiter(MvmdVmService *self, GDBusMethodInvocation *invocation, WaitKind kind,
                        guint timeout_sec);
 
 /* Each waiter holds a pending reply and a timer: a caller must not pile them up without end. */
-static gboolean check_waiters_room(MvmdVmObject *self, GDBusMethodInvocation *invocation)
+static gboolean check_waiters_room(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
     guint n = g_list_length(self->waiters);
 
@@ -292,7 +292,7 @@ static gboolean check_waiters_room(MvmdVmObject *self, GDBusMethodInvocation *in
     return FALSE;
 }
 
-static void act_stop(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_stop(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     /* Already on its way out: answer when it is out. */
     if (self->op == OP_REAP || (self->op == OP_STOP && !self->reboot_pending)) {
@@ -303,10 +303,10 @@ static void act_stop(MvmdVmObject *self, GDBusMethodInvocation *invocation, guin
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    mvmd_vm_object_begin_op(self, OP_STOP, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_STOP, invocation, NULL);
 }
 
-static void act_reboot(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
@@ -318,13 +318,13 @@ static void act_reboot(MvmdVmObject *self, GDBusMethodInvocation *invocation, gu
     vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
     self->reboot_pending = TRUE;
     self->restarts = 0;
-    mvmd_vm_object_begin_op(self, OP_STOP, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_STOP, invocation, NULL);
 }
 
 static gboolean on_waiter_timeout(gpointer user_data)
 {
     Waiter *w = user_data;
-    MvmdVmObject *self = w->self;
+    MvmdVmService *self = w->self;
 
     vm_log(self, G_LOG_LEVEL_MESSAGE, "the guest did not shut down within %u s", w->timeout_sec);
     g_dbus_method_invocation_return_error(g_steal_pointer(&w->invocation), MVMD_ERROR,
@@ -334,11 +334,11 @@ static gboolean on_waiter_timeout(gpointer user_data)
                                           w->timeout_sec);
     g_clear_pointer(&w->timeout, g_source_unref);
     self->waiters = g_list_remove(self->waiters, w);
-    mvmd_vm_object_waiter_free(w);
+    mvmd_vm_service_waiter_free(w);
     return G_SOURCE_REMOVE;
 }
 
-static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, WaitKind kind,
+static void add_waiter(MvmdVmService *self, GDBusMethodInvocation *invocation, WaitKind kind,
                        guint timeout_sec)
 {
     Waiter *w = g_new0(Waiter, 1);
@@ -355,7 +355,7 @@ static void add_waiter(MvmdVmObject *self, GDBusMethodInvocation *invocation, Wa
     self->waiters = g_list_append(self->waiters, w);
 }
 
-static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint timeout)
+static void act_shutdown(MvmdVmService *self, GDBusMethodInvocation *invocation, guint timeout)
 {
     g_autoptr(GError) error = NULL;
 
@@ -375,12 +375,12 @@ static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
     }
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
-    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
+    if (mvmd_vm_service_run_state(self) != MVM_VM_STATE_RUNNING) {
         return_state_error(invocation, "the VM is %s: Resume or Stop it",
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
-    if (!mvmd_vm_object_request_shutdown(self, &error)) {
+    if (!mvmd_vm_service_request_shutdown(self, &error)) {
         g_dbus_method_invocation_return_gerror(invocation, error);
         return;
     }
@@ -388,7 +388,7 @@ static void act_shutdown(MvmdVmObject *self, GDBusMethodInvocation *invocation, 
     add_waiter(self, invocation, WAIT_SHUTDOWN, timeout);
 }
 
-static void act_delete(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_delete(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
 
@@ -405,11 +405,11 @@ static void act_delete(MvmdVmObject *self, GDBusMethodInvocation *invocation, gu
         return;
     }
     vm_log(self, G_LOG_LEVEL_MESSAGE, "deleted");
-    mvmd_vm_object_mark_deleted(self);
+    mvmd_vm_service_mark_deleted(self);
     mvmd_vm_complete_delete(MVMD_VM(self), invocation);
 }
 
-static void act_open_console(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_open_console(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
     g_autoptr(GUnixFDList) fd_list = NULL;
@@ -423,7 +423,7 @@ static void act_open_console(MvmdVmObject *self, GDBusMethodInvocation *invocati
     mvmd_vm_complete_open_console(MVMD_VM(self), invocation, fd_list, g_variant_new_handle(0));
 }
 
-static GVariant *build_stats(MvmdVmObject *self)
+static GVariant *build_stats(MvmdVmService *self)
 {
     MvmVmStats st = {0};
     GVariantBuilder b, exits;
@@ -458,83 +458,83 @@ static GVariant *build_stats(MvmdVmObject *self)
 
 static gboolean handle_start(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_start, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_start, 0);
 }
 
 static gboolean handle_pause(MvmdVm *vm, GDBusMethodInvocation *invocation, GVariant *options)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_pause, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_pause, 0);
 }
 
 static gboolean handle_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation, GUnixFDList *fd_list,
                                 const char *dir, GVariant *options)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &SNAPSHOT, act_snapshot, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &SNAPSHOT, act_snapshot, 0);
 }
 
 static gboolean handle_resume(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_resume, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_resume, 0);
 }
 
 static gboolean handle_shutdown(MvmdVm *vm, GDBusMethodInvocation *invocation, guint timeout)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_shutdown, timeout);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_shutdown, timeout);
 }
 
 static gboolean handle_stop(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_stop, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_stop, 0);
 }
 
 static gboolean handle_reboot(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_reboot, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_reboot, 0);
 }
 
 static gboolean handle_delete(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &MANAGE, act_delete, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_delete, 0);
 }
 
 static gboolean handle_open_console(MvmdVm *vm, GDBusMethodInvocation *invocation,
                                     GUnixFDList *fd_list)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &CONSOLE, act_open_console, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &CONSOLE, act_open_console, 0);
 }
 
-static void act_get_stats(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_get_stats(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     mvmd_vm_complete_get_stats(MVMD_VM(self), invocation, build_stats(self));
 }
 
-static void act_get_config(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_get_config(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     mvmd_vm_complete_get_config(MVMD_VM(self), invocation,
                                 mvmd_vm_definition_to_variant(self->definition));
 }
 
-static void act_get_exit_reason(MvmdVmObject *self, GDBusMethodInvocation *invocation, guint arg)
+static void act_get_exit_reason(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     mvmd_vm_complete_get_exit_reason(MVMD_VM(self), invocation, self->exit_reason);
 }
 
 static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_stats, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_stats, 0);
 }
 
 static gboolean handle_get_config(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_config, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_config, 0);
 }
 
 static gboolean handle_get_exit_reason(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_OBJECT(vm), invocation, &READ, act_get_exit_reason, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_exit_reason, 0);
 }
 
-void mvmd_vm_object_iface_init(MvmdVmIface *iface)
+void mvmd_vm_service_iface_init(MvmdVmIface *iface)
 {
     iface->handle_snapshot = handle_snapshot;
     iface->handle_start = handle_start;

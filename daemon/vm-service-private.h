@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Inside a VM object, shared by vm-object.c (runs, operations, the GObject) and vm-methods.c
+ * Inside a VM object, shared by vm-service.c (runs, operations, the GObject) and vm-methods.c
  * (the D-Bus methods). Main loop only, except where a field says otherwise.
  */
 #pragma once
 
 #include "console.h"
 #include "log.h"
-#include "vm-object.h"
+#include "vm-service.h"
 
 G_BEGIN_DECLS
 
@@ -63,14 +63,14 @@ typedef enum {
 
 /* A Shutdown (or a Stop that arrived while the guest was already on its way out). */
 typedef struct {
-    MvmdVmObject *self; /* not a ref: the object owns its waiters */
+    MvmdVmService *self; /* not a ref: the object owns its waiters */
     GDBusMethodInvocation *invocation;
     WaitKind kind;
     GSource *timeout;
     guint timeout_sec;
 } Waiter;
 
-struct _MvmdVmObject {
+struct _MvmdVmService {
     MvmdVmSkeleton parent;
 
     MvmdContext *ctx;
@@ -86,7 +86,7 @@ struct _MvmdVmObject {
     char *exit_reason; /* GetExitReason: why the last run ended, "" before the first end */
 
     /* RestoreVM: told how the first start went, instead of a caller. */
-    MvmdVmObjectReadyFunc ready_func;
+    MvmdVmServiceReadyFunc ready_func;
     gpointer ready_data;
 
     MvmVmStats stats_cache;
@@ -96,16 +96,16 @@ struct _MvmdVmObject {
 };
 
 /* Starts @op in a worker thread; takes @invocation (may be NULL) and @args (may be NULL). */
-void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation,
-                             OpArgs *args);
+void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
+                              OpArgs *args);
 /* The state the vCPU threads last reported (STOPPED without a run). */
-MvmVmState mvmd_vm_object_run_state(MvmdVmObject *self);
+MvmVmState mvmd_vm_service_run_state(MvmdVmService *self);
 /* Ctrl-Alt-Del for the guest; does not wait. */
-gboolean mvmd_vm_object_request_shutdown(MvmdVmObject *self, GError **error);
-void mvmd_vm_object_waiter_free(Waiter *w);
+gboolean mvmd_vm_service_request_shutdown(MvmdVmService *self, GError **error);
+void mvmd_vm_service_waiter_free(Waiter *w);
 /* Closes the console, removes the logs, tells the manager (which unexports the object). */
-void mvmd_vm_object_mark_deleted(MvmdVmObject *self);
+void mvmd_vm_service_mark_deleted(MvmdVmService *self);
 
-void mvmd_vm_object_iface_init(MvmdVmIface *iface);
+void mvmd_vm_service_iface_init(MvmdVmIface *iface);
 
 G_END_DECLS

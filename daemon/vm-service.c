@@ -6,14 +6,14 @@
 #include "errors.h"
 #include "fd-closer.h"
 #include "names.h"
-#include "vm-object-private.h"
+#include "vm-service-private.h"
 
 /* A guest that resets more often than this is stopped instead of restarted again. */
 #define RESET_LOOP_MAX       10
 #define RESET_LOOP_WINDOW_US (10 * G_USEC_PER_SEC)
 
-G_DEFINE_TYPE_WITH_CODE(MvmdVmObject, mvmd_vm_object, MVMD_TYPE_VM_SKELETON,
-                        G_IMPLEMENT_INTERFACE(MVMD_TYPE_VM, mvmd_vm_object_iface_init))
+G_DEFINE_TYPE_WITH_CODE(MvmdVmService, mvmd_vm_service, MVMD_TYPE_VM_SKELETON,
+                        G_IMPLEMENT_INTERFACE(MVMD_TYPE_VM, mvmd_vm_service_iface_init))
 
 enum {
     SIGNAL_DELETED,
@@ -21,11 +21,11 @@ enum {
 };
 static guint signals[N_SIGNALS];
 
-static void maybe_reap(MvmdVmObject *self);
+static void maybe_reap(MvmdVmService *self);
 
 /* ---- runs and the news from the vCPU threads ------------------------------------------- */
 
-static Run *run_new(MvmdVmObject *self)
+static Run *run_new(MvmdVmService *self)
 {
     Run *run = g_new0(Run, 1);
 
@@ -57,7 +57,7 @@ static void run_unref(Run *run)
     g_free(run);
 }
 
-static void set_state(MvmdVmObject *self, const char *state)
+static void set_state(MvmdVmService *self, const char *state)
 {
     MvmdVm *vm = MVMD_VM(self);
 
@@ -69,14 +69,14 @@ static void set_state(MvmdVmObject *self, const char *state)
 }
 
 /* Not a property: only the owner (and whom polkit allows) may read it, through GetExitReason. */
-static void set_exit_reason(MvmdVmObject *self, const char *reason)
+static void set_exit_reason(MvmdVmService *self, const char *reason)
 {
     g_free(self->exit_reason);
     self->exit_reason = g_strdup(reason);
 }
 
 /* Publishes what the vCPU threads reported; a run that ended is reaped. */
-static void sync_state(MvmdVmObject *self)
+static void sync_state(MvmdVmService *self)
 {
     switch (g_atomic_int_get(&self->run->state)) {
     case MVM_VM_STATE_RUNNING:
@@ -97,7 +97,7 @@ static void sync_state(MvmdVmObject *self)
 static gboolean run_poke(gpointer user_data)
 {
     Run *run = user_data;
-    g_autoptr(MvmdVmObject) self = NULL;
+    g_autoptr(MvmdVmService) self = NULL;
 
     g_atomic_int_set(&run->poke_pending, 0);
     self = g_weak_ref_get(&run->self);
@@ -534,12 +534,12 @@ static char *format_exit_reason(const OpData *d)
     return g_strdup_printf("%s: %s", token, mvm_exit_kind_to_string(d->kind));
 }
 
-static void flush_properties(MvmdVmObject *self)
+static void flush_properties(MvmdVmService *self)
 {
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
 }
 
-void mvmd_vm_object_waiter_free(Waiter *w)
+void mvmd_vm_service_waiter_free(Waiter *w)
 {
     if (w->invocation)
         g_dbus_method_invocation_return_error_literal(g_steal_pointer(&w->invocation), MVMD_ERROR,
@@ -552,7 +552,7 @@ void mvmd_vm_object_waiter_free(Waiter *w)
 }
 
 /* Every Shutdown/Stop caller waiting learns how the run ended. */
-static void complete_waiters(MvmdVmObject *self, gboolean crashed, const char *reason)
+static void complete_waiters(MvmdVmService *self, gboolean crashed, const char *reason)
 {
     GList *waiters = g_steal_pointer(&self->waiters);
 
@@ -568,10 +568,10 @@ static void complete_waiters(MvmdVmObject *self, gboolean crashed, const char *r
         else
             mvmd_vm_complete_stop(MVMD_VM(self), g_steal_pointer(&w->invocation));
     }
-    g_list_free_full(waiters, (GDestroyNotify)mvmd_vm_object_waiter_free);
+    g_list_free_full(waiters, (GDestroyNotify)mvmd_vm_service_waiter_free);
 }
 
-static gboolean reset_loop(MvmdVmObject *self)
+static gboolean reset_loop(MvmdVmService *self)
 {
     gint64 now = g_get_monotonic_time();
 
@@ -583,7 +583,7 @@ static gboolean reset_loop(MvmdVmObject *self)
 }
 
 /* A guest reset: like QEMU and libvirt, boot again unless told otherwise (or shutting down). */
-static gboolean should_restart(MvmdVmObject *self, const OpData *d)
+static gboolean should_restart(MvmdVmService *self, const OpData *d)
 {
     if (d->op != OP_REAP || d->kind != MVM_EXIT_RESET)
         return FALSE;
@@ -599,7 +599,7 @@ static gboolean should_restart(MvmdVmObject *self, const OpData *d)
 }
 
 /* The run is over (Stop or the guest's own end): the machine is freed. */
-static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invocation)
+static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invocation)
 {
     g_autofree char *reason = format_exit_reason(d);
     gboolean crashed = d->final_state == MVM_VM_STATE_CRASHED;
@@ -612,13 +612,13 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
 
     if (self->reboot_pending) {
         self->reboot_pending = FALSE;
-        mvmd_vm_object_begin_op(self, OP_START, invocation, NULL);
+        mvmd_vm_service_begin_op(self, OP_START, invocation, NULL);
         return;
     }
     if (should_restart(self, d)) {
         self->restarts++;
         vm_log(self, G_LOG_LEVEL_MESSAGE, "guest reset: restarting");
-        mvmd_vm_object_begin_op(self, OP_START, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_START, NULL, NULL);
         return;
     }
     set_state(self, crashed ? MVMD_STATE_CRASHED : MVMD_STATE_STOPPED);
@@ -629,9 +629,9 @@ static void end_run(MvmdVmObject *self, OpData *d, GDBusMethodInvocation *invoca
 }
 
 /* RestoreVM learns how the first start went; later starts are ordinary. */
-static gboolean tell_ready(MvmdVmObject *self, const GError *error)
+static gboolean tell_ready(MvmdVmService *self, const GError *error)
 {
-    MvmdVmObjectReadyFunc func = g_steal_pointer(&self->ready_func);
+    MvmdVmServiceReadyFunc func = g_steal_pointer(&self->ready_func);
 
     if (!func)
         return FALSE;
@@ -640,7 +640,7 @@ static gboolean tell_ready(MvmdVmObject *self, const GError *error)
 }
 
 /* A restored machine has the vCPUs, memory and devices of its snapshot, known only now. */
-static void update_restored_definition(MvmdVmObject *self)
+static void update_restored_definition(MvmdVmService *self)
 {
     const MvmVmConfig *mvm = mvm_vm_get_config(self->run->vm);
 
@@ -653,7 +653,7 @@ static void update_restored_definition(MvmdVmObject *self)
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
 }
 
-static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
+static void start_done(MvmdVmService *self, gboolean ok, GError *error,
                        GDBusMethodInvocation *invocation)
 {
     if (!ok) {
@@ -694,7 +694,7 @@ static void start_done(MvmdVmObject *self, gboolean ok, GError *error,
         mvmd_vm_complete_start(MVMD_VM(self), invocation);
 }
 
-static void pause_resume_done(MvmdVmObject *self, Op op, gboolean ok, GError *error,
+static void pause_resume_done(MvmdVmService *self, Op op, gboolean ok, GError *error,
                               GDBusMethodInvocation *invocation)
 {
     if (!ok) {
@@ -712,7 +712,7 @@ static void pause_resume_done(MvmdVmObject *self, Op op, gboolean ok, GError *er
         mvmd_vm_complete_resume(MVMD_VM(self), invocation);
 }
 
-static void snapshot_done(MvmdVmObject *self, gboolean ok, GError *error,
+static void snapshot_done(MvmdVmService *self, gboolean ok, GError *error,
                           GDBusMethodInvocation *invocation)
 {
     if (!ok) {
@@ -731,7 +731,7 @@ static void snapshot_done(MvmdVmObject *self, gboolean ok, GError *error,
 
 static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
 {
-    MvmdVmObject *self = MVMD_VM_OBJECT(source);
+    MvmdVmService *self = MVMD_VM_SERVICE(source);
     OpData *d = g_task_get_task_data(G_TASK(result));
     GDBusMethodInvocation *invocation = g_steal_pointer(&self->op_invocation);
     g_autoptr(GError) error = NULL;
@@ -759,7 +759,7 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     }
     /* The daemon is going down, or the guest ended while we were busy. */
     if (self->ctx->force_stop && self->run && self->op == OP_NONE)
-        mvmd_vm_object_begin_op(self, OP_STOP, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL);
     else
         maybe_reap(self);
 }
@@ -774,8 +774,8 @@ static void op_data_set_restore(OpData *d, const MvmdVmDefinition *definition)
     d->restore_own_backends = definition->devices.from_snapshot;
 }
 
-void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *invocation,
-                             OpArgs *args)
+void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
+                              OpArgs *args)
 {
     g_autoptr(GTask) task = g_task_new(self, NULL, op_done, NULL);
     OpData *d = g_new0(OpData, 1);
@@ -797,12 +797,12 @@ void mvmd_vm_object_begin_op(MvmdVmObject *self, Op op, GDBusMethodInvocation *i
     d->run = run_ref(self->run);
     self->op = op;
     self->op_invocation = invocation;
-    g_task_set_source_tag(task, mvmd_vm_object_begin_op);
+    g_task_set_source_tag(task, mvmd_vm_service_begin_op);
     g_task_set_task_data(task, d, (GDestroyNotify)op_data_free);
     run_op(task);
 }
 
-static void maybe_reap(MvmdVmObject *self)
+static void maybe_reap(MvmdVmService *self)
 {
     MvmVmState state;
 
@@ -810,17 +810,17 @@ static void maybe_reap(MvmdVmObject *self)
         return;
     state = g_atomic_int_get(&self->run->state);
     if (state == MVM_VM_STATE_STOPPED || state == MVM_VM_STATE_CRASHED)
-        mvmd_vm_object_begin_op(self, OP_REAP, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_REAP, NULL, NULL);
 }
 
 /* ---- shared with the methods ----------------------------------------------------------- */
 
-MvmVmState mvmd_vm_object_run_state(MvmdVmObject *self)
+MvmVmState mvmd_vm_service_run_state(MvmdVmService *self)
 {
     return self->run ? g_atomic_int_get(&self->run->state) : MVM_VM_STATE_STOPPED;
 }
 
-gboolean mvmd_vm_object_request_shutdown(MvmdVmObject *self, GError **error)
+gboolean mvmd_vm_service_request_shutdown(MvmdVmService *self, GError **error)
 {
     g_autoptr(GError) local = NULL;
 
@@ -831,28 +831,28 @@ gboolean mvmd_vm_object_request_shutdown(MvmdVmObject *self, GError **error)
     return FALSE;
 }
 
-void mvmd_vm_object_discard(MvmdVmObject *self)
+void mvmd_vm_service_discard(MvmdVmService *self)
 {
     self->deleted = TRUE;
     mvmd_console_close(self->console, TRUE);
 }
 
-void mvmd_vm_object_retire(MvmdVmObject *self)
+void mvmd_vm_service_retire(MvmdVmService *self)
 {
     self->deleted = TRUE;
     mvmd_console_close(self->console, FALSE);
 }
 
-void mvmd_vm_object_mark_deleted(MvmdVmObject *self)
+void mvmd_vm_service_mark_deleted(MvmdVmService *self)
 {
-    mvmd_vm_object_discard(self);
+    mvmd_vm_service_discard(self);
     g_signal_emit(self, signals[SIGNAL_DELETED], 0);
 }
 
 /* What a console client typed. Dropped while the machine is being built or torn down. */
 static void console_input(const guint8 *data, gsize len, gpointer user_data)
 {
-    MvmdVmObject *self = user_data;
+    MvmdVmService *self = user_data;
     gsize n;
 
     if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_RESUME)
@@ -867,8 +867,8 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
 
 /* ---- daemon-side control --------------------------------------------------------------- */
 
-void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectReadyFunc func,
-                            gpointer user_data)
+void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, MvmdVmServiceReadyFunc func,
+                             gpointer user_data)
 {
     OpArgs args = OP_ARGS_INIT;
 
@@ -877,59 +877,59 @@ void mvmd_vm_object_restore(MvmdVmObject *self, gboolean paused, MvmdVmObjectRea
     self->ready_func = func;
     self->ready_data = user_data;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "restoring from a snapshot");
-    mvmd_vm_object_begin_op(self, OP_START, NULL, &args);
+    mvmd_vm_service_begin_op(self, OP_START, NULL, &args);
 }
 
-void mvmd_vm_object_autostart(MvmdVmObject *self)
+void mvmd_vm_service_autostart(MvmdVmService *self)
 {
     if (self->op != OP_NONE || self->run || self->ctx->stopping)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "autostart");
-    mvmd_vm_object_begin_op(self, OP_START, NULL, NULL);
+    mvmd_vm_service_begin_op(self, OP_START, NULL, NULL);
 }
 
-void mvmd_vm_object_begin_shutdown(MvmdVmObject *self)
+void mvmd_vm_service_begin_shutdown(MvmdVmService *self)
 {
     g_autoptr(GError) error = NULL;
 
     if (self->op != OP_NONE || !self->run)
         return;
-    if (mvmd_vm_object_run_state(self) != MVM_VM_STATE_RUNNING) {
-        mvmd_vm_object_force_stop(self);
+    if (mvmd_vm_service_run_state(self) != MVM_VM_STATE_RUNNING) {
+        mvmd_vm_service_force_stop(self);
         return;
     }
     vm_log(self, G_LOG_LEVEL_MESSAGE, "daemon stopping: asking the guest to shut down");
-    if (!mvmd_vm_object_request_shutdown(self, &error)) {
+    if (!mvmd_vm_service_request_shutdown(self, &error)) {
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", error->message);
-        mvmd_vm_object_force_stop(self);
+        mvmd_vm_service_force_stop(self);
     }
 }
 
-void mvmd_vm_object_force_stop(MvmdVmObject *self)
+void mvmd_vm_service_force_stop(MvmdVmService *self)
 {
     /* With an operation in progress, op_done() stops it once the operation ends. */
     if (self->op != OP_NONE || !self->run)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    mvmd_vm_object_begin_op(self, OP_STOP, NULL, NULL);
+    mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL);
 }
 
-gboolean mvmd_vm_object_is_active(MvmdVmObject *self)
+gboolean mvmd_vm_service_is_active(MvmdVmService *self)
 {
     return self->run != NULL || self->op != OP_NONE;
 }
 
-const char *mvmd_vm_object_get_vm_name(MvmdVmObject *self)
+const char *mvmd_vm_service_get_vm_name(MvmdVmService *self)
 {
     return self->definition->name;
 }
 
-const MvmdVmDefinition *mvmd_vm_object_get_definition(MvmdVmObject *self)
+const MvmdVmDefinition *mvmd_vm_service_get_definition(MvmdVmService *self)
 {
     return self->definition;
 }
 
-char *mvmd_vm_object_build_path(const char *name)
+char *mvmd_vm_service_build_path(const char *name)
 {
     g_autofree char *escaped = g_dbus_escape_object_path(name);
 
@@ -938,9 +938,10 @@ char *mvmd_vm_object_build_path(const char *name)
 
 /* ---- GObject --------------------------------------------------------------------------- */
 
-MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmDefinition *definition, const char *state)
+MvmdVmService *mvmd_vm_service_new(MvmdContext *ctx, MvmdVmDefinition *definition,
+                                   const char *state)
 {
-    MvmdVmObject *self = g_object_new(MVMD_TYPE_VM_OBJECT, NULL);
+    MvmdVmService *self = g_object_new(MVMD_TYPE_VM_SERVICE, NULL);
     MvmdVm *vm = MVMD_VM(self);
     g_autofree char *log_dir = g_build_filename(ctx->runtime_dir, "vm", definition->name, NULL);
 
@@ -958,13 +959,13 @@ MvmdVmObject *mvmd_vm_object_new(MvmdContext *ctx, MvmdVmDefinition *definition,
     return self;
 }
 
-static void mvmd_vm_object_init(MvmdVmObject *self)
+static void mvmd_vm_service_init(MvmdVmService *self)
 {
 }
 
-static void mvmd_vm_object_dispose(GObject *object)
+static void mvmd_vm_service_dispose(GObject *object)
 {
-    MvmdVmObject *self = MVMD_VM_OBJECT(object);
+    MvmdVmService *self = MVMD_VM_SERVICE(object);
 
     /* Only at exit when a machine would not stop in time: free it the hard way. */
     if (self->run && self->op == OP_NONE && self->run->vm) {
@@ -976,25 +977,25 @@ static void mvmd_vm_object_dispose(GObject *object)
         mvmd_console_close(self->console, FALSE);
         g_clear_pointer(&self->console, mvmd_console_unref);
     }
-    G_OBJECT_CLASS(mvmd_vm_object_parent_class)->dispose(object);
+    G_OBJECT_CLASS(mvmd_vm_service_parent_class)->dispose(object);
 }
 
-static void mvmd_vm_object_finalize(GObject *object)
+static void mvmd_vm_service_finalize(GObject *object)
 {
-    MvmdVmObject *self = MVMD_VM_OBJECT(object);
+    MvmdVmService *self = MVMD_VM_SERVICE(object);
 
-    g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_object_waiter_free);
+    g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_service_waiter_free);
     mvmd_vm_definition_free(self->definition);
     g_free(self->exit_reason);
-    G_OBJECT_CLASS(mvmd_vm_object_parent_class)->finalize(object);
+    G_OBJECT_CLASS(mvmd_vm_service_parent_class)->finalize(object);
 }
 
-static void mvmd_vm_object_class_init(MvmdVmObjectClass *klass)
+static void mvmd_vm_service_class_init(MvmdVmServiceClass *klass)
 {
     GObjectClass *object_class = G_OBJECT_CLASS(klass);
 
-    object_class->dispose = mvmd_vm_object_dispose;
-    object_class->finalize = mvmd_vm_object_finalize;
+    object_class->dispose = mvmd_vm_service_dispose;
+    object_class->finalize = mvmd_vm_service_finalize;
 
     /* The VM was deleted over D-Bus: the manager unexports it and drops it. */
     signals[SIGNAL_DELETED] = g_signal_new("deleted", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST,
