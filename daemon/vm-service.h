@@ -3,9 +3,10 @@
  * One VM on the bus: the org.microvmd.MicroVM1.VM interface skeleton, subclassed (the generated
  * interface already owns the name MvmdVm; like MvmdManagerService, this is the service behind
  * it, and libmicrovm's MvmVm is the machine it runs). It owns the
- * definition, the console, and while the VM is running or paused the libmicrovm VM. Lifecycle
- * operations run in a GTask worker thread (they do file I/O, KVM ioctls and thread joins), one
- * at a time; news from the vCPU threads reaches the main loop through idle sources.
+ * definition, the console, and while the VM is running or paused the libmicrovm VM. Three
+ * threads' code: the state machine on the main loop (vm-service.c, with the D-Bus methods in
+ * vm-methods.c), lifecycle operations on a worker thread each, one at a time (vm-ops.c), and
+ * news from the vCPU threads, brought to the main loop through idle sources (vm-run.c).
  */
 #pragma once
 

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A VM's lifecycle operations (Start, Pause, Resume, Snapshot, Stop, and the reaping of a run
+ * that ended by itself). The main loop (vm-service.c) makes an operation's record and starts
+ * it; its work runs on a thread of its own, because it does file I/O, KVM ioctls and thread
+ * joins; the result goes back to the main loop through the GTask.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "definition.h"
+#include "vm-run.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+    OP_NONE,
+    OP_START, /* build (or restore) the machine and run it */
+    OP_PAUSE,
+    OP_RESUME,
+    OP_SNAPSHOT,
+    OP_STOP, /* forced stop, then free */
+    OP_REAP, /* the guest stopped by itself: collect the exit, free */
+} Op;
+
+/* What an operation needs besides the VM (owned by the operation). */
+typedef struct {
+    guint flags;     /* MvmPauseFlags, MvmSnapshotFlags */
+    char *dir;       /* Snapshot (root only): the directory, or NULL */
+    int dir_fd;      /* Snapshot (root only): -1 or the caller's directory */
+    int state_fd;    /* Snapshot: -1 or the caller's own file for `state` (checked) */
+    int memory_fd;   /* Snapshot: -1 or the caller's own file for `memory` (checked) */
+    gboolean paused; /* Start of a restored VM: leave it paused */
+} OpArgs;
+
+#define OP_ARGS_INIT                                                                               \
+    {                                                                                              \
+        .dir_fd = -1, .state_fd = -1, .memory_fd = -1                                              \
+    }
+
+void mvmd_op_args_clear(OpArgs *args);
+
+/*
+ * One operation's record: made on the main loop, then the worker's alone until the task
+ * completes on the main loop again.
+ */
+typedef struct {
+    Op op;
+    MvmdVmRun *run;
+    OpArgs args;
+    MvmVmConfig *mvm_config; /* Start; fds borrowed from the definition */
+    /* Start of a restored VM: the snapshot (fd borrowed from the definition). */
+    char *restore_dir;
+    int restore_fd;
+    int restore_state_fd; /* or its two files (borrowed too) */
+    int restore_memory_fd;
+    MvmRestoreFlags restore_flags;
+    /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
+     * mvm_config's devices are used. */
+    gboolean restore_own_backends;
+    /* How the run ended (Stop, Reap): written by the worker, read on the main loop once done. */
+    MvmVmState final_state;
+    MvmExitKind kind;
+    guint32 exit_code;
+    char *reason;
+} OpData;
+
+/*
+ * Main loop: the record for @op on @run; takes @args (may be NULL). A Start builds (or
+ * restores) the machine @definition describes, whose fds it borrows.
+ */
+OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args,
+                            const MvmdVmDefinition *definition);
+void mvmd_vm_op_data_free(OpData *d);
+
+/*
+ * Main loop: runs the operation of @task (its task data is an OpData) on a thread of its own;
+ * the task's callback gets the result on the main loop.
+ */
+void mvmd_vm_op_run(GTask *task);
+
+G_END_DECLS
