@@ -128,7 +128,7 @@ static void act_start(MvmdVmService *self, GDBusMethodInvocation *invocation, gu
     self->restarts = 0;
     self->reset_count = 0;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "starting");
-    mvmd_vm_service_begin_op(self, OP_START, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_START, invocation, mvmd_vm_complete_start, NULL);
 }
 
 /* Pause's options: a{sv}, "freeze-clock" b. */
@@ -164,7 +164,7 @@ static void act_pause(MvmdVmService *self, GDBusMethodInvocation *invocation, gu
         return;
     }
     args.flags = flags;
-    mvmd_vm_service_begin_op(self, OP_PAUSE, invocation, &args);
+    mvmd_vm_service_begin_op(self, OP_PAUSE, invocation, mvmd_vm_complete_pause, &args);
 }
 
 /*
@@ -242,6 +242,12 @@ static gboolean check_snapshot_state(MvmdVmService *self, GDBusMethodInvocation 
     return TRUE;
 }
 
+/* Snapshot's reply carries no fds (the generated complete takes an fd list). */
+static void complete_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    mvmd_vm_complete_snapshot(vm, invocation, NULL);
+}
+
 static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
@@ -260,7 +266,7 @@ static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation,
            args.dir           ? args.dir
            : args.dir_fd >= 0 ? "a directory fd"
                               : "the caller's files");
-    mvmd_vm_service_begin_op(self, OP_SNAPSHOT, invocation, &args);
+    mvmd_vm_service_begin_op(self, OP_SNAPSHOT, invocation, complete_snapshot, &args);
 }
 
 static void act_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
@@ -272,7 +278,7 @@ static void act_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, g
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
-    mvmd_vm_service_begin_op(self, OP_RESUME, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_RESUME, invocation, mvmd_vm_complete_resume, NULL);
 }
 
 static void add_waiter(MvmdVmService *self, GDBusMethodInvocation *invocation, WaitKind kind,
@@ -303,7 +309,7 @@ static void act_stop(MvmdVmService *self, GDBusMethodInvocation *invocation, gui
     if (!check_idle(self, invocation) || !check_active(self, invocation))
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    mvmd_vm_service_begin_op(self, OP_STOP, invocation, NULL);
+    mvmd_vm_service_begin_op(self, OP_STOP, invocation, mvmd_vm_complete_stop, NULL);
 }
 
 static void act_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
@@ -318,7 +324,8 @@ static void act_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation, g
     vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
     self->reboot_pending = TRUE;
     self->restarts = 0;
-    mvmd_vm_service_begin_op(self, OP_STOP, invocation, NULL);
+    /* Answered by Reboot's reply once the Start that follows the Stop is done (end_run()). */
+    mvmd_vm_service_begin_op(self, OP_STOP, invocation, mvmd_vm_complete_reboot, NULL);
 }
 
 static gboolean on_waiter_timeout(gpointer user_data)

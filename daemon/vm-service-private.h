@@ -22,6 +22,12 @@ typedef enum {
     WAIT_STOP,
 } WaitKind;
 
+/*
+ * How a caller is answered once its operation succeeded: mvmd_vm_complete_start() and the
+ * like. Chosen when the operation begins; a Reboot's (a Stop, then a Start) is Reboot's own.
+ */
+typedef void (*OpReply)(MvmdVm *vm, GDBusMethodInvocation *invocation);
+
 /* A Shutdown (or a Stop that arrived while the guest was already on its way out). */
 typedef struct {
     MvmdVmService *self; /* not a ref: the object owns its waiters */
@@ -41,6 +47,7 @@ struct _MvmdVmService {
     MvmdVmRun *run;                       /* NULL while stopped / created */
     Op op;                                /* the one operation in progress */
     GDBusMethodInvocation *op_invocation; /* its caller, NULL for internal operations */
+    OpReply op_reply;                     /* how to answer that caller on success */
     gboolean reboot_pending;              /* Reboot: Start again once the Stop is done */
     GList *waiters;                       /* Waiter * */
     gboolean deleted;
@@ -56,9 +63,12 @@ struct _MvmdVmService {
     guint reset_count;
 };
 
-/* Starts @op in a worker thread; takes @invocation (may be NULL) and @args (may be NULL). */
+/*
+ * Starts @op in a worker thread; takes @invocation (NULL for an internal operation, with @reply
+ * NULL too) and @args (may be NULL). @reply answers @invocation once the operation succeeded.
+ */
 void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
-                              OpArgs *args);
+                              OpReply reply, OpArgs *args);
 /* The state the vCPU threads last reported (STOPPED without a run). */
 MvmVmState mvmd_vm_service_run_state(MvmdVmService *self);
 /* Ctrl-Alt-Del for the guest; does not wait. */

@@ -170,7 +170,8 @@ static gboolean should_restart(MvmdVmService *self, const OpData *d)
 }
 
 /* The run is over (Stop or the guest's own end): the machine is freed. */
-static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invocation)
+static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invocation,
+                    OpReply reply)
 {
     g_autofree char *reason = format_exit_reason(d);
     gboolean crashed = d->final_state == MVM_VM_STATE_CRASHED;
@@ -183,20 +184,20 @@ static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invoc
 
     if (self->reboot_pending) {
         self->reboot_pending = FALSE;
-        mvmd_vm_service_begin_op(self, OP_START, invocation, NULL);
+        mvmd_vm_service_begin_op(self, OP_START, invocation, reply, NULL);
         return;
     }
     if (should_restart(self, d)) {
         self->restarts++;
         vm_log(self, G_LOG_LEVEL_MESSAGE, "guest reset: restarting");
-        mvmd_vm_service_begin_op(self, OP_START, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_START, NULL, NULL, NULL);
         return;
     }
     set_state(self, crashed ? MVMD_STATE_CRASHED : MVMD_STATE_STOPPED);
     flush_properties(self);
     complete_waiters(self, crashed, reason);
     if (invocation)
-        mvmd_vm_complete_stop(MVMD_VM(self), invocation);
+        reply(MVMD_VM(self), invocation);
 }
 
 /* RestoreVM learns how the first start went; later starts are ordinary. */
@@ -225,7 +226,7 @@ static void update_restored_definition(MvmdVmService *self)
 }
 
 static void start_done(MvmdVmService *self, gboolean ok, GError *error,
-                       GDBusMethodInvocation *invocation)
+                       GDBusMethodInvocation *invocation, OpReply reply)
 {
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(
@@ -258,15 +259,11 @@ static void start_done(MvmdVmService *self, gboolean ok, GError *error,
     flush_properties(self);
     if (tell_ready(self, NULL) || !invocation)
         return;
-    /* A Reboot finishes here too. */
-    if (g_str_equal(g_dbus_method_invocation_get_method_name(invocation), "Reboot"))
-        mvmd_vm_complete_reboot(MVMD_VM(self), invocation);
-    else
-        mvmd_vm_complete_start(MVMD_VM(self), invocation);
+    reply(MVMD_VM(self), invocation); /* Start's, or a Reboot's, which finishes here too */
 }
 
 static void pause_resume_done(MvmdVmService *self, Op op, gboolean ok, GError *error,
-                              GDBusMethodInvocation *invocation)
+                              GDBusMethodInvocation *invocation, OpReply reply)
 {
     if (!ok) {
         g_autoptr(GError) mapped =
@@ -277,14 +274,11 @@ static void pause_resume_done(MvmdVmService *self, Op op, gboolean ok, GError *e
     }
     set_state(self, op == OP_PAUSE ? MVMD_STATE_PAUSED : MVMD_STATE_RUNNING);
     flush_properties(self);
-    if (op == OP_PAUSE)
-        mvmd_vm_complete_pause(MVMD_VM(self), invocation);
-    else
-        mvmd_vm_complete_resume(MVMD_VM(self), invocation);
+    reply(MVMD_VM(self), invocation);
 }
 
 static void snapshot_done(MvmdVmService *self, gboolean ok, GError *error,
-                          GDBusMethodInvocation *invocation)
+                          GDBusMethodInvocation *invocation, OpReply reply)
 {
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(error, "cannot take the snapshot");
@@ -297,7 +291,7 @@ static void snapshot_done(MvmdVmService *self, gboolean ok, GError *error,
     /* Paused for the snapshot, and running again unless asked to stay paused. */
     sync_state(self);
     flush_properties(self);
-    mvmd_vm_complete_snapshot(MVMD_VM(self), invocation, NULL);
+    reply(MVMD_VM(self), invocation);
 }
 
 static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
@@ -305,42 +299,45 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     MvmdVmService *self = MVMD_VM_SERVICE(source);
     OpData *d = g_task_get_task_data(G_TASK(result));
     GDBusMethodInvocation *invocation = g_steal_pointer(&self->op_invocation);
+    OpReply reply = self->op_reply;
     g_autoptr(GError) error = NULL;
     gboolean ok = g_task_propagate_boolean(G_TASK(result), &error);
     Op op = self->op;
 
     self->op = OP_NONE;
+    self->op_reply = NULL;
     switch (op) {
     case OP_START:
-        start_done(self, ok, error, invocation);
+        start_done(self, ok, error, invocation, reply);
         break;
     case OP_PAUSE:
     case OP_RESUME:
-        pause_resume_done(self, op, ok, error, invocation);
+        pause_resume_done(self, op, ok, error, invocation, reply);
         break;
     case OP_SNAPSHOT:
-        snapshot_done(self, ok, error, invocation);
+        snapshot_done(self, ok, error, invocation, reply);
         break;
     case OP_STOP:
     case OP_REAP:
-        end_run(self, d, invocation);
+        end_run(self, d, invocation, reply);
         break;
     case OP_NONE:
         g_assert_not_reached();
     }
     /* The daemon is going down, or the guest ended while we were busy. */
     if (self->ctx->force_stop && self->run && self->op == OP_NONE)
-        mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL, NULL);
     else
         maybe_reap(self);
 }
 
 void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
-                              OpArgs *args)
+                              OpReply reply, OpArgs *args)
 {
     g_autoptr(GTask) task = NULL;
 
     g_return_if_fail(self->op == OP_NONE);
+    g_return_if_fail((invocation == NULL) == (reply == NULL));
     if (op == OP_START) {
         g_return_if_fail(self->run == NULL);
         self->run =
@@ -348,6 +345,7 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     }
     self->op = op;
     self->op_invocation = invocation;
+    self->op_reply = reply;
     task = g_task_new(self, NULL, op_done, NULL);
     g_task_set_source_tag(task, mvmd_vm_service_begin_op);
     g_task_set_task_data(task, mvmd_vm_op_data_new(op, self->run, args, self->definition),
@@ -363,7 +361,7 @@ static void maybe_reap(MvmdVmService *self)
         return;
     state = mvmd_vm_run_get_state(self->run);
     if (state == MVM_VM_STATE_STOPPED || state == MVM_VM_STATE_CRASHED)
-        mvmd_vm_service_begin_op(self, OP_REAP, NULL, NULL);
+        mvmd_vm_service_begin_op(self, OP_REAP, NULL, NULL, NULL);
 }
 
 /* ---- shared with the methods ----------------------------------------------------------- */
@@ -430,7 +428,7 @@ void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, MvmdVmService
     self->ready_func = func;
     self->ready_data = user_data;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "restoring from a snapshot");
-    mvmd_vm_service_begin_op(self, OP_START, NULL, &args);
+    mvmd_vm_service_begin_op(self, OP_START, NULL, NULL, &args);
 }
 
 void mvmd_vm_service_autostart(MvmdVmService *self)
@@ -438,7 +436,7 @@ void mvmd_vm_service_autostart(MvmdVmService *self)
     if (self->op != OP_NONE || self->run || self->ctx->stopping)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "autostart");
-    mvmd_vm_service_begin_op(self, OP_START, NULL, NULL);
+    mvmd_vm_service_begin_op(self, OP_START, NULL, NULL, NULL);
 }
 
 void mvmd_vm_service_begin_shutdown(MvmdVmService *self)
@@ -464,7 +462,7 @@ void mvmd_vm_service_force_stop(MvmdVmService *self)
     if (self->op != OP_NONE || !self->run)
         return;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "stopping (forced)");
-    mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL);
+    mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL, NULL);
 }
 
 gboolean mvmd_vm_service_is_active(MvmdVmService *self)
