@@ -18,6 +18,7 @@
 #include "names.h"
 #include "peer.h"
 #include "sdnotify.h"
+#include "status-watch.h"
 
 #define STOP_POLL_MS        100
 #define FORCE_STOP_GRACE_US (10 * G_USEC_PER_SEC) /* after the forced stops: give up */
@@ -153,13 +154,21 @@ static gboolean on_sighup(gpointer user_data)
 
 /* ---- the bus --------------------------------------------------------------------------- */
 
+/* READY=1, carrying the VMs' status. */
+static void notify_ready(Daemon *d)
+{
+    g_autofree char *status = mvmd_manager_service_describe(d->manager);
+
+    mvmd_sd_notify_ready(status);
+}
+
 static void on_name_acquired(GDBusConnection *connection, const char *name, gpointer user_data)
 {
     Daemon *d = user_data;
 
     g_message("%s acquired", name);
     d->name_acquired = TRUE;
-    mvmd_sd_notify_ready(); /* the name is ours and the definitions are loaded */
+    notify_ready(d); /* the name is ours and the definitions are loaded */
     mvmd_manager_service_autostart(d->manager);
 }
 
@@ -219,7 +228,7 @@ static gboolean export_objects(Daemon *d, GError **error)
                                             MVMD_DBUS_PATH, error);
 }
 
-/* Socket activation, STATUS=, the watchdog and machined (see sdnotify.h, peer.h, machined.h). */
+/* Socket activation, STATUS=, the watchdog and machined (status-watch.h, peer.h, machined.h). */
 static gboolean start_service(Daemon *d, GError **error)
 {
     g_autoptr(GError) local = NULL;
@@ -264,7 +273,7 @@ static gboolean start(Daemon *d, GError **error)
     if (!start_service(d, error))
         return FALSE;
     if (!d->connection) {
-        mvmd_sd_notify_ready();
+        notify_ready(d);
         mvmd_manager_service_autostart(d->manager);
         return TRUE;
     }

@@ -24,7 +24,7 @@ MvmdMachined *mvmd_machined_new(GDBusConnection *connection);
 void mvmd_machined_free(MvmdMachined *machined);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdMachined, mvmd_machined_free)
 
-/* Feed it every State change (an MvmdVmStateChangedFunc, see sdnotify.h). */
+/* Feed it every State change (an MvmdVmStateChangedFunc, see status-watch.h). */
 void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpointer machined);
 
 G_END_DECLS

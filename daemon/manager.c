@@ -117,6 +117,21 @@ guint mvmd_manager_service_count_active(MvmdManagerService *self)
     return n + g_hash_table_size(self->restoring);
 }
 
+char *mvmd_manager_service_describe(MvmdManagerService *self)
+{
+    g_autoptr(GList) vms = mvmd_manager_service_get_vms(self);
+    guint running = 0, paused = 0, defined = 0;
+
+    for (GList *l = vms; l; l = l->next) {
+        const char *state = mvmd_vm_get_state(MVMD_VM(l->data));
+
+        running += g_strcmp0(state, MVMD_STATE_RUNNING) == 0;
+        paused += g_strcmp0(state, MVMD_STATE_PAUSED) == 0;
+        defined++;
+    }
+    return g_strdup_printf("%u running, %u paused, %u defined", running, paused, defined);
+}
+
 /*
  * A name is taken by an exported VM, or reserved by the RestoreVM call that is building a VM
  * under it (self->restoring). FALSE, and @invocation answered, when @name is taken.
@@ -535,11 +550,13 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
 void mvmd_manager_service_reload(MvmdManagerService *self)
 {
     g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
+    g_autofree char *status = NULL;
 
     mvmd_sd_notify_reloading();
     drop_outdated(self, configs);
     mvmd_manager_service_load(self);
-    mvmd_sd_notify_ready();
+    status = mvmd_manager_service_describe(self);
+    mvmd_sd_notify_ready(status);
 }
 
 typedef struct {

@@ -31,5 +31,7 @@ void mvmd_manager_service_autostart(MvmdManagerService *self);
 GList *mvmd_manager_service_get_vms(MvmdManagerService *self);
 /* How many VMs hold KVM resources or have an operation in progress. */
 guint mvmd_manager_service_count_active(MvmdManagerService *self);
+/* The VMs in one line, for STATUS= ("3 running, 1 paused, 5 defined"). */
+char *mvmd_manager_service_describe(MvmdManagerService *self);
 
 G_END_DECLS
