@@ -578,11 +578,6 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     return g_steal_pointer(&server);
 }
 
-guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server)
-{
-    return g_hash_table_size(server->peers);
-}
-
 /* The last reference is gone (clients still authenticating at exit hold one). */
 static void server_clear(MvmdPeerServer *server)
 {

@@ -27,8 +27,6 @@ gboolean mvmd_peer_sockets_passed(void);
  */
 MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
                                      MvmdManagerService *manager, GError **error);
-/* How many clients are connected now. */
-guint mvmd_peer_server_get_n_peers(MvmdPeerServer *server);
 /* Closes every client connection and the sockets. */
 void mvmd_peer_server_free(MvmdPeerServer *server);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdPeerServer, mvmd_peer_server_free)
