@@ -2,9 +2,10 @@
 /*
  * The org.microvmd.MicroVM1.VM methods. Each goes handle → authorize (polkit, with the VM's
  * name, owner and the method as details) → act: check the state, start an operation in a worker
- * (vm-service.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
+ * (vm-ops.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
  * own action, or the -others one for everyone else. Reading (GetConfig, GetExitReason,
- * GetStats) is free for the owner and needs read-others for anyone else.
+ * GetStats) is free for the owner and needs read-others for anyone else. Main loop only, like
+ * the state machine (vm-service.c) whose fields it reads and whose operations it begins.
  */
 #include <unistd.h>
 
