@@ -355,7 +355,7 @@ void mvm_vm_free(MvmVm *vm)
     mvm_boot_info_clear(&vm->boot);
     mvm_vm_config_free(vm->config);
     g_free(vm->exit_reason);
-    mvm_vm_free_snapshot_devices(vm);
+    mvm_vm_free_device_states(vm);
     mvm_guest_log_clear(&vm->guest_log); /* after the devices: it says what they suppressed */
     g_mutex_clear(&vm->lock);
     g_mutex_clear(&vm->op_lock);

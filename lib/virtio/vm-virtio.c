@@ -9,7 +9,7 @@
 #include <sys/un.h>
 
 #include "layout.h"
-#include "snapshot.h"
+#include "device-state.h"
 #include "virtio.h"
 #include "vm-private.h"
 #include "vm-virtio.h"
@@ -139,7 +139,7 @@ static gboolean snapshot_restore(gpointer device, GVariant *state, GError **erro
     return mvm_virtio_restore(device, state, error);
 }
 
-static const MvmSnapshotDeviceOps snapshot_ops = {snapshot_save, snapshot_restore};
+static const MvmDeviceStateOps snapshot_ops = {snapshot_save, snapshot_restore};
 
 /* "virtio-blk0", "virtio-blk1", "virtio-net0": unique names for the snapshot's device table. */
 static char *device_name(MvmVm *vm, MvmVirtio *dev)
@@ -204,7 +204,7 @@ gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error)
         if (dev == NULL || !mvm_virtio_attach(dev, vm->bus, error))
             return FALSE;
         g_autofree char *name = device_name(vm, dev);
-        mvm_vm_add_snapshot_device(vm, name, &snapshot_ops, dev);
+        mvm_vm_add_device_state(vm, name, &snapshot_ops, dev);
         g_ptr_array_add(vm->virtio, g_steal_pointer(&dev));
     }
     forget_fds(vm->config);
