@@ -110,7 +110,7 @@ GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config);
 MvmVmConfig *mvm_snapshot_config_from_variant(GVariant *dict, const MvmSnapshotLimits *limits,
                                               GError **error);
 
-/* ---- vCPU state (vcpu-state.c) ---- */
+/* ---- vCPU state (snapshot-vcpu.c) ---- */
 GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *state);
 /* Validates sizes and counts; @state must be of MVM_SNAPSHOT_VCPU_TYPE and in normal form. */
 MvmVcpuState *mvm_vcpu_state_from_variant(GVariant *variant, const MvmSnapshotLimits *limits,

@@ -100,6 +100,8 @@ gboolean mvm_vcpu_set_tsc_khz(MvmVcpu *vcpu, guint32 khz, GError **error);
 gboolean mvm_vcpu_is_tsc_scaling_required(MvmVcpu *vcpu, guint32 state_tsc_khz, gboolean *required,
                                           GError **error);
 
+/* A zeroed struct kvm_msrs with room for @n entries, nmsrs set; free with g_free(). */
+struct kvm_msrs *mvm_vcpu_msrs_new(gsize n);
 /* One KVM_GET_MSRS of at most KVM_MAX_MSR_ENTRIES; an error names the first MSR KVM refused. */
 struct kvm_msrs *mvm_vcpu_get_msr_chunk(MvmVcpu *vcpu, const guint32 *indices, gsize n,
                                         GError **error);
