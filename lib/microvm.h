@@ -61,9 +61,20 @@ typedef enum {
 
 const char *mvm_exit_kind_to_string(MvmExitKind kind);
 
+/*
+ * What one VM may have on any host; mvm_vm_config_validate() and a restore refuse more, and
+ * the daemon takes its bounds from here. A host may allow fewer vCPUs (mvm_kvm_max_vcpus()).
+ */
+#define MVM_MAX_VCPUS          255 /* APIC IDs are 8 bits (MP table, MADT) */
+#define MVM_MIN_MEMORY_MIB     2   /* and a multiple of it */
+#define MVM_MAX_MEMORY_MIB     (G_GUINT64_CONSTANT(64) * 1024 * 1024) /* 64 TiB */
+#define MVM_MAX_VIRTIO_DEVICES 19 /* disks, NICs, vsock and rng: one IOAPIC GSI each, 5..23 */
+#define MVM_VSOCK_CID_MIN      3u /* 0-2 are the hypervisor, local and host */
+#define MVM_VSOCK_CID_MAX      0xfffffffeu /* 0xffffffff is VMADDR_CID_ANY */
+
 typedef struct {
-    guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus() */
-    guint64 memory_mib; /* >= 2, multiple of 2 */
+    guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus(), MVM_MAX_VCPUS */
+    guint64 memory_mib; /* MVM_MIN_MEMORY_MIB .. MVM_MAX_MEMORY_MIB, multiple of 2 */
     char *kernel_path;  /* used when kernel_fd < 0 */
     int kernel_fd;      /* -1: open kernel_path; the VM dups what it needs */
     char *initrd_path;  /* optional */
@@ -73,7 +84,7 @@ typedef struct {
     gboolean debug_exit; /* test guests: debug exit port + test device */
     GPtrArray *disks;    /* of MvmDiskConfig (owned; may be NULL) */
     GPtrArray *nics;     /* of MvmNetConfig (owned; may be NULL) */
-    guint32 vsock_cid;   /* 0: no vsock device; else >= 3 */
+    guint32 vsock_cid;   /* 0: no vsock device; else MVM_VSOCK_CID_MIN .. _MAX */
     char *vsock_uds_path;
     gboolean rng; /* virtio-rng fed from getrandom() */
 } MvmVmConfig;

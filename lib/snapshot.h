@@ -53,7 +53,7 @@ G_BEGIN_DECLS
 
 /* Bounds for the decoder. The restore code fills them from KVM; the fuzzer uses fixed ones. */
 typedef struct {
-    guint max_vcpus; /* <= 255 */
+    guint max_vcpus; /* <= MVM_MAX_VCPUS */
     guint max_msrs;  /* MSRs per vCPU */
     gsize max_xsave; /* bytes of one XSAVE area; 0: XSAVE state is refused */
     /* The MSRs KVM saves and restores (KVM_GET_MSR_INDEX_LIST); NULL: any index. */

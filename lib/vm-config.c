@@ -10,9 +10,12 @@
 #include "virtqueue.h" /* mvm_virtio_invalid() */
 #include "vm-config.h"
 
-#define MAX_MEMORY_MIB (64ULL * 1024 * 1024) /* 64 TiB; the host says no long before */
 /* "_4294967295": the longest suffix a guest port adds to the vsock socket path. */
 #define VSOCK_PORT_SUFFIX_MAX 11
+
+/* The public bound (microvm.h) is what the MMIO slots and GSIs of layout.h leave. */
+G_STATIC_ASSERT(MVM_MAX_VIRTIO_DEVICES ==
+                MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES));
 
 static void disk_config_free(gpointer data)
 {
@@ -85,9 +88,9 @@ static gboolean validate_vsock(const MvmVmConfig *config, GError **error)
     if (config->vsock_cid == 0)
         return TRUE;
     /* 0-2 are the hypervisor, the local and the host CID; -1 is VMADDR_CID_ANY. */
-    if (config->vsock_cid < 3 || config->vsock_cid == G_MAXUINT32)
-        return mvm_virtio_invalid(error, "vsock cid must be between 3 and %u, not %u",
-                                  G_MAXUINT32 - 1, config->vsock_cid);
+    if (config->vsock_cid < MVM_VSOCK_CID_MIN || config->vsock_cid > MVM_VSOCK_CID_MAX)
+        return mvm_virtio_invalid(error, "vsock cid must be between %u and %u, not %u",
+                                  MVM_VSOCK_CID_MIN, MVM_VSOCK_CID_MAX, config->vsock_cid);
     if (config->vsock_uds_path == NULL || *config->vsock_uds_path == '\0')
         return mvm_virtio_invalid(error, "vsock needs a uds-path");
     if (strlen(config->vsock_uds_path) + VSOCK_PORT_SUFFIX_MAX >=
@@ -117,12 +120,10 @@ static gboolean validate_virtio(const MvmVmConfig *config, GError **error)
     }
     if (!validate_vsock(config, error))
         return FALSE;
-    if (mvm_vm_config_count_virtio(config) >
-        MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES))
-        return mvm_virtio_invalid(
-            error, "%u virtio devices requested; at most %u fit",
-            mvm_vm_config_count_virtio(config),
-            (guint)MIN(MVM_VIRTIO_MMIO_MAX_DEVICES, MVM_VIRTIO_MAX_IRQ_DEVICES));
+    if (mvm_vm_config_count_virtio(config) > MVM_MAX_VIRTIO_DEVICES)
+        return mvm_virtio_invalid(error, "%u virtio devices requested; at most %u fit",
+                                  mvm_vm_config_count_virtio(config),
+                                  (guint)MVM_MAX_VIRTIO_DEVICES);
     return TRUE;
 }
 
@@ -164,18 +165,18 @@ gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error)
     guint max_vcpus = mvm_kvm_max_vcpus();
 
     if (config->n_vcpus == 0 || (max_vcpus > 0 && config->n_vcpus > max_vcpus) ||
-        config->n_vcpus > 255) {
+        config->n_vcpus > MVM_MAX_VCPUS) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                    "vcpus must be between 1 and %u, not %u", max_vcpus > 0 ? max_vcpus : 255,
-                    config->n_vcpus);
+                    "vcpus must be between 1 and %u, not %u",
+                    max_vcpus > 0 ? max_vcpus : MVM_MAX_VCPUS, config->n_vcpus);
         return FALSE;
     }
-    if (config->memory_mib < 2 || config->memory_mib % 2 != 0 ||
-        config->memory_mib > MAX_MEMORY_MIB) {
-        g_set_error(
-            error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-            "memory must be an even number of MiB between 2 and %llu, not %" G_GUINT64_FORMAT,
-            MAX_MEMORY_MIB, config->memory_mib);
+    if (config->memory_mib < MVM_MIN_MEMORY_MIB || config->memory_mib % 2 != 0 ||
+        config->memory_mib > MVM_MAX_MEMORY_MIB) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                    "memory must be an even number of MiB between %d and %" G_GUINT64_FORMAT
+                    ", not %" G_GUINT64_FORMAT,
+                    MVM_MIN_MEMORY_MIB, MVM_MAX_MEMORY_MIB, config->memory_mib);
         return FALSE;
     }
     if (config->kernel_fd < 0 && (config->kernel_path == NULL || *config->kernel_path == '\0')) {
