@@ -71,9 +71,6 @@ MvmVcpu *mvm_vcpu_new(const MvmKvm *kvm, int vm_fd, guint index, GError **error)
 void mvm_vcpu_free(MvmVcpu *vcpu);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVcpu, mvm_vcpu_free)
 
-guint mvm_vcpu_get_index(const MvmVcpu *vcpu);
-int mvm_vcpu_get_fd(const MvmVcpu *vcpu);
-
 /* CPUID, boot MSRs, registers, segments, FPU and LAPIC LINTs for the given entry. */
 gboolean mvm_vcpu_configure(MvmVcpu *vcpu, guint n_vcpus, const MvmBootInfo *boot, GError **error);
 /* The pieces of configure, for callers that need one of them (restore, tests). */
