@@ -8,10 +8,15 @@
  *     created → running ⇄ paused → stopped
  *                  └──────────────→ crashed
  *
- * Threading: a VM may be driven from one thread at a time (the daemon's main
- * loop). Its vCPUs run on threads of their own; the state and console
- * callbacks are called on those threads, so a caller that owns a main loop
- * must hand the news over (g_main_context_invoke) and never block in them.
+ * Threading: any thread may drive a VM, several at once (the daemon starts,
+ * pauses, resumes, snapshots and stops from worker threads while its main loop
+ * reads the state and writes console input). Start, pause, resume, snapshot
+ * and stop are serialized on the VM's operation lock; a call in the wrong
+ * state fails with MVM_ERROR_INVALID_STATE. Set the callbacks before the VM
+ * first runs, and call mvm_vm_free() once, with no other call in flight.
+ * Its vCPUs run on threads of their own; the state and console callbacks are
+ * called on those threads, so a caller that owns a main loop must hand the
+ * news over (g_main_context_invoke) and never block in them.
  */
 #pragma once
 
@@ -207,12 +212,11 @@ typedef enum {
 gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
 
 /*
- * Snapshot / restore (docs/architecture.md, "Snapshots"). A snapshot is a directory with `state` and
- * `memory`. Snapshot works on a running or paused VM: a running one is paused for the
- * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not
- * reported to the state callback). The _at variants take a directory fd (not consumed) so a
- * daemon never opens a path on behalf of a caller. Files are written under temporary names and
- * renamed into place.
+ * Snapshot / restore. A snapshot is a directory with `state` and `memory`. Snapshot works on a
+ * running or paused VM: a running one is paused for the duration and resumed after unless
+ * MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not reported to the state callback). The _at
+ * variants take a directory fd (not consumed) so a daemon never opens a path on behalf of a caller.
+ * Files are written under temporary names and renamed into place.
  */
 typedef enum {
     MVM_SNAPSHOT_NONE = 0,

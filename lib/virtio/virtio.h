@@ -125,7 +125,7 @@ MvmGuestLog *mvm_virtio_get_guest_log(MvmVirtio *dev);
 /* A broken chain marks the device DEVICE_NEEDS_RESET (logged once) and returns BROKEN. */
 MvmVqPopResult mvm_virtio_pop(MvmVirtio *dev, guint queue, MvmVqChain *chain);
 guint16 mvm_virtio_pending(MvmVirtio *dev, guint queue);
-/* Publishes a used buffer; the interrupt goes out at mvm_virtio_flush_irq() or unlock. */
+/* Publishes a used buffer; the interrupt goes out at mvm_virtio_unlock(), one for all pushes. */
 void mvm_virtio_push(MvmVirtio *dev, guint queue, guint16 head, guint32 len);
 void mvm_virtio_set_needs_reset(MvmVirtio *dev, const char *reason);
 /* Changes part of the config space and tells the driver (configuration change interrupt). */
