@@ -2,7 +2,7 @@
 /*
  * The VM's device-state registry: how a device with state of its own (virtio queues, …) hands
  * that state out and takes it back. Devices include this, never snapshot.h: the snapshot code
- * sits on top and walks the registry (vm-private.h), nothing here calls back into it.
+ * sits on top and walks the registry (the end of this file); nothing here calls back into it.
  */
 #pragma once
 
