@@ -4,7 +4,7 @@
  * lives in this process, so without these bounds one tenant (a caller, a socket peer, or a
  * guest) could starve all the others of descriptors, memory or the journal. The bounds that
  * lib/ enforces for the guest's side (vsock connections, guest-caused log lines) are
- * in lib/microvm.h (MVM_VSOCK_CONNECTIONS_MAX, MVM_GUEST_LOG_*); docs/usage-dbus.md
+ * in lib/include/microvm.h (MVM_VSOCK_CONNECTIONS_MAX, MVM_GUEST_LOG_*); docs/usage-dbus.md
  * lists them all.
  */
 #pragma once

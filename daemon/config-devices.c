@@ -338,9 +338,9 @@ gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError 
         return FALSE;
     if (!g_variant_lookup(value, "cid", "u", &cid))
         return mvmd_config_invalid(error, "vsock.cid", "required");
-    if (cid < MVMD_VSOCK_CID_MIN || cid > MVMD_VSOCK_CID_MAX)
+    if (cid < MVM_VSOCK_CID_MIN || cid > MVM_VSOCK_CID_MAX)
         return mvmd_config_invalid(error, "vsock.cid", "%u out of range %u..%u", cid,
-                                   MVMD_VSOCK_CID_MIN, MVMD_VSOCK_CID_MAX);
+                                   MVM_VSOCK_CID_MIN, MVM_VSOCK_CID_MAX);
     if (!g_variant_lookup(value, "uds-path", "&s", &path))
         return mvmd_config_invalid(error, "vsock.uds-path", "required");
     /* The host side listens on it, and connects to <path>_<port>: leave room for that. */
@@ -372,11 +372,11 @@ gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error)
 {
     guint n = devices->disks->len + devices->nics->len + (devices->vsock_cid != 0) + devices->rng;
 
-    if (n > MVMD_DEVICES_MAX)
+    if (n > MVM_MAX_VIRTIO_DEVICES)
         return mvmd_config_invalid(error, "disks",
                                    "%u virtio devices in all (disks, network, vsock, rng), at "
                                    "most %d",
-                                   n, MVMD_DEVICES_MAX);
+                                   n, MVM_MAX_VIRTIO_DEVICES);
     return TRUE;
 }
 

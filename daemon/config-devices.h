@@ -14,12 +14,9 @@
 
 G_BEGIN_DECLS
 
-/* virtio-mmio devices take GSIs 5..23 (lib/layout.h): 19 in all. */
-#define MVMD_DEVICES_MAX   19
-#define MVMD_DISKS_MAX     16
-#define MVMD_NICS_MAX      8
-#define MVMD_VSOCK_CID_MIN 3           /* 0-2 are the hypervisor, local and host */
-#define MVMD_VSOCK_CID_MAX 0xfffffffeu /* 0xffffffff is VMADDR_CID_ANY */
+/* The daemon's own bounds; all devices together: MVM_MAX_VIRTIO_DEVICES (microvm.h). */
+#define MVMD_DISKS_MAX 16
+#define MVMD_NICS_MAX  8
 
 typedef struct {
     char *path; /* absolute; NULL when fd >= 0 */

@@ -51,7 +51,7 @@ static void probe_kvm(Daemon *d)
         d->ctx.kvm_api_version = -1;
         g_message("KVM is not available (%s): VMs can be defined but not started",
                   error ? error->message : "unknown error");
-        mvmd_config_set_max_vcpus(MVMD_VCPUS_MAX_NO_KVM);
+        mvmd_config_set_max_vcpus(MVM_MAX_VCPUS);
         return;
     }
     mvmd_config_set_max_vcpus(mvm_kvm_max_vcpus());

@@ -15,11 +15,11 @@
 #define GROUP_VM     "VM"
 #define GROUP_CONFIG "Config"
 
-static guint max_vcpus = MVMD_VCPUS_MAX_NO_KVM;
+static guint max_vcpus = MVM_MAX_VCPUS;
 
 void mvmd_config_set_max_vcpus(guint value)
 {
-    max_vcpus = value > 0 ? value : MVMD_VCPUS_MAX_NO_KVM;
+    max_vcpus = value > 0 ? value : MVM_MAX_VCPUS;
 }
 
 guint mvmd_config_get_max_vcpus(void)
@@ -117,9 +117,9 @@ static gboolean parse_memory(MvmdVmDefinition *config, const char *key, GVariant
 {
     guint64 mib = g_variant_get_uint64(value);
 
-    if (mib < MVMD_MEMORY_MIB_MIN || mib > MVMD_MEMORY_MIB_MAX)
+    if (mib < MVM_MIN_MEMORY_MIB || mib > MVMD_MEMORY_MIB_MAX)
         return invalid(error, key, "%" G_GUINT64_FORMAT " out of range %d..%d", mib,
-                       MVMD_MEMORY_MIB_MIN, MVMD_MEMORY_MIB_MAX);
+                       MVM_MIN_MEMORY_MIB, MVMD_MEMORY_MIB_MAX);
     if (mib % 2 != 0)
         return invalid(error, key, "%" G_GUINT64_FORMAT " is not a multiple of 2", mib);
     config->memory_mib = mib;

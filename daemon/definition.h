@@ -43,12 +43,11 @@ typedef struct {
     gboolean copy_memory;
 } MvmdVmDefinition;
 
-#define MVMD_VM_NAME_MAX      64
-#define MVMD_CMDLINE_MAX      4096
-#define MVMD_MEMORY_MIB_MIN   2
-#define MVMD_MEMORY_MIB_MAX   (1024 * 1024)
-#define MVMD_DEFAULT_MEMORY   128
-#define MVMD_VCPUS_MAX_NO_KVM 255
+#define MVMD_VM_NAME_MAX 64
+#define MVMD_CMDLINE_MAX 4096
+/* Stricter than lib's MVM_MAX_MEMORY_MIB: the daemon's own bound. */
+#define MVMD_MEMORY_MIB_MAX (1024 * 1024)
+#define MVMD_DEFAULT_MEMORY 128
 
 void mvmd_vm_definition_free(MvmdVmDefinition *config);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVmDefinition, mvmd_vm_definition_free)

@@ -4,7 +4,10 @@
 #include <errno.h>
 #include <stdarg.h>
 
-G_DEFINE_QUARK(mvm - error - quark, mvm_error)
+/* The macro makes the name a string: clang-format must not space its dashes. */
+/* clang-format off */
+G_DEFINE_QUARK(mvm-error-quark, mvm_error)
+/* clang-format on */
 
 gboolean mvm_errno_is_no_resources(int err)
 {

@@ -130,37 +130,6 @@ GSource *mvm_io_thread_add_fd(MvmIoThread *t, int fd, GIOCondition condition, Mv
     return source;
 }
 
-typedef struct {
-    MvmIoThread *t;
-    GSourceFunc func;
-    gpointer user_data;
-    gboolean done;
-} SyncCall;
-
-static gboolean run_sync_cb(gpointer data)
-{
-    SyncCall *call = data;
-
-    call->func(call->user_data);
-    g_mutex_lock(&call->t->lock);
-    call->done = TRUE;
-    g_cond_broadcast(&call->t->cond);
-    g_mutex_unlock(&call->t->lock);
-    return G_SOURCE_REMOVE;
-}
-
-void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data)
-{
-    SyncCall call = {.t = t, .func = func, .user_data = user_data};
-
-    g_return_if_fail(!mvm_io_thread_is_current(t));
-    g_main_context_invoke_full(t->context, G_PRIORITY_HIGH, run_sync_cb, &call, NULL);
-    g_mutex_lock(&t->lock);
-    while (!call.done)
-        g_cond_wait(&t->cond, &t->lock);
-    g_mutex_unlock(&t->lock);
-}
-
 /*
  * Runs on the I/O thread: parks until nothing asks for quiet any more. Woken by a stop, it
  * ends the loop from here: park runs at high priority, so the loop's last round dispatches no

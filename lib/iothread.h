@@ -32,8 +32,6 @@ GMainContext *mvm_io_thread_get_context(MvmIoThread *t);
  */
 GSource *mvm_io_thread_add_fd(MvmIoThread *t, int fd, GIOCondition condition, MvmIoFdFunc func,
                               gpointer user_data);
-/* Runs @func on the I/O thread and waits for it (not from the I/O thread itself). */
-void mvm_io_thread_run_sync(MvmIoThread *t, GSourceFunc func, gpointer user_data);
 
 /* Parks the thread between two dispatches and returns once it is parked; nests. */
 void mvm_io_thread_quiesce(MvmIoThread *t);

@@ -15,7 +15,6 @@
 
 #include "snapshot.h"
 
-#define MAX_MEMORY_MIB    (64ULL * 1024 * 1024) /* as vm.c; the host says no long before */
 #define MAX_DEVICES       64
 #define MAX_CONFIG_STRING 4096
 #define MAX_DISKS_OR_NICS 32
@@ -35,7 +34,7 @@ gboolean mvm_snapshot_invalid(GError **error, const char *fmt, ...)
 
 void mvm_snapshot_limits_default(MvmSnapshotLimits *limits)
 {
-    limits->max_vcpus = 255;
+    limits->max_vcpus = MVM_MAX_VCPUS;
     limits->max_msrs = 1024;
     limits->max_xsave = 64 * 1024;
     limits->msr_indices = NULL;
@@ -353,13 +352,13 @@ static gboolean list_from_variant(GVariant *list, const char *what, ItemFunc fun
 static gboolean check_sizes(const MvmVmConfig *config, const MvmSnapshotLimits *limits,
                             GError **error)
 {
-    if (config->n_vcpus == 0 || config->n_vcpus > MIN(limits->max_vcpus, 255u))
+    if (config->n_vcpus == 0 || config->n_vcpus > MIN(limits->max_vcpus, (guint)MVM_MAX_VCPUS))
         return invalid(error, "%u vCPUs; this host runs 1 to %u", config->n_vcpus,
-                       MIN(limits->max_vcpus, 255u));
-    if (config->memory_mib < 2 || config->memory_mib % 2 != 0 ||
-        config->memory_mib > MAX_MEMORY_MIB)
+                       MIN(limits->max_vcpus, (guint)MVM_MAX_VCPUS));
+    if (config->memory_mib < MVM_MIN_MEMORY_MIB || config->memory_mib % 2 != 0 ||
+        config->memory_mib > MVM_MAX_MEMORY_MIB)
         return invalid(error, "%" G_GUINT64_FORMAT " MiB of memory", config->memory_mib);
-    if (config->vsock_cid != 0 && config->vsock_cid < 3)
+    if (config->vsock_cid != 0 && config->vsock_cid < MVM_VSOCK_CID_MIN)
         return invalid(error, "vsock CID %u", config->vsock_cid);
     return TRUE;
 }

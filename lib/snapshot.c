@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "device-state.h"
 #include "snapshot.h"
 #include "vm-private.h"
 #include "vm-virtio.h"
@@ -34,45 +35,6 @@
 #define MEMORY_TMP_NAME ".memory.tmp"
 #define PAGE_SIZE_4K    4096
 #define IO_CHUNK        (8 * 1024 * 1024)
-
-typedef struct {
-    char *name;
-    const MvmSnapshotDeviceOps *ops;
-    gpointer device;
-} SnapshotDevice;
-
-static void snapshot_device_clear(gpointer data)
-{
-    SnapshotDevice *d = data;
-    g_free(d->name);
-}
-
-void mvm_vm_add_snapshot_device(MvmVm *vm, const char *name, const MvmSnapshotDeviceOps *ops,
-                                gpointer device)
-{
-    SnapshotDevice d = {g_strdup(name), ops, device};
-
-    if (vm->snapshot_devices == NULL) {
-        vm->snapshot_devices = g_array_new(FALSE, FALSE, sizeof(SnapshotDevice));
-        g_array_set_clear_func(vm->snapshot_devices, snapshot_device_clear);
-    }
-    g_array_append_val(vm->snapshot_devices, d);
-}
-
-void mvm_vm_free_snapshot_devices(MvmVm *vm)
-{
-    g_clear_pointer(&vm->snapshot_devices, g_array_unref);
-}
-
-static guint n_snapshot_devices(MvmVm *vm)
-{
-    return vm->snapshot_devices != NULL ? vm->snapshot_devices->len : 0;
-}
-
-static SnapshotDevice *snapshot_device(MvmVm *vm, guint i)
-{
-    return &g_array_index(vm->snapshot_devices, SnapshotDevice, i);
-}
 
 /* ---- capturing the machine ---- */
 
@@ -116,8 +78,8 @@ static GVariant *save_devices(MvmVm *vm, GError **error)
     GVariantBuilder b;
 
     g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
-    for (guint i = 0; i < n_snapshot_devices(vm); i++) {
-        SnapshotDevice *d = snapshot_device(vm, i);
+    for (guint i = 0; i < mvm_vm_get_n_device_states(vm); i++) {
+        const MvmDeviceState *d = mvm_vm_get_device_state(vm, i);
         g_autoptr(GVariant) state = d->ops->save(d->device, error);
         if (state == NULL) {
             g_prefix_error(error, "device %s: ", d->name);
@@ -579,8 +541,8 @@ static gboolean restore_devices(MvmVm *vm, const MvmSnapshotState *state, GError
     if (!mvm_serial_restore(vm->serial, state->serial, error) ||
         !mvm_i8042_restore(vm->i8042, state->i8042, error))
         return FALSE;
-    for (guint i = 0; i < n_snapshot_devices(vm); i++) {
-        SnapshotDevice *d = snapshot_device(vm, i);
+    for (guint i = 0; i < mvm_vm_get_n_device_states(vm); i++) {
+        const MvmDeviceState *d = mvm_vm_get_device_state(vm, i);
         g_autoptr(GVariant) value = g_variant_lookup_value(state->devices, d->name, NULL);
         if (value == NULL)
             return mvm_snapshot_invalid(error, "no state for device %s", d->name);
@@ -592,9 +554,10 @@ static gboolean restore_devices(MvmVm *vm, const MvmSnapshotState *state, GError
     g_variant_iter_init(&iter, state->devices);
     while (g_variant_iter_next(&iter, "{&sv}", &name, NULL)) {
         guint i = 0;
-        while (i < n_snapshot_devices(vm) && strcmp(snapshot_device(vm, i)->name, name) != 0)
+        while (i < mvm_vm_get_n_device_states(vm) &&
+               strcmp(mvm_vm_get_device_state(vm, i)->name, name) != 0)
             i++;
-        if (i == n_snapshot_devices(vm))
+        if (i == mvm_vm_get_n_device_states(vm))
             return mvm_snapshot_invalid(error,
                                         "state for device %s, which this VM "
                                         "does not have",

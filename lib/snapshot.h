@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Snapshots, inside libmicrovm: the `state` file format, its untrusted-input
- * decoder (also the fuzz target), and the hook devices use to put their own
- * state in a snapshot.
+ * Snapshots, inside libmicrovm: the `state` file format and its untrusted-input
+ * decoder (also the fuzz target). Devices put their own state in a snapshot
+ * through the VM's registry (device-state.h), not through this header.
  *
  * dir/state, all integers little-endian:
  *
@@ -75,7 +75,7 @@ G_BEGIN_DECLS
 
 /* Bounds for the decoder. The restore code fills them from KVM; the fuzzer uses fixed ones. */
 typedef struct {
-    guint max_vcpus; /* <= 255 */
+    guint max_vcpus; /* <= MVM_MAX_VCPUS */
     guint max_msrs;  /* MSRs per vCPU */
     gsize max_xsave; /* bytes of one XSAVE area; 0: XSAVE state is refused */
     /* The MSRs KVM saves and restores (KVM_GET_MSR_INDEX_LIST); NULL: any index. */
@@ -134,32 +134,10 @@ GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config);
 MvmVmConfig *mvm_snapshot_config_from_variant(GVariant *dict, const MvmSnapshotLimits *limits,
                                               GError **error);
 
-/* ---- vCPU state (vcpu-state.c) ---- */
+/* ---- vCPU state (snapshot-vcpu.c) ---- */
 GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *state);
 /* Validates sizes and counts; @state must be of MVM_SNAPSHOT_VCPU_TYPE and in normal form. */
 MvmVcpuState *mvm_vcpu_state_from_variant(GVariant *variant, const MvmSnapshotLimits *limits,
                                           GError **error);
-
-/* ---- devices ----
- *
- * A device that has state of its own (virtio queues, …) registers itself on
- * the VM when the VM builds it, under a name unique in that VM ("virtio-blk0").
- * A snapshot stores what save returns under that name in the payload's device
- * dictionary. A restore builds the VM from the snapshot's configuration, so the
- * same devices register again; it then hands each its state, and refuses a
- * snapshot where a registered device has no entry or an entry has no device.
- * save runs with every vCPU parked; restore runs before any vCPU runs and must
- * treat its input as untrusted (check sizes, indices, addresses; never abort).
- */
-typedef struct {
-    /* A new, non-floating reference; NULL and @error when the state cannot be taken. */
-    GVariant *(*save)(gpointer device, GError **error);
-    /* On failure: MVM_ERROR_INVALID_ARGUMENT with the reason. */
-    gboolean (*restore)(gpointer device, GVariant *state, GError **error);
-} MvmSnapshotDeviceOps;
-
-/* @ops must outlive the VM (a static table); @name is copied. */
-void mvm_vm_add_snapshot_device(MvmVm *vm, const char *name, const MvmSnapshotDeviceOps *ops,
-                                gpointer device);
 
 G_END_DECLS

@@ -82,16 +82,6 @@ void mvm_vcpu_free(MvmVcpu *vcpu)
     g_free(vcpu);
 }
 
-guint mvm_vcpu_get_index(const MvmVcpu *vcpu)
-{
-    return vcpu->index;
-}
-
-int mvm_vcpu_get_fd(const MvmVcpu *vcpu)
-{
-    return vcpu->fd;
-}
-
 void mvm_vcpu_set_io_bus(MvmVcpu *vcpu, MvmIoBus *bus)
 {
     vcpu->bus = bus;

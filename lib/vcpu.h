@@ -71,9 +71,6 @@ MvmVcpu *mvm_vcpu_new(const MvmKvm *kvm, int vm_fd, guint index, GError **error)
 void mvm_vcpu_free(MvmVcpu *vcpu);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVcpu, mvm_vcpu_free)
 
-guint mvm_vcpu_get_index(const MvmVcpu *vcpu);
-int mvm_vcpu_get_fd(const MvmVcpu *vcpu);
-
 /* CPUID, boot MSRs, registers, segments, FPU and LAPIC LINTs for the given entry. */
 gboolean mvm_vcpu_configure(MvmVcpu *vcpu, guint n_vcpus, const MvmBootInfo *boot, GError **error);
 /* The pieces of configure, for callers that need one of them (restore, tests). */
@@ -100,6 +97,8 @@ gboolean mvm_vcpu_set_tsc_khz(MvmVcpu *vcpu, guint32 khz, GError **error);
 gboolean mvm_vcpu_is_tsc_scaling_required(MvmVcpu *vcpu, guint32 state_tsc_khz, gboolean *required,
                                           GError **error);
 
+/* A zeroed struct kvm_msrs with room for @n entries, nmsrs set; free with g_free(). */
+struct kvm_msrs *mvm_vcpu_msrs_new(gsize n);
 /* One KVM_GET_MSRS of at most KVM_MAX_MSR_ENTRIES; an error names the first MSR KVM refused. */
 struct kvm_msrs *mvm_vcpu_get_msr_chunk(MvmVcpu *vcpu, const guint32 *indices, gsize n,
                                         GError **error);

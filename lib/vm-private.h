@@ -70,7 +70,7 @@ struct _MvmVm {
     gboolean threads_started;           /* a restored VM gets its threads at the first resume */
     gboolean clock_frozen;              /* frozen_clock goes back into KVM at resume */
     struct kvm_clock_data frozen_clock; /* guest kvmclock time when it was frozen */
-    GArray *snapshot_devices;           /* snapshot.c: devices with state of their own */
+    GArray *device_states;              /* device-state.c: devices with state of their own */
 };
 
 /* vm.c: construction in two steps, so that a restore can build the machine and fill it. */
@@ -90,5 +90,5 @@ gboolean mvm_exit_kind_is_crash(MvmExitKind kind);
 gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error);
 gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error);
 
-/* snapshot.c */
-void mvm_vm_free_snapshot_devices(MvmVm *vm);
+/* device-state.c */
+void mvm_vm_free_device_states(MvmVm *vm);

@@ -12,69 +12,6 @@
 #include "vm-private.h"
 #include "vm-virtio.h"
 
-#define MAX_MEMORY_MIB (64ULL * 1024 * 1024) /* 64 TiB; the host says no long before */
-
-/* ---- configuration ---- */
-
-MvmVmConfig *mvm_vm_config_new(void)
-{
-    MvmVmConfig *config = g_new0(MvmVmConfig, 1);
-
-    config->n_vcpus = 1;
-    config->memory_mib = 128;
-    config->kernel_fd = -1;
-    config->initrd_fd = -1;
-    return config;
-}
-
-MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config)
-{
-    MvmVmConfig *copy = g_memdup2(config, sizeof(*config));
-
-    copy->kernel_path = g_strdup(config->kernel_path);
-    copy->initrd_path = g_strdup(config->initrd_path);
-    copy->cmdline = g_strdup(config->cmdline);
-    mvm_vm_config_copy_virtio(copy, config);
-    return copy;
-}
-
-void mvm_vm_config_free(MvmVmConfig *config)
-{
-    if (config == NULL)
-        return;
-    g_free(config->kernel_path);
-    g_free(config->initrd_path);
-    g_free(config->cmdline);
-    mvm_vm_config_free_virtio(config);
-    g_free(config);
-}
-
-gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error)
-{
-    guint max_vcpus = mvm_kvm_max_vcpus();
-
-    if (config->n_vcpus == 0 || (max_vcpus > 0 && config->n_vcpus > max_vcpus) ||
-        config->n_vcpus > 255) {
-        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                    "vcpus must be between 1 and %u, not %u", max_vcpus > 0 ? max_vcpus : 255,
-                    config->n_vcpus);
-        return FALSE;
-    }
-    if (config->memory_mib < 2 || config->memory_mib % 2 != 0 ||
-        config->memory_mib > MAX_MEMORY_MIB) {
-        g_set_error(
-            error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-            "memory must be an even number of MiB between 2 and %llu, not %" G_GUINT64_FORMAT,
-            MAX_MEMORY_MIB, config->memory_mib);
-        return FALSE;
-    }
-    if (config->kernel_fd < 0 && (config->kernel_path == NULL || *config->kernel_path == '\0')) {
-        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, "no kernel given");
-        return FALSE;
-    }
-    return mvm_vm_config_validate_virtio(config, error);
-}
-
 /* ---- names ---- */
 
 const char *mvm_vm_state_to_string(MvmVmState state)
@@ -355,7 +292,7 @@ void mvm_vm_free(MvmVm *vm)
     mvm_boot_info_clear(&vm->boot);
     mvm_vm_config_free(vm->config);
     g_free(vm->exit_reason);
-    mvm_vm_free_snapshot_devices(vm);
+    mvm_vm_free_device_states(vm);
     mvm_guest_log_clear(&vm->guest_log); /* after the devices: it says what they suppressed */
     g_mutex_clear(&vm->lock);
     g_mutex_clear(&vm->op_lock);

@@ -35,7 +35,10 @@ static const MctlCommand commands[] = {
     {"events", mctl_cmd_events, N_("Follow VMs being added, changed and removed")},
 };
 
-G_DEFINE_QUARK(microvmctl - error - quark, mctl_error)
+/* The macro makes the name a string: clang-format must not space its dashes. */
+/* clang-format off */
+G_DEFINE_QUARK(microvmctl-error-quark, mctl_error)
+/* clang-format on */
 
 /* The options every command accepts, before or after the command name. */
 static GOptionEntry *common_entries(Mctl *ctl)

@@ -87,11 +87,6 @@ gboolean mvm_virtio_is_active(MvmVirtio *dev)
            VIRTIO_STATUS_DRIVER_OK;
 }
 
-guint64 mvm_virtio_get_driver_features(MvmVirtio *dev)
-{
-    return dev->driver_features;
-}
-
 guint32 mvm_virtio_get_epoch(MvmVirtio *dev)
 {
     return dev->epoch;
@@ -542,18 +537,6 @@ MvmIoThread *mvm_virtio_get_io_thread(const MvmVirtio *dev)
     return dev->env.io_thread;
 }
 
-const MvmMemory *mvm_virtio_get_memory(const MvmVirtio *dev)
-{
-    return dev->env.memory;
-}
-
-guint32 mvm_virtio_get_status(MvmVirtio *dev)
-{
-    mvm_virtio_lock(dev);
-    guint32 status = dev->status;
-    mvm_virtio_unlock(dev);
-    return status;
-}
 /* ---- snapshots ---- */
 
 #define STATE_VERSION 1

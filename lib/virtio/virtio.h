@@ -110,9 +110,6 @@ guint64 mvm_virtio_get_base(const MvmVirtio *dev);
 guint32 mvm_virtio_get_gsi(const MvmVirtio *dev);
 const char *mvm_virtio_get_name(const MvmVirtio *dev);
 MvmIoThread *mvm_virtio_get_io_thread(const MvmVirtio *dev);
-const MvmMemory *mvm_virtio_get_memory(const MvmVirtio *dev);
-/* Status register as the guest sees it (tests). */
-guint32 mvm_virtio_get_status(MvmVirtio *dev);
 
 /* Device configuration space (§4.2.2 offset 0x100); bumps the generation. Any thread. */
 void mvm_virtio_set_config(MvmVirtio *dev, const void *config, gsize len);
@@ -121,7 +118,6 @@ void mvm_virtio_lock(MvmVirtio *dev);
 void mvm_virtio_unlock(MvmVirtio *dev);
 /* The rest: with the lock held. */
 gboolean mvm_virtio_is_active(MvmVirtio *dev); /* DRIVER_OK and not NEEDS_RESET */
-guint64 mvm_virtio_get_driver_features(MvmVirtio *dev);
 /* Changes at every reset: a back end that dropped the lock checks it before pushing. */
 guint32 mvm_virtio_get_epoch(MvmVirtio *dev);
 /* Where the device says what its guest made it do (MvmVirtioEnv.guest_log). */
@@ -129,7 +125,7 @@ MvmGuestLog *mvm_virtio_get_guest_log(MvmVirtio *dev);
 /* A broken chain marks the device DEVICE_NEEDS_RESET (logged once) and returns BROKEN. */
 MvmVqPopResult mvm_virtio_pop(MvmVirtio *dev, guint queue, MvmVqChain *chain);
 guint16 mvm_virtio_pending(MvmVirtio *dev, guint queue);
-/* Publishes a used buffer; the interrupt goes out at mvm_virtio_flush_irq() or unlock. */
+/* Publishes a used buffer; the interrupt goes out at mvm_virtio_unlock(), one for all pushes. */
 void mvm_virtio_push(MvmVirtio *dev, guint queue, guint16 head, guint32 len);
 void mvm_virtio_set_needs_reset(MvmVirtio *dev, const char *reason);
 /* Changes part of the config space and tells the driver (configuration change interrupt). */

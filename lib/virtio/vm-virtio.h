@@ -7,11 +7,6 @@
 
 G_BEGIN_DECLS
 
-/* The disks, nics and vsock_uds_path parts of mvm_vm_config_copy/free/validate. */
-void mvm_vm_config_copy_virtio(MvmVmConfig *copy, const MvmVmConfig *config);
-void mvm_vm_config_free_virtio(MvmVmConfig *config);
-gboolean mvm_vm_config_validate_virtio(const MvmVmConfig *config, GError **error);
-
 /* Starts the I/O thread and builds every configured device (MMIO slots, GSIs, snapshot names). */
 gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error);
 /* What the boot loader announces (DSDT and command line); free with g_free. */

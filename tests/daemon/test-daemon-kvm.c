@@ -542,7 +542,7 @@ static char *run_to_end(Fixture *f, MvmdVm *vm)
     return out;
 }
 
-/* Guest-caused messages a VM may log at once (lib/microvm.h: MVM_GUEST_LOG_BURST). */
+/* Guest-caused messages a VM may log at once (lib/include/microvm.h: MVM_GUEST_LOG_BURST). */
 #define GUEST_LOG_BURST 10
 #define HOSTILE_ROUNDS  60
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * libFuzzer target for the snapshot `state` decoder: the exact code a restore
- * runs on an untrusted file before it touches KVM (lib/snapshot-format.c),
+ * runs on an untrusted file before it touches KVM (lib/snapshot-format.c, snapshot-vcpu.c),
  * plus the serial and i8042 restores it tries on scratch devices. Needs no
  * KVM. Built as a fuzzer with clang; always built as a corpus replay test.
  */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The snapshot `state` format without KVM (lib/snapshot-format.c and the vCPU
- * state serialization in lib/vcpu-state.c): round trips of the config and of
+ * state serialization in lib/snapshot-vcpu.c): round trips of the config and of
  * a vCPU's state, and the decoder refusing damage anywhere in a real state
  * file (the fuzz corpus's valid-1cpu, written by a real snapshot): every
  * truncation, a flipped bit in every region, versions, limits, the payload

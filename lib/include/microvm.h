@@ -8,10 +8,15 @@
  *     created → running ⇄ paused → stopped
  *                  └──────────────→ crashed
  *
- * Threading: a VM may be driven from one thread at a time (the daemon's main
- * loop). Its vCPUs run on threads of their own; the state and console
- * callbacks are called on those threads, so a caller that owns a main loop
- * must hand the news over (g_main_context_invoke) and never block in them.
+ * Threading: any thread may drive a VM, several at once (the daemon starts,
+ * pauses, resumes, snapshots and stops from worker threads while its main loop
+ * reads the state and writes console input). Start, pause, resume, snapshot
+ * and stop are serialized on the VM's operation lock; a call in the wrong
+ * state fails with MVM_ERROR_INVALID_STATE. Set the callbacks before the VM
+ * first runs, and call mvm_vm_free() once, with no other call in flight.
+ * Its vCPUs run on threads of their own; the state and console callbacks are
+ * called on those threads, so a caller that owns a main loop must hand the
+ * news over (g_main_context_invoke) and never block in them.
  */
 #pragma once
 
@@ -61,9 +66,20 @@ typedef enum {
 
 const char *mvm_exit_kind_to_string(MvmExitKind kind);
 
+/*
+ * What one VM may have on any host; mvm_vm_config_validate() and a restore refuse more, and
+ * the daemon takes its bounds from here. A host may allow fewer vCPUs (mvm_kvm_max_vcpus()).
+ */
+#define MVM_MAX_VCPUS          255 /* APIC IDs are 8 bits (MP table, MADT) */
+#define MVM_MIN_MEMORY_MIB     2   /* and a multiple of it */
+#define MVM_MAX_MEMORY_MIB     (G_GUINT64_CONSTANT(64) * 1024 * 1024) /* 64 TiB */
+#define MVM_MAX_VIRTIO_DEVICES 19 /* disks, NICs, vsock and rng: one IOAPIC GSI each, 5..23 */
+#define MVM_VSOCK_CID_MIN      3u /* 0-2 are the hypervisor, local and host */
+#define MVM_VSOCK_CID_MAX      0xfffffffeu /* 0xffffffff is VMADDR_CID_ANY */
+
 typedef struct {
-    guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus() */
-    guint64 memory_mib; /* >= 2, multiple of 2 */
+    guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus(), MVM_MAX_VCPUS */
+    guint64 memory_mib; /* MVM_MIN_MEMORY_MIB .. MVM_MAX_MEMORY_MIB, multiple of 2 */
     char *kernel_path;  /* used when kernel_fd < 0 */
     int kernel_fd;      /* -1: open kernel_path; the VM dups what it needs */
     char *initrd_path;  /* optional */
@@ -73,7 +89,7 @@ typedef struct {
     gboolean debug_exit; /* test guests: debug exit port + test device */
     GPtrArray *disks;    /* of MvmDiskConfig (owned; may be NULL) */
     GPtrArray *nics;     /* of MvmNetConfig (owned; may be NULL) */
-    guint32 vsock_cid;   /* 0: no vsock device; else >= 3 */
+    guint32 vsock_cid;   /* 0: no vsock device; else MVM_VSOCK_CID_MIN .. _MAX */
     char *vsock_uds_path;
     gboolean rng; /* virtio-rng fed from getrandom() */
 } MvmVmConfig;
@@ -196,12 +212,11 @@ typedef enum {
 gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
 
 /*
- * Snapshot / restore (docs/architecture.md, "Snapshots"). A snapshot is a directory with `state` and
- * `memory`. Snapshot works on a running or paused VM: a running one is paused for the
- * duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not
- * reported to the state callback). The _at variants take a directory fd (not consumed) so a
- * daemon never opens a path on behalf of a caller. Files are written under temporary names and
- * renamed into place.
+ * Snapshot / restore. A snapshot is a directory with `state` and `memory`. Snapshot works on a
+ * running or paused VM: a running one is paused for the duration and resumed after unless
+ * MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not reported to the state callback). The _at
+ * variants take a directory fd (not consumed) so a daemon never opens a path on behalf of a caller.
+ * Files are written under temporary names and renamed into place.
  */
 typedef enum {
     MVM_SNAPSHOT_NONE = 0,
