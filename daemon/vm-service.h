@@ -7,6 +7,7 @@
  * threads' code: the state machine on the main loop (vm-service.c, with the D-Bus methods in
  * vm-methods.c), lifecycle operations on a worker thread each, one at a time (vm-ops.c), and
  * news from the vCPU threads, brought to the main loop through idle sources (vm-run.c).
+ * docs/architecture.md has every thread, what it may touch, and the state machine.
  */
 #pragma once
 

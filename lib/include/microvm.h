@@ -17,6 +17,8 @@
  * Its vCPUs run on threads of their own; the state and console callbacks are
  * called on those threads, so a caller that owns a main loop must hand the
  * news over (g_main_context_invoke) and never block in them.
+ *
+ * docs/architecture.md has the layers, every thread and lock, and where to change what.
  */
 #pragma once
 
@@ -212,11 +214,12 @@ typedef enum {
 gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
 
 /*
- * Snapshot / restore. A snapshot is a directory with `state` and `memory`. Snapshot works on a
- * running or paused VM: a running one is paused for the duration and resumed after unless
- * MVM_SNAPSHOT_LEAVE_PAUSED (that transient pause is not reported to the state callback). The _at
- * variants take a directory fd (not consumed) so a daemon never opens a path on behalf of a caller.
- * Files are written under temporary names and renamed into place.
+ * Snapshot / restore (docs/architecture.md, "Snapshots"; the format is in lib/snapshot.h). A
+ * snapshot is a directory with `state` and `memory`. Snapshot works on a running or paused VM: a
+ * running one is paused for the duration and resumed after unless MVM_SNAPSHOT_LEAVE_PAUSED (that
+ * transient pause is not reported to the state callback). The _at variants take a directory fd
+ * (not consumed) so a daemon never opens a path on behalf of a caller. Files are written under
+ * temporary names and renamed into place.
  */
 typedef enum {
     MVM_SNAPSHOT_NONE = 0,
