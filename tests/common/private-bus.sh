@@ -1,12 +1,21 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Sourced by the shell tests of tests/daemon: a private dbus-daemon in a temporary directory and
-# microvmd on it. Sets TMP, ADDR, BUS_PID, DAEMON_PID; cleans up on exit.
-# Needs MICROVMD (the built daemon).
+# shellcheck shell=bash
+# The shell launcher of the private bus of the tests (private-bus.conf beside this file); bash,
+# sourced. scripts/demo uses private_bus_start alone; the shell tests of tests/daemon call
+# private_bus_test_setup, which also makes TMP, cleans up on exit and defines start_daemon.
 
-: "${MICROVMD:?MICROVMD must point to the built microvmd}"
-TMP=$(mktemp -d /tmp/microvmd-sh-XXXXXX)
-BUS_PID=
-DAEMON_PID=
+PRIVATE_BUS_CONF=$(dirname "${BASH_SOURCE[0]}")/private-bus.conf
+
+# private_bus_start DIR: a dbus-daemon on private-bus.conf, its socket in DIR (its address in
+# DIR/address). Sets BUS_PID and ADDR; fails if the bus gave no address.
+private_bus_start() {
+    dbus-daemon --config-file="$PRIVATE_BUS_CONF" --address="unix:dir=$1" --print-address=3 \
+        --nofork 3>"$1/address" 2>/dev/null &
+    BUS_PID=$!
+    for _ in $(seq 100); do [ -s "$1/address" ] && break; sleep 0.05; done
+    ADDR=$(head -n1 "$1/address")
+    [ -n "$ADDR" ]
+}
 
 private_bus_cleanup() {
     [ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null
@@ -14,28 +23,17 @@ private_bus_cleanup() {
     wait 2>/dev/null
     rm -rf "$TMP"
 }
-trap private_bus_cleanup EXIT
 
-cat > "$TMP/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir=$TMP</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-
-dbus-daemon --config-file="$TMP/bus.conf" --print-address=3 --nofork 3>"$TMP/address" 2>/dev/null &
-BUS_PID=$!
-for _ in $(seq 100); do [ -s "$TMP/address" ] && break; sleep 0.05; done
-ADDR=$(head -n1 "$TMP/address")
-[ -n "$ADDR" ] || { echo "Bail out! no bus address"; exit 1; }
+# For a TAP test: a temporary directory TMP, the bus in it, all removed on exit. Sets TMP, ADDR,
+# BUS_PID, DAEMON_PID. Needs MICROVMD (the built daemon), for start_daemon.
+private_bus_test_setup() {
+    : "${MICROVMD:?MICROVMD must point to the built microvmd}"
+    TMP=$(mktemp -d /tmp/microvmd-sh-XXXXXX)
+    BUS_PID=
+    DAEMON_PID=
+    trap private_bus_cleanup EXIT
+    private_bus_start "$TMP" || { echo "Bail out! no bus address"; exit 1; }
+}
 
 # Starts microvmd on the bus (its output to $1, default the test's stderr: stdout is TAP) and
 # waits for its name.

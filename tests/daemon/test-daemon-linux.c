@@ -125,7 +125,7 @@ int main(int argc, char **argv)
 {
     const char *dir = g_getenv("MVM_LINUX_GUEST_DIR");
     g_autofree char *vmlinux = NULL;
-    int kvm;
+    g_autofree char *kvm_unusable = NULL;
 
     g_test_init(&argc, &argv, NULL);
     if (!g_getenv("MICROVMD"))
@@ -135,10 +135,9 @@ int main(int argc, char **argv)
     vmlinux = g_build_filename(dir, "vmlinux", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_EXISTS))
         return skip("no vmlinux in MVM_LINUX_GUEST_DIR: build the guest (tests/guest/)");
-    kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm < 0)
-        return skip("/dev/kvm is not usable");
-    close(kvm);
+    kvm_unusable = kvm_device_unusable();
+    if (kvm_unusable)
+        return skip(kvm_unusable);
     g_test_add_data_func("/daemon-linux/early-boot", dir, test_early_boot);
     return g_test_run();
 }

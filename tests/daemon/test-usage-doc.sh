@@ -11,7 +11,9 @@ DOC=${G_TEST_SRCDIR:-$(dirname "$0")}/../../docs/usage-dbus.md
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 77; }
 [ -r "$DOC" ] || { echo "Bail out! $DOC not found"; exit 1; }
 
-. "$(dirname "$0")/private-bus.sh"
+# shellcheck source=tests/common/private-bus.sh
+. "$(dirname "$0")/../common/private-bus.sh"
+private_bus_test_setup
 start_daemon "$TMP/daemon.log"
 
 # The examples, every ```sh block but the last (it starts a bus of its own: below), rewritten:
