@@ -32,6 +32,19 @@ gboolean have_kvm(void)
     return FALSE;
 }
 
+MvmVmConfig *testguest_config(const char *cmdline, guint vcpus, guint64 memory_mib)
+{
+    MvmVmConfig *config = mvm_vm_config_new();
+
+    config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+    g_assert_nonnull(config->kernel_path);
+    config->cmdline = g_strdup(cmdline);
+    config->n_vcpus = vcpus;
+    config->memory_mib = memory_mib;
+    config->debug_exit = TRUE;
+    return config;
+}
+
 Capture *capture_new(void)
 {
     Capture *c = g_new0(Capture, 1);

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * What every C test that runs a VM shares (tests/common/, a static library): whether KVM is
- * usable here, a guest console captured into a string that tests wait on, and scratch
- * directories removed whole (never following a symbolic link out of them).
+ * usable here, the test guest's configuration, a guest console captured into a string that
+ * tests wait on, and scratch directories removed whole (never following a link out of them).
  * The private D-Bus bus of the daemon tests is tests/daemon/harness.h, on private-bus.conf.
  */
 #pragma once
@@ -18,6 +18,9 @@ G_BEGIN_DECLS
 char *kvm_device_unusable(void);
 /* TRUE if libmicrovm's KVM probe succeeds; otherwise the current test is skipped, saying why. */
 gboolean have_kvm(void);
+
+/* The test guest (MVM_TESTGUEST) with @cmdline, @vcpus, @memory_mib and the debug exit device. */
+MvmVmConfig *testguest_config(const char *cmdline, guint vcpus, guint64 memory_mib);
 
 /* A guest's console output, appended by on_console() from the vCPU thread. */
 typedef struct {

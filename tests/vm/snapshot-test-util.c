@@ -10,14 +10,7 @@
 MvmVm *new_guest(const char *cmdline, guint vcpus, guint64 memory_mib, Capture *c)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
-
-    config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
-    g_assert_nonnull(config->kernel_path);
-    config->cmdline = g_strdup(cmdline);
-    config->n_vcpus = vcpus;
-    config->memory_mib = memory_mib;
-    config->debug_exit = TRUE;
+    g_autoptr(MvmVmConfig) config = testguest_config(cmdline, vcpus, memory_mib);
     MvmVm *vm = mvm_vm_new(config, &error);
     g_assert_no_error(error);
     mvm_vm_set_console_callback(vm, on_console, c);

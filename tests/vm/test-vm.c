@@ -22,13 +22,6 @@ typedef struct {
     GArray *states; /* MvmVmState, in order of the callbacks */
 } Watch;
 
-static const char *testguest_path(void)
-{
-    const char *path = g_getenv("MVM_TESTGUEST");
-    g_assert_nonnull(path);
-    return path;
-}
-
 static void watch_state(MvmVm *vm, MvmVmState state, gpointer user_data)
 {
     Watch *w = user_data;
@@ -67,13 +60,7 @@ static char *watch_dup(Watch *w)
 static MvmVm *new_guest(const char *cmdline, guint vcpus, guint64 memory_mib, Watch *c)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
-
-    config->kernel_path = g_strdup(testguest_path());
-    config->cmdline = g_strdup(cmdline);
-    config->n_vcpus = vcpus;
-    config->memory_mib = memory_mib;
-    config->debug_exit = TRUE;
+    g_autoptr(MvmVmConfig) config = testguest_config(cmdline, vcpus, memory_mib);
     MvmVm *vm = mvm_vm_new(config, &error);
     g_assert_no_error(error);
     g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_CREATED);
