@@ -13,7 +13,7 @@
  *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
  *                                       mvm_vm_resume, and the time until the guest prints again
  *
- * KERNEL is tests/guests/testguest.elf: its first instruction writes marker 1 (README there).
+ * KERNEL is tests/testguest/testguest.elf: its first instruction writes marker 1 (README there).
  */
 #include <errno.h>
 #include <stdlib.h>

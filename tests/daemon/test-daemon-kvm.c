@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * microvmd running real guests (tests/guests/testguest.elf, see its README for the modes)
+ * microvmd running real guests (tests/testguest/testguest.elf, see its README for the modes)
  * on a private bus. Needs a usable /dev/kvm: without one the whole test exits 77 (skipped).
  */
 #include <errno.h>

@@ -2,7 +2,7 @@
 /*
  * microvmd under a low descriptor limit: it raises its soft limit to the hard one at start,
  * and a start that runs out of descriptors fails that one call with NoResources while the
- * daemon and the guests already running go on. Real guests (tests/guests/testguest.elf,
+ * daemon and the guests already running go on. Real guests (tests/testguest/testguest.elf,
  * mode=idle); the KVM tests skip without a usable /dev/kvm.
  */
 #include <errno.h>

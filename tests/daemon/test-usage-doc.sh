@@ -65,7 +65,8 @@ check "the daemon is alive" "kill -0 $DAEMON_PID"
 # daemon and test guest for build/... and a directory of ours for /tmp/mvmd.
 awk -F'\t' -v last="$last" '$1 == last { sub(/^[0-9]+\t/, ""); print }' "$TMP/blocks" |
     grep -v '^dbus-run-session' |
-    sed -e "s|build/daemon/microvmd|$MICROVMD|" -e "s|\$PWD/build/tests/guests/testguest.elf|$MVM_TESTGUEST|" \
+    sed -e "s|build/daemon/microvmd|$MICROVMD|" \
+        -e "s|\$PWD/build/tests/testguest/testguest.elf|$MVM_TESTGUEST|" \
         -e "s|/tmp/mvmd|$TMP/trial|g" > "$TMP/trial.sh"
 timeout 60 dbus-run-session -- bash "$TMP/trial.sh" > "$TMP/trial.out" 2>/dev/null
 sed 's/^/# /' "$TMP/trial.out"

@@ -268,7 +268,7 @@ def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
 
 
 def guest_config(mode="echo", kernel_fd=False, extra=""):
-    """A{sv} text for the test guest (tests/guests/README.md); kernel as path or handle 0."""
+    """A{sv} text for the test guest (tests/testguest/README.md); kernel as path or handle 0."""
     kernel = "'kernel-fd': <handle 0>" if kernel_fd else f"'kernel': <'{TESTGUEST}'>"
     return GLib.Variant.parse(
         GLib.VariantType("a{sv}"),

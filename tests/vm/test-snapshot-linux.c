@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Snapshots of Debian's kernel (tests/guest/, from MVM_LINUX_GUEST_DIR:
+ * Snapshots of Debian's kernel (tests/linux-guest/, from MVM_LINUX_GUEST_DIR:
  * vmlinux and initramfs.cpio.gz).
  * - `linux` suite: snapshot it mid-boot, free the original, restore, and the
  *   restored kernel goes on printing boot messages without booting again.
@@ -221,13 +221,13 @@ int main(int argc, char **argv)
         return skip(linux_full_unsupported());
     guest_dir = g_getenv("MVM_LINUX_GUEST_DIR");
     if (guest_dir == NULL || *guest_dir == '\0')
-        return skip("MVM_LINUX_GUEST_DIR is not set: build the Linux guest (tests/guest/)");
+        return skip("MVM_LINUX_GUEST_DIR is not set: build the Linux guest (tests/linux-guest/)");
     g_autofree char *vmlinux = g_build_filename(guest_dir, "vmlinux", NULL);
     g_autofree char *initrd = g_build_filename(guest_dir, "initramfs.cpio.gz", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_IS_REGULAR) ||
         !g_file_test(initrd, G_FILE_TEST_IS_REGULAR))
         return skip("no vmlinux or initramfs.cpio.gz in MVM_LINUX_GUEST_DIR: build the Linux "
-                    "guest (tests/guest/)");
+                    "guest (tests/linux-guest/)");
     if (mvm_kvm_api_version(&error) < 0)
         return skip(error->message);
     if (full) {

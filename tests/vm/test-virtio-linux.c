@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * linux-full: Debian's kernel uses our virtio devices. The guest (tests/guest/,
+ * linux-full: Debian's kernel uses our virtio devices. The guest (tests/linux-guest/,
  * plus the overlay of tests/vm/virtio-linux-initramfs with the virtio modules
  * and its own /init) mounts an ext4 image from /dev/vda, pings the host over a
  * tap, and reads /dev/hwrng. Runs wherever Linux reaches /init (linux-full-host.h)
  * and the guest is built (MVM_LINUX_GUEST_DIR, with the virtio modules that
- * tests/guest/build-linux-guest prepares); exits 77 (skip) otherwise, saying why.
+ * tests/linux-guest/build-linux-guest prepares); exits 77 (skip) otherwise, saying why.
  */
 #include <fcntl.h>
 #include <glib/gstdio.h>
@@ -182,7 +182,7 @@ int main(int argc, char **argv)
         skip("MVM_LINUX_GUEST_DIR is not set");
     vmlinux = g_build_filename(guest_dir, "vmlinux", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_EXISTS))
-        skip("the Linux guest is not built (tests/guest/build-linux-guest)");
+        skip("the Linux guest is not built (tests/linux-guest/build-linux-guest)");
     g_test_init(&argc, &argv, NULL);
     g_test_add_data_func("/virtio-linux/blk-net-rng", guest_dir, test_linux_virtio);
     return g_test_run();

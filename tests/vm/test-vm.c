@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * libmicrovm against real KVM: boots the test guest (tests/guests/) in each
+ * libmicrovm against real KVM: boots the test guest (tests/testguest/) in each
  * of its modes and checks what it prints, how it ends, and what the VM says.
  * Skipped, with the reason, on hosts without /dev/kvm.
  */
