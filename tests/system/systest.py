@@ -322,8 +322,10 @@ def main():
 
 
 NOBODY = 65534  # uid "nobody" and gid "nogroup" on Debian
-# client.py and the modules it imports: run from copies (see reachable.py).
-CLIENT_FILES = ("client.py", "systest.py", "reachable.py")
+# client.py and the modules it imports (relative to this directory), copied side by side into
+# one directory: run from there (see reachable.py).
+CLIENT_FILES = ("client.py", "systest.py", "reachable.py",
+                os.path.join("..", "common", "mvmtest.py"))
 _client_dir = None
 
 
