@@ -84,9 +84,10 @@ GBytes *mvm_snapshot_encode(GVariant *payload, guint16 major, guint16 minor)
     return g_bytes_new_take(out, total);
 }
 
-static gboolean check_header(const guint8 *data, gsize len, gsize *payload_len, GError **error)
+static gboolean check_header(const guint8 *data, gsize len, guint16 *major, gsize *payload_len,
+                             GError **error)
 {
-    guint16 major, minor;
+    guint16 minor;
     guint32 flags;
     guint64 n;
 
@@ -94,15 +95,16 @@ static gboolean check_header(const guint8 *data, gsize len, gsize *payload_len, 
         return invalid(error, "state file of %" G_GSIZE_FORMAT " bytes is too short", len);
     if (memcmp(data, MVM_SNAPSHOT_MAGIC, MVM_SNAPSHOT_MAGIC_LEN) != 0)
         return invalid(error, "the state file is not a microvmd snapshot (bad magic)");
-    memcpy(&major, data + 8, 2);
+    memcpy(major, data + 8, 2);
     memcpy(&minor, data + 10, 2);
     memcpy(&flags, data + 12, 4);
     memcpy(&n, data + 16, 8);
-    major = GUINT16_FROM_LE(major);
+    *major = GUINT16_FROM_LE(*major);
     minor = GUINT16_FROM_LE(minor);
-    if (major != MVM_SNAPSHOT_MAJOR || minor > MVM_SNAPSHOT_MINOR)
-        return invalid(error, "format version %u.%u; this build reads %u.0 to %u.%u", major, minor,
-                       MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    /* Any minor: a newer one only adds keys, which this build ignores (snapshot.h). */
+    if (*major < MVM_SNAPSHOT_MAJOR_TUPLE || *major > MVM_SNAPSHOT_MAJOR)
+        return invalid(error, "format version %u.%u; this build reads major %u to %u", *major,
+                       minor, MVM_SNAPSHOT_MAJOR_TUPLE, MVM_SNAPSHOT_MAJOR);
     if (GUINT32_FROM_LE(flags) != 0)
         return invalid(error, "unknown header flags 0x%x", GUINT32_FROM_LE(flags));
     n = GUINT64_FROM_LE(n);
@@ -116,12 +118,48 @@ static gboolean check_header(const guint8 *data, gsize len, gsize *payload_len, 
     return TRUE;
 }
 
+/*
+ * The payload's keys (snapshot.h) in the order of the format-1 tuple's members, and the type
+ * each must have; NULL: any, the device's restore checks it. All are required today; a key a
+ * later minor adds is optional to the readers of its day.
+ */
+static const struct {
+    const char *key;
+    const char *type;
+} payload_keys[] = {
+    {"config", "a{sv}"},  {"vcpus", "a" MVM_SNAPSHOT_VCPU_TYPE},
+    {"clock", "(tu)"},    {"pic-master", "ay"},
+    {"pic-slave", "ay"},  {"ioapic", "ay"},
+    {"pit", "ay"},        {"serial", NULL},
+    {"i8042", NULL},      {"devices", "a{sv}"},
+    {"memory-size", "t"},
+};
+
+/* A format-1 tuple, type-checked already, as the dictionary of format 2: one parser reads both. */
+static GVariant *payload_from_tuple(GVariant *tuple)
+{
+    GVariantBuilder b;
+
+    G_STATIC_ASSERT(G_N_ELEMENTS(payload_keys) == 11);
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    for (gsize i = 0; i < G_N_ELEMENTS(payload_keys); i++) {
+        g_autoptr(GVariant) child = g_variant_get_child_value(tuple, i);
+        /* The tuple boxed the two legacy devices' states in a `v`; a dictionary value is one. */
+        g_autoptr(GVariant) value = g_variant_is_of_type(child, G_VARIANT_TYPE_VARIANT)
+                                        ? g_variant_get_variant(child)
+                                        : g_variant_ref(child);
+        g_variant_builder_add(&b, "{sv}", payload_keys[i].key, value);
+    }
+    return g_variant_ref_sink(g_variant_builder_end(&b));
+}
+
 GVariant *mvm_snapshot_unwrap(const guint8 *data, gsize len, GError **error)
 {
     guint8 expected[MVM_SNAPSHOT_DIGEST_SIZE];
+    guint16 major = 0;
     gsize n = 0;
 
-    if (!check_header(data, len, &n, error))
+    if (!check_header(data, len, &major, &n, error))
         return NULL;
     digest(data, MVM_SNAPSHOT_HEADER_SIZE + n, expected);
     if (memcmp(expected, data + MVM_SNAPSHOT_HEADER_SIZE + n, sizeof(expected)) != 0) {
@@ -138,11 +176,15 @@ GVariant *mvm_snapshot_unwrap(const guint8 *data, gsize len, GError **error)
         return NULL;
     }
     g_autoptr(GVariant) payload = g_variant_get_variant(boxed);
-    if (!g_variant_is_of_type(payload, G_VARIANT_TYPE(MVM_SNAPSHOT_PAYLOAD_TYPE))) {
-        invalid(error, "the state has type %s, expected " MVM_SNAPSHOT_PAYLOAD_TYPE,
-                g_variant_get_type_string(payload));
+    const char *type = major == MVM_SNAPSHOT_MAJOR_TUPLE ? MVM_SNAPSHOT_PAYLOAD_TUPLE_TYPE
+                                                         : MVM_SNAPSHOT_PAYLOAD_TYPE;
+    if (!g_variant_is_of_type(payload, G_VARIANT_TYPE(type))) {
+        invalid(error, "the state of format %u has type %s, expected %s", major,
+                g_variant_get_type_string(payload), type);
         return NULL;
     }
+    if (major == MVM_SNAPSHOT_MAJOR_TUPLE)
+        return payload_from_tuple(payload);
     return g_steal_pointer(&payload);
 }
 
@@ -431,19 +473,41 @@ static gboolean devices_check(GVariant *devices, GError **error)
     return TRUE;
 }
 
+/* The payload's key @i: present (all are required today) and of its type. */
+static gboolean payload_lookup(GVariant *payload, gsize i, GVariant **out, GError **error)
+{
+    const char *key = payload_keys[i].key, *type = payload_keys[i].type;
+
+    *out = g_variant_lookup_value(payload, key, NULL);
+    if (*out == NULL)
+        return invalid(error, "the state has no \"%s\"", key);
+    if (type != NULL && !g_variant_is_of_type(*out, G_VARIANT_TYPE(type)))
+        return invalid(error, "the state's \"%s\" has type %s, expected %s", key,
+                       g_variant_get_type_string(*out), type);
+    return TRUE;
+}
+
+/* Keys this build does not know are a newer minor's: skipped, never looked at. */
 static gboolean payload_parse(GVariant *payload, MvmSnapshotState *state,
                               const MvmSnapshotLimits *limits, GError **error)
 {
-    g_autoptr(GVariant) config = NULL, vcpus = NULL, master = NULL, slave = NULL;
-    g_autoptr(GVariant) ioapic = NULL, pit = NULL;
-    guint64 clock;
+    g_autoptr(GVariant) config = NULL, vcpus = NULL, clock = NULL, master = NULL, slave = NULL;
+    g_autoptr(GVariant) ioapic = NULL, pit = NULL, memory_size = NULL;
+    GVariant **values[] = {
+        &config, &vcpus,         &clock,        &master,         &slave,       &ioapic,
+        &pit,    &state->serial, &state->i8042, &state->devices, &memory_size,
+    };
+    guint64 clock_ns;
     guint32 clock_flags;
 
-    g_variant_get(payload, "(@a{sv}@a" MVM_SNAPSHOT_VCPU_TYPE "(tu)@ay@ay@ay@ayvv@a{sv}t)", &config,
-                  &vcpus, &clock, &clock_flags, &master, &slave, &ioapic, &pit, &state->serial,
-                  &state->i8042, &state->devices, &state->memory_size);
-    state->clock.clock = clock;
+    G_STATIC_ASSERT(G_N_ELEMENTS(values) == G_N_ELEMENTS(payload_keys));
+    for (gsize i = 0; i < G_N_ELEMENTS(values); i++)
+        if (!payload_lookup(payload, i, values[i], error))
+            return FALSE;
+    g_variant_get(clock, "(tu)", &clock_ns, &clock_flags);
+    state->clock.clock = clock_ns;
     state->clock.flags = clock_flags;
+    state->memory_size = g_variant_get_uint64(memory_size);
     state->config = mvm_snapshot_config_from_variant(config, limits, error);
     if (state->config == NULL)
         return FALSE;

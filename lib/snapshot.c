@@ -169,11 +169,24 @@ static GVariant *capture(MvmVm *vm, GError **error)
         return NULL;
     serial = mvm_serial_save(vm->serial);
     i8042 = mvm_i8042_save(vm->i8042);
-    return g_variant_ref_sink(
-        g_variant_new("(@a{sv}@a" MVM_SNAPSHOT_VCPU_TYPE "(tu)@ay@ay@ay@ayvv@a{sv}t)",
-                      mvm_snapshot_config_to_variant(vm->config), vcpus, (guint64)clock.clock,
-                      (guint32)0, master, slave, ioapic, blob(&pit, sizeof(pit)), serial, i8042,
-                      devices, (guint64)mvm_memory_get_size(vm->memory)));
+
+    /* The keys and their types are the format's (snapshot.h). */
+    GVariantBuilder b;
+    g_variant_builder_init(&b, G_VARIANT_TYPE(MVM_SNAPSHOT_PAYLOAD_TYPE));
+    g_variant_builder_add(&b, "{sv}", "config", mvm_snapshot_config_to_variant(vm->config));
+    g_variant_builder_add(&b, "{sv}", "vcpus", vcpus);
+    g_variant_builder_add(&b, "{sv}", "clock",
+                          g_variant_new("(tu)", (guint64)clock.clock, (guint32)0));
+    g_variant_builder_add(&b, "{sv}", "pic-master", master);
+    g_variant_builder_add(&b, "{sv}", "pic-slave", slave);
+    g_variant_builder_add(&b, "{sv}", "ioapic", ioapic);
+    g_variant_builder_add(&b, "{sv}", "pit", blob(&pit, sizeof(pit)));
+    g_variant_builder_add(&b, "{sv}", "serial", serial);
+    g_variant_builder_add(&b, "{sv}", "i8042", i8042);
+    g_variant_builder_add(&b, "{sv}", "devices", devices);
+    g_variant_builder_add(&b, "{sv}", "memory-size",
+                          g_variant_new_uint64(mvm_memory_get_size(vm->memory)));
+    return g_variant_ref_sink(g_variant_builder_end(&b));
 }
 
 /* ---- writing files ---- */

@@ -7,12 +7,35 @@
  * dir/state, all integers little-endian:
  *
  *     0   8  magic "MVMSNAP\0"
- *     8   2  format major   (a reader refuses any other major)
- *     10  2  format minor   (a reader refuses a minor newer than its own)
+ *     8   2  format major   (a reader refuses a major it does not know)
+ *     10  2  format minor   (any: a newer minor only adds payload keys)
  *     12  4  flags, 0
  *     16  8  N, payload length
- *     24  N  payload: one GVariant of MVM_SNAPSHOT_PAYLOAD_TYPE, serialized in normal form
+ *     24  N  payload: one GVariant, serialized in normal form, of the major's type:
+ *              2: MVM_SNAPSHOT_PAYLOAD_TYPE, a dictionary (below)
+ *              1: MVM_SNAPSHOT_PAYLOAD_TUPLE_TYPE, read and never written any more
  *     24+N 32 SHA-256 of bytes [0, 24 + N)
+ *
+ * Format 2's payload keys (each required, of exactly its type; a reader ignores keys it does not
+ * know, so a later minor can add one, optional to the readers before it; a change to a known
+ * key's meaning or type takes a new major):
+ *
+ *     config       a{sv}  the VM's configuration (mvm_snapshot_config_to_variant(); its
+ *                         unknown keys are refused, since they could name a device this
+ *                         build cannot make)
+ *     vcpus        a(MVM_SNAPSHOT_VCPU_TYPE), one per configured vCPU
+ *     clock        (tu)   KVM clock: clock, flags
+ *     pic-master   ay     struct kvm_pic_state (bytes of the linux/kvm.h layout, whose size
+ *     pic-slave    ay     struct kvm_pic_state        is checked exactly)
+ *     ioapic       ay     struct kvm_ioapic_state
+ *     pit          ay     struct kvm_pit_state2
+ *     serial       any    the device's own state, checked by its restore
+ *     i8042        any    likewise
+ *     devices      a{sv}  other devices' states by the names they registered with
+ *     memory-size  t      guest RAM in bytes
+ *
+ * Format 1's payload is the tuple of those values in that order (serial and i8042 boxed in a
+ * `v`); the reader turns it into the format-2 dictionary, so both go through the same checks.
  *
  * dir/memory: guest RAM as the VM sees it from guest-physical 0 upwards (the
  * part above the MMIO gap follows the part below it), one file of exactly
@@ -29,7 +52,8 @@ G_BEGIN_DECLS
 
 #define MVM_SNAPSHOT_MAGIC       "MVMSNAP"
 #define MVM_SNAPSHOT_MAGIC_LEN   8 /* with its NUL */
-#define MVM_SNAPSHOT_MAJOR       1
+#define MVM_SNAPSHOT_MAJOR       2
+#define MVM_SNAPSHOT_MAJOR_TUPLE 1 /* the oldest major this build reads */
 #define MVM_SNAPSHOT_MINOR       0
 #define MVM_SNAPSHOT_HEADER_SIZE 24
 #define MVM_SNAPSHOT_DIGEST_SIZE 32
@@ -44,12 +68,10 @@ G_BEGIN_DECLS
  */
 #define MVM_SNAPSHOT_VCPU_TYPE "(ayuayayayaybayayaya(ut)ayu)"
 
-/*
- * config a{sv}, vCPUs, KVM clock (clock, flags), PIC master, PIC slave,
- * IOAPIC, PIT2 (struct bytes), serial v, i8042 v, other devices a{sv} (by
- * the names they registered with), guest RAM size in bytes.
- */
-#define MVM_SNAPSHOT_PAYLOAD_TYPE "(a{sv}a" MVM_SNAPSHOT_VCPU_TYPE "(tu)ayayayayvva{sv}t)"
+/* Format 2, keys above. */
+#define MVM_SNAPSHOT_PAYLOAD_TYPE "a{sv}"
+/* Format 1: the same values as a fixed tuple, whose exact type left no room for a new field. */
+#define MVM_SNAPSHOT_PAYLOAD_TUPLE_TYPE "(a{sv}a" MVM_SNAPSHOT_VCPU_TYPE "(tu)ayayayayvva{sv}t)"
 
 /* Bounds for the decoder. The restore code fills them from KVM; the fuzzer uses fixed ones. */
 typedef struct {
@@ -76,8 +98,10 @@ GBytes *mvm_snapshot_encode(GVariant *payload, guint16 major, guint16 minor);
 
 /*
  * Checks the envelope of a `state` file: magic, version, length, digest, normal
- * form and payload type. Returns the payload (a new, non-floating reference of
- * MVM_SNAPSHOT_PAYLOAD_TYPE) or NULL with MVM_ERROR_INVALID_ARGUMENT.
+ * form and the payload type of its major. Returns the payload as a format-2
+ * dictionary (a new, non-floating reference of MVM_SNAPSHOT_PAYLOAD_TYPE; a
+ * format-1 tuple converted; its keys not checked yet) or NULL with
+ * MVM_ERROR_INVALID_ARGUMENT.
  */
 GVariant *mvm_snapshot_unwrap(const guint8 *data, gsize len, GError **error);
 

@@ -4,7 +4,9 @@
  * state serialization in lib/vcpu-state.c): round trips of the config and of
  * a vCPU's state, and the decoder refusing damage anywhere in a real state
  * file (the fuzz corpus's valid-1cpu, written by a real snapshot): every
- * truncation, a flipped bit in every region, versions, limits.
+ * truncation, a flipped bit in every region, versions, limits, the payload
+ * dictionary's keys. The corpus holds states of format 1 (valid-1cpu,
+ * valid-2cpu, valid-golden-1.0) and 2 (valid-golden-2.0): both must decode.
  */
 #include <string.h>
 
@@ -45,10 +47,16 @@ static void test_seeds_decode(void)
     MvmSnapshotLimits limits;
     g_autoptr(GError) error = NULL;
 
+    static const struct {
+        const char *name;
+        guint n_vcpus;
+    } seeds[] = {
+        {"valid-1cpu", 1}, {"valid-2cpu", 2}, {"valid-golden-1.0", 1}, {"valid-golden-2.0", 1}};
+
     mvm_snapshot_limits_default(&limits);
-    for (guint n = 1; n <= 2; n++) {
-        g_autofree char *name = g_strdup_printf("valid-%ucpu", n);
-        g_autoptr(GBytes) seed = load_seed(name);
+    for (guint i = 0; i < G_N_ELEMENTS(seeds); i++) {
+        guint n = seeds[i].n_vcpus;
+        g_autoptr(GBytes) seed = load_seed(seeds[i].name);
         g_autoptr(MvmSnapshotState) state = decode(seed, &limits, &error);
         g_assert_no_error(error);
         g_assert_cmpuint(state->config->n_vcpus, ==, n);
@@ -96,9 +104,10 @@ static void test_bit_flips(void)
     }
 }
 
-static GVariant *seed_payload(void)
+/* A seed's payload, as the format-2 dictionary whatever its format. */
+static GVariant *seed_payload(const char *name)
 {
-    g_autoptr(GBytes) seed = load_seed("valid-1cpu");
+    g_autoptr(GBytes) seed = load_seed(name);
     g_autoptr(GError) error = NULL;
     gsize len;
     const guint8 *data = g_bytes_get_data(seed, &len);
@@ -108,24 +117,102 @@ static GVariant *seed_payload(void)
     return payload;
 }
 
+/* The major picks the payload's type; any minor of a known major is read. */
 static void test_versions(void)
 {
     MvmSnapshotLimits limits;
-    g_autoptr(GVariant) payload = seed_payload();
+    g_autoptr(GVariant) payload = seed_payload("valid-1cpu");
     g_autoptr(GBytes) same = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, 0);
+    g_autoptr(GBytes) minor = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, 0xffff);
     g_autoptr(GBytes) major = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR + 1, 0);
-    g_autoptr(GBytes) older = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR - 1, 0);
-    g_autoptr(GBytes) minor =
-        mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR + 1);
+    g_autoptr(GBytes) zero = mvm_snapshot_encode(payload, 0, 0);
+    g_autoptr(GBytes) dict_as_tuple = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR_TUPLE, 0);
     g_autoptr(GError) error = NULL;
 
     mvm_snapshot_limits_default(&limits);
-    g_autoptr(MvmSnapshotState) state = decode(same, &limits, &error);
+    for (guint i = 0; i < 2; i++) {
+        g_autoptr(MvmSnapshotState) state = decode(i == 0 ? same : minor, &limits, &error);
+        g_assert_no_error(error);
+        g_assert_cmpuint(state->vcpus->len, ==, 1);
+    }
+    assert_refused(major, &limits, "format version 3.0; this build reads major 1 to 2");
+    assert_refused(zero, &limits, "format version 0.0");
+    assert_refused(dict_as_tuple, &limits, "the state of format 1 has type a{sv}, expected (a{sv}");
+}
+
+static GBytes *encode_with(GVariant *payload, const char *key, GVariant *value)
+{
+    GVariantDict dict;
+
+    g_variant_dict_init(&dict, payload);
+    if (value != NULL)
+        g_variant_dict_insert_value(&dict, key, value);
+    else
+        g_variant_dict_remove(&dict, key);
+    g_autoptr(GVariant) changed = g_variant_ref_sink(g_variant_dict_end(&dict));
+    return mvm_snapshot_encode(changed, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+/*
+ * The payload dictionary: a key this build does not know is ignored; each known one is
+ * required and of its type, and a refusal names it. Serial and i8042 take any type here:
+ * their own restores check them.
+ */
+static void test_payload_keys(void)
+{
+    static const char *const keys[] = {"config",    "vcpus",   "clock",      "pic-master",
+                                       "pic-slave", "ioapic",  "pit",        "serial",
+                                       "i8042",     "devices", "memory-size"};
+    MvmSnapshotLimits limits;
+    g_autoptr(GVariant) payload = seed_payload("valid-golden-2.0");
+    g_autoptr(GError) error = NULL;
+
+    mvm_snapshot_limits_default(&limits);
+    g_assert_cmpuint(g_variant_n_children(payload), ==, G_N_ELEMENTS(keys));
+    g_autoptr(GBytes) extra =
+        encode_with(payload, "a-later-field", g_variant_new_parsed("[(uint32 7, 'x')]"));
+    g_autoptr(MvmSnapshotState) state = decode(extra, &limits, &error);
     g_assert_no_error(error);
-    g_assert_nonnull(state);
-    assert_refused(major, &limits, "format version 2.0");
-    assert_refused(older, &limits, "format version 0.0");
-    assert_refused(minor, &limits, "format version 1.1");
+    g_assert_cmpuint(state->memory_size, ==, state->config->memory_mib * 1024 * 1024);
+
+    for (guint i = 0; i < G_N_ELEMENTS(keys); i++) {
+        g_autoptr(GVariant) value = g_variant_lookup_value(payload, keys[i], NULL);
+        g_assert_nonnull(value);
+        g_autoptr(GBytes) missing = encode_with(payload, keys[i], NULL);
+        g_autofree char *no_key = g_strdup_printf("the state has no \"%s\"", keys[i]);
+        assert_refused(missing, &limits, no_key);
+
+        g_autoptr(GBytes) retyped = encode_with(payload, keys[i], g_variant_new_int16(-1));
+        g_autoptr(MvmSnapshotState) any = decode(retyped, &limits, &error);
+        if (strcmp(keys[i], "serial") == 0 || strcmp(keys[i], "i8042") == 0) {
+            g_assert_no_error(error);
+            continue;
+        }
+        g_assert_null(any);
+        g_autofree char *wrong = g_strdup_printf("the state's \"%s\" has type n, expected %s",
+                                                 keys[i], g_variant_get_type_string(value));
+        g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+        g_assert_nonnull(strstr(error->message, wrong));
+        g_clear_error(&error);
+    }
+}
+
+/* A format-1 tuple decodes to what the same state written as format 2 decodes to. */
+static void test_tuple_as_dict(void)
+{
+    g_autoptr(GVariant) v1 = seed_payload("valid-golden-1.0");
+    g_autoptr(GVariant) v2 = seed_payload("valid-golden-2.0");
+    GVariantIter iter;
+    const char *key;
+    GVariant *value;
+
+    g_assert_cmpuint(g_variant_n_children(v1), ==, g_variant_n_children(v2));
+    g_variant_iter_init(&iter, v2);
+    while (g_variant_iter_loop(&iter, "{&sv}", &key, &value)) {
+        g_autoptr(GVariant) old = g_variant_lookup_value(v1, key, NULL);
+        g_assert_nonnull(old);
+        g_assert_cmpstr(g_variant_get_type_string(old), ==, g_variant_get_type_string(value));
+    }
 }
 
 /* What a host allows: vCPUs, MSR count and indices, XSAVE size. */
@@ -281,6 +368,8 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot-format/bit-flips", test_bit_flips);
     g_test_add_func("/snapshot-format/versions", test_versions);
     g_test_add_func("/snapshot-format/limits", test_limits);
+    g_test_add_func("/snapshot-format/payload-keys", test_payload_keys);
+    g_test_add_func("/snapshot-format/tuple-as-dict", test_tuple_as_dict);
     g_test_add_func("/snapshot-format/config-round-trip", test_config_round_trip);
     g_test_add_func("/snapshot-format/vcpu-round-trip", test_vcpu_round_trip);
     return g_test_run();
