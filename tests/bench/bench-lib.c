@@ -13,7 +13,7 @@
  *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
  *                                       mvm_vm_resume, and the time until the guest prints again
  *
- * KERNEL is tests/guests/testguest.elf: its first instruction writes marker 1 (README there).
+ * KERNEL is tests/testguest/testguest.elf: its first instruction writes marker 1 (README there).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -25,6 +25,7 @@
 
 #include "bench-util.h"
 #include "microvm.h"
+#include "test-util.h"
 
 /*
  * Snapshot/restore are declared in microvm.h but land in lib/ separately: weak references let
@@ -69,7 +70,7 @@ static void on_marker(MvmVm *vm, guint32 marker, gint64 monotonic_us, gpointer u
     g_mutex_unlock(&slot->tracker->lock);
 }
 
-static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
+static void track_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
 {
     Slot *slot = user_data;
     Tracker *tracker = slot->tracker;
@@ -122,7 +123,7 @@ static void slot_attach(Slot *slot, Tracker *tracker, MvmVm *vm)
     slot->vm = vm;
     slot->line = g_string_new(NULL);
     mvm_vm_set_marker_callback(vm, on_marker, slot);
-    mvm_vm_set_console_callback(vm, on_console, slot);
+    mvm_vm_set_console_callback(vm, track_console, slot);
 }
 
 static void slot_clear(Slot *slot)
@@ -347,18 +348,6 @@ static void dir_sizes(const char *dir, gint64 *allocated_kib, gint64 *apparent_k
     }
 }
 
-static void remove_dir(const char *dir)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-
-    while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
-        g_autofree char *path = g_build_filename(dir, name, NULL);
-        g_unlink(path);
-    }
-    g_rmdir(dir);
-}
-
 typedef struct {
     GArray *snapshot_us, *restore_us, *resume_us, *output_us;
     gint64 allocated_kib, apparent_kib;
@@ -429,7 +418,7 @@ static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
     for (guint i = 0; i < reps; i++) {
         g_autofree char *dir = g_strdup_printf("%s/snap%u", parent, i);
         gboolean ok = snapshot_round(kernel, dir, &run, &error);
-        remove_dir(dir);
+        rm_rf(dir);
         if (!ok) {
             g_string_free(json, TRUE);
             return bench_fail("snapshot/restore", error);

@@ -14,22 +14,6 @@
 
 #define BUS_NAME "org.microvmd.MicroVM1"
 
-static const char bus_config[] =
-    "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
-    " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-    "<busconfig>\n"
-    "  <type>session</type>\n"
-    "  <listen>unix:dir=%s</listen>\n"
-    "  <auth>EXTERNAL</auth>\n"
-    "  <limit name=\"max_connections_per_user\">1000</limit>\n"
-    "  <limit name=\"max_replies_per_connection\">20000</limit>\n"
-    "  <policy context=\"default\">\n"
-    "    <allow send_destination=\"*\" eavesdrop=\"true\"/>\n"
-    "    <allow eavesdrop=\"true\"/>\n"
-    "    <allow own=\"*\"/>\n"
-    "  </policy>\n"
-    "</busconfig>\n";
-
 /* The bus and the daemon die with the test, even when an assertion aborts it. */
 static void child_setup(gpointer data)
 {
@@ -62,23 +46,21 @@ MvmdTestBus *mvmd_test_bus_new(void)
 {
     MvmdTestBus *bus = g_new0(MvmdTestBus, 1);
     g_autoptr(GError) error = NULL;
-    g_autofree char *config_path = NULL;
-    g_autofree char *config = NULL;
-    g_autofree char *config_arg = NULL;
+    g_autofree char *listen_arg = NULL;
     int out_fd = -1;
 
     bus->tmpdir = g_dir_make_tmp("microvmd-test-XXXXXX", &error);
     g_assert_no_error(error);
     bus->state_dir = g_build_filename(bus->tmpdir, "state", NULL);
     bus->runtime_dir = g_build_filename(bus->tmpdir, "run", NULL);
-    config_path = g_build_filename(bus->tmpdir, "bus.conf", NULL);
-    config = g_strdup_printf(bus_config, bus->tmpdir);
-    g_file_set_contents(config_path, config, -1, &error);
-    g_assert_no_error(error);
-    config_arg = g_strconcat("--config-file=", config_path, NULL);
+    listen_arg = g_strconcat("--address=unix:dir=", bus->tmpdir, NULL);
 
     {
-        const char *argv[] = {"dbus-daemon", config_arg, "--print-address=1", "--nofork", NULL};
+        const char *argv[] = {
+            "dbus-daemon", "--config-file=" MVM_PRIVATE_BUS_CONF,
+            listen_arg,    "--print-address=1",
+            "--nofork",    NULL,
+        };
         g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
                                  G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD |
                                      G_SPAWN_STDERR_TO_DEV_NULL,
@@ -206,21 +188,6 @@ int mvmd_test_bus_stop_daemon(MvmdTestBus *bus, guint timeout_sec)
     return 128 + WTERMSIG(status);
 }
 
-static void rm_rf(const char *path)
-{
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    const char *name;
-
-    if (dir) {
-        while ((name = g_dir_read_name(dir))) {
-            g_autofree char *child = g_build_filename(path, name, NULL);
-            rm_rf(child);
-        }
-    }
-    if (g_remove(path) < 0 && errno != ENOENT)
-        g_test_message("cannot remove %s: %s", path, g_strerror(errno));
-}
-
 void mvmd_test_bus_free(MvmdTestBus *bus)
 {
     if (!bus)
@@ -265,16 +232,6 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
 
     g_assert_no_error(error);
     return vm;
-}
-
-gboolean mvmd_test_kvm_usable(void)
-{
-    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-
-    if (fd < 0)
-        return FALSE;
-    close(fd);
-    return TRUE;
 }
 
 GVariant *mvmd_test_config(const char *text)

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Test harness: a private dbus-daemon in a temporary directory, the built microvmd on it
- * (--address, its own --state-dir and --runtime-dir), and helpers to drive it. No mocks.
+ * Test harness: a private dbus-daemon (tests/common/private-bus.conf) listening in a temporary
+ * directory, the built microvmd on it (--address, its own --state-dir and --runtime-dir), and
+ * helpers to drive it. No mocks. Whether KVM is usable: kvm_unusable() of tests/common.
  * Paths come from the environment meson sets: MICROVMD (the daemon), MVM_TESTGUEST (the
  * test guest ELF, for the KVM tests), MVMD_TEST_DAEMON_WRAPPER (a command line to run the
  * daemon under, e.g. valgrind), MVMD_TEST_VERBOSE (run it with --verbose).
@@ -11,6 +12,7 @@
 #include <gio/gio.h>
 
 #include "mvmd-dbus-generated.h"
+#include "test-util.h"
 
 G_BEGIN_DECLS
 
@@ -59,9 +61,6 @@ MvmdVm *mvmd_test_bus_vm(MvmdTestBus *bus, GDBusConnection *connection, const ch
         g_assert_true(cond);                                                                       \
     }                                                                                              \
     G_STMT_END
-
-/* Whether /dev/kvm opens here (errno tells why not). */
-gboolean mvmd_test_kvm_usable(void);
 
 /* Builds a floating a{sv} from a GVariant text, e.g. "{'kernel': <'/x'>}". */
 GVariant *mvmd_test_config(const char *text);

@@ -4,7 +4,9 @@
 # Needs MICROVMD (the built daemon). Output is TAP.
 set -u
 
-. "$(dirname "$0")/private-bus.sh"
+# shellcheck source=tests/common/private-bus.sh
+. "$(dirname "$0")/../common/private-bus.sh"
+private_bus_test_setup
 N=0
 FAILED=0
 

@@ -2,7 +2,7 @@
 /*
  * microvmd under a low descriptor limit: it raises its soft limit to the hard one at start,
  * and a start that runs out of descriptors fails that one call with NoResources while the
- * daemon and the guests already running go on. Real guests (tests/guests/testguest.elf,
+ * daemon and the guests already running go on. Real guests (tests/testguest/testguest.elf,
  * mode=idle); the KVM tests skip without a usable /dev/kvm.
  */
 #include <errno.h>
@@ -396,6 +396,8 @@ static void test_out_of_memory(void)
 
 int main(int argc, char **argv)
 {
+    g_autofree char *kvm_unusable = NULL;
+
     g_test_init(&argc, &argv, NULL);
     if (!g_getenv("MICROVMD")) {
         g_printerr("SKIP: MICROVMD is not set (run through meson test)\n");
@@ -403,7 +405,8 @@ int main(int argc, char **argv)
     }
     testguest = g_getenv("MVM_TESTGUEST");
     g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
-    if (!mvmd_test_kvm_usable() || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
+    kvm_unusable = kvm_device_unusable();
+    if (kvm_unusable || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
         return g_test_run();
     }

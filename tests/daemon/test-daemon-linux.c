@@ -2,9 +2,9 @@
 /*
  * Debian's kernel booted through microvmd on a private bus, its early boot read through
  * OpenConsole: "Linux version", the exact command line we passed, and "Booting paravirtualized
- * kernel on KVM" (docs/kvm-hosts.md: ~8-14 s of guest clock under nested KVM, so minutes are allowed).
- * The guest comes from MVM_LINUX_GUEST_DIR (vmlinux, initramfs.cpio.gz, built by tests/guest/);
- * without it, or without /dev/kvm, the test is skipped (77).
+ * kernel on KVM" (docs/kvm-hosts.md: ~8-14 s of guest clock under nested KVM, so minutes are
+ * allowed). The guest comes from MVM_LINUX_GUEST_DIR (vmlinux, initramfs.cpio.gz, built by
+ * tests/linux-guest/); without it, or without /dev/kvm, the test is skipped (77).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -125,20 +125,19 @@ int main(int argc, char **argv)
 {
     const char *dir = g_getenv("MVM_LINUX_GUEST_DIR");
     g_autofree char *vmlinux = NULL;
-    int kvm;
+    g_autofree char *kvm_unusable = NULL;
 
     g_test_init(&argc, &argv, NULL);
     if (!g_getenv("MICROVMD"))
         return skip("MICROVMD is not set (run through meson test)");
     if (!dir || !*dir)
-        return skip("MVM_LINUX_GUEST_DIR is not set: build the guest (tests/guest/)");
+        return skip("MVM_LINUX_GUEST_DIR is not set: build the guest (tests/linux-guest/)");
     vmlinux = g_build_filename(dir, "vmlinux", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_EXISTS))
-        return skip("no vmlinux in MVM_LINUX_GUEST_DIR: build the guest (tests/guest/)");
-    kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm < 0)
-        return skip("/dev/kvm is not usable");
-    close(kvm);
+        return skip("no vmlinux in MVM_LINUX_GUEST_DIR: build the guest (tests/linux-guest/)");
+    kvm_unusable = kvm_device_unusable();
+    if (kvm_unusable)
+        return skip(kvm_unusable);
     g_test_add_data_func("/daemon-linux/early-boot", dir, test_early_boot);
     return g_test_run();
 }

@@ -11,7 +11,9 @@ DOC=${G_TEST_SRCDIR:-$(dirname "$0")}/../../docs/usage-dbus.md
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "SKIP: /dev/kvm is not usable"; exit 77; }
 [ -r "$DOC" ] || { echo "Bail out! $DOC not found"; exit 1; }
 
-. "$(dirname "$0")/private-bus.sh"
+# shellcheck source=tests/common/private-bus.sh
+. "$(dirname "$0")/../common/private-bus.sh"
+private_bus_test_setup
 start_daemon "$TMP/daemon.log"
 
 # The examples, every ```sh block but the last (it starts a bus of its own: below), rewritten:
@@ -63,7 +65,8 @@ check "the daemon is alive" "kill -0 $DAEMON_PID"
 # daemon and test guest for build/... and a directory of ours for /tmp/mvmd.
 awk -F'\t' -v last="$last" '$1 == last { sub(/^[0-9]+\t/, ""); print }' "$TMP/blocks" |
     grep -v '^dbus-run-session' |
-    sed -e "s|build/daemon/microvmd|$MICROVMD|" -e "s|\$PWD/build/tests/guests/testguest.elf|$MVM_TESTGUEST|" \
+    sed -e "s|build/daemon/microvmd|$MICROVMD|" \
+        -e "s|\$PWD/build/tests/testguest/testguest.elf|$MVM_TESTGUEST|" \
         -e "s|/tmp/mvmd|$TMP/trial|g" > "$TMP/trial.sh"
 timeout 60 dbus-run-session -- bash "$TMP/trial.sh" > "$TMP/trial.out" 2>/dev/null
 sed 's/^/# /' "$TMP/trial.out"

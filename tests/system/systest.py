@@ -22,6 +22,11 @@ from gi.repository import Gio, GLib  # noqa: E402
 
 import reachable  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import mvmtest  # noqa: E402
+# The system tests take these from here.
+from mvmtest import die_with_parent, kill_and_reap  # noqa: E402,F401
+
 NAME = "org.microvmd.MicroVM1"
 PATH = "/org/microvmd/MicroVM1"
 MANAGER = NAME + ".Manager"
@@ -46,21 +51,6 @@ GUEST_TIMEOUT_MS = 60000
 
 MICROVMD = os.environ.get("MICROVMD")
 TESTGUEST = os.environ.get("MVM_TESTGUEST")
-
-# The permissive bus of tests/daemon: anyone may own and call anything.
-SESSION_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 # Like Debian's /usr/share/dbus-1/system.conf: method calls and name ownership are denied
 # unless a policy file allows them; ours is <include>d as shipped. Root may own anything
@@ -108,29 +98,11 @@ def skip(reason):
 
 
 def require_kvm():
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-        os.close(fd)
-    except OSError as e:
-        skip(f"/dev/kvm is not usable: {e}")
+    why = mvmtest.kvm_unusable()
+    if why:
+        skip(why)
     if not TESTGUEST or not os.path.exists(TESTGUEST):
         skip("the test guest (testguest.elf) is not built")
-
-
-def die_with_us():
-    """preexec_fn: a child (bus, daemon, mock) is killed when the test process dies."""
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def kill_and_reap(proc, sig=signal.SIGKILL):
-    if proc and proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class TmpDir:
@@ -145,35 +117,25 @@ class TmpDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-class Bus:
-    """A private dbus-daemon. system=True: the system-like policy with ours included."""
+class Bus(mvmtest.PrivateBus):
+    """A private dbus-daemon: tests/common/private-bus.conf, its socket in @tmp. system=True: the
+    system-like policy with ours included."""
 
     def __init__(self, tmp, system=False, policy=None, servicedir=None):
+        if not system:
+            super().__init__(tmp.path)
+            return
         conf = tmp.join("bus.conf")
-        if system:
-            text = SYSTEM_CONF.format(dir=tmp.path, policy=policy, servicedir=(
-                f"<servicedir>{servicedir}</servicedir>" if servicedir else ""))
-        else:
-            text = SESSION_CONF.format(dir=tmp.path)
         with open(conf, "w") as f:
-            f.write(text)
-        self.proc = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={conf}", "--print-address=1", "--nofork"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_us)
-        self.address = self.proc.stdout.readline().strip()
-        if not self.address:
-            self.stop()
-            raise RuntimeError("dbus-daemon did not start (bad configuration?)")
+            f.write(SYSTEM_CONF.format(dir=tmp.path, policy=policy, servicedir=(
+                f"<servicedir>{servicedir}</servicedir>" if servicedir else "")))
+        super().__init__(config=conf)
 
     def connect(self):
         return Gio.DBusConnection.new_for_address_sync(
             self.address,
             Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
             | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION, None, None)
-
-    def stop(self):
-        kill_and_reap(self.proc, signal.SIGTERM)
-        self.proc.stdout.close()
 
 
 def name_has_owner(conn, name=NAME):
@@ -211,7 +173,7 @@ class Daemon:
         self.log_path = log_path
         out = open(log_path, "a") if log_path else sys.stderr
         self.proc = subprocess.Popen(argv + list(args), env=full_env, stdout=out,
-                                     stderr=out if log_path else None, preexec_fn=die_with_us)
+                                     stderr=out if log_path else None, preexec_fn=die_with_parent)
         if log_path:
             out.close()
 
@@ -306,7 +268,7 @@ def call(conn, path, interface, method, args=None, reply_type=None, fds=None,
 
 
 def guest_config(mode="echo", kernel_fd=False, extra=""):
-    """A{sv} text for the test guest (tests/guests/README.md); kernel as path or handle 0."""
+    """A{sv} text for the test guest (tests/testguest/README.md); kernel as path or handle 0."""
     kernel = "'kernel-fd': <handle 0>" if kernel_fd else f"'kernel': <'{TESTGUEST}'>"
     return GLib.Variant.parse(
         GLib.VariantType("a{sv}"),
@@ -360,8 +322,10 @@ def main():
 
 
 NOBODY = 65534  # uid "nobody" and gid "nogroup" on Debian
-# client.py and the modules it imports: run from copies (see reachable.py).
-CLIENT_FILES = ("client.py", "systest.py", "reachable.py")
+# client.py and the modules it imports (relative to this directory), copied side by side into
+# one directory: run from there (see reachable.py).
+CLIENT_FILES = ("client.py", "systest.py", "reachable.py",
+                os.path.join("..", "common", "mvmtest.py"))
 _client_dir = None
 
 

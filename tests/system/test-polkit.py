@@ -95,7 +95,7 @@ class PolkitTest(systest.TestCase):
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
         proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system"] + list(args),
                                 env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr,
-                                preexec_fn=systest.die_with_us)
+                                preexec_fn=systest.die_with_parent)
         self.addCleanup(systest.kill_and_reap, proc)
         name = POLKIT if "polkitd" in args else args[0]
         systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
@@ -281,7 +281,7 @@ class PolkitTest(systest.TestCase):
         client = subprocess.Popen(
             systest.client_argv(systest.NOBODY, systest.NOBODY, self.bus.address,
                                 ["start", "guest", "--interactive"]),
-            cwd=systest.client_dir(), stdout=subprocess.DEVNULL, preexec_fn=systest.die_with_us)
+            cwd=systest.client_dir(), stdout=subprocess.DEVNULL, preexec_fn=systest.die_with_parent)
         self.addCleanup(systest.kill_and_reap, client)
         systest.wait_for(lambda: monitor.checks, 30, "the interactive check")
         cancellation_id = monitor.checks[0][4]

@@ -8,7 +8,6 @@ pseudo-terminal. Output is TAP. Environment (set by meson): MICROVMCTL, MICROVMD
 (optional: without it, or without /dev/kvm, the parts that run guests are skipped),
 MICROVMCTL_LOCALEDIR (the build tree's catalogs), MVMD_PO_DIR (po/ sources), MVMD_COMPLETION.
 """
-import ctypes
 import json
 import os
 import pty
@@ -23,9 +22,12 @@ import tempfile
 import time
 import traceback
 
-# The helper tests/system shares with us (copies a client run as another user can reach).
+# The helper tests/system shares with us (copies a client run as another user can reach), and
+# what all the Python tests share (tests/common: the private bus).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 import reachable  # noqa: E402
+from mvmtest import PrivateBus, die_with_parent, kill_and_reap, kvm_unusable  # noqa: E402
 
 MICROVMCTL = os.environ["MICROVMCTL"]
 MICROVMD = os.environ["MICROVMD"]
@@ -36,41 +38,14 @@ GUEST_TIMEOUT = 60  # seconds; nested KVM emulates guest kernel code (docs/kvm-h
 OK, FAILED, USAGE, NO_DAEMON, NO_SUCH_VM, INVALID_STATE = 0, 1, 2, 3, 4, 5
 INVALID_ARGUMENT, ALREADY_EXISTS, NOT_AUTHORIZED, TIMEOUT, LOCAL_IO = 6, 7, 8, 9, 10
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-    <allow user="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-def die_with_parent():
-    """Children (bus, daemon) are killed when the test dies, even by an uncaught error."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class TestBus:
     """A private dbus-daemon and, on demand, microvmd on it."""
 
     def __init__(self, tmp, name):
         self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir)
-        conf = os.path.join(self.dir, "bus.conf")
-        with open(conf, "w") as f:
-            f.write(BUS_CONFIG.format(dir=self.dir))
-        self.bus = subprocess.Popen(
-            ["dbus-daemon", "--config-file=" + conf, "--print-address=1", "--nofork"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        self.address = self.bus.stdout.readline().decode().strip()
-        assert self.address, "no bus address"
+        self.bus = PrivateBus(self.dir)
+        self.address = self.bus.address
         self.daemon = None
 
     def daemon_args(self):
@@ -94,16 +69,8 @@ class TestBus:
         raise AssertionError("microvmd did not take its name")
 
     def stop(self):
-        for p in (self.daemon, self.bus):
-            if p and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        if self.bus.stdout:
-            self.bus.stdout.close()
+        kill_and_reap(self.daemon, signal.SIGTERM)
+        self.bus.stop()
 
 
 class Result:
@@ -227,7 +194,7 @@ class Pty:
 # ---- the tests ---------------------------------------------------------------------------
 
 def have_kvm():
-    return bool(TESTGUEST) and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return bool(TESTGUEST) and kvm_unusable() is None
 
 
 def test_usage(t):

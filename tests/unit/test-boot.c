@@ -1029,7 +1029,7 @@ static void test_fuzz(void)
     fuzz_image(mem, build_bzimage, 0x280, n);
 }
 
-/* ---- Debian's kernel, when tests/guest/build-linux-guest has made one ---- */
+/* ---- Debian's kernel, when tests/linux-guest/build-linux-guest has made one ---- */
 
 static int open_guest_file(const char *dir, const char *name)
 {
@@ -1043,13 +1043,13 @@ static void test_real_kernel(void)
     const char *dir = g_getenv("MVM_LINUX_GUEST_DIR");
 
     if (dir == NULL) {
-        g_test_skip("MVM_LINUX_GUEST_DIR is not set (see tests/guest/build-linux-guest)");
+        g_test_skip("MVM_LINUX_GUEST_DIR is not set (see tests/linux-guest/build-linux-guest)");
         return;
     }
     g_autofree char *bzimage = g_build_filename(dir, "bzImage", NULL);
     if (!g_file_test(bzimage, G_FILE_TEST_EXISTS)) {
-        g_test_skip_printf("the Linux guest is not built in %s (tests/guest/build-linux-guest)",
-                           dir);
+        g_test_skip_printf(
+            "the Linux guest is not built in %s (tests/linux-guest/build-linux-guest)", dir);
         return;
     }
     g_autoptr(MvmMemory) mem = new_memory(256 * MVM_MIB);

@@ -7,7 +7,7 @@
  * guest kernel code is run by KVM's instruction emulator at about 1M instructions/s, and the
  * emulator lacks instructions the kernel needs later in boot, so /init is never reached.
  * Everywhere else — hardware virtualization, or the QEMU-nested host of tests/vmhost on
- * machines without /dev/kvm — it is, in seconds. tests/guest/linux-early-boot-check asks
+ * machines without /dev/kvm — it is, in seconds. tests/linux-guest/linux-early-boot-check asks
  * the same question for the Python tests. MVM_LINUX_FULL=1 forces the tests to run anyway.
  */
 #pragma once

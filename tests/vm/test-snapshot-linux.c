@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Snapshots of Debian's kernel (tests/guest/, from MVM_LINUX_GUEST_DIR:
+ * Snapshots of Debian's kernel (tests/linux-guest/, from MVM_LINUX_GUEST_DIR:
  * vmlinux and initramfs.cpio.gz).
  * - `linux` suite: snapshot it mid-boot, free the original, restore, and the
  *   restored kernel goes on printing boot messages without booting again.
@@ -17,6 +17,7 @@
 
 #include "linux-full-host.h"
 #include "microvm.h"
+#include "test-util.h"
 
 #define CMDLINE                                                                                    \
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 pci=off i8042.noaux "         \
@@ -25,42 +26,7 @@
 #define RESTORE_TIMEOUT_US (180 * G_USEC_PER_SEC)
 #define NEW_LINES          10
 
-typedef struct {
-    GMutex lock;
-    GCond cond;
-    GString *text;
-} Console;
-
-static Console *console_new(void)
-{
-    Console *c = g_new0(Console, 1);
-
-    g_mutex_init(&c->lock);
-    g_cond_init(&c->cond);
-    c->text = g_string_new(NULL);
-    return c;
-}
-
-static void console_free(Console *c)
-{
-    g_string_free(c->text, TRUE);
-    g_mutex_clear(&c->lock);
-    g_cond_clear(&c->cond);
-    g_free(c);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(Console, console_free)
-
 static const char *guest_dir;
-
-static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
-{
-    Console *c = user_data;
-
-    g_mutex_lock(&c->lock);
-    g_string_append_len(c->text, (const char *)data, (gssize)len);
-    g_cond_broadcast(&c->cond);
-    g_mutex_unlock(&c->lock);
-}
 
 static guint count_lines(const char *text)
 {
@@ -72,22 +38,16 @@ static guint count_lines(const char *text)
 }
 
 /* Waits for @needle, or for @min_lines complete lines when @needle is NULL. */
-static gboolean console_wait(Console *c, const char *needle, guint min_lines, gint64 timeout_us)
+static gboolean console_wait(Capture *c, const char *needle, guint min_lines, gint64 timeout_us)
 {
     gint64 deadline = g_get_monotonic_time() + timeout_us;
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
 
-    while (needle != NULL ? strstr(c->text->str, needle) == NULL
-                          : count_lines(c->text->str) < min_lines)
+    while (needle != NULL ? strstr(c->output->str, needle) == NULL
+                          : count_lines(c->output->str) < min_lines)
         if (!g_cond_wait_until(&c->cond, &c->lock, deadline))
             return FALSE;
     return TRUE;
-}
-
-static char *console_dup(Console *c)
-{
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
-    return g_strdup(c->text->str);
 }
 
 /* The "[ seconds.micros]" stamp of the last complete kernel line, or -1. */
@@ -116,7 +76,7 @@ static double first_stamp(const char *text)
 }
 
 /* Boots the guest with CMDLINE + @extra; the caller frees the VM before @c. */
-static MvmVm *boot_linux(const char *extra, Console *c)
+static MvmVm *boot_linux(const char *extra, Capture *c)
 {
     g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
     g_autoptr(GError) error = NULL;
@@ -133,34 +93,23 @@ static MvmVm *boot_linux(const char *extra, Console *c)
     return vm;
 }
 
-static void remove_snapshot(const char *dir)
-{
-    const char *names[] = {"state", "memory"};
-
-    for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
-        g_autofree char *path = g_build_filename(dir, names[i], NULL);
-        g_unlink(path);
-    }
-    g_rmdir(dir);
-}
-
 /* Boots the kernel to "Linux version" and a little beyond, snapshots it into @dir, frees it. */
 static char *boot_and_snapshot(const char *dir)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(Console) c = console_new();
+    g_autoptr(Capture) c = capture_new();
     g_autoptr(MvmVm) vm = boot_linux("", c);
 
     g_assert_true(console_wait(c, "Linux version", 0, BOOT_TIMEOUT_US));
     /* Mid-boot: a few lines past the banner. */
-    g_autofree char *banner = console_dup(c);
+    g_autofree char *banner = capture_dup_from(c, 0);
     g_assert_true(console_wait(c, NULL, count_lines(banner) + 5, BOOT_TIMEOUT_US));
     gint64 t0 = g_get_monotonic_time();
     g_assert_true(mvm_vm_snapshot(vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
     g_assert_no_error(error);
     g_test_message("snapshot of the booting kernel written in %.1f ms",
                    (g_get_monotonic_time() - t0) / 1000.0);
-    char *text = console_dup(c);
+    char *text = capture_dup_from(c, 0);
     g_clear_pointer(&vm, mvm_vm_free); /* the restore must not need the original */
     return text;
 }
@@ -171,7 +120,7 @@ static void test_snapshot_mid_boot(void)
     g_autofree char *dir = g_dir_make_tmp("mvm-linux-snapshot-XXXXXX", &error);
     g_assert_no_error(error);
     g_autofree char *before = boot_and_snapshot(dir);
-    g_autoptr(Console) c = console_new();
+    g_autoptr(Capture) c = capture_new();
 
     gint64 t0 = g_get_monotonic_time();
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
@@ -181,7 +130,7 @@ static void test_snapshot_mid_boot(void)
     g_test_message("restored and resumed in %.1f ms", (g_get_monotonic_time() - t0) / 1000.0);
 
     gboolean printed = console_wait(c, NULL, NEW_LINES, RESTORE_TIMEOUT_US);
-    g_autofree char *after = console_dup(c);
+    g_autofree char *after = capture_dup_from(c, 0);
     g_test_message("the restored kernel printed:\n%s", after);
     g_assert_true(printed);
     /* It went on: no second boot, and its clock did not start over. */
@@ -189,7 +138,7 @@ static void test_snapshot_mid_boot(void)
     g_assert_cmpfloat(first_stamp(after), >=, last_stamp(before));
     g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_RUNNING);
     g_clear_pointer(&vm, mvm_vm_free);
-    remove_snapshot(dir);
+    rm_rf(dir);
 }
 
 /* ---- linux-full ---- */
@@ -198,7 +147,7 @@ static void test_snapshot_mid_boot(void)
  * Types @command (which prints @expect only when the shell ran it: "echo X-$((6*7))" prints
  * X-42, while the terminal's echo of the line shows the expression) until @expect appears.
  */
-static gboolean shell_run(MvmVm *vm, Console *c, const char *command, const char *expect)
+static gboolean shell_run(MvmVm *vm, Capture *c, const char *command, const char *expect)
 {
     g_autofree char *line = g_strdup_printf("%s\n", command);
     gint64 deadline = g_get_monotonic_time() + BOOT_TIMEOUT_US;
@@ -217,40 +166,40 @@ static void test_full_restore_shell(void)
     g_autofree char *dir = g_dir_make_tmp("mvm-linux-snapshot-XXXXXX", &error);
     g_assert_no_error(error);
     {
-        g_autoptr(Console) c = console_new();
+        g_autoptr(Capture) c = capture_new();
         g_autoptr(MvmVm) vm = boot_linux("rdinit=/bin/sh", c);
         g_assert_true(shell_run(vm, c, "echo BEFORE-$((6*7))", "BEFORE-42"));
         g_assert_true(mvm_vm_snapshot(vm, dir, MVM_SNAPSHOT_NONE, &error));
         g_assert_no_error(error);
         g_clear_pointer(&vm, mvm_vm_free);
     }
-    g_autoptr(Console) c = console_new();
+    g_autoptr(Capture) c = capture_new();
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     g_assert_no_error(error);
     mvm_vm_set_console_callback(vm, on_console, c);
     g_assert_true(mvm_vm_resume(vm, &error));
     g_assert_true(shell_run(vm, c, "echo AFTER-$((6*8)) $(cat /proc/uptime)", "AFTER-48"));
-    g_autofree char *out = console_dup(c);
+    g_autofree char *out = capture_dup_from(c, 0);
     g_test_message("restored shell:\n%s", out);
     g_clear_pointer(&vm, mvm_vm_free);
-    remove_snapshot(dir);
+    rm_rf(dir);
 }
 
 /* Soft-lockup reports come after 2 × watchdog_thresh seconds without the watchdog running. */
 static void test_full_pause_no_soft_lockup(void)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(Console) c = console_new();
+    g_autoptr(Capture) c = capture_new();
     g_autoptr(MvmVm) vm = boot_linux("rdinit=/bin/sh watchdog_thresh=1", c);
 
     g_assert_true(shell_run(vm, c, "echo UP-$((5*5))", "UP-25"));
     g_assert_true(mvm_vm_pause(vm, &error));
-    gsize mark = strlen(console_dup(c));
+    gsize mark = strlen(capture_dup_from(c, 0));
     g_usleep(6 * G_USEC_PER_SEC);
     g_assert_true(mvm_vm_resume(vm, &error));
     g_assert_true(shell_run(vm, c, "echo BACK-$((7*7))", "BACK-49"));
     g_usleep(3 * G_USEC_PER_SEC); /* the watchdog would have spoken by now */
-    g_autofree char *out = console_dup(c);
+    g_autofree char *out = capture_dup_from(c, 0);
     g_test_message("after the resume:\n%s", out + mark);
     g_assert_null(strstr(out + mark, "soft lockup"));
     g_clear_pointer(&vm, mvm_vm_free);
@@ -272,13 +221,13 @@ int main(int argc, char **argv)
         return skip(linux_full_unsupported());
     guest_dir = g_getenv("MVM_LINUX_GUEST_DIR");
     if (guest_dir == NULL || *guest_dir == '\0')
-        return skip("MVM_LINUX_GUEST_DIR is not set: build the Linux guest (tests/guest/)");
+        return skip("MVM_LINUX_GUEST_DIR is not set: build the Linux guest (tests/linux-guest/)");
     g_autofree char *vmlinux = g_build_filename(guest_dir, "vmlinux", NULL);
     g_autofree char *initrd = g_build_filename(guest_dir, "initramfs.cpio.gz", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_IS_REGULAR) ||
         !g_file_test(initrd, G_FILE_TEST_IS_REGULAR))
         return skip("no vmlinux or initramfs.cpio.gz in MVM_LINUX_GUEST_DIR: build the Linux "
-                    "guest (tests/guest/)");
+                    "guest (tests/linux-guest/)");
     if (mvm_kvm_api_version(&error) < 0)
         return skip(error->message);
     if (full) {

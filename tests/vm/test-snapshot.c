@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Pause with kvmclock, snapshot and restore, against real KVM with the test
- * guest (tests/guests/): what the guest itself reports after a pause, that
+ * guest (tests/testguest/): what the guest itself reports after a pause, that
  * concurrent pauses and resumes never show "paused" with a vCPU running, and
  * a guest that goes on counting with its memory intact after a restore
  * (beside the original, and in a fresh process). Damaged snapshots are in

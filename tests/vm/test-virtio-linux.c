@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * linux-full: Debian's kernel uses our virtio devices. The guest (tests/guest/,
+ * linux-full: Debian's kernel uses our virtio devices. The guest (tests/linux-guest/,
  * plus the overlay of tests/vm/virtio-linux-initramfs with the virtio modules
  * and its own /init) mounts an ext4 image from /dev/vda, pings the host over a
  * tap, and reads /dev/hwrng. Runs wherever Linux reaches /init (linux-full-host.h)
  * and the guest is built (MVM_LINUX_GUEST_DIR, with the virtio modules that
- * tests/guest/build-linux-guest prepares); exits 77 (skip) otherwise, saying why.
+ * tests/linux-guest/build-linux-guest prepares); exits 77 (skip) otherwise, saying why.
  */
 #include <fcntl.h>
 #include <glib/gstdio.h>
@@ -19,26 +19,11 @@
 
 #include "linux-full-host.h"
 #include "microvm.h"
+#include "test-util.h"
 
 #define SKIP       77
 #define TAP_NAME   "mvmlinux0"
 #define TIMEOUT_US (300 * G_USEC_PER_SEC)
-
-typedef struct {
-    GMutex lock;
-    GCond cond;
-    GString *out;
-} Console;
-
-static void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
-{
-    Console *c = user_data;
-
-    g_mutex_lock(&c->lock);
-    g_string_append_len(c->out, (const char *)data, (gssize)len);
-    g_cond_broadcast(&c->cond);
-    g_mutex_unlock(&c->lock);
-}
 
 static G_GNUC_NORETURN void skip(const char *why)
 {
@@ -127,17 +112,6 @@ static char *make_initrd(const char *dir, const char *guest_dir)
     return initrd;
 }
 
-static gboolean wait_for(Console *c, const char *needle)
-{
-    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
-
-    while (strstr(c->out->str, needle) == NULL)
-        if (!g_cond_wait_until(&c->cond, &c->lock, deadline))
-            return FALSE;
-    return TRUE;
-}
-
 static void test_linux_virtio(gconstpointer data)
 {
     const char *guest_dir = data;
@@ -146,7 +120,7 @@ static void test_linux_virtio(gconstpointer data)
     g_autofree char *token = g_strdup_printf("token-%08x", g_random_int());
     g_autofree char *image = make_ext4(dir, token);
     g_autofree char *initrd = make_initrd(dir, guest_dir);
-    Console c = {.out = g_string_new(NULL)};
+    g_autoptr(Capture) c = capture_new();
 
     make_tap();
     g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
@@ -169,22 +143,23 @@ static void test_linux_virtio(gconstpointer data)
 
     g_autoptr(MvmVm) vm = mvm_vm_new(config, &error);
     g_assert_no_error(error);
-    mvm_vm_set_console_callback(vm, on_console, &c);
+    mvm_vm_set_console_callback(vm, on_console, c);
     g_assert_true(mvm_vm_start(vm, &error));
-    gboolean done = wait_for(&c, "MVM-VIRTIO-DONE");
+    gboolean done = capture_wait_from(c, 0, "MVM-VIRTIO-DONE", TIMEOUT_US);
     mvm_vm_wait(vm, 30 * G_USEC_PER_SEC);
     mvm_vm_stop(vm, NULL);
     mvm_vm_set_console_callback(vm, NULL, NULL);
-    g_test_message("guest console:\n%s", c.out->str);
+    g_autofree char *out = capture_dup_from(c, 0);
+    g_test_message("guest console:\n%s", out);
     g_assert_true(done);
 
     g_autofree char *blk = g_strdup_printf("MVM-VIRTIO-BLK %s", token);
-    g_assert_nonnull(strstr(c.out->str, blk));
-    g_assert_nonnull(strstr(c.out->str, "MVM-VIRTIO-PING ok"));
-    const char *rng = strstr(c.out->str, "MVM-VIRTIO-HWRNG virtio_rng");
+    g_assert_nonnull(strstr(out, blk));
+    g_assert_nonnull(strstr(out, "MVM-VIRTIO-PING ok"));
+    const char *rng = strstr(out, "MVM-VIRTIO-HWRNG virtio_rng");
     g_assert_nonnull(rng);
     g_assert_null(strstr(rng, "0000000000000000000000000000000000000000000000000000000000000000"));
-    g_assert_null(strstr(c.out->str, "insmod"));
+    g_assert_null(strstr(out, "insmod"));
 
     /* What the guest wrote reached the image. */
     g_autofree char *cat = NULL;
@@ -192,7 +167,7 @@ static void test_linux_virtio(gconstpointer data)
     g_assert_true(g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDERR_TO_DEV_NULL,
                                NULL, NULL, &cat, NULL, NULL, &error));
     g_assert_nonnull(strstr(cat, "written by the guest"));
-    g_string_free(c.out, TRUE);
+    rm_rf(dir);
 }
 
 int main(int argc, char **argv)
@@ -207,7 +182,7 @@ int main(int argc, char **argv)
         skip("MVM_LINUX_GUEST_DIR is not set");
     vmlinux = g_build_filename(guest_dir, "vmlinux", NULL);
     if (!g_file_test(vmlinux, G_FILE_TEST_EXISTS))
-        skip("the Linux guest is not built (tests/guest/build-linux-guest)");
+        skip("the Linux guest is not built (tests/linux-guest/build-linux-guest)");
     g_test_init(&argc, &argv, NULL);
     g_test_add_data_func("/virtio-linux/blk-net-rng", guest_dir, test_linux_virtio);
     return g_test_run();

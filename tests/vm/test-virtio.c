@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * virtio devices against real KVM, driven by the test guest's virtio modes
- * (tests/guests/virtio.c): the transport's registers, blk with host-side checks
+ * (tests/testguest/virtio.c): the transport's registers, blk with host-side checks
  * of the image, several disks, read-only and failing disks, snapshots, rng,
  * interrupts through the IOAPIC, and hostile guests that must only break their
  * own device while another VM keeps running; a benchmark beside QEMU microvm.
@@ -30,7 +30,7 @@ static guint64 fnv1a(const guint8 *data, gsize len)
     return h;
 }
 
-/* Mirrors tests/guests/mode_virtio_blk.c. */
+/* Mirrors tests/testguest/mode_virtio_blk.c. */
 static guint8 blk_pattern_byte(guint64 sector, guint32 i, guint64 seed)
 {
     return (guint8)((sector * 131 + i * 7 + seed * 29) ^ (i >> 5));
@@ -395,7 +395,7 @@ static void test_config_validation(void)
     g_assert_cmpstr(((MvmDiskConfig *)g_ptr_array_index(copy->disks, 0))->path, ==, "/tmp/d.img");
 }
 
-/* The transport's registers, from the guest's side (tests/guests/mode_virtio_transport.c). */
+/* The transport's registers, from the guest's side (tests/testguest/mode_virtio_transport.c). */
 static void test_transport(void)
 {
     if (!have_kvm())

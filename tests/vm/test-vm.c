@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * libmicrovm against real KVM: boots the test guest (tests/guests/) in each
+ * libmicrovm against real KVM: boots the test guest (tests/testguest/) in each
  * of its modes and checks what it prints, how it ends, and what the VM says.
  * Skipped, with the reason, on hosts without /dev/kvm.
  */
@@ -10,104 +10,62 @@
 #include <unistd.h>
 
 #include "microvm.h"
+#include "test-util.h"
 #include "vm-private.h"
 
 #define GUEST_TIMEOUT_US (120 * G_USEC_PER_SEC)
 
+/* What a VM printed (test-util's Capture) and the states it went through. */
 typedef struct {
+    Capture *console;
     GMutex lock;
-    GCond cond;
-    GString *output;
     GArray *states; /* MvmVmState, in order of the callbacks */
-} Capture;
+} Watch;
 
-static const char *testguest_path(void)
+static void watch_state(MvmVm *vm, MvmVmState state, gpointer user_data)
 {
-    const char *path = g_getenv("MVM_TESTGUEST");
-    g_assert_nonnull(path);
-    return path;
+    Watch *w = user_data;
+
+    g_mutex_lock(&w->lock);
+    g_array_append_val(w->states, state);
+    g_mutex_unlock(&w->lock);
 }
 
-static gboolean have_kvm(void)
+static void watch_init(Watch *w)
 {
-    g_autoptr(GError) error = NULL;
-
-    if (mvm_kvm_api_version(&error) >= 0)
-        return TRUE;
-    g_autofree char *why = g_strdup_printf("no usable KVM: %s", error->message);
-    g_test_skip(why);
-    return FALSE;
+    w->console = capture_new();
+    g_mutex_init(&w->lock);
+    w->states = g_array_new(FALSE, FALSE, sizeof(MvmVmState));
 }
 
-static void capture_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
+static void watch_clear(Watch *w)
 {
-    Capture *c = user_data;
-
-    g_mutex_lock(&c->lock);
-    g_string_append_len(c->output, (const char *)data, (gssize)len);
-    g_cond_broadcast(&c->cond);
-    g_mutex_unlock(&c->lock);
-}
-
-static void capture_state(MvmVm *vm, MvmVmState state, gpointer user_data)
-{
-    Capture *c = user_data;
-
-    g_mutex_lock(&c->lock);
-    g_array_append_val(c->states, state);
-    g_mutex_unlock(&c->lock);
-}
-
-static void capture_init(Capture *c)
-{
-    g_mutex_init(&c->lock);
-    g_cond_init(&c->cond);
-    c->output = g_string_new(NULL);
-    c->states = g_array_new(FALSE, FALSE, sizeof(MvmVmState));
-}
-
-static void capture_clear(Capture *c)
-{
-    /* Callers free their VM first: freeing announces the stop to the capture. */
-    g_string_free(c->output, TRUE);
-    g_array_unref(c->states);
-    g_mutex_clear(&c->lock);
-    g_cond_clear(&c->cond);
+    /* Callers free their VM first: freeing announces the stop to the watch. */
+    capture_free(w->console);
+    g_array_unref(w->states);
+    g_mutex_clear(&w->lock);
 }
 
 /* Waits until @needle shows up in the guest's output; FALSE after the timeout. */
-static gboolean capture_wait_for(Capture *c, const char *needle, gint64 timeout_us)
+static gboolean watch_wait_for(Watch *w, const char *needle, gint64 timeout_us)
 {
-    gint64 deadline = g_get_monotonic_time() + timeout_us;
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
-
-    while (strstr(c->output->str, needle) == NULL)
-        if (!g_cond_wait_until(&c->cond, &c->lock, deadline))
-            return FALSE;
-    return TRUE;
+    return capture_wait_from(w->console, 0, needle, timeout_us);
 }
 
-static char *capture_dup(Capture *c)
+static char *watch_dup(Watch *w)
 {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
-    return g_strdup(c->output->str);
+    return capture_dup_from(w->console, 0);
 }
 
-static MvmVm *new_guest(const char *cmdline, guint vcpus, guint64 memory_mib, Capture *c)
+static MvmVm *new_guest(const char *cmdline, guint vcpus, guint64 memory_mib, Watch *c)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
-
-    config->kernel_path = g_strdup(testguest_path());
-    config->cmdline = g_strdup(cmdline);
-    config->n_vcpus = vcpus;
-    config->memory_mib = memory_mib;
-    config->debug_exit = TRUE;
+    g_autoptr(MvmVmConfig) config = testguest_config(cmdline, vcpus, memory_mib);
     MvmVm *vm = mvm_vm_new(config, &error);
     g_assert_no_error(error);
     g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_CREATED);
-    mvm_vm_set_console_callback(vm, capture_console, c);
-    mvm_vm_set_state_callback(vm, capture_state, c);
+    mvm_vm_set_console_callback(vm, on_console, c->console);
+    mvm_vm_set_state_callback(vm, watch_state, c);
     return vm;
 }
 
@@ -115,21 +73,21 @@ static MvmVm *new_guest(const char *cmdline, guint vcpus, guint64 memory_mib, Ca
 static char *run_to_end(const char *cmdline, guint vcpus, guint64 memory_mib, MvmVm **out_vm)
 {
     g_autoptr(GError) error = NULL;
-    Capture c;
+    Watch c;
 
-    capture_init(&c);
+    watch_init(&c);
     MvmVm *vm = new_guest(cmdline, vcpus, memory_mib, &c);
     g_assert_true(mvm_vm_start(vm, &error));
     g_assert_no_error(error);
     gboolean ended = mvm_vm_wait(vm, GUEST_TIMEOUT_US);
     mvm_vm_stop(vm, NULL);
-    char *output = capture_dup(&c);
+    char *output = watch_dup(&c);
     if (!ended)
         g_error("guest '%s' did not end; it printed:\n%s", cmdline, output);
     g_test_message("guest '%s' printed:\n%s", cmdline, output);
     mvm_vm_set_console_callback(vm, NULL, NULL);
     mvm_vm_set_state_callback(vm, NULL, NULL);
-    capture_clear(&c);
+    watch_clear(&c);
     *out_vm = vm;
     return output;
 }
@@ -231,28 +189,28 @@ static void test_triple_fault(void)
 static void test_echo(void)
 {
     g_autoptr(GError) error = NULL;
-    Capture c;
+    Watch c;
 
     if (!have_kvm())
         return;
-    capture_init(&c);
+    watch_init(&c);
     g_autoptr(MvmVm) vm = new_guest("mode=echo", 1, 16, &c);
     g_assert_true(mvm_vm_start(vm, &error));
-    g_assert_true(capture_wait_for(&c, "READY", GUEST_TIMEOUT_US));
+    g_assert_true(watch_wait_for(&c, "READY", GUEST_TIMEOUT_US));
     const char *input = "hello microvm\r";
     g_assert_cmpuint(mvm_vm_console_write(vm, (const guint8 *)input, strlen(input)), ==,
                      strlen(input));
-    g_assert_true(capture_wait_for(&c, "hello microvm", GUEST_TIMEOUT_US));
+    g_assert_true(watch_wait_for(&c, "hello microvm", GUEST_TIMEOUT_US));
     mvm_vm_console_write(vm, (const guint8 *)"quit\r", 5);
     g_assert_true(mvm_vm_wait(vm, GUEST_TIMEOUT_US));
     assert_debug_exit(vm, 0);
     g_clear_pointer(&vm, mvm_vm_free);
-    capture_clear(&c);
+    watch_clear(&c);
 }
 
-static guint count_counter_lines(Capture *c)
+static guint count_counter_lines(Watch *c)
 {
-    g_autofree char *out = capture_dup(c);
+    g_autofree char *out = watch_dup(c);
     guint n = 0;
     for (const char *p = out; (p = strstr(p, "COUNTER ")) != NULL; p++)
         n++;
@@ -262,14 +220,14 @@ static guint count_counter_lines(Capture *c)
 static void test_pause_resume(void)
 {
     g_autoptr(GError) error = NULL;
-    Capture c;
+    Watch c;
 
     if (!have_kvm())
         return;
-    capture_init(&c);
+    watch_init(&c);
     g_autoptr(MvmVm) vm = new_guest("mode=pattern pages=16 every=1", 2, 64, &c);
     g_assert_true(mvm_vm_start(vm, &error));
-    g_assert_true(capture_wait_for(&c, "COUNTER 3", GUEST_TIMEOUT_US));
+    g_assert_true(watch_wait_for(&c, "COUNTER 3", GUEST_TIMEOUT_US));
 
     /* Wrong-state calls are refused with INVALID_STATE. */
     g_assert_false(mvm_vm_resume(vm, &error));
@@ -290,8 +248,8 @@ static void test_pause_resume(void)
 
     g_assert_true(mvm_vm_resume(vm, &error));
     g_autofree char *next = g_strdup_printf("COUNTER %u", before + 2);
-    g_assert_true(capture_wait_for(&c, next, GUEST_TIMEOUT_US));
-    g_autofree char *out = capture_dup(&c);
+    g_assert_true(watch_wait_for(&c, next, GUEST_TIMEOUT_US));
+    g_autofree char *out = watch_dup(&c);
     g_assert_null(strstr(out, "FAIL"));
 
     g_assert_true(mvm_vm_stop(vm, &error));
@@ -304,20 +262,20 @@ static void test_pause_resume(void)
     g_assert_cmpint(g_array_index(c.states, MvmVmState, 2), ==, MVM_VM_STATE_RUNNING);
     g_assert_cmpint(g_array_index(c.states, MvmVmState, 3), ==, MVM_VM_STATE_STOPPED);
     g_clear_pointer(&vm, mvm_vm_free);
-    capture_clear(&c);
+    watch_clear(&c);
 }
 
 static void test_vcpu_state_round_trip(void)
 {
     g_autoptr(GError) error = NULL;
-    Capture c;
+    Watch c;
 
     if (!have_kvm())
         return;
-    capture_init(&c);
+    watch_init(&c);
     g_autoptr(MvmVm) vm = new_guest("mode=pattern pages=4 every=1", 1, 32, &c);
     g_assert_true(mvm_vm_start(vm, &error));
-    g_assert_true(capture_wait_for(&c, "COUNTER 2", GUEST_TIMEOUT_US));
+    g_assert_true(watch_wait_for(&c, "COUNTER 2", GUEST_TIMEOUT_US));
     g_assert_true(mvm_vm_pause(vm, &error));
 
     MvmVcpu *vcpu = vm->vcpus[0].vcpu;
@@ -341,19 +299,19 @@ static void test_vcpu_state_round_trip(void)
     guint before = count_counter_lines(&c);
     g_assert_true(mvm_vm_resume(vm, &error));
     g_autofree char *next = g_strdup_printf("COUNTER %u", before + 2);
-    g_assert_true(capture_wait_for(&c, next, GUEST_TIMEOUT_US));
+    g_assert_true(watch_wait_for(&c, next, GUEST_TIMEOUT_US));
     g_clear_pointer(&vm, mvm_vm_free);
-    capture_clear(&c);
+    watch_clear(&c);
 }
 
 static void test_msr_chunks(void)
 {
     g_autoptr(GError) error = NULL;
-    Capture c;
+    Watch c;
 
     if (!have_kvm())
         return;
-    capture_init(&c);
+    watch_init(&c);
     g_autoptr(MvmVm) vm = new_guest("mode=boot", 1, 16, &c);
     MvmVcpu *vcpu = vm->vcpus[0].vcpu;
     const GArray *saveable = mvm_vcpu_get_saveable_msrs(vcpu, &error);
@@ -386,7 +344,7 @@ static void test_msr_chunks(void)
     g_assert_true(mvm_vcpu_is_tsc_scaling_required(vcpu, khz / 2, &required, &error));
     g_assert_true(required);
     g_clear_pointer(&vm, mvm_vm_free);
-    capture_clear(&c);
+    watch_clear(&c);
 }
 
 static guint count_open_fds(void)
@@ -406,8 +364,8 @@ static void test_lifecycle_leaks_nothing(void)
         return;
     guint fds_before = count_open_fds();
     for (guint i = 0; i < 10; i++) {
-        Capture c;
-        capture_init(&c);
+        Watch c;
+        watch_init(&c);
         g_autoptr(MvmVm) vm = new_guest("mode=echo", 2, 16, &c);
         /* Freed in every state a caller may leave it in: created, running, paused, stopped. */
         if (i % 4 >= 1)
@@ -421,7 +379,7 @@ static void test_lifecycle_leaks_nothing(void)
             g_clear_error(&error);
         }
         g_clear_pointer(&vm, mvm_vm_free);
-        capture_clear(&c);
+        watch_clear(&c);
     }
     g_assert_cmpuint(count_open_fds(), ==, fds_before);
 }

@@ -21,14 +21,7 @@ static void on_marker(MvmVm *vm, guint32 marker, gint64 us, gpointer user_data)
 
 MvmVmConfig *guest_config(const char *cmdline)
 {
-    MvmVmConfig *config = mvm_vm_config_new();
-
-    config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
-    g_assert_nonnull(config->kernel_path);
-    config->cmdline = g_strdup(cmdline);
-    config->memory_mib = 32;
-    config->debug_exit = TRUE;
-    return config;
+    return testguest_config(cmdline, 1, 32);
 }
 
 /* Takes @vm; captures its console and markers. */

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Write a newc ("070701") cpio archive from a tiny spec, without root.
 
-Used by tests/guest/build-linux-guest.  Because the archive is written
+Used by tests/linux-guest/build-linux-guest.  Because the archive is written
 directly, device nodes (e.g. /dev/console, c 5 1) can be created without
 mknod privileges, and every header gets uid/gid 0 and mtime 0 so the output
 is reproducible.

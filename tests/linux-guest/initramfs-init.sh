@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of the microvmd Linux test guest (built by tests/guest/build-linux-guest).
+# /init of the microvmd Linux test guest (built by tests/linux-guest/build-linux-guest).
 # Prints two marker lines on the console and powers the VM off at once.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* What every C test that runs a VM shares (test-util.h). */
+#include "test-util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+char *kvm_device_unusable(void)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+    if (fd < 0)
+        return g_strdup_printf("/dev/kvm is not usable here (%s)", g_strerror(errno));
+    close(fd);
+    return NULL;
+}
+
+gboolean have_kvm(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *why = NULL;
+
+    if (mvm_kvm_api_version(&error) >= 0)
+        return TRUE;
+    why = g_strdup_printf("no usable KVM: %s", error->message);
+    g_test_skip(why);
+    return FALSE;
+}
+
+MvmVmConfig *testguest_config(const char *cmdline, guint vcpus, guint64 memory_mib)
+{
+    MvmVmConfig *config = mvm_vm_config_new();
+
+    config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+    g_assert_nonnull(config->kernel_path);
+    config->cmdline = g_strdup(cmdline);
+    config->n_vcpus = vcpus;
+    config->memory_mib = memory_mib;
+    config->debug_exit = TRUE;
+    return config;
+}
+
+Capture *capture_new(void)
+{
+    Capture *c = g_new0(Capture, 1);
+
+    g_mutex_init(&c->lock);
+    g_cond_init(&c->cond);
+    c->output = g_string_new(NULL);
+    return c;
+}
+
+/* Callers free their VM first: a freed VM no longer calls on_console(). */
+void capture_free(Capture *c)
+{
+    g_string_free(c->output, TRUE);
+    g_mutex_clear(&c->lock);
+    g_cond_clear(&c->cond);
+    g_free(c);
+}
+
+void on_console(MvmVm *vm, const guint8 *data, gsize len, gpointer user_data)
+{
+    Capture *c = user_data;
+
+    g_mutex_lock(&c->lock);
+    g_string_append_len(c->output, (const char *)data, (gssize)len);
+    g_cond_broadcast(&c->cond);
+    g_mutex_unlock(&c->lock);
+}
+
+gsize capture_len(Capture *c)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
+    return c->output->len;
+}
+
+char *capture_dup_from(Capture *c, gsize from)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
+    return g_strdup(c->output->str + MIN(from, c->output->len));
+}
+
+gboolean capture_wait_from(Capture *c, gsize from, const char *needle, gint64 timeout_us)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_us;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&c->lock);
+
+    while (strstr(c->output->str + MIN(from, c->output->len), needle) == NULL)
+        if (!g_cond_wait_until(&c->cond, &c->lock, deadline))
+            return FALSE;
+    return TRUE;
+}
+
+/* lstat, not stat: a link to a directory is removed as a link, and what it points to stays. */
+void rm_rf(const char *path)
+{
+    GStatBuf st;
+
+    if (g_lstat(path, &st) < 0) {
+        if (errno != ENOENT)
+            g_test_message("cannot stat %s: %s", path, g_strerror(errno));
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+        const char *name;
+
+        while (dir != NULL && (name = g_dir_read_name(dir)) != NULL) {
+            g_autofree char *child = g_build_filename(path, name, NULL);
+            rm_rf(child);
+        }
+    }
+    if (g_remove(path) < 0 && errno != ENOENT)
+        g_test_message("cannot remove %s: %s", path, g_strerror(errno));
+}
