@@ -1,6 +1,6 @@
 #!/bin/bash
 # run-with-kvm ends a nested VM whose kernel stops answering, within --stall seconds, and names
-# the test that was running then (tests/run-test's journal). A frozen kernel is played by
+# the test that was running then (tests/run-test's journal) and the CPU's state. A frozen kernel is played by
 # stopping init's heartbeat. Boots the QEMU TCG VM (~10 s), so it runs on hosts with /dev/kvm
 # (forced VM) and skips inside the nested VM itself.
 # Usage: test-stall.sh RUN_WITH_KVM RUN_TEST   (TAP output)
@@ -17,8 +17,9 @@ trap 'rm -f "$out"' EXIT
 	>"$out" 2>&1
 status=$?
 echo "1..1"
-if [ $status = 124 ] && grep -q 'the VM stopped answering (no heartbeat for [0-9]* s)' "$out" &&
-	grep -q 'tests running when it stopped' "$out" && grep -q 'sleep 1234' "$out"; then
+if [ $status = 75 ] && grep -q 'the VM stopped answering (no heartbeat for [0-9]* s)' "$out" &&
+	grep -q 'tests running when it stopped' "$out" && grep -q 'sleep 1234' "$out" &&
+	grep -q '^  | RIP=' "$out"; then
 	echo "ok 1 - a VM that stops answering is ended, naming the test it ran (status $status)"
 else
 	echo "not ok 1 - status $status"
