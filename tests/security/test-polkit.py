@@ -15,15 +15,13 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
 import systest  # noqa: E402
 from systest import GLib  # noqa: E402
 
-POLKIT = "org.freedesktop.PolicyKit1"
-POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT, POLKIT_PATH, MOCK = systest.POLKIT, systest.POLKIT_PATH, systest.MOCK
 MACHINED = "org.freedesktop.machine1"
 MACHINED_PATH = "/org/freedesktop/machine1"
-MOCK = "org.freedesktop.DBus.Mock"
 NOT_AUTHORIZED = systest.ERR + "NotAuthorized"
 
 # Every method that changes something, on a VM that root made; "guest" exists, "mine" not.
@@ -92,14 +90,7 @@ class PolkitTest(systest.TestCase):
         self.addCleanup(os.close, self.kernel_fd)
 
     def start_mock(self, *args):
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
-        proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system"] + list(args),
-                                env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr,
-                                preexec_fn=systest.die_with_parent)
-        self.addCleanup(systest.kill_and_reap, proc)
-        name = POLKIT if "polkitd" in args else args[0]
-        systest.wait_for(lambda: systest.name_has_owner(self.root, name), 30, name)
-        return proc
+        return systest.start_mock(self, self.bus, self.root, *args)
 
     def start_microvmd(self, **kwargs):
         daemon = self.start_daemon([f"--address={self.bus.address}"], **kwargs)
@@ -137,10 +128,7 @@ class PolkitTest(systest.TestCase):
                          {(systest.ACTIONS["read-others"], verb, "0", 0)
                           for verb in ("GetStats", "GetConfig", "GetExitReason")})
 
-        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
-                              GLib.Variant("(as)", (list(systest.ACTIONS.values()),)),
-                              name=POLKIT)
-        self.assertIsNone(err)
+        self.set_allowed(systest.ACTIONS.values())
         results = self.as_nobody(["create-fd", "mine", "start", "mine", "pause", "mine",
                                   "resume", "mine", "console", "mine", "stop", "mine",
                                   "delete", "mine", "reload"])
@@ -161,11 +149,7 @@ class PolkitTest(systest.TestCase):
         self.start_mock("--template", "polkitd")
         daemon, path = self.start_microvmd()
         # Root's VM: snapshot-others; the copy nobody restores is nobody's own: snapshot.
-        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
-                              GLib.Variant("(as)", ([systest.ACTIONS["snapshot-others"],
-                                                     systest.ACTIONS["snapshot"]],)),
-                              name=POLKIT)
-        self.assertIsNone(err)
+        self.set_allowed([systest.ACTIONS["snapshot-others"], systest.ACTIONS["snapshot"]])
         _, err = systest.call(self.root, path, systest.VM, "Start")
         self.assertIsNone(err)
         target = os.path.join(self.tmp.path, "root-only")
@@ -227,9 +211,7 @@ class PolkitTest(systest.TestCase):
             wrapper_argv=["unshare", "--mount", "--propagation", "private"])
         # "guest" is root's: nobody snapshots it with the -others action, restores its own copy.
         allowed = [systest.ACTIONS["snapshot"], systest.ACTIONS["snapshot-others"]]
-        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
-                              GLib.Variant("(as)", (allowed,)), name=POLKIT)
-        self.assertIsNone(err)
+        self.set_allowed(allowed)
         _, err = systest.call(self.root, path, systest.VM, "Start")
         self.assertIsNone(err)
         shm = tempfile.mkdtemp(prefix="microvmd-test-", dir="/dev/shm")
@@ -308,9 +290,7 @@ class PolkitTest(systest.TestCase):
         self.assertEqual(daemon.stop(), 0)
 
     def set_allowed(self, actions):
-        _, err = systest.call(self.root, POLKIT_PATH, MOCK, "SetAllowed",
-                              GLib.Variant("(as)", (list(actions),)), name=POLKIT)
-        self.assertIsNone(err)
+        systest.set_polkit_allowed(self.root, actions)
 
     def test_owner_rules(self):
         """nobody creates and owns a VM; another user allowed only the own-VM actions can

@@ -315,6 +315,31 @@ class TestCase(unittest.TestCase):
         return daemon
 
 
+POLKIT = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+MOCK = "org.freedesktop.DBus.Mock"
+
+
+def start_mock(test, bus, conn, *args):
+    """python-dbusmock on the system-like @bus, as `python3 -m dbusmock --system ARGS` (e.g.
+    "--template", "polkitd"); stopped after @test. Returns once its name is on the bus."""
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
+    proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system"] + list(args),
+                            env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr,
+                            preexec_fn=die_with_parent)
+    test.addCleanup(kill_and_reap, proc)
+    name = POLKIT if "polkitd" in args else args[0]
+    wait_for(lambda: name_has_owner(conn, name), 30, name)
+    return proc
+
+
+def set_polkit_allowed(conn, actions):
+    """What the polkitd mock says yes to, for every caller."""
+    _, err = call(conn, POLKIT_PATH, MOCK, "SetAllowed", GLib.Variant("(as)", (list(actions),)),
+                  name=POLKIT)
+    assert err is None, err
+
+
 def main():
     if not MICROVMD:
         skip("MICROVMD is not set (run through meson test)")
@@ -342,24 +367,35 @@ def client_dir():
     return _client_dir.path
 
 
-def client_argv(uid, gid, address, ops):
-    """The command line that runs client.py as @uid/@gid (no supplementary groups); run it
-    with cwd=client_dir()."""
+def script_argv(uid, gid, script, args):
+    """The command line that runs the python @script (a path) as @uid/@gid (no supplementary
+    groups), from a copy in client_dir(), beside the modules client.py imports; run it with
+    cwd=client_dir()."""
+    path = os.path.join(client_dir(), os.path.basename(script))
+    if not os.path.exists(path):
+        _client_dir.copy(script)
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
-            sys.executable, os.path.join(client_dir(), "client.py"), address] + list(ops)
+            sys.executable, path] + list(args)
 
 
-def throwaway_user(test):
+def client_argv(uid, gid, address, ops):
+    """The command line that runs client.py as @uid/@gid (see script_argv)."""
+    return script_argv(uid, gid, "client.py", [address] + list(ops))
+
+
+def throwaway_user(test, role=""):
     """A system user made for @test (useradd) and removed after it; its (uid, gid). Where
-    useradd is missing, the existing unprivileged user "daemon" stands in."""
+    useradd is missing, the existing unprivileged user "daemon" stands in (for one @role)."""
     import pwd
-    name = f"mvmtest-{os.getpid()}"
+    name = f"mvmtest-{os.getpid()}{role and '-' + role}"
     if shutil.which("useradd") and subprocess.run(
             ["useradd", "--system", "--no-create-home", "--user-group", "--shell",
              "/usr/sbin/nologin", name], stdout=subprocess.DEVNULL).returncode == 0:
         test.addCleanup(subprocess.run, ["userdel", name], stdout=subprocess.DEVNULL)
-    else:
+    elif not role:
         name = "daemon"
+    else:
+        skip("useradd is not installed")
     pw = pwd.getpwnam(name)
     assert pw.pw_uid not in (0, NOBODY), pw
     return pw.pw_uid, pw.pw_gid

@@ -9,7 +9,6 @@ peers that do not authenticate are disconnected, and each uid's connections are 
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 
