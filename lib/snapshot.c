@@ -694,36 +694,35 @@ MvmVm *mvm_vm_restore_with_backends(int dirfd, const MvmVmConfig *backends, MvmR
 MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *backends,
                                   MvmRestoreFlags flags, GError **error)
 {
+    const MvmRestoreOptions options = {.flags = flags, .backends = backends};
+
     g_return_val_if_fail(dirfd >= 0, NULL);
-
-    int state_fd = open_member(dirfd, STATE_NAME, error);
-    int own_memory_fd =
-        state_fd < 0 || memory_fd >= 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
-    int use_memory_fd = memory_fd >= 0 ? memory_fd : own_memory_fd;
-    MvmVm *vm = state_fd < 0 || use_memory_fd < 0
-                    ? NULL
-                    : mvm_vm_restore_from_fds(state_fd, use_memory_fd, backends, flags, error);
-
-    if (state_fd >= 0)
-        close(state_fd);
-    if (own_memory_fd >= 0)
-        close(own_memory_fd);
-    return vm;
+    return mvm_vm_restore_full(dirfd, -1, memory_fd, &options, error);
 }
 
 MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *backends,
                                MvmRestoreFlags flags, GError **error)
 {
-    g_return_val_if_fail(state_fd >= 0 && memory_fd >= 0, NULL);
-    g_return_val_if_fail((flags & ~MVM_RESTORE_COPY_MEMORY) == 0, NULL);
+    const MvmRestoreOptions options = {.flags = flags, .backends = backends};
 
+    g_return_val_if_fail(state_fd >= 0 && memory_fd >= 0, NULL);
+    return mvm_vm_restore_full(-1, state_fd, memory_fd, &options, error);
+}
+
+/* The machine @state describes, with RAM from @memory_fd, once @options approved it. */
+static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *options,
+                          GError **error)
+{
     g_autoptr(MvmSnapshotState) state = load_state(state_fd, memory_fd, error);
     if (state == NULL)
         return NULL;
-    if (backends != NULL && !use_backends(state->config, backends, error))
+    if (options->backends != NULL && !use_backends(state->config, options->backends, error))
+        return NULL;
+    /* Before any guest memory is allocated: the snapshot decides how much, not the caller. */
+    if (options->approve != NULL && !options->approve(state->config, options->approve_data, error))
         return NULL;
     /* A private mapping keeps the memfd alive once the caller closes @memory_fd. */
-    MvmMemory *memory = restore_memory(memory_fd, state->memory_size, flags, error);
+    MvmMemory *memory = restore_memory(memory_fd, state->memory_size, options->flags, error);
     if (memory == NULL)
         return NULL;
 
@@ -747,6 +746,29 @@ MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *b
     vm->state = MVM_VM_STATE_PAUSED;
     vm->pause_requested = TRUE;
     return g_steal_pointer(&vm);
+}
+
+MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRestoreOptions *options,
+                           GError **error)
+{
+    g_return_val_if_fail(options != NULL, NULL);
+    g_return_val_if_fail(dirfd >= 0 || (state_fd >= 0 && memory_fd >= 0), NULL);
+    g_return_val_if_fail((options->flags & ~MVM_RESTORE_COPY_MEMORY) == 0, NULL);
+
+    int own_state_fd = state_fd >= 0 ? -1 : open_member(dirfd, STATE_NAME, error);
+    int use_state_fd = state_fd >= 0 ? state_fd : own_state_fd;
+    int own_memory_fd =
+        use_state_fd < 0 || memory_fd >= 0 ? -1 : open_member(dirfd, MEMORY_NAME, error);
+    int use_memory_fd = memory_fd >= 0 ? memory_fd : own_memory_fd;
+    MvmVm *vm = use_state_fd < 0 || use_memory_fd < 0
+                    ? NULL
+                    : restore_fds(use_state_fd, use_memory_fd, options, error);
+
+    if (own_state_fd >= 0)
+        close(own_state_fd);
+    if (own_memory_fd >= 0)
+        close(own_memory_fd);
+    return vm;
 }
 
 MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error)

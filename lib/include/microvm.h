@@ -283,6 +283,28 @@ MvmVm *mvm_vm_restore_with_memory(int dirfd, int memory_fd, const MvmVmConfig *b
 MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *backends,
                                MvmRestoreFlags flags, GError **error);
 /*
+ * Asked by mvm_vm_restore_full() once the snapshot's `state` is read and checked and its back
+ * ends chosen, before any guest memory is allocated or KVM is touched: @config is the machine
+ * about to be built (n_vcpus, memory_mib, devices). FALSE, with @error set, refuses it; the
+ * restore then fails with that error unchanged. A daemon charges a quota here, on the state it
+ * restores, not on an earlier read of a file its caller may change in between.
+ */
+typedef gboolean (*MvmRestoreApproveFunc)(const MvmVmConfig *config, gpointer user_data,
+                                          GError **error);
+typedef struct {
+    MvmRestoreFlags flags;
+    const MvmVmConfig *backends;   /* NULL: the snapshot's own (see mvm_vm_restore_with_backends) */
+    MvmRestoreApproveFunc approve; /* NULL: any valid snapshot */
+    gpointer approve_data;
+} MvmRestoreOptions;
+/*
+ * The restore the others are made of: `state` and `memory` from @dirfd (not consumed), or from
+ * @state_fd and @memory_fd (not consumed; -1: the directory's file; @dirfd may be -1 when both
+ * are given), as mvm_vm_restore_from_fds() reads them.
+ */
+MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRestoreOptions *options,
+                           GError **error);
+/*
  * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
  * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone
  * (no other file, no KVM) and checks it as a restore does, untrusted, except for the limits

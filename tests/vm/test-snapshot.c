@@ -590,6 +590,73 @@ static void test_restore_memfd(void)
     assert_snapshots_and_runs(copied, c2, out);
 }
 
+/* ---- a restore approved on the state it restores ---- */
+
+typedef struct {
+    guint calls;
+    guint n_vcpus;
+    guint64 memory_mib;
+    gboolean allow;
+} Approval;
+
+static gboolean approve(const MvmVmConfig *config, gpointer user_data, GError **error)
+{
+    Approval *a = user_data;
+
+    a->calls++;
+    a->n_vcpus = config->n_vcpus;
+    a->memory_mib = config->memory_mib;
+    if (!a->allow)
+        g_set_error_literal(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC, "over the test's quota");
+    return a->allow;
+}
+
+/*
+ * The hook sees the snapshot's own vCPUs and memory, once, before any RAM is read; its refusal is
+ * the restore's error, unchanged (a daemon's QuotaExceeded reaches its caller as it is). From the
+ * directory and from the two files alike.
+ */
+static void test_restore_approve(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *out = snapshot_pattern_guest(dir, 48);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    Approval no = {.allow = FALSE}, yes = {.allow = TRUE};
+    MvmRestoreOptions options = {.approve = approve, .approve_data = &no};
+
+    g_assert_cmpint(dirfd, >=, 0);
+    g_assert_null(mvm_vm_restore_full(dirfd, -1, -1, &options, &error));
+    g_assert_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC);
+    g_assert_cmpuint(no.calls, ==, 1);
+    g_assert_cmpuint(no.n_vcpus, ==, 1);
+    g_assert_cmpuint(no.memory_mib, ==, 48);
+    g_clear_error(&error);
+
+    int state_fd = openat(dirfd, "state", O_RDONLY | O_CLOEXEC);
+    int memory_fd = openat(dirfd, "memory", O_RDONLY | O_CLOEXEC);
+    g_assert_cmpint(state_fd, >=, 0);
+    g_assert_cmpint(memory_fd, >=, 0);
+    g_assert_null(mvm_vm_restore_full(-1, state_fd, memory_fd, &options, &error));
+    g_assert_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC);
+    g_assert_cmpuint(no.calls, ==, 2);
+    g_clear_error(&error);
+
+    options.approve_data = &yes;
+    g_autoptr(MvmVm) copy = mvm_vm_restore_full(-1, state_fd, memory_fd, &options, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(yes.calls, ==, 1);
+    close(state_fd);
+    close(memory_fd);
+    close(dirfd);
+    rm_rf(dir);
+    mvm_vm_set_console_callback(copy, on_console, c);
+    assert_snapshots_and_runs(copy, c, out);
+}
+
 static MvmVmConfig *config_with_disk(const char *path, int fd, gboolean read_only)
 {
     MvmVmConfig *config = mvm_vm_config_new();
@@ -1028,6 +1095,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/truncated-file", test_restore_truncated_file);
     g_test_add_func("/snapshot/restore/memfd", test_restore_memfd);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
+    g_test_add_func("/snapshot/restore/approve", test_restore_approve);
     g_test_add_func("/snapshot/read-config", test_read_config);
     g_test_add_data_func("/snapshot/restore/fresh-process", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
