@@ -110,6 +110,10 @@ static char *predict_refusal(const MvmSnapshotState *state, int *code)
     if (vcpu->xsave != NULL && g_bytes_get_size(vcpu->xsave) > max_xsave)
         return g_strdup_printf("XSAVE area of %" G_GSIZE_FORMAT " bytes",
                                g_bytes_get_size(vcpu->xsave));
+    /* A host whose KVM saves fewer MSRs than the snapshot has refuses the count first. */
+    if (vcpu->msrs->nmsrs > kvm->msr_index_list->nmsrs)
+        return g_strdup_printf("%u MSRs; expected 1 to %u", vcpu->msrs->nmsrs,
+                               kvm->msr_index_list->nmsrs);
     for (guint i = 0; i < vcpu->msrs->nmsrs; i++)
         if (!msr_listed(kvm, vcpu->msrs->entries[i].index))
             return g_strdup_printf("MSR 0x%x is not one KVM saves", vcpu->msrs->entries[i].index);
