@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Daemon-wide settings and state shared by the manager and the VM objects (main loop only). */
+/*
+ * Daemon-wide settings and state shared by the manager and the VM objects: main loop only, but
+ * for the quota ledger, which locks itself.
+ */
 #pragma once
 
 #include <glib.h>
 
+#include "quota.h"
 #include "store.h"
 
 G_BEGIN_DECLS
@@ -12,9 +16,12 @@ typedef struct {
     char *state_dir;
     char *runtime_dir;
     MvmdStore *store;
-    int kvm_api_version; /* -1: no KVM */
-    gboolean stopping;   /* SIGTERM etc.: no new starts, no restarts on reset */
-    gboolean force_stop; /* the graceful part of stopping is over */
+    MvmdQuota *quota;         /* per-user limits; any thread (quota.h) */
+    const char *config_path;  /* microvmd.conf, read again by Reload */
+    gboolean config_required; /* given with --config: must exist */
+    int kvm_api_version;      /* -1: no KVM */
+    gboolean stopping;        /* SIGTERM etc.: no new starts, no restarts on reset */
+    gboolean force_stop;      /* the graceful part of stopping is over */
 } MvmdContext;
 
 G_END_DECLS

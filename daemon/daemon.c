@@ -147,8 +147,10 @@ static gboolean on_sighup(gpointer user_data)
 {
     Daemon *d = user_data;
 
-    if (d->manager && !d->ctx.stopping)
-        mvmd_manager_service_reload(d->manager);
+    g_autoptr(GError) error = NULL;
+
+    if (d->manager && !d->ctx.stopping && !mvmd_manager_service_reload(d->manager, &error))
+        g_warning("reload (SIGHUP): %s", error->message);
     return G_SOURCE_CONTINUE;
 }
 
@@ -306,6 +308,8 @@ static void cleanup(Daemon *d)
     g_clear_object(&d->object_manager);
     g_clear_object(&d->connection);
     mvmd_store_free(d->ctx.store);
+    /* A VM still in an operation (one that would not stop) keeps the ledger alive. */
+    mvmd_quota_unref(d->ctx.quota);
     g_main_loop_unref(d->loop);
 }
 
@@ -318,6 +322,9 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     d.ctx.state_dir = options->state_dir;
     d.ctx.runtime_dir = options->runtime_dir;
     d.ctx.store = mvmd_store_new(options->state_dir);
+    d.ctx.quota = options->quota;
+    d.ctx.config_path = options->config_path;
+    d.ctx.config_required = options->config_required;
     d.loop = g_main_loop_new(NULL, FALSE);
     /* A client closing its console socket must not kill us. */
     signal(SIGPIPE, SIG_IGN);

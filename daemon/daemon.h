@@ -3,6 +3,8 @@
 
 #include <gio/gio.h>
 
+#include "quota.h"
+
 G_BEGIN_DECLS
 
 typedef enum {
@@ -18,6 +20,9 @@ typedef struct {
     char *runtime_dir;
     gboolean replace;
     guint shutdown_timeout_sec; /* graceful part of stopping every VM at exit */
+    MvmdQuota *quota;           /* taken: the limits read from config_path */
+    const char *config_path;
+    gboolean config_required;
 } MvmdDaemonOptions;
 
 /* Runs the daemon until it is told to stop; returns the exit status. */

@@ -16,9 +16,10 @@ typedef enum {
     MVMD_ERROR_TIMEOUT,          /* org.microvmd.MicroVM1.Error.Timeout */
     MVMD_ERROR_NO_RESOURCES,     /* org.microvmd.MicroVM1.Error.NoResources */
     MVMD_ERROR_LIMIT_REACHED,    /* org.microvmd.MicroVM1.Error.LimitReached (bounds.h) */
+    MVMD_ERROR_QUOTA_EXCEEDED,   /* org.microvmd.MicroVM1.Error.QuotaExceeded (quota.h) */
 } MvmdError;
 
-#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_LIMIT_REACHED + 1)
+#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_QUOTA_EXCEEDED + 1)
 
 #define MVMD_ERROR (mvmd_error_quark())
 GQuark mvmd_error_quark(void);

@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "errors.h"
 #include "log.h"
+#include "quota.h"
 
 #define DEFAULT_STATE_DIR        "/var/lib/microvmd"
 #define DEFAULT_RUNTIME_DIR      "/run/microvmd"
@@ -81,6 +82,8 @@ int main(int argc, char **argv)
     g_autofree char *runtime_dir = NULL;
     int shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT;
     g_autofree char *socket_group = NULL;
+    g_autofree char *config = NULL;
+    g_autofree char *config_path = NULL;
     const GOptionEntry entries[] = {
         {"system", 0, 0, G_OPTION_ARG_NONE, &system, "Use the system bus (default)", NULL},
         {"session", 0, 0, G_OPTION_ARG_NONE, &session, "Use the session bus", NULL},
@@ -100,6 +103,8 @@ int main(int argc, char **argv)
          "Seconds the guests get to shut down when microvmd stops (default 10)", "SEC"},
         {"socket-group", 0, 0, G_OPTION_ARG_STRING, &socket_group,
          "Members of GROUP may use the socket-activated socket too (default: root only)", "GROUP"},
+        {"config", 0, 0, G_OPTION_ARG_FILENAME, &config,
+         "Read the quotas from FILE (default " MVMD_CONFIG_FILE ", if it exists)", "FILE"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
         {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
         {NULL},
@@ -130,6 +135,16 @@ int main(int argc, char **argv)
         g_printerr("microvmd: --socket-group: %s\n", error->message);
         return 2;
     }
+    /* Absolute: Reload reads it again, whatever the working directory is by then. */
+    config_path = g_canonicalize_filename(config ? config : MVMD_CONFIG_FILE, NULL);
+    options.quota = mvmd_quota_new();
+    if (!mvmd_quota_load(options.quota, config_path, config != NULL, &error)) {
+        g_printerr("microvmd: %s\n", error->message);
+        mvmd_quota_unref(options.quota);
+        return 2;
+    }
+    options.config_path = config_path;
+    options.config_required = config != NULL;
     mvmd_log_init(verbose);
     raise_nofile_limit();
     /* Registers the error names before any reply is sent. */

@@ -61,13 +61,23 @@ static void export_vm(MvmdManagerService *self, MvmdVmService *vm)
     update_count(self);
 }
 
-/* Takes @config. */
-static MvmdVmService *add_vm(MvmdManagerService *self, MvmdVmDefinition *config, const char *state)
+/* Takes @config and what @charge holds. */
+static MvmdVmService *add_vm(MvmdManagerService *self, MvmdVmDefinition *config, const char *state,
+                             MvmdQuotaCharge *charge)
 {
     MvmdVmService *vm = mvmd_vm_service_new(self->ctx, config, state);
 
+    mvmd_vm_service_take_charge(vm, charge);
     export_vm(self, vm);
     return vm;
+}
+
+/* What a definition holds of its owner's quota; FALSE (QuotaExceeded) past a limit. */
+static gboolean charge_definition(MvmdManagerService *self, const MvmdVmDefinition *config,
+                                  gboolean force, MvmdQuotaCharge *charge, GError **error)
+{
+    return mvmd_quota_charge(self->ctx->quota, config->owner, config->memory_mib, config->vcpus,
+                             force, charge, error);
 }
 
 void mvmd_manager_service_load(MvmdManagerService *self)
@@ -81,8 +91,12 @@ void mvmd_manager_service_load(MvmdManagerService *self)
         if (g_hash_table_contains(self->vms, config->name) ||
             g_hash_table_contains(self->restoring, config->name))
             continue;
+        MvmdQuotaCharge charge = {NULL};
+
+        /* Charged, never refused: a quota lowered since they were defined loses no VM. */
+        charge_definition(self, config, TRUE, &charge, NULL);
         configs->pdata[i] = NULL;
-        add_vm(self, config, MVMD_STATE_STOPPED);
+        add_vm(self, config, MVMD_STATE_STOPPED, &charge);
     }
     g_message("%u VM definitions loaded from %s", g_hash_table_size(self->vms),
               mvmd_store_get_dir(self->ctx->store));
@@ -147,16 +161,22 @@ static gboolean check_name_free(MvmdManagerService *self, GDBusMethodInvocation 
 }
 
 /*
- * The new VM's owner: the caller, as authorization learned it. Authorization always learns the
- * uid before it allows a call (a peer without one is let in only by its credentials, which
- * carry it), so the fallback to root is never taken in practice; root is the safe side.
+ * The new VM's owner, charged with it: the caller, as authorization learned it. Authorization
+ * always learns the uid before it allows a call (a peer without one is let in only by its
+ * credentials, which carry it); should it ever not, the call is refused rather than the VM
+ * given to root, whom no quota limits.
  */
-static guint32 caller_uid(GDBusMethodInvocation *invocation)
+static gboolean caller_uid(GDBusMethodInvocation *invocation, guint32 *owner, GError **error)
 {
-    uid_t uid = 0;
+    uid_t uid;
 
-    mvmd_auth_get_caller_uid(invocation, &uid);
-    return uid;
+    if (!mvmd_auth_get_caller_uid(invocation, &uid)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                            "the caller's uid is not known: it cannot own a VM");
+        return FALSE;
+    }
+    *owner = uid;
+    return TRUE;
 }
 
 /* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
@@ -184,6 +204,7 @@ static void create_vm(CreateCall *call)
     g_autoptr(GError) error = NULL;
     g_autoptr(MvmdVmDefinition) config = NULL;
     g_autofree char *path = NULL;
+    MvmdQuotaCharge charge = {NULL};
 
     if (!mvmd_vm_name_validate(call->name, &error)) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
@@ -194,17 +215,18 @@ static void create_vm(CreateCall *call)
     if (mvmd_check_fds_arrived(call->invocation, &error))
         config = mvmd_vm_definition_new_from_variant(call->name, NULL, call->config, call->fd_list,
                                                      &error);
-    if (config)
-        config->owner = caller_uid(call->invocation);
-    if (!config || !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
+    if (!config || !caller_uid(call->invocation, &config->owner, &error) ||
+        !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
+        !charge_definition(self, config, FALSE, &charge, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
+        mvmd_quota_release(&charge);
         g_dbus_method_invocation_return_gerror(call->invocation, error);
         return;
     }
     g_message("%s: defined (%u vCPUs, %" G_GUINT64_FORMAT " MiB%s)", call->name, config->vcpus,
               config->memory_mib, config->persist ? ", persistent" : "");
     path = mvmd_vm_service_build_path(call->name);
-    add_vm(self, g_steal_pointer(&config), MVMD_STATE_CREATED);
+    add_vm(self, g_steal_pointer(&config), MVMD_STATE_CREATED, &charge);
     g_dbus_interface_skeleton_flush(G_DBUS_INTERFACE_SKELETON(self));
     mvmd_manager_complete_create_vm(MVMD_MANAGER(self), call->invocation, NULL, path);
 }
@@ -420,6 +442,8 @@ static void restore_vm(RestoreCall *call)
     MvmdManagerService *self = call->self;
     g_autoptr(GError) error = NULL;
     MvmdVmDefinition *config;
+    MvmdVmService *vm;
+    MvmdQuotaCharge charge = {NULL};
     gboolean paused = TRUE;
 
     if (!check_name_free(self, call->invocation, call->name)) {
@@ -432,10 +456,18 @@ static void restore_vm(RestoreCall *call)
         restore_call_free(call);
         return;
     }
-    config->owner = caller_uid(call->invocation);
+    /* One more VM now; its memory and vCPUs once the worker has read the snapshot (vm-ops.c). */
+    if (!caller_uid(call->invocation, &config->owner, &error) ||
+        !mvmd_quota_charge(self->ctx->quota, config->owner, 0, 0, FALSE, &charge, &error)) {
+        mvmd_vm_definition_free(config);
+        g_dbus_method_invocation_return_gerror(call->invocation, error);
+        restore_call_free(call);
+        return;
+    }
     reserve_name(call);
-    mvmd_vm_service_restore(mvmd_vm_service_new(self->ctx, config, MVMD_STATE_CREATED), paused,
-                            on_restored, call);
+    vm = mvmd_vm_service_new(self->ctx, config, MVMD_STATE_CREATED);
+    mvmd_vm_service_take_charge(vm, &charge);
+    mvmd_vm_service_restore(vm, paused, on_restored, call);
 }
 
 static void on_restore_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
@@ -547,16 +579,24 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
     }
 }
 
-void mvmd_manager_service_reload(MvmdManagerService *self)
+gboolean mvmd_manager_service_reload(MvmdManagerService *self, GError **error)
 {
-    g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
+    g_autoptr(GPtrArray) configs = NULL;
     g_autofree char *status = NULL;
 
+    /* A file with a mistake changes nothing: the limits in force stay, and so do the VMs. */
+    if (!mvmd_quota_load(self->ctx->quota, self->ctx->config_path, self->ctx->config_required,
+                         error)) {
+        g_prefix_error(error, "the configuration is not valid, nothing reloaded: ");
+        return FALSE;
+    }
+    configs = mvmd_store_load_all(self->ctx->store);
     mvmd_sd_notify_reloading();
     drop_outdated(self, configs);
     mvmd_manager_service_load(self);
     status = mvmd_manager_service_describe(self);
     mvmd_sd_notify_ready(status);
+    return TRUE;
 }
 
 typedef struct {
@@ -574,8 +614,10 @@ static void on_reload_authorized(GObject *source, GAsyncResult *result, gpointer
     } else if (call->self->ctx->stopping) {
         g_dbus_method_invocation_return_error_literal(
             call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
+    } else if (!mvmd_manager_service_reload(call->self, &error)) {
+        g_dbus_method_invocation_return_error_literal(call->invocation, MVMD_ERROR,
+                                                      MVMD_ERROR_FAILED, error->message);
     } else {
-        mvmd_manager_service_reload(call->self);
         mvmd_manager_complete_reload(MVMD_MANAGER(call->self), call->invocation);
     }
     g_object_unref(call->self);

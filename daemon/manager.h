@@ -21,9 +21,12 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
 
 /* Loads the stored definitions and exports them (state stopped). */
 void mvmd_manager_service_load(MvmdManagerService *self);
-/* Reload()/SIGHUP: RELOADING=1, re-read the stored definitions (new ones appear, changed or
- * removed ones of VMs that are not running or paused are replaced or dropped), READY=1. */
-void mvmd_manager_service_reload(MvmdManagerService *self);
+/*
+ * Reload()/SIGHUP: re-read microvmd.conf (the quotas), then RELOADING=1, re-read the stored
+ * definitions (new ones appear, changed or removed ones of VMs that are not running or paused
+ * are replaced or dropped), READY=1. An invalid configuration changes nothing: FALSE.
+ */
+gboolean mvmd_manager_service_reload(MvmdManagerService *self, GError **error);
 /* Starts every VM with autostart. */
 void mvmd_manager_service_autostart(MvmdManagerService *self);
 

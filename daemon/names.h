@@ -22,6 +22,7 @@
 #define MVMD_DBUS_ERROR_TIMEOUT          MVMD_DBUS_ERROR_PREFIX "Timeout"
 #define MVMD_DBUS_ERROR_NO_RESOURCES     MVMD_DBUS_ERROR_PREFIX "NoResources"
 #define MVMD_DBUS_ERROR_LIMIT_REACHED    MVMD_DBUS_ERROR_PREFIX "LimitReached"
+#define MVMD_DBUS_ERROR_QUOTA_EXCEEDED   MVMD_DBUS_ERROR_PREFIX "QuotaExceeded"
 
 /*
  * polkit action ids (the systemd helper installs the policy). Each pair: acting on one's own VMs

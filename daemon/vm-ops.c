@@ -193,6 +193,45 @@ static gboolean check_backends(const MvmVmConfig *snap, const MvmVmConfig *backe
            check_vsock_cid(snap, backends, error);
 }
 
+/*
+ * Asked by the library once it has read the snapshot it restores, before guest memory is
+ * allocated: the VM's share of its owner's quota becomes the snapshot's memory and vCPUs, or
+ * the restore fails with QuotaExceeded. On the state being restored, not an earlier read.
+ */
+static gboolean approve_restore(const MvmVmConfig *config, gpointer user_data, GError **error)
+{
+    OpData *d = user_data;
+
+    return mvmd_quota_resize(d->charge, config->memory_mib, config->n_vcpus, error);
+}
+
+static MvmVm *restore(OpData *d, int dirfd, int state_fd, int memory_fd,
+                      const MvmVmConfig *backends, GError **error)
+{
+    const MvmRestoreOptions options = {
+        .flags = d->restore_flags,
+        .backends = backends,
+        .approve = approve_restore,
+        .approve_data = d,
+    };
+
+    return mvm_vm_restore_full(dirfd, state_fd, memory_fd, &options, error);
+}
+
+/* The snapshot directory: the caller's fd (borrowed), else root's path opened here. */
+static int open_restore_dir(OpData *d, GError **error)
+{
+    int dirfd = d->restore_fd;
+
+    if (dirfd >= 0)
+        return dirfd;
+    dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0)
+        mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s",
+                             d->restore_dir);
+    return dirfd;
+}
+
 /* The snapshot as the caller's two files: read, never mapped from a file the caller can change. */
 static MvmVm *worker_restore_files(OpData *d, GError **error)
 {
@@ -200,8 +239,7 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 
     if (!check_backends(snap, d->mvm_config, error))
         return NULL;
-    return mvm_vm_restore_from_fds(d->restore_state_fd, d->restore_memory_fd, d->mvm_config,
-                                   d->restore_flags, error);
+    return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, d->mvm_config, error);
 }
 
 /*
@@ -213,22 +251,17 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 static MvmVm *worker_restore_backends(OpData *d, GError **error)
 {
     g_autoptr(MvmVmConfig) snap = NULL;
-    int dirfd = d->restore_fd;
+    int dirfd;
     MvmVm *vm;
 
     if (d->restore_state_fd >= 0)
         return worker_restore_files(d, error);
-    if (dirfd < 0) {
-        dirfd = open(d->restore_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dirfd < 0) {
-            mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT, "cannot open snapshot %s",
-                                 d->restore_dir);
-            return NULL;
-        }
-    }
+    dirfd = open_restore_dir(d, error);
+    if (dirfd < 0)
+        return NULL;
     snap = mvm_snapshot_read_config_at(dirfd, error);
     vm = check_backends(snap, d->mvm_config, error)
-             ? mvm_vm_restore_with_backends(dirfd, d->mvm_config, d->restore_flags, error)
+             ? restore(d, dirfd, -1, -1, d->mvm_config, error)
              : NULL;
     if (dirfd != d->restore_fd)
         close(dirfd);
@@ -238,14 +271,20 @@ static MvmVm *worker_restore_backends(OpData *d, GError **error)
 /* A restored machine comes back paused (the lib's contract): it runs unless asked not to. */
 static MvmVm *worker_restore(OpData *d, GError **error)
 {
+    int dirfd;
+    MvmVm *vm;
+
     if (!d->restore_own_backends)
         return worker_restore_backends(d, error);
     if (d->restore_state_fd >= 0)
-        return mvm_vm_restore_from_fds(d->restore_state_fd, d->restore_memory_fd, NULL,
-                                       d->restore_flags, error);
-    if (d->restore_fd >= 0)
-        return mvm_vm_restore_at(d->restore_fd, d->restore_flags, error);
-    return mvm_vm_restore(d->restore_dir, d->restore_flags, error);
+        return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, NULL, error);
+    dirfd = open_restore_dir(d, error);
+    if (dirfd < 0)
+        return NULL;
+    vm = restore(d, dirfd, -1, -1, NULL, error);
+    if (dirfd != d->restore_fd)
+        close(dirfd);
+    return vm;
 }
 
 static gboolean worker_start(OpData *d, GError **error)

@@ -10,6 +10,7 @@
 #include <gio/gio.h>
 
 #include "definition.h"
+#include "quota.h"
 #include "vm-run.h"
 
 G_BEGIN_DECLS
@@ -59,6 +60,8 @@ typedef struct {
     /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
      * mvm_config's devices are used. */
     gboolean restore_own_backends;
+    /* The VM's share of its owner's quota: a restore resizes it to the snapshot's (any thread). */
+    MvmdQuotaCharge *charge;
     /* How the run ended (Stop, Reap): written by the worker, read on the main loop once done. */
     MvmVmState final_state;
     MvmExitKind kind;

@@ -51,7 +51,8 @@ struct _MvmdVmService {
     gboolean reboot_pending;              /* Reboot: Start again once the Stop is done */
     GList *waiters;                       /* Waiter * */
     gboolean deleted;
-    char *exit_reason; /* GetExitReason: why the last run ended, "" before the first end */
+    MvmdQuotaCharge charge; /* what the VM holds of its owner's quota, until it is deleted */
+    char *exit_reason;      /* GetExitReason: why the last run ended, "" before the first end */
 
     /* RestoreVM: told how the first start went, instead of a caller. */
     MvmdVmServiceReadyFunc ready_func;

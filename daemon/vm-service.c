@@ -335,6 +335,7 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
                               OpReply reply, OpArgs *args)
 {
     g_autoptr(GTask) task = NULL;
+    OpData *data;
 
     g_return_if_fail(self->op == OP_NONE);
     g_return_if_fail((invocation == NULL) == (reply == NULL));
@@ -348,8 +349,9 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     self->op_reply = reply;
     task = g_task_new(self, NULL, op_done, NULL);
     g_task_set_source_tag(task, mvmd_vm_service_begin_op);
-    g_task_set_task_data(task, mvmd_vm_op_data_new(op, self->run, args, self->definition),
-                         (GDestroyNotify)mvmd_vm_op_data_free);
+    data = mvmd_vm_op_data_new(op, self->run, args, self->definition);
+    data->charge = &self->charge; /* the task holds @self */
+    g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
 }
 
@@ -382,15 +384,24 @@ gboolean mvmd_vm_service_request_shutdown(MvmdVmService *self, GError **error)
     return FALSE;
 }
 
+void mvmd_vm_service_take_charge(MvmdVmService *self, MvmdQuotaCharge *charge)
+{
+    g_return_if_fail(self->charge.quota == NULL);
+    self->charge = *charge;
+    *charge = (MvmdQuotaCharge){NULL};
+}
+
 void mvmd_vm_service_discard(MvmdVmService *self)
 {
     self->deleted = TRUE;
+    mvmd_quota_release(&self->charge);
     mvmd_console_close(self->console, TRUE);
 }
 
 void mvmd_vm_service_retire(MvmdVmService *self)
 {
     self->deleted = TRUE;
+    mvmd_quota_release(&self->charge);
     mvmd_console_close(self->console, FALSE);
 }
 
@@ -524,6 +535,7 @@ static void mvmd_vm_service_dispose(GObject *object)
         self->run->vm = NULL;
     }
     g_clear_pointer(&self->run, mvmd_vm_run_unref);
+    mvmd_quota_release(&self->charge); /* at exit: the VMs go with the manager */
     if (self->console) {
         mvmd_console_close(self->console, FALSE);
         g_clear_pointer(&self->console, mvmd_console_unref);

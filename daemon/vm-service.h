@@ -42,6 +42,13 @@ gboolean mvmd_vm_service_is_active(MvmdVmService *self);
 void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, MvmdVmServiceReadyFunc func,
                              gpointer user_data);
 
+/*
+ * Takes what the manager charged to the owner's quota for this VM (@charge then holds nothing);
+ * it goes back when the VM is deleted, dropped or discarded. A restore resizes it to the
+ * snapshot's memory and vCPUs.
+ */
+void mvmd_vm_service_take_charge(MvmdVmService *self, MvmdQuotaCharge *charge);
+
 /* A VM that was never exported (its restore failed): its console and logs go. */
 void mvmd_vm_service_discard(MvmdVmService *self);
 /*

@@ -277,6 +277,8 @@ static const struct {
     {MVMD_DBUS_ERROR_TIMEOUT, MCTL_EXIT_TIMEOUT},
     {MVMD_DBUS_ERROR_FAILED, MCTL_EXIT_FAILED},
     {MVMD_DBUS_ERROR_NO_RESOURCES, MCTL_EXIT_FAILED},
+    {MVMD_DBUS_ERROR_LIMIT_REACHED, MCTL_EXIT_FAILED},
+    {MVMD_DBUS_ERROR_QUOTA_EXCEEDED, MCTL_EXIT_FAILED},
     {"org.freedesktop.DBus.Error.ServiceUnknown", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.NameHasNoOwner", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.AccessDenied", MCTL_EXIT_NOT_AUTHORIZED},

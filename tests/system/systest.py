@@ -98,11 +98,12 @@ def skip(reason):
 
 
 def require_kvm():
+    """In a test or its setUp: skips it (unittest would count skip()'s exit as an error)."""
     why = mvmtest.kvm_unusable()
     if why:
-        skip(why)
+        raise unittest.SkipTest(why)
     if not TESTGUEST or not os.path.exists(TESTGUEST):
-        skip("the test guest (testguest.elf) is not built")
+        raise unittest.SkipTest("the test guest (testguest.elf) is not built")
 
 
 class TmpDir:
