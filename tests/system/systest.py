@@ -384,19 +384,25 @@ def client_argv(uid, gid, address, ops):
     return script_argv(uid, gid, "client.py", [address] + list(ops))
 
 
+# Unprivileged accounts every Debian has, one per role, where no user can be made (no useradd,
+# or a read-only /etc as inside tests/vmhost's VM). None owns a file the tests touch.
+STAND_IN_USERS = {"": "daemon", "attacker": "daemon", "victim": "bin"}
+
+
 def throwaway_user(test, role=""):
-    """A system user made for @test (useradd) and removed after it; its (uid, gid). Where
-    useradd is missing, the existing unprivileged user "daemon" stands in (for one @role)."""
+    """A system user made for @test (useradd) and removed after it; its (uid, gid). Where none
+    can be made, an existing unprivileged user stands in for the @role (STAND_IN_USERS)."""
     import pwd
     name = f"mvmtest-{os.getpid()}{role and '-' + role}"
     if shutil.which("useradd") and subprocess.run(
             ["useradd", "--system", "--no-create-home", "--user-group", "--shell",
-             "/usr/sbin/nologin", name], stdout=subprocess.DEVNULL).returncode == 0:
+             "/usr/sbin/nologin", name], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL).returncode == 0:
         test.addCleanup(subprocess.run, ["userdel", name], stdout=subprocess.DEVNULL)
-    elif not role:
-        name = "daemon"
+    elif role in STAND_IN_USERS:
+        name = STAND_IN_USERS[role]
     else:
-        skip("useradd is not installed")
+        raise unittest.SkipTest(f"no user can be made for the role {role}")
     pw = pwd.getpwnam(name)
     assert pw.pw_uid not in (0, NOBODY), pw
     return pw.pw_uid, pw.pw_gid
