@@ -52,6 +52,7 @@ struct _MvmdVmService {
     GList *waiters;                       /* Waiter * */
     gboolean deleted;
     MvmdQuotaCharge charge; /* what the VM holds of its owner's quota, until it is deleted */
+    GVariant *properties;   /* a{sv} of every property, NULL once one changed */
     char *exit_reason;      /* GetExitReason: why the last run ended, "" before the first end */
 
     /* RestoreVM: told how the first start went, instead of a caller. */

@@ -112,6 +112,38 @@ static void wait_state(MvmdVm *vm, const char *state)
     }
 }
 
+/*
+ * @vm's State as GetManagedObjects reports it: the daemon caches each VM's properties for that
+ * call, and the cache must follow every change PropertiesChanged announced.
+ */
+static char *managed_state(Fixture *f, MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        f->bus->connection, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1",
+        "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", NULL,
+        G_VARIANT_TYPE("(a{oa{sa{sv}}})"), G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
+    g_autoptr(GVariant) objects = NULL, interfaces = NULL, properties = NULL;
+    const char *state = NULL;
+
+    g_assert_no_error(error);
+    objects = g_variant_get_child_value(reply, 0);
+    g_assert_true(g_variant_lookup(objects, g_dbus_proxy_get_object_path(G_DBUS_PROXY(vm)),
+                                   "@a{sa{sv}}", &interfaces));
+    g_assert_true(g_variant_lookup(interfaces, "org.microvmd.MicroVM1.VM", "@a{sv}", &properties));
+    g_assert_true(g_variant_lookup(properties, "State", "&s", &state));
+    return g_strdup(state);
+}
+
+static void wait_state_everywhere(Fixture *f, MvmdVm *vm, const char *state)
+{
+    g_autofree char *managed = NULL;
+
+    wait_state(vm, state);
+    managed = managed_state(f, vm);
+    g_assert_cmpstr(managed, ==, state);
+}
+
 typedef struct {
     int fd;
     GString *seen;
@@ -287,14 +319,15 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
     call_ok(vm, "Start");
     c = console_open(vm);
     at = console_expect(c, 0, "READY");
+    wait_state_everywhere(f, vm, "running");
     call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    wait_state_everywhere(f, vm, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "requested"));
     call_fails(vm, "Stop", NULL, ERR "InvalidState");
 
     /* A fresh machine each time; the console carries on. */
     call_ok(vm, "Start");
-    wait_state(vm, "running");
+    wait_state_everywhere(f, vm, "running");
     g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     at = console_expect(c, at, "READY");
     call_ok(vm, "Reboot");
