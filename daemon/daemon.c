@@ -19,6 +19,10 @@
 #include "peer.h"
 #include "sdnotify.h"
 #include "status-watch.h"
+#include "vm-ops.h"
+
+/* How long exit waits for stopped machines to be freed (each takes 5-40 ms). */
+#define TEARDOWN_WAIT_US (10 * G_USEC_PER_SEC)
 
 #define STOP_POLL_MS        100
 #define FORCE_STOP_GRACE_US (10 * G_USEC_PER_SEC) /* after the forced stops: give up */
@@ -288,6 +292,9 @@ static gboolean start(Daemon *d, GError **error)
 
 static void cleanup(Daemon *d)
 {
+    /* Machines whose Stop was answered may still be being freed on their threads. */
+    if (!mvmd_vm_op_wait_teardowns(TEARDOWN_WAIT_US))
+        g_warning("some stopped VMs are still being freed; exiting anyway");
     for (gsize i = 0; i < G_N_ELEMENTS(d->signal_sources); i++) {
         if (d->signal_sources[i])
             g_source_remove(d->signal_sources[i]);

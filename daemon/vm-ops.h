@@ -83,4 +83,11 @@ void mvmd_vm_op_data_free(OpData *d);
  */
 void mvmd_vm_op_run(GTask *task);
 
+/*
+ * A Stop (or the end of a run) is answered once the machine has stopped; it is freed after, on
+ * the operation's thread. At exit: waits up to @timeout_us for those to finish; FALSE if some
+ * did not.
+ */
+gboolean mvmd_vm_op_wait_teardowns(gint64 timeout_us);
+
 G_END_DECLS

@@ -257,7 +257,7 @@ static gboolean delete_vms(Client *c, GPtrArray *paths, gboolean stop, GError **
 static gboolean bench_create_start(Client *c, GError **error)
 {
     g_autoptr(GArray) create_us = bench_samples_new(), total_us = bench_samples_new();
-    g_autoptr(GArray) stop_delete_us = bench_samples_new();
+    g_autoptr(GArray) stop_delete_us = bench_samples_new(), stop_us = bench_samples_new();
 
     for (guint i = 0; i < c->reps; i++) {
         g_autofree char *name = g_strdup_printf("bench-cs-%u", i);
@@ -269,14 +269,18 @@ static gboolean bench_create_start(Client *c, GError **error)
         if (!vm_call(c, path, "Start", error))
             return FALSE;
         gint64 t2 = g_get_monotonic_time();
-        if (!vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+        if (!vm_call(c, path, "Stop", error))
+            return FALSE;
+        gint64 t3 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Delete", error))
             return FALSE;
         bench_samples_add(create_us, t1 - t0);
         bench_samples_add(total_us, t2 - t0);
+        bench_samples_add(stop_us, t3 - t2);
         bench_samples_add(stop_delete_us, g_get_monotonic_time() - t2);
     }
     bench_print_samples("create_start", "create_us", create_us, "create_start_us", total_us,
-                        "stop_delete_us", stop_delete_us, NULL);
+                        "stop_us", stop_us, "stop_delete_us", stop_delete_us, NULL);
     return TRUE;
 }
 
