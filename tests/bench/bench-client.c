@@ -226,7 +226,8 @@ static gboolean vm_call(Client *c, const char *path, const char *method, GError 
     return reply != NULL;
 }
 
-static char *create_vm(Client *c, const char *name, const char *cmdline, GError **error)
+static char *create_vm_mib(Client *c, const char *name, const char *cmdline, guint64 memory_mib,
+                           GError **error)
 {
     GVariantBuilder config;
     char *path = NULL;
@@ -235,12 +236,17 @@ static char *create_vm(Client *c, const char *name, const char *cmdline, GError 
     g_variant_builder_add(&config, "{sv}", "kernel", g_variant_new_string(c->kernel));
     g_variant_builder_add(&config, "{sv}", "cmdline", g_variant_new_string(cmdline));
     g_variant_builder_add(&config, "{sv}", "debug-exit", g_variant_new_boolean(TRUE));
-    g_variant_builder_add(&config, "{sv}", "memory-mib", g_variant_new_uint64(128));
+    g_variant_builder_add(&config, "{sv}", "memory-mib", g_variant_new_uint64(memory_mib));
     g_autoptr(GVariant) reply = call(c, MVMD_ROOT, MVMD_MANAGER, "CreateVM",
                                      g_variant_new("(sa{sv})", name, &config), error);
     if (reply != NULL)
         g_variant_get(reply, "(o)", &path);
     return path;
+}
+
+static char *create_vm(Client *c, const char *name, const char *cmdline, GError **error)
+{
+    return create_vm_mib(c, name, cmdline, 128, error);
 }
 
 /* Stop (when running) and Delete every VM in @paths. */
@@ -380,17 +386,60 @@ static gboolean bench_managed_objects(Client *c, guint n, GError **error)
     return TRUE;
 }
 
+/* The daemon's CPU use while the fleet idles: µs of CPU over a window of @window_us. */
+static gboolean fleet_idle_cpu(Client *c, gint64 window_us, gint64 *cpu_us, GError **error)
+{
+    gint64 cpu0 = bench_proc_cpu_us(c->daemon_pid, error);
+
+    if (cpu0 < 0)
+        return FALSE;
+    g_usleep(window_us);
+    *cpu_us = bench_proc_cpu_us(c->daemon_pid, error);
+    if (*cpu_us < 0)
+        return FALSE;
+    *cpu_us -= cpu0;
+    return TRUE;
+}
+
+/* Is the daemon still quick while the fleet runs? Pause/Resume of one VM, GetManagedObjects. */
+static gboolean fleet_responsiveness(Client *c, const char *path, GArray *pause_us,
+                                     GArray *resume_us, GArray *gmo_us, GError **error)
+{
+    if (!pause_resume_rounds(c, path, pause_us, resume_us, error))
+        return FALSE;
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 s = g_get_monotonic_time();
+        g_autoptr(GVariant) objects = call(c, MVMD_ROOT, "org.freedesktop.DBus.ObjectManager",
+                                           "GetManagedObjects", NULL, error);
+        if (objects == NULL)
+            return FALSE;
+        bench_samples_add(gmo_us, g_get_monotonic_time() - s);
+    }
+    return TRUE;
+}
+
+#define FLEET_MEMORY_MIB 64
+#define FLEET_IDLE_US    (5 * G_USEC_PER_SEC)
+
+/*
+ * N idle test guests of 64 MiB created and started one after another, as a user would; then,
+ * while they all run: the daemon's memory, its CPU over 5 s, and Pause/Resume of one of them
+ * and GetManagedObjects timed.
+ */
 static gboolean bench_running(Client *c, guint n, GError **error)
 {
     g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+    g_autoptr(GArray) gmo_us = bench_samples_new();
     BenchMem before, after;
+    gint64 idle_cpu_us = 0;
 
     if (!bench_mem_read(c->daemon_pid, &before, error))
         return FALSE;
     gint64 t0 = g_get_monotonic_time();
     for (guint i = 0; i < n; i++) {
-        g_autofree char *name = g_strdup_printf("bench-run-%03u", i);
-        char *path = create_vm(c, name, "mode=idle", error);
+        g_autofree char *name = g_strdup_printf("bench-run-%04u", i);
+        char *path = create_vm_mib(c, name, "mode=idle", FLEET_MEMORY_MIB, error);
         if (path == NULL)
             return FALSE;
         g_ptr_array_add(paths, path);
@@ -400,7 +449,9 @@ static gboolean bench_running(Client *c, guint n, GError **error)
     gint64 t1 = g_get_monotonic_time();
     /* The idle guests park within milliseconds of their start; leave them a margin. */
     g_usleep(2 * G_USEC_PER_SEC);
-    if (!bench_mem_read(c->daemon_pid, &after, error))
+    if (!bench_mem_read(c->daemon_pid, &after, error) ||
+        !fleet_idle_cpu(c, FLEET_IDLE_US, &idle_cpu_us, error) ||
+        !fleet_responsiveness(c, paths->pdata[n / 2], pause_us, resume_us, gmo_us, error))
         return FALSE;
     gint64 t2 = g_get_monotonic_time();
     if (!delete_vms(c, paths, TRUE, error))
@@ -408,10 +459,16 @@ static gboolean bench_running(Client *c, guint n, GError **error)
     GString *json = g_string_new(NULL);
     bench_json_str(json, "what", "running");
     bench_json_int(json, "n", n);
+    bench_json_int(json, "memory_mib", FLEET_MEMORY_MIB);
     bench_json_int(json, "create_start_all_us", t1 - t0);
     bench_json_int(json, "stop_delete_all_us", g_get_monotonic_time() - t2);
     bench_json_mem(json, "before", &before);
     bench_json_mem(json, "after", &after);
+    bench_json_int(json, "idle_cpu_us", idle_cpu_us);
+    bench_json_int(json, "idle_window_us", FLEET_IDLE_US);
+    bench_json_samples(json, "pause_us", pause_us);
+    bench_json_samples(json, "resume_us", resume_us);
+    bench_json_samples(json, "get_managed_objects_us", gmo_us);
     bench_json_print(json);
     return TRUE;
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 static gint64 status_field_kib(const char *status, const char *name)
 {
@@ -41,6 +42,28 @@ gint64 bench_cpu_time_us(void)
     getrusage(RUSAGE_SELF, &usage);
     return (gint64)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * G_USEC_PER_SEC +
            usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
+}
+
+gint64 bench_proc_cpu_us(int pid, GError **error)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    g_autofree char *stat = NULL;
+    g_auto(GStrv) fields = NULL;
+    const char *after_name;
+
+    if (!g_file_get_contents(path, &stat, NULL, error))
+        return -1;
+    /* "PID (COMM) STATE ...": the name may hold spaces and parentheses; fields follow the last ')'.
+     */
+    after_name = strrchr(stat, ')');
+    fields = g_strsplit(after_name ? after_name + 2 : "", " ", 0);
+    if (g_strv_length(fields) < 13) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s: too few fields", path);
+        return -1;
+    }
+    /* utime and stime, the 14th and 15th fields of proc(5), in clock ticks. */
+    return (g_ascii_strtoll(fields[11], NULL, 10) + g_ascii_strtoll(fields[12], NULL, 10)) *
+           G_USEC_PER_SEC / sysconf(_SC_CLK_TCK);
 }
 
 static void json_key(GString *json, const char *key)

@@ -19,6 +19,8 @@ typedef struct {
 gboolean bench_mem_read(int pid, BenchMem *mem, GError **error);
 /* Process CPU time (user + system) of this process, in µs. */
 gint64 bench_cpu_time_us(void);
+/* The same of process @pid, from /proc (clock-tick resolution); -1 with @error set. */
+gint64 bench_proc_cpu_us(int pid, GError **error);
 
 /* Appends `"key": [v, ...]` (µs as numbers) to a JSON object being built. */
 void bench_json_samples(GString *json, const char *key, const GArray *samples_us);
