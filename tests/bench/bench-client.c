@@ -8,7 +8,8 @@
  *   bench-client qmp-incoming SOCKET FILE    migrate-incoming "exec:cat FILE" until running
  *                                            (QEMU started with -incoming defer)
  *   bench-client dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING
- *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start,
+ *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start
+ *                                            (and Stop+Delete+CreateVM+Start back to back),
  *                                            property Get, Pause/Resume, GetManagedObjects with
  *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs,
  *                                            Snapshot + RestoreVM of a 128 MiB guest
@@ -260,6 +261,39 @@ static gboolean delete_vms(Client *c, GPtrArray *paths, gboolean stop, GError **
     return TRUE;
 }
 
+/*
+ * A stopped VM's teardown in the kernel (SRCU waits, the unmapping of its RAM: 5-40 ms) runs on
+ * after its Stop was answered (daemon/vm-ops.c), and slows what the daemon does meanwhile. A
+ * figure of one call is taken once that is over, as a caller doing one thing at a time sees
+ * it; bench_cycle() times the back-to-back case.
+ */
+#define SETTLE_US (60 * 1000)
+
+/* Stop + Delete of one VM and CreateVM + Start of the next, back to back. */
+static gboolean bench_cycle(Client *c, GError **error)
+{
+    g_autoptr(GArray) cycle_us = bench_samples_new();
+    g_autofree char *path = create_vm(c, "bench-cycle-0", "mode=idle", error);
+
+    if (path == NULL || !vm_call(c, path, "Start", error))
+        return FALSE;
+    for (guint i = 1; i <= c->reps; i++) {
+        g_autofree char *name = g_strdup_printf("bench-cycle-%u", i);
+        gint64 t0 = g_get_monotonic_time();
+        if (!vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+            return FALSE;
+        g_free(path);
+        path = create_vm(c, name, "mode=idle", error);
+        if (path == NULL || !vm_call(c, path, "Start", error))
+            return FALSE;
+        bench_samples_add(cycle_us, g_get_monotonic_time() - t0);
+    }
+    if (!vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+        return FALSE;
+    bench_print_samples("cycle", "stop_delete_create_start_us", cycle_us, NULL);
+    return TRUE;
+}
+
 static gboolean bench_create_start(Client *c, GError **error)
 {
     g_autoptr(GArray) create_us = bench_samples_new(), total_us = bench_samples_new();
@@ -267,6 +301,7 @@ static gboolean bench_create_start(Client *c, GError **error)
 
     for (guint i = 0; i < c->reps; i++) {
         g_autofree char *name = g_strdup_printf("bench-cs-%u", i);
+        g_usleep(SETTLE_US);
         gint64 t0 = g_get_monotonic_time();
         g_autofree char *path = create_vm(c, name, "mode=idle", error);
         if (path == NULL)
@@ -348,6 +383,22 @@ static gboolean bench_get_and_pause(Client *c, GError **error)
     return TRUE;
 }
 
+/* c->reps GetManagedObjects round trips into @gmo_us; the reply's size into @reply_size. */
+static gboolean time_managed_objects(Client *c, GArray *gmo_us, gsize *reply_size, GError **error)
+{
+    for (guint i = 0; i < c->reps; i++) {
+        gint64 s = g_get_monotonic_time();
+        g_autoptr(GVariant) objects = call(c, MVMD_ROOT, "org.freedesktop.DBus.ObjectManager",
+                                           "GetManagedObjects", NULL, error);
+        if (objects == NULL)
+            return FALSE;
+        bench_samples_add(gmo_us, g_get_monotonic_time() - s);
+        if (reply_size)
+            *reply_size = g_variant_get_size(objects);
+    }
+    return TRUE;
+}
+
 static gboolean bench_managed_objects(Client *c, guint n, GError **error)
 {
     g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
@@ -363,15 +414,8 @@ static gboolean bench_managed_objects(Client *c, guint n, GError **error)
         g_ptr_array_add(paths, path);
     }
     gint64 t1 = g_get_monotonic_time();
-    for (guint i = 0; i < c->reps; i++) {
-        gint64 s = g_get_monotonic_time();
-        g_autoptr(GVariant) objects = call(c, MVMD_ROOT, "org.freedesktop.DBus.ObjectManager",
-                                           "GetManagedObjects", NULL, error);
-        if (objects == NULL)
-            return FALSE;
-        bench_samples_add(gmo_us, g_get_monotonic_time() - s);
-        reply_size = g_variant_get_size(objects);
-    }
+    if (!time_managed_objects(c, gmo_us, &reply_size, error))
+        return FALSE;
     gint64 t2 = g_get_monotonic_time();
     if (!delete_vms(c, paths, FALSE, error))
         return FALSE;
@@ -405,17 +449,8 @@ static gboolean fleet_idle_cpu(Client *c, gint64 window_us, gint64 *cpu_us, GErr
 static gboolean fleet_responsiveness(Client *c, const char *path, GArray *pause_us,
                                      GArray *resume_us, GArray *gmo_us, GError **error)
 {
-    if (!pause_resume_rounds(c, path, pause_us, resume_us, error))
-        return FALSE;
-    for (guint i = 0; i < c->reps; i++) {
-        gint64 s = g_get_monotonic_time();
-        g_autoptr(GVariant) objects = call(c, MVMD_ROOT, "org.freedesktop.DBus.ObjectManager",
-                                           "GetManagedObjects", NULL, error);
-        if (objects == NULL)
-            return FALSE;
-        bench_samples_add(gmo_us, g_get_monotonic_time() - s);
-    }
-    return TRUE;
+    return pause_resume_rounds(c, path, pause_us, resume_us, error) &&
+           time_managed_objects(c, gmo_us, NULL, error);
 }
 
 #define FLEET_MEMORY_MIB 64
@@ -513,6 +548,7 @@ static gboolean snapshot_rounds(Client *c, const char *path, const char *tmp, gu
         gboolean ok = vm_call(c, restored, "Stop", error) && vm_call(c, restored, "Delete", error);
         g_free(restored);
         remove_snapshot_dir(dir);
+        g_usleep(SETTLE_US);
         if (!ok)
             return FALSE;
     }
@@ -567,6 +603,8 @@ static int cmd_dbus(char **argv)
         return bench_fail("connecting to the bus", error);
     if (!bench_create_start(&c, &error))
         return bench_fail("CreateVM+Start", error);
+    if (!bench_cycle(&c, &error))
+        return bench_fail("Stop+Delete+CreateVM+Start", error);
     if (!bench_get_and_pause(&c, &error))
         return bench_fail("Get/Pause/Resume", error);
     if (!bench_managed_objects(&c, n_defined, &error))
