@@ -13,6 +13,8 @@
  *                                            property Get, Pause/Resume, GetManagedObjects with
  *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs,
  *                                            Snapshot + RestoreVM of a 128 MiB guest
+ *   bench-client p2p SOCKET KERNEL REPS      the same Pause/Resume on microvmd's own socket
+ *                                            (peer-to-peer D-Bus, no broker)
  *   bench-client libvirt ADDRESS REPS N_DEFINED
  *                                            libvirt-dbus (test driver) on the bus at ADDRESS:
  *                                            DomainDefineXML+Create, Get, Suspend/Resume,
@@ -617,6 +619,35 @@ static int cmd_dbus(char **argv)
     return 0;
 }
 
+/*
+ * The same Pause/Resume rounds on microvmd's own socket: peer-to-peer D-Bus, no broker between
+ * (the socket-activated path of data/microvmd.socket; destination NULL, as there is no bus).
+ */
+static int cmd_p2p(char **argv)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *address = g_strdup_printf("unix:path=%s", argv[0]);
+    Client c = {
+        .kernel = argv[1],
+        .reps = (guint)CLAMP(g_ascii_strtoull(argv[2], NULL, 10), 1, 100000),
+    };
+    g_autoptr(GArray) pause_us = bench_samples_new(), resume_us = bench_samples_new();
+    g_autoptr(GArray) pause_idle_us = bench_samples_new(), resume_idle_us = bench_samples_new();
+
+    c.bus = g_dbus_connection_new_for_address_sync(
+        address, G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT, NULL, NULL, &error);
+    if (c.bus == NULL)
+        return bench_fail("connecting to the socket", error);
+    if (!pause_one(&c, "bench-p2p-pause", "mode=compute iterations=1e13", NULL, pause_us, resume_us,
+                   &error) ||
+        !pause_one(&c, "bench-p2p-idle", "mode=idle", NULL, pause_idle_us, resume_idle_us, &error))
+        return bench_fail("Pause/Resume over the socket", error);
+    bench_print_samples("p2p_pause", "pause_us", pause_us, "resume_us", resume_us, "pause_idle_us",
+                        pause_idle_us, "resume_idle_us", resume_idle_us, NULL);
+    g_object_unref(c.bus);
+    return 0;
+}
+
 /* ---- D-Bus: libvirt-dbus with libvirt's test driver (nothing runs: control plane only) ---- */
 
 #define LIBVIRT_NAME   "org.libvirt"
@@ -757,10 +788,13 @@ int main(int argc, char **argv)
         return cmd_qmp_migrate(argv[2], argv[3], FALSE);
     if (g_str_equal(cmd, "dbus") && argc == 8)
         return cmd_dbus(argv + 2);
+    if (g_str_equal(cmd, "p2p") && argc == 5)
+        return cmd_p2p(argv + 2);
     if (g_str_equal(cmd, "libvirt") && argc == 5)
         return cmd_libvirt(argv + 2);
     g_printerr("usage: bench-client qmp-pause SOCKET REPS | qmp-migrate SOCKET FILE |"
                " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING |"
+               " p2p SOCKET KERNEL REPS |"
                " libvirt ADDRESS REPS N_DEFINED\n");
     return 2;
 }
