@@ -86,13 +86,12 @@ void mvmd_manager_service_load(MvmdManagerService *self)
 
     for (guint i = 0; i < configs->len; i++) {
         MvmdVmDefinition *config = configs->pdata[i];
+        MvmdQuotaCharge charge = {NULL};
 
         /* A name a RestoreVM in flight reserved stays its own: that VM wins, as a running one. */
         if (g_hash_table_contains(self->vms, config->name) ||
             g_hash_table_contains(self->restoring, config->name))
             continue;
-        MvmdQuotaCharge charge = {NULL};
-
         /* Charged, never refused: a quota lowered since they were defined loses no VM. */
         charge_definition(self, config, TRUE, &charge, NULL);
         configs->pdata[i] = NULL;
