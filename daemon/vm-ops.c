@@ -243,48 +243,42 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 }
 
 /*
- * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
- * root gave) the snapshot's own paths are never opened; only root who asked for them with
- * 'use-snapshot-backends' gets those (docs/security.md: the daemon never follows a path for a
- * non-root caller, nor one a snapshot names unless root says so).
+ * The snapshot directory restored, with @backends (checked against the snapshot's devices
+ * first) or, when NULL, the back ends the snapshot names.
  */
-static MvmVm *worker_restore_backends(OpData *d, GError **error)
+static MvmVm *restore_dir(OpData *d, const MvmVmConfig *backends, GError **error)
 {
     g_autoptr(MvmVmConfig) snap = NULL;
-    int dirfd;
-    MvmVm *vm;
+    int dirfd = open_restore_dir(d, error);
+    MvmVm *vm = NULL;
 
-    if (d->restore_state_fd >= 0)
-        return worker_restore_files(d, error);
-    dirfd = open_restore_dir(d, error);
     if (dirfd < 0)
         return NULL;
-    snap = mvm_snapshot_read_config_at(dirfd, error);
-    vm = check_backends(snap, d->mvm_config, error)
-             ? restore(d, dirfd, -1, -1, d->mvm_config, error)
-             : NULL;
+    if (backends)
+        snap = mvm_snapshot_read_config_at(dirfd, error);
+    if (!backends || check_backends(snap, backends, error))
+        vm = restore(d, dirfd, -1, -1, backends, error);
     if (dirfd != d->restore_fd)
         close(dirfd);
     return vm;
 }
 
-/* A restored machine comes back paused (the lib's contract): it runs unless asked not to. */
+/*
+ * A restored machine comes back paused (the lib's contract): it runs unless asked not to.
+ * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
+ * root gave) the snapshot's own paths are never opened; only root who asked for them with
+ * 'use-snapshot-backends' gets those (docs/security.md: the daemon never follows a path for a
+ * non-root caller, nor one a snapshot names unless root says so).
+ */
 static MvmVm *worker_restore(OpData *d, GError **error)
 {
-    int dirfd;
-    MvmVm *vm;
+    const MvmVmConfig *backends = d->restore_own_backends ? NULL : d->mvm_config;
 
-    if (!d->restore_own_backends)
-        return worker_restore_backends(d, error);
-    if (d->restore_state_fd >= 0)
-        return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, NULL, error);
-    dirfd = open_restore_dir(d, error);
-    if (dirfd < 0)
-        return NULL;
-    vm = restore(d, dirfd, -1, -1, NULL, error);
-    if (dirfd != d->restore_fd)
-        close(dirfd);
-    return vm;
+    if (d->restore_state_fd < 0)
+        return restore_dir(d, backends, error);
+    if (backends)
+        return worker_restore_files(d, error);
+    return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, NULL, error);
 }
 
 static gboolean worker_start(OpData *d, GError **error)
