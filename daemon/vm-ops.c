@@ -370,16 +370,18 @@ gboolean mvmd_vm_op_wait_teardowns(gint64 timeout_us)
 }
 
 /*
- * The end of a run: answered as soon as the machine has stopped and said how, then freed here.
- * Freeing joins its threads and closes the KVM VM, whose teardown in the kernel waits for SRCU
- * grace periods (5-40 ms, the irqchip and PIT most of it: docs/benchmarks.md), which no caller
- * needs to wait for. The run stays referenced by @d, which this thread holds until it returns,
- * so the machine's last callbacks (a suppressed-log summary) still find it.
+ * The end of a run: answered once the machine has stopped, said how, and let go of everything
+ * the host sees of it (its threads, disks, taps and vsock socket: a caller may reuse them at
+ * once), then freed here. What is left, closing the KVM VM, waits in the kernel for SRCU grace
+ * periods (5-40 ms, the irqchip and PIT most of it: docs/benchmarks.md), which no caller needs
+ * to wait for. The run stays referenced by @d, which this thread holds until it returns, so the
+ * machine's last callbacks (a suppressed-log summary) still find it.
  */
 static void finish_and_free(GTask *task, OpData *d)
 {
     MvmVm *vm = worker_finish(d, d->op == OP_STOP);
 
+    mvm_vm_release_devices(vm);
     teardown_begin();
     g_task_return_boolean(task, TRUE);
     mvm_vm_free(vm);

@@ -34,8 +34,9 @@ struct _MvmVm {
     MvmSerial *serial;
     MvmI8042 *i8042;
     MvmTestDev *testdev;
-    MvmIoThread *io_thread; /* device back ends; NULL when the VM has no virtio device */
-    GPtrArray *virtio;      /* MvmVirtio *, in MMIO slot order */
+    MvmIoThread *io_thread;    /* device back ends; NULL when the VM has no virtio device */
+    GPtrArray *virtio;         /* MvmVirtio *, in MMIO slot order */
+    gboolean devices_released; /* mvm_vm_release_devices(): only the VM fd and memory left */
     MvmBootInfo boot;
     guint n_vcpus;
     MvmVcpuThread *vcpus;

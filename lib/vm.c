@@ -271,20 +271,28 @@ MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error)
     return g_steal_pointer(&vm);
 }
 
-void mvm_vm_free(MvmVm *vm)
+void mvm_vm_release_devices(MvmVm *vm)
 {
-    if (vm == NULL)
+    if (vm->devices_released)
         return;
     mvm_vm_stop(vm, NULL);
     mvm_vm_join_vcpus(vm);
     for (guint i = 0; vm->vcpus != NULL && i < vm->n_vcpus; i++)
         mvm_vcpu_free(vm->vcpus[i].vcpu);
-    g_free(vm->vcpus);
+    g_clear_pointer(&vm->vcpus, g_free);
     mvm_vm_detach_virtio(vm);
-    mvm_testdev_free(vm->testdev);
-    mvm_i8042_free(vm->i8042);
-    mvm_serial_free(vm->serial);
-    mvm_io_bus_free(vm->bus);
+    g_clear_pointer(&vm->testdev, mvm_testdev_free);
+    g_clear_pointer(&vm->i8042, mvm_i8042_free);
+    g_clear_pointer(&vm->serial, mvm_serial_free);
+    g_clear_pointer(&vm->bus, mvm_io_bus_free);
+    vm->devices_released = TRUE;
+}
+
+void mvm_vm_free(MvmVm *vm)
+{
+    if (vm == NULL)
+        return;
+    mvm_vm_release_devices(vm);
     if (vm->fd >= 0)
         close(vm->fd);
     /* Unmapped after the VM fd is closed, so KVM never sees a memslot without memory. */

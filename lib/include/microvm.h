@@ -154,6 +154,14 @@ typedef void (*MvmVmLogFunc)(MvmVm *vm, GLogLevelFlags level, const char *messag
 MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error);
 /* Stops the VM if needed, joins every thread, closes every fd. */
 void mvm_vm_free(MvmVm *vm);
+/*
+ * The first part of mvm_vm_free(), for a caller who answers before the rest: stops the VM if
+ * needed, joins its threads and releases everything the host sees of it (its devices and their
+ * back ends: disks, taps, the vsock socket, which is removed). Left are its KVM VM and guest
+ * memory, whose release in the kernel is the slow part (SRCU grace periods, 5-40 ms); the VM
+ * may then only be freed.
+ */
+void mvm_vm_release_devices(MvmVm *vm);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVm, mvm_vm_free)
 
 void mvm_vm_set_state_callback(MvmVm *vm, MvmVmStateFunc func, gpointer user_data);
