@@ -87,6 +87,8 @@ static const char *exit_kind_token(MvmExitKind kind)
         [MVM_EXIT_INTERNAL_ERROR] = "internal-error",
         [MVM_EXIT_FAIL_ENTRY] = "fail-entry",
         [MVM_EXIT_HOST_ERROR] = "host-error",
+        [MVM_EXIT_GUEST_PANIC] = "guest-panic",
+        [MVM_EXIT_SANDBOX_VIOLATION] = "sandbox-violation",
     };
 
     if ((guint)kind < G_N_ELEMENTS(tokens) && tokens[kind])

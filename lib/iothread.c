@@ -12,6 +12,7 @@ struct _MvmIoThread {
     GMainContext *context;
     GMainLoop *loop;
     GThread *thread;
+    MvmSandboxFlags sandbox;
 
     GMutex lock;
     GCond cond;
@@ -19,16 +20,66 @@ struct _MvmIoThread {
     gboolean parked;
     gboolean stopping;
     gboolean sync_done;
+    gboolean started;    /* the thread is in its sandbox, or failed to enter it */
+    GError *start_error; /* why it failed */
+    MvmIoThreadFunc on_violation;
+    gpointer on_violation_data;
 };
+
+/* Tells mvm_io_thread_new() how entering the sandbox went; takes @error. */
+static void report_start(MvmIoThread *t, GError *error)
+{
+    g_mutex_lock(&t->lock);
+    t->start_error = error;
+    t->started = TRUE;
+    g_cond_broadcast(&t->cond);
+    g_mutex_unlock(&t->lock);
+}
+
+/* After a dispatch in which the sandbox refused a call: once, the VM's handler ends the VM. */
+static void report_violation(MvmIoThread *t)
+{
+    g_mutex_lock(&t->lock);
+    MvmIoThreadFunc func = g_steal_pointer(&t->on_violation);
+    gpointer data = t->on_violation_data;
+    g_mutex_unlock(&t->lock);
+    if (func != NULL)
+        func(data);
+}
 
 static gpointer io_thread_main(gpointer data)
 {
     MvmIoThread *t = data;
+    GError *error = NULL;
 
+    /* Nothing of a guest's has reached this thread yet: no source is attached. */
+    if (!mvm_sandbox_enter(t->sandbox, "I/O", &error)) {
+        report_start(t, error);
+        return NULL;
+    }
+    report_start(t, NULL);
     g_main_context_push_thread_default(t->context);
-    g_main_loop_run(t->loop);
+    /* g_main_loop_run(), with a look at the sandbox after each round. */
+    while (g_main_loop_is_running(t->loop)) {
+        g_main_context_iteration(t->context, TRUE);
+        if (G_UNLIKELY(mvm_sandbox_violated()))
+            report_violation(t);
+    }
     g_main_context_pop_thread_default(t->context);
     return NULL;
+}
+
+static gboolean wait_started(MvmIoThread *t, GError **error)
+{
+    g_mutex_lock(&t->lock);
+    while (!t->started)
+        g_cond_wait(&t->cond, &t->lock);
+    g_mutex_unlock(&t->lock);
+    if (t->start_error == NULL)
+        return TRUE;
+    g_propagate_prefixed_error(error, g_steal_pointer(&t->start_error),
+                               "cannot sandbox the I/O thread: ");
+    return FALSE;
 }
 
 /*
@@ -47,21 +98,31 @@ static gboolean check_descriptor_left(GError **error)
     return TRUE;
 }
 
-MvmIoThread *mvm_io_thread_new(const char *name, GError **error)
+MvmIoThread *mvm_io_thread_new(const char *name, MvmSandboxFlags sandbox, GError **error)
 {
-    if (!check_descriptor_left(error))
+    if (!check_descriptor_left(error) || !mvm_sandbox_prepare(sandbox, error))
         return NULL;
 
     g_autoptr(MvmIoThread) t = g_new0(MvmIoThread, 1);
 
     g_mutex_init(&t->lock);
     g_cond_init(&t->cond);
+    t->sandbox = sandbox;
     t->context = g_main_context_new();
-    t->loop = g_main_loop_new(t->context, FALSE);
+    /* Running from the start, so that a stop before the thread's first round still ends it. */
+    t->loop = g_main_loop_new(t->context, TRUE);
     t->thread = mvm_thread_new(name, io_thread_main, t, error);
-    if (t->thread == NULL)
+    if (t->thread == NULL || !wait_started(t, error))
         return NULL;
     return g_steal_pointer(&t);
+}
+
+void mvm_io_thread_set_violation_func(MvmIoThread *t, MvmIoThreadFunc func, gpointer user_data)
+{
+    g_mutex_lock(&t->lock);
+    t->on_violation = func;
+    t->on_violation_data = user_data;
+    g_mutex_unlock(&t->lock);
 }
 
 static gboolean quit_loop(gpointer data)
@@ -91,6 +152,7 @@ void mvm_io_thread_free(MvmIoThread *t)
     mvm_io_thread_stop(t);
     g_main_loop_unref(t->loop);
     g_main_context_unref(t->context);
+    g_clear_error(&t->start_error);
     g_mutex_clear(&t->lock);
     g_cond_clear(&t->cond);
     g_free(t);

@@ -12,13 +12,25 @@
 
 #include <glib.h>
 
+#include "sandbox.h"
+
 G_BEGIN_DECLS
 
 typedef struct _MvmIoThread MvmIoThread;
 
 typedef gboolean (*MvmIoFdFunc)(int fd, GIOCondition condition, gpointer user_data);
+typedef void (*MvmIoThreadFunc)(gpointer user_data);
 
-MvmIoThread *mvm_io_thread_new(const char *name, GError **error);
+/*
+ * Starts the thread and returns once it is in its sandbox (sandbox.h: @sandbox is
+ * MVM_SANDBOX_IO, with MVM_SANDBOX_VSOCK for a VM with vsock).
+ */
+MvmIoThread *mvm_io_thread_new(const char *name, MvmSandboxFlags sandbox, GError **error);
+/*
+ * @func runs on the I/O thread, once, after a dispatch in which its sandbox refused a system
+ * call; it is expected to end the VM (mvm_vm_guest_exit names the call).
+ */
+void mvm_io_thread_set_violation_func(MvmIoThread *t, MvmIoThreadFunc func, gpointer user_data);
 /* Stops the loop and joins the thread (idempotent); sources stay attached but never run again. */
 void mvm_io_thread_stop(MvmIoThread *t);
 /* Stops the thread if needed; sources still attached are destroyed with the context. */

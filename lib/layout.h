@@ -72,6 +72,11 @@
 #define MVM_TESTDEV_PORT 0xf0
 /* Test guests only: a write records a timestamped marker (first instruction, etc.). */
 #define MVM_TESTDEV_MARKER_PORT 0xf8
+/*
+ * Test guests in test builds only (meson -Dtest_hooks=true): a 1-byte write of 1 makes the
+ * vCPU thread, of 2 the VM's I/O thread, make a system call its sandbox forbids.
+ */
+#define MVM_TESTDEV_SANDBOX_PORT 0xfc
 
 /* GDT selectors of the Linux 64-bit boot protocol (__BOOT_CS, __BOOT_DS). */
 #define MVM_BOOT_CS 0x10

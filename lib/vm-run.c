@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sandbox.h"
 #include "vm-private.h"
 #include "vm-virtio.h"
 
@@ -44,6 +45,7 @@ gboolean mvm_exit_kind_is_crash(MvmExitKind kind)
     case MVM_EXIT_FAIL_ENTRY:
     case MVM_EXIT_HOST_ERROR:
     case MVM_EXIT_GUEST_PANIC:
+    case MVM_EXIT_SANDBOX_VIOLATION:
         return TRUE;
     default:
         return FALSE;
@@ -74,13 +76,22 @@ static void kick_all(MvmVm *vm)
 
 /*
  * Ends the run on behalf of the guest or a device (reset, power off, debug
- * exit, crash). Called on a vCPU thread; the first reason wins. Takes @reason.
+ * exit, crash). Called on a vCPU or the I/O thread; the first reason wins.
+ * Takes @reason. A call the calling thread's sandbox refused is the reason,
+ * whatever its caller took the failure for.
  */
 void mvm_vm_guest_exit(MvmVm *vm, MvmExitKind kind, char *reason, guint32 code)
 {
+    gboolean changed = FALSE;
+
+    if (mvm_sandbox_violated()) {
+        kind = MVM_EXIT_SANDBOX_VIOLATION;
+        g_free(reason);
+        reason = mvm_sandbox_dup_violation();
+        code = 0;
+    }
     MvmVmState new_state =
         mvm_exit_kind_is_crash(kind) ? MVM_VM_STATE_CRASHED : MVM_VM_STATE_STOPPED;
-    gboolean changed = FALSE;
 
     g_mutex_lock(&vm->lock);
     if (!vm->stop_requested) {
@@ -148,6 +159,10 @@ static gpointer vcpu_thread(gpointer data)
             mvm_vm_guest_exit(vm, exit.kind, exit.reason, 0);
             break;
         }
+        if (mvm_sandbox_violated()) {
+            mvm_vm_guest_exit(vm, MVM_EXIT_SANDBOX_VIOLATION, NULL, 0);
+            break;
+        }
         settled = result == MVM_VCPU_RUN_KICKED;
     }
 
@@ -160,22 +175,38 @@ static gpointer vcpu_thread(gpointer data)
     return NULL;
 }
 
+/* A vCPU thread runs nothing the guest controls outside its sandbox; failing that, it ends. */
+static void enter_sandbox(MvmVcpuThread *t)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *who = g_strdup_printf("vCPU %u", (guint)(t - t->vm->vcpus));
+
+    if (!mvm_sandbox_enter(MVM_SANDBOX_VCPU, who, &error))
+        mvm_vm_guest_exit(t->vm, MVM_EXIT_HOST_ERROR,
+                          g_strdup_printf("cannot sandbox the %s thread: %s", who, error->message),
+                          0);
+}
+
 static gpointer vcpu_thread_start(gpointer data)
 {
     MvmVcpuThread *t = data;
-    sigset_t kick;
+    sigset_t signals;
 
-    /* The creator may block signals for its own reasons; the kick must get through here. */
-    sigemptyset(&kick);
-    sigaddset(&kick, MVM_KICK_SIGNAL);
-    pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+    /* The creator may block signals for its own reasons; the kick and SIGSYS must get through. */
+    sigemptyset(&signals);
+    sigaddset(&signals, MVM_KICK_SIGNAL);
+    sigaddset(&signals, SIGSYS);
+    pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
     t->tid = pthread_self();
     g_atomic_int_set(&t->tid_valid, TRUE);
+    enter_sandbox(t);
     return vcpu_thread(t);
 }
 
 static gboolean spawn_vcpu_threads(MvmVm *vm, GError **error)
 {
+    if (!mvm_sandbox_prepare(MVM_SANDBOX_VCPU, error))
+        return FALSE;
     for (guint i = 0; i < vm->n_vcpus; i++) {
         g_autofree char *name = g_strdup_printf("vcpu%u", i);
         MvmVcpuThread *t = &vm->vcpus[i];

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,8 +24,9 @@ const char *mvm_vm_state_to_string(MvmVmState state)
 const char *mvm_exit_kind_to_string(MvmExitKind kind)
 {
     static const char *const names[] = {
-        "none",         "requested",      "reset",      "poweroff",   "debug-exit",  "halted",
-        "triple-fault", "internal-error", "fail-entry", "host-error", "guest-panic",
+        "none",       "requested",  "reset",        "poweroff",
+        "debug-exit", "halted",     "triple-fault", "internal-error",
+        "fail-entry", "host-error", "guest-panic",  "sandbox-violation",
     };
     return (guint)kind < G_N_ELEMENTS(names) ? names[kind] : "unknown";
 }
@@ -85,6 +87,43 @@ static void acpi_sleep_read(gpointer opaque, guint64 offset, guint8 *data, guint
     memset(data, 0, len);
 }
 
+#ifdef MVM_TEST_HOOKS
+/* What a device a guest took over would try: a network socket (sandbox.c allows neither). */
+static gboolean make_forbidden_call(gpointer unused)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd >= 0)
+        close(fd);
+    return G_SOURCE_REMOVE;
+}
+
+static void sandbox_probe_write(gpointer opaque, guint64 offset, const guint8 *data, guint len)
+{
+    MvmVm *vm = opaque;
+
+    if (offset != 0 || len != 1)
+        return;
+    if (data[0] == 1)
+        make_forbidden_call(NULL);
+    else if (data[0] == 2 && vm->io_thread != NULL)
+        g_main_context_invoke(mvm_io_thread_get_context(vm->io_thread), make_forbidden_call, NULL);
+}
+
+static gboolean attach_test_hooks(MvmVm *vm, GError **error)
+{
+    static const MvmIoOps probe_ops = {.write = sandbox_probe_write};
+
+    return mvm_io_bus_register(vm->bus, MVM_IO_SPACE_PIO, MVM_TESTDEV_SANDBOX_PORT, 1, &probe_ops,
+                               vm, "sandbox probe", error);
+}
+#else
+static gboolean attach_test_hooks(MvmVm *vm, GError **error)
+{
+    return TRUE;
+}
+#endif
+
 static gboolean attach_devices(MvmVm *vm, GError **error)
 {
     static const MvmIoOps acpi_sleep_ops = {acpi_sleep_read, acpi_sleep_write};
@@ -99,7 +138,7 @@ static gboolean attach_devices(MvmVm *vm, GError **error)
         return FALSE;
     if (vm->config->debug_exit) {
         vm->testdev = mvm_testdev_new(debug_exit, guest_marker, vm);
-        if (!mvm_testdev_attach(vm->testdev, vm->bus, error))
+        if (!mvm_testdev_attach(vm->testdev, vm->bus, error) || !attach_test_hooks(vm, error))
             return FALSE;
     }
     return mvm_vm_attach_virtio(vm, error);

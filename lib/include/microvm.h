@@ -53,20 +53,50 @@ const char *mvm_vm_state_to_string(MvmVmState state);
 
 /* How the last run ended; meaningful once the VM is stopped or crashed. */
 typedef enum {
-    MVM_EXIT_NONE,           /* still created/running/paused */
-    MVM_EXIT_REQUESTED,      /* mvm_vm_stop() */
-    MVM_EXIT_RESET,          /* the guest asked for a reset (i8042 command 0xfe) */
-    MVM_EXIT_POWEROFF,       /* ACPI/system event shutdown */
-    MVM_EXIT_DEBUG_EXIT,     /* test guest wrote the debug exit port; see exit_code */
-    MVM_EXIT_HALTED,         /* HLT reached userspace */
-    MVM_EXIT_TRIPLE_FAULT,   /* crashed: KVM_EXIT_SHUTDOWN, or INTERNAL_ERROR suberror 1 */
-    MVM_EXIT_INTERNAL_ERROR, /* crashed: KVM could not emulate an instruction, etc. */
-    MVM_EXIT_FAIL_ENTRY,     /* crashed: VM entry failed */
-    MVM_EXIT_HOST_ERROR,     /* crashed: a KVM ioctl failed on the host side */
-    MVM_EXIT_GUEST_PANIC,    /* crashed: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH) */
+    MVM_EXIT_NONE,              /* still created/running/paused */
+    MVM_EXIT_REQUESTED,         /* mvm_vm_stop() */
+    MVM_EXIT_RESET,             /* the guest asked for a reset (i8042 command 0xfe) */
+    MVM_EXIT_POWEROFF,          /* ACPI/system event shutdown */
+    MVM_EXIT_DEBUG_EXIT,        /* test guest wrote the debug exit port; see exit_code */
+    MVM_EXIT_HALTED,            /* HLT reached userspace */
+    MVM_EXIT_TRIPLE_FAULT,      /* crashed: KVM_EXIT_SHUTDOWN, or INTERNAL_ERROR suberror 1 */
+    MVM_EXIT_INTERNAL_ERROR,    /* crashed: KVM could not emulate an instruction, etc. */
+    MVM_EXIT_FAIL_ENTRY,        /* crashed: VM entry failed */
+    MVM_EXIT_HOST_ERROR,        /* crashed: a KVM ioctl failed on the host side */
+    MVM_EXIT_GUEST_PANIC,       /* crashed: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH) */
+    MVM_EXIT_SANDBOX_VIOLATION, /* crashed: a vCPU or I/O thread made a system call its
+                                 * sandbox forbids (the reason names it) */
 } MvmExitKind;
 
 const char *mvm_exit_kind_to_string(MvmExitKind kind);
+
+/*
+ * The sandbox of the threads a guest drives. Each vCPU thread and I/O thread puts itself in a
+ * seccomp filter of the system calls its work needs (no open, no exec, no executable memory)
+ * and, where the kernel has Landlock, a domain with no file system access at all. A refused
+ * call fails with EPERM and crashes that VM alone (MVM_EXIT_SANDBOX_VIOLATION); the other VMs
+ * run on. docs/security.md has the table and the reasons.
+ */
+typedef enum {
+    MVM_SANDBOX_MODE_ENFORCE, /* the default */
+    MVM_SANDBOX_MODE_LOG,     /* refused calls are allowed but logged by the kernel (audit) */
+    MVM_SANDBOX_MODE_OFF,     /* no filter and no Landlock (valgrind cannot run filtered code) */
+} MvmSandboxMode;
+
+/* "enforce", "log" or "off". */
+gboolean mvm_sandbox_mode_from_string(const char *text, MvmSandboxMode *mode);
+const char *mvm_sandbox_mode_to_string(MvmSandboxMode mode);
+/* Before the first VM starts; until then the environment's MVM_SANDBOX, else enforce. */
+void mvm_sandbox_set_mode(MvmSandboxMode mode);
+MvmSandboxMode mvm_sandbox_get_mode(void);
+/* The kernel's Landlock ABI version; 0 when it has none (logged once). */
+int mvm_sandbox_landlock_abi(void);
+/*
+ * For a whole program that runs VMs (the daemon): a filter on every thread of the process,
+ * present and future, that kills the process on calls no part of it ever makes (execve,
+ * ptrace, mount, kexec, module loading, bpf, keyctl…). Such a call means its code was hijacked.
+ */
+gboolean mvm_sandbox_lock_process(GError **error);
 
 /*
  * What one VM may have on any host; mvm_vm_config_validate() and a restore refuse more, and

@@ -68,6 +68,12 @@ static void forget_fds(MvmVmConfig *config)
         ((MvmNetConfig *)g_ptr_array_index(config->nics, i))->tap_fd = -1;
 }
 
+/* On the I/O thread: its sandbox refused a call (mvm_vm_guest_exit names it). */
+static void end_on_violation(gpointer data)
+{
+    mvm_vm_guest_exit(data, MVM_EXIT_SANDBOX_VIOLATION, NULL, 0);
+}
+
 gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error)
 {
     guint n = mvm_vm_config_count_virtio(vm->config);
@@ -75,9 +81,11 @@ gboolean mvm_vm_attach_virtio(MvmVm *vm, GError **error)
     vm->virtio = g_ptr_array_new_with_free_func((GDestroyNotify)mvm_virtio_free);
     if (n == 0)
         return TRUE;
-    vm->io_thread = mvm_io_thread_new("vm-io", error);
+    MvmSandboxFlags sandbox = MVM_SANDBOX_IO | (vm->config->vsock_cid ? MVM_SANDBOX_VSOCK : 0);
+    vm->io_thread = mvm_io_thread_new("vm-io", sandbox, error);
     if (vm->io_thread == NULL)
         return FALSE;
+    mvm_io_thread_set_violation_func(vm->io_thread, end_on_violation, vm);
     for (guint slot = 0; slot < n; slot++) {
         MvmVirtioEnv env = {
             .vm_fd = vm->fd,

@@ -192,6 +192,7 @@ bool mode_echo(void);
 bool mode_iotest(void);
 bool mode_reset(void);
 bool mode_triplefault(void);
+bool mode_sandbox(void);
 bool mode_smp(void);
 bool mode_compute(void);
 bool mode_pattern(void);

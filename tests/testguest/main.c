@@ -33,6 +33,7 @@ static const struct {
     {"vtransport", mode_vtransport},
     {"idle", mode_idle},
     {"ctrlaltdel", mode_ctrlaltdel},
+    {"sandbox", mode_sandbox},
 };
 
 void pass(const char *what)
@@ -88,7 +89,7 @@ noreturn void guest_main(const u8 *boot_params)
     }
     if (!found)
         fail("mode: expected one of boot echo iotest reset triplefault smp compute pattern idle "
-             "ctrlaltdel got %s",
+             "ctrlaltdel sandbox got %s",
              mode);
     gprintf("TESTGUEST-DONE %s %s\n", mode, ok ? "PASS" : "FAIL");
     guest_exit(ok ? 0 : 1);
