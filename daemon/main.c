@@ -7,6 +7,8 @@
 
 #include <glib.h>
 
+#include "microvm.h"
+
 #include "auth.h"
 #include "daemon.h"
 #include "errors.h"
@@ -73,6 +75,43 @@ static char *default_dir(const char *var, gboolean session)
     return g_strdup(state ? DEFAULT_STATE_DIR : DEFAULT_RUNTIME_DIR);
 }
 
+/* --sandbox, else the environment's MVM_SANDBOX (lib reads it), else enforce. */
+static gboolean set_sandbox_mode(const char *text)
+{
+    MvmSandboxMode mode;
+
+    if (text == NULL)
+        return TRUE;
+    if (!mvm_sandbox_mode_from_string(text, &mode)) {
+        g_printerr("microvmd: --sandbox must be enforce, log or off, not %s\n", text);
+        return FALSE;
+    }
+    mvm_sandbox_set_mode(mode);
+    return TRUE;
+}
+
+/*
+ * Before any thread but this one exists (lib/sandbox.c): calls no part of microvmd makes
+ * (execve, ptrace, mount…) end the process from now on, on every thread, with or without the
+ * unit's own filter.
+ */
+static gboolean lock_process(void)
+{
+    g_autoptr(GError) error = NULL;
+    MvmSandboxMode mode = mvm_sandbox_get_mode();
+
+    if (!mvm_sandbox_lock_process(&error)) {
+        g_printerr("microvmd: %s (--sandbox=off runs without)\n", error->message);
+        return FALSE;
+    }
+    if (mode == MVM_SANDBOX_MODE_ENFORCE)
+        g_debug("sandbox: enforced; Landlock ABI %d", mvm_sandbox_landlock_abi());
+    else
+        g_message("sandbox: %s: vCPU and I/O threads are %s", mvm_sandbox_mode_to_string(mode),
+                  mode == MVM_SANDBOX_MODE_LOG ? "audited, not confined" : "not confined");
+    return TRUE;
+}
+
 int main(int argc, char **argv)
 {
     gboolean system = FALSE, session = FALSE, replace = FALSE, verbose = FALSE;
@@ -84,6 +123,7 @@ int main(int argc, char **argv)
     g_autofree char *socket_group = NULL;
     g_autofree char *config = NULL;
     g_autofree char *config_path = NULL;
+    g_autofree char *sandbox = NULL;
     const GOptionEntry entries[] = {
         {"system", 0, 0, G_OPTION_ARG_NONE, &system, "Use the system bus (default)", NULL},
         {"session", 0, 0, G_OPTION_ARG_NONE, &session, "Use the session bus", NULL},
@@ -105,6 +145,8 @@ int main(int argc, char **argv)
          "Members of GROUP may use the socket-activated socket too (default: root only)", "GROUP"},
         {"config", 0, 0, G_OPTION_ARG_FILENAME, &config,
          "Read the quotas from FILE (default " MVMD_CONFIG_FILE ", if it exists)", "FILE"},
+        {"sandbox", 0, 0, G_OPTION_ARG_STRING, &sandbox,
+         "Sandbox of vCPU and I/O threads: enforce (default), log or off", "MODE"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
         {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
         {NULL},
@@ -135,6 +177,8 @@ int main(int argc, char **argv)
         g_printerr("microvmd: --socket-group: %s\n", error->message);
         return 2;
     }
+    if (!set_sandbox_mode(sandbox))
+        return 2;
     /* Absolute: Reload reads it again, whatever the working directory is by then. */
     config_path = g_canonicalize_filename(config ? config : MVMD_CONFIG_FILE, NULL);
     options.quota = mvmd_quota_new();
@@ -146,6 +190,8 @@ int main(int argc, char **argv)
     options.config_path = config_path;
     options.config_required = config != NULL;
     mvmd_log_init(verbose);
+    if (!lock_process())
+        return 1;
     raise_nofile_limit();
     /* Registers the error names before any reply is sent. */
     (void)MVMD_ERROR;

@@ -660,6 +660,11 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
         g_ptr_array_add(caps, (gpointer)*c);
     if (ctx->kvm_api_version >= 0)
         g_ptr_array_add(caps, "kvm");
+    if (mvm_sandbox_get_mode() == MVM_SANDBOX_MODE_ENFORCE) {
+        g_ptr_array_add(caps, "seccomp");
+        if (mvm_sandbox_landlock_abi() > 0)
+            g_ptr_array_add(caps, "landlock");
+    }
     g_ptr_array_add(caps, NULL);
 
     mvmd_manager_set_version(MVMD_MANAGER(self), MVMD_VERSION);

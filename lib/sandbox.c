@@ -34,7 +34,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <termios.h>
+#include <sys/ioctl.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -305,7 +305,7 @@ char *mvm_sandbox_dup_violation(void)
         return NULL;
     g_autofree char *name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
     return g_strdup_printf("the %s thread made system call %s (%d; arguments 0x%" G_GINT64_MODIFIER
-                           "x, 0x%" G_GINT64_MODIFIER "x, …), which its sandbox forbids",
+                           "x, 0x%" G_GINT64_MODIFIER "x, ...), which its sandbox forbids",
                            slot.who, name != NULL ? name : "?", nr, slot.args[0], slot.args[1]);
 }
 

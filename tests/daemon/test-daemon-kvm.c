@@ -369,6 +369,45 @@ static void test_triplefault_isolated(Fixture *f, gconstpointer data)
     wait_state(bad, "crashed");
 }
 
+/*
+ * An I/O thread that breaks its sandbox (the test build's probe): that VM crashes and the log
+ * names it; the daemon, and a VM beside it, go on.
+ */
+static void test_sandbox_violation_isolated(Fixture *f, gconstpointer data)
+{
+#ifndef MVM_TEST_HOOKS
+    g_test_skip("the probe is in test builds only (meson -Dtest_hooks=true)");
+    return;
+#endif
+    if (g_getenv("MVM_SANDBOX") && !g_str_equal(g_getenv("MVM_SANDBOX"), "enforce")) {
+        g_test_skip("the sandbox is not enforced here (MVM_SANDBOX)");
+        return;
+    }
+    g_assert_true(g_strv_contains(mvmd_manager_get_capabilities(f->manager), "seccomp"));
+    g_autoptr(MvmdVm) good = create_guest(f, "good", "echo", NULL);
+    g_autoptr(MvmdVm) bad = create_guest(f, "breakout", "sandbox thread=io", "'rng': <true>");
+    g_autofree char *log = NULL;
+    Console *c;
+    gsize at;
+
+    call_ok(good, "Start");
+    c = console_open(good);
+    at = console_expect(c, 0, "READY");
+    call_ok(bad, "Start");
+    wait_state(bad, "crashed");
+    const char *reason = mvmd_test_vm_exit_reason(bad);
+    g_test_message("sandbox violation: %s", reason);
+    g_assert_true(g_str_has_prefix(
+        reason, "sandbox-violation: the I/O thread made system call socket (41; arguments 0x2,"));
+
+    g_assert_cmpstr(mvmd_vm_get_state(good), ==, "running");
+    console_send(c, "unharmed\r");
+    console_expect(c, at, "unharmed");
+    console_close(c);
+    g_assert_true(g_file_get_contents(f->bus->daemon_log, &log, NULL, NULL));
+    g_assert_nonnull(strstr(log, "breakout: run ended: sandbox-violation: the I/O thread"));
+}
+
 static void test_shutdown_timeout(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "stubborn", "echo", NULL);
@@ -1780,6 +1819,8 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/echo-console", test_echo_console);
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
+    g_test_add("/daemon-kvm/sandbox-violation-isolated", Fixture, "daemon.log", fixture_setup,
+               test_sandbox_violation_isolated, fixture_teardown);
     ADD("/daemon-kvm/shutdown-timeout", test_shutdown_timeout);
     ADD("/daemon-kvm/console-clients-bounded", test_console_clients_bounded);
     ADD("/daemon-kvm/shutdown-waiters-bounded", test_shutdown_waiters_bounded);

@@ -186,6 +186,76 @@ static void test_triple_fault(void)
     g_assert_cmpstr(reason, !=, "");
 }
 
+static guint count_counter_lines(Watch *c)
+{
+    g_autofree char *out = watch_dup(c);
+    guint n = 0;
+    for (const char *p = out; (p = strstr(p, "COUNTER ")) != NULL; p++)
+        n++;
+    return n;
+}
+
+/*
+ * A device taken over by its guest tries a network socket (the test build's probe port): on
+ * the vCPU thread (@thread "vcpu") or the I/O thread ("io"). That VM alone crashes, with the
+ * call in its reason; a VM beside it counts on.
+ */
+static void test_sandbox_violation(gconstpointer data)
+{
+    const char *thread = data;
+    g_autoptr(GError) error = NULL;
+    Watch bystander_watch, prober_watch;
+
+    if (!have_kvm())
+        return;
+#ifndef MVM_TEST_HOOKS
+    g_test_skip("the probe is in test builds only (meson -Dtest_hooks=true)");
+    return;
+#endif
+    if (mvm_sandbox_get_mode() != MVM_SANDBOX_MODE_ENFORCE) {
+        g_test_skip("the sandbox is not enforced here (MVM_SANDBOX)");
+        return;
+    }
+    watch_init(&bystander_watch);
+    watch_init(&prober_watch);
+    g_autoptr(MvmVm) bystander =
+        new_guest("mode=pattern pages=16 every=1", 1, 32, &bystander_watch);
+    g_assert_true(mvm_vm_start(bystander, &error));
+    g_assert_true(watch_wait_for(&bystander_watch, "COUNTER 2", GUEST_TIMEOUT_US));
+
+    g_autofree char *cmdline = g_strdup_printf("mode=sandbox thread=%s", thread);
+    g_autoptr(MvmVmConfig) config = testguest_config(cmdline, 1, 16);
+    config->rng = TRUE; /* an I/O thread to probe */
+    g_autoptr(MvmVm) prober = mvm_vm_new(config, &error);
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(prober, on_console, prober_watch.console);
+    g_assert_true(mvm_vm_start(prober, &error));
+    g_assert_true(mvm_vm_wait(prober, GUEST_TIMEOUT_US));
+
+    g_autofree char *out = watch_dup(&prober_watch);
+    g_autofree char *reason = mvm_vm_dup_exit_reason(prober);
+    g_autofree char *who =
+        g_strdup_printf("the %s thread", g_str_equal(thread, "io") ? "I/O" : "vCPU 0");
+    g_test_message("the prober printed:\n%s\nreason: %s", out, reason);
+    g_assert_nonnull(strstr(out, "SANDBOX probing"));
+    g_assert_null(strstr(out, "still running"));
+    g_assert_cmpint(mvm_vm_get_state(prober), ==, MVM_VM_STATE_CRASHED);
+    g_assert_cmpint(mvm_vm_get_exit_kind(prober), ==, MVM_EXIT_SANDBOX_VIOLATION);
+    g_assert_nonnull(strstr(reason, who));
+    g_assert_nonnull(strstr(reason, "system call socket (41"));
+
+    /* The bystander never noticed: still running, still counting. */
+    guint before = count_counter_lines(&bystander_watch);
+    g_autofree char *next = g_strdup_printf("COUNTER %u", before + 2);
+    g_assert_true(watch_wait_for(&bystander_watch, next, GUEST_TIMEOUT_US));
+    g_assert_cmpint(mvm_vm_get_state(bystander), ==, MVM_VM_STATE_RUNNING);
+    g_assert_true(mvm_vm_stop(bystander, &error));
+    g_clear_pointer(&prober, mvm_vm_free);
+    g_clear_pointer(&bystander, mvm_vm_free);
+    watch_clear(&prober_watch);
+    watch_clear(&bystander_watch);
+}
+
 static void test_echo(void)
 {
     g_autoptr(GError) error = NULL;
@@ -206,15 +276,6 @@ static void test_echo(void)
     assert_debug_exit(vm, 0);
     g_clear_pointer(&vm, mvm_vm_free);
     watch_clear(&c);
-}
-
-static guint count_counter_lines(Watch *c)
-{
-    g_autofree char *out = watch_dup(c);
-    guint n = 0;
-    for (const char *p = out; (p = strstr(p, "COUNTER ")) != NULL; p++)
-        n++;
-    return n;
 }
 
 static void test_pause_resume(void)
@@ -445,6 +506,8 @@ int main(int argc, char **argv)
     g_test_add_func("/vm/echo", test_echo);
     g_test_add_func("/vm/reset", test_reset);
     g_test_add_func("/vm/triple-fault", test_triple_fault);
+    g_test_add_data_func("/vm/sandbox/vcpu-thread", "vcpu", test_sandbox_violation);
+    g_test_add_data_func("/vm/sandbox/io-thread", "io", test_sandbox_violation);
     g_test_add_func("/vm/smp", test_smp);
     g_test_add_func("/vm/pause-resume", test_pause_resume);
     g_test_add_func("/vm/vcpu-state-round-trip", test_vcpu_state_round_trip);
