@@ -115,6 +115,7 @@ static const AllowedCall allowed[] = {
     {SCMP_SYS(clock_nanosleep), VCPU | IO, ARG_ANY},
     {SCMP_SYS(nanosleep), VCPU | IO, ARG_ANY},
     {SCMP_SYS(gettimeofday), VCPU | IO, ARG_ANY},
+    {SCMP_SYS(time), VCPU | IO, ARG_ANY},
     {SCMP_SYS(rt_sigreturn), VCPU | IO, ARG_ANY}, /* the kick and SIGSYS handlers return */
     {SCMP_SYS(rt_sigprocmask), VCPU | IO, ARG_ANY},
     {SCMP_SYS(sigaltstack), VCPU | IO, ARG_ANY}, /* sanitizers at thread exit */
