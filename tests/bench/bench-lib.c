@@ -12,12 +12,31 @@
  *                                       (idle: of a guest parked in HLT)
  *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
  *                                       mvm_vm_resume, and the time until the guest prints again
+ *   bench-lib exits KERNEL ROUNDS REPS  REPS guests in `mode=iotest iterations=ROUNDS`: one port
+ *                                       I/O and one MMIO round trip to the test device, by the
+ *                                       guest's TSC (µs, fractions kept)
+ *   bench-lib filter REPS CALLS         one system call on a thread in the vCPU sandbox,
+ *                                       ioctl(-1, KVM_RUN): the filters' verdict on KVM_RUN, then
+ *                                       EBADF at once; and read(-1) in the I/O thread's sandbox
+ *   bench-lib blk KERNEL DIR COUNT KIB REPS
+ *                                       REPS guests in `mode=blkbench`: one virtio-blk request of
+ *                                       KIB KiB, reads and writes, by the host's clock between
+ *                                       the guest's markers (µs, fractions kept)
+ *
+ * exits, filter and blk first put the process under lib's process-wide deny list, the one meant
+ * for the daemon's start (mvm_sandbox_lock_process(); nothing with MVM_SANDBOX=off), so that a
+ * vCPU or I/O thread runs both filters, as it would in the daemon. They say the process's
+ * sandbox mode (MVM_SANDBOX, read once per process) and how many filters each of its threads
+ * ran while a warm-up guest was up.
  *
  * KERNEL is tests/testguest/testguest.elf: its first instruction writes marker 1 (README there).
  */
 #include <errno.h>
+#include <linux/kvm.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -25,7 +44,9 @@
 
 #include "bench-util.h"
 #include "microvm.h"
+#include "sandbox.h" /* filter: the threads' sandboxes without a VM */
 #include "test-util.h"
+#include "vm-private.h" /* the vCPU's TSC rate, to read the guest's TSC figures */
 
 /*
  * Snapshot/restore are declared in microvm.h but land in lib/ separately: weak references let
@@ -38,6 +59,8 @@
 #define BENCH_MEMORY_MIB 128
 #define WAIT_US          (30 * G_USEC_PER_SEC)
 #define FREE_THREADS     16
+#define BLK_MARKER_FIRST 0x100 /* mode=blkbench writes 0x100-0x106 (tests/testguest/README.md) */
+#define BLK_MARKERS      7
 
 /* What the VMs of one command report, from their vCPU threads. */
 typedef struct {
@@ -51,14 +74,18 @@ typedef struct {
 typedef struct {
     Tracker *tracker;
     MvmVm *vm;
-    gint64 marker_us; /* host monotonic time of marker 1 */
-    GString *line;    /* console output since the last newline */
+    gint64 marker_us;           /* host monotonic time of marker 1 */
+    gint64 blk_us[BLK_MARKERS]; /* of markers 0x100-0x106 */
+    GString *line;              /* console output since the last newline */
+    GString *output;            /* all of it, when not NULL */
 } Slot;
 
 static void on_marker(MvmVm *vm, guint32 marker, gint64 monotonic_us, gpointer user_data)
 {
     Slot *slot = user_data;
 
+    if (marker - BLK_MARKER_FIRST < BLK_MARKERS) /* one vCPU: no other thread writes these */
+        slot->blk_us[marker - BLK_MARKER_FIRST] = monotonic_us;
     if (marker != 1)
         return;
     g_mutex_lock(&slot->tracker->lock);
@@ -76,6 +103,8 @@ static void track_console(MvmVm *vm, const guint8 *data, gsize len, gpointer use
     Tracker *tracker = slot->tracker;
 
     g_mutex_lock(&tracker->lock);
+    if (slot->output != NULL)
+        g_string_append_len(slot->output, (const char *)data, (gssize)len);
     for (gsize i = 0; i < len; i++) {
         if (data[i] != '\n') {
             if (slot->line->len < 256)
@@ -131,6 +160,8 @@ static void slot_clear(Slot *slot)
     g_clear_pointer(&slot->vm, mvm_vm_free);
     if (slot->line != NULL)
         g_string_free(g_steal_pointer(&slot->line), TRUE);
+    if (slot->output != NULL)
+        g_string_free(g_steal_pointer(&slot->output), TRUE);
 }
 
 static void tracker_init(Tracker *tracker, const char *pattern)
@@ -439,6 +470,328 @@ static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
     return 0;
 }
 
+/* ---- exits, filter, blk: one exit, one system call, one virtio-blk request, sandboxed ---- */
+
+/* Appends `"key": [v, ...]` of a GArray of doubles (µs with fractions: a call is ~0.2 µs). */
+static void json_doubles(GString *json, const char *key, const GArray *samples)
+{
+    g_string_append(json, json->len == 0 ? "{" : ", ");
+    g_string_append_printf(json, "\"%s\": [", key);
+    for (guint i = 0; i < samples->len; i++)
+        g_string_append_printf(json, "%s%.4f", i ? ", " : "", g_array_index(samples, double, i));
+    g_string_append_c(json, ']');
+}
+
+static GArray *doubles_new(void)
+{
+    return g_array_new(FALSE, FALSE, sizeof(double));
+}
+
+/* The number after `field` in a /proc status file, else 0. */
+static gint64 status_number(const char *status, const char *field)
+{
+    const char *p = strstr(status, field);
+
+    return p != NULL ? g_ascii_strtoll(p + strlen(field), NULL, 10) : 0;
+}
+
+/*
+ * "NAME:FILTERS ..." for each thread of this process: how many seccomp filters it runs (the
+ * process's deny list, its own). KVM's worker thread of a VM (kvm-nx-lpage-recovery) has the
+ * vCPU thread's: the vCPU thread makes it, already filtered (at its first KVM_RUN here).
+ */
+static char *thread_filters(void)
+{
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/task", 0, NULL);
+    g_autoptr(GString) out = g_string_new(NULL);
+    const char *tid;
+
+    while (dir != NULL && (tid = g_dir_read_name(dir)) != NULL) {
+        g_autofree char *path = g_strdup_printf("/proc/self/task/%s/status", tid);
+        g_autofree char *status = NULL;
+        if (!g_file_get_contents(path, &status, NULL, NULL) || !g_str_has_prefix(status, "Name:\t"))
+            continue;
+        const char *name = status + strlen("Name:\t");
+        g_string_append_printf(out, "%s%.*s:%" G_GINT64_FORMAT, out->len ? " " : "",
+                               (int)strcspn(name, "\n"), name,
+                               status_number(status, "\nSeccomp_filters:\t"));
+    }
+    return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+/*
+ * A guest like the measured ones, parked in `mode=idle`: it warms up what every VM of the
+ * process shares (the /dev/kvm probe, the sandbox's filters) and, while it is up, shows the
+ * filters its threads run (thread_filters()). NULL with @error set.
+ */
+static char *warm_up(const MvmVmConfig *measured, GError **error)
+{
+    g_autoptr(MvmVmConfig) config = mvm_vm_config_copy(measured);
+    g_auto(Tracker) tracker = {0};
+    g_auto(Slot) slot = {0}; /* declared after the tracker: freed before it */
+
+    g_free(config->cmdline);
+    config->cmdline = g_strdup("mode=idle");
+    tracker_init(&tracker, "IDLE");
+    if (!slot_boot(&slot, &tracker, config, error))
+        return NULL;
+    if (!tracker_wait(&tracker, &tracker.hits, 1)) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "the warm-up guest printed no IDLE");
+        return NULL;
+    }
+    return thread_filters();
+}
+
+/* Boots @config, waits for its debug exit 0 and leaves the console output in @slot. */
+static gboolean run_guest(Slot *slot, Tracker *tracker, const MvmVmConfig *config, GError **error)
+{
+    slot->output = g_string_new(NULL);
+    if (!slot_boot(slot, tracker, config, error))
+        return FALSE;
+    mvm_vm_wait(slot->vm, WAIT_US);
+    if (mvm_vm_get_exit_kind(slot->vm) != MVM_EXIT_DEBUG_EXIT ||
+        mvm_vm_get_exit_code(slot->vm) != 0) {
+        g_autofree char *reason = mvm_vm_dup_exit_reason(slot->vm);
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "the guest did not pass (%s): %.200s",
+                    reason != NULL ? reason : "still running", slot->output->str);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* The guest's `WHAT rounds N tsc T` line (mode=iotest), as µs per round. */
+static gboolean iotest_figure(const char *out, const char *what, guint32 tsc_khz, double *us)
+{
+    g_autofree char *head = g_strdup_printf("IOTEST %s rounds ", what);
+    const char *line = strstr(out, head);
+    guint64 rounds, tsc;
+
+    if (line == NULL ||
+        sscanf(line + strlen(head), "%" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &rounds,
+               &tsc) != 2 ||
+        rounds == 0)
+        return FALSE;
+    *us = (double)tsc * 1e3 / tsc_khz / (double)rounds;
+    return TRUE;
+}
+
+static guint32 tsc_khz_of(MvmVm *vm)
+{
+    return mvm_vcpu_get_tsc_khz(vm->vcpus[0].vcpu, NULL);
+}
+
+static void json_sandbox(GString *json, const char *filters)
+{
+    bench_json_str(json, "sandbox", mvm_sandbox_mode_to_string(mvm_sandbox_get_mode()));
+    bench_json_str(json, "thread_filters", filters);
+}
+
+/*
+ * Each round trip is an `out` and an `in` (or an MMIO write and read): two exits to the VMM,
+ * each one KVM_RUN on the vCPU thread, the call a seccomp filter sees.
+ */
+static int cmd_exits(const char *kernel, guint rounds, guint reps)
+{
+    g_autofree char *cmdline = g_strdup_printf("mode=iotest iterations=%u", rounds);
+    g_autoptr(MvmVmConfig) config = make_config(kernel, cmdline, BENCH_MEMORY_MIB);
+    g_autoptr(GArray) pio = doubles_new(), mmio32 = doubles_new(), mmio64 = doubles_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *filters = warm_up(config, &error);
+    guint32 tsc_khz = 0;
+    MvmVmStats stats;
+
+    if (filters == NULL)
+        return bench_fail("warm-up guest", error);
+    for (guint i = 0; i < reps; i++) {
+        g_auto(Tracker) tracker = {0};
+        g_auto(Slot) slot = {0};
+        double us[3];
+        tracker_init(&tracker, NULL);
+        if (!run_guest(&slot, &tracker, config, &error))
+            return bench_fail("mode=iotest", error);
+        tsc_khz = tsc_khz_of(slot.vm);
+        if (tsc_khz == 0 || !iotest_figure(slot.output->str, "pio", tsc_khz, &us[0]) ||
+            !iotest_figure(slot.output->str, "mmio32", tsc_khz, &us[1]) ||
+            !iotest_figure(slot.output->str, "mmio64", tsc_khz, &us[2]))
+            return bench_fail("no IOTEST figures (or no TSC rate)", NULL);
+        g_array_append_val(pio, us[0]);
+        g_array_append_val(mmio32, us[1]);
+        g_array_append_val(mmio64, us[2]);
+        mvm_vm_get_stats(slot.vm, &stats);
+    }
+    GString *json = g_string_new(NULL);
+    json_sandbox(json, filters);
+    bench_json_int(json, "rounds", rounds);
+    bench_json_int(json, "tsc_khz", tsc_khz);
+    /* Of the last guest: KVM_RUN returns, to check that a round trip is two. */
+    bench_json_int(json, "exits_io", (gint64)stats.exits_io);
+    bench_json_int(json, "exits_mmio", (gint64)stats.exits_mmio);
+    json_doubles(json, "pio_round_trip_us", pio);
+    json_doubles(json, "mmio32_round_trip_us", mmio32);
+    json_doubles(json, "mmio64_round_trip_us", mmio64);
+    bench_json_print(json);
+    return 0;
+}
+
+/*
+ * On a thread of its own in the sandbox of @flags (as a vCPU or I/O thread enters it), @calls
+ * system calls the filter lets through and the kernel refuses at once (fd -1), @reps times: the
+ * price of the filter on that call, beside the same loop with MVM_SANDBOX=off.
+ */
+typedef struct {
+    MvmSandboxFlags flags;
+    guint reps, calls;
+    GArray *us; /* per call */
+    GError *error;
+} FilterRun;
+
+static gpointer filter_thread(gpointer data)
+{
+    FilterRun *run = data;
+    char byte;
+
+    if (!mvm_sandbox_enter(run->flags, "bench", &run->error))
+        return NULL;
+    for (guint r = 0; r < run->reps; r++) {
+        gint64 t0 = g_get_monotonic_time();
+        for (guint i = 0; i < run->calls; i++) {
+            if (run->flags & MVM_SANDBOX_VCPU)
+                (void)!ioctl(-1, KVM_RUN, 0);
+            else
+                (void)!read(-1, &byte, 1);
+        }
+        double us = (double)(g_get_monotonic_time() - t0) / run->calls;
+        g_array_append_val(run->us, us);
+    }
+    return NULL;
+}
+
+static gboolean filter_run(FilterRun *run, GError **error)
+{
+    if (!mvm_sandbox_prepare(run->flags, error))
+        return FALSE;
+    GThread *thread = g_thread_try_new("bench-filter", filter_thread, run, error);
+    if (thread == NULL)
+        return FALSE;
+    g_thread_join(thread);
+    if (run->error != NULL) {
+        g_propagate_error(error, g_steal_pointer(&run->error));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static int cmd_filter(guint reps, guint calls)
+{
+    g_autoptr(GArray) vcpu_us = doubles_new(), io_us = doubles_new();
+    FilterRun vcpu = {MVM_SANDBOX_VCPU, reps, calls, vcpu_us, NULL};
+    FilterRun io = {MVM_SANDBOX_IO, reps, calls, io_us, NULL};
+    g_autoptr(GError) error = NULL;
+
+    if (!filter_run(&vcpu, &error) || !filter_run(&io, &error))
+        return bench_fail("a sandboxed thread", error);
+    GString *json = g_string_new(NULL);
+    bench_json_str(json, "sandbox", mvm_sandbox_mode_to_string(mvm_sandbox_get_mode()));
+    bench_json_int(json, "calls", calls);
+    json_doubles(json, "kvm_run_call_us", vcpu_us);
+    json_doubles(json, "io_read_call_us", io_us);
+    bench_json_print(json);
+    return 0;
+}
+
+/* The guest's `BLKBENCH notifies N tsc T trapped-writes tsc T2` line, as µs per access. */
+static gboolean blkbench_figures(const char *out, guint32 tsc_khz, double *notify_us,
+                                 double *trapped_us)
+{
+    const char *line = strstr(out, "BLKBENCH notifies ");
+    guint64 n, notify_tsc, trapped_tsc;
+
+    if (line == NULL ||
+        sscanf(line,
+               "BLKBENCH notifies %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT
+               " trapped-writes tsc %" G_GUINT64_FORMAT,
+               &n, &notify_tsc, &trapped_tsc) != 3 ||
+        n == 0)
+        return FALSE;
+    *notify_us = (double)notify_tsc * 1e3 / tsc_khz / (double)n;
+    *trapped_us = (double)trapped_tsc * 1e3 / tsc_khz / (double)n;
+    return TRUE;
+}
+
+/* A raw image of @size bytes, written out (not sparse), so reads and writes find blocks. */
+static char *make_image(const char *dir, gsize size, GError **error)
+{
+    g_autofree char *path = g_build_filename(dir, "blkbench.img", NULL);
+    g_autofree char *zeros = g_malloc0(size);
+
+    if (!g_file_set_contents(path, zeros, (gssize)size, error))
+        return NULL;
+    return g_steal_pointer(&path);
+}
+
+/*
+ * One request: the guest fills a descriptor chain and notifies (ioeventfd: no exit to the
+ * VMM); the VM's I/O thread wakes, reads the disk with preadv/pwritev and signals the irqfd;
+ * the guest, polling the used ring, reads and acknowledges InterruptStatus (two MMIO exits).
+ * The host's clock between the markers around `count` requests.
+ */
+static int cmd_blk(const char *kernel, const char *dir, guint count, guint kib, guint reps)
+{
+    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
+    g_autoptr(MvmVmConfig) config = make_config(kernel, cmdline, BENCH_MEMORY_MIB);
+    g_autoptr(GArray) read_us = doubles_new(), write_us = doubles_new();
+    g_autoptr(GArray) notify_us = doubles_new(), trapped_us = doubles_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *image = make_image(dir, (gsize)count * kib * 1024, &error);
+
+    if (image == NULL)
+        return bench_fail("disk image", error);
+    MvmDiskConfig *disk = g_new0(MvmDiskConfig, 1);
+    disk->path = g_strdup(image);
+    disk->fd = -1;
+    config->disks = g_ptr_array_new();
+    g_ptr_array_add(config->disks, disk);
+    g_autofree char *filters = warm_up(config, &error);
+    if (filters == NULL) {
+        g_unlink(image);
+        return bench_fail("warm-up guest", error);
+    }
+    for (guint i = 0; i < reps; i++) {
+        g_auto(Tracker) tracker = {0};
+        g_auto(Slot) slot = {0};
+        double r, w, n, t;
+        tracker_init(&tracker, NULL);
+        if (!run_guest(&slot, &tracker, config, &error)) {
+            g_unlink(image);
+            return bench_fail("mode=blkbench", error);
+        }
+        guint32 tsc_khz = tsc_khz_of(slot.vm);
+        const gint64 *m = slot.blk_us;
+        if (m[0] == 0 || m[1] < m[0] || m[2] < m[1] || m[3] < m[2] || tsc_khz == 0 ||
+            !blkbench_figures(slot.output->str, tsc_khz, &n, &t)) {
+            g_unlink(image);
+            return bench_fail("no BLKBENCH markers or figures", NULL);
+        }
+        r = (double)(m[1] - m[0]) / count;
+        w = (double)(m[3] - m[2]) / count;
+        g_array_append_val(read_us, r);
+        g_array_append_val(write_us, w);
+        g_array_append_val(notify_us, n);
+        g_array_append_val(trapped_us, t);
+    }
+    g_unlink(image);
+    GString *json = g_string_new(NULL);
+    json_sandbox(json, filters);
+    bench_json_int(json, "count", count);
+    bench_json_int(json, "kib", kib);
+    json_doubles(json, "read_request_us", read_us);
+    json_doubles(json, "write_request_us", write_us);
+    json_doubles(json, "notify_us", notify_us);
+    json_doubles(json, "trapped_write_us", trapped_us);
+    bench_json_print(json);
+    return 0;
+}
+
 static guint parse_count(const char *s)
 {
     guint64 v = g_ascii_strtoull(s, NULL, 10);
@@ -457,8 +810,22 @@ int main(int argc, char **argv)
         return cmd_pause(argv[2], parse_count(argv[3]), argc == 5);
     if (g_str_equal(cmd, "snapshot") && argc == 5)
         return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
+    /* Before any other thread, as in the daemon: the deny list every thread inherits. */
+    if (g_str_equal(cmd, "exits") || g_str_equal(cmd, "filter") || g_str_equal(cmd, "blk")) {
+        g_autoptr(GError) error = NULL;
+        if (!mvm_sandbox_lock_process(&error))
+            return bench_fail("mvm_sandbox_lock_process", error);
+    }
+    if (g_str_equal(cmd, "exits") && argc == 5)
+        return cmd_exits(argv[2], parse_count(argv[3]), parse_count(argv[4]));
+    if (g_str_equal(cmd, "filter") && argc == 4)
+        return cmd_filter(parse_count(argv[2]), parse_count(argv[3]));
+    if (g_str_equal(cmd, "blk") && argc == 7)
+        return cmd_blk(argv[2], argv[3], parse_count(argv[4]), parse_count(argv[5]),
+                       parse_count(argv[6]));
     g_printerr(
         "usage: bench-lib first KERNEL REPS | many KERNEL N MEM_MIB | pause KERNEL REPS [idle] |"
-        " snapshot KERNEL DIR REPS\n");
+        " snapshot KERNEL DIR REPS | exits KERNEL ROUNDS REPS | filter REPS CALLS |"
+        " blk KERNEL DIR COUNT KIB REPS\n");
     return 2;
 }
