@@ -108,7 +108,9 @@ static gboolean lock_process(void)
         g_debug("sandbox: enforced; Landlock ABI %d", mvm_sandbox_landlock_abi());
     else
         g_message("sandbox: %s: vCPU and I/O threads are %s", mvm_sandbox_mode_to_string(mode),
-                  mode == MVM_SANDBOX_MODE_LOG ? "audited, not confined" : "not confined");
+                  mode == MVM_SANDBOX_MODE_LOG
+                      ? "audited: their calls outside the filters are logged, not refused"
+                      : "not confined");
     return TRUE;
 }
 

@@ -24,6 +24,7 @@
 #include "sandbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/kvm.h>
 #include <linux/seccomp.h>
@@ -40,6 +41,10 @@
 
 #include "error-private.h"
 
+#ifndef SYS_SECCOMP
+#define SYS_SECCOMP 1 /* si_code of a seccomp trap (linux/uapi asm-generic/siginfo.h) */
+#endif
+
 /* What seccomp may check of a call's arguments. */
 typedef enum {
     ARG_ANY,
@@ -47,6 +52,10 @@ typedef enum {
     ARG_UNIX,       /* socket: argument 0 is AF_UNIX */
     ARG_VCPU_IOCTL, /* ioctl: argument 1 one of vcpu_ioctls[] */
     ARG_IO_IOCTL,   /* ioctl: argument 1 one of io_ioctls[] */
+    ARG_FCNTL,      /* fcntl: argument 1 one of fcntl_commands[] (no F_SETOWN, F_SETSIG…) */
+    ARG_MADVISE,    /* madvise: argument 2 one of madvise_advice[] */
+    ARG_OWN_PID,    /* tgkill: argument 0 is this process */
+    ARG_NO_ADDRESS, /* sendto: argument 4 is NULL, a connected socket's send() */
 } ArgRule;
 
 #define VCPU  MVM_SANDBOX_VCPU
@@ -82,12 +91,12 @@ static const AllowedCall allowed[] = {
     {SCMP_SYS(fsync), IO, ARG_ANY},
     {SCMP_SYS(close), VCPU | IO, ARG_ANY},
     {SCMP_SYS(eventfd2), VCPU | IO, ARG_ANY}, /* a GMainContext's wakeup, made on first use */
-    {SCMP_SYS(fcntl), IO, ARG_ANY},
+    {SCMP_SYS(fcntl), IO, ARG_FCNTL},
     {SCMP_SYS(poll), IO, ARG_ANY}, /* the GMainContext */
     {SCMP_SYS(ppoll), IO, ARG_ANY},
-    {SCMP_SYS(sendmsg), VCPU | IO, ARG_ANY}, /* the journal's socket, when logging there */
-    {SCMP_SYS(sendto), VCPU | IO, ARG_ANY},  /* send(): vsock streams */
-    {SCMP_SYS(recvfrom), IO, ARG_ANY},       /* recv() */
+    {SCMP_SYS(sendmsg), VCPU | IO, ARG_ANY},       /* the journal's socket, when logging there */
+    {SCMP_SYS(sendto), VCPU | IO, ARG_NO_ADDRESS}, /* send(): vsock streams */
+    {SCMP_SYS(recvfrom), IO, ARG_ANY},             /* recv() */
     {SCMP_SYS(recvmsg), IO, ARG_ANY},
     {SCMP_SYS(getrandom), IO, ARG_ANY},          /* virtio-rng */
     {SCMP_SYS(getpeername), VCPU | IO, ARG_ANY}, /* GLib's log writer: is stderr the journal? */
@@ -105,7 +114,7 @@ static const AllowedCall allowed[] = {
     {SCMP_SYS(mprotect), VCPU | IO, ARG_NOT_EXEC},
     {SCMP_SYS(munmap), VCPU | IO, ARG_ANY},
     {SCMP_SYS(mremap), VCPU | IO, ARG_ANY},
-    {SCMP_SYS(madvise), VCPU | IO, ARG_ANY},
+    {SCMP_SYS(madvise), VCPU | IO, ARG_MADVISE},
     {SCMP_SYS(brk), VCPU | IO, ARG_ANY},
     /* locks, time, signals, identity, the end */
     {SCMP_SYS(futex), VCPU | IO, ARG_ANY},
@@ -119,7 +128,7 @@ static const AllowedCall allowed[] = {
     {SCMP_SYS(rt_sigreturn), VCPU | IO, ARG_ANY}, /* the kick and SIGSYS handlers return */
     {SCMP_SYS(rt_sigprocmask), VCPU | IO, ARG_ANY},
     {SCMP_SYS(sigaltstack), VCPU | IO, ARG_ANY}, /* sanitizers at thread exit */
-    {SCMP_SYS(tgkill), VCPU | IO, ARG_ANY},      /* kicks of sibling vCPUs; abort() */
+    {SCMP_SYS(tgkill), VCPU | IO, ARG_OWN_PID},  /* kicks of sibling vCPUs; abort() */
     {SCMP_SYS(getpid), VCPU | IO, ARG_ANY},
     {SCMP_SYS(gettid), VCPU | IO, ARG_ANY},
     {SCMP_SYS(exit), VCPU | IO, ARG_ANY},
@@ -136,6 +145,27 @@ static const unsigned long vcpu_ioctls[] = {
 static const unsigned long io_ioctls[] = {
     KVM_IRQ_LINE, /* the interrupt line, for a back end without an irqfd */
     TCGETS,
+};
+
+/* Flags of a descriptor; not its owner or signal (F_SETOWN, F_SETSIG), nor leases or notify. */
+static const unsigned long fcntl_commands[] = {
+    F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC,
+};
+
+/* glibc's arenas and stacks, sanitizers: never MADV_DODUMP, MADV_HWPOISON and the like. */
+static const unsigned long madvise_advice[] = {
+    MADV_DONTNEED, MADV_FREE, MADV_WILLNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTDUMP,
+};
+
+/*
+ * A new thread or process inherits the filter; glibc blocks every signal while it creates one,
+ * and a trap with SIGSYS blocked would kill the whole process. These fail plainly instead.
+ */
+static const int refused_quietly[] = {
+    SCMP_SYS(clone),
+    SCMP_SYS(clone3),
+    SCMP_SYS(fork),
+    SCMP_SYS(vfork),
 };
 
 /*
@@ -268,6 +298,9 @@ static void on_sigsys(int sig, siginfo_t *info, void *context)
     ucontext_t *uc = context;
     int expected = 0;
 
+    /* Only seccomp's: a SIGSYS someone sent must not rewrite whatever call it interrupted. */
+    if (info->si_code != SYS_SECCOMP)
+        return;
     if (is_time_zone_lookup(info->si_syscall, uc)) {
         uc->uc_mcontext.gregs[REG_RAX] = -EACCES;
         return;
@@ -312,9 +345,22 @@ char *mvm_sandbox_dup_violation(void)
 
 /* ---- building filters ------------------------------------------------------------------- */
 
-static int add_allowed(scmp_filter_ctx ctx, const AllowedCall *call)
+/* One rule per allowed value of argument @index. */
+static int add_one_of(scmp_filter_ctx ctx, int nr, unsigned int index, const unsigned long *values,
+                      guint n_values)
 {
     int ret = 0;
+
+    for (guint i = 0; i < n_values && ret == 0; i++) {
+        struct scmp_arg_cmp cmp = {.arg = index, .op = SCMP_CMP_EQ, .datum_a = values[i]};
+        ret = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, 1, &cmp);
+    }
+    return ret;
+}
+
+static int add_allowed(scmp_filter_ctx ctx, const AllowedCall *call)
+{
+    const unsigned long own_pid[] = {(unsigned long)getpid()};
 
     switch (call->arg) {
     case ARG_ANY:
@@ -325,15 +371,17 @@ static int add_allowed(scmp_filter_ctx ctx, const AllowedCall *call)
     case ARG_UNIX:
         return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, call->nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
     case ARG_VCPU_IOCTL:
-        for (guint i = 0; i < G_N_ELEMENTS(vcpu_ioctls) && ret == 0; i++)
-            ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, call->nr, 1,
-                                   SCMP_A1(SCMP_CMP_EQ, vcpu_ioctls[i]));
-        return ret;
+        return add_one_of(ctx, call->nr, 1, vcpu_ioctls, G_N_ELEMENTS(vcpu_ioctls));
     case ARG_IO_IOCTL:
-        for (guint i = 0; i < G_N_ELEMENTS(io_ioctls) && ret == 0; i++)
-            ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, call->nr, 1,
-                                   SCMP_A1(SCMP_CMP_EQ, io_ioctls[i]));
-        return ret;
+        return add_one_of(ctx, call->nr, 1, io_ioctls, G_N_ELEMENTS(io_ioctls));
+    case ARG_FCNTL:
+        return add_one_of(ctx, call->nr, 1, fcntl_commands, G_N_ELEMENTS(fcntl_commands));
+    case ARG_MADVISE:
+        return add_one_of(ctx, call->nr, 2, madvise_advice, G_N_ELEMENTS(madvise_advice));
+    case ARG_OWN_PID:
+        return add_one_of(ctx, call->nr, 0, own_pid, G_N_ELEMENTS(own_pid));
+    case ARG_NO_ADDRESS:
+        return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, call->nr, 1, SCMP_A4(SCMP_CMP_EQ, 0));
     }
     g_return_val_if_reached(-EINVAL);
 }
@@ -393,14 +441,20 @@ static GBytes *export_bpf(scmp_filter_ctx ctx, GError **error)
 static GBytes *build_thread_filter(MvmSandboxFlags flags, GError **error)
 {
     gboolean log = mvm_sandbox_get_mode() == MVM_SANDBOX_MODE_LOG;
-    scmp_filter_ctx ctx = seccomp_init(log ? SCMP_ACT_LOG : SCMP_ACT_TRAP);
-    int ret = 0;
+    uint32_t refuse = log ? SCMP_ACT_LOG : SCMP_ACT_TRAP;
+    scmp_filter_ctx ctx = seccomp_init(refuse);
+    int ret;
 
     if (ctx == NULL)
         return libseccomp_error(error, -ENOMEM, "init"), NULL;
+    /* A call of another ABI (x32, int 0x80) is a violation too, not a thread that vanishes. */
+    ret = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, refuse);
     for (guint i = 0; i < G_N_ELEMENTS(allowed) && ret == 0; i++)
         if (wanted(&allowed[i], flags))
             ret = add_allowed(ctx, &allowed[i]);
+    /* (In log mode they are logged like the rest: the default action.) */
+    for (guint i = 0; i < G_N_ELEMENTS(refused_quietly) && ret == 0 && !log; i++)
+        ret = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), refused_quietly[i], 0);
     GBytes *program = ret == 0 ? export_bpf(ctx, error) : NULL;
     if (ret != 0)
         libseccomp_error(error, ret, "rules");
@@ -542,9 +596,13 @@ gboolean mvm_sandbox_lock_process(GError **error)
     uint32_t action = mode == MVM_SANDBOX_MODE_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS;
     for (guint i = 0; i < G_N_ELEMENTS(never_called) && ret == 0; i++)
         ret = seccomp_rule_add(ctx, action, never_called[i], 0);
+    /* Setting a SIGSYS handler (the kernel reads the signal as an int); asking is fine. */
     if (ret == 0)
-        ret =
-            seccomp_rule_add(ctx, action, SCMP_SYS(rt_sigaction), 1, SCMP_A0(SCMP_CMP_EQ, SIGSYS));
+        ret = seccomp_rule_add(ctx, action, SCMP_SYS(rt_sigaction), 2,
+                               SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffff, SIGSYS),
+                               SCMP_A1(SCMP_CMP_NE, 0));
+    if (ret == 0)
+        ret = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, action);
     /* Every thread already running gets it too (GLib may have started some). */
     if (ret == 0)
         ret = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);

@@ -282,6 +282,16 @@ static void release_vcpus_locked(MvmVm *vm)
  * running before any vCPU may leave its park: a reader never sees "paused"
  * with a vCPU in KVM_RUN. op_lock keeps the steps of two callers apart.
  */
+/* Whether the VM stopped or crashed while @what was under way (then @error says so). */
+static gboolean ended_meanwhile(MvmVm *vm, const char *what, GError **error)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&vm->lock);
+
+    if (!vm->stop_requested)
+        return FALSE;
+    return !set_state_error(error, vm, what);
+}
+
 gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error)
 {
     g_mutex_lock(&vm->lock);
@@ -320,14 +330,19 @@ gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error)
         vm->clock_frozen = TRUE;
     }
 
+    /*
+     * The I/O thread runs until it is quiesced below and may end the VM meanwhile (its
+     * sandbox): a stop, once requested, is the state, and this pause failed.
+     */
     g_mutex_lock(&vm->lock);
-    vm->state = MVM_VM_STATE_PAUSED;
+    if (!vm->stop_requested)
+        vm->state = MVM_VM_STATE_PAUSED;
     g_mutex_unlock(&vm->lock);
     /* Device back ends stop too: a paused VM's memory and device state stay as they are. */
     mvm_vm_quiesce_virtio(vm, TRUE);
     /* After every vCPU is out of KVM_RUN, so the guest sees PVCLOCK_GUEST_STOPPED on resume. */
     kvmclock_ctrl_all(vm);
-    return TRUE;
+    return !ended_meanwhile(vm, "pause", error);
 }
 
 /*
@@ -379,11 +394,15 @@ gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error)
 
     mvm_vm_quiesce_virtio(vm, FALSE);
     g_mutex_lock(&vm->lock);
-    vm->state = MVM_VM_STATE_RUNNING;
+    /* As in pause: the I/O thread serves at once and may have ended the VM already. */
+    if (!vm->stop_requested)
+        vm->state = MVM_VM_STATE_RUNNING;
     if (vm->started_at_us == 0)
         vm->started_at_us = g_get_monotonic_time();
     release_vcpus_locked(vm);
     g_mutex_unlock(&vm->lock);
+    if (ended_meanwhile(vm, "resume", error))
+        return FALSE;
 
     /* A restored VM has never run: its vCPU threads start now. */
     if (!vm->threads_started) {

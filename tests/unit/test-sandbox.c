@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "microvm.h"
@@ -141,6 +143,59 @@ static void test_no_executable_memory(void)
     g_assert_nonnull(strstr(reason, "system call mprotect"));
 }
 
+/* A taken-over thread must not reach other processes or widen what it already holds. */
+static void probe_reach(void)
+{
+    int fds[2];
+
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, fds), ==, -1);
+    g_assert_cmpint(fcntl(0, F_GETFD), >=, 0);
+    g_assert_cmpint(fcntl(0, F_SETOWN, getpid()), ==, -1); /* F_SETOWN + F_SETSIG signal anyone */
+    g_assert_cmpint(errno, ==, EPERM);
+}
+
+static pid_t parent_pid; /* getppid() is no call of a sandboxed thread's */
+
+static void probe_signal_other_process(void)
+{
+    g_assert_cmpint(syscall(SYS_tgkill, parent_pid, parent_pid, 0), ==, -1);
+    g_assert_cmpint(errno, ==, EPERM);
+}
+
+static void probe_core_dump_memory(void)
+{
+    void *data = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    g_assert_cmpint(madvise(data, 4096, MADV_DONTNEED), ==, 0);
+    g_assert_cmpint(madvise(data, 4096, MADV_DODUMP), ==, -1);
+    munmap(data, 4096);
+}
+
+/*
+ * A new thread or process fails plainly: glibc blocks every signal around clone, and a trap
+ * there would kill the whole process.
+ */
+static void probe_new_process(void)
+{
+    g_assert_cmpint(fork(), ==, -1);
+    g_assert_cmpint(errno, ==, EPERM);
+    g_assert_false(mvm_sandbox_violated());
+}
+
+static void test_no_reach_beyond(void)
+{
+    if (skip_when_off() || in_subprocess(MVM_SANDBOX_MODE_ENFORCE))
+        return;
+    g_autofree char *pair = run_sandboxed(MVM_SANDBOX_IO, probe_reach);
+    g_assert_nonnull(strstr(pair, "system call socketpair"));
+    parent_pid = getppid();
+    g_autofree char *tgkill = run_sandboxed(MVM_SANDBOX_VCPU, probe_signal_other_process);
+    g_assert_nonnull(strstr(tgkill, "system call tgkill"));
+    g_autofree char *dump = run_sandboxed(MVM_SANDBOX_IO, probe_core_dump_memory);
+    g_assert_nonnull(strstr(dump, "system call madvise"));
+    g_assert_null(run_sandboxed(MVM_SANDBOX_VCPU, probe_new_process));
+}
+
 static void probe_unix_then_inet(void)
 {
     assert_socket_allowed(AF_UNIX);
@@ -240,6 +295,9 @@ static void test_lock_process(void)
     mvm_sandbox_set_mode(MVM_SANDBOX_MODE_ENFORCE);
     g_assert_true(mvm_sandbox_lock_process(&error));
     g_assert_no_error(error);
+    /* Asking for the SIGSYS handler is no attempt to replace it. */
+    struct sigaction old_action;
+    g_assert_cmpint(sigaction(SIGSYS, NULL, &old_action), ==, 0);
     g_print("locked\n");
     fflush(stdout);
     char *const argv[] = {"/bin/true", NULL};
@@ -254,6 +312,7 @@ int main(int argc, char **argv)
     g_test_add_func("/sandbox/refused-call", test_refused_call);
     g_test_add_func("/sandbox/no-executable-memory", test_no_executable_memory);
     g_test_add_func("/sandbox/unix-sockets-only-for-vsock", test_unix_sockets_only_for_vsock);
+    g_test_add_func("/sandbox/no-reach-beyond", test_no_reach_beyond);
     g_test_add_func("/sandbox/time-zone-lookup-is-quiet", test_time_zone_lookup_is_quiet);
     g_test_add_func("/sandbox/landlock-no-files", test_landlock_no_files);
     g_test_add_func("/sandbox/off", test_off);
