@@ -277,11 +277,6 @@ static void release_vcpus_locked(MvmVm *vm)
     g_cond_broadcast(&vm->cond);
 }
 
-/*
- * The state says paused only once every vCPU is parked, and it goes back to
- * running before any vCPU may leave its park: a reader never sees "paused"
- * with a vCPU in KVM_RUN. op_lock keeps the steps of two callers apart.
- */
 /* Whether the VM stopped or crashed while @what was under way (then @error says so). */
 static gboolean ended_meanwhile(MvmVm *vm, const char *what, GError **error)
 {
@@ -289,9 +284,15 @@ static gboolean ended_meanwhile(MvmVm *vm, const char *what, GError **error)
 
     if (!vm->stop_requested)
         return FALSE;
+    g_atomic_int_set(&vm->pause_requested, FALSE);
     return !set_state_error(error, vm, what);
 }
 
+/*
+ * The state says paused only once every vCPU is parked, and it goes back to
+ * running before any vCPU may leave its park: a reader never sees "paused"
+ * with a vCPU in KVM_RUN. op_lock keeps the steps of two callers apart.
+ */
 gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error)
 {
     g_mutex_lock(&vm->lock);
