@@ -30,7 +30,7 @@ awk -F'\t' -v last="$last" '$1 != last { sub(/^[0-9]+\t/, ""); print }' "$TMP/bl
         -e "s|^busctl |busctl --address=\"$ADDR\" |" \
         -e "s|/srv/vm/vmlinux|$MVM_TESTGUEST|g" -e "s|/srv/vm/initrd.img|$MVM_TESTGUEST|g" \
         -e "s|/srv/vm/[a-z]*\.img|$TMP/root.img|g" -e "s|/srv/snap/web|$TMP/snap/web|g" \
-        -e "s|mkdir $TMP|mkdir -p $TMP|" -e "s|/run/db.vsock|$TMP/db.vsock|g" \
+        -e "s|mkdir $TMP|mkdir -p $TMP|" -e "s|/run/microvmd/db.vsock|$TMP/db.vsock|g" \
         -e "s|Shutdown u 30|Shutdown u 1|" > "$TMP/examples.sh"
 echo "# running $(grep -c -e '^gdbus' -e '^busctl' "$TMP/examples.sh") example calls"
 bash "$TMP/examples.sh" > "$TMP/out" 2>&1
