@@ -1,8 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "iothread.h"
 
-#include <pthread.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -53,12 +51,7 @@ static gpointer io_thread_main(gpointer data)
 {
     MvmIoThread *t = data;
     GError *error = NULL;
-    sigset_t sigsys;
 
-    /* A trap with SIGSYS blocked kills the process: the creator may have blocked it. */
-    sigemptyset(&sigsys);
-    sigaddset(&sigsys, SIGSYS);
-    pthread_sigmask(SIG_UNBLOCK, &sigsys, NULL);
     /* Nothing of a guest's has reached this thread yet: no source is attached. */
     if (!mvm_sandbox_enter(t->sandbox, "I/O", &error)) {
         report_start(t, error);

@@ -24,6 +24,7 @@
 #include "sandbox.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/kvm.h>
@@ -569,6 +570,11 @@ gboolean mvm_sandbox_enter(MvmSandboxFlags flags, const char *who, GError **erro
     prog.len = (unsigned short)(size / sizeof(struct sock_filter));
 
     g_strlcpy(slot.who, who, sizeof(slot.who));
+    /* A trap with SIGSYS blocked kills the process: the thread's creator may have blocked it. */
+    sigset_t sigsys;
+    sigemptyset(&sigsys);
+    sigaddset(&sigsys, SIGSYS);
+    pthread_sigmask(SIG_UNBLOCK, &sigsys, NULL);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot set no_new_privs");
     if (!enter_landlock(error))

@@ -27,9 +27,9 @@ typedef enum {
 gboolean mvm_sandbox_prepare(MvmSandboxFlags flags, GError **error);
 
 /*
- * On the new thread itself, first thing: NO_NEW_PRIVS, Landlock (when the kernel has it), then
- * the filter prepared for @flags. @who names the thread in a violation's reason ("vCPU 0").
- * Nothing to do when the mode is MVM_SANDBOX_MODE_OFF.
+ * On the new thread itself, first thing: SIGSYS unblocked, NO_NEW_PRIVS, Landlock (when the
+ * kernel has it), then the filter prepared for @flags. @who names the thread in a violation's
+ * reason ("vCPU 0"). Nothing to do when the mode is MVM_SANDBOX_MODE_OFF.
  */
 gboolean mvm_sandbox_enter(MvmSandboxFlags flags, const char *who, GError **error);
 

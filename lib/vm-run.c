@@ -190,13 +190,12 @@ static void enter_sandbox(MvmVcpuThread *t)
 static gpointer vcpu_thread_start(gpointer data)
 {
     MvmVcpuThread *t = data;
-    sigset_t signals;
+    sigset_t kick;
 
-    /* The creator may block signals for its own reasons; the kick and SIGSYS must get through. */
-    sigemptyset(&signals);
-    sigaddset(&signals, MVM_KICK_SIGNAL);
-    sigaddset(&signals, SIGSYS);
-    pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
+    /* The creator may block signals for its own reasons; the kick must get through here. */
+    sigemptyset(&kick);
+    sigaddset(&kick, MVM_KICK_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
     t->tid = pthread_self();
     g_atomic_int_set(&t->tid_valid, TRUE);
     enter_sandbox(t);
