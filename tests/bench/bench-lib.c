@@ -473,15 +473,6 @@ static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
 /* ---- exits, filter, blk: one exit, one system call, one virtio-blk request, sandboxed ---- */
 
 /* Appends `"key": [v, ...]` of a GArray of doubles (µs with fractions: a call is ~0.2 µs). */
-static void json_doubles(GString *json, const char *key, const GArray *samples)
-{
-    g_string_append(json, json->len == 0 ? "{" : ", ");
-    g_string_append_printf(json, "\"%s\": [", key);
-    for (guint i = 0; i < samples->len; i++)
-        g_string_append_printf(json, "%s%.4f", i ? ", " : "", g_array_index(samples, double, i));
-    g_string_append_c(json, ']');
-}
-
 static GArray *doubles_new(void)
 {
     return g_array_new(FALSE, FALSE, sizeof(double));
@@ -626,9 +617,9 @@ static int cmd_exits(const char *kernel, guint rounds, guint reps)
     /* Of the last guest: KVM_RUN returns, to check that a round trip is two. */
     bench_json_int(json, "exits_io", (gint64)stats.exits_io);
     bench_json_int(json, "exits_mmio", (gint64)stats.exits_mmio);
-    json_doubles(json, "pio_round_trip_us", pio);
-    json_doubles(json, "mmio32_round_trip_us", mmio32);
-    json_doubles(json, "mmio64_round_trip_us", mmio64);
+    bench_json_doubles(json, "pio_round_trip_us", pio);
+    bench_json_doubles(json, "mmio32_round_trip_us", mmio32);
+    bench_json_doubles(json, "mmio64_round_trip_us", mmio64);
     bench_json_print(json);
     return 0;
 }
@@ -693,29 +684,10 @@ static int cmd_filter(guint reps, guint calls)
     GString *json = g_string_new(NULL);
     bench_json_str(json, "sandbox", mvm_sandbox_mode_to_string(mvm_sandbox_get_mode()));
     bench_json_int(json, "calls", calls);
-    json_doubles(json, "kvm_run_call_us", vcpu_us);
-    json_doubles(json, "io_read_call_us", io_us);
+    bench_json_doubles(json, "kvm_run_call_us", vcpu_us);
+    bench_json_doubles(json, "io_read_call_us", io_us);
     bench_json_print(json);
     return 0;
-}
-
-/* The guest's `BLKBENCH notifies N tsc T trapped-writes tsc T2` line, as µs per access. */
-static gboolean blkbench_figures(const char *out, guint32 tsc_khz, double *notify_us,
-                                 double *trapped_us)
-{
-    const char *line = strstr(out, "BLKBENCH notifies ");
-    guint64 n, notify_tsc, trapped_tsc;
-
-    if (line == NULL ||
-        sscanf(line,
-               "BLKBENCH notifies %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT
-               " trapped-writes tsc %" G_GUINT64_FORMAT,
-               &n, &notify_tsc, &trapped_tsc) != 3 ||
-        n == 0)
-        return FALSE;
-    *notify_us = (double)notify_tsc * 1e3 / tsc_khz / (double)n;
-    *trapped_us = (double)trapped_tsc * 1e3 / tsc_khz / (double)n;
-    return TRUE;
 }
 
 /* A raw image of @size bytes, written out (not sparse), so reads and writes find blocks. */
@@ -759,7 +731,8 @@ static int cmd_blk(const char *kernel, const char *dir, guint count, guint kib, 
     for (guint i = 0; i < reps; i++) {
         g_auto(Tracker) tracker = {0};
         g_auto(Slot) slot = {0};
-        double r, w, n, t;
+        TestguestBlkbench guest;
+        double r, w;
         tracker_init(&tracker, NULL);
         if (!run_guest(&slot, &tracker, config, &error)) {
             g_unlink(image);
@@ -768,7 +741,7 @@ static int cmd_blk(const char *kernel, const char *dir, guint count, guint kib, 
         guint32 tsc_khz = tsc_khz_of(slot.vm);
         const gint64 *m = slot.blk_us;
         if (m[0] == 0 || m[1] < m[0] || m[2] < m[1] || m[3] < m[2] || tsc_khz == 0 ||
-            !blkbench_figures(slot.output->str, tsc_khz, &n, &t)) {
+            !testguest_parse_blkbench(slot.output->str, tsc_khz, &guest)) {
             g_unlink(image);
             return bench_fail("no BLKBENCH markers or figures", NULL);
         }
@@ -776,18 +749,18 @@ static int cmd_blk(const char *kernel, const char *dir, guint count, guint kib, 
         w = (double)(m[3] - m[2]) / count;
         g_array_append_val(read_us, r);
         g_array_append_val(write_us, w);
-        g_array_append_val(notify_us, n);
-        g_array_append_val(trapped_us, t);
+        g_array_append_val(notify_us, guest.notify_us);
+        g_array_append_val(trapped_us, guest.trapped_us);
     }
     g_unlink(image);
     GString *json = g_string_new(NULL);
     json_sandbox(json, filters);
     bench_json_int(json, "count", count);
     bench_json_int(json, "kib", kib);
-    json_doubles(json, "read_request_us", read_us);
-    json_doubles(json, "write_request_us", write_us);
-    json_doubles(json, "notify_us", notify_us);
-    json_doubles(json, "trapped_write_us", trapped_us);
+    bench_json_doubles(json, "read_request_us", read_us);
+    bench_json_doubles(json, "write_request_us", write_us);
+    bench_json_doubles(json, "notify_us", notify_us);
+    bench_json_doubles(json, "trapped_write_us", trapped_us);
     bench_json_print(json);
     return 0;
 }

@@ -82,6 +82,15 @@ void bench_json_samples(GString *json, const char *key, const GArray *samples_us
     g_string_append_c(json, ']');
 }
 
+void bench_json_doubles(GString *json, const char *key, const GArray *samples)
+{
+    json_key(json, key);
+    g_string_append_c(json, '[');
+    for (guint i = 0; i < samples->len; i++)
+        g_string_append_printf(json, "%s%.4f", i ? ", " : "", g_array_index(samples, double, i));
+    g_string_append_c(json, ']');
+}
+
 void bench_json_int(GString *json, const char *key, gint64 value)
 {
     json_key(json, key);

@@ -24,6 +24,8 @@ gint64 bench_proc_cpu_us(int pid, GError **error);
 
 /* Appends `"key": [v, ...]` (µs as numbers) to a JSON object being built. */
 void bench_json_samples(GString *json, const char *key, const GArray *samples_us);
+/* The same for an array of doubles (µs with fractions), to 4 decimals. */
+void bench_json_doubles(GString *json, const char *key, const GArray *samples);
 void bench_json_int(GString *json, const char *key, gint64 value);
 void bench_json_str(GString *json, const char *key, const char *value);
 void bench_json_mem(GString *json, const char *key, const BenchMem *mem);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -118,4 +119,29 @@ void rm_rf(const char *path)
     }
     if (g_remove(path) < 0 && errno != ENOENT)
         g_test_message("cannot remove %s: %s", path, g_strerror(errno));
+}
+
+gboolean testguest_parse_blkbench(const char *out, guint32 tsc_khz, TestguestBlkbench *f)
+{
+    guint64 rb, rt, wb, wt, n, nt, tt;
+    const char *r = strstr(out, "BLKBENCH read bytes "), *w = strstr(out, "BLKBENCH write bytes ");
+    const char *k = strstr(out, "BLKBENCH notifies ");
+    double hz = tsc_khz * 1e3;
+
+    if (r == NULL || w == NULL || k == NULL ||
+        sscanf(r, "BLKBENCH read bytes %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &rb, &rt) !=
+            2 ||
+        sscanf(w, "BLKBENCH write bytes %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &wb, &wt) !=
+            2 ||
+        sscanf(k,
+               "BLKBENCH notifies %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT
+               " trapped-writes tsc %" G_GUINT64_FORMAT,
+               &n, &nt, &tt) != 3 ||
+        n == 0)
+        return FALSE;
+    f->read_mbs = rb / 1e6 / (rt / hz);
+    f->write_mbs = wb / 1e6 / (wt / hz);
+    f->notify_us = nt / hz * 1e6 / n;
+    f->trapped_us = tt / hz * 1e6 / n;
+    return TRUE;
 }

@@ -40,6 +40,14 @@ char *capture_dup_from(Capture *c, gsize from);
 /* Waits until @needle shows up at or after offset @from; FALSE after @timeout_us. */
 gboolean capture_wait_from(Capture *c, gsize from, const char *needle, gint64 timeout_us);
 
+/* What the test guest measured with its TSC (mode=blkbench lines), in MB/s and µs per notify. */
+typedef struct {
+    double read_mbs, write_mbs, notify_us, trapped_us;
+} TestguestBlkbench;
+
+/* Reads the BLKBENCH lines of @out; FALSE when one is missing or counted nothing. */
+gboolean testguest_parse_blkbench(const char *out, guint32 tsc_khz, TestguestBlkbench *f);
+
 /* Removes @path and, if it is a directory (not a link to one), all it holds. */
 void rm_rf(const char *path);
 

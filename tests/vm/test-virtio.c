@@ -483,36 +483,6 @@ static void test_hostile(gconstpointer data)
 
 /* ---- benchmark (prints; asserts nothing about time) ---- */
 
-/* What the guest measured with its TSC (mode=blkbench lines), in MB/s and µs per notify. */
-typedef struct {
-    double read_mbs, write_mbs, notify_us, trapped_us;
-} BlkFigures;
-
-static gboolean parse_blkbench(const char *out, guint32 tsc_khz, BlkFigures *f)
-{
-    guint64 rb, rt, wb, wt, n, nt, tt;
-    const char *r = strstr(out, "BLKBENCH read bytes "), *w = strstr(out, "BLKBENCH write bytes ");
-    const char *k = strstr(out, "BLKBENCH notifies ");
-    double hz = tsc_khz * 1e3;
-
-    if (r == NULL || w == NULL || k == NULL ||
-        sscanf(r, "BLKBENCH read bytes %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &rb, &rt) !=
-            2 ||
-        sscanf(w, "BLKBENCH write bytes %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT, &wb, &wt) !=
-            2 ||
-        sscanf(k,
-               "BLKBENCH notifies %" G_GUINT64_FORMAT " tsc %" G_GUINT64_FORMAT
-               " trapped-writes tsc %" G_GUINT64_FORMAT,
-               &n, &nt, &tt) != 3 ||
-        n == 0)
-        return FALSE;
-    f->read_mbs = rb / 1e6 / (rt / hz);
-    f->write_mbs = wb / 1e6 / (wt / hz);
-    f->notify_us = nt / hz * 1e6 / n;
-    f->trapped_us = tt / hz * 1e6 / n;
-    return TRUE;
-}
-
 /*
  * The same guest and workload under QEMU's microvm machine with KVM, for comparison (QEMU puts
  * its virtio-mmio slots at 0xfeb00000, 512 bytes apart, and needs the guest's PVH entry).
@@ -567,7 +537,7 @@ static gboolean qemu_blkbench(const char *image, const char *cmdline, char **out
 
 static void test_blk_bench(void)
 {
-    BlkFigures ours, theirs;
+    TestguestBlkbench ours, theirs;
 
     /* Figures, not checks: only in perf mode (tests/bench/ runs it), so the suite stays quick. */
     if (!g_test_perf()) {
@@ -597,13 +567,14 @@ static void test_blk_bench(void)
     /* The guest's own view, by its TSC at the rate KVM gives it (QEMU's guest gets the same). */
     guint32 khz = mvm_vcpu_get_tsc_khz(g->vm->vcpus[0].vcpu, NULL);
     g_assert_cmpuint(khz, >, 0);
-    g_assert_true(parse_blkbench(out, khz, &ours));
+    g_assert_true(testguest_parse_blkbench(out, khz, &ours));
     g_test_message("BENCH microvmd guest-reported: blk read %.1f MB/s, write %.1f MB/s, queue "
                    "notify %.2f us (ioeventfd), register write that exits %.2f us",
                    ours.read_mbs, ours.write_mbs, ours.notify_us, ours.trapped_us);
 
     g_autofree char *qemu_out = NULL;
-    if (!qemu_blkbench(path, cmdline, &qemu_out) || !parse_blkbench(qemu_out, khz, &theirs)) {
+    if (!qemu_blkbench(path, cmdline, &qemu_out) ||
+        !testguest_parse_blkbench(qemu_out, khz, &theirs)) {
         g_test_message("BENCH QEMU microvm: not run (no qemu-system-x86_64 with KVM here)");
     } else {
         g_test_message("BENCH QEMU microvm guest-reported: blk read %.1f MB/s, write %.1f MB/s, "
