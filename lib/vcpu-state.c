@@ -23,7 +23,7 @@ void mvm_vcpu_state_free(MvmVcpuState *state)
     g_free(state);
 }
 
-void mvm_cpu_config_free(MvmCpuConfig *config)
+void mvm_vcpu_cpu_dump_free(MvmVcpuCpuDump *config)
 {
     if (config == NULL)
         return;
@@ -250,9 +250,9 @@ gboolean mvm_vcpu_restore_state(MvmVcpu *vcpu, const MvmVcpuState *state, GError
                           error);
 }
 
-MvmCpuConfig *mvm_vcpu_dump_cpu_config(MvmVcpu *vcpu, GError **error)
+MvmVcpuCpuDump *mvm_vcpu_dump_cpu_config(MvmVcpu *vcpu, GError **error)
 {
-    g_autoptr(MvmCpuConfig) config = g_new0(MvmCpuConfig, 1);
+    g_autoptr(MvmVcpuCpuDump) config = g_new0(MvmVcpuCpuDump, 1);
     const GArray *saveable;
 
     config->cpuid = get_cpuid(vcpu, error);

@@ -43,10 +43,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVcpuState, mvm_vcpu_state_free)
 typedef struct {
     struct kvm_cpuid2 *cpuid;
     struct kvm_msrs *msrs;
-} MvmCpuConfig;
+} MvmVcpuCpuDump;
 
-void mvm_cpu_config_free(MvmCpuConfig *config);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmCpuConfig, mvm_cpu_config_free)
+void mvm_vcpu_cpu_dump_free(MvmVcpuCpuDump *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVcpuCpuDump, mvm_vcpu_cpu_dump_free)
 
 typedef enum {
     MVM_VCPU_RUN_CONTINUE, /* an exit was handled; run again */
@@ -109,7 +109,7 @@ const GArray *mvm_vcpu_get_saveable_msrs(MvmVcpu *vcpu, GError **error);
 
 MvmVcpuState *mvm_vcpu_save_state(MvmVcpu *vcpu, GError **error);
 gboolean mvm_vcpu_restore_state(MvmVcpu *vcpu, const MvmVcpuState *state, GError **error);
-MvmCpuConfig *mvm_vcpu_dump_cpu_config(MvmVcpu *vcpu, GError **error);
+MvmVcpuCpuDump *mvm_vcpu_dump_cpu_config(MvmVcpu *vcpu, GError **error);
 
 /* ---- running (called on the vCPU's own thread) ---- */
 

@@ -36,6 +36,8 @@ typedef enum {
     MVM_ERROR_NOT_SUPPORTED,    /* KVM or this host lacks something we need */
     MVM_ERROR_NO_KVM,           /* /dev/kvm is absent or not accessible */
     MVM_ERROR_NO_RESOURCES,     /* the host ran out: descriptors, memory, threads, mappings */
+    MVM_ERROR_INCOMPATIBLE_CPU, /* this host's CPU cannot give what a snapshot's guest saw, or
+                                 * what a CPU template sets (the message names the features) */
 } MvmError;
 
 /* Whether @err (an errno value) says the host ran out of something (MVM_ERROR_NO_RESOURCES). */
@@ -109,6 +111,85 @@ gboolean mvm_sandbox_lock_process(GError **error);
 #define MVM_VSOCK_CID_MIN      3u /* 0-2 are the hypervisor, local and host */
 #define MVM_VSOCK_CID_MAX      0xfffffffeu /* 0xffffffff is VMADDR_CID_ANY */
 
+/*
+ * CPU templates: what a guest is told of its CPU, so that a VM (and its snapshots) can move
+ * between hosts whose CPUs differ. A template changes the CPUID table KVM would give (each
+ * modifier clears and sets bits of one register of one leaf) and the values of some MSRs at
+ * boot. It only takes away or states: a bit it sets must be one this host's KVM supports, or
+ * the VM does not start. Built in: "host" (nothing changed, every feature KVM supports) and
+ * the x86-64 psABI levels "x86-64-v2" and "x86-64-v3" (docs/cpu-templates.md lists each
+ * feature they keep, and why). Immutable once made; any thread.
+ */
+typedef struct _MvmCpuTemplate MvmCpuTemplate;
+
+#define MVM_CPU_TEMPLATE_HOST      "host"
+#define MVM_CPU_TEMPLATE_NAME_MAX  64      /* bytes: [A-Za-z0-9_.-], not starting with '.' */
+#define MVM_CPU_TEMPLATE_JSON_MAX  65536   /* bytes of a template file */
+#define MVM_CPU_TEMPLATE_MODIFIERS_MAX 256 /* CPUID and MSR modifiers each */
+
+/* NULL-terminated, in the order a user should read them: "host", then the baselines. */
+const char *const *mvm_cpu_template_builtin_names(void);
+/* A built-in template; NULL and MVM_ERROR_INVALID_ARGUMENT for any other name. */
+MvmCpuTemplate *mvm_cpu_template_new_builtin(const char *name, GError **error);
+/*
+ * A custom template from a JSON document (untrusted: sizes, counts, leaves, registers and
+ * numbers are all checked; any problem is MVM_ERROR_INVALID_ARGUMENT naming where it is):
+ *
+ *     { "description": "optional text",
+ *       "cpuid": [ { "leaf": "0x7", "subleaf": "0x0", "register": "ebx",
+ *                    "clear": "0xffffffff", "set": "0x00000008" } ],
+ *       "msrs":  [ { "index": "0x10a", "clear": "0xffffffffffffffff", "set": "0x0" } ] }
+ *
+ * Numbers are JSON integers or strings "0x..." (hexadecimal) / decimal; "subleaf" defaults to
+ * 0, "clear" and "set" to 0. Each register becomes (value & ~clear) | set. @name must be a
+ * valid template name that is not a built-in one.
+ */
+MvmCpuTemplate *mvm_cpu_template_new_from_json(const char *name, const char *json, gsize len,
+                                               GError **error);
+/* mvm_cpu_template_new_from_json() on a file of at most MVM_CPU_TEMPLATE_JSON_MAX bytes. */
+MvmCpuTemplate *mvm_cpu_template_new_from_fd(const char *name, int fd, GError **error);
+gboolean mvm_cpu_template_name_is_valid(const char *name);
+MvmCpuTemplate *mvm_cpu_template_ref(MvmCpuTemplate *tmpl);
+void mvm_cpu_template_unref(MvmCpuTemplate *tmpl);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmCpuTemplate, mvm_cpu_template_unref)
+const char *mvm_cpu_template_get_name(const MvmCpuTemplate *tmpl);
+/* The "description" of a custom template, a built-in one's summary; never NULL. */
+const char *mvm_cpu_template_get_description(const MvmCpuTemplate *tmpl);
+
+/* One CPUID entry (struct kvm_cpuid_entry2 without its padding) and one MSR, as a guest has them. */
+typedef struct {
+    guint32 function, index, flags;
+    guint32 eax, ebx, ecx, edx;
+} MvmCpuidEntry;
+
+typedef struct {
+    guint32 index;
+    guint64 value;
+} MvmMsrEntry;
+
+/* What Firecracker's dump_cpu_config gives for one vCPU. */
+typedef struct {
+    guint index;
+    GArray *cpuid; /* of MvmCpuidEntry, as KVM_GET_CPUID2 returns them */
+    GArray *msrs;  /* of MvmMsrEntry: every MSR KVM lets us save, in KVM's order */
+} MvmVcpuCpuConfig;
+
+typedef struct {
+    char *cpu_template;   /* the template's name ("host" when none) */
+    guint32 tsc_khz;      /* vCPU 0's TSC rate; 0 when KVM cannot tell */
+    gboolean tsc_scaling; /* KVM here can run a guest at another TSC rate */
+    GPtrArray *vcpus;     /* of MvmVcpuCpuConfig, one per vCPU */
+} MvmCpuConfig;
+
+void mvm_cpu_config_free(MvmCpuConfig *config);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmCpuConfig, mvm_cpu_config_free)
+
+/*
+ * The names of the CPU features a CPUID table announces ("sse4_2", "avx2", "avx512f", in the
+ * spelling of Linux's /proc/cpuinfo), in table order; bits without a name are not listed.
+ */
+GStrv mvm_cpuid_feature_names(const MvmCpuidEntry *entries, guint n_entries);
+
 typedef struct {
     guint n_vcpus;      /* 1 .. mvm_kvm_max_vcpus(), MVM_MAX_VCPUS */
     guint64 memory_mib; /* MVM_MIN_MEMORY_MIB .. MVM_MAX_MEMORY_MIB, multiple of 2 */
@@ -124,6 +205,7 @@ typedef struct {
     guint32 vsock_cid;   /* 0: no vsock device; else MVM_VSOCK_CID_MIN .. _MAX */
     char *vsock_uds_path;
     gboolean rng; /* virtio-rng fed from getrandom() */
+    MvmCpuTemplate *cpu_template; /* owned (a reference); NULL: "host", all KVM supports */
 } MvmVmConfig;
 
 /* One virtio-blk disk: a raw image, by path or fd (the VM dups the fd). */
@@ -278,8 +360,9 @@ gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnaps
 /*
  * Builds a new VM from a snapshot, in state paused; mvm_vm_resume() runs it. The input is
  * untrusted: everything is validated before KVM is touched, and any failure is
- * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_NOT_SUPPORTED when the snapshot's
- * TSC rate differs and KVM here cannot scale it). Guest RAM is read from the snapshot's
+ * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_INCOMPATIBLE_CPU when the snapshot's
+ * guest saw CPU features this host's KVM cannot give, the message listing them;
+ * MVM_ERROR_NOT_SUPPORTED when the snapshot's TSC rate differs and KVM here cannot scale it). Guest RAM is read from the snapshot's
  * `memory` into the VM's own memory (only the file's data: holes cost nothing), so the file
  * may change or go once the call returns. A file mapped instead would bring the whole process
  * down (SIGBUS) the moment it shrank under a page in use; that is done only for a memfd sealed
@@ -356,6 +439,14 @@ MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRest
 MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error);
 /* The same from the `state` file as an open fd (not consumed, read from offset 0). */
 MvmVmConfig *mvm_snapshot_read_config_fd(int state_fd, GError **error);
+
+/*
+ * The CPU each vCPU has: its CPUID table and MSRs as KVM reports them, and the TSC rate. In
+ * state created or paused it reads them as they are; a running VM is paused for the read and
+ * resumed (a few hundred microseconds, not reported to the state callback), since KVM
+ * answers for a vCPU only outside KVM_RUN. MVM_ERROR_INVALID_STATE once stopped or crashed.
+ */
+MvmCpuConfig *mvm_vm_dump_cpu_config(MvmVm *vm, GError **error);
 
 /* KVM facts for the Manager's properties. */
 int mvm_kvm_api_version(GError **error);

@@ -352,7 +352,7 @@ static void test_vcpu_state_round_trip(void)
     g_assert_cmpuint(saved->sregs.cr3, ==, again->sregs.cr3);
     g_assert_cmpuint(saved->msrs->nmsrs, ==, again->msrs->nmsrs);
 
-    g_autoptr(MvmCpuConfig) cpu_config = mvm_vcpu_dump_cpu_config(vcpu, &error);
+    g_autoptr(MvmVcpuCpuDump) cpu_config = mvm_vcpu_dump_cpu_config(vcpu, &error);
     g_assert_no_error(error);
     g_assert_cmpuint(cpu_config->msrs->nmsrs, ==, saved->msrs->nmsrs);
 
