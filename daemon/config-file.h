@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * microvmd.conf (microvmd(8)): one key file, read at start and by every Reload. Each part of
- * the daemon reads its own groups from it: the quotas ([Quota], [Quota:USER], quota.c).
+ * the daemon reads its own groups from it: the quotas ([Quota], [Quota:USER], quota.c) and the
+ * CPU template directory ([CPUTemplates] Directory, cpu-templates.c).
  */
 #pragma once
 
@@ -10,6 +11,9 @@
 G_BEGIN_DECLS
 
 #define MVMD_CONFIG_FILE "/etc/microvmd/microvmd.conf"
+
+/* The groups of microvmd.conf that are not the quotas' (which have their own prefix). */
+#define MVMD_CONFIG_GROUP_CPU_TEMPLATES "CPUTemplates"
 
 /*
  * Reads @path as a key file. A missing file is an error when @must_exist, else an empty key

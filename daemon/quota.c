@@ -184,7 +184,8 @@ static gboolean read_quota_groups(GKeyFile *file, const char *path, Limits *defa
         Limits *limits;
         uid_t uid;
 
-        if (g_str_equal(*group, QUOTA_GROUP))
+        if (g_str_equal(*group, QUOTA_GROUP) ||
+            g_str_equal(*group, MVMD_CONFIG_GROUP_CPU_TEMPLATES))
             continue;
         /* [quota] or [Quotas] would silently leave the defaults in force. */
         if (!g_str_has_prefix(*group, QUOTA_GROUP_PREFIX) &&

@@ -51,6 +51,10 @@ typedef struct {
     MvmdVmRun *run;
     OpArgs args;
     MvmVmConfig *mvm_config; /* Start; fds borrowed from the definition */
+    /* Start of a defined VM: the `cpu-template` (NULL: host), loaded again from @cpu_template_dir
+     * on the worker (the administrator may have changed or removed the file since CreateVM). */
+    char *cpu_template;
+    char *cpu_template_dir;
     /* Start of a restored VM: the snapshot (fd borrowed from the definition). */
     char *restore_dir;
     int restore_fd;
@@ -71,10 +75,11 @@ typedef struct {
 
 /*
  * Main loop: the record for @op on @run; takes @args (may be NULL). A Start builds (or
- * restores) the machine @definition describes, whose fds it borrows.
+ * restores) the machine @definition describes, whose fds it borrows, with its CPU template
+ * from @cpu_template_dir.
  */
-OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args,
-                            const MvmdVmDefinition *definition);
+OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition,
+                            const char *cpu_template_dir);
 void mvmd_vm_op_data_free(OpData *d);
 
 /*

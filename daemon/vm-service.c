@@ -223,6 +223,10 @@ static void update_restored_definition(MvmdVmService *self)
     self->definition->vcpus = mvm->n_vcpus;
     self->definition->memory_mib = mvm->memory_mib;
     mvmd_devices_update_from_mvm(&self->definition->devices, mvm);
+    /* The snapshot's template, by name: GetConfig shows what the guest was made with. */
+    g_free(self->definition->cpu_template);
+    self->definition->cpu_template =
+        mvm->cpu_template ? g_strdup(mvm_cpu_template_get_name(mvm->cpu_template)) : NULL;
     mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
 }
@@ -351,7 +355,7 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     self->op_reply = reply;
     task = g_task_new(self, NULL, op_done, NULL);
     g_task_set_source_tag(task, mvmd_vm_service_begin_op);
-    data = mvmd_vm_op_data_new(op, self->run, args, self->definition);
+    data = mvmd_vm_op_data_new(op, self->run, args, self->definition, self->ctx->cpu_template_dir);
     data->charge = &self->charge; /* the task holds @self */
     g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
