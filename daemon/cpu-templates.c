@@ -194,3 +194,74 @@ char *mvmd_cpu_template_dir_from_config(const char *path, gboolean must_exist, G
     }
     return g_steal_pointer(&value);
 }
+
+/* ---- GetCPUConfig ---------------------------------------------------------------------- */
+
+static GVariant *cpuid_to_variant(const GArray *cpuid)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(uuuuuuu)"));
+    for (guint i = 0; cpuid && i < cpuid->len; i++) {
+        const MvmCpuidEntry *e = &g_array_index(cpuid, MvmCpuidEntry, i);
+
+        g_variant_builder_add(&b, "(uuuuuuu)", e->function, e->index, e->flags, e->eax, e->ebx,
+                              e->ecx, e->edx);
+    }
+    return g_variant_builder_end(&b);
+}
+
+static GVariant *msrs_to_variant(const GArray *msrs)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE("a(ut)"));
+    for (guint i = 0; msrs && i < msrs->len; i++) {
+        const MvmMsrEntry *m = &g_array_index(msrs, MvmMsrEntry, i);
+
+        g_variant_builder_add(&b, "(ut)", m->index, (guint64)m->value);
+    }
+    return g_variant_builder_end(&b);
+}
+
+static GVariant *vcpu_to_variant(const MvmVcpuCpuConfig *vcpu)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "index", g_variant_new_uint32(vcpu->index));
+    g_variant_builder_add(&b, "{sv}", "cpuid", cpuid_to_variant(vcpu->cpuid));
+    g_variant_builder_add(&b, "{sv}", "msrs", msrs_to_variant(vcpu->msrs));
+    return g_variant_builder_end(&b);
+}
+
+/* The feature names of vCPU 0's CPUID: what the guest is told it has. */
+static GVariant *features_to_variant(const MvmCpuConfig *config)
+{
+    const MvmVcpuCpuConfig *vcpu0 =
+        config->vcpus && config->vcpus->len ? config->vcpus->pdata[0] : NULL;
+    g_auto(GStrv) names = NULL;
+
+    if (vcpu0 && vcpu0->cpuid)
+        names =
+            mvm_cpuid_feature_names((const MvmCpuidEntry *)vcpu0->cpuid->data, vcpu0->cpuid->len);
+    return g_variant_new_strv((const char *const *)names, names ? -1 : 0);
+}
+
+GVariant *mvmd_cpu_config_to_variant(const MvmCpuConfig *config)
+{
+    GVariantBuilder b, vcpus;
+
+    g_variant_builder_init(&vcpus, G_VARIANT_TYPE("aa{sv}"));
+    for (guint i = 0; config->vcpus && i < config->vcpus->len; i++)
+        g_variant_builder_add_value(&vcpus, vcpu_to_variant(config->vcpus->pdata[i]));
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(
+        &b, "{sv}", "cpu-template",
+        g_variant_new_string(config->cpu_template ? config->cpu_template : MVM_CPU_TEMPLATE_HOST));
+    g_variant_builder_add(&b, "{sv}", "tsc-khz", g_variant_new_uint32(config->tsc_khz));
+    g_variant_builder_add(&b, "{sv}", "tsc-scaling", g_variant_new_boolean(config->tsc_scaling));
+    g_variant_builder_add(&b, "{sv}", "features", features_to_variant(config));
+    g_variant_builder_add(&b, "{sv}", "vcpus", g_variant_builder_end(&vcpus));
+    return g_variant_builder_end(&b);
+}

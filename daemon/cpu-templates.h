@@ -5,7 +5,7 @@
  * directory (default MVMD_CPU_TEMPLATE_DIR, `--cpu-template-dir`, or [CPUTemplates]
  * Directory= in microvmd.conf). The name is the caller's and is checked before it names a
  * file; the directory is the administrator's, and its files are parsed as untrusted all the
- * same (lib/cpu-template.c).
+ * same (lib/cpu-template.c). Also the CPU a running VM has, as GetCPUConfig shows it.
  */
 #pragma once
 
@@ -37,5 +37,8 @@ MvmCpuTemplate *mvmd_cpu_template_load(const char *dir, const char *name, GError
  * the file.
  */
 char *mvmd_cpu_template_dir_from_config(const char *path, gboolean must_exist, GError **error);
+
+/* GetCPUConfig's a{sv} (floating): introspection/org.microvmd.MicroVM1.VM.xml. */
+GVariant *mvmd_cpu_config_to_variant(const MvmCpuConfig *config);
 
 G_END_DECLS

@@ -69,6 +69,7 @@ void mvmd_vm_op_data_free(OpData *d)
     g_free(d->reason);
     g_free(d->cpu_template);
     g_free(d->cpu_template_dir);
+    g_clear_pointer(&d->cpu_config, mvm_cpu_config_free);
     g_free(d);
 }
 
@@ -436,6 +437,10 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         break;
     case OP_RESUME:
         ok = mvm_vm_resume(d->run->vm, &error);
+        break;
+    case OP_CPU_CONFIG:
+        d->cpu_config = mvm_vm_dump_cpu_config(d->run->vm, &error);
+        ok = d->cpu_config != NULL;
         break;
     case OP_STOP:
     case OP_REAP:

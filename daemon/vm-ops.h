@@ -23,6 +23,9 @@ typedef enum {
     OP_SNAPSHOT,
     OP_STOP, /* forced stop, then free */
     OP_REAP, /* the guest stopped by itself: collect the exit, free */
+    /* GetCPUConfig: mvm_vm_dump_cpu_config() pauses a running machine for the read, so it is
+     * an operation like the others: off the main loop, and never beside a Stop that frees it */
+    OP_CPU_CONFIG,
 } Op;
 
 /* What an operation needs besides the VM (owned by the operation). */
@@ -71,6 +74,7 @@ typedef struct {
     MvmExitKind kind;
     guint32 exit_code;
     char *reason;
+    MvmCpuConfig *cpu_config; /* GetCPUConfig's result, read on the main loop once done */
 } OpData;
 
 /*
