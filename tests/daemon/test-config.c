@@ -80,6 +80,19 @@ static void test_invalid(void)
         {"vm", "{'kernel': <'/k'>, 'autostart': <true>}", "autostart"},
         {"vm", "{'kernel': <'/k'>, 'on-reboot': <'never'>}", "on-reboot"},
         {"vm", "{'kernel': <'/k'>, 'kernel': <'/j'>}", "kernel"},
+        /* A template name becomes part of a file name: never a path, never empty. */
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <''>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'../etc/passwd'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'a/b'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'/etc/x'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'.hidden'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'a b'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'x\\n'>}", "cpu-template"},
+        {"vm",
+         "{'kernel': <'/k'>, 'cpu-template': "
+         "<'a123456789b123456789c123456789d123456789e123456789f123456789g1234'>}",
+         "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <uint32 2>}", "cpu-template"},
         {"", "{'kernel': <'/k'>}", NULL},
         {"a/b", "{'kernel': <'/k'>}", NULL},
         {"-a", "{'kernel': <'/k'>}", NULL},
@@ -193,7 +206,8 @@ static void test_keyfile_roundtrip(void)
               " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>,"
               " 'disks': <[{'path': <'/d'>, 'read-only': <true>}]>, 'rng': <true>,"
               " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>}]>,"
-              " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>}",
+              " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>,"
+              " 'cpu-template': <'x86-64-v2'>}",
               &error);
     g_autoptr(GKeyFile) kf = NULL;
     g_autoptr(MvmdVmDefinition) back = NULL;
