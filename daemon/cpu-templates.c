@@ -136,8 +136,8 @@ static MvmCpuTemplate *load_file(const char *dir, const char *name, GError **err
     tmpl = mvm_cpu_template_new_from_fd(name, fd, &local);
     close(fd);
     if (!tmpl) {
-        g_autofree char *what =
-            g_strdup_printf("CPU template '%s' (%s/%s%s)", name, dir, name, TEMPLATE_SUFFIX);
+        /* lib's message names the template already; this says which file it came from. */
+        g_autofree char *what = g_strdup_printf("%s/%s%s", dir, name, TEMPLATE_SUFFIX);
 
         g_propagate_error(error, mvmd_error_from_error(local, what));
     }
