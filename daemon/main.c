@@ -169,7 +169,9 @@ int main(int argc, char **argv)
         {"socket-group", 0, 0, G_OPTION_ARG_STRING, &socket_group,
          "Members of GROUP may use the socket-activated socket too (default: root only)", "GROUP"},
         {"config", 0, 0, G_OPTION_ARG_FILENAME, &config,
-         "Read the quotas from FILE (default " MVMD_CONFIG_FILE ", if it exists)", "FILE"},
+         "Read the quotas and the CPU template directory from FILE (default " MVMD_CONFIG_FILE
+         ", if it exists)",
+         "FILE"},
         {"cpu-template-dir", 0, 0, G_OPTION_ARG_FILENAME, &cpu_template_dir,
          "Custom CPU templates, NAME.json (default: [CPUTemplates] Directory= of the config "
          "file, else " MVMD_CPU_TEMPLATE_DIR ")",

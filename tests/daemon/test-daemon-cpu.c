@@ -238,14 +238,25 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 0);
 }
 
+/* The example of microvmd(8), CPU TEMPLATES: it must stay a valid template. */
+#define MAN_PAGE_EXAMPLE                                                                           \
+    "{ \"description\": \"our fleet: no AVX-512\",\n"                                              \
+    "  \"cpuid\": [ { \"leaf\": \"0x7\", \"subleaf\": \"0x0\", \"register\": \"ebx\",\n"           \
+    "               \"clear\": \"0xdc230000\" } ],\n"                                              \
+    "  \"msrs\":  [] }\n"
+
 /* The administrator's NAME.json is taken, by its name. */
 static void test_custom(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(MvmdVm) fleet = NULL;
 
     write_template(f, "no-sse4.2.json", NO_SSE42_JSON);
     vm = create_ok(f, "custom", "'cpu-template': <'no-sse4.2'>");
     g_assert_cmpstr(config_template(vm), ==, "no-sse4.2");
+    write_template(f, "fleet.json", MAN_PAGE_EXAMPLE);
+    fleet = create_ok(f, "fleet", "'cpu-template': <'fleet'>");
+    g_assert_cmpstr(config_template(fleet), ==, "fleet");
 }
 
 /*
