@@ -333,6 +333,19 @@ static void test_mountinfo(void)
     g_assert_false(mvmd_fstype_is_local("sysfs"));
 }
 
+/* lib's MVM_ERROR_INCOMPATIBLE_CPU reaches callers as its own D-Bus error, message kept. */
+static void test_incompatible_cpu_error(void)
+{
+    g_autoptr(GError) lib =
+        g_error_new_literal(MVM_ERROR, MVM_ERROR_INCOMPATIBLE_CPU, "this host lacks avx512f");
+    g_autoptr(GError) mapped = mvmd_error_from_error(lib, "cannot restore the snapshot");
+    g_autofree char *name = g_dbus_error_encode_gerror(mapped);
+
+    g_assert_error(mapped, MVMD_ERROR, MVMD_ERROR_INCOMPATIBLE_CPU);
+    g_assert_cmpstr(mapped->message, ==, "cannot restore the snapshot: this host lacks avx512f");
+    g_assert_cmpstr(name, ==, "org.microvmd.MicroVM1.Error.IncompatibleCPU");
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -345,5 +358,6 @@ int main(int argc, char **argv)
     g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);
     g_test_add_func("/config/mountinfo", test_mountinfo);
+    g_test_add_func("/config/incompatible-cpu-error", test_incompatible_cpu_error);
     return g_test_run();
 }
