@@ -321,6 +321,25 @@ static void test_cpu_config_other_user(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(out, ERR "NotAuthorized"));
 }
 
+/* Reload reads [CPUTemplates] Directory= again: templates come from the new directory. */
+static void reload_moves_directory(Fixture *f, const char *conf)
+{
+    g_autofree char *other = g_build_filename(f->bus->tmpdir, "other-templates", NULL);
+    g_autofree char *file = g_build_filename(other, "elsewhere.json", NULL);
+    g_autofree char *text = g_strdup_printf("[CPUTemplates]\nDirectory=%s\n", other);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+
+    g_assert_cmpint(g_mkdir(other, 0755), ==, 0);
+    g_assert_true(g_file_set_contents(file, NO_SSE42_JSON, -1, NULL));
+    create_refused(f, "elsewhere", "elsewhere");
+    g_assert_true(g_file_set_contents(conf, text, -1, NULL));
+    mvmd_manager_call_reload_sync(f->manager, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    vm = create_ok(f, "elsewhere", "'cpu-template': <'elsewhere'>");
+    create_refused(f, "from-conf", "from-conf");
+}
+
 /* The template directory from microvmd.conf, and a mistake there stops the start. */
 static void test_config_file(Fixture *f, gconstpointer data)
 {
@@ -337,6 +356,7 @@ static void test_config_file(Fixture *f, gconstpointer data)
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
     vm = create_ok(f, "conf", "'cpu-template': <'from-conf'>");
     g_assert_cmpstr(config_template(vm), ==, "from-conf");
+    reload_moves_directory(f, conf);
     stop_daemon(f);
 
     for (const char *const *bad = (const char *const[]){"[CPUTemplates]\nDirectory=relative\n",
