@@ -8,8 +8,7 @@
 
 #include "error-private.h"
 
-#define KVM_DEVICE        "/dev/kvm"
-#define MAX_CPUID_ENTRIES 256
+#define KVM_DEVICE "/dev/kvm"
 
 typedef struct {
     int cap;
@@ -91,7 +90,7 @@ static gboolean check_required_caps(int fd, GError **error)
  */
 static struct kvm_cpuid2 *get_supported_cpuid(int fd, GError **error)
 {
-    for (guint n = MAX_CPUID_ENTRIES; n <= MAX_CPUID_ENTRIES * 4; n *= 2) {
+    for (guint n = MVM_KVM_MAX_CPUID_ENTRIES; n <= MVM_KVM_MAX_CPUID_ENTRIES * 4; n *= 2) {
         g_autofree struct kvm_cpuid2 *cpuid =
             g_malloc0(sizeof(*cpuid) + n * sizeof(struct kvm_cpuid_entry2));
         cpuid->nent = n;
@@ -206,4 +205,49 @@ guint mvm_kvm_max_vcpus(void)
 {
     const MvmKvm *kvm = mvm_kvm_get(NULL);
     return kvm != NULL ? kvm->max_vcpus : 0;
+}
+
+/*
+ * What a guest is really shown: the supported table set on a scratch vCPU and read back. The
+ * same table on most hosts; kvm_pvm shows its guests the host's own CPUID outside its small
+ * supported set whatever the VMM sets (docs/kvm-hosts.md), so there the guest's features are
+ * the host's and KVM_GET_SUPPORTED_CPUID understates them.
+ */
+static struct kvm_cpuid2 *probe_effective_cpuid(const MvmKvm *kvm, GError **error)
+{
+    gsize size =
+        sizeof(struct kvm_cpuid2) + MVM_KVM_MAX_CPUID_ENTRIES * sizeof(struct kvm_cpuid_entry2);
+    g_autofree struct kvm_cpuid2 *cpuid = g_malloc0(size);
+    int vm_fd = -1, vcpu_fd = -1;
+    gboolean ok = FALSE;
+
+    cpuid->nent = MVM_KVM_MAX_CPUID_ENTRIES;
+    if ((vm_fd = ioctl(kvm->fd, KVM_CREATE_VM, 0)) < 0)
+        mvm_kvm_set_errno_error(error, "KVM_CREATE_VM");
+    else if ((vcpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0)) < 0)
+        mvm_kvm_set_errno_error(error, "KVM_CREATE_VCPU");
+    else if (mvm_kvm_ioctl(vcpu_fd, KVM_SET_CPUID2, kvm->supported_cpuid) < 0)
+        mvm_kvm_set_errno_error(error, "KVM_SET_CPUID2");
+    else if (mvm_kvm_ioctl(vcpu_fd, KVM_GET_CPUID2, cpuid) < 0)
+        mvm_kvm_set_errno_error(error, "KVM_GET_CPUID2");
+    else
+        ok = TRUE;
+    if (vcpu_fd >= 0)
+        close(vcpu_fd);
+    if (vm_fd >= 0)
+        close(vm_fd);
+    return ok ? g_steal_pointer(&cpuid) : NULL;
+}
+
+const struct kvm_cpuid2 *mvm_kvm_effective_cpuid(GError **error)
+{
+    static struct kvm_cpuid2 *effective;
+    static GMutex lock;
+    const MvmKvm *kvm = mvm_kvm_get(error);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&lock);
+
+    /* Not kept when it fails: that was the host running out (descriptors, memory). */
+    if (effective == NULL && kvm != NULL)
+        effective = probe_effective_cpuid(kvm, error);
+    return effective;
 }

@@ -13,6 +13,9 @@
 
 G_BEGIN_DECLS
 
+/* KVM's own limit on a CPUID table (KVM_MAX_CPUID_ENTRIES, not in the uapi headers). */
+#define MVM_KVM_MAX_CPUID_ENTRIES 256
+
 typedef struct {
     int fd;                  /* /dev/kvm, O_CLOEXEC */
     int api_version;         /* KVM_API_VERSION, always 12 here */
@@ -31,6 +34,12 @@ typedef struct {
 
 /* The process-wide KVM handle; probed on first use. Errors: MVM_ERROR_NO_KVM, _NOT_SUPPORTED. */
 const MvmKvm *mvm_kvm_get(GError **error);
+
+/*
+ * The CPUID table a guest of this host is really shown when given every supported feature
+ * (probed once, on a scratch vCPU): templates and restores compare against it.
+ */
+const struct kvm_cpuid2 *mvm_kvm_effective_cpuid(GError **error);
 
 /* An ioctl that retries on EINTR; returns the ioctl's result, errno preserved on -1. */
 int mvm_kvm_ioctl(int fd, unsigned long request, void *arg);

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "cpu-template.h"
 #include "snapshot.h"
 
 #define MAX_DEVICES       64
@@ -486,6 +487,24 @@ static gboolean payload_lookup(GVariant *payload, gsize i, GVariant **out, GErro
     return TRUE;
 }
 
+/* Minor 1's "cpu-template": optional, "host" (all the host gave) in a snapshot of minor 0. */
+static gboolean cpu_template_from_payload(GVariant *payload, MvmVmConfig *config, GError **error)
+{
+    g_autoptr(GVariant) name = g_variant_lookup_value(payload, "cpu-template", NULL);
+
+    if (name == NULL)
+        return TRUE;
+    if (!g_variant_is_of_type(name, G_VARIANT_TYPE_STRING))
+        return invalid(error, "the state's \"cpu-template\" has type %s, expected s",
+                       g_variant_get_type_string(name));
+    config->cpu_template = mvm_cpu_template_new_recorded(g_variant_get_string(name, NULL), error);
+    if (config->cpu_template == NULL) {
+        g_prefix_error(error, "invalid snapshot: ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* Keys this build does not know are a newer minor's: skipped, never looked at. */
 static gboolean payload_parse(GVariant *payload, MvmSnapshotState *state,
                               const MvmSnapshotLimits *limits, GError **error)
@@ -514,7 +533,8 @@ static gboolean payload_parse(GVariant *payload, MvmSnapshotState *state,
         return invalid(error,
                        "%" G_GUINT64_FORMAT " bytes of RAM for a VM of %" G_GUINT64_FORMAT " MiB",
                        state->memory_size, state->config->memory_mib);
-    return vcpus_from_variant(vcpus, state, limits, error) &&
+    return cpu_template_from_payload(payload, state->config, error) &&
+           vcpus_from_variant(vcpus, state, limits, error) &&
            irqchip_from_variant(master, KVM_IRQCHIP_PIC_MASTER, &state->pic_master, "PIC master",
                                 error) &&
            irqchip_from_variant(slave, KVM_IRQCHIP_PIC_SLAVE, &state->pic_slave, "PIC slave",

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cpu-features.h"
 #include "device-state.h"
 #include "snapshot.h"
 #include "vm-private.h"
@@ -148,6 +149,9 @@ static GVariant *capture(MvmVm *vm, GError **error)
     g_variant_builder_add(&b, "{sv}", "devices", devices);
     g_variant_builder_add(&b, "{sv}", "memory-size",
                           g_variant_new_uint64(mvm_memory_get_size(vm->memory)));
+    g_variant_builder_add(
+        &b, "{sv}", "cpu-template",
+        g_variant_new_string(mvm_cpu_template_get_name(vm->config->cpu_template)));
     return g_variant_ref_sink(g_variant_builder_end(&b));
 }
 
@@ -323,33 +327,25 @@ static gboolean snapshot_paused(MvmVm *vm, WriteFunc write, gpointer data, GErro
     return TRUE;
 }
 
-/*
- * A running VM is paused for the snapshot without telling the state callback
- * (unless it stays paused): to its watchers, it never stopped running.
- */
+typedef struct {
+    WriteFunc write;
+    gpointer data;
+} SnapshotWrite;
+
+static gboolean snapshot_parked(MvmVm *vm, gpointer data, GError **error)
+{
+    SnapshotWrite *w = data;
+
+    return snapshot_paused(vm, w->write, w->data, error);
+}
+
 static gboolean snapshot_with(MvmVm *vm, MvmSnapshotFlags flags, WriteFunc write, gpointer data,
                               GError **error)
 {
-    g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
-    MvmVmState state = mvm_vm_get_state(vm);
-    gboolean was_running = state == MVM_VM_STATE_RUNNING;
+    SnapshotWrite w = {write, data};
+    MvmParkedFlags parked = (flags & MVM_SNAPSHOT_LEAVE_PAUSED) ? MVM_PARKED_LEAVE_PAUSED : 0;
 
-    if (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED) {
-        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_STATE, "cannot snapshot a VM that is %s",
-                    mvm_vm_state_to_string(state));
-        return FALSE;
-    }
-    if (was_running && !mvm_vm_pause_locked(vm, MVM_PAUSE_NONE, error))
-        return FALSE;
-
-    gboolean ok = snapshot_paused(vm, write, data, error);
-    gboolean stay = was_running && (flags & MVM_SNAPSHOT_LEAVE_PAUSED);
-    if (was_running && !stay && !mvm_vm_resume_locked(vm, ok ? error : NULL))
-        ok = FALSE;
-    g_clear_pointer(&op, g_mutex_locker_free);
-    if (stay)
-        mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
-    return ok;
+    return mvm_vm_with_vcpus_parked(vm, "snapshot", parked, snapshot_parked, &w, error);
 }
 
 gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error)
@@ -709,6 +705,20 @@ MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *b
     return mvm_vm_restore_full(-1, state_fd, memory_fd, &options, error);
 }
 
+/*
+ * A guest that saw a feature keeps using it; on a host whose KVM lacks it, it would die of #UD
+ * (SIGILL in its programs) some time after the restore. So the restore refuses, naming them.
+ */
+static gboolean check_cpu_features(const MvmSnapshotState *state, GError **error)
+{
+    for (guint i = 0; i < state->vcpus->len; i++) {
+        const MvmVcpuState *vcpu = g_ptr_array_index(state->vcpus, i);
+        if (!mvm_cpuid_check_supported(vcpu->cpuid, "the snapshot's guest saw", error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
 /* The machine @state describes, with RAM from @memory_fd, once @options approved it. */
 static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *options,
                           GError **error)
@@ -717,6 +727,8 @@ static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *
     if (state == NULL)
         return NULL;
     if (options->backends != NULL && !use_backends(state->config, options->backends, error))
+        return NULL;
+    if (!check_cpu_features(state, error))
         return NULL;
     /* Before any guest memory is allocated: the snapshot decides how much, not the caller. */
     if (options->approve != NULL && !options->approve(state->config, options->approve_data, error))

@@ -34,6 +34,11 @@
  *     devices      a{sv}  other devices' states by the names they registered with
  *     memory-size  t      guest RAM in bytes
  *
+ * Added by minor 1, optional (absent in minor 0):
+ *
+ *     cpu-template s      the CPU template's name (MvmCpuTemplate); absent: "host". The CPUID
+ *                         the guest saw is each vCPU's own, in vcpus.
+ *
  * Format 1's payload is the tuple of those values in that order (serial and i8042 boxed in a
  * `v`); the reader turns it into the format-2 dictionary, so both go through the same checks.
  *
@@ -54,7 +59,7 @@ G_BEGIN_DECLS
 #define MVM_SNAPSHOT_MAGIC_LEN   8 /* with its NUL */
 #define MVM_SNAPSHOT_MAJOR       2
 #define MVM_SNAPSHOT_MAJOR_TUPLE 1 /* the oldest major this build reads */
-#define MVM_SNAPSHOT_MINOR       0
+#define MVM_SNAPSHOT_MINOR       1
 #define MVM_SNAPSHOT_HEADER_SIZE 24
 #define MVM_SNAPSHOT_DIGEST_SIZE 32
 /* Far above what 255 vCPUs need (~10 KiB each); bounds what restore reads into memory. */

@@ -14,5 +14,8 @@ struct _MvmVcpu {
     MvmVcpuCounters counters;
 };
 
-struct kvm_cpuid2 *mvm_vcpu_build_cpuid(const MvmKvm *kvm, guint index, guint n_vcpus);
+struct kvm_cpuid2 *mvm_vcpu_build_cpuid(const MvmKvm *kvm, const MvmCpuTemplate *tmpl, guint index,
+                                        guint n_vcpus, GError **error);
 gboolean mvm_vcpu_set_msrs(MvmVcpu *vcpu, const struct kvm_msrs *msrs, GError **error);
+/* KVM_GET_CPUID2: the table the guest is shown. */
+struct kvm_cpuid2 *mvm_vcpu_get_cpuid(MvmVcpu *vcpu, GError **error);

@@ -121,9 +121,10 @@ const GArray *mvm_vcpu_get_saveable_msrs(MvmVcpu *vcpu, GError **error)
     return vcpu->saveable_msrs;
 }
 
-static struct kvm_cpuid2 *get_cpuid(MvmVcpu *vcpu, GError **error)
+struct kvm_cpuid2 *mvm_vcpu_get_cpuid(MvmVcpu *vcpu, GError **error)
 {
-    guint nent = MAX(vcpu->kvm->supported_cpuid->nent, 1u);
+    /* kvm_pvm's table may have more entries than its supported one. */
+    guint nent = MVM_KVM_MAX_CPUID_ENTRIES;
     g_autofree struct kvm_cpuid2 *cpuid =
         g_malloc0(sizeof(*cpuid) + nent * sizeof(cpuid->entries[0]));
 
@@ -193,7 +194,7 @@ MvmVcpuState *mvm_vcpu_save_state(MvmVcpu *vcpu, GError **error)
         !get_msr_state(vcpu, state, error) ||
         !ioctl_or_error(vcpu, KVM_GET_VCPU_EVENTS, &state->events, "KVM_GET_VCPU_EVENTS", error))
         return NULL;
-    state->cpuid = get_cpuid(vcpu, error);
+    state->cpuid = mvm_vcpu_get_cpuid(vcpu, error);
     if (state->cpuid == NULL)
         return NULL;
     /* A host that cannot tell its TSC rate still saves; restore then cannot check it. */
@@ -255,7 +256,7 @@ MvmVcpuCpuDump *mvm_vcpu_dump_cpu_config(MvmVcpu *vcpu, GError **error)
     g_autoptr(MvmVcpuCpuDump) config = g_new0(MvmVcpuCpuDump, 1);
     const GArray *saveable;
 
-    config->cpuid = get_cpuid(vcpu, error);
+    config->cpuid = mvm_vcpu_get_cpuid(vcpu, error);
     if (config->cpuid == NULL)
         return NULL;
     saveable = mvm_vcpu_get_saveable_msrs(vcpu, error);

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "cpu-template.h"
 #include "layout.h"
 #include "vcpu-private.h"
 
@@ -147,24 +148,35 @@ static void adjust_cpuid_entry(struct kvm_cpuid_entry2 *e, guint index, guint n_
     }
 }
 
-struct kvm_cpuid2 *mvm_vcpu_build_cpuid(const MvmKvm *kvm, guint index, guint n_vcpus)
+/* KVM's supported table as @tmpl has it, then this vCPU's topology (which no template changes). */
+struct kvm_cpuid2 *mvm_vcpu_build_cpuid(const MvmKvm *kvm, const MvmCpuTemplate *tmpl, guint index,
+                                        guint n_vcpus, GError **error)
 {
     const struct kvm_cpuid2 *supported = kvm->supported_cpuid;
     gsize size = sizeof(*supported) + supported->nent * sizeof(supported->entries[0]);
-    struct kvm_cpuid2 *cpuid = g_memdup2(supported, size);
+    g_autofree struct kvm_cpuid2 *cpuid = g_memdup2(supported, size);
 
+    if (!mvm_cpu_template_apply_cpuid(tmpl, cpuid, error))
+        return NULL;
     for (guint i = 0; i < cpuid->nent; i++)
         adjust_cpuid_entry(&cpuid->entries[i], index, n_vcpus);
-    return cpuid;
+    return g_steal_pointer(&cpuid);
 }
 
-gboolean mvm_vcpu_set_cpuid(MvmVcpu *vcpu, guint n_vcpus, GError **error)
+gboolean mvm_vcpu_set_cpuid(MvmVcpu *vcpu, const MvmCpuTemplate *tmpl, guint n_vcpus,
+                            GError **error)
 {
-    g_autofree struct kvm_cpuid2 *cpuid = mvm_vcpu_build_cpuid(vcpu->kvm, vcpu->index, n_vcpus);
+    g_autofree struct kvm_cpuid2 *cpuid =
+        mvm_vcpu_build_cpuid(vcpu->kvm, tmpl, vcpu->index, n_vcpus, error);
 
+    if (cpuid == NULL)
+        return FALSE;
     if (mvm_kvm_ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0)
         return mvm_kvm_set_errno_error(error, "KVM_SET_CPUID2");
-    return TRUE;
+    if (tmpl == NULL)
+        return TRUE;
+    g_autofree struct kvm_cpuid2 *shown = mvm_vcpu_get_cpuid(vcpu, error);
+    return shown != NULL && mvm_cpu_template_check_shown(tmpl, shown, error);
 }
 
 /* ---- boot registers ---- */
@@ -313,9 +325,11 @@ gboolean mvm_vcpu_setup_lint(MvmVcpu *vcpu, GError **error)
     return TRUE;
 }
 
-gboolean mvm_vcpu_configure(MvmVcpu *vcpu, guint n_vcpus, const MvmBootInfo *boot, GError **error)
+gboolean mvm_vcpu_configure(MvmVcpu *vcpu, const MvmCpuTemplate *tmpl, guint n_vcpus,
+                            const MvmBootInfo *boot, GError **error)
 {
-    return mvm_vcpu_set_cpuid(vcpu, n_vcpus, error) && mvm_vcpu_setup_msrs(vcpu, error) &&
+    return mvm_vcpu_set_cpuid(vcpu, tmpl, n_vcpus, error) && mvm_vcpu_setup_msrs(vcpu, error) &&
+           mvm_cpu_template_apply_msrs(tmpl, vcpu, error) &&
            mvm_vcpu_setup_regs(vcpu, boot, error) && mvm_vcpu_setup_sregs(vcpu, boot, error) &&
            mvm_vcpu_setup_fpu(vcpu, error) && mvm_vcpu_setup_lint(vcpu, error);
 }

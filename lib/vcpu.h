@@ -71,10 +71,15 @@ MvmVcpu *mvm_vcpu_new(const MvmKvm *kvm, int vm_fd, guint index, GError **error)
 void mvm_vcpu_free(MvmVcpu *vcpu);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVcpu, mvm_vcpu_free)
 
-/* CPUID, boot MSRs, registers, segments, FPU and LAPIC LINTs for the given entry. */
-gboolean mvm_vcpu_configure(MvmVcpu *vcpu, guint n_vcpus, const MvmBootInfo *boot, GError **error);
+/*
+ * CPUID (as @tmpl says; NULL: all the host's KVM supports), boot MSRs and the template's,
+ * registers, segments, FPU and LAPIC LINTs for the given entry.
+ */
+gboolean mvm_vcpu_configure(MvmVcpu *vcpu, const MvmCpuTemplate *tmpl, guint n_vcpus,
+                            const MvmBootInfo *boot, GError **error);
 /* The pieces of configure, for callers that need one of them (restore, tests). */
-gboolean mvm_vcpu_set_cpuid(MvmVcpu *vcpu, guint n_vcpus, GError **error);
+gboolean mvm_vcpu_set_cpuid(MvmVcpu *vcpu, const MvmCpuTemplate *tmpl, guint n_vcpus,
+                            GError **error);
 gboolean mvm_vcpu_setup_msrs(MvmVcpu *vcpu, GError **error);
 gboolean mvm_vcpu_setup_regs(MvmVcpu *vcpu, const MvmBootInfo *boot, GError **error);
 gboolean mvm_vcpu_setup_sregs(MvmVcpu *vcpu, const MvmBootInfo *boot, GError **error);

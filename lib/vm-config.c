@@ -145,6 +145,8 @@ MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config)
     copy->kernel_path = g_strdup(config->kernel_path);
     copy->initrd_path = g_strdup(config->initrd_path);
     copy->cmdline = g_strdup(config->cmdline);
+    if (config->cpu_template != NULL)
+        copy->cpu_template = mvm_cpu_template_ref(config->cpu_template);
     copy_virtio(copy, config);
     return copy;
 }
@@ -156,6 +158,7 @@ void mvm_vm_config_free(MvmVmConfig *config)
     g_free(config->kernel_path);
     g_free(config->initrd_path);
     g_free(config->cmdline);
+    g_clear_pointer(&config->cpu_template, mvm_cpu_template_unref);
     free_virtio(config);
     g_free(config);
 }

@@ -91,5 +91,19 @@ gboolean mvm_exit_kind_is_crash(MvmExitKind kind);
 gboolean mvm_vm_pause_locked(MvmVm *vm, MvmPauseFlags flags, GError **error);
 gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error);
 
+typedef enum {
+    MVM_PARKED_LEAVE_PAUSED = 1 << 0,  /* a running VM stays paused after (and that is told) */
+    MVM_PARKED_ALLOW_CREATED = 1 << 1, /* a VM never started is fine too (no vCPU runs) */
+} MvmParkedFlags;
+typedef gboolean (*MvmParkedFunc)(MvmVm *vm, gpointer data, GError **error);
+/*
+ * Calls @func with op_lock held and no vCPU in KVM_RUN: a running VM is paused for it without
+ * telling the state callback (to its watchers it never stopped running), and resumed after
+ * unless MVM_PARKED_LEAVE_PAUSED. Other states fail with MVM_ERROR_INVALID_STATE, "cannot
+ * @what a VM that is ...".
+ */
+gboolean mvm_vm_with_vcpus_parked(MvmVm *vm, const char *what, MvmParkedFlags flags,
+                                  MvmParkedFunc func, gpointer data, GError **error);
+
 /* device-state.c */
 void mvm_vm_free_device_states(MvmVm *vm);

@@ -492,3 +492,29 @@ gboolean mvm_vm_wait(MvmVm *vm, gint64 timeout_us)
     }
     return TRUE;
 }
+
+gboolean mvm_vm_with_vcpus_parked(MvmVm *vm, const char *what, MvmParkedFlags flags,
+                                  MvmParkedFunc func, gpointer data, GError **error)
+{
+    g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
+    MvmVmState state = mvm_vm_get_state(vm);
+    gboolean was_running = state == MVM_VM_STATE_RUNNING;
+    gboolean created_ok = (flags & MVM_PARKED_ALLOW_CREATED) && state == MVM_VM_STATE_CREATED;
+
+    if (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED && !created_ok) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_STATE, "cannot %s a VM that is %s", what,
+                    mvm_vm_state_to_string(state));
+        return FALSE;
+    }
+    if (was_running && !mvm_vm_pause_locked(vm, MVM_PAUSE_NONE, error))
+        return FALSE;
+
+    gboolean ok = func(vm, data, error);
+    gboolean stay = was_running && (flags & MVM_PARKED_LEAVE_PAUSED);
+    if (was_running && !stay && !mvm_vm_resume_locked(vm, ok ? error : NULL))
+        ok = FALSE;
+    g_clear_pointer(&op, g_mutex_locker_free);
+    if (stay)
+        mvm_vm_notify_state(vm, MVM_VM_STATE_PAUSED);
+    return ok;
+}

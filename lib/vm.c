@@ -266,7 +266,8 @@ static gboolean create_vcpus(MvmVm *vm, GError **error)
 static gboolean configure_vcpus(MvmVm *vm, GError **error)
 {
     for (guint i = 0; i < vm->n_vcpus; i++)
-        if (!mvm_vcpu_configure(vm->vcpus[i].vcpu, vm->n_vcpus, &vm->boot, error))
+        if (!mvm_vcpu_configure(vm->vcpus[i].vcpu, vm->config->cpu_template, vm->n_vcpus, &vm->boot,
+                                error))
             return FALSE;
     return TRUE;
 }

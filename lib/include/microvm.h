@@ -122,10 +122,10 @@ gboolean mvm_sandbox_lock_process(GError **error);
  */
 typedef struct _MvmCpuTemplate MvmCpuTemplate;
 
-#define MVM_CPU_TEMPLATE_HOST      "host"
-#define MVM_CPU_TEMPLATE_NAME_MAX  64      /* bytes: [A-Za-z0-9_.-], not starting with '.' */
-#define MVM_CPU_TEMPLATE_JSON_MAX  65536   /* bytes of a template file */
-#define MVM_CPU_TEMPLATE_MODIFIERS_MAX 256 /* CPUID and MSR modifiers each */
+#define MVM_CPU_TEMPLATE_HOST          "host"
+#define MVM_CPU_TEMPLATE_NAME_MAX      64    /* bytes: [A-Za-z0-9_.-], not starting with '.' */
+#define MVM_CPU_TEMPLATE_JSON_MAX      65536 /* bytes of a template file */
+#define MVM_CPU_TEMPLATE_MODIFIERS_MAX 256   /* CPUID and MSR modifiers each */
 
 /* NULL-terminated, in the order a user should read them: "host", then the baselines. */
 const char *const *mvm_cpu_template_builtin_names(void);
@@ -156,7 +156,7 @@ const char *mvm_cpu_template_get_name(const MvmCpuTemplate *tmpl);
 /* The "description" of a custom template, a built-in one's summary; never NULL. */
 const char *mvm_cpu_template_get_description(const MvmCpuTemplate *tmpl);
 
-/* One CPUID entry (struct kvm_cpuid_entry2 without its padding) and one MSR, as a guest has them. */
+/* One CPUID entry (struct kvm_cpuid_entry2 without its padding) and one MSR, as a guest has. */
 typedef struct {
     guint32 function, index, flags;
     guint32 eax, ebx, ecx, edx;
@@ -204,7 +204,7 @@ typedef struct {
     GPtrArray *nics;     /* of MvmNetConfig (owned; may be NULL) */
     guint32 vsock_cid;   /* 0: no vsock device; else MVM_VSOCK_CID_MIN .. _MAX */
     char *vsock_uds_path;
-    gboolean rng; /* virtio-rng fed from getrandom() */
+    gboolean rng;                 /* virtio-rng fed from getrandom() */
     MvmCpuTemplate *cpu_template; /* owned (a reference); NULL: "host", all KVM supports */
 } MvmVmConfig;
 
@@ -362,13 +362,13 @@ gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnaps
  * untrusted: everything is validated before KVM is touched, and any failure is
  * MVM_ERROR_INVALID_ARGUMENT with the reason (MVM_ERROR_INCOMPATIBLE_CPU when the snapshot's
  * guest saw CPU features this host's KVM cannot give, the message listing them;
- * MVM_ERROR_NOT_SUPPORTED when the snapshot's TSC rate differs and KVM here cannot scale it). Guest RAM is read from the snapshot's
- * `memory` into the VM's own memory (only the file's data: holes cost nothing), so the file
- * may change or go once the call returns. A file mapped instead would bring the whole process
- * down (SIGBUS) the moment it shrank under a page in use; that is done only for a memfd sealed
- * against shrinking and writing (see mvm_vm_restore_with_memory()), and
- * MVM_RESTORE_COPY_MEMORY copies even that. The guest's clock stays at the snapshot's time
- * until the first resume.
+ * MVM_ERROR_NOT_SUPPORTED when the snapshot's TSC rate differs and KVM here cannot scale it).
+ * Guest RAM is read from the snapshot's `memory` into the VM's own memory (only the file's
+ * data: holes cost nothing), so the file may change or go once the call returns. A file mapped
+ * instead would bring the whole process down (SIGBUS) the moment it shrank under a page in
+ * use; that is done only for a memfd sealed against shrinking and writing (see
+ * mvm_vm_restore_with_memory()), and MVM_RESTORE_COPY_MEMORY copies even that. The guest's clock
+ * stays at the snapshot's time until the first resume.
  */
 typedef enum {
     MVM_RESTORE_NONE = 0,
