@@ -53,6 +53,7 @@ typedef struct {
 static const BadJson bad_documents[] = {
     {"not-json", "cpuid: leaf 1"},
     {"trailing-garbage", "{\"cpuid\": [" MODIFIER "]} x"},
+    {"two-documents", "{} {}"},
     {"truncated", "{\"cpuid\": [" MODIFIER},
     {"empty", ""},
     {"array", "[" MODIFIER "]"},
@@ -60,6 +61,9 @@ static const BadJson bad_documents[] = {
     {"number", "42"},
     {"null", "null"},
     {"unknown-key", "{\"cpus\": [" MODIFIER "]}"},
+    {"unknown-modifier-key",
+     "{\"cpuid\": [{\"leaf\": \"0x1\", \"register\": \"ecx\", \"mask\": \"0x1\"}]}"},
+    {"unknown-msr-key", "{\"msrs\": [{\"index\": \"0x10a\", \"value\": \"0x1\"}]}"},
     {"cpuid-not-array", "{\"cpuid\": " MODIFIER "}"},
     {"modifier-not-object", "{\"cpuid\": [\"0x1\"]}"},
     {"description-not-string", "{\"description\": 7, \"cpuid\": []}"},
