@@ -269,9 +269,10 @@ static gboolean parse_number(JsonObject *object, const char *member, guint64 max
         return invalid(error, "\"%s\" must be a number or a string of one", member);
     const char *text = json_node_get_string(node);
     gboolean hex = g_str_has_prefix(text, "0x") || g_str_has_prefix(text, "0X");
-    g_autoptr(GError) local = NULL;
-    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, max, out, &local))
-        return invalid(error, "\"%s\": %s", member, local->message);
+    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, max, out, NULL))
+        return invalid(error,
+                       "\"%s\" is \"%.40s\", not a number from 0 to 0x%" G_GINT64_MODIFIER "x",
+                       member, text, max);
     return TRUE;
 }
 
@@ -310,8 +311,10 @@ static gboolean parse_cpuid_modifier(JsonObject *object, MvmCpuTemplate *tmpl, G
     guint64 leaf, subleaf, clear, set;
     CpuidModifier m;
 
-    if (!check_members(object, known, error) || !json_object_has_member(object, "leaf"))
-        return invalid(error, "needs \"leaf\" and known members only");
+    if (!check_members(object, known, error))
+        return FALSE;
+    if (!json_object_has_member(object, "leaf"))
+        return invalid(error, "no \"leaf\"");
     if (!parse_number(object, "leaf", G_MAXUINT32, 0, &leaf, error) ||
         !parse_number(object, "subleaf", 0xffff, 0, &subleaf, error) ||
         !parse_register(object, &m.reg, error) ||
@@ -340,8 +343,10 @@ static gboolean parse_msr_modifier(JsonObject *object, MvmCpuTemplate *tmpl, GEr
     guint64 index;
     MsrModifier m;
 
-    if (!check_members(object, known, error) || !json_object_has_member(object, "index"))
-        return invalid(error, "needs \"index\" and known members only");
+    if (!check_members(object, known, error))
+        return FALSE;
+    if (!json_object_has_member(object, "index"))
+        return invalid(error, "no \"index\"");
     if (!parse_number(object, "index", G_MAXUINT32, 0, &index, error) ||
         !parse_number(object, "clear", G_MAXUINT64, 0, &m.clear, error) ||
         !parse_number(object, "set", G_MAXUINT64, 0, &m.set, error))
