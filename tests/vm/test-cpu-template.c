@@ -527,53 +527,6 @@ static void test_snapshot(void)
     g_assert_true(mvm_vm_resume(restored, &error));
 }
 
-/*
- * The snapshot `state` rewritten below (as test-snapshot-corrupt.c does it): the payload
- * unwrapped, changed, and encoded again with a right digest, so that the CPU check behind the
- * digest is the one that must refuse it.
- */
-static GVariant *read_state_payload(const char *dir)
-{
-    g_autofree char *path = g_build_filename(dir, "state", NULL);
-    g_autofree char *data = NULL;
-    g_autoptr(GError) error = NULL;
-    gsize len;
-
-    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
-    GVariant *payload = mvm_snapshot_unwrap((const guint8 *)data, len, &error);
-    g_assert_no_error(error);
-    return payload;
-}
-
-/* Takes @payload (floating). */
-static void write_state_payload(const char *dir, GVariant *payload)
-{
-    g_autoptr(GVariant) sunk = g_variant_ref_sink(payload);
-    g_autoptr(GBytes) bytes = mvm_snapshot_encode(sunk, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
-    g_autofree char *path = g_build_filename(dir, "state", NULL);
-
-    g_assert_true(g_file_set_contents(path, g_bytes_get_data(bytes, NULL),
-                                      (gssize)g_bytes_get_size(bytes), NULL));
-}
-
-/* A copy of tuple or array @container with child @index replaced by @child (floating, taken). */
-static GVariant *replace_child(GVariant *container, gsize index, GVariant *child)
-{
-    gsize n = g_variant_n_children(container);
-    g_autofree GVariant **children = g_new0(GVariant *, n);
-
-    g_variant_ref_sink(child);
-    for (gsize i = 0; i < n; i++)
-        children[i] = i == index ? g_variant_ref(child) : g_variant_get_child_value(container, i);
-    GVariant *result = g_variant_is_of_type(container, G_VARIANT_TYPE_TUPLE)
-                           ? g_variant_new_tuple(children, n)
-                           : g_variant_new_array(NULL, children, n);
-    for (gsize i = 0; i < n; i++)
-        g_variant_unref(children[i]);
-    g_variant_unref(child);
-    return result;
-}
-
 /* @payload with vCPU 0's CPUID table (the vCPU tuple's first member) announcing @f. */
 static GVariant *payload_with_feature(GVariant *payload, const Feature *f)
 {
@@ -593,7 +546,8 @@ static GVariant *payload_with_feature(GVariant *payload, const Feature *f)
     *regs[f->reg] |= 1u << f->bit;
 
     GVariant *new_cpuid = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, entries, size, 1);
-    GVariant *new_vcpus = replace_child(vcpus, 0, replace_child(vcpu0, 0, new_cpuid));
+    GVariant *new_vcpus =
+        variant_replace_child(vcpus, 0, variant_replace_child(vcpu0, 0, new_cpuid));
     GVariantDict dict;
     g_variant_dict_init(&dict, payload);
     g_variant_dict_insert_value(&dict, "vcpus", new_vcpus);
@@ -617,8 +571,9 @@ static void test_snapshot_missing_feature(void)
     g_assert_no_error(error);
     g_autoptr(MvmCpuConfig) dump = NULL;
     g_autofree char *dir = snapshot_cpuid_guest(vm, c, &dump);
-    g_autoptr(GVariant) payload = read_state_payload(dir);
-    write_state_payload(dir, payload_with_feature(payload, f));
+    g_autoptr(GVariant) payload = snapshot_read_payload(dir);
+    snapshot_write_payload(dir, payload_with_feature(payload, f), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
 
     g_autoptr(MvmVm) restored = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     rm_rf(dir);
