@@ -36,17 +36,7 @@ struct _MvmCpuTemplate {
     gboolean recorded;
 };
 
-static gboolean invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-static gboolean invalid(GError **error, const char *fmt, ...)
-{
-    va_list args;
-
-    va_start(args, fmt);
-    g_autofree char *message = g_strdup_vprintf(fmt, args);
-    va_end(args);
-    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, message);
-    return FALSE;
-}
+#define invalid mvm_set_invalid
 
 static MvmCpuTemplate *template_new(const char *name, const char *description)
 {
