@@ -207,6 +207,33 @@ guint mvm_kvm_max_vcpus(void)
     return kvm != NULL ? kvm->max_vcpus : 0;
 }
 
+static gboolean cpuid_entry_is_empty(const struct kvm_cpuid_entry2 *e)
+{
+    return e->function == 0 && e->index == 0 && e->flags == 0 && e->eax == 0 && e->ebx == 0 &&
+           e->ecx == 0 && e->edx == 0;
+}
+
+struct kvm_cpuid2 *mvm_kvm_get_cpuid2(int vcpu_fd, GError **error)
+{
+    guint nent = MVM_KVM_MAX_CPUID_ENTRIES;
+    g_autofree struct kvm_cpuid2 *cpuid =
+        g_malloc0(sizeof(*cpuid) + nent * sizeof(cpuid->entries[0]));
+
+    cpuid->nent = nent;
+    if (mvm_kvm_ioctl(vcpu_fd, KVM_GET_CPUID2, cpuid) < 0) {
+        mvm_kvm_set_errno_error(error, "KVM_GET_CPUID2");
+        return NULL;
+    }
+    /*
+     * Linux 6.1 tells the number of entries neither on success nor on E2BIG (it sets nent but
+     * does not copy it out), so the buffer comes back with its unused entries still zero; a real
+     * entry never is (leaf 0 says the highest leaf). Newer kernels set nent themselves.
+     */
+    while (cpuid->nent > 0 && cpuid_entry_is_empty(&cpuid->entries[cpuid->nent - 1]))
+        cpuid->nent--;
+    return g_steal_pointer(&cpuid);
+}
+
 /*
  * What a guest is really shown: the supported table set on a scratch vCPU and read back. The
  * same table on most hosts; kvm_pvm shows its guests the host's own CPUID outside its small
@@ -215,28 +242,22 @@ guint mvm_kvm_max_vcpus(void)
  */
 static struct kvm_cpuid2 *probe_effective_cpuid(const MvmKvm *kvm, GError **error)
 {
-    gsize size =
-        sizeof(struct kvm_cpuid2) + MVM_KVM_MAX_CPUID_ENTRIES * sizeof(struct kvm_cpuid_entry2);
-    g_autofree struct kvm_cpuid2 *cpuid = g_malloc0(size);
+    struct kvm_cpuid2 *cpuid = NULL;
     int vm_fd = -1, vcpu_fd = -1;
-    gboolean ok = FALSE;
 
-    cpuid->nent = MVM_KVM_MAX_CPUID_ENTRIES;
     if ((vm_fd = ioctl(kvm->fd, KVM_CREATE_VM, 0)) < 0)
         mvm_kvm_set_errno_error(error, "KVM_CREATE_VM");
     else if ((vcpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0)) < 0)
         mvm_kvm_set_errno_error(error, "KVM_CREATE_VCPU");
     else if (mvm_kvm_ioctl(vcpu_fd, KVM_SET_CPUID2, kvm->supported_cpuid) < 0)
         mvm_kvm_set_errno_error(error, "KVM_SET_CPUID2");
-    else if (mvm_kvm_ioctl(vcpu_fd, KVM_GET_CPUID2, cpuid) < 0)
-        mvm_kvm_set_errno_error(error, "KVM_GET_CPUID2");
     else
-        ok = TRUE;
+        cpuid = mvm_kvm_get_cpuid2(vcpu_fd, error);
     if (vcpu_fd >= 0)
         close(vcpu_fd);
     if (vm_fd >= 0)
         close(vm_fd);
-    return ok ? g_steal_pointer(&cpuid) : NULL;
+    return cpuid;
 }
 
 const struct kvm_cpuid2 *mvm_kvm_effective_cpuid(GError **error)

@@ -41,6 +41,9 @@ const MvmKvm *mvm_kvm_get(GError **error);
  */
 const struct kvm_cpuid2 *mvm_kvm_effective_cpuid(GError **error);
 
+/* KVM_GET_CPUID2 of a vCPU, with exactly the entries it has. */
+struct kvm_cpuid2 *mvm_kvm_get_cpuid2(int vcpu_fd, GError **error);
+
 /* An ioctl that retries on EINTR; returns the ioctl's result, errno preserved on -1. */
 int mvm_kvm_ioctl(int fd, unsigned long request, void *arg);
 

@@ -123,17 +123,7 @@ const GArray *mvm_vcpu_get_saveable_msrs(MvmVcpu *vcpu, GError **error)
 
 struct kvm_cpuid2 *mvm_vcpu_get_cpuid(MvmVcpu *vcpu, GError **error)
 {
-    /* kvm_pvm's table may have more entries than its supported one. */
-    guint nent = MVM_KVM_MAX_CPUID_ENTRIES;
-    g_autofree struct kvm_cpuid2 *cpuid =
-        g_malloc0(sizeof(*cpuid) + nent * sizeof(cpuid->entries[0]));
-
-    cpuid->nent = nent;
-    if (mvm_kvm_ioctl(vcpu->fd, KVM_GET_CPUID2, cpuid) < 0) {
-        mvm_kvm_set_errno_error(error, "KVM_GET_CPUID2");
-        return NULL;
-    }
-    return g_steal_pointer(&cpuid);
+    return mvm_kvm_get_cpuid2(vcpu->fd, error);
 }
 
 static GBytes *get_xsave(MvmVcpu *vcpu, GError **error)

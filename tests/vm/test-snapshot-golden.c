@@ -10,6 +10,7 @@
 #include <gio/gio.h>
 #include <string.h>
 
+#include "cpu-features.h"
 #include "kvm.h"
 #include "snapshot-test-util.h"
 #include "snapshot.h"
@@ -96,7 +97,8 @@ static gboolean msr_listed(const MvmKvm *kvm, guint32 index)
 
 /*
  * Why this host must refuse the golden snapshot, in the order the restore checks (the decoder's
- * XSAVE size and MSR list, then the TSC rate): NULL when it must take it. Sets @code.
+ * XSAVE size and MSR list, then the CPU features, then the TSC rate): NULL when it must take
+ * it. Sets @code.
  */
 static char *predict_refusal(const MvmSnapshotState *state, int *code)
 {
@@ -117,6 +119,16 @@ static char *predict_refusal(const MvmSnapshotState *state, int *code)
     for (guint i = 0; i < vcpu->msrs->nmsrs; i++)
         if (!msr_listed(kvm, vcpu->msrs->entries[i].index))
             return g_strdup_printf("MSR 0x%x is not one KVM saves", vcpu->msrs->entries[i].index);
+
+    /* Then the CPU features its guest saw, which this host's guests must be shown too. */
+    const struct kvm_cpuid2 *effective = mvm_kvm_effective_cpuid(&error);
+    g_assert_no_error(error);
+    g_autofree char *missing =
+        mvm_cpuid_missing_features(vcpu->cpuid, effective, kvm->supported_cpuid);
+    if (missing != NULL) {
+        *code = MVM_ERROR_INCOMPATIBLE_CPU;
+        return g_strdup_printf("CPU features this host's KVM cannot give: %s", missing);
+    }
 
     /* A VM that never runs, for a vCPU to ask this host's TSC rate. */
     g_autoptr(Capture) c = capture_new();
