@@ -125,7 +125,8 @@ static void create_refused(Fixture *f, const char *name, const char *says)
 
     g_assert_null(path);
     mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
-    g_test_message("cpu-template %s: %s", value, error->message);
+    g_test_message("cpu-template %.80s: %s", value, error->message);
+    g_assert_cmpuint(strlen(error->message), <, 1024); /* the caller's text is not echoed whole */
     g_assert_nonnull(strstr(error->message, "cpu-template"));
     if (says && !strstr(error->message, says))
         g_error("'%s' is not in: %s", says, error->message);
@@ -216,6 +217,7 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_autofree char *link = g_build_filename(f->template_dir, "link.json", NULL);
     g_autofree char *outside = g_build_filename(f->bus->tmpdir, "outside.json", NULL);
     g_autofree char *big = g_strnfill(70000, ' ');
+    g_autofree char *long_name = g_strnfill(100000, 'x');
 
     create_refused(f, "nosuch", "nosuch");
     create_refused(f, "../etc/passwd", NULL);
@@ -223,6 +225,8 @@ static void test_refused(Fixture *f, gconstpointer data)
     create_refused(f, "a/b", NULL);
     create_refused(f, ".hidden", NULL);
     create_refused(f, "/etc/passwd", NULL);
+    create_refused(f, "ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ü", NULL);
+    create_refused(f, long_name, NULL);
 
     write_template(f, "corrupt.json", "{ \"cpuid\": [ { \"leaf\": ");
     create_refused(f, "corrupt", "corrupt.json");
