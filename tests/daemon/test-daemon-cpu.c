@@ -122,10 +122,12 @@ static void create_refused(Fixture *f, const char *name, const char *says)
     g_autofree char *text = guest_config("idle", extra);
     g_autoptr(GError) error = NULL;
     g_autofree char *path = create_vm(f, "refused", text, &error);
+    g_autofree char *shown = NULL;
 
     g_assert_null(path);
     mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
-    g_test_message("cpu-template %.80s: %s", value, error->message);
+    shown = g_utf8_substring(value, 0, MIN(g_utf8_strlen(value, -1), 80));
+    g_test_message("cpu-template %s: %s", shown, error->message);
     g_assert_cmpuint(strlen(error->message), <, 1024); /* the caller's text is not echoed whole */
     g_assert_nonnull(strstr(error->message, "cpu-template"));
     if (says && !strstr(error->message, says))
