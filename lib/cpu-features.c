@@ -180,21 +180,21 @@ static const char *const ext8_ebx[32] = {
  * on every host. A snapshot may hold them whatever the host can do.
  */
 static const MvmCpuidRegister feature_registers[] = {
-    {0x1, 0, MVM_CPUID_EDX, FALSE, (1U << 9) | (1U << 28), leaf1_edx},
-    {0x1, 0, MVM_CPUID_ECX, FALSE, (1U << 3) | (1U << 21) | (1U << 24) | (1U << 27) | (1U << 31),
+    {0x1, 0, MVM_CPUID_EDX, (1U << 9) | (1U << 28), leaf1_edx},
+    {0x1, 0, MVM_CPUID_ECX, (1U << 3) | (1U << 21) | (1U << 24) | (1U << 27) | (1U << 31),
      leaf1_ecx},
-    {0x6, 0, MVM_CPUID_EAX, FALSE, 0, leaf6_eax},
-    {0x7, 0, MVM_CPUID_EBX, TRUE, 0, leaf7_ebx},
-    {0x7, 0, MVM_CPUID_ECX, TRUE, 1U << 4, leaf7_ecx},
-    {0x7, 0, MVM_CPUID_EDX, TRUE, 0, leaf7_edx},
-    {0x7, 1, MVM_CPUID_EAX, TRUE, 0, leaf7_1_eax},
-    {0xd, 0, MVM_CPUID_EAX, TRUE, 0, leafd_eax},
-    {0xd, 1, MVM_CPUID_EAX, TRUE, 0, leafd_1_eax},
-    {0x40000001, 0, MVM_CPUID_EAX, FALSE, 0, kvm_eax},
-    {0x80000001, 0, MVM_CPUID_ECX, FALSE, 0, ext1_ecx},
-    {0x80000001, 0, MVM_CPUID_EDX, FALSE, 0, ext1_edx},
-    {0x80000007, 0, MVM_CPUID_EDX, FALSE, 0, ext7_edx},
-    {0x80000008, 0, MVM_CPUID_EBX, FALSE, 0, ext8_ebx},
+    {0x6, 0, MVM_CPUID_EAX, 0, leaf6_eax},
+    {0x7, 0, MVM_CPUID_EBX, 0, leaf7_ebx},
+    {0x7, 0, MVM_CPUID_ECX, 1U << 4, leaf7_ecx},
+    {0x7, 0, MVM_CPUID_EDX, 0, leaf7_edx},
+    {0x7, 1, MVM_CPUID_EAX, 0, leaf7_1_eax},
+    {0xd, 0, MVM_CPUID_EAX, 0, leafd_eax},
+    {0xd, 1, MVM_CPUID_EAX, 0, leafd_1_eax},
+    {0x40000001, 0, MVM_CPUID_EAX, 0, kvm_eax},
+    {0x80000001, 0, MVM_CPUID_ECX, 0, ext1_ecx},
+    {0x80000001, 0, MVM_CPUID_EDX, 0, ext1_edx},
+    {0x80000007, 0, MVM_CPUID_EDX, 0, ext7_edx},
+    {0x80000008, 0, MVM_CPUID_EBX, 0, ext8_ebx},
 };
 
 const MvmCpuidRegister *mvm_cpuid_feature_registers(guint *n)
@@ -226,13 +226,13 @@ guint32 *mvm_cpuid_entry_register(struct kvm_cpuid_entry2 *entry, MvmCpuidRegist
 }
 
 struct kvm_cpuid_entry2 *mvm_cpuid_find(const struct kvm_cpuid2 *cpuid, guint32 leaf,
-                                        guint32 subleaf, gboolean indexed)
+                                        guint32 subleaf)
 {
     for (guint i = 0; i < cpuid->nent; i++) {
         const struct kvm_cpuid_entry2 *e = &cpuid->entries[i];
-        /* A leaf that does not depend on ECX has one entry, whatever index it carries. */
-        gboolean by_index = indexed || (e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
-        if (e->function == leaf && (!by_index || e->index == subleaf))
+        /* As KVM looks it up: an entry without the flag answers for every subleaf. */
+        if (e->function == leaf &&
+            (!(e->flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) || e->index == subleaf))
             return (struct kvm_cpuid_entry2 *)e;
     }
     return NULL;
@@ -240,7 +240,7 @@ struct kvm_cpuid_entry2 *mvm_cpuid_find(const struct kvm_cpuid2 *cpuid, guint32 
 
 static guint32 register_value(const struct kvm_cpuid2 *cpuid, const MvmCpuidRegister *r)
 {
-    struct kvm_cpuid_entry2 *e = mvm_cpuid_find(cpuid, r->leaf, r->subleaf, r->indexed);
+    struct kvm_cpuid_entry2 *e = mvm_cpuid_find(cpuid, r->leaf, r->subleaf);
 
     return e != NULL ? *mvm_cpuid_entry_register(e, r->reg) : 0;
 }
@@ -267,7 +267,7 @@ void mvm_cpuid_add_bit_names(GPtrArray *names, guint32 leaf, guint32 subleaf,
 {
     for (gsize i = 0; i < G_N_ELEMENTS(feature_registers); i++) {
         const MvmCpuidRegister *r = &feature_registers[i];
-        if (r->leaf == leaf && (r->subleaf == subleaf || !r->indexed) && r->reg == reg) {
+        if (r->leaf == leaf && r->subleaf == subleaf && r->reg == reg) {
             add_bit_names(names, r, bits, FALSE);
             return;
         }

@@ -24,7 +24,6 @@ typedef struct {
     guint32 leaf;
     guint32 subleaf;
     MvmCpuidRegisterId reg;
-    gboolean indexed;         /* the leaf has subleaves (KVM_CPUID_FLAG_SIGNIFCANT_INDEX) */
     guint32 managed;          /* bits the VMM or the guest sets, not the host's CPU */
     const char *const *names; /* 32 entries, NULL where a bit has no name */
 } MvmCpuidRegister;
@@ -32,9 +31,12 @@ typedef struct {
 const MvmCpuidRegister *mvm_cpuid_feature_registers(guint *n);
 const char *mvm_cpuid_register_name(MvmCpuidRegisterId reg);
 guint32 *mvm_cpuid_entry_register(struct kvm_cpuid_entry2 *entry, MvmCpuidRegisterId reg);
-/* The entry of @leaf (and @subleaf, when the leaf has subleaves or @indexed); NULL if absent. */
+/*
+ * The entry KVM answers CPUID(@leaf, @subleaf) with: the first of that leaf whose subleaf
+ * matches or that does not depend on it (no KVM_CPUID_FLAG_SIGNIFCANT_INDEX). NULL if none.
+ */
 struct kvm_cpuid_entry2 *mvm_cpuid_find(const struct kvm_cpuid2 *cpuid, guint32 leaf,
-                                        guint32 subleaf, gboolean indexed);
+                                        guint32 subleaf);
 /* Appends the names of @bits of one register (named or not) to @names. */
 void mvm_cpuid_add_bit_names(GPtrArray *names, guint32 leaf, guint32 subleaf,
                              MvmCpuidRegisterId reg, guint32 bits);

@@ -23,7 +23,7 @@ typedef struct {
 
 typedef struct {
     guint32 index;
-    guint64 clear, set;
+    guint64 clear; /* bits taken away; a template never sets an MSR bit */
 } MsrModifier;
 
 struct _MvmCpuTemplate {
@@ -211,9 +211,16 @@ MvmCpuTemplate *mvm_cpu_template_new_recorded(const char *name, GError **error)
  * the rest ("{} {...}"), so the document must be one object and nothing after it but space.
  */
 #define JSON_DEPTH_MAX 8
+/*
+ * What standard JSON may have outside strings besides brackets and quotes: space, separators,
+ * numbers, true, false and null. json-glib reads more ('single quotes', comments, 0x10 and $10
+ * numbers), which would hide brackets from the count above; such a document is refused.
+ */
+#define JSON_BARE_CHARS " \t\r\n:,0123456789+-.eEtrufalsn"
 /* A line for a listing, not a manual. */
 #define DESCRIPTION_MAX 256
 
+/* One object, nested at most JSON_DEPTH_MAX deep, in standard JSON only. */
 static gboolean check_json_shape(const char *json, gsize len, GError **error)
 {
     gboolean in_string = FALSE, escaped = FALSE, ended = FALSE;
@@ -237,9 +244,18 @@ static gboolean check_json_shape(const char *json, gsize len, GError **error)
                 return invalid(error, "nested deeper than %d levels", JSON_DEPTH_MAX);
         } else if ((c == ']' || c == '}') && depth > 0) {
             ended = --depth == 0;
+        } else if (!strchr(JSON_BARE_CHARS, c) || c == '\0') {
+            return invalid(error, "byte 0x%02x at offset %" G_GSIZE_FORMAT " is not standard JSON",
+                           (guint8)c, i);
         }
     }
     return TRUE;
+}
+
+/* Untrusted text for a message: at most @max bytes, valid UTF-8 (cut characters repaired). */
+static char *shown_text(const char *text, gsize max)
+{
+    return g_utf8_make_valid(text, (gssize)MIN(strlen(text), max));
 }
 
 /* A JSON integer or a string of one ("0x1f", "31"), not above @max. */
@@ -264,10 +280,11 @@ static gboolean parse_number(JsonObject *object, const char *member, guint64 max
         return invalid(error, "\"%s\" must be a number or a string of one", member);
     const char *text = json_node_get_string(node);
     gboolean hex = g_str_has_prefix(text, "0x") || g_str_has_prefix(text, "0X");
-    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, max, out, NULL))
-        return invalid(error,
-                       "\"%s\" is \"%.40s\", not a number from 0 to 0x%" G_GINT64_MODIFIER "x",
-                       member, text, max);
+    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, max, out, NULL)) {
+        g_autofree char *shown = shown_text(text, 40);
+        return invalid(error, "\"%s\" is \"%s\", not a number from 0 to 0x%" G_GINT64_MODIFIER "x",
+                       member, shown, max);
+    }
     return TRUE;
 }
 
@@ -276,8 +293,10 @@ static gboolean check_members(JsonObject *object, const char *const *known, GErr
     g_autoptr(GList) members = json_object_get_members(object);
 
     for (GList *l = members; l != NULL; l = l->next)
-        if (!g_strv_contains(known, l->data))
-            return invalid(error, "unknown member \"%.64s\"", (const char *)l->data);
+        if (!g_strv_contains(known, l->data)) {
+            g_autofree char *shown = shown_text(l->data, 64);
+            return invalid(error, "unknown member \"%s\"", shown);
+        }
     return TRUE;
 }
 
@@ -290,7 +309,11 @@ static gboolean leaf_is_plausible(guint64 leaf)
 
 static gboolean parse_register(JsonObject *object, MvmCpuidRegisterId *reg, GError **error)
 {
-    const char *name = json_object_get_string_member_with_default(object, "register", NULL);
+    JsonNode *node = json_object_get_member(object, "register");
+    const char *name = node != NULL && JSON_NODE_HOLDS_VALUE(node) &&
+                               json_node_get_value_type(node) == G_TYPE_STRING
+                           ? json_node_get_string(node)
+                           : NULL;
 
     for (MvmCpuidRegisterId r = MVM_CPUID_EAX; name != NULL && r <= MVM_CPUID_EDX; r++)
         if (strcmp(name, mvm_cpuid_register_name(r)) == 0) {
@@ -332,20 +355,46 @@ static gboolean parse_cpuid_modifier(JsonObject *object, MvmCpuTemplate *tmpl, G
     return TRUE;
 }
 
+/*
+ * The MSRs a template may change: those whose bits announce what the CPU can do, and only to
+ * take bits away. KVM lets a VMM write far more (kvmclock and steal-time addresses, EFER,
+ * APICBASE, machine-check banks), none of it a template's business.
+ */
+static const struct {
+    guint32 index;
+    const char *name;
+} capability_msrs[] = {
+    {0xcf, "IA32_CORE_CAPABILITIES"},
+    {0x10a, "IA32_ARCH_CAPABILITIES"},
+    {0x345, "IA32_PERF_CAPABILITIES"},
+};
+
+static gboolean msr_is_capability(guint32 index)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(capability_msrs); i++)
+        if (capability_msrs[i].index == index)
+            return TRUE;
+    return FALSE;
+}
+
 static gboolean parse_msr_modifier(JsonObject *object, MvmCpuTemplate *tmpl, GError **error)
 {
-    static const char *const known[] = {"index", "clear", "set", NULL};
+    static const char *const known[] = {"index", "clear", NULL};
     guint64 index;
-    MsrModifier m;
+    MsrModifier m = {0};
 
     if (!check_members(object, known, error))
         return FALSE;
     if (!json_object_has_member(object, "index"))
         return invalid(error, "no \"index\"");
     if (!parse_number(object, "index", G_MAXUINT32, 0, &index, error) ||
-        !parse_number(object, "clear", G_MAXUINT64, 0, &m.clear, error) ||
-        !parse_number(object, "set", G_MAXUINT64, 0, &m.set, error))
+        !parse_number(object, "clear", G_MAXUINT64, 0, &m.clear, error))
         return FALSE;
+    if (!msr_is_capability((guint32)index))
+        return invalid(error,
+                       "MSR 0x%" G_GINT64_MODIFIER "x is not one a template may change (0xcf, "
+                       "0x10a, 0x345: the capability MSRs)",
+                       index);
     m.index = (guint32)index;
     for (guint i = 0; i < tmpl->msrs->len; i++)
         if (g_array_index(tmpl->msrs, MsrModifier, i).index == m.index)
@@ -399,7 +448,10 @@ static gboolean parse_template(JsonNode *root_node, MvmCpuTemplate *tmpl, GError
         const char *text = json_node_get_string(description);
         if (strlen(text) > DESCRIPTION_MAX)
             return invalid(error, "\"description\" is longer than %d bytes", DESCRIPTION_MAX);
-        tmpl->description = g_strdup(text); /* json-glib checked it is UTF-8 */
+        /* json-glib turns a lone surrogate ("\ud800") into bytes that are not UTF-8. */
+        if (!g_utf8_validate(text, -1, NULL))
+            return invalid(error, "\"description\" is not valid UTF-8");
+        tmpl->description = g_strdup(text);
     }
     return parse_modifiers(root, "cpuid", parse_cpuid_modifier, tmpl, error) &&
            parse_modifiers(root, "msrs", parse_msr_modifier, tmpl, error);
@@ -412,10 +464,11 @@ MvmCpuTemplate *mvm_cpu_template_new_from_json(const char *name, const char *jso
     g_autoptr(GError) local = NULL;
 
     if (!mvm_cpu_template_name_is_valid(name) || is_builtin(name)) {
+        g_autofree char *shown = shown_text(name != NULL ? name : "", 80);
         invalid(error,
-                "\"%.80s\" cannot name a custom CPU template (letters, digits, '-', '_' "
+                "\"%s\" cannot name a custom CPU template (letters, digits, '-', '_' "
                 "and '.', at most %d, not starting with '.', not a built-in name)",
-                name != NULL ? name : "", MVM_CPU_TEMPLATE_NAME_MAX);
+                shown, MVM_CPU_TEMPLATE_NAME_MAX);
         return NULL;
     }
     g_autoptr(MvmCpuTemplate) tmpl = template_new(name, NULL);
@@ -466,7 +519,7 @@ MvmCpuTemplate *mvm_cpu_template_new_from_fd(const char *name, int fd, GError **
 static gboolean apply_cpuid_modifier(const CpuidModifier *m, struct kvm_cpuid2 *cpuid,
                                      const char *name, GError **error)
 {
-    struct kvm_cpuid_entry2 *e = mvm_cpuid_find(cpuid, m->leaf, m->subleaf, FALSE);
+    struct kvm_cpuid_entry2 *e = mvm_cpuid_find(cpuid, m->leaf, m->subleaf);
 
     if (e == NULL) {
         if (m->set == 0)
@@ -509,7 +562,7 @@ gboolean mvm_cpu_template_check_shown(const MvmCpuTemplate *tmpl, const struct k
 
     for (guint i = 0; tmpl != NULL && i < tmpl->cpuid->len; i++) {
         const CpuidModifier *m = &g_array_index(tmpl->cpuid, CpuidModifier, i);
-        struct kvm_cpuid_entry2 *e = mvm_cpuid_find(shown, m->leaf, m->subleaf, FALSE);
+        struct kvm_cpuid_entry2 *e = mvm_cpuid_find(shown, m->leaf, m->subleaf);
         guint32 bits = e != NULL ? *mvm_cpuid_entry_register(e, m->reg) & m->clear & ~m->set : 0;
         mvm_cpuid_add_bit_names(unhidden, m->leaf, m->subleaf, m->reg, bits);
     }
@@ -536,7 +589,7 @@ gboolean mvm_cpu_template_apply_msrs(const MvmCpuTemplate *tmpl, MvmVcpu *vcpu, 
     g_autofree struct kvm_msrs *msrs = mvm_vcpu_get_msrs(vcpu, indices, tmpl->msrs->len, &local);
     for (guint i = 0; msrs != NULL && i < tmpl->msrs->len; i++) {
         const MsrModifier *m = &g_array_index(tmpl->msrs, MsrModifier, i);
-        msrs->entries[i].data = (msrs->entries[i].data & ~m->clear) | m->set;
+        msrs->entries[i].data &= ~m->clear;
     }
     if (msrs == NULL || !mvm_vcpu_set_msrs(vcpu, msrs, &local)) {
         g_set_error(error, MVM_ERROR, MVM_ERROR_INCOMPATIBLE_CPU,

@@ -42,6 +42,25 @@ GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *s)
         bytes_variant(&s->events, sizeof(s->events)), s->tsc_khz);
 }
 
+/*
+ * A table KVM could have given: no leaf answered twice (KVM answers with the first match, and
+ * the restore's feature check must read the entry the guest gets), and no hypervisor leaves
+ * past KVM's own at 0x40000000 (KVM looks for its signature at every 0x100 up to 0x40010000).
+ */
+static gboolean check_cpuid_entries(const struct kvm_cpuid2 *cpuid, GError **error)
+{
+    for (guint i = 0; i < cpuid->nent; i++) {
+        const struct kvm_cpuid_entry2 *e = &cpuid->entries[i];
+        if (e->function >= 0x40000100 && e->function <= 0x4fffffff)
+            return mvm_snapshot_invalid(error, "CPUID leaf 0x%x is not one KVM gives", e->function);
+        for (guint j = 0; j < i; j++)
+            if (cpuid->entries[j].function == e->function && cpuid->entries[j].index == e->index)
+                return mvm_snapshot_invalid(error, "CPUID leaf 0x%x subleaf 0x%x appears twice",
+                                            e->function, e->index);
+    }
+    return TRUE;
+}
+
 static gboolean cpuid_from_variant(GVariant *bytes, MvmVcpuState *state, GError **error)
 {
     gsize n;
@@ -55,7 +74,7 @@ static gboolean cpuid_from_variant(GVariant *bytes, MvmVcpuState *state, GError 
     state->cpuid = g_malloc0(sizeof(*state->cpuid) + n);
     state->cpuid->nent = (guint32)(n / entry);
     memcpy(state->cpuid->entries, data, n);
-    return TRUE;
+    return check_cpuid_entries(state->cpuid, error);
 }
 
 static gboolean msr_is_known(const MvmSnapshotLimits *limits, guint32 index)

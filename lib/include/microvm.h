@@ -125,24 +125,26 @@ typedef struct _MvmCpuTemplate MvmCpuTemplate;
 #define MVM_CPU_TEMPLATE_HOST          "host"
 #define MVM_CPU_TEMPLATE_NAME_MAX      64    /* bytes: [A-Za-z0-9_.-], not starting with '.' */
 #define MVM_CPU_TEMPLATE_JSON_MAX      65536 /* bytes of a template file */
-#define MVM_CPU_TEMPLATE_MODIFIERS_MAX 256   /* CPUID and MSR modifiers each */
+#define MVM_CPU_TEMPLATE_MODIFIERS_MAX 255   /* each kind (KVM_SET_MSRS takes < 256) */
 
 /* NULL-terminated, in the order a user should read them: "host", then the baselines. */
 const char *const *mvm_cpu_template_builtin_names(void);
 /* A built-in template; NULL and MVM_ERROR_INVALID_ARGUMENT for any other name. */
 MvmCpuTemplate *mvm_cpu_template_new_builtin(const char *name, GError **error);
 /*
- * A custom template from a JSON document (untrusted: sizes, counts, leaves, registers and
- * numbers are all checked; any problem is MVM_ERROR_INVALID_ARGUMENT naming where it is):
+ * A custom template from a JSON document (untrusted: standard JSON only, sizes, counts, leaves,
+ * registers and numbers are all checked; any problem is MVM_ERROR_INVALID_ARGUMENT naming where
+ * it is):
  *
  *     { "description": "optional text",
  *       "cpuid": [ { "leaf": "0x7", "subleaf": "0x0", "register": "ebx",
  *                    "clear": "0xffffffff", "set": "0x00000008" } ],
- *       "msrs":  [ { "index": "0x10a", "clear": "0xffffffffffffffff", "set": "0x0" } ] }
+ *       "msrs":  [ { "index": "0x10a", "clear": "0xffffffffffffffff" } ] }
  *
  * Numbers are JSON integers or strings "0x..." (hexadecimal) / decimal; "subleaf" defaults to
- * 0, "clear" and "set" to 0. Each register becomes (value & ~clear) | set. @name must be a
- * valid template name that is not a built-in one.
+ * 0, "clear" and "set" to 0. Each register becomes (value & ~clear) | set. MSR modifiers only
+ * clear bits, and only of the capability MSRs (0xcf, 0x10a, 0x345). @name must be a valid
+ * template name that is not a built-in one.
  */
 MvmCpuTemplate *mvm_cpu_template_new_from_json(const char *name, const char *json, gsize len,
                                                GError **error);

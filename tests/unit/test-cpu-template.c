@@ -88,7 +88,15 @@ static const BadJson bad_documents[] = {
      "{\"cpuid\": [{\"leaf\": \"0x7\", \"subleaf\": \"12abc\", \"register\": \"ebx\"}]}"},
     {"subleaf-empty",
      "{\"cpuid\": [{\"leaf\": \"0x7\", \"subleaf\": \"\", \"register\": \"ebx\"}]}"},
-    {"msr-value-65-bits", "{\"msrs\": [{\"index\": \"0x10a\", \"set\": \"0x10000000000000000\"}]}"},
+    {"msr-value-65-bits",
+     "{\"msrs\": [{\"index\": \"0x10a\", \"clear\": \"0x10000000000000000\"}]}"},
+    {"msr-set", "{\"msrs\": [{\"index\": \"0x10a\", \"set\": \"0x1\"}]}"},
+    {"msr-not-capability", "{\"msrs\": [{\"index\": \"0x4b564d01\", \"clear\": \"0x1\"}]}"},
+    {"comment", "{/*\"*/\"cpuid\": []}"},
+    {"single-quotes", "{'cpuid': []}"},
+    {"hex-number", "{\"cpuid\": [{\"leaf\": 0x1, \"register\": \"ecx\"}]}"},
+    {"lone-surrogate", "{\"description\": \"\\ud800x\"}"},
+    {"register-array", "{\"cpuid\": [{\"leaf\": 1, \"register\": []}]}"},
     {"msr-index-negative", "{\"msrs\": [{\"index\": -266, \"clear\": \"0x1\"}]}"},
 };
 
@@ -131,7 +139,7 @@ static void test_control(void)
     assert_valid("custom", "{\"cpuid\": [{\"leaf\": 7, \"subleaf\": \"0x0\", \"register\": "
                            "\"ebx\", \"clear\": 4294967295, \"set\": \"0x8\"}]}");
     assert_valid("custom", "{\"msrs\": [{\"index\": \"0x10a\", \"clear\": "
-                           "\"0xffffffffffffffff\", \"set\": \"0x0\"}]}");
+                           "\"0xffffffffffffffff\"}]}");
     assert_valid("custom", most);
     assert_valid(name, "{}");
     assert_valid("my_template-1.0", "{}");

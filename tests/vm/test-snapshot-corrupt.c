@@ -10,6 +10,7 @@
  * this build does not know restores.
  */
 #include <glib/gstdio.h>
+#include <linux/kvm.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -269,6 +270,38 @@ static void damage_unknown_msr(const char *dir)
                            MVM_SNAPSHOT_MINOR);
 }
 
+/* vCPU 0's CPUID table with its first entry twice, or that entry moved to a stray leaf. */
+static void write_cpuid_damage(const char *dir, gboolean stray_leaf)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    g_autoptr(GVariant) vcpus = g_variant_lookup_value(payload, "vcpus", NULL);
+    g_autoptr(GVariant) vcpu = g_variant_get_child_value(vcpus, 0);
+    g_autoptr(GVariant) cpuid = g_variant_get_child_value(vcpu, 0);
+    gsize size;
+    const guint8 *bytes = g_variant_get_fixed_array(cpuid, &size, 1);
+    gsize entry = sizeof(struct kvm_cpuid_entry2);
+    g_autofree guint8 *damaged = g_malloc(size + entry);
+
+    memcpy(damaged, bytes, size);
+    memcpy(damaged + size, bytes, entry);
+    if (stray_leaf)
+        ((struct kvm_cpuid_entry2 *)(damaged + size))->function = 0x40000101;
+    GVariant *table = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, damaged, size + entry, 1);
+    GVariant *new_vcpus = variant_replace_child(vcpus, 0, variant_replace_child(vcpu, 0, table));
+    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_cpuid_twice(const char *dir)
+{
+    write_cpuid_damage(dir, FALSE);
+}
+
+static void damage_cpuid_stray_leaf(const char *dir)
+{
+    write_cpuid_damage(dir, TRUE);
+}
+
 static void damage_unknown_device(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
@@ -332,6 +365,9 @@ static const Damage damages[] = {
     {"short-pit-state", damage_blob_size, "PIT state has 8 bytes"},
     {"unknown-device", damage_unknown_device, "virtio-blk7"},
     {"unknown-msr", damage_unknown_msr, "MSR 0xdeadbeef is not one KVM saves"},
+    {"cpuid-leaf-twice", damage_cpuid_twice, "appears twice"},
+    {"cpuid-stray-hypervisor-leaf", damage_cpuid_stray_leaf,
+     "CPUID leaf 0x40000101 is not one KVM gives"},
     {"state-symlink", damage_state_symlink, "cannot open state"},
     {"state-fifo", damage_state_fifo, "state is not a regular file"},
     {"memory-fifo", damage_memory_fifo, "memory is not a regular file"},
