@@ -189,9 +189,15 @@ char *mvmd_cpu_template_dir_from_config(const char *path, gboolean must_exist, G
 
     if (!file || !check_template_keys(file, path, error))
         return NULL;
-    value = g_key_file_get_string(file, MVMD_CONFIG_GROUP_CPU_TEMPLATES, DIRECTORY_KEY, NULL);
-    if (!value)
+    if (!g_key_file_has_key(file, MVMD_CONFIG_GROUP_CPU_TEMPLATES, DIRECTORY_KEY, NULL))
         return g_strdup(MVMD_CPU_TEMPLATE_DIR);
+    /* Not UTF-8 is an error here, not a silent default: the path goes into D-Bus replies. */
+    value = g_key_file_get_string(file, MVMD_CONFIG_GROUP_CPU_TEMPLATES, DIRECTORY_KEY, error);
+    if (!value) {
+        g_prefix_error(error, "%s: [%s] %s: ", path, MVMD_CONFIG_GROUP_CPU_TEMPLATES,
+                       DIRECTORY_KEY);
+        return NULL;
+    }
     g_strstrip(value);
     if (!g_path_is_absolute(value)) {
         g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,

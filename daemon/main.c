@@ -126,6 +126,11 @@ static gboolean choose_cpu_template_dir(MvmdDaemonOptions *options, char **dir,
     g_autofree char *given = g_steal_pointer(dir);
 
     options->cpu_template_dir_fixed = given != NULL;
+    /* Its path is quoted in D-Bus replies, which must be UTF-8. */
+    if (given && !g_utf8_validate(given, -1, NULL)) {
+        g_printerr("microvmd: --cpu-template-dir: the path must be UTF-8\n");
+        return FALSE;
+    }
     *dir = given ? g_canonicalize_filename(given, NULL)
                  : mvmd_cpu_template_dir_from_config(config_path, must_exist, &error);
     if (!*dir) {

@@ -370,8 +370,10 @@ static void test_config_file(Fixture *f, gconstpointer data)
     reload_moves_directory(f, conf);
     stop_daemon(f);
 
-    for (const char *const *bad = (const char *const[]){"[CPUTemplates]\nDirectory=relative\n",
-                                                        "[CPUTemplates]\nDir=/x\n", NULL};
+    for (const char *const *bad =
+             (const char *const[]){"[CPUTemplates]\nDirectory=relative\n",
+                                   "[CPUTemplates]\nDir=/x\n",
+                                   "[CPUTemplates]\nDirectory=/\xe9t\xe9\n", NULL};
          *bad; bad++) {
         const char *argv[] = {g_getenv("MICROVMD"), "--address=unix:path=/nonexistent", conf_arg,
                               NULL};
