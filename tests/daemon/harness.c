@@ -89,18 +89,23 @@ GDBusConnection *mvmd_test_bus_connect(MvmdTestBus *bus)
     return connection;
 }
 
-static gboolean name_has_owner(MvmdTestBus *bus)
+static gboolean bus_name_has_owner(MvmdTestBus *bus, const char *name)
 {
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
         bus->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-        "NameHasOwner", g_variant_new("(s)", BUS_NAME), G_VARIANT_TYPE("(b)"),
-        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+        "NameHasOwner", g_variant_new("(s)", name), G_VARIANT_TYPE("(b)"), G_DBUS_CALL_FLAGS_NONE,
+        -1, NULL, &error);
     gboolean owned = FALSE;
 
     g_assert_no_error(error);
     g_variant_get(reply, "(b)", &owned);
     return owned;
+}
+
+static gboolean name_has_owner(MvmdTestBus *bus)
+{
+    return bus_name_has_owner(bus, BUS_NAME);
 }
 
 gboolean mvmd_test_bus_daemon_alive(MvmdTestBus *bus)
@@ -313,6 +318,33 @@ GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, con
                                         "--object-path", path, "--method", member, NULL);
     g_assert_no_error(error);
     return child;
+}
+
+GSubprocess *mvmd_test_start_polkit_mock(MvmdTestBus *bus, const char *action)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
+    g_autoptr(GSubprocess) mock = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = NULL;
+    gint status = -1;
+
+    if (!g_spawn_command_line_sync("/usr/bin/python3 -c 'import dbusmock'", NULL, NULL, &status,
+                                   NULL) ||
+        !g_spawn_check_wait_status(status, NULL))
+        return NULL;
+    g_subprocess_launcher_setenv(launcher, "DBUS_SESSION_BUS_ADDRESS", bus->address, TRUE);
+    g_subprocess_launcher_set_child_setup(launcher, child_setup, NULL, NULL);
+    mock = g_subprocess_launcher_spawn(launcher, &error, "/usr/bin/python3", "-m", "dbusmock",
+                                       "--session", "--template", "polkitd", NULL);
+    g_assert_no_error(error);
+    mvmd_test_wait_until(bus_name_has_owner(bus, "org.freedesktop.PolicyKit1"), 30000);
+    reply = g_dbus_connection_call_sync(
+        bus->connection, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
+        "org.freedesktop.DBus.Mock", "SetAllowed", g_variant_new_parsed("([%s],)", action), NULL,
+        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    return g_steal_pointer(&mock);
 }
 
 GVariant *mvmd_test_vm_config(MvmdVm *vm)

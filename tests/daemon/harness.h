@@ -103,4 +103,10 @@ void mvmd_test_bus_open_to_all(MvmdTestBus *bus);
  */
 GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, const char *method);
 
+/*
+ * python-dbusmock's polkitd on the private bus, allowing @action (as tests/system does on its
+ * system-like bus), or NULL when python-dbusmock is not installed. It dies with the test.
+ */
+GSubprocess *mvmd_test_start_polkit_mock(MvmdTestBus *bus, const char *action);
+
 G_END_DECLS

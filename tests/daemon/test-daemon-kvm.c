@@ -5,11 +5,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/inotify.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1253,55 +1251,6 @@ static char *restore_as_nobody(Fixture *f, const char *name, const char *options
     return out;
 }
 
-static void die_with_test(gpointer data)
-{
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-}
-
-static gboolean has_owner(Fixture *f, const char *name)
-{
-    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
-        f->bus->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-        "NameHasOwner", g_variant_new("(s)", name), G_VARIANT_TYPE("(b)"), G_DBUS_CALL_FLAGS_NONE,
-        -1, NULL, NULL);
-    gboolean owned = FALSE;
-
-    if (reply)
-        g_variant_get(reply, "(b)", &owned);
-    return owned;
-}
-
-/*
- * python-dbusmock's polkitd on the private bus, allowing @action (as tests/system does on its
- * system-like bus), or NULL when python-dbusmock is not installed.
- */
-static GSubprocess *start_polkit_mock(Fixture *f, const char *action)
-{
-    g_autoptr(GSubprocessLauncher) launcher =
-        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
-    g_autoptr(GSubprocess) mock = NULL;
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = NULL;
-    gint status = -1;
-
-    if (!g_spawn_command_line_sync("/usr/bin/python3 -c 'import dbusmock'", NULL, NULL, &status,
-                                   NULL) ||
-        !g_spawn_check_wait_status(status, NULL))
-        return NULL;
-    g_subprocess_launcher_setenv(launcher, "DBUS_SESSION_BUS_ADDRESS", f->bus->address, TRUE);
-    g_subprocess_launcher_set_child_setup(launcher, die_with_test, NULL, NULL);
-    mock = g_subprocess_launcher_spawn(launcher, &error, "/usr/bin/python3", "-m", "dbusmock",
-                                       "--session", "--template", "polkitd", NULL);
-    g_assert_no_error(error);
-    mvmd_test_wait_until(has_owner(f, "org.freedesktop.PolicyKit1"), 30000);
-    reply = g_dbus_connection_call_sync(
-        f->bus->connection, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
-        "org.freedesktop.DBus.Mock", "SetAllowed", g_variant_new_parsed("([%s],)", action), NULL,
-        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
-    g_assert_no_error(error);
-    return g_steal_pointer(&mock);
-}
-
 /*
  * What a test with a client run as nobody needs: root, the bus open to all, and the polkit mock
  * allowing @action. NULL (and the test skipped) when that cannot be.
@@ -1315,7 +1264,7 @@ static GSubprocess *start_nobody_and_polkit(Fixture *f, const char *action)
         return NULL;
     }
     mvmd_test_bus_open_to_all(f->bus);
-    mock = start_polkit_mock(f, action);
+    mock = mvmd_test_start_polkit_mock(f->bus, action);
     if (!mock)
         g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
     return mock;
