@@ -22,6 +22,10 @@ typedef struct {
     int kvm_api_version;      /* -1: no KVM */
     gboolean stopping;        /* SIGTERM etc.: no new starts, no restarts on reset */
     gboolean force_stop;      /* the graceful part of stopping is over */
+    /* Custom CPU templates (cpu-templates.h): --cpu-template-dir, else microvmd.conf's
+     * [CPUTemplates] Directory= (read again by Reload), else MVMD_CPU_TEMPLATE_DIR. Owned. */
+    char *cpu_template_dir;
+    gboolean cpu_template_dir_fixed; /* given with --cpu-template-dir: Reload keeps it */
 } MvmdContext;
 
 G_END_DECLS

@@ -317,6 +317,7 @@ static void cleanup(Daemon *d)
     mvmd_store_free(d->ctx.store);
     /* A VM still in an operation (one that would not stop) keeps the ledger alive. */
     mvmd_quota_unref(d->ctx.quota);
+    g_free(d->ctx.cpu_template_dir);
     g_main_loop_unref(d->loop);
 }
 
@@ -332,14 +333,16 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     d.ctx.quota = options->quota;
     d.ctx.config_path = options->config_path;
     d.ctx.config_required = options->config_required;
+    d.ctx.cpu_template_dir = g_strdup(options->cpu_template_dir);
+    d.ctx.cpu_template_dir_fixed = options->cpu_template_dir_fixed;
     d.loop = g_main_loop_new(NULL, FALSE);
     /* A client closing its console socket must not kill us. */
     signal(SIGPIPE, SIG_IGN);
     d.signal_sources[0] = g_unix_signal_add(SIGTERM, on_signal, &d);
     d.signal_sources[1] = g_unix_signal_add(SIGINT, on_signal, &d);
     d.signal_sources[2] = g_unix_signal_add(SIGHUP, on_sighup, &d);
-    g_message("microvmd %s starting (state %s, runtime %s)", MVMD_VERSION, options->state_dir,
-              options->runtime_dir);
+    g_message("microvmd %s starting (state %s, runtime %s, CPU templates %s)", MVMD_VERSION,
+              options->state_dir, options->runtime_dir, options->cpu_template_dir);
 
     if (!start(&d, &error)) {
         g_warning("cannot start: %s", error->message);

@@ -23,6 +23,8 @@ typedef struct {
     MvmdQuota *quota;           /* taken: the limits read from config_path */
     const char *config_path;
     gboolean config_required;
+    const char *cpu_template_dir;    /* where custom CPU templates are (never NULL) */
+    gboolean cpu_template_dir_fixed; /* from --cpu-template-dir: microvmd.conf does not change it */
 } MvmdDaemonOptions;
 
 /* Runs the daemon until it is told to stop; returns the exit status. */

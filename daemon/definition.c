@@ -9,6 +9,7 @@
 
 #include <gio/gunixfdlist.h>
 
+#include "cpu-templates.h"
 #include "errors.h"
 #include "fd-closer.h"
 
@@ -44,6 +45,7 @@ void mvmd_vm_definition_free(MvmdVmDefinition *config)
     mvmd_close_later(config->snapshot_fd);
     mvmd_close_later(config->snapshot_state_fd);
     mvmd_close_later(config->snapshot_memory_fd);
+    g_free(config->cpu_template);
     g_free(config);
 }
 
@@ -248,6 +250,19 @@ static gboolean parse_rng(MvmdVmDefinition *config, const char *key, GVariant *v
     return TRUE;
 }
 
+/* The name only (no '/', bounded): whether the template loads is CreateVM's to check. */
+static gboolean parse_cpu_template(MvmdVmDefinition *config, const char *key, GVariant *value,
+                                   GUnixFDList *fd_list, GError **error)
+{
+    const char *name = g_variant_get_string(value, NULL);
+
+    if (!mvmd_cpu_template_name_check(name, error))
+        return FALSE;
+    g_free(config->cpu_template);
+    config->cpu_template = g_strdup(name);
+    return TRUE;
+}
+
 static const KeyInfo keys[] = {
     {"vcpus", "u", parse_vcpus, TRUE},
     {"memory-mib", "t", parse_memory, TRUE},
@@ -264,6 +279,7 @@ static const KeyInfo keys[] = {
     {"network", "aa{sv}", parse_network, TRUE},
     {"vsock", "a{sv}", parse_vsock, TRUE},
     {"rng", "b", parse_rng, TRUE},
+    {"cpu-template", "s", parse_cpu_template, TRUE},
 };
 
 static const KeyInfo *key_lookup(const char *key)
@@ -446,7 +462,14 @@ GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
         &b, "{sv}", "on-reboot",
         g_variant_new_string(config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart"));
     mvmd_devices_to_variant(&config->devices, &b);
+    g_variant_builder_add(&b, "{sv}", "cpu-template",
+                          g_variant_new_string(mvmd_vm_definition_cpu_template(config)));
     return g_variant_builder_end(&b);
+}
+
+const char *mvmd_vm_definition_cpu_template(const MvmdVmDefinition *config)
+{
+    return config->cpu_template ? config->cpu_template : MVM_CPU_TEMPLATE_HOST;
 }
 
 MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config)
@@ -505,6 +528,9 @@ GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
     g_key_file_set_string(kf, GROUP_CONFIG, "on-reboot",
                           config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart");
     devices_to_keyfile(kf, config);
+    /* Left out when not given: a definition without it is "host" to any version. */
+    if (config->cpu_template)
+        g_key_file_set_string(kf, GROUP_CONFIG, "cpu-template", config->cpu_template);
     return g_steal_pointer(&kf);
 }
 

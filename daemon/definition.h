@@ -35,6 +35,9 @@ typedef struct {
     gboolean debug_exit;
     MvmdOnReboot on_reboot;
     MvmdDevices devices; /* disks, network, vsock, rng */
+    /* `cpu-template`: NULL for "host". Only the name: the template is loaded at each start
+     * (its file may change or go), and checked at CreateVM (mvmd_cpu_template_load()). */
+    char *cpu_template;
     /* A VM made by RestoreVM starts from its snapshot, not from a kernel. */
     char *snapshot_dir;
     int snapshot_fd;
@@ -84,7 +87,11 @@ gboolean mvmd_vm_definition_is_restored(const MvmdVmDefinition *config);
 /* What GetConfig answers: every key with defaults filled in (a{sv}, floating). */
 GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config);
 
-/* For mvm_vm_new(); fds are borrowed (the library dups what it needs). */
+/* The `cpu-template` name, "host" when none was given. */
+const char *mvmd_vm_definition_cpu_template(const MvmdVmDefinition *config);
+
+/* For mvm_vm_new(); fds are borrowed (the library dups what it needs). No CPU template: the
+ * operation that builds the machine loads it (vm-ops.c). */
 MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config);
 
 /* Persistence: group [VM] with Name and UUID, group [Config] with the config keys. */

@@ -17,9 +17,12 @@ typedef enum {
     MVMD_ERROR_NO_RESOURCES,     /* org.microvmd.MicroVM1.Error.NoResources */
     MVMD_ERROR_LIMIT_REACHED,    /* org.microvmd.MicroVM1.Error.LimitReached (bounds.h) */
     MVMD_ERROR_QUOTA_EXCEEDED,   /* org.microvmd.MicroVM1.Error.QuotaExceeded (quota.h) */
+    /* org.microvmd.MicroVM1.Error.IncompatibleCPU: this host's CPU lacks what a snapshot's
+     * guest saw, or what a CPU template sets (MVM_ERROR_INCOMPATIBLE_CPU) */
+    MVMD_ERROR_INCOMPATIBLE_CPU,
 } MvmdError;
 
-#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_QUOTA_EXCEEDED + 1)
+#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_INCOMPATIBLE_CPU + 1)
 
 #define MVMD_ERROR (mvmd_error_quark())
 GQuark mvmd_error_quark(void);

@@ -10,6 +10,7 @@
 #include "microvm.h"
 
 #include "auth.h"
+#include "cpu-templates.h"
 #include "daemon.h"
 #include "errors.h"
 #include "log.h"
@@ -114,6 +115,27 @@ static gboolean lock_process(void)
     return TRUE;
 }
 
+/*
+ * --cpu-template-dir, else the config file's, else the built-in default. Absolute: the daemon
+ * opens it afresh for every template it loads, whatever the working directory is by then.
+ */
+static gboolean choose_cpu_template_dir(MvmdDaemonOptions *options, char **dir,
+                                        const char *config_path, gboolean must_exist)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *given = g_steal_pointer(dir);
+
+    options->cpu_template_dir_fixed = given != NULL;
+    *dir = given ? g_canonicalize_filename(given, NULL)
+                 : mvmd_cpu_template_dir_from_config(config_path, must_exist, &error);
+    if (!*dir) {
+        g_printerr("microvmd: %s\n", error->message);
+        return FALSE;
+    }
+    options->cpu_template_dir = *dir;
+    return TRUE;
+}
+
 int main(int argc, char **argv)
 {
     gboolean system = FALSE, session = FALSE, replace = FALSE, verbose = FALSE;
@@ -126,6 +148,7 @@ int main(int argc, char **argv)
     g_autofree char *config = NULL;
     g_autofree char *config_path = NULL;
     g_autofree char *sandbox = NULL;
+    g_autofree char *cpu_template_dir = NULL;
     const GOptionEntry entries[] = {
         {"system", 0, 0, G_OPTION_ARG_NONE, &system, "Use the system bus (default)", NULL},
         {"session", 0, 0, G_OPTION_ARG_NONE, &session, "Use the session bus", NULL},
@@ -146,7 +169,13 @@ int main(int argc, char **argv)
         {"socket-group", 0, 0, G_OPTION_ARG_STRING, &socket_group,
          "Members of GROUP may use the socket-activated socket too (default: root only)", "GROUP"},
         {"config", 0, 0, G_OPTION_ARG_FILENAME, &config,
-         "Read the quotas from FILE (default " MVMD_CONFIG_FILE ", if it exists)", "FILE"},
+         "Read the quotas and the CPU template directory from FILE (default " MVMD_CONFIG_FILE
+         ", if it exists)",
+         "FILE"},
+        {"cpu-template-dir", 0, 0, G_OPTION_ARG_FILENAME, &cpu_template_dir,
+         "Custom CPU templates, NAME.json (default: [CPUTemplates] Directory= of the config "
+         "file, else " MVMD_CPU_TEMPLATE_DIR ")",
+         "DIR"},
         {"sandbox", 0, 0, G_OPTION_ARG_STRING, &sandbox,
          "Sandbox of vCPU and I/O threads: enforce (default), log or off", "MODE"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
@@ -191,6 +220,10 @@ int main(int argc, char **argv)
     }
     options.config_path = config_path;
     options.config_required = config != NULL;
+    if (!choose_cpu_template_dir(&options, &cpu_template_dir, config_path, config != NULL)) {
+        mvmd_quota_unref(options.quota);
+        return 2;
+    }
     mvmd_log_init(verbose);
     if (!lock_process())
         return 1;

@@ -7,6 +7,7 @@
 
 #include "auth.h"
 #include "caller-files.h"
+#include "cpu-templates.h"
 #include "errors.h"
 #include "fd-closer.h"
 #include "names.h"
@@ -180,6 +181,26 @@ static gboolean caller_uid(GDBusMethodInvocation *invocation, guint32 *owner, GE
 
 /* ---- CreateVM: handle → authorize → validate → define → complete ----------------------- */
 
+/*
+ * The template must load now, so that a typo or a corrupt file is the caller's error at
+ * CreateVM rather than a surprise at Start; each Start loads it again (vm-ops.c). On the main
+ * loop: a built-in one costs nothing, a file is one bounded read of a regular file in the
+ * administrator's directory, opened without blocking (cpu-templates.c).
+ */
+static gboolean check_cpu_template(MvmdManagerService *self, const MvmdVmDefinition *config,
+                                   GError **error)
+{
+    g_autoptr(MvmCpuTemplate) tmpl = NULL;
+
+    if (!config->cpu_template)
+        return TRUE;
+    tmpl = mvmd_cpu_template_load(self->ctx->cpu_template_dir, config->cpu_template, error);
+    if (tmpl)
+        return TRUE;
+    g_prefix_error(error, "config key 'cpu-template': ");
+    return FALSE;
+}
+
 typedef struct {
     MvmdManagerService *self;
     GDBusMethodInvocation *invocation;
@@ -216,6 +237,7 @@ static void create_vm(CreateCall *call)
                                                      &error);
     if (!config || !caller_uid(call->invocation, &config->owner, &error) ||
         !mvmd_auth_check_config_paths(call->invocation, config, &error) ||
+        !check_cpu_template(self, config, &error) ||
         !charge_definition(self, config, FALSE, &charge, &error) ||
         (config->persist && !mvmd_store_save(self->ctx->store, config, &error))) {
         mvmd_quota_release(&charge);
@@ -578,16 +600,33 @@ static void drop_outdated(MvmdManagerService *self, GPtrArray *configs)
     }
 }
 
+/* [CPUTemplates] Directory= again, unless --cpu-template-dir fixed it (then NULL: keep it). */
+static gboolean reload_cpu_template_dir(MvmdManagerService *self, char **dir, GError **error)
+{
+    *dir = NULL;
+    if (self->ctx->cpu_template_dir_fixed)
+        return TRUE;
+    *dir = mvmd_cpu_template_dir_from_config(self->ctx->config_path, self->ctx->config_required,
+                                             error);
+    return *dir != NULL;
+}
+
 gboolean mvmd_manager_service_reload(MvmdManagerService *self, GError **error)
 {
     g_autoptr(GPtrArray) configs = NULL;
     g_autofree char *status = NULL;
+    g_autofree char *template_dir = NULL;
 
     /* A file with a mistake changes nothing: the limits in force stay, and so do the VMs. */
-    if (!mvmd_quota_load(self->ctx->quota, self->ctx->config_path, self->ctx->config_required,
+    if (!reload_cpu_template_dir(self, &template_dir, error) ||
+        !mvmd_quota_load(self->ctx->quota, self->ctx->config_path, self->ctx->config_required,
                          error)) {
         g_prefix_error(error, "the configuration is not valid, nothing reloaded: ");
         return FALSE;
+    }
+    if (template_dir) {
+        g_free(self->ctx->cpu_template_dir);
+        self->ctx->cpu_template_dir = g_steal_pointer(&template_dir);
     }
     configs = mvmd_store_load_all(self->ctx->store);
     mvmd_sd_notify_reloading();
@@ -655,7 +694,8 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
     self->object_manager = g_object_ref(object_manager);
     for (const char *const *c =
              (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
-                                   "fd-passing", "snapshot", "freeze-clock", "devices", NULL};
+                                   "fd-passing", "snapshot", "freeze-clock", "devices",
+                                   "cpu-template", NULL};
          *c; c++)
         g_ptr_array_add(caps, (gpointer)*c);
     if (ctx->kvm_api_version >= 0)

@@ -23,6 +23,7 @@
 #define MVMD_DBUS_ERROR_NO_RESOURCES     MVMD_DBUS_ERROR_PREFIX "NoResources"
 #define MVMD_DBUS_ERROR_LIMIT_REACHED    MVMD_DBUS_ERROR_PREFIX "LimitReached"
 #define MVMD_DBUS_ERROR_QUOTA_EXCEEDED   MVMD_DBUS_ERROR_PREFIX "QuotaExceeded"
+#define MVMD_DBUS_ERROR_INCOMPATIBLE_CPU MVMD_DBUS_ERROR_PREFIX "IncompatibleCPU"
 
 /*
  * polkit action ids (the systemd helper installs the policy). Each pair: acting on one's own VMs

@@ -9,12 +9,11 @@
 
 #include <glib/gstdio.h>
 
+#include "config-file.h"
 #include "errors.h"
 
 #define DEFAULT_VMS   64
 #define DEFAULT_VCPUS 256
-
-#define CONFIG_SIZE_MAX (1024 * 1024)
 
 #define QUOTA_GROUP        "Quota"
 #define QUOTA_GROUP_PREFIX "Quota:"
@@ -185,7 +184,8 @@ static gboolean read_quota_groups(GKeyFile *file, const char *path, Limits *defa
         Limits *limits;
         uid_t uid;
 
-        if (g_str_equal(*group, QUOTA_GROUP))
+        if (g_str_equal(*group, QUOTA_GROUP) ||
+            g_str_equal(*group, MVMD_CONFIG_GROUP_CPU_TEMPLATES))
             continue;
         /* [quota] or [Quotas] would silently leave the defaults in force. */
         if (!g_str_has_prefix(*group, QUOTA_GROUP_PREFIX) &&
@@ -208,51 +208,17 @@ static gboolean read_quota_groups(GKeyFile *file, const char *path, Limits *defa
     return TRUE;
 }
 
-/*
- * A FIFO would hang the start (or the main loop, on Reload), and a huge file would be read
- * whole: only a regular file of a sane size, or a character device such as /dev/null.
- */
-static gboolean check_config_file(const char *path, GError **error)
-{
-    GStatBuf st;
-
-    if (g_stat(path, &st) < 0)
-        return TRUE; /* as g_file_get_contents() will say */
-    if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s: not a regular file", path);
-        return FALSE;
-    }
-    if (st.st_size > CONFIG_SIZE_MAX) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s: larger than %d bytes", path,
-                    CONFIG_SIZE_MAX);
-        return FALSE;
-    }
-    return TRUE;
-}
-
 gboolean mvmd_quota_load(MvmdQuota *quota, const char *path, gboolean must_exist, GError **error)
 {
-    g_autoptr(GKeyFile) file = g_key_file_new();
+    g_autoptr(GKeyFile) file = mvmd_config_file_load(path, must_exist, error);
     g_autoptr(GHashTable) per_user =
         g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)limits_free);
-    g_autoptr(GError) local = NULL;
-    g_autofree char *text = NULL;
-    gsize length = 0;
     Limits defaults = {0};
 
-    if (!check_config_file(path, error))
+    if (!file)
         return FALSE;
     set_builtin_defaults(&defaults);
-    /* Read whole rather than by g_key_file_load_from_file(), which refuses /dev/null. */
-    if (!g_file_get_contents(path, &text, &length, &local)) {
-        if (must_exist || !g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT)) {
-            g_propagate_error(error, g_steal_pointer(&local));
-            return FALSE;
-        }
-    } else if (!g_key_file_load_from_data(file, text, length, G_KEY_FILE_NONE, &local)) {
-        g_set_error(error, local->domain, local->code, "%s: %s", path, local->message);
-        return FALSE;
-    } else if (!read_quota_groups(file, path, &defaults, per_user, error)) {
+    if (!read_quota_groups(file, path, &defaults, per_user, error)) {
         g_free(defaults.group);
         return FALSE;
     }

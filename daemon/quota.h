@@ -20,9 +20,9 @@
 
 #include <glib.h>
 
-G_BEGIN_DECLS
+#include "config-file.h"
 
-#define MVMD_CONFIG_FILE "/etc/microvmd/microvmd.conf"
+G_BEGIN_DECLS
 
 #define MVMD_QUOTA_UNLIMITED G_MAXUINT64
 

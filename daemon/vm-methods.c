@@ -4,8 +4,8 @@
  * name, owner and the method as details) → act: check the state, start an operation in a worker
  * (vm-ops.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
  * own action, or the -others one for everyone else. Reading (GetConfig, GetExitReason,
- * GetStats) is free for the owner and needs read-others for anyone else. Main loop only, like
- * the state machine (vm-service.c) whose fields it reads and whose operations it begins.
+ * GetStats, GetCPUConfig) is free for the owner and needs read-others for anyone else. Main loop
+ * only, like the state machine (vm-service.c) whose fields it reads and whose operations it begins.
  */
 #include <unistd.h>
 
@@ -96,12 +96,24 @@ static gboolean return_state_error(GDBusMethodInvocation *invocation, const char
     return FALSE;
 }
 
+static const char *op_description(Op op)
+{
+    switch (op) {
+    case OP_START:
+        return "start";
+    case OP_CPU_CONFIG:
+        return "reading the CPU configuration";
+    default:
+        return "state change";
+    }
+}
+
 /* Common checks; FALSE when an error was returned. */
 static gboolean check_idle(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
     if (self->op != OP_NONE)
         return return_state_error(invocation, "operation in progress (%s)",
-                                  self->op == OP_START ? "start" : "state change");
+                                  op_description(self->op));
     return TRUE;
 }
 
@@ -527,6 +539,31 @@ static void act_get_exit_reason(MvmdVmService *self, GDBusMethodInvocation *invo
     mvmd_vm_complete_get_exit_reason(MVMD_VM(self), invocation, self->exit_reason);
 }
 
+/*
+ * The vCPUs are KVM's, so there must be a machine (running or paused), and only one operation
+ * at a time touches it: a Stop cannot free it under the read (vm-ops.c).
+ */
+static void act_get_cpu_config(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    MvmVmState state = mvmd_vm_service_run_state(self);
+
+    if (!check_idle(self, invocation))
+        return;
+    if (!self->run || (state != MVM_VM_STATE_RUNNING && state != MVM_VM_STATE_PAUSED)) {
+        return_state_error(invocation,
+                           "the VM is %s: its CPU configuration exists only while it is running "
+                           "or paused (GetConfig shows its cpu-template)",
+                           mvmd_vm_get_state(MVMD_VM(self)));
+        return;
+    }
+    mvmd_vm_service_begin_op(self, OP_CPU_CONFIG, invocation, NULL, NULL);
+}
+
+static gboolean handle_get_cpu_config(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_cpu_config, 0);
+}
+
 static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
     return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_stats, 0);
@@ -556,4 +593,5 @@ void mvmd_vm_service_iface_init(MvmdVmIface *iface)
     iface->handle_get_stats = handle_get_stats;
     iface->handle_get_config = handle_get_config;
     iface->handle_get_exit_reason = handle_get_exit_reason;
+    iface->handle_get_cpu_config = handle_get_cpu_config;
 }

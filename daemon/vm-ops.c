@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "cpu-templates.h"
 #include "errors.h"
 #include "fd-closer.h"
 
@@ -35,7 +36,8 @@ static void set_restore(OpData *d, const MvmdVmDefinition *definition)
     d->restore_own_backends = definition->devices.from_snapshot;
 }
 
-OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition)
+OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition,
+                            const char *cpu_template_dir)
 {
     OpData *d = g_new0(OpData, 1);
     const OpArgs none = OP_ARGS_INIT;
@@ -46,6 +48,8 @@ OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDef
     d->restore_fd = d->restore_state_fd = d->restore_memory_fd = -1;
     if (op == OP_START) {
         d->mvm_config = mvmd_vm_definition_to_mvm(definition);
+        d->cpu_template = g_strdup(definition->cpu_template);
+        d->cpu_template_dir = g_strdup(cpu_template_dir);
         set_restore(d, definition);
     }
     return d;
@@ -63,6 +67,9 @@ void mvmd_vm_op_data_free(OpData *d)
     g_clear_pointer(&d->run, mvmd_vm_run_unref);
     g_free(d->restore_dir);
     g_free(d->reason);
+    g_free(d->cpu_template);
+    g_free(d->cpu_template_dir);
+    g_clear_pointer(&d->cpu_config, mvm_cpu_config_free);
     g_free(d);
 }
 
@@ -103,10 +110,21 @@ static gboolean worker_open_files(MvmVmConfig *mvm, int *owned, GError **error)
     return TRUE;
 }
 
+/* The template as it is now, not as it was at CreateVM: its file is the administrator's. */
+static gboolean worker_load_cpu_template(OpData *d, GError **error)
+{
+    if (!d->cpu_template)
+        return TRUE;
+    d->mvm_config->cpu_template =
+        mvmd_cpu_template_load(d->cpu_template_dir, d->cpu_template, error);
+    return d->mvm_config->cpu_template != NULL;
+}
+
 static MvmVm *worker_build(OpData *d, GError **error)
 {
     int owned[2] = {-1, -1};
-    gboolean opened = worker_open_files(d->mvm_config, owned, error);
+    gboolean opened =
+        worker_load_cpu_template(d, error) && worker_open_files(d->mvm_config, owned, error);
     MvmVm *vm = opened ? mvm_vm_new(d->mvm_config, error) : NULL;
 
     for (gsize i = 0; i < G_N_ELEMENTS(owned); i++) {
@@ -419,6 +437,10 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         break;
     case OP_RESUME:
         ok = mvm_vm_resume(d->run->vm, &error);
+        break;
+    case OP_CPU_CONFIG:
+        d->cpu_config = mvm_vm_dump_cpu_config(d->run->vm, &error);
+        ok = d->cpu_config != NULL;
         break;
     case OP_STOP:
     case OP_REAP:

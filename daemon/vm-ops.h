@@ -23,6 +23,9 @@ typedef enum {
     OP_SNAPSHOT,
     OP_STOP, /* forced stop, then free */
     OP_REAP, /* the guest stopped by itself: collect the exit, free */
+    /* GetCPUConfig: mvm_vm_dump_cpu_config() pauses a running machine for the read, so it is
+     * an operation like the others: off the main loop, and never beside a Stop that frees it */
+    OP_CPU_CONFIG,
 } Op;
 
 /* What an operation needs besides the VM (owned by the operation). */
@@ -51,6 +54,10 @@ typedef struct {
     MvmdVmRun *run;
     OpArgs args;
     MvmVmConfig *mvm_config; /* Start; fds borrowed from the definition */
+    /* Start of a defined VM: the `cpu-template` (NULL: host), loaded again from @cpu_template_dir
+     * on the worker (the administrator may have changed or removed the file since CreateVM). */
+    char *cpu_template;
+    char *cpu_template_dir;
     /* Start of a restored VM: the snapshot (fd borrowed from the definition). */
     char *restore_dir;
     int restore_fd;
@@ -67,14 +74,16 @@ typedef struct {
     MvmExitKind kind;
     guint32 exit_code;
     char *reason;
+    MvmCpuConfig *cpu_config; /* GetCPUConfig's result, read on the main loop once done */
 } OpData;
 
 /*
  * Main loop: the record for @op on @run; takes @args (may be NULL). A Start builds (or
- * restores) the machine @definition describes, whose fds it borrows.
+ * restores) the machine @definition describes, whose fds it borrows, with its CPU template
+ * from @cpu_template_dir.
  */
-OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args,
-                            const MvmdVmDefinition *definition);
+OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition,
+                            const char *cpu_template_dir);
 void mvmd_vm_op_data_free(OpData *d);
 
 /*

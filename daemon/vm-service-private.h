@@ -67,7 +67,8 @@ struct _MvmdVmService {
 
 /*
  * Starts @op in a worker thread; takes @invocation (NULL for an internal operation, with @reply
- * NULL too) and @args (may be NULL). @reply answers @invocation once the operation succeeded.
+ * NULL too) and @args (may be NULL). @reply answers @invocation once the operation succeeded;
+ * OP_CPU_CONFIG has none (its answer carries what it read).
  */
 void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
                               OpReply reply, OpArgs *args);

@@ -5,6 +5,7 @@
  * news from the vCPU threads arrives here (through vm-run.c), and only this code and the methods
  * (vm-methods.c) touch the properties, the callers and the waiters.
  */
+#include "cpu-templates.h"
 #include "errors.h"
 #include "names.h"
 #include "vm-service-private.h"
@@ -223,6 +224,10 @@ static void update_restored_definition(MvmdVmService *self)
     self->definition->vcpus = mvm->n_vcpus;
     self->definition->memory_mib = mvm->memory_mib;
     mvmd_devices_update_from_mvm(&self->definition->devices, mvm);
+    /* The snapshot's template, by name: GetConfig shows what the guest was made with. */
+    g_free(self->definition->cpu_template);
+    self->definition->cpu_template =
+        mvm->cpu_template ? g_strdup(mvm_cpu_template_get_name(mvm->cpu_template)) : NULL;
     mvmd_vm_set_vcpus(MVMD_VM(self), mvm->n_vcpus);
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
 }
@@ -296,6 +301,21 @@ static void snapshot_done(MvmdVmService *self, gboolean ok, GError *error,
     reply(MVMD_VM(self), invocation);
 }
 
+/* GetCPUConfig answers with what the worker read; the machine ran on meanwhile. */
+static void cpu_config_done(MvmdVmService *self, OpData *d, gboolean ok, GError *error,
+                            GDBusMethodInvocation *invocation)
+{
+    if (!ok) {
+        g_autoptr(GError) mapped =
+            mvmd_error_from_error(error, "cannot read the CPU configuration");
+
+        g_dbus_method_invocation_return_gerror(invocation, mapped);
+        return;
+    }
+    mvmd_vm_complete_get_cpu_config(MVMD_VM(self), invocation,
+                                    mvmd_cpu_config_to_variant(d->cpu_config));
+}
+
 static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     MvmdVmService *self = MVMD_VM_SERVICE(source);
@@ -319,6 +339,9 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     case OP_SNAPSHOT:
         snapshot_done(self, ok, error, invocation, reply);
         break;
+    case OP_CPU_CONFIG:
+        cpu_config_done(self, d, ok, error, invocation);
+        break;
     case OP_STOP:
     case OP_REAP:
         end_run(self, d, invocation, reply);
@@ -340,7 +363,9 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     OpData *data;
 
     g_return_if_fail(self->op == OP_NONE);
-    g_return_if_fail((invocation == NULL) == (reply == NULL));
+    /* GetCPUConfig answers with its result itself (cpu_config_done()): no reply of its own. */
+    g_return_if_fail(invocation != NULL || reply == NULL);
+    g_return_if_fail(invocation != NULL || op != OP_CPU_CONFIG);
     if (op == OP_START) {
         g_return_if_fail(self->run == NULL);
         self->run =
@@ -351,7 +376,7 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     self->op_reply = reply;
     task = g_task_new(self, NULL, op_done, NULL);
     g_task_set_source_tag(task, mvmd_vm_service_begin_op);
-    data = mvmd_vm_op_data_new(op, self->run, args, self->definition);
+    data = mvmd_vm_op_data_new(op, self->run, args, self->definition, self->ctx->cpu_template_dir);
     data->charge = &self->charge; /* the task holds @self */
     g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
@@ -419,7 +444,8 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
     MvmdVmService *self = user_data;
     gsize n;
 
-    if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_RESUME)
+    if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_RESUME &&
+        self->op != OP_CPU_CONFIG)
         return;
     if (!self->run || !self->run->vm)
         return;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -281,6 +282,37 @@ void mvmd_test_remove_reachable_copy(char *copy)
 
     rm_rf(dir);
     g_free(copy);
+}
+
+void mvmd_test_drop_to_nobody(gpointer data)
+{
+    if (setgroups(0, NULL) < 0 ||
+        setresgid(MVMD_TEST_NOBODY, MVMD_TEST_NOBODY, MVMD_TEST_NOBODY) < 0 ||
+        setresuid(MVMD_TEST_NOBODY, MVMD_TEST_NOBODY, MVMD_TEST_NOBODY) < 0)
+        _exit(126);
+}
+
+void mvmd_test_bus_open_to_all(MvmdTestBus *bus)
+{
+    g_assert_cmpint(g_chmod(bus->tmpdir, 0755), ==, 0);
+}
+
+GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, const char *method)
+{
+    g_autoptr(GSubprocessLauncher) launcher =
+        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE);
+    g_autofree char *path = g_strconcat("/org/microvmd/MicroVM1/vm/", name, NULL);
+    g_autofree char *member = g_strconcat("org.microvmd.MicroVM1.VM.", method, NULL);
+    g_autoptr(GError) error = NULL;
+    GSubprocess *child;
+
+    g_subprocess_launcher_set_child_setup(launcher, mvmd_test_drop_to_nobody, NULL, NULL);
+    g_subprocess_launcher_set_cwd(launcher, "/");
+    child = g_subprocess_launcher_spawn(launcher, &error, "gdbus", "call", "--address",
+                                        bus->address, "--dest", "org.microvmd.MicroVM1",
+                                        "--object-path", path, "--method", member, NULL);
+    g_assert_no_error(error);
+    return child;
 }
 
 GVariant *mvmd_test_vm_config(MvmdVm *vm)

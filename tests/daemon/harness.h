@@ -85,4 +85,22 @@ char *mvmd_test_reachable_copy(const char *path);
 /* Removes the copy and its directory; frees @copy. */
 void mvmd_test_remove_reachable_copy(char *copy);
 
+/* The unprivileged caller of the tests: nobody (Debian's uid and gid 65534). */
+#define MVMD_TEST_NOBODY 65534
+
+/* A child setup (GSpawnChildSetupFunc) that makes the child nobody, or exits it with 126. */
+void mvmd_test_drop_to_nobody(gpointer data);
+
+/*
+ * The private bus lets any user in (private-bus.conf), but its socket is in the harness's 0700
+ * directory: open that to nobody. Needs root to be of any use.
+ */
+void mvmd_test_bus_open_to_all(MvmdTestBus *bus);
+
+/*
+ * `gdbus call` of VM @name's @method (no arguments), as nobody, started and not waited for;
+ * its stdout and stderr go to one pipe (g_subprocess_communicate_utf8()).
+ */
+GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, const char *method);
+
 G_END_DECLS

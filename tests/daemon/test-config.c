@@ -80,6 +80,19 @@ static void test_invalid(void)
         {"vm", "{'kernel': <'/k'>, 'autostart': <true>}", "autostart"},
         {"vm", "{'kernel': <'/k'>, 'on-reboot': <'never'>}", "on-reboot"},
         {"vm", "{'kernel': <'/k'>, 'kernel': <'/j'>}", "kernel"},
+        /* A template name becomes part of a file name: never a path, never empty. */
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <''>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'../etc/passwd'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'a/b'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'/etc/x'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'.hidden'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'a b'>}", "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <'x\\n'>}", "cpu-template"},
+        {"vm",
+         "{'kernel': <'/k'>, 'cpu-template': "
+         "<'a123456789b123456789c123456789d123456789e123456789f123456789g1234'>}",
+         "cpu-template"},
+        {"vm", "{'kernel': <'/k'>, 'cpu-template': <uint32 2>}", "cpu-template"},
         {"", "{'kernel': <'/k'>}", NULL},
         {"a/b", "{'kernel': <'/k'>}", NULL},
         {"-a", "{'kernel': <'/k'>}", NULL},
@@ -193,7 +206,8 @@ static void test_keyfile_roundtrip(void)
               " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>,"
               " 'disks': <[{'path': <'/d'>, 'read-only': <true>}]>, 'rng': <true>,"
               " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>}]>,"
-              " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>}",
+              " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>,"
+              " 'cpu-template': <'x86-64-v2'>}",
               &error);
     g_autoptr(GKeyFile) kf = NULL;
     g_autoptr(MvmdVmDefinition) back = NULL;
@@ -319,6 +333,19 @@ static void test_mountinfo(void)
     g_assert_false(mvmd_fstype_is_local("sysfs"));
 }
 
+/* lib's MVM_ERROR_INCOMPATIBLE_CPU reaches callers as its own D-Bus error, message kept. */
+static void test_incompatible_cpu_error(void)
+{
+    g_autoptr(GError) lib =
+        g_error_new_literal(MVM_ERROR, MVM_ERROR_INCOMPATIBLE_CPU, "this host lacks avx512f");
+    g_autoptr(GError) mapped = mvmd_error_from_error(lib, "cannot restore the snapshot");
+    g_autofree char *name = g_dbus_error_encode_gerror(mapped);
+
+    g_assert_error(mapped, MVMD_ERROR, MVMD_ERROR_INCOMPATIBLE_CPU);
+    g_assert_cmpstr(mapped->message, ==, "cannot restore the snapshot: this host lacks avx512f");
+    g_assert_cmpstr(name, ==, "org.microvmd.MicroVM1.Error.IncompatibleCPU");
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -331,5 +358,6 @@ int main(int argc, char **argv)
     g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);
     g_test_add_func("/config/mountinfo", test_mountinfo);
+    g_test_add_func("/config/incompatible-cpu-error", test_incompatible_cpu_error);
     return g_test_run();
 }

@@ -1014,9 +1014,6 @@ static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
 
 /* ---- RestoreVM's back ends ---------------------------------------------------------------- */
 
-/* The unprivileged caller of the tests: nobody (Debian's uid and gid 65534). */
-#define NOBODY 65534
-
 /*
  * A blk guest with a disk (@disk, contents @image) that has read its disk and waits for a
  * console byte, snapshotted to @dir and stopped: its next step after a restore is to write
@@ -1225,13 +1222,6 @@ static int restore_client_main(char **argv)
     return 0;
 }
 
-static void drop_to_nobody(gpointer data)
-{
-    if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
-        setresuid(NOBODY, NOBODY, NOBODY) < 0)
-        _exit(126);
-}
-
 /* Runs restore_client_main() as nobody; @dirfd and @diskfd (or -1) become its fds 3 and 4. */
 static char *restore_as_nobody(Fixture *f, const char *name, const char *options, const int *pass,
                                guint n_pass)
@@ -1247,7 +1237,7 @@ static char *restore_as_nobody(Fixture *f, const char *name, const char *options
     g_autoptr(GError) error = NULL;
     char *out = NULL;
 
-    g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
+    g_subprocess_launcher_set_child_setup(launcher, mvmd_test_drop_to_nobody, NULL, NULL);
     g_subprocess_launcher_set_cwd(launcher, cwd);
     for (guint i = 0; i < n_pass; i++)
         g_subprocess_launcher_take_fd(launcher, dup(pass[i]), 3 + (int)i);
@@ -1279,15 +1269,6 @@ static gboolean has_owner(Fixture *f, const char *name)
     if (reply)
         g_variant_get(reply, "(b)", &owned);
     return owned;
-}
-
-/*
- * The private bus lets any user in (private-bus.conf), but its socket is in the harness's 0700
- * directory: open that to nobody.
- */
-static void open_bus_to_all(Fixture *f)
-{
-    g_assert_cmpint(g_chmod(f->bus->tmpdir, 0755), ==, 0);
 }
 
 /*
@@ -1333,7 +1314,7 @@ static GSubprocess *start_nobody_and_polkit(Fixture *f, const char *action)
         g_test_skip("needs root to run a client as nobody");
         return NULL;
     }
-    open_bus_to_all(f);
+    mvmd_test_bus_open_to_all(f->bus);
     mock = start_polkit_mock(f, action);
     if (!mock)
         g_test_skip("python-dbusmock (/usr/bin/python3) is not installed");
@@ -1532,7 +1513,7 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
         g_test_skip("needs root to run a client as nobody and to lease the snapshot's disk");
         return;
     }
-    open_bus_to_all(f);
+    mvmd_test_bus_open_to_all(f->bus);
     snap = blk_snapshot_new(f);
     dirfd = open(snap->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     g_assert_cmpint(dirfd, >=, 0);
@@ -1603,25 +1584,6 @@ static gboolean polkit_mock_hangs(Fixture *f)
     return hanging;
 }
 
-/* `gdbus call` of VM @name's @method, as nobody; its stdout and stderr end up in @out. */
-static GSubprocess *vm_call_as_nobody(Fixture *f, const char *name, const char *method)
-{
-    g_autoptr(GSubprocessLauncher) launcher =
-        g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE);
-    g_autofree char *path = g_strconcat("/org/microvmd/MicroVM1/vm/", name, NULL);
-    g_autofree char *member = g_strconcat("org.microvmd.MicroVM1.VM.", method, NULL);
-    g_autoptr(GError) error = NULL;
-    GSubprocess *child;
-
-    g_subprocess_launcher_set_child_setup(launcher, drop_to_nobody, NULL, NULL);
-    g_subprocess_launcher_set_cwd(launcher, "/");
-    child = g_subprocess_launcher_spawn(launcher, &error, "gdbus", "call", "--address",
-                                        f->bus->address, "--dest", "org.microvmd.MicroVM1",
-                                        "--object-path", path, "--method", member, NULL);
-    g_assert_no_error(error);
-    return child;
-}
-
 /*
  * A call on its way to a VM (waiting for polkit) when a Reload drops that VM, because its
  * definition changed on disk: the call answers NoSuchVM once allowed. It acted before on the
@@ -1648,7 +1610,7 @@ static void test_reload_drops_pending_call(Fixture *f, gconstpointer data)
     g_clear_pointer(&reply, g_variant_unref);
     reply = polkit_mock_call(f, "SimulateHangActions",
                              g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage-others"));
-    client = vm_call_as_nobody(f, "p", "Delete");
+    client = mvmd_test_vm_call_as_nobody(f->bus, "p", "Delete");
     mvmd_test_wait_until(polkit_mock_hangs(f), GUEST_TIMEOUT_MS);
 
     /* The definition changes on disk; Reload (root: no polkit) replaces the VM. */

@@ -772,10 +772,10 @@ static GVariant *random_value(int depth)
 
 static GVariant *random_config(void)
 {
-    static const char *const keys[] = {"vcpus",     "memory-mib", "kernel",    "kernel-fd",
-                                       "initrd",    "initrd-fd",  "cmdline",   "persist",
-                                       "autostart", "debug-exit", "on-reboot", "disks",
-                                       "network",   "vsock",      "bogus",     ""};
+    static const char *const keys[] = {
+        "vcpus",   "memory-mib", "kernel",       "kernel-fd",  "initrd",    "initrd-fd",
+        "cmdline", "persist",    "autostart",    "debug-exit", "on-reboot", "disks",
+        "network", "vsock",      "cpu-template", "bogus",      ""};
     GVariantBuilder b;
     guint n = g_test_rand_int_range(0, 6);
 

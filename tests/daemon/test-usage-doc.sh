@@ -52,6 +52,9 @@ check "web was created" "grep -q \"objectpath '/org/microvmd/MicroVM1/vm/web'\" 
 check "web2 was created with busctl" "grep -q 'o \"/org/microvmd/MicroVM1/vm/web2\"' \"$TMP/out\""
 check "the State property read running" "grep -q 's \"running\"' \"$TMP/out\""
 check "ListVMs showed web running" "grep -Eq \"\\('web', (objectpath )?'/org/microvmd/MicroVM1/vm/web', 'running'\" \"$TMP/out\""
+check "portable was created with a CPU template" \
+    "grep -q '\"cpu-template\" s \"x86-64-v2\"' \"$TMP/out\""
+check "GetCPUConfig answered for web" "grep -q '\"cpu-template\" s \"host\" \"tsc-khz\" u' \"$TMP/out\""
 check "the snapshot was written" "[ -s \"$TMP/snap/web/state\" ]"
 list=$(gdbus call --address "$ADDR" -d org.microvmd.MicroVM1 -o /org/microvmd/MicroVM1 \
     -m org.microvmd.MicroVM1.Manager.ListVMs)
