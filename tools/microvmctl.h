@@ -21,7 +21,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVm, g_object_unref)
 /* Exit codes: one per kind of failure, so scripts can tell them apart. */
 typedef enum {
     MCTL_EXIT_OK = 0,
-    MCTL_EXIT_FAILED = 1,           /* Failed, NoResources, LimitReached, QuotaExceeded, other */
+    MCTL_EXIT_FAILED = 1,           /* Failed, and every error not below (microvmctl-bus.c) */
     MCTL_EXIT_USAGE = 2,            /* bad command line */
     MCTL_EXIT_NO_DAEMON = 3,        /* no connection, or microvmd is not running */
     MCTL_EXIT_NO_SUCH_VM = 4,       /* NoSuchVM */
