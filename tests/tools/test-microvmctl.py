@@ -939,6 +939,10 @@ def test_completion(t, bus):
     assert complete("microvmctl", "--address", bus.address, "start", "alpha", "") == []
     assert complete("microvmctl", "create", "x", "--on-reboot", "") == ["restart", "stop"]
     assert complete("microvmctl", "create", "x", "--on-reboot=r") == ["restart"]
+    assert complete("microvmctl", "create", "x", "--cpu-template", "x86") == ["x86-64-v2",
+                                                                             "x86-64-v3"]
+    assert complete("microvmctl", "--address", bus.address, "cpu", "") == ["alpha", "beta"]
+    assert "--vcpu=" in complete("microvmctl", "cpu", "alpha", "--v")
     assert complete("microvmctl", "--json") == [], "not a global option"
     assert complete("microvmctl", "--socket=/nonexistent", "stop", "") == []
     for name in ("alpha", "beta"):
