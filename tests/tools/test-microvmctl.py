@@ -551,6 +551,30 @@ def test_cpu(t, bus):
     expect_rc(ctl(bus, "delete", "c1"), OK, "delete")
 
 
+def test_cpu_incompatible(t, bus):
+    """A template that sets a CPU feature this host's KVM cannot give: Start is the daemon's
+    IncompatibleCPU on every host, shown as its message with exit code 1 (the bit is one that
+    `cpu --json` of a host-template guest shows clear in CPUID leaf 7 EBX)."""
+    expect_rc(ctl(bus, "create", "h1", "--kernel", TESTGUEST, "--cmdline", "mode=echo",
+                  "--memory", "16", "--start"), OK, "create --start")
+    leaf7 = [e for e in ctl(bus, "cpu", "h1", "--json").json()["vcpus"][0]["cpuid"]
+             if (e["function"], e["index"]) == (7, 0)]
+    expect_rc(ctl(bus, "stop", "h1"), OK, "stop")
+    expect_rc(ctl(bus, "delete", "h1"), OK, "delete")
+    assert len(leaf7) == 1, leaf7
+    clear = [bit for bit in range(32) if not leaf7[0]["ebx"] & (1 << bit)]
+    if not clear:
+        return "SKIP this host's KVM gives every bit of CPUID leaf 7 EBX"
+    os.makedirs(bus.template_dir(), exist_ok=True)
+    with open(os.path.join(bus.template_dir(), "too-much.json"), "w") as f:
+        json.dump({"cpuid": [{"leaf": "0x7", "register": "ebx", "set": hex(1 << clear[0])}]}, f)
+    r = ctl(bus, "create", "c2", "--kernel", TESTGUEST, "--cpu-template=too-much", "--start")
+    expect_rc(r, FAILED, "start with a feature this host cannot give")
+    assert "too-much" in r.err and "cannot give" in r.err, r
+    assert "GDBus.Error" not in r.err, r
+    expect_rc(ctl(bus, "delete", "c2"), OK, "delete")
+
+
 def test_unprivileged(t, bus):
     """Listing is free; changing, and reading another user's VM's details, need polkit's yes,
     and there is no polkit here: an ordinary user (nobody) gets NotAuthorized, exit code 8,
@@ -1065,6 +1089,7 @@ def main():
         run("snapshot and restore", test_snapshot, bus, needs_kvm=True)
         run("snapshot and restore as nobody", test_snapshot_unprivileged, bus, needs_kvm=True)
         run("cpu of a running guest", test_cpu, bus, needs_kvm=True)
+        run("IncompatibleCPU from start", test_cpu_incompatible, bus, needs_kvm=True)
         run("peer-to-peer socket", test_socket, tmp)
         if bus.daemon.poll() is not None:
             failed += 1
