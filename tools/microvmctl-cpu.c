@@ -11,6 +11,9 @@
 /* The label column of the summary, and where the feature list wraps (a terminal's width). */
 #define LABEL_WIDTH 20
 #define LINE_WIDTH  80
+/* A vCPU's members, as VM.xml gives them: CPUID entries, and MSRs as index and value. */
+#define CPUID_TYPE G_VARIANT_TYPE("a(uuuuuuu)")
+#define MSRS_TYPE  G_VARIANT_TYPE("a(ut)")
 
 /* "label   value", the label padded by characters, not bytes: translations are not ASCII. */
 static void print_field(const char *label, const char *value)
@@ -114,8 +117,8 @@ static GPtrArray *wanted_vcpus(GVariant *config, gint only)
 
 static void print_vcpu(GVariant *vcpu)
 {
-    g_autoptr(GVariant) cpuid = g_variant_lookup_value(vcpu, "cpuid", G_VARIANT_TYPE("a(uuuuuuu)"));
-    g_autoptr(GVariant) msrs = g_variant_lookup_value(vcpu, "msrs", G_VARIANT_TYPE("a(ut)"));
+    g_autoptr(GVariant) cpuid = g_variant_lookup_value(vcpu, "cpuid", CPUID_TYPE);
+    g_autoptr(GVariant) msrs = g_variant_lookup_value(vcpu, "msrs", MSRS_TYPE);
 
     g_print(_("vCPU %u:"), vcpu_index(vcpu));
     g_print("\n");
@@ -203,8 +206,8 @@ static JsonNode *vcpu_json(GVariant *vcpu)
 {
     g_autoptr(JsonNode) node = mctl_json_from_variant(vcpu);
     JsonObject *o = json_node_get_object(node);
-    g_autoptr(GVariant) cpuid = g_variant_lookup_value(vcpu, "cpuid", G_VARIANT_TYPE("a(uuuuuuu)"));
-    g_autoptr(GVariant) msrs = g_variant_lookup_value(vcpu, "msrs", G_VARIANT_TYPE("a(ut)"));
+    g_autoptr(GVariant) cpuid = g_variant_lookup_value(vcpu, "cpuid", CPUID_TYPE);
+    g_autoptr(GVariant) msrs = g_variant_lookup_value(vcpu, "msrs", MSRS_TYPE);
 
     if (cpuid)
         json_object_set_member(o, "cpuid", cpuid_json(cpuid));
