@@ -2,9 +2,9 @@
 #include "cpu-templates.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,17 +30,24 @@ static char *builtin_list(void)
 gboolean mvmd_cpu_template_name_check(const char *name, GError **error)
 {
     g_autofree char *builtins = NULL;
+    g_autofree char *shown = NULL;
+    glong n_chars;
 
     /* Before lib sees it: the name becomes part of a file name below. */
     if (is_builtin(name) || (*name && strlen(name) <= MVM_CPU_TEMPLATE_NAME_MAX &&
                              !strchr(name, '/') && mvm_cpu_template_name_is_valid(name)))
         return TRUE;
     builtins = builtin_list();
+    /* The caller's text goes back to the caller only, cut to a name's length (by characters:
+     * D-Bus strings are UTF-8, and the reply must stay so). */
+    n_chars = g_utf8_strlen(name, -1);
+    shown = g_utf8_substring(name, 0, MIN(n_chars, MVM_CPU_TEMPLATE_NAME_MAX));
     return mvmd_config_invalid(error, CONFIG_KEY,
-                               "'%s' is no template name: give a built-in one (%s) or the name "
-                               "of a custom template: 1 to %d of A-Z, a-z, 0-9, '_', '.' and "
-                               "'-', not starting with '.'",
-                               name, builtins, MVM_CPU_TEMPLATE_NAME_MAX);
+                               "'%s%s' is no template name: give a built-in one (%s) or the "
+                               "name of a custom template: 1 to %d of A-Z, a-z, 0-9, '_', '.' "
+                               "and '-', not starting with '.'",
+                               shown, n_chars > MVM_CPU_TEMPLATE_NAME_MAX ? "…" : "", builtins,
+                               MVM_CPU_TEMPLATE_NAME_MAX);
 }
 
 static gboolean template_error(GError **error, const char *name, const char *fmt, ...)

@@ -36,17 +36,7 @@ struct _MvmCpuTemplate {
     gboolean recorded;
 };
 
-static gboolean invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-static gboolean invalid(GError **error, const char *fmt, ...)
-{
-    va_list args;
-
-    va_start(args, fmt);
-    g_autofree char *message = g_strdup_vprintf(fmt, args);
-    va_end(args);
-    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, message);
-    return FALSE;
-}
+#define invalid mvm_set_invalid
 
 static MvmCpuTemplate *template_new(const char *name, const char *description)
 {
@@ -217,17 +207,22 @@ MvmCpuTemplate *mvm_cpu_template_new_recorded(const char *name, GError **error)
 /*
  * json-glib's parser recurses once per nesting level; a 64 KiB document of '[' would go 65,536
  * levels deep on the caller's stack. A template nests three levels, so anything deeper is
- * refused before the parser sees it.
+ * refused before the parser sees it. json-glib also stops after the first value and ignores
+ * the rest ("{} {...}"), so the document must be one object and nothing after it but space.
  */
 #define JSON_DEPTH_MAX 8
+/* A line for a listing, not a manual. */
+#define DESCRIPTION_MAX 256
 
-static gboolean check_json_depth(const char *json, gsize len, GError **error)
+static gboolean check_json_shape(const char *json, gsize len, GError **error)
 {
-    gboolean in_string = FALSE, escaped = FALSE;
+    gboolean in_string = FALSE, escaped = FALSE, ended = FALSE;
     guint depth = 0;
 
     for (gsize i = 0; i < len; i++) {
         char c = json[i];
+        if (ended && !g_ascii_isspace(c))
+            return invalid(error, "more than one JSON value");
         if (in_string) {
             if (escaped)
                 escaped = FALSE;
@@ -241,7 +236,7 @@ static gboolean check_json_depth(const char *json, gsize len, GError **error)
             if (++depth > JSON_DEPTH_MAX)
                 return invalid(error, "nested deeper than %d levels", JSON_DEPTH_MAX);
         } else if ((c == ']' || c == '}') && depth > 0) {
-            depth--;
+            ended = --depth == 0;
         }
     }
     return TRUE;
@@ -401,7 +396,10 @@ static gboolean parse_template(JsonNode *root_node, MvmCpuTemplate *tmpl, GError
         if (!JSON_NODE_HOLDS_VALUE(description) ||
             json_node_get_value_type(description) != G_TYPE_STRING)
             return invalid(error, "\"description\" must be a string");
-        tmpl->description = g_utf8_make_valid(json_node_get_string(description), 256);
+        const char *text = json_node_get_string(description);
+        if (strlen(text) > DESCRIPTION_MAX)
+            return invalid(error, "\"description\" is longer than %d bytes", DESCRIPTION_MAX);
+        tmpl->description = g_strdup(text); /* json-glib checked it is UTF-8 */
     }
     return parse_modifiers(root, "cpuid", parse_cpuid_modifier, tmpl, error) &&
            parse_modifiers(root, "msrs", parse_msr_modifier, tmpl, error);
@@ -423,7 +421,7 @@ MvmCpuTemplate *mvm_cpu_template_new_from_json(const char *name, const char *jso
     g_autoptr(MvmCpuTemplate) tmpl = template_new(name, NULL);
     if (len > MVM_CPU_TEMPLATE_JSON_MAX)
         invalid(&local, "%" G_GSIZE_FORMAT " bytes; at most %d", len, MVM_CPU_TEMPLATE_JSON_MAX);
-    else if (check_json_depth(json, len, &local)) {
+    else if (check_json_shape(json, len, &local)) {
         parser = json_parser_new_immutable();
         if (json_parser_load_from_data(parser, json, (gssize)len, &local))
             parse_template(json_parser_get_root(parser), tmpl, &local);

@@ -18,6 +18,9 @@ MvmError mvm_error_code_for_errno(int err, MvmError otherwise);
 gboolean mvm_set_errno_error(GError **error, MvmError otherwise, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
 
+/* MVM_ERROR_INVALID_ARGUMENT with the message; FALSE, for `return mvm_set_invalid(...)`. */
+gboolean mvm_set_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
 /*
  * g_thread_try_new(), with the failure (no memory, no more threads) said as
  * MVM_ERROR_NO_RESOURCES. Never g_thread_new(): that one aborts the whole process.

@@ -27,6 +27,17 @@ MvmError mvm_error_code_for_errno(int err, MvmError otherwise)
     return mvm_errno_is_no_resources(err) ? MVM_ERROR_NO_RESOURCES : otherwise;
 }
 
+gboolean mvm_set_invalid(GError **error, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *message = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, message);
+    return FALSE;
+}
+
 gboolean mvm_set_errno_error(GError **error, MvmError otherwise, const char *fmt, ...)
 {
     int saved = errno;

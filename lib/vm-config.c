@@ -7,7 +7,7 @@
 #include <sys/un.h>
 
 #include "layout.h"
-#include "virtqueue.h" /* mvm_virtio_invalid() */
+#include "virtqueue.h" /* mvm_set_invalid() */
 #include "vm-config.h"
 
 /* "_4294967295": the longest suffix a guest port adds to the vsock socket path. */
@@ -89,15 +89,15 @@ static gboolean validate_vsock(const MvmVmConfig *config, GError **error)
         return TRUE;
     /* 0-2 are the hypervisor, the local and the host CID; -1 is VMADDR_CID_ANY. */
     if (config->vsock_cid < MVM_VSOCK_CID_MIN || config->vsock_cid > MVM_VSOCK_CID_MAX)
-        return mvm_virtio_invalid(error, "vsock cid must be between %u and %u, not %u",
-                                  MVM_VSOCK_CID_MIN, MVM_VSOCK_CID_MAX, config->vsock_cid);
+        return mvm_set_invalid(error, "vsock cid must be between %u and %u, not %u",
+                               MVM_VSOCK_CID_MIN, MVM_VSOCK_CID_MAX, config->vsock_cid);
     if (config->vsock_uds_path == NULL || *config->vsock_uds_path == '\0')
-        return mvm_virtio_invalid(error, "vsock needs a uds-path");
+        return mvm_set_invalid(error, "vsock needs a uds-path");
     if (strlen(config->vsock_uds_path) + VSOCK_PORT_SUFFIX_MAX >=
         sizeof(((struct sockaddr_un *)NULL)->sun_path))
-        return mvm_virtio_invalid(
-            error, "vsock uds-path %s is too long for a unix socket with a port suffix",
-            config->vsock_uds_path);
+        return mvm_set_invalid(error,
+                               "vsock uds-path %s is too long for a unix socket with a port suffix",
+                               config->vsock_uds_path);
     return TRUE;
 }
 
@@ -106,24 +106,23 @@ static gboolean validate_virtio(const MvmVmConfig *config, GError **error)
     for (guint i = 0; config->disks != NULL && i < config->disks->len; i++) {
         const MvmDiskConfig *d = g_ptr_array_index(config->disks, i);
         if (d == NULL || (d->fd < 0 && (d->path == NULL || *d->path == '\0')))
-            return mvm_virtio_invalid(error, "disk %u has neither a path nor an fd", i);
+            return mvm_set_invalid(error, "disk %u has neither a path nor an fd", i);
     }
     for (guint i = 0; config->nics != NULL && i < config->nics->len; i++) {
         const MvmNetConfig *n = g_ptr_array_index(config->nics, i);
         if (n == NULL || (n->tap_fd < 0 && (n->tap_name == NULL || *n->tap_name == '\0')))
-            return mvm_virtio_invalid(error,
-                                      "network interface %u has neither a tap name nor an fd", i);
+            return mvm_set_invalid(error, "network interface %u has neither a tap name nor an fd",
+                                   i);
         if (n->tap_fd < 0 && strlen(n->tap_name) >= 16) /* IFNAMSIZ */
-            return mvm_virtio_invalid(error, "tap name %s is longer than 15 bytes", n->tap_name);
+            return mvm_set_invalid(error, "tap name %s is longer than 15 bytes", n->tap_name);
         if (n->mac[0] & 1)
-            return mvm_virtio_invalid(error, "network interface %u has a multicast MAC address", i);
+            return mvm_set_invalid(error, "network interface %u has a multicast MAC address", i);
     }
     if (!validate_vsock(config, error))
         return FALSE;
     if (mvm_vm_config_count_virtio(config) > MVM_MAX_VIRTIO_DEVICES)
-        return mvm_virtio_invalid(error, "%u virtio devices requested; at most %u fit",
-                                  mvm_vm_config_count_virtio(config),
-                                  (guint)MVM_MAX_VIRTIO_DEVICES);
+        return mvm_set_invalid(error, "%u virtio devices requested; at most %u fit",
+                               mvm_vm_config_count_virtio(config), (guint)MVM_MAX_VIRTIO_DEVICES);
     return TRUE;
 }
 

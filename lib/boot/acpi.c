@@ -64,7 +64,7 @@ static gboolean table_finish(MvmMemory *mem, GByteArray *t, guint64 gpa, GError 
     t->data[ACPI_CHECKSUM_OFFSET] = 0;
     t->data[ACPI_CHECKSUM_OFFSET] = mvm_boot_checksum(t->data, t->len);
     if (gpa + t->len > MVM_ACPI_TABLES_END)
-        return mvm_boot_invalid(error, "the ACPI tables do not fit below 1 MiB");
+        return mvm_set_invalid(error, "the ACPI tables do not fit below 1 MiB");
     return mvm_memory_write(mem, gpa, t->data, t->len, error);
 }
 
@@ -73,15 +73,15 @@ static gboolean check_devices(const MvmBootMmioDevice *devices, guint n, GError 
     for (guint i = 0; i < n; i++) {
         const MvmBootMmioDevice *d = &devices[i];
         if (d->size == 0 || d->base > G_MAXUINT32 || d->size > (1ULL << 32) - d->base)
-            return mvm_boot_invalid(error,
-                                    "virtio-mmio device %u at 0x%" G_GINT64_MODIFIER
-                                    "x+0x%" G_GINT64_MODIFIER "x is not below 4 GiB",
-                                    i, d->base, d->size);
+            return mvm_set_invalid(error,
+                                   "virtio-mmio device %u at 0x%" G_GINT64_MODIFIER
+                                   "x+0x%" G_GINT64_MODIFIER "x is not below 4 GiB",
+                                   i, d->base, d->size);
         if (d->gsi >= MVM_BOOT_IOAPIC_PINS)
-            return mvm_boot_invalid(error,
-                                    "virtio-mmio device %u has GSI %u; the IOAPIC has %u "
-                                    "pins",
-                                    i, d->gsi, MVM_BOOT_IOAPIC_PINS);
+            return mvm_set_invalid(error,
+                                   "virtio-mmio device %u has GSI %u; the IOAPIC has %u "
+                                   "pins",
+                                   i, d->gsi, MVM_BOOT_IOAPIC_PINS);
     }
     return TRUE;
 }
@@ -317,7 +317,7 @@ gboolean mvm_boot_write_acpi(MvmMemory *mem, guint n_vcpus, const MvmBootMmioDev
     g_return_val_if_fail(n_devices == 0 || devices != NULL, FALSE);
 
     if (n_vcpus == 0)
-        return mvm_boot_invalid(error, "a VM needs at least one vCPU");
+        return mvm_set_invalid(error, "a VM needs at least one vCPU");
     if (!check_devices(devices, n_devices, error))
         return FALSE;
 

@@ -6,6 +6,7 @@
 
 #include "boot.h"
 #include "bootparam.h"
+#include "error-private.h"
 
 G_BEGIN_DECLS
 
@@ -23,9 +24,6 @@ typedef struct {
     guint8 setup_header[0x290 - MVM_SETUP_HEADER_OFFSET]; /* bzImage: raw header to copy */
     gsize setup_header_len;
 } MvmKernelImage;
-
-/* Sets MVM_ERROR_INVALID_ARGUMENT; returns FALSE so callers can `return mvm_boot_invalid(...)`. */
-gboolean mvm_boot_invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
 
 /* fstat() size of a regular file. */
 gboolean mvm_boot_file_size(int fd, const char *what, guint64 *size, GError **error);

@@ -18,23 +18,23 @@
 static gboolean check_ehdr(const Elf64_Ehdr *eh, guint64 file_size, GError **error)
 {
     if (eh->e_ident[EI_CLASS] != ELFCLASS64)
-        return mvm_boot_invalid(error, "the kernel is not a 64-bit ELF file");
+        return mvm_set_invalid(error, "the kernel is not a 64-bit ELF file");
     if (eh->e_ident[EI_DATA] != ELFDATA2LSB)
-        return mvm_boot_invalid(error, "the kernel ELF file is not little-endian");
+        return mvm_set_invalid(error, "the kernel ELF file is not little-endian");
     if (eh->e_machine != EM_X86_64)
-        return mvm_boot_invalid(error, "the kernel ELF file is not for x86-64 (e_machine %u)",
-                                eh->e_machine);
+        return mvm_set_invalid(error, "the kernel ELF file is not for x86-64 (e_machine %u)",
+                               eh->e_machine);
     if (eh->e_type != ET_EXEC && eh->e_type != ET_DYN)
-        return mvm_boot_invalid(error, "the kernel ELF file is not an executable");
+        return mvm_set_invalid(error, "the kernel ELF file is not an executable");
     if (eh->e_phentsize != sizeof(Elf64_Phdr))
-        return mvm_boot_invalid(error, "the kernel ELF file has program headers of %u bytes",
-                                eh->e_phentsize);
+        return mvm_set_invalid(error, "the kernel ELF file has program headers of %u bytes",
+                               eh->e_phentsize);
     if (eh->e_phnum == 0 || eh->e_phnum > ELF_MAX_PHNUM)
-        return mvm_boot_invalid(error, "the kernel ELF file has %u program headers (1..%u)",
-                                eh->e_phnum, ELF_MAX_PHNUM);
+        return mvm_set_invalid(error, "the kernel ELF file has %u program headers (1..%u)",
+                               eh->e_phnum, ELF_MAX_PHNUM);
     if (eh->e_phoff > file_size ||
         (guint64)eh->e_phnum * sizeof(Elf64_Phdr) > file_size - eh->e_phoff)
-        return mvm_boot_invalid(error, "the kernel ELF program headers lie beyond the file");
+        return mvm_set_invalid(error, "the kernel ELF program headers lie beyond the file");
     return TRUE;
 }
 
@@ -42,23 +42,23 @@ static gboolean check_load_segment(MvmMemory *mem, const Elf64_Phdr *ph, guint i
                                    guint64 file_size, GError **error)
 {
     if (ph->p_filesz > ph->p_memsz)
-        return mvm_boot_invalid(error,
-                                "kernel segment %u: p_filesz 0x%" G_GINT64_MODIFIER
-                                "x > p_memsz 0x%" G_GINT64_MODIFIER "x",
-                                index, ph->p_filesz, ph->p_memsz);
+        return mvm_set_invalid(error,
+                               "kernel segment %u: p_filesz 0x%" G_GINT64_MODIFIER
+                               "x > p_memsz 0x%" G_GINT64_MODIFIER "x",
+                               index, ph->p_filesz, ph->p_memsz);
     if (ph->p_offset > file_size || ph->p_filesz > file_size - ph->p_offset)
-        return mvm_boot_invalid(error, "kernel segment %u lies beyond the end of the file", index);
+        return mvm_set_invalid(error, "kernel segment %u lies beyond the end of the file", index);
     /* The zero page, command line, page tables and firmware tables live below 1 MiB. */
     if (ph->p_paddr < MVM_HIMEM_START)
-        return mvm_boot_invalid(error,
-                                "kernel segment %u at 0x%" G_GINT64_MODIFIER
-                                "x overlaps the boot structures below 1 MiB",
-                                index, ph->p_paddr);
+        return mvm_set_invalid(error,
+                               "kernel segment %u at 0x%" G_GINT64_MODIFIER
+                               "x overlaps the boot structures below 1 MiB",
+                               index, ph->p_paddr);
     if (mvm_memory_get_ptr(mem, ph->p_paddr, ph->p_memsz) == NULL)
-        return mvm_boot_invalid(error,
-                                "kernel segment %u at 0x%" G_GINT64_MODIFIER
-                                "x+0x%" G_GINT64_MODIFIER "x does not fit in guest RAM",
-                                index, ph->p_paddr, ph->p_memsz);
+        return mvm_set_invalid(error,
+                               "kernel segment %u at 0x%" G_GINT64_MODIFIER
+                               "x+0x%" G_GINT64_MODIFIER "x does not fit in guest RAM",
+                               index, ph->p_paddr, ph->p_memsz);
     return TRUE;
 }
 
@@ -98,7 +98,7 @@ static gboolean find_pvh_note(int fd, const Elf64_Phdr *ph, guint64 file_size, g
 {
     if (ph->p_offset > file_size || ph->p_filesz > file_size - ph->p_offset ||
         ph->p_filesz > ELF_MAX_NOTE_SIZE)
-        return mvm_boot_invalid(error, "a kernel PT_NOTE segment lies beyond the file");
+        return mvm_set_invalid(error, "a kernel PT_NOTE segment lies beyond the file");
 
     gsize size = ph->p_filesz;
     g_autofree guint8 *notes = g_malloc(size + 1);
@@ -152,7 +152,7 @@ static gboolean physical_entry(const Elf64_Phdr *phdrs, guint n, guint64 e_entry
             return TRUE;
         }
     }
-    return mvm_boot_invalid(
+    return mvm_set_invalid(
         error, "the kernel entry point 0x%" G_GINT64_MODIFIER "x is in no loaded segment", e_entry);
 }
 
@@ -174,10 +174,10 @@ static gboolean check_segments(MvmMemory *mem, int fd, const Elf64_Phdr *phdrs, 
         image->load_end = MAX(image->load_end, ph->p_paddr + ph->p_memsz);
     }
     if (image->load_end == 0)
-        return mvm_boot_invalid(error, "the kernel ELF file has no loadable segment");
+        return mvm_set_invalid(error, "the kernel ELF file has no loadable segment");
     if (image->pvh_entry != 0 &&
         (image->pvh_entry > G_MAXUINT32 || !in_segments(phdrs, n, image->pvh_entry)))
-        return mvm_boot_invalid(
+        return mvm_set_invalid(
             error, "the kernel's PVH entry 0x%" G_GINT64_MODIFIER "x is in no loaded segment",
             image->pvh_entry);
     return TRUE;
@@ -189,7 +189,7 @@ gboolean mvm_boot_load_elf(MvmMemory *mem, int fd, guint64 file_size, MvmKernelI
     Elf64_Ehdr eh;
 
     if (file_size < sizeof(eh))
-        return mvm_boot_invalid(
+        return mvm_set_invalid(
             error, "the kernel ELF header is truncated (%" G_GUINT64_FORMAT " bytes)", file_size);
     if (!mvm_boot_pread(fd, &eh, sizeof(eh), 0, "kernel", error) ||
         !check_ehdr(&eh, file_size, error))

@@ -7,17 +7,6 @@
 #include "boot-private.h"
 #include "microvm.h"
 
-gboolean mvm_boot_invalid(GError **error, const char *format, ...)
-{
-    va_list args;
-
-    va_start(args, format);
-    g_autofree char *message = g_strdup_vprintf(format, args);
-    va_end(args);
-    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, message);
-    return FALSE;
-}
-
 gboolean mvm_boot_file_size(int fd, const char *what, guint64 *size, GError **error)
 {
     struct stat st;
@@ -29,7 +18,7 @@ gboolean mvm_boot_file_size(int fd, const char *what, guint64 *size, GError **er
         return FALSE;
     }
     if (!S_ISREG(st.st_mode))
-        return mvm_boot_invalid(error, "the %s is not a regular file", what);
+        return mvm_set_invalid(error, "the %s is not a regular file", what);
     *size = (guint64)st.st_size;
     return TRUE;
 }
@@ -51,10 +40,10 @@ gboolean mvm_boot_pread(int fd, void *buf, gsize len, guint64 offset, const char
             return FALSE;
         }
         if (n == 0)
-            return mvm_boot_invalid(error,
-                                    "the %s is truncated (%" G_GSIZE_FORMAT
-                                    " bytes missing at offset 0x%" G_GINT64_MODIFIER "x)",
-                                    what, len - done, offset + done);
+            return mvm_set_invalid(error,
+                                   "the %s is truncated (%" G_GSIZE_FORMAT
+                                   " bytes missing at offset 0x%" G_GINT64_MODIFIER "x)",
+                                   what, len - done, offset + done);
         done += (gsize)n;
     }
     return TRUE;
@@ -66,11 +55,11 @@ gboolean mvm_boot_pread_to_guest(MvmMemory *mem, int fd, guint64 gpa, guint64 le
     void *dst = mvm_memory_get_ptr(mem, gpa, len);
 
     if (dst == NULL)
-        return mvm_boot_invalid(error,
-                                "the %s at 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
-                                "x does not fit in guest RAM",
-                                what, gpa, len);
+        return mvm_set_invalid(error,
+                               "the %s at 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
+                               "x does not fit in guest RAM",
+                               what, gpa, len);
     if (len > G_MAXSIZE)
-        return mvm_boot_invalid(error, "the %s is too large", what);
+        return mvm_set_invalid(error, "the %s is too large", what);
     return mvm_boot_pread(fd, dst, (gsize)len, offset, what, error);
 }

@@ -25,21 +25,21 @@ void mvm_boot_info_clear(MvmBootInfo *info)
 static gboolean check_setup_header(const MvmSetupHeader *hdr, const guint8 *head, GError **error)
 {
     if (hdr->boot_flag != MVM_SETUP_BOOT_FLAG || hdr->header != MVM_SETUP_MAGIC)
-        return mvm_boot_invalid(error, "the kernel is neither an ELF file nor a bzImage "
-                                       "(no \"HdrS\" setup header)");
+        return mvm_set_invalid(error, "the kernel is neither an ELF file nor a bzImage "
+                                      "(no \"HdrS\" setup header)");
     if (hdr->version < BZIMAGE_MIN_PROTOCOL)
-        return mvm_boot_invalid(error,
-                                "the bzImage uses boot protocol %u.%02u; 2.10 or later "
-                                "is needed",
-                                hdr->version >> 8, hdr->version & 0xff);
+        return mvm_set_invalid(error,
+                               "the bzImage uses boot protocol %u.%02u; 2.10 or later "
+                               "is needed",
+                               hdr->version >> 8, hdr->version & 0xff);
     if (!(hdr->loadflags & MVM_SETUP_LOADED_HIGH))
-        return mvm_boot_invalid(error, "the kernel is a zImage (not LOADED_HIGH)");
+        return mvm_set_invalid(error, "the kernel is a zImage (not LOADED_HIGH)");
     /* boot.rst "64-bit Boot Protocol": the entry at +0x200 exists when XLF_KERNEL_64 is set. */
     if (!(hdr->xloadflags & MVM_SETUP_XLF_KERNEL_64))
-        return mvm_boot_invalid(error, "the bzImage has no 64-bit entry point (XLF_KERNEL_64)");
+        return mvm_set_invalid(error, "the bzImage has no 64-bit entry point (XLF_KERNEL_64)");
     /* boot.rst: the header ends at 0x202 + the byte at 0x201 (the jump's offset). */
     if (0x202u + head[0x201] < MVM_BP_HDR_OFFSET(init_size) + sizeof(hdr->init_size))
-        return mvm_boot_invalid(error, "the bzImage setup header is too short");
+        return mvm_set_invalid(error, "the bzImage setup header is too short");
     return TRUE;
 }
 
@@ -53,16 +53,16 @@ static gboolean runtime_start(const MvmSetupHeader *hdr, guint64 load_addr, guin
         guint64 align = hdr->kernel_alignment;
         guint64 addr = MAX(load_addr, hdr->pref_address);
         if (align == 0 || (align & (align - 1)) != 0)
-            return mvm_boot_invalid(error,
-                                    "the bzImage kernel_alignment 0x%" G_GINT64_MODIFIER
-                                    "x is not a power of two",
-                                    align);
+            return mvm_set_invalid(error,
+                                   "the bzImage kernel_alignment 0x%" G_GINT64_MODIFIER
+                                   "x is not a power of two",
+                                   align);
         if (addr > G_MAXUINT64 - align)
-            return mvm_boot_invalid(error, "the bzImage pref_address is out of range");
+            return mvm_set_invalid(error, "the bzImage pref_address is out of range");
         *start = (addr + align - 1) & ~(align - 1);
     }
     if (*start < MVM_HIMEM_START)
-        return mvm_boot_invalid(
+        return mvm_set_invalid(
             error, "the bzImage wants to run at 0x%" G_GINT64_MODIFIER "x, below 1 MiB", *start);
     return TRUE;
 }
@@ -77,18 +77,17 @@ static gboolean check_bzimage_fit(MvmMemory *mem, const MvmSetupHeader *hdr, gui
     image->load_start = MVM_HIMEM_START;
     image->load_end = MVM_HIMEM_START + pm_size;
     if (image->load_end > low_end)
-        return mvm_boot_invalid(error,
-                                "the bzImage (%" G_GUINT64_FORMAT " bytes) does not fit "
-                                "in guest RAM",
-                                pm_size);
+        return mvm_set_invalid(error,
+                               "the bzImage (%" G_GUINT64_FORMAT " bytes) does not fit "
+                               "in guest RAM",
+                               pm_size);
     if (!runtime_start(hdr, MVM_HIMEM_START, &start, error))
         return FALSE;
     if (start > low_end || hdr->init_size > low_end - start)
-        return mvm_boot_invalid(
-            error,
-            "the bzImage needs 0x%x bytes (init_size) from 0x%" G_GINT64_MODIFIER
-            "x: more than the %" G_GUINT64_FORMAT " MiB of low guest RAM",
-            hdr->init_size, start, low_end / MVM_MIB);
+        return mvm_set_invalid(error,
+                               "the bzImage needs 0x%x bytes (init_size) from 0x%" G_GINT64_MODIFIER
+                               "x: more than the %" G_GUINT64_FORMAT " MiB of low guest RAM",
+                               hdr->init_size, start, low_end / MVM_MIB);
     image->reserved_end = MAX(image->load_end, start + hdr->init_size);
     return TRUE;
 }
@@ -105,10 +104,10 @@ gboolean mvm_boot_load_bzimage(MvmMemory *mem, int fd, guint64 file_size, MvmKer
     MvmSetupHeader hdr;
 
     if (file_size < sizeof(head))
-        return mvm_boot_invalid(error,
-                                "the kernel (%" G_GUINT64_FORMAT " bytes) is too small "
-                                "for an ELF file or a bzImage",
-                                file_size);
+        return mvm_set_invalid(error,
+                               "the kernel (%" G_GUINT64_FORMAT " bytes) is too small "
+                               "for an ELF file or a bzImage",
+                               file_size);
     if (!mvm_boot_pread(fd, head, sizeof(head), 0, "kernel", error))
         return FALSE;
     memcpy(&hdr, head + MVM_SETUP_HEADER_OFFSET, sizeof(hdr));
@@ -117,10 +116,10 @@ gboolean mvm_boot_load_bzimage(MvmMemory *mem, int fd, guint64 file_size, MvmKer
 
     guint64 setup_size = ((guint64)(hdr.setup_sects ? hdr.setup_sects : 4) + 1) * SETUP_SECTOR_SIZE;
     if (setup_size + MVM_SETUP_ENTRY64_OFFSET >= file_size)
-        return mvm_boot_invalid(error,
-                                "the bzImage setup_sects (%u) leaves no protected-mode "
-                                "code in a file of %" G_GUINT64_FORMAT " bytes",
-                                hdr.setup_sects, file_size);
+        return mvm_set_invalid(error,
+                               "the bzImage setup_sects (%u) leaves no protected-mode "
+                               "code in a file of %" G_GUINT64_FORMAT " bytes",
+                               hdr.setup_sects, file_size);
     guint64 pm_size = file_size - setup_size;
     if (!check_bzimage_fit(mem, &hdr, pm_size, image, error) ||
         !mvm_boot_pread_to_guest(mem, fd, MVM_HIMEM_START, pm_size, setup_size, "kernel", error))
@@ -163,10 +162,10 @@ static char *build_cmdline(const MvmBootConfig *config, const MvmKernelImage *im
     for (guint i = 0; config->announce_mmio_on_cmdline && i < config->n_mmio_devices; i++)
         append_mmio_device(s, &config->mmio_devices[i]);
     if (s->len > image->cmdline_max) {
-        mvm_boot_invalid(error,
-                         "the command line has %" G_GSIZE_FORMAT " bytes; the kernel "
-                         "accepts at most %" G_GUINT64_FORMAT,
-                         s->len, image->cmdline_max);
+        mvm_set_invalid(error,
+                        "the command line has %" G_GSIZE_FORMAT " bytes; the kernel "
+                        "accepts at most %" G_GUINT64_FORMAT,
+                        s->len, image->cmdline_max);
         return NULL;
     }
     return g_string_free(g_steal_pointer(&s), FALSE);
@@ -185,11 +184,11 @@ static gboolean load_initrd(MvmMemory *mem, int fd, const MvmKernelImage *image,
     guint64 limit = MIN(mvm_memory_get_region(mem, 0)->size, image->initrd_addr_max + 1);
     guint64 addr = size <= limit ? (limit - size) & ~(MVM_PAGE_SIZE - 1) : 0;
     if (addr < image->reserved_end)
-        return mvm_boot_invalid(error,
-                                "the initrd (%" G_GUINT64_FORMAT " bytes) does not fit "
-                                "between the kernel's end 0x%" G_GINT64_MODIFIER
-                                "x and 0x%" G_GINT64_MODIFIER "x",
-                                size, image->reserved_end, limit);
+        return mvm_set_invalid(error,
+                               "the initrd (%" G_GUINT64_FORMAT " bytes) does not fit "
+                               "between the kernel's end 0x%" G_GINT64_MODIFIER
+                               "x and 0x%" G_GINT64_MODIFIER "x",
+                               size, image->reserved_end, limit);
     if (!mvm_boot_pread_to_guest(mem, fd, addr, size, 0, "initrd", error))
         return FALSE;
     info->initrd_start = addr;
@@ -230,7 +229,7 @@ static gboolean write_zero_page(MvmMemory *mem, const MvmKernelImage *image,
     MvmBootE820Entry e820[MVM_BOOT_E820_MAX];
 
     if (bp == NULL)
-        return mvm_boot_invalid(error, "no guest RAM for the zero page");
+        return mvm_set_invalid(error, "no guest RAM for the zero page");
     memset(bp, 0, sizeof(*bp)); /* also sentinel = 0: nothing for sanitize_boot_params() to undo */
     fill_setup_header(bp, image, info);
     bp->acpi_rsdp_addr = MVM_ACPI_RSDP_ADDR;
@@ -251,7 +250,7 @@ static gboolean write_start_info(MvmMemory *mem, const MvmBootInfo *info, GError
     guint n = mvm_boot_build_e820(mem, e820);
 
     if (page == NULL)
-        return mvm_boot_invalid(error, "no guest RAM for the PVH start info");
+        return mvm_set_invalid(error, "no guest RAM for the PVH start info");
     memset(page, 0, MVM_PAGE_SIZE);
     si.cmdline_paddr = MVM_CMDLINE_ADDR;
     si.rsdp_paddr = MVM_ACPI_RSDP_ADDR;
@@ -274,12 +273,12 @@ static gboolean write_start_info(MvmMemory *mem, const MvmBootInfo *info, GError
 static gboolean check_config(const MvmBootConfig *config, GError **error)
 {
     if (config->kernel_fd < 0)
-        return mvm_boot_invalid(error, "no kernel given");
+        return mvm_set_invalid(error, "no kernel given");
     if (config->n_vcpus == 0)
-        return mvm_boot_invalid(error, "a VM needs at least one vCPU");
+        return mvm_set_invalid(error, "a VM needs at least one vCPU");
     if (config->n_mmio_devices > MVM_VIRTIO_MMIO_MAX_DEVICES ||
         (config->n_mmio_devices > 0 && config->mmio_devices == NULL))
-        return mvm_boot_invalid(error, "bad virtio-mmio device list");
+        return mvm_set_invalid(error, "bad virtio-mmio device list");
     return TRUE;
 }
 

@@ -116,12 +116,12 @@ gboolean mvm_boot_write_mptable(MvmMemory *mem, guint n_vcpus, GError **error)
     guint8 fp[MP_FLOATING_SIZE] = {0};
 
     if (n_vcpus == 0 || n_vcpus > MVM_BOOT_MPTABLE_MAX_VCPUS)
-        return mvm_boot_invalid(error, "the MP table describes 1 to %u vCPUs, not %u",
-                                MVM_BOOT_MPTABLE_MAX_VCPUS, n_vcpus);
+        return mvm_set_invalid(error, "the MP table describes 1 to %u vCPUs, not %u",
+                               MVM_BOOT_MPTABLE_MAX_VCPUS, n_vcpus);
     g_autoptr(GByteArray) table = build_config_table(n_vcpus);
     /* It may run past 640 KiB: e820 reserves everything up to 1 MiB, the RSDP comes later. */
     if (config_gpa + table->len > MVM_ACPI_RSDP_ADDR)
-        return mvm_boot_invalid(error, "the MP table does not fit below the RSDP");
+        return mvm_set_invalid(error, "the MP table does not fit below the RSDP");
 
     /* §4.1 MP Floating Pointer Structure; feature bytes 0: a table, virtual wire mode. */
     memcpy(fp, "_MP_", 4);

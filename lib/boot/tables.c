@@ -70,8 +70,7 @@ static guint64 *table_page(MvmMemory *mem, guint64 gpa, GError **error)
     guint64 *page = mvm_memory_get_ptr(mem, gpa, MVM_PAGE_SIZE);
 
     if (page == NULL) {
-        mvm_boot_invalid(error, "no guest RAM for the page table at 0x%" G_GINT64_MODIFIER "x",
-                         gpa);
+        mvm_set_invalid(error, "no guest RAM for the page table at 0x%" G_GINT64_MODIFIER "x", gpa);
         return NULL;
     }
     memset(page, 0, MVM_PAGE_SIZE);

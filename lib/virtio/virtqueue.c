@@ -58,34 +58,23 @@ void mvm_vq_reset(MvmVirtqueue *vq)
     memset(vq, 0, sizeof(*vq));
 }
 
-gboolean mvm_virtio_invalid(GError **error, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT, msg);
-    return FALSE;
-}
-
 static guint8 *map_ring(const MvmMemory *mem, guint64 gpa, guint64 len, guint64 align,
                         const char *what, GError **error)
 {
     guint8 *p;
 
     if (gpa % align != 0) {
-        mvm_virtio_invalid(
+        mvm_set_invalid(
             error, "%s ring at 0x%" G_GINT64_MODIFIER "x is not %" G_GUINT64_FORMAT "-byte aligned",
             what, gpa, align);
         return NULL;
     }
     p = mvm_memory_get_ptr(mem, gpa, len);
     if (p == NULL)
-        mvm_virtio_invalid(error,
-                           "%s ring at 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
-                           "x is not guest RAM",
-                           what, gpa, len);
+        mvm_set_invalid(error,
+                        "%s ring at 0x%" G_GINT64_MODIFIER "x+0x%" G_GINT64_MODIFIER
+                        "x is not guest RAM",
+                        what, gpa, len);
     return p;
 }
 
@@ -95,9 +84,9 @@ gboolean mvm_vq_enable(MvmVirtqueue *vq, const MvmMemory *mem, GError **error)
 
     /* §2.7: split queue sizes are powers of two; we offer at most MVM_VQ_MAX_SIZE. */
     if (n == 0 || n > MVM_VQ_MAX_SIZE || (n & (n - 1)) != 0)
-        return mvm_virtio_invalid(error,
-                                  "queue size %" G_GUINT64_FORMAT " is not a power of two up to %u",
-                                  n, MVM_VQ_MAX_SIZE);
+        return mvm_set_invalid(error,
+                               "queue size %" G_GUINT64_FORMAT " is not a power of two up to %u", n,
+                               MVM_VQ_MAX_SIZE);
     /* §2.7 table "Virtqueue Part Alignment": 16, 2 and 4 bytes. */
     vq->desc = map_ring(mem, vq->desc_gpa, DESC_SIZE * n, 16, "descriptor", error);
     if (vq->desc == NULL)
@@ -129,14 +118,13 @@ static gboolean chain_add(MvmVqChain *chain, const MvmMemory *mem, const Desc *d
     guint8 *host;
 
     if (d->flags & VIRTQ_DESC_F_INDIRECT)
-        return mvm_virtio_invalid(error, "descriptor %u is indirect, which was not negotiated",
-                                  index);
+        return mvm_set_invalid(error, "descriptor %u is indirect, which was not negotiated", index);
     if (!writable && chain->n_in > 0)
-        return mvm_virtio_invalid(
+        return mvm_set_invalid(
             error, "descriptor %u is device-readable after a device-writable one", index);
     host = mvm_memory_get_ptr(mem, d->addr, d->len);
     if (host == NULL)
-        return mvm_virtio_invalid(
+        return mvm_set_invalid(
             error, "descriptor %u points at 0x%" G_GINT64_MODIFIER "x+0x%x, not guest RAM", index,
             d->addr, d->len);
     chain->bufs[chain->n_out + chain->n_in] = (MvmVqBuf){.host = host, .len = d->len};
@@ -161,11 +149,11 @@ static gboolean walk_chain(const MvmVirtqueue *vq, const MvmMemory *mem, guint16
     /* A chain visits each descriptor at most once, so a longer one loops (§2.7.5.1). */
     for (guint count = 0;; count++) {
         if (count >= vq->size)
-            return mvm_virtio_invalid(
+            return mvm_set_invalid(
                 error, "descriptor chain from %u is longer than the queue (a loop?)", head);
         if (index >= vq->size)
-            return mvm_virtio_invalid(error, "descriptor index %u is beyond the queue size %u",
-                                      index, vq->size);
+            return mvm_set_invalid(error, "descriptor index %u is beyond the queue size %u", index,
+                                   vq->size);
         Desc d = load_desc(vq, index);
         if (!chain_add(chain, mem, &d, index, error))
             return FALSE;
@@ -185,8 +173,8 @@ MvmVqPopResult mvm_vq_pop(MvmVirtqueue *vq, const MvmMemory *mem, MvmVqChain *ch
     if (pending == 0)
         return MVM_VQ_POP_EMPTY;
     if (pending > vq->size) {
-        mvm_virtio_invalid(error, "available index moved by %u, more than the queue size %u",
-                           pending, vq->size);
+        mvm_set_invalid(error, "available index moved by %u, more than the queue size %u", pending,
+                        vq->size);
         return MVM_VQ_POP_BROKEN;
     }
     /* Read the ring entry only after the index that published it (§2.7.13.3 barrier). */

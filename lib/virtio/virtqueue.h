@@ -12,6 +12,7 @@
 #include <glib.h>
 #include <sys/uio.h>
 
+#include "error-private.h"
 #include "memory.h"
 
 G_BEGIN_DECLS
@@ -57,9 +58,6 @@ typedef enum {
     MVM_VQ_POP_OK,     /* @chain holds a chain */
     MVM_VQ_POP_BROKEN, /* the guest broke the rules; @error says how */
 } MvmVqPopResult;
-
-/* Sets @error to MVM_ERROR_INVALID_ARGUMENT with a printf-style message; returns FALSE. */
-gboolean mvm_virtio_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 /* Resets indexes and forgets the rings (device reset, §2.4). Keeps nothing from the guest. */
 void mvm_vq_reset(MvmVirtqueue *vq);

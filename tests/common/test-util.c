@@ -145,3 +145,15 @@ gboolean testguest_parse_blkbench(const char *out, guint32 tsc_khz, TestguestBlk
     f->trapped_us = tt / hz * 1e6 / n;
     return TRUE;
 }
+
+gboolean testguest_parse_cpuid(const char *output, guint32 leaf, guint32 subleaf, guint32 regs[4])
+{
+    /* The guest prints the leaf with 8 digits and the subleaf with as many as it needs. */
+    g_autofree char *prefix = g_strdup_printf("CPUID 0x%08x 0x%x ", leaf, subleaf);
+
+    for (const char *p = output; (p = strstr(p, prefix)) != NULL; p++)
+        if ((p == output || p[-1] == '\n') && sscanf(p + strlen(prefix), "0x%x 0x%x 0x%x 0x%x",
+                                                     &regs[0], &regs[1], &regs[2], &regs[3]) == 4)
+            return TRUE;
+    return FALSE;
+}

@@ -48,6 +48,12 @@ typedef struct {
 /* Reads the BLKBENCH lines of @out; FALSE when one is missing or counted nothing. */
 gboolean testguest_parse_blkbench(const char *out, guint32 tsc_khz, TestguestBlkbench *f);
 
+/*
+ * The registers (eax, ebx, ecx, edx) of the test guest's "CPUID 0x<leaf> 0x<subleaf> ..." line
+ * (mode=cpuid) for @leaf and @subleaf; FALSE when the guest printed no such line.
+ */
+gboolean testguest_parse_cpuid(const char *output, guint32 leaf, guint32 subleaf, guint32 regs[4]);
+
 /* Removes @path and, if it is a directory (not a link to one), all it holds. */
 void rm_rf(const char *path);
 

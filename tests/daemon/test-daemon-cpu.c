@@ -98,14 +98,19 @@ static char *guest_config(const char *mode, const char *extra)
                            extra ? ", " : "", extra ? extra : "");
 }
 
-static MvmdVm *create_ok(Fixture *f, const char *name, const char *extra)
+static MvmdVm *create_mode(Fixture *f, const char *name, const char *mode, const char *extra)
 {
-    g_autofree char *text = guest_config("idle", extra);
+    g_autofree char *text = guest_config(mode, extra);
     g_autoptr(GError) error = NULL;
     g_autofree char *path = create_vm(f, name, text, &error);
 
     g_assert_no_error(error);
     return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+static MvmdVm *create_ok(Fixture *f, const char *name, const char *extra)
+{
+    return create_mode(f, name, "idle", extra);
 }
 
 /* CreateVM with `cpu-template` @name fails with InvalidArgument whose message has @says. */
@@ -117,10 +122,13 @@ static void create_refused(Fixture *f, const char *name, const char *says)
     g_autofree char *text = guest_config("idle", extra);
     g_autoptr(GError) error = NULL;
     g_autofree char *path = create_vm(f, "refused", text, &error);
+    g_autofree char *shown = NULL;
 
     g_assert_null(path);
     mvmd_test_assert_dbus_error(error, ERR "InvalidArgument");
-    g_test_message("cpu-template %s: %s", value, error->message);
+    shown = g_utf8_substring(value, 0, MIN(g_utf8_strlen(value, -1), 80));
+    g_test_message("cpu-template %s: %s", shown, error->message);
+    g_assert_cmpuint(strlen(error->message), <, 1024); /* the caller's text is not echoed whole */
     g_assert_nonnull(strstr(error->message, "cpu-template"));
     if (says && !strstr(error->message, says))
         g_error("'%s' is not in: %s", says, error->message);
@@ -211,6 +219,7 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_autofree char *link = g_build_filename(f->template_dir, "link.json", NULL);
     g_autofree char *outside = g_build_filename(f->bus->tmpdir, "outside.json", NULL);
     g_autofree char *big = g_strnfill(70000, ' ');
+    g_autofree char *long_name = g_strnfill(100000, 'x');
 
     create_refused(f, "nosuch", "nosuch");
     create_refused(f, "../etc/passwd", NULL);
@@ -218,6 +227,8 @@ static void test_refused(Fixture *f, gconstpointer data)
     create_refused(f, "a/b", NULL);
     create_refused(f, ".hidden", NULL);
     create_refused(f, "/etc/passwd", NULL);
+    create_refused(f, "ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ünïcödé-ü", NULL);
+    create_refused(f, long_name, NULL);
 
     write_template(f, "corrupt.json", "{ \"cpuid\": [ { \"leaf\": ");
     create_refused(f, "corrupt", "corrupt.json");
@@ -321,6 +332,25 @@ static void test_cpu_config_other_user(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(out, ERR "NotAuthorized"));
 }
 
+/* Reload reads [CPUTemplates] Directory= again: templates come from the new directory. */
+static void reload_moves_directory(Fixture *f, const char *conf)
+{
+    g_autofree char *other = g_build_filename(f->bus->tmpdir, "other-templates", NULL);
+    g_autofree char *file = g_build_filename(other, "elsewhere.json", NULL);
+    g_autofree char *text = g_strdup_printf("[CPUTemplates]\nDirectory=%s\n", other);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+
+    g_assert_cmpint(g_mkdir(other, 0755), ==, 0);
+    g_assert_true(g_file_set_contents(file, NO_SSE42_JSON, -1, NULL));
+    create_refused(f, "elsewhere", "elsewhere");
+    g_assert_true(g_file_set_contents(conf, text, -1, NULL));
+    mvmd_manager_call_reload_sync(f->manager, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    vm = create_ok(f, "elsewhere", "'cpu-template': <'elsewhere'>");
+    create_refused(f, "from-conf", "from-conf");
+}
+
 /* The template directory from microvmd.conf, and a mistake there stops the start. */
 static void test_config_file(Fixture *f, gconstpointer data)
 {
@@ -337,6 +367,7 @@ static void test_config_file(Fixture *f, gconstpointer data)
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
     vm = create_ok(f, "conf", "'cpu-template': <'from-conf'>");
     g_assert_cmpstr(config_template(vm), ==, "from-conf");
+    reload_moves_directory(f, conf);
     stop_daemon(f);
 
     for (const char *const *bad = (const char *const[]){"[CPUTemplates]\nDirectory=relative\n",
@@ -416,6 +447,48 @@ static gboolean has_feature(GVariant *config, const char *feature)
     return g_strv_contains(features, feature);
 }
 
+/* The guest's console log (mode=cpuid stay=1) once it has printed every leaf. */
+static char *guest_cpuid_output(Fixture *f, const char *name)
+{
+    g_autofree char *log = g_build_filename(f->bus->runtime_dir, "vm", name, "console.log", NULL);
+    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
+    char *text = NULL;
+
+    for (;;) {
+        g_clear_pointer(&text, g_free);
+        if (g_file_get_contents(log, &text, NULL, NULL) && strstr(text, "CPUID staying"))
+            return text;
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+/*
+ * GetCPUConfig against the guest's own view: what the test guest's CPUID instruction answered
+ * on vCPU 0 is what vCPU 0's table says. Bits that follow the guest's own state are left out
+ * (testguest README: CPUID.1:ECX.OSXSAVE[27] follows CR4, CPUID.7.0:ECX.OSPKE[4] too).
+ */
+static void check_guest_view(Fixture *f, const char *name, GVariant *cpuid)
+{
+    static const struct {
+        guint32 leaf, reg, mask; /* reg: 0 eax .. 3 edx */
+    } compared[] = {
+        {1, 2, ~(1u << 27)}, {1, 3, ~0u},          {7, 1, ~0u},          {7, 2, ~(1u << 4)},
+        {7, 3, ~0u},         {0x80000001, 2, ~0u}, {0x80000001, 3, ~0u},
+    };
+    g_autofree char *out = guest_cpuid_output(f, name);
+
+    for (gsize i = 0; i < G_N_ELEMENTS(compared); i++) {
+        guint32 guest[4], table[4], leaf = compared[i].leaf, reg = compared[i].reg;
+
+        g_assert_true(testguest_parse_cpuid(out, leaf, 0, guest));
+        g_assert_true(find_cpuid(cpuid, leaf, 0, table));
+        if ((guest[reg] & compared[i].mask) != (table[reg] & compared[i].mask))
+            g_error("CPUID 0x%x.0 register %u: the guest saw 0x%08x, GetCPUConfig says 0x%08x",
+                    leaf, reg, guest[reg], table[reg]);
+    }
+}
+
 /*
  * Start with a template that takes features away. A kvm_pvm host shows guests its own CPUID
  * whatever the VMM sets (docs/kvm-hosts.md), so lib refuses such a VM there rather than
@@ -453,11 +526,12 @@ static void test_cpu_config_states(Fixture *f, gconstpointer data)
 
     if (skip_without_guests())
         return;
-    vm = create_ok(f, "host", "'vcpus': <uint32 2>");
+    vm = create_mode(f, "host", "cpuid stay=1", "'vcpus': <uint32 2>");
     call_ok(vm, "Start", NULL);
     config = get_cpu_config(vm, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "host", 2);
+    check_guest_view(f, "host", cpuid);
     g_assert_true(find_cpuid(cpuid, 1, 0, regs));
     g_assert_true(has_feature(config, "sse2"));
     g_main_context_iteration(NULL, FALSE);
@@ -493,12 +567,13 @@ static void test_baseline(Fixture *f, gconstpointer data)
 
     if (skip_without_guests())
         return;
-    vm = create_ok(f, "v2", "'cpu-template': <'x86-64-v2'>, 'vcpus': <uint32 2>");
+    vm = create_mode(f, "v2", "cpuid stay=1", "'cpu-template': <'x86-64-v2'>, 'vcpus': <uint32 2>");
     if (!start_masking(vm, "x86-64-v2"))
         return;
     config = get_cpu_config(vm, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "x86-64-v2", 2);
+    check_guest_view(f, "v2", cpuid);
     g_assert_true(find_cpuid(cpuid, 7, 0, regs));
     g_assert_cmphex(regs[1] & LEAF7_EBX_AVX2, ==, 0);
     g_assert_false(has_feature(config, "avx2"));
@@ -518,12 +593,13 @@ static void test_custom_effect(Fixture *f, gconstpointer data)
     if (skip_without_guests())
         return;
     write_template(f, "no-sse4.2.json", NO_SSE42_JSON);
-    vm = create_ok(f, "custom", "'cpu-template': <'no-sse4.2'>");
+    vm = create_mode(f, "custom", "cpuid stay=1", "'cpu-template': <'no-sse4.2'>");
     if (!start_masking(vm, "no-sse4.2"))
         return;
     config = get_cpu_config(vm, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "no-sse4.2", 1);
+    check_guest_view(f, "custom", cpuid);
     g_assert_true(find_cpuid(cpuid, 1, 0, regs));
     g_assert_cmphex(regs[2] & LEAF1_ECX_SSE42, ==, 0);
     g_assert_false(has_feature(config, "sse4_2"));

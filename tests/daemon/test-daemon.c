@@ -556,7 +556,8 @@ static void test_persistence(Fixture *f, gconstpointer data)
 
     path = create_ok(f->manager, "keep",
                      "{'kernel': <'/nonexistent/vmlinuz'>, 'persist': <true>,"
-                     " 'autostart': <true>, 'vcpus': <uint32 2>, 'cmdline': <'a=\"b c\" ü'>}");
+                     " 'autostart': <true>, 'vcpus': <uint32 2>, 'cmdline': <'a=\"b c\" ü'>,"
+                     " 'cpu-template': <'x86-64-v3'>}");
     g_free(create_ok(f->manager, "transient", "{'kernel': <'/k'>}"));
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
     uuid = g_strdup(mvmd_vm_get_uuid(vm));
@@ -601,6 +602,11 @@ static void test_persistence(Fixture *f, gconstpointer data)
         const char *cmdline = NULL;
         g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "cmdline", "&s", &cmdline));
         g_assert_cmpstr(cmdline, ==, "a=\"b c\" ü");
+    }
+    {
+        const char *template = NULL;
+        g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "cpu-template", "&s", &template));
+        g_assert_cmpstr(template, ==, "x86-64-v3");
     }
     /* Autostart was tried; the kernel does not exist (or there is no KVM): stopped, and why. */
     mvmd_test_wait_until(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "start-failed"), 10000);

@@ -197,6 +197,7 @@ bool mode_smp(void);
 bool mode_compute(void);
 bool mode_pattern(void);
 bool mode_kvmclock(void);
+bool mode_cpuid(void);
 /* virtio modes (virtio.h is the driver) */
 bool mode_blk(void);
 bool mode_blkbench(void);

@@ -34,6 +34,7 @@ static const struct {
     {"idle", mode_idle},
     {"ctrlaltdel", mode_ctrlaltdel},
     {"sandbox", mode_sandbox},
+    {"cpuid", mode_cpuid},
 };
 
 void pass(const char *what)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "snapshot-test-util.h"
+#include "snapshot.h"
 
 /* ---- helpers ---- */
 
@@ -56,4 +57,44 @@ char *make_tmpdir(void)
 
     g_assert_no_error(error);
     return dir;
+}
+
+GVariant *snapshot_read_payload(const char *dir)
+{
+    g_autofree char *path = g_build_filename(dir, "state", NULL);
+    g_autofree char *data = NULL;
+    g_autoptr(GError) error = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    GVariant *payload = mvm_snapshot_unwrap((const guint8 *)data, len, &error);
+    g_assert_no_error(error);
+    return payload;
+}
+
+void snapshot_write_payload(const char *dir, GVariant *payload, guint16 major, guint16 minor)
+{
+    g_autoptr(GVariant) sunk = g_variant_take_ref(payload);
+    g_autoptr(GBytes) bytes = mvm_snapshot_encode(sunk, major, minor);
+    g_autofree char *path = g_build_filename(dir, "state", NULL);
+
+    g_assert_true(g_file_set_contents(path, g_bytes_get_data(bytes, NULL),
+                                      (gssize)g_bytes_get_size(bytes), NULL));
+}
+
+GVariant *variant_replace_child(GVariant *container, gsize index, GVariant *child)
+{
+    gsize n = g_variant_n_children(container);
+    g_autofree GVariant **children = g_new0(GVariant *, n);
+
+    g_variant_ref_sink(child);
+    for (gsize i = 0; i < n; i++)
+        children[i] = i == index ? g_variant_ref(child) : g_variant_get_child_value(container, i);
+    GVariant *result = g_variant_is_of_type(container, G_VARIANT_TYPE_TUPLE)
+                           ? g_variant_new_tuple(children, n)
+                           : g_variant_new_array(NULL, children, n);
+    for (gsize i = 0; i < n; i++)
+        g_variant_unref(children[i]);
+    g_variant_unref(child);
+    return result;
 }

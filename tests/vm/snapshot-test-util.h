@@ -12,3 +12,10 @@ guint64 last_counter(const char *text);
 guint64 first_counter(const char *text);
 guint count_open_fds(void);
 char *make_tmpdir(void);
+
+/* The payload of @dir's `state` (a full reference; the envelope and digest are checked). */
+GVariant *snapshot_read_payload(const char *dir);
+/* @payload (floating or a full reference, taken) as @dir's `state`, with a valid digest. */
+void snapshot_write_payload(const char *dir, GVariant *payload, guint16 major, guint16 minor);
+/* A copy of tuple or array @container with child @index replaced by @child (floating, taken). */
+GVariant *variant_replace_child(GVariant *container, gsize index, GVariant *child);

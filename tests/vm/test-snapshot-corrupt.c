@@ -89,14 +89,7 @@ static void assert_refused(const char *dir, const char *reason)
 /* The good state's payload, for re-encoding with one change. */
 static GVariant *good_payload(void)
 {
-    g_autoptr(GBytes) state = read_member(get_good_snapshot(), "state");
-    gsize len;
-    const guint8 *data = g_bytes_get_data(state, &len);
-    g_autoptr(GError) error = NULL;
-    GVariant *payload = mvm_snapshot_unwrap(data, len, &error);
-
-    g_assert_no_error(error);
-    return payload;
+    return snapshot_read_payload(get_good_snapshot());
 }
 
 /* The payload dictionary with @key set to @value (floating, taken), or removed when NULL. */
@@ -112,41 +105,12 @@ static GVariant *payload_with(GVariant *payload, const char *key, GVariant *valu
     return g_variant_dict_end(&dict);
 }
 
-/* A copy of a tuple or array with child @index replaced. */
-static GVariant *replace_child(GVariant *container, gsize index, GVariant *child)
-{
-    gsize n = g_variant_n_children(container);
-    g_autofree GVariant **children = g_new0(GVariant *, n);
-
-    g_variant_ref_sink(child);
-    for (gsize i = 0; i < n; i++)
-        children[i] = i == index ? g_variant_ref(child) : g_variant_get_child_value(container, i);
-    GVariant *result = g_variant_is_of_type(container, G_VARIANT_TYPE_TUPLE)
-                           ? g_variant_new_tuple(children, n)
-                           : g_variant_new_array(NULL, children, n);
-    for (gsize i = 0; i < n; i++)
-        g_variant_unref(children[i]);
-    g_variant_unref(child);
-    return result;
-}
-
 /* The config dictionary with @key set to @value. */
 static GVariant *config_with(GVariant *payload, const char *key, GVariant *value)
 {
     g_autoptr(GVariant) config = g_variant_lookup_value(payload, "config", NULL);
 
     return payload_with(payload, "config", payload_with(config, key, value));
-}
-
-/* Takes @payload, floating (built here) or a full reference (from good_payload()). */
-static void write_encoded(const char *dir, GVariant *payload, guint16 major, guint16 minor)
-{
-    g_autoptr(GVariant) sunk = g_variant_take_ref(payload);
-    g_autoptr(GBytes) bytes = mvm_snapshot_encode(sunk, major, minor);
-    gsize len;
-    const guint8 *data = g_bytes_get_data(bytes, &len);
-
-    write_member(dir, "state", data, len);
 }
 
 typedef void (*DamageFunc)(const char *dir);
@@ -191,28 +155,28 @@ static void damage_magic(const char *dir)
 
 static void damage_major(const char *dir)
 {
-    write_encoded(dir, good_payload(), MVM_SNAPSHOT_MAJOR + 1, 0);
+    snapshot_write_payload(dir, good_payload(), MVM_SNAPSHOT_MAJOR + 1, 0);
 }
 
 static void damage_missing_key(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, payload_with(payload, "vcpus", NULL), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, payload_with(payload, "vcpus", NULL), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_key_type(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, payload_with(payload, "memory-size", g_variant_new_uint32(16)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, payload_with(payload, "memory-size", g_variant_new_uint32(16)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 /* A format-1 tuple (here with one member) under the dictionary's major. */
 static void damage_tuple_as_v2(const char *dir)
 {
-    write_encoded(dir, g_variant_new_parsed("(@a{sv} {},)"), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, g_variant_new_parsed("(@a{sv} {},)"), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_short_memory(const char *dir)
@@ -230,35 +194,36 @@ static void damage_no_memory(const char *dir)
 static void damage_vcpu_count(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_uint32(good_vm_vcpus + 1)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir,
+                           config_with(payload, "vcpus", g_variant_new_uint32(good_vm_vcpus + 1)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_too_many_vcpus(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_uint32(100000)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, config_with(payload, "vcpus", g_variant_new_uint32(100000)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_memory_size(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, config_with(payload, "memory-mib", g_variant_new_uint64(32)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, config_with(payload, "memory-mib", g_variant_new_uint64(32)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_config_type(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir, config_with(payload, "vcpus", g_variant_new_string("1")), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, config_with(payload, "vcpus", g_variant_new_string("1")),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_wrong_type(const char *dir)
 {
-    write_encoded(dir, g_variant_new_string("not a snapshot"), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, g_variant_new_string("not a snapshot"), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
 }
 
 /* A `v` whose child claims type (uu) but has 4 bytes: not in normal form; digest still right. */
@@ -285,10 +250,11 @@ static void damage_blob_size(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
     static const guint8 short_pit[8];
-    write_encoded(dir,
-                  payload_with(payload, "pit",
-                               g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, short_pit, 8, 1)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(
+        dir,
+        payload_with(payload, "pit",
+                     g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, short_pit, 8, 1)),
+        MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 /* vCPU 0's MSRs: one that KVM does not list among those it saves. */
@@ -298,9 +264,9 @@ static void damage_unknown_msr(const char *dir)
     g_autoptr(GVariant) vcpus = g_variant_lookup_value(payload, "vcpus", NULL);
     g_autoptr(GVariant) vcpu = g_variant_get_child_value(vcpus, 0);
     GVariant *msrs = g_variant_new_parsed("[(uint32 0xdeadbeef, uint64 0)]");
-    GVariant *new_vcpus = replace_child(vcpus, 0, replace_child(vcpu, 10, msrs));
-    write_encoded(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    GVariant *new_vcpus = variant_replace_child(vcpus, 0, variant_replace_child(vcpu, 10, msrs));
+    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_unknown_device(const char *dir)
@@ -309,8 +275,8 @@ static void damage_unknown_device(const char *dir)
     GVariantDict dict;
     g_variant_dict_init(&dict, NULL);
     g_variant_dict_insert(&dict, "virtio-blk7", "u", 1);
-    write_encoded(dir, payload_with(payload, "devices", g_variant_dict_end(&dict)),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, payload_with(payload, "devices", g_variant_dict_end(&dict)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_state_symlink(const char *dir)
@@ -392,7 +358,7 @@ static void test_corrupt_control(void)
         return;
     g_autofree char *dir = copy_snapshot();
     /* Re-encoding the payload unchanged must also restore: the test's encoder is sound. */
-    write_encoded(dir, good_payload(), MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    snapshot_write_payload(dir, good_payload(), MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     g_assert_no_error(error);
     g_assert_nonnull(vm);
@@ -411,9 +377,9 @@ static void test_newer_minor(void)
         return;
     g_autofree char *dir = copy_snapshot();
     g_autoptr(GVariant) payload = good_payload();
-    write_encoded(dir,
-                  payload_with(payload, "a-later-field", g_variant_new_parsed("(uint32 7, 'x')")),
-                  MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR + 1);
+    snapshot_write_payload(
+        dir, payload_with(payload, "a-later-field", g_variant_new_parsed("(uint32 7, 'x')")),
+        MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR + 1);
     g_autoptr(Capture) c = capture_new();
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     g_assert_no_error(error);
@@ -442,10 +408,10 @@ static void test_tsc_mismatch(void)
         g_test_skip("this host does not tell its TSC rate");
         return;
     }
-    GVariant *new_vcpus =
-        replace_child(vcpus, 0, replace_child(vcpu, 12, g_variant_new_uint32(changed)));
-    write_encoded(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
-                  MVM_SNAPSHOT_MINOR);
+    GVariant *new_vcpus = variant_replace_child(
+        vcpus, 0, variant_replace_child(vcpu, 12, g_variant_new_uint32(changed)));
+    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+                           MVM_SNAPSHOT_MINOR);
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     if (vm == NULL) {
         g_test_message("refused: %s", error->message);
