@@ -29,6 +29,7 @@ typedef struct {
     char **taps;
     char *vsock;
     char *on_reboot;
+    char *cpu_template;
     char **sets;
     gboolean persist;
     gboolean autostart;
@@ -46,6 +47,7 @@ static void create_options_clear(CreateOptions *o)
     g_strfreev(o->taps);
     g_free(o->vsock);
     g_free(o->on_reboot);
+    g_free(o->cpu_template);
     g_strfreev(o->sets);
 }
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CreateOptions, create_options_clear)
@@ -282,6 +284,9 @@ static GVariant *build_config(CreateOptions *o, GUnixFDList *fds, GError **error
         g_variant_dict_insert(&config, "cmdline", "s", o->cmdline);
     if (o->on_reboot)
         g_variant_dict_insert(&config, "on-reboot", "s", o->on_reboot);
+    /* The name as given: only the daemon knows its template directory. */
+    if (o->cpu_template)
+        g_variant_dict_insert(&config, "cpu-template", "s", o->cpu_template);
     if (o->persist)
         g_variant_dict_insert(&config, "persist", "b", TRUE);
     if (o->autostart)
@@ -356,6 +361,10 @@ int mctl_cmd_create(Mctl *ctl, int argc, char **argv)
         {"rng", 0, 0, G_OPTION_ARG_NONE, &o.rng, N_("Add a virtio entropy device"), NULL},
         {"on-reboot", 0, 0, G_OPTION_ARG_STRING, &o.on_reboot,
          N_("What a guest reset does: “restart” (default) or “stop”"), N_("ACTION")},
+        {"cpu-template", 0, 0, G_OPTION_ARG_STRING, &o.cpu_template,
+         N_("The CPU the guest is shown: “host” (default), “x86-64-v2”, “x86-64-v3” or a "
+            "custom template of the daemon's"),
+         N_("NAME")},
         {"persist", 0, 0, G_OPTION_ARG_NONE, &o.persist,
          N_("Store the definition so it survives a restart of microvmd (passes paths, not "
             "files)"),

@@ -104,6 +104,11 @@ void mctl_table_add(MctlTable *table, const char *const *cells)
 
 void mctl_table_print(MctlTable *table)
 {
+    mctl_table_print_indented(table, 0);
+}
+
+void mctl_table_print_indented(MctlTable *table, guint indent)
+{
     g_autofree gsize *width = g_new0(gsize, table->n_columns);
 
     /* Widths in characters, not bytes: translated headers are not ASCII. */
@@ -116,6 +121,9 @@ void mctl_table_print(MctlTable *table)
     for (guint r = 0; r < table->rows->len; r++) {
         char **row = table->rows->pdata[r];
         g_autoptr(GString) line = g_string_new(NULL);
+
+        for (guint i = 0; i < indent; i++)
+            g_string_append_c(line, ' ');
 
         for (guint c = 0; c < table->n_columns; c++) {
             g_string_append(line, row[c]);

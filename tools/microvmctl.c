@@ -31,6 +31,7 @@ static const MctlCommand commands[] = {
     {"delete", mctl_cmd_verb, N_("Delete a VM that is not running")},
     {"snapshot", mctl_cmd_snapshot, N_("Save a VM's state into a directory")},
     {"restore", mctl_cmd_restore, N_("Create a VM from a snapshot directory")},
+    {"cpu", mctl_cmd_cpu, N_("Show the CPU a VM's guest is given: CPUID, MSRs, TSC")},
     {"console", mctl_cmd_console, N_("Attach to a VM's serial console")},
     {"events", mctl_cmd_events, N_("Follow VMs being added, changed and removed")},
 };

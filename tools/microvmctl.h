@@ -21,7 +21,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVm, g_object_unref)
 /* Exit codes: one per kind of failure, so scripts can tell them apart. */
 typedef enum {
     MCTL_EXIT_OK = 0,
-    MCTL_EXIT_FAILED = 1,           /* Failed, NoResources, LimitReached, QuotaExceeded, other */
+    MCTL_EXIT_FAILED = 1,           /* Failed, and every error not below (microvmctl-bus.c) */
     MCTL_EXIT_USAGE = 2,            /* bad command line */
     MCTL_EXIT_NO_DAEMON = 3,        /* no connection, or microvmd is not running */
     MCTL_EXIT_NO_SUCH_VM = 4,       /* NoSuchVM */
@@ -92,6 +92,8 @@ typedef struct MctlTable MctlTable;
 MctlTable *mctl_table_new(guint n_columns, const char *const *headers);
 void mctl_table_add(MctlTable *table, const char *const *cells);
 void mctl_table_print(MctlTable *table);
+/* The same, each line after @indent spaces (a table inside a section). */
+void mctl_table_print_indented(MctlTable *table, guint indent);
 void mctl_table_free(MctlTable *table);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MctlTable, mctl_table_free)
 
@@ -111,5 +113,6 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_console(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_events(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_info(Mctl *ctl, int argc, char **argv);
+int mctl_cmd_cpu(Mctl *ctl, int argc, char **argv);
 
 G_END_DECLS

@@ -51,7 +51,12 @@ class TestBus:
     def daemon_args(self):
         return [MICROVMD, "--address=" + self.address,
                 "--state-dir=" + os.path.join(self.dir, "state"),
-                "--runtime-dir=" + os.path.join(self.dir, "run"), "--shutdown-timeout=1"]
+                "--runtime-dir=" + os.path.join(self.dir, "run"), "--shutdown-timeout=1",
+                "--cpu-template-dir=" + self.template_dir()]
+
+    def template_dir(self):
+        """Custom CPU templates: the daemon reads NAME.json here at each CreateVM and Start."""
+        return os.path.join(self.dir, "cpu-templates")
 
     def start_daemon(self):
         self.daemon = subprocess.Popen(self.daemon_args(), stdout=sys.stderr, stderr=sys.stderr,
@@ -200,7 +205,8 @@ def have_kvm():
 def test_usage(t):
     r = ctl(None, "--help")
     expect_rc(r, OK, "--help")
-    for command in ("list", "status", "create", "console", "events", "snapshot", "restore"):
+    for command in ("list", "status", "create", "console", "events", "snapshot", "restore",
+                    "cpu"):
         assert re.search(r"^  %s " % command, r.out, re.M), "--help lacks %s: %r" % (command, r)
     expect_rc(ctl(None), USAGE, "no command")
     expect_rc(ctl(None, "frobnicate"), USAGE, "unknown command")
@@ -210,6 +216,8 @@ def test_usage(t):
     expect_rc(ctl(None, "--session", "--address=unix:path=/nonexistent", "list"), USAGE,
               "two connections")
     expect_rc(ctl(None, "status", "x", "--lines=-1"), USAGE, "bad --lines")
+    expect_rc(ctl(None, "cpu"), USAGE, "cpu without a name")
+    expect_rc(ctl(None, "cpu", "x", "--vcpu=-2"), USAGE, "bad --vcpu")
     r = ctl(None, "--version")
     expect_rc(r, OK, "--version")
     assert re.match(r"microvmctl \d+\.\d+", r.out), r
@@ -230,7 +238,8 @@ def test_man_pages(t):
     with open(os.path.join(docs, "microvmd.8.rst")) as f:
         daemon_page = f.read()
     for command in ("list", "status", "info", "create", "start", "stop", "shutdown", "reboot",
-                    "pause", "resume", "delete", "snapshot", "restore", "console", "events"):
+                    "pause", "resume", "delete", "snapshot", "restore", "console", "events",
+                    "cpu"):
         assert re.search(r"^``%s``" % command, ctl_page, re.M), "command %s not documented" % command
         for option in help_options([MICROVMCTL, command]):
             assert "``" + option in ctl_page, "%s %s not documented" % (command, option)
@@ -269,6 +278,9 @@ def test_german(t):
     assert "Mit dem Systembus verbinden" in r.out, r
     r = ctl(None, "create", "--help", env=de)
     assert "Der Kernel: ein bzImage" in r.out and "Gastspeicher in MiB" in r.out, r
+    assert "Die CPU, die dem Gast gezeigt wird" in r.out, r
+    r = ctl(None, "cpu", "--help", env=de)
+    assert "Nur die vCPU N zeigen" in r.out, r
     r = ctl(None, "frobnicate", env=de)
     expect_rc(r, USAGE, "German error")
     assert "Unbekannter Befehl „frobnicate“" in r.err, r
@@ -321,7 +333,7 @@ def test_create_errors(t, bus):
     if have_kvm():
         start_failures(bus)
     for verb in ("start", "stop", "reboot", "pause", "resume", "delete", "shutdown", "console",
-                 "status"):
+                 "status", "cpu"):
         r = ctl(bus, verb, "nosuchvm")
         expect_rc(r, NO_SUCH_VM, verb + " of an unknown VM")
     expect_rc(ctl(bus, "snapshot", "nosuchvm", bus.dir), NO_SUCH_VM, "snapshot unknown")
@@ -408,6 +420,159 @@ def test_define(t, bus):
         expect_rc(ctl(bus, "delete", name), OK, "delete")
     assert not os.path.exists(os.path.join(bus.dir, "state", "vms", "def2.vm"))
     expect_rc(ctl(bus, "delete", "def1"), NO_SUCH_VM, "delete twice")
+
+
+def test_cpu_template_define(t, bus):
+    """--cpu-template reaches the definition (status shows it); an unknown or malformed name is
+    the daemon's InvalidArgument, named; `cpu` of a VM that is not running is InvalidState."""
+    kernel = TESTGUEST or MICROVMCTL
+    for name, why in (("no-such-template", "no such template"), ("../etc", "no template name")):
+        r = ctl(bus, "create", "x", "--kernel", kernel, "--cpu-template=" + name)
+        expect_rc(r, INVALID_ARGUMENT, "--cpu-template=" + name)
+        assert name in r.err and why in r.err and "cpu-template" in r.err, r
+    assert ctl(bus, "list", "--names").out == "", "a refused template left a VM behind"
+    expect_rc(ctl(bus, "create", "plain", "--kernel", kernel), OK, "create")
+    assert vm_json(bus, "plain")["config"]["cpu-template"] == "host", "host is the default"
+    expect_rc(ctl(bus, "create", "v2", "--kernel", kernel, "--cpu-template", "x86-64-v2"), OK,
+              "create --cpu-template")
+    assert vm_json(bus, "v2")["config"]["cpu-template"] == "x86-64-v2"
+    r = ctl(bus, "status", "v2", "--lines=0")
+    assert re.search(r"^  cpu-template +x86-64-v2$", r.out, re.M), r
+    for args in ([], ["--json"]):
+        r = ctl(bus, "cpu", "v2", *args)
+        expect_rc(r, INVALID_STATE, "cpu of a created VM")
+        assert "running or paused" in r.err and r.out == "", r
+    r = ctl(bus, "cpu", "v2", "--vcpu=1")
+    expect_rc(r, USAGE, "--vcpu past the VM's vCPUs")
+    assert "v2 has 1 vCPU," in r.err, r
+    for name in ("plain", "v2"):
+        expect_rc(ctl(bus, "delete", name), OK, "delete")
+
+
+def cpu_text_features(out):
+    """The feature names of `cpu`'s text: the Features: line and its continuation lines."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Features:"))
+    words = lines[start].split()[1:]
+    for line in lines[start + 1:]:
+        if not line.startswith(" "):
+            break
+        words += line.split()
+    return words
+
+
+def cpu_text_cpuid(out, vcpu):
+    """vCPU @vcpu's CPUID rows of `cpu`'s text, as tuples of numbers."""
+    section = out.split("vCPU %d:\n" % vcpu, 1)[1].split("\nvCPU ", 1)[0]
+    rows = re.findall(r"^    (0x\S+)  (0x\S+)  (0x\S+)  (0x\S+)  (0x\S+)  (0x\S+)$", section,
+                      re.M)
+    return [tuple(int(x, 16) for x in row) for row in rows]
+
+
+def start_with_template(bus, name):
+    """Creates and starts @name with x86-64-v2. A host whose KVM shows guests its own CPUID
+    whatever the VMM sets (kvm_pvm, docs/kvm-hosts.md) cannot honour a template that takes
+    features away: Start is IncompatibleCPU (exit 1) naming the template, and a custom template
+    that hides nothing stands in. Returns the template the VM runs with."""
+    args = ["--kernel", TESTGUEST, "--cmdline", "mode=echo", "--memory", "16", "--vcpus", "2",
+            "--set", "debug-exit=true", "--start"]
+    r = ctl(bus, "create", name, "--cpu-template=x86-64-v2", *args)
+    if r.rc == OK:
+        return "x86-64-v2"
+    expect_rc(r, FAILED, "start with x86-64-v2 where KVM cannot hide features")
+    assert "x86-64-v2" in r.err and "cannot be honoured" in r.err, r
+    assert "GDBus.Error" not in r.err and "IncompatibleCPU" not in r.err, r
+    expect_rc(ctl(bus, "delete", name), OK, "delete")
+    os.makedirs(bus.template_dir(), exist_ok=True)
+    with open(os.path.join(bus.template_dir(), "hides-nothing.json"), "w") as f:
+        f.write('{ "description": "the host\'s CPU" }\n')
+    expect_rc(ctl(bus, "create", name, "--cpu-template=hides-nothing", *args), OK,
+              "create --start with a custom template")
+    return "hides-nothing"
+
+
+def check_cpu_json(c, template, vcpus):
+    assert {"cpu-template", "tsc-khz", "tsc-scaling", "features", "vcpus"} <= set(c), c.keys()
+    assert c["cpu-template"] == template, c["cpu-template"]
+    assert isinstance(c["tsc-khz"], int) and c["tsc-khz"] >= 0, c["tsc-khz"]
+    assert isinstance(c["tsc-scaling"], bool), c["tsc-scaling"]
+    assert "sse2" in c["features"], c["features"]
+    assert [v["index"] for v in c["vcpus"]] == vcpus, c["vcpus"]
+    for v in c["vcpus"]:
+        assert any(e["function"] == 0 for e in v["cpuid"]), v["cpuid"]
+        for e in v["cpuid"]:
+            assert set(e) == {"function", "index", "flags", "eax", "ebx", "ecx", "edx"}, e
+            assert all(isinstance(x, int) and 0 <= x < 1 << 32 for x in e.values()), e
+        assert v["msrs"], "no MSRs"
+        for m in v["msrs"]:
+            assert isinstance(m["index"], int) and re.match(r"^0x[0-9a-f]{16}$", m["value"]), m
+
+
+def test_cpu(t, bus):
+    """`cpu` of a running and a paused guest: the template, TSC and features, and each vCPU's
+    CPUID and MSRs, as text and as JSON that say the same; not once the VM has stopped."""
+    template = start_with_template(bus, "c1")
+    r = ctl(bus, "cpu", "c1", strict=True)
+    expect_rc(r, OK, "cpu")
+    assert re.search(r"^CPU template: +%s$" % re.escape(template), r.out, re.M), r
+    assert re.search(r"^TSC rate: +(\d+ kHz|unknown)$", r.out, re.M), r
+    assert re.search(r"^TSC scaling: +(available|not available)$", r.out, re.M), r
+    features = cpu_text_features(r.out)
+    assert "sse2" in features, features
+    if template == "x86-64-v2":
+        assert "avx2" not in features, "x86-64-v2 hides AVX2: %r" % features
+    assert re.search(r"^    FUNCTION +INDEX +EAX +EBX +ECX +EDX$", r.out, re.M), r
+    assert re.search(r"^  MSRs \(\d+\):$", r.out, re.M), r
+    assert re.search(r"^    0x[0-9a-f]{8} = 0x[0-9a-f]{16}$", r.out, re.M), r
+    rj = ctl(bus, "cpu", "c1", "--json")
+    expect_rc(rj, OK, "cpu --json")
+    c = rj.json()
+    check_cpu_json(c, template, [0, 1])
+    assert c["features"] == features, "text and JSON differ: %r %r" % (features, c["features"])
+    if c["tsc-khz"]:
+        assert "%d kHz" % c["tsc-khz"] in r.out, r
+    for vcpu in (0, 1):
+        rows = [(e["function"], e["index"], e["eax"], e["ebx"], e["ecx"], e["edx"])
+                for e in c["vcpus"][vcpu]["cpuid"]]
+        assert cpu_text_cpuid(r.out, vcpu) == rows, "vCPU %d: text and JSON differ" % vcpu
+    r = ctl(bus, "cpu", "c1", "--vcpu=1", "--json")
+    expect_rc(r, OK, "cpu --vcpu=1 --json")
+    check_cpu_json(r.json(), template, [1])
+    r = ctl(bus, "cpu", "c1", "--vcpu", "1")
+    assert "vCPU 1:" in r.out and "vCPU 0:" not in r.out, r
+    expect_rc(ctl(bus, "cpu", "c1", "--vcpu=2"), USAGE, "--vcpu past the VM's vCPUs")
+    expect_rc(ctl(bus, "pause", "c1"), OK, "pause")
+    check_cpu_json(ctl(bus, "cpu", "c1", "--json").json(), template, [0, 1])
+    assert vm_json(bus, "c1")["state"] == "paused", "cpu left the VM paused"
+    expect_rc(ctl(bus, "resume", "c1"), OK, "resume")
+    assert vm_json(bus, "c1")["config"]["cpu-template"] == template
+    expect_rc(ctl(bus, "stop", "c1"), OK, "stop")
+    expect_rc(ctl(bus, "cpu", "c1"), INVALID_STATE, "cpu of a stopped VM")
+    expect_rc(ctl(bus, "delete", "c1"), OK, "delete")
+
+
+def test_cpu_incompatible(t, bus):
+    """A template that sets a CPU feature this host's KVM cannot give: Start is the daemon's
+    IncompatibleCPU on every host, shown as its message with exit code 1 (the bit is one that
+    `cpu --json` of a host-template guest shows clear in CPUID leaf 7 EBX)."""
+    expect_rc(ctl(bus, "create", "h1", "--kernel", TESTGUEST, "--cmdline", "mode=echo",
+                  "--memory", "16", "--start"), OK, "create --start")
+    leaf7 = [e for e in ctl(bus, "cpu", "h1", "--json").json()["vcpus"][0]["cpuid"]
+             if (e["function"], e["index"]) == (7, 0)]
+    expect_rc(ctl(bus, "stop", "h1"), OK, "stop")
+    expect_rc(ctl(bus, "delete", "h1"), OK, "delete")
+    assert len(leaf7) == 1, leaf7
+    clear = [bit for bit in range(32) if not leaf7[0]["ebx"] & (1 << bit)]
+    if not clear:
+        return "SKIP this host's KVM gives every bit of CPUID leaf 7 EBX"
+    os.makedirs(bus.template_dir(), exist_ok=True)
+    with open(os.path.join(bus.template_dir(), "too-much.json"), "w") as f:
+        json.dump({"cpuid": [{"leaf": "0x7", "register": "ebx", "set": hex(1 << clear[0])}]}, f)
+    r = ctl(bus, "create", "c2", "--kernel", TESTGUEST, "--cpu-template=too-much", "--start")
+    expect_rc(r, FAILED, "start with a feature this host cannot give")
+    assert "too-much" in r.err and "cannot give" in r.err, r
+    assert "GDBus.Error" not in r.err, r
+    expect_rc(ctl(bus, "delete", "c2"), OK, "delete")
 
 
 def test_unprivileged(t, bus):
@@ -798,6 +963,10 @@ def test_completion(t, bus):
     assert complete("microvmctl", "--address", bus.address, "start", "alpha", "") == []
     assert complete("microvmctl", "create", "x", "--on-reboot", "") == ["restart", "stop"]
     assert complete("microvmctl", "create", "x", "--on-reboot=r") == ["restart"]
+    assert complete("microvmctl", "create", "x", "--cpu-template", "x86") == ["x86-64-v2",
+                                                                             "x86-64-v3"]
+    assert complete("microvmctl", "--address", bus.address, "cpu", "") == ["alpha", "beta"]
+    assert "--vcpu=" in complete("microvmctl", "cpu", "alpha", "--v")
     assert complete("microvmctl", "--json") == [], "not a global option"
     assert complete("microvmctl", "--socket=/nonexistent", "stop", "") == []
     for name in ("alpha", "beta"):
@@ -910,6 +1079,7 @@ def main():
         run("info", test_info, bus)
         run("create errors", test_create_errors, bus)
         run("define, list, status, delete", test_define, bus)
+        run("CPU templates in definitions", test_cpu_template_define, bus)
         run("events", test_events, bus)
         run("unprivileged user", test_unprivileged, bus)
         run("bash completion", test_completion, bus)
@@ -918,6 +1088,8 @@ def main():
         run("console from a pipe", test_console_pipe, bus, needs_kvm=True)
         run("snapshot and restore", test_snapshot, bus, needs_kvm=True)
         run("snapshot and restore as nobody", test_snapshot_unprivileged, bus, needs_kvm=True)
+        run("cpu of a running guest", test_cpu, bus, needs_kvm=True)
+        run("IncompatibleCPU from start", test_cpu_incompatible, bus, needs_kvm=True)
         run("peer-to-peer socket", test_socket, tmp)
         if bus.daemon.poll() is not None:
             failed += 1
