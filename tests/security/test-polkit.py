@@ -31,7 +31,7 @@ MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume
 # Public: anyone, never asked.
 PUBLIC_OPS = ["list", "managed"]
 # The details of root's VM "guest": another user's, so read-others is asked.
-DETAIL_OPS = ["stats", "guest", "config", "guest", "exit-reason", "guest"]
+DETAIL_OPS = ["stats", "guest", "config", "guest", "exit-reason", "guest", "cpu-config", "guest"]
 # What the bus shows everyone of a VM: no configuration, no exit reason.
 PUBLIC_PROPERTIES = {"Name", "UUID", "State", "VCPUs", "MemoryMiB", "StateChangedAt", "Owner"}
 
@@ -123,10 +123,10 @@ class PolkitTest(systest.TestCase):
         self.assert_all(self.as_nobody(PUBLIC_OPS), None)
         self.assertEqual(monitor.checks, [])  # listing never asks
         self.assert_all(self.as_nobody(DETAIL_OPS), NOT_AUTHORIZED)
-        systest.wait_for(lambda: len(monitor.checks) >= 3, 10, "the read checks")
+        systest.wait_for(lambda: len(monitor.checks) >= 4, 10, "the read checks")
         self.assertEqual({(c[1], c[2]["verb"], c[2]["owner"], c[3]) for c in monitor.checks},
                          {(systest.ACTIONS["read-others"], verb, "0", 0)
-                          for verb in ("GetStats", "GetConfig", "GetExitReason")})
+                          for verb in ("GetStats", "GetConfig", "GetExitReason", "GetCPUConfig")})
 
         self.set_allowed(systest.ACTIONS.values())
         results = self.as_nobody(["create-fd", "mine", "start", "mine", "pause", "mine",

@@ -7,7 +7,8 @@ with --p2p the address of microvmd's own socket.
 OPS: list, reload, managed (GetManagedObjects; its reply printed as "reply"), create NAME
 (kernel by path), create-fd NAME (kernel from the inherited
 descriptor $CLIENT_KERNEL_FD), restore NAME (from a snapshot path),
-start|pause|resume|shutdown|stop|reboot|delete|console|stats|config|exit-reason|snapshot NAME.
+start|pause|resume|shutdown|stop|reboot|delete|console|stats|config|exit-reason|cpu-config|
+snapshot NAME.
 
 Snapshot destinations (SNAPSHOT_OPS), each "snapshot-KIND NAME": a directory $CLIENT_TARGET
 by path, as a dir-fd or as an O_PATH dir-fd; or a state file of the KIND given (see
@@ -38,6 +39,7 @@ VM_CALLS = {
     "stats": ("GetStats", None),
     "config": ("GetConfig", None),
     "exit-reason": ("GetExitReason", None),
+    "cpu-config": ("GetCPUConfig", None),
     # A path: never followed for an unprivileged caller, whatever polkit says.
     "snapshot": ("Snapshot", GLib.Variant("(sa{sv})", ("/var/tmp/microvmd-snapshot", {}))),
 }
