@@ -5,9 +5,11 @@
  * top of libmicrovm; what benchmarks set against qemu-system-x86_64 -M microvm.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <glib-unix.h>
 #include <locale.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "microvm.h"
@@ -152,9 +154,28 @@ static int run(MvmVmConfig *config, guint timeout_s, gboolean print_markers)
     return status;
 }
 
+/* A built-in template's name, or a JSON file (named after its base name, less ".json"). */
+static MvmCpuTemplate *load_cpu_template(const char *arg, GError **error)
+{
+    if (g_strv_contains(mvm_cpu_template_builtin_names(), arg))
+        return mvm_cpu_template_new_builtin(arg, error);
+    g_autofree char *base = g_path_get_basename(arg);
+    if (g_str_has_suffix(base, ".json"))
+        base[strlen(base) - 5] = '\0';
+    int fd = open(arg, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno), "cannot open %s: %s", arg,
+                    g_strerror(errno));
+        return NULL;
+    }
+    MvmCpuTemplate *tmpl = mvm_cpu_template_new_from_fd(base, fd, error);
+    close(fd);
+    return tmpl;
+}
+
 int main(int argc, char **argv)
 {
-    g_autofree char *kernel = NULL, *initrd = NULL, *cmdline = NULL;
+    g_autofree char *kernel = NULL, *initrd = NULL, *cmdline = NULL, *cpu_template = NULL;
     gint vcpus = 1, timeout_s = 0;
     gint64 memory = 128;
     gboolean debug_exit = FALSE, pvh = FALSE, markers = FALSE;
@@ -168,6 +189,8 @@ int main(int argc, char **argv)
         {"timeout", 't', 0, G_OPTION_ARG_INT, &timeout_s,
          "Stop the guest after SEC seconds (exit 124)", "SEC"},
         {"pvh", 0, 0, G_OPTION_ARG_NONE, &pvh, "Enter an ELF kernel through its PVH note", NULL},
+        {"cpu-template", 0, 0, G_OPTION_ARG_FILENAME, &cpu_template,
+         "CPU template: host, x86-64-v2, x86-64-v3 or a JSON file", "NAME|FILE"},
         {"debug-exit", 0, 0, G_OPTION_ARG_NONE, &debug_exit,
          "Test guests: debug exit port and test device", NULL},
         {"markers", 0, 0, G_OPTION_ARG_NONE, &markers, "Print test device markers with their time",
@@ -200,5 +223,10 @@ int main(int argc, char **argv)
     config->memory_mib = (guint64)memory;
     config->debug_exit = debug_exit;
     config->prefer_pvh = pvh;
+    if (cpu_template != NULL &&
+        (config->cpu_template = load_cpu_template(cpu_template, &error)) == NULL) {
+        g_printerr("microvm-run: %s\n", error->message);
+        return EXIT_USAGE;
+    }
     return run(config, (guint)MAX(timeout_s, 0), markers);
 }
