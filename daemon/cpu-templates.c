@@ -87,6 +87,8 @@ static void open_error(GError **error, const char *dir, const char *name, int er
                        "%s/%s%s is a symbolic link: a template must be a regular file in the "
                        "template directory",
                        dir, name, TEMPLATE_SUFFIX);
+    else if (err == EINVAL)
+        template_error(error, name, "%s/%s%s is not a regular file", dir, name, TEMPLATE_SUFFIX);
     else
         template_error(error, name, "cannot open %s/%s%s: %s", dir, name, TEMPLATE_SUFFIX,
                        g_strerror(err));
@@ -94,21 +96,31 @@ static void open_error(GError **error, const char *dir, const char *name, int er
 
 /*
  * @dir/NAME.json: never through a link (the administrator's directory may hold links made by
- * someone else, or to a file that is not the administrator's), never waiting on a FIFO
- * (O_NONBLOCK), and only a regular file is read (lib bounds its size).
+ * someone else, or to a file that is not the administrator's), never a device or FIFO, whose
+ * open alone can do something (looked at before it is opened, and O_NONBLOCK should it change
+ * in between), and only a regular file is read (lib bounds its size). A link or a file that is
+ * not regular sets *err to ELOOP or EINVAL.
  */
 static int open_in_dir(const char *dir, const char *file, int *err)
 {
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int fd;
+    struct stat st;
+    int fd = -1;
 
     if (dirfd < 0) {
         /* No directory: no custom template, as for a missing file. */
         *err = errno == ENOTDIR ? ENOENT : errno;
         return -1;
     }
-    fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    *err = errno;
+    if (fstatat(dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        *err = errno;
+    else if (S_ISLNK(st.st_mode))
+        *err = ELOOP;
+    else if (!S_ISREG(st.st_mode))
+        *err = EINVAL;
+    else if ((fd = openat(dirfd, file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) <
+             0)
+        *err = errno;
     close(dirfd);
     return fd;
 }

@@ -653,8 +653,10 @@ static void on_reload_authorized(GObject *source, GAsyncResult *result, gpointer
         g_dbus_method_invocation_return_error_literal(
             call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
     } else if (!mvmd_manager_service_reload(call->self, &error)) {
+        /* The file's group and key names are the administrator's bytes, not always UTF-8. */
+        g_autofree char *message = g_utf8_make_valid(error->message, -1);
         g_dbus_method_invocation_return_error_literal(call->invocation, MVMD_ERROR,
-                                                      MVMD_ERROR_FAILED, error->message);
+                                                      MVMD_ERROR_FAILED, message);
     } else {
         mvmd_manager_complete_reload(MVMD_MANAGER(call->self), call->invocation);
     }

@@ -4,8 +4,9 @@
  * name, owner and the method as details) → act: check the state, start an operation in a worker
  * (vm-ops.c) or answer at once. Which action is asked depends on whose VM it is: the owner's
  * own action, or the -others one for everyone else. Reading (GetConfig, GetExitReason,
- * GetStats, GetCPUConfig) is free for the owner and needs read-others for anyone else. Main loop
- * only, like the state machine (vm-service.c) whose fields it reads and whose operations it begins.
+ * GetStats) is free for the owner and needs read-others for anyone else; GetCPUConfig pauses the
+ * guest and shows its registers, so it is managing. Main loop only, like the state machine
+ * (vm-service.c) whose fields it reads and whose operations it begins.
  */
 #include <unistd.h>
 
@@ -561,7 +562,7 @@ static void act_get_cpu_config(MvmdVmService *self, GDBusMethodInvocation *invoc
 
 static gboolean handle_get_cpu_config(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
-    return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_cpu_config, 0);
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_get_cpu_config, 0);
 }
 
 static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)

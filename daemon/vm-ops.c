@@ -69,7 +69,7 @@ void mvmd_vm_op_data_free(OpData *d)
     g_free(d->reason);
     g_free(d->cpu_template);
     g_free(d->cpu_template_dir);
-    g_clear_pointer(&d->cpu_config, mvm_cpu_config_free);
+    g_clear_pointer(&d->cpu_config, g_variant_unref);
     g_free(d);
 }
 
@@ -406,6 +406,17 @@ static void finish_and_free(GTask *task, OpData *d)
     teardown_end();
 }
 
+/* The dump, and the reply made of it: both off the main loop. */
+static gboolean worker_cpu_config(OpData *d, GError **error)
+{
+    g_autoptr(MvmCpuConfig) config = mvm_vm_dump_cpu_config(d->run->vm, error);
+
+    if (config == NULL)
+        return FALSE;
+    d->cpu_config = g_variant_ref_sink(mvmd_cpu_config_to_variant(config));
+    return TRUE;
+}
+
 /*
  * Every failure below sets its GError; should one ever not, the call still gets an answer
  * (g_task_return_error() with no error is a critical, and the task would never complete).
@@ -439,8 +450,7 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         ok = mvm_vm_resume(d->run->vm, &error);
         break;
     case OP_CPU_CONFIG:
-        d->cpu_config = mvm_vm_dump_cpu_config(d->run->vm, &error);
-        ok = d->cpu_config != NULL;
+        ok = worker_cpu_config(d, &error);
         break;
     case OP_STOP:
     case OP_REAP:

@@ -312,8 +312,7 @@ static void cpu_config_done(MvmdVmService *self, OpData *d, gboolean ok, GError 
         g_dbus_method_invocation_return_gerror(invocation, mapped);
         return;
     }
-    mvmd_vm_complete_get_cpu_config(MVMD_VM(self), invocation,
-                                    mvmd_cpu_config_to_variant(d->cpu_config));
+    mvmd_vm_complete_get_cpu_config(MVMD_VM(self), invocation, d->cpu_config);
 }
 
 static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)

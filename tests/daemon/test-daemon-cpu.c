@@ -312,7 +312,10 @@ static void test_cpu_config_created(Fixture *f, gconstpointer data)
     g_assert_nonnull(strstr(error->message, "created"));
 }
 
-/* Another user reads root's VM's CPU only with read-others: without polkit never, with it yes. */
+/*
+ * Another user reads root's VM's CPU only with manage-others (the read pauses the guest and shows
+ * its registers): read-others is not enough, and without polkit never.
+ */
 static void test_cpu_config_other_user(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_ok(f, "roots", NULL);
@@ -332,10 +335,9 @@ static void test_cpu_config_other_user(Fixture *f, gconstpointer data)
     g_test_message("GetCPUConfig as nobody: %s", out);
     g_assert_nonnull(strstr(out, ERR "NotAuthorized"));
 
-    /* With read-others it gets past authorization: a created VM then has no vCPUs to show. */
     mock = mvmd_test_start_polkit_mock(f->bus, "org.microvmd.vm.read-others");
     if (!mock) {
-        g_test_message("python-dbusmock is not installed: read-others not tried");
+        g_test_message("python-dbusmock is not installed: polkit's yes not tried");
         return;
     }
     g_clear_object(&client);
@@ -344,6 +346,20 @@ static void test_cpu_config_other_user(Fixture *f, gconstpointer data)
     g_subprocess_communicate_utf8(client, NULL, NULL, &out, NULL, &error);
     g_assert_no_error(error);
     g_test_message("GetCPUConfig as nobody with read-others: %s", out);
+    g_assert_nonnull(strstr(out, ERR "NotAuthorized"));
+    g_subprocess_force_exit(mock);
+    g_subprocess_wait(mock, NULL, NULL);
+    g_clear_object(&mock);
+
+    /* With manage-others it gets past authorization: a created VM then has no vCPUs to show. */
+    mock = mvmd_test_start_polkit_mock(f->bus, "org.microvmd.vm.manage-others");
+    g_assert_nonnull(mock);
+    g_clear_object(&client);
+    g_clear_pointer(&out, g_free);
+    client = mvmd_test_vm_call_as_nobody(f->bus, "roots", "GetCPUConfig");
+    g_subprocess_communicate_utf8(client, NULL, NULL, &out, NULL, &error);
+    g_assert_no_error(error);
+    g_test_message("GetCPUConfig as nobody with manage-others: %s", out);
     g_assert_nonnull(strstr(out, ERR "InvalidState"));
     g_subprocess_force_exit(mock);
     g_subprocess_wait(mock, NULL, NULL);
