@@ -592,23 +592,40 @@ static void test_cpu_config_states(Fixture *f, gconstpointer data)
  * x86-64-v2: what the vCPUs' CPUID says is the baseline's (no AVX2, SSE2 of course), by bit
  * and by name. Where KVM cannot hide features, the refusal is the answer.
  */
+/*
+ * Guest @name (mode=cpuid, staying) with template @tmpl and the CreateVM @keys, running: its
+ * GetCPUConfig in @config, checked against the guest's own view, and vCPU 0's CPUID returned.
+ * NULL when this host cannot run test guests or honour the template (the test has its answer).
+ */
+static GVariant *start_and_read(Fixture *f, const char *name, const char *tmpl, const char *keys,
+                                guint vcpus, MvmdVm **vm, GVariant **config)
+{
+    g_autoptr(GError) error = NULL;
+    GVariant *cpuid;
+
+    if (skip_without_guests())
+        return NULL;
+    *vm = create_mode(f, name, "cpuid stay=1", keys);
+    if (!start_masking(*vm, tmpl))
+        return NULL;
+    *config = get_cpu_config(*vm, &error);
+    g_assert_no_error(error);
+    cpuid = check_cpu_config(*config, tmpl, vcpus);
+    check_guest_view(f, name, cpuid);
+    return cpuid;
+}
+
 static void test_baseline(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = NULL;
     g_autoptr(GVariant) config = NULL;
-    g_autoptr(GVariant) cpuid = NULL;
-    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) cpuid =
+        start_and_read(f, "v2", "x86-64-v2", "'cpu-template': <'x86-64-v2'>, 'vcpus': <uint32 2>",
+                       2, &vm, &config);
     guint32 regs[4];
 
-    if (skip_without_guests())
+    if (cpuid == NULL)
         return;
-    vm = create_mode(f, "v2", "cpuid stay=1", "'cpu-template': <'x86-64-v2'>, 'vcpus': <uint32 2>");
-    if (!start_masking(vm, "x86-64-v2"))
-        return;
-    config = get_cpu_config(vm, &error);
-    g_assert_no_error(error);
-    cpuid = check_cpu_config(config, "x86-64-v2", 2);
-    check_guest_view(f, "v2", cpuid);
     g_assert_true(find_cpuid(cpuid, 7, 0, regs));
     g_assert_cmphex(regs[1] & LEAF7_EBX_AVX2, ==, 0);
     g_assert_false(has_feature(config, "avx2"));
@@ -622,19 +639,13 @@ static void test_custom_effect(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) vm = NULL;
     g_autoptr(GVariant) config = NULL;
     g_autoptr(GVariant) cpuid = NULL;
-    g_autoptr(GError) error = NULL;
     guint32 regs[4];
 
-    if (skip_without_guests())
-        return;
     write_template(f, "no-sse4.2.json", NO_SSE42_JSON);
-    vm = create_mode(f, "custom", "cpuid stay=1", "'cpu-template': <'no-sse4.2'>");
-    if (!start_masking(vm, "no-sse4.2"))
+    cpuid =
+        start_and_read(f, "custom", "no-sse4.2", "'cpu-template': <'no-sse4.2'>", 1, &vm, &config);
+    if (cpuid == NULL)
         return;
-    config = get_cpu_config(vm, &error);
-    g_assert_no_error(error);
-    cpuid = check_cpu_config(config, "no-sse4.2", 1);
-    check_guest_view(f, "custom", cpuid);
     g_assert_true(find_cpuid(cpuid, 1, 0, regs));
     g_assert_cmphex(regs[2] & LEAF1_ECX_SSE42, ==, 0);
     g_assert_false(has_feature(config, "sse4_2"));
