@@ -360,21 +360,11 @@ static gboolean parse_cpuid_modifier(JsonObject *object, MvmCpuTemplate *tmpl, G
  * take bits away. KVM lets a VMM write far more (kvmclock and steal-time addresses, EFER,
  * APICBASE, machine-check banks), none of it a template's business.
  */
-static const struct {
-    guint32 index;
-    const char *name;
-} capability_msrs[] = {
-    {0xcf, "IA32_CORE_CAPABILITIES"},
-    {0x10a, "IA32_ARCH_CAPABILITIES"},
-    {0x345, "IA32_PERF_CAPABILITIES"},
-};
-
-static gboolean msr_is_capability(guint32 index)
+static gboolean msr_is_capability(guint64 index)
 {
-    for (gsize i = 0; i < G_N_ELEMENTS(capability_msrs); i++)
-        if (capability_msrs[i].index == index)
-            return TRUE;
-    return FALSE;
+    return index == 0xcf     /* IA32_CORE_CAPABILITIES */
+           || index == 0x10a /* IA32_ARCH_CAPABILITIES */
+           || index == 0x345 /* IA32_PERF_CAPABILITIES */;
 }
 
 static gboolean parse_msr_modifier(JsonObject *object, MvmCpuTemplate *tmpl, GError **error)
@@ -390,7 +380,7 @@ static gboolean parse_msr_modifier(JsonObject *object, MvmCpuTemplate *tmpl, GEr
     if (!parse_number(object, "index", G_MAXUINT32, 0, &index, error) ||
         !parse_number(object, "clear", G_MAXUINT64, 0, &m.clear, error))
         return FALSE;
-    if (!msr_is_capability((guint32)index))
+    if (!msr_is_capability(index))
         return invalid(error,
                        "MSR 0x%" G_GINT64_MODIFIER "x is not one a template may change (0xcf, "
                        "0x10a, 0x345: the capability MSRs)",
