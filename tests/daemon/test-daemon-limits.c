@@ -174,8 +174,13 @@ static void assert_unharmed(MvmdTestBus *bus, GPtrArray *running, guint n_define
     g_assert_cmpuint(count_managed_objects(bus), ==, n_defined);
     for (guint i = 0; i < running->len; i++) {
         g_autofree char *state = get_state(bus, running->pdata[i]);
+        g_autofree char *reason = NULL;
 
-        g_assert_cmpstr(state, ==, "running");
+        if (g_strcmp0(state, "running") != 0)
+            mvmd_vm_call_get_exit_reason_sync(running->pdata[i], G_DBUS_CALL_FLAGS_NONE, -1,
+                                              &reason, NULL, NULL);
+        /* A guest that did not survive says why, in the assertion itself. */
+        g_assert_cmpstr(reason != NULL ? reason : state, ==, "running");
     }
 }
 
