@@ -466,6 +466,8 @@ static GBytes *build_thread_filter(MvmSandboxFlags flags, GError **error)
 static GMutex filters_lock;
 static GBytes *filters[(MVM_SANDBOX_VSOCK << 1)]; /* by flags, built on first use */
 
+static gboolean make_landlock_ruleset(GError **error); /* Landlock, below */
+
 gboolean mvm_sandbox_prepare(MvmSandboxFlags flags, GError **error)
 {
     g_return_val_if_fail(flags < G_N_ELEMENTS(filters), FALSE);
@@ -478,7 +480,7 @@ gboolean mvm_sandbox_prepare(MvmSandboxFlags flags, GError **error)
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&filters_lock);
     if (filters[flags] == NULL)
         filters[flags] = build_thread_filter(flags, error);
-    return filters[flags] != NULL;
+    return filters[flags] != NULL && make_landlock_ruleset(error);
 }
 
 /* ---- Landlock --------------------------------------------------------------------------- */
@@ -516,14 +518,21 @@ int mvm_sandbox_landlock_abi(void)
     return (int)(abi_plus_one - 1);
 }
 
-/* Every right the kernel knows is handled, and no rule grants one: no file system at all. */
-static gboolean enter_landlock(GError **error)
+/*
+ * Every right the kernel knows is handled, and no rule grants one: no file system at all. One
+ * ruleset for every thread of the process, kept open: a thread entering its domain then needs
+ * no descriptor of its own, so a process out of descriptors cannot fail (and crash) a VM whose
+ * start already succeeded.
+ */
+static int landlock_ruleset = -1;
+
+static gboolean make_landlock_ruleset(GError **error)
 {
     int abi = mvm_sandbox_landlock_abi();
     RulesetAttr attr = {.handled_access_fs = LANDLOCK_FS_RIGHTS_ABI1};
     gsize size = sizeof(attr.handled_access_fs);
 
-    if (abi == 0)
+    if (abi == 0 || landlock_ruleset >= 0)
         return TRUE;
     if (abi >= 2)
         attr.handled_access_fs |= LANDLOCK_FS_REFER;
@@ -539,14 +548,29 @@ static gboolean enter_landlock(GError **error)
         attr.scoped = LANDLOCK_SCOPE_ABSTRACT_UNIX;
         size = sizeof(attr);
     }
-    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0);
-    if (ruleset < 0)
+    /* Close-on-exec by the kernel's own rule for Landlock rulesets. */
+    landlock_ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, size, 0);
+    if (landlock_ruleset < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create a Landlock ruleset");
-    gboolean entered = syscall(SYS_landlock_restrict_self, ruleset, 0) == 0;
-    if (!entered)
-        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot enter a Landlock domain");
-    close(ruleset);
-    return entered;
+    return TRUE;
+}
+
+static gboolean enter_landlock(GError **error)
+{
+    int ruleset;
+
+    g_mutex_lock(&filters_lock);
+    ruleset = landlock_ruleset;
+    g_mutex_unlock(&filters_lock);
+    if (mvm_sandbox_landlock_abi() == 0)
+        return TRUE;
+    if (ruleset < 0) {
+        g_set_error(error, MVM_ERROR, MVM_ERROR_FAILED, "no Landlock ruleset was prepared");
+        return FALSE;
+    }
+    if (syscall(SYS_landlock_restrict_self, ruleset, 0) < 0)
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot enter a Landlock domain");
+    return TRUE;
 }
 
 /* ---- entering ---------------------------------------------------------------------------- */

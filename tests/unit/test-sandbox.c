@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -264,6 +265,34 @@ static void test_landlock_no_files(void)
     g_assert_cmpint(access("/etc/hostname", R_OK), ==, 0);
 }
 
+static void probe_nothing(void)
+{
+}
+
+/*
+ * A thread enters its sandbox with no descriptor to spare: a VM whose start succeeded must not
+ * crash because another VM's start took the last one before its vCPU thread ran (the Landlock
+ * ruleset is made once, at prepare, on the caller's thread).
+ */
+static void test_enter_without_descriptors(void)
+{
+    struct rlimit few = {64, 64};
+    g_autoptr(GError) error = NULL;
+
+    if (skip_when_off())
+        return;
+    if (in_subprocess(MVM_SANDBOX_MODE_ENFORCE))
+        return;
+    g_assert_true(mvm_sandbox_prepare(MVM_SANDBOX_VCPU, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &few), ==, 0);
+    while (open("/dev/null", O_RDONLY | O_CLOEXEC) >= 0)
+        continue;
+    g_assert_cmpint(errno, ==, EMFILE);
+    g_autofree char *reason = run_sandboxed(MVM_SANDBOX_VCPU, probe_nothing);
+    g_assert_null(reason);
+}
+
 static void probe_anything(void)
 {
     assert_socket_allowed(AF_INET);
@@ -316,6 +345,7 @@ int main(int argc, char **argv)
     g_test_add_func("/sandbox/no-reach-beyond", test_no_reach_beyond);
     g_test_add_func("/sandbox/time-zone-lookup-is-quiet", test_time_zone_lookup_is_quiet);
     g_test_add_func("/sandbox/landlock-no-files", test_landlock_no_files);
+    g_test_add_func("/sandbox/enter-without-descriptors", test_enter_without_descriptors);
     g_test_add_func("/sandbox/off", test_off);
     g_test_add_func("/sandbox/lock-process", test_lock_process);
     return g_test_run();
