@@ -6,7 +6,7 @@
  */
 #include "microvmctl.h"
 
-/* Reading pauses the guest for a moment, but waits behind any operation already queued. */
+/* As for pause: the read is an operation on the VM, which pauses the guest for a moment. */
 #define CPU_CONFIG_TIMEOUT_MS (5 * 60 * 1000)
 /* The label column of the summary, and where the feature list wraps (a terminal's width). */
 #define LABEL_WIDTH 20
