@@ -44,6 +44,7 @@ def host_memory_mib():
 
 
 FIFO = object()  # test_bad_config_stops_microvmd: a FIFO in the file's place
+ENDLESS = object()  # and a link to /dev/zero, a file without end
 
 class QuotaTest(systest.TestCase):
     def setUp(self):
@@ -221,12 +222,15 @@ class QuotaTest(systest.TestCase):
                  ("[Quota:no-such-user-xyz]\nVMs=1\n", ["no-such-user-xyz"]),
                  ("[quota]\nVMs=1\n", ["quota", "unknown group"]),  # misspelled: no defaults
                  (FIFO, ["not a regular file"]),  # would hang the start
+                 (ENDLESS, ["larger than"]),  # would be read until memory runs out
                  (None, [])]  # no such file
         for i, (text, words) in enumerate(cases):
             with self.subTest(config=text):
                 path = self.tmp.join(f"bad-{i}.conf")
                 if text is FIFO:
                     os.mkfifo(path)
+                elif text is ENDLESS:
+                    os.symlink("/dev/zero", path)
                 elif text is not None:
                     with open(path, "w") as f:
                         f.write(text)
