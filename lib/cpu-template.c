@@ -545,6 +545,11 @@ gboolean mvm_cpu_template_apply_cpuid(const MvmCpuTemplate *tmpl, struct kvm_cpu
     return mvm_cpuid_check_supported(cpuid, what, error);
 }
 
+gboolean mvm_cpu_template_changes_cpuid(const MvmCpuTemplate *tmpl)
+{
+    return tmpl != NULL && tmpl->cpuid->len > 0;
+}
+
 gboolean mvm_cpu_template_check_shown(const MvmCpuTemplate *tmpl, const struct kvm_cpuid2 *shown,
                                       GError **error)
 {

@@ -16,6 +16,8 @@ G_BEGIN_DECLS
  */
 gboolean mvm_cpu_template_apply_cpuid(const MvmCpuTemplate *tmpl, struct kvm_cpuid2 *cpuid,
                                       GError **error);
+/* Whether @tmpl (NULL: host) has CPUID modifiers at all. */
+gboolean mvm_cpu_template_changes_cpuid(const MvmCpuTemplate *tmpl);
 /*
  * After KVM_SET_CPUID2: MVM_ERROR_INCOMPATIBLE_CPU when KVM shows the guest (@shown,
  * KVM_GET_CPUID2) a feature @tmpl takes away, as kvm_pvm does. A template is a promise to the

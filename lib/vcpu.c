@@ -173,8 +173,8 @@ gboolean mvm_vcpu_set_cpuid(MvmVcpu *vcpu, const MvmCpuTemplate *tmpl, guint n_v
         return FALSE;
     if (mvm_kvm_ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0)
         return mvm_kvm_set_errno_error(error, "KVM_SET_CPUID2");
-    if (tmpl == NULL)
-        return TRUE;
+    if (!mvm_cpu_template_changes_cpuid(tmpl))
+        return TRUE; /* nothing taken away, nothing to see through */
     g_autofree struct kvm_cpuid2 *shown = mvm_vcpu_get_cpuid(vcpu, error);
     return shown != NULL && mvm_cpu_template_check_shown(tmpl, shown, error);
 }
