@@ -33,9 +33,9 @@ gboolean mvmd_cpu_template_name_check(const char *name, GError **error)
     g_autofree char *shown = NULL;
     glong n_chars;
 
-    /* Before lib sees it: the name becomes part of a file name below. */
-    if (is_builtin(name) || (*name && strlen(name) <= MVM_CPU_TEMPLATE_NAME_MAX &&
-                             !strchr(name, '/') && mvm_cpu_template_name_is_valid(name)))
+    /* Before anything is opened: lib's rule (1-64 of [A-Za-z0-9_.-], no leading '.') leaves no
+     * '/' for the name to leave the directory with. */
+    if (is_builtin(name) || mvm_cpu_template_name_is_valid(name))
         return TRUE;
     builtins = builtin_list();
     /* The caller's text goes back to the caller only, cut to a name's length (by characters:
