@@ -386,7 +386,7 @@ def client_argv(uid, gid, address, ops):
 
 # Unprivileged accounts every Debian has, one per role, where no user can be made (no useradd,
 # or a read-only /etc as inside tests/vmhost's VM). None owns a file the tests touch.
-STAND_IN_USERS = {"": "daemon", "attacker": "daemon", "victim": "bin"}
+STAND_IN_USERS = {"": "daemon", "attacker": "daemon", "victim": "bin", "web": "daemon"}
 
 
 def throwaway_user(test, role=""):
