@@ -36,6 +36,14 @@ void mvmd_authorize_vm_async(GDBusMethodInvocation *invocation, uid_t owner, con
                              const char *others_action, GHashTable *details,
                              GAsyncReadyCallback callback, gpointer user_data);
 
+/*
+ * TRUE when mvmd_authorize_vm_async() would allow the call without asking anyone (the caller's
+ * uid is known already and it is trusted, or it is the owner and @own_action is NULL): the
+ * caller may act at once. FALSE says nothing: ask.
+ */
+gboolean mvmd_authorize_vm_known(GDBusMethodInvocation *invocation, uid_t owner,
+                                 const char *own_action, const char *others_action);
+
 /* Either check's result. Returns FALSE with MVMD_ERROR_NOT_AUTHORIZED (or another error) when the
  * call is denied. */
 gboolean mvmd_authorize_finish(GAsyncResult *result, GError **error);
