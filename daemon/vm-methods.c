@@ -305,7 +305,7 @@ static void act_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, g
                            mvmd_vm_get_state(MVMD_VM(self)));
         return;
     }
-    mvmd_vm_service_resume_now(self, invocation, mvmd_vm_complete_resume);
+    mvmd_vm_service_resume(self, invocation, mvmd_vm_complete_resume);
 }
 
 static void add_waiter(MvmdVmService *self, GDBusMethodInvocation *invocation, WaitKind kind,

@@ -446,6 +446,9 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
     case OP_SNAPSHOT:
         ok = worker_snapshot(d, &error);
         break;
+    case OP_RESUME:
+        ok = mvm_vm_resume(d->run->vm, &error);
+        break;
     case OP_CPU_CONFIG:
         ok = worker_cpu_config(d, &error);
         break;

@@ -18,7 +18,10 @@ G_BEGIN_DECLS
 typedef enum {
     OP_NONE,
     OP_START, /* build (or restore) the machine and run it */
-    OP_PAUSE, /* Resume is no operation: mvmd_vm_service_resume_now() */
+    OP_PAUSE,
+    /* The first resume of a restored machine, which creates its vCPU threads; any other Resume
+     * is done on the main loop (mvmd_vm_service_resume_now()) */
+    OP_RESUME,
     OP_SNAPSHOT,
     OP_STOP, /* forced stop, then free */
     OP_REAP, /* the guest stopped by itself: collect the exit, free */

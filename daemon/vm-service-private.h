@@ -72,9 +72,9 @@ struct _MvmdVmService {
  */
 void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation *invocation,
                               OpReply reply, OpArgs *args);
-/* Resumes the paused run at once, on the main loop, and answers @invocation with @reply. */
-void mvmd_vm_service_resume_now(MvmdVmService *self, GDBusMethodInvocation *invocation,
-                                OpReply reply);
+/* Resumes the paused run (on the main loop, but for a restored machine's first resume) and
+ * answers @invocation with @reply. */
+void mvmd_vm_service_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, OpReply reply);
 /* The state the vCPU threads last reported (STOPPED without a run). */
 MvmVmState mvmd_vm_service_run_state(MvmdVmService *self);
 /* Ctrl-Alt-Del for the guest; does not wait. */

@@ -341,7 +341,8 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
         start_done(self, ok, error, invocation, reply);
         break;
     case OP_PAUSE:
-        pause_resume_done(self, ok, error, invocation, reply, FALSE);
+    case OP_RESUME:
+        pause_resume_done(self, ok, error, invocation, reply, op == OP_RESUME);
         break;
     case OP_SNAPSHOT:
         snapshot_done(self, ok, error, invocation, reply);
@@ -362,16 +363,24 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
 /*
  * Resume releases the parked vCPUs and waits for no guest (only for its own I/O thread to leave
  * its park), so it is done here on the main loop: an operation's thread and its way back would
- * be ~120 µs of a call of under a millisecond. Pause stays an operation: it waits for every
- * vCPU to stop, and a vCPU may be inside a device.
+ * be ~120 µs of a call of under a millisecond. The first resume of a restored machine creates
+ * its vCPU threads (and joins them if one cannot start): that one is an operation, as is Pause,
+ * which waits for every vCPU to stop while a vCPU may be inside a device.
  */
-void mvmd_vm_service_resume_now(MvmdVmService *self, GDBusMethodInvocation *invocation,
-                                OpReply reply)
+void mvmd_vm_service_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, OpReply reply)
 {
     g_autoptr(GError) error = NULL;
     gboolean ok;
 
-    g_return_if_fail(self->op == OP_NONE && self->run && self->run->vm);
+    if (self->op != OP_NONE || !self->run || !self->run->vm) {
+        g_dbus_method_invocation_return_error_literal(
+            invocation, MVMD_ERROR, MVMD_ERROR_INVALID_STATE, "the VM is not paused");
+        return;
+    }
+    if (!mvm_vm_vcpus_started(self->run->vm)) {
+        mvmd_vm_service_begin_op(self, OP_RESUME, invocation, reply, NULL);
+        return;
+    }
     ok = mvm_vm_resume(self->run->vm, &error);
     pause_resume_done(self, ok, error, invocation, reply, TRUE);
     after_op(self);
@@ -465,7 +474,8 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
     MvmdVmService *self = user_data;
     gsize n;
 
-    if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_CPU_CONFIG)
+    if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_RESUME &&
+        self->op != OP_CPU_CONFIG)
         return;
     if (!self->run || !self->run->vm)
         return;

@@ -417,6 +417,13 @@ gboolean mvm_vm_resume_locked(MvmVm *vm, GError **error)
     return TRUE;
 }
 
+gboolean mvm_vm_vcpus_started(MvmVm *vm)
+{
+    g_autoptr(GMutexLocker) op = g_mutex_locker_new(&vm->op_lock);
+
+    return vm->threads_started;
+}
+
 gboolean mvm_vm_resume(MvmVm *vm, GError **error)
 {
     g_return_val_if_fail(vm != NULL, FALSE);

@@ -289,6 +289,12 @@ gboolean mvm_vm_start(MvmVm *vm, GError **error);
 /* running → paused: returns once every vCPU has left KVM_RUN and parked. */
 gboolean mvm_vm_pause(MvmVm *vm, GError **error);
 gboolean mvm_vm_resume(MvmVm *vm, GError **error);
+/*
+ * Whether the vCPU threads exist. A restored VM gets them at its first resume, which then
+ * creates them (and joins them again if one cannot start): the only resume that does more than
+ * release parked vCPUs.
+ */
+gboolean mvm_vm_vcpus_started(MvmVm *vm);
 /* Any state but stopped/crashed → stopped (forced). Joins the vCPU threads. */
 gboolean mvm_vm_stop(MvmVm *vm, GError **error);
 /* Ask the guest to shut down (Ctrl-Alt-Del on the i8042). Does not wait. */
