@@ -403,28 +403,64 @@ static void authorize_uid(GTask *task, uid_t uid)
     ask_polkit(task);
 }
 
+/*
+ * Senders whose uid the bus is being asked for: unique name → the checks waiting for it, in the
+ * order their calls came. One question per sender; each check of it that comes meanwhile waits
+ * for the same answer, and all are decided in order when it comes. So a client that sends
+ * without waiting has its first calls acted on in order, and a later call, decided at once from
+ * the cache (mvmd_authorize_vm_known()), cannot overtake them: until the answer, the sender is
+ * not in the cache.
+ */
+static GHashTable *uid_lookups;
+
 static void on_caller_uid(GObject *source, GAsyncResult *result, gpointer user_data)
 {
-    g_autoptr(GTask) task = user_data;
-    Check *check = g_task_get_task_data(task);
+    g_autofree char *sender = user_data;
+    g_autoptr(GPtrArray) waiting = NULL;
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply =
         g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
-    guint32 uid;
+    g_autofree char *why = NULL;
+    gpointer key = NULL;
+    guint32 uid = 0;
 
-    if (!reply) {
-        g_autofree char *why = NULL;
-
+    g_hash_table_steal_extended(uid_lookups, sender, &key, (gpointer *)&waiting);
+    g_free(key);
+    if (reply) {
+        g_variant_get(reply, "(u)", &uid);
+        g_hash_table_insert(uid_cache_for(G_DBUS_CONNECTION(source)), g_strdup(sender),
+                            GUINT_TO_POINTER(uid + 1));
+    } else {
         g_dbus_error_strip_remote_error(error);
         why = g_strdup_printf("cannot identify the caller: %s", error->message);
-        deny(task, why);
+    }
+    for (guint i = 0; waiting && i < waiting->len; i++) {
+        if (reply)
+            authorize_uid(waiting->pdata[i], uid);
+        else
+            deny(waiting->pdata[i], why);
+    }
+}
+
+static void look_up_uid(GDBusConnection *connection, const char *sender, GTask *task)
+{
+    GPtrArray *waiting;
+
+    if (!uid_lookups)
+        uid_lookups = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                            (GDestroyNotify)g_ptr_array_unref);
+    waiting = g_hash_table_lookup(uid_lookups, sender);
+    if (waiting) {
+        g_ptr_array_add(waiting, g_object_ref(task));
         return;
     }
-    g_variant_get(reply, "(u)", &uid);
-    g_hash_table_insert(uid_cache_for(G_DBUS_CONNECTION(source)),
-                        g_strdup(g_dbus_method_invocation_get_sender(check->invocation)),
-                        GUINT_TO_POINTER(uid + 1));
-    authorize_uid(task, uid);
+    waiting = g_ptr_array_new_with_free_func(g_object_unref);
+    g_ptr_array_add(waiting, g_object_ref(task));
+    g_hash_table_insert(uid_lookups, g_strdup(sender), waiting);
+    g_dbus_connection_call(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "GetConnectionUnixUser",
+                           g_variant_new("(s)", sender), G_VARIANT_TYPE("(u)"),
+                           G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid, g_strdup(sender));
 }
 
 /* No polkit on the socket: the socket group acts on its members' own VMs, root on everyone's. */
@@ -519,10 +555,7 @@ static void start_check(Check *check, GAsyncReadyCallback callback, gpointer use
         authorize_uid(task, GPOINTER_TO_UINT(known) - 1);
         return;
     }
-    g_dbus_connection_call(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                           "org.freedesktop.DBus", "GetConnectionUnixUser",
-                           g_variant_new("(s)", sender), G_VARIANT_TYPE("(u)"),
-                           G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_caller_uid, g_object_ref(task));
+    look_up_uid(connection, sender, task);
 }
 
 void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
@@ -561,6 +594,7 @@ gboolean mvmd_authorize_vm_known(GDBusMethodInvocation *invocation, uid_t owner,
                                  const char *own_action, const char *others_action)
 {
     GDBusConnection *connection = g_dbus_method_invocation_get_connection(invocation);
+    const char *sender;
     gpointer known;
     uid_t uid;
 
@@ -568,9 +602,9 @@ gboolean mvmd_authorize_vm_known(GDBusMethodInvocation *invocation, uid_t owner,
     if (!g_dbus_connection_get_unique_name(connection))
         return peer_uid(invocation, &uid, NULL) &&
                (uid_is_trusted(uid) || (uid != (uid_t)-1 && uid == owner));
-    known = g_hash_table_lookup(uid_cache_for(connection),
-                                g_dbus_method_invocation_get_sender(invocation));
-    if (!known)
+    sender = g_dbus_method_invocation_get_sender(invocation);
+    known = g_hash_table_lookup(uid_cache_for(connection), sender);
+    if (!known) /* not yet, or its lookup is under way: the checks waiting for it go first */
         return FALSE;
     uid = GPOINTER_TO_UINT(known) - 1;
     if (!uid_is_trusted(uid) && (uid == owner ? own_action : others_action) != NULL)

@@ -22,6 +22,7 @@ G_BEGIN_DECLS
  * @action_id is a polkit action (MVMD_ACTION_* in names.h).
  *
  * @callback runs on the caller's thread-default main context, never from within this call.
+ * A call on a VM whose answer needs nobody may skip all this: mvmd_authorize_vm_known().
  */
 void mvmd_authorize_async(GDBusMethodInvocation *invocation, const char *action_id,
                           GHashTable *details, GAsyncReadyCallback callback, gpointer user_data);
@@ -38,8 +39,10 @@ void mvmd_authorize_vm_async(GDBusMethodInvocation *invocation, uid_t owner, con
 
 /*
  * TRUE when mvmd_authorize_vm_async() would allow the call without asking anyone (the caller's
- * uid is known already and it is trusted, or it is the owner and @own_action is NULL): the
- * caller may act at once. FALSE says nothing: ask.
+ * uid is known already and it is trusted, or it is the owner and @own_action is NULL; on our
+ * socket, root or an owner the socket lets in): the caller may act at once, within this call.
+ * Until the bus has said who a sender is, its checks wait for that answer in the order they
+ * came, and this says FALSE, so a later call cannot overtake them. FALSE says nothing: ask.
  */
 gboolean mvmd_authorize_vm_known(GDBusMethodInvocation *invocation, uid_t owner,
                                  const char *own_action, const char *others_action);

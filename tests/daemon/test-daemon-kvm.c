@@ -307,6 +307,64 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     g_signal_handlers_disconnect_by_data(vm, states);
 }
 
+typedef struct {
+    guint answered;
+    GString *errors;
+} Pipelined;
+
+static void on_pipelined_reply(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    Pipelined *p = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+
+    if (!reply)
+        g_string_append_printf(p->errors, "call %u: %s\n", p->answered, error->message);
+    p->answered++;
+}
+
+/*
+ * A client that sends without waiting (busctl, cockpit.js, any async caller) gets its calls
+ * acted on in the order it sent them. Each round is a fresh connection, whose first calls wait
+ * for the bus to say who it is while a later one could be decided at once (daemon/auth.c,
+ * uid_lookups). The VM is paused: GetExitReason, Resume, Pause succeed only in that order
+ * (a Pause before the Resume would meet a paused VM: InvalidState).
+ */
+static void test_pipelined_calls_in_order(Fixture *f, gconstpointer data)
+{
+    static const char *const methods[] = {"GetExitReason", "Resume", "Pause"};
+    g_autoptr(MvmdVm) vm = create_guest(f, "pipelined", "echo", NULL);
+    const char *path = g_dbus_proxy_get_object_path(G_DBUS_PROXY(vm));
+    Pipelined p = {.errors = g_string_new(NULL)};
+
+    call_ok(vm, "Start");
+    wait_state(vm, "running");
+    call_args_ok(vm, "Pause", g_variant_new("(@a{sv})", mvmd_test_config("{}")));
+    for (guint round = 0; round < 20; round++) {
+        g_autoptr(GDBusConnection) fresh = mvmd_test_bus_connect(f->bus);
+
+        p.answered = 0;
+        for (guint i = 0; i < G_N_ELEMENTS(methods); i++) {
+            GVariant *args = g_str_equal(methods[i], "Pause")
+                                 ? g_variant_new("(@a{sv})", mvmd_test_config("{}"))
+                                 : NULL;
+
+            g_dbus_connection_call(fresh, "org.microvmd.MicroVM1", path, "org.microvmd.MicroVM1.VM",
+                                   methods[i], args, NULL, G_DBUS_CALL_FLAGS_NONE, -1, NULL,
+                                   on_pipelined_reply, &p);
+        }
+        mvmd_test_wait_until(p.answered == G_N_ELEMENTS(methods), GUEST_TIMEOUT_MS);
+        g_assert_cmpuint(p.answered, ==, G_N_ELEMENTS(methods));
+        g_assert_cmpstr(p.errors->str, ==, "");
+        wait_state(vm, "paused");
+    }
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    call_ok(vm, "Delete");
+    g_string_free(p.errors, TRUE);
+}
+
 static void test_stop_start_reboot(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "cycle", "echo", NULL);
@@ -1721,6 +1779,7 @@ int main(int argc, char **argv)
 #define ADD(name, func) g_test_add(name, Fixture, NULL, fixture_setup, func, fixture_teardown)
     ADD("/daemon-kvm/echo-console", test_echo_console);
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
+    ADD("/daemon-kvm/pipelined-calls-in-order", test_pipelined_calls_in_order);
     ADD("/daemon-kvm/triplefault-isolated", test_triplefault_isolated);
     g_test_add("/daemon-kvm/sandbox-violation-isolated", Fixture, "daemon.log", fixture_setup,
                test_sandbox_violation_isolated, fixture_teardown);
