@@ -61,13 +61,36 @@ static gboolean deliver_news(gpointer user_data)
     return G_SOURCE_REMOVE;
 }
 
+static gboolean is_final(MvmVmState state)
+{
+    return state == MVM_VM_STATE_STOPPED || state == MVM_VM_STATE_CRASHED;
+}
+
+/*
+ * A run's end is final. lib tells of a change it made for the API (RUNNING after a resume) after
+ * releasing the vCPUs, so a guest that powers off at once may have told of its end first: that
+ * late RUNNING must not hide it, or the run would never be reaped.
+ */
+static gboolean record_state(MvmdVmRun *run, MvmVmState state)
+{
+    for (;;) {
+        gint old = g_atomic_int_get(&run->state);
+
+        if (is_final((MvmVmState)old) && !is_final(state))
+            return FALSE;
+        if (g_atomic_int_compare_and_exchange(&run->state, old, (gint)state))
+            return TRUE;
+    }
+}
+
 /* vCPU thread (or the worker, for changes the API made): never blocks. */
 static void on_lib_state(MvmVm *vm, MvmVmState state, gpointer user_data)
 {
     MvmdVmRun *run = user_data;
     g_autoptr(GSource) source = NULL;
 
-    g_atomic_int_set(&run->state, state);
+    if (!record_state(run, state))
+        return;
     if (!g_atomic_int_compare_and_exchange(&run->poke_pending, 0, 1))
         return;
     source = g_idle_source_new();
