@@ -20,7 +20,7 @@ typedef enum {
     OP_START, /* build (or restore) the machine and run it */
     OP_PAUSE,
     /* The first resume of a restored machine, which creates its vCPU threads; any other Resume
-     * is done on the main loop (mvmd_vm_service_resume_now()) */
+     * is done on the main loop (mvmd_vm_service_resume()) */
     OP_RESUME,
     OP_SNAPSHOT,
     OP_STOP, /* forced stop, then free */
