@@ -34,7 +34,7 @@
     const vms = new Map(); /* object path → { Name, State, VCPUs, MemoryMiB, Owner, ... } */
     const rows = new Map(); /* object path → its <tr> */
     const busy = new Map(); /* object path → the method in flight */
-    const confirmingDelete = new Set(); /* object paths whose Delete awaits its confirmation */
+    const confirming = new Map(); /* object path → the action awaiting its confirmation */
     let selected = null; /* the object path shown in the details */
     let consoleChannel = null;
 
@@ -86,7 +86,7 @@
     function forgetAll(status) {
         vms.clear();
         busy.clear();
-        confirmingDelete.clear();
+        confirming.clear();
         closeDetails();
         renderAll();
         document.body.dataset.loaded = "false";
@@ -124,7 +124,7 @@
             return;
         vms.delete(objectPath);
         busy.delete(objectPath);
-        confirmingDelete.delete(objectPath);
+        confirming.delete(objectPath);
         if (selected === objectPath)
             closeDetails();
         renderAll();
@@ -212,7 +212,7 @@
         { method: "Reboot", label: _("Reboot"), when: ["running", "paused"] },
         { method: "Stop", label: _("Stop"), when: ["running", "paused"], danger: true },
         { method: "Delete", label: _("Delete"), when: ["created", "stopped", "crashed"], danger: true,
-          confirm: true },
+          question: _("Delete $0 for good?") },
     ];
 
     function button(label, onClick, className) {
@@ -235,26 +235,27 @@
     }
 
     function fillActions(box, path, vm) {
-        if (confirmingDelete.has(path)) {
+        const asked = confirming.get(path);
+        if (asked) {
             const question = document.createElement("span");
-            question.textContent = cockpit.format(_("Delete $0 for good?"), vm.Name);
-            const yes = button(_("Delete"), () => {
-                confirmingDelete.delete(path);
-                vmAction(path, ACTIONS.find(a => a.method === "Delete"));
+            question.textContent = cockpit.format(asked.question, vm.Name);
+            const yes = button(asked.label, () => {
+                confirming.delete(path);
+                vmAction(path, asked);
             }, "danger");
-            yes.dataset.action = "ConfirmDelete";
+            yes.dataset.action = "Confirm" + asked.method;
             const no = button(_("Cancel"), () => {
-                confirmingDelete.delete(path);
+                confirming.delete(path);
                 renderRow(path);
             });
-            no.dataset.action = "CancelDelete";
+            no.dataset.action = "Cancel" + asked.method;
             box.replaceChildren(question, yes, no);
             return;
         }
         const buttons = ACTIONS.map(action => {
             const b = button(action.label, () => {
-                if (action.confirm) {
-                    confirmingDelete.add(path);
+                if (action.question) {
+                    confirming.set(path, action);
                     renderRow(path);
                 } else {
                     vmAction(path, action);
