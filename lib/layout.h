@@ -37,7 +37,12 @@
 #define MVM_ACPI_RSDP_ADDR                                                                         \
     G_GUINT64_CONSTANT(0xe0000) /* in the BIOS area the ACPI spec tells the OS to scan */
 #define MVM_ACPI_TABLES_ADDR G_GUINT64_CONSTANT(0xe1000)
-#define MVM_ACPI_TABLES_END  G_GUINT64_CONSTANT(0x100000)
+#define MVM_ACPI_TABLES_END  G_GUINT64_CONSTANT(0xff000)
+/*
+ * The VM generation ID (microvm.h): 16 bytes at the start of the last page below 1 MiB, which
+ * the e820 map reserves (from MVM_EBDA_START), so the guest never takes it for RAM.
+ */
+#define MVM_VMGENID_ADDR G_GUINT64_CONSTANT(0xff000)
 #define MVM_HIMEM_START      G_GUINT64_CONSTANT(0x100000) /* where protected-mode kernels are loaded */
 
 /* The 32-bit hole: RAM stops here and resumes at 4 GiB. */
@@ -60,6 +65,12 @@
 /* KVM_SET_TSS_ADDR needs three pages, KVM_SET_IDENTITY_MAP_ADDR one, just below 4 GiB. */
 #define MVM_KVM_IDENTITY_MAP_ADDR G_GUINT64_CONSTANT(0xfeffc000)
 #define MVM_KVM_TSS_ADDR          G_GUINT64_CONSTANT(0xfeffd000)
+
+/*
+ * The Generic Event Device's interrupt, which announces a new generation ID. GSI 3 is free: 0 is
+ * the PIT, 1 the i8042, 4 COM1, 5-23 virtio-mmio; 2 is left alone (the PICs' cascade).
+ */
+#define MVM_VMGENID_GSI 3
 
 /* Legacy I/O ports. */
 #define MVM_SERIAL_COM1_PORT   0x3f8

@@ -21,6 +21,13 @@ struct _MvmMemory {
     guint8 *base; /* one mapping of the whole RAM, in fd order */
     guint n_regions;
     MvmMemoryRegion regions[MVM_MEMORY_MAX_REGIONS];
+    GDestroyNotify release; /* mvm_memory_set_release_func() */
+    gpointer release_data;
+    /*
+     * The VMM's own writes since tracking began (mvm_memory_track_writes()): one bit per 4 KiB
+     * page in fd order, set atomically by any thread; NULL when not tracking.
+     */
+    guint64 *written;
 };
 
 /* Low RAM ends where the MMIO gap starts; the rest continues at 4 GiB. */
@@ -84,12 +91,12 @@ static MvmMemory *memory_map(int fd, guint64 size, int mmap_flags, GError **erro
     return mem;
 }
 
-MvmMemory *mvm_memory_new(guint64 size, GError **error)
+static MvmMemory *memory_new(guint64 size, unsigned int memfd_flags, GError **error)
 {
     if (!check_size(size, error))
         return NULL;
 
-    int fd = memfd_create("microvm-ram", MFD_CLOEXEC);
+    int fd = memfd_create("microvm-ram", MFD_CLOEXEC | memfd_flags);
     if (fd < 0) {
         mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create guest memory (memfd_create)");
         return NULL;
@@ -106,6 +113,11 @@ MvmMemory *mvm_memory_new(guint64 size, GError **error)
     }
     mem->fd = fd;
     return mem;
+}
+
+MvmMemory *mvm_memory_new(guint64 size, GError **error)
+{
+    return memory_new(size, 0, error);
 }
 
 /*
@@ -177,12 +189,8 @@ static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GErr
  * and stay unallocated. Reading (never mapping) the file is what makes a file that shrinks
  * meanwhile read as zeros past its new end, or fail this call: never a fault.
  */
-MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
+static gboolean copy_data(MvmMemory *mem, int fd, guint64 size, GError **error)
 {
-    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
-
-    if (mem == NULL)
-        return NULL;
     for (off_t off = 0; (guint64)off < size;) {
         off_t data = lseek(fd, off, SEEK_DATA);
         if ((data < 0 && errno == ENXIO) || (data >= 0 && (guint64)data >= size))
@@ -196,23 +204,67 @@ MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
         if (hole <= data) { /* the file changed under us: never a length that wraps */
             g_set_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
                         "cannot read guest memory: the file changed while being read");
-            return NULL;
+            return FALSE;
         }
         if (!read_all_at(fd, mem->base + data, (gsize)(hole - data), (guint64)data, error))
-            return NULL;
+            return FALSE;
         off = hole;
     }
+    return TRUE;
+}
+
+MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
+{
+    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
+
+    if (mem == NULL || !copy_data(mem, fd, size, error))
+        return NULL;
     return g_steal_pointer(&mem);
+}
+
+#define IMAGE_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL)
+
+/*
+ * The copy is written through a shared mapping, which must be gone before F_SEAL_WRITE (the
+ * kernel refuses the seal while a writable shared mapping exists). Sealed for good: nobody,
+ * this process included, can change, shrink or unseal it, so private mappings of it share its
+ * pages safely.
+ */
+int mvm_memory_image_new(int fd, guint64 size, GError **error)
+{
+    g_autoptr(MvmMemory) mem = memory_new(size, MFD_ALLOW_SEALING, error);
+
+    if (mem == NULL || !copy_data(mem, fd, size, error))
+        return -1;
+    munmap(mem->base, mem->size);
+    mem->base = NULL;
+    int image = g_steal_fd(&mem->fd);
+    if (fcntl(image, F_ADD_SEALS, IMAGE_SEALS) < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot seal a memory image");
+        close(image);
+        return -1;
+    }
+    return image;
 }
 
 void mvm_memory_free(MvmMemory *mem)
 {
     if (mem == NULL)
         return;
-    munmap(mem->base, mem->size);
+    g_free(mem->written);
+    if (mem->base != NULL)
+        munmap(mem->base, mem->size);
     if (mem->fd >= 0)
         close(mem->fd);
+    if (mem->release != NULL)
+        mem->release(mem->release_data);
     g_free(mem);
+}
+
+void mvm_memory_set_release_func(MvmMemory *mem, GDestroyNotify func, gpointer data)
+{
+    mem->release = func;
+    mem->release_data = data;
 }
 
 guint64 mvm_memory_get_size(const MvmMemory *mem)
@@ -271,7 +323,61 @@ gboolean mvm_memory_write(MvmMemory *mem, guint64 gpa, const void *src, gsize le
     if (dst == NULL)
         return range_error(gpa, len, error);
     memcpy(dst, src, len);
+    mvm_memory_mark_written(mem, dst, len);
     return TRUE;
+}
+
+/* ---- what the VMM wrote ---- */
+
+guint64 mvm_memory_get_n_pages(const MvmMemory *mem)
+{
+    return mem->size / MVM_PAGE_SIZE;
+}
+
+static gsize bitmap_words(const MvmMemory *mem)
+{
+    return (gsize)((mvm_memory_get_n_pages(mem) + 63) / 64);
+}
+
+void mvm_memory_track_writes(MvmMemory *mem)
+{
+    if (mem->written == NULL)
+        __atomic_store_n(&mem->written, g_new0(guint64, bitmap_words(mem)), __ATOMIC_RELEASE);
+}
+
+/* @host is inside the one mapping (it came from mvm_memory_get_ptr()), so the range is RAM. */
+void mvm_memory_mark_written(const MvmMemory *mem, const void *host, gsize len)
+{
+    guint64 *written = __atomic_load_n(&mem->written, __ATOMIC_ACQUIRE);
+
+    if (written == NULL || len == 0)
+        return;
+    guint64 first = (guint64)((const guint8 *)host - mem->base) / MVM_PAGE_SIZE;
+    guint64 last = ((guint64)((const guint8 *)host - mem->base) + len - 1) / MVM_PAGE_SIZE;
+    for (guint64 page = first; page <= last; page++)
+        __atomic_fetch_or(&written[page / 64], 1ULL << (page % 64), __ATOMIC_RELAXED);
+}
+
+void mvm_memory_give_back_written(MvmMemory *mem, const guint64 *bitmap)
+{
+    guint64 *written = __atomic_load_n(&mem->written, __ATOMIC_ACQUIRE);
+
+    for (gsize i = 0; written != NULL && i < bitmap_words(mem); i++)
+        __atomic_fetch_or(&written[i], bitmap[i], __ATOMIC_RELAXED);
+}
+
+gboolean mvm_memory_read_from(MvmMemory *mem, int fd, guint64 offset, guint64 len, GError **error)
+{
+    g_return_val_if_fail(offset <= mem->size && len <= mem->size - offset, FALSE);
+    return read_all_at(fd, mem->base + offset, (gsize)len, offset, error);
+}
+
+void mvm_memory_take_written(MvmMemory *mem, guint64 *bitmap)
+{
+    guint64 *written = __atomic_load_n(&mem->written, __ATOMIC_ACQUIRE);
+
+    for (gsize i = 0; written != NULL && i < bitmap_words(mem); i++)
+        bitmap[i] |= __atomic_exchange_n(&written[i], 0, __ATOMIC_RELAXED);
 }
 
 gboolean mvm_memory_read(const MvmMemory *mem, guint64 gpa, void *dst, gsize len, GError **error)

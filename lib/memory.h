@@ -37,8 +37,24 @@ MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error);
  * shrinking and writing for good?
  */
 gboolean mvm_memory_fd_is_sealed(int fd, guint64 size);
+/*
+ * A memory image: a new memfd of @size bytes with @fd's data read into it (holes stay holes),
+ * then sealed against any change for good, which mvm_memory_new_mapped() accepts. Returns the
+ * memfd (the caller's), or -1 with @error set.
+ */
+int mvm_memory_image_new(int fd, guint64 size, GError **error);
 void mvm_memory_free(MvmMemory *mem);
+/* @func(@data) runs once @mem is unmapped (memory-images.c). */
+void mvm_memory_set_release_func(MvmMemory *mem, GDestroyNotify func, gpointer data);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemory, mvm_memory_free)
+
+/*
+ * memory-images.c: guest RAM mapped privately from the image of @fd (a snapshot's memory) that
+ * @images holds for that unchanged file and @owner, made now if there is none.
+ */
+typedef struct _MvmMemoryImages MvmMemoryImages;
+MvmMemory *mvm_memory_images_map(MvmMemoryImages *images, int fd, guint64 size, guint64 owner,
+                                 GError **error);
 
 guint64 mvm_memory_get_size(const MvmMemory *mem);
 /* Highest guest-physical address + 1 that is RAM. */
@@ -55,7 +71,28 @@ int mvm_memory_get_fd(const MvmMemory *mem);
  */
 void *mvm_memory_get_ptr(const MvmMemory *mem, guint64 gpa, guint64 len);
 
+/* Also marks what it wrote (mvm_memory_mark_written()). */
 gboolean mvm_memory_write(MvmMemory *mem, guint64 gpa, const void *src, gsize len, GError **error);
 gboolean mvm_memory_read(const MvmMemory *mem, guint64 gpa, void *dst, gsize len, GError **error);
+
+/*
+ * Which pages the VMM itself wrote (guest writes are KVM's dirty log): once
+ * mvm_memory_track_writes() was called, mvm_memory_write() and the device model
+ * (mark_written, on the host addresses mvm_memory_get_ptr() gave for device-writable buffers
+ * and used rings) set a bit per 4 KiB page, in fd order; take_written() ORs the bits into
+ * @bitmap (mvm_memory_get_n_pages() bits, rounded up to 64) and clears them. Any thread.
+ */
+guint64 mvm_memory_get_n_pages(const MvmMemory *mem);
+void mvm_memory_track_writes(MvmMemory *mem);
+void mvm_memory_mark_written(const MvmMemory *mem, const void *host, gsize len);
+void mvm_memory_take_written(MvmMemory *mem, guint64 *bitmap);
+/* Puts @bitmap's pages back among the written ones (a diff that could not be saved). */
+void mvm_memory_give_back_written(MvmMemory *mem, const guint64 *bitmap);
+/*
+ * Reads [@offset, @offset + @len) of @fd (a snapshot's memory: RAM in fd order) into the same
+ * place of RAM. A file shorter than that fails (MVM_ERROR_INVALID_ARGUMENT).
+ */
+gboolean mvm_memory_read_from(MvmMemory *mem, int fd, guint64 offset, guint64 len,
+                              GError **error);
 
 G_END_DECLS

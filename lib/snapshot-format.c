@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cpu-template.h"
+#include "layout.h"
 #include "snapshot.h"
 
 #define MAX_DEVICES       64
@@ -51,6 +52,7 @@ void mvm_snapshot_state_free(MvmSnapshotState *state)
     g_clear_pointer(&state->serial, g_variant_unref);
     g_clear_pointer(&state->i8042, g_variant_unref);
     g_clear_pointer(&state->devices, g_variant_unref);
+    g_clear_pointer(&state->changed_pages, g_bytes_unref);
     g_free(state);
 }
 
@@ -505,6 +507,56 @@ static gboolean cpu_template_from_payload(GVariant *payload, MvmVmConfig *config
     return TRUE;
 }
 
+/* Minor 2's "vmgenid-addr": optional; this build puts the ID in one place and reads no other. */
+static gboolean vmgenid_from_payload(GVariant *payload, MvmSnapshotState *state, GError **error)
+{
+    g_autoptr(GVariant) addr = g_variant_lookup_value(payload, "vmgenid-addr", NULL);
+
+    if (addr == NULL)
+        return TRUE;
+    if (!g_variant_is_of_type(addr, G_VARIANT_TYPE_UINT64))
+        return invalid(error, "the state's \"vmgenid-addr\" has type %s, expected t",
+                       g_variant_get_type_string(addr));
+    state->vmgenid_addr = g_variant_get_uint64(addr);
+    if (state->vmgenid_addr != MVM_VMGENID_ADDR)
+        return invalid(error,
+                       "the generation ID is at 0x%" G_GINT64_MODIFIER "x; this build has it at "
+                       "0x%" G_GINT64_MODIFIER "x",
+                       state->vmgenid_addr, MVM_VMGENID_ADDR);
+    return TRUE;
+}
+
+/* Minor 3's "parent" and "changed-pages": a diff has both, a full snapshot neither. */
+static gboolean diff_from_payload(GVariant *payload, MvmSnapshotState *state, GError **error)
+{
+    g_autoptr(GVariant) parent = g_variant_lookup_value(payload, "parent", NULL);
+    g_autoptr(GVariant) pages = g_variant_lookup_value(payload, "changed-pages", NULL);
+
+    if (parent == NULL && pages == NULL)
+        return TRUE;
+    if (parent == NULL || pages == NULL)
+        return invalid(error, "the state has \"%s\" without \"%s\"",
+                       parent ? "parent" : "changed-pages", parent ? "changed-pages" : "parent");
+    if (!mvm_snapshot_get_blob(parent, state->parent, sizeof(state->parent), "parent", error))
+        return FALSE;
+    if (!g_variant_is_of_type(pages, G_VARIANT_TYPE_BYTESTRING))
+        return invalid(error, "the state's \"changed-pages\" has type %s, expected ay",
+                       g_variant_get_type_string(pages));
+    guint64 n_pages = state->memory_size / MVM_PAGE_SIZE;
+    gsize len = g_variant_get_size(pages);
+    const guint8 *bits = g_variant_get_data(pages);
+    if (len != (n_pages + 7) / 8)
+        return invalid(error,
+                       "the state's \"changed-pages\" has %" G_GSIZE_FORMAT
+                       " bytes for %" G_GUINT64_FORMAT " pages",
+                       len, n_pages);
+    if (n_pages % 8 != 0 && (bits[len - 1] >> (n_pages % 8)) != 0)
+        return invalid(error, "the state's \"changed-pages\" marks pages past the end of RAM");
+    state->has_parent = TRUE;
+    state->changed_pages = g_variant_get_data_as_bytes(pages);
+    return TRUE;
+}
+
 /* Keys this build does not know are a newer minor's: skipped, never looked at. */
 static gboolean payload_parse(GVariant *payload, MvmSnapshotState *state,
                               const MvmSnapshotLimits *limits, GError **error)
@@ -534,6 +586,8 @@ static gboolean payload_parse(GVariant *payload, MvmSnapshotState *state,
                        "%" G_GUINT64_FORMAT " bytes of RAM for a VM of %" G_GUINT64_FORMAT " MiB",
                        state->memory_size, state->config->memory_mib);
     return cpu_template_from_payload(payload, state->config, error) &&
+           vmgenid_from_payload(payload, state, error) &&
+           diff_from_payload(payload, state, error) &&
            vcpus_from_variant(vcpus, state, limits, error) &&
            irqchip_from_variant(master, KVM_IRQCHIP_PIC_MASTER, &state->pic_master, "PIC master",
                                 error) &&
@@ -554,5 +608,7 @@ MvmSnapshotState *mvm_snapshot_decode(const guint8 *data, gsize len,
     g_autoptr(MvmSnapshotState) state = g_new0(MvmSnapshotState, 1);
     if (!payload_parse(payload, state, limits, error))
         return NULL;
+    /* unwrap() checked the length: the digest ends the data. */
+    memcpy(state->id, data + len - MVM_SNAPSHOT_DIGEST_SIZE, MVM_SNAPSHOT_DIGEST_SIZE);
     return g_steal_pointer(&state);
 }

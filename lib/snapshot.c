@@ -152,6 +152,8 @@ static GVariant *capture(MvmVm *vm, GError **error)
     g_variant_builder_add(
         &b, "{sv}", "cpu-template",
         g_variant_new_string(mvm_cpu_template_get_name(vm->config->cpu_template)));
+    if (vm->vmgenid_addr != 0)
+        g_variant_builder_add(&b, "{sv}", "vmgenid-addr", g_variant_new_uint64(vm->vmgenid_addr));
     return g_variant_ref_sink(g_variant_builder_end(&b));
 }
 
@@ -211,23 +213,47 @@ static gboolean write_nonzero(int fd, const guint8 *ram, guint64 start, guint64 
  * skipped without reading (reading would allocate them). RAM mapped from a
  * sealed memfd (a restored VM) has no fd here: every page is looked at.
  */
-static gboolean write_memory(MvmVm *vm, int out, GError **error)
+static const guint8 *ram_in_file_order(MvmVm *vm, GError **error)
 {
-    guint64 size = mvm_memory_get_size(vm->memory);
     const guint8 *ram = mvm_memory_get_region(vm->memory, 0)->host;
-    int fd = mvm_memory_get_fd(vm->memory);
 
     for (guint i = 0; i < mvm_memory_get_n_regions(vm->memory); i++) {
         const MvmMemoryRegion *r = mvm_memory_get_region(vm->memory, i);
         if (r->host != ram + r->fd_offset) {
             g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
                                 "guest RAM is not one mapping in file order");
-            return FALSE;
+            return NULL;
         }
     }
+    return ram;
+}
+
+/* A diff: the runs of changed pages, their zero pages left as holes. */
+static gboolean write_changed(const guint8 *ram, guint64 n_pages, const guint64 *changed, int out,
+                              GError **error)
+{
+    G_STATIC_ASSERT(G_BYTE_ORDER == G_LITTLE_ENDIAN); /* the words' bytes are the payload's */
+    guint64 start = 0, end = 0;
+
+    while (mvm_snapshot_next_run((const guint8 *)changed, n_pages, &start, &end))
+        if (!write_nonzero(out, ram, start * PAGE_SIZE_4K, end * PAGE_SIZE_4K, error))
+            return FALSE;
+    return TRUE;
+}
+
+static gboolean write_memory(MvmVm *vm, int out, const guint64 *changed, GError **error)
+{
+    guint64 size = mvm_memory_get_size(vm->memory);
+    const guint8 *ram = ram_in_file_order(vm, error);
+    int fd = mvm_memory_get_fd(vm->memory);
+
+    if (ram == NULL)
+        return FALSE;
     if (ftruncate(out, (off_t)size) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size the snapshot's %s",
                                    MEMORY_NAME);
+    if (changed != NULL)
+        return write_changed(ram, mvm_memory_get_n_pages(vm->memory), changed, out, error);
     if (fd < 0)
         return write_nonzero(out, ram, 0, size, error);
     for (off_t off = 0; (guint64)off < size;) {
@@ -257,20 +283,19 @@ static int create_temp(int dirfd, const char *name, GError **error)
 }
 
 /* Into a file that may hold an older snapshot: emptied first, so no old page survives a hole. */
-static gboolean write_memory_file(MvmVm *vm, int fd, GError **error)
+static gboolean write_memory_file(MvmVm *vm, int fd, const guint64 *changed, GError **error)
 {
     if (ftruncate(fd, 0) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot empty the snapshot's %s",
                                    MEMORY_NAME);
-    return write_memory(vm, fd, error) &&
+    return write_memory(vm, fd, changed, error) &&
            (fdatasync(fd) == 0 ||
             mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot sync the snapshot's %s",
                                 MEMORY_NAME));
 }
 
-static gboolean write_state_file(int fd, GVariant *payload, GError **error)
+static gboolean write_state_file(int fd, GBytes *state, GError **error)
 {
-    g_autoptr(GBytes) state = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
     gsize len;
     const guint8 *data = g_bytes_get_data(state, &len);
 
@@ -282,18 +307,24 @@ static gboolean write_state_file(int fd, GVariant *payload, GError **error)
                                                       "cannot sync the snapshot's %s", STATE_NAME));
 }
 
-static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
+/* What a snapshot writes: the encoded `state`, and the pages of `memory` (NULL: all of RAM). */
+typedef struct {
+    GBytes *state;
+    const guint64 *changed;
+} SnapshotFiles;
+
+static gboolean write_into_dir(MvmVm *vm, const SnapshotFiles *files, gpointer data, GError **error)
 {
     int dirfd = *(int *)data;
     int fd = create_temp(dirfd, MEMORY_TMP_NAME, error);
-    gboolean ok = fd >= 0 && write_memory_file(vm, fd, error);
+    gboolean ok = fd >= 0 && write_memory_file(vm, fd, files->changed, error);
 
     if (fd >= 0)
         close(fd);
     if (!ok)
         return FALSE;
     fd = create_temp(dirfd, STATE_TMP_NAME, error);
-    ok = fd >= 0 && write_state_file(fd, payload, error);
+    ok = fd >= 0 && write_state_file(fd, files->state, error);
     if (fd >= 0)
         close(fd);
     if (!ok)
@@ -307,42 +338,94 @@ static gboolean write_into_dir(MvmVm *vm, GVariant *payload, gpointer data, GErr
     return TRUE;
 }
 
-static gboolean write_into_fds(MvmVm *vm, GVariant *payload, gpointer data, GError **error)
+static gboolean write_into_fds(MvmVm *vm, const SnapshotFiles *files, gpointer data, GError **error)
 {
     const int *fds = data; /* state, memory */
 
-    return write_memory_file(vm, fds[1], error) && write_state_file(fds[0], payload, error);
+    return write_memory_file(vm, fds[1], files->changed, error) &&
+           write_state_file(fds[0], files->state, error);
 }
 
-typedef gboolean (*WriteFunc)(MvmVm *vm, GVariant *payload, gpointer data, GError **error);
+typedef gboolean (*WriteFunc)(MvmVm *vm, const SnapshotFiles *files, gpointer data, GError **error);
 
-static gboolean snapshot_paused(MvmVm *vm, WriteFunc write, gpointer data, GError **error)
+typedef struct {
+    WriteFunc write;
+    gpointer data;
+    MvmSnapshotFlags flags;
+} SnapshotWrite;
+
+/* A diff's payload: the machine's, and what it is a diff of. */
+static GVariant *add_diff_keys(GVariant *payload, MvmVm *vm, const guint64 *changed)
 {
-    g_autoptr(GVariant) payload = capture(vm, error);
+    GVariantDict dict;
+    gsize n_bytes = (gsize)((mvm_memory_get_n_pages(vm->memory) + 7) / 8);
 
-    if (payload == NULL || !write(vm, payload, data, error)) {
+    g_variant_dict_init(&dict, payload);
+    g_variant_dict_insert_value(&dict, "parent", blob(vm->diff_parent, sizeof(vm->diff_parent)));
+    /* Little-endian words: byte i / 8 of the array holds page i at bit i % 8. */
+    g_variant_dict_insert_value(&dict, "changed-pages", blob(changed, n_bytes));
+    return g_variant_ref_sink(g_variant_dict_end(&dict));
+}
+
+static gboolean check_can_diff(MvmVm *vm, GError **error)
+{
+    if (vm->tracking && vm->has_diff_parent)
+        return TRUE;
+    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_STATE,
+                        "the VM tracks no changes: take a snapshot with change tracking first");
+    return FALSE;
+}
+
+static gboolean write_snapshot(MvmVm *vm, const SnapshotWrite *w, const guint64 *changed,
+                               GError **error)
+{
+    gboolean diff = (w->flags & MVM_SNAPSHOT_DIFF) != 0;
+    g_autoptr(GVariant) machine = capture(vm, error);
+
+    if (machine == NULL)
+        return FALSE;
+    g_autoptr(GVariant) payload =
+        diff ? add_diff_keys(machine, vm, changed) : g_variant_ref(machine);
+    g_autoptr(GBytes) state = mvm_snapshot_encode(payload, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+    SnapshotFiles files = {state, diff ? changed : NULL};
+    if (!w->write(vm, &files, w->data, error))
+        return FALSE;
+    if (vm->tracking || (w->flags & MVM_SNAPSHOT_TRACK_CHANGES)) {
+        gsize len;
+        const guint8 *data = g_bytes_get_data(state, &len);
+        if (!mvm_snapshot_start_tracking(vm, error))
+            return FALSE;
+        mvm_snapshot_set_diff_parent(vm, data + len - MVM_SNAPSHOT_ID_SIZE);
+    }
+    return TRUE;
+}
+
+/*
+ * While changes are tracked, every snapshot takes them (and becomes the next one's parent); if
+ * it cannot be written they go back, so the next diff still has them.
+ */
+static gboolean snapshot_parked(MvmVm *vm, gpointer data, GError **error)
+{
+    const SnapshotWrite *w = data;
+    g_autofree guint64 *changed = NULL;
+
+    if ((w->flags & MVM_SNAPSHOT_DIFF) && !check_can_diff(vm, error))
+        return FALSE;
+    if (vm->tracking && (changed = mvm_snapshot_harvest_changes(vm, error)) == NULL)
+        return FALSE;
+    if (!write_snapshot(vm, w, changed, error)) {
+        if (changed != NULL)
+            mvm_memory_give_back_written(vm->memory, changed);
         g_prefix_error(error, "snapshot: ");
         return FALSE;
     }
     return TRUE;
 }
 
-typedef struct {
-    WriteFunc write;
-    gpointer data;
-} SnapshotWrite;
-
-static gboolean snapshot_parked(MvmVm *vm, gpointer data, GError **error)
-{
-    SnapshotWrite *w = data;
-
-    return snapshot_paused(vm, w->write, w->data, error);
-}
-
 static gboolean snapshot_with(MvmVm *vm, MvmSnapshotFlags flags, WriteFunc write, gpointer data,
                               GError **error)
 {
-    SnapshotWrite w = {write, data};
+    SnapshotWrite w = {write, data, flags};
     MvmParkedFlags parked = (flags & MVM_SNAPSHOT_LEAVE_PAUSED) ? MVM_PARKED_LEAVE_PAUSED : 0;
 
     return mvm_vm_with_vcpus_parked(vm, "snapshot", parked, snapshot_parked, &w, error);
@@ -481,6 +564,24 @@ MvmVmConfig *mvm_snapshot_read_config_fd(int state_fd, GError **error)
     return state != NULL ? g_steal_pointer(&state->config) : NULL;
 }
 
+gboolean mvm_snapshot_read_ids_fd(int state_fd, guint8 id[MVM_SNAPSHOT_ID_SIZE],
+                                  guint8 parent[MVM_SNAPSHOT_ID_SIZE], gboolean *has_parent,
+                                  GError **error)
+{
+    MvmSnapshotLimits limits;
+
+    g_return_val_if_fail(state_fd >= 0 && id != NULL && parent != NULL && has_parent, FALSE);
+
+    mvm_snapshot_limits_default(&limits);
+    g_autoptr(MvmSnapshotState) state = decode_state_file(state_fd, &limits, error);
+    if (state == NULL)
+        return FALSE;
+    memcpy(id, state->id, MVM_SNAPSHOT_ID_SIZE);
+    memcpy(parent, state->parent, MVM_SNAPSHOT_ID_SIZE);
+    *has_parent = state->has_parent;
+    return TRUE;
+}
+
 MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error)
 {
     g_return_val_if_fail(dirfd >= 0, NULL);
@@ -493,7 +594,7 @@ MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error)
     return config;
 }
 
-static MvmSnapshotState *load_state(int state_fd, int memory_fd, GError **error)
+MvmSnapshotState *mvm_snapshot_load_state(int state_fd, int memory_fd, GError **error)
 {
     const MvmKvm *kvm = mvm_kvm_get(error);
     MvmSnapshotLimits limits;
@@ -520,12 +621,19 @@ static MvmSnapshotState *load_state(int state_fd, int memory_fd, GError **error)
  * device models, on every touch of a page: a mapped file that shrinks (truncated by whoever can
  * write it) then raises SIGBUS, which takes the whole process and every VM in it down. So RAM
  * is a copy, except from a memfd sealed so that it can never shrink (nor change), which is
- * mapped lazily unless MVM_RESTORE_COPY_MEMORY asks for the copy anyway.
+ * mapped lazily unless MVM_RESTORE_COPY_MEMORY asks for the copy anyway. Memory images are
+ * such memfds, made once per file (memory-images.c).
  */
-static MvmMemory *restore_memory(int fd, guint64 size, MvmRestoreFlags flags, GError **error)
+static MvmMemory *restore_memory(int fd, guint64 size, const MvmRestoreOptions *options,
+                                 GError **error)
 {
-    if (!(flags & MVM_RESTORE_COPY_MEMORY) && mvm_memory_fd_is_sealed(fd, size))
+    if (options->flags & MVM_RESTORE_COPY_MEMORY)
+        return mvm_memory_new_copy(fd, size, error);
+    if (mvm_memory_fd_is_sealed(fd, size))
         return mvm_memory_new_mapped(fd, size, error);
+    if (options->memory_images != NULL)
+        return mvm_memory_images_map(options->memory_images, fd, size, options->memory_image_owner,
+                                     error);
     return mvm_memory_new_copy(fd, size, error);
 }
 
@@ -634,9 +742,10 @@ static guint n_items(const GPtrArray *array)
  * writable must not get a read-only file, nor a caller's read-only file a
  * writer), a vsock socket exactly when the snapshot has a vsock device, and its
  * CID when the back ends name one. NICs keep the snapshot's MAC, which the
- * guest knows.
+ * guest knows; a clone (@clone) takes the back ends' MACs and CID instead.
  */
-static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, GError **error)
+static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, gboolean clone,
+                             GError **error)
 {
     if (n_items(config->disks) != n_items(backends->disks) ||
         n_items(config->nics) != n_items(backends->nics) ||
@@ -650,7 +759,7 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, G
      * The guest knows its CID from this state. Checked here, on the state being restored,
      * though a caller may have compared an earlier read of the file: it may have changed since.
      */
-    if (backends->vsock_cid != 0 && backends->vsock_cid != config->vsock_cid)
+    if (!clone && backends->vsock_cid != 0 && backends->vsock_cid != config->vsock_cid)
         return mvm_snapshot_invalid(error, "its guest has vsock cid %u; the back ends say %u",
                                     config->vsock_cid, backends->vsock_cid);
     for (guint i = 0; i < n_items(config->disks); i++) {
@@ -661,7 +770,7 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, G
                                         mine->read_only ? "read-only" : "writable");
     }
     g_autoptr(MvmVmConfig) copy = mvm_vm_config_copy(backends);
-    for (guint i = 0; i < n_items(config->nics); i++)
+    for (guint i = 0; !clone && i < n_items(config->nics); i++)
         memcpy(((MvmNetConfig *)g_ptr_array_index(copy->nics, i))->mac,
                ((MvmNetConfig *)g_ptr_array_index(config->nics, i))->mac, 6);
     /* Swapped: the snapshot's own back ends go with @copy. */
@@ -674,6 +783,32 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, G
     copy->nics = nics;
     copy->vsock_uds_path = uds;
     return TRUE;
+}
+
+static guint32 random_cid(guint32 not_this)
+{
+    guint32 cid;
+
+    do
+        cid = g_random_int();
+    while (cid < MVM_VSOCK_CID_MIN || cid > MVM_VSOCK_CID_MAX || cid == not_this);
+    return cid;
+}
+
+/*
+ * MVM_RESTORE_CLONE: the MACs and CID of @backends where they name one (use_backends() took
+ * their MACs already), new random ones elsewhere (an all-zero MAC gets one in mvm_vm_alloc()).
+ */
+static void clone_identity(MvmVmConfig *config, const MvmVmConfig *backends)
+{
+    for (guint i = 0; backends == NULL && i < n_items(config->nics); i++)
+        memset(((MvmNetConfig *)g_ptr_array_index(config->nics, i))->mac, 0, 6);
+    if (config->vsock_cid == 0)
+        return;
+    if (backends != NULL && backends->vsock_cid != 0)
+        config->vsock_cid = backends->vsock_cid;
+    else
+        config->vsock_cid = random_cid(config->vsock_cid);
 }
 
 MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error)
@@ -719,22 +854,69 @@ static gboolean check_cpu_features(const MvmSnapshotState *state, GError **error
     return TRUE;
 }
 
+/* Guest RAM for @state: its chain laid together, or its own `memory` (restore_memory()). */
+static MvmMemory *restored_memory(const MvmSnapshotState *state, GPtrArray *layers, int memory_fd,
+                                  const MvmRestoreOptions *options, GError **error)
+{
+    if (layers->len > 0)
+        return mvm_snapshot_chain_memory(options->layers, layers, state, memory_fd, error);
+    return restore_memory(memory_fd, state->memory_size, options, error);
+}
+
+/*
+ * The built machine gets @state. Paused like any paused VM: the device back ends stay parked
+ * until the first resume. Before the devices get their state, whose restore kicks the queues the
+ * guest had filled: those requests are served once the guest runs, not while a paused VM is on
+ * show or saved.
+ */
+static gboolean restore_into(MvmVm *vm, MvmSnapshotState *state, const MvmRestoreOptions *options,
+                             GError **error)
+{
+    mvm_vm_quiesce_virtio(vm, TRUE);
+    if (options->flags & MVM_RESTORE_CLONE)
+        mvm_vm_virtio_set_clone(vm);
+    if (!restore_machine(vm, state, error)) {
+        as_invalid(error);
+        return FALSE;
+    }
+    mvm_vm_virtio_sync_macs(vm);
+    /* Before the generation ID is written: its page differs from the snapshot's. */
+    if (options->flags & MVM_RESTORE_TRACK_CHANGES) {
+        if (!mvm_snapshot_start_tracking(vm, error))
+            return FALSE;
+        mvm_snapshot_set_diff_parent(vm, state->id);
+    }
+    /* After the irqchip's state, which would otherwise drop the edge that tells the guest. */
+    if (!mvm_vm_vmgenid_restore(vm, state->vmgenid_addr, options->generation_id, error))
+        return FALSE;
+    vm->state = MVM_VM_STATE_PAUSED;
+    vm->pause_requested = TRUE;
+    return TRUE;
+}
+
 /* The machine @state describes, with RAM from @memory_fd, once @options approved it. */
 static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *options,
                           GError **error)
 {
-    g_autoptr(MvmSnapshotState) state = load_state(state_fd, memory_fd, error);
+    g_autoptr(MvmSnapshotState) state = mvm_snapshot_load_state(state_fd, memory_fd, error);
     if (state == NULL)
         return NULL;
-    if (options->backends != NULL && !use_backends(state->config, options->backends, error))
+    g_autoptr(GPtrArray) layers =
+        mvm_snapshot_load_layers(state, options->layers, options->n_layers, error);
+    if (layers == NULL)
         return NULL;
+    gboolean clone = (options->flags & MVM_RESTORE_CLONE) != 0;
+    if (options->backends != NULL && !use_backends(state->config, options->backends, clone, error))
+        return NULL;
+    if (clone)
+        clone_identity(state->config, options->backends);
     if (!check_cpu_features(state, error))
         return NULL;
     /* Before any guest memory is allocated: the snapshot decides how much, not the caller. */
     if (options->approve != NULL && !options->approve(state->config, options->approve_data, error))
         return NULL;
     /* A private mapping keeps the memfd alive once the caller closes @memory_fd. */
-    MvmMemory *memory = restore_memory(memory_fd, state->memory_size, options->flags, error);
+    MvmMemory *memory = restored_memory(state, layers, memory_fd, options, error);
     if (memory == NULL)
         return NULL;
 
@@ -743,20 +925,8 @@ static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *
         mvm_memory_free(memory);
         return NULL;
     }
-    if (!mvm_vm_build(vm, memory, error))
+    if (!mvm_vm_build(vm, memory, error) || !restore_into(vm, state, options, error))
         return NULL;
-    /*
-     * Paused like any paused VM: the device back ends stay parked until the first resume. Before
-     * the devices get their state, whose restore kicks the queues the guest had filled: those
-     * requests are served once the guest runs, not while a paused VM is on show or saved.
-     */
-    mvm_vm_quiesce_virtio(vm, TRUE);
-    if (!restore_machine(vm, state, error)) {
-        as_invalid(error);
-        return NULL;
-    }
-    vm->state = MVM_VM_STATE_PAUSED;
-    vm->pause_requested = TRUE;
     return g_steal_pointer(&vm);
 }
 
@@ -765,7 +935,10 @@ MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRest
 {
     g_return_val_if_fail(options != NULL, NULL);
     g_return_val_if_fail(dirfd >= 0 || (state_fd >= 0 && memory_fd >= 0), NULL);
-    g_return_val_if_fail((options->flags & ~MVM_RESTORE_COPY_MEMORY) == 0, NULL);
+    g_return_val_if_fail((options->flags & ~(MVM_RESTORE_COPY_MEMORY | MVM_RESTORE_CLONE |
+                                             MVM_RESTORE_TRACK_CHANGES)) == 0,
+                         NULL);
+    g_return_val_if_fail(options->n_layers == 0 || options->layers != NULL, NULL);
 
     int own_state_fd = state_fd >= 0 ? -1 : open_member(dirfd, STATE_NAME, error);
     int use_state_fd = state_fd >= 0 ? state_fd : own_state_fd;

@@ -39,6 +39,22 @@
  *     cpu-template s      the CPU template's name (MvmCpuTemplate); absent: "host". The CPUID
  *                         the guest saw is each vCPU's own, in vcpus.
  *
+ * Added by minor 2, optional:
+ *
+ *     vmgenid-addr t      guest-physical address of the VM generation ID (microvm.h), which
+ *                         the guest's DSDT names; this build reads only its own
+ *                         MVM_VMGENID_ADDR. Absent: the guest has no such device, and a
+ *                         restore gives it no ID.
+ *
+ * Added by minor 3, optional, both or neither (a diff snapshot, microvm.h):
+ *
+ *     parent        ay    the parent snapshot's ID: the SHA-256 its `state` ends with (32 bytes)
+ *     changed-pages ay    one bit per 4 KiB page of guest RAM in `memory` order (bit i of byte
+ *                         i / 8 for page i), set for the pages that changed since the parent;
+ *                         exactly ceil(pages / 8) bytes, the bits past the last page clear.
+ *                         `memory` then holds those pages (a hole reads as a zero page); the
+ *                         others are the parent's.
+ *
  * Format 1's payload is the tuple of those values in that order (serial and i8042 boxed in a
  * `v`); the reader turns it into the format-2 dictionary, so both go through the same checks.
  *
@@ -50,6 +66,7 @@
 
 #include <glib.h>
 
+#include "memory.h"
 #include "microvm.h"
 #include "vcpu.h"
 
@@ -59,7 +76,7 @@ G_BEGIN_DECLS
 #define MVM_SNAPSHOT_MAGIC_LEN   8 /* with its NUL */
 #define MVM_SNAPSHOT_MAJOR       2
 #define MVM_SNAPSHOT_MAJOR_TUPLE 1 /* the oldest major this build reads */
-#define MVM_SNAPSHOT_MINOR       1
+#define MVM_SNAPSHOT_MINOR       3
 #define MVM_SNAPSHOT_HEADER_SIZE 24
 #define MVM_SNAPSHOT_DIGEST_SIZE 32
 /* Far above what 255 vCPUs need (~10 KiB each); bounds what restore reads into memory. */
@@ -121,6 +138,11 @@ typedef struct {
     GVariant *i8042;   /* likewise */
     GVariant *devices; /* a{sv} */
     guint64 memory_size;
+    guint64 vmgenid_addr;                /* 0: none (a snapshot older than the device) */
+    guint8 id[MVM_SNAPSHOT_DIGEST_SIZE]; /* this state's digest, its snapshot's ID */
+    gboolean has_parent;                 /* a diff: */
+    guint8 parent[MVM_SNAPSHOT_DIGEST_SIZE];
+    GBytes *changed_pages; /* checked against memory_size */
 } MvmSnapshotState;
 
 void mvm_snapshot_state_free(MvmSnapshotState *state);
@@ -138,6 +160,34 @@ MvmSnapshotState *mvm_snapshot_decode(const guint8 *data, gsize len,
 GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config);
 MvmVmConfig *mvm_snapshot_config_from_variant(GVariant *dict, const MvmSnapshotLimits *limits,
                                               GError **error);
+
+/* ---- restore (snapshot.c) ---- */
+
+/* `state` and the size of `memory` of one snapshot, checked against this host's KVM. */
+MvmSnapshotState *mvm_snapshot_load_state(int state_fd, int memory_fd, GError **error);
+
+/* ---- diff snapshots (snapshot-diff.c); the VM's with op_lock held and every vCPU parked ---- */
+
+gboolean mvm_snapshot_start_tracking(MvmVm *vm, GError **error);
+/* The pages changed since tracking began or the last harvest (one bit each, memory order). */
+guint64 *mvm_snapshot_harvest_changes(MvmVm *vm, GError **error);
+void mvm_snapshot_set_diff_parent(MvmVm *vm, const guint8 id[MVM_SNAPSHOT_ID_SIZE]);
+/*
+ * The next run of set bits in a page bitmap (bit i of byte i / 8 for page i: the payload's
+ * "changed-pages", and a harvest's words on a little-endian host), from *@end on: FALSE when
+ * there is none; else [*@start, *@end). Start with *@end = 0.
+ */
+gboolean mvm_snapshot_next_run(const guint8 *bits, guint64 n_pages, guint64 *start, guint64 *end);
+/*
+ * The states of @layers (base first), each checked in full and as a link of the chain under
+ * @top; an empty array for a full snapshot without layers. NULL with @error set otherwise.
+ */
+GPtrArray *mvm_snapshot_load_layers(const MvmSnapshotState *top, const MvmSnapshotFiles *layers,
+                                    guint n_layers, GError **error);
+/* Guest RAM of the chain: the base's data with every diff's changed pages over it, in order. */
+MvmMemory *mvm_snapshot_chain_memory(const MvmSnapshotFiles *layers, GPtrArray *states,
+                                     const MvmSnapshotState *top, int top_memory_fd,
+                                     GError **error);
 
 /* ---- vCPU state (snapshot-vcpu.c) ---- */
 GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *state);

@@ -72,6 +72,12 @@ struct _MvmVm {
     gboolean clock_frozen;              /* frozen_clock goes back into KVM at resume */
     struct kvm_clock_data frozen_clock; /* guest kvmclock time when it was frozen */
     GArray *device_states;              /* device-state.c: devices with state of their own */
+    guint64 vmgenid_addr;               /* vmgenid.c: where the generation ID is; 0: none */
+    guint8 vmgenid[MVM_GENERATION_ID_SIZE]; /* the ID last written there (guarded by lock) */
+    /* Diff snapshots (snapshot.c): changed only with op_lock held and the vCPUs parked. */
+    gboolean tracking;        /* KVM's dirty log on every slot, the VMM's marks on */
+    gboolean has_diff_parent; /* also read under lock (mvm_vm_get_diff_parent()) */
+    guint8 diff_parent[MVM_SNAPSHOT_ID_SIZE];
 };
 
 /* vm.c: construction in two steps, so that a restore can build the machine and fill it. */
@@ -81,6 +87,8 @@ MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error);
  * configured size), irqchip, PIT, devices and unconfigured vCPUs.
  */
 gboolean mvm_vm_build(MvmVm *vm, MvmMemory *memory, GError **error);
+/* Turns on KVM's dirty page log of every memory slot (KVM_MEM_LOG_DIRTY_PAGES). */
+gboolean mvm_vm_log_dirty_pages(MvmVm *vm, GError **error);
 
 /* vm-run.c */
 void mvm_vm_guest_exit(MvmVm *vm, MvmExitKind kind, char *reason, guint32 code);
@@ -104,6 +112,10 @@ typedef gboolean (*MvmParkedFunc)(MvmVm *vm, gpointer data, GError **error);
  */
 gboolean mvm_vm_with_vcpus_parked(MvmVm *vm, const char *what, MvmParkedFlags flags,
                                   MvmParkedFunc func, gpointer data, GError **error);
+
+/* vmgenid.c: a new VM's random ID; a restored one's, with the guest told (@addr 0: none). */
+gboolean mvm_vm_vmgenid_boot(MvmVm *vm, GError **error);
+gboolean mvm_vm_vmgenid_restore(MvmVm *vm, guint64 addr, const guint8 *id, GError **error);
 
 /* device-state.c */
 void mvm_vm_free_device_states(MvmVm *vm);

@@ -160,12 +160,13 @@ static gboolean create_kvm_vm(MvmVm *vm, GError **error)
     return TRUE;
 }
 
-static gboolean register_memory(MvmVm *vm, GError **error)
+static gboolean register_memory(MvmVm *vm, guint32 flags, GError **error)
 {
     for (guint i = 0; i < mvm_memory_get_n_regions(vm->memory); i++) {
         const MvmMemoryRegion *r = mvm_memory_get_region(vm->memory, i);
         struct kvm_userspace_memory_region region = {
             .slot = i,
+            .flags = flags,
             .guest_phys_addr = r->gpa,
             .memory_size = r->size,
             .userspace_addr = (guint64)(guintptr)r->host,
@@ -174,6 +175,12 @@ static gboolean register_memory(MvmVm *vm, GError **error)
             return mvm_kvm_set_errno_error(error, "KVM_SET_USER_MEMORY_REGION");
     }
     return TRUE;
+}
+
+/* The same slots again, flags changed: KVM allows that on a live slot. */
+gboolean mvm_vm_log_dirty_pages(MvmVm *vm, GError **error)
+{
+    return register_memory(vm, KVM_MEM_LOG_DIRTY_PAGES, error);
 }
 
 /*
@@ -186,7 +193,7 @@ static gboolean setup_machine(MvmVm *vm, GError **error)
 
     if (vm->memory == NULL)
         vm->memory = mvm_memory_new(vm->config->memory_mib * MVM_MIB, error);
-    if (vm->memory == NULL || !register_memory(vm, error))
+    if (vm->memory == NULL || !register_memory(vm, 0, error))
         return FALSE;
     if (ioctl(vm->fd, KVM_CREATE_IRQCHIP, 0) < 0)
         return mvm_kvm_set_errno_error(error, "KVM_CREATE_IRQCHIP");
@@ -272,6 +279,25 @@ static gboolean configure_vcpus(MvmVm *vm, GError **error)
     return TRUE;
 }
 
+/*
+ * A NIC without a MAC gets a random one here, in the VM's own config, so that the MAC the guest
+ * sees is the one mvm_vm_get_config() shows and a snapshot records: locally administered and
+ * unicast (IEEE 802: bit 1 set, bit 0 clear in the first byte).
+ */
+static void choose_macs(MvmVmConfig *config)
+{
+    static const guint8 zero[6] = {0};
+
+    for (guint i = 0; config->nics != NULL && i < config->nics->len; i++) {
+        MvmNetConfig *nic = g_ptr_array_index(config->nics, i);
+        if (memcmp(nic->mac, zero, sizeof(zero)) != 0)
+            continue;
+        for (guint b = 0; b < sizeof(nic->mac); b++)
+            nic->mac[b] = (guint8)g_random_int();
+        nic->mac[0] = (nic->mac[0] & 0xfe) | 0x02;
+    }
+}
+
 MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
 {
     const MvmKvm *kvm;
@@ -288,6 +314,7 @@ MvmVm *mvm_vm_alloc(const MvmVmConfig *config, GError **error)
     vm->kvm = kvm;
     vm->config = mvm_vm_config_copy(config);
     vm->config->kernel_fd = vm->config->initrd_fd = -1; /* borrowed; not ours to keep */
+    choose_macs(vm->config);
     vm->n_vcpus = config->n_vcpus;
     vm->state = MVM_VM_STATE_CREATED;
     return vm;
@@ -306,7 +333,7 @@ MvmVm *mvm_vm_new(const MvmVmConfig *config, GError **error)
     g_autoptr(MvmVm) vm = mvm_vm_alloc(config, error);
 
     if (vm == NULL || !mvm_vm_build(vm, NULL, error) || !load_kernel(vm, config, error) ||
-        !configure_vcpus(vm, error))
+        !mvm_vm_vmgenid_boot(vm, error) || !configure_vcpus(vm, error))
         return NULL;
     return g_steal_pointer(&vm);
 }

@@ -2,7 +2,8 @@
 /*
  * ACPI tables for a hardware-reduced platform (ACPI 6.4 §4.1): RSDP (rev 2) →
  * XSDT → FADT (→ DSDT) and MADT. The DSDT describes the virtio-mmio devices
- * (LNRO0005, as drivers/virtio/virtio_mmio.c matches), COM1 and \_S5.
+ * (LNRO0005, as drivers/virtio/virtio_mmio.c matches), COM1, the i8042, the VM
+ * generation ID with the Generic Event Device that announces its changes, and \_S5.
  *
  * Interrupts: KVM's default GSI routing sends GSI n to IOAPIC pin n (and to
  * the PICs for n < 16), and the in-kernel PIT raises GSI 0. So there is no
@@ -154,6 +155,62 @@ static void dsdt_i8042(GByteArray *scope)
     mvm_aml_device(scope, "KBD_", body);
 }
 
+/* Name(@name, "@value"), for a device's identification objects. */
+static void name_string(GByteArray *body, const char *name, const char *value)
+{
+    g_autoptr(GByteArray) obj = g_byte_array_new();
+
+    mvm_aml_string(obj, value);
+    mvm_aml_name(body, name, obj);
+}
+
+/*
+ * Device(VGEN) { _HID "MVMD0001" (an ACPI ID: vendor, then four hex digits), _CID and _DDN
+ *                "VM_Gen_Counter",
+ *                Method(ADDR) { Return(Package { low 32 bits, high 32 bits }) } }
+ * as Microsoft's "Virtual Machine Generation ID" paper names them: the guest finds the device
+ * by _CID (ACPICA upper-cases it; Linux's vmgenid driver matches "VM_GEN_COUNTER") and reads
+ * the 16-byte ID at ADDR's address, which the e820 map reserves.
+ */
+static void dsdt_vmgenid(GByteArray *scope)
+{
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    g_autoptr(GByteArray) elements = g_byte_array_new();
+    g_autoptr(GByteArray) package = g_byte_array_new();
+    g_autoptr(GByteArray) method = g_byte_array_new();
+
+    name_string(body, "_HID", "MVMD0001");
+    name_string(body, "_CID", "VM_Gen_Counter");
+    name_string(body, "_DDN", "VM_Gen_Counter");
+    mvm_aml_integer(elements, MVM_VMGENID_ADDR & 0xffffffff);
+    mvm_aml_integer(elements, MVM_VMGENID_ADDR >> 32);
+    mvm_aml_package(package, 2, elements);
+    mvm_aml_return(method, package);
+    mvm_aml_method(body, "ADDR", 0, method);
+    mvm_aml_device(scope, "VGEN", body);
+}
+
+/*
+ * Device(GED_) { _HID "ACPI0013", _CRS { Interrupt edge high { MVM_VMGENID_GSI } },
+ *                Method(_EVT, 1) { Notify(VGEN, 0x80) } }
+ * A hardware-reduced platform has no GPE blocks: its events come through the Generic Event
+ * Device (ACPI 6.4 §5.6.9), whose driver runs _EVT with the GSI that fired. There is one, so
+ * _EVT does not look at it. 0x80 is the notification the generation ID paper defines.
+ */
+static void dsdt_ged(GByteArray *scope)
+{
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    g_autoptr(GByteArray) res = g_byte_array_new();
+    g_autoptr(GByteArray) method = g_byte_array_new();
+
+    name_string(body, "_HID", "ACPI0013");
+    mvm_aml_res_interrupt(res, MVM_VMGENID_GSI, TRUE, FALSE, FALSE);
+    name_crs(body, res);
+    mvm_aml_notify(method, "VGEN", 0x80);
+    mvm_aml_method(body, "_EVT", 1, method);
+    mvm_aml_device(scope, "GED_", body);
+}
+
 /* §7.4.2 \_S5: Package { SLP_TYPa, SLP_TYPb, reserved, reserved }; SLP_TYPa goes to SLEEP_CONTROL.
  */
 static void dsdt_s5(GByteArray *t)
@@ -175,6 +232,8 @@ static GByteArray *build_dsdt(const MvmBootMmioDevice *devices, guint n)
 
     dsdt_com1(sb);
     dsdt_i8042(sb);
+    dsdt_vmgenid(sb);
+    dsdt_ged(sb);
     for (guint i = 0; i < n; i++)
         dsdt_virtio_device(sb, i, &devices[i]);
     mvm_aml_scope(t, "\\_SB_", sb);

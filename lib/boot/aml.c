@@ -15,6 +15,9 @@
 #define AML_SCOPE_OP      0x10
 #define AML_BUFFER_OP     0x11
 #define AML_PACKAGE_OP    0x12
+#define AML_METHOD_OP     0x14
+#define AML_NOTIFY_OP     0x86
+#define AML_RETURN_OP     0xa4
 #define AML_EXT_OP_PREFIX 0x5b
 #define AML_DEVICE_OP     0x82 /* after AML_EXT_OP_PREFIX */
 #define AML_ROOT_CHAR     '\\'
@@ -140,6 +143,31 @@ void mvm_aml_package(GByteArray *out, guint8 n, const GByteArray *elements)
     append_pkg_length(out, 1 + elements->len);
     append_u8(out, n);
     g_byte_array_append(out, elements->data, elements->len);
+}
+
+/* §19.6.85 Method: MethodFlags bits 2-0 count the arguments; bit 3 (Serialized) stays 0. */
+void mvm_aml_method(GByteArray *out, const char *name, guint8 n_args, const GByteArray *body)
+{
+    g_autoptr(GByteArray) inner = g_byte_array_new();
+
+    g_assert(n_args <= 7);
+    append_u8(inner, n_args);
+    g_byte_array_append(inner, body->data, body->len);
+    append_u8(out, AML_METHOD_OP);
+    append_named_package(out, name, inner);
+}
+
+void mvm_aml_return(GByteArray *out, const GByteArray *object)
+{
+    append_u8(out, AML_RETURN_OP);
+    g_byte_array_append(out, object->data, object->len);
+}
+
+void mvm_aml_notify(GByteArray *out, const char *name, guint64 value)
+{
+    append_u8(out, AML_NOTIFY_OP);
+    mvm_aml_name_string(out, name);
+    mvm_aml_integer(out, value);
 }
 
 /* §6.4.2.9 End Tag; a zero checksum means "treat as correct". */

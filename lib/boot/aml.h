@@ -24,6 +24,11 @@ void mvm_aml_scope(GByteArray *out, const char *name, const GByteArray *body);
 void mvm_aml_device(GByteArray *out, const char *name, const GByteArray *body);
 /* Package(n) { elements }: @elements holds @n encoded data objects. */
 void mvm_aml_package(GByteArray *out, guint8 n, const GByteArray *elements);
+/* Method(name, n_args, NotSerialized) { body }. */
+void mvm_aml_method(GByteArray *out, const char *name, guint8 n_args, const GByteArray *body);
+/* Return(<object>) and Notify(name, value): statements for a method's body. */
+void mvm_aml_return(GByteArray *out, const GByteArray *object);
+void mvm_aml_notify(GByteArray *out, const char *name, guint64 value);
 /* ResourceTemplate() { descriptors }: a Buffer with the End Tag appended. */
 void mvm_aml_resource_template(GByteArray *out, const GByteArray *descriptors);
 

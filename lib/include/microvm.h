@@ -348,11 +348,38 @@ gboolean mvm_vm_pause_full(MvmVm *vm, MvmPauseFlags flags, GError **error);
  * transient pause is not reported to the state callback). The _at variants take a directory fd
  * (not consumed) so a daemon never opens a path on behalf of a caller. Files are written under
  * temporary names and renamed into place.
+ *
+ * Diff snapshots. MVM_SNAPSHOT_TRACK_CHANGES turns change tracking on from this snapshot on
+ * (for the VM's life): KVM's dirty log of guest writes, and a mark of every page the device
+ * model writes. Every later snapshot then becomes the parent of the next, and one with
+ * MVM_SNAPSHOT_DIFF holds only the pages changed since its parent (zero pages as holes), a
+ * bitmap of them, and its parent's ID; the rest of its state (vCPUs, devices) is whole. A
+ * snapshot's ID is the SHA-256 digest its `state` file ends with (MVM_SNAPSHOT_ID_SIZE bytes).
+ * MVM_SNAPSHOT_DIFF without tracking fails with MVM_ERROR_INVALID_STATE. Tracking costs the
+ * guest a write fault on the first write to each page after every snapshot.
  */
 typedef enum {
     MVM_SNAPSHOT_NONE = 0,
     MVM_SNAPSHOT_LEAVE_PAUSED = 1 << 0,
+    MVM_SNAPSHOT_TRACK_CHANGES = 1 << 1,
+    MVM_SNAPSHOT_DIFF = 1 << 2,
 } MvmSnapshotFlags;
+#define MVM_SNAPSHOT_ID_SIZE 32
+/* Deepest chain a restore takes: a base and this many diffs above it, the top one included. */
+#define MVM_SNAPSHOT_MAX_LAYERS 64
+/*
+ * The ID of the snapshot a diff taken now would name as its parent (the VM's last snapshot, or
+ * the one it was restored from with MVM_RESTORE_TRACK_CHANGES); FALSE when it tracks no changes.
+ */
+gboolean mvm_vm_get_diff_parent(MvmVm *vm, guint8 id[MVM_SNAPSHOT_ID_SIZE]);
+/*
+ * A snapshot's ID, and its parent's when it is a diff (@has_parent), from its `state` as an open
+ * fd (not consumed, read from offset 0), checked as a restore checks it. MVM_ERROR_INVALID_ARGUMENT
+ * otherwise.
+ */
+gboolean mvm_snapshot_read_ids_fd(int state_fd, guint8 id[MVM_SNAPSHOT_ID_SIZE],
+                                  guint8 parent[MVM_SNAPSHOT_ID_SIZE], gboolean *has_parent,
+                                  GError **error);
 gboolean mvm_vm_snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags, GError **error);
 gboolean mvm_vm_snapshot_at(MvmVm *vm, int dirfd, MvmSnapshotFlags flags, GError **error);
 /*
@@ -376,11 +403,23 @@ gboolean mvm_vm_snapshot_to_fds(MvmVm *vm, int state_fd, int memory_fd, MvmSnaps
  * instead would bring the whole process down (SIGBUS) the moment it shrank under a page in
  * use; that is done only for a memfd sealed against shrinking and writing (see
  * mvm_vm_restore_with_memory()), and MVM_RESTORE_COPY_MEMORY copies even that. The guest's clock
- * stays at the snapshot's time until the first resume.
+ * stays at the snapshot's time until the first resume. Every restore gives the guest a new
+ * generation ID (mvm_vm_get_generation_id()).
+ *
+ * MVM_RESTORE_CLONE makes the VM a clone that must not be taken for the snapshot's VM on a
+ * network: each NIC gets the MAC its back end names (MvmNetConfig.mac in @backends, not all
+ * zero) or a new random one, and a vsock device the CID its back end names (@backends'
+ * vsock_cid, not 0) or a new random one. The device shows the guest the new value; a Linux
+ * guest's vsock driver reads the CID again at the transport reset every restore sends, while
+ * its virtio-net driver keeps the MAC it read when it bound (the interface's address) until it
+ * binds again. mvm_vm_get_config() has what the clone got. Without the flag the guest keeps the
+ * snapshot's MACs and CID.
  */
 typedef enum {
     MVM_RESTORE_NONE = 0,
     MVM_RESTORE_COPY_MEMORY = 1 << 0,
+    MVM_RESTORE_CLONE = 1 << 1,
+    MVM_RESTORE_TRACK_CHANGES = 1 << 2, /* diffs of the VM can have this snapshot as parent */
 } MvmRestoreFlags;
 MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error);
 MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
@@ -420,11 +459,51 @@ MvmVm *mvm_vm_restore_from_fds(int state_fd, int memory_fd, const MvmVmConfig *b
  */
 typedef gboolean (*MvmRestoreApproveFunc)(const MvmVmConfig *config, gpointer user_data,
                                           GError **error);
+/* A snapshot's two files as open fds (not consumed, read from offset 0). */
+typedef struct {
+    int state_fd;
+    int memory_fd;
+} MvmSnapshotFiles;
+/*
+ * Memory images: guest RAM shared by the VMs restored from one snapshot. The first restore of a
+ * memory file reads its data (as a copy would) into a memfd of the images', sealed for good;
+ * every VM restored from the same unchanged file and for the same owner (below) maps that
+ * memfd privately, so they share each page until one of them writes it, and a restore that
+ * finds the image costs no read at all. A file is the same while fstat() shows the same
+ * device, inode, size, modification and status-change times: any write to it makes a new
+ * image. An image is dropped with the last VM that maps it. Thread-safe; VMs keep it alive.
+ */
+typedef struct _MvmMemoryImages MvmMemoryImages;
+MvmMemoryImages *mvm_memory_images_new(void);
+MvmMemoryImages *mvm_memory_images_ref(MvmMemoryImages *images);
+void mvm_memory_images_unref(MvmMemoryImages *images);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemoryImages, mvm_memory_images_unref)
+/* Images held now (one per file and owner with a VM restored from it). */
+guint mvm_memory_images_get_count(MvmMemoryImages *images);
 typedef struct {
     MvmRestoreFlags flags;
     const MvmVmConfig *backends;   /* NULL: the snapshot's own (see mvm_vm_restore_with_backends) */
     MvmRestoreApproveFunc approve; /* NULL: any valid snapshot */
     gpointer approve_data;
+    /* MVM_GENERATION_ID_SIZE bytes; NULL: a new random one (mvm_vm_get_generation_id()) */
+    const guint8 *generation_id;
+    /*
+     * Guest RAM from (and into) these images unless MVM_RESTORE_COPY_MEMORY; NULL: a copy of
+     * its own. Only VMs of one owner (any number the caller chooses, e.g. a uid) share an
+     * image, so one owner's restores never show another's in their timing.
+     */
+    MvmMemoryImages *memory_images;
+    guint64 memory_image_owner;
+    /*
+     * A diff snapshot's chain: the snapshots beneath it, base (a full snapshot) first, each
+     * the parent of the next and the last the parent of the one restored, as their IDs say.
+     * Every layer is untrusted input, checked in full; guest RAM is the base's with each diff's
+     * pages laid over it in order, always a copy (no memory image). At most
+     * MVM_SNAPSHOT_MAX_LAYERS - 1. A diff without its chain, or a chain under a full snapshot,
+     * is MVM_ERROR_INVALID_ARGUMENT.
+     */
+    const MvmSnapshotFiles *layers;
+    guint n_layers;
 } MvmRestoreOptions;
 /*
  * The restore the others are made of: `state` and `memory` from @dirfd (not consumed), or from
@@ -455,6 +534,28 @@ MvmVmConfig *mvm_snapshot_read_config_fd(int state_fd, GError **error);
  * answers for a vCPU only outside KVM_RUN. MVM_ERROR_INVALID_STATE once stopped or crashed.
  */
 MvmCpuConfig *mvm_vm_dump_cpu_config(MvmVm *vm, GError **error);
+
+/*
+ * The VM generation ID (docs/architecture.md, "Clones"): 16 bytes in guest memory that the
+ * DSDT's device VGEN (_CID "VM_Gen_Counter", its method ADDR giving their address) shows the
+ * guest, as Microsoft's "Virtual Machine Generation ID" paper describes. A change is announced
+ * with Notify(VGEN, 0x80), raised through the Generic Event Device (ACPI0013) on
+ * GSI 3 (lib/layout.h). A guest that sees a new ID knows it runs as a copy of a snapshot and
+ * renews what must not repeat between copies (Linux reseeds its RNG: "crng reseeded due to
+ * virtual machine fork").
+ *
+ * mvm_vm_new() gives a VM a random ID; mvm_vm_set_generation_id() sets another (before the
+ * start: the ID the guest boots with, e.g. a daemon's ID for the VM, kept across reboots). Every
+ * restore gives a new random ID (MvmRestoreOptions.generation_id chooses it) and notifies the
+ * guest, which sees it at its first instruction after the resume. A VM restored from a snapshot
+ * taken before the device existed has none: get returns FALSE, set fails with
+ * MVM_ERROR_NOT_SUPPORTED. Any thread.
+ */
+#define MVM_GENERATION_ID_SIZE 16
+gboolean mvm_vm_get_generation_id(MvmVm *vm, guint8 id[MVM_GENERATION_ID_SIZE]);
+/* Writes @id; a VM that has run (or was restored) is notified. Stopped or crashed: INVALID_STATE. */
+gboolean mvm_vm_set_generation_id(MvmVm *vm, const guint8 id[MVM_GENERATION_ID_SIZE],
+                                  GError **error);
 
 /* KVM facts for the Manager's properties. */
 int mvm_kvm_api_version(GError **error);

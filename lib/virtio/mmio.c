@@ -403,6 +403,26 @@ void mvm_virtio_update_config(MvmVirtio *dev, gsize offset, const void *data, gs
         raise_interrupt(dev, VIRTIO_MMIO_INT_CONFIG);
 }
 
+void mvm_virtio_restore_config(MvmVirtio *dev, gsize offset, const void *data, gsize len)
+{
+    g_return_if_fail(offset <= dev->config_len && len <= dev->config_len - offset);
+    if (memcmp(dev->config + offset, data, len) == 0)
+        return;
+    memcpy(dev->config + offset, data, len);
+    dev->config_generation++;
+}
+
+gpointer mvm_virtio_get_backend(MvmVirtio *dev)
+{
+    return dev->backend;
+}
+
+void mvm_virtio_read_config(MvmVirtio *dev, gsize offset, void *data, gsize len)
+{
+    g_return_if_fail(offset <= dev->config_len && len <= dev->config_len - offset);
+    memcpy(data, dev->config + offset, len);
+}
+
 /* ---- construction ---- */
 
 static gboolean queue_kicked(int fd, GIOCondition condition, gpointer data)

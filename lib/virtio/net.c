@@ -38,6 +38,7 @@ typedef struct {
     int tap_fd;
     char *name;
     guint8 mac[6];
+    gboolean clone; /* mvm_virtio_net_set_clone() */
     GSource *source;
     gboolean watching;
     gboolean tap_gone;
@@ -197,6 +198,20 @@ static void net_free(gpointer backend)
     g_free(net);
 }
 
+/*
+ * The guest read its MAC from the config space the snapshot restored, and keeps it; a clone's
+ * is its own instead (MVM_RESTORE_CLONE), which the guest reads when its driver binds again.
+ */
+static void net_restored(gpointer backend)
+{
+    Net *net = backend;
+
+    if (net->clone)
+        mvm_virtio_restore_config(net->dev, 0, net->mac, sizeof(net->mac));
+    else
+        mvm_virtio_read_config(net->dev, 0, net->mac, sizeof(net->mac));
+}
+
 static const MvmVirtioOps net_ops = {
     .name = "net",
     .device_id = VIRTIO_ID_NET,
@@ -205,6 +220,7 @@ static const MvmVirtioOps net_ops = {
     .features = (1ULL << VIRTIO_NET_F_MAC) | (1ULL << VIRTIO_NET_F_STATUS),
     .notify = net_notify,
     .reset = net_reset,
+    .restored = net_restored,
     .free = net_free,
 };
 
@@ -264,18 +280,20 @@ static gboolean setup_tap(Net *net, GError **error)
     return TRUE;
 }
 
-static void choose_mac(Net *net, const guint8 *mac)
+void mvm_virtio_net_set_clone(MvmVirtio *dev)
 {
-    static const guint8 zero[6] = {0};
+    Net *net = mvm_virtio_get_backend(dev);
 
-    if (memcmp(mac, zero, 6) != 0) {
-        memcpy(net->mac, mac, 6);
-        return;
-    }
-    /* Locally administered, unicast (IEEE 802: bit 1 set, bit 0 clear in the first byte). */
-    for (guint i = 0; i < 6; i++)
-        net->mac[i] = (guint8)g_random_int();
-    net->mac[0] = (net->mac[0] & 0xfe) | 0x02;
+    net->clone = TRUE;
+}
+
+void mvm_virtio_net_get_mac(MvmVirtio *dev, guint8 mac[6])
+{
+    Net *net = mvm_virtio_get_backend(dev);
+
+    mvm_virtio_lock(dev);
+    memcpy(mac, net->mac, sizeof(net->mac));
+    mvm_virtio_unlock(dev);
 }
 
 MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *env, GError **error)
@@ -289,7 +307,7 @@ MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *en
         net_free(net);
         return NULL;
     }
-    choose_mac(net, config->mac);
+    memcpy(net->mac, config->mac, sizeof(net->mac)); /* never all zero: mvm_vm_alloc() chose one */
     net->dev = mvm_virtio_new(&net_ops, net, env, error);
     if (net->dev == NULL)
         return NULL;

@@ -130,6 +130,17 @@ void mvm_virtio_push(MvmVirtio *dev, guint queue, guint16 head, guint32 len);
 void mvm_virtio_set_needs_reset(MvmVirtio *dev, const char *reason);
 /* Changes part of the config space and tells the driver (configuration change interrupt). */
 void mvm_virtio_update_config(MvmVirtio *dev, gsize offset, const void *data, gsize len);
+/*
+ * From a restored hook (lock held): puts back part of the config space that the device, not the
+ * snapshot, decides (a clone's MAC or vsock CID), without an interrupt: the VM is paused and its
+ * irqchip not restored yet. The guest sees it at its next read (for vsock, at the transport
+ * reset every restore sends).
+ */
+void mvm_virtio_restore_config(MvmVirtio *dev, gsize offset, const void *data, gsize len);
+/* The @backend mvm_virtio_new() was given. */
+gpointer mvm_virtio_get_backend(MvmVirtio *dev);
+/* Reads part of the config space (lock held, or no driver yet). */
+void mvm_virtio_read_config(MvmVirtio *dev, gsize offset, void *data, gsize len);
 
 /* Snapshot state: negotiated features, status, queue configuration and indices, config. */
 GVariant *mvm_virtio_save(MvmVirtio *dev);
@@ -138,6 +149,13 @@ gboolean mvm_virtio_restore(MvmVirtio *dev, GVariant *state, GError **error);
 /* ---- devices ---- */
 MvmVirtio *mvm_virtio_blk_new(const MvmDiskConfig *config, const MvmVirtioEnv *env, GError **error);
 MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *env, GError **error);
+/*
+ * A restored NIC keeps the MAC the snapshot's guest read from its config space (then
+ * mvm_virtio_net_get_mac() reports it), unless set_clone() was called before the restore: then
+ * the config space gets the NIC's own MAC instead (MVM_RESTORE_CLONE).
+ */
+void mvm_virtio_net_set_clone(MvmVirtio *dev);
+void mvm_virtio_net_get_mac(MvmVirtio *dev, guint8 mac[6]);
 MvmVirtio *mvm_virtio_vsock_new(guint32 cid, const char *uds_path, const MvmVirtioEnv *env,
                                 GError **error);
 MvmVirtio *mvm_virtio_rng_new(const MvmVirtioEnv *env, GError **error);

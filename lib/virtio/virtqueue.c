@@ -97,6 +97,7 @@ gboolean mvm_vq_enable(MvmVirtqueue *vq, const MvmMemory *mem, GError **error)
     vq->used = map_ring(mem, vq->used_gpa, 6 + 8 * n, 4, "used", error);
     if (vq->used == NULL)
         return FALSE;
+    vq->memory = mem;
     vq->last_avail = 0;
     vq->used_idx = 0;
     vq->enabled = TRUE;
@@ -128,6 +129,13 @@ static gboolean chain_add(MvmVqChain *chain, const MvmMemory *mem, const Desc *d
             error, "descriptor %u points at 0x%" G_GINT64_MODIFIER "x+0x%x, not guest RAM", index,
             d->addr, d->len);
     chain->bufs[chain->n_out + chain->n_in] = (MvmVqBuf){.host = host, .len = d->len};
+    /*
+     * Marked when taken, before the device writes it: every request ends before a diff
+     * snapshot parks the devices, so the write falls before the next snapshot, which takes the
+     * mark (mvm_memory_take_written()).
+     */
+    if (writable)
+        mvm_memory_mark_written(mem, host, d->len);
     if (writable) {
         chain->n_in++;
         chain->in_len += d->len;
@@ -197,6 +205,7 @@ void mvm_vq_push(MvmVirtqueue *vq, guint16 head, guint32 len)
     /* The element must be visible before the index that publishes it (§2.7.8.2). */
     __atomic_thread_fence(__ATOMIC_RELEASE);
     store16(vq->used + 2, vq->used_idx);
+    mvm_memory_mark_written(vq->memory, vq->used, 4 + 8 * (gsize)vq->size);
     /* And the index before we read the driver's interrupt suppression flag. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }

@@ -32,6 +32,7 @@ typedef struct {
     /* Set by mvm_vq_enable(), valid while enabled; point into guest RAM. */
     gboolean enabled;
     guint8 *desc, *avail, *used;
+    const MvmMemory *memory; /* what the used ring and writable buffers are marked written in */
     guint16 last_avail; /* next available entry the device will take */
     guint16 used_idx;   /* the used index the device last published */
 } MvmVirtqueue;

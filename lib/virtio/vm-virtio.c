@@ -140,3 +140,30 @@ void mvm_vm_quiesce_virtio(MvmVm *vm, gboolean quiet)
     else
         mvm_io_thread_unquiesce(vm->io_thread);
 }
+
+/* ---- restores ---- */
+
+static MvmVirtio *nic_device(MvmVm *vm, guint i)
+{
+    guint n_disks = vm->config->disks != NULL ? vm->config->disks->len : 0;
+
+    return g_ptr_array_index(vm->virtio, n_disks + i);
+}
+
+static guint n_nics(MvmVm *vm)
+{
+    return vm->config->nics != NULL && vm->virtio != NULL ? vm->config->nics->len : 0;
+}
+
+void mvm_vm_virtio_set_clone(MvmVm *vm)
+{
+    for (guint i = 0; i < n_nics(vm); i++)
+        mvm_virtio_net_set_clone(nic_device(vm, i));
+}
+
+void mvm_vm_virtio_sync_macs(MvmVm *vm)
+{
+    for (guint i = 0; i < n_nics(vm); i++)
+        mvm_virtio_net_get_mac(nic_device(vm, i),
+                               ((MvmNetConfig *)g_ptr_array_index(vm->config->nics, i))->mac);
+}

@@ -15,5 +15,9 @@ MvmBootMmioDevice *mvm_vm_virtio_boot_devices(MvmVm *vm, guint *n);
 void mvm_vm_detach_virtio(MvmVm *vm);
 /* Pause (TRUE) parks the I/O thread so no device touches guest memory; resume (FALSE). */
 void mvm_vm_quiesce_virtio(MvmVm *vm, gboolean quiet);
+/* Before a restore gives the devices their state: the NICs are a clone's (MVM_RESTORE_CLONE). */
+void mvm_vm_virtio_set_clone(MvmVm *vm);
+/* After it: the VM's config gets the MACs the NICs have (the snapshot's, or a clone's own). */
+void mvm_vm_virtio_sync_macs(MvmVm *vm);
 
 G_END_DECLS

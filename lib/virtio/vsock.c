@@ -553,8 +553,11 @@ static void deliver_reset_event(Vsock *vs)
 static void vsock_restored(gpointer backend)
 {
     Vsock *vs = backend;
+    guint64 cid = GUINT64_TO_LE(vs->cid);
 
     vs->reset_event = TRUE;
+    /* A clone's CID (MVM_RESTORE_CLONE): Linux reads guest_cid again at the reset event. */
+    mvm_virtio_restore_config(vs->dev, 0, &cid, sizeof(cid));
 }
 
 static void vsock_notify(gpointer backend, guint index)

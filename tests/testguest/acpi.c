@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Finding the firmware tables a kernel would use: the ACPI RSDP (ACPI 6.5 §5.2.5.1: on a 16-byte
- * boundary in 0xe0000-0xfffff), the XSDT (or RSDT) and the MADT; and the MP floating pointer
- * (MP spec 1.4 §4: the first KiB of the EBDA / last KiB of base memory, or 0xf0000-0xfffff).
+ * boundary in 0xe0000-0xfffff), the XSDT (or RSDT), the MADT and the DSDT (through the FADT);
+ * and the MP floating pointer (MP spec 1.4 §4: the first KiB of the EBDA / last KiB of base
+ * memory, or 0xf0000-0xfffff).
  */
 #include "guest.h"
 
@@ -65,6 +66,20 @@ static void scan_madt(struct acpi_info *info, const u8 *madt)
     }
 }
 
+/* ACPI 6.5 §5.2.9: X_DSDT (offset 140, 8 bytes) wins over DSDT (offset 40, 4 bytes) when set. */
+static void scan_fadt(struct acpi_info *info, const u8 *fadt)
+{
+    u32 len = get32(fadt + 4);
+    u64 dsdt = len >= 148 ? get64(fadt + 140) : 0;
+
+    if (!dsdt && len >= 44)
+        dsdt = get32(fadt + 40);
+    if (!dsdt || dsdt >= MVM_MMIO_GAP_START || memcmp((const void *)dsdt, "DSDT", 4))
+        return;
+    info->dsdt = dsdt;
+    info->dsdt_ok = sdt_ok((const u8 *)dsdt);
+}
+
 bool acpi_scan(struct acpi_info *info)
 {
     memset(info, 0, sizeof(*info));
@@ -103,12 +118,15 @@ bool acpi_scan(struct acpi_info *info)
         u64 t = entry_size == 8 ? get64(root + off) : get32(root + off);
         if (!t || t >= MVM_MMIO_GAP_START)
             continue;
-        if (!memcmp((const void *)t, "APIC", 4)) {
+        if (!info->madt && !memcmp((const void *)t, "APIC", 4)) {
             info->madt = t;
             info->madt_ok = sdt_ok((const u8 *)t);
             if (info->madt_ok)
                 scan_madt(info, (const u8 *)t);
-            break;
+        } else if (!info->fadt && !memcmp((const void *)t, "FACP", 4)) {
+            info->fadt = t;
+            if (sdt_ok((const u8 *)t))
+                scan_fadt(info, (const u8 *)t);
         }
     }
     return true;

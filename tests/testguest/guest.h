@@ -141,6 +141,8 @@ void cmdline_init(const char *cmdline);
 const char *cmdline_raw(void);
 const char *arg_str(const char *key, const char *def);
 u64 arg_u64(const char *key, u64 def);
+/* The range is RAM in the e820 map, and identity-mapped (below 3 GiB). */
+bool range_is_ram(u64 start, u64 end);
 bool arg_present(const char *key);
 
 /* ---- main.c: result helpers ---- */
@@ -164,6 +166,15 @@ struct exception_frame {
 void cpu_init(void);    /* our GDT, IDT (exceptions report and fail), TSS */
 void cpu_load_ap(void); /* on an AP: our IDT (the trampoline loaded the GDT) */
 void cpu_set_idt_gate(unsigned vector, void (*handler)(void), unsigned dpl);
+
+/*
+ * irq.c: IOAPIC pin @gsi to @vector (edge, active high, to the BSP), 8259s masked, LAPIC on;
+ * @handler runs for each interrupt, before the EOI (FALSE, with a FAIL line naming @what, for
+ * a pin the IOAPIC does not have). irq_wait() enables interrupts, halts, and returns with them
+ * off again once one interrupt was handled.
+ */
+bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void));
+void irq_wait(void);
 void cpu_set_rsp0(u64 rsp0);
 void cpu_load_tss(void);
 void exception_handler(struct exception_frame *f);
@@ -182,6 +193,9 @@ struct acpi_info {
     u32 lapic_addr; /* from the MADT */
     u32 n_lapics;   /* enabled (or online-capable) processor LAPIC/x2APIC entries */
     u32 lapic_ids[64];
+    u64 fadt;     /* "FACP"; 0: not found */
+    u64 dsdt;     /* from the FADT (X_DSDT, else DSDT); 0: none (or a bad FADT) */
+    bool dsdt_ok; /* checksum valid */
 };
 bool acpi_scan(struct acpi_info *info); /* false: no RSDP */
 u64 mptable_find(void);                 /* address of "_MP_" with a valid checksum, or 0 */
@@ -209,3 +223,5 @@ bool mode_virtioirq(void);
 bool mode_vtransport(void);
 bool mode_idle(void);
 bool mode_ctrlaltdel(void);
+bool mode_vmgenid(void);
+bool mode_dirty(void);

@@ -91,3 +91,21 @@ noreturn void guest_exit(u32 code)
     for (;;)
         cpu_relax();
 }
+
+/* The range must be RAM in the e820 map, and identity-mapped (below 3 GiB). */
+bool range_is_ram(u64 start, u64 end)
+{
+    u8 n = boot_params_ptr ? boot_params_ptr[0x1e8] : 0;
+    const u8 *table = boot_params_ptr + 0x2d0;
+
+    for (unsigned i = 0; i < n && i < 128; i++) {
+        u64 addr, size;
+        u32 type;
+        memcpy(&addr, table + 20 * i, 8);
+        memcpy(&size, table + 20 * i + 8, 8);
+        memcpy(&type, table + 20 * i + 16, 4);
+        if (type == 1 && addr <= start && end <= addr + size)
+            return end <= MVM_MMIO_GAP_START;
+    }
+    return false;
+}

@@ -35,6 +35,8 @@ static const struct {
     {"ctrlaltdel", mode_ctrlaltdel},
     {"sandbox", mode_sandbox},
     {"cpuid", mode_cpuid},
+    {"vmgenid", mode_vmgenid},
+    {"dirty", mode_dirty},
 };
 
 void pass(const char *what)

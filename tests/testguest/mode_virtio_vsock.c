@@ -145,7 +145,10 @@ static bool guest_listens(u32 port)
     return true;
 }
 
-/* pause=1: the host snapshots and restores the VM, which must tell us TRANSPORT_RESET. */
+/*
+ * pause=1: the host snapshots and restores the VM, which must tell us TRANSPORT_RESET; then the
+ * CID as the config space has it now (a clone's is new).
+ */
 static bool transport_reset(u32 *event)
 {
     u32 id, len;
@@ -157,6 +160,8 @@ static bool transport_reset(u32 *event)
         return false;
     }
     gprintf("VSOCK event id %u len %u\n", *event, len);
+    /* virtio 1.2 §5.10.6.7: the driver reads guest_cid again after a transport reset. */
+    gprintf("VSOCK cid after reset %lu\n", *(volatile u64 *)(dev.base + VIO_CONFIG));
     return check_u64("vsock-transport-reset", 0, *event) && check_u64("vsock-event-len", 4, len);
 }
 

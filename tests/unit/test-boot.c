@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <glib.h>
+#include <glib/gstdio.h>
 
 #include "acpi.h"
 #include "boot.h"
@@ -598,6 +599,29 @@ static guint32 pkg_length(const guint8 *p, guint *nbytes)
     return len;
 }
 
+/*
+ * The generation ID device and the Generic Event Device, byte for byte where a guest parses them:
+ * Method(ADDR) { Return(Package(2) { 0xff000, 0 }) }, the GED's Interrupt(Edge, ActiveHigh)
+ * { 3 } and Method(_EVT, 1) { Notify(VGEN, 0x80) }.
+ */
+static void check_vmgenid(const guint8 *dsdt, guint32 len)
+{
+    static const guint8 addr[] = {0x14, 0x10, 'A',  'D',  'D',  'R',  0x00, 0xa4, 0x12, 0x08,
+                                  0x02, 0x0c, 0x00, 0xf0, 0x0f, 0x00, 0x00};
+    static const guint8 ged_irq[] = {0x89, 0x06, 0x00, 0x03, 0x01, MVM_VMGENID_GSI, 0, 0, 0};
+    static const guint8 evt[] = {0x14, 0x0d, '_', 'E', 'V', 'T', 0x01,
+                                 0x86, 'V',  'G', 'E', 'N', 0x0a, 0x80};
+
+    G_STATIC_ASSERT(MVM_VMGENID_ADDR == 0xff000);
+    g_assert_cmpuint(count_occurrences(dsdt, len, addr, sizeof(addr)), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, ged_irq, sizeof(ged_irq)), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, evt, sizeof(evt)), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, "\x0dVM_Gen_Counter", 16), ==, 2);
+    g_assert_cmpuint(count_occurrences(dsdt, len, "\x0dMVMD0001", 10), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, "\x0d" "ACPI0013", 10), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len, "\x5b\x82", 2), >=, 2);
+}
+
 static void check_dsdt(const guint8 *dsdt, guint32 len, const MvmBootMmioDevice *devs, guint n)
 {
     g_assert_cmpuint(count_occurrences(dsdt, len, "LNRO0005", 8), ==, n);
@@ -626,6 +650,7 @@ static void check_dsdt(const guint8 *dsdt, guint32 len, const MvmBootMmioDevice 
     g_assert_cmpuint(count_occurrences(dsdt, len, (guint8[]){0x0c, 0x41, 0xd0, 0x03, 0x03}, 5), ==,
                      1);
     g_assert_cmpuint(count_occurrences(dsdt, len, (guint8[]){0x22, 0x02, 0x00}, 3), ==, 1);
+    check_vmgenid(dsdt, len);
 }
 
 static void check_fadt(const guint8 *fadt, guint32 len, guint64 *dsdt_gpa)
@@ -747,6 +772,75 @@ static void test_acpi_large(void)
     check_acpi(mem, 300, devs, G_N_ELEMENTS(devs));
     g_assert_true(mvm_boot_write_acpi(mem, 1, NULL, 0, &error));
     check_acpi(mem, 1, NULL, 0);
+}
+
+static char *run_iasl(const char *dir, const char *const *args)
+{
+    g_autofree char *out = NULL, *err = NULL;
+    g_autoptr(GError) error = NULL;
+    int status;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+
+    g_ptr_array_add(argv, "iasl");
+    for (guint i = 0; args[i] != NULL; i++)
+        g_ptr_array_add(argv, (gpointer)args[i]);
+    g_ptr_array_add(argv, NULL);
+    g_assert_true(g_spawn_sync(dir, (char **)argv->pdata, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL,
+                               &out, &err, &status, &error));
+    g_assert_no_error(error);
+    if (!g_spawn_check_wait_status(status, NULL))
+        g_error("iasl %s failed:\n%s%s", args[0], out, err);
+    return g_steal_pointer(&out);
+}
+
+/*
+ * ACPICA's own disassembler and compiler, which Linux's interpreter shares, read the DSDT back:
+ * it must disassemble, say what we meant, and compile again without an error.
+ */
+static void test_acpi_iasl(void)
+{
+    g_autoptr(MvmMemory) mem = new_memory(MEM_64M);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *iasl = g_find_program_in_path("iasl");
+    guint32 len;
+
+    if (iasl == NULL) {
+        g_test_skip("iasl is not installed (acpica-tools; scripts/install-deps installs it)");
+        return;
+    }
+    g_assert_true(mvm_boot_write_acpi(mem, 2, test_devices, G_N_ELEMENTS(test_devices), &error));
+    const guint8 *dsdt = acpi_table(mem, MVM_ACPI_TABLES_ADDR, "DSDT", &len);
+    g_autofree char *dir = g_dir_make_tmp("test-boot-iasl-XXXXXX", &error);
+    g_assert_no_error(error);
+    g_autofree char *dat = g_build_filename(dir, "dsdt.dat", NULL);
+    g_autofree char *dsl = g_build_filename(dir, "dsdt.dsl", NULL);
+    g_assert_true(g_file_set_contents(dat, (const char *)dsdt, len, &error));
+    g_free(run_iasl(dir, (const char *const[]){"-d", "dsdt.dat", NULL}));
+    g_autofree char *text = NULL;
+    g_assert_true(g_file_get_contents(dsl, &text, NULL, &error));
+    static const char *const expected[] = {
+        "Device (VGEN)",
+        "Name (_CID, \"VM_Gen_Counter\")",
+        "Method (ADDR, 0, NotSerialized)",
+        "0x000FF000",
+        "Device (GED)",
+        "Name (_HID, \"ACPI0013\"",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+        "0x00000003,",
+        "Method (_EVT, 1, NotSerialized)",
+        "Notify (VGEN, 0x80)",
+        "Name (_HID, \"LNRO0005\"",
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(expected); i++)
+        if (strstr(text, expected[i]) == NULL)
+            g_error("the disassembled DSDT lacks \"%s\":\n%s", expected[i], text);
+    g_autofree char *compiled = run_iasl(dir, (const char *const[]){"-ve", "dsdt.dsl", NULL});
+    g_test_message("iasl: %s", compiled);
+    g_unlink(dat);
+    g_unlink(dsl);
+    g_autofree char *aml = g_build_filename(dir, "dsdt.aml", NULL);
+    g_unlink(aml);
+    g_rmdir(dir);
 }
 
 static void test_acpi_bad_devices(void)
@@ -1098,6 +1192,7 @@ int main(int argc, char **argv)
     g_test_add_func("/boot/gdt", test_gdt);
     g_test_add_func("/boot/acpi/tables", test_acpi);
     g_test_add_func("/boot/acpi/large", test_acpi_large);
+    g_test_add_func("/boot/acpi/iasl", test_acpi_iasl);
     g_test_add_func("/boot/acpi/bad-devices", test_acpi_bad_devices);
     g_test_add_func("/boot/mptable", test_mptable);
     g_test_add_func("/boot/load-writes-tables", test_load_writes_tables);

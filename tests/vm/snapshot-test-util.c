@@ -98,3 +98,15 @@ GVariant *variant_replace_child(GVariant *container, gsize index, GVariant *chil
     g_variant_unref(child);
     return result;
 }
+
+GVariant *vardict_with(GVariant *dict, const char *key, GVariant *value)
+{
+    GVariantDict d;
+
+    g_variant_dict_init(&d, dict);
+    if (value != NULL)
+        g_variant_dict_insert_value(&d, key, value);
+    else
+        g_assert_true(g_variant_dict_remove(&d, key));
+    return g_variant_dict_end(&d);
+}

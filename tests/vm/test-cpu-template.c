@@ -547,10 +547,7 @@ static GVariant *payload_with_feature(GVariant *payload, const Feature *f)
     GVariant *new_cpuid = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, entries, size, 1);
     GVariant *new_vcpus =
         variant_replace_child(vcpus, 0, variant_replace_child(vcpu0, 0, new_cpuid));
-    GVariantDict dict;
-    g_variant_dict_init(&dict, payload);
-    g_variant_dict_insert_value(&dict, "vcpus", new_vcpus);
-    return g_variant_dict_end(&dict);
+    return vardict_with(payload, "vcpus", new_vcpus);
 }
 
 /* A snapshot whose guest saw a feature this host's KVM lacks: refused, naming the feature. */

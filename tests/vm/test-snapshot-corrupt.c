@@ -94,24 +94,12 @@ static GVariant *good_payload(void)
 }
 
 /* The payload dictionary with @key set to @value (floating, taken), or removed when NULL. */
-static GVariant *payload_with(GVariant *payload, const char *key, GVariant *value)
-{
-    GVariantDict dict;
-
-    g_variant_dict_init(&dict, payload);
-    if (value != NULL)
-        g_variant_dict_insert_value(&dict, key, value);
-    else
-        g_variant_dict_remove(&dict, key);
-    return g_variant_dict_end(&dict);
-}
-
 /* The config dictionary with @key set to @value. */
 static GVariant *config_with(GVariant *payload, const char *key, GVariant *value)
 {
     g_autoptr(GVariant) config = g_variant_lookup_value(payload, "config", NULL);
 
-    return payload_with(payload, "config", payload_with(config, key, value));
+    return vardict_with(payload, "config", vardict_with(config, key, value));
 }
 
 typedef void (*DamageFunc)(const char *dir);
@@ -162,15 +150,67 @@ static void damage_major(const char *dir)
 static void damage_missing_key(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    snapshot_write_payload(dir, payload_with(payload, "vcpus", NULL), MVM_SNAPSHOT_MAJOR,
+    snapshot_write_payload(dir, vardict_with(payload, "vcpus", NULL), MVM_SNAPSHOT_MAJOR,
                            MVM_SNAPSHOT_MINOR);
 }
 
 static void damage_key_type(const char *dir)
 {
     g_autoptr(GVariant) payload = good_payload();
-    snapshot_write_payload(dir, payload_with(payload, "memory-size", g_variant_new_uint32(16)),
+    snapshot_write_payload(dir, vardict_with(payload, "memory-size", g_variant_new_uint32(16)),
                            MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+/* The generation ID elsewhere than this build puts it: into the guest's RAM, or past it. */
+static void damage_vmgenid_addr(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    snapshot_write_payload(dir,
+                           vardict_with(payload, "vmgenid-addr", g_variant_new_uint64(0x200000)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static void damage_vmgenid_type(const char *dir)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    snapshot_write_payload(dir,
+                           vardict_with(payload, "vmgenid-addr", g_variant_new_uint32(0xff000)),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+/* Diff keys on the full snapshot's state: each refused before anything else is read. */
+static void write_diff_keys(const char *dir, GVariant *parent, GVariant *pages)
+{
+    g_autoptr(GVariant) payload = good_payload();
+    g_autoptr(GVariant) with_parent =
+        parent != NULL ? vardict_with(payload, "parent", parent) : g_variant_ref(payload);
+    snapshot_write_payload(dir,
+                           pages != NULL ? vardict_with(with_parent, "changed-pages", pages)
+                                         : g_variant_ref(with_parent),
+                           MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
+}
+
+static GVariant *bytes_of(guint8 value, gsize len)
+{
+    g_autofree guint8 *data = g_malloc(len);
+
+    memset(data, value, len);
+    return g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, data, len, 1);
+}
+
+static void damage_diff_without_pages(const char *dir)
+{
+    write_diff_keys(dir, bytes_of(1, 32), NULL);
+}
+
+static void damage_diff_short_parent(const char *dir)
+{
+    write_diff_keys(dir, bytes_of(1, 31), bytes_of(0, 16 * 1024 * 1024 / 4096 / 8));
+}
+
+static void damage_diff_bitmap_size(const char *dir)
+{
+    write_diff_keys(dir, bytes_of(1, 32), bytes_of(0xff, 16 * 1024 * 1024 / 4096 / 8 + 1));
 }
 
 /* A format-1 tuple (here with one member) under the dictionary's major. */
@@ -253,7 +293,7 @@ static void damage_blob_size(const char *dir)
     static const guint8 short_pit[8];
     snapshot_write_payload(
         dir,
-        payload_with(payload, "pit",
+        vardict_with(payload, "pit",
                      g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, short_pit, 8, 1)),
         MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
@@ -266,7 +306,7 @@ static void damage_unknown_msr(const char *dir)
     g_autoptr(GVariant) vcpu = g_variant_get_child_value(vcpus, 0);
     GVariant *msrs = g_variant_new_parsed("[(uint32 0xdeadbeef, uint64 0)]");
     GVariant *new_vcpus = variant_replace_child(vcpus, 0, variant_replace_child(vcpu, 10, msrs));
-    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+    snapshot_write_payload(dir, vardict_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
                            MVM_SNAPSHOT_MINOR);
 }
 
@@ -288,7 +328,7 @@ static void write_cpuid_damage(const char *dir, gboolean stray_leaf)
         ((struct kvm_cpuid_entry2 *)(damaged + size))->function = 0x40000101;
     GVariant *table = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, damaged, size + entry, 1);
     GVariant *new_vcpus = variant_replace_child(vcpus, 0, variant_replace_child(vcpu, 0, table));
-    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+    snapshot_write_payload(dir, vardict_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
                            MVM_SNAPSHOT_MINOR);
 }
 
@@ -308,7 +348,7 @@ static void damage_unknown_device(const char *dir)
     GVariantDict dict;
     g_variant_dict_init(&dict, NULL);
     g_variant_dict_insert(&dict, "virtio-blk7", "u", 1);
-    snapshot_write_payload(dir, payload_with(payload, "devices", g_variant_dict_end(&dict)),
+    snapshot_write_payload(dir, vardict_with(payload, "devices", g_variant_dict_end(&dict)),
                            MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR);
 }
 
@@ -353,6 +393,14 @@ static const Damage damages[] = {
     {"wrong-major", damage_major, "format version 3.0"},
     {"missing-key", damage_missing_key, "the state has no \"vcpus\""},
     {"key-type", damage_key_type, "the state's \"memory-size\" has type u, expected t"},
+    {"vmgenid-addr", damage_vmgenid_addr,
+     "the generation ID is at 0x200000; this build has it at 0xff000"},
+    {"vmgenid-type", damage_vmgenid_type, "the state's \"vmgenid-addr\" has type u, expected t"},
+    {"diff-without-pages", damage_diff_without_pages,
+     "the state has \"parent\" without \"changed-pages\""},
+    {"diff-short-parent", damage_diff_short_parent, "parent"},
+    {"diff-bitmap-size", damage_diff_bitmap_size,
+     "the state's \"changed-pages\" has 513 bytes for 4096 pages"},
     {"tuple-as-v2", damage_tuple_as_v2, "the state of format 2 has type (a{sv}), expected a{sv}"},
     {"memory-too-short", damage_short_memory, "memory has"},
     {"memory-missing", damage_no_memory, "cannot open memory"},
@@ -414,7 +462,7 @@ static void test_newer_minor(void)
     g_autofree char *dir = copy_snapshot();
     g_autoptr(GVariant) payload = good_payload();
     snapshot_write_payload(
-        dir, payload_with(payload, "a-later-field", g_variant_new_parsed("(uint32 7, 'x')")),
+        dir, vardict_with(payload, "a-later-field", g_variant_new_parsed("(uint32 7, 'x')")),
         MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR + 1);
     g_autoptr(Capture) c = capture_new();
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
@@ -446,7 +494,7 @@ static void test_tsc_mismatch(void)
     }
     GVariant *new_vcpus = variant_replace_child(
         vcpus, 0, variant_replace_child(vcpu, 12, g_variant_new_uint32(changed)));
-    snapshot_write_payload(dir, payload_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
+    snapshot_write_payload(dir, vardict_with(payload, "vcpus", new_vcpus), MVM_SNAPSHOT_MAJOR,
                            MVM_SNAPSHOT_MINOR);
     g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
     if (vm == NULL) {

@@ -8,10 +8,12 @@
  * test says so as a skip: the resume was not proven here.
  */
 #include <gio/gio.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cpu-features.h"
 #include "kvm.h"
+#include "layout.h"
 #include "snapshot-test-util.h"
 #include "snapshot.h"
 #include "vm-private.h"
@@ -22,6 +24,19 @@ typedef struct {
     char *dir;
     GKeyFile *expect;
 } Golden;
+
+/*
+ * Whether the golden's guest had the VM generation ID device (microvm.h): formats from 2.2 on
+ * record it ("vmgenid-addr"); the golden's directory is named after its format.
+ */
+static gboolean has_vmgenid(const Golden *g)
+{
+    g_autofree char *name = g_path_get_basename(g->dir);
+    guint major = 0, minor = 0;
+
+    g_assert_cmpint(sscanf(name, "snapshot-%u.%u", &major, &minor), ==, 2);
+    return major > 2 || (major == 2 && minor >= 2);
+}
 
 static GBytes *read_state(const Golden *g)
 {
@@ -64,6 +79,7 @@ static void test_decode(gconstpointer data)
     g_assert_false(config->prefer_pvh || config->rng);
     g_assert_true(config->disks == NULL && config->nics == NULL && config->vsock_cid == 0);
     g_assert_cmpuint(state->memory_size, ==, mib * 1024 * 1024);
+    g_assert_cmphex(state->vmgenid_addr, ==, has_vmgenid(g) ? MVM_VMGENID_ADDR : 0);
 
     /* Counting in long mode, in the image the guest loads at 1 MiB. */
     g_assert_cmpuint(state->vcpus->len, ==, 1);
@@ -221,6 +237,16 @@ static void test_restore(gconstpointer data)
     }
     g_assert_no_error(error);
     g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_PAUSED);
+    /* Older than the generation ID device: the VM has no ID and cannot be given one. */
+    guint8 id[MVM_GENERATION_ID_SIZE] = {1};
+    if (has_vmgenid(g)) {
+        g_assert_true(mvm_vm_get_generation_id(vm, id));
+    } else {
+        g_assert_false(mvm_vm_get_generation_id(vm, id));
+        g_assert_false(mvm_vm_set_generation_id(vm, id, &error));
+        g_assert_error(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED);
+        g_clear_error(&error);
+    }
     mvm_vm_set_console_callback(vm, on_console, c);
     assert_goes_on(vm, c, g);
 }

@@ -4,9 +4,11 @@
  * guest (tests/testguest/): what the guest itself reports after a pause, that
  * concurrent pauses and resumes never show "paused" with a vCPU running, and
  * a guest that goes on counting with its memory intact after a restore
- * (beside the original, and in a fresh process). Damaged snapshots are in
- * test-snapshot-corrupt.c. With -m perf it prints pause, snapshot and restore
- * figures.
+ * (beside the original, and in a fresh process). The VM generation ID as the
+ * guest's mode=vmgenid reads it: at boot, in clones running beside their
+ * original, when set on a running VM, and absent after a restore of a snapshot
+ * from before the device. Damaged snapshots are in test-snapshot-corrupt.c.
+ * With -m perf it prints pause, snapshot and restore figures.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "layout.h"
 #include "snapshot-test-util.h"
 #include "vm-private.h"
 
@@ -264,6 +267,28 @@ static void assert_memory_equals_file(MvmVm *vm, const char *path)
     g_assert_true(memcmp(r->host, data, len) == 0);
 }
 
+/*
+ * Guest RAM of a VM restored from @path (paused) equals the snapshot's, but for the generation
+ * ID: the restore gave the copy a new one (mvm_vm_get_generation_id()).
+ */
+static void assert_memory_restored_from(MvmVm *vm, const char *path)
+{
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    g_autoptr(GError) error = NULL;
+    const guint8 *ram = mvm_memory_get_region(vm->memory, 0)->host;
+    const gsize id_end = MVM_VMGENID_ADDR + MVM_GENERATION_ID_SIZE;
+    guint8 id[MVM_GENERATION_ID_SIZE];
+
+    g_assert_true(g_file_get_contents(path, &data, &len, &error));
+    g_assert_cmpuint(len, ==, mvm_memory_get_size(vm->memory));
+    g_assert_true(mvm_vm_get_generation_id(vm, id));
+    g_assert_true(memcmp(ram + MVM_VMGENID_ADDR, id, sizeof(id)) == 0);
+    g_assert_false(memcmp(data + MVM_VMGENID_ADDR, id, sizeof(id)) == 0);
+    g_assert_true(memcmp(ram, data, MVM_VMGENID_ADDR) == 0);
+    g_assert_true(memcmp(ram + id_end, data + id_end, len - id_end) == 0);
+}
+
 static void assert_sparse(const char *path, guint64 max_allocated)
 {
     struct stat st;
@@ -320,7 +345,7 @@ static void test_restore_beside_original(void)
     g_assert_cmpint(mvm_vm_get_state(copy), ==, MVM_VM_STATE_PAUSED);
     g_assert_cmpuint(mvm_vm_get_config(copy)->memory_mib, ==, 128);
     mvm_vm_set_console_callback(copy, on_console, c2);
-    assert_memory_equals_file(copy, memory);
+    assert_memory_restored_from(copy, memory);
     /* Nothing of the snapshot is needed once restored: the mapping keeps the data. */
     rm_rf(dir);
 
@@ -588,6 +613,140 @@ static void test_restore_memfd(void)
     mvm_vm_set_console_callback(copied, on_console, c2);
     assert_snapshots_and_runs(mapped, c, out);
     assert_snapshots_and_runs(copied, c2, out);
+}
+
+/* ---- memory images: clones of one snapshot share its pages ---- */
+
+/* The physical frame behind @addr (/proc/self/pagemap), or 0 when this process may not see it. */
+static guint64 frame_of(const void *addr)
+{
+    guint64 entry = 0;
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    off_t off = (off_t)((guintptr)addr / sysconf(_SC_PAGESIZE) * sizeof(entry));
+    g_assert_cmpint(pread(fd, &entry, sizeof(entry), off), ==, sizeof(entry));
+    close(fd);
+    g_assert_true(entry & (1ULL << 63)); /* present */
+    return entry & ((1ULL << 55) - 1);
+}
+
+/* The host address of a page of @vm's RAM, read once so that it is mapped here. */
+static const guint8 *guest_page(MvmVm *vm, guint64 gpa)
+{
+    const volatile guint8 *p = mvm_memory_get_ptr(vm->memory, gpa, MVM_PAGE_SIZE);
+
+    g_assert_nonnull(p);
+    (void)p[0];
+    return (const guint8 *)p;
+}
+
+static MvmVm *restore_image(int dirfd, MvmMemoryImages *images, guint64 owner,
+                            MvmRestoreFlags flags)
+{
+    g_autoptr(GError) error = NULL;
+    const MvmRestoreOptions options = {
+        .flags = flags,
+        .memory_images = images,
+        .memory_image_owner = owner,
+    };
+    MvmVm *vm = mvm_vm_restore_full(dirfd, -1, -1, &options, &error);
+
+    g_assert_no_error(error);
+    return vm;
+}
+
+#define N_CLONES     8
+#define PATTERN_BASE (16 * MVM_MIB) /* PATTERN_CMDLINE's base_mib */
+
+/*
+ * Clones of one snapshot map one image: a page none of them wrote is the same physical page in
+ * all of them (pagemap, as root), a page the restore wrote (the generation ID's) is each one's
+ * own; they run on; the image goes with the last of them.
+ */
+static void test_images_shared(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *out = snapshot_pattern_guest(dir, 64);
+    g_autoptr(MvmMemoryImages) images = mvm_memory_images_new();
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    MvmVm *clones[N_CLONES];
+
+    g_assert_cmpint(dirfd, >=, 0);
+    for (guint i = 0; i < N_CLONES; i++)
+        clones[i] = restore_image(dirfd, images, 1000, MVM_RESTORE_CLONE);
+    close(dirfd);
+    rm_rf(dir); /* the image is the daemon's own: the file may go */
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 1);
+    guint64 shared = frame_of(guest_page(clones[0], PATTERN_BASE));
+    if (shared == 0)
+        g_test_message("pagemap shows no frames to this process: sharing not checked");
+    for (guint i = 0; shared != 0 && i < N_CLONES; i++) {
+        g_assert_cmphex(frame_of(guest_page(clones[i], PATTERN_BASE)), ==, shared);
+        guint64 own = frame_of(guest_page(clones[i], MVM_VMGENID_ADDR));
+        for (guint j = 0; j < i; j++)
+            g_assert_cmphex(own, !=, frame_of(guest_page(clones[j], MVM_VMGENID_ADDR)));
+    }
+    for (guint i = 0; i < 2; i++) {
+        g_autoptr(Capture) c = capture_new();
+        mvm_vm_set_console_callback(clones[i], on_console, c);
+        assert_snapshots_and_runs(clones[i], c, out);
+        mvm_vm_set_console_callback(clones[i], NULL, NULL);
+    }
+    for (guint i = 0; i < N_CLONES; i++) {
+        g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 1);
+        mvm_vm_free(clones[i]);
+    }
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 0);
+}
+
+/*
+ * One image per unchanged file and owner: another owner, a file written since (its ctime moved,
+ * whatever it holds) and MVM_RESTORE_COPY_MEMORY each get RAM of their own.
+ */
+static void test_images_keys(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *out = snapshot_pattern_guest(dir, 64);
+    g_autoptr(MvmMemoryImages) images = mvm_memory_images_new();
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    g_assert_cmpint(dirfd, >=, 0);
+    g_autoptr(MvmVm) a = restore_image(dirfd, images, 1000, MVM_RESTORE_NONE);
+    g_autoptr(MvmVm) b = restore_image(dirfd, images, 1000, MVM_RESTORE_NONE);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 1);
+    g_autoptr(MvmVm) other_owner = restore_image(dirfd, images, 1001, MVM_RESTORE_NONE);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 2);
+    g_autoptr(MvmVm) copied = restore_image(dirfd, images, 1000, MVM_RESTORE_COPY_MEMORY);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 2);
+
+    /* The same bytes written again: a new ctime, so a new image. */
+    g_autoptr(GError) error = NULL;
+    g_autofree char *data = NULL;
+    gsize len;
+    g_assert_true(g_file_get_contents(memory, &data, &len, &error));
+    g_usleep(20000); /* coarse ctime clocks tick every few ms */
+    int fd = open(memory, O_WRONLY | O_CLOEXEC);
+    g_assert_cmpint(pwrite(fd, data, 4096, 0), ==, 4096);
+    close(fd);
+    g_autoptr(MvmVm) rewritten = restore_image(dirfd, images, 1000, MVM_RESTORE_NONE);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 3);
+    close(dirfd);
+    rm_rf(dir);
+
+    g_autoptr(Capture) c = capture_new();
+    mvm_vm_set_console_callback(rewritten, on_console, c);
+    assert_snapshots_and_runs(rewritten, c, out);
+    mvm_vm_set_console_callback(rewritten, NULL, NULL);
+    g_clear_pointer(&a, mvm_vm_free);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 3);
+    g_clear_pointer(&b, mvm_vm_free);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 2);
 }
 
 /* ---- a restore approved on the state it restores ---- */
@@ -893,6 +1052,298 @@ static void test_read_config(void)
     rm_rf(dir);
 }
 
+/* ---- the VM generation ID, seen by the test guest's mode=vmgenid ---- */
+
+#define VMGENID_HEX_LEN (2 * MVM_GENERATION_ID_SIZE)
+
+/* @id as the guest prints it: lowercase hex, the bytes in memory order. */
+static char *id_hex(const guint8 id[MVM_GENERATION_ID_SIZE])
+{
+    GString *s = g_string_sized_new(VMGENID_HEX_LEN);
+
+    for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++)
+        g_string_append_printf(s, "%02x", id[i]);
+    return g_string_free(s, FALSE);
+}
+
+/* The VM's generation ID, in hex; the VM must have one. */
+static char *vm_id_hex(MvmVm *vm)
+{
+    guint8 id[MVM_GENERATION_ID_SIZE];
+
+    g_assert_true(mvm_vm_get_generation_id(vm, id));
+    return id_hex(id);
+}
+
+static void random_id(guint8 id[MVM_GENERATION_ID_SIZE])
+{
+    for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++)
+        id[i] = (guint8)g_random_int();
+}
+
+/* One "VMGENID id=<hex> irqs=<n>" line; @end is the offset after it in its capture. */
+typedef struct {
+    char id[VMGENID_HEX_LEN + 1];
+    guint irqs;
+    gsize end;
+} VmgenidLine;
+
+/*
+ * capture_wait_from() that gives up at once when the guest says FAIL (its tables are wrong),
+ * and shows what the guest printed when it gives up.
+ */
+static void wait_guest(Capture *c, gsize from, const char *needle)
+{
+    gint64 deadline = g_get_monotonic_time() + TIMEOUT_US;
+
+    while (!capture_wait_from(c, from, needle, 50 * 1000)) {
+        g_autofree char *out = capture_dup_from(c, 0);
+        gboolean failed = strstr(out, "FAIL") != NULL;
+        if (failed || g_get_monotonic_time() >= deadline) {
+            g_test_message("waiting for \"%s\"; the guest printed:\n%s", needle, out);
+            g_assert_false(failed);
+            g_assert_not_reached();
+        }
+    }
+}
+
+/* Waits for the guest's next complete ID line at or after @from and reads it. */
+static void next_vmgenid_line(Capture *c, gsize from, VmgenidLine *line)
+{
+    static const char prefix[] = "VMGENID id=";
+
+    wait_guest(c, from, prefix);
+    g_autofree char *tail = capture_dup_from(c, from);
+    gsize start = from + (gsize)(strstr(tail, prefix) - tail);
+    wait_guest(c, start, "\n");
+    g_autofree char *text = capture_dup_from(c, start);
+    char *eol = strchr(text, '\n');
+    *eol = '\0';
+    g_test_message("guest: %s", text);
+    g_assert_cmpint(sscanf(text, "VMGENID id=%32[0-9a-f] irqs=%u", line->id, &line->irqs), ==, 2);
+    g_autofree char *again = g_strdup_printf("VMGENID id=%s irqs=%u", line->id, line->irqs);
+    g_assert_cmpstr(text, ==, again); /* all of it, and nothing else */
+    g_assert_cmpuint(strlen(line->id), ==, VMGENID_HEX_LEN);
+    line->end = start + (gsize)(eol - text) + 1;
+}
+
+static void assert_no_fail(Capture *c)
+{
+    g_autofree char *out = capture_dup_from(c, 0);
+
+    g_assert_null(strstr(out, "FAIL"));
+}
+
+/* A vmgenid guest started; returns its first ID line (irqs=0), which must show the VM's ID. */
+static MvmVm *start_vmgenid_guest(const char *cmdline, Capture *c, VmgenidLine *line)
+{
+    g_autoptr(GError) error = NULL;
+    MvmVm *vm = new_guest(cmdline, 1, 32, c);
+    g_autofree char *id = vm_id_hex(vm);
+
+    g_assert_true(mvm_vm_start(vm, &error));
+    g_assert_no_error(error);
+    next_vmgenid_line(c, 0, line);
+    wait_guest(c, 0, "PASS vmgenid-tables\n");
+    g_assert_cmpstr(line->id, ==, id);
+    g_assert_cmpuint(line->irqs, ==, 0);
+    return vm;
+}
+
+/*
+ * A new VM has an ID of its own, which the guest finds through its DSDT; the start does not
+ * announce it. An ID set before the start is the one the guest boots with.
+ */
+static void test_vmgenid_boot(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new(), c2 = capture_new();
+    g_autoptr(GError) error = NULL;
+    VmgenidLine line;
+    guint8 chosen[MVM_GENERATION_ID_SIZE];
+
+    g_autoptr(MvmVm) vm = start_vmgenid_guest("mode=vmgenid", c, &line);
+    g_autofree char *after = vm_id_hex(vm);
+    g_assert_cmpstr(after, ==, line.id);
+
+    g_autoptr(MvmVm) vm2 = new_guest("mode=vmgenid", 1, 32, c2);
+    g_autofree char *other = vm_id_hex(vm2);
+    g_assert_cmpstr(other, !=, line.id);
+    random_id(chosen);
+    g_assert_true(mvm_vm_set_generation_id(vm2, chosen, &error));
+    g_assert_no_error(error);
+    g_autofree char *want = id_hex(chosen);
+    g_autofree char *got = vm_id_hex(vm2);
+    g_assert_cmpstr(got, ==, want);
+    g_assert_true(mvm_vm_start(vm2, &error));
+    g_assert_no_error(error);
+    next_vmgenid_line(c2, 0, &line);
+    g_assert_cmpstr(line.id, ==, want);
+    g_assert_cmpuint(line.irqs, ==, 0);
+    assert_no_fail(c);
+    assert_no_fail(c2);
+}
+
+/* Restored from @dir, paused, with its console in @c: its ID is new (not @old), returned in hex. */
+static MvmVm *restore_clone(const char *dir, Capture *c, const char *old, char **id)
+{
+    g_autoptr(GError) error = NULL;
+    MvmVm *clone = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+
+    g_assert_no_error(error);
+    g_assert_cmpint(mvm_vm_get_state(clone), ==, MVM_VM_STATE_PAUSED);
+    mvm_vm_set_console_callback(clone, on_console, c);
+    *id = vm_id_hex(clone);
+    g_assert_cmpstr(*id, !=, old);
+    return clone;
+}
+
+/*
+ * Two clones of one snapshot run beside their original: each has a new ID of its own, which
+ * its guest reads after the one interrupt the restore raised. The original keeps its ID and
+ * gets no interrupt: its next line is the one a set makes, with irqs=1. A restore given an ID
+ * (MvmRestoreOptions.generation_id) has exactly that one.
+ */
+static void test_vmgenid_restore_clones(void)
+{
+    if (!have_kvm())
+        return;
+    /* The captures before the VMs: cleanup runs in reverse, and a VM must stop first. */
+    g_autoptr(Capture) c = capture_new(), ca = capture_new(), cb = capture_new();
+    g_autoptr(Capture) cc = capture_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *ida = NULL, *idb = NULL;
+    VmgenidLine first, line;
+    guint8 chosen[MVM_GENERATION_ID_SIZE];
+
+    g_autoptr(MvmVm) vm = start_vmgenid_guest("mode=vmgenid", c, &first);
+    g_assert_true(mvm_vm_snapshot(vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+    g_assert_no_error(error);
+    gsize mark = capture_len(c);
+    g_assert_cmpuint(mark, ==, first.end);
+
+    g_autoptr(MvmVm) a = restore_clone(dir, ca, first.id, &ida);
+    g_autoptr(MvmVm) b = restore_clone(dir, cb, first.id, &idb);
+    g_assert_cmpstr(ida, !=, idb);
+    g_autofree char *kept = vm_id_hex(vm);
+    g_assert_cmpstr(kept, ==, first.id);
+
+    /* All three run at once. */
+    g_assert_true(mvm_vm_resume(a, &error));
+    g_assert_true(mvm_vm_resume(b, &error));
+    g_assert_true(mvm_vm_resume(vm, &error));
+    g_assert_no_error(error);
+    next_vmgenid_line(ca, 0, &line);
+    g_assert_cmpstr(line.id, ==, ida);
+    g_assert_cmpuint(line.irqs, ==, 1);
+    next_vmgenid_line(cb, 0, &line);
+    g_assert_cmpstr(line.id, ==, idb);
+    g_assert_cmpuint(line.irqs, ==, 1);
+    g_assert_cmpint(mvm_vm_get_state(a), ==, MVM_VM_STATE_RUNNING);
+    g_assert_cmpint(mvm_vm_get_state(b), ==, MVM_VM_STATE_RUNNING);
+    g_assert_cmpint(mvm_vm_get_state(vm), ==, MVM_VM_STATE_RUNNING);
+    g_autofree char *ida2 = vm_id_hex(a), *idb2 = vm_id_hex(b), *kept2 = vm_id_hex(vm);
+    g_assert_cmpstr(ida2, ==, ida);
+    g_assert_cmpstr(idb2, ==, idb);
+    g_assert_cmpstr(kept2, ==, first.id);
+
+    random_id(chosen);
+    g_autofree char *want = id_hex(chosen);
+    g_assert_true(mvm_vm_set_generation_id(vm, chosen, &error));
+    g_assert_no_error(error);
+    next_vmgenid_line(c, mark, &line);
+    g_assert_cmpstr(line.id, ==, want);
+    g_assert_cmpuint(line.irqs, ==, 1);
+
+    /* The ID the caller chose for a third clone. */
+    random_id(chosen);
+    g_autofree char *want_c = id_hex(chosen);
+    MvmRestoreOptions options = {.generation_id = chosen};
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_assert_cmpint(dirfd, >=, 0);
+    g_autoptr(MvmVm) third = mvm_vm_restore_full(dirfd, -1, -1, &options, &error);
+    g_assert_no_error(error);
+    close(dirfd);
+    rm_rf(dir);
+    mvm_vm_set_console_callback(third, on_console, cc);
+    g_autofree char *idc = vm_id_hex(third);
+    g_assert_cmpstr(idc, ==, want_c);
+    g_assert_true(mvm_vm_resume(third, &error));
+    g_assert_no_error(error);
+    next_vmgenid_line(cc, 0, &line);
+    g_assert_cmpstr(line.id, ==, want_c);
+    g_assert_cmpuint(line.irqs, ==, 1);
+
+    assert_no_fail(c);
+    assert_no_fail(ca);
+    assert_no_fail(cb);
+    assert_no_fail(cc);
+}
+
+/*
+ * A set on a running VM: the guest reads the new ID after one more interrupt, each time. With
+ * changes=2 it then ends with PASS. A stopped VM's ID cannot be set.
+ */
+static void test_vmgenid_set_running(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(GError) error = NULL;
+    VmgenidLine line;
+    guint8 chosen[MVM_GENERATION_ID_SIZE];
+
+    g_autoptr(MvmVm) vm = start_vmgenid_guest("mode=vmgenid changes=2", c, &line);
+    for (guint i = 1; i <= 2; i++) {
+        random_id(chosen);
+        g_autofree char *want = id_hex(chosen);
+        g_assert_true(mvm_vm_set_generation_id(vm, chosen, &error));
+        g_assert_no_error(error);
+        g_autofree char *got = vm_id_hex(vm);
+        g_assert_cmpstr(got, ==, want);
+        next_vmgenid_line(c, line.end, &line);
+        g_assert_cmpstr(line.id, ==, want);
+        g_assert_cmpuint(line.irqs, ==, i);
+    }
+    wait_guest(c, line.end, "TESTGUEST-DONE vmgenid PASS\n");
+    g_assert_true(mvm_vm_wait(vm, TIMEOUT_US));
+    g_assert_cmpint(mvm_vm_get_exit_kind(vm), ==, MVM_EXIT_DEBUG_EXIT);
+    g_assert_cmpuint(mvm_vm_get_exit_code(vm), ==, 0);
+    assert_no_fail(c);
+
+    g_assert_false(mvm_vm_set_generation_id(vm, chosen, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_STATE);
+}
+
+/*
+ * A snapshot from before the device (format 2.1: no "vmgenid-addr") restores to a VM without
+ * an ID, which cannot be given one, and its guest goes on as it was.
+ */
+static void test_vmgenid_old_snapshot(void)
+{
+    if (!have_kvm())
+        return;
+    g_autoptr(Capture) c = capture_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *out = snapshot_pattern_guest(dir, 32);
+    g_autoptr(GVariant) payload = snapshot_read_payload(dir);
+    guint8 id[MVM_GENERATION_ID_SIZE];
+
+    snapshot_write_payload(dir, vardict_with(payload, "vmgenid-addr", NULL), 2, 1);
+    g_autoptr(MvmVm) vm = mvm_vm_restore(dir, MVM_RESTORE_NONE, &error);
+    g_assert_no_error(error);
+    rm_rf(dir);
+    mvm_vm_set_console_callback(vm, on_console, c);
+    g_assert_false(mvm_vm_get_generation_id(vm, id));
+    random_id(id);
+    g_assert_false(mvm_vm_set_generation_id(vm, id, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED);
+    assert_counts_on(vm, c, strrchr(out, '\n') + 1, last_counter(out));
+}
+
 /*
  * The fresh-process test: the parent writes the snapshot and what the child
  * must see into MVM_SNAPSHOT_CHILD_DIR (set in main, before any thread, so no
@@ -1094,9 +1545,15 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/above-4g", test_restore_above_4g);
     g_test_add_func("/snapshot/restore/truncated-file", test_restore_truncated_file);
     g_test_add_func("/snapshot/restore/memfd", test_restore_memfd);
+    g_test_add_func("/snapshot/images/shared", test_images_shared);
+    g_test_add_func("/snapshot/images/keys", test_images_keys);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_func("/snapshot/restore/approve", test_restore_approve);
     g_test_add_func("/snapshot/read-config", test_read_config);
+    g_test_add_func("/snapshot/vmgenid/boot", test_vmgenid_boot);
+    g_test_add_func("/snapshot/vmgenid/restore-clones", test_vmgenid_restore_clones);
+    g_test_add_func("/snapshot/vmgenid/set-running", test_vmgenid_set_running);
+    g_test_add_func("/snapshot/vmgenid/old-snapshot", test_vmgenid_old_snapshot);
     g_test_add_data_func("/snapshot/restore/fresh-process", GINT_TO_POINTER(0),
                          test_restore_fresh_process);
     g_test_add_data_func("/snapshot/restore/fresh-process-copy-flag", GINT_TO_POINTER(1),

@@ -21,7 +21,9 @@
 #include <unistd.h>
 
 #include "microvm.h"
+#include "snapshot-test-util.h"
 #include "virtio-test-util.h"
+#include "virtio.h"
 #include "vm-private.h"
 
 /* ---- vsock ---- */
@@ -238,7 +240,31 @@ static void test_vsock_out_of_descriptors(void)
     g_assert_nonnull(strstr(out, "PASS vsock-listen"));
 }
 
-/* Connections do not survive a snapshot: a restored vsock device says so (TRANSPORT_RESET). */
+/*
+ * Connections do not survive a snapshot: a restored vsock device says so (TRANSPORT_RESET), and
+ * the guest reads its CID again. A plain restore keeps the snapshot's CID, a clone gets the one
+ * its back end names or a new one.
+ */
+static char *restore_vsock(const char *snap, const char *uds, MvmRestoreFlags flags, guint32 cid)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmVmConfig) backends = mvm_vm_config_new();
+    int dirfd = open(snap, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    backends->vsock_uds_path = g_strdup(uds);
+    backends->vsock_cid = cid;
+    g_assert_cmpint(dirfd, >=, 0);
+    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, flags, &error);
+    close(dirfd);
+    g_assert_no_error(error);
+    g_autoptr(Guest) restored = guest_wrap(vm);
+    g_assert_true(mvm_vm_resume(vm, &error));
+    mvm_vm_console_write(vm, (const guint8 *)"x", 1);
+    g_autofree char *out = guest_finish(restored);
+    g_assert_nonnull(strstr(out, "PASS vsock-transport-reset"));
+    return g_strdup_printf("%s\nconfig cid %u", out, mvm_vm_get_config(vm)->vsock_cid);
+}
+
 static void test_vsock_snapshot_restore(void)
 {
     g_autoptr(GError) error = NULL;
@@ -258,14 +284,16 @@ static void test_vsock_snapshot_restore(void)
     g_assert_no_error(error);
     g_clear_pointer(&g, guest_free);
 
-    MvmVm *vm = mvm_vm_restore(snap, MVM_RESTORE_NONE, &error);
-    g_assert_no_error(error);
-    g_autoptr(Guest) restored = guest_wrap(vm);
-    g_assert_true(mvm_vm_resume(vm, &error));
-    mvm_vm_console_write(vm, (const guint8 *)"x", 1);
-    g_autofree char *out = guest_finish(restored);
-    g_assert_nonnull(strstr(out, "PASS vsock-transport-reset"));
-    g_clear_pointer(&restored, guest_free);
+    g_autofree char *plain = restore_vsock(snap, uds, MVM_RESTORE_NONE, 0);
+    g_assert_nonnull(strstr(plain, "VSOCK cid after reset 7\n"));
+    g_autofree char *named = restore_vsock(snap, uds, MVM_RESTORE_CLONE, 4242);
+    g_assert_nonnull(strstr(named, "VSOCK cid after reset 4242\n"));
+    g_autofree char *fresh = restore_vsock(snap, uds, MVM_RESTORE_CLONE, 0);
+    guint64 cid = g_ascii_strtoull(strstr(fresh, "config cid ") + 11, NULL, 10);
+    g_autofree char *want = g_strdup_printf("VSOCK cid after reset %" G_GUINT64_FORMAT "\n", cid);
+    g_assert_cmpuint(cid, !=, 7);
+    g_assert_cmpuint(cid, >=, MVM_VSOCK_CID_MIN);
+    g_assert_nonnull(strstr(fresh, want));
     rm_rf(dir);
 }
 
@@ -572,11 +600,89 @@ static void net_by_fd(void)
 }
 
 /* Runs in a child (g_test_trap_subprocess) that owns a fresh network namespace. */
+/* The MAC @vm's NIC shows its guest (its config space), and the one its config says. */
+static void assert_mac(MvmVm *vm, const guint8 *want)
+{
+    const MvmNetConfig *nic = g_ptr_array_index(mvm_vm_get_config(vm)->nics, 0);
+    guint8 seen[6];
+
+    mvm_virtio_read_config(g_ptr_array_index(vm->virtio, 0), 0, seen, sizeof(seen));
+    g_assert_cmpmem(seen, 6, nic->mac, 6);
+    if (want != NULL)
+        g_assert_cmpmem(seen, 6, want, 6);
+}
+
+static MvmVm *restore_nic(const char *dir, MvmRestoreFlags flags, const guint8 *mac)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmVmConfig) backends = net_config("", TEST_TAP, -1, mac);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    g_assert_cmpint(dirfd, >=, 0);
+    MvmVm *vm = mvm_vm_restore_with_backends(dirfd, backends, flags, &error);
+    close(dirfd);
+    g_assert_no_error(error);
+    return vm;
+}
+
+/*
+ * A restored NIC keeps the MAC its guest read, even from a snapshot whose config recorded none
+ * (older builds chose it in the device); a clone's gets the one its back end names, or a new
+ * local unicast one.
+ */
+static void net_clone(void)
+{
+    static const guint8 other_mac[6] = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef};
+    static const guint8 zero[6] = {0};
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = make_tmpdir();
+    int ifindex;
+
+    make_tap(TEST_TAP, FALSE, &ifindex);
+    {
+        g_autoptr(MvmVmConfig) config = net_config("mode=idle", TEST_TAP, -1, test_mac);
+        g_autoptr(Guest) g = guest_start(config);
+        g_assert_true(guest_wait_for(g, "IDLE", GUEST_TIMEOUT_US));
+        g_assert_true(mvm_vm_snapshot(g->vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, &error));
+        g_assert_no_error(error);
+    }
+    g_autoptr(MvmVm) plain = restore_nic(dir, MVM_RESTORE_NONE, NULL);
+    assert_mac(plain, test_mac);
+    g_clear_pointer(&plain, mvm_vm_free);
+
+    g_autoptr(MvmVm) clone = restore_nic(dir, MVM_RESTORE_CLONE, NULL);
+    assert_mac(clone, NULL);
+    const MvmNetConfig *nic = g_ptr_array_index(mvm_vm_get_config(clone)->nics, 0);
+    g_assert_true(memcmp(nic->mac, test_mac, 6) != 0 && memcmp(nic->mac, zero, 6) != 0);
+    g_assert_cmphex(nic->mac[0] & 3, ==, 2); /* locally administered, unicast */
+    g_clear_pointer(&clone, mvm_vm_free);
+
+    g_autoptr(MvmVm) named = restore_nic(dir, MVM_RESTORE_CLONE, other_mac);
+    assert_mac(named, other_mac);
+    g_clear_pointer(&named, mvm_vm_free);
+
+    /* The config of an older snapshot: no MAC, the guest's only in the device's state. */
+    g_autoptr(GVariant) payload = snapshot_read_payload(dir);
+    g_autoptr(GVariant) config = g_variant_lookup_value(payload, "config", NULL);
+    g_autoptr(GVariant) nics = g_variant_lookup_value(config, "network", NULL);
+    g_autoptr(GVariant) nic0 = g_variant_get_child_value(nics, 0);
+    GVariant *zero_mac = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, zero, 6, 1);
+    GVariant *new_nics = variant_replace_child(nics, 0, vardict_with(nic0, "mac", zero_mac));
+    snapshot_write_payload(
+        dir, vardict_with(payload, "config", vardict_with(config, "network", new_nics)), 2, 2);
+    g_autoptr(MvmVm) old = restore_nic(dir, MVM_RESTORE_NONE, NULL);
+    assert_mac(old, test_mac);
+    g_clear_pointer(&old, mvm_vm_free);
+    rm_rf(dir);
+    g_assert_cmpint(system("ip link delete " TEST_TAP), ==, 0);
+}
+
 static void net_in_namespace(void)
 {
     g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
     net_by_name();
     net_by_fd();
+    net_clone();
 }
 
 static void test_net(void)
