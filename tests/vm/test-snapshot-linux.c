@@ -6,7 +6,9 @@
  *   restored kernel goes on printing boot messages without booting again.
  * - `linux-full` suite (--full; wherever Linux reaches /init: linux-full-host.h):
  *   a shell (rdinit=/bin/sh) restored from a snapshot runs commands, and a
- *   pause longer than the soft-lockup threshold leaves no soft-lockup report.
+ *   pause longer than the soft-lockup threshold leaves no soft-lockup report; and
+ *   Debian's standard kernel (MVM_LINUX_STANDARD_GUEST_DIR, which has the VM
+ *   generation ID driver) reseeds its RNG when restored, and only then.
  * Exits 77 (skipped), saying why, without the guest or KVM, or with --full where
  * Linux cannot reach /init.
  */
@@ -75,14 +77,14 @@ static double first_stamp(const char *text)
     return -1;
 }
 
-/* Boots the guest with CMDLINE + @extra; the caller frees the VM before @c. */
-static MvmVm *boot_linux(const char *extra, Capture *c)
+/* Boots the guest in @dir with CMDLINE + @extra; the caller frees the VM before @c. */
+static MvmVm *boot_linux_from(const char *dir, const char *extra, Capture *c)
 {
     g_autoptr(MvmVmConfig) config = mvm_vm_config_new();
     g_autoptr(GError) error = NULL;
 
-    config->kernel_path = g_build_filename(guest_dir, "vmlinux", NULL);
-    config->initrd_path = g_build_filename(guest_dir, "initramfs.cpio.gz", NULL);
+    config->kernel_path = g_build_filename(dir, "vmlinux", NULL);
+    config->initrd_path = g_build_filename(dir, "initramfs.cpio.gz", NULL);
     config->cmdline = g_strjoin(" ", CMDLINE, extra, NULL);
     config->n_vcpus = 2;
     config->memory_mib = 256;
@@ -91,6 +93,11 @@ static MvmVm *boot_linux(const char *extra, Capture *c)
     mvm_vm_set_console_callback(vm, on_console, c);
     g_assert_true(mvm_vm_start(vm, &error));
     return vm;
+}
+
+static MvmVm *boot_linux(const char *extra, Capture *c)
+{
+    return boot_linux_from(guest_dir, extra, c);
 }
 
 /* Boots the kernel to "Linux version" and a little beyond, snapshots it into @dir, frees it. */
@@ -205,6 +212,74 @@ static void test_full_pause_no_soft_lockup(void)
     g_clear_pointer(&vm, mvm_vm_free);
 }
 
+/*
+ * The generation ID end to end: Linux's vmgenid driver binds to our VGEN device (by its _CID),
+ * and at the Notify a restore raises through the GED it hands the new ID to the RNG, which says
+ * "crng reseeded due to virtual machine fork". The original, which goes on running beside the
+ * clone, must not say it.
+ */
+#define RESEEDED "crng reseeded due to virtual machine fork"
+
+static void test_full_vmgenid_reseed(gconstpointer data)
+{
+    const char *standard_dir = data;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = g_dir_make_tmp("mvm-linux-vmgenid-XXXXXX", &error);
+    g_assert_no_error(error);
+    g_autoptr(Capture) original_console = capture_new();
+    g_autoptr(MvmVm) original = boot_linux_from(standard_dir, "rdinit=/bin/sh", original_console);
+
+    /* The RNG says nothing at a fork before it is ready, so wait for that too. */
+    g_assert_true(shell_run(original, original_console,
+                            "mount -t sysfs sysfs /sys; echo BOUND-$(ls "
+                            "/sys/bus/acpi/drivers/vmgenid | grep -c MVMD0001)-$((2*3))",
+                            "BOUND-1-6"));
+    g_assert_true(console_wait(original_console, "crng init done", 0, BOOT_TIMEOUT_US));
+    g_assert_true(mvm_vm_snapshot(original, dir, MVM_SNAPSHOT_NONE, &error));
+    g_assert_no_error(error);
+
+    g_autoptr(Capture) clone_console = capture_new();
+    g_autoptr(MvmVm) clone = mvm_vm_restore(dir, MVM_RESTORE_CLONE, &error);
+    g_assert_no_error(error);
+    mvm_vm_set_console_callback(clone, on_console, clone_console);
+    g_assert_true(mvm_vm_resume(clone, &error));
+    gboolean reseeded = console_wait(clone_console, RESEEDED, 0, RESTORE_TIMEOUT_US);
+    g_assert_true(shell_run(clone, clone_console, "echo CLONE-$((6*9))", "CLONE-54"));
+    g_assert_true(shell_run(original, original_console, "echo ORIGINAL-$((7*9))", "ORIGINAL-63"));
+    g_autofree char *clone_out = capture_dup_from(clone_console, 0);
+    g_autofree char *original_out = capture_dup_from(original_console, 0);
+    g_test_message("the clone printed:\n%s", clone_out);
+    g_assert_true(reseeded);
+    g_assert_null(strstr(original_out, RESEEDED));
+    g_clear_pointer(&clone, mvm_vm_free);
+    g_clear_pointer(&original, mvm_vm_free);
+    rm_rf(dir);
+}
+
+/* The standard kernel's directory, or NULL with the reason in @why. */
+static const char *standard_guest_dir(const char **why)
+{
+    const char *dir = g_getenv("MVM_LINUX_STANDARD_GUEST_DIR");
+    g_autofree char *vmlinux = NULL;
+
+    if (dir == NULL || *dir == '\0') {
+        *why = "MVM_LINUX_STANDARD_GUEST_DIR is not set";
+        return NULL;
+    }
+    vmlinux = g_build_filename(dir, "vmlinux", NULL);
+    if (!g_file_test(vmlinux, G_FILE_TEST_IS_REGULAR)) {
+        *why = "Debian's standard kernel is not built (tests/linux-guest/build-linux-guest "
+               "--standard BUILDDIR/tests/linux-guest/linux-standard; scripts/run-tests does)";
+        return NULL;
+    }
+    return dir;
+}
+
+static void test_skip_vmgenid(gconstpointer why)
+{
+    g_test_skip(why);
+}
+
 static int skip(const char *why)
 {
     g_print("1..0 # SKIP %s\n", why);
@@ -234,6 +309,12 @@ int main(int argc, char **argv)
         g_test_add_func("/snapshot-linux-full/restore-shell", test_full_restore_shell);
         g_test_add_func("/snapshot-linux-full/pause-no-soft-lockup",
                         test_full_pause_no_soft_lockup);
+        const char *why = NULL, *standard = standard_guest_dir(&why);
+        if (standard != NULL)
+            g_test_add_data_func("/snapshot-linux-full/vmgenid-reseed", standard,
+                                 test_full_vmgenid_reseed);
+        else
+            g_test_add_data_func("/snapshot-linux-full/vmgenid-reseed", why, test_skip_vmgenid);
     } else {
         g_test_add_func("/snapshot-linux/mid-boot", test_snapshot_mid_boot);
     }
