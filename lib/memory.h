@@ -8,6 +8,8 @@
 
 #include <glib.h>
 
+#include "microvm.h"
+
 G_BEGIN_DECLS
 
 #define MVM_MEMORY_MAX_REGIONS 2
@@ -52,9 +54,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemory, mvm_memory_free)
  * memory-images.c: guest RAM mapped privately from the image of @fd (a snapshot's memory) that
  * @images holds for that unchanged file and @owner, made now if there is none.
  */
-typedef struct _MvmMemoryImages MvmMemoryImages;
 MvmMemory *mvm_memory_images_map(MvmMemoryImages *images, int fd, guint64 size, guint64 owner,
-                                 GError **error);
+                                 MvmImageChargeFunc charge, gpointer charge_data, GError **error);
 
 guint64 mvm_memory_get_size(const MvmMemory *mem);
 /* Highest guest-physical address + 1 that is RAM. */

@@ -633,7 +633,7 @@ static MvmMemory *restore_memory(int fd, guint64 size, const MvmRestoreOptions *
         return mvm_memory_new_mapped(fd, size, error);
     if (options->memory_images != NULL)
         return mvm_memory_images_map(options->memory_images, fd, size, options->memory_image_owner,
-                                     error);
+                                     options->charge_image, options->charge_image_data, error);
     return mvm_memory_new_copy(fd, size, error);
 }
 

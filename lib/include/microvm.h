@@ -470,10 +470,24 @@ typedef struct {
  * every VM restored from the same unchanged file and for the same owner (below) maps that
  * memfd privately, so they share each page until one of them writes it, and a restore that
  * finds the image costs no read at all. A file is the same while fstat() shows the same
- * device, inode, size, modification and status-change times: any write to it makes a new
- * image. An image is dropped with the last VM that maps it. Thread-safe; VMs keep it alive.
+ * device, inode, size, modification and status-change times, and nobody could write it when the
+ * image was made: a write after that makes a new image. An image is dropped with the last VM
+ * that maps it. It is memory beside the VMs' own (a page each clone writes is in the image and
+ * in the clone), which charge_image lets its owner pay for. Thread-safe; VMs keep it alive.
  */
 typedef struct _MvmMemoryImages MvmMemoryImages;
+/*
+ * What an image's memory costs its owner: asked before an image of @bytes is made for @owner.
+ * FALSE (with @error set, for the log) means the owner cannot pay, and the VM gets a copy of its
+ * own instead. TRUE fills @charge, whose @release(@token) runs once the image is gone. Any
+ * thread.
+ */
+typedef struct {
+    void (*release)(gpointer token);
+    gpointer token;
+} MvmImageCharge;
+typedef gboolean (*MvmImageChargeFunc)(guint64 owner, guint64 bytes, gpointer user_data,
+                                       MvmImageCharge *charge, GError **error);
 MvmMemoryImages *mvm_memory_images_new(void);
 MvmMemoryImages *mvm_memory_images_ref(MvmMemoryImages *images);
 void mvm_memory_images_unref(MvmMemoryImages *images);
@@ -494,6 +508,8 @@ typedef struct {
      */
     MvmMemoryImages *memory_images;
     guint64 memory_image_owner;
+    MvmImageChargeFunc charge_image; /* NULL: images cost nobody anything */
+    gpointer charge_image_data;
     /*
      * A diff snapshot's chain: the snapshots beneath it, base (a full snapshot) first, each
      * the parent of the next and the last the parent of the one restored, as their IDs say.

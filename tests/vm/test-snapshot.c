@@ -749,6 +749,100 @@ static void test_images_keys(void)
     g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 2);
 }
 
+typedef struct {
+    guint charges;
+    guint releases;
+    gboolean allow;
+} ImageLedger;
+
+static void image_released(gpointer token)
+{
+    ((ImageLedger *)token)->releases++;
+}
+
+static gboolean charge_image(guint64 owner, guint64 bytes, gpointer user_data,
+                             MvmImageCharge *charge, GError **error)
+{
+    ImageLedger *ledger = user_data;
+
+    g_assert_cmpuint(owner, ==, 1000);
+    g_assert_cmpuint(bytes, ==, 64 * MVM_MIB);
+    if (!ledger->allow) {
+        g_set_error_literal(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC, "over the test's quota");
+        return FALSE;
+    }
+    ledger->charges++;
+    *charge = (MvmImageCharge){image_released, ledger};
+    return TRUE;
+}
+
+static MvmVm *restore_charged(int dirfd, MvmMemoryImages *images, ImageLedger *ledger)
+{
+    g_autoptr(GError) error = NULL;
+    const MvmRestoreOptions options = {
+        .memory_images = images,
+        .memory_image_owner = 1000,
+        .charge_image = charge_image,
+        .charge_image_data = ledger,
+    };
+    MvmVm *vm = mvm_vm_restore_full(dirfd, -1, -1, &options, &error);
+
+    g_assert_no_error(error);
+    return vm;
+}
+
+/*
+ * No image is listed for a file someone may write (an open writable descriptor, or a writable
+ * shared mapping, through which a write would not move its times), and none is made that its
+ * owner cannot pay for: those VMs get copies. An image's charge goes with the image.
+ */
+static void test_images_writers_and_charges(void)
+{
+    if (!have_kvm())
+        return;
+    g_autofree char *dir = make_tmpdir();
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autofree char *out = snapshot_pattern_guest(dir, 64);
+    g_autoptr(MvmMemoryImages) images = mvm_memory_images_new();
+    ImageLedger ledger = {.allow = FALSE};
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    g_assert_cmpint(dirfd, >=, 0);
+    g_autoptr(MvmVm) unpaid = restore_charged(dirfd, images, &ledger);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 0);
+    g_assert_cmpuint(ledger.charges, ==, 0);
+
+    ledger.allow = TRUE;
+    int writer = open(memory, O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(writer, >=, 0);
+    void *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, writer, 0);
+    g_assert_true(shared != MAP_FAILED);
+    close(writer); /* the writable mapping alone still counts */
+    g_autoptr(MvmVm) beside_writer = restore_charged(dirfd, images, &ledger);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 0);
+    g_assert_cmpuint(ledger.charges, ==, 1);
+    g_assert_cmpint(munmap(shared, 4096), ==, 0);
+
+    g_autoptr(MvmVm) a = restore_charged(dirfd, images, &ledger);
+    g_autoptr(MvmVm) b = restore_charged(dirfd, images, &ledger);
+    close(dirfd);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 1);
+    g_assert_cmpuint(ledger.charges, ==, 2);
+    g_assert_cmpuint(ledger.releases, ==, 0);
+    g_clear_pointer(&beside_writer, mvm_vm_free); /* it had the unlisted image alone */
+    g_assert_cmpuint(ledger.releases, ==, 1);
+    g_clear_pointer(&a, mvm_vm_free);
+    g_clear_pointer(&b, mvm_vm_free);
+    g_assert_cmpuint(ledger.releases, ==, 2);
+    g_assert_cmpuint(mvm_memory_images_get_count(images), ==, 0);
+
+    g_autoptr(Capture) c = capture_new();
+    mvm_vm_set_console_callback(unpaid, on_console, c);
+    assert_snapshots_and_runs(unpaid, c, out);
+    mvm_vm_set_console_callback(unpaid, NULL, NULL);
+    rm_rf(dir);
+}
+
 /* ---- a restore approved on the state it restores ---- */
 
 typedef struct {
@@ -1547,6 +1641,7 @@ int main(int argc, char **argv)
     g_test_add_func("/snapshot/restore/memfd", test_restore_memfd);
     g_test_add_func("/snapshot/images/shared", test_images_shared);
     g_test_add_func("/snapshot/images/keys", test_images_keys);
+    g_test_add_func("/snapshot/images/writers-and-charges", test_images_writers_and_charges);
     g_test_add_func("/snapshot/restore/backends", test_restore_backends);
     g_test_add_func("/snapshot/restore/approve", test_restore_approve);
     g_test_add_func("/snapshot/read-config", test_read_config);
