@@ -213,18 +213,19 @@ static gboolean check_one(int fd, const char *key, MvmdCallerFileUse use, uid_t 
     return use == MVMD_CALLER_FILE_READ || check_own_file(stx, key, owner, error);
 }
 
+/* @state_key and @memory_key: what the errors call the two (the options, or a layer's). */
 static gboolean check_pair(int state_fd, int memory_fd, MvmdCallerFileUse use, uid_t owner,
-                           GError **error)
+                           const char *state_key, const char *memory_key, GError **error)
 {
     struct statx state, memory;
 
-    if (!check_one(state_fd, STATE_KEY, use, owner, &state, error) ||
-        !check_one(memory_fd, MEMORY_KEY, use, owner, &memory, error))
+    if (!check_one(state_fd, state_key, use, owner, &state, error) ||
+        !check_one(memory_fd, memory_key, use, owner, &memory, error))
         return FALSE;
     if (state.stx_dev_major == memory.stx_dev_major &&
         state.stx_dev_minor == memory.stx_dev_minor && state.stx_ino == memory.stx_ino)
-        return refuse(error, MEMORY_KEY, "the same file as '%s'; pass two different files",
-                      STATE_KEY);
+        return refuse(error, memory_key, "the same file as '%s'; pass two different files",
+                      state_key);
     return TRUE;
 }
 
@@ -244,12 +245,72 @@ gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCa
                       STATE_KEY, MEMORY_KEY);
     state = take_fd(statev, fd_list, STATE_KEY, error);
     memory = state < 0 ? -1 : take_fd(memoryv, fd_list, MEMORY_KEY, error);
-    if (memory < 0 || !check_pair(state, memory, use, owner, error)) {
+    if (memory < 0 || !check_pair(state, memory, use, owner, STATE_KEY, MEMORY_KEY, error)) {
         mvmd_close_later(state);
         mvmd_close_later(memory);
         return FALSE;
     }
     *state_fd = state;
     *memory_fd = memory;
+    return TRUE;
+}
+
+void mvmd_snapshot_layers_free(MvmSnapshotFiles *layers, guint n)
+{
+    for (guint i = 0; layers && i < n; i++) {
+        mvmd_close_later(layers[i].state_fd);
+        mvmd_close_later(layers[i].memory_fd);
+    }
+    g_free(layers);
+}
+
+/* Entry @i of `layers`: a readable pair, as `state-fd` and `memory-fd` are. */
+static gboolean take_layer(GVariant *entry, guint i, GUnixFDList *fd_list, MvmSnapshotFiles *layer,
+                           GError **error)
+{
+    g_autofree char *state_key = g_strdup_printf("layers[%u].state", i);
+    g_autofree char *memory_key = g_strdup_printf("layers[%u].memory", i);
+    g_autoptr(GVariant) statev = g_variant_get_child_value(entry, 0);
+    g_autoptr(GVariant) memoryv = g_variant_get_child_value(entry, 1);
+
+    layer->state_fd = take_fd(statev, fd_list, state_key, error);
+    if (layer->state_fd < 0)
+        return FALSE;
+    layer->memory_fd = take_fd(memoryv, fd_list, memory_key, error);
+    if (layer->memory_fd < 0)
+        return FALSE;
+    return check_pair(layer->state_fd, layer->memory_fd, MVMD_CALLER_FILE_READ, (uid_t)-1,
+                      state_key, memory_key, error);
+}
+
+gboolean mvmd_caller_layers_parse(GVariant *options, GUnixFDList *fd_list, guint max,
+                                  MvmSnapshotFiles **layers, guint *n_layers, GError **error)
+{
+    g_autoptr(GVariant) value = g_variant_lookup_value(options, "layers", G_VARIANT_TYPE("a(hh)"));
+    gsize n = value ? g_variant_n_children(value) : 0;
+    MvmSnapshotFiles *taken;
+
+    *layers = NULL;
+    *n_layers = 0;
+    if (n == 0)
+        return TRUE;
+    if (n > max)
+        return refuse(error, "layers",
+                      "%" G_GSIZE_FORMAT " snapshots; a chain has at most %u beneath the one "
+                      "restored",
+                      n, max);
+    taken = g_new(MvmSnapshotFiles, n);
+    for (gsize i = 0; i < n; i++)
+        taken[i].state_fd = taken[i].memory_fd = -1;
+    for (gsize i = 0; i < n; i++) {
+        g_autoptr(GVariant) entry = g_variant_get_child_value(value, i);
+
+        if (!take_layer(entry, (guint)i, fd_list, &taken[i], error)) {
+            mvmd_snapshot_layers_free(taken, (guint)n);
+            return FALSE;
+        }
+    }
+    *layers = taken;
+    *n_layers = (guint)n;
     return TRUE;
 }

@@ -6,6 +6,8 @@
 
 #include <gio/gio.h>
 
+#include "microvm.h"
+
 G_BEGIN_DECLS
 
 /*
@@ -38,6 +40,19 @@ typedef enum {
  */
 gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCallerFileUse use,
                                  uid_t owner, int *state_fd, int *memory_fd, GError **error);
+
+/*
+ * RestoreVM's `layers` (a(hh), type already checked) of @options: each pair's descriptors
+ * duplicated and checked as mvmd_caller_files_parse() checks `state-fd` and `memory-fd` for
+ * MVMD_CALLER_FILE_READ, the error naming the entry (`layers[2].memory`). More than @max
+ * entries are refused before any is looked at. No `layers` or an empty array: TRUE, NULL and 0.
+ * Free what is returned with mvmd_snapshot_layers_free().
+ */
+gboolean mvmd_caller_layers_parse(GVariant *options, GUnixFDList *fd_list, guint max,
+                                  MvmSnapshotFiles **layers, guint *n_layers, GError **error);
+
+/* Closes the @n pairs of @layers later (fd-closer.h) and frees the array; NULL is ignored. */
+void mvmd_snapshot_layers_free(MvmSnapshotFiles *layers, guint n);
 
 /*
  * statx() of any descriptor a caller passed, without waiting on anyone, and

@@ -327,18 +327,21 @@ gboolean mvmd_devices_parse_network(MvmdDevices *devices, GVariant *value, GUnix
     return TRUE;
 }
 
-gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError **error)
+gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, gboolean cid_optional,
+                                  GError **error)
 {
     static const MvmdKeySpec keys[] = {{"cid", "u"}, {"uds-path", "s"}};
     struct sockaddr_un sun;
     const char *path;
-    guint32 cid;
+    guint32 cid = 0;
+    gboolean has_cid;
 
     if (!mvmd_config_check_keys(value, keys, G_N_ELEMENTS(keys), "vsock", error))
         return FALSE;
-    if (!g_variant_lookup(value, "cid", "u", &cid))
+    has_cid = g_variant_lookup(value, "cid", "u", &cid);
+    if (!has_cid && !cid_optional)
         return mvmd_config_invalid(error, "vsock.cid", "required");
-    if (cid < MVM_VSOCK_CID_MIN || cid > MVM_VSOCK_CID_MAX)
+    if (has_cid && (cid < MVM_VSOCK_CID_MIN || cid > MVM_VSOCK_CID_MAX))
         return mvmd_config_invalid(error, "vsock.cid", "%u out of range %u..%u", cid,
                                    MVM_VSOCK_CID_MIN, MVM_VSOCK_CID_MAX);
     if (!g_variant_lookup(value, "uds-path", "&s", &path))
@@ -352,8 +355,24 @@ gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError 
     return TRUE;
 }
 
+/* A restored guest read its MACs from the snapshot's devices: only a clone gets others. */
+static gboolean check_no_macs(const MvmdDevices *devices, GError **error)
+{
+    for (guint i = 0; i < devices->nics->len; i++) {
+        g_autofree char *key = NULL;
+
+        if (!((const MvmdNic *)devices->nics->pdata[i])->has_mac)
+            continue;
+        key = g_strdup_printf("network[%u].mac", i);
+        return mvmd_config_invalid(error, key,
+                                   "the restored guest knows the snapshot's MAC; pass 'clone': "
+                                   "<true> to give it a new one");
+    }
+    return TRUE;
+}
+
 gboolean mvmd_devices_parse_backends(MvmdDevices *devices, GVariant *options, GUnixFDList *fd_list,
-                                     gboolean *given, GError **error)
+                                     gboolean clone, gboolean *given, GError **error)
 {
     g_autoptr(GVariant) disks = g_variant_lookup_value(options, "disks", G_VARIANT_TYPE("aa{sv}"));
     g_autoptr(GVariant) network =
@@ -363,14 +382,17 @@ gboolean mvmd_devices_parse_backends(MvmdDevices *devices, GVariant *options, GU
     *given = disks || network || vsock;
     if ((disks && !mvmd_devices_parse_disks(devices, disks, fd_list, error)) ||
         (network && !mvmd_devices_parse_network(devices, network, fd_list, error)) ||
-        (vsock && !mvmd_devices_parse_vsock(devices, vsock, error)))
+        (vsock && !mvmd_devices_parse_vsock(devices, vsock, clone, error)))
+        return FALSE;
+    if (!clone && !check_no_macs(devices, error))
         return FALSE;
     return mvmd_devices_check(devices, error);
 }
 
 gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error)
 {
-    guint n = devices->disks->len + devices->nics->len + (devices->vsock_cid != 0) + devices->rng;
+    gboolean vsock = devices->vsock_cid != 0 || devices->vsock_uds_path != NULL;
+    guint n = devices->disks->len + devices->nics->len + vsock + devices->rng;
 
     if (n > MVM_MAX_VIRTIO_DEVICES)
         return mvmd_config_invalid(error, "disks",
@@ -420,7 +442,7 @@ static GVariant *disks_to_variant(const MvmdDevices *devices)
     return g_variant_builder_end(&b);
 }
 
-static GVariant *nics_to_variant(const MvmdDevices *devices)
+static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored)
 {
     GVariantBuilder b;
 
@@ -433,7 +455,7 @@ static GVariant *nics_to_variant(const MvmdDevices *devices)
             g_variant_builder_add(&b, "{sv}", "tap", g_variant_new_string(nic->tap));
         else
             g_variant_builder_add(&b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
-        if (nic->has_mac)
+        if (nic->has_mac && !(stored && nic->mac_chosen))
             g_variant_builder_add(&b, "{sv}", "mac",
                                   g_variant_new_take_string(format_mac(nic->mac)));
         g_variant_builder_close(&b);
@@ -441,17 +463,19 @@ static GVariant *nics_to_variant(const MvmdDevices *devices)
     return g_variant_builder_end(&b);
 }
 
-void mvmd_devices_to_variant(const MvmdDevices *devices, GVariantBuilder *b)
+void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GVariantBuilder *b)
 {
     if (devices->disks->len > 0)
         g_variant_builder_add(b, "{sv}", "disks", disks_to_variant(devices));
     if (devices->nics->len > 0)
-        g_variant_builder_add(b, "{sv}", "network", nics_to_variant(devices));
-    if (devices->vsock_cid) {
+        g_variant_builder_add(b, "{sv}", "network", nics_to_variant(devices, stored));
+    /* A clone's CID is 0 until its restore picks one: the socket says there is a device. */
+    if (devices->vsock_uds_path != NULL) {
         GVariantBuilder v;
 
         g_variant_builder_init(&v, G_VARIANT_TYPE_VARDICT);
-        g_variant_builder_add(&v, "{sv}", "cid", g_variant_new_uint32(devices->vsock_cid));
+        if (devices->vsock_cid != 0)
+            g_variant_builder_add(&v, "{sv}", "cid", g_variant_new_uint32(devices->vsock_cid));
         g_variant_builder_add(&v, "{sv}", "uds-path",
                               g_variant_new_string(devices->vsock_uds_path));
         g_variant_builder_add(b, "{sv}", "vsock", g_variant_builder_end(&v));
@@ -532,10 +556,11 @@ void mvmd_devices_update_from_mvm(MvmdDevices *devices, const MvmVmConfig *mvm)
 {
     if (devices->from_snapshot)
         backends_from_mvm(devices, mvm);
-    /* The restore refused a different count, so these line up one to one. */
+    /* Built from these records, or a restore that refused a different count: one to one. */
     for (guint i = 0; mvm->nics && i < MIN(mvm->nics->len, devices->nics->len); i++) {
         MvmdNic *nic = devices->nics->pdata[i];
 
+        nic->mac_chosen = nic->mac_chosen || !nic->has_mac;
         memcpy(nic->mac, ((const MvmNetConfig *)mvm->nics->pdata[i])->mac, sizeof(nic->mac));
         nic->has_mac = TRUE;
     }

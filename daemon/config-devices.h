@@ -27,15 +27,22 @@ typedef struct {
 typedef struct {
     char *tap; /* interface name; NULL when fd >= 0 */
     int fd;
-    gboolean has_mac;
+    gboolean has_mac; /* @mac holds one: the caller's `mac`, or the one the machine got */
+    /*
+     * No `mac` was given: @mac is the one the machine got at its first start (the library
+     * chose it), given again at each later start while the daemon runs, shown by GetConfig,
+     * never stored (a stored definition keeps asking for a generated one).
+     */
+    gboolean mac_chosen;
     guint8 mac[6];
 } MvmdNic;
 
 typedef struct {
-    GPtrArray *disks;  /* MvmdDisk *, never NULL */
-    GPtrArray *nics;   /* MvmdNic *, never NULL */
-    guint32 vsock_cid; /* 0: no vsock device */
-    char *vsock_uds_path;
+    GPtrArray *disks; /* MvmdDisk *, never NULL */
+    GPtrArray *nics;  /* MvmdNic *, never NULL */
+    /* 0: no vsock device, or (RestoreVM with 'clone') one whose CID the restore chooses */
+    guint32 vsock_cid;
+    char *vsock_uds_path; /* NULL: no vsock device */
     gboolean rng;
     /*
      * RestoreVM by root with 'use-snapshot-backends': the machine gets the back ends its
@@ -52,18 +59,25 @@ gboolean mvmd_devices_parse_disks(MvmdDevices *devices, GVariant *value, GUnixFD
                                   GError **error);
 gboolean mvmd_devices_parse_network(MvmdDevices *devices, GVariant *value, GUnixFDList *fd_list,
                                     GError **error);
-gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, GError **error);
+/* @cid_optional: RestoreVM of a clone, where a missing `cid` has the restore choose one. */
+gboolean mvmd_devices_parse_vsock(MvmdDevices *devices, GVariant *value, gboolean cid_optional,
+                                  GError **error);
 
 /*
  * RestoreVM's back-end options: `disks`, `network` and `vsock` of @options (a{sv}, types
  * already checked), parsed as the config keys of the same names. @given: was any there?
+ * Only a @clone may name NIC MACs and leave out (or change) the vsock `cid`: any other guest
+ * knows the snapshot's.
  */
 gboolean mvmd_devices_parse_backends(MvmdDevices *devices, GVariant *options, GUnixFDList *fd_list,
-                                     gboolean *given, GError **error);
+                                     gboolean clone, gboolean *given, GError **error);
 
 /*
- * After a restore: the devices as the machine @mvm has them. The snapshot decides the MACs,
- * the vsock CID and the rng; with from_snapshot its back ends too (and from_snapshot ends).
+ * After a start or restore: the devices as the machine @mvm has them, so that GetConfig shows
+ * what the guest got. The MACs (a NIC without `mac` gets the one the library chose, kept for
+ * later starts, see MvmdNic.mac_chosen), the vsock CID (a restore's: the snapshot's, or a
+ * clone's new one) and the rng; with from_snapshot the snapshot's back ends too (and
+ * from_snapshot ends).
  */
 void mvmd_devices_update_from_mvm(MvmdDevices *devices, const MvmVmConfig *mvm);
 
@@ -72,8 +86,11 @@ gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error);
 /* Does any device come as a descriptor (then the definition cannot be stored)? */
 gboolean mvmd_devices_have_fds(const MvmdDevices *devices);
 
-/* Adds the present device keys to @b (a{sv}); an fd shows as `fd-passed` true. */
-void mvmd_devices_to_variant(const MvmdDevices *devices, GVariantBuilder *b);
+/*
+ * Adds the present device keys to @b (a{sv}); an fd shows as `fd-passed` true. @stored: for
+ * the stored definition, which leaves out the MACs the library chose.
+ */
+void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GVariantBuilder *b);
 
 /* Fills the lib config; fds are borrowed (the VM dups what it keeps). */
 void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm);

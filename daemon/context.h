@@ -7,6 +7,7 @@
 
 #include <glib.h>
 
+#include "microvm.h"
 #include "quota.h"
 #include "store.h"
 
@@ -26,6 +27,8 @@ typedef struct {
      * [CPUTemplates] Directory= (read again by Reload), else MVMD_CPU_TEMPLATE_DIR. Owned. */
     char *cpu_template_dir;
     gboolean cpu_template_dir_fixed; /* given with --cpu-template-dir: Reload keeps it */
+    /* Snapshot memory shared by the VMs restored from one file, per owner (any thread). */
+    MvmMemoryImages *memory_images;
 } MvmdContext;
 
 G_END_DECLS

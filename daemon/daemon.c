@@ -317,6 +317,8 @@ static void cleanup(Daemon *d)
     mvmd_store_free(d->ctx.store);
     /* A VM still in an operation (one that would not stop) keeps the ledger alive. */
     mvmd_quota_unref(d->ctx.quota);
+    /* Likewise: a VM keeps the images it maps. */
+    mvm_memory_images_unref(d->ctx.memory_images);
     g_free(d->ctx.cpu_template_dir);
     g_main_loop_unref(d->loop);
 }
@@ -335,6 +337,7 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     d.ctx.config_required = options->config_required;
     d.ctx.cpu_template_dir = g_strdup(options->cpu_template_dir);
     d.ctx.cpu_template_dir_fixed = options->cpu_template_dir_fixed;
+    d.ctx.memory_images = mvm_memory_images_new();
     d.loop = g_main_loop_new(NULL, FALSE);
     /* A client closing its console socket must not kill us. */
     signal(SIGPIPE, SIG_IGN);

@@ -9,6 +9,7 @@
 
 #include <gio/gunixfdlist.h>
 
+#include "caller-files.h"
 #include "cpu-templates.h"
 #include "errors.h"
 #include "fd-closer.h"
@@ -45,6 +46,7 @@ void mvmd_vm_definition_free(MvmdVmDefinition *config)
     mvmd_close_later(config->snapshot_fd);
     mvmd_close_later(config->snapshot_state_fd);
     mvmd_close_later(config->snapshot_memory_fd);
+    mvmd_snapshot_layers_free(config->snapshot_layers, config->n_snapshot_layers);
     g_free(config->cpu_template);
     g_free(config);
 }
@@ -240,7 +242,7 @@ static gboolean parse_network(MvmdVmDefinition *config, const char *key, GVarian
 static gboolean parse_vsock(MvmdVmDefinition *config, const char *key, GVariant *value,
                             GUnixFDList *fd_list, GError **error)
 {
-    return mvmd_devices_parse_vsock(&config->devices, value, error);
+    return mvmd_devices_parse_vsock(&config->devices, value, FALSE, error);
 }
 
 static gboolean parse_rng(MvmdVmDefinition *config, const char *key, GVariant *value,
@@ -434,9 +436,13 @@ static void restored_to_variant(const MvmdVmDefinition *config, GVariantBuilder 
     g_variant_builder_add(b, "{sv}", "snapshot",
                           g_variant_new_string(config->snapshot_dir ? config->snapshot_dir : ""));
     g_variant_builder_add(b, "{sv}", "copy-memory", g_variant_new_boolean(config->copy_memory));
+    g_variant_builder_add(b, "{sv}", "clone", g_variant_new_boolean(config->clone));
+    g_variant_builder_add(b, "{sv}", "layers", g_variant_new_uint32(config->n_snapshot_layers));
+    g_variant_builder_add(b, "{sv}", "track-changes", g_variant_new_boolean(config->track_changes));
 }
 
-GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
+/* @stored: for the stored definition (devices_to_keyfile()), else for GetConfig. */
+static GVariant *definition_to_variant(const MvmdVmDefinition *config, gboolean stored)
 {
     GVariantBuilder b;
 
@@ -461,10 +467,15 @@ GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
     g_variant_builder_add(
         &b, "{sv}", "on-reboot",
         g_variant_new_string(config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart"));
-    mvmd_devices_to_variant(&config->devices, &b);
+    mvmd_devices_to_variant(&config->devices, stored, &b);
     g_variant_builder_add(&b, "{sv}", "cpu-template",
                           g_variant_new_string(mvmd_vm_definition_cpu_template(config)));
     return g_variant_builder_end(&b);
+}
+
+GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
+{
+    return definition_to_variant(config, FALSE);
 }
 
 const char *mvmd_vm_definition_cpu_template(const MvmdVmDefinition *config)
@@ -494,7 +505,7 @@ MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config)
 /* The container keys are stored as GVariant text, read back with g_variant_parse(). */
 static void devices_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config)
 {
-    g_autoptr(GVariant) all = g_variant_ref_sink(mvmd_vm_definition_to_variant(config));
+    g_autoptr(GVariant) all = g_variant_ref_sink(definition_to_variant(config, TRUE));
     static const char *const device_keys[] = {"disks", "network", "vsock"};
 
     for (gsize i = 0; i < G_N_ELEMENTS(device_keys); i++) {

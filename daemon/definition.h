@@ -44,6 +44,18 @@ typedef struct {
     int snapshot_state_fd; /* or its two files, as the caller passed them */
     int snapshot_memory_fd;
     gboolean copy_memory;
+    /* RestoreVM's `clone`: each restore (the first, and each Start) is MVM_RESTORE_CLONE, with
+     * the MACs and CID the first one gave (devices), so that the clone keeps its identity. */
+    gboolean clone;
+    /*
+     * RestoreVM's `layers`: the snapshots beneath a diff snapshot, base first, as the caller's
+     * fds (each pair checked as `state-fd` and `memory-fd` are), restored again at each Start;
+     * NULL and 0 for none. Closed with the definition (mvmd_snapshot_layers_free()).
+     */
+    MvmSnapshotFiles *snapshot_layers;
+    guint n_snapshot_layers;
+    /* RestoreVM's `track-changes`: each restore is MVM_RESTORE_TRACK_CHANGES. */
+    gboolean track_changes;
 } MvmdVmDefinition;
 
 #define MVMD_VM_NAME_MAX 64

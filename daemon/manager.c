@@ -353,15 +353,17 @@ static void on_restored(MvmdVmService *vm, const GError *error, gpointer user_da
  * a snapshot made elsewhere would have the daemon open its disk paths read-write, attach its
  * taps and unlink and bind its vsock socket path. Without either, the machine gets no back
  * ends, and a snapshot with devices is refused (in the worker, which reads the snapshot)
- * saying what to pass.
+ * saying what to pass. A clone ('clone') may name the MACs and vsock CID it gets instead of the
+ * snapshot's; any other restored guest knows the snapshot's, so it may not (config-devices.c).
  */
 static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDList *fd_list,
                                  MvmdVmDefinition *config, GError **error)
 {
-    gboolean given = FALSE, use_snapshot = FALSE;
+    gboolean given = FALSE, use_snapshot = FALSE, clone = FALSE;
 
     g_variant_lookup(options, "use-snapshot-backends", "b", &use_snapshot);
-    if (!mvmd_devices_parse_backends(&config->devices, options, fd_list, &given, error) ||
+    g_variant_lookup(options, "clone", "b", &clone);
+    if (!mvmd_devices_parse_backends(&config->devices, options, fd_list, clone, &given, error) ||
         !mvmd_auth_check_config_paths(call->invocation, config, error))
         return FALSE;
     if (use_snapshot && given) {
@@ -374,6 +376,7 @@ static gboolean restore_backends(RestoreCall *call, GVariant *options, GUnixFDLi
         !mvmd_auth_check_path_argument(call->invocation, "use-snapshot-backends", error))
         return FALSE;
     config->devices.from_snapshot = use_snapshot;
+    config->clone = clone;
     return TRUE;
 }
 
@@ -425,12 +428,30 @@ static MvmdVmDefinition *restore_config_files(RestoreCall *call, const char *dir
     return mvmd_vm_definition_new_restored_files(call->name, state_fd, memory_fd, copy, error);
 }
 
+/*
+ * A diff snapshot's chain ('layers'), from any caller, as fds only: each pair is checked as
+ * 'state-fd' and 'memory-fd' are and kept with the definition, so that each Start restores the
+ * same chain. The library checks that they make one chain under the snapshot restored (by
+ * their IDs) and copies the chain into the VM's own memory: never a shared image.
+ */
+static gboolean restore_layers(GVariant *options, GUnixFDList *fd_list, MvmdVmDefinition *config,
+                               GError **error)
+{
+    g_variant_lookup(options, "track-changes", "b", &config->track_changes);
+    if (!mvmd_caller_layers_parse(options, fd_list, MVM_SNAPSHOT_MAX_LAYERS - 1,
+                                  &config->snapshot_layers, &config->n_snapshot_layers, error))
+        return FALSE;
+    config->copy_memory = config->copy_memory || config->n_snapshot_layers > 0;
+    return TRUE;
+}
+
 static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, GError **error)
 {
     static const MvmdKeySpec allowed[] = {
         {"dir-fd", "h"},       {"state-fd", "h"},    {"memory-fd", "h"},
         {"resume", "b"},       {"copy-memory", "b"}, {"disks", "aa{sv}"},
-        {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"}};
+        {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"},
+        {"clone", "b"},        {"layers", "a(hh)"},  {"track-changes", "b"}};
     GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(MvmdVmDefinition) config = NULL;
@@ -453,7 +474,8 @@ static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, GEr
         config = restore_config_files(call, dir_arg, options, state_fd, memory_fd, copy, error);
     else
         config = restore_config_dir(call, dir_arg, options, fd_list, copy, error);
-    if (!config || !restore_backends(call, options, fd_list, config, error))
+    if (!config || !restore_backends(call, options, fd_list, config, error) ||
+        !restore_layers(options, fd_list, config, error))
         return NULL;
     return g_steal_pointer(&config);
 }
@@ -697,7 +719,7 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
     for (const char *const *c =
              (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
                                    "fd-passing", "snapshot", "freeze-clock", "devices",
-                                   "cpu-template", NULL};
+                                   "cpu-template", "diff-snapshots", NULL};
          *c; c++)
         g_ptr_array_add(caps, (gpointer)*c);
     if (ctx->kvm_api_version >= 0)

@@ -301,10 +301,11 @@ static void adjust(MvmdQuota *quota, uid_t uid, const guint64 add[N_RESOURCES],
         g_hash_table_remove(quota->usage, GUINT_TO_POINTER(uid));
 }
 
-gboolean mvmd_quota_charge(MvmdQuota *quota, uid_t uid, guint64 memory_mib, guint64 vcpus,
-                           gboolean force, MvmdQuotaCharge *charge, GError **error)
+static gboolean charge_amounts(MvmdQuota *quota, uid_t uid, guint64 vms, guint64 memory_mib,
+                               guint64 vcpus, gboolean force, MvmdQuotaCharge *charge,
+                               GError **error)
 {
-    const guint64 amounts[N_RESOURCES] = {1, memory_mib, vcpus};
+    const guint64 amounts[N_RESOURCES] = {vms, memory_mib, vcpus};
     const guint64 none[N_RESOURCES] = {0};
     gboolean ok;
 
@@ -313,10 +314,22 @@ gboolean mvmd_quota_charge(MvmdQuota *quota, uid_t uid, guint64 memory_mib, guin
     ok = force || check_room(quota, uid, amounts, error);
     if (ok) {
         adjust(quota, uid, amounts, none);
-        *charge = (MvmdQuotaCharge){quota_ref(quota), uid, memory_mib, vcpus};
+        *charge = (MvmdQuotaCharge){quota_ref(quota), uid, vms, memory_mib, vcpus};
     }
     g_mutex_unlock(&quota->lock);
     return ok;
+}
+
+gboolean mvmd_quota_charge(MvmdQuota *quota, uid_t uid, guint64 memory_mib, guint64 vcpus,
+                           gboolean force, MvmdQuotaCharge *charge, GError **error)
+{
+    return charge_amounts(quota, uid, 1, memory_mib, vcpus, force, charge, error);
+}
+
+gboolean mvmd_quota_charge_memory(MvmdQuota *quota, uid_t uid, guint64 memory_mib,
+                                  MvmdQuotaCharge *charge, GError **error)
+{
+    return charge_amounts(quota, uid, 0, memory_mib, 0, FALSE, charge, error);
 }
 
 static gboolean fail_released(GError **error)
@@ -339,8 +352,8 @@ gboolean mvmd_quota_resize(MvmdQuotaCharge *charge, guint64 memory_mib, guint64 
     if (!charge->quota) {
         fail_released(error);
     } else {
-        const guint64 old[N_RESOURCES] = {1, charge->memory_mib, charge->vcpus};
-        const guint64 new[N_RESOURCES] = {1, memory_mib, vcpus};
+        const guint64 old[N_RESOURCES] = {charge->vms, charge->memory_mib, charge->vcpus};
+        const guint64 new[N_RESOURCES] = {charge->vms, memory_mib, vcpus};
         guint64 more[N_RESOURCES];
 
         for (Resource r = 0; r < N_RESOURCES; r++)
@@ -365,7 +378,7 @@ void mvmd_quota_release(MvmdQuotaCharge *charge)
         return;
     g_mutex_lock(&quota->lock);
     if (charge->quota) {
-        const guint64 held[N_RESOURCES] = {1, charge->memory_mib, charge->vcpus};
+        const guint64 held[N_RESOURCES] = {charge->vms, charge->memory_mib, charge->vcpus};
         const guint64 none[N_RESOURCES] = {0};
 
         adjust(quota, charge->uid, none, held);

@@ -51,6 +51,7 @@ gboolean mvmd_quota_load(MvmdQuota *quota, const char *path, gboolean must_exist
 typedef struct {
     MvmdQuota *quota; /* NULL: nothing held */
     uid_t uid;
+    guint64 vms; /* 1 for a VM, 0 for memory held beside the VMs (an image) */
     guint64 memory_mib;
     guint64 vcpus;
 } MvmdQuotaCharge;
@@ -63,6 +64,12 @@ typedef struct {
 gboolean mvmd_quota_charge(MvmdQuota *quota, uid_t uid, guint64 memory_mib, guint64 vcpus,
                            gboolean force, MvmdQuotaCharge *charge, GError **error);
 
+/*
+ * Any thread: charges @memory_mib to @uid that no VM holds (a memory image clones of a snapshot
+ * share, lib's MvmImageChargeFunc), as mvmd_quota_charge() does but for no VM and no vCPU.
+ */
+gboolean mvmd_quota_charge_memory(MvmdQuota *quota, uid_t uid, guint64 memory_mib,
+                                  MvmdQuotaCharge *charge, GError **error);
 /*
  * Any thread: makes @charge hold @memory_mib and @vcpus instead (a restore, once the snapshot
  * says). Growing past a limit fails as mvmd_quota_charge() does, and changes nothing. A charge

@@ -237,11 +237,35 @@ static gboolean parse_snapshot_dest(GDBusMethodInvocation *invocation, const cha
     return check_dir_allowed(invocation, args->dir ? "dir" : "dir-fd", error);
 }
 
-/* Snapshot's arguments: the destination, and the option "leave-paused". */
+/*
+ * "track-changes" and "diff-base". The base is only parsed here: whether it is the VM's parent
+ * is checked on the worker, right before the snapshot (vm-ops.c), where no other operation can
+ * change the parent in between.
+ */
+static gboolean parse_diff_options(GVariant *options, OpArgs *args, GError **error)
+{
+    gboolean track = FALSE;
+    const char *base;
+
+    g_variant_lookup(options, "track-changes", "b", &track);
+    if (track)
+        args->flags |= MVM_SNAPSHOT_TRACK_CHANGES;
+    if (!g_variant_lookup(options, "diff-base", "&s", &base))
+        return TRUE;
+    if (!mvmd_snapshot_id_parse(base, "diff-base", args->diff_base, error))
+        return FALSE;
+    args->has_diff_base = TRUE;
+    args->flags |= MVM_SNAPSHOT_DIFF;
+    return TRUE;
+}
+
+/* Snapshot's arguments: the destination, and the options "leave-paused", "track-changes" and
+ * "diff-base". */
 static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *args, GError **error)
 {
-    static const MvmdKeySpec allowed[] = {
-        {"dir-fd", "h"}, {"state-fd", "h"}, {"memory-fd", "h"}, {"leave-paused", "b"}};
+    static const MvmdKeySpec allowed[] = {{"dir-fd", "h"},        {"state-fd", "h"},
+                                          {"memory-fd", "h"},     {"leave-paused", "b"},
+                                          {"track-changes", "b"}, {"diff-base", "s"}};
     g_autoptr(GVariant) options = NULL;
     gboolean leave_paused = FALSE;
     const char *dir;
@@ -253,6 +277,8 @@ static gboolean parse_snapshot_args(GDBusMethodInvocation *invocation, OpArgs *a
         return FALSE;
     g_variant_lookup(options, "leave-paused", "b", &leave_paused);
     args->flags = leave_paused ? MVM_SNAPSHOT_LEAVE_PAUSED : MVM_SNAPSHOT_NONE;
+    if (!parse_diff_options(options, args, error))
+        return FALSE;
     return parse_snapshot_dest(invocation, dir, options, args, error);
 }
 
@@ -289,7 +315,8 @@ static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation,
         mvmd_op_args_clear(&args);
         return;
     }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking a snapshot to %s",
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking a %ssnapshot to %s",
+           args.has_diff_base ? "diff " : "",
            args.dir           ? args.dir
            : args.dir_fd >= 0 ? "a directory fd"
                               : "the caller's files");
@@ -487,6 +514,8 @@ static GVariant *build_stats(MvmdVmService *self)
     g_variant_builder_add(&b, "{sv}", "kvmclock-ctrl-einval",
                           g_variant_new_uint64(st.kvmclock_ctrl_einval));
     g_variant_builder_add(&b, "{sv}", "restarts", g_variant_new_uint32(self->restarts));
+    g_variant_builder_add(&b, "{sv}", "diff-parent",
+                          g_variant_new_take_string(mvmd_vm_service_format_diff_parent(self)));
     return g_variant_builder_end(&b);
 }
 
@@ -542,10 +571,32 @@ static void act_get_stats(MvmdVmService *self, GDBusMethodInvocation *invocation
     mvmd_vm_complete_get_stats(MVMD_VM(self), invocation, build_stats(self));
 }
 
+/*
+ * The definition, and what only the machine knows: its generation ID. Not a property: the
+ * guest mixes the ID into its RNG, and properties go to every client on the bus.
+ */
+static GVariant *build_config(MvmdVmService *self)
+{
+    g_autoptr(GVariant) definition =
+        g_variant_ref_sink(mvmd_vm_definition_to_variant(self->definition));
+    GVariantBuilder b;
+    GVariantIter iter;
+    GVariant *entry;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_iter_init(&iter, definition);
+    while ((entry = g_variant_iter_next_value(&iter))) {
+        g_variant_builder_add_value(&b, entry);
+        g_variant_unref(entry);
+    }
+    g_variant_builder_add(&b, "{sv}", "generation-id",
+                          g_variant_new_take_string(mvmd_vm_service_format_generation_id(self)));
+    return g_variant_builder_end(&b);
+}
+
 static void act_get_config(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
-    mvmd_vm_complete_get_config(MVMD_VM(self), invocation,
-                                mvmd_vm_definition_to_variant(self->definition));
+    mvmd_vm_complete_get_config(MVMD_VM(self), invocation, build_config(self));
 }
 
 static void act_get_exit_reason(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cpu-templates.h"
@@ -26,18 +27,59 @@ void mvmd_op_args_clear(OpArgs *args)
     mvmd_clear_fd_later(&args->memory_fd);
 }
 
+char *mvmd_snapshot_id_format(const guint8 id[MVM_SNAPSHOT_ID_SIZE])
+{
+    GString *hex = g_string_sized_new(2 * MVM_SNAPSHOT_ID_SIZE);
+
+    for (guint i = 0; i < MVM_SNAPSHOT_ID_SIZE; i++)
+        g_string_append_printf(hex, "%02x", id[i]);
+    return g_string_free(hex, FALSE);
+}
+
+/* One lowercase hex digit's value, or -1 (g_ascii_xdigit_value() takes uppercase too). */
+static int lower_hex_value(char c)
+{
+    return g_ascii_isdigit(c) || (c >= 'a' && c <= 'f') ? g_ascii_xdigit_value(c) : -1;
+}
+
+gboolean mvmd_snapshot_id_parse(const char *text, const char *key, guint8 id[MVM_SNAPSHOT_ID_SIZE],
+                                GError **error)
+{
+    gboolean ok = strlen(text) == 2 * MVM_SNAPSHOT_ID_SIZE;
+
+    for (guint i = 0; ok && i < MVM_SNAPSHOT_ID_SIZE; i++) {
+        int hi = lower_hex_value(text[2 * i]), lo = hi < 0 ? -1 : lower_hex_value(text[2 * i + 1]);
+
+        ok = lo >= 0;
+        id[i] = ok ? (guint8)(hi << 4 | lo) : 0;
+    }
+    if (!ok)
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "option '%s': not a snapshot ID, which is %d lowercase hex digits (the last "
+                    "%d bytes of the snapshot's 'state' file)",
+                    key, 2 * MVM_SNAPSHOT_ID_SIZE, MVM_SNAPSHOT_ID_SIZE);
+    return ok;
+}
+
 static void set_restore(OpData *d, const MvmdVmDefinition *definition)
 {
     d->restore_dir = g_strdup(definition->snapshot_dir);
     d->restore_fd = definition->snapshot_fd;
     d->restore_state_fd = definition->snapshot_state_fd;
     d->restore_memory_fd = definition->snapshot_memory_fd;
+    d->restore_layers = g_memdup2(definition->snapshot_layers,
+                                  definition->n_snapshot_layers * sizeof(MvmSnapshotFiles));
+    d->n_restore_layers = definition->n_snapshot_layers;
     d->restore_flags = definition->copy_memory ? MVM_RESTORE_COPY_MEMORY : MVM_RESTORE_NONE;
+    if (definition->clone)
+        d->restore_flags |= MVM_RESTORE_CLONE;
+    if (definition->track_changes)
+        d->restore_flags |= MVM_RESTORE_TRACK_CHANGES;
     d->restore_own_backends = definition->devices.from_snapshot;
 }
 
 OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition,
-                            const char *cpu_template_dir)
+                            const char *cpu_template_dir, MvmMemoryImages *memory_images)
 {
     OpData *d = g_new0(OpData, 1);
     const OpArgs none = OP_ARGS_INIT;
@@ -50,6 +92,8 @@ OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDef
         d->mvm_config = mvmd_vm_definition_to_mvm(definition);
         d->cpu_template = g_strdup(definition->cpu_template);
         d->cpu_template_dir = g_strdup(cpu_template_dir);
+        d->memory_images = mvm_memory_images_ref(memory_images);
+        d->owner = definition->owner;
         set_restore(d, definition);
     }
     return d;
@@ -66,9 +110,11 @@ void mvmd_vm_op_data_free(OpData *d)
     mvmd_op_args_clear(&d->args);
     g_clear_pointer(&d->run, mvmd_vm_run_unref);
     g_free(d->restore_dir);
+    g_free(d->restore_layers); /* the fds are the definition's */
     g_free(d->reason);
     g_free(d->cpu_template);
     g_free(d->cpu_template_dir);
+    g_clear_pointer(&d->memory_images, mvm_memory_images_unref);
     g_clear_pointer(&d->cpu_config, g_variant_unref);
     g_free(d);
 }
@@ -131,6 +177,9 @@ static MvmVm *worker_build(OpData *d, GError **error)
         if (owned[i] >= 0)
             close(owned[i]);
     }
+    /* The VM's own ID, not the new one mvm_vm_new() chose: a reboot is no new generation. */
+    if (vm && d->set_generation_id && !mvm_vm_set_generation_id(vm, d->generation_id, error))
+        g_clear_pointer(&vm, mvm_vm_free);
     return vm;
 }
 
@@ -189,11 +238,15 @@ static gboolean check_backend_counts(const MvmVmConfig *snap, const MvmVmConfig 
     return FALSE;
 }
 
-/* The guest knows its CID from the snapshot: a caller's other CID would be a lie. */
+/*
+ * The guest knows its CID from the snapshot: a caller's other CID would be a lie. A clone's
+ * device shows the guest the new one (0: the restore chooses it), which it reads again at the
+ * vsock transport reset every restore sends.
+ */
 static gboolean check_vsock_cid(const MvmVmConfig *snap, const MvmVmConfig *backends,
-                                GError **error)
+                                gboolean clone, GError **error)
 {
-    if (backends->vsock_cid == snap->vsock_cid)
+    if (clone || backends->vsock_cid == snap->vsock_cid)
         return TRUE;
     g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                 "option 'vsock': cid %u, but the snapshot's guest has cid %u", backends->vsock_cid,
@@ -205,10 +258,11 @@ static gboolean check_vsock_cid(const MvmVmConfig *snap, const MvmVmConfig *back
  * @snap: what the snapshot's `state` alone says (untrusted, checked by the library; nothing it
  * names is opened), or NULL with @error set when it could not be read.
  */
-static gboolean check_backends(const MvmVmConfig *snap, const MvmVmConfig *backends, GError **error)
+static gboolean check_backends(const OpData *d, const MvmVmConfig *snap,
+                               const MvmVmConfig *backends, GError **error)
 {
     return snap != NULL && check_backend_counts(snap, backends, error) &&
-           check_vsock_cid(snap, backends, error);
+           check_vsock_cid(snap, backends, (d->restore_flags & MVM_RESTORE_CLONE) != 0, error);
 }
 
 /*
@@ -223,6 +277,34 @@ static gboolean approve_restore(const MvmVmConfig *config, gpointer user_data, G
     return mvmd_quota_resize(d->charge, config->memory_mib, config->n_vcpus, error);
 }
 
+static void release_image_charge(gpointer token)
+{
+    mvmd_quota_release(token);
+    g_free(token);
+}
+
+/*
+ * The lib asks before it makes a memory image the owner's clones will share: the image holds
+ * memory beside theirs, charged to the owner's MemoryMiB as long as it lives. Refused, the VM
+ * gets a copy of its own (charged with the VM).
+ */
+static gboolean charge_image(guint64 owner, guint64 bytes, gpointer user_data,
+                             MvmImageCharge *charge, GError **error)
+{
+    OpData *d = user_data;
+    MvmdQuota *quota = g_atomic_pointer_get(&d->charge->quota);
+    g_autofree MvmdQuotaCharge *held = g_new0(MvmdQuotaCharge, 1);
+
+    if (quota == NULL) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_FAILED, "the VM was deleted");
+        return FALSE;
+    }
+    if (!mvmd_quota_charge_memory(quota, (uid_t)owner, bytes / (1024 * 1024), held, error))
+        return FALSE;
+    *charge = (MvmImageCharge){release_image_charge, g_steal_pointer(&held)};
+    return TRUE;
+}
+
 static MvmVm *restore(OpData *d, int dirfd, int state_fd, int memory_fd,
                       const MvmVmConfig *backends, GError **error)
 {
@@ -231,6 +313,12 @@ static MvmVm *restore(OpData *d, int dirfd, int state_fd, int memory_fd,
         .backends = backends,
         .approve = approve_restore,
         .approve_data = d,
+        .memory_images = d->memory_images,
+        .memory_image_owner = d->owner,
+        .charge_image = charge_image,
+        .charge_image_data = d,
+        .layers = d->restore_layers,
+        .n_layers = d->n_restore_layers,
     };
 
     return mvm_vm_restore_full(dirfd, state_fd, memory_fd, &options, error);
@@ -255,7 +343,7 @@ static MvmVm *worker_restore_files(OpData *d, GError **error)
 {
     g_autoptr(MvmVmConfig) snap = mvm_snapshot_read_config_fd(d->restore_state_fd, error);
 
-    if (!check_backends(snap, d->mvm_config, error))
+    if (!check_backends(d, snap, d->mvm_config, error))
         return NULL;
     return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, d->mvm_config, error);
 }
@@ -274,7 +362,7 @@ static MvmVm *restore_dir(OpData *d, const MvmVmConfig *backends, GError **error
         return NULL;
     if (backends)
         snap = mvm_snapshot_read_config_at(dirfd, error);
-    if (!backends || check_backends(snap, backends, error))
+    if (!backends || check_backends(d, snap, backends, error))
         vm = restore(d, dirfd, -1, -1, backends, error);
     if (dirfd != d->restore_fd)
         close(dirfd);
@@ -307,6 +395,8 @@ static gboolean worker_start(OpData *d, GError **error)
 
     if (!vm)
         return FALSE;
+    d->has_generation_id = mvm_vm_get_generation_id(vm, d->generation_id);
+    d->has_diff_parent = mvm_vm_get_diff_parent(vm, d->diff_parent);
     mvmd_vm_run_connect(d->run, vm);
     if (restored) {
         g_atomic_int_set(&d->run->state, mvm_vm_get_state(vm));
@@ -323,12 +413,36 @@ static gboolean worker_start(OpData *d, GError **error)
 }
 
 /*
- * On this worker thread, not the main loop. mvm_vm_snapshot_to_fds() holds the VM's operation
- * lock, with the VM paused, while it writes the caller's files; the files were checked to be
- * regular files off FUSE (caller-files.c), so the writes end. The daemon holds no lock of its
- * own: only this VM's other operations wait ("operation in progress").
+ * `diff-base` against the parent the VM has, here and not at the call: only this VM's
+ * operations change its parent (a snapshot makes itself the next one), they run one at a time,
+ * and this one is the snapshot, so the parent checked is the parent the diff names.
  */
-static gboolean worker_snapshot(OpData *d, GError **error)
+static gboolean check_diff_base(OpData *d, GError **error)
+{
+    guint8 parent[MVM_SNAPSHOT_ID_SIZE];
+    g_autofree char *want = NULL;
+    g_autofree char *have = NULL;
+
+    if (!d->args.has_diff_base)
+        return TRUE;
+    if (!mvm_vm_get_diff_parent(d->run->vm, parent)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_STATE,
+                            "option 'diff-base': the VM tracks no changes; take a snapshot with "
+                            "'track-changes' first");
+        return FALSE;
+    }
+    if (memcmp(parent, d->args.diff_base, sizeof(parent)) == 0)
+        return TRUE;
+    want = mvmd_snapshot_id_format(d->args.diff_base);
+    have = mvmd_snapshot_id_format(parent);
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                "option 'diff-base': %s; a diff of this VM can only be against its last "
+                "snapshot, ID %s",
+                want, have);
+    return FALSE;
+}
+
+static gboolean snapshot_write(OpData *d, GError **error)
 {
     if (d->args.state_fd >= 0)
         return mvm_vm_snapshot_to_fds(d->run->vm, d->args.state_fd, d->args.memory_fd,
@@ -336,6 +450,21 @@ static gboolean worker_snapshot(OpData *d, GError **error)
     if (d->args.dir_fd >= 0)
         return mvm_vm_snapshot_at(d->run->vm, d->args.dir_fd, d->args.flags, error);
     return mvm_vm_snapshot(d->run->vm, d->args.dir, d->args.flags, error);
+}
+
+/*
+ * On this worker thread, not the main loop. mvm_vm_snapshot_to_fds() holds the VM's operation
+ * lock, with the VM paused, while it writes the caller's files; the files were checked to be
+ * regular files off FUSE (caller-files.c), so the writes end. The daemon holds no lock of its
+ * own: only this VM's other operations wait ("operation in progress"). The parent of the next
+ * diff is read after, success or not, for GetStats.
+ */
+static gboolean worker_snapshot(OpData *d, GError **error)
+{
+    gboolean ok = check_diff_base(d, error) && snapshot_write(d, error);
+
+    d->has_diff_parent = mvm_vm_get_diff_parent(d->run->vm, d->diff_parent);
+    return ok;
 }
 
 /* Stop (if asked) and note how the run ended; returns the machine, now the caller's to free. */

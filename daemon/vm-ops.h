@@ -38,6 +38,12 @@ typedef struct {
     int state_fd;    /* Snapshot: -1 or the caller's own file for `state` (checked) */
     int memory_fd;   /* Snapshot: -1 or the caller's own file for `memory` (checked) */
     gboolean paused; /* Start of a restored VM: leave it paused */
+    /*
+     * Snapshot with `diff-base` (flags has MVM_SNAPSHOT_DIFF): the parent the caller means,
+     * compared on the worker, right before the snapshot, with the one the VM has.
+     */
+    gboolean has_diff_base;
+    guint8 diff_base[MVM_SNAPSHOT_ID_SIZE];
 } OpArgs;
 
 #define OP_ARGS_INIT                                                                               \
@@ -46,6 +52,14 @@ typedef struct {
     }
 
 void mvmd_op_args_clear(OpArgs *args);
+
+/*
+ * A snapshot's ID (MVM_SNAPSHOT_ID_SIZE bytes, the SHA-256 its `state` ends with) as D-Bus shows
+ * it: 64 lowercase hex digits. Parse: anything else is MVMD_ERROR_INVALID_ARGUMENT naming @key.
+ */
+char *mvmd_snapshot_id_format(const guint8 id[MVM_SNAPSHOT_ID_SIZE]);
+gboolean mvmd_snapshot_id_parse(const char *text, const char *key, guint8 id[MVM_SNAPSHOT_ID_SIZE],
+                                GError **error);
 
 /*
  * One operation's record: made on the main loop, then the worker's alone until the task
@@ -65,10 +79,32 @@ typedef struct {
     int restore_fd;
     int restore_state_fd; /* or its two files (borrowed too) */
     int restore_memory_fd;
+    /* The snapshots beneath a diff, base first (a copy of the definition's; fds borrowed). */
+    MvmSnapshotFiles *restore_layers;
+    guint n_restore_layers;
     MvmRestoreFlags restore_flags;
     /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
      * mvm_config's devices are used. */
     gboolean restore_own_backends;
+    /* Guest RAM from the daemon's memory images, shared only among this owner's VMs. */
+    MvmMemoryImages *memory_images;
+    guint32 owner;
+    /*
+     * Start: in, when @set_generation_id, the VM generation ID a built machine boots with (the
+     * service's, the same at each start; a restore always gets a new one from the library);
+     * out, the ID the machine has (@has_generation_id FALSE: none, a snapshot older than the
+     * device).
+     */
+    guint8 generation_id[MVM_GENERATION_ID_SIZE];
+    gboolean set_generation_id;
+    gboolean has_generation_id;
+    /*
+     * Start and Snapshot, out: the ID a diff taken next would name as its parent
+     * (mvm_vm_get_diff_parent(), read on the worker once the machine is built or the snapshot
+     * is done, whether it succeeded or not); @has_diff_parent FALSE: it tracks no changes.
+     */
+    guint8 diff_parent[MVM_SNAPSHOT_ID_SIZE];
+    gboolean has_diff_parent;
     /* The VM's share of its owner's quota: a restore resizes it to the snapshot's (any thread). */
     MvmdQuotaCharge *charge;
     /* How the run ended (Stop, Reap): written by the worker, read on the main loop once done. */
@@ -83,10 +119,10 @@ typedef struct {
 /*
  * Main loop: the record for @op on @run; takes @args (may be NULL). A Start builds (or
  * restores) the machine @definition describes, whose fds it borrows, with its CPU template
- * from @cpu_template_dir.
+ * from @cpu_template_dir and its memory from @memory_images (a reference is taken).
  */
 OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDefinition *definition,
-                            const char *cpu_template_dir);
+                            const char *cpu_template_dir, MvmMemoryImages *memory_images);
 void mvmd_vm_op_data_free(OpData *d);
 
 /*

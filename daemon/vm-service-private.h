@@ -59,6 +59,22 @@ struct _MvmdVmService {
     MvmdVmServiceReadyFunc ready_func;
     gpointer ready_data;
 
+    /*
+     * The VM generation ID (GetConfig's `generation-id`). A defined VM's is made with the
+     * service and boots each of its runs, so a reboot is no new generation (Microsoft's
+     * "Virtual Machine Generation ID"); a restored VM's is the one its last restore gave, new at
+     * each. Not stored: a daemon restart gives a defined VM another.
+     */
+    guint8 generation_id[MVM_GENERATION_ID_SIZE];
+    gboolean has_generation_id;
+    /*
+     * The ID a diff snapshot of the machine would name as its parent now (GetStats'
+     * `diff-parent`), as the last Start or Snapshot read it on its worker; only those change it.
+     * @has_diff_parent FALSE: no machine, or it tracks no changes.
+     */
+    guint8 diff_parent[MVM_SNAPSHOT_ID_SIZE];
+    gboolean has_diff_parent;
+
     MvmVmStats stats_cache;
     guint restarts;
     gint64 reset_window_start;
@@ -82,6 +98,13 @@ gboolean mvmd_vm_service_request_shutdown(MvmdVmService *self, GError **error);
 void mvmd_vm_service_waiter_free(Waiter *w);
 /* Closes the console, removes the logs, tells the manager (which unexports the object). */
 void mvmd_vm_service_mark_deleted(MvmdVmService *self);
+/* The generation ID of the machine as "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (its 16 bytes in
+ * guest memory order), or "" when there is no machine (or it has none). */
+char *mvmd_vm_service_format_generation_id(MvmdVmService *self);
+
+/* The diff parent as 64 hex digits, or "" when the machine tracks no changes (or there is
+ * none, or it is being built). */
+char *mvmd_vm_service_format_diff_parent(MvmdVmService *self);
 
 void mvmd_vm_service_iface_init(MvmdVmIface *iface);
 

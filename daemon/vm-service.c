@@ -5,6 +5,9 @@
  * news from the vCPU threads arrives here (through vm-run.c), and only this code and the methods
  * (vm-methods.c) touch the properties, the callers and the waiters.
  */
+#include <errno.h>
+#include <sys/random.h>
+
 #include "cpu-templates.h"
 #include "errors.h"
 #include "names.h"
@@ -181,6 +184,7 @@ static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invoc
 
     g_clear_pointer(&self->run, mvmd_vm_run_unref);
     memset(&self->stats_cache, 0, sizeof(self->stats_cache));
+    self->has_diff_parent = FALSE;
     mvmd_console_flush(self->console);
     set_exit_reason(self, reason);
     vm_log(self, crashed ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE, "run ended: %s", reason);
@@ -214,16 +218,23 @@ static gboolean tell_ready(MvmdVmService *self, const GError *error)
     return TRUE;
 }
 
-/* A restored machine has the vCPUs, memory and devices of its snapshot, known only now. */
-static void update_restored_definition(MvmdVmService *self)
+/*
+ * What the machine got, for GetConfig: the MACs the library chose, and a restored machine's
+ * vCPUs, memory and devices, known from its snapshot only now (a clone's new MACs and CID).
+ */
+static void update_definition(MvmdVmService *self, const OpData *d)
 {
     const MvmVmConfig *mvm = mvm_vm_get_config(self->run->vm);
 
+    memcpy(self->generation_id, d->generation_id, sizeof(self->generation_id));
+    self->has_generation_id = d->has_generation_id;
+    memcpy(self->diff_parent, d->diff_parent, sizeof(self->diff_parent));
+    self->has_diff_parent = d->has_diff_parent;
+    mvmd_devices_update_from_mvm(&self->definition->devices, mvm);
     if (!mvmd_vm_definition_is_restored(self->definition))
         return;
     self->definition->vcpus = mvm->n_vcpus;
     self->definition->memory_mib = mvm->memory_mib;
-    mvmd_devices_update_from_mvm(&self->definition->devices, mvm);
     /* The snapshot's template, by name: GetConfig shows what the guest was made with. */
     g_free(self->definition->cpu_template);
     self->definition->cpu_template =
@@ -232,7 +243,7 @@ static void update_restored_definition(MvmdVmService *self)
     mvmd_vm_set_memory_mib(MVMD_VM(self), mvm->memory_mib);
 }
 
-static void start_done(MvmdVmService *self, gboolean ok, GError *error,
+static void start_done(MvmdVmService *self, const OpData *d, gboolean ok, GError *error,
                        GDBusMethodInvocation *invocation, OpReply reply)
 {
     if (!ok) {
@@ -261,7 +272,7 @@ static void start_done(MvmdVmService *self, gboolean ok, GError *error,
     }
     if (invocation)
         set_exit_reason(self, "");
-    update_restored_definition(self);
+    update_definition(self, d);
     sync_state(self);
     flush_properties(self);
     if (tell_ready(self, NULL) || !invocation)
@@ -284,9 +295,12 @@ static void pause_resume_done(MvmdVmService *self, gboolean ok, GError *error,
     reply(MVMD_VM(self), invocation);
 }
 
-static void snapshot_done(MvmdVmService *self, gboolean ok, GError *error,
+static void snapshot_done(MvmdVmService *self, const OpData *d, gboolean ok, GError *error,
                           GDBusMethodInvocation *invocation, OpReply reply)
 {
+    /* A snapshot that failed may have changed the parent too (the library says which). */
+    memcpy(self->diff_parent, d->diff_parent, sizeof(self->diff_parent));
+    self->has_diff_parent = d->has_diff_parent;
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(error, "cannot take the snapshot");
 
@@ -338,14 +352,14 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
     self->op_reply = NULL;
     switch (op) {
     case OP_START:
-        start_done(self, ok, error, invocation, reply);
+        start_done(self, d, ok, error, invocation, reply);
         break;
     case OP_PAUSE:
     case OP_RESUME:
         pause_resume_done(self, ok, error, invocation, reply, op == OP_RESUME);
         break;
     case OP_SNAPSHOT:
-        snapshot_done(self, ok, error, invocation, reply);
+        snapshot_done(self, d, ok, error, invocation, reply);
         break;
     case OP_CPU_CONFIG:
         cpu_config_done(self, d, ok, error, invocation);
@@ -406,8 +420,13 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     self->op_reply = reply;
     task = g_task_new(self, NULL, op_done, NULL);
     g_task_set_source_tag(task, mvmd_vm_service_begin_op);
-    data = mvmd_vm_op_data_new(op, self->run, args, self->definition, self->ctx->cpu_template_dir);
+    data = mvmd_vm_op_data_new(op, self->run, args, self->definition, self->ctx->cpu_template_dir,
+                               self->ctx->memory_images);
     data->charge = &self->charge; /* the task holds @self */
+    if (op == OP_START && !mvmd_vm_definition_is_restored(self->definition)) {
+        memcpy(data->generation_id, self->generation_id, sizeof(data->generation_id));
+        data->set_generation_id = self->has_generation_id;
+    }
     g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
 }
@@ -556,7 +575,53 @@ char *mvmd_vm_service_build_path(const char *name)
     return g_strconcat(MVMD_DBUS_VM_PATH_PREFIX, escaped, NULL);
 }
 
+char *mvmd_vm_service_format_generation_id(MvmdVmService *self)
+{
+    const guint8 *id = self->generation_id;
+
+    /* A start in progress has no machine yet, or not the one the ID was read from. */
+    if (!self->run || self->op == OP_START || !self->has_generation_id)
+        return g_strdup("");
+    return g_strdup_printf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                           id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7], id[8], id[9],
+                           id[10], id[11], id[12], id[13], id[14], id[15]);
+}
+
+char *mvmd_vm_service_format_diff_parent(MvmdVmService *self)
+{
+    /* As the generation ID: a start in progress has no machine, or not the one it was read of. */
+    if (!self->run || self->op == OP_START || !self->has_diff_parent)
+        return g_strdup("");
+    return mvmd_snapshot_id_format(self->diff_parent);
+}
+
 /* ---- GObject --------------------------------------------------------------------------- */
+
+/*
+ * A defined VM's generation ID, for all its runs. Random like the library's own (a guest mixes
+ * it into its RNG); without one (getrandom failing, which it does not after boot) each run
+ * gets the library's.
+ */
+static void make_generation_id(MvmdVmService *self)
+{
+    gsize done = 0;
+
+    if (mvmd_vm_definition_is_restored(self->definition))
+        return;
+    while (done < sizeof(self->generation_id)) {
+        ssize_t n = getrandom(self->generation_id + done, sizeof(self->generation_id) - done, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            vm_log(self, G_LOG_LEVEL_WARNING, "no generation ID of its own: getrandom: %s",
+                   g_strerror(errno));
+            return;
+        }
+        done += (gsize)n;
+    }
+    self->has_generation_id = TRUE;
+}
 
 MvmdVmService *mvmd_vm_service_new(MvmdContext *ctx, MvmdVmDefinition *definition,
                                    const char *state)
@@ -576,6 +641,7 @@ MvmdVmService *mvmd_vm_service_new(MvmdContext *ctx, MvmdVmDefinition *definitio
     mvmd_vm_set_memory_mib(vm, definition->memory_mib);
     mvmd_vm_set_owner(vm, definition->owner);
     self->exit_reason = g_strdup("");
+    make_generation_id(self);
     return self;
 }
 

@@ -1,18 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* microvmctl: list, status, info, and the commands that act on one VM. */
-#include <errno.h>
-#include <fcntl.h>
+/*
+ * microvmctl: list, status, info, and the commands that act on one VM (snapshot and restore:
+ * microvmctl-snapshot.c).
+ */
 #include <pwd.h>
 #include <stdio.h>
-#include <unistd.h>
-
-#include <gio/gunixfdlist.h>
 
 #include "microvmctl.h"
 
 /* Lifecycle calls can take a while on a loaded host with emulated guest kernels. */
 #define LIFECYCLE_TIMEOUT_MS (5 * 60 * 1000)
-#define SNAPSHOT_TIMEOUT_MS  (30 * 60 * 1000)
 /* Shutdown's own default (VM.xml) and the slack the reply may need beyond the guest's time. */
 #define SHUTDOWN_DEFAULT_SEC 60
 #define SHUTDOWN_SLACK_MS    (30 * 1000)
@@ -434,10 +431,8 @@ static const struct {
      N_("Deleting")},
 };
 
-/* Finds the VM and calls @method on it (@args: floating, or NULL for the defaults); prints the
- * error and returns the exit code. */
-static int vm_call(Mctl *ctl, const char *name, const char *method, GVariant *args,
-                   GUnixFDList *fds, int timeout_ms, const char *progress)
+int mctl_vm_call(Mctl *ctl, const char *name, const char *method, GVariant *args, GUnixFDList *fds,
+                 int timeout_ms, const char *progress)
 {
     g_autoptr(GVariant) owned_args = args ? g_variant_ref_sink(args) : NULL;
     g_autoptr(GError) error = NULL;
@@ -464,8 +459,8 @@ int mctl_cmd_verb(Mctl *ctl, int argc, char **argv)
         if (!mctl_parse(ctl, NULL, _("NAME"), _(verbs[i].summary), &argc, &argv) ||
             !mctl_want_args(argc, 1, usage))
             return MCTL_EXIT_USAGE;
-        return vm_call(ctl, argv[0], verbs[i].method, NULL, NULL, LIFECYCLE_TIMEOUT_MS,
-                       _(verbs[i].progress));
+        return mctl_vm_call(ctl, argv[0], verbs[i].method, NULL, NULL, LIFECYCLE_TIMEOUT_MS,
+                            _(verbs[i].progress));
     }
     g_return_val_if_reached(MCTL_EXIT_FAILED);
 }
@@ -486,8 +481,9 @@ int mctl_cmd_pause(Mctl *ctl, int argc, char **argv)
         return MCTL_EXIT_USAGE;
     if (freeze_clock)
         g_variant_dict_insert(&options, "freeze-clock", "b", TRUE);
-    return vm_call(ctl, argv[0], "Pause", g_variant_new("(@a{sv})", g_variant_dict_end(&options)),
-                   NULL, LIFECYCLE_TIMEOUT_MS, _("Pausing"));
+    return mctl_vm_call(ctl, argv[0], "Pause",
+                        g_variant_new("(@a{sv})", g_variant_dict_end(&options)), NULL,
+                        LIFECYCLE_TIMEOUT_MS, _("Pausing"));
 }
 
 int mctl_cmd_shutdown(Mctl *ctl, int argc, char **argv)
@@ -524,201 +520,8 @@ int mctl_cmd_shutdown(Mctl *ctl, int argc, char **argv)
                       NULL, wait_sec * 1000 + SHUTDOWN_SLACK_MS, progress, &error);
     if (!reply && force && mctl_exit_code(error) == MCTL_EXIT_TIMEOUT) {
         g_printerr(_("microvmctl: %s did not shut down in time; stopping it\n"), argv[0]);
-        return vm_call(ctl, argv[0], "Stop", NULL, NULL, LIFECYCLE_TIMEOUT_MS, _("Stopping"));
+        return mctl_vm_call(ctl, argv[0], "Stop", NULL, NULL, LIFECYCLE_TIMEOUT_MS, _("Stopping"));
     }
-    if (!reply)
-        return mctl_fail(error, argv[0]);
-    return MCTL_EXIT_OK;
-}
-
-/* A snapshot is a directory with these two files (lib/snapshot.h). */
-static const char *const snapshot_members[2] = {"state", "memory"};
-
-static int open_dir(const char *path, GError **error)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-    if (fd < 0)
-        g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot open the directory “%s”: %s"),
-                    path, g_strerror(errno));
-    return fd;
-}
-
-/* Hands @fd (closed here) to the daemon in @fds and names it in @options as @key. */
-static gboolean pass_fd(int fd, GUnixFDList *fds, GVariantDict *options, const char *key,
-                        GError **error)
-{
-    gint index = g_unix_fd_list_append(fds, fd, error);
-
-    close(fd);
-    if (index < 0)
-        return FALSE;
-    g_variant_dict_insert(options, key, "h", index);
-    return TRUE;
-}
-
-/*
- * The snapshot's files, created by microvmctl as the user who runs it, under temporary names in
- * the target directory, and passed to the daemon open for writing (options state-fd and
- * memory-fd). microvmd runs as root: it writes only into files its caller made, and never
- * creates, renames or removes a file itself. Renamed into place once the daemon is done.
- */
-typedef struct {
-    const char *dir;
-    int dirfd;
-    char *tmp[2]; /* as snapshot_members; NULL once renamed */
-} SnapshotFiles;
-
-static void snapshot_files_clear(SnapshotFiles *files)
-{
-    for (gsize i = 0; i < G_N_ELEMENTS(files->tmp); i++) {
-        if (files->tmp[i])
-            unlinkat(files->dirfd, files->tmp[i], 0); /* a failed snapshot leaves nothing */
-        g_clear_pointer(&files->tmp[i], g_free);
-    }
-    if (files->dirfd >= 0)
-        close(files->dirfd);
-    files->dirfd = -1;
-}
-
-G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(SnapshotFiles, snapshot_files_clear)
-
-static gboolean snapshot_files_create(SnapshotFiles *files, GUnixFDList *fds, GVariantDict *options,
-                                      GError **error)
-{
-    files->dirfd = open_dir(files->dir, error);
-    if (files->dirfd < 0)
-        return FALSE;
-    for (gsize i = 0; i < G_N_ELEMENTS(snapshot_members); i++) {
-        g_autofree char *name =
-            g_strdup_printf(".%s.%08x.tmp", snapshot_members[i], g_random_int());
-        g_autofree char *key = g_strconcat(snapshot_members[i], "-fd", NULL);
-        /* O_EXCL: a new file of the user's own, never one that was there (a link, a FIFO). */
-        int fd =
-            openat(files->dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-
-        if (fd < 0) {
-            g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot create “%s” in “%s”: %s"),
-                        name, files->dir, g_strerror(errno));
-            return FALSE;
-        }
-        files->tmp[i] = g_steal_pointer(&name);
-        if (!pass_fd(fd, fds, options, key, error))
-            return FALSE;
-    }
-    return TRUE;
-}
-
-/* The old state goes first and the new one comes last: never a state with another's memory. */
-static gboolean snapshot_files_commit(SnapshotFiles *files, GError **error)
-{
-    if ((unlinkat(files->dirfd, "state", 0) < 0 && errno != ENOENT) ||
-        renameat(files->dirfd, files->tmp[1], files->dirfd, "memory") < 0 ||
-        renameat(files->dirfd, files->tmp[0], files->dirfd, "state") < 0) {
-        g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO,
-                    _("Cannot put the snapshot files in place in “%s”: %s"), files->dir,
-                    g_strerror(errno));
-        return FALSE;
-    }
-    g_clear_pointer(&files->tmp[0], g_free);
-    g_clear_pointer(&files->tmp[1], g_free);
-    fsync(files->dirfd);
-    return TRUE;
-}
-
-/* The snapshot's files opened for the daemon (options state-fd, memory-fd): it reads those. */
-static gboolean snapshot_files_open(const char *dir, GUnixFDList *fds, GVariantDict *options,
-                                    GError **error)
-{
-    int dirfd = open_dir(dir, error);
-    gboolean ok = dirfd >= 0;
-
-    for (gsize i = 0; ok && i < G_N_ELEMENTS(snapshot_members); i++) {
-        g_autofree char *key = g_strconcat(snapshot_members[i], "-fd", NULL);
-        /* O_NONBLOCK: a FIFO in its place must not hang us; the daemon refuses it. */
-        int fd = openat(dirfd, snapshot_members[i],
-                        O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
-
-        if (fd < 0)
-            g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot open “%s” in “%s”: %s"),
-                        snapshot_members[i], dir, g_strerror(errno));
-        ok = fd >= 0 && pass_fd(fd, fds, options, key, error);
-    }
-    if (dirfd >= 0)
-        close(dirfd);
-    return ok;
-}
-
-int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
-{
-    gboolean leave_paused = FALSE;
-    const GOptionEntry entries[] = {
-        {"leave-paused", 0, 0, G_OPTION_ARG_NONE, &leave_paused,
-         N_("Leave the VM paused after the snapshot"), NULL},
-        {NULL},
-    };
-    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
-    g_autoptr(GError) error = NULL;
-    g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
-    g_auto(SnapshotFiles) files = {.dirfd = -1};
-    int rc;
-
-    if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
-                    _("Save the VM's state and memory into DIRECTORY, an existing empty "
-                      "directory; a running VM is paused meanwhile."),
-                    &argc, &argv) ||
-        !mctl_want_args(argc, 2, "snapshot NAME DIRECTORY"))
-        return MCTL_EXIT_USAGE;
-    files.dir = argv[1];
-    if (!snapshot_files_create(&files, fds, &options, &error))
-        return mctl_fail(error, argv[0]);
-    if (leave_paused)
-        g_variant_dict_insert(&options, "leave-paused", "b", TRUE);
-    rc = vm_call(ctl, argv[0], "Snapshot",
-                 g_variant_new("(s@a{sv})", "", g_variant_dict_end(&options)), fds,
-                 SNAPSHOT_TIMEOUT_MS, _("Saving a snapshot of"));
-    if (rc == MCTL_EXIT_OK && !snapshot_files_commit(&files, &error))
-        return mctl_fail(error, argv[0]);
-    return rc;
-}
-
-int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
-{
-    gboolean resume = FALSE, copy_memory = FALSE, snapshot_backends = FALSE;
-    const GOptionEntry entries[] = {
-        {"resume", 0, 0, G_OPTION_ARG_NONE, &resume,
-         N_("Let the VM run at once (otherwise it is left paused)"), NULL},
-        {"copy-memory", 0, 0, G_OPTION_ARG_NONE, &copy_memory,
-         N_("Copy guest RAM instead of mapping the snapshot's memory file"), NULL},
-        {"snapshot-backends", 0, 0, G_OPTION_ARG_NONE, &snapshot_backends,
-         N_("Root only: open the disks, taps and vsock socket the snapshot names"), NULL},
-        {NULL},
-    };
-    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
-    g_autoptr(GError) error = NULL;
-    g_autoptr(MvmdManager) manager = NULL;
-    g_autoptr(GVariant) reply = NULL;
-    g_auto(GVariantDict) options = G_VARIANT_DICT_INIT(NULL);
-    g_autofree char *progress = NULL;
-
-    if (!mctl_parse(ctl, entries, _("NAME DIRECTORY"),
-                    _("Create the VM NAME from the snapshot in DIRECTORY."), &argc, &argv) ||
-        !mctl_want_args(argc, 2, "restore NAME DIRECTORY"))
-        return MCTL_EXIT_USAGE;
-    if (snapshot_files_open(argv[1], fds, &options, &error))
-        manager = mctl_manager(ctl, &error);
-    if (!manager)
-        return mctl_fail(error, argv[0]);
-    if (resume)
-        g_variant_dict_insert(&options, "resume", "b", TRUE);
-    if (copy_memory)
-        g_variant_dict_insert(&options, "copy-memory", "b", TRUE);
-    if (snapshot_backends)
-        g_variant_dict_insert(&options, "use-snapshot-backends", "b", TRUE);
-    progress = g_strdup_printf("%s %s", _("Restoring"), argv[0]);
-    reply = mctl_call(ctl, G_DBUS_PROXY(manager), "RestoreVM",
-                      g_variant_new("(ss@a{sv})", argv[0], "", g_variant_dict_end(&options)), fds,
-                      SNAPSHOT_TIMEOUT_MS, progress, &error);
     if (!reply)
         return mctl_fail(error, argv[0]);
     return MCTL_EXIT_OK;

@@ -75,6 +75,10 @@ GDBusObjectManager *mctl_object_manager(Mctl *ctl, GError **error);
  * on a terminal, shows @progress (may be NULL) with the seconds elapsed on stderr. */
 GVariant *mctl_call(Mctl *ctl, GDBusProxy *proxy, const char *method, GVariant *args,
                     GUnixFDList *fds, int timeout_ms, const char *progress, GError **error);
+/* Finds the VM @name and calls @method on it (@args: floating, or NULL for the defaults);
+ * prints the error and returns the exit code (microvmctl-commands.c). */
+int mctl_vm_call(Mctl *ctl, const char *name, const char *method, GVariant *args, GUnixFDList *fds,
+                 int timeout_ms, const char *progress);
 /* Prints "microvmctl: @what: message" (the daemon's message without the D-Bus error name) and
  * returns the exit code for @error. */
 int mctl_fail(const GError *error, const char *what);

@@ -150,6 +150,134 @@ static void test_devices(void)
     }
 }
 
+static gboolean parse_backends(MvmdDevices *devices, const char *text, gboolean clone,
+                               GError **error)
+{
+    g_autoptr(GVariant) v = g_variant_parse(G_VARIANT_TYPE_VARDICT, text, NULL, NULL, NULL);
+    gboolean given = FALSE;
+
+    g_assert_nonnull(v);
+    return mvmd_devices_parse_backends(devices, v, NULL, clone, &given, error);
+}
+
+/*
+ * RestoreVM's back ends: a MAC, or a vsock without the snapshot's CID, only for a clone (the
+ * guest of any other restore knows the snapshot's).
+ */
+static void test_restore_backends(void)
+{
+    static const char nic_mac[] = "{'network': <[{'tap': <'t0'>}, {'tap': <'t1'>, 'mac': "
+                                  "<'52:54:00:00:00:02'>}]>}";
+    static const char vsock_no_cid[] = "{'vsock': <{'uds-path': <'/run/c.sock'>}>}";
+    MvmdDevices devices;
+    g_autoptr(GError) error = NULL;
+
+    mvmd_devices_init(&devices);
+    g_assert_false(parse_backends(&devices, nic_mac, FALSE, &error));
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "'network[1].mac'"));
+    g_assert_nonnull(strstr(error->message, "snapshot's MAC"));
+    g_assert_nonnull(strstr(error->message, "'clone'"));
+    g_clear_error(&error);
+    g_assert_false(parse_backends(&devices, vsock_no_cid, FALSE, &error));
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "'vsock.cid'"));
+    g_clear_error(&error);
+    mvmd_devices_clear(&devices);
+
+    /* A clone: the MAC it names, and a CID the restore chooses (0 until then). */
+    mvmd_devices_init(&devices);
+    g_assert_true(parse_backends(&devices, nic_mac, TRUE, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(devices.nics->len, ==, 2);
+    g_assert_false(((MvmdNic *)devices.nics->pdata[0])->has_mac);
+    g_assert_true(((MvmdNic *)devices.nics->pdata[1])->has_mac);
+    g_assert_cmpmem(((MvmdNic *)devices.nics->pdata[1])->mac, 6,
+                    ((const guint8[]){0x52, 0x54, 0, 0, 0, 2}), 6);
+    g_assert_true(parse_backends(&devices, vsock_no_cid, TRUE, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(devices.vsock_cid, ==, 0);
+    g_assert_cmpstr(devices.vsock_uds_path, ==, "/run/c.sock");
+    /* Given, a CID is checked as ever. */
+    g_assert_false(parse_backends(&devices, "{'vsock': <{'cid': <uint32 2>, 'uds-path': <'/c'>}>}",
+                                  TRUE, &error));
+    g_assert_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "'vsock.cid'"));
+    mvmd_devices_clear(&devices);
+}
+
+/* The NIC records of a definition's GetConfig (@stored FALSE) or stored form. */
+static GVariant *network_of(const MvmdVmDefinition *c, gboolean stored)
+{
+    g_autoptr(GVariant) all = NULL;
+
+    if (stored) {
+        g_autoptr(GKeyFile) kf = mvmd_vm_definition_to_keyfile(c);
+        g_autofree char *text = g_key_file_get_string(kf, "Config", "network", NULL);
+
+        g_assert_nonnull(text);
+        return g_variant_parse(G_VARIANT_TYPE("aa{sv}"), text, NULL, NULL, NULL);
+    }
+    all = g_variant_ref_sink(mvmd_vm_definition_to_variant(c));
+    return g_variant_lookup_value(all, "network", G_VARIANT_TYPE("aa{sv}"));
+}
+
+/*
+ * What the machine got goes back into the definition: GetConfig shows the MAC the library
+ * chose for a NIC without one (never all zero), the next start asks for it again, and the
+ * stored definition still has none; a given MAC stays; the CID is the machine's.
+ */
+static void test_update_from_machine(void)
+{
+    static const guint8 chosen[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmdVmDefinition) c = parse(
+        "nics",
+        "{'kernel': <'/k'>, 'persist': <true>, 'network': <[{'tap': <'t0'>}, {'tap': <'t1'>, "
+        "'mac': <'52:54:00:00:00:02'>}]>, 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>}",
+        &error);
+    g_autoptr(MvmVmConfig) machine = NULL;
+    g_autoptr(MvmVmConfig) again = NULL;
+    g_autoptr(GVariant) shown = NULL;
+    g_autoptr(GVariant) stored = NULL;
+    g_autoptr(GVariant) nic0 = NULL;
+    const char *mac = NULL;
+
+    g_assert_no_error(error);
+    shown = network_of(c, FALSE);
+    nic0 = g_variant_get_child_value(shown, 0);
+    g_assert_false(g_variant_lookup(nic0, "mac", "&s", &mac));
+    g_clear_pointer(&nic0, g_variant_unref);
+    g_clear_pointer(&shown, g_variant_unref);
+
+    /* The machine as mvm_vm_get_config() has it. */
+    machine = mvmd_vm_definition_to_mvm(c);
+    memcpy(((MvmNetConfig *)machine->nics->pdata[0])->mac, chosen, 6);
+    mvmd_devices_update_from_mvm(&c->devices, machine);
+
+    shown = network_of(c, FALSE);
+    nic0 = g_variant_get_child_value(shown, 0);
+    g_assert_true(g_variant_lookup(nic0, "mac", "&s", &mac));
+    g_assert_cmpstr(mac, ==, "02:11:22:33:44:55");
+    g_clear_pointer(&nic0, g_variant_unref);
+    nic0 = g_variant_get_child_value(shown, 1);
+    g_assert_true(g_variant_lookup(nic0, "mac", "&s", &mac));
+    g_assert_cmpstr(mac, ==, "52:54:00:00:00:02");
+    g_clear_pointer(&nic0, g_variant_unref);
+
+    stored = network_of(c, TRUE);
+    nic0 = g_variant_get_child_value(stored, 0);
+    g_assert_false(g_variant_lookup(nic0, "mac", "&s", &mac));
+    g_clear_pointer(&nic0, g_variant_unref);
+    nic0 = g_variant_get_child_value(stored, 1);
+    g_assert_true(g_variant_lookup(nic0, "mac", "&s", &mac));
+    g_assert_cmpstr(mac, ==, "52:54:00:00:00:02");
+
+    again = mvmd_vm_definition_to_mvm(c);
+    g_assert_cmpmem(((MvmNetConfig *)again->nics->pdata[0])->mac, 6, chosen, 6);
+    g_assert_cmpuint(again->vsock_cid, ==, 7);
+}
+
 /* 17 disks, 9 NICs, or more than the 19 interrupt lines in all, are refused. */
 static void test_device_limits(void)
 {
@@ -354,6 +482,8 @@ int main(int argc, char **argv)
     g_test_add_func("/config/invalid", test_invalid);
     g_test_add_func("/config/devices", test_devices);
     g_test_add_func("/config/device-limits", test_device_limits);
+    g_test_add_func("/config/restore-backends", test_restore_backends);
+    g_test_add_func("/config/update-from-machine", test_update_from_machine);
     g_test_add_func("/config/keyfile-roundtrip", test_keyfile_roundtrip);
     g_test_add_func("/config/keyfile-owner", test_keyfile_owner);
     g_test_add_func("/config/store", test_store);

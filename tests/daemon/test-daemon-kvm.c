@@ -226,6 +226,26 @@ static gboolean strv_has(GPtrArray *array, const char *s)
     return FALSE;
 }
 
+/* GetConfig's `generation-id`: "" while @vm has no machine. */
+static char *config_generation_id(MvmdVm *vm)
+{
+    const char *id = NULL;
+
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "generation-id", "&s", &id));
+    return g_strdup(id);
+}
+
+/* The generation ID of @vm's machine: a UUID's form, in lowercase. */
+static char *live_generation_id(MvmdVm *vm)
+{
+    g_autofree char *id = config_generation_id(vm);
+    g_autofree char *lower = g_ascii_strdown(id, -1);
+
+    g_assert_true(g_uuid_string_is_valid(id));
+    g_assert_cmpstr(id, ==, lower);
+    return g_steal_pointer(&id);
+}
+
 /* ---- tests -------------------------------------------------------------------------------- */
 
 static void test_echo_console(Fixture *f, gconstpointer data)
@@ -365,29 +385,47 @@ static void test_pipelined_calls_in_order(Fixture *f, gconstpointer data)
     g_string_free(p.errors, TRUE);
 }
 
+/*
+ * A fresh machine at each Start and Reboot, with the console carrying on, and the same VM
+ * generation ID each time: a reboot is no new generation.
+ */
 static void test_stop_start_reboot(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "cycle", "echo", NULL);
     g_autoptr(GError) error = NULL;
+    g_autofree char *id = NULL;
+    g_autofree char *again = NULL;
+    g_autofree char *none = NULL;
     Console *c;
     gsize at;
 
+    none = config_generation_id(vm);
+    g_assert_cmpstr(none, ==, "");
     call_ok(vm, "Start");
     c = console_open(vm);
     at = console_expect(c, 0, "READY");
     wait_state_everywhere(f, vm, "running");
+    id = live_generation_id(vm);
     call_ok(vm, "Stop");
     wait_state_everywhere(f, vm, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "requested"));
     call_fails(vm, "Stop", NULL, ERR "InvalidState");
+    g_free(none);
+    none = config_generation_id(vm);
+    g_assert_cmpstr(none, ==, "");
 
     /* A fresh machine each time; the console carries on. */
     call_ok(vm, "Start");
     wait_state_everywhere(f, vm, "running");
     g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
+    again = live_generation_id(vm);
+    g_assert_cmpstr(again, ==, id);
     at = console_expect(c, at, "READY");
     call_ok(vm, "Reboot");
     wait_state(vm, "running");
+    g_free(again);
+    again = live_generation_id(vm);
+    g_assert_cmpstr(again, ==, id);
     at = console_expect(c, at, "READY");
     console_send(c, "still-here\r");
     console_expect(c, at, "still-here");
@@ -901,7 +939,8 @@ static void restore_fails_exists(Fixture *f, const char *dir)
 /*
  * Snapshot a counting guest by path and by fd, restore it twice (paused, then running), and
  * check that the copies go on counting from where the original was, with their RAM intact
- * (the pattern guest verifies its pages and would print FAIL).
+ * (the pattern guest verifies its pages and would print FAIL). Every restore, and each Start
+ * of a copy (which restores again), gives a new VM generation ID.
  */
 static void test_snapshot_restore(Fixture *f, gconstpointer data)
 {
@@ -916,6 +955,11 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) copy = NULL;
     g_autoptr(MvmdVm) copy2 = NULL;
     g_autoptr(GVariant) config = NULL;
+    g_autofree char *orig_id = NULL;
+    g_autofree char *copy_id = NULL;
+    g_autofree char *restart_id = NULL;
+    g_autofree char *copy2_id = NULL;
+    gboolean clone = TRUE;
     gint64 before, after;
     Console *c, *cc;
     int fd;
@@ -923,6 +967,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_assert_cmpint(g_mkdir(dir1, 0700), ==, 0);
     g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
     call_ok(orig, "Start");
+    orig_id = live_generation_id(orig);
     c = console_open(orig);
     console_expect(c, 0, "COUNTER ");
     call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", "relative", mvmd_test_config("{}")),
@@ -974,6 +1019,10 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_assert_cmpuint(mvmd_vm_get_vcpus(copy), ==, 1);
     config = g_variant_ref(mvmd_test_vm_config(copy));
     g_assert_true(g_variant_lookup(config, "snapshot", "&s", &(const char *){NULL}));
+    g_assert_true(g_variant_lookup(config, "clone", "b", &clone));
+    g_assert_false(clone);
+    copy_id = live_generation_id(copy);
+    g_assert_cmpstr(copy_id, !=, orig_id);
     restore_fails_exists(f, dir1);
     cc = console_open(copy);
     call_ok(copy, "Resume");
@@ -992,12 +1041,19 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     call_ok(copy, "Start");
     wait_state(copy, "running");
     console_close(cc);
+    restart_id = live_generation_id(copy);
+    g_assert_cmpstr(restart_id, !=, copy_id);
+    g_assert_cmpstr(restart_id, !=, orig_id);
 
     /* By fd, running at once. */
     copy2_path = restore_vm(f, "copy2", "",
                             "{'dir-fd': <handle 0>, 'resume': <true>, 'copy-memory': <true>}", fds);
     copy2 = mvmd_test_bus_vm(f->bus, NULL, copy2_path);
     wait_state(copy2, "running");
+    copy2_id = live_generation_id(copy2);
+    g_assert_cmpstr(copy2_id, !=, orig_id);
+    g_assert_cmpstr(copy2_id, !=, copy_id);
+    g_assert_cmpstr(copy2_id, !=, restart_id);
     {
         g_autoptr(GVariant) config2 = g_variant_ref(mvmd_test_vm_config(copy2));
         gboolean copied = FALSE;
@@ -1239,6 +1295,198 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
     g_assert_cmpmem(after, len, g_bytes_get_data(snap->image, NULL), g_bytes_get_size(snap->image));
 }
 
+/* ---- clones ------------------------------------------------------------------------------- */
+
+/* A RestoreVM in flight (mvmd_manager_call_restore_vm()), and how it ended. */
+typedef struct {
+    gboolean done;
+    char *path;
+    GError *error;
+} AsyncRestore;
+
+static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    AsyncRestore *r = user_data;
+
+    mvmd_manager_call_restore_vm_finish(MVMD_MANAGER(source), &r->path, NULL, result, &r->error);
+    r->done = TRUE;
+}
+
+#define CLONE_MAC "52:54:00:c1:0e:0b"
+#define CLONE_CID 4242
+
+/*
+ * What tells one copy of a snapshot from another: the UUID, generation ID and vsock CID. (NIC
+ * MACs are not here: a snapshot of a NIC passed as an fd cannot be restored, and a tap by
+ * name would be the host's. tests/daemon/test-config.c has how the daemon keeps them.)
+ */
+typedef struct {
+    char *uuid;
+    char *id;
+    guint32 cid;
+    char *guest_line; /* what the vmgenid guest prints for @id */
+} Identity;
+
+static void identity_clear(Identity *who)
+{
+    g_free(who->uuid);
+    g_free(who->id);
+    g_free(who->guest_line);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Identity, identity_clear)
+
+/* @vm's, running or paused, from its UUID property and GetConfig. */
+static void identity_read(MvmdVm *vm, Identity *who)
+{
+    g_autoptr(GVariant) config = NULL;
+    g_autoptr(GVariant) vsock = NULL;
+    g_auto(GStrv) parts = NULL;
+    g_autofree char *hex = NULL;
+
+    identity_clear(who);
+    *who = (Identity){NULL};
+    who->uuid = g_strdup(mvmd_vm_get_uuid(vm));
+    who->id = live_generation_id(vm);
+    config = g_variant_ref(mvmd_test_vm_config(vm));
+    vsock = g_variant_lookup_value(config, "vsock", G_VARIANT_TYPE_VARDICT);
+    g_assert_nonnull(vsock);
+    g_assert_true(g_variant_lookup(vsock, "cid", "u", &who->cid));
+    g_assert_cmpuint(who->cid, >=, 3);
+    g_assert_cmpuint(who->cid, <=, 0xfffffffe);
+    /* The guest shows the 16 bytes in the order they are in its memory. */
+    parts = g_strsplit(who->id, "-", -1);
+    hex = g_strjoinv("", parts);
+    who->guest_line = g_strdup_printf("VMGENID id=%s ", hex);
+}
+
+/*
+ * The original: a vmgenid guest (it prints its generation ID at the start and at each change)
+ * with a vsock device (CID 42), snapshotted to @dir while running, then stopped.
+ */
+static void clone_original(Fixture *f, const char *dir, Identity *orig)
+{
+    g_autofree char *sock = g_build_filename(f->bus->tmpdir, "orig.sock", NULL);
+    g_autofree char *extra =
+        g_strdup_printf("'vsock': <{'cid': <uint32 42>, 'uds-path': <'%s'>}>", sock);
+    g_autoptr(MvmdVm) vm = create_guest(f, "orig", "vmgenid", extra);
+    Console *c = console_open(vm);
+
+    call_ok(vm, "Start");
+    identity_read(vm, orig);
+    console_expect(c, 0, orig->guest_line);
+    g_assert_cmpuint(orig->cid, ==, 42);
+    g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
+    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    call_ok(vm, "Stop");
+    wait_state(vm, "stopped");
+    console_close(c);
+}
+
+/* Resumed, the guest was told of its new generation ID: it prints it. */
+static Console *resume_and_see(MvmdVm *vm, const Identity *who)
+{
+    Console *c = console_open(vm);
+
+    call_ok(vm, "Resume");
+    wait_state(vm, "running");
+    console_expect(c, 0, who->guest_line);
+    return c;
+}
+
+static void assert_is_clone(MvmdVm *vm)
+{
+    gboolean clone = FALSE;
+
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "clone", "b", &clone));
+    g_assert_true(clone);
+}
+
+/*
+ * One snapshot restored twice at once as clones (two RestoreVM calls in flight together), both
+ * then resumed: each has a UUID, a VM generation ID (the one its guest sees) and a vsock CID of
+ * its own, not the original's nor the other's; one gets exactly the CID it names, the other a
+ * random one. Without 'clone' a MAC is refused, and so is another CID: the guest knows the
+ * snapshot's. Stopped and started again, a clone keeps its CID and gets a new generation ID.
+ */
+static void test_restore_clones(Fixture *f, gconstpointer data)
+{
+    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_autofree char *a_sock = g_build_filename(f->bus->tmpdir, "a.sock", NULL);
+    g_autofree char *b_sock = g_build_filename(f->bus->tmpdir, "b.sock", NULL);
+    g_autofree char *refused = NULL, *opts_a = NULL, *opts_b = NULL;
+    g_autoptr(MvmdVm) va = NULL, vb = NULL;
+    g_auto(Identity) orig = {NULL}, a = {NULL}, b = {NULL}, again = {NULL};
+    AsyncRestore ra = {0}, rb = {0};
+    Console *ca, *cb;
+
+    clone_original(f, dir, &orig);
+
+    /* Not a clone: the guest knows the snapshot's MACs and CID. */
+    restore_fails(f, "mac", dir, "{'network': <[{'tap': <'mvmnone0'>, 'mac': <'" CLONE_MAC "'>}]>}",
+                  NULL, ERR "InvalidArgument",
+                  "'network[0].mac': the restored guest knows the snapshot's MAC; pass "
+                  "'clone': <true>");
+    refused = g_strdup_printf("{'vsock': <{'cid': <uint32 43>, 'uds-path': <'%s'>}>}", a_sock);
+    restore_fails(f, "cid", dir, refused, NULL, ERR "InvalidArgument",
+                  "the snapshot's guest has cid 42");
+
+    /* Two at once: a random CID for one, the one it names for the other. */
+    opts_a = g_strdup_printf("{'clone': <true>, 'vsock': <{'uds-path': <'%s'>}>}", a_sock);
+    opts_b =
+        g_strdup_printf("{'clone': <true>, 'vsock': <{'cid': <uint32 %u>, 'uds-path': <'%s'>}>}",
+                        CLONE_CID, b_sock);
+    mvmd_manager_call_restore_vm(f->manager, "clone-a", dir, mvmd_test_config(opts_a),
+                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 on_restore_done, &ra);
+    mvmd_manager_call_restore_vm(f->manager, "clone-b", dir, mvmd_test_config(opts_b),
+                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 on_restore_done, &rb);
+    mvmd_test_wait_until(ra.done && rb.done, GUEST_TIMEOUT_MS);
+    g_assert_no_error(ra.error);
+    g_assert_no_error(rb.error);
+    va = mvmd_test_bus_vm(f->bus, NULL, ra.path);
+    vb = mvmd_test_bus_vm(f->bus, NULL, rb.path);
+    g_assert_cmpstr(mvmd_vm_get_state(va), ==, "paused");
+    g_assert_cmpstr(mvmd_vm_get_state(vb), ==, "paused");
+    assert_is_clone(va);
+    assert_is_clone(vb);
+    identity_read(va, &a);
+    identity_read(vb, &b);
+    ca = resume_and_see(va, &a);
+    cb = resume_and_see(vb, &b);
+
+    g_assert_cmpstr(a.uuid, !=, orig.uuid);
+    g_assert_cmpstr(b.uuid, !=, orig.uuid);
+    g_assert_cmpstr(a.uuid, !=, b.uuid);
+    g_assert_cmpstr(a.id, !=, orig.id);
+    g_assert_cmpstr(b.id, !=, orig.id);
+    g_assert_cmpstr(a.id, !=, b.id);
+    g_assert_cmpuint(a.cid, !=, orig.cid);
+    g_assert_cmpuint(a.cid, !=, b.cid);
+    g_assert_cmpuint(b.cid, ==, CLONE_CID);
+
+    /* Started again: restored again, as the same clone, in a new generation. */
+    call_ok(va, "Stop");
+    wait_state(va, "stopped");
+    call_ok(va, "Start");
+    wait_state(va, "running");
+    identity_read(va, &again);
+    console_expect(ca, 0, again.guest_line);
+    g_assert_cmpstr(again.uuid, ==, a.uuid);
+    g_assert_cmpuint(again.cid, ==, a.cid);
+    g_assert_cmpstr(again.id, !=, a.id);
+    g_assert_cmpstr(again.id, !=, orig.id);
+
+    call_ok(va, "Stop");
+    call_ok(vb, "Stop");
+    wait_state(va, "stopped");
+    wait_state(vb, "stopped");
+    console_close(ca);
+    console_close(cb);
+    g_free(ra.path);
+    g_free(rb.path);
+}
+
 /*
  * RestoreVM as another user: this test binary again (main() below), run as nobody with N_FDS
  * descriptors from fd 3 on (handles 0, 1, ...) to pass. argv: --restore-client ADDRESS
@@ -1477,20 +1725,6 @@ static void assert_no_vm(Fixture *f, const char *name)
     mvmd_manager_call_get_vm_by_name_sync(f->manager, name, G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
                                           &error);
     mvmd_test_assert_dbus_error(error, ERR "NoSuchVM");
-}
-
-typedef struct {
-    gboolean done;
-    char *path;
-    GError *error;
-} AsyncRestore;
-
-static void on_restore_done(GObject *source, GAsyncResult *result, gpointer user_data)
-{
-    AsyncRestore *r = user_data;
-
-    mvmd_manager_call_restore_vm_finish(MVMD_MANAGER(source), &r->path, NULL, result, &r->error);
-    r->done = TRUE;
 }
 
 /*
@@ -1795,6 +2029,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/snapshot-restore", test_snapshot_restore);
     ADD("/daemon-kvm/restore-truncated-memory", test_restore_truncated_memory);
     ADD("/daemon-kvm/restore-backends", test_restore_backends);
+    ADD("/daemon-kvm/restore-clones", test_restore_clones);
     ADD("/daemon-kvm/restore-unprivileged", test_restore_unprivileged);
     ADD("/daemon-kvm/restore-reservation", test_restore_reservation);
     ADD("/daemon-kvm/reload-drops-pending-call", test_reload_drops_pending_call);

@@ -76,7 +76,8 @@ static void test_manager_properties(Fixture *f, gconstpointer data)
     g_assert_nonnull(caps);
     for (const char *const *c =
              (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
-                                   "fd-passing", "snapshot", "freeze-clock", "devices", NULL};
+                                   "fd-passing", "snapshot", "freeze-clock", "devices",
+                                   "cpu-template", "diff-snapshots", NULL};
          *c; c++)
         g_assert_true(g_strv_contains(caps, *c));
     /* Every property also through org.freedesktop.DBus.Properties.GetAll. */

@@ -23,7 +23,10 @@ start_daemon "$TMP/daemon.log"
 truncate -s 1M "$TMP/root.img"
 awk '/^```sh/{b++; on=1; next} /^```/{on=0} on{print b "\t" $0}' "$DOC" > "$TMP/blocks"
 last=$(cut -f1 "$TMP/blocks" | sort -n | tail -n1)
+# microvmctl runs only where no other client can do it: the restore of a diff with its layers
+# (descriptors, which gdbus and busctl cannot pass).
 awk -F'\t' -v last="$last" '$1 != last { sub(/^[0-9]+\t/, ""); print }' "$TMP/blocks" |
+    sed -e "/^microvmctl restore .*--layer/s|^microvmctl |\"${MICROVMCTL:-microvmctl}\" --address=\"$ADDR\" |" |
     grep -v -e '^microvmctl ' -e '^tail -f' -e '^gdbus monitor' |
     sed -e "s|gdbus call --system|gdbus call --address \"$ADDR\"|" \
         -e "s|^busctl --timeout=40 |busctl --address=\"$ADDR\" --timeout=40 |" \
@@ -56,11 +59,24 @@ check "portable was created with a CPU template" \
     "grep -q '\"cpu-template\" s \"x86-64-v2\"' \"$TMP/out\""
 check "GetCPUConfig answered for web" "grep -q '\"cpu-template\" s \"host\" \"tsc-khz\" u' \"$TMP/out\""
 check "the snapshot was written" "[ -s \"$TMP/snap/web/state\" ]"
+diff_id=$(tail -c 32 "$TMP/snap/web-diff/state" | od -An -tx1 | tr -d ' \n')
+check "the diff was written, GetStats shows its ID as diff-parent" \
+    "[ \${#diff_id} -eq 64 ] && grep -q '\"diff-parent\" s \"$diff_id\"' \"$TMP/out\""
+check "the diff is smaller than its base" \
+    "[ \$(du -k \"$TMP/snap/web-diff/memory\" | cut -f1) -lt \$(du -k \"$TMP/snap/web-base/memory\" | cut -f1) ]"
 list=$(gdbus call --address "$ADDR" -d org.microvmd.MicroVM1 -o /org/microvmd/MicroVM1 \
     -m org.microvmd.MicroVM1.Manager.ListVMs)
 echo "# after the examples: $list"
 check "web was deleted" "! grep -q \"'web',\" <<<\"\$list\""
 check "web-copy runs" "grep -Eq \"\\('web-copy', (objectpath )?'/org/microvmd/MicroVM1/vm/web_2dcopy', 'running'\" <<<\"\$list\""
+check "web-diff runs, restored with its layer" "grep -Eq \"\\('web-diff', (objectpath )?'/org/microvmd/MicroVM1/vm/web_2ddiff', 'running'\" <<<\"\$list\""
+check "web-clone runs" "grep -Eq \"\\('web-clone', (objectpath )?'/org/microvmd/MicroVM1/vm/web_2dclone', 'running'\" <<<\"\$list\""
+clone_config=$(gdbus call --address "$ADDR" -d org.microvmd.MicroVM1 \
+    -o /org/microvmd/MicroVM1/vm/web_2dclone -m org.microvmd.MicroVM1.VM.GetConfig)
+echo "# web-clone: $clone_config"
+check "web-clone is a clone with a generation ID" \
+    "grep -q \"'clone': <true>\" <<<\"\$clone_config\" &&
+     grep -Eq \"'generation-id': <'[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}'>\" <<<\"\$clone_config\""
 check "db is defined and stored" "[ -f \"$TMP/state/vms/db.vm\" ]"
 check "the daemon is alive" "kill -0 $DAEMON_PID"
 

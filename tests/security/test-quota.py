@@ -198,6 +198,28 @@ class QuotaTest(systest.TestCase):
         self.assert_create_refused("MemoryMiB", "more", 32)
         self.assertEqual(daemon.stop(), 0)
 
+    def test_shared_memory_image_is_charged(self):
+        """The memory image clones of a snapshot share is charged to its owner beside the VMs
+        (a page a clone writes is in both), and given back with the last VM that maps it."""
+        systest.require_kvm()
+        daemon = self.start_microvmd("[Quota:root]\nVMs=8\nMemoryMiB=96\n")
+        original = self.assert_created("original", 32, boot=True)
+        self.vm_call(original, "Start")
+        snapshot = self.tmp.join("snapshot")
+        self.vm_call(original, "Snapshot", GLib.Variant("(sa{sv})", (snapshot, {})))
+        self.vm_call(original, "Stop")
+        self.vm_call(original, "Delete")
+        clone, err, message = self.restore("clone", snapshot)
+        self.assertIsNone(err, message)
+        # The clone's 32 MiB and its image's 32: 48 more would pass 96 (without the image: 80).
+        self.assert_create_refused("MemoryMiB", "more", 48)
+        self.vm_call(clone, "Stop")
+        self.vm_call(clone, "Delete")
+        # The machine, and with it the image, is freed after Delete's reply.
+        systest.wait_for(lambda: self.create("more", 48)[1] is None, 10,
+                         "the image's 32 MiB given back")
+        self.assertEqual(daemon.stop(), 0)
+
     def test_loaded_definitions_are_charged_never_refused(self):
         daemon = self.start_microvmd("")  # root unlimited
         for name in ("p1", "p2", "p3"):
