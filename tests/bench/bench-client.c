@@ -7,12 +7,15 @@
  *   bench-client qmp-migrate SOCKET FILE     migrate to "exec:cat > FILE" until completed
  *   bench-client qmp-incoming SOCKET FILE    migrate-incoming "exec:cat FILE" until running
  *                                            (QEMU started with -incoming defer)
- *   bench-client dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING
+ *   bench-client dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING N_CLONES
  *                                            microvmd (PID) on the bus at ADDRESS: CreateVM+Start
  *                                            (and Stop+Delete+CreateVM+Start back to back),
  *                                            property Get, Pause/Resume, GetManagedObjects with
  *                                            N_DEFINED VMs, daemon RSS with N_RUNNING idle VMs,
- *                                            Snapshot + RestoreVM of a 128 MiB guest
+ *                                            Snapshot + RestoreVM of a 128 MiB guest, and
+ *                                            N_CLONES clones of one snapshot (RestoreVM with
+ *                                            clone and resume) beside as many copies
+ *                                            (copy-memory): latency and memory per VM
  *   bench-client p2p SOCKET KERNEL REPS      the same Pause/Resume on microvmd's own socket
  *                                            (peer-to-peer D-Bus, no broker)
  *   bench-client libvirt ADDRESS REPS N_DEFINED
@@ -23,6 +26,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -579,6 +583,144 @@ static gboolean bench_snapshot(Client *c, GError **error)
     return ok;
 }
 
+/* ---- many clones of one snapshot: shared memory images against private copies ---- */
+
+#define CLONE_PAGES 1024 /* the pattern guest's data: 4 MiB */
+
+/* RestoreVM of @dir as @n VMs (clone, resume), one after another; appends their paths. */
+static gboolean restore_many(Client *c, const char *dir, guint n, gboolean copy, GPtrArray *paths,
+                             GArray *restore_us, GError **error)
+{
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *name = g_strdup_printf("bench-%s-%u", copy ? "copy" : "clone", i);
+        GVariantBuilder opts;
+        char *path = NULL;
+
+        g_variant_builder_init(&opts, G_VARIANT_TYPE_VARDICT);
+        g_variant_builder_add(&opts, "{sv}", "resume", g_variant_new_boolean(TRUE));
+        g_variant_builder_add(&opts, "{sv}", "clone", g_variant_new_boolean(TRUE));
+        g_variant_builder_add(&opts, "{sv}", "copy-memory", g_variant_new_boolean(copy));
+        gint64 t0 = g_get_monotonic_time();
+        g_autoptr(GVariant) reply = call(c, MVMD_ROOT, MVMD_MANAGER, "RestoreVM",
+                                         g_variant_new("(ssa{sv})", name, dir, &opts), error);
+        if (reply == NULL)
+            return FALSE;
+        bench_samples_add(restore_us, g_get_monotonic_time() - t0);
+        g_variant_get(reply, "(o)", &path);
+        g_ptr_array_add(paths, path);
+    }
+    return TRUE;
+}
+
+/*
+ * The daemon's PSS growth per VM once @n restored VMs of @dir have run a moment, from a
+ * baseline taken once the VMs stopped before were freed (after their Stop's reply).
+ */
+static gboolean fleet_of(Client *c, const char *dir, guint n, gboolean copy, GArray *restore_us,
+                         gint64 *pss_per_vm_kib, GError **error)
+{
+    g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+
+    g_usleep(G_USEC_PER_SEC);
+    gint64 before = bench_pss_kib(c->daemon_pid, error);
+
+    if (before < 0 || !restore_many(c, dir, n, copy, paths, restore_us, error))
+        return FALSE;
+    g_usleep(G_USEC_PER_SEC / 2); /* every VM runs a moment (its guest halts) */
+    gint64 after = bench_pss_kib(c->daemon_pid, error);
+    if (after < 0)
+        return FALSE;
+    *pss_per_vm_kib = (after - before) / (gint64)n;
+    return delete_vms(c, paths, TRUE, error);
+}
+
+static gint64 vcpu_time_us(Client *c, const char *path, GError **error)
+{
+    gint64 us = -1;
+    g_autoptr(GVariant) reply = call(c, path, MVMD_VM, "GetStats", NULL, error);
+
+    if (reply == NULL)
+        return -1;
+    g_autoptr(GVariant) stats = g_variant_get_child_value(reply, 0);
+    if (!g_variant_lookup(stats, "vcpu-time-us", "x", &us))
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "GetStats has no vcpu-time-us");
+    return us;
+}
+
+/*
+ * Until the guest stopped computing (its vCPU time stands still for 200 ms), at most 60 s: a
+ * guest halted with interrupts off sleeps in KVM_RUN.
+ */
+static gboolean wait_idle(Client *c, const char *path, GError **error)
+{
+    gint64 last = -1;
+
+    for (guint i = 0; i < 300; i++) {
+        gint64 now = vcpu_time_us(c, path, error);
+        if (now < 0)
+            return FALSE;
+        if (now == last)
+            return TRUE;
+        last = now;
+        g_usleep(G_USEC_PER_SEC / 5);
+    }
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "the guest did not go idle in 60 s");
+    return FALSE;
+}
+
+/* A pattern guest's snapshot with CLONE_PAGES pages of data, checked on the file. */
+static gboolean clone_source(Client *c, const char *dir, gint64 *data_kib, GError **error)
+{
+    g_autofree char *cmdline = g_strdup_printf(
+        "mode=pattern pages=%u every=1000000 delay=1000 verify=sample", CLONE_PAGES);
+    g_autofree char *path = create_vm(c, "bench-clone-source", cmdline, error);
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    GVariantBuilder opts;
+    struct stat st;
+
+    if (path == NULL || !vm_call(c, path, "Start", error) || !wait_idle(c, path, error))
+        return FALSE;
+    g_variant_builder_init(&opts, G_VARIANT_TYPE_VARDICT);
+    g_autoptr(GVariant) snap =
+        call(c, path, MVMD_VM, "Snapshot", g_variant_new("(sa{sv})", dir, &opts), error);
+    if (snap == NULL || !vm_call(c, path, "Stop", error) || !vm_call(c, path, "Delete", error))
+        return FALSE;
+    if (stat(memory, &st) < 0 || st.st_blocks / 2 < CLONE_PAGES * 4) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "the snapshot holds %" G_GINT64_FORMAT " KiB, less than the guest's %u KiB "
+                    "of pattern",
+                    (gint64)st.st_blocks / 2, CLONE_PAGES * 4);
+        return FALSE;
+    }
+    *data_kib = (gint64)st.st_blocks / 2;
+    return TRUE;
+}
+
+static gboolean bench_clones(Client *c, guint n, GError **error)
+{
+    g_autoptr(GArray) clone_us = bench_samples_new(), copy_us = bench_samples_new();
+    g_autofree char *dir = g_dir_make_tmp("microvmd-bench-XXXXXX", error);
+    gint64 data_kib = 0, clone_kib = 0, copy_kib = 0;
+
+    if (dir == NULL)
+        return FALSE;
+    gboolean ok = clone_source(c, dir, &data_kib, error) &&
+                  fleet_of(c, dir, n, FALSE, clone_us, &clone_kib, error) &&
+                  fleet_of(c, dir, n, TRUE, copy_us, &copy_kib, error);
+    remove_snapshot_dir(dir);
+    if (!ok)
+        return FALSE;
+    GString *json = g_string_new("{\"what\": \"clones\"");
+    bench_json_int(json, "n", n);
+    bench_json_int(json, "snapshot_data_kib", data_kib);
+    bench_json_samples(json, "clone_restore_us", clone_us);
+    bench_json_samples(json, "copy_restore_us", copy_us);
+    bench_json_int(json, "clone_pss_kib", clone_kib);
+    bench_json_int(json, "copy_pss_kib", copy_kib);
+    bench_json_print(json);
+    return TRUE;
+}
+
 static GDBusConnection *connect_bus(const char *address, GError **error)
 {
     return g_dbus_connection_new_for_address_sync(
@@ -599,6 +741,7 @@ static int cmd_dbus(char **argv)
     };
     guint n_defined = (guint)CLAMP(g_ascii_strtoull(argv[4], NULL, 10), 1, 100000);
     guint n_running = (guint)CLAMP(g_ascii_strtoull(argv[5], NULL, 10), 1, 10000);
+    guint n_clones = (guint)CLAMP(g_ascii_strtoull(argv[6], NULL, 10), 1, 10000);
 
     c.bus = connect_bus(argv[0], &error);
     if (c.bus == NULL)
@@ -615,6 +758,8 @@ static int cmd_dbus(char **argv)
         return bench_fail("running VMs", error);
     if (!bench_snapshot(&c, &error))
         return bench_fail("Snapshot/RestoreVM", error);
+    if (!bench_clones(&c, n_clones, &error))
+        return bench_fail("clones", error);
     g_object_unref(c.bus);
     return 0;
 }
@@ -786,15 +931,16 @@ int main(int argc, char **argv)
         return cmd_qmp_migrate(argv[2], argv[3], TRUE);
     if (g_str_equal(cmd, "qmp-incoming") && argc == 4)
         return cmd_qmp_migrate(argv[2], argv[3], FALSE);
-    if (g_str_equal(cmd, "dbus") && argc == 8)
+    if (g_str_equal(cmd, "dbus") && argc == 9)
         return cmd_dbus(argv + 2);
     if (g_str_equal(cmd, "p2p") && argc == 5)
         return cmd_p2p(argv + 2);
     if (g_str_equal(cmd, "libvirt") && argc == 5)
         return cmd_libvirt(argv + 2);
-    g_printerr("usage: bench-client qmp-pause SOCKET REPS | qmp-migrate SOCKET FILE |"
-               " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING |"
-               " p2p SOCKET KERNEL REPS |"
-               " libvirt ADDRESS REPS N_DEFINED\n");
+    g_printerr(
+        "usage: bench-client qmp-pause SOCKET REPS | qmp-migrate SOCKET FILE |"
+        " qmp-incoming SOCKET FILE | dbus ADDRESS PID KERNEL REPS N_DEFINED N_RUNNING N_CLONES |"
+        " p2p SOCKET KERNEL REPS |"
+        " libvirt ADDRESS REPS N_DEFINED\n");
     return 2;
 }

@@ -35,6 +35,19 @@ gboolean bench_mem_read(int pid, BenchMem *mem, GError **error)
     return TRUE;
 }
 
+gint64 bench_pss_kib(int pid, GError **error)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/smaps_rollup", pid);
+    g_autofree char *rollup = NULL;
+
+    if (!g_file_get_contents(path, &rollup, NULL, error))
+        return -1;
+    gint64 pss = status_field_kib(rollup, "\nPss:");
+    if (pss < 0)
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s: no Pss", path);
+    return pss;
+}
+
 gint64 bench_cpu_time_us(void)
 {
     struct rusage usage;

@@ -17,6 +17,12 @@ typedef struct {
 
 /* pid 0: this process. */
 gboolean bench_mem_read(int pid, BenchMem *mem, GError **error);
+/*
+ * Proportional set size of process @pid in KiB (/proc/PID/smaps_rollup): a page mapped n times
+ * counts 1/n each time, so pages the process maps many times (clones sharing a memory image)
+ * count once in all. -1 with @error set.
+ */
+gint64 bench_pss_kib(int pid, GError **error);
 /* Process CPU time (user + system) of this process, in µs. */
 gint64 bench_cpu_time_us(void);
 /* The same of process @pid, from /proc (clock-tick resolution); -1 with @error set. */
