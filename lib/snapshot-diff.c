@@ -56,8 +56,11 @@ guint64 *mvm_snapshot_harvest_changes(MvmVm *vm, GError **error)
     g_autofree guint64 *bitmap = g_new0(guint64, bitmap_words(vm));
 
     for (guint i = 0; i < mvm_memory_get_n_regions(vm->memory); i++)
-        if (!harvest_slot(vm, i, bitmap, error))
+        if (!harvest_slot(vm, i, bitmap, error)) {
+            /* The slots read so far were cleared by the read: keep their pages for the next. */
+            mvm_memory_give_back_written(vm->memory, bitmap);
             return NULL;
+        }
     mvm_memory_take_written(vm->memory, bitmap);
     return g_steal_pointer(&bitmap);
 }
@@ -129,6 +132,28 @@ static gboolean check_chain_shape(const MvmSnapshotState *top, guint n_layers, G
     return TRUE;
 }
 
+/*
+ * What a chain needs of a layer: its IDs, RAM size and changed pages, copied out, so that the
+ * rest of its state (up to 32 MiB, with whatever unknown keys it carries) is freed at once and a
+ * chain of 63 never holds more than one layer's state.
+ */
+static MvmSnapshotState *slim(MvmSnapshotState *full)
+{
+    MvmSnapshotState *layer = g_new0(MvmSnapshotState, 1);
+
+    memcpy(layer->id, full->id, sizeof(layer->id));
+    memcpy(layer->parent, full->parent, sizeof(layer->parent));
+    layer->has_parent = full->has_parent;
+    layer->memory_size = full->memory_size;
+    if (full->changed_pages != NULL) {
+        gsize len;
+        const guint8 *bits = g_bytes_get_data(full->changed_pages, &len);
+        layer->changed_pages = g_bytes_new(bits, len);
+    }
+    mvm_snapshot_state_free(full);
+    return layer;
+}
+
 GPtrArray *mvm_snapshot_load_layers(const MvmSnapshotState *top, const MvmSnapshotFiles *layers,
                                     guint n_layers, GError **error)
 {
@@ -144,6 +169,7 @@ GPtrArray *mvm_snapshot_load_layers(const MvmSnapshotState *top, const MvmSnapsh
             g_prefix_error(error, "layer %u: ", i);
             return NULL;
         }
+        layer = slim(layer);
         g_ptr_array_add(states, layer);
         if (!check_link(layer, i > 0 ? states->pdata[i - 1] : NULL, i, top->memory_size, error))
             return NULL;

@@ -901,10 +901,6 @@ static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *
     g_autoptr(MvmSnapshotState) state = mvm_snapshot_load_state(state_fd, memory_fd, error);
     if (state == NULL)
         return NULL;
-    g_autoptr(GPtrArray) layers =
-        mvm_snapshot_load_layers(state, options->layers, options->n_layers, error);
-    if (layers == NULL)
-        return NULL;
     gboolean clone = (options->flags & MVM_RESTORE_CLONE) != 0;
     if (options->backends != NULL && !use_backends(state->config, options->backends, clone, error))
         return NULL;
@@ -914,6 +910,11 @@ static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *
         return NULL;
     /* Before any guest memory is allocated: the snapshot decides how much, not the caller. */
     if (options->approve != NULL && !options->approve(state->config, options->approve_data, error))
+        return NULL;
+    /* After the approval too: reading a chain of 63 states costs memory and time. */
+    g_autoptr(GPtrArray) layers =
+        mvm_snapshot_load_layers(state, options->layers, options->n_layers, error);
+    if (layers == NULL)
         return NULL;
     /* A private mapping keeps the memfd alive once the caller closes @memory_fd. */
     MvmMemory *memory = restored_memory(state, layers, memory_fd, options, error);

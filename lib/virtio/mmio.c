@@ -417,6 +417,11 @@ gpointer mvm_virtio_get_backend(MvmVirtio *dev)
     return dev->backend;
 }
 
+const MvmMemory *mvm_virtio_get_memory(MvmVirtio *dev)
+{
+    return dev->env.memory;
+}
+
 void mvm_virtio_read_config(MvmVirtio *dev, gsize offset, void *data, gsize len)
 {
     g_return_if_fail(offset <= dev->config_len && len <= dev->config_len - offset);

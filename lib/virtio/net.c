@@ -115,6 +115,12 @@ static gboolean receive_one(Net *net)
             tap_failed(net, errno);
         return FALSE;
     }
+    /*
+     * Marked again as written (diff snapshots): a chain held since an earlier EAGAIN may have
+     * been taken before the last snapshot, which cleared the mark it got then.
+     */
+    for (guint i = 0; i < n; i++)
+        mvm_memory_mark_written(mvm_virtio_get_memory(net->dev), iov[i].iov_base, iov[i].iov_len);
     if (r < NET_HDR_SIZE)
         return TRUE; /* nothing a guest could use; the chain stays held */
     /* Without VIRTIO_NET_F_MRG_RXBUF every frame fits one buffer (§5.1.6.3.2). */

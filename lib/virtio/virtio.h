@@ -139,6 +139,8 @@ void mvm_virtio_update_config(MvmVirtio *dev, gsize offset, const void *data, gs
 void mvm_virtio_restore_config(MvmVirtio *dev, gsize offset, const void *data, gsize len);
 /* The @backend mvm_virtio_new() was given. */
 gpointer mvm_virtio_get_backend(MvmVirtio *dev);
+/* The guest memory the device works in (its env's). */
+const MvmMemory *mvm_virtio_get_memory(MvmVirtio *dev);
 /* Reads part of the config space (lock held, or no driver yet). */
 void mvm_virtio_read_config(MvmVirtio *dev, gsize offset, void *data, gsize len);
 
