@@ -232,9 +232,22 @@ static gboolean snapshot_files_commit(SnapshotFiles *files, GError **error)
     return TRUE;
 }
 
-/* --diff BASE: the base's ID, which the daemon checks is the VM's last snapshot. */
-static gboolean add_diff_base(const char *base, GVariantDict *options, GError **error)
+/*
+ * --diff BASE: the base's ID, which the daemon checks is the VM's last snapshot. Never into the
+ * base's own directory: the diff would replace the layer it needs beneath it.
+ */
+static gboolean add_diff_base(const char *base, const char *dir, GVariantDict *options,
+                              GError **error)
 {
+    struct stat a, b;
+
+    if (stat(base, &a) == 0 && stat(dir, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+        g_set_error(error, MCTL_ERROR, MCTL_EXIT_USAGE,
+                    _("“%s” holds the base: a diff written there would replace it; give the "
+                      "diff a directory of its own"),
+                    dir);
+        return FALSE;
+    }
     g_autofree char *id = dir_snapshot_id(base, error);
 
     if (!id)
@@ -283,7 +296,7 @@ int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv)
         !mctl_want_args(argc, 2, "snapshot NAME DIRECTORY"))
         return MCTL_EXIT_USAGE;
     files.dir = argv[1];
-    if ((diff && !add_diff_base(diff, &options, &error)) ||
+    if ((diff && !add_diff_base(diff, argv[1], &options, &error)) ||
         !snapshot_files_create(&files, fds, &options, &error))
         return mctl_fail(error, argv[0]);
     if (leave_paused)

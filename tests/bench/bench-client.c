@@ -634,40 +634,6 @@ static gboolean fleet_of(Client *c, const char *dir, guint n, gboolean copy, GAr
     return delete_vms(c, paths, TRUE, error);
 }
 
-static gint64 vcpu_time_us(Client *c, const char *path, GError **error)
-{
-    gint64 us = -1;
-    g_autoptr(GVariant) reply = call(c, path, MVMD_VM, "GetStats", NULL, error);
-
-    if (reply == NULL)
-        return -1;
-    g_autoptr(GVariant) stats = g_variant_get_child_value(reply, 0);
-    if (!g_variant_lookup(stats, "vcpu-time-us", "x", &us))
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "GetStats has no vcpu-time-us");
-    return us;
-}
-
-/*
- * Until the guest stopped computing (its vCPU time stands still for 200 ms), at most 60 s: a
- * guest halted with interrupts off sleeps in KVM_RUN.
- */
-static gboolean wait_idle(Client *c, const char *path, GError **error)
-{
-    gint64 last = -1;
-
-    for (guint i = 0; i < 300; i++) {
-        gint64 now = vcpu_time_us(c, path, error);
-        if (now < 0)
-            return FALSE;
-        if (now == last)
-            return TRUE;
-        last = now;
-        g_usleep(G_USEC_PER_SEC / 5);
-    }
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "the guest did not go idle in 60 s");
-    return FALSE;
-}
-
 /* A pattern guest's snapshot with CLONE_PAGES pages of data, checked on the file. */
 static gboolean clone_source(Client *c, const char *dir, gint64 *data_kib, GError **error)
 {
@@ -678,8 +644,13 @@ static gboolean clone_source(Client *c, const char *dir, gint64 *data_kib, GErro
     GVariantBuilder opts;
     struct stat st;
 
-    if (path == NULL || !vm_call(c, path, "Start", error) || !wait_idle(c, path, error))
+    if (path == NULL || !vm_call(c, path, "Start", error))
         return FALSE;
+    /*
+     * It fills and checks its pages, then halts: 5.5 s of vCPU time on our kvm_pvm hosts, which
+     * emulate guest kernel code (docs/kvm-hosts.md); less where it runs natively.
+     */
+    g_usleep(10 * G_USEC_PER_SEC);
     g_variant_builder_init(&opts, G_VARIANT_TYPE_VARDICT);
     g_autoptr(GVariant) snap =
         call(c, path, MVMD_VM, "Snapshot", g_variant_new("(sa{sv})", dir, &opts), error);
@@ -758,8 +729,12 @@ static int cmd_dbus(char **argv)
         return bench_fail("running VMs", error);
     if (!bench_snapshot(&c, &error))
         return bench_fail("Snapshot/RestoreVM", error);
-    if (!bench_clones(&c, n_clones, &error))
-        return bench_fail("clones", error);
+    /* The rows above stand without it: a failure here is the clones rows' alone. */
+    if (!bench_clones(&c, n_clones, &error)) {
+        g_autofree char *why = g_strescape(error->message, NULL);
+        g_print("{\"what\": \"clones\", \"error\": \"%s\"}\n", why);
+        g_clear_error(&error);
+    }
     g_object_unref(c.bus);
     return 0;
 }

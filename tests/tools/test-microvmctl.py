@@ -847,6 +847,10 @@ def test_snapshot_diff(t, bus):
     expect_rc(r, INVALID_ARGUMENT, "snapshot --diff of a snapshot that is not the last")
     assert "its last snapshot, ID " + state_id(d["d1"]) in r.err, r
     assert os.listdir(d["d2"]) == [], "a failed snapshot leaves nothing: %r" % os.listdir(d["d2"])
+    before = state_id(d["d1"])
+    r = ctl(bus, "snapshot", "pat", d["d1"], "--diff", d["d1"])
+    expect_rc(r, USAGE, "a diff into its base's own directory")
+    assert "holds the base" in r.err and state_id(d["d1"]) == before, r
     expect_rc(ctl(bus, "snapshot", "pat", d["d2"], "--diff", d["d1"]), OK, "a diff of a diff")
     assert vm_json(bus, "pat")["stats"]["diff-parent"] == state_id(d["d2"])
     full = allocated(os.path.join(d["full"], "memory"))
