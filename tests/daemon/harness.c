@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <gio/gunixfdlist.h>
 #include <grp.h>
+#include <poll.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -368,4 +370,62 @@ const char *mvmd_test_vm_exit_reason(MvmdVm *vm)
     g_assert_no_error(error);
     g_object_set_data_full(G_OBJECT(vm), "mvmd-test-exit-reason", reason, g_free);
     return reason;
+}
+
+/* ---- consoles ---- */
+
+MvmdTestConsole *mvmd_test_console_try_open(MvmdVm *vm, GError **error)
+{
+    g_autoptr(GVariant) handle = NULL;
+    g_autoptr(GUnixFDList) fds = NULL;
+    MvmdTestConsole *c;
+
+    if (!mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
+                                        error))
+        return NULL;
+    c = g_new0(MvmdTestConsole, 1);
+    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), error);
+    g_assert_cmpint(c->fd, >=, 0);
+    c->seen = g_string_new(NULL);
+    return c;
+}
+
+MvmdTestConsole *mvmd_test_console_open(MvmdVm *vm)
+{
+    g_autoptr(GError) error = NULL;
+    MvmdTestConsole *c = mvmd_test_console_try_open(vm, &error);
+
+    g_assert_no_error(error);
+    return c;
+}
+
+void mvmd_test_console_close(MvmdTestConsole *c)
+{
+    close(c->fd);
+    g_string_free(c->seen, TRUE);
+    g_free(c);
+}
+
+gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+
+    for (;;) {
+        const char *hit = from <= c->seen->len ? strstr(c->seen->str + from, text) : NULL;
+        struct pollfd p = {c->fd, POLLIN, 0};
+        char buf[4096];
+        ssize_t n;
+
+        if (hit)
+            return hit - c->seen->str + strlen(text);
+        if (g_get_monotonic_time() > deadline)
+            g_error("console: '%s' not seen; got:\n%s", text, c->seen->str);
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        n = read(c->fd, buf, sizeof(buf));
+        if (n <= 0)
+            g_error("console closed (%s); got:\n%s", n < 0 ? g_strerror(errno) : "EOF",
+                    c->seen->str);
+        g_string_append_len(c->seen, buf, n);
+    }
 }

@@ -109,4 +109,20 @@ GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, con
  */
 GSubprocess *mvmd_test_start_polkit_mock(MvmdTestBus *bus, const char *action);
 
+/*
+ * A VM's console (OpenConsole): what it printed so far in @seen, read as needed. @at is the
+ * caller's to keep its place with.
+ */
+typedef struct {
+    int fd;
+    GString *seen;
+    gsize at;
+} MvmdTestConsole;
+MvmdTestConsole *mvmd_test_console_try_open(MvmdVm *vm, GError **error);
+MvmdTestConsole *mvmd_test_console_open(MvmdVm *vm);
+void mvmd_test_console_close(MvmdTestConsole *c);
+/* Reads until @text has been seen after @from bytes, for at most @timeout_ms; returns where it
+ * ends. */
+gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text, guint timeout_ms);
+
 G_END_DECLS

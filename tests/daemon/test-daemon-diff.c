@@ -123,61 +123,24 @@ static char *stats_diff_parent(MvmdVm *vm)
 
 /* ---- the console ---------------------------------------------------------------------------- */
 
-typedef struct {
-    int fd;
-    GString *seen;
-    gsize at; /* where the next COUNTER line is looked for */
-} Console;
+/* c->at: where the next COUNTER line is looked for. */
+typedef MvmdTestConsole Console;
 
 static Console *console_open(MvmdVm *vm)
 {
-    g_autoptr(GVariant) handle = NULL;
-    g_autoptr(GUnixFDList) fds = NULL;
-    g_autoptr(GError) error = NULL;
-    Console *c = g_new0(Console, 1);
-
-    mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
-                                   &error);
-    g_assert_no_error(error);
-    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), &error);
-    g_assert_no_error(error);
-    c->seen = g_string_new(NULL);
-    return c;
+    return mvmd_test_console_open(vm);
 }
 
 static void console_close(Console *c)
 {
-    close(c->fd);
-    g_string_free(c->seen, TRUE);
-    g_free(c);
+    mvmd_test_console_close(c);
 }
 
-/* Reads until @text has been seen after @from; returns where it ends. */
 static gsize console_expect(Console *c, gsize from, const char *text)
 {
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
-
-    for (;;) {
-        const char *hit = strstr(c->seen->str + from, text);
-        struct pollfd p = {c->fd, POLLIN, 0};
-        char buf[4096];
-        ssize_t n;
-
-        if (hit)
-            return hit - c->seen->str + strlen(text);
-        if (g_get_monotonic_time() > deadline)
-            g_error("console: '%s' not seen; got:\n%s", text, c->seen->str);
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        n = read(c->fd, buf, sizeof(buf));
-        if (n <= 0)
-            g_error("console closed (%s); got:\n%s", n < 0 ? g_strerror(errno) : "EOF",
-                    c->seen->str);
-        g_string_append_len(c->seen, buf, n);
-    }
+    return mvmd_test_console_expect(c, from, text, GUEST_TIMEOUT_MS);
 }
 
-/* The count of the next whole "COUNTER n" line the guest prints. */
 static gint64 next_counter(Console *c)
 {
     gsize start = console_expect(c, c->at, "COUNTER ");

@@ -142,66 +142,26 @@ static void wait_state_everywhere(Fixture *f, MvmdVm *vm, const char *state)
     g_assert_cmpstr(managed, ==, state);
 }
 
-typedef struct {
-    int fd;
-    GString *seen;
-} Console;
+typedef MvmdTestConsole Console;
 
 static Console *console_try_open(MvmdVm *vm, GError **error)
 {
-    g_autoptr(GVariant) handle = NULL;
-    g_autoptr(GUnixFDList) fds = NULL;
-    Console *c;
-
-    if (!mvmd_vm_call_open_console_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &handle, &fds, NULL,
-                                        error))
-        return NULL;
-    c = g_new0(Console, 1);
-    c->fd = g_unix_fd_list_get(fds, g_variant_get_handle(handle), error);
-    g_assert_cmpint(c->fd, >=, 0);
-    c->seen = g_string_new(NULL);
-    return c;
+    return mvmd_test_console_try_open(vm, error);
 }
 
 static Console *console_open(MvmdVm *vm)
 {
-    g_autoptr(GError) error = NULL;
-    Console *c = console_try_open(vm, &error);
-
-    g_assert_no_error(error);
-    return c;
+    return mvmd_test_console_open(vm);
 }
 
 static void console_close(Console *c)
 {
-    close(c->fd);
-    g_string_free(c->seen, TRUE);
-    g_free(c);
+    mvmd_test_console_close(c);
 }
 
-/* Reads until @text has been seen after @from bytes; returns where it ends. */
 static gsize console_expect(Console *c, gsize from, const char *text)
 {
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
-
-    for (;;) {
-        const char *hit = from <= c->seen->len ? strstr(c->seen->str + from, text) : NULL;
-        struct pollfd p = {c->fd, POLLIN, 0};
-        char buf[4096];
-        ssize_t n;
-
-        if (hit)
-            return hit - c->seen->str + strlen(text);
-        if (g_get_monotonic_time() > deadline)
-            g_error("console: '%s' not seen; got:\n%s", text, c->seen->str);
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        n = read(c->fd, buf, sizeof(buf));
-        if (n <= 0)
-            g_error("console closed (%s); got:\n%s", n < 0 ? g_strerror(errno) : "EOF",
-                    c->seen->str);
-        g_string_append_len(c->seen, buf, n);
-    }
+    return mvmd_test_console_expect(c, from, text, GUEST_TIMEOUT_MS);
 }
 
 static void console_send(Console *c, const char *text)
