@@ -160,9 +160,12 @@
         c.addEventListener("owner", (event, owner) => {
             if (c !== client)
                 return;
-            if (owner)
+            /* The name is back: say so at once, since its signals may show rows before the
+             * read of every VM answers. */
+            if (owner) {
+                $("daemon-status").textContent = "";
                 loadAll(c);
-            else
+            } else
                 forgetAll(_("microvmd is not running"));
         });
         c.addEventListener("close", (event, options) => {
