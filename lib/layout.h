@@ -43,7 +43,7 @@
  * the e820 map reserves (from MVM_EBDA_START), so the guest never takes it for RAM.
  */
 #define MVM_VMGENID_ADDR G_GUINT64_CONSTANT(0xff000)
-#define MVM_HIMEM_START      G_GUINT64_CONSTANT(0x100000) /* where protected-mode kernels are loaded */
+#define MVM_HIMEM_START  G_GUINT64_CONSTANT(0x100000) /* where protected-mode kernels are loaded */
 
 /* The 32-bit hole: RAM stops here and resumes at 4 GiB. */
 #define MVM_MMIO_GAP_START (G_GUINT64_CONSTANT(3) * MVM_GIB)

@@ -93,7 +93,6 @@ void mvm_memory_give_back_written(MvmMemory *mem, const guint64 *bitmap);
  * Reads [@offset, @offset + @len) of @fd (a snapshot's memory: RAM in fd order) into the same
  * place of RAM. A file shorter than that fails (MVM_ERROR_INVALID_ARGUMENT).
  */
-gboolean mvm_memory_read_from(MvmMemory *mem, int fd, guint64 offset, guint64 len,
-                              GError **error);
+gboolean mvm_memory_read_from(MvmMemory *mem, int fd, guint64 offset, guint64 len, GError **error);
 
 G_END_DECLS

@@ -68,11 +68,11 @@ struct _MvmVm {
      * whole run, so two callers never interleave their steps (vm-run.c).
      */
     GMutex op_lock;
-    gboolean threads_started;           /* a restored VM gets its threads at the first resume */
-    gboolean clock_frozen;              /* frozen_clock goes back into KVM at resume */
-    struct kvm_clock_data frozen_clock; /* guest kvmclock time when it was frozen */
-    GArray *device_states;              /* device-state.c: devices with state of their own */
-    guint64 vmgenid_addr;               /* vmgenid.c: where the generation ID is; 0: none */
+    gboolean threads_started;               /* a restored VM gets its threads at the first resume */
+    gboolean clock_frozen;                  /* frozen_clock goes back into KVM at resume */
+    struct kvm_clock_data frozen_clock;     /* guest kvmclock time when it was frozen */
+    GArray *device_states;                  /* device-state.c: devices with state of their own */
+    guint64 vmgenid_addr;                   /* vmgenid.c: where the generation ID is; 0: none */
     guint8 vmgenid[MVM_GENERATION_ID_SIZE]; /* the ID last written there (guarded by lock) */
     /* Diff snapshots (snapshot.c): changed only with op_lock held and the vCPUs parked. */
     gboolean tracking;        /* KVM's dirty log on every slot, the VMM's marks on */

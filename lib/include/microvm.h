@@ -569,7 +569,8 @@ MvmCpuConfig *mvm_vm_dump_cpu_config(MvmVm *vm, GError **error);
  */
 #define MVM_GENERATION_ID_SIZE 16
 gboolean mvm_vm_get_generation_id(MvmVm *vm, guint8 id[MVM_GENERATION_ID_SIZE]);
-/* Writes @id; a VM that has run (or was restored) is notified. Stopped or crashed: INVALID_STATE. */
+/* Writes @id; a VM that has run (or was restored) is notified. Stopped or crashed: INVALID_STATE.
+ */
 gboolean mvm_vm_set_generation_id(MvmVm *vm, const guint8 id[MVM_GENERATION_ID_SIZE],
                                   GError **error);
 

@@ -33,8 +33,8 @@ typedef struct {
     gboolean enabled;
     guint8 *desc, *avail, *used;
     const MvmMemory *memory; /* what the used ring and writable buffers are marked written in */
-    guint16 last_avail; /* next available entry the device will take */
-    guint16 used_idx;   /* the used index the device last published */
+    guint16 last_avail;      /* next available entry the device will take */
+    guint16 used_idx;        /* the used index the device last published */
 } MvmVirtqueue;
 
 /* One buffer of a chain: host view of guest RAM. */

@@ -606,10 +606,10 @@ static guint32 pkg_length(const guint8 *p, guint *nbytes)
  */
 static void check_vmgenid(const guint8 *dsdt, guint32 len)
 {
-    static const guint8 addr[] = {0x14, 0x10, 'A',  'D',  'D',  'R',  0x00, 0xa4, 0x12, 0x08,
-                                  0x02, 0x0c, 0x00, 0xf0, 0x0f, 0x00, 0x00};
+    static const guint8 addr[] = {0x14, 0x10, 'A',  'D',  'D',  'R',  0x00, 0xa4, 0x12,
+                                  0x08, 0x02, 0x0c, 0x00, 0xf0, 0x0f, 0x00, 0x00};
     static const guint8 ged_irq[] = {0x89, 0x06, 0x00, 0x03, 0x01, MVM_VMGENID_GSI, 0, 0, 0};
-    static const guint8 evt[] = {0x14, 0x0d, '_', 'E', 'V', 'T', 0x01,
+    static const guint8 evt[] = {0x14, 0x0d, '_', 'E', 'V', 'T',  0x01,
                                  0x86, 'V',  'G', 'E', 'N', 0x0a, 0x80};
 
     G_STATIC_ASSERT(MVM_VMGENID_ADDR == 0xff000);
@@ -618,7 +618,11 @@ static void check_vmgenid(const guint8 *dsdt, guint32 len)
     g_assert_cmpuint(count_occurrences(dsdt, len, evt, sizeof(evt)), ==, 1);
     g_assert_cmpuint(count_occurrences(dsdt, len, "\x0dVM_Gen_Counter", 16), ==, 2);
     g_assert_cmpuint(count_occurrences(dsdt, len, "\x0dMVMD0001", 10), ==, 1);
-    g_assert_cmpuint(count_occurrences(dsdt, len, "\x0d" "ACPI0013", 10), ==, 1);
+    g_assert_cmpuint(count_occurrences(dsdt, len,
+                                       "\x0d"
+                                       "ACPI0013",
+                                       10),
+                     ==, 1);
     g_assert_cmpuint(count_occurrences(dsdt, len, "\x5b\x82", 2), >=, 2);
 }
 

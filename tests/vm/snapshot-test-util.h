@@ -17,7 +17,8 @@ char *make_tmpdir(void);
 GVariant *snapshot_read_payload(const char *dir);
 /* @payload (floating or a full reference, taken) as @dir's `state`, with a valid digest. */
 void snapshot_write_payload(const char *dir, GVariant *payload, guint16 major, guint16 minor);
-/* A copy of dictionary @dict (a{sv}) with @key set to @value (floating, taken), or removed (NULL). */
+/* A copy of dictionary @dict (a{sv}) with @key set to @value (floating, taken), or removed (NULL).
+ */
 GVariant *vardict_with(GVariant *dict, const char *key, GVariant *value);
 /* A copy of tuple or array @container with child @index replaced by @child (floating, taken). */
 GVariant *variant_replace_child(GVariant *container, gsize index, GVariant *child);
