@@ -121,8 +121,7 @@ typedef struct {
 MvmdTestConsole *mvmd_test_console_try_open(MvmdVm *vm, GError **error);
 MvmdTestConsole *mvmd_test_console_open(MvmdVm *vm);
 void mvmd_test_console_close(MvmdTestConsole *c);
-/* Reads until @text has been seen after @from bytes, for at most @timeout_ms; returns where it
- * ends. */
-gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text, guint timeout_ms);
+/* Reads until @text has been seen after @from bytes (at most a minute); returns where it ends. */
+gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text);
 
 G_END_DECLS

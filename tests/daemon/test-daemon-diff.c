@@ -123,35 +123,17 @@ static char *stats_diff_parent(MvmdVm *vm)
 
 /* ---- the console ---------------------------------------------------------------------------- */
 
-/* c->at: where the next COUNTER line is looked for. */
-typedef MvmdTestConsole Console;
-
-static Console *console_open(MvmdVm *vm)
+static gint64 next_counter(MvmdTestConsole *c)
 {
-    return mvmd_test_console_open(vm);
-}
+    gsize start = mvmd_test_console_expect(c, c->at, "COUNTER ");
 
-static void console_close(Console *c)
-{
-    mvmd_test_console_close(c);
-}
-
-static gsize console_expect(Console *c, gsize from, const char *text)
-{
-    return mvmd_test_console_expect(c, from, text, GUEST_TIMEOUT_MS);
-}
-
-static gint64 next_counter(Console *c)
-{
-    gsize start = console_expect(c, c->at, "COUNTER ");
-
-    c->at = console_expect(c, start, "\n");
+    c->at = mvmd_test_console_expect(c, start, "\n");
     g_assert_null(strstr(c->seen->str, "FAIL"));
     return g_ascii_strtoll(c->seen->str + start, NULL, 10);
 }
 
 /* Reads COUNTER lines until one is above @count; returns it. */
-static gint64 counter_above(Console *c, gint64 count)
+static gint64 counter_above(MvmdTestConsole *c, gint64 count)
 {
     gint64 n;
 
@@ -344,7 +326,7 @@ static void take_chain(Fixture *f, MvmdVm *vm, Chain *chain)
     g_autofree char *parent = NULL;
     g_autofree char *refused = NULL;
     g_autoptr(GError) error = NULL;
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
     gint64 at;
 
     chain->full = snap_new(f, "full");
@@ -400,7 +382,7 @@ static void take_chain(Fixture *f, MvmdVm *vm, Chain *chain)
     parent = stats_diff_parent(vm);
     g_assert_cmpstr(parent, ==, chain->diff2_id);
     g_test_message("count %" G_GINT64_FORMAT " before the second diff", chain->at_diff2);
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /* A diff holds the pages changed since its parent, the full snapshot every page in use. */
@@ -487,7 +469,7 @@ static void test_chain(Fixture *f, gconstpointer data)
     GVariant *config;
     guint32 n_layers = 0;
     gboolean tracking = FALSE, copied = FALSE;
-    Console *c;
+    MvmdTestConsole *c;
     gint64 after;
 
     call_ok(vm, "Start");
@@ -505,7 +487,7 @@ static void test_chain(Fixture *f, gconstpointer data)
     g_assert_no_error(error);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
     wait_state(copy, "running");
-    c = console_open(copy);
+    c = mvmd_test_console_open(copy);
     after = next_counter(c);
     g_test_message("count %" G_GINT64_FORMAT " after the restore", after);
     g_assert_cmpint(after, >, chain.at_diff2);
@@ -527,7 +509,7 @@ static void test_chain(Fixture *f, gconstpointer data)
     g_assert_no_error(error);
     g_assert_cmpuint(allocated(diff3->memory), <, allocated(chain.full->memory));
     next_counter(c);
-    console_close(c);
+    mvmd_test_console_close(c);
 
     /* Stop and Start restore the same chain again, from the same descriptors. */
     g_assert_cmpuint(daemon_fds_on(f, chain.full->memory), >, 0);
@@ -536,11 +518,11 @@ static void test_chain(Fixture *f, gconstpointer data)
     wait_state(copy, "stopped");
     call_ok(copy, "Start");
     wait_state(copy, "running");
-    c = console_open(copy);
+    c = mvmd_test_console_open(copy);
     after = next_counter(c);
     g_assert_cmpint(after, >, chain.at_diff2);
     next_counter(c);
-    console_close(c);
+    mvmd_test_console_close(c);
 
     /* The layers' descriptors go with the definition. */
     call_ok(copy, "Stop");
@@ -568,11 +550,11 @@ static void test_restore_without_tracking(Fixture *f, gconstpointer data)
     g_autofree char *full_id = NULL;
     g_autofree char *parent = NULL;
     g_autofree char *again_id = NULL;
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
 
     call_ok(vm, "Start");
     next_counter(c);
-    console_close(c);
+    mvmd_test_console_close(c);
     g_assert_true(snapshot_files(vm, full, "'track-changes': <true>", &error));
     g_assert_no_error(error);
     full_id = snap_id(full);

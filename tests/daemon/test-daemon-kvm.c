@@ -142,29 +142,7 @@ static void wait_state_everywhere(Fixture *f, MvmdVm *vm, const char *state)
     g_assert_cmpstr(managed, ==, state);
 }
 
-typedef MvmdTestConsole Console;
-
-static Console *console_try_open(MvmdVm *vm, GError **error)
-{
-    return mvmd_test_console_try_open(vm, error);
-}
-
-static Console *console_open(MvmdVm *vm)
-{
-    return mvmd_test_console_open(vm);
-}
-
-static void console_close(Console *c)
-{
-    mvmd_test_console_close(c);
-}
-
-static gsize console_expect(Console *c, gsize from, const char *text)
-{
-    return mvmd_test_console_expect(c, from, text, GUEST_TIMEOUT_MS);
-}
-
-static void console_send(Console *c, const char *text)
+static void console_send(MvmdTestConsole *c, const char *text)
 {
     g_assert_cmpint(write(c->fd, text, strlen(text)), ==, (gssize)strlen(text));
 }
@@ -217,7 +195,7 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     g_autofree char *log_path = NULL;
     g_autofree char *log = NULL;
     guint64 created_at = mvmd_vm_get_state_changed_at(vm);
-    Console *c1, *c2;
+    MvmdTestConsole *c1, *c2;
     gsize at;
     guint64 t;
     gint64 x;
@@ -232,18 +210,18 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     call_fails(vm, "Resume", NULL, ERR "InvalidState");
     call_fails(vm, "Delete", NULL, ERR "InvalidState");
 
-    c1 = console_open(vm);
-    at = console_expect(c1, 0, "TESTGUEST echo start");
-    at = console_expect(c1, at, "READY");
+    c1 = mvmd_test_console_open(vm);
+    at = mvmd_test_console_expect(c1, 0, "TESTGUEST echo start");
+    at = mvmd_test_console_expect(c1, at, "READY");
     console_send(c1, "hello\r");
-    at = console_expect(c1, at, "hello");
+    at = mvmd_test_console_expect(c1, at, "hello");
 
     /* A late client gets the boot replayed, then the live output. */
-    c2 = console_open(vm);
-    console_expect(c2, console_expect(c2, 0, "READY"), "hello");
+    c2 = mvmd_test_console_open(vm);
+    mvmd_test_console_expect(c2, mvmd_test_console_expect(c2, 0, "READY"), "hello");
     console_send(c2, "again\r");
-    console_expect(c1, at, "again");
-    console_expect(c2, 0, "again");
+    mvmd_test_console_expect(c1, at, "again");
+    mvmd_test_console_expect(c2, 0, "again");
 
     mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error);
     g_assert_no_error(error);
@@ -259,7 +237,7 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     call_ok(vm, "Resume");
     wait_state(vm, "running");
     console_send(c1, "after-resume\r");
-    console_expect(c1, at, "after-resume");
+    mvmd_test_console_expect(c1, at, "after-resume");
 
     /* The clock-freezing pause: the same states, and the guest goes on afterwards. */
     call_args_ok(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <true>},)"));
@@ -267,11 +245,11 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     call_ok(vm, "Resume");
     wait_state(vm, "running");
     console_send(c1, "after-frozen\r");
-    console_expect(c1, at, "after-frozen");
+    mvmd_test_console_expect(c1, at, "after-frozen");
 
     /* "quit" ends the echo loop: the guest reports and leaves through the debug exit. */
     console_send(c1, "quit\r");
-    console_expect(c1, at, "TESTGUEST-DONE echo PASS");
+    mvmd_test_console_expect(c1, at, "TESTGUEST-DONE echo PASS");
     wait_state(vm, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "debug-exit"));
     g_assert_true(strv_has(states, "paused"));
@@ -282,8 +260,8 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     g_assert_no_error(error);
     g_assert_nonnull(strstr(log, "READY"));
     g_assert_nonnull(strstr(log, "TESTGUEST-DONE echo PASS"));
-    console_close(c1);
-    console_close(c2);
+    mvmd_test_console_close(c1);
+    mvmd_test_console_close(c2);
     g_signal_handlers_disconnect_by_data(vm, states);
 }
 
@@ -356,14 +334,14 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
     g_autofree char *id = NULL;
     g_autofree char *again = NULL;
     g_autofree char *none = NULL;
-    Console *c;
+    MvmdTestConsole *c;
     gsize at;
 
     none = config_generation_id(vm);
     g_assert_cmpstr(none, ==, "");
     call_ok(vm, "Start");
-    c = console_open(vm);
-    at = console_expect(c, 0, "READY");
+    c = mvmd_test_console_open(vm);
+    at = mvmd_test_console_expect(c, 0, "READY");
     wait_state_everywhere(f, vm, "running");
     id = live_generation_id(vm);
     call_ok(vm, "Stop");
@@ -380,39 +358,39 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     again = live_generation_id(vm);
     g_assert_cmpstr(again, ==, id);
-    at = console_expect(c, at, "READY");
+    at = mvmd_test_console_expect(c, at, "READY");
     call_ok(vm, "Reboot");
     wait_state(vm, "running");
     g_free(again);
     again = live_generation_id(vm);
     g_assert_cmpstr(again, ==, id);
-    at = console_expect(c, at, "READY");
+    at = mvmd_test_console_expect(c, at, "READY");
     console_send(c, "still-here\r");
-    console_expect(c, at, "still-here");
+    mvmd_test_console_expect(c, at, "still-here");
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
     call_ok(vm, "Delete");
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /* Starts @bad beside a running VM and returns why @bad crashed; the other VM must not notice. */
 static char *crash_beside_running_vm(Fixture *f, MvmdVm *bad)
 {
     g_autoptr(MvmdVm) good = create_guest(f, "good", "echo", NULL);
-    Console *c;
+    MvmdTestConsole *c;
     gsize at;
 
     call_ok(good, "Start");
-    c = console_open(good);
-    at = console_expect(c, 0, "READY");
+    c = mvmd_test_console_open(good);
+    at = mvmd_test_console_expect(c, 0, "READY");
     call_ok(bad, "Start");
     wait_state(bad, "crashed");
     g_test_message("crashed: %s", mvmd_test_vm_exit_reason(bad));
 
     g_assert_cmpstr(mvmd_vm_get_state(good), ==, "running");
     console_send(c, "unharmed\r");
-    console_expect(c, at, "unharmed");
-    console_close(c);
+    mvmd_test_console_expect(c, at, "unharmed");
+    mvmd_test_console_close(c);
     return g_strdup(mvmd_test_vm_exit_reason(bad));
 }
 
@@ -458,18 +436,18 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "stubborn", "echo", NULL);
     gint64 start;
-    Console *c;
+    MvmdTestConsole *c;
 
     call_ok(vm, "Start");
-    c = console_open(vm);
-    console_expect(c, 0, "READY");
+    c = mvmd_test_console_open(vm);
+    mvmd_test_console_expect(c, 0, "READY");
     /* The echo guest ignores Ctrl-Alt-Del: Shutdown times out and leaves it running. */
     start = g_get_monotonic_time();
     call_fails(vm, "Shutdown", g_variant_new("(u)", 2), ERR "Timeout");
     g_assert_cmpint(g_get_monotonic_time() - start, >=, 2 * G_USEC_PER_SEC - 100000);
     g_main_context_iteration(NULL, FALSE);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
-    console_close(c);
+    mvmd_test_console_close(c);
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
 }
@@ -482,7 +460,7 @@ static void console_open_fails(MvmdVm *vm, const char *error_name)
 {
     g_autoptr(GError) error = NULL;
 
-    g_assert_null(console_try_open(vm, &error));
+    g_assert_null(mvmd_test_console_try_open(vm, &error));
     mvmd_test_assert_dbus_error(error, error_name);
 }
 
@@ -491,40 +469,41 @@ static void test_console_clients_bounded(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "crowded", "echo", NULL);
     g_autoptr(MvmdVm) other = create_guest(f, "quiet", "echo", NULL);
-    g_autoptr(GPtrArray) consoles = g_ptr_array_new_with_free_func((GDestroyNotify)console_close);
-    Console *c;
+    g_autoptr(GPtrArray) consoles =
+        g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_test_console_close);
+    MvmdTestConsole *c;
     gsize at;
 
     call_ok(vm, "Start");
     call_ok(other, "Start");
     for (guint i = 0; i < CONSOLE_CLIENTS_MAX; i++)
-        g_ptr_array_add(consoles, console_open(vm));
+        g_ptr_array_add(consoles, mvmd_test_console_open(vm));
     console_open_fails(vm, ERR "LimitReached");
 
     c = consoles->pdata[0];
-    at = console_expect(c, 0, "READY");
+    at = mvmd_test_console_expect(c, 0, "READY");
     console_send(c, "still here\r");
-    console_expect(c, at, "still here");
-    c = console_open(other);
-    at = console_expect(c, 0, "READY");
+    mvmd_test_console_expect(c, at, "still here");
+    c = mvmd_test_console_open(other);
+    at = mvmd_test_console_expect(c, 0, "READY");
     console_send(c, "unaffected\r");
-    console_expect(c, at, "unaffected");
-    console_close(c);
+    mvmd_test_console_expect(c, at, "unaffected");
+    mvmd_test_console_close(c);
 
     /* A client that leaves makes room (the daemon sees the hang-up on its main loop). */
     g_ptr_array_remove_index(consoles, 1);
     for (gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;;) {
         g_autoptr(GError) error = NULL;
 
-        c = console_try_open(vm, &error);
+        c = mvmd_test_console_try_open(vm, &error);
         if (c)
             break;
         mvmd_test_assert_dbus_error(error, ERR "LimitReached");
         g_assert_cmpint(g_get_monotonic_time(), <, deadline);
         g_usleep(10000);
     }
-    console_expect(c, 0, "READY");
-    console_close(c);
+    mvmd_test_console_expect(c, 0, "READY");
+    mvmd_test_console_close(c);
     call_ok(vm, "Stop");
     call_ok(other, "Stop");
 }
@@ -543,11 +522,11 @@ static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) vm = create_guest(f, "stubborn", "echo", NULL);
     g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
-    Console *c;
+    MvmdTestConsole *c;
 
     call_ok(vm, "Start");
-    c = console_open(vm);
-    console_expect(c, 0, "READY");
+    c = mvmd_test_console_open(vm);
+    mvmd_test_console_expect(c, 0, "READY");
     /* The echo guest ignores Ctrl-Alt-Del: every Shutdown waits, up to an hour. */
     for (guint i = 0; i < VM_WAITERS_MAX + 1; i++)
         g_dbus_proxy_call(G_DBUS_PROXY(vm), "Shutdown", g_variant_new("(u)", 3600),
@@ -562,7 +541,7 @@ static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
     mvmd_test_wait_until(done->len == VM_WAITERS_MAX + 1, GUEST_TIMEOUT_MS);
     for (guint i = 1; i < done->len; i++)
         g_assert_cmpstr(done->pdata[i], ==, "ok");
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /*
@@ -578,13 +557,13 @@ static void test_graceful_shutdown(Fixture *f, gconstpointer data)
     g_autofree char *log_path =
         g_build_filename(f->bus->runtime_dir, "vm", "last", "console.log", NULL);
     g_autofree char *log = NULL;
-    Console *c;
+    MvmdTestConsole *c;
 
     for (MvmdVm **vm = (MvmdVm *[]){polite, leaving, last, NULL}; *vm; vm++) {
         call_ok(*vm, "Start");
-        c = console_open(*vm);
-        console_expect(c, 0, "WAITING");
-        console_close(c);
+        c = mvmd_test_console_open(*vm);
+        mvmd_test_console_expect(c, 0, "WAITING");
+        mvmd_test_console_close(c);
     }
     call_args_ok(polite, "Shutdown", g_variant_new("(u)", 30));
     g_main_context_iteration(NULL, FALSE);
@@ -606,7 +585,7 @@ static void test_reset(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) once = create_guest(f, "reset-stop", "reset", "'on-reboot': <'stop'>");
     g_autoptr(MvmdVm) again = create_guest(f, "reset-restart", "reset", NULL);
     g_autoptr(GError) error = NULL;
-    Console *c;
+    MvmdTestConsole *c;
     gsize at;
 
     call_ok(once, "Start");
@@ -614,10 +593,10 @@ static void test_reset(Fixture *f, gconstpointer data)
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(once), "reset"));
 
     /* The default restarts the guest: it comes up again (and resets again...). */
-    c = console_open(again);
+    c = mvmd_test_console_open(again);
     call_ok(again, "Start");
-    at = console_expect(c, 0, "TESTGUEST reset start");
-    console_expect(c, at, "TESTGUEST reset start");
+    at = mvmd_test_console_expect(c, 0, "TESTGUEST reset start");
+    mvmd_test_console_expect(c, at, "TESTGUEST reset start");
     /* Between restarts Stop may meet a machine being rebuilt: retry until it takes. */
     for (int i = 0; i < 100 && g_strcmp0(mvmd_vm_get_state(again), "stopped") != 0; i++) {
         g_autoptr(GVariant) r =
@@ -628,7 +607,7 @@ static void test_reset(Fixture *f, gconstpointer data)
         g_main_context_iteration(NULL, FALSE);
     }
     wait_state(again, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /* A raw image of @sectors random sectors; its contents in @contents. */
@@ -649,14 +628,14 @@ static char *make_image(const char *dir, const char *name, gsize sectors, GBytes
 /* Runs a guest that ends by itself (debug exit) and returns its console output. */
 static char *run_to_end(Fixture *f, MvmdVm *vm)
 {
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
     char *out;
 
     call_ok(vm, "Start");
-    console_expect(c, 0, "TESTGUEST-DONE");
+    mvmd_test_console_expect(c, 0, "TESTGUEST-DONE");
     wait_state(vm, "stopped");
     out = g_strdup(c->seen->str);
-    console_close(c);
+    mvmd_test_console_close(c);
     return out;
 }
 
@@ -743,18 +722,18 @@ static void test_vsock_device(Fixture *f)
     g_autofree char *extra =
         g_strdup_printf("'vsock': <{'cid': <uint32 42>, 'uds-path': <'%s'>}>", uds);
     g_autoptr(MvmdVm) vm = create_guest(f, "vsock", "vsock pause=1", extra);
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
     GStatBuf st;
 
     call_ok(vm, "Start");
-    console_expect(c, console_expect(c, 0, "VSOCK cid 42"), "VSOCK paused");
+    mvmd_test_console_expect(c, mvmd_test_console_expect(c, 0, "VSOCK cid 42"), "VSOCK paused");
     g_assert_cmpint(g_stat(uds, &st), ==, 0);
     g_assert_true(S_ISSOCK(st.st_mode));
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
     /* The machine took its socket away with it. */
     g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /*
@@ -835,7 +814,7 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     g_autoptr(GVariant) config_before = g_variant_ref(mvmd_test_vm_config(kept));
     g_autoptr(GVariant) config_after = NULL;
     g_autofree char *uuid = g_strdup(mvmd_vm_get_uuid(autovm));
-    Console *c;
+    MvmdTestConsole *c;
 
     /* Running when the daemon stops: asked, then forced after the 1 s grace. */
     call_ok(autovm, "Start");
@@ -851,9 +830,9 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     kept = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/kept");
     wait_state(autovm, "running");
     g_assert_cmpstr(mvmd_vm_get_uuid(autovm), ==, uuid);
-    c = console_open(autovm);
-    console_expect(c, 0, "IDLE");
-    console_close(c);
+    c = mvmd_test_console_open(autovm);
+    mvmd_test_console_expect(c, 0, "IDLE");
+    mvmd_test_console_close(c);
     g_assert_cmpstr(mvmd_vm_get_state(kept), ==, "stopped");
     config_after = g_variant_ref(mvmd_test_vm_config(kept));
     g_assert_true(g_variant_equal(config_before, config_after));
@@ -921,15 +900,15 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_autofree char *copy2_id = NULL;
     gboolean clone = TRUE;
     gint64 before, after;
-    Console *c, *cc;
+    MvmdTestConsole *c, *cc;
     int fd;
 
     g_assert_cmpint(g_mkdir(dir1, 0700), ==, 0);
     g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
     call_ok(orig, "Start");
     orig_id = live_generation_id(orig);
-    c = console_open(orig);
-    console_expect(c, 0, "COUNTER ");
+    c = mvmd_test_console_open(orig);
+    mvmd_test_console_expect(c, 0, "COUNTER ");
     call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", "relative", mvmd_test_config("{}")),
                ERR "InvalidArgument");
     {
@@ -969,7 +948,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     }
     call_ok(orig, "Stop");
     wait_state(orig, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
 
     /* Restored paused: the snapshot's size, no kernel, and it counts on once resumed. */
     copy_path = restore_vm(f, "copy", dir1, "{}", NULL);
@@ -984,10 +963,10 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     copy_id = live_generation_id(copy);
     g_assert_cmpstr(copy_id, !=, orig_id);
     restore_fails_exists(f, dir1);
-    cc = console_open(copy);
+    cc = mvmd_test_console_open(copy);
     call_ok(copy, "Resume");
     wait_state(copy, "running");
-    console_expect(cc, console_expect(cc, 0, "COUNTER "), "\n");
+    mvmd_test_console_expect(cc, mvmd_test_console_expect(cc, 0, "COUNTER "), "\n");
     after = last_counter(cc->seen->str);
     g_test_message("counter %" G_GINT64_FORMAT " at the snapshot, %" G_GINT64_FORMAT
                    " after the restore",
@@ -1000,7 +979,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     wait_state(copy, "stopped");
     call_ok(copy, "Start");
     wait_state(copy, "running");
-    console_close(cc);
+    mvmd_test_console_close(cc);
     restart_id = live_generation_id(copy);
     g_assert_cmpstr(restart_id, !=, copy_id);
     g_assert_cmpstr(restart_id, !=, orig_id);
@@ -1021,10 +1000,10 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
         g_assert_true(g_variant_lookup(config2, "copy-memory", "b", &copied));
         g_assert_true(copied);
     }
-    cc = console_open(copy2);
-    console_expect(cc, 0, "COUNTER ");
+    cc = mvmd_test_console_open(copy2);
+    mvmd_test_console_expect(cc, 0, "COUNTER ");
     g_assert_null(strstr(cc->seen->str, "FAIL"));
-    console_close(cc);
+    mvmd_test_console_close(cc);
     call_ok(copy, "Stop");
     call_ok(copy2, "Stop");
     wait_state(copy, "stopped");
@@ -1049,34 +1028,34 @@ static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
     g_autofree char *path = NULL;
     g_autofree char *want = NULL;
     g_autoptr(MvmdVm) copy = NULL;
-    Console *c = console_open(orig);
+    MvmdTestConsole *c = mvmd_test_console_open(orig);
     gsize at;
 
     g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
     g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
     call_ok(orig, "Start");
-    console_expect(c, 0, "COUNTER ");
+    mvmd_test_console_expect(c, 0, "COUNTER ");
     call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
     call_ok(orig, "Stop");
     wait_state(orig, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
 
     path = restore_vm(f, "copy", dir, "{}", NULL);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
     g_assert_cmpint(truncate(memory, 0), ==, 0);
     call_args_ok(copy, "Snapshot", g_variant_new("(s@a{sv})", dir2, mvmd_test_config("{}")));
     g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
-    c = console_open(copy);
+    c = mvmd_test_console_open(copy);
     call_ok(copy, "Resume");
     /* Two counts on from the first complete line (the output may end within a line). */
-    at = console_expect(c, 0, "COUNTER ");
-    console_expect(c, at, "\n");
+    at = mvmd_test_console_expect(c, 0, "COUNTER ");
+    mvmd_test_console_expect(c, at, "\n");
     want = g_strdup_printf("COUNTER %" G_GINT64_FORMAT "\n",
                            g_ascii_strtoll(c->seen->str + at, NULL, 10) + 40);
-    console_expect(c, 0, want);
+    mvmd_test_console_expect(c, 0, want);
     g_assert_null(strstr(c->seen->str, "FAIL"));
     wait_state(copy, "running");
-    console_close(c);
+    mvmd_test_console_close(c);
 
     call_ok(copy, "Stop");
     wait_state(copy, "stopped");
@@ -1113,7 +1092,7 @@ static BlkSnapshot *blk_snapshot_new(Fixture *f)
     BlkSnapshot *snap = g_new0(BlkSnapshot, 1);
     g_autofree char *extra = NULL;
     g_autoptr(MvmdVm) vm = NULL;
-    Console *c;
+    MvmdTestConsole *c;
 
     snap->disk = make_image(f->bus->tmpdir, "orig.img", 64, &snap->image);
     snap->other = g_build_filename(f->bus->tmpdir, "other.img", NULL);
@@ -1122,14 +1101,14 @@ static BlkSnapshot *blk_snapshot_new(Fixture *f)
                                       g_bytes_get_size(snap->image), NULL));
     extra = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", snap->disk);
     vm = create_guest(f, "blk", "blk sectors=8 writeat=16 seed=5 pause=1", extra);
-    c = console_open(vm);
+    c = mvmd_test_console_open(vm);
     call_ok(vm, "Start");
-    console_expect(c, 0, "BLK paused");
+    mvmd_test_console_expect(c, 0, "BLK paused");
     g_assert_cmpint(g_mkdir(snap->dir, 0755), ==, 0);
     call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", snap->dir, mvmd_test_config("{}")));
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
     call_ok(vm, "Delete");
     return snap;
 }
@@ -1173,14 +1152,14 @@ static GUnixFDList *fd_list_of(const char *path, int flags)
 }
 
 /* The blk guest, told to go on: it writes and reads back its disk, then stops; @c is closed. */
-static void blk_guest_runs_to_the_end(MvmdVm *vm, Console *c)
+static void blk_guest_runs_to_the_end(MvmdVm *vm, MvmdTestConsole *c)
 {
     console_send(c, "x");
-    console_expect(c, 0, "PASS blk-write-read");
-    console_expect(c, 0, "TESTGUEST-DONE");
+    mvmd_test_console_expect(c, 0, "PASS blk-write-read");
+    mvmd_test_console_expect(c, 0, "TESTGUEST-DONE");
     g_assert_null(strstr(c->seen->str, "FAIL"));
     wait_state(vm, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /*
@@ -1199,7 +1178,7 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
     g_autoptr(GVariant) disk0 = NULL;
     const char *s = NULL;
     gsize len;
-    Console *c;
+    MvmdTestConsole *c;
 
     restore_fails(f, "none", dir, "{'disks': <@aa{sv} []>}", NULL, ERR "InvalidArgument",
                   "the snapshot has 1 disk; pass it as an fd in the 'disks' option");
@@ -1241,7 +1220,7 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
     disk0 = config_disk0(vm);
     g_assert_false(g_variant_lookup(disk0, "path", "&s", &s));
     g_assert_true(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN) != NULL);
-    c = console_open(vm);
+    c = mvmd_test_console_open(vm);
     blk_guest_runs_to_the_end(vm, c);
     /* Sectors 16..23 of the fd's file were written; the snapshot's disk is as it was. */
     g_assert_true(g_file_get_contents(snap->other, &after, &len, NULL));
@@ -1329,27 +1308,27 @@ static void clone_original(Fixture *f, const char *dir, Identity *orig)
     g_autofree char *extra =
         g_strdup_printf("'vsock': <{'cid': <uint32 42>, 'uds-path': <'%s'>}>", sock);
     g_autoptr(MvmdVm) vm = create_guest(f, "orig", "vmgenid", extra);
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
 
     call_ok(vm, "Start");
     identity_read(vm, orig);
-    console_expect(c, 0, orig->guest_line);
+    mvmd_test_console_expect(c, 0, orig->guest_line);
     g_assert_cmpuint(orig->cid, ==, 42);
     g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
     call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
     call_ok(vm, "Stop");
     wait_state(vm, "stopped");
-    console_close(c);
+    mvmd_test_console_close(c);
 }
 
 /* Resumed, the guest was told of its new generation ID: it prints it. */
-static Console *resume_and_see(MvmdVm *vm, const Identity *who)
+static MvmdTestConsole *resume_and_see(MvmdVm *vm, const Identity *who)
 {
-    Console *c = console_open(vm);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
 
     call_ok(vm, "Resume");
     wait_state(vm, "running");
-    console_expect(c, 0, who->guest_line);
+    mvmd_test_console_expect(c, 0, who->guest_line);
     return c;
 }
 
@@ -1377,7 +1356,7 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) va = NULL, vb = NULL;
     g_auto(Identity) orig = {NULL}, a = {NULL}, b = {NULL}, again = {NULL};
     AsyncRestore ra = {0}, rb = {0};
-    Console *ca, *cb;
+    MvmdTestConsole *ca, *cb;
 
     clone_original(f, dir, &orig);
 
@@ -1431,7 +1410,7 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
     call_ok(va, "Start");
     wait_state(va, "running");
     identity_read(va, &again);
-    console_expect(ca, 0, again.guest_line);
+    mvmd_test_console_expect(ca, 0, again.guest_line);
     g_assert_cmpstr(again.uuid, ==, a.uuid);
     g_assert_cmpuint(again.cid, ==, a.cid);
     g_assert_cmpstr(again.id, !=, a.id);
@@ -1441,8 +1420,8 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
     call_ok(vb, "Stop");
     wait_state(va, "stopped");
     wait_state(vb, "stopped");
-    console_close(ca);
-    console_close(cb);
+    mvmd_test_console_close(ca);
+    mvmd_test_console_close(cb);
     g_free(ra.path);
     g_free(rb.path);
 }
@@ -1708,7 +1687,7 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) y = NULL;
     AsyncRestore first = {0};
     int dirfd, lease, pass[3];
-    Console *c;
+    MvmdTestConsole *c;
 
     if (getuid() != 0) {
         g_test_skip("needs root to run a client as nobody and to lease the snapshot's disk");
@@ -1747,7 +1726,7 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
     vm = mvmd_test_bus_vm(f->bus, NULL, first.path);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
-    c = console_open(vm);
+    c = mvmd_test_console_open(vm);
     call_ok(vm, "Resume");
     blk_guest_runs_to_the_end(vm, c);
 
@@ -1918,10 +1897,10 @@ static void test_many(Fixture *f, gconstpointer data)
         wait_state(vms->pdata[i], "running");
     /* Each one is alive: spot-check consoles at both ends and in the middle. */
     for (guint i = 0; i < vms->len; i += N_MANY / 4) {
-        Console *c = console_open(vms->pdata[i]);
+        MvmdTestConsole *c = mvmd_test_console_open(vms->pdata[i]);
 
-        console_expect(c, 0, "IDLE");
-        console_close(c);
+        mvmd_test_console_expect(c, 0, "IDLE");
+        mvmd_test_console_close(c);
     }
     rss1 = proc_status_kb(f->bus->daemon_pid, "VmRSS:");
     anon1 = proc_status_kb(f->bus->daemon_pid, "RssAnon:");
