@@ -28,6 +28,7 @@ struct _MvmMemory {
      * page in fd order, set atomically by any thread; NULL when not tracking.
      */
     guint64 *written;
+    MvmLazyMemory *lazy; /* memory-lazy.c, for a lazy restore; NULL otherwise */
 };
 
 /* Low RAM ends where the MMIO gap starts; the rest continues at 4 GiB. */
@@ -252,6 +253,8 @@ void mvm_memory_free(MvmMemory *mem)
     if (mem == NULL)
         return;
     g_free(mem->written);
+    /* Before the unmapping: its thread fills the mapping until it is stopped. */
+    mvm_lazy_memory_free(mem->lazy);
     if (mem->base != NULL)
         munmap(mem->base, mem->size);
     if (mem->fd >= 0)
@@ -259,6 +262,16 @@ void mvm_memory_free(MvmMemory *mem)
     if (mem->release != NULL)
         mem->release(mem->release_data);
     g_free(mem);
+}
+
+void mvm_memory_set_lazy(MvmMemory *mem, MvmLazyMemory *lazy)
+{
+    mem->lazy = lazy;
+}
+
+MvmLazyMemory *mvm_memory_get_lazy(const MvmMemory *mem)
+{
+    return mem->lazy;
 }
 
 void mvm_memory_set_release_func(MvmMemory *mem, GDestroyNotify func, gpointer data)

@@ -95,4 +95,27 @@ void mvm_memory_give_back_written(MvmMemory *mem, const guint64 *bitmap);
  */
 gboolean mvm_memory_read_from(MvmMemory *mem, int fd, guint64 offset, guint64 len, GError **error);
 
+/*
+ * memory-lazy.c: guest RAM filled from @fd (a snapshot's `memory`, not consumed: the memory
+ * keeps a duplicate) page by page on first touch (MVM_RESTORE_LAZY), by a thread this call
+ * starts; @source_id names the snapshot, for the working set. MVM_ERROR_NOT_SUPPORTED without
+ * a userfaultfd. The rest are no-ops (FALSE, NULL, TRUE) on other memory.
+ */
+typedef struct _MvmLazyMemory MvmLazyMemory;
+MvmMemory *mvm_memory_new_lazy(int fd, guint64 size, const guint8 source_id[MVM_SNAPSHOT_ID_SIZE],
+                               GError **error);
+/* A userfaultfd ready for use (UFFDIO_API done), or -1 with MVM_ERROR_NOT_SUPPORTED. */
+int mvm_lazy_open_userfaultfd(GError **error);
+/* Reads the pages @pages marks (one bit per page, in fd order) that are not in yet. */
+gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **error);
+/* Reads every page not in yet, then ends the lazy part: ordinary memfd RAM from then on. */
+gboolean mvm_memory_lazy_finish(MvmMemory *mem, GError **error);
+gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total);
+/* The pages read because something touched them (bits as above), and the snapshot's ID. */
+guint8 *mvm_memory_lazy_dup_demand(MvmMemory *mem, guint8 source_id[MVM_SNAPSHOT_ID_SIZE]);
+/* memory.c keeps it, and frees it (mvm_lazy_memory_free()) before the RAM goes. */
+void mvm_memory_set_lazy(MvmMemory *mem, MvmLazyMemory *lazy);
+MvmLazyMemory *mvm_memory_get_lazy(const MvmMemory *mem);
+void mvm_lazy_memory_free(MvmLazyMemory *lazy);
+
 G_END_DECLS

@@ -413,6 +413,16 @@ static gboolean snapshot_parked(MvmVm *vm, gpointer data, GError **error)
         return FALSE;
     if (vm->tracking && (changed = mvm_snapshot_harvest_changes(vm, error)) == NULL)
         return FALSE;
+    /*
+     * A full snapshot writes what the memfd holds (write_memory()): of a lazily restored VM,
+     * every page must be in first. A diff reads only its changed pages, through the mapping.
+     */
+    if (!(w->flags & MVM_SNAPSHOT_DIFF) && !mvm_vm_finish_lazy_restore(vm, error)) {
+        if (changed != NULL)
+            mvm_memory_give_back_written(vm->memory, changed);
+        g_prefix_error(error, "snapshot: ");
+        return FALSE;
+    }
     if (!write_snapshot(vm, w, changed, error)) {
         if (changed != NULL)
             mvm_memory_give_back_written(vm->memory, changed);
@@ -860,6 +870,8 @@ static MvmMemory *restored_memory(const MvmSnapshotState *state, GPtrArray *laye
 {
     if (layers->len > 0)
         return mvm_snapshot_chain_memory(options->layers, layers, state, memory_fd, error);
+    if (options->flags & MVM_RESTORE_LAZY)
+        return mvm_snapshot_lazy_memory(state, memory_fd, options->prefetch, error);
     return restore_memory(memory_fd, state->memory_size, options, error);
 }
 
@@ -894,10 +906,34 @@ static gboolean restore_into(MvmVm *vm, MvmSnapshotState *state, const MvmRestor
     return TRUE;
 }
 
+/*
+ * A lazy restore reads the snapshot's own `memory` as it is: not a copy, not a chain's layers
+ * laid together. A prefetch only ever helps a lazy one.
+ */
+static gboolean check_lazy(const MvmRestoreOptions *options, GError **error)
+{
+    gboolean lazy = (options->flags & MVM_RESTORE_LAZY) != 0;
+
+    if (lazy && ((options->flags & MVM_RESTORE_COPY_MEMORY) || options->n_layers > 0)) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                            "a lazy restore reads the snapshot's memory as it is: not with a "
+                            "copy of it, nor with a diff snapshot's layers");
+        return FALSE;
+    }
+    if (!lazy && options->prefetch != NULL) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                            "a working set can be prefetched only by a lazy restore");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* The machine @state describes, with RAM from @memory_fd, once @options approved it. */
 static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *options,
                           GError **error)
 {
+    if (!check_lazy(options, error))
+        return NULL;
     g_autoptr(MvmSnapshotState) state = mvm_snapshot_load_state(state_fd, memory_fd, error);
     if (state == NULL)
         return NULL;
@@ -937,7 +973,7 @@ MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRest
     g_return_val_if_fail(options != NULL, NULL);
     g_return_val_if_fail(dirfd >= 0 || (state_fd >= 0 && memory_fd >= 0), NULL);
     g_return_val_if_fail((options->flags & ~(MVM_RESTORE_COPY_MEMORY | MVM_RESTORE_CLONE |
-                                             MVM_RESTORE_TRACK_CHANGES)) == 0,
+                                             MVM_RESTORE_TRACK_CHANGES | MVM_RESTORE_LAZY)) == 0,
                          NULL);
     g_return_val_if_fail(options->n_layers == 0 || options->layers != NULL, NULL);
 

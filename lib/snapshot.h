@@ -195,4 +195,11 @@ GVariant *mvm_vcpu_state_to_variant(const MvmVcpuState *state);
 MvmVcpuState *mvm_vcpu_state_from_variant(GVariant *variant, const MvmSnapshotLimits *limits,
                                           GError **error);
 
+/*
+ * working-set.c: RAM of @state for MVM_RESTORE_LAZY, read from @fd on first touch, with the
+ * pages of @prefetch (NULL: none; refused unless recorded from @state) read before it returns.
+ */
+MvmMemory *mvm_snapshot_lazy_memory(const MvmSnapshotState *state, int fd,
+                                    const MvmWorkingSet *prefetch, GError **error);
+
 G_END_DECLS

@@ -420,6 +420,7 @@ typedef enum {
     MVM_RESTORE_COPY_MEMORY = 1 << 0,
     MVM_RESTORE_CLONE = 1 << 1,
     MVM_RESTORE_TRACK_CHANGES = 1 << 2, /* diffs of the VM can have this snapshot as parent */
+    MVM_RESTORE_LAZY = 1 << 3,          /* guest RAM read page by page on first touch: below */
 } MvmRestoreFlags;
 MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error);
 MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
@@ -494,6 +495,54 @@ void mvm_memory_images_unref(MvmMemoryImages *images);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmMemoryImages, mvm_memory_images_unref)
 /* Images held now (one per file and owner with a VM restored from it). */
 guint mvm_memory_images_get_count(MvmMemoryImages *images);
+/*
+ * Lazy restore (MVM_RESTORE_LAZY), for a guest that touches a small part of its RAM soon after
+ * a restore: the restore reads no RAM at all, and each page is read from the snapshot's
+ * `memory` the first time the guest or the device model touches it (userfaultfd: a thread per
+ * VM serves the faults, reading the file with pread, never mapping it, so a file that shrinks
+ * reads as zeros instead of faulting the process). The VM keeps its own descriptor of the
+ * file until every page is in: a snapshot of the VM, or mvm_vm_finish_lazy_restore(), reads
+ * the rest. The file should not change meanwhile; if it does, the guest sees the new bytes of
+ * the pages it had not touched yet (its own memory, as untrusted as ever). Not with
+ * MVM_RESTORE_COPY_MEMORY nor with a diff's layers (MVM_ERROR_INVALID_ARGUMENT); where the
+ * kernel gives no userfaultfd (neither /dev/userfaultfd nor the system call is allowed),
+ * MVM_ERROR_NOT_SUPPORTED, which mvm_lazy_restore_supported() tells in advance.
+ *
+ * The pages a lazily restored VM had read on demand so far are its working set: written beside
+ * the snapshot (mvm_vm_save_working_set()) once the guest has done its first useful work, and
+ * given to a later restore of the same snapshot (MvmRestoreOptions.prefetch), they are read in
+ * a few large reads instead of one fault each.
+ */
+typedef struct _MvmWorkingSet MvmWorkingSet;
+gboolean mvm_lazy_restore_supported(GError **error);
+/*
+ * A working set file, read from @fd (not consumed, from offset 0) and checked: untrusted input;
+ * anything wrong is MVM_ERROR_INVALID_ARGUMENT with the reason. A restore checks that it was
+ * recorded from the snapshot it restores (its ID and memory size).
+ */
+MvmWorkingSet *mvm_working_set_read_fd(int fd, GError **error);
+MvmWorkingSet *mvm_working_set_new_from_bytes(GBytes *bytes, GError **error);
+void mvm_working_set_free(MvmWorkingSet *set);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmWorkingSet, mvm_working_set_free)
+guint64 mvm_working_set_get_n_pages(const MvmWorkingSet *set); /* pages in the set */
+/* The ID (mvm_snapshot_read_ids_fd()) of the snapshot it was recorded from. */
+void mvm_working_set_get_snapshot_id(const MvmWorkingSet *set, guint8 id[MVM_SNAPSHOT_ID_SIZE]);
+/*
+ * Writes the working set of a VM restored with MVM_RESTORE_LAZY into @fd (not consumed; emptied
+ * and written from offset 0, then synced): every page read on demand since the restore (pages
+ * a prefetch read are not in it: record from a restore without one). MVM_ERROR_NOT_SUPPORTED
+ * for a VM not restored lazily. Any thread.
+ */
+gboolean mvm_vm_save_working_set(MvmVm *vm, int fd, GError **error);
+/*
+ * Of a lazily restored VM: pages read so far (on demand or prefetched) and pages in all; FALSE
+ * for any other VM, or once every page is in (the descriptor of the file is closed then).
+ */
+gboolean mvm_vm_get_lazy_progress(MvmVm *vm, guint64 *pages_read, guint64 *pages_total);
+/* Reads every page not read yet, and lets go of the snapshot's file. TRUE at once for any other
+ * VM. */
+gboolean mvm_vm_finish_lazy_restore(MvmVm *vm, GError **error);
+
 typedef struct {
     MvmRestoreFlags flags;
     const MvmVmConfig *backends;   /* NULL: the snapshot's own (see mvm_vm_restore_with_backends) */
@@ -520,6 +569,12 @@ typedef struct {
      */
     const MvmSnapshotFiles *layers;
     guint n_layers;
+    /*
+     * MVM_RESTORE_LAZY only: a working set recorded from a lazy restore of the same snapshot
+     * (mvm_vm_save_working_set()). Its pages are read in bulk, in file order, before the
+     * restore returns; the rest still come on first touch. NULL: none.
+     */
+    const MvmWorkingSet *prefetch;
 } MvmRestoreOptions;
 /*
  * The restore the others are made of: `state` and `memory` from @dirfd (not consumed), or from

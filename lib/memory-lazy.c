@@ -1,0 +1,423 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Lazily restored guest RAM (MVM_RESTORE_LAZY): a fresh memfd like any VM's, registered with
+ * a userfaultfd in "missing" mode, so the first touch of a page that is not in the memfd yet
+ * (by a vCPU through KVM, by a device model thread, by the VMM) waits in the kernel until a
+ * page is put there. One thread per VM serves those faults: it reads the page from the
+ * snapshot's `memory` with pread and places it with UFFDIO_COPY, which wakes the waiter.
+ *
+ * The file is read, never mapped: a caller's file that shrinks meanwhile reads as zeros past
+ * its end instead of a SIGBUS that would take every VM of the process down. A read that fails
+ * outright gives the guest zeros too (and a warning): a fault must be resolved, or the vCPU
+ * waits for ever.
+ *
+ * Once every page is in (mvm_memory_lazy_finish()) the thread and the descriptors go, and the
+ * memory is ordinary memfd RAM; the bitmap of pages read on demand (the working set) stays.
+ * The thread is created by the restoring thread, never by a sandboxed one: it inherits its
+ * creator's seccomp filter, and a vCPU's would refuse its reads.
+ */
+#include "memory.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "error-private.h"
+#include "layout.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* linux/userfaultfd.h of Linux 6.1 */
+#endif
+
+#define FILL_CHUNK (2 * MVM_MIB) /* bulk reads (prefetch, finish) go through a buffer this big */
+#define MAX_EVENTS 16
+
+struct _MvmLazyMemory {
+    guint8 *base; /* the RAM mapping, fd order */
+    guint64 size;
+    guint64 n_pages;
+    int uffd;    /* -1 once finished */
+    int file_fd; /* our duplicate of the snapshot's `memory`; -1 once finished */
+    int stop_fd; /* eventfd: the fault thread's signal to end */
+    GThread *thread;
+    GMutex finish_lock; /* one finish at a time; guards the descriptors' closing */
+    gboolean finished;
+    guint64 pages_in; /* atomic: pages placed so far, any way */
+    guint8 *present;  /* atomic bits: placed by us (on demand, prefetch or finish) */
+    guint8 *demand;   /* atomic bits: placed because something touched them */
+    guint8 source_id[MVM_SNAPSHOT_ID_SIZE];
+    gboolean warned;
+};
+
+static gboolean bit_set(const guint8 *bits, guint64 page)
+{
+    return (__atomic_load_n(&bits[page / 8], __ATOMIC_RELAXED) >> (page % 8)) & 1;
+}
+
+static void set_bit(guint8 *bits, guint64 page)
+{
+    __atomic_fetch_or(&bits[page / 8], (guint8)(1u << (page % 8)), __ATOMIC_RELAXED);
+}
+
+/* ---- the userfaultfd ---- */
+
+/*
+ * /dev/userfaultfd first (Linux 6.1): it needs only access to the node, which the unit grants
+ * (DeviceAllow=). Then the system call, which catches faults taken inside the kernel (KVM's)
+ * only for a caller with CAP_SYS_PTRACE or where vm.unprivileged_userfaultfd allows it. Never
+ * UFFD_USER_MODE_ONLY: KVM's faults on guest RAM are kernel-mode ones.
+ */
+static int open_userfaultfd(void)
+{
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+    if (dev >= 0) {
+        int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        int saved = errno;
+        close(dev);
+        errno = saved;
+        if (fd >= 0)
+            return fd;
+    }
+    return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+}
+
+int mvm_lazy_open_userfaultfd(GError **error)
+{
+    int fd = open_userfaultfd();
+    struct uffdio_api api = {.api = UFFD_API};
+
+    if (fd < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_NOT_SUPPORTED,
+                            "lazy restore needs userfaultfd (/dev/userfaultfd or the system call), "
+                            "which this process may not use");
+        return -1;
+    }
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_NOT_SUPPORTED, "userfaultfd refused its API");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static gboolean register_ram(MvmLazyMemory *lazy, GError **error)
+{
+    struct uffdio_register reg = {
+        .range = {.start = (guint64)(guintptr)lazy->base, .len = lazy->size},
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+
+    if (ioctl(lazy->uffd, UFFDIO_REGISTER, &reg) < 0)
+        return mvm_set_errno_error(error, MVM_ERROR_NOT_SUPPORTED,
+                                   "userfaultfd cannot watch guest memory here");
+    if (!(reg.ioctls & (1ULL << _UFFDIO_COPY))) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED,
+                            "userfaultfd cannot fill guest memory here (no UFFDIO_COPY)");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* ---- placing pages ---- */
+
+/* @len bytes of the file at @offset into @buf; what the file does not have reads as zeros. */
+static void read_file(MvmLazyMemory *lazy, guint8 *buf, gsize len, guint64 offset)
+{
+    gsize done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(lazy->file_fd, buf + done, len - done, (off_t)(offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && !__atomic_exchange_n(&lazy->warned, TRUE, __ATOMIC_RELAXED))
+            g_warning("lazy restore: cannot read the snapshot's memory at 0x%" G_GINT64_MODIFIER
+                      "x (%s); the guest gets zeros",
+                      offset + done, g_strerror(errno));
+        if (n <= 0)
+            break;
+        done += (gsize)n;
+    }
+    memset(buf + done, 0, len - done);
+}
+
+static void count_placed(MvmLazyMemory *lazy, guint64 first, guint64 n, gboolean on_demand)
+{
+    for (guint64 page = first; page < first + n; page++) {
+        set_bit(lazy->present, page);
+        if (on_demand)
+            set_bit(lazy->demand, page);
+    }
+    __atomic_fetch_add(&lazy->pages_in, n, __ATOMIC_RELAXED);
+}
+
+/*
+ * Places @n pages from @buf at page @first. A page something else placed first (EEXIST) is
+ * skipped: its contents are the same file's. Whoever waits on a placed page is woken.
+ */
+static gboolean place(MvmLazyMemory *lazy, const guint8 *buf, guint64 first, guint64 n,
+                      gboolean on_demand, GError **error)
+{
+    guint64 done = 0;
+    guint retries = 0;
+
+    while (done < n) {
+        struct uffdio_copy copy = {
+            .dst = (guint64)(guintptr)(lazy->base + (first + done) * MVM_PAGE_SIZE),
+            .src = (guint64)(guintptr)(buf + done * MVM_PAGE_SIZE),
+            .len = (n - done) * MVM_PAGE_SIZE,
+        };
+        int ret = ioctl(lazy->uffd, UFFDIO_COPY, &copy);
+        /* A partial copy succeeds with fewer bytes; the next call then fails on the page. */
+        guint64 copied = copy.copy > 0 ? (guint64)copy.copy / MVM_PAGE_SIZE : 0;
+        count_placed(lazy, first + done, copied, on_demand);
+        done += copied;
+        if (ret == 0 && copied > 0)
+            continue;
+        if (ret < 0 && errno == EEXIST) { /* placed by someone else: wake its waiters too */
+            struct uffdio_range page = {.start = copy.dst + copied * MVM_PAGE_SIZE,
+                                        .len = MVM_PAGE_SIZE};
+            ioctl(lazy->uffd, UFFDIO_WAKE, &page);
+            done++;
+            continue;
+        }
+        if (ret < 0 && (errno == EAGAIN || errno == EINTR) && ++retries < 1000)
+            continue;
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                                   "cannot place a page of lazily restored memory");
+    }
+    return TRUE;
+}
+
+static void serve_fault(MvmLazyMemory *lazy, guint8 *buf, guint64 address)
+{
+    g_autoptr(GError) error = NULL;
+    guint8 *host = (guint8 *)(guintptr)address;
+
+    /* The kernel reports only faults inside the registered range; checked all the same. */
+    if (host < lazy->base || (guint64)(host - lazy->base) >= lazy->size)
+        return;
+    guint64 page = (guint64)(host - lazy->base) / MVM_PAGE_SIZE;
+    read_file(lazy, buf, MVM_PAGE_SIZE, page * MVM_PAGE_SIZE);
+    if (!place(lazy, buf, page, 1, TRUE, &error))
+        g_warning("lazy restore: %s", error->message);
+}
+
+static gpointer serve_faults(gpointer data)
+{
+    MvmLazyMemory *lazy = data;
+    g_autofree guint8 *buf = g_malloc(MVM_PAGE_SIZE);
+    struct pollfd fds[2] = {{.fd = lazy->uffd, .events = POLLIN},
+                            {.fd = lazy->stop_fd, .events = POLLIN}};
+
+    for (;;) {
+        struct uffd_msg msgs[MAX_EVENTS];
+        if (poll(fds, G_N_ELEMENTS(fds), -1) < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents != 0)
+            break;
+        ssize_t n = read(lazy->uffd, msgs, sizeof(msgs));
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break;
+        for (gsize i = 0; i < (gsize)n / sizeof(msgs[0]); i++)
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+                serve_fault(lazy, buf, msgs[i].arg.pagefault.address);
+    }
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(g_steal_fd(fd));
+}
+
+static void close_sources(MvmLazyMemory *lazy)
+{
+    if (lazy->thread != NULL) {
+        eventfd_write(lazy->stop_fd, 1);
+        g_thread_join(g_steal_pointer(&lazy->thread));
+    }
+    close_fd(&lazy->uffd);
+    close_fd(&lazy->file_fd);
+    close_fd(&lazy->stop_fd);
+}
+
+void mvm_lazy_memory_free(MvmLazyMemory *lazy)
+{
+    if (lazy == NULL)
+        return;
+    close_sources(lazy);
+    g_mutex_clear(&lazy->finish_lock);
+    g_free(lazy->present);
+    g_free(lazy->demand);
+    g_free(lazy);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmLazyMemory, mvm_lazy_memory_free)
+
+static MvmLazyMemory *lazy_new(MvmMemory *mem, const guint8 source_id[MVM_SNAPSHOT_ID_SIZE])
+{
+    MvmLazyMemory *lazy = g_new0(MvmLazyMemory, 1);
+
+    lazy->base = mvm_memory_get_region(mem, 0)->host;
+    lazy->size = mvm_memory_get_size(mem);
+    lazy->n_pages = mvm_memory_get_n_pages(mem);
+    lazy->uffd = lazy->file_fd = lazy->stop_fd = -1;
+    g_mutex_init(&lazy->finish_lock);
+    lazy->present = g_new0(guint8, (lazy->n_pages + 7) / 8);
+    lazy->demand = g_new0(guint8, (lazy->n_pages + 7) / 8);
+    memcpy(lazy->source_id, source_id, MVM_SNAPSHOT_ID_SIZE);
+    return lazy;
+}
+
+static gboolean start_serving(MvmLazyMemory *lazy, int fd, GError **error)
+{
+    if ((lazy->uffd = mvm_lazy_open_userfaultfd(error)) < 0 || !register_ram(lazy, error))
+        return FALSE;
+    lazy->file_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    lazy->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (lazy->file_fd < 0 || lazy->stop_fd < 0)
+        return mvm_set_errno_error(error, MVM_ERROR_FAILED,
+                                   "cannot keep the snapshot's memory for a lazy restore");
+    lazy->thread = g_thread_try_new("mvm-lazy-ram", serve_faults, lazy, error);
+    return lazy->thread != NULL;
+}
+
+MvmMemory *mvm_memory_new_lazy(int fd, guint64 size, const guint8 source_id[MVM_SNAPSHOT_ID_SIZE],
+                               GError **error)
+{
+    g_autoptr(MvmMemory) mem = mvm_memory_new(size, error);
+
+    if (mem == NULL)
+        return NULL;
+    g_autoptr(MvmLazyMemory) lazy = lazy_new(mem, source_id);
+    if (!start_serving(lazy, fd, error))
+        return NULL;
+    mvm_memory_set_lazy(mem, g_steal_pointer(&lazy));
+    return g_steal_pointer(&mem);
+}
+
+/* ---- bulk reads ---- */
+
+/* Pages [first, end) that are not in yet, through a buffer, a chunk at a time. */
+static gboolean fill_run(MvmLazyMemory *lazy, guint8 *buf, guint64 first, guint64 end,
+                         GError **error)
+{
+    const guint64 chunk = FILL_CHUNK / MVM_PAGE_SIZE;
+
+    for (guint64 page = first; page < end;) {
+        guint64 n = MIN(chunk, end - page);
+        read_file(lazy, buf, (gsize)(n * MVM_PAGE_SIZE), page * MVM_PAGE_SIZE);
+        if (!place(lazy, buf, page, n, FALSE, error))
+            return FALSE;
+        page += n;
+    }
+    return TRUE;
+}
+
+static gboolean wanted(const MvmLazyMemory *lazy, const guint8 *want, guint64 page)
+{
+    return (want == NULL || ((want[page / 8] >> (page % 8)) & 1)) && !bit_set(lazy->present, page);
+}
+
+/* The next run of pages at or after *@end that @want marks (all, when NULL) and are not in. */
+static gboolean next_missing_run(const MvmLazyMemory *lazy, const guint8 *want, guint64 *start,
+                                 guint64 *end)
+{
+    guint64 page = *end;
+
+    while (page < lazy->n_pages && !wanted(lazy, want, page))
+        page++;
+    if (page == lazy->n_pages)
+        return FALSE;
+    *start = page;
+    while (page < lazy->n_pages && wanted(lazy, want, page))
+        page++;
+    *end = page;
+    return TRUE;
+}
+
+static gboolean fill_missing(MvmLazyMemory *lazy, const guint8 *want, GError **error)
+{
+    g_autofree guint8 *buf = g_try_malloc(FILL_CHUNK);
+    guint64 start = 0, end = 0;
+
+    if (buf == NULL) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
+                            "out of memory for reading the snapshot's memory");
+        return FALSE;
+    }
+    while (next_missing_run(lazy, want, &start, &end))
+        if (!fill_run(lazy, buf, start, end, error))
+            return FALSE;
+    return TRUE;
+}
+
+gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **error)
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+
+    g_return_val_if_fail(lazy != NULL && pages != NULL, FALSE);
+    g_mutex_lock(&lazy->finish_lock);
+    gboolean ok = lazy->finished || fill_missing(lazy, pages, error);
+    g_mutex_unlock(&lazy->finish_lock);
+    return ok;
+}
+
+/*
+ * Every page in, then the userfaultfd goes: no page can be missing any more, so no fault can
+ * wait on the thread about to end.
+ */
+gboolean mvm_memory_lazy_finish(MvmMemory *mem, GError **error)
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+    gboolean ok = TRUE;
+
+    if (lazy == NULL)
+        return TRUE;
+    g_mutex_lock(&lazy->finish_lock);
+    if (!lazy->finished && (ok = fill_missing(lazy, NULL, error))) {
+        struct uffdio_range range = {.start = (guint64)(guintptr)lazy->base, .len = lazy->size};
+        ioctl(lazy->uffd, UFFDIO_UNREGISTER, &range);
+        close_sources(lazy);
+        __atomic_store_n(&lazy->finished, TRUE, __ATOMIC_RELAXED);
+    }
+    g_mutex_unlock(&lazy->finish_lock);
+    return ok;
+}
+
+gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total)
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+
+    if (lazy == NULL || __atomic_load_n(&lazy->finished, __ATOMIC_RELAXED))
+        return FALSE;
+    *pages_in = __atomic_load_n(&lazy->pages_in, __ATOMIC_RELAXED);
+    *pages_total = lazy->n_pages;
+    return TRUE;
+}
+
+guint8 *mvm_memory_lazy_dup_demand(MvmMemory *mem, guint8 source_id[MVM_SNAPSHOT_ID_SIZE])
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+
+    if (lazy == NULL)
+        return NULL;
+    gsize n_bytes = (gsize)((lazy->n_pages + 7) / 8);
+    guint8 *copy = g_malloc(n_bytes);
+    for (gsize i = 0; i < n_bytes; i++)
+        copy[i] = __atomic_load_n(&lazy->demand[i], __ATOMIC_RELAXED);
+    memcpy(source_id, lazy->source_id, MVM_SNAPSHOT_ID_SIZE);
+    return copy;
+}
