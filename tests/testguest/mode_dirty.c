@@ -7,6 +7,10 @@
  * address, then prints "DIRTY wrote <count> round <n>". An address that is not RAM, or a word
  * that is not 8-byte aligned, prints a FAIL line and is skipped. Besides those words the guest
  * writes only its own image (stack, variables) below 4 MiB.
+ *
+ * A line "r START END STRIDE" (hex, 0x...) reads instead (for lazy restore tests): it adds up
+ * the 8-byte words at START, START + STRIDE, ... below END and prints
+ * "DIRTY sum 0x<sum> round <n>"; a range that is not RAM or not aligned prints a FAIL line.
  */
 #include "guest.h"
 
@@ -54,6 +58,22 @@ static u32 run_command(const char *line, u64 round)
     return count;
 }
 
+static void run_read(const char *line, u64 round)
+{
+    u32 pos = 1;
+    u64 start, end, stride, sum = 0;
+
+    if (!next_address(line, &pos, &start) || !next_address(line, &pos, &end) ||
+        !next_address(line, &pos, &stride) || stride == 0 || stride % 8 != 0 || start % 8 != 0 ||
+        end < start || !range_is_ram(start, end)) {
+        fail("dirty: expected r START END STRIDE over aligned RAM");
+        return;
+    }
+    for (u64 addr = start; addr + 8 <= end; addr += stride)
+        sum += *(volatile u64 *)addr;
+    gprintf("DIRTY sum 0x%lx round %lu\n", sum, round);
+}
+
 bool mode_dirty(void)
 {
     char line[512];
@@ -71,6 +91,10 @@ bool mode_dirty(void)
         line[n] = 0;
         n = 0;
         round++;
+        if (line[0] == 'r') {
+            run_read(line, round);
+            continue;
+        }
         u32 count = run_command(line, round);
         gprintf("DIRTY wrote %u round %lu\n", count, round);
     }

@@ -110,3 +110,72 @@ GVariant *vardict_with(GVariant *dict, const char *key, GVariant *value)
         g_assert_true(g_variant_dict_remove(&d, key));
     return g_variant_dict_end(&d);
 }
+
+/* ---- the dirty guest ---- */
+
+void dirty_start(DirtyGuest *d, guint64 memory_mib)
+{
+    g_autoptr(GError) error = NULL;
+
+    d->c = capture_new();
+    d->vm = new_guest("mode=dirty", 1, memory_mib, d->c);
+    d->round = 0;
+    g_assert_true(mvm_vm_start(d->vm, &error));
+    g_assert_true(capture_wait_from(d->c, 0, "DIRTY ready\n", TIMEOUT_US));
+}
+
+void dirty_attach(DirtyGuest *d, MvmVm *vm, guint64 round)
+{
+    d->vm = vm;
+    d->c = capture_new();
+    d->round = round;
+    mvm_vm_set_console_callback(vm, on_console, d->c);
+}
+
+void dirty_detach(DirtyGuest *d)
+{
+    mvm_vm_set_console_callback(d->vm, NULL, NULL);
+    d->vm = NULL;
+    g_clear_pointer(&d->c, capture_free);
+}
+
+void dirty_clear(DirtyGuest *d)
+{
+    g_clear_pointer(&d->vm, mvm_vm_free);
+    g_clear_pointer(&d->c, capture_free);
+}
+
+/* Sends @command and waits for @reply; returns what the guest printed since (free it). */
+static char *dirty_command(DirtyGuest *d, const char *command, const char *reply)
+{
+    g_autofree char *line = g_strdup_printf("%s\n", command);
+    gsize mark = capture_len(d->c);
+
+    d->round++;
+    g_assert_cmpuint(mvm_vm_console_write(d->vm, (const guint8 *)line, strlen(line)), ==,
+                     strlen(line));
+    g_assert_true(capture_wait_from(d->c, mark, reply, TIMEOUT_US));
+    return capture_dup_from(d->c, mark);
+}
+
+void dirty_write(DirtyGuest *d, const char *addrs, guint count)
+{
+    g_autofree char *done =
+        g_strdup_printf("DIRTY wrote %u round %" G_GUINT64_FORMAT "\n", count, d->round + 1);
+
+    g_free(dirty_command(d, addrs, done));
+}
+
+guint64 dirty_sum(DirtyGuest *d, guint64 start, guint64 end, guint64 stride)
+{
+    g_autofree char *command = g_strdup_printf("r 0x%" G_GINT64_MODIFIER "x 0x%" G_GINT64_MODIFIER
+                                               "x 0x%" G_GINT64_MODIFIER "x",
+                                               start, end, stride);
+    g_autofree char *done = g_strdup_printf(" round %" G_GUINT64_FORMAT "\n", d->round + 1);
+    g_autofree char *out = dirty_command(d, command, done);
+    const char *line = strstr(out, "DIRTY sum 0x");
+
+    g_assert_nonnull(line);
+    g_assert_true(strstr(line, done) != NULL);
+    return g_ascii_strtoull(line + strlen("DIRTY sum 0x"), NULL, 16);
+}

@@ -22,3 +22,24 @@ void snapshot_write_payload(const char *dir, GVariant *payload, guint16 major, g
 GVariant *vardict_with(GVariant *dict, const char *key, GVariant *value);
 /* A copy of tuple or array @container with child @index replaced by @child (floating, taken). */
 GVariant *variant_replace_child(GVariant *container, gsize index, GVariant *child);
+
+/*
+ * A test guest in mode=dirty (tests/testguest/mode_dirty.c): it writes one word at each address
+ * a command names, or adds up the words of a range, and says so on its console.
+ */
+typedef struct {
+    MvmVm *vm;
+    Capture *c;
+    guint64 round; /* commands sent so far */
+} DirtyGuest;
+/* Boots one with @memory_mib of RAM and waits for "DIRTY ready". */
+void dirty_start(DirtyGuest *d, guint64 memory_mib);
+/* Takes over the console of @vm (a restore of one that had done @round commands; not taken). */
+void dirty_attach(DirtyGuest *d, MvmVm *vm, guint64 round);
+void dirty_detach(DirtyGuest *d);
+/* Frees the VM and the capture of dirty_start(). */
+void dirty_clear(DirtyGuest *d);
+/* Has the guest write one word at each of @addrs (a space-separated list of 0x addresses). */
+void dirty_write(DirtyGuest *d, const char *addrs, guint count);
+/* The sum the guest reads of the words at @start, @start + @stride, ... below @end. */
+guint64 dirty_sum(DirtyGuest *d, guint64 start, guint64 end, guint64 stride);

@@ -16,41 +16,6 @@
 #define MEMORY_MIB 64
 #define IMAGE_END  (4 * MVM_MIB) /* the guest's image, stack and variables lie below */
 
-typedef struct {
-    MvmVm *vm;
-    Capture *c;
-    guint64 round;
-} Dirty;
-
-static void dirty_start(Dirty *d)
-{
-    g_autoptr(GError) error = NULL;
-
-    d->c = capture_new();
-    d->vm = new_guest("mode=dirty", 1, MEMORY_MIB, d->c);
-    g_assert_true(mvm_vm_start(d->vm, &error));
-    g_assert_true(capture_wait_from(d->c, 0, "DIRTY ready\n", TIMEOUT_US));
-}
-
-static void dirty_clear(Dirty *d)
-{
-    g_clear_pointer(&d->vm, mvm_vm_free);
-    g_clear_pointer(&d->c, capture_free);
-}
-
-/* Has the guest write one word at each of @addrs (a space-separated list of 0x addresses). */
-static void dirty_write(Dirty *d, const char *addrs, guint count)
-{
-    g_autofree char *line = g_strdup_printf("%s\n", addrs);
-    g_autofree char *done =
-        g_strdup_printf("DIRTY wrote %u round %" G_GUINT64_FORMAT "\n", count, ++d->round);
-    gsize mark = capture_len(d->c);
-
-    g_assert_cmpuint(mvm_vm_console_write(d->vm, (const guint8 *)line, strlen(line)), ==,
-                     strlen(line));
-    g_assert_true(capture_wait_from(d->c, mark, done, TIMEOUT_US));
-}
-
 static void snapshot(MvmVm *vm, const char *dir, MvmSnapshotFlags flags)
 {
     g_autoptr(GError) error = NULL;
@@ -140,9 +105,9 @@ static void test_diff_exact_pages(void)
     g_autofree char *full = make_tmpdir(), *diff = make_tmpdir();
     guint8 full_id[MVM_SNAPSHOT_ID_SIZE], diff_id[MVM_SNAPSHOT_ID_SIZE];
     guint8 parent[MVM_SNAPSHOT_ID_SIZE], now[MVM_SNAPSHOT_ID_SIZE], gen[MVM_GENERATION_ID_SIZE];
-    Dirty d = {0};
+    DirtyGuest d = {0};
 
-    dirty_start(&d);
+    dirty_start(&d, MEMORY_MIB);
     g_assert_false(mvm_vm_get_diff_parent(d.vm, now));
     snapshot(d.vm, full, MVM_SNAPSHOT_TRACK_CHANGES);
     read_ids(full, full_id, parent);
@@ -214,11 +179,11 @@ typedef struct {
     char *dirs[4]; /* full, diff 1, diff 2, a full snapshot of diff 2's moment */
 } Chain;
 
-static void chain_make(Chain *ch, Dirty *d)
+static void chain_make(Chain *ch, DirtyGuest *d)
 {
     for (guint i = 0; i < G_N_ELEMENTS(ch->dirs); i++)
         ch->dirs[i] = make_tmpdir();
-    dirty_start(d);
+    dirty_start(d, MEMORY_MIB);
     snapshot(d->vm, ch->dirs[0], MVM_SNAPSHOT_TRACK_CHANGES);
     dirty_write(d, "0x1000000 0x2000000", 2);
     snapshot(d->vm, ch->dirs[1], MVM_SNAPSHOT_DIFF);
@@ -245,7 +210,7 @@ static void test_diff_chain_restore(void)
     if (!have_kvm())
         return;
     g_autoptr(GError) error = NULL;
-    Dirty d = {0};
+    DirtyGuest d = {0};
     Chain ch = {0};
     guint8 top_id[MVM_SNAPSHOT_ID_SIZE], parent[MVM_SNAPSHOT_ID_SIZE], now[MVM_SNAPSHOT_ID_SIZE];
 
@@ -258,12 +223,11 @@ static void test_diff_chain_restore(void)
     g_assert_true(mvm_vm_get_diff_parent(vm, now));
     assert_id_equal(now, top_id);
 
-    Dirty restored = {.vm = vm, .c = capture_new(), .round = 2};
-    mvm_vm_set_console_callback(vm, on_console, restored.c);
+    DirtyGuest restored = {0};
+    dirty_attach(&restored, vm, 2);
     g_assert_true(mvm_vm_resume(vm, &error));
     dirty_write(&restored, "0x1000010", 1);
-    mvm_vm_set_console_callback(vm, NULL, NULL);
-    capture_free(restored.c);
+    dirty_detach(&restored);
     chain_clear(&ch);
 }
 
@@ -285,10 +249,10 @@ static void test_diff_refusals(void)
     if (!have_kvm())
         return;
     g_autoptr(GError) error = NULL;
-    Dirty d = {0};
+    DirtyGuest d = {0};
     Chain ch = {0};
 
-    dirty_start(&d);
+    dirty_start(&d, MEMORY_MIB);
     g_autofree char *dir = make_tmpdir();
     g_assert_false(mvm_vm_snapshot(d.vm, dir, MVM_SNAPSHOT_DIFF, &error));
     g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_STATE);
