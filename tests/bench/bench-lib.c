@@ -12,6 +12,12 @@
  *                                       (idle: of a guest parked in HLT)
  *   bench-lib snapshot KERNEL DIR REPS  mvm_vm_snapshot of a 128 MiB guest, mvm_vm_restore +
  *                                       mvm_vm_resume, and the time until the guest prints again
+ *   bench-lib lazy KERNEL DIR REPS      a 512 MiB guest's snapshot, all of its RAM data, restored
+ *                                       three ways (a copy; lazily; lazily with the working set
+ *                                       of the first lazy run prefetched) with the file's page
+ *                                       cache dropped first (cold) and not (warm): the restore
+ *                                       call, and restore → resume → the guest's read of 16 MiB
+ *                                       done (its first useful work); pages read by then
  *   bench-lib exits KERNEL ROUNDS REPS  REPS guests in `mode=iotest iterations=ROUNDS`: one port
  *                                       I/O and one MMIO round trip to the test device, by the
  *                                       guest's TSC (µs, fractions kept)
@@ -32,6 +38,7 @@
  * KERNEL is tests/testguest/testguest.elf: its first instruction writes marker 1 (README there).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,11 +46,13 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <glib/gstdio.h>
 
 #include "bench-util.h"
 #include "microvm.h"
+#include "layout.h"  /* MVM_MIB */
 #include "sandbox.h" /* filter: the threads' sandboxes without a VM */
 #include "test-util.h"
 #include "vm-private.h" /* the vCPU's TSC rate, to read the guest's TSC figures */
@@ -470,6 +479,196 @@ static int cmd_snapshot(const char *kernel, const char *parent, guint reps)
     return 0;
 }
 
+/* ---- lazy: restore to the guest's first work, RAM read on touch ---- */
+
+#define LAZY_MEMORY_MIB 512
+#define LAZY_WORK       "r 0x1000000 0x2000000 0x1000\n" /* mode=dirty: read 16 MiB */
+#define LAZY_DATA_START (16 * MVM_MIB)                   /* below: the guest's own image */
+
+static gboolean lazy_failed(GError **error, const char *what)
+{
+    g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED, what);
+    return FALSE;
+}
+
+typedef enum { LAZY_COPY, LAZY_ON_TOUCH, LAZY_PREFETCH, N_LAZY_MODES } LazyMode;
+static const char *const lazy_mode_names[] = {"copy", "lazy", "prefetch"};
+
+/* A dirty guest's snapshot in @dir, every page of its RAM above its image full of data. */
+static gboolean lazy_prepare(const char *kernel, const char *dir, GError **error)
+{
+    g_autoptr(MvmVmConfig) config = make_config(kernel, "mode=dirty", LAZY_MEMORY_MIB);
+    g_auto(Tracker) tracker = {0};
+    g_auto(Slot) slot = {0};
+
+    tracker_init(&tracker, "DIRTY ready");
+    if (!slot_boot(&slot, &tracker, config, error))
+        return FALSE;
+    if (!tracker_wait(&tracker, &tracker.hits, 1))
+        return lazy_failed(error, "the dirty guest did not start");
+    if (!mvm_vm_snapshot(slot.vm, dir, MVM_SNAPSHOT_LEAVE_PAUSED, error))
+        return FALSE;
+    g_autofree char *path = g_build_filename(dir, "memory", NULL);
+    g_autofree guint8 *chunk = g_malloc(MVM_MIB);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    memset(chunk, 0x5a, MVM_MIB);
+    for (guint64 off = LAZY_DATA_START; fd >= 0 && off < LAZY_MEMORY_MIB * MVM_MIB; off += MVM_MIB)
+        if (pwrite(fd, chunk, MVM_MIB, (off_t)off) != MVM_MIB)
+            break;
+    if (fd < 0 || fsync(fd) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return lazy_failed(error, "cannot fill the snapshot's memory");
+    }
+    close(fd);
+    return TRUE;
+}
+
+/* Drops the page cache of @dir's files: the next restore reads them from the disk. */
+static void drop_cache(const char *dir)
+{
+    static const char *const names[] = {"state", "memory", "working-set"};
+
+    for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
+        g_autofree char *path = g_build_filename(dir, names[i], NULL);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
+    }
+}
+
+typedef struct {
+    GArray *restore_us[N_LAZY_MODES][2], *work_us[N_LAZY_MODES][2]; /* [mode][cold] */
+    guint64 pages_read[N_LAZY_MODES];
+    guint64 working_set_pages;
+} LazyRun;
+
+static gboolean lazy_save_working_set(MvmVm *vm, const char *dir, LazyRun *run, GError **error)
+{
+    g_autofree char *path = g_build_filename(dir, "working-set", NULL);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    if (fd < 0)
+        return lazy_failed(error, "cannot create the working set file");
+    gboolean ok = mvm_vm_save_working_set(vm, fd, error);
+    g_autoptr(MvmWorkingSet) set = ok ? mvm_working_set_read_fd(fd, error) : NULL;
+    close(fd);
+    if (set != NULL)
+        run->working_set_pages = mvm_working_set_get_n_pages(set);
+    return set != NULL;
+}
+
+static MvmWorkingSet *lazy_read_working_set(const char *dir, GError **error)
+{
+    g_autofree char *path = g_build_filename(dir, "working-set", NULL);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        lazy_failed(error, "no working set file");
+        return NULL;
+    }
+    MvmWorkingSet *set = mvm_working_set_read_fd(fd, error);
+    close(fd);
+    return set;
+}
+
+/* One restore of @dir in @mode: to the end of the guest's read. */
+static gboolean lazy_round(const char *dir, LazyMode mode, gboolean cold, LazyRun *run,
+                           GError **error)
+{
+    g_auto(Tracker) tracker = {0};
+    g_auto(Slot) slot = {0};
+    static const MvmRestoreFlags flags[] = {MVM_RESTORE_COPY_MEMORY, MVM_RESTORE_LAZY,
+                                            MVM_RESTORE_LAZY};
+    guint64 total = 0;
+
+    tracker_init(&tracker, "DIRTY sum");
+    if (cold)
+        drop_cache(dir);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    gint64 t0 = g_get_monotonic_time();
+    /* The prefetch's working set file is read inside the measured time: a restore does so. */
+    g_autoptr(MvmWorkingSet) set = mode == LAZY_PREFETCH ? lazy_read_working_set(dir, error) : NULL;
+    const MvmRestoreOptions options = {.flags = flags[mode], .prefetch = set};
+    MvmVm *vm = mode != LAZY_PREFETCH || set != NULL
+                    ? mvm_vm_restore_full(dirfd, -1, -1, &options, error)
+                    : NULL;
+    close(dirfd);
+    if (vm == NULL)
+        return FALSE;
+    gint64 t1 = g_get_monotonic_time();
+    slot_attach(&slot, &tracker, vm);
+    if (!mvm_vm_resume(vm, error))
+        return FALSE;
+    mvm_vm_console_write(vm, (const guint8 *)LAZY_WORK, strlen(LAZY_WORK));
+    if (!tracker_wait(&tracker, &tracker.hits, 1))
+        return lazy_failed(error, "the restored guest did not read");
+    bench_samples_add(run->restore_us[mode][cold], t1 - t0);
+    bench_samples_add(run->work_us[mode][cold], g_get_monotonic_time() - t0);
+    if (mode != LAZY_COPY)
+        mvm_vm_get_lazy_progress(vm, &run->pages_read[mode], &total);
+    if (mode == LAZY_ON_TOUCH && run->working_set_pages == 0)
+        return lazy_save_working_set(vm, dir, run, error);
+    return TRUE;
+}
+
+static void lazy_json(GString *json, LazyRun *run)
+{
+    for (guint mode = 0; mode < N_LAZY_MODES; mode++) {
+        for (guint cold = 0; cold < 2; cold++) {
+            const char *cache = cold ? "cold" : "warm";
+            g_autofree char *restore =
+                g_strdup_printf("%s_%s_restore_us", lazy_mode_names[mode], cache);
+            g_autofree char *work = g_strdup_printf("%s_%s_work_us", lazy_mode_names[mode], cache);
+            bench_json_samples(json, restore, run->restore_us[mode][cold]);
+            bench_json_samples(json, work, run->work_us[mode][cold]);
+            g_array_unref(run->restore_us[mode][cold]);
+            g_array_unref(run->work_us[mode][cold]);
+        }
+        if (mode != LAZY_COPY) {
+            g_autofree char *pages = g_strdup_printf("%s_pages_read", lazy_mode_names[mode]);
+            bench_json_int(json, pages, (gint64)run->pages_read[mode]);
+        }
+    }
+    bench_json_int(json, "working_set_pages", (gint64)run->working_set_pages);
+}
+
+static int cmd_lazy(const char *kernel, const char *parent, guint reps)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *dir = g_build_filename(parent, "lazy", NULL);
+    GString *json = g_string_new(NULL);
+    LazyRun run = {0};
+
+    if (!mvm_lazy_restore_supported(&error)) {
+        bench_json_str(json, "unavailable", error->message);
+        bench_json_print(json);
+        return 0;
+    }
+    for (guint mode = 0; mode < N_LAZY_MODES; mode++)
+        for (guint cold = 0; cold < 2; cold++) {
+            run.restore_us[mode][cold] = bench_samples_new();
+            run.work_us[mode][cold] = bench_samples_new();
+        }
+    gboolean ok = g_mkdir_with_parents(dir, 0700) == 0 && lazy_prepare(kernel, dir, &error);
+    /* Interleaved, so that a slower moment of the host weighs on every mode alike. */
+    for (guint i = 0; ok && i < reps; i++)
+        for (guint mode = 0; ok && mode < N_LAZY_MODES; mode++)
+            for (guint cold = 0; ok && cold < 2; cold++)
+                ok = lazy_round(dir, mode, !cold, &run, &error);
+    rm_rf(dir);
+    bench_json_int(json, "memory_mib", LAZY_MEMORY_MIB);
+    lazy_json(json, &run);
+    if (!ok) {
+        g_string_free(json, TRUE);
+        return bench_fail("lazy restore", error);
+    }
+    bench_json_print(json);
+    return 0;
+}
+
 /* ---- exits, filter, blk: one exit, one system call, one virtio-blk request, sandboxed ---- */
 
 /* Appends `"key": [v, ...]` of a GArray of doubles (µs with fractions: a call is ~0.2 µs). */
@@ -783,6 +982,8 @@ int main(int argc, char **argv)
         return cmd_pause(argv[2], parse_count(argv[3]), argc == 5);
     if (g_str_equal(cmd, "snapshot") && argc == 5)
         return cmd_snapshot(argv[2], argv[3], parse_count(argv[4]));
+    if (g_str_equal(cmd, "lazy") && argc == 5)
+        return cmd_lazy(argv[2], argv[3], parse_count(argv[4]));
     /* Before any other thread, as in the daemon: the deny list every thread inherits. */
     if (g_str_equal(cmd, "exits") || g_str_equal(cmd, "filter") || g_str_equal(cmd, "blk")) {
         g_autoptr(GError) error = NULL;
@@ -798,7 +999,8 @@ int main(int argc, char **argv)
                        parse_count(argv[6]));
     g_printerr(
         "usage: bench-lib first KERNEL REPS | many KERNEL N MEM_MIB | pause KERNEL REPS [idle] |"
-        " snapshot KERNEL DIR REPS | exits KERNEL ROUNDS REPS | filter REPS CALLS |"
+        " snapshot KERNEL DIR REPS | lazy KERNEL DIR REPS | exits KERNEL ROUNDS REPS | filter REPS "
+        "CALLS |"
         " blk KERNEL DIR COUNT KIB REPS\n");
     return 2;
 }
