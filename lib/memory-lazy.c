@@ -25,7 +25,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "error-private.h"
@@ -68,24 +67,22 @@ static void set_bit(guint8 *bits, guint64 page)
 /* ---- the userfaultfd ---- */
 
 /*
- * /dev/userfaultfd first (Linux 6.1): it needs only access to the node, which the unit grants
- * (DeviceAllow=). Then the system call, which catches faults taken inside the kernel (KVM's)
- * only for a caller with CAP_SYS_PTRACE or where vm.unprivileged_userfaultfd allows it. Never
- * UFFD_USER_MODE_ONLY: KVM's faults on guest RAM are kernel-mode ones.
+ * Only through /dev/userfaultfd (Linux 6.1): access to the node is all it needs, which the unit
+ * grants (DeviceAllow=), and its descriptors see faults taken inside the kernel (KVM's on guest
+ * RAM), which the userfaultfd(2) system call gives only to CAP_SYS_PTRACE. The system call is
+ * on the daemon's process-wide deny list (sandbox.c): never tried.
  */
 static int open_userfaultfd(void)
 {
     int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 
-    if (dev >= 0) {
-        int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-        int saved = errno;
-        close(dev);
-        errno = saved;
-        if (fd >= 0)
-            return fd;
-    }
-    return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (dev < 0)
+        return -1;
+    int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    int saved = errno;
+    close(dev);
+    errno = saved;
+    return fd;
 }
 
 int mvm_lazy_open_userfaultfd(GError **error)
@@ -95,8 +92,8 @@ int mvm_lazy_open_userfaultfd(GError **error)
 
     if (fd < 0) {
         mvm_set_errno_error(error, MVM_ERROR_NOT_SUPPORTED,
-                            "lazy restore needs userfaultfd (/dev/userfaultfd or the system call), "
-                            "which this process may not use");
+                            "lazy restore needs a userfaultfd from /dev/userfaultfd (Linux 6.1 "
+                            "and later), which this process cannot open");
         return -1;
     }
     if (ioctl(fd, UFFDIO_API, &api) < 0) {

@@ -505,7 +505,7 @@ guint mvm_memory_images_get_count(MvmMemoryImages *images);
  * the rest. The file should not change meanwhile; if it does, the guest sees the new bytes of
  * the pages it had not touched yet (its own memory, as untrusted as ever). Not with
  * MVM_RESTORE_COPY_MEMORY nor with a diff's layers (MVM_ERROR_INVALID_ARGUMENT); where the
- * kernel gives no userfaultfd (neither /dev/userfaultfd nor the system call is allowed),
+ * process cannot open /dev/userfaultfd (Linux 6.1 and later; the unit allows the device),
  * MVM_ERROR_NOT_SUPPORTED, which mvm_lazy_restore_supported() tells in advance.
  *
  * The pages a lazily restored VM had read on demand so far are its working set: written beside
