@@ -22,9 +22,12 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error-private.h"
@@ -34,8 +37,10 @@
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* linux/userfaultfd.h of Linux 6.1 */
 #endif
 
-#define FILL_CHUNK (2 * MVM_MIB) /* bulk reads (prefetch, finish) go through a buffer this big */
-#define MAX_EVENTS 16
+#define FILL_CHUNK    (2 * MVM_MIB) /* bulk reads (prefetch, finish) go through a buffer this big */
+#define MAX_EVENTS    16
+#define READ_ATTEMPTS 3
+#define RETRY_MAX_MS  100 /* a page that cannot be placed is tried again, at most this apart */
 
 struct _MvmLazyMemory {
     guint8 *base; /* the RAM mapping, fd order */
@@ -46,10 +51,11 @@ struct _MvmLazyMemory {
     int stop_fd; /* eventfd: the fault thread's signal to end */
     GThread *thread;
     GMutex finish_lock; /* one finish at a time; guards the descriptors' closing */
-    gboolean finished;
-    guint64 pages_in; /* atomic: pages placed so far, any way */
-    guint8 *present;  /* atomic bits: placed by us (on demand, prefetch or finish) */
-    guint8 *demand;   /* atomic bits: placed because something touched them */
+    gboolean finished;  /* every page with data is in; the descriptors are closed */
+    gboolean aborted;   /* mvm_memory_lazy_abort(): the VM is going */
+    guint64 pages_in;   /* atomic: pages placed so far, any way */
+    guint8 *present;    /* atomic bits: placed by us (on demand, prefetch or finish) */
+    guint8 *demand;     /* atomic bits: placed because something touched them */
     guint8 source_id[MVM_SNAPSHOT_ID_SIZE];
     gboolean warned;
 };
@@ -124,14 +130,19 @@ static gboolean register_ram(MvmLazyMemory *lazy, GError **error)
 
 /* ---- placing pages ---- */
 
-/* @len bytes of the file at @offset into @buf; what the file does not have reads as zeros. */
+/*
+ * @len bytes of the file at @offset into @buf; what the file does not have reads as zeros. A
+ * read that fails is tried again a few times; then the guest gets zeros too (and a warning
+ * once): a fault must be answered, or whoever touched the page waits for ever.
+ */
 static void read_file(MvmLazyMemory *lazy, guint8 *buf, gsize len, guint64 offset)
 {
     gsize done = 0;
+    guint failures = 0;
 
     while (done < len) {
         ssize_t n = pread(lazy->file_fd, buf + done, len - done, (off_t)(offset + done));
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && (errno == EINTR || ++failures < READ_ATTEMPTS))
             continue;
         if (n < 0 && !__atomic_exchange_n(&lazy->warned, TRUE, __ATOMIC_RELAXED))
             g_warning("lazy restore: cannot read the snapshot's memory at 0x%" G_GINT64_MODIFIER
@@ -186,15 +197,29 @@ static gboolean place(MvmLazyMemory *lazy, const guint8 *buf, guint64 first, gui
         }
         if (ret < 0 && (errno == EAGAIN || errno == EINTR) && ++retries < 1000)
             continue;
+        if (ret < 0 && errno == ENOENT) /* no longer registered (finished, aborted): no waiter */
+            return TRUE;
         return mvm_set_errno_error(error, MVM_ERROR_FAILED,
                                    "cannot place a page of lazily restored memory");
     }
     return TRUE;
 }
 
+/* Waits up to @ms for the signal to stop; TRUE when it came. */
+static gboolean wait_for_stop(MvmLazyMemory *lazy, int ms)
+{
+    struct pollfd stop = {.fd = lazy->stop_fd, .events = POLLIN};
+
+    return poll(&stop, 1, ms) > 0;
+}
+
+/*
+ * Never gives up on a fault while the VM lives: the toucher waits in the kernel until the page
+ * is placed. A placement that fails (out of memory for the page) is tried again, further apart
+ * each time, until it succeeds or the memory is torn down.
+ */
 static void serve_fault(MvmLazyMemory *lazy, guint8 *buf, guint64 address)
 {
-    g_autoptr(GError) error = NULL;
     guint8 *host = (guint8 *)(guintptr)address;
 
     /* The kernel reports only faults inside the registered range; checked all the same. */
@@ -202,32 +227,41 @@ static void serve_fault(MvmLazyMemory *lazy, guint8 *buf, guint64 address)
         return;
     guint64 page = (guint64)(host - lazy->base) / MVM_PAGE_SIZE;
     read_file(lazy, buf, MVM_PAGE_SIZE, page * MVM_PAGE_SIZE);
-    if (!place(lazy, buf, page, 1, TRUE, &error))
-        g_warning("lazy restore: %s", error->message);
+    for (int delay_ms = 1;; delay_ms = MIN(delay_ms * 2, RETRY_MAX_MS)) {
+        g_autoptr(GError) error = NULL;
+        if (place(lazy, buf, page, 1, TRUE, &error))
+            return;
+        if (!__atomic_exchange_n(&lazy->warned, TRUE, __ATOMIC_RELAXED))
+            g_warning("lazy restore: %s; trying again", error->message);
+        if (wait_for_stop(lazy, delay_ms))
+            return;
+    }
 }
 
+/* Ends only when told to (stop_fd): a fault left unserved would hang its toucher. */
 static gpointer serve_faults(gpointer data)
 {
     MvmLazyMemory *lazy = data;
-    g_autofree guint8 *buf = g_malloc(MVM_PAGE_SIZE);
+    guint8 *buf = NULL;
     struct pollfd fds[2] = {{.fd = lazy->uffd, .events = POLLIN},
                             {.fd = lazy->stop_fd, .events = POLLIN}};
 
+    /* Aligned: a file opened with O_DIRECT (the caller shares its open file) reads all the same. */
+    if (posix_memalign((void **)&buf, MVM_PAGE_SIZE, MVM_PAGE_SIZE) != 0)
+        g_error("lazy restore: out of memory for one page");
     for (;;) {
         struct uffd_msg msgs[MAX_EVENTS];
-        if (poll(fds, G_N_ELEMENTS(fds), -1) < 0 && errno != EINTR)
+        int ready = poll(fds, G_N_ELEMENTS(fds), -1);
+        if (ready > 0 && fds[1].revents != 0)
             break;
-        if (fds[1].revents != 0)
-            break;
-        ssize_t n = read(lazy->uffd, msgs, sizeof(msgs));
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (n <= 0)
-            break;
-        for (gsize i = 0; i < (gsize)n / sizeof(msgs[0]); i++)
+        ssize_t n = ready > 0 ? read(lazy->uffd, msgs, sizeof(msgs)) : -1;
+        if (n < 0 && errno != EAGAIN && errno != EINTR && wait_for_stop(lazy, 1))
+            break; /* never spin on an error, never leave on one */
+        for (gsize i = 0; n > 0 && i < (gsize)n / sizeof(msgs[0]); i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
                 serve_fault(lazy, buf, msgs[i].arg.pagefault.address);
     }
+    free(buf);
     return NULL;
 }
 
@@ -263,19 +297,27 @@ void mvm_lazy_memory_free(MvmLazyMemory *lazy)
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmLazyMemory, mvm_lazy_memory_free)
 
-static MvmLazyMemory *lazy_new(MvmMemory *mem, const guint8 source_id[MVM_SNAPSHOT_ID_SIZE])
+static MvmLazyMemory *lazy_new(MvmMemory *mem, const guint8 source_id[MVM_SNAPSHOT_ID_SIZE],
+                               GError **error)
 {
-    MvmLazyMemory *lazy = g_new0(MvmLazyMemory, 1);
+    g_autoptr(MvmLazyMemory) lazy = g_new0(MvmLazyMemory, 1);
+    gsize n_bytes;
 
     lazy->base = mvm_memory_get_region(mem, 0)->host;
     lazy->size = mvm_memory_get_size(mem);
     lazy->n_pages = mvm_memory_get_n_pages(mem);
     lazy->uffd = lazy->file_fd = lazy->stop_fd = -1;
     g_mutex_init(&lazy->finish_lock);
-    lazy->present = g_new0(guint8, (lazy->n_pages + 7) / 8);
-    lazy->demand = g_new0(guint8, (lazy->n_pages + 7) / 8);
+    n_bytes = (gsize)((lazy->n_pages + 7) / 8);
+    lazy->present = g_try_malloc0(n_bytes);
+    lazy->demand = g_try_malloc0(n_bytes);
+    if (lazy->present == NULL || lazy->demand == NULL) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
+                            "out of memory for the page maps of a lazy restore");
+        return NULL;
+    }
     memcpy(lazy->source_id, source_id, MVM_SNAPSHOT_ID_SIZE);
-    return lazy;
+    return g_steal_pointer(&lazy);
 }
 
 static gboolean start_serving(MvmLazyMemory *lazy, int fd, GError **error)
@@ -298,25 +340,58 @@ MvmMemory *mvm_memory_new_lazy(int fd, guint64 size, const guint8 source_id[MVM_
 
     if (mem == NULL)
         return NULL;
-    g_autoptr(MvmLazyMemory) lazy = lazy_new(mem, source_id);
-    if (!start_serving(lazy, fd, error))
+    g_autoptr(MvmLazyMemory) lazy = lazy_new(mem, source_id, error);
+    if (lazy == NULL || !start_serving(lazy, fd, error))
         return NULL;
+    /*
+     * No transparent huge pages while pages are missing: khugepaged of kernels before 6.4 may
+     * collapse a range with missing pages into a huge page whose missing part is zeros.
+     */
+    madvise(lazy->base, lazy->size, MADV_NOHUGEPAGE);
     mvm_memory_set_lazy(mem, g_steal_pointer(&lazy));
     return g_steal_pointer(&mem);
 }
 
 /* ---- bulk reads ---- */
 
-/* Pages [first, end) that are not in yet, through a buffer, a chunk at a time. */
+static gboolean page_is_zero(const guint8 *page)
+{
+    const guint64 *words = (const guint64 *)page;
+
+    for (gsize i = 0; i < MVM_PAGE_SIZE / sizeof(guint64); i++)
+        if (words[i] != 0)
+            return FALSE;
+    return TRUE;
+}
+
+/*
+ * Places the pages of @buf (@n from page @first); with @skip_zero, not its zero pages: a finish
+ * leaves them missing, and a missing page of the memfd reads as zeros once unregistered.
+ */
+static gboolean place_chunk(MvmLazyMemory *lazy, const guint8 *buf, guint64 first, guint64 n,
+                            gboolean skip_zero, GError **error)
+{
+    for (guint64 i = 0; i < n;) {
+        guint64 run = i;
+        while (run < n && !(skip_zero && page_is_zero(buf + run * MVM_PAGE_SIZE)))
+            run++;
+        if (run > i && !place(lazy, buf + i * MVM_PAGE_SIZE, first + i, run - i, FALSE, error))
+            return FALSE;
+        i = run + (run < n); /* past the zero page that ended the run */
+    }
+    return TRUE;
+}
+
+/* Pages [first, end) through a buffer, a chunk at a time. */
 static gboolean fill_run(MvmLazyMemory *lazy, guint8 *buf, guint64 first, guint64 end,
-                         GError **error)
+                         gboolean skip_zero, GError **error)
 {
     const guint64 chunk = FILL_CHUNK / MVM_PAGE_SIZE;
 
     for (guint64 page = first; page < end;) {
         guint64 n = MIN(chunk, end - page);
         read_file(lazy, buf, (gsize)(n * MVM_PAGE_SIZE), page * MVM_PAGE_SIZE);
-        if (!place(lazy, buf, page, n, FALSE, error))
+        if (!place_chunk(lazy, buf, page, n, skip_zero, error))
             return FALSE;
         page += n;
     }
@@ -328,37 +403,70 @@ static gboolean wanted(const MvmLazyMemory *lazy, const guint8 *want, guint64 pa
     return (want == NULL || ((want[page / 8] >> (page % 8)) & 1)) && !bit_set(lazy->present, page);
 }
 
-/* The next run of pages at or after *@end that @want marks (all, when NULL) and are not in. */
-static gboolean next_missing_run(const MvmLazyMemory *lazy, const guint8 *want, guint64 *start,
-                                 guint64 *end)
+/* The next run of pages in [*@end, @limit) that @want marks (all, when NULL) and are not in. */
+static gboolean next_missing_run(const MvmLazyMemory *lazy, const guint8 *want, guint64 limit,
+                                 guint64 *start, guint64 *end)
 {
     guint64 page = *end;
 
-    while (page < lazy->n_pages && !wanted(lazy, want, page))
+    while (page < limit && !wanted(lazy, want, page))
         page++;
-    if (page == lazy->n_pages)
+    if (page == limit)
         return FALSE;
     *start = page;
-    while (page < lazy->n_pages && wanted(lazy, want, page))
+    while (page < limit && wanted(lazy, want, page))
         page++;
     *end = page;
     return TRUE;
 }
 
-static gboolean fill_missing(MvmLazyMemory *lazy, const guint8 *want, GError **error)
+/* The missing pages of [@first, @limit) that @want marks (NULL: all). */
+static gboolean fill_missing(MvmLazyMemory *lazy, guint8 *buf, const guint8 *want, guint64 first,
+                             guint64 limit, gboolean skip_zero, GError **error)
 {
-    g_autofree guint8 *buf = g_try_malloc(FILL_CHUNK);
-    guint64 start = 0, end = 0;
+    guint64 start = first, end = first;
 
-    if (buf == NULL) {
-        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
-                            "out of memory for reading the snapshot's memory");
-        return FALSE;
-    }
-    while (next_missing_run(lazy, want, &start, &end))
-        if (!fill_run(lazy, buf, start, end, error))
+    while (next_missing_run(lazy, want, limit, &start, &end))
+        if (!fill_run(lazy, buf, start, end, skip_zero, error))
             return FALSE;
     return TRUE;
+}
+
+/*
+ * Every missing page with data in the file: only the file's data extents are read (its holes
+ * are zero pages that need no placing), where the file system tells them (SEEK_DATA).
+ */
+static gboolean fill_all(MvmLazyMemory *lazy, guint8 *buf, GError **error)
+{
+    for (guint64 page = 0; page < lazy->n_pages;) {
+        off_t data = lseek(lazy->file_fd, (off_t)(page * MVM_PAGE_SIZE), SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            return TRUE; /* only a hole is left */
+        off_t hole = data < 0 ? -1 : lseek(lazy->file_fd, data, SEEK_HOLE);
+        if (hole < 0) /* no SEEK_DATA here: everything */
+            return fill_missing(lazy, buf, NULL, page, lazy->n_pages, TRUE, error);
+        guint64 first = (guint64)data / MVM_PAGE_SIZE;
+        guint64 last = MIN(((guint64)hole + MVM_PAGE_SIZE - 1) / MVM_PAGE_SIZE, lazy->n_pages);
+        if (first >= lazy->n_pages)
+            return TRUE;
+        if (!fill_missing(lazy, buf, NULL, first, last, TRUE, error))
+            return FALSE;
+        page = MAX(last, first + 1); /* a file changed meanwhile still moves on */
+    }
+    return TRUE;
+}
+
+static guint8 *bulk_buffer(GError **error)
+{
+    void *buf = NULL;
+
+    /* Aligned: a file opened with O_DIRECT (the caller shares its open file) reads too. */
+    if (posix_memalign(&buf, MVM_PAGE_SIZE, FILL_CHUNK) != 0) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
+                            "out of memory for reading the snapshot's memory");
+        return NULL;
+    }
+    return buf;
 }
 
 gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **error)
@@ -366,32 +474,79 @@ gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **
     MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
 
     g_return_val_if_fail(lazy != NULL && pages != NULL, FALSE);
+    guint8 *buf = bulk_buffer(error);
+    if (buf == NULL)
+        return FALSE;
     g_mutex_lock(&lazy->finish_lock);
-    gboolean ok = lazy->finished || fill_missing(lazy, pages, error);
+    gboolean ok = lazy->finished || fill_missing(lazy, buf, pages, 0, lazy->n_pages, FALSE, error);
     g_mutex_unlock(&lazy->finish_lock);
+    free(buf);
     return ok;
 }
 
 /*
- * Every page in, then the userfaultfd goes: no page can be missing any more, so no fault can
- * wait on the thread about to end.
+ * Every page with data in, then the fault thread stops, and the range is unregistered, which
+ * wakes anyone who touched a page meanwhile: what is still missing is a zero page of the memfd
+ * from then on, and no fault waits on a thread any more.
  */
+static void end_lazy(MvmLazyMemory *lazy)
+{
+    struct uffdio_range range = {.start = (guint64)(guintptr)lazy->base, .len = lazy->size};
+
+    if (lazy->thread != NULL) {
+        eventfd_write(lazy->stop_fd, 1);
+        g_thread_join(g_steal_pointer(&lazy->thread));
+    }
+    ioctl(lazy->uffd, UFFDIO_UNREGISTER, &range);
+    close_sources(lazy);
+    madvise(lazy->base, lazy->size, MADV_HUGEPAGE);
+    __atomic_store_n(&lazy->finished, TRUE, __ATOMIC_RELAXED);
+}
+
 gboolean mvm_memory_lazy_finish(MvmMemory *mem, GError **error)
 {
     MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
-    gboolean ok = TRUE;
 
-    if (lazy == NULL)
+    if (lazy == NULL || __atomic_load_n(&lazy->finished, __ATOMIC_RELAXED))
         return TRUE;
+    guint8 *buf = bulk_buffer(error);
+    if (buf == NULL)
+        return FALSE;
     g_mutex_lock(&lazy->finish_lock);
-    if (!lazy->finished && (ok = fill_missing(lazy, NULL, error))) {
-        struct uffdio_range range = {.start = (guint64)(guintptr)lazy->base, .len = lazy->size};
-        ioctl(lazy->uffd, UFFDIO_UNREGISTER, &range);
-        close_sources(lazy);
-        __atomic_store_n(&lazy->finished, TRUE, __ATOMIC_RELAXED);
-    }
+    gboolean ok = lazy->finished || fill_all(lazy, buf, error);
+    if (ok && !lazy->finished)
+        end_lazy(lazy);
     g_mutex_unlock(&lazy->finish_lock);
+    free(buf);
     return ok;
+}
+
+/*
+ * The VM is going: whoever waits on a page, or would, gets a zero page instead of waiting on a
+ * file that may never answer. No lock: a finish in progress holds it, and may be what waits.
+ */
+void mvm_memory_lazy_abort(MvmMemory *mem)
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+    struct uffdio_range range;
+
+    if (lazy == NULL || __atomic_exchange_n(&lazy->aborted, TRUE, __ATOMIC_ACQ_REL))
+        return;
+    range = (struct uffdio_range){.start = (guint64)(guintptr)lazy->base, .len = lazy->size};
+    int uffd = __atomic_load_n(&lazy->uffd, __ATOMIC_ACQUIRE);
+    if (uffd >= 0 && !__atomic_load_n(&lazy->finished, __ATOMIC_ACQUIRE))
+        ioctl(uffd, UFFDIO_UNREGISTER, &range);
+}
+
+gboolean mvm_memory_lazy_reads_file(MvmMemory *mem, int fd)
+{
+    MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
+    struct stat a, b;
+
+    if (lazy == NULL || __atomic_load_n(&lazy->finished, __ATOMIC_ACQUIRE))
+        return FALSE;
+    return fstat(lazy->file_fd, &a) == 0 && fstat(fd, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
 }
 
 gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total)

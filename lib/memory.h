@@ -108,8 +108,12 @@ MvmMemory *mvm_memory_new_lazy(int fd, guint64 size, const guint8 source_id[MVM_
 int mvm_lazy_open_userfaultfd(GError **error);
 /* Reads the pages @pages marks (one bit per page, in fd order) that are not in yet. */
 gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **error);
-/* Reads every page not in yet, then ends the lazy part: ordinary memfd RAM from then on. */
+/* Reads every page with data not in yet, then ends the lazy part: ordinary memfd RAM. */
 gboolean mvm_memory_lazy_finish(MvmMemory *mem, GError **error);
+/* The VM is going: unregisters, so no touch of a missing page waits any more (zeros). */
+void mvm_memory_lazy_abort(MvmMemory *mem);
+/* Is @fd the file the lazy memory still reads its pages from? */
+gboolean mvm_memory_lazy_reads_file(MvmMemory *mem, int fd);
 gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total);
 /* The pages read because something touched them (bits as above), and the snapshot's ID. */
 guint8 *mvm_memory_lazy_dup_demand(MvmMemory *mem, guint8 source_id[MVM_SNAPSHOT_ID_SIZE]);

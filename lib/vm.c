@@ -343,6 +343,9 @@ void mvm_vm_release_devices(MvmVm *vm)
     if (vm->devices_released)
         return;
     mvm_vm_stop(vm, NULL);
+    /* A lazily restored VM's threads may wait on a page its file never gives: not any more. */
+    if (vm->memory != NULL)
+        mvm_memory_lazy_abort(vm->memory);
     mvm_vm_join_vcpus(vm);
     for (guint i = 0; vm->vcpus != NULL && i < vm->n_vcpus; i++)
         mvm_vcpu_free(vm->vcpus[i].vcpu);

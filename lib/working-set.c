@@ -98,9 +98,9 @@ static guint64 count_pages(const guint8 *bits, gsize n_bytes)
 MvmWorkingSet *mvm_working_set_new_from_bytes(GBytes *bytes, GError **error)
 {
     gsize len;
-    const guint8 *data = g_bytes_get_data(bytes, &len);
 
     g_return_val_if_fail(bytes != NULL, NULL);
+    const guint8 *data = g_bytes_get_data(bytes, &len);
     if (len < WSET_HEADER_SIZE) {
         invalid(error, "too short");
         return NULL;
@@ -245,6 +245,11 @@ gboolean mvm_vm_save_working_set(MvmVm *vm, int fd, GError **error)
     if (pages == NULL) {
         g_set_error_literal(error, MVM_ERROR, MVM_ERROR_NOT_SUPPORTED,
                             "the VM was not restored lazily: it has no working set");
+        return FALSE;
+    }
+    if (mvm_memory_lazy_reads_file(vm->memory, fd)) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                            "the VM still reads its memory from that file (a lazy restore)");
         return FALSE;
     }
     g_autoptr(GBytes) bytes = encode(pages, mvm_memory_get_size(vm->memory), id);

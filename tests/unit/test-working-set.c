@@ -182,6 +182,51 @@ static void test_lazy_free_unfinished(void)
     mvm_memory_free(mem);
 }
 
+/* A sparse file: finish reads its data, and its holes stay zero pages without being placed. */
+static void test_lazy_finish_sparse(void)
+{
+    g_autoptr(GError) error = NULL;
+    int fd = make_memory_file(16 * MVM_PAGE_SIZE);
+    g_assert_cmpint(ftruncate(fd, RAM_SIZE), ==, 0);
+    guint64 word = page_word(700);
+    g_assert_cmpint(pwrite(fd, &word, sizeof(word), 700 * MVM_PAGE_SIZE), ==, sizeof(word));
+    g_autoptr(MvmMemory) mem = lazy_or_skip(fd);
+
+    if (mem == NULL) {
+        close(fd);
+        return;
+    }
+    g_assert_true(mvm_memory_lazy_reads_file(mem, fd));
+    g_assert_true(mvm_memory_lazy_finish(mem, &error));
+    g_assert_no_error(error);
+    g_assert_false(mvm_memory_lazy_reads_file(mem, fd));
+    close(fd);
+    for (guint64 page = 0; page < N_PAGES; page++)
+        g_assert_cmpuint(read_word(mem, page), ==, page < 16 || page == 700 ? page_word(page) : 0);
+}
+
+/* Aborted (the VM is going): a touch of a missing page no longer waits for the thread. */
+static void test_lazy_abort(void)
+{
+    int fd = make_memory_file(RAM_SIZE);
+    g_autoptr(MvmMemory) mem = lazy_or_skip(fd);
+    int other = memfd_create("other", MFD_CLOEXEC);
+
+    if (mem == NULL) {
+        close(fd);
+        close(other);
+        return;
+    }
+    g_assert_false(mvm_memory_lazy_reads_file(mem, other));
+    close(other);
+    close(fd);
+    g_assert_cmpuint(read_word(mem, 1), ==, page_word(1));
+    mvm_memory_lazy_abort(mem);
+    mvm_memory_lazy_abort(mem);
+    g_assert_cmpuint(read_word(mem, 1), ==, page_word(1));
+    g_assert_cmpuint(read_word(mem, 2), ==, 0);
+}
+
 /* ---- the file format ---- */
 
 static GByteArray *valid_file(guint64 memory_size)
@@ -315,6 +360,8 @@ int main(int argc, char **argv)
     g_test_add_func("/lazy/prefetch-and-finish", test_lazy_prefetch_and_finish);
     g_test_add_func("/lazy/short-file", test_lazy_short_file);
     g_test_add_func("/lazy/free-unfinished", test_lazy_free_unfinished);
+    g_test_add_func("/lazy/finish-sparse", test_lazy_finish_sparse);
+    g_test_add_func("/lazy/abort", test_lazy_abort);
     g_test_add_func("/working-set/valid", test_format_valid);
     g_test_add_func("/working-set/invalid", test_format_invalid);
     g_test_add_func("/working-set/fd", test_format_fd);
