@@ -16,18 +16,43 @@
 #define STATE_KEY  "state-fd"
 #define MEMORY_KEY "memory-fd"
 
-static gboolean refuse(GError **error, const char *key, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static gboolean refuse_as(GError **error, const char *label, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
 
-static gboolean refuse(GError **error, const char *key, const char *fmt, ...)
+/* @label: what the caller passed, as the error names it ("option 'state-fd'", "argument 'fd'"). */
+static gboolean refuse_valist(GError **error, const char *label, const char *fmt, va_list ap)
+    G_GNUC_PRINTF(3, 0);
+
+static gboolean refuse_valist(GError **error, const char *label, const char *fmt, va_list ap)
+{
+    GError *local = g_error_new_valist(MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, fmt, ap);
+
+    g_prefix_error(&local, "%s: ", label);
+    g_propagate_error(error, local);
+    return FALSE;
+}
+
+static gboolean refuse_as(GError **error, const char *label, const char *fmt, ...)
 {
     va_list ap;
-    GError *local;
 
     va_start(ap, fmt);
-    local = g_error_new_valist(MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, fmt, ap);
+    refuse_valist(error, label, fmt, ap);
     va_end(ap);
-    g_prefix_error(&local, "option '%s': ", key);
-    g_propagate_error(error, local);
+    return FALSE;
+}
+
+static gboolean refuse(GError **error, const char *key, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+/* An option's descriptor: "option 'KEY': ..." */
+static gboolean refuse(GError **error, const char *key, const char *fmt, ...)
+{
+    g_autofree char *label = g_strdup_printf("option '%s'", key);
+    va_list ap;
+
+    va_start(ap, fmt);
+    refuse_valist(error, label, fmt, ap);
+    va_end(ap);
     return FALSE;
 }
 
@@ -152,7 +177,7 @@ gboolean mvmd_caller_file_system_check(const struct statx *stx, gboolean strict,
 
 gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error)
 {
-    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO;
+    const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO | STATX_SIZE;
 
     /* DONT_SYNC: the attributes the kernel has, without asking a FUSE or NFS server. */
     if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0) {
@@ -163,64 +188,67 @@ gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError
     return mvmd_caller_file_system_check(stx, strict, error);
 }
 
-static gboolean check_access_mode(int fd, const char *key, MvmdCallerFileUse use, GError **error)
+static gboolean check_access_mode(int fd, const char *label, MvmdCallerFileUse use, GError **error)
 {
     int flags = fcntl(fd, F_GETFL);
     int mode = flags & O_ACCMODE;
 
     if (flags < 0 || (flags & O_PATH))
-        return refuse(error, key, "the descriptor is not open for reading or writing (O_PATH?)");
+        return refuse_as(error, label,
+                         "the descriptor is not open for reading or writing (O_PATH?)");
     if (use == MVMD_CALLER_FILE_READ && mode != O_RDONLY && mode != O_RDWR)
-        return refuse(error, key, "the file is not open for reading");
+        return refuse_as(error, label, "the file is not open for reading");
     if (use == MVMD_CALLER_FILE_WRITE && mode != O_WRONLY && mode != O_RDWR)
-        return refuse(error, key, "the file is not open for writing (open it O_WRONLY or O_RDWR)");
+        return refuse_as(error, label,
+                         "the file is not open for writing (open it O_WRONLY or O_RDWR)");
     if (use == MVMD_CALLER_FILE_WRITE && (flags & O_APPEND))
-        return refuse(error, key,
-                      "the file is open with O_APPEND; the snapshot is written at "
-                      "fixed offsets");
+        return refuse_as(error, label,
+                         "the file is open with O_APPEND; it is written at fixed offsets");
     return TRUE;
 }
 
 /* A new file of the caller's: a second link would let the write land in another file too. */
-static gboolean check_own_file(const struct statx *stx, const char *key, uid_t owner,
+static gboolean check_own_file(const struct statx *stx, const char *label, uid_t owner,
                                GError **error)
 {
     if (stx->stx_nlink != 1)
-        return refuse(error, key,
-                      "the file has %u links; pass a file of its own (one link), as created "
-                      "with O_CREAT|O_EXCL",
-                      stx->stx_nlink);
+        return refuse_as(error, label,
+                         "the file has %u links; pass a file of its own (one link), as created "
+                         "with O_CREAT|O_EXCL",
+                         stx->stx_nlink);
     if (owner != (uid_t)-1 && stx->stx_uid != owner)
-        return refuse(error, key, "the file belongs to uid %u, not to the caller (uid %u)",
-                      stx->stx_uid, (guint)owner);
+        return refuse_as(error, label, "the file belongs to uid %u, not to the caller (uid %u)",
+                         stx->stx_uid, (guint)owner);
     return TRUE;
 }
 
-static gboolean check_one(int fd, const char *key, MvmdCallerFileUse use, uid_t owner,
+static gboolean check_one(int fd, const char *label, MvmdCallerFileUse use, uid_t owner,
                           struct statx *stx, GError **error)
 {
     if (!mvmd_caller_fd_statx(fd, TRUE, stx, error)) {
-        g_prefix_error(error, "option '%s': ", key);
+        g_prefix_error(error, "%s: ", label);
         return FALSE;
     }
     if (!S_ISREG(stx->stx_mode))
-        return refuse(error, key,
-                      "the descriptor is not a regular file (a FIFO, socket, device or "
-                      "directory is never %s)",
-                      use == MVMD_CALLER_FILE_WRITE ? "written" : "read");
-    if (!check_access_mode(fd, key, use, error))
+        return refuse_as(error, label,
+                         "the descriptor is not a regular file (a FIFO, socket, device or "
+                         "directory is never %s)",
+                         use == MVMD_CALLER_FILE_WRITE ? "written" : "read");
+    if (!check_access_mode(fd, label, use, error))
         return FALSE;
-    return use == MVMD_CALLER_FILE_READ || check_own_file(stx, key, owner, error);
+    return use == MVMD_CALLER_FILE_READ || check_own_file(stx, label, owner, error);
 }
 
 /* @state_key and @memory_key: what the errors call the two (the options, or a layer's). */
 static gboolean check_pair(int state_fd, int memory_fd, MvmdCallerFileUse use, uid_t owner,
                            const char *state_key, const char *memory_key, GError **error)
 {
+    g_autofree char *state_label = g_strdup_printf("option '%s'", state_key);
+    g_autofree char *memory_label = g_strdup_printf("option '%s'", memory_key);
     struct statx state, memory;
 
-    if (!check_one(state_fd, state_key, use, owner, &state, error) ||
-        !check_one(memory_fd, memory_key, use, owner, &memory, error))
+    if (!check_one(state_fd, state_label, use, owner, &state, error) ||
+        !check_one(memory_fd, memory_label, use, owner, &memory, error))
         return FALSE;
     if (state.stx_dev_major == memory.stx_dev_major &&
         state.stx_dev_minor == memory.stx_dev_minor && state.stx_ino == memory.stx_ino)
@@ -312,5 +340,43 @@ gboolean mvmd_caller_layers_parse(GVariant *options, GUnixFDList *fd_list, guint
     }
     *layers = taken;
     *n_layers = (guint)n;
+    return TRUE;
+}
+
+gboolean mvmd_caller_fd_check(int fd, const char *label, MvmdCallerFileUse use, uid_t owner,
+                              guint64 max_size, GError **error)
+{
+    struct statx stx;
+
+    if (!check_one(fd, label, use, owner, &stx, error))
+        return FALSE;
+    /* A bound on what the daemon reads into memory: the reader checks the exact length. */
+    if (use == MVMD_CALLER_FILE_READ && max_size > 0 && stx.stx_size > max_size)
+        return refuse_as(error, label,
+                         "the file has %" G_GUINT64_FORMAT
+                         " bytes, more than the %" G_GUINT64_FORMAT " such a file can have",
+                         (guint64)stx.stx_size, max_size);
+    return TRUE;
+}
+
+gboolean mvmd_caller_file_parse(GVariant *options, GUnixFDList *fd_list, const char *key,
+                                MvmdCallerFileUse use, uid_t owner, guint64 max_size, int *fd,
+                                GError **error)
+{
+    g_autoptr(GVariant) value = g_variant_lookup_value(options, key, G_VARIANT_TYPE_HANDLE);
+    g_autofree char *label = g_strdup_printf("option '%s'", key);
+    int taken;
+
+    *fd = -1;
+    if (!value)
+        return TRUE;
+    taken = take_fd(value, fd_list, key, error);
+    if (taken < 0)
+        return FALSE;
+    if (!mvmd_caller_fd_check(taken, label, use, owner, max_size, error)) {
+        mvmd_close_later(taken);
+        return FALSE;
+    }
+    *fd = taken;
     return TRUE;
 }

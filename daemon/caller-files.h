@@ -51,6 +51,24 @@ gboolean mvmd_caller_files_parse(GVariant *options, GUnixFDList *fd_list, MvmdCa
 gboolean mvmd_caller_layers_parse(GVariant *options, GUnixFDList *fd_list, guint max,
                                   MvmSnapshotFiles **layers, guint *n_layers, GError **error);
 
+/*
+ * One descriptor a caller passed to be read (RestoreVM's `working-set`) or written
+ * (SaveWorkingSet's @fd), checked as mvmd_caller_files_parse() checks each of `state-fd` and
+ * `memory-fd` for @use (and @owner), and, to be read, of at most @max_size bytes (0: any size).
+ * @label names it in the errors ("option 'working-set'", "argument 'fd'"). FALSE with
+ * MVMD_ERROR_INVALID_ARGUMENT and the reason otherwise; @fd stays the caller's either way.
+ */
+gboolean mvmd_caller_fd_check(int fd, const char *label, MvmdCallerFileUse use, uid_t owner,
+                              guint64 max_size, GError **error);
+
+/*
+ * The option @key (type h, already checked) of @options: the descriptor duplicated and checked
+ * with mvmd_caller_fd_check(), in @fd (the caller's to close). Absent: TRUE and -1.
+ */
+gboolean mvmd_caller_file_parse(GVariant *options, GUnixFDList *fd_list, const char *key,
+                                MvmdCallerFileUse use, uid_t owner, guint64 max_size, int *fd,
+                                GError **error);
+
 /* Closes the @n pairs of @layers later (fd-closer.h) and frees the array; NULL is ignored. */
 void mvmd_snapshot_layers_free(MvmSnapshotFiles *layers, guint n);
 

@@ -23,6 +23,9 @@ typedef struct {
     int kvm_api_version;      /* -1: no KVM */
     gboolean stopping;        /* SIGTERM etc.: no new starts, no restarts on reset */
     gboolean force_stop;      /* the graceful part of stopping is over */
+    /* Why this host has no lazy restore (mvm_lazy_restore_supported(), probed once at start-up:
+     * RestoreVM's `lazy` is NotSupported with it), NULL when it has. Owned. */
+    char *no_lazy_restore;
     /* Custom CPU templates (cpu-templates.h): --cpu-template-dir, else microvmd.conf's
      * [CPUTemplates] Directory= (read again by Reload), else MVMD_CPU_TEMPLATE_DIR. Owned. */
     char *cpu_template_dir;

@@ -63,6 +63,21 @@ static void probe_kvm(Daemon *d)
               mvmd_config_get_max_vcpus());
 }
 
+/*
+ * Lazy restore needs a userfaultfd from /dev/userfaultfd (Linux 6.1; the unit binds it in).
+ * Probed once, after the process sandbox is in place, so that the answer is what a restore
+ * will get; the Capabilities property is fixed for the daemon's life, and RestoreVM agrees.
+ */
+static void probe_lazy_restore(Daemon *d)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (mvm_lazy_restore_supported(&error))
+        return;
+    d->ctx.no_lazy_restore = g_strdup(error ? error->message : "unknown error");
+    g_message("lazy restore is not available: %s", d->ctx.no_lazy_restore);
+}
+
 /* ---- stopping -------------------------------------------------------------------------- */
 
 static void finish(Daemon *d)
@@ -259,6 +274,7 @@ static gboolean start(Daemon *d, GError **error)
         G_BUS_NAME_OWNER_FLAGS_ALLOW_REPLACEMENT | G_BUS_NAME_OWNER_FLAGS_DO_NOT_QUEUE;
 
     probe_kvm(d);
+    probe_lazy_restore(d);
     if (!mvmd_fd_closer_start(error))
         return FALSE;
     d->connection = connect_bus(d->options, error);
@@ -320,6 +336,7 @@ static void cleanup(Daemon *d)
     /* Likewise: a VM keeps the images it maps. */
     mvm_memory_images_unref(d->ctx.memory_images);
     g_free(d->ctx.cpu_template_dir);
+    g_free(d->ctx.no_lazy_restore);
     g_main_loop_unref(d->loop);
 }
 

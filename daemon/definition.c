@@ -439,6 +439,7 @@ static void restored_to_variant(const MvmdVmDefinition *config, GVariantBuilder 
     g_variant_builder_add(b, "{sv}", "clone", g_variant_new_boolean(config->clone));
     g_variant_builder_add(b, "{sv}", "layers", g_variant_new_uint32(config->n_snapshot_layers));
     g_variant_builder_add(b, "{sv}", "track-changes", g_variant_new_boolean(config->track_changes));
+    g_variant_builder_add(b, "{sv}", "lazy", g_variant_new_boolean(config->lazy));
 }
 
 /* @stored: for the stored definition (devices_to_keyfile()), else for GetConfig. */

@@ -56,6 +56,12 @@ typedef struct {
     guint n_snapshot_layers;
     /* RestoreVM's `track-changes`: each restore is MVM_RESTORE_TRACK_CHANGES. */
     gboolean track_changes;
+    /*
+     * RestoreVM's `lazy`: each restore (the first, and each Start) is MVM_RESTORE_LAZY. Its
+     * `working-set` is not kept here: it is the first restore's alone (OpArgs), so that the
+     * definition holds no descriptor the caller gave only to speed one restore up.
+     */
+    gboolean lazy;
 } MvmdVmDefinition;
 
 #define MVMD_VM_NAME_MAX 64
@@ -63,6 +69,12 @@ typedef struct {
 /* Stricter than lib's MVM_MAX_MEMORY_MIB: the daemon's own bound. */
 #define MVMD_MEMORY_MIB_MAX (1024 * 1024)
 #define MVMD_DEFAULT_MEMORY 128
+/*
+ * The largest working set file RestoreVM's `working-set` may be: a header (well under a page)
+ * and one bit per 4 KiB page of the largest guest RAM the daemon allows, 32 bytes per MiB
+ * (lib/working-set.c has the format, and checks the exact length).
+ */
+#define MVMD_WORKING_SET_MAX_BYTES (4096 + MVMD_MEMORY_MIB_MAX * G_GUINT64_CONSTANT(32))
 
 void mvmd_vm_definition_free(MvmdVmDefinition *config);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdVmDefinition, mvmd_vm_definition_free)

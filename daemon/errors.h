@@ -20,9 +20,13 @@ typedef enum {
     /* org.microvmd.MicroVM1.Error.IncompatibleCPU: this host's CPU lacks what a snapshot's
      * guest saw, or what a CPU template sets (MVM_ERROR_INCOMPATIBLE_CPU) */
     MVMD_ERROR_INCOMPATIBLE_CPU,
+    /* org.microvmd.MicroVM1.Error.NotSupported: this host or this VM lacks what the call needs
+     * (MVM_ERROR_NOT_SUPPORTED: a lazy restore without userfaultfd, the working set of a VM
+     * not restored lazily) */
+    MVMD_ERROR_NOT_SUPPORTED,
 } MvmdError;
 
-#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_INCOMPATIBLE_CPU + 1)
+#define MVMD_ERROR_N_ERRORS (MVMD_ERROR_NOT_SUPPORTED + 1)
 
 #define MVMD_ERROR (mvmd_error_quark())
 GQuark mvmd_error_quark(void);

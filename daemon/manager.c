@@ -410,11 +410,13 @@ static MvmdVmDefinition *restore_config_dir(RestoreCall *call, const char *dir_a
 /*
  * The snapshot as the caller's two open files. Guest RAM is copied out of an untrusted
  * caller's memory file, never mapped: the caller could truncate a mapped file, and the daemon
- * (every VM in it) would take SIGBUS on the next access to the guest's RAM.
+ * (every VM in it) would take SIGBUS on the next access to the guest's RAM. A lazy restore
+ * maps it no more than a copy does: it reads each page with pread() when the guest first
+ * touches it (a file shortened meanwhile reads as zeros), so it needs no copy.
  */
 static MvmdVmDefinition *restore_config_files(RestoreCall *call, const char *dir_arg,
                                               GVariant *options, int state_fd, int memory_fd,
-                                              gboolean copy, GError **error)
+                                              gboolean copy, gboolean lazy, GError **error)
 {
     if (*dir_arg || g_variant_lookup(options, "dir-fd", "h", NULL)) {
         mvmd_close_later(state_fd);
@@ -424,7 +426,7 @@ static MvmdVmDefinition *restore_config_files(RestoreCall *call, const char *dir
                             "options 'state-fd' and 'memory-fd', not both");
         return NULL;
     }
-    copy = copy || !mvmd_auth_caller_is_trusted(call->invocation);
+    copy = copy || (!lazy && !mvmd_auth_caller_is_trusted(call->invocation));
     return mvmd_vm_definition_new_restored_files(call->name, state_fd, memory_fd, copy, error);
 }
 
@@ -445,25 +447,77 @@ static gboolean restore_layers(GVariant *options, GUnixFDList *fd_list, MvmdVmDe
     return TRUE;
 }
 
-static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, GError **error)
+static gboolean refuse_lazy(GError **error, MvmdError code, const char *message)
+{
+    g_set_error_literal(error, MVMD_ERROR, code, message);
+    return FALSE;
+}
+
+/*
+ * `lazy` and `working-set`, checked before any descriptor is taken. A lazy restore reads the
+ * snapshot's own `memory` page by page, so not with a copy nor with a chain (which the library
+ * refuses too, in its own words); a working set only speeds a lazy one up. Whether this host
+ * can do it at all was probed at start-up (daemon.c): NotSupported, with the reason.
+ */
+static gboolean restore_lazy_check(RestoreCall *call, GVariant *options, gboolean *lazy,
+                                   GError **error)
+{
+    g_autoptr(GVariant) layers = g_variant_lookup_value(options, "layers", G_VARIANT_TYPE("a(hh)"));
+    const char *unsupported = call->self->ctx->no_lazy_restore;
+    gboolean copy = FALSE;
+
+    *lazy = FALSE;
+    g_variant_lookup(options, "lazy", "b", lazy);
+    g_variant_lookup(options, "copy-memory", "b", &copy);
+    if (!*lazy)
+        return !g_variant_lookup(options, "working-set", "h", NULL) ||
+               refuse_lazy(error, MVMD_ERROR_INVALID_ARGUMENT,
+                           "option 'working-set': only for a lazy restore; pass 'lazy': <true> "
+                           "as well");
+    if (copy)
+        return refuse_lazy(error, MVMD_ERROR_INVALID_ARGUMENT,
+                           "option 'lazy': not with 'copy-memory': a lazy restore reads the "
+                           "snapshot's memory page by page as the guest touches it, a copy reads "
+                           "it all at once");
+    if (layers && g_variant_n_children(layers) > 0)
+        return refuse_lazy(error, MVMD_ERROR_INVALID_ARGUMENT,
+                           "option 'lazy': not with 'layers': a diff snapshot's chain is laid "
+                           "together into a copy of guest RAM, read all at once");
+    if (unsupported) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_SUPPORTED,
+                    "option 'lazy': not on this host: %s", unsupported);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * @working_set_fd: RestoreVM's `working-set` (checked; -1: none), for the first restore only,
+ * never kept with the definition: each later Start restores lazily without a prefetch.
+ */
+static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, int *working_set_fd,
+                                        GError **error)
 {
     static const MvmdKeySpec allowed[] = {
         {"dir-fd", "h"},       {"state-fd", "h"},    {"memory-fd", "h"},
         {"resume", "b"},       {"copy-memory", "b"}, {"disks", "aa{sv}"},
         {"network", "aa{sv}"}, {"vsock", "a{sv}"},   {"use-snapshot-backends", "b"},
-        {"clone", "b"},        {"layers", "a(hh)"},  {"track-changes", "b"}};
+        {"clone", "b"},        {"layers", "a(hh)"},  {"track-changes", "b"},
+        {"lazy", "b"},         {"working-set", "h"}};
     GUnixFDList *fd_list = mvmd_invocation_fds(call->invocation);
     g_autoptr(GVariant) options = NULL;
     g_autoptr(MvmdVmDefinition) config = NULL;
-    gboolean resume = FALSE, copy = FALSE;
+    gboolean resume = FALSE, copy = FALSE, lazy = FALSE;
     const char *dir_arg;
     int state_fd, memory_fd;
 
+    *working_set_fd = -1;
     g_variant_get(g_dbus_method_invocation_get_parameters(call->invocation), "(&s&s@a{sv})", NULL,
                   &dir_arg, &options);
     if (!mvmd_vm_name_validate(call->name, error) ||
         !mvmd_check_fds_arrived(call->invocation, error) ||
         !mvmd_config_check_keys(options, allowed, G_N_ELEMENTS(allowed), NULL, error) ||
+        !restore_lazy_check(call, options, &lazy, error) ||
         !mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_READ, (uid_t)-1, &state_fd,
                                  &memory_fd, error))
         return NULL;
@@ -471,12 +525,16 @@ static MvmdVmDefinition *restore_config(RestoreCall *call, gboolean *paused, GEr
     g_variant_lookup(options, "copy-memory", "b", &copy);
     *paused = !resume;
     if (state_fd >= 0)
-        config = restore_config_files(call, dir_arg, options, state_fd, memory_fd, copy, error);
+        config =
+            restore_config_files(call, dir_arg, options, state_fd, memory_fd, copy, lazy, error);
     else
         config = restore_config_dir(call, dir_arg, options, fd_list, copy, error);
     if (!config || !restore_backends(call, options, fd_list, config, error) ||
-        !restore_layers(options, fd_list, config, error))
+        !restore_layers(options, fd_list, config, error) ||
+        !mvmd_caller_file_parse(options, fd_list, "working-set", MVMD_CALLER_FILE_READ, (uid_t)-1,
+                                MVMD_WORKING_SET_MAX_BYTES, working_set_fd, error))
         return NULL;
+    config->lazy = lazy;
     return g_steal_pointer(&config);
 }
 
@@ -488,12 +546,13 @@ static void restore_vm(RestoreCall *call)
     MvmdVmService *vm;
     MvmdQuotaCharge charge = {NULL};
     gboolean paused = TRUE;
+    int working_set_fd = -1;
 
     if (!check_name_free(self, call->invocation, call->name)) {
         restore_call_free(call);
         return;
     }
-    config = restore_config(call, &paused, &error);
+    config = restore_config(call, &paused, &working_set_fd, &error);
     if (!config) {
         g_dbus_method_invocation_return_gerror(call->invocation, error);
         restore_call_free(call);
@@ -502,6 +561,7 @@ static void restore_vm(RestoreCall *call)
     /* One more VM now; its memory and vCPUs once the worker has read the snapshot (vm-ops.c). */
     if (!caller_uid(call->invocation, &config->owner, &error) ||
         !mvmd_quota_charge(self->ctx->quota, config->owner, 0, 0, FALSE, &charge, &error)) {
+        mvmd_close_later(working_set_fd);
         mvmd_vm_definition_free(config);
         g_dbus_method_invocation_return_gerror(call->invocation, error);
         restore_call_free(call);
@@ -510,7 +570,7 @@ static void restore_vm(RestoreCall *call)
     reserve_name(call);
     vm = mvmd_vm_service_new(self->ctx, config, MVMD_STATE_CREATED);
     mvmd_vm_service_take_charge(vm, &charge);
-    mvmd_vm_service_restore(vm, paused, on_restored, call);
+    mvmd_vm_service_restore(vm, paused, working_set_fd, on_restored, call);
 }
 
 static void on_restore_authorized(GObject *source, GAsyncResult *result, gpointer user_data)
@@ -722,6 +782,8 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
                                    "cpu-template", "diff-snapshots", NULL};
          *c; c++)
         g_ptr_array_add(caps, (gpointer)*c);
+    if (!ctx->no_lazy_restore)
+        g_ptr_array_add(caps, "lazy-restore");
     if (ctx->kvm_api_version >= 0)
         g_ptr_array_add(caps, "kvm");
     if (mvm_sandbox_get_mode() == MVM_SANDBOX_MODE_ENFORCE) {

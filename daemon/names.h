@@ -24,6 +24,7 @@
 #define MVMD_DBUS_ERROR_LIMIT_REACHED    MVMD_DBUS_ERROR_PREFIX "LimitReached"
 #define MVMD_DBUS_ERROR_QUOTA_EXCEEDED   MVMD_DBUS_ERROR_PREFIX "QuotaExceeded"
 #define MVMD_DBUS_ERROR_INCOMPATIBLE_CPU MVMD_DBUS_ERROR_PREFIX "IncompatibleCPU"
+#define MVMD_DBUS_ERROR_NOT_SUPPORTED    MVMD_DBUS_ERROR_PREFIX "NotSupported"
 
 /*
  * polkit action ids (the systemd helper installs the policy). Each pair: acting on one's own VMs

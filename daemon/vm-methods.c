@@ -117,6 +117,8 @@ static const char *op_description(Op op)
         return "start";
     case OP_CPU_CONFIG:
         return "reading the CPU configuration";
+    case OP_WORKING_SET:
+        return "saving the working set";
     default:
         return "state change";
     }
@@ -301,6 +303,11 @@ static void complete_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation)
     mvmd_vm_complete_snapshot(vm, invocation, NULL);
 }
 
+static void complete_save_working_set(MvmdVm *vm, GDBusMethodInvocation *invocation)
+{
+    mvmd_vm_complete_save_working_set(vm, invocation, NULL);
+}
+
 static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
 {
     g_autoptr(GError) error = NULL;
@@ -321,6 +328,55 @@ static void act_snapshot(MvmdVmService *self, GDBusMethodInvocation *invocation,
            : args.dir_fd >= 0 ? "a directory fd"
                               : "the caller's files");
     mvmd_vm_service_begin_op(self, OP_SNAPSHOT, invocation, complete_snapshot, &args);
+}
+
+/*
+ * SaveWorkingSet's file: the caller's own, open for writing, checked as Snapshot's `state-fd`
+ * (caller-files.c). No options yet: any key is refused, so that a later one is never ignored.
+ */
+static gboolean parse_working_set_args(GDBusMethodInvocation *invocation, OpArgs *args,
+                                       GError **error)
+{
+    GUnixFDList *fd_list = mvmd_invocation_fds(invocation);
+    g_autoptr(GVariant) fdv = NULL;
+    g_autoptr(GVariant) options = NULL;
+    uid_t owner;
+
+    g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(@h@a{sv})", &fdv,
+                  &options);
+    if (!mvmd_check_fds_arrived(invocation, error) ||
+        !mvmd_config_check_keys(options, NULL, 0, NULL, error) ||
+        !mvmd_auth_file_owner(invocation, &owner, error))
+        return FALSE;
+    args->working_set_fd = mvmd_fd_list_dup(fd_list, fdv, error);
+    if (args->working_set_fd < 0) {
+        g_prefix_error(error, "argument 'fd': ");
+        return FALSE;
+    }
+    return mvmd_caller_fd_check(args->working_set_fd, "argument 'fd'", MVMD_CALLER_FILE_WRITE,
+                                owner, 0, error);
+}
+
+/*
+ * On a worker like Snapshot (the file is the caller's; the write and its sync take their
+ * time), but the guest runs on. Whether the VM was restored lazily the library answers
+ * (MVM_ERROR_NOT_SUPPORTED, NotSupported here).
+ */
+static void act_save_working_set(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GError) error = NULL;
+    OpArgs args = OP_ARGS_INIT;
+
+    if (!parse_working_set_args(invocation, &args, &error)) {
+        mvmd_op_args_clear(&args);
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    if (!check_snapshot_state(self, invocation)) {
+        mvmd_op_args_clear(&args);
+        return;
+    }
+    mvmd_vm_service_begin_op(self, OP_WORKING_SET, invocation, complete_save_working_set, &args);
 }
 
 static void act_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
@@ -489,12 +545,17 @@ static GVariant *build_stats(MvmdVmService *self)
     MvmVmStats st = {0};
     GVariantBuilder b, exits;
     gint64 uptime = 0;
+    gboolean lazy = FALSE;
 
     if (self->run && self->op == OP_NONE) {
         mvm_vm_get_stats(self->run->vm, &st);
         self->stats_cache = st;
-    } else if (self->run && self->op != OP_START) {
+        self->has_lazy = mvm_vm_get_lazy_progress(self->run->vm, &self->lazy_pages_read,
+                                                  &self->lazy_pages_total);
+    }
+    if (self->run && self->op != OP_START) {
         st = self->stats_cache;
+        lazy = self->has_lazy;
     }
     if (st.started_at_us > 0)
         uptime = g_get_monotonic_time() - st.started_at_us;
@@ -516,6 +577,12 @@ static GVariant *build_stats(MvmdVmService *self)
     g_variant_builder_add(&b, "{sv}", "restarts", g_variant_new_uint32(self->restarts));
     g_variant_builder_add(&b, "{sv}", "diff-parent",
                           g_variant_new_take_string(mvmd_vm_service_format_diff_parent(self)));
+    if (lazy) {
+        g_variant_builder_add(&b, "{sv}", "lazy-pages-read",
+                              g_variant_new_uint64(self->lazy_pages_read));
+        g_variant_builder_add(&b, "{sv}", "lazy-pages-total",
+                              g_variant_new_uint64(self->lazy_pages_total));
+    }
     return g_variant_builder_end(&b);
 }
 
@@ -533,6 +600,12 @@ static gboolean handle_snapshot(MvmdVm *vm, GDBusMethodInvocation *invocation, G
                                 const char *dir, GVariant *options)
 {
     return authorize(MVMD_VM_SERVICE(vm), invocation, &SNAPSHOT, act_snapshot, 0);
+}
+
+static gboolean handle_save_working_set(MvmdVm *vm, GDBusMethodInvocation *invocation,
+                                        GUnixFDList *fd_list, GVariant *fd, GVariant *options)
+{
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &SNAPSHOT, act_save_working_set, 0);
 }
 
 static gboolean handle_resume(MvmdVm *vm, GDBusMethodInvocation *invocation)
@@ -647,6 +720,7 @@ static gboolean handle_get_exit_reason(MvmdVm *vm, GDBusMethodInvocation *invoca
 void mvmd_vm_service_iface_init(MvmdVmIface *iface)
 {
     iface->handle_snapshot = handle_snapshot;
+    iface->handle_save_working_set = handle_save_working_set;
     iface->handle_start = handle_start;
     iface->handle_pause = handle_pause;
     iface->handle_resume = handle_resume;

@@ -25,6 +25,7 @@ void mvmd_op_args_clear(OpArgs *args)
     mvmd_clear_fd_later(&args->dir_fd);
     mvmd_clear_fd_later(&args->state_fd);
     mvmd_clear_fd_later(&args->memory_fd);
+    mvmd_clear_fd_later(&args->working_set_fd);
 }
 
 char *mvmd_snapshot_id_format(const guint8 id[MVM_SNAPSHOT_ID_SIZE])
@@ -75,6 +76,8 @@ static void set_restore(OpData *d, const MvmdVmDefinition *definition)
         d->restore_flags |= MVM_RESTORE_CLONE;
     if (definition->track_changes)
         d->restore_flags |= MVM_RESTORE_TRACK_CHANGES;
+    if (definition->lazy)
+        d->restore_flags |= MVM_RESTORE_LAZY;
     d->restore_own_backends = definition->devices.from_snapshot;
 }
 
@@ -111,6 +114,7 @@ void mvmd_vm_op_data_free(OpData *d)
     g_clear_pointer(&d->run, mvmd_vm_run_unref);
     g_free(d->restore_dir);
     g_free(d->restore_layers); /* the fds are the definition's */
+    g_clear_pointer(&d->prefetch, mvm_working_set_free);
     g_free(d->reason);
     g_free(d->cpu_template);
     g_free(d->cpu_template_dir);
@@ -319,6 +323,7 @@ static MvmVm *restore(OpData *d, int dirfd, int state_fd, int memory_fd,
         .charge_image_data = d,
         .layers = d->restore_layers,
         .n_layers = d->n_restore_layers,
+        .prefetch = d->prefetch,
     };
 
     return mvm_vm_restore_full(dirfd, state_fd, memory_fd, &options, error);
@@ -370,6 +375,22 @@ static MvmVm *restore_dir(OpData *d, const MvmVmConfig *backends, GError **error
 }
 
 /*
+ * RestoreVM's `working-set`, read here and not on the main loop: the caller's file (checked to
+ * be a regular file off FUSE, of a bounded size, by caller-files.c) is untrusted input, checked
+ * in full by the library, which tells what is wrong with it (InvalidArgument). Whether it was
+ * recorded from this snapshot the restore checks.
+ */
+static gboolean worker_read_working_set(OpData *d, GError **error)
+{
+    if (d->args.working_set_fd < 0)
+        return TRUE;
+    d->prefetch = mvm_working_set_read_fd(d->args.working_set_fd, error);
+    if (!d->prefetch)
+        g_prefix_error(error, "option 'working-set': ");
+    return d->prefetch != NULL;
+}
+
+/*
  * A restored machine comes back paused (the lib's contract): it runs unless asked not to.
  * With the back ends from the definition (RestoreVM's options: the caller's fds, or paths
  * root gave) the snapshot's own paths are never opened; only root who asked for them with
@@ -380,6 +401,8 @@ static MvmVm *worker_restore(OpData *d, GError **error)
 {
     const MvmVmConfig *backends = d->restore_own_backends ? NULL : d->mvm_config;
 
+    if (!worker_read_working_set(d, error))
+        return NULL;
     if (d->restore_state_fd < 0)
         return restore_dir(d, backends, error);
     if (backends)
@@ -580,6 +603,9 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         break;
     case OP_CPU_CONFIG:
         ok = worker_cpu_config(d, &error);
+        break;
+    case OP_WORKING_SET:
+        ok = mvm_vm_save_working_set(d->run->vm, d->args.working_set_fd, &error);
         break;
     case OP_STOP:
     case OP_REAP:

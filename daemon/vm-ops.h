@@ -28,6 +28,9 @@ typedef enum {
     /* GetCPUConfig: mvm_vm_dump_cpu_config() pauses a running machine for the read, so it is
      * an operation like the others: off the main loop, and never beside a Stop that frees it */
     OP_CPU_CONFIG,
+    /* SaveWorkingSet: the pages a lazily restored guest read, written into the caller's file;
+     * the guest runs on meanwhile */
+    OP_WORKING_SET,
 } Op;
 
 /* What an operation needs besides the VM (owned by the operation). */
@@ -44,11 +47,16 @@ typedef struct {
      */
     gboolean has_diff_base;
     guint8 diff_base[MVM_SNAPSHOT_ID_SIZE];
+    /*
+     * -1, or the caller's working set file (checked): RestoreVM's `working-set`, read on the
+     * worker for the first restore's prefetch; SaveWorkingSet's @fd, written there.
+     */
+    int working_set_fd;
 } OpArgs;
 
 #define OP_ARGS_INIT                                                                               \
     {                                                                                              \
-        .dir_fd = -1, .state_fd = -1, .memory_fd = -1                                              \
+        .dir_fd = -1, .state_fd = -1, .memory_fd = -1, .working_set_fd = -1                        \
     }
 
 void mvmd_op_args_clear(OpArgs *args);
@@ -83,6 +91,8 @@ typedef struct {
     MvmSnapshotFiles *restore_layers;
     guint n_restore_layers;
     MvmRestoreFlags restore_flags;
+    /* The working set in args.working_set_fd, read on the worker (options.prefetch). */
+    MvmWorkingSet *prefetch;
     /* Root asked for the back ends the snapshot names ('use-snapshot-backends'); else
      * mvm_config's devices are used. */
     gboolean restore_own_backends;

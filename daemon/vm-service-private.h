@@ -76,6 +76,11 @@ struct _MvmdVmService {
     gboolean has_diff_parent;
 
     MvmVmStats stats_cache;
+    /* GetStats' `lazy-pages-read` and `lazy-pages-total`, read and cached with the stats;
+     * @has_lazy FALSE: no machine restored lazily, or every page of it is in. */
+    guint64 lazy_pages_read;
+    guint64 lazy_pages_total;
+    gboolean has_lazy;
     guint restarts;
     gint64 reset_window_start;
     guint reset_count;

@@ -329,6 +329,20 @@ static void cpu_config_done(MvmdVmService *self, OpData *d, gboolean ok, GError 
     mvmd_vm_complete_get_cpu_config(MVMD_VM(self), invocation, d->cpu_config);
 }
 
+/* SaveWorkingSet: the guest ran on; nothing of the service changed. */
+static void working_set_done(MvmdVmService *self, gboolean ok, GError *error,
+                             GDBusMethodInvocation *invocation, OpReply reply)
+{
+    if (!ok) {
+        g_autoptr(GError) mapped = mvmd_error_from_error(error, "cannot save the working set");
+
+        g_dbus_method_invocation_return_gerror(invocation, mapped);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "working set saved");
+    reply(MVMD_VM(self), invocation);
+}
+
 /* The daemon is going down, or the guest ended while we were busy. */
 static void after_op(MvmdVmService *self)
 {
@@ -363,6 +377,9 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
         break;
     case OP_CPU_CONFIG:
         cpu_config_done(self, d, ok, error, invocation);
+        break;
+    case OP_WORKING_SET:
+        working_set_done(self, ok, error, invocation, reply);
         break;
     case OP_STOP:
     case OP_REAP:
@@ -494,7 +511,7 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
     gsize n;
 
     if (self->op != OP_NONE && self->op != OP_PAUSE && self->op != OP_RESUME &&
-        self->op != OP_CPU_CONFIG)
+        self->op != OP_CPU_CONFIG && self->op != OP_WORKING_SET)
         return;
     if (!self->run || !self->run->vm)
         return;
@@ -506,13 +523,14 @@ static void console_input(const guint8 *data, gsize len, gpointer user_data)
 
 /* ---- daemon-side control --------------------------------------------------------------- */
 
-void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, MvmdVmServiceReadyFunc func,
-                             gpointer user_data)
+void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, int working_set_fd,
+                             MvmdVmServiceReadyFunc func, gpointer user_data)
 {
     OpArgs args = OP_ARGS_INIT;
 
     g_return_if_fail(self->op == OP_NONE && !self->run);
     args.paused = paused;
+    args.working_set_fd = working_set_fd; /* taken: closed with the operation */
     self->ready_func = func;
     self->ready_data = user_data;
     vm_log(self, G_LOG_LEVEL_MESSAGE, "restoring from a snapshot");

@@ -37,10 +37,12 @@ gboolean mvmd_vm_service_is_active(MvmdVmService *self);
 
 /*
  * RestoreVM: the first start of a VM defined from a snapshot (mvmd_vm_definition_new_restored()).
- * @func learns how it went (error NULL: paused, or running unless @paused).
+ * @func learns how it went (error NULL: paused, or running unless @paused). @working_set_fd
+ * (taken; -1: none) is a checked working set file for this restore's prefetch alone (a lazy
+ * one): later Starts restore without it.
  */
-void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, MvmdVmServiceReadyFunc func,
-                             gpointer user_data);
+void mvmd_vm_service_restore(MvmdVmService *self, gboolean paused, int working_set_fd,
+                             MvmdVmServiceReadyFunc func, gpointer user_data);
 
 /*
  * Takes what the manager charged to the owner's quota for this VM (@charge then holds nothing);

@@ -281,6 +281,7 @@ static const struct {
     {MVMD_DBUS_ERROR_QUOTA_EXCEEDED, MCTL_EXIT_FAILED},
     /* Like NoResources, a property of this host: the message lists the missing features. */
     {MVMD_DBUS_ERROR_INCOMPATIBLE_CPU, MCTL_EXIT_FAILED},
+    {MVMD_DBUS_ERROR_NOT_SUPPORTED, MCTL_EXIT_FAILED},
     {"org.freedesktop.DBus.Error.ServiceUnknown", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.NameHasNoOwner", MCTL_EXIT_NO_DAEMON},
     {"org.freedesktop.DBus.Error.AccessDenied", MCTL_EXIT_NOT_AUTHORIZED},

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * microvmctl snapshot and restore. microvmd runs as root and never opens a path for a caller:
- * microvmctl creates or opens every file of a snapshot itself, as the user who runs it, and
- * passes them open (VM.Snapshot's and Manager.RestoreVM's `state-fd`, `memory-fd`, `layers`).
+ * microvmctl snapshot, restore and working-set. microvmd runs as root and never opens a path
+ * for a caller: microvmctl creates or opens every file of a snapshot itself, as the user who
+ * runs it, and passes them open (VM.Snapshot's and Manager.RestoreVM's `state-fd`, `memory-fd`,
+ * `layers`, `working-set`, and VM.SaveWorkingSet's file).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +34,8 @@
 
 /* A snapshot is a directory with these two files (lib/snapshot.h). */
 static const char *const snapshot_members[2] = {"state", "memory"};
+/* And, once recorded (working-set), the pages a lazy restore of it reads first. */
+#define WORKING_SET_MEMBER "working-set"
 
 static int open_dir(const char *path, GError **error)
 {
@@ -358,12 +361,33 @@ static gboolean restore_files_open(const char *dir, char **layers, GUnixFDList *
     return TRUE;
 }
 
+/*
+ * --prefetch: the snapshot's working set, opened here like its other files; a snapshot without
+ * one is an error (record it with `microvmctl working-set`), not a silent plain lazy restore.
+ */
+static gboolean working_set_open(const char *dir, GUnixFDList *fds, GVariantDict *options,
+                                 GError **error)
+{
+    int dirfd = open_dir(dir, error);
+    int fd = dirfd < 0 ? -1 : open_member(dirfd, dir, WORKING_SET_MEMBER, error);
+    gint index = fd < 0 ? -1 : append_fd(fd, fds, error);
+
+    if (dirfd >= 0)
+        close(dirfd);
+    if (index < 0)
+        return FALSE;
+    g_variant_dict_insert(options, "working-set", "h", index);
+    return TRUE;
+}
+
 typedef struct {
     gboolean resume;
     gboolean copy_memory;
     gboolean snapshot_backends;
     gboolean clone;
     gboolean track_changes;
+    gboolean lazy;
+    gboolean prefetch;
 } RestoreOptions;
 
 static void restore_options_to_dict(const RestoreOptions *o, GVariantDict *options)
@@ -378,6 +402,8 @@ static void restore_options_to_dict(const RestoreOptions *o, GVariantDict *optio
         g_variant_dict_insert(options, "clone", "b", TRUE);
     if (o->track_changes)
         g_variant_dict_insert(options, "track-changes", "b", TRUE);
+    if (o->lazy || o->prefetch)
+        g_variant_dict_insert(options, "lazy", "b", TRUE);
 }
 
 /* A long chain on a message bus: the bus hangs up on us, which looks like a daemon gone. */
@@ -414,6 +440,10 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
          N_("Track the pages the guest changes, so that diffs of the VM can follow this "
             "snapshot"),
          NULL},
+        {"lazy", 0, 0, G_OPTION_ARG_NONE, &o.lazy,
+         N_("Read guest RAM from the snapshot only as the guest touches it"), NULL},
+        {"prefetch", 0, 0, G_OPTION_ARG_NONE, &o.prefetch,
+         N_("Restore lazily, reading the pages in DIRECTORY/working-set first"), NULL},
         {NULL},
     };
     g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
@@ -427,7 +457,8 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
                     _("Create the VM NAME from the snapshot in DIRECTORY."), &argc, &argv) ||
         !mctl_want_args(argc, 2, "restore NAME DIRECTORY"))
         return MCTL_EXIT_USAGE;
-    if (restore_files_open(argv[1], layers, fds, &options, &error))
+    if (restore_files_open(argv[1], layers, fds, &options, &error) &&
+        (!o.prefetch || working_set_open(argv[1], fds, &options, &error)))
         manager = mctl_manager(ctl, &error);
     if (!manager)
         return mctl_fail(error, argv[0]);
@@ -439,4 +470,59 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
     if (!reply)
         return restore_failed(ctl, fds, error, argv[0]);
     return MCTL_EXIT_OK;
+}
+
+/* ---- working-set ----------------------------------------------------------------------- */
+
+/*
+ * DIRECTORY/working-set, written as the snapshot's files are: a new file of the user's own
+ * under a temporary name in DIRECTORY, passed open for writing, renamed into place once the
+ * daemon wrote it; on failure nothing is left and an older working set stays as it was.
+ */
+int mctl_cmd_working_set(Mctl *ctl, int argc, char **argv)
+{
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *tmp = NULL;
+    int dirfd, fd, rc;
+    gint index;
+
+    if (!mctl_parse(ctl, NULL, _("NAME DIRECTORY"),
+                    _("Save the working set of the VM NAME, restored lazily from the snapshot in "
+                      "DIRECTORY, as DIRECTORY/working-set: the pages its guest read so far, "
+                      "which “restore --prefetch” reads first."),
+                    &argc, &argv) ||
+        !mctl_want_args(argc, 2, "working-set NAME DIRECTORY"))
+        return MCTL_EXIT_USAGE;
+    dirfd = open_dir(argv[1], &error);
+    if (dirfd < 0)
+        return mctl_fail(error, argv[0]);
+    tmp = g_strdup_printf("." WORKING_SET_MEMBER ".%08x.tmp", g_random_int());
+    /* O_EXCL: a new file of the user's own, never one that was there (a link, a FIFO). */
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        g_set_error(&error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot create “%s” in “%s”: %s"),
+                    tmp, argv[1], g_strerror(errno));
+        close(dirfd);
+        return mctl_fail(error, argv[0]);
+    }
+    index = append_fd(fd, fds, &error);
+    rc = index < 0
+             ? mctl_fail(error, argv[0])
+             : mctl_vm_call(ctl, argv[0], "SaveWorkingSet",
+                            g_variant_new("(h@a{sv})", index,
+                                          g_variant_new_array(G_VARIANT_TYPE("{sv}"), NULL, 0)),
+                            fds, SNAPSHOT_TIMEOUT_MS, _("Saving the working set of"));
+    if (rc == MCTL_EXIT_OK && renameat(dirfd, tmp, dirfd, WORKING_SET_MEMBER) < 0) {
+        g_set_error(&error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO,
+                    _("Cannot put the working set in place in “%s”: %s"), argv[1],
+                    g_strerror(errno));
+        rc = mctl_fail(error, argv[0]);
+    }
+    if (rc != MCTL_EXIT_OK)
+        unlinkat(dirfd, tmp, 0);
+    else
+        fsync(dirfd);
+    close(dirfd);
+    return rc;
 }

@@ -31,6 +31,8 @@ static const MctlCommand commands[] = {
     {"delete", mctl_cmd_verb, N_("Delete a VM that is not running")},
     {"snapshot", mctl_cmd_snapshot, N_("Save a VM's state into a directory")},
     {"restore", mctl_cmd_restore, N_("Create a VM from a snapshot directory")},
+    {"working-set", mctl_cmd_working_set,
+     N_("Save the pages a lazily restored VM read, for the next restore to read first")},
     {"cpu", mctl_cmd_cpu, N_("Show the CPU a VM's guest is given: CPUID, MSRs, TSC")},
     {"console", mctl_cmd_console, N_("Attach to a VM's serial console")},
     {"events", mctl_cmd_events, N_("Follow VMs being added, changed and removed")},
@@ -64,7 +66,7 @@ static char *commands_description(void)
 
     g_string_append_c(text, '\n');
     for (gsize i = 0; i < G_N_ELEMENTS(commands); i++)
-        g_string_append_printf(text, "  %-10s %s\n", commands[i].name, _(commands[i].help));
+        g_string_append_printf(text, "  %-11s %s\n", commands[i].name, _(commands[i].help));
     g_string_append_printf(text, "\n%s",
                            _("Run “microvmctl COMMAND --help” for a command's options."));
     return g_string_free(text, FALSE);

@@ -114,6 +114,7 @@ int mctl_cmd_pause(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_shutdown(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_snapshot(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_restore(Mctl *ctl, int argc, char **argv);
+int mctl_cmd_working_set(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_console(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_events(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_info(Mctl *ctl, int argc, char **argv);

@@ -474,6 +474,20 @@ static void test_incompatible_cpu_error(void)
     g_assert_cmpstr(name, ==, "org.microvmd.MicroVM1.Error.IncompatibleCPU");
 }
 
+/* lib's MVM_ERROR_NOT_SUPPORTED (no userfaultfd, no working set) is NotSupported, not Failed. */
+static void test_not_supported_error(void)
+{
+    g_autoptr(GError) lib =
+        g_error_new_literal(MVM_ERROR, MVM_ERROR_NOT_SUPPORTED, "the VM was not restored lazily");
+    g_autoptr(GError) mapped = mvmd_error_from_error(lib, "cannot save the working set");
+    g_autofree char *name = g_dbus_error_encode_gerror(mapped);
+
+    g_assert_error(mapped, MVMD_ERROR, MVMD_ERROR_NOT_SUPPORTED);
+    g_assert_cmpstr(mapped->message, ==,
+                    "cannot save the working set: the VM was not restored lazily");
+    g_assert_cmpstr(name, ==, "org.microvmd.MicroVM1.Error.NotSupported");
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -489,5 +503,6 @@ int main(int argc, char **argv)
     g_test_add_func("/config/store", test_store);
     g_test_add_func("/config/mountinfo", test_mountinfo);
     g_test_add_func("/config/incompatible-cpu-error", test_incompatible_cpu_error);
+    g_test_add_func("/config/not-supported-error", test_not_supported_error);
     return g_test_run();
 }

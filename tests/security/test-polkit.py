@@ -28,8 +28,8 @@ NOT_AUTHORIZED = systest.ERR + "NotAuthorized"
 # VM that root made; "guest" exists, "mine" not.
 MUTATING_OPS = ["create-fd", "mine", "start", "guest", "pause", "guest", "resume", "guest",
                 "shutdown", "guest", "stop", "guest", "reboot", "guest", "console", "guest",
-                "cpu-config", "guest", "snapshot", "guest", "restore", "copy", "delete", "guest",
-                "reload"]
+                "cpu-config", "guest", "snapshot", "guest", "working-set", "guest", "restore",
+                "copy", "delete", "guest", "reload"]
 # Public: anyone, never asked.
 PUBLIC_OPS = ["list", "managed"]
 # The details of root's VM "guest": another user's, so read-others is asked.
@@ -236,8 +236,10 @@ class PolkitTest(systest.TestCase):
         is root's: the -others actions, with its owner (0) in the details."""
         expected = {"CreateVM": ("create", "mine"), "Reload": ("manage-others", None),
                     "OpenConsole": ("console-others", "guest"),
-                    "Snapshot": ("snapshot-others", "guest"), "RestoreVM": ("snapshot", "copy")}
-        systest.wait_for(lambda: len(monitor.checks) >= 13, 10, "the polkit checks")
+                    "Snapshot": ("snapshot-others", "guest"),
+                    "SaveWorkingSet": ("snapshot-others", "guest"),
+                    "RestoreVM": ("snapshot", "copy")}
+        systest.wait_for(lambda: len(monitor.checks) >= 14, 10, "the polkit checks")
         verbs = []
         for (kind, subject), action, details, flags, cancellation in monitor.checks:
             self.assertEqual(kind, "system-bus-name")
@@ -251,7 +253,8 @@ class PolkitTest(systest.TestCase):
             self.assertEqual(flags, 1 if interactive else 0, verb)
         self.assertEqual(sorted(verbs), sorted(
             ["CreateVM", "Start", "Pause", "Resume", "Shutdown", "Stop", "Reboot",
-             "OpenConsole", "GetCPUConfig", "Snapshot", "RestoreVM", "Delete", "Reload"]))
+             "OpenConsole", "GetCPUConfig", "Snapshot", "SaveWorkingSet", "RestoreVM", "Delete",
+             "Reload"]))
 
     def test_interactive_check_cancelled_when_the_caller_leaves(self):
         self.start_mock("--template", "polkitd")

@@ -8,7 +8,7 @@ OPS: list, reload, managed (GetManagedObjects; its reply printed as "reply"), cr
 (kernel by path), create-fd NAME (kernel from the inherited
 descriptor $CLIENT_KERNEL_FD), restore NAME (from a snapshot path),
 start|pause|resume|shutdown|stop|reboot|delete|console|stats|config|exit-reason|cpu-config|
-snapshot NAME.
+snapshot|working-set NAME (working-set: SaveWorkingSet into a memfd of the client's).
 
 Snapshot destinations (SNAPSHOT_OPS), each "snapshot-KIND NAME": a directory $CLIENT_TARGET
 by path, as a dir-fd or as an O_PATH dir-fd; or a state file of the KIND given (see
@@ -201,6 +201,10 @@ def run(conn, op, name, flags, result):
         return read_console(conn, vm_path(conn, name), flags)
     if op.startswith("snapshot-"):
         return snapshot_to(conn, op[len("snapshot-"):], name, flags)
+    if op == "working-set":
+        fds = [os.memfd_create("working-set")]
+        return systest.call(conn, vm_path(conn, name), systest.VM, "SaveWorkingSet",
+                            GLib.Variant("(ha{sv})", (0, {})), fds=fds, flags=flags)[1]
     if op in ("restore-files", "restore-fifo"):
         return restore_files(conn, name, flags, op[len("restore-"):])
     method, args = VM_CALLS[op]
