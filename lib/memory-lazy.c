@@ -57,6 +57,8 @@ struct _MvmLazyMemory {
     guint8 *present;    /* atomic bits: placed by us (on demand, prefetch or finish) */
     guint8 *demand;     /* atomic bits: placed because something touched them */
     guint8 source_id[MVM_SNAPSHOT_ID_SIZE];
+    dev_t source_dev; /* the file's identity, kept after it is closed */
+    ino_t source_ino;
     gboolean warned;
 };
 
@@ -324,11 +326,15 @@ static gboolean start_serving(MvmLazyMemory *lazy, int fd, GError **error)
 {
     if ((lazy->uffd = mvm_lazy_open_userfaultfd(error)) < 0 || !register_ram(lazy, error))
         return FALSE;
+    struct stat st;
+
     lazy->file_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     lazy->stop_fd = eventfd(0, EFD_CLOEXEC);
-    if (lazy->file_fd < 0 || lazy->stop_fd < 0)
+    if (lazy->file_fd < 0 || lazy->stop_fd < 0 || fstat(lazy->file_fd, &st) < 0)
         return mvm_set_errno_error(error, MVM_ERROR_FAILED,
                                    "cannot keep the snapshot's memory for a lazy restore");
+    lazy->source_dev = st.st_dev;
+    lazy->source_ino = st.st_ino;
     lazy->thread = g_thread_try_new("mvm-lazy-ram", serve_faults, lazy, error);
     return lazy->thread != NULL;
 }
@@ -538,15 +544,13 @@ void mvm_memory_lazy_abort(MvmMemory *mem)
         ioctl(uffd, UFFDIO_UNREGISTER, &range);
 }
 
-gboolean mvm_memory_lazy_reads_file(MvmMemory *mem, int fd)
+gboolean mvm_memory_lazy_is_source(MvmMemory *mem, int fd)
 {
     MvmLazyMemory *lazy = mvm_memory_get_lazy(mem);
-    struct stat a, b;
+    struct stat st;
 
-    if (lazy == NULL || __atomic_load_n(&lazy->finished, __ATOMIC_ACQUIRE))
-        return FALSE;
-    return fstat(lazy->file_fd, &a) == 0 && fstat(fd, &b) == 0 && a.st_dev == b.st_dev &&
-           a.st_ino == b.st_ino;
+    return lazy != NULL && fstat(fd, &st) == 0 && st.st_dev == lazy->source_dev &&
+           st.st_ino == lazy->source_ino;
 }
 
 gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total)

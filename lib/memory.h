@@ -112,8 +112,8 @@ gboolean mvm_memory_lazy_prefetch(MvmMemory *mem, const guint8 *pages, GError **
 gboolean mvm_memory_lazy_finish(MvmMemory *mem, GError **error);
 /* The VM is going: unregisters, so no touch of a missing page waits any more (zeros). */
 void mvm_memory_lazy_abort(MvmMemory *mem);
-/* Is @fd the file the lazy memory still reads its pages from? */
-gboolean mvm_memory_lazy_reads_file(MvmMemory *mem, int fd);
+/* Is @fd the file the lazy memory reads (or, once finished, read) its pages from? */
+gboolean mvm_memory_lazy_is_source(MvmMemory *mem, int fd);
 gboolean mvm_memory_lazy_get_progress(MvmMemory *mem, guint64 *pages_in, guint64 *pages_total);
 /* The pages read because something touched them (bits as above), and the snapshot's ID. */
 guint8 *mvm_memory_lazy_dup_demand(MvmMemory *mem, guint8 source_id[MVM_SNAPSHOT_ID_SIZE]);

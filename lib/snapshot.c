@@ -342,11 +342,12 @@ static gboolean write_into_fds(MvmVm *vm, const SnapshotFiles *files, gpointer d
 {
     const int *fds = data; /* state, memory */
 
-    /* A diff does not read the rest of a lazy VM's RAM first: its source must stay whole. */
-    if (mvm_memory_lazy_reads_file(vm->memory, fds[0]) ||
-        mvm_memory_lazy_reads_file(vm->memory, fds[1])) {
+    /* Never into the file a lazy VM was restored from: a diff, or a full snapshot before it is
+     * all read, would take the pages it has not read yet from under it. */
+    if (mvm_memory_lazy_is_source(vm->memory, fds[0]) ||
+        mvm_memory_lazy_is_source(vm->memory, fds[1])) {
         g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                            "the VM still reads its memory from that file (a lazy restore)");
+                            "the VM was restored lazily from that file, which it may still read");
         return FALSE;
     }
     return write_memory_file(vm, fds[1], files->changed, error) &&

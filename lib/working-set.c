@@ -247,9 +247,9 @@ gboolean mvm_vm_save_working_set(MvmVm *vm, int fd, GError **error)
                             "the VM was not restored lazily: it has no working set");
         return FALSE;
     }
-    if (mvm_memory_lazy_reads_file(vm->memory, fd)) {
+    if (mvm_memory_lazy_is_source(vm->memory, fd)) {
         g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
-                            "the VM still reads its memory from that file (a lazy restore)");
+                            "the VM was restored lazily from that file, which it may still read");
         return FALSE;
     }
     g_autoptr(GBytes) bytes = encode(pages, mvm_memory_get_size(vm->memory), id);

@@ -502,9 +502,9 @@ guint mvm_memory_images_get_count(MvmMemoryImages *images);
  * VM serves the faults, reading the file with pread, never mapping it, so a file that shrinks
  * reads as zeros instead of faulting the process, and so does a read that keeps failing).
  * The VM keeps its own descriptor of the file until every page is in: a full snapshot of the
- * VM, or mvm_vm_finish_lazy_restore(), reads the rest (a diff reads only its changed pages,
- * and refuses to write into that very file). The file should not change meanwhile; if it
- * does, the guest sees the new bytes of the pages it had not touched yet (its own memory, as
+ * VM, or mvm_vm_finish_lazy_restore(), reads the rest (a diff reads only its changed pages;
+ * no snapshot of the VM is written into that very file). The file should not change meanwhile; if
+ * it does, the guest sees the new bytes of the pages it had not touched yet (its own memory, as
  * untrusted as ever). Not with
  * MVM_RESTORE_COPY_MEMORY nor with a diff's layers (MVM_ERROR_INVALID_ARGUMENT); where the
  * process cannot open /dev/userfaultfd (Linux 6.1 and later; the unit allows the device),
@@ -533,8 +533,9 @@ void mvm_working_set_get_snapshot_id(const MvmWorkingSet *set, guint8 id[MVM_SNA
  * Writes the working set of a VM restored with MVM_RESTORE_LAZY into @fd (not consumed; emptied
  * and written from offset 0, then synced): every page read on demand since the restore (pages
  * a prefetch read are not in it: record from a restore without one). MVM_ERROR_NOT_SUPPORTED
- * for a VM not restored lazily; MVM_ERROR_INVALID_ARGUMENT if @fd is the file the VM still
- * reads its memory from. Any thread, but not while the VM is being freed.
+ * for a VM not restored lazily (a full snapshot's reading the rest does not end it);
+ * MVM_ERROR_INVALID_ARGUMENT if @fd is the file the VM was restored from (so are snapshots of
+ * the VM into it). Any thread, but not while the VM is being freed.
  */
 gboolean mvm_vm_save_working_set(MvmVm *vm, int fd, GError **error);
 /*

@@ -196,10 +196,10 @@ static void test_lazy_finish_sparse(void)
         close(fd);
         return;
     }
-    g_assert_true(mvm_memory_lazy_reads_file(mem, fd));
+    g_assert_true(mvm_memory_lazy_is_source(mem, fd));
     g_assert_true(mvm_memory_lazy_finish(mem, &error));
     g_assert_no_error(error);
-    g_assert_false(mvm_memory_lazy_reads_file(mem, fd));
+    g_assert_true(mvm_memory_lazy_is_source(mem, fd)); /* still: it was restored from it */
     close(fd);
     for (guint64 page = 0; page < N_PAGES; page++)
         g_assert_cmpuint(read_word(mem, page), ==, page < 16 || page == 700 ? page_word(page) : 0);
@@ -217,7 +217,7 @@ static void test_lazy_abort(void)
         close(other);
         return;
     }
-    g_assert_false(mvm_memory_lazy_reads_file(mem, other));
+    g_assert_false(mvm_memory_lazy_is_source(mem, other));
     close(other);
     close(fd);
     g_assert_cmpuint(read_word(mem, 1), ==, page_word(1));
