@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -43,6 +44,22 @@ static char *read_line_from_fd(int fd)
     while (read(fd, &c, 1) == 1 && c != '\n')
         g_string_append_c(line, c);
     return g_string_free(line, FALSE);
+}
+
+const char *mvmd_test_guest_or_skip(void)
+{
+    g_autofree char *kvm_unusable = kvm_device_unusable();
+    const char *testguest = g_getenv("MVM_TESTGUEST");
+
+    if (kvm_unusable) {
+        g_printerr("SKIP: %s\n", kvm_unusable);
+        exit(77);
+    }
+    if (!g_getenv("MICROVMD") || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
+        g_printerr("SKIP: MICROVMD or MVM_TESTGUEST not set, or the test guest was not built\n");
+        exit(77);
+    }
+    return testguest;
 }
 
 MvmdTestBus *mvmd_test_bus_new(void)
@@ -262,6 +279,61 @@ void mvmd_test_assert_dbus_error(GError *error, const char *name)
         g_error("expected %s, got %s (%s)", name, remote ? remote : "(local)", error->message);
 }
 
+void mvmd_test_assert_dbus_error_says(GError *error, const char *name, const char *says)
+{
+    g_autofree char *message = g_strdup(error ? error->message : "");
+
+    mvmd_test_assert_dbus_error(error, name);
+    if (says && !strstr(message, says))
+        g_error("'%s' not in the error: %s", says, message);
+}
+
+/* ---- VM calls ---- */
+
+gboolean mvmd_test_vm_call(MvmdVm *vm, const char *method, GVariant *args, GUnixFDList *fds,
+                           GError **error)
+{
+    g_autoptr(GVariant) reply = g_dbus_proxy_call_with_unix_fd_list_sync(
+        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+        NULL, NULL, error);
+
+    return reply != NULL;
+}
+
+void mvmd_test_vm_call_ok(MvmdVm *vm, const char *method, GVariant *args)
+{
+    g_autoptr(GError) error = NULL;
+
+    mvmd_test_vm_call(vm, method, args, NULL, &error);
+    g_assert_no_error(error);
+}
+
+void mvmd_test_vm_wait_state(MvmdVm *vm, const char *state)
+{
+    gint64 deadline = g_get_monotonic_time() + MVMD_TEST_GUEST_TIMEOUT_MS * 1000LL;
+
+    while (g_strcmp0(mvmd_vm_get_state(vm), state) != 0) {
+        if (g_get_monotonic_time() > deadline)
+            g_error("%s: state %s, expected %s (exit reason: %s)", mvmd_vm_get_name(vm),
+                    mvmd_vm_get_state(vm), state, mvmd_test_vm_exit_reason(vm));
+        if (!g_main_context_iteration(NULL, FALSE))
+            g_usleep(1000);
+    }
+}
+
+int mvmd_test_fd_list_append_file(GUnixFDList *fds, const char *path, int flags)
+{
+    g_autoptr(GError) error = NULL;
+    int fd = open(path, flags | O_CLOEXEC, 0600);
+    int index;
+
+    g_assert_cmpint(fd, >=, 0);
+    index = g_unix_fd_list_append(fds, fd, &error);
+    g_assert_no_error(error);
+    close(fd);
+    return index;
+}
+
 char *mvmd_test_reachable_copy(const char *path)
 {
     g_autoptr(GError) error = NULL;
@@ -428,4 +500,13 @@ gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text)
                     c->seen->str);
         g_string_append_len(c->seen, buf, n);
     }
+}
+
+gint64 mvmd_test_console_next_counter(MvmdTestConsole *c)
+{
+    gsize start = mvmd_test_console_expect(c, c->at, "COUNTER ");
+
+    c->at = mvmd_test_console_expect(c, start, "\n");
+    g_assert_null(strstr(c->seen->str, "FAIL"));
+    return g_ascii_strtoll(c->seen->str + start, NULL, 10);
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <gio/gio.h>
+#include <gio/gunixfdlist.h>
 
 #include "mvmd-dbus-generated.h"
 #include "test-util.h"
@@ -33,6 +34,13 @@ typedef struct {
     guint64 daemon_nofile_soft;
     guint64 daemon_nofile_hard;
 } MvmdTestBus;
+
+/*
+ * For a test of guests, after g_test_init(): the test guest (MVM_TESTGUEST). Exits 77 (skipped),
+ * saying why, without a usable /dev/kvm, without MICROVMD or MVM_TESTGUEST, or when the test
+ * guest was not built.
+ */
+const char *mvmd_test_guest_or_skip(void);
 
 /* Starts a private bus (not the daemon). */
 MvmdTestBus *mvmd_test_bus_new(void);
@@ -74,6 +82,34 @@ const char *mvmd_test_vm_exit_reason(MvmdVm *vm);
 
 /* Asserts that @error is the D-Bus error @name (e.g. "org.microvmd.MicroVM1.Error.NoSuchVM"). */
 void mvmd_test_assert_dbus_error(GError *error, const char *name);
+/* The same and, unless @says is NULL, that the error's message has @says. */
+void mvmd_test_assert_dbus_error_says(GError *error, const char *name, const char *says);
+
+/*
+ * How long a call or a wait that depends on a guest may take. Nested KVM emulates guest kernel
+ * code (docs/kvm-hosts.md): be generous.
+ */
+#define MVMD_TEST_GUEST_TIMEOUT_MS (60 * 1000)
+
+/*
+ * Calls @vm's @method with @args (floating, or NULL) and @fds (or NULL), waiting up to
+ * MVMD_TEST_GUEST_TIMEOUT_MS for the reply, which is dropped. FALSE and @error if it failed.
+ */
+gboolean mvmd_test_vm_call(MvmdVm *vm, const char *method, GVariant *args, GUnixFDList *fds,
+                           GError **error);
+/* mvmd_test_vm_call() without descriptors, asserting success. */
+void mvmd_test_vm_call_ok(MvmdVm *vm, const char *method, GVariant *args);
+/*
+ * Runs the thread-default main context until @vm's State is @state; after
+ * MVMD_TEST_GUEST_TIMEOUT_MS, g_error()s with the state it has and its exit reason.
+ */
+void mvmd_test_vm_wait_state(MvmdVm *vm, const char *state);
+
+/*
+ * Opens @path with @flags (O_CLOEXEC added; mode 0600 should it be created), appends the
+ * descriptor to @fds and closes it; returns its index in @fds.
+ */
+int mvmd_test_fd_list_append_file(GUnixFDList *fds, const char *path, int flags);
 
 /*
  * A copy of the file @path for a process run as another user: in a new temporary directory
@@ -123,5 +159,11 @@ MvmdTestConsole *mvmd_test_console_open(MvmdVm *vm);
 void mvmd_test_console_close(MvmdTestConsole *c);
 /* Reads until @text has been seen after @from bytes (at most a minute); returns where it ends. */
 gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text);
+/*
+ * The pattern test guest's next count (tests/testguest/README.md): reads the next
+ * "COUNTER n" line after @c->at and moves @c->at past it; asserts that the console never
+ * printed FAIL.
+ */
+gint64 mvmd_test_console_next_counter(MvmdTestConsole *c);
 
 G_END_DECLS

@@ -16,8 +16,6 @@
 #include "harness.h"
 
 #define ERR "org.microvmd.MicroVM1.Error."
-/* Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous. */
-#define GUEST_TIMEOUT_MS (60 * 1000)
 
 /* CPUID.(EAX=7,ECX=0):EBX bit 5 is AVX2; CPUID.1:ECX bit 20 SSE4.2 (Intel SDM vol. 2A, CPUID). */
 #define LEAF7_EBX_AVX2  (1u << 5)
@@ -146,35 +144,20 @@ static GVariant *get_cpu_config(MvmdVm *vm, GError **error)
 {
     GVariant *config = NULL;
 
-    mvmd_vm_call_get_cpu_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, &config, NULL,
-                                     error);
+    mvmd_vm_call_get_cpu_config_sync(vm, G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS,
+                                     &config, NULL, error);
     return config;
-}
-
-static void call_ok(MvmdVm *vm, const char *method, GVariant *args)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
-
-    g_assert_no_error(error);
 }
 
 static void call_fails(MvmdVm *vm, const char *method, const char *error_name, const char *says)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), method, NULL, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
 
+    mvmd_test_vm_call(vm, method, NULL, NULL, &error);
     mvmd_test_assert_dbus_error(error, error_name);
     g_test_message("%s: %s", method, error->message);
     if (says && !strstr(error->message, says))
         g_error("'%s' is not in: %s", says, error->message);
-}
-
-static void wait_state(MvmdVm *vm, const char *state)
-{
-    mvmd_test_wait_until(g_strcmp0(mvmd_vm_get_state(vm), state) == 0, GUEST_TIMEOUT_MS);
 }
 
 static gboolean skip_without_guests(void)
@@ -486,7 +469,7 @@ static gboolean has_feature(GVariant *config, const char *feature)
 static char *guest_cpuid_output(Fixture *f, const char *name)
 {
     g_autofree char *log = g_build_filename(f->bus->runtime_dir, "vm", name, "console.log", NULL);
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
+    gint64 deadline = g_get_monotonic_time() + MVMD_TEST_GUEST_TIMEOUT_MS * 1000LL;
     char *text = NULL;
 
     for (;;) {
@@ -533,12 +516,11 @@ static void check_guest_view(Fixture *f, const char *name, GVariant *cpuid)
 static gboolean start_masking(MvmdVm *vm, const char *template)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), "Start", NULL, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
-    g_autofree char *remote = error ? g_dbus_error_get_remote_error(error) : NULL;
+    g_autofree char *remote = NULL;
 
-    if (!error)
+    if (mvmd_test_vm_call(vm, "Start", NULL, NULL, &error))
         return TRUE;
+    remote = g_dbus_error_get_remote_error(error);
     if (g_strcmp0(remote, ERR "IncompatibleCPU") != 0)
         g_error("Start with %s: %s", template, error->message);
     g_assert_nonnull(strstr(error->message, template));
@@ -562,7 +544,7 @@ static void test_cpu_config_states(Fixture *f, gconstpointer data)
     if (skip_without_guests())
         return;
     vm = create_mode(f, "host", "cpuid stay=1", "'vcpus': <uint32 2>");
-    call_ok(vm, "Start", NULL);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     config = get_cpu_config(vm, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "host", 2);
@@ -572,17 +554,17 @@ static void test_cpu_config_states(Fixture *f, gconstpointer data)
     g_main_context_iteration(NULL, FALSE);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
 
-    call_ok(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
+    mvmd_test_vm_call_ok(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
     g_clear_pointer(&config, g_variant_unref);
     g_clear_pointer(&cpuid, g_variant_unref);
     config = get_cpu_config(vm, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "host", 2);
-    wait_state(vm, "paused");
-    call_ok(vm, "Resume", NULL);
+    mvmd_test_vm_wait_state(vm, "paused");
+    mvmd_test_vm_call_ok(vm, "Resume", NULL);
 
-    call_ok(vm, "Stop", NULL);
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
     g_clear_pointer(&config, g_variant_unref);
     config = get_cpu_config(vm, &error);
     mvmd_test_assert_dbus_error(error, ERR "InvalidState");
@@ -630,7 +612,7 @@ static void test_baseline(Fixture *f, gconstpointer data)
     g_assert_cmphex(regs[1] & LEAF7_EBX_AVX2, ==, 0);
     g_assert_false(has_feature(config, "avx2"));
     g_assert_true(has_feature(config, "sse2"));
-    call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
 }
 
 /* A custom template's effect is what the guest's vCPUs have. */
@@ -649,7 +631,7 @@ static void test_custom_effect(Fixture *f, gconstpointer data)
     g_assert_true(find_cpuid(cpuid, 1, 0, regs));
     g_assert_cmphex(regs[2] & LEAF1_ECX_SSE42, ==, 0);
     g_assert_false(has_feature(config, "sse4_2"));
-    call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
 }
 
 /*
@@ -669,11 +651,11 @@ static void test_incompatible_start(Fixture *f, gconstpointer data)
     if (skip_without_guests())
         return;
     host = create_ok(f, "host", NULL);
-    call_ok(host, "Start", NULL);
+    mvmd_test_vm_call_ok(host, "Start", NULL);
     config = get_cpu_config(host, &error);
     g_assert_no_error(error);
     cpuid = check_cpu_config(config, "host", 1);
-    call_ok(host, "Stop", NULL);
+    mvmd_test_vm_call_ok(host, "Stop", NULL);
     g_assert_true(find_cpuid(cpuid, 7, 0, regs));
     while (bit < 32 && (regs[1] & (1u << bit)))
         bit++;
@@ -714,13 +696,13 @@ static void test_restore_keeps_template(Fixture *f, gconstpointer data)
         write_template(f, "hides-nothing.json", "{ \"description\": \"the host's CPU\" }");
         g_clear_object(&vm);
         vm = create_ok(f, "orig2", "'cpu-template': <'hides-nothing'>");
-        call_ok(vm, "Start", NULL);
+        mvmd_test_vm_call_ok(vm, "Start", NULL);
     }
-    call_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
-    call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_call_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
     mvmd_manager_call_restore_vm_sync(f->manager, "copy", dir, mvmd_test_config("{}"),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &path, NULL,
-                                      NULL, &error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL,
+                                      &path, NULL, NULL, &error);
     g_assert_no_error(error);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
     g_assert_cmpstr(config_template(copy), ==, template);
@@ -729,7 +711,7 @@ static void test_restore_keeps_template(Fixture *f, gconstpointer data)
     cpuid = check_cpu_config(config, template, 1);
     if (g_str_equal(template, "x86-64-v2"))
         g_assert_false(has_feature(config, "avx2"));
-    call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
 }
 
 int main(int argc, char **argv)

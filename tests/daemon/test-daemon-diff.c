@@ -18,8 +18,6 @@
 #include "harness.h"
 
 #define ERR "org.microvmd.MicroVM1.Error."
-/* Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous. */
-#define GUEST_TIMEOUT_MS (60 * 1000)
 /* lib/include/microvm.h: a snapshot's ID is the SHA-256 its `state` ends with. */
 #define ID_SIZE 32
 /* MVM_SNAPSHOT_MAX_LAYERS: a base and at most this many diffs, the top one included. */
@@ -67,47 +65,6 @@ static MvmdVm *create_pattern(Fixture *f, const char *name)
     return mvmd_test_bus_vm(f->bus, NULL, path);
 }
 
-static gboolean call(MvmdVm *vm, const char *method, GVariant *args, GUnixFDList *fds,
-                     GError **error)
-{
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_with_unix_fd_list_sync(
-        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL,
-        error);
-
-    return reply != NULL;
-}
-
-static void call_ok(MvmdVm *vm, const char *method)
-{
-    g_autoptr(GError) error = NULL;
-
-    call(vm, method, NULL, NULL, &error);
-    g_assert_no_error(error);
-}
-
-static void wait_state(MvmdVm *vm, const char *state)
-{
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
-
-    while (g_strcmp0(mvmd_vm_get_state(vm), state) != 0) {
-        if (g_get_monotonic_time() > deadline)
-            g_error("%s: state %s, expected %s (exit reason: %s)", mvmd_vm_get_name(vm),
-                    mvmd_vm_get_state(vm), state, mvmd_test_vm_exit_reason(vm));
-        if (!g_main_context_iteration(NULL, FALSE))
-            g_usleep(1000);
-    }
-}
-
-/* Asserts @error is the D-Bus error @name and, unless NULL, that its message has @says. */
-static void assert_error(GError *error, const char *name, const char *says)
-{
-    g_autofree char *message = g_strdup(error ? error->message : "");
-
-    mvmd_test_assert_dbus_error(error, name);
-    if (says && !strstr(message, says))
-        g_error("'%s' not in the error: %s", says, message);
-}
-
 /* GetStats' `diff-parent`. */
 static char *stats_diff_parent(MvmdVm *vm)
 {
@@ -123,21 +80,12 @@ static char *stats_diff_parent(MvmdVm *vm)
 
 /* ---- the console ---------------------------------------------------------------------------- */
 
-static gint64 next_counter(MvmdTestConsole *c)
-{
-    gsize start = mvmd_test_console_expect(c, c->at, "COUNTER ");
-
-    c->at = mvmd_test_console_expect(c, start, "\n");
-    g_assert_null(strstr(c->seen->str, "FAIL"));
-    return g_ascii_strtoll(c->seen->str + start, NULL, 10);
-}
-
 /* Reads COUNTER lines until one is above @count; returns it. */
 static gint64 counter_above(MvmdTestConsole *c, gint64 count)
 {
     gint64 n;
 
-    while ((n = next_counter(c)) <= count)
+    while ((n = mvmd_test_console_next_counter(c)) <= count)
         ;
     return n;
 }
@@ -195,17 +143,6 @@ static guint64 allocated(const char *path)
     return (guint64)st.st_blocks * 512;
 }
 
-static void append_file(GUnixFDList *fds, const char *path, int flags)
-{
-    g_autoptr(GError) error = NULL;
-    int fd = open(path, flags | O_CLOEXEC, 0600);
-
-    g_assert_cmpint(fd, >=, 0);
-    g_unix_fd_list_append(fds, fd, &error);
-    g_assert_no_error(error);
-    close(fd);
-}
-
 /*
  * Snapshot into @s as a caller other than root does: files created here, passed open as
  * `state-fd` and `memory-fd`, with @extra (GVariant text of more entries, or NULL).
@@ -219,16 +156,16 @@ static gboolean snapshot_files(MvmdVm *vm, const Snap *s, const char *extra, GEr
 
     g_unlink(s->state);
     g_unlink(s->memory);
-    append_file(fds, s->state, O_RDWR | O_CREAT | O_EXCL);
-    append_file(fds, s->memory, O_RDWR | O_CREAT | O_EXCL);
-    return call(vm, "Snapshot", g_variant_new_parsed(options), fds, error);
+    mvmd_test_fd_list_append_file(fds, s->state, O_RDWR | O_CREAT | O_EXCL);
+    mvmd_test_fd_list_append_file(fds, s->memory, O_RDWR | O_CREAT | O_EXCL);
+    return mvmd_test_vm_call(vm, "Snapshot", g_variant_new_parsed(options), fds, error);
 }
 
 /* A Snapshot to @dir (root's way) with the options @options (GVariant text). */
 static gboolean snapshot_dir(MvmdVm *vm, const char *dir, const char *options, GError **error)
 {
-    return call(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config(options)), NULL,
-                error);
+    return mvmd_test_vm_call(
+        vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config(options)), NULL, error);
 }
 
 static gboolean snapshot_diff(MvmdVm *vm, const Snap *s, const char *base, GError **error)
@@ -253,15 +190,15 @@ static char *restore(Fixture *f, const char *name, const Snap *top, const Snap *
     char *path = NULL;
 
     g_variant_dict_init(&options, base);
-    append_file(fds, top->state, O_RDONLY | O_NONBLOCK);
-    append_file(fds, top->memory, O_RDONLY | O_NONBLOCK);
+    mvmd_test_fd_list_append_file(fds, top->state, O_RDONLY | O_NONBLOCK);
+    mvmd_test_fd_list_append_file(fds, top->memory, O_RDONLY | O_NONBLOCK);
     g_variant_dict_insert(&options, "state-fd", "h", 0);
     g_variant_dict_insert(&options, "memory-fd", "h", 1);
     g_variant_dict_insert(&options, "resume", "b", TRUE);
     g_variant_builder_init(&b, G_VARIANT_TYPE("a(hh)"));
     for (guint i = 0; i < n; i++) {
-        append_file(fds, layers[i]->state, O_RDONLY | O_NONBLOCK);
-        append_file(fds, layers[i]->memory, O_RDONLY | O_NONBLOCK);
+        mvmd_test_fd_list_append_file(fds, layers[i]->state, O_RDONLY | O_NONBLOCK);
+        mvmd_test_fd_list_append_file(fds, layers[i]->memory, O_RDONLY | O_NONBLOCK);
         for (guint r = 0; r < repeat; r++)
             g_variant_builder_add(&b, "(hh)", 2 + 2 * i, 3 + 2 * i);
     }
@@ -270,8 +207,8 @@ static char *restore(Fixture *f, const char *name, const Snap *top, const Snap *
     else
         g_variant_builder_clear(&b);
     mvmd_manager_call_restore_vm_sync(f->manager, name, "", g_variant_dict_end(&options),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
-                                      NULL, error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+                                      &path, NULL, NULL, error);
     return path;
 }
 
@@ -332,15 +269,16 @@ static void take_chain(Fixture *f, MvmdVm *vm, Chain *chain)
     chain->full = snap_new(f, "full");
     chain->diff1 = snap_new(f, "diff1");
     chain->diff2 = snap_new(f, "diff2");
-    at = next_counter(c);
+    at = mvmd_test_console_next_counter(c);
     parent = stats_diff_parent(vm);
     g_assert_cmpstr(parent, ==, "");
     snapshot_diff(vm, chain->diff1, zeros, &error);
-    assert_error(error, ERR "InvalidState", "take a snapshot with 'track-changes' first");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidState",
+                                     "take a snapshot with 'track-changes' first");
     g_clear_error(&error);
     for (const char *const *bad = (const char *const[]){"", "xyz", "00", NULL}; *bad; bad++) {
         snapshot_diff(vm, chain->diff1, *bad, &error);
-        assert_error(error, ERR "InvalidArgument", "option 'diff-base'");
+        mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "option 'diff-base'");
         g_clear_error(&error);
     }
 
@@ -353,7 +291,7 @@ static void take_chain(Fixture *f, MvmdVm *vm, Chain *chain)
     g_assert_cmpstr(parent, ==, chain->full_id);
     upper = g_ascii_strup(chain->full_id, -1);
     snapshot_diff(vm, chain->diff1, upper, &error);
-    assert_error(error, ERR "InvalidArgument", "option 'diff-base'");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "option 'diff-base'");
     g_clear_error(&error);
 
     at = counter_above(c, at);
@@ -367,7 +305,7 @@ static void take_chain(Fixture *f, MvmdVm *vm, Chain *chain)
     snapshot_diff(vm, chain->diff2, chain->full_id, &error);
     refused = g_strdup_printf("a diff of this VM can only be against its last snapshot, ID %s",
                               chain->diff1_id);
-    assert_error(error, ERR "InvalidArgument", refused);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", refused);
     g_assert_nonnull(strstr(error->message, chain->full_id));
     g_clear_error(&error);
     g_free(parent);
@@ -414,33 +352,34 @@ static void restore_refusals(Fixture *f, const Chain *chain)
     g_autofree char *path = NULL;
 
     path = restore(f, "no-layers", chain->diff2, NULL, 0, 1, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", NULL);
     g_clear_error(&error);
     path =
         restore(f, "no-layers-copied", chain->diff2, NULL, 0, 1, "{'copy-memory': <true>}", &error);
-    assert_error(error, ERR "InvalidArgument", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", NULL);
     g_clear_error(&error);
     path = restore(f, "wrong-order", chain->diff2, wrong, 2, 1, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", NULL);
     g_clear_error(&error);
     path = restore(f, "too-short", chain->diff2, right + 1, 1, 1, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", NULL);
     g_clear_error(&error);
     path = restore(f, "under-full", chain->full, right, 1, 1, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", NULL);
     g_clear_error(&error);
     /* 64 layers (one pair named 64 times): refused before a descriptor is looked at. */
     path = restore(f, "deep", chain->diff2, right, 1, MAX_LAYERS, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", "option 'layers': 64 snapshots");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "option 'layers': 64 snapshots");
     g_clear_error(&error);
     path = restore(f, "typed", chain->diff2, NULL, 0, 1, "{'layers': <[(0, 1)]>}", &error);
-    assert_error(error, ERR "InvalidArgument", "option 'layers'");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "option 'layers'");
     g_clear_error(&error);
     /* Each layer's files are checked as 'state-fd' and 'memory-fd' are: a FIFO is no file. */
     g_assert_cmpint(mkfifo(fifo.state, 0600), ==, 0);
     path = restore(f, "fifo", chain->diff2, fifo_layers, 2, 1, NULL, &error);
-    assert_error(error, ERR "InvalidArgument",
-                 "option 'layers[0].state': the descriptor is not a regular file");
+    mvmd_test_assert_dbus_error_says(
+        error, ERR "InvalidArgument",
+        "option 'layers[0].state': the descriptor is not a regular file");
     g_clear_error(&error);
     g_assert_null(path);
     mvmd_test_wait_until(daemon_fds_on(f, chain->full->memory) == 0 &&
@@ -472,10 +411,10 @@ static void test_chain(Fixture *f, gconstpointer data)
     MvmdTestConsole *c;
     gint64 after;
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     take_chain(f, vm, &chain);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
     parent = stats_diff_parent(vm);
     g_assert_cmpstr(parent, ==, "");
     check_sizes(&chain);
@@ -486,12 +425,12 @@ static void test_chain(Fixture *f, gconstpointer data)
     path = restore(f, "copy", chain.diff2, layers, 2, 1, "{'track-changes': <true>}", &error);
     g_assert_no_error(error);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
-    wait_state(copy, "running");
+    mvmd_test_vm_wait_state(copy, "running");
     c = mvmd_test_console_open(copy);
-    after = next_counter(c);
+    after = mvmd_test_console_next_counter(c);
     g_test_message("count %" G_GINT64_FORMAT " after the restore", after);
     g_assert_cmpint(after, >, chain.at_diff2);
-    next_counter(c); /* and on, every page still right */
+    mvmd_test_console_next_counter(c); /* and on, every page still right */
     config = mvmd_test_vm_config(copy);
     g_assert_true(g_variant_lookup(config, "layers", "u", &n_layers));
     g_assert_true(g_variant_lookup(config, "track-changes", "b", &tracking));
@@ -508,26 +447,26 @@ static void test_chain(Fixture *f, gconstpointer data)
     snapshot_diff(copy, diff3, chain.diff2_id, &error);
     g_assert_no_error(error);
     g_assert_cmpuint(allocated(diff3->memory), <, allocated(chain.full->memory));
-    next_counter(c);
+    mvmd_test_console_next_counter(c);
     mvmd_test_console_close(c);
 
     /* Stop and Start restore the same chain again, from the same descriptors. */
     g_assert_cmpuint(daemon_fds_on(f, chain.full->memory), >, 0);
     g_assert_cmpuint(daemon_fds_on(f, chain.diff1->state), >, 0);
-    call_ok(copy, "Stop");
-    wait_state(copy, "stopped");
-    call_ok(copy, "Start");
-    wait_state(copy, "running");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
+    mvmd_test_vm_call_ok(copy, "Start", NULL);
+    mvmd_test_vm_wait_state(copy, "running");
     c = mvmd_test_console_open(copy);
-    after = next_counter(c);
+    after = mvmd_test_console_next_counter(c);
     g_assert_cmpint(after, >, chain.at_diff2);
-    next_counter(c);
+    mvmd_test_console_next_counter(c);
     mvmd_test_console_close(c);
 
     /* The layers' descriptors go with the definition. */
-    call_ok(copy, "Stop");
-    wait_state(copy, "stopped");
-    call_ok(copy, "Delete");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
+    mvmd_test_vm_call_ok(copy, "Delete", NULL);
     mvmd_test_wait_until(
         daemon_fds_on(f, chain.full->memory) == 0 && daemon_fds_on(f, chain.full->state) == 0 &&
             daemon_fds_on(f, chain.diff1->memory) == 0 && daemon_fds_on(f, chain.diff2->state) == 0,
@@ -552,23 +491,24 @@ static void test_restore_without_tracking(Fixture *f, gconstpointer data)
     g_autofree char *again_id = NULL;
     MvmdTestConsole *c = mvmd_test_console_open(vm);
 
-    call_ok(vm, "Start");
-    next_counter(c);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_console_next_counter(c);
     mvmd_test_console_close(c);
     g_assert_true(snapshot_files(vm, full, "'track-changes': <true>", &error));
     g_assert_no_error(error);
     full_id = snap_id(full);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
 
     path = restore(f, "copy", full, NULL, 0, 1, NULL, &error);
     g_assert_no_error(error);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
-    wait_state(copy, "running");
+    mvmd_test_vm_wait_state(copy, "running");
     parent = stats_diff_parent(copy);
     g_assert_cmpstr(parent, ==, "");
     snapshot_diff(copy, diff, full_id, &error);
-    assert_error(error, ERR "InvalidState", "take a snapshot with 'track-changes' first");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidState",
+                                     "take a snapshot with 'track-changes' first");
     g_clear_error(&error);
     g_assert_true(snapshot_files(copy, again, "'track-changes': <true>", &error));
     g_assert_no_error(error);
@@ -578,25 +518,14 @@ static void test_restore_without_tracking(Fixture *f, gconstpointer data)
     g_assert_cmpstr(parent, ==, again_id);
     g_assert_true(snapshot_diff(copy, diff, again_id, &error));
     g_assert_no_error(error);
-    call_ok(copy, "Stop");
-    wait_state(copy, "stopped");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
 }
 
 int main(int argc, char **argv)
 {
-    g_autofree char *kvm_unusable = NULL;
-
     g_test_init(&argc, &argv, NULL);
-    kvm_unusable = kvm_device_unusable();
-    if (kvm_unusable) {
-        g_printerr("SKIP: %s\n", kvm_unusable);
-        return 77;
-    }
-    testguest = g_getenv("MVM_TESTGUEST");
-    if (!g_getenv("MICROVMD") || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
-        g_printerr("SKIP: MICROVMD or MVM_TESTGUEST not set, or the test guest was not built\n");
-        return 77;
-    }
+    testguest = mvmd_test_guest_or_skip();
     g_test_add("/daemon-diff/chain", Fixture, NULL, fixture_setup, test_chain, fixture_teardown);
     g_test_add("/daemon-diff/restore-without-tracking", Fixture, NULL, fixture_setup,
                test_restore_without_tracking, fixture_teardown);

@@ -18,8 +18,6 @@
 #include "harness.h"
 
 #define ERR "org.microvmd.MicroVM1.Error."
-/* Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous. */
-#define GUEST_TIMEOUT_MS (60 * 1000)
 
 static const char *testguest;
 
@@ -72,42 +70,12 @@ static MvmdVm *create_guest(Fixture *f, const char *name, const char *mode, cons
     return create_from_text(f, name, text);
 }
 
-static void call_args_ok(MvmdVm *vm, const char *method, GVariant *args)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
-
-    g_assert_no_error(error);
-}
-
-static void call_ok(MvmdVm *vm, const char *method)
-{
-    /* Pause takes options; an empty dictionary is the plain pause. */
-    call_args_ok(vm, method,
-                 g_str_equal(method, "Pause") ? g_variant_new_parsed("(@a{sv} {},)") : NULL);
-}
-
 static void call_fails(MvmdVm *vm, const char *method, GVariant *args, const char *error_name)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_sync(
-        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
 
+    mvmd_test_vm_call(vm, method, args, NULL, &error);
     mvmd_test_assert_dbus_error(error, error_name);
-}
-
-static void wait_state(MvmdVm *vm, const char *state)
-{
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
-
-    while (g_strcmp0(mvmd_vm_get_state(vm), state) != 0) {
-        if (g_get_monotonic_time() > deadline)
-            g_error("%s: state %s, expected %s (exit reason: %s)", mvmd_vm_get_name(vm),
-                    mvmd_vm_get_state(vm), state, mvmd_test_vm_exit_reason(vm));
-        if (!g_main_context_iteration(NULL, FALSE))
-            g_usleep(1000);
-    }
 }
 
 /*
@@ -120,7 +88,8 @@ static char *managed_state(Fixture *f, MvmdVm *vm)
     g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
         f->bus->connection, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1",
         "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", NULL,
-        G_VARIANT_TYPE("(a{oa{sa{sv}}})"), G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &error);
+        G_VARIANT_TYPE("(a{oa{sa{sv}}})"), G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL,
+        &error);
     g_autoptr(GVariant) objects = NULL, interfaces = NULL, properties = NULL;
     const char *state = NULL;
 
@@ -137,7 +106,7 @@ static void wait_state_everywhere(Fixture *f, MvmdVm *vm, const char *state)
 {
     g_autofree char *managed = NULL;
 
-    wait_state(vm, state);
+    mvmd_test_vm_wait_state(vm, state);
     managed = managed_state(f, vm);
     g_assert_cmpstr(managed, ==, state);
 }
@@ -201,8 +170,8 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     gint64 x;
 
     g_signal_connect(vm, "g-properties-changed", G_CALLBACK(record_state), states);
-    call_ok(vm, "Start");
-    wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
     g_assert_true(strv_has(states, "running"));
     g_assert_cmpuint(mvmd_vm_get_state_changed_at(vm), >, created_at);
     g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
@@ -230,27 +199,27 @@ static void test_echo_console(Fixture *f, gconstpointer data)
     g_assert_true(g_variant_lookup(stats, "uptime-us", "x", &x));
     g_assert_cmpint(x, >, 0);
 
-    call_ok(vm, "Pause");
-    wait_state(vm, "paused");
+    mvmd_test_vm_call_ok(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
+    mvmd_test_vm_wait_state(vm, "paused");
     call_fails(vm, "Pause", g_variant_new_parsed("(@a{sv} {},)"), ERR "InvalidState");
     call_fails(vm, "Shutdown", g_variant_new("(u)", 1), ERR "InvalidState");
-    call_ok(vm, "Resume");
-    wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Resume", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
     console_send(c1, "after-resume\r");
     mvmd_test_console_expect(c1, at, "after-resume");
 
     /* The clock-freezing pause: the same states, and the guest goes on afterwards. */
-    call_args_ok(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <true>},)"));
-    wait_state(vm, "paused");
-    call_ok(vm, "Resume");
-    wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Pause", g_variant_new_parsed("({'freeze-clock': <true>},)"));
+    mvmd_test_vm_wait_state(vm, "paused");
+    mvmd_test_vm_call_ok(vm, "Resume", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
     console_send(c1, "after-frozen\r");
     mvmd_test_console_expect(c1, at, "after-frozen");
 
     /* "quit" ends the echo loop: the guest reports and leaves through the debug exit. */
     console_send(c1, "quit\r");
     mvmd_test_console_expect(c1, at, "TESTGUEST-DONE echo PASS");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_wait_state(vm, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "debug-exit"));
     g_assert_true(strv_has(states, "paused"));
     g_assert_true(strv_has(states, "stopped"));
@@ -296,9 +265,9 @@ static void test_pipelined_calls_in_order(Fixture *f, gconstpointer data)
     const char *path = g_dbus_proxy_get_object_path(G_DBUS_PROXY(vm));
     Pipelined p = {.errors = g_string_new(NULL)};
 
-    call_ok(vm, "Start");
-    wait_state(vm, "running");
-    call_args_ok(vm, "Pause", g_variant_new("(@a{sv})", mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Pause", g_variant_new("(@a{sv})", mvmd_test_config("{}")));
     for (guint round = 0; round < 20; round++) {
         g_autoptr(GDBusConnection) fresh = mvmd_test_bus_connect(f->bus);
 
@@ -312,14 +281,14 @@ static void test_pipelined_calls_in_order(Fixture *f, gconstpointer data)
                                    methods[i], args, NULL, G_DBUS_CALL_FLAGS_NONE, -1, NULL,
                                    on_pipelined_reply, &p);
         }
-        mvmd_test_wait_until(p.answered == G_N_ELEMENTS(methods), GUEST_TIMEOUT_MS);
+        mvmd_test_wait_until(p.answered == G_N_ELEMENTS(methods), MVMD_TEST_GUEST_TIMEOUT_MS);
         g_assert_cmpuint(p.answered, ==, G_N_ELEMENTS(methods));
         g_assert_cmpstr(p.errors->str, ==, "");
-        wait_state(vm, "paused");
+        mvmd_test_vm_wait_state(vm, "paused");
     }
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
-    call_ok(vm, "Delete");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Delete", NULL);
     g_string_free(p.errors, TRUE);
 }
 
@@ -339,12 +308,12 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
 
     none = config_generation_id(vm);
     g_assert_cmpstr(none, ==, "");
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     c = mvmd_test_console_open(vm);
     at = mvmd_test_console_expect(c, 0, "READY");
     wait_state_everywhere(f, vm, "running");
     id = live_generation_id(vm);
-    call_ok(vm, "Stop");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
     wait_state_everywhere(f, vm, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(vm), "requested"));
     call_fails(vm, "Stop", NULL, ERR "InvalidState");
@@ -353,23 +322,23 @@ static void test_stop_start_reboot(Fixture *f, gconstpointer data)
     g_assert_cmpstr(none, ==, "");
 
     /* A fresh machine each time; the console carries on. */
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     wait_state_everywhere(f, vm, "running");
     g_assert_cmpstr(mvmd_test_vm_exit_reason(vm), ==, "");
     again = live_generation_id(vm);
     g_assert_cmpstr(again, ==, id);
     at = mvmd_test_console_expect(c, at, "READY");
-    call_ok(vm, "Reboot");
-    wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Reboot", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
     g_free(again);
     again = live_generation_id(vm);
     g_assert_cmpstr(again, ==, id);
     at = mvmd_test_console_expect(c, at, "READY");
     console_send(c, "still-here\r");
     mvmd_test_console_expect(c, at, "still-here");
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
-    call_ok(vm, "Delete");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Delete", NULL);
     mvmd_test_console_close(c);
 }
 
@@ -380,11 +349,11 @@ static char *crash_beside_running_vm(Fixture *f, MvmdVm *bad)
     MvmdTestConsole *c;
     gsize at;
 
-    call_ok(good, "Start");
+    mvmd_test_vm_call_ok(good, "Start", NULL);
     c = mvmd_test_console_open(good);
     at = mvmd_test_console_expect(c, 0, "READY");
-    call_ok(bad, "Start");
-    wait_state(bad, "crashed");
+    mvmd_test_vm_call_ok(bad, "Start", NULL);
+    mvmd_test_vm_wait_state(bad, "crashed");
     g_test_message("crashed: %s", mvmd_test_vm_exit_reason(bad));
 
     g_assert_cmpstr(mvmd_vm_get_state(good), ==, "running");
@@ -403,8 +372,8 @@ static void test_triplefault_isolated(Fixture *f, gconstpointer data)
                   g_str_has_prefix(reason, "internal-error"));
 
     /* A crashed VM can be started again (and crashes again). */
-    call_ok(bad, "Start");
-    wait_state(bad, "crashed");
+    mvmd_test_vm_call_ok(bad, "Start", NULL);
+    mvmd_test_vm_wait_state(bad, "crashed");
 }
 
 /*
@@ -438,7 +407,7 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
     gint64 start;
     MvmdTestConsole *c;
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     c = mvmd_test_console_open(vm);
     mvmd_test_console_expect(c, 0, "READY");
     /* The echo guest ignores Ctrl-Alt-Del: Shutdown times out and leaves it running. */
@@ -448,8 +417,8 @@ static void test_shutdown_timeout(Fixture *f, gconstpointer data)
     g_main_context_iteration(NULL, FALSE);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
     mvmd_test_console_close(c);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
 }
 
 /* Bounds from daemon/bounds.h, as documented in docs/usage-dbus.md. */
@@ -474,8 +443,8 @@ static void test_console_clients_bounded(Fixture *f, gconstpointer data)
     MvmdTestConsole *c;
     gsize at;
 
-    call_ok(vm, "Start");
-    call_ok(other, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_vm_call_ok(other, "Start", NULL);
     for (guint i = 0; i < CONSOLE_CLIENTS_MAX; i++)
         g_ptr_array_add(consoles, mvmd_test_console_open(vm));
     console_open_fails(vm, ERR "LimitReached");
@@ -492,7 +461,7 @@ static void test_console_clients_bounded(Fixture *f, gconstpointer data)
 
     /* A client that leaves makes room (the daemon sees the hang-up on its main loop). */
     g_ptr_array_remove_index(consoles, 1);
-    for (gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;;) {
+    for (gint64 deadline = g_get_monotonic_time() + MVMD_TEST_GUEST_TIMEOUT_MS * 1000LL;;) {
         g_autoptr(GError) error = NULL;
 
         c = mvmd_test_console_try_open(vm, &error);
@@ -504,8 +473,8 @@ static void test_console_clients_bounded(Fixture *f, gconstpointer data)
     }
     mvmd_test_console_expect(c, 0, "READY");
     mvmd_test_console_close(c);
-    call_ok(vm, "Stop");
-    call_ok(other, "Stop");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_call_ok(other, "Stop", NULL);
 }
 
 static void on_shutdown_done(GObject *source, GAsyncResult *result, gpointer user_data)
@@ -524,7 +493,7 @@ static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
     g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
     MvmdTestConsole *c;
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     c = mvmd_test_console_open(vm);
     mvmd_test_console_expect(c, 0, "READY");
     /* The echo guest ignores Ctrl-Alt-Del: every Shutdown waits, up to an hour. */
@@ -532,13 +501,13 @@ static void test_shutdown_waiters_bounded(Fixture *f, gconstpointer data)
         g_dbus_proxy_call(G_DBUS_PROXY(vm), "Shutdown", g_variant_new("(u)", 3600),
                           G_DBUS_CALL_FLAGS_NONE, G_MAXINT, NULL, on_shutdown_done, done);
     /* Only the call past the bound is answered while the guest runs. */
-    mvmd_test_wait_until(done->len == 1, GUEST_TIMEOUT_MS);
+    mvmd_test_wait_until(done->len == 1, MVMD_TEST_GUEST_TIMEOUT_MS);
     g_assert_cmpstr(done->pdata[0], ==, ERR "LimitReached");
     call_fails(vm, "Shutdown", g_variant_new("(u)", 3600), ERR "LimitReached");
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "running");
 
-    call_ok(vm, "Stop");
-    mvmd_test_wait_until(done->len == VM_WAITERS_MAX + 1, GUEST_TIMEOUT_MS);
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_wait_until(done->len == VM_WAITERS_MAX + 1, MVMD_TEST_GUEST_TIMEOUT_MS);
     for (guint i = 1; i < done->len; i++)
         g_assert_cmpstr(done->pdata[i], ==, "ok");
     mvmd_test_console_close(c);
@@ -560,17 +529,17 @@ static void test_graceful_shutdown(Fixture *f, gconstpointer data)
     MvmdTestConsole *c;
 
     for (MvmdVm **vm = (MvmdVm *[]){polite, leaving, last, NULL}; *vm; vm++) {
-        call_ok(*vm, "Start");
+        mvmd_test_vm_call_ok(*vm, "Start", NULL);
         c = mvmd_test_console_open(*vm);
         mvmd_test_console_expect(c, 0, "WAITING");
         mvmd_test_console_close(c);
     }
-    call_args_ok(polite, "Shutdown", g_variant_new("(u)", 30));
+    mvmd_test_vm_call_ok(polite, "Shutdown", g_variant_new("(u)", 30));
     g_main_context_iteration(NULL, FALSE);
-    wait_state(polite, "stopped");
+    mvmd_test_vm_wait_state(polite, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(polite), "reset"));
-    call_args_ok(leaving, "Shutdown", g_variant_new("(u)", 30));
-    wait_state(leaving, "stopped");
+    mvmd_test_vm_call_ok(leaving, "Shutdown", g_variant_new("(u)", 30));
+    mvmd_test_vm_wait_state(leaving, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(leaving), "debug-exit"));
     /* A stopped VM has nothing to shut down. */
     call_fails(polite, "Shutdown", g_variant_new("(u)", 1), ERR "InvalidState");
@@ -588,25 +557,25 @@ static void test_reset(Fixture *f, gconstpointer data)
     MvmdTestConsole *c;
     gsize at;
 
-    call_ok(once, "Start");
-    wait_state(once, "stopped");
+    mvmd_test_vm_call_ok(once, "Start", NULL);
+    mvmd_test_vm_wait_state(once, "stopped");
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(once), "reset"));
 
     /* The default restarts the guest: it comes up again (and resets again...). */
     c = mvmd_test_console_open(again);
-    call_ok(again, "Start");
+    mvmd_test_vm_call_ok(again, "Start", NULL);
     at = mvmd_test_console_expect(c, 0, "TESTGUEST reset start");
     mvmd_test_console_expect(c, at, "TESTGUEST reset start");
     /* Between restarts Stop may meet a machine being rebuilt: retry until it takes. */
     for (int i = 0; i < 100 && g_strcmp0(mvmd_vm_get_state(again), "stopped") != 0; i++) {
         g_autoptr(GVariant) r =
             g_dbus_proxy_call_sync(G_DBUS_PROXY(again), "Stop", NULL, G_DBUS_CALL_FLAGS_NONE,
-                                   GUEST_TIMEOUT_MS, NULL, NULL);
+                                   MVMD_TEST_GUEST_TIMEOUT_MS, NULL, NULL);
         if (!r)
             g_usleep(50000);
         g_main_context_iteration(NULL, FALSE);
     }
-    wait_state(again, "stopped");
+    mvmd_test_vm_wait_state(again, "stopped");
     mvmd_test_console_close(c);
 }
 
@@ -631,9 +600,9 @@ static char *run_to_end(Fixture *f, MvmdVm *vm)
     MvmdTestConsole *c = mvmd_test_console_open(vm);
     char *out;
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     mvmd_test_console_expect(c, 0, "TESTGUEST-DONE");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_wait_state(vm, "stopped");
     out = g_strdup(c->seen->str);
     mvmd_test_console_close(c);
     return out;
@@ -725,12 +694,12 @@ static void test_vsock_device(Fixture *f)
     MvmdTestConsole *c = mvmd_test_console_open(vm);
     GStatBuf st;
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     mvmd_test_console_expect(c, mvmd_test_console_expect(c, 0, "VSOCK cid 42"), "VSOCK paused");
     g_assert_cmpint(g_stat(uds, &st), ==, 0);
     g_assert_true(S_ISSOCK(st.st_mode));
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
     /* The machine took its socket away with it. */
     g_assert_false(g_file_test(uds, G_FILE_TEST_EXISTS));
     mvmd_test_console_close(c);
@@ -817,8 +786,8 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     MvmdTestConsole *c;
 
     /* Running when the daemon stops: asked, then forced after the 1 s grace. */
-    call_ok(autovm, "Start");
-    wait_state(autovm, "running");
+    mvmd_test_vm_call_ok(autovm, "Start", NULL);
+    mvmd_test_vm_wait_state(autovm, "running");
     g_clear_object(&autovm);
     g_clear_object(&kept);
     g_clear_object(&f->manager);
@@ -828,7 +797,7 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
     autovm = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/auto");
     kept = mvmd_test_bus_vm(f->bus, NULL, "/org/microvmd/MicroVM1/vm/kept");
-    wait_state(autovm, "running");
+    mvmd_test_vm_wait_state(autovm, "running");
     g_assert_cmpstr(mvmd_vm_get_uuid(autovm), ==, uuid);
     c = mvmd_test_console_open(autovm);
     mvmd_test_console_expect(c, 0, "IDLE");
@@ -836,8 +805,8 @@ static void test_autostart_restart(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_state(kept), ==, "stopped");
     config_after = g_variant_ref(mvmd_test_vm_config(kept));
     g_assert_true(g_variant_equal(config_before, config_after));
-    call_ok(autovm, "Stop");
-    wait_state(autovm, "stopped");
+    mvmd_test_vm_call_ok(autovm, "Stop", NULL);
+    mvmd_test_vm_wait_state(autovm, "stopped");
 }
 
 /* The last "COUNTER n" in @text (the pattern guest's heartbeat), or -1. */
@@ -857,8 +826,8 @@ static char *restore_vm(Fixture *f, const char *name, const char *dir, const cha
     char *path = NULL;
 
     mvmd_manager_call_restore_vm_sync(f->manager, name, dir, mvmd_test_config(options),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
-                                      NULL, &error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+                                      &path, NULL, NULL, &error);
     g_assert_no_error(error);
     return path;
 }
@@ -870,8 +839,8 @@ static void restore_fails_exists(Fixture *f, const char *dir)
     g_autofree char *path = NULL;
 
     mvmd_manager_call_restore_vm_sync(f->manager, "copy", dir, mvmd_test_config("{}"),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, &path, NULL,
-                                      NULL, &error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL,
+                                      &path, NULL, NULL, &error);
     mvmd_test_assert_dbus_error(error, ERR "AlreadyExists");
 }
 
@@ -905,7 +874,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
 
     g_assert_cmpint(g_mkdir(dir1, 0700), ==, 0);
     g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
-    call_ok(orig, "Start");
+    mvmd_test_vm_call_ok(orig, "Start", NULL);
     orig_id = live_generation_id(orig);
     c = mvmd_test_console_open(orig);
     mvmd_test_console_expect(c, 0, "COUNTER ");
@@ -918,7 +887,8 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
         call_fails(orig, "Snapshot", g_variant_new("(s@a{sv})", file, mvmd_test_config("{}")),
                    ERR "InvalidArgument");
     }
-    call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir1, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(orig, "Snapshot",
+                         g_variant_new("(s@a{sv})", dir1, mvmd_test_config("{}")));
     before = last_counter(c->seen->str);
     g_main_context_iteration(NULL, FALSE);
     g_assert_cmpstr(mvmd_vm_get_state(orig), ==, "running");
@@ -933,21 +903,22 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
         g_autoptr(GVariant) reply = g_dbus_proxy_call_with_unix_fd_list_sync(
             G_DBUS_PROXY(orig), "Snapshot",
             g_variant_new_parsed("('', {'dir-fd': <handle 0>, 'leave-paused': <true>})"),
-            G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL, &error);
+            G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds, NULL, NULL, &error);
         g_assert_no_error(error);
     }
-    wait_state(orig, "paused");
+    mvmd_test_vm_wait_state(orig, "paused");
     /* A paused VM stays paused through a snapshot. */
     {
         g_autofree char *dir3 = g_build_filename(f->bus->tmpdir, "snap3", NULL);
 
-        call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir3, mvmd_test_config("{}")));
+        mvmd_test_vm_call_ok(orig, "Snapshot",
+                             g_variant_new("(s@a{sv})", dir3, mvmd_test_config("{}")));
         g_main_context_iteration(NULL, FALSE);
         g_assert_cmpstr(mvmd_vm_get_state(orig), ==, "paused");
         g_assert_true(g_file_test(dir3, G_FILE_TEST_IS_DIR));
     }
-    call_ok(orig, "Stop");
-    wait_state(orig, "stopped");
+    mvmd_test_vm_call_ok(orig, "Stop", NULL);
+    mvmd_test_vm_wait_state(orig, "stopped");
     mvmd_test_console_close(c);
 
     /* Restored paused: the snapshot's size, no kernel, and it counts on once resumed. */
@@ -964,8 +935,8 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_assert_cmpstr(copy_id, !=, orig_id);
     restore_fails_exists(f, dir1);
     cc = mvmd_test_console_open(copy);
-    call_ok(copy, "Resume");
-    wait_state(copy, "running");
+    mvmd_test_vm_call_ok(copy, "Resume", NULL);
+    mvmd_test_vm_wait_state(copy, "running");
     mvmd_test_console_expect(cc, mvmd_test_console_expect(cc, 0, "COUNTER "), "\n");
     after = last_counter(cc->seen->str);
     g_test_message("counter %" G_GINT64_FORMAT " at the snapshot, %" G_GINT64_FORMAT
@@ -975,10 +946,10 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     g_assert_null(strstr(cc->seen->str, "FAIL"));
 
     /* Stop and Start: from the snapshot again (the count starts over from there). */
-    call_ok(copy, "Stop");
-    wait_state(copy, "stopped");
-    call_ok(copy, "Start");
-    wait_state(copy, "running");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
+    mvmd_test_vm_call_ok(copy, "Start", NULL);
+    mvmd_test_vm_wait_state(copy, "running");
     mvmd_test_console_close(cc);
     restart_id = live_generation_id(copy);
     g_assert_cmpstr(restart_id, !=, copy_id);
@@ -988,7 +959,7 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     copy2_path = restore_vm(f, "copy2", "",
                             "{'dir-fd': <handle 0>, 'resume': <true>, 'copy-memory': <true>}", fds);
     copy2 = mvmd_test_bus_vm(f->bus, NULL, copy2_path);
-    wait_state(copy2, "running");
+    mvmd_test_vm_wait_state(copy2, "running");
     copy2_id = live_generation_id(copy2);
     g_assert_cmpstr(copy2_id, !=, orig_id);
     g_assert_cmpstr(copy2_id, !=, copy_id);
@@ -1004,12 +975,12 @@ static void test_snapshot_restore(Fixture *f, gconstpointer data)
     mvmd_test_console_expect(cc, 0, "COUNTER ");
     g_assert_null(strstr(cc->seen->str, "FAIL"));
     mvmd_test_console_close(cc);
-    call_ok(copy, "Stop");
-    call_ok(copy2, "Stop");
-    wait_state(copy, "stopped");
-    wait_state(copy2, "stopped");
-    call_ok(copy, "Delete");
-    call_ok(copy2, "Delete");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_call_ok(copy2, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
+    mvmd_test_vm_wait_state(copy2, "stopped");
+    mvmd_test_vm_call_ok(copy, "Delete", NULL);
+    mvmd_test_vm_call_ok(copy2, "Delete", NULL);
 }
 
 /*
@@ -1033,20 +1004,21 @@ static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
 
     g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
     g_assert_cmpint(g_mkdir(dir2, 0700), ==, 0);
-    call_ok(orig, "Start");
+    mvmd_test_vm_call_ok(orig, "Start", NULL);
     mvmd_test_console_expect(c, 0, "COUNTER ");
-    call_args_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
-    call_ok(orig, "Stop");
-    wait_state(orig, "stopped");
+    mvmd_test_vm_call_ok(orig, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(orig, "Stop", NULL);
+    mvmd_test_vm_wait_state(orig, "stopped");
     mvmd_test_console_close(c);
 
     path = restore_vm(f, "copy", dir, "{}", NULL);
     copy = mvmd_test_bus_vm(f->bus, NULL, path);
     g_assert_cmpint(truncate(memory, 0), ==, 0);
-    call_args_ok(copy, "Snapshot", g_variant_new("(s@a{sv})", dir2, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(copy, "Snapshot",
+                         g_variant_new("(s@a{sv})", dir2, mvmd_test_config("{}")));
     g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
     c = mvmd_test_console_open(copy);
-    call_ok(copy, "Resume");
+    mvmd_test_vm_call_ok(copy, "Resume", NULL);
     /* Two counts on from the first complete line (the output may end within a line). */
     at = mvmd_test_console_expect(c, 0, "COUNTER ");
     mvmd_test_console_expect(c, at, "\n");
@@ -1054,11 +1026,11 @@ static void test_restore_truncated_memory(Fixture *f, gconstpointer data)
                            g_ascii_strtoll(c->seen->str + at, NULL, 10) + 40);
     mvmd_test_console_expect(c, 0, want);
     g_assert_null(strstr(c->seen->str, "FAIL"));
-    wait_state(copy, "running");
+    mvmd_test_vm_wait_state(copy, "running");
     mvmd_test_console_close(c);
 
-    call_ok(copy, "Stop");
-    wait_state(copy, "stopped");
+    mvmd_test_vm_call_ok(copy, "Stop", NULL);
+    mvmd_test_vm_wait_state(copy, "stopped");
     call_fails(copy, "Start", NULL, ERR "InvalidArgument");
     g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
 }
@@ -1102,14 +1074,15 @@ static BlkSnapshot *blk_snapshot_new(Fixture *f)
     extra = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", snap->disk);
     vm = create_guest(f, "blk", "blk sectors=8 writeat=16 seed=5 pause=1", extra);
     c = mvmd_test_console_open(vm);
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     mvmd_test_console_expect(c, 0, "BLK paused");
     g_assert_cmpint(g_mkdir(snap->dir, 0755), ==, 0);
-    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", snap->dir, mvmd_test_config("{}")));
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Snapshot",
+                         g_variant_new("(s@a{sv})", snap->dir, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
     mvmd_test_console_close(c);
-    call_ok(vm, "Delete");
+    mvmd_test_vm_call_ok(vm, "Delete", NULL);
     return snap;
 }
 
@@ -1120,8 +1093,8 @@ static void restore_fails(Fixture *f, const char *name, const char *dir, const c
     g_autofree char *path = NULL;
 
     mvmd_manager_call_restore_vm_sync(f->manager, name, dir, mvmd_test_config(options),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
-                                      NULL, &error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+                                      &path, NULL, NULL, &error);
     mvmd_test_assert_dbus_error(error, error_name);
     g_test_message("%s", error->message);
     g_assert_nonnull(strstr(error->message, text));
@@ -1158,7 +1131,7 @@ static void blk_guest_runs_to_the_end(MvmdVm *vm, MvmdTestConsole *c)
     mvmd_test_console_expect(c, 0, "PASS blk-write-read");
     mvmd_test_console_expect(c, 0, "TESTGUEST-DONE");
     g_assert_null(strstr(c->seen->str, "FAIL"));
-    wait_state(vm, "stopped");
+    mvmd_test_vm_wait_state(vm, "stopped");
     mvmd_test_console_close(c);
 }
 
@@ -1207,9 +1180,9 @@ static void test_restore_backends(Fixture *f, gconstpointer data)
     disk0 = config_disk0(vm);
     g_assert_true(g_variant_lookup(disk0, "path", "&s", &s));
     g_assert_cmpstr(s, ==, snap->disk);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
-    call_ok(vm, "Delete");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Delete", NULL);
     g_clear_object(&vm);
     g_clear_pointer(&path, g_free);
     g_clear_pointer(&disk0, g_variant_unref);
@@ -1310,14 +1283,14 @@ static void clone_original(Fixture *f, const char *dir, Identity *orig)
     g_autoptr(MvmdVm) vm = create_guest(f, "orig", "vmgenid", extra);
     MvmdTestConsole *c = mvmd_test_console_open(vm);
 
-    call_ok(vm, "Start");
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
     identity_read(vm, orig);
     mvmd_test_console_expect(c, 0, orig->guest_line);
     g_assert_cmpuint(orig->cid, ==, 42);
     g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
-    call_args_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Snapshot", g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
     mvmd_test_console_close(c);
 }
 
@@ -1326,8 +1299,8 @@ static MvmdTestConsole *resume_and_see(MvmdVm *vm, const Identity *who)
 {
     MvmdTestConsole *c = mvmd_test_console_open(vm);
 
-    call_ok(vm, "Resume");
-    wait_state(vm, "running");
+    mvmd_test_vm_call_ok(vm, "Resume", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
     mvmd_test_console_expect(c, 0, who->guest_line);
     return c;
 }
@@ -1375,12 +1348,12 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
         g_strdup_printf("{'clone': <true>, 'vsock': <{'cid': <uint32 %u>, 'uds-path': <'%s'>}>}",
                         CLONE_CID, b_sock);
     mvmd_manager_call_restore_vm(f->manager, "clone-a", dir, mvmd_test_config(opts_a),
-                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL, NULL,
                                  on_restore_done, &ra);
     mvmd_manager_call_restore_vm(f->manager, "clone-b", dir, mvmd_test_config(opts_b),
-                                 G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL,
+                                 G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL, NULL,
                                  on_restore_done, &rb);
-    mvmd_test_wait_until(ra.done && rb.done, GUEST_TIMEOUT_MS);
+    mvmd_test_wait_until(ra.done && rb.done, MVMD_TEST_GUEST_TIMEOUT_MS);
     g_assert_no_error(ra.error);
     g_assert_no_error(rb.error);
     va = mvmd_test_bus_vm(f->bus, NULL, ra.path);
@@ -1405,10 +1378,10 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
     g_assert_cmpuint(b.cid, ==, CLONE_CID);
 
     /* Started again: restored again, as the same clone, in a new generation. */
-    call_ok(va, "Stop");
-    wait_state(va, "stopped");
-    call_ok(va, "Start");
-    wait_state(va, "running");
+    mvmd_test_vm_call_ok(va, "Stop", NULL);
+    mvmd_test_vm_wait_state(va, "stopped");
+    mvmd_test_vm_call_ok(va, "Start", NULL);
+    mvmd_test_vm_wait_state(va, "running");
     identity_read(va, &again);
     mvmd_test_console_expect(ca, 0, again.guest_line);
     g_assert_cmpstr(again.uuid, ==, a.uuid);
@@ -1416,10 +1389,10 @@ static void test_restore_clones(Fixture *f, gconstpointer data)
     g_assert_cmpstr(again.id, !=, a.id);
     g_assert_cmpstr(again.id, !=, orig.id);
 
-    call_ok(va, "Stop");
-    call_ok(vb, "Stop");
-    wait_state(va, "stopped");
-    wait_state(vb, "stopped");
+    mvmd_test_vm_call_ok(va, "Stop", NULL);
+    mvmd_test_vm_call_ok(vb, "Stop", NULL);
+    mvmd_test_vm_wait_state(va, "stopped");
+    mvmd_test_vm_wait_state(vb, "stopped");
     mvmd_test_console_close(ca);
     mvmd_test_console_close(cb);
     g_free(ra.path);
@@ -1454,7 +1427,8 @@ static int restore_client_main(char **argv)
     reply = g_dbus_connection_call_with_unix_fd_list_sync(
         conn, "org.microvmd.MicroVM1", "/org/microvmd/MicroVM1", "org.microvmd.MicroVM1.Manager",
         "RestoreVM", g_variant_new("(ss@a{sv})", argv[3], "", g_variant_new_parsed(argv[4])),
-        G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL, &error);
+        G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds, NULL, NULL,
+        &error);
     if (!reply) {
         remote = g_dbus_error_get_remote_error(error);
         g_dbus_error_strip_remote_error(error);
@@ -1602,8 +1576,8 @@ static void test_restore_unprivileged(Fixture *f, gconstpointer data)
     g_assert_nonnull(g_variant_lookup_value(disk0, "fd-passed", G_VARIANT_TYPE_BOOLEAN));
     /* Never mapped from a file its caller could truncate under the daemon. */
     g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "copy-memory", "b", &copied) && copied);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
 
     /* The control: root asking for them has the snapshot's own disk opened. */
     root_path = restore_vm(f, "root", snap->dir, "{'use-snapshot-backends': <true>}", NULL);
@@ -1707,8 +1681,8 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     lease = hold_file(snap->disk);
     mvmd_manager_call_restore_vm(
         f->manager, "x", snap->dir, mvmd_test_config("{'use-snapshot-backends': <true>}"),
-        G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, NULL, NULL, on_restore_done, &first);
-    mvmd_test_wait_until(hold_is_hit(lease), GUEST_TIMEOUT_MS);
+        G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, NULL, NULL, on_restore_done, &first);
+    mvmd_test_wait_until(hold_is_hit(lease), MVMD_TEST_GUEST_TIMEOUT_MS);
     g_assert_false(first.done);
     create_fails_exists(f, "x");
     restore_fails(f, "x", snap->dir, "{}", NULL, ERR "AlreadyExists", "exists already");
@@ -1720,14 +1694,14 @@ static void test_restore_reservation(Fixture *f, gconstpointer data)
     g_assert_false(first.done);
 
     hold_release(lease);
-    mvmd_test_wait_until(first.done, GUEST_TIMEOUT_MS);
+    mvmd_test_wait_until(first.done, MVMD_TEST_GUEST_TIMEOUT_MS);
     g_assert_no_error(first.error);
     g_assert_cmpstr(first.path, ==, "/org/microvmd/MicroVM1/vm/x");
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 1);
     vm = mvmd_test_bus_vm(f->bus, NULL, first.path);
     g_assert_cmpstr(mvmd_vm_get_state(vm), ==, "paused");
     c = mvmd_test_console_open(vm);
-    call_ok(vm, "Resume");
+    mvmd_test_vm_call_ok(vm, "Resume", NULL);
     blk_guest_runs_to_the_end(vm, c);
 
     /* Denied on a free name: nothing is left, and root may take the name at once. */
@@ -1791,7 +1765,7 @@ static void test_reload_drops_pending_call(Fixture *f, gconstpointer data)
     reply = polkit_mock_call(f, "SimulateHangActions",
                              g_variant_new_parsed("([%s],)", "org.microvmd.vm.manage-others"));
     client = mvmd_test_vm_call_as_nobody(f->bus, "p", "Delete");
-    mvmd_test_wait_until(polkit_mock_hangs(f), GUEST_TIMEOUT_MS);
+    mvmd_test_wait_until(polkit_mock_hangs(f), MVMD_TEST_GUEST_TIMEOUT_MS);
 
     /* The definition changes on disk; Reload (root: no polkit) replaces the VM. */
     g_assert_true(g_key_file_load_from_file(kf, file, G_KEY_FILE_KEEP_COMMENTS, NULL));
@@ -1884,7 +1858,7 @@ static void test_many(Fixture *f, gconstpointer data)
 
     /* One at a time first: the round trip a client sees. */
     g_ptr_array_add(vms, create_idle(f, "many000"));
-    call_ok(vms->pdata[0], "Start");
+    mvmd_test_vm_call_ok(vms->pdata[0], "Start", NULL);
     g_test_message("CreateVM+Start round trip: %.1f ms", (g_get_monotonic_time() - t0) / 1e3);
     for (guint i = 1; i < N_MANY; i++) {
         g_autofree char *name = g_strdup_printf("many%03u", i);
@@ -1894,7 +1868,7 @@ static void test_many(Fixture *f, gconstpointer data)
     call_all(vms, 1, "Start");
     g_test_message("%d VMs started in %.2f s", N_MANY, (g_get_monotonic_time() - t0) / 1e6);
     for (guint i = 0; i < vms->len; i++)
-        wait_state(vms->pdata[i], "running");
+        mvmd_test_vm_wait_state(vms->pdata[i], "running");
     /* Each one is alive: spot-check consoles at both ends and in the middle. */
     for (guint i = 0; i < vms->len; i += N_MANY / 4) {
         MvmdTestConsole *c = mvmd_test_console_open(vms->pdata[i]);
@@ -1912,7 +1886,7 @@ static void test_many(Fixture *f, gconstpointer data)
     g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
     call_all(vms, 0, "Stop");
     for (guint i = 0; i < vms->len; i++)
-        wait_state(vms->pdata[i], "stopped");
+        mvmd_test_vm_wait_state(vms->pdata[i], "stopped");
     g_test_message("%d VMs started and stopped in %.2f s", N_MANY,
                    (g_get_monotonic_time() - t0) / 1e6);
 }
@@ -1923,9 +1897,9 @@ static void test_sigterm_running(Fixture *f, gconstpointer data)
     g_autoptr(MvmdVm) b = create_guest(f, "b", "echo", NULL);
     gint64 start;
 
-    call_ok(a, "Start");
-    call_ok(b, "Start");
-    call_ok(b, "Pause");
+    mvmd_test_vm_call_ok(a, "Start", NULL);
+    mvmd_test_vm_call_ok(b, "Start", NULL);
+    mvmd_test_vm_call_ok(b, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
     /* Guests that ignore the shutdown request: 2 s grace (--shutdown-timeout), then forced. */
     start = g_get_monotonic_time();
     g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
@@ -1934,21 +1908,10 @@ static void test_sigterm_running(Fixture *f, gconstpointer data)
 
 int main(int argc, char **argv)
 {
-    g_autofree char *kvm_unusable = NULL;
-
     if (argc == 6 && g_str_equal(argv[1], "--restore-client"))
         return restore_client_main(argv);
     g_test_init(&argc, &argv, NULL);
-    kvm_unusable = kvm_device_unusable();
-    if (kvm_unusable) {
-        g_printerr("SKIP: %s\n", kvm_unusable);
-        return 77;
-    }
-    testguest = g_getenv("MVM_TESTGUEST");
-    if (!g_getenv("MICROVMD") || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
-        g_printerr("SKIP: MICROVMD or MVM_TESTGUEST not set, or the test guest was not built\n");
-        return 77;
-    }
+    testguest = mvmd_test_guest_or_skip();
 #define ADD(name, func) g_test_add(name, Fixture, NULL, fixture_setup, func, fixture_teardown)
     ADD("/daemon-kvm/echo-console", test_echo_console);
     ADD("/daemon-kvm/stop-start-reboot", test_stop_start_reboot);
