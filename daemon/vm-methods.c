@@ -8,6 +8,7 @@
  * guest and shows its registers, so it is managing. Main loop only, like the state machine
  * (vm-service.c) whose fields it reads and whose operations it begins.
  */
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -357,6 +358,30 @@ static gboolean parse_working_set_args(GDBusMethodInvocation *invocation, OpArgs
                                 owner, 0, error);
 }
 
+/* Is @fd the same file as @other (a descriptor of the definition's, or -1)? */
+static gboolean same_file(int fd, int other)
+{
+    struct stat a, b;
+
+    return other >= 0 && fstat(fd, &a) == 0 && fstat(other, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
+}
+
+/*
+ * Never into the snapshot files the VM is restored from at each Start (lib refuses its memory
+ * file too, but knows nothing of the state file): the next Start would find them emptied.
+ */
+static gboolean check_not_own_snapshot(MvmdVmService *self, int fd, GError **error)
+{
+    const MvmdVmDefinition *d = self->definition;
+
+    if (!same_file(fd, d->snapshot_state_fd) && !same_file(fd, d->snapshot_memory_fd))
+        return TRUE;
+    g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                        "argument 'fd': that is a file of the snapshot the VM is restored from");
+    return FALSE;
+}
+
 /*
  * On a worker like Snapshot (the file is the caller's; the write and its sync take their
  * time), but the guest runs on. Whether the VM was restored lazily the library answers
@@ -367,7 +392,8 @@ static void act_save_working_set(MvmdVmService *self, GDBusMethodInvocation *inv
     g_autoptr(GError) error = NULL;
     OpArgs args = OP_ARGS_INIT;
 
-    if (!parse_working_set_args(invocation, &args, &error)) {
+    if (!parse_working_set_args(invocation, &args, &error) ||
+        !check_not_own_snapshot(self, args.working_set_fd, &error)) {
         mvmd_op_args_clear(&args);
         g_dbus_method_invocation_return_gerror(invocation, error);
         return;

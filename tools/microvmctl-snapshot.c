@@ -221,7 +221,9 @@ static gboolean snapshot_files_create(SnapshotFiles *files, GUnixFDList *fds, GV
 /* The old state goes first and the new one comes last: never a state with another's memory. */
 static gboolean snapshot_files_commit(SnapshotFiles *files, GError **error)
 {
-    if ((unlinkat(files->dirfd, "state", 0) < 0 && errno != ENOENT) ||
+    /* A working set of the snapshot this one replaces would only be refused by a restore. */
+    if ((unlinkat(files->dirfd, WORKING_SET_MEMBER, 0) < 0 && errno != ENOENT) ||
+        (unlinkat(files->dirfd, "state", 0) < 0 && errno != ENOENT) ||
         renameat(files->dirfd, files->tmp[1], files->dirfd, "memory") < 0 ||
         renameat(files->dirfd, files->tmp[0], files->dirfd, "state") < 0) {
         g_set_error(error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO,
@@ -475,6 +477,28 @@ int mctl_cmd_restore(Mctl *ctl, int argc, char **argv)
 /* ---- working-set ----------------------------------------------------------------------- */
 
 /*
+ * Was the working set in @fd (just written by the daemon) recorded from the snapshot in @dir?
+ * Bytes 24-55 of the file are its snapshot's ID (lib/working-set.c). A VM restored from
+ * another snapshot would otherwise leave a set that the next "restore --prefetch" refuses.
+ */
+static gboolean working_set_is_of(int fd, const char *dir, const char *name, GError **error)
+{
+    g_autofree char *want = dir_snapshot_id(dir, error);
+    guint8 id[SNAPSHOT_ID_SIZE];
+    g_autoptr(GString) got = g_string_sized_new(2 * SNAPSHOT_ID_SIZE);
+
+    if (!want || !read_at(fd, WORKING_SET_MEMBER, id, sizeof(id), 24, error))
+        return FALSE;
+    for (gsize i = 0; i < sizeof(id); i++)
+        g_string_append_printf(got, "%02x", id[i]);
+    if (g_str_equal(got->str, want))
+        return TRUE;
+    g_set_error(error, MCTL_ERROR, MCTL_EXIT_INVALID_ARGUMENT,
+                _("The VM “%s” was not restored from the snapshot in “%s”"), name, dir);
+    return FALSE;
+}
+
+/*
  * DIRECTORY/working-set, written as the snapshot's files are: a new file of the user's own
  * under a temporary name in DIRECTORY, passed open for writing, renamed into place once the
  * daemon wrote it; on failure nothing is left and an older working set stays as it was.
@@ -499,13 +523,15 @@ int mctl_cmd_working_set(Mctl *ctl, int argc, char **argv)
         return mctl_fail(error, argv[0]);
     tmp = g_strdup_printf("." WORKING_SET_MEMBER ".%08x.tmp", g_random_int());
     /* O_EXCL: a new file of the user's own, never one that was there (a link, a FIFO). */
-    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    /* Read and written: its snapshot's ID is read back before it goes into place. */
+    fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         g_set_error(&error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot create “%s” in “%s”: %s"),
                     tmp, argv[1], g_strerror(errno));
         close(dirfd);
         return mctl_fail(error, argv[0]);
     }
+    int check_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3); /* append_fd() takes @fd */
     index = append_fd(fd, fds, &error);
     rc = index < 0
              ? mctl_fail(error, argv[0])
@@ -513,6 +539,14 @@ int mctl_cmd_working_set(Mctl *ctl, int argc, char **argv)
                             g_variant_new("(h@a{sv})", index,
                                           g_variant_new_array(G_VARIANT_TYPE("{sv}"), NULL, 0)),
                             fds, SNAPSHOT_TIMEOUT_MS, _("Saving the working set of"));
+    if (rc == MCTL_EXIT_OK && check_fd < 0)
+        g_set_error(&error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO, _("Cannot read “%s” in “%s”: %s"), tmp,
+                    argv[1], g_strerror(EMFILE));
+    if (rc == MCTL_EXIT_OK &&
+        (check_fd < 0 || !working_set_is_of(check_fd, argv[1], argv[0], &error)))
+        rc = mctl_fail(error, argv[0]);
+    if (check_fd >= 0)
+        close(check_fd);
     if (rc == MCTL_EXIT_OK && renameat(dirfd, tmp, dirfd, WORKING_SET_MEMBER) < 0) {
         g_set_error(&error, MCTL_ERROR, MCTL_EXIT_LOCAL_IO,
                     _("Cannot put the working set in place in “%s”: %s"), argv[1],

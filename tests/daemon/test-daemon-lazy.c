@@ -17,10 +17,8 @@
 
 #include "harness.h"
 
-#define ERR "org.microvmd.MicroVM1.Error."
-/* Nested KVM emulates guest kernel code (docs/kvm-hosts.md): be generous. */
-#define GUEST_TIMEOUT_MS (60 * 1000)
-#define PATTERN          "pattern pages=64 base_mib=8 every=20 delay=2000"
+#define ERR     "org.microvmd.MicroVM1.Error."
+#define PATTERN "pattern pages=64 base_mib=8 every=20 delay=2000"
 /* lib/working-set.c: a working set file starts with this magic, its NUL included. */
 #define WSET_MAGIC     "MVMWSET"
 #define WSET_MAGIC_LEN 8
@@ -37,47 +35,6 @@ typedef struct {
 
 /* ---- calls -------------------------------------------------------------------------------- */
 
-static gboolean call(MvmdVm *vm, const char *method, GVariant *args, GUnixFDList *fds,
-                     GError **error)
-{
-    g_autoptr(GVariant) reply = g_dbus_proxy_call_with_unix_fd_list_sync(
-        G_DBUS_PROXY(vm), method, args, G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, NULL, NULL,
-        error);
-
-    return reply != NULL;
-}
-
-static void call_ok(MvmdVm *vm, const char *method)
-{
-    g_autoptr(GError) error = NULL;
-
-    call(vm, method, NULL, NULL, &error);
-    g_assert_no_error(error);
-}
-
-static void wait_state(MvmdVm *vm, const char *state)
-{
-    gint64 deadline = g_get_monotonic_time() + GUEST_TIMEOUT_MS * 1000LL;
-
-    while (g_strcmp0(mvmd_vm_get_state(vm), state) != 0) {
-        if (g_get_monotonic_time() > deadline)
-            g_error("%s: state %s, expected %s (exit reason: %s)", mvmd_vm_get_name(vm),
-                    mvmd_vm_get_state(vm), state, mvmd_test_vm_exit_reason(vm));
-        if (!g_main_context_iteration(NULL, FALSE))
-            g_usleep(1000);
-    }
-}
-
-/* Asserts @error is the D-Bus error @name and, unless NULL, that its message has @says. */
-static void assert_error(GError *error, const char *name, const char *says)
-{
-    g_autofree char *message = g_strdup(error ? error->message : "");
-
-    mvmd_test_assert_dbus_error(error, name);
-    if (says && !strstr(message, says))
-        g_error("'%s' not in the error: %s", says, message);
-}
-
 static gboolean lazy_supported(Fixture *f)
 {
     const char *const *caps = mvmd_manager_get_capabilities(f->manager);
@@ -85,31 +42,7 @@ static gboolean lazy_supported(Fixture *f)
     return caps && g_strv_contains(caps, "lazy-restore");
 }
 
-/* ---- the console -------------------------------------------------------------------------- */
-
-static gint64 next_counter(MvmdTestConsole *c)
-{
-    gsize start = mvmd_test_console_expect(c, c->at, "COUNTER ");
-
-    c->at = mvmd_test_console_expect(c, start, "\n");
-    g_assert_null(strstr(c->seen->str, "FAIL"));
-    return g_ascii_strtoll(c->seen->str + start, NULL, 10);
-}
-
 /* ---- files -------------------------------------------------------------------------------- */
-
-static int append_file(GUnixFDList *fds, const char *path, int flags)
-{
-    g_autoptr(GError) error = NULL;
-    int fd = open(path, flags | O_CLOEXEC, 0600);
-    int index;
-
-    g_assert_cmpint(fd, >=, 0);
-    index = g_unix_fd_list_append(fds, fd, &error);
-    g_assert_no_error(error);
-    close(fd);
-    return index;
-}
 
 /*
  * RestoreVM of the fixture's snapshot (its files as `state-fd` and `memory-fd`), resumed, with
@@ -126,16 +59,17 @@ static char *restore(Fixture *f, const char *name, const char *extra, const char
 
     g_variant_dict_init(&options, base);
     g_variant_dict_insert(&options, "state-fd", "h",
-                          append_file(fds, f->state, O_RDONLY | O_NONBLOCK));
+                          mvmd_test_fd_list_append_file(fds, f->state, O_RDONLY | O_NONBLOCK));
     g_variant_dict_insert(&options, "memory-fd", "h",
-                          append_file(fds, f->memory, O_RDONLY | O_NONBLOCK));
+                          mvmd_test_fd_list_append_file(fds, f->memory, O_RDONLY | O_NONBLOCK));
     g_variant_dict_insert(&options, "resume", "b", TRUE);
     if (working_set)
-        g_variant_dict_insert(&options, "working-set", "h",
-                              append_file(fds, working_set, O_RDONLY | O_NONBLOCK));
+        g_variant_dict_insert(
+            &options, "working-set", "h",
+            mvmd_test_fd_list_append_file(fds, working_set, O_RDONLY | O_NONBLOCK));
     mvmd_manager_call_restore_vm_sync(f->manager, name, "", g_variant_dict_end(&options),
-                                      G_DBUS_CALL_FLAGS_NONE, GUEST_TIMEOUT_MS, fds, &path, NULL,
-                                      NULL, error);
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+                                      &path, NULL, NULL, error);
     return path;
 }
 
@@ -144,11 +78,11 @@ static gboolean save_working_set(MvmdVm *vm, const char *path, int flags, const 
                                  GError **error)
 {
     g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
-    int index = append_file(fds, path, flags);
+    int index = mvmd_test_fd_list_append_file(fds, path, flags);
 
-    return call(vm, "SaveWorkingSet",
-                g_variant_new("(h@a{sv})", index, mvmd_test_config(options ? options : "{}")), fds,
-                error);
+    return mvmd_test_vm_call(
+        vm, "SaveWorkingSet",
+        g_variant_new("(h@a{sv})", index, mvmd_test_config(options ? options : "{}")), fds, error);
 }
 
 /* GetStats' lazy progress; FALSE when it has none. */
@@ -189,21 +123,22 @@ static void take_snapshot(Fixture *f)
     g_assert_no_error(error);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
     c = mvmd_test_console_open(vm);
-    call_ok(vm, "Start");
-    next_counter(c);
-    f->at_snapshot = next_counter(c);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_console_next_counter(c);
+    f->at_snapshot = mvmd_test_console_next_counter(c);
     mvmd_test_console_close(c);
     /* As a caller other than root does: files created here, passed open. */
     f->state = tmp_path(f, "state");
     f->memory = tmp_path(f, "memory");
-    append_file(fds, f->state, O_RDWR | O_CREAT | O_EXCL);
-    append_file(fds, f->memory, O_RDWR | O_CREAT | O_EXCL);
-    call(vm, "Snapshot",
-         g_variant_new_parsed("('', {'state-fd': <handle 0>, 'memory-fd': <handle 1>})"), fds,
-         &error);
+    mvmd_test_fd_list_append_file(fds, f->state, O_RDWR | O_CREAT | O_EXCL);
+    mvmd_test_fd_list_append_file(fds, f->memory, O_RDWR | O_CREAT | O_EXCL);
+    mvmd_test_vm_call(
+        vm, "Snapshot",
+        g_variant_new_parsed("('', {'state-fd': <handle 0>, 'memory-fd': <handle 1>})"), fds,
+        &error);
     g_assert_no_error(error);
-    call_ok(vm, "Stop");
-    wait_state(vm, "stopped");
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_wait_state(vm, "stopped");
 }
 
 static void fixture_setup(Fixture *f, gconstpointer data)
@@ -237,31 +172,34 @@ static void lazy_refusals(Fixture *f)
 
     g_assert_true(g_file_set_contents(garbage, "not a working set, not at all", -1, NULL));
     path = restore(f, "copied", "{'lazy': <true>, 'copy-memory': <true>}", NULL, &error);
-    assert_error(error, ERR "InvalidArgument", "not with 'copy-memory'");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "not with 'copy-memory'");
     g_clear_error(&error);
     path = restore(f, "no-lazy", NULL, garbage, &error);
-    assert_error(error, ERR "InvalidArgument", "option 'working-set': only for a lazy restore");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument",
+                                     "option 'working-set': only for a lazy restore");
     g_clear_error(&error);
     path = restore(f, "layered", "{'lazy': <true>, 'layers': <@a(hh) [(0, 1)]>}", NULL, &error);
-    assert_error(error, ERR "InvalidArgument", "not with 'layers'");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "not with 'layers'");
     g_clear_error(&error);
     if (lazy_supported(f)) {
         /* The library's words, on the worker: read in full, refused as no working set. */
         path = restore(f, "garbage", "{'lazy': <true>}", garbage, &error);
-        assert_error(error, ERR "InvalidArgument", "option 'working-set': invalid working set");
+        mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument",
+                                         "option 'working-set': invalid working set");
     } else {
         path = restore(f, "unsupported", "{'lazy': <true>}", NULL, &error);
-        assert_error(error, ERR "NotSupported", "option 'lazy': not on this host");
+        mvmd_test_assert_dbus_error_says(error, ERR "NotSupported",
+                                         "option 'lazy': not on this host");
         g_clear_error(&error);
         path = restore(f, "garbage", "{'lazy': <true>}", garbage, &error);
-        assert_error(error, ERR "NotSupported", NULL);
+        mvmd_test_assert_dbus_error_says(error, ERR "NotSupported", NULL);
     }
     g_clear_error(&error);
     g_assert_null(path);
     /* Not even the one the worker refused is left. */
     mvmd_manager_call_get_vm_by_name_sync(f->manager, "garbage", G_DBUS_CALL_FLAGS_NONE, -1, NULL,
                                           NULL, &error);
-    assert_error(error, ERR "NoSuchVM", NULL);
+    mvmd_test_assert_dbus_error_says(error, ERR "NoSuchVM", NULL);
 }
 
 /*
@@ -285,22 +223,23 @@ static void test_refusals(Fixture *f, gconstpointer data)
     path = restore(f, "plain", NULL, NULL, &error);
     g_assert_no_error(error);
     plain = mvmd_test_bus_vm(f->bus, NULL, path);
-    wait_state(plain, "running");
+    mvmd_test_vm_wait_state(plain, "running");
     g_assert_true(g_variant_lookup(mvmd_test_vm_config(plain), "lazy", "b", &lazy));
     g_assert_false(lazy);
     g_assert_false(lazy_progress(plain, &read, &total));
     save_working_set(plain, ws, O_RDWR | O_CREAT | O_EXCL, NULL, &error);
-    assert_error(error, ERR "NotSupported", "not restored lazily");
+    mvmd_test_assert_dbus_error_says(error, ERR "NotSupported", "not restored lazily");
     g_clear_error(&error);
     save_working_set(plain, ws, O_RDONLY, NULL, &error);
-    assert_error(error, ERR "InvalidArgument", "argument 'fd': the file is not open for writing");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument",
+                                     "argument 'fd': the file is not open for writing");
     g_clear_error(&error);
     g_unlink(ws);
     save_working_set(plain, ws, O_RDWR | O_CREAT | O_EXCL, "{'bogus': <true>}", &error);
-    assert_error(error, ERR "InvalidArgument", "option 'bogus': unknown");
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "option 'bogus': unknown");
     g_clear_error(&error);
-    call_ok(plain, "Stop");
-    wait_state(plain, "stopped");
+    mvmd_test_vm_call_ok(plain, "Stop", NULL);
+    mvmd_test_vm_wait_state(plain, "stopped");
 }
 
 /* The first 8 bytes of the file at @path are the working set magic. */
@@ -326,14 +265,14 @@ static MvmdVm *restore_lazy(Fixture *f, const char *name, const char *working_se
 
     g_assert_no_error(error);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
-    wait_state(vm, "running");
+    mvmd_test_vm_wait_state(vm, "running");
     c = mvmd_test_console_open(vm);
-    after = next_counter(c);
+    after = mvmd_test_console_next_counter(c);
     g_test_message("%s: count %" G_GINT64_FORMAT " after the restore, %" G_GINT64_FORMAT
                    " before the snapshot",
                    name, after, f->at_snapshot);
     g_assert_cmpint(after, >, f->at_snapshot);
-    next_counter(c); /* and on, every page still right */
+    mvmd_test_console_next_counter(c); /* and on, every page still right */
     mvmd_test_console_close(c);
     g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "lazy", "b", &lazy));
     g_assert_true(lazy);
@@ -367,9 +306,16 @@ static void test_lazy(Fixture *f, gconstpointer data)
     save_working_set(first, ws, O_RDWR | O_CREAT | O_EXCL, NULL, &error);
     g_assert_no_error(error);
     assert_working_set_file(ws);
-    call_ok(first, "Stop");
-    wait_state(first, "stopped");
-    call_ok(first, "Delete");
+    /* Never into the files of the snapshot it is restored from: each Start reads them. */
+    save_working_set(first, f->state, O_RDWR, NULL, &error);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "restored from");
+    g_clear_error(&error);
+    save_working_set(first, f->memory, O_RDWR, NULL, &error);
+    mvmd_test_assert_dbus_error_says(error, ERR "InvalidArgument", "restored from");
+    g_clear_error(&error);
+    mvmd_test_vm_call_ok(first, "Stop", NULL);
+    mvmd_test_vm_wait_state(first, "stopped");
+    mvmd_test_vm_call_ok(first, "Delete", NULL);
 
     second = restore_lazy(f, "second", ws);
     g_assert_true(lazy_progress(second, &read, &total));
@@ -379,34 +325,23 @@ static void test_lazy(Fixture *f, gconstpointer data)
     g_assert_cmpuint(read, <=, total);
 
     /* Stop and Start restore lazily again, from the same snapshot. */
-    call_ok(second, "Stop");
-    wait_state(second, "stopped");
-    call_ok(second, "Start");
-    wait_state(second, "running");
+    mvmd_test_vm_call_ok(second, "Stop", NULL);
+    mvmd_test_vm_wait_state(second, "stopped");
+    mvmd_test_vm_call_ok(second, "Start", NULL);
+    mvmd_test_vm_wait_state(second, "running");
     c = mvmd_test_console_open(second);
-    next_counter(c);
-    g_assert_cmpint(next_counter(c), >, f->at_snapshot);
+    mvmd_test_console_next_counter(c);
+    g_assert_cmpint(mvmd_test_console_next_counter(c), >, f->at_snapshot);
     mvmd_test_console_close(c);
     g_assert_true(lazy_progress(second, &read, &total));
-    call_ok(second, "Stop");
-    wait_state(second, "stopped");
+    mvmd_test_vm_call_ok(second, "Stop", NULL);
+    mvmd_test_vm_wait_state(second, "stopped");
 }
 
 int main(int argc, char **argv)
 {
-    g_autofree char *kvm_unusable = NULL;
-
     g_test_init(&argc, &argv, NULL);
-    kvm_unusable = kvm_device_unusable();
-    if (kvm_unusable) {
-        g_printerr("SKIP: %s\n", kvm_unusable);
-        return 77;
-    }
-    testguest = g_getenv("MVM_TESTGUEST");
-    if (!g_getenv("MICROVMD") || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
-        g_printerr("SKIP: MICROVMD or MVM_TESTGUEST not set, or the test guest was not built\n");
-        return 77;
-    }
+    testguest = mvmd_test_guest_or_skip();
     g_test_add("/daemon-lazy/refusals", Fixture, NULL, fixture_setup, test_refusals,
                fixture_teardown);
     g_test_add("/daemon-lazy/restore", Fixture, NULL, fixture_setup, test_lazy, fixture_teardown);

@@ -884,7 +884,8 @@ def test_lazy(t, bus):
     """restore --lazy, working-set and restore --prefetch: a pattern guest's snapshot restored
     lazily counts on with every page right; its working set is written beside the snapshot
     (nothing else left there) and read back by --prefetch; the refusals are microvmctl's own
-    (no working-set file) or the daemon's (a VM not restored lazily, --lazy with --copy-memory).
+    (no working-set file, a set beside another snapshot) or the daemon's (a VM not restored
+    lazily, --lazy with --copy-memory).
     Without the daemon's lazy-restore capability, --lazy fails (exit 1) and the rest is skipped."""
     info = ctl(bus, "info", "--json").json()
     expect_rc(ctl(bus, "create", "lz", "--kernel", TESTGUEST, "--cmdline",
@@ -917,6 +918,14 @@ def test_lazy(t, bus):
     with open(os.path.join(d, "working-set"), "rb") as f:
         assert f.read(8) == b"MVMWSET\0"
     assert os.stat(os.path.join(d, "working-set")).st_mode & 0o777 == 0o600
+    # Another snapshot's directory: its ID is not the set's, and nothing is left there.
+    d2 = os.path.join(bus.dir, "lazy-snap2")
+    os.mkdir(d2)
+    expect_rc(ctl(bus, "snapshot", "lz1", d2), OK, "snapshot of the lazy VM")
+    r = ctl(bus, "working-set", "lz1", d2)
+    expect_rc(r, INVALID_ARGUMENT, "working-set beside another snapshot")
+    assert "not restored from the snapshot" in r.err, r
+    assert sorted(os.listdir(d2)) == ["memory", "state"], os.listdir(d2)
     expect_rc(ctl(bus, "restore", "lz2", d, "--prefetch", "--resume"), OK, "restore --prefetch")
     s = vm_json(bus, "lz2")
     assert s["state"] == "running" and s["config"]["lazy"] is True, s
