@@ -57,7 +57,8 @@ struct _MvmLazyMemory {
     guint8 *present;    /* atomic bits: placed by us (on demand, prefetch or finish) */
     guint8 *demand;     /* atomic bits: placed because something touched them */
     guint8 source_id[MVM_SNAPSHOT_ID_SIZE];
-    dev_t source_dev; /* the file's identity, kept after it is closed */
+    guint8 *fault_buf; /* the fault thread's page; aligned, for a file opened with O_DIRECT */
+    dev_t source_dev;  /* the file's identity, kept after it is closed */
     ino_t source_ino;
     gboolean warned;
 };
@@ -244,13 +245,9 @@ static void serve_fault(MvmLazyMemory *lazy, guint8 *buf, guint64 address)
 static gpointer serve_faults(gpointer data)
 {
     MvmLazyMemory *lazy = data;
-    guint8 *buf = NULL;
     struct pollfd fds[2] = {{.fd = lazy->uffd, .events = POLLIN},
                             {.fd = lazy->stop_fd, .events = POLLIN}};
 
-    /* Aligned: a file opened with O_DIRECT (the caller shares its open file) reads all the same. */
-    if (posix_memalign((void **)&buf, MVM_PAGE_SIZE, MVM_PAGE_SIZE) != 0)
-        g_error("lazy restore: out of memory for one page");
     for (;;) {
         struct uffd_msg msgs[MAX_EVENTS];
         int ready = poll(fds, G_N_ELEMENTS(fds), -1);
@@ -261,9 +258,8 @@ static gpointer serve_faults(gpointer data)
             break; /* never spin on an error, never leave on one */
         for (gsize i = 0; n > 0 && i < (gsize)n / sizeof(msgs[0]); i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-                serve_fault(lazy, buf, msgs[i].arg.pagefault.address);
+                serve_fault(lazy, lazy->fault_buf, msgs[i].arg.pagefault.address);
     }
-    free(buf);
     return NULL;
 }
 
@@ -294,6 +290,7 @@ void mvm_lazy_memory_free(MvmLazyMemory *lazy)
     g_mutex_clear(&lazy->finish_lock);
     g_free(lazy->present);
     g_free(lazy->demand);
+    free(lazy->fault_buf);
     g_free(lazy);
 }
 
@@ -313,7 +310,10 @@ static MvmLazyMemory *lazy_new(MvmMemory *mem, const guint8 source_id[MVM_SNAPSH
     n_bytes = (gsize)((lazy->n_pages + 7) / 8);
     lazy->present = g_try_malloc0(n_bytes);
     lazy->demand = g_try_malloc0(n_bytes);
-    if (lazy->present == NULL || lazy->demand == NULL) {
+    /* Aligned: a file opened with O_DIRECT (the caller shares its open file) reads too. */
+    if (posix_memalign((void **)&lazy->fault_buf, MVM_PAGE_SIZE, MVM_PAGE_SIZE) != 0)
+        lazy->fault_buf = NULL;
+    if (lazy->present == NULL || lazy->demand == NULL || lazy->fault_buf == NULL) {
         g_set_error_literal(error, MVM_ERROR, MVM_ERROR_FAILED,
                             "out of memory for the page maps of a lazy restore");
         return NULL;
