@@ -271,12 +271,17 @@ static void close_fd(int *fd)
         close(g_steal_fd(fd));
 }
 
-static void close_sources(MvmLazyMemory *lazy)
+static void stop_thread(MvmLazyMemory *lazy)
 {
     if (lazy->thread != NULL) {
         eventfd_write(lazy->stop_fd, 1);
         g_thread_join(g_steal_pointer(&lazy->thread));
     }
+}
+
+static void close_sources(MvmLazyMemory *lazy)
+{
+    stop_thread(lazy);
     close_fd(&lazy->uffd);
     close_fd(&lazy->file_fd);
     close_fd(&lazy->stop_fd);
@@ -499,10 +504,7 @@ static void end_lazy(MvmLazyMemory *lazy)
 {
     struct uffdio_range range = {.start = (guint64)(guintptr)lazy->base, .len = lazy->size};
 
-    if (lazy->thread != NULL) {
-        eventfd_write(lazy->stop_fd, 1);
-        g_thread_join(g_steal_pointer(&lazy->thread));
-    }
+    stop_thread(lazy);
     ioctl(lazy->uffd, UFFDIO_UNREGISTER, &range);
     close_sources(lazy);
     madvise(lazy->base, lazy->size, MADV_HUGEPAGE);

@@ -35,7 +35,8 @@
 struct _MvmWorkingSet {
     guint64 memory_size;
     guint8 snapshot_id[MVM_SNAPSHOT_ID_SIZE];
-    guint8 *pages; /* ceil(n_pages / 8) bytes */
+    GBytes *file;        /* the whole file, held: the bitmap is read in place */
+    const guint8 *pages; /* ceil(n_pages / 8) bytes, inside @file */
     guint64 n_set;
 };
 
@@ -115,7 +116,8 @@ MvmWorkingSet *mvm_working_set_new_from_bytes(GBytes *bytes, GError **error)
     MvmWorkingSet *set = g_new0(MvmWorkingSet, 1);
     set->memory_size = size;
     memcpy(set->snapshot_id, data + 24, MVM_SNAPSHOT_ID_SIZE);
-    set->pages = g_memdup2(bits, n_bytes);
+    set->file = g_bytes_ref(bytes);
+    set->pages = bits;
     set->n_set = count_pages(bits, n_bytes);
     return set;
 }
@@ -158,7 +160,7 @@ void mvm_working_set_free(MvmWorkingSet *set)
 {
     if (set == NULL)
         return;
-    g_free(set->pages);
+    g_bytes_unref(set->file);
     g_free(set);
 }
 

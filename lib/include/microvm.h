@@ -523,6 +523,7 @@ gboolean mvm_lazy_restore_supported(GError **error);
  * recorded from the snapshot it restores (its ID and memory size).
  */
 MvmWorkingSet *mvm_working_set_read_fd(int fd, GError **error);
+/* Keeps a reference to @bytes (not a copy). */
 MvmWorkingSet *mvm_working_set_new_from_bytes(GBytes *bytes, GError **error);
 void mvm_working_set_free(MvmWorkingSet *set);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmWorkingSet, mvm_working_set_free)
