@@ -27,6 +27,13 @@ fail() {
 	sleep 10
 }
 
+port() { # NAME -> /dev/vportXpY
+	for p in /sys/class/virtio-ports/*; do
+		[ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}" && return 0
+	done
+	fail "no virtio-serial port named $1"
+}
+
 # Modules, in dependency order; each line: name [params...]. Like modprobe,
 # take MODULE.PARAM=VALUE arguments from the kernel command line too.
 modparams() {
@@ -46,7 +53,19 @@ mount -t 9p -o "$P9,cache=none" state /state || fail "mount state share"
 log "modules loaded; $(ls -l /dev/kvm 2>&1)"
 [ -c /dev/kvm ] || fail "/dev/kvm missing after loading kvm modules"
 
-mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || fail "mount host root"
+if [ "${SYSTEMD:-0}" = 1 ]; then
+	# The host's root, writable through an overlay whose upper layer is this VM's memory:
+	# systemd, dbus-daemon and what the command installs may write anywhere, and nothing
+	# reaches the host.
+	mkdir -p /lower /layer
+	mount -t 9p -o "$P9,ro,cache=loose" hostroot /lower || fail "mount host root"
+	mount -t tmpfs -o mode=755 tmpfs /layer || fail "mount the overlay's tmpfs"
+	mkdir -p /layer/upper /layer/work
+	mount -t overlay -o lowerdir=/lower,upperdir=/layer/upper,workdir=/layer/work,xino=off \
+		overlay /host || fail "mount the overlay root"
+else
+	mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || fail "mount host root"
+fi
 mount -t proc proc /host/proc || fail "mount /proc"
 mount -t sysfs sysfs /host/sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /host/dev || fail "mount /dev"
@@ -70,6 +89,42 @@ while [ "$i" -lt "${RW_COUNT:-0}" ]; do
 	i=$((i + 1))
 done
 
+# systemd as PID 1 (run-with-kvm --systemd): it finds /proc, /sys, /dev, /run and /tmp mounted
+# and keeps them; /run/vmhost is the state share. It boots to vmhost.target, whose service runs
+# the command (systemd-command.sh: the heartbeat, the ports, the exit status, the reboot).
+if [ "${SYSTEMD:-0}" = 1 ]; then
+	units=/host/etc/systemd/system
+	cat >"$units/vmhost.target" <<-EOF
+		[Unit]
+		Description=run-with-kvm: the command under systemd
+		Requires=basic.target vmhost-heartbeat.service vmhost-command.service
+		After=basic.target
+		AllowIsolate=yes
+	EOF
+	cat >"$units/vmhost-heartbeat.service" <<-EOF
+		[Unit]
+		Description=run-with-kvm: heartbeat for the host's stall watch
+		DefaultDependencies=no
+		[Service]
+		ExecStart=/bin/bash /run/vmhost/systemd-command.sh --heartbeat
+	EOF
+	cat >"$units/vmhost-command.service" <<-EOF
+		[Unit]
+		Description=run-with-kvm: the command
+		After=basic.target
+		[Service]
+		Type=exec
+		ExecStart=/bin/bash /run/vmhost/systemd-command.sh $(port stdout) $(port stderr)
+		StandardInput=null
+		StandardOutput=journal+console
+	EOF
+	# A fresh machine: its own ID, no first-boot questions.
+	od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >/host/etc/machine-id
+	echo >>/host/etc/machine-id
+	log "starting systemd"
+	exec switch_root /host /lib/systemd/systemd --unit=vmhost.target
+fi
+
 # A heartbeat the host watches (run-with-kvm --stall): when it stops, this
 # kernel has stopped running userspace, and the host ends the VM and names the
 # tests that were running (MVM_TEST_JOURNAL, in the state share).
@@ -81,12 +136,6 @@ beat() {
 (while :; do beat >/state/heartbeat; sleep 5; done) </dev/null >/dev/null 2>&1 &
 echo $! >/state/heartbeat.pid # run-with-kvm's own test stops it to play a frozen kernel
 
-port() { # NAME -> /dev/vportXpY
-	for p in /sys/class/virtio-ports/*; do
-		[ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/${p##*/}" && return 0
-	done
-	fail "no virtio-serial port named $1"
-}
 out=$(port stdout) || fail "no stdout port"
 err=$(port stderr) || fail "no stderr port"
 log "starting command"
