@@ -8,6 +8,7 @@
 
 #include <glib-unix.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include "definition.h"
 #include "context.h"
@@ -161,6 +162,18 @@ static gboolean on_signal(gpointer user_data)
     begin_stop(d, "signal received");
     return G_SOURCE_CONTINUE;
 }
+
+#ifdef MVM_TEST_HOOKS
+/* Test builds only (meson -Dtest_hooks=true): SIGUSR2 makes the main loop stop answering, as a
+ * deadlock would, so that tests/systemd/ can watch systemd's watchdog end and restart us. */
+static gboolean on_test_hang(gpointer user_data)
+{
+    g_warning("test hook: SIGUSR2, the main loop stops answering now");
+    for (;;)
+        pause();
+    return G_SOURCE_REMOVE;
+}
+#endif
 
 static gboolean on_sighup(gpointer user_data)
 {
@@ -361,6 +374,9 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     d.signal_sources[0] = g_unix_signal_add(SIGTERM, on_signal, &d);
     d.signal_sources[1] = g_unix_signal_add(SIGINT, on_signal, &d);
     d.signal_sources[2] = g_unix_signal_add(SIGHUP, on_sighup, &d);
+#ifdef MVM_TEST_HOOKS
+    g_unix_signal_add(SIGUSR2, on_test_hang, NULL);
+#endif
     g_message("microvmd %s starting (state %s, runtime %s, CPU templates %s)", MVMD_VERSION,
               options->state_dir, options->runtime_dir, options->cpu_template_dir);
 
