@@ -3,34 +3,51 @@
 
 #include <unistd.h>
 
+#include <glib-unix.h>
+
+#include "log.h"
+#include "machine-leader.h"
 #include "names.h"
 
 #define MACHINED_NAME      "org.freedesktop.machine1"
 #define MACHINED_PATH      "/org/freedesktop/machine1"
 #define MACHINED_INTERFACE "org.freedesktop.machine1.Manager"
 
+/*
+ * A machine of the same name whose scope is still going away (a VM stopped and started again
+ * at once) makes CreateMachine fail for a moment: try again, a few times.
+ */
+#define CREATE_ATTEMPTS    5
+#define CREATE_RETRY_MS    1000
+#define TERMINATE_RETRY_MS 500
+
 struct _MvmdMachined {
     GDBusConnection *connection;
     GCancellable *cancellable;
-    GHashTable *wanted;     /* names of the VMs that are running or paused */
-    GHashTable *registered; /* names machined accepted */
-    GHashTable *pending;    /* names with a RegisterMachine call in flight */
-    GHashTable *uuids;      /* name → UUID string */
+    GHashTable *machines; /* VM name → Machine, for the VMs running or paused */
+    guint name_watch;
+    gboolean owned;       /* machined is on the bus */
+    gboolean activatable; /* or the bus would start it */
     gboolean absent_logged;
 };
 
+/* One running VM and its registration. */
 typedef struct {
     MvmdMachined *machined;
+    MvmdVmService *vm;
     char *name;
-} Call;
+    MvmdLeaderSpawn *spawn; /* a leader asked for */
+    int leader_fd;          /* the leader's pipe, -1 without one */
+    pid_t leader_pid;
+    guint leader_watch;
+    GCancellable *call; /* CreateMachine in flight */
+    gboolean registered;
+    guint attempts;
+    guint retry_source;
+    guint terminate_source; /* the VM must stop: asked again until it does */
+} Machine;
 
-static void reconcile(MvmdMachined *machined, const char *name);
-
-static void call_free(Call *call)
-{
-    g_free(call->name);
-    g_free(call);
-}
+static void maybe_register(Machine *m);
 
 /* "0f1e…-…" → the 16 bytes machined wants as its "ay" id. */
 static GVariant *uuid_bytes(const char *uuid)
@@ -56,74 +73,198 @@ static gboolean machined_is_absent(const GError *error)
            g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_SPAWN_SERVICE_NOT_FOUND);
 }
 
-static void on_registered(GObject *source, GAsyncResult *result, gpointer user_data)
+static gboolean machined_present(MvmdMachined *machined)
 {
-    Call *call = user_data;
+    return machined->owned || machined->activatable;
+}
+
+/* ---- the leader ------------------------------------------------------------------------ */
+
+/* Closing the pipe ends the leader, which empties the scope: machined forgets the machine. */
+static void drop_leader(Machine *m)
+{
+    if (m->spawn)
+        mvmd_leader_spawn_cancel(g_steal_pointer(&m->spawn));
+    g_clear_handle_id(&m->leader_watch, g_source_remove);
+    if (m->leader_fd >= 0)
+        close(m->leader_fd);
+    m->leader_fd = -1;
+    m->leader_pid = 0;
+}
+
+static gboolean on_terminate_retry(gpointer user_data)
+{
+    Machine *m = user_data;
+
+    mvmd_vm_service_force_stop(m->vm); /* does nothing while an operation runs */
+    return G_SOURCE_CONTINUE;
+}
+
+/* The scope was stopped or its leader killed: the VM stops (as soon as it is idle). */
+static void terminate(Machine *m)
+{
+    if (m->terminate_source)
+        return;
+    mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "terminated through systemd-machined");
+    mvmd_vm_service_force_stop(m->vm);
+    m->terminate_source = g_timeout_add(TERMINATE_RETRY_MS, on_terminate_retry, m);
+}
+
+static void act_on(Machine *m, char request)
+{
+    switch (request) {
+    case MVMD_LEADER_POWER_OFF:
+        mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "power-off asked through systemd-machined");
+        mvmd_vm_service_request_power_off(m->vm);
+        break;
+    case MVMD_LEADER_REBOOT:
+        mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "reboot asked through systemd-machined");
+        mvmd_vm_service_hard_reset(m->vm);
+        break;
+    case MVMD_LEADER_TERMINATE:
+        terminate(m);
+        break;
+    default:
+        break;
+    }
+}
+
+static gboolean on_leader_io(int fd, GIOCondition condition, gpointer user_data)
+{
+    Machine *m = user_data;
+    char requests[16];
+    ssize_t n = read(fd, requests, sizeof(requests));
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return G_SOURCE_CONTINUE;
+    for (ssize_t i = 0; i < n; i++)
+        act_on(m, requests[i]);
+    if (n > 0)
+        return G_SOURCE_CONTINUE;
+    /* The leader is gone: SIGTERM after its last byte, or SIGKILL. Either ends the machine. */
+    m->leader_watch = 0;
+    drop_leader(m);
+    m->registered = FALSE;
+    terminate(m);
+    return G_SOURCE_REMOVE;
+}
+
+/* ---- CreateMachine ---------------------------------------------------------------------- */
+
+static gboolean on_retry(gpointer user_data)
+{
+    Machine *m = user_data;
+
+    m->retry_source = 0;
+    maybe_register(m);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_created(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    Machine *m = user_data;
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply =
         g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
-    MvmdMachined *machined = call->machined;
 
-    if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
-        call_free(call); /* @machined is gone */
+    if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        return; /* @m is gone */
+    g_clear_object(&m->call);
+    if (reply) {
+        mvmd_vm_log(m->name, G_LOG_LEVEL_DEBUG, "registered with systemd-machined (leader %d)",
+                    (int)m->leader_pid);
+        m->registered = TRUE;
+        m->attempts = 0;
         return;
     }
-    g_hash_table_remove(machined->pending, call->name);
-    if (reply) {
-        g_debug("%s: registered with systemd-machined", call->name);
-        g_hash_table_add(machined->registered, g_strdup(call->name));
-    } else if (machined_is_absent(error)) {
-        if (!machined->absent_logged)
+    if (machined_is_absent(error)) {
+        if (!m->machined->absent_logged)
             g_debug("systemd-machined is not on the bus: VMs are not registered");
-        machined->absent_logged = TRUE;
-        g_hash_table_remove(machined->wanted, call->name); /* until its next start */
-    } else {
-        g_dbus_error_strip_remote_error(error);
-        g_message("%s: systemd-machined refused to register it: %s", call->name, error->message);
-        g_hash_table_remove(machined->wanted, call->name);
+        m->machined->absent_logged = TRUE;
+        drop_leader(m);
+        return;
     }
-    reconcile(machined, call->name);
-    call_free(call);
+    g_dbus_error_strip_remote_error(error);
+    if (m->attempts >= CREATE_ATTEMPTS) {
+        mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "systemd-machined refused to register it: %s",
+                    error->message);
+        drop_leader(m);
+        return;
+    }
+    mvmd_vm_log(m->name, G_LOG_LEVEL_DEBUG, "systemd-machined refused it (%s); trying again",
+                error->message);
+    m->retry_source = g_timeout_add(CREATE_RETRY_MS, on_retry, m);
 }
 
-static void register_machine(MvmdMachined *machined, const char *name)
+static void create_machine(Machine *m)
 {
-    Call *call = g_new0(Call, 1);
-
-    call->machined = machined;
-    call->name = g_strdup(name);
-    g_hash_table_add(machined->pending, g_strdup(name));
+    m->attempts++;
+    m->call = g_cancellable_new();
+    /* No scope properties: machined makes machine-NAME.scope with the leader in it. */
     g_dbus_connection_call(
-        machined->connection, MACHINED_NAME, MACHINED_PATH, MACHINED_INTERFACE, "RegisterMachine",
-        g_variant_new("(s@ayssus)", name, uuid_bytes(g_hash_table_lookup(machined->uuids, name)),
-                      "microvmd", "vm", (guint32)getpid(), ""),
-        G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, -1, machined->cancellable, on_registered,
-        call);
+        m->machined->connection, MACHINED_NAME, MACHINED_PATH, MACHINED_INTERFACE, "CreateMachine",
+        g_variant_new("(s@ayssusa(sv))", m->name, uuid_bytes(mvmd_vm_get_uuid(MVMD_VM(m->vm))),
+                      "microvmd", "vm", (guint32)m->leader_pid, "", NULL),
+        G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, -1, m->call, on_created, m);
+}
+
+static void on_leader_spawned(int fd, pid_t pid, const GError *error, gpointer user_data)
+{
+    Machine *m = user_data;
+
+    m->spawn = NULL;
+    if (error) {
+        mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "not registered with systemd-machined: %s",
+                    error->message);
+        return;
+    }
+    m->leader_fd = fd;
+    m->leader_pid = pid;
+    g_unix_set_fd_nonblocking(fd, TRUE, NULL);
+    m->leader_watch = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_leader_io, m);
+    create_machine(m);
+}
+
+/* A leader first, then CreateMachine; nothing while machined is neither there nor startable. */
+static void maybe_register(Machine *m)
+{
+    if (m->registered || m->spawn || m->call || m->retry_source || m->terminate_source)
+        return;
+    if (!machined_present(m->machined) || !mvmd_leader_factory_running())
+        return;
+    if (m->leader_fd >= 0) {
+        create_machine(m);
+        return;
+    }
+    m->spawn = mvmd_leader_spawn(on_leader_spawned, m);
 }
 
 static void unregister_machine(MvmdMachined *machined, const char *name)
 {
-    g_hash_table_remove(machined->registered, name);
     g_debug("%s: unregistering from systemd-machined", name);
-    /* Nothing to do about a failure: machined forgets machines whose leader exits anyway. */
+    /* Nothing to do about a failure: the scope empties as the leader leaves. */
     g_dbus_connection_call(machined->connection, MACHINED_NAME, MACHINED_PATH, MACHINED_INTERFACE,
                            "UnregisterMachine", g_variant_new("(s)", name), NULL,
                            G_DBUS_CALL_FLAGS_NO_AUTO_START, -1, NULL, NULL, NULL);
 }
 
-/* One call in flight per VM at most; the reply reconciles again. */
-static void reconcile(MvmdMachined *machined, const char *name)
+static void machine_free(Machine *m)
 {
-    gboolean wanted = g_hash_table_contains(machined->wanted, name);
-    gboolean registered = g_hash_table_contains(machined->registered, name);
-
-    if (g_hash_table_contains(machined->pending, name))
-        return;
-    if (wanted && !registered)
-        register_machine(machined, name);
-    else if (!wanted && registered)
-        unregister_machine(machined, name);
+    if (m->call) {
+        g_cancellable_cancel(m->call);
+        g_object_unref(m->call);
+    }
+    if (m->registered)
+        unregister_machine(m->machined, m->name);
+    drop_leader(m);
+    g_clear_handle_id(&m->retry_source, g_source_remove);
+    g_clear_handle_id(&m->terminate_source, g_source_remove);
+    g_object_unref(m->vm);
+    g_free(m->name);
+    g_free(m);
 }
+
+/* ---- following the VMs and machined ---------------------------------------------------- */
 
 void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpointer user_data)
 {
@@ -131,17 +272,64 @@ void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpoint
     const char *name = mvmd_vm_service_get_vm_name(vm);
     gboolean active =
         g_strcmp0(state, MVMD_STATE_RUNNING) == 0 || g_strcmp0(state, MVMD_STATE_PAUSED) == 0;
+    Machine *m = g_hash_table_lookup(machined->machines, name);
 
-    if (active == g_hash_table_contains(machined->wanted, name))
+    if (!active) {
+        g_hash_table_remove(machined->machines, name);
         return;
-    if (active) {
-        g_hash_table_add(machined->wanted, g_strdup(name));
-        g_hash_table_insert(machined->uuids, g_strdup(name),
-                            g_strdup(mvmd_vm_get_uuid(MVMD_VM(vm))));
-    } else {
-        g_hash_table_remove(machined->wanted, name);
     }
-    reconcile(machined, name);
+    if (m)
+        return;
+    m = g_new0(Machine, 1);
+    m->machined = machined;
+    m->vm = g_object_ref(vm);
+    m->name = g_strdup(name);
+    m->leader_fd = -1;
+    g_hash_table_insert(machined->machines, m->name, m);
+    maybe_register(m);
+}
+
+static void presence_changed(MvmdMachined *machined)
+{
+    GHashTableIter iter;
+    gpointer m;
+
+    if (!machined_present(machined))
+        return;
+    g_hash_table_iter_init(&iter, machined->machines);
+    while (g_hash_table_iter_next(&iter, NULL, &m))
+        maybe_register(m);
+}
+
+static void on_machined_appeared(GDBusConnection *connection, const char *name, const char *owner,
+                                 gpointer user_data)
+{
+    MvmdMachined *machined = user_data;
+
+    machined->owned = TRUE;
+    presence_changed(machined);
+}
+
+static void on_machined_vanished(GDBusConnection *connection, const char *name, gpointer user_data)
+{
+    MvmdMachined *machined = user_data;
+
+    machined->owned = FALSE;
+}
+
+static void on_activatable_names(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, NULL);
+    g_autofree const char **names = NULL;
+    MvmdMachined *machined;
+
+    if (!reply)
+        return; /* cancelled (@user_data is gone), or no answer: only a running machined counts */
+    machined = user_data;
+    g_variant_get(reply, "(^a&s)", &names);
+    machined->activatable = g_strv_contains(names, MACHINED_NAME);
+    presence_changed(machined);
 }
 
 MvmdMachined *mvmd_machined_new(GDBusConnection *connection)
@@ -150,32 +338,27 @@ MvmdMachined *mvmd_machined_new(GDBusConnection *connection)
 
     machined->connection = g_object_ref(connection);
     machined->cancellable = g_cancellable_new();
-    machined->wanted = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    machined->registered = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    machined->pending = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    machined->uuids = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    machined->machines =
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)machine_free);
+    /* Leaders are only forked where machined runs, or the bus starts it on the first call. */
+    machined->name_watch =
+        g_bus_watch_name_on_connection(connection, MACHINED_NAME, G_BUS_NAME_WATCHER_FLAGS_NONE,
+                                       on_machined_appeared, on_machined_vanished, machined, NULL);
+    g_dbus_connection_call(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "ListActivatableNames", NULL,
+                           G_VARIANT_TYPE("(as)"), G_DBUS_CALL_FLAGS_NONE, -1,
+                           machined->cancellable, on_activatable_names, machined);
     return machined;
 }
 
 void mvmd_machined_free(MvmdMachined *machined)
 {
-    GHashTableIter iter;
-    gpointer name;
-
     if (!machined)
         return;
     g_cancellable_cancel(machined->cancellable);
-    g_hash_table_iter_init(&iter, machined->registered);
-    while (g_hash_table_iter_next(&iter, &name, NULL))
-        g_dbus_connection_call(machined->connection, MACHINED_NAME, MACHINED_PATH,
-                               MACHINED_INTERFACE, "UnregisterMachine",
-                               g_variant_new("(s)", (const char *)name), NULL,
-                               G_DBUS_CALL_FLAGS_NO_AUTO_START, -1, NULL, NULL, NULL);
+    g_bus_unwatch_name(machined->name_watch);
+    g_hash_table_unref(machined->machines); /* unregisters each, without waiting */
     g_object_unref(machined->cancellable);
     g_object_unref(machined->connection);
-    g_hash_table_unref(machined->wanted);
-    g_hash_table_unref(machined->registered);
-    g_hash_table_unref(machined->pending);
-    g_hash_table_unref(machined->uuids);
     g_free(machined);
 }

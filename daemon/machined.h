@@ -1,12 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * systemd-machined: each running VM is registered (RegisterMachine, class "vm", the VM's UUID,
- * service "microvmd", leader = this process) so `machinectl list` shows it, and unregistered
- * when it stops. Without machined on the bus nothing happens (logged once at debug level).
- *
- * machined keeps one machine per leader process and per unit: as every VM runs inside the one
- * microvmd process, only the first running VM can be registered at a time; the others are
- * refused by machined and logged. Never call TerminateMachine on them: it would stop microvmd.
+ * systemd-machined: each running or paused VM is a machine (CreateMachine: class "vm", the
+ * VM's UUID, service "microvmd", and a leader process of its own, machine-leader.h, which
+ * machined moves into machine-NAME.scope), so `machinectl list` shows every VM. machined's
+ * requests come back through the leader: poweroff asks the guest to shut down, reboot resets
+ * it, terminate (or the leader's death) stops it. A stopped VM is unregistered and its leader
+ * leaves. Leaders are only made while machined is on the bus or the bus can start it.
  */
 #pragma once
 

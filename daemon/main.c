@@ -14,6 +14,7 @@
 #include "daemon.h"
 #include "errors.h"
 #include "log.h"
+#include "machine-leader.h"
 #include "quota.h"
 
 #define DEFAULT_STATE_DIR        "/var/lib/microvmd"
@@ -24,8 +25,8 @@
  * Each running VM holds descriptors (KVM's VM and vCPU fds, guest memory, eventfds, console):
  * under the usual soft limit of 1024 a few hundred guests would use up what the whole daemon
  * shares. The hard limit is what the administrator allows (LimitNOFILE= in the unit). Nothing
- * in microvmd uses select(), so descriptors past FD_SETSIZE are safe; it spawns no children
- * that could mind the higher limit.
+ * in microvmd uses select(), so descriptors past FD_SETSIZE are safe; its only children (the
+ * machined leaders) never exec, so no other program inherits the higher limit.
  */
 static void raise_nofile_limit(void)
 {
@@ -113,6 +114,18 @@ static gboolean lock_process(void)
                       ? "audited: their calls outside the filters are logged, not refused"
                       : "not confined");
     return TRUE;
+}
+
+/*
+ * systemd-machined's stand-ins for the VMs (machine-leader.h): forked now, while this is the
+ * only thread and no guest is mapped. Without it VMs are not registered with machined.
+ */
+static void start_leader_factory(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!mvmd_leader_factory_start(&error))
+        g_warning("%s: VMs will not be registered with systemd-machined", error->message);
 }
 
 /*
@@ -232,6 +245,7 @@ int main(int argc, char **argv)
     mvmd_log_init(verbose);
     if (!lock_process())
         return 1;
+    start_leader_factory();
     raise_nofile_limit();
     /* Registers the error names before any reply is sent. */
     (void)MVMD_ERROR;

@@ -457,11 +457,7 @@ static void act_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation, g
                                                       "the daemon is shutting down");
         return;
     }
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
-    self->reboot_pending = TRUE;
-    self->restarts = 0;
-    /* Answered by Reboot's reply once the Start that follows the Stop is done (end_run()). */
-    mvmd_vm_service_begin_op(self, OP_STOP, invocation, mvmd_vm_complete_reboot, NULL);
+    mvmd_vm_service_begin_reboot(self, invocation, mvmd_vm_complete_reboot);
 }
 
 static gboolean on_waiter_timeout(gpointer user_data)

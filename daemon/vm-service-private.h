@@ -98,6 +98,9 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
 void mvmd_vm_service_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, OpReply reply);
 /* The state the vCPU threads last reported (STOPPED without a run). */
 MvmVmState mvmd_vm_service_run_state(MvmdVmService *self);
+/* A hard reset: a Stop, then a Start; @invocation (may be NULL) is answered after the Start. */
+void mvmd_vm_service_begin_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation,
+                                  OpReply reply);
 /* Ctrl-Alt-Del for the guest; does not wait. */
 gboolean mvmd_vm_service_request_shutdown(MvmdVmService *self, GError **error);
 void mvmd_vm_service_waiter_free(Waiter *w);

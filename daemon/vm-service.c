@@ -571,6 +571,54 @@ void mvmd_vm_service_force_stop(MvmdVmService *self)
     mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL, NULL);
 }
 
+/* Why @self cannot take a request without a caller now, or NULL. */
+static const char *busy_reason(MvmdVmService *self)
+{
+    if (self->op != OP_NONE)
+        return "an operation is in progress";
+    if (mvmd_vm_service_run_state(self) != MVM_VM_STATE_RUNNING)
+        return "the VM is not running";
+    if (self->ctx->stopping)
+        return "the daemon is shutting down";
+    return NULL;
+}
+
+void mvmd_vm_service_request_power_off(MvmdVmService *self)
+{
+    g_autoptr(GError) error = NULL;
+    const char *busy = busy_reason(self);
+
+    if (busy) {
+        vm_log(self, G_LOG_LEVEL_MESSAGE, "power-off not asked: %s", busy);
+        return;
+    }
+    if (mvmd_vm_service_request_shutdown(self, &error))
+        vm_log(self, G_LOG_LEVEL_MESSAGE, "shutdown requested");
+    else
+        vm_log(self, G_LOG_LEVEL_WARNING, "%s", error->message);
+}
+
+void mvmd_vm_service_hard_reset(MvmdVmService *self)
+{
+    const char *busy = busy_reason(self);
+
+    if (busy) {
+        vm_log(self, G_LOG_LEVEL_MESSAGE, "not rebooted: %s", busy);
+        return;
+    }
+    mvmd_vm_service_begin_reboot(self, NULL, NULL);
+}
+
+void mvmd_vm_service_begin_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation,
+                                  OpReply reply)
+{
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "rebooting (hard reset)");
+    self->reboot_pending = TRUE;
+    self->restarts = 0;
+    /* The Start that follows the Stop answers @invocation, with @reply (end_run()). */
+    mvmd_vm_service_begin_op(self, OP_STOP, invocation, reply, NULL);
+}
+
 gboolean mvmd_vm_service_is_active(MvmdVmService *self)
 {
     return self->run != NULL || self->op != OP_NONE;

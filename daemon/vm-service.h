@@ -68,4 +68,12 @@ void mvmd_vm_service_begin_shutdown(MvmdVmService *self);
 /* Daemon shutdown: stop now (or as soon as the operation in progress ends). */
 void mvmd_vm_service_force_stop(MvmdVmService *self);
 
+/*
+ * Without a caller (machinectl, through machined.c): ask a running guest to shut down, as
+ * Shutdown does, and hard-reset one (a Stop, then a Start), as Reboot does. Each does nothing,
+ * logged, while an operation is in progress or the VM is not running.
+ */
+void mvmd_vm_service_request_power_off(MvmdVmService *self);
+void mvmd_vm_service_hard_reset(MvmdVmService *self);
+
 G_END_DECLS

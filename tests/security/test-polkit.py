@@ -6,7 +6,7 @@ systemd-machined mocked by python-dbusmock. An unprivileged caller (nobody, via 
 denied every mutating method until polkit says yes; on another user's VM the -others actions
 are asked, and reading its details needs read-others; the owner reads without asking; listing
 is always allowed; without a polkit authority only root may act; a running VM is registered
-with machined."""
+with machined through a leader process of its own."""
 
 import json
 import os
@@ -367,7 +367,7 @@ class PolkitTest(systest.TestCase):
     def test_machined_registration(self):
         self.start_mock(MACHINED, MACHINED_PATH, MACHINED + ".Manager")
         for method, in_sig, out_sig, code in (
-                ("RegisterMachine", "sayssus", "o",
+                ("CreateMachine", "sayssusa(sv)", "o",
                  "ret = '/org/freedesktop/machine1/machine/' + args[0]"),
                 ("UnregisterMachine", "s", "", "")):
             _, err = systest.call(self.root, MACHINED_PATH, MOCK, "AddMethod",
@@ -388,17 +388,35 @@ class PolkitTest(systest.TestCase):
             self.assertIsNone(err)
             return [args for _, args in reply[0]]
 
-        systest.wait_for(lambda: calls("RegisterMachine"), 30, "RegisterMachine")
-        name, machine_id, service, klass, leader, root_dir = calls("RegisterMachine")[0]
-        self.assertEqual((name, service, klass, leader, root_dir),
-                         ("guest", "microvmd", "vm", daemon.proc.pid, ""))
+        def proc(pid, field):
+            with open(f"/proc/{pid}/{field}") as f:
+                return f.read()
+
+        systest.wait_for(lambda: calls("CreateMachine"), 30, "CreateMachine")
+        name, machine_id, service, klass, leader, root_dir, props = calls("CreateMachine")[0]
+        self.assertEqual((name, service, klass, root_dir, props),
+                         ("guest", "microvmd", "vm", "", []))
         self.assertEqual(bytes(machine_id).hex(), uuid[0].replace("-", ""))
+        # The leader is a process of its own, made by the factory microvmd forked at start:
+        # machined gives it a scope, and signals it, never microvmd.
+        self.assertNotEqual(leader, daemon.proc.pid)
+        self.assertEqual(proc(leader, "comm"), "vm-leader\n")
+        factory = int(proc(leader, "stat").rsplit(")", 1)[1].split()[1])
+        self.assertEqual(proc(factory, "comm"), "vm-leaders\n")
+        self.assertEqual(int(proc(factory, "stat").rsplit(")", 1)[1].split()[1]),
+                         daemon.proc.pid)
+        # Nothing of microvmd's is open in it: no guest memory, no KVM, no bus.
+        own = sorted(os.readlink(f"/proc/{leader}/fd/{fd}")
+                     for fd in os.listdir(f"/proc/{leader}/fd") if int(fd) > 2)
+        self.assertEqual(len(own), 2, own)
+        self.assertEqual(own[0], "anon_inode:[signalfd]")
+        self.assertTrue(own[1].startswith("pipe:"), own)
         _, err = systest.call(self.root, path, systest.VM, "Stop")
         self.assertIsNone(err)
         systest.wait_for(lambda: calls("UnregisterMachine"), 30, "UnregisterMachine")
         self.assertEqual(calls("UnregisterMachine"), [["guest"]])
+        systest.wait_for(lambda: not os.path.exists(f"/proc/{leader}"), 30, "the leader's exit")
         self.assertEqual(daemon.stop(), 0)
-
 
 if __name__ == "__main__":
     systest.main()
