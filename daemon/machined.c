@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "machined.h"
 
+#include <string.h>
 #include <unistd.h>
 
 #include <glib-unix.h>
@@ -35,7 +36,8 @@ struct _MvmdMachined {
 typedef struct {
     MvmdMachined *machined;
     MvmdVmService *vm;
-    char *name;
+    char *name;             /* the VM's */
+    char *machine_name;     /* machined's (machine_name()) */
     MvmdLeaderSpawn *spawn; /* a leader asked for */
     int leader_fd;          /* the leader's pipe, -1 without one */
     pid_t leader_pid;
@@ -71,6 +73,37 @@ static gboolean machined_is_absent(const GError *error)
     return g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_SERVICE_UNKNOWN) ||
            g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_NAME_HAS_NO_OWNER) ||
            g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_SPAWN_SERVICE_NOT_FOUND);
+}
+
+/* machined takes host names only (letters, digits, '-' and '.'; no empty label). */
+static gboolean is_host_name(const char *name)
+{
+    gsize len = strlen(name);
+
+    if (len == 0 || len > 64 || name[0] == '.' || name[len - 1] == '.' || strstr(name, ".."))
+        return FALSE;
+    for (const char *p = name; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '-' && *p != '.')
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/*
+ * Machine names are one namespace for every container and VM on the host, and the first to
+ * take one keeps it: root's VMs are registered by their name, another owner's as NAME.uUID, so
+ * a user allowed to create VMs cannot take the name of a container still to start, or of
+ * another user's VM. NULL: the name is no host name (it has a '_'), and the VM is not
+ * registered.
+ */
+static char *machine_name(MvmdVmService *vm)
+{
+    guint owner = mvmd_vm_get_owner(MVMD_VM(vm));
+    g_autofree char *name = owner == 0
+                                ? g_strdup(mvmd_vm_service_get_vm_name(vm))
+                                : g_strdup_printf("%s.u%u", mvmd_vm_service_get_vm_name(vm), owner);
+
+    return is_host_name(name) ? g_steal_pointer(&name) : NULL;
 }
 
 static gboolean machined_present(MvmdMachined *machined)
@@ -203,8 +236,9 @@ static void create_machine(Machine *m)
     /* No scope properties: machined makes machine-NAME.scope with the leader in it. */
     g_dbus_connection_call(
         m->machined->connection, MACHINED_NAME, MACHINED_PATH, MACHINED_INTERFACE, "CreateMachine",
-        g_variant_new("(s@ayssusa(sv))", m->name, uuid_bytes(mvmd_vm_get_uuid(MVMD_VM(m->vm))),
-                      "microvmd", "vm", (guint32)m->leader_pid, "", NULL),
+        g_variant_new("(s@ayssusa(sv))", m->machine_name,
+                      uuid_bytes(mvmd_vm_get_uuid(MVMD_VM(m->vm))), "microvmd", "vm",
+                      (guint32)m->leader_pid, "", NULL),
         G_VARIANT_TYPE("(o)"), G_DBUS_CALL_FLAGS_NONE, -1, m->call, on_created, m);
 }
 
@@ -228,7 +262,8 @@ static void on_leader_spawned(int fd, pid_t pid, const GError *error, gpointer u
 /* A leader first, then CreateMachine; nothing while machined is neither there nor startable. */
 static void maybe_register(Machine *m)
 {
-    if (m->registered || m->spawn || m->call || m->retry_source || m->terminate_source)
+    if (!m->machine_name || m->registered || m->spawn || m->call || m->retry_source ||
+        m->terminate_source)
         return;
     if (!machined_present(m->machined) || !mvmd_leader_factory_running())
         return;
@@ -255,12 +290,13 @@ static void machine_free(Machine *m)
         g_object_unref(m->call);
     }
     if (m->registered)
-        unregister_machine(m->machined, m->name);
+        unregister_machine(m->machined, m->machine_name);
     drop_leader(m);
     g_clear_handle_id(&m->retry_source, g_source_remove);
     g_clear_handle_id(&m->terminate_source, g_source_remove);
     g_object_unref(m->vm);
     g_free(m->name);
+    g_free(m->machine_name);
     g_free(m);
 }
 
@@ -284,7 +320,11 @@ void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpoint
     m->machined = machined;
     m->vm = g_object_ref(vm);
     m->name = g_strdup(name);
+    m->machine_name = machine_name(vm);
     m->leader_fd = -1;
+    if (!m->machine_name)
+        mvmd_vm_log(name, G_LOG_LEVEL_MESSAGE,
+                    "not registered with systemd-machined: the name is no host name");
     g_hash_table_insert(machined->machines, m->name, m);
     maybe_register(m);
 }
