@@ -273,7 +273,7 @@ static gboolean start_service(Daemon *d, GError **error)
         return FALSE;
     }
     if (d->connection)
-        d->machined = mvmd_machined_new(d->connection);
+        d->machined = mvmd_machined_new(d->connection, d->options->shutdown_timeout_sec);
     d->status_watch = mvmd_status_watch_new(
         d->manager, d->machined ? mvmd_machined_vm_state_changed : NULL, d->machined);
     d->watchdog_source = mvmd_sd_watchdog_add();

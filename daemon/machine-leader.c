@@ -10,6 +10,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gio/gio.h>
@@ -35,6 +36,7 @@ struct _MvmdLeaderSpawn {
 static int factory_socket = -1; /* microvmd's end of the SOCK_SEQPACKET pair */
 static pid_t factory_pid;
 static guint factory_watch;
+static guint ask_retry;
 static GQueue waiting = G_QUEUE_INIT; /* MvmdLeaderSpawn *, not yet asked */
 static GQueue asked = G_QUEUE_INIT;   /* asked, answered in this order */
 static GQueue failed = G_QUEUE_INIT;  /* to be told @failure */
@@ -83,11 +85,12 @@ static G_GNUC_NORETURN void leader_main(int pipe_fd)
             _exit(0);
         if (!(fds[0].revents & POLLIN) || read(sfd, &info, sizeof(info)) != sizeof(info))
             continue;
+        /*
+         * Even SIGTERM (the scope is being stopped) leaves the leader in place: microvmd shuts
+         * the guest down, and closes the pipe once the VM is stopped, which empties the scope.
+         */
         request = request_for(info.ssi_signo);
         if (write(pipe_fd, &request, 1) < 0 && errno == EPIPE)
-            _exit(0);
-        /* The scope is being stopped: leaving empties it, and machined forgets the machine. */
-        if (request == MVMD_LEADER_TERMINATE)
             _exit(0);
     }
 }
@@ -115,9 +118,15 @@ static void send_reply(int sock, const SpawnReply *reply, int fd)
         cmsg->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
     }
-    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
-        if (errno != EINTR)
+    for (int tries = 0; sendmsg(sock, &msg, MSG_NOSIGNAL) < 0; tries++) {
+        const struct timespec pause = {.tv_nsec = 10 * 1000 * 1000};
+
+        /* Short of memory for a moment: microvmd waits for this answer, in order. */
+        if (errno != EINTR && errno != ENOBUFS && errno != ENOMEM && errno != EAGAIN)
             _exit(0); /* microvmd is gone */
+        if (tries >= 1000)
+            _exit(1);
+        nanosleep(&pause, NULL);
     }
 }
 
@@ -162,7 +171,10 @@ static G_GNUC_NORETURN void factory_main(int sock, pid_t parent)
     /* Nothing of microvmd's but the socket and the standard streams (the journal). */
     if (dup2(sock, 3) < 0)
         _exit(1);
-    close_range(4, ~0U, 0);
+    if (close_range(4, ~0U, 0) < 0) {
+        for (long fd = 4, max = sysconf(_SC_OPEN_MAX); fd < max; fd++)
+            close((int)fd);
+    }
     for (;;) {
         char request;
         ssize_t n = recv(3, &request, 1, 0);
@@ -249,24 +261,34 @@ static void fail_later(GQueue *queue)
         failed_idle = g_idle_add(report_failures, NULL);
 }
 
+static void on_factory_reaped(GPid pid, int status, gpointer user_data)
+{
+    g_debug("the leader factory's wait status: %d", status);
+}
+
 static void factory_lost(const char *why)
 {
-    int status;
-
     g_clear_error(&failure);
     failure = g_error_new(G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE, "the leader factory %s", why);
     g_warning("%s: VMs are no longer registered with systemd-machined", failure->message);
     g_clear_handle_id(&factory_watch, g_source_remove);
+    g_clear_handle_id(&ask_retry, g_source_remove);
     close(factory_socket);
     factory_socket = -1;
-    if (waitpid(factory_pid, &status, WNOHANG) == factory_pid)
-        g_debug("the leader factory's status: %d", status);
+    /* It leaves at its socket's end (or is still leaving): reaped whenever that is. */
+    g_child_watch_add(factory_pid, on_factory_reaped, NULL);
     fail_later(&asked);
     fail_later(&waiting);
 }
 
-/* One answer; FALSE and *@why when the factory broke its side of the protocol or ended. */
-static gboolean receive_reply(SpawnReply *reply, int *fd, const char **why)
+typedef enum {
+    REPLY_NONE,   /* nothing to read now */
+    REPLY_LEADER, /* a leader: *fd and reply->pid */
+    REPLY_FAILED, /* the factory could not make one, or its descriptor did not fit here */
+    REPLY_BROKEN, /* the factory ended or broke the protocol: *why */
+} ReplyKind;
+
+static ReplyKind receive_reply(SpawnReply *reply, int *fd, const char **why)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int))];
@@ -283,34 +305,76 @@ static gboolean receive_reply(SpawnReply *reply, int *fd, const char **why)
     do
         n = recvmsg(factory_socket, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return (*why = NULL), FALSE;
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOMEM || errno == ENOBUFS)
+            return REPLY_NONE; /* a short lack of memory passes: the source fires again */
+        *why = "cannot be read";
+        return REPLY_BROKEN;
+    }
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); n > 0 && c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
             c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0)
             memcpy(fd, CMSG_DATA(c), sizeof(int));
     }
-    if (n == (ssize_t)sizeof(*reply) && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
-        (reply->pid > 0) == (*fd >= 0))
-        return TRUE;
+    if (n == (ssize_t)sizeof(*reply) && !(msg.msg_flags & MSG_TRUNC)) {
+        if (reply->pid > 0 && *fd >= 0)
+            return REPLY_LEADER;
+        if (reply->pid > 0 && (msg.msg_flags & MSG_CTRUNC)) {
+            /* Out of descriptors here: the kernel dropped the pipe, and the leader leaves. */
+            reply->error = EMFILE;
+            return REPLY_FAILED;
+        }
+        if (reply->pid == 0 && *fd < 0 && reply->error > 0)
+            return REPLY_FAILED;
+    }
     if (*fd >= 0)
         close(*fd);
-    *why = n == 0 ? "ended" : n < 0 ? "cannot be read" : "sent a malformed answer";
-    return FALSE;
+    *why = n == 0 ? "ended" : "sent a malformed answer";
+    return REPLY_BROKEN;
+}
+
+static void ask_more(void);
+
+static gboolean on_ask_retry(gpointer user_data)
+{
+    ask_retry = 0;
+    ask_more();
+    return G_SOURCE_REMOVE;
 }
 
 static void ask_more(void)
 {
-    while (factory_socket >= 0 && g_queue_get_length(&asked) < MAX_ASKED && waiting.length > 0) {
+    while (factory_socket >= 0 && asked.length < MAX_ASKED && waiting.length > 0) {
         const char request = 'L';
 
-        if (send(factory_socket, &request, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                factory_lost("cannot be asked");
+        if (send(factory_socket, &request, 1, MSG_NOSIGNAL | MSG_DONTWAIT) == 1) {
+            g_queue_push_tail(&asked, g_queue_pop_head(&waiting));
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS && errno != ENOMEM) {
+            factory_lost("cannot be asked");
             return;
         }
-        g_queue_push_tail(&asked, g_queue_pop_head(&waiting));
+        /* Full, or short of memory: an answer, or this timer, asks again. */
+        if (!ask_retry)
+            ask_retry = g_timeout_add(100, on_ask_retry, NULL);
+        return;
     }
+}
+
+static void answer(MvmdLeaderSpawn *spawn, ReplyKind kind, const SpawnReply *reply, int fd)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (kind == REPLY_LEADER) {
+        complete(spawn, fd, reply->pid, NULL);
+        return;
+    }
+    error = g_error_new(G_IO_ERROR, g_io_error_from_errno(reply->error), "cannot make a leader: %s",
+                        g_strerror(reply->error));
+    complete(spawn, -1, 0, error);
 }
 
 static gboolean on_factory_readable(int fd, GIOCondition condition, gpointer user_data)
@@ -318,26 +382,24 @@ static gboolean on_factory_readable(int fd, GIOCondition condition, gpointer use
     SpawnReply reply;
     int leader_fd;
     const char *why = NULL;
+    ReplyKind kind;
 
-    while (receive_reply(&reply, &leader_fd, &why)) {
-        MvmdLeaderSpawn *spawn = g_queue_pop_head(&asked);
+    while ((kind = receive_reply(&reply, &leader_fd, &why)) != REPLY_NONE) {
+        MvmdLeaderSpawn *spawn;
 
+        if (kind == REPLY_BROKEN)
+            break;
+        spawn = g_queue_pop_head(&asked);
         if (!spawn) {
-            close(leader_fd);
+            if (leader_fd >= 0)
+                close(leader_fd);
+            kind = REPLY_BROKEN;
             why = "answered what it was not asked";
             break;
         }
-        if (reply.pid > 0) {
-            complete(spawn, leader_fd, reply.pid, NULL);
-        } else {
-            g_autoptr(GError) error =
-                g_error_new(G_IO_ERROR, g_io_error_from_errno(reply.error),
-                            "cannot fork a leader: %s", g_strerror(reply.error));
-
-            complete(spawn, -1, 0, error);
-        }
+        answer(spawn, kind, &reply, leader_fd);
     }
-    if (why) {
+    if (kind == REPLY_BROKEN) {
         factory_watch = 0; /* removed by returning G_SOURCE_REMOVE */
         factory_lost(why);
         return G_SOURCE_REMOVE;
@@ -369,5 +431,10 @@ MvmdLeaderSpawn *mvmd_leader_spawn(MvmdLeaderSpawnedFunc func, gpointer user_dat
 
 void mvmd_leader_spawn_cancel(MvmdLeaderSpawn *spawn)
 {
+    /* Not asked yet: never asked. Asked: its leader is let go when it comes. */
+    if (g_queue_remove(&waiting, spawn)) {
+        g_free(spawn);
+        return;
+    }
     spawn->func = NULL;
 }

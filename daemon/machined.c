@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include "machined.h"
 
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,12 +31,14 @@ struct _MvmdMachined {
     gboolean owned;       /* machined is on the bus */
     gboolean activatable; /* or the bus would start it */
     gboolean absent_logged;
+    guint shutdown_timeout_sec; /* a terminated VM's guest gets that long to shut down */
+    GList *orphans; /* Machines of VMs gone, each waiting for its CreateMachine answer */
 };
 
 /* One running VM and its registration. */
 typedef struct {
     MvmdMachined *machined;
-    MvmdVmService *vm;
+    MvmdVmService *vm;      /* NULL once its VM is gone (an orphan) */
     char *name;             /* the VM's */
     char *machine_name;     /* machined's (machine_name()) */
     MvmdLeaderSpawn *spawn; /* a leader asked for */
@@ -47,6 +50,7 @@ typedef struct {
     guint attempts;
     guint retry_source;
     guint terminate_source; /* the VM must stop: asked again until it does */
+    gint64 force_at;        /* when terminating: the monotonic time of the forced stop */
 } Machine;
 
 static void maybe_register(Machine *m);
@@ -106,6 +110,15 @@ static char *machine_name(MvmdVmService *vm)
     return is_host_name(name) ? g_steal_pointer(&name) : NULL;
 }
 
+/* A machine or scope of that name is still going away: worth another try. */
+static gboolean is_name_in_use(const GError *error)
+{
+    g_autofree char *remote = g_dbus_error_get_remote_error(error);
+
+    return g_error_matches(error, G_DBUS_ERROR, G_DBUS_ERROR_FILE_EXISTS) ||
+           (remote && (g_str_has_suffix(remote, "Exists") || g_str_has_suffix(remote, ".EEXIST")));
+}
+
 static gboolean machined_present(MvmdMachined *machined)
 {
     return machined->owned || machined->activatable;
@@ -125,22 +138,36 @@ static void drop_leader(Machine *m)
     m->leader_pid = 0;
 }
 
-static gboolean on_terminate_retry(gpointer user_data)
+static gboolean on_terminate_tick(gpointer user_data)
 {
     Machine *m = user_data;
 
-    mvmd_vm_service_force_stop(m->vm); /* does nothing while an operation runs */
+    if (g_get_monotonic_time() >= m->force_at)
+        mvmd_vm_service_force_stop(m->vm); /* does nothing while an operation runs */
     return G_SOURCE_CONTINUE;
 }
 
-/* The scope was stopped or its leader killed: the VM stops (as soon as it is idle). */
-static void terminate(Machine *m)
+/*
+ * The scope is being stopped (machinectl terminate, or the host going down): like microvmd's
+ * own stop, the guest is asked to shut down and stopped when it has not within the timeout.
+ * The leader's death (SIGKILL) stops it at once: its machine is gone already.
+ */
+static void terminate(Machine *m, gboolean at_once)
 {
-    if (m->terminate_source)
+    gint64 force_at = g_get_monotonic_time() +
+                      (at_once ? 0 : (gint64)m->machined->shutdown_timeout_sec * G_USEC_PER_SEC);
+
+    if (m->terminate_source) {
+        m->force_at = MIN(m->force_at, force_at);
         return;
-    mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "terminated through systemd-machined");
-    mvmd_vm_service_force_stop(m->vm);
-    m->terminate_source = g_timeout_add(TERMINATE_RETRY_MS, on_terminate_retry, m);
+    }
+    mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "terminated through systemd-machined%s",
+                at_once ? ": its leader was killed" : "");
+    m->force_at = force_at;
+    if (!at_once)
+        mvmd_vm_service_request_power_off(m->vm);
+    m->terminate_source = g_timeout_add(TERMINATE_RETRY_MS, on_terminate_tick, m);
+    on_terminate_tick(m);
 }
 
 static void act_on(Machine *m, char request)
@@ -155,30 +182,31 @@ static void act_on(Machine *m, char request)
         mvmd_vm_service_hard_reset(m->vm);
         break;
     case MVMD_LEADER_TERMINATE:
-        terminate(m);
+        terminate(m, FALSE);
         break;
     default:
         break;
     }
 }
 
+/* One request per dispatch: whatever it does to the VM, @m is looked at no more after it. */
 static gboolean on_leader_io(int fd, GIOCondition condition, gpointer user_data)
 {
     Machine *m = user_data;
-    char requests[16];
-    ssize_t n = read(fd, requests, sizeof(requests));
+    char request;
+    ssize_t n = read(fd, &request, 1);
 
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return G_SOURCE_CONTINUE;
-    for (ssize_t i = 0; i < n; i++)
-        act_on(m, requests[i]);
-    if (n > 0)
+    if (n == 1) {
+        act_on(m, request);
         return G_SOURCE_CONTINUE;
-    /* The leader is gone: SIGTERM after its last byte, or SIGKILL. Either ends the machine. */
+    }
+    /* The leader is gone, killed: its scope and machine with it. */
     m->leader_watch = 0;
     drop_leader(m);
     m->registered = FALSE;
-    terminate(m);
+    terminate(m, TRUE);
     return G_SOURCE_REMOVE;
 }
 
@@ -193,19 +221,28 @@ static gboolean on_retry(gpointer user_data)
     return G_SOURCE_REMOVE;
 }
 
+static void machine_free(Machine *m);
+
 static void on_created(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     Machine *m = user_data;
     g_autoptr(GError) error = NULL;
     g_autoptr(GVariant) reply =
         g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+    gboolean in_use;
 
     if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
         return; /* @m is gone */
     g_clear_object(&m->call);
+    if (!m->vm) {
+        /* Its VM went meanwhile: the leader could leave only now (machine_release()). */
+        m->machined->orphans = g_list_remove(m->machined->orphans, m);
+        machine_free(m);
+        return;
+    }
     if (reply) {
-        mvmd_vm_log(m->name, G_LOG_LEVEL_DEBUG, "registered with systemd-machined (leader %d)",
-                    (int)m->leader_pid);
+        mvmd_vm_log(m->name, G_LOG_LEVEL_DEBUG, "registered with systemd-machined as %s",
+                    m->machine_name);
         m->registered = TRUE;
         m->attempts = 0;
         return;
@@ -217,8 +254,9 @@ static void on_created(GObject *source, GAsyncResult *result, gpointer user_data
         drop_leader(m);
         return;
     }
+    in_use = is_name_in_use(error);
     g_dbus_error_strip_remote_error(error);
-    if (m->attempts >= CREATE_ATTEMPTS) {
+    if (!in_use || m->attempts >= CREATE_ATTEMPTS) {
         mvmd_vm_log(m->name, G_LOG_LEVEL_MESSAGE, "systemd-machined refused to register it: %s",
                     error->message);
         drop_leader(m);
@@ -274,30 +312,33 @@ static void maybe_register(Machine *m)
     m->spawn = mvmd_leader_spawn(on_leader_spawned, m);
 }
 
-static void unregister_machine(MvmdMachined *machined, const char *name)
-{
-    g_debug("%s: unregistering from systemd-machined", name);
-    /* Nothing to do about a failure: the scope empties as the leader leaves. */
-    g_dbus_connection_call(machined->connection, MACHINED_NAME, MACHINED_PATH, MACHINED_INTERFACE,
-                           "UnregisterMachine", g_variant_new("(s)", name), NULL,
-                           G_DBUS_CALL_FLAGS_NO_AUTO_START, -1, NULL, NULL, NULL);
-}
-
+/* Closing the leader's pipe is all it takes: the leader leaves, its scope empties. */
 static void machine_free(Machine *m)
 {
-    if (m->call) {
-        g_cancellable_cancel(m->call);
-        g_object_unref(m->call);
-    }
-    if (m->registered)
-        unregister_machine(m->machined, m->machine_name);
     drop_leader(m);
-    g_clear_handle_id(&m->retry_source, g_source_remove);
-    g_clear_handle_id(&m->terminate_source, g_source_remove);
-    g_object_unref(m->vm);
     g_free(m->name);
     g_free(m->machine_name);
     g_free(m);
+}
+
+/*
+ * Its VM stopped or went. With a CreateMachine on its way, the leader stays until machined has
+ * answered: had it left, the kernel could give its PID to another process before machined
+ * moved "the leader" into the scope.
+ */
+static void machine_release(Machine *m)
+{
+    if (m->spawn)
+        mvmd_leader_spawn_cancel(g_steal_pointer(&m->spawn));
+    g_clear_handle_id(&m->leader_watch, g_source_remove);
+    g_clear_handle_id(&m->retry_source, g_source_remove);
+    g_clear_handle_id(&m->terminate_source, g_source_remove);
+    g_clear_object(&m->vm);
+    if (m->call) {
+        m->machined->orphans = g_list_prepend(m->machined->orphans, m);
+        return;
+    }
+    machine_free(m);
 }
 
 /* ---- following the VMs and machined ---------------------------------------------------- */
@@ -310,11 +351,14 @@ void mvmd_machined_vm_state_changed(MvmdVmService *vm, const char *state, gpoint
         g_strcmp0(state, MVMD_STATE_RUNNING) == 0 || g_strcmp0(state, MVMD_STATE_PAUSED) == 0;
     Machine *m = g_hash_table_lookup(machined->machines, name);
 
-    if (!active) {
-        g_hash_table_remove(machined->machines, name);
+    /* News of a VM gone after another of its name came: not the one registered. */
+    if (m && m->vm != vm && !state)
         return;
+    if (!active || (m && m->vm != vm)) {
+        g_hash_table_remove(machined->machines, name);
+        m = NULL;
     }
-    if (m)
+    if (!active || m)
         return;
     m = g_new0(Machine, 1);
     m->machined = machined;
@@ -372,14 +416,15 @@ static void on_activatable_names(GObject *source, GAsyncResult *result, gpointer
     presence_changed(machined);
 }
 
-MvmdMachined *mvmd_machined_new(GDBusConnection *connection)
+MvmdMachined *mvmd_machined_new(GDBusConnection *connection, guint shutdown_timeout_sec)
 {
     MvmdMachined *machined = g_new0(MvmdMachined, 1);
 
+    machined->shutdown_timeout_sec = shutdown_timeout_sec;
     machined->connection = g_object_ref(connection);
     machined->cancellable = g_cancellable_new();
     machined->machines =
-        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)machine_free);
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)machine_release);
     /* Leaders are only forked where machined runs, or the bus starts it on the first call. */
     machined->name_watch =
         g_bus_watch_name_on_connection(connection, MACHINED_NAME, G_BUS_NAME_WATCHER_FLAGS_NONE,
@@ -397,7 +442,15 @@ void mvmd_machined_free(MvmdMachined *machined)
         return;
     g_cancellable_cancel(machined->cancellable);
     g_bus_unwatch_name(machined->name_watch);
-    g_hash_table_unref(machined->machines); /* unregisters each, without waiting */
+    g_hash_table_unref(machined->machines); /* each leader leaves, or becomes an orphan */
+    for (GList *l = machined->orphans; l; l = l->next) {
+        Machine *m = l->data;
+
+        g_cancellable_cancel(m->call);
+        g_object_unref(m->call);
+        machine_free(m);
+    }
+    g_list_free(machined->orphans);
     g_object_unref(machined->cancellable);
     g_object_unref(machined->connection);
     g_free(machined);

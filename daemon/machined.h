@@ -4,8 +4,9 @@
  * VM's UUID, service "microvmd", and a leader process of its own, machine-leader.h, which
  * machined moves into machine-NAME.scope), so `machinectl list` shows every VM. machined's
  * requests come back through the leader: poweroff asks the guest to shut down, reboot resets
- * it, terminate (or the leader's death) stops it. A stopped VM is unregistered and its leader
- * leaves. Leaders are only made while machined is on the bus or the bus can start it.
+ * it, terminate shuts it down (stopped after the timeout; at once if the leader is killed). When
+ * a VM stops its leader leaves, and its scope and machine go with it. Leaders are only made while
+ * machined is on the bus or the bus can start it.
  */
 #pragma once
 
@@ -17,9 +18,12 @@ G_BEGIN_DECLS
 
 typedef struct _MvmdMachined MvmdMachined;
 
-/* @connection: the system bus (where machined lives). */
-MvmdMachined *mvmd_machined_new(GDBusConnection *connection);
-/* Unregisters what is still registered (without waiting for replies). */
+/*
+ * @connection: the system bus (where machined lives). A VM terminated through machined gets
+ * @shutdown_timeout_sec to shut down before it is stopped, as at microvmd's own stop.
+ */
+MvmdMachined *mvmd_machined_new(GDBusConnection *connection, guint shutdown_timeout_sec);
+/* Lets every leader go: machined forgets their machines as their scopes empty. */
 void mvmd_machined_free(MvmdMachined *machined);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdMachined, mvmd_machined_free)
 

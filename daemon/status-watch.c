@@ -74,6 +74,8 @@ static void sync_vms(MvmdStatusWatch *watch)
         if (g_hash_table_contains(present, vm))
             continue;
         g_hash_table_iter_steal(&iter);
+        if (watch->func)
+            watch->func(vm, NULL, watch->user_data);
         forget_vm(vm, watch);
     }
     schedule_status(watch);

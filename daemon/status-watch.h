@@ -10,7 +10,10 @@
 
 G_BEGIN_DECLS
 
-/* Called with every VM whose State changed (and once for each VM when it appears). */
+/*
+ * Called with every VM whose State changed, once for each VM when it appears, and with @state
+ * NULL when it goes (deleted or dropped; another VM of its name may have appeared just before).
+ */
 typedef void (*MvmdVmStateChangedFunc)(MvmdVmService *vm, const char *state, gpointer user_data);
 
 /*

@@ -255,18 +255,20 @@ static void start_done(MvmdVmService *self, const OpData *d, gboolean ok, GError
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", mapped->message);
         if (tell_ready(self, mapped))
             return;
+        /* The Start after a reset or a Reboot's Stop failed: the VM that ran is stopped now. */
+        if (g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_RUNNING) ||
+            g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_PAUSED))
+            set_state(self, MVMD_STATE_STOPPED);
         if (!invocation) {
             /* Autostart or a restart after a reset: nobody to tell but the properties. */
             g_autofree char *reason = g_strdup_printf("start-failed: %s", error->message);
 
             set_exit_reason(self, reason);
-            if (g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_RUNNING) ||
-                g_str_equal(mvmd_vm_get_state(MVMD_VM(self)), MVMD_STATE_PAUSED))
-                set_state(self, MVMD_STATE_STOPPED); /* a restart after a reset failed */
             flush_properties(self);
             complete_waiters(self, FALSE, reason);
             return;
         }
+        flush_properties(self);
         g_dbus_method_invocation_return_gerror(invocation, mapped);
         return;
     }
