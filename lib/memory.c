@@ -92,21 +92,40 @@ static MvmMemory *memory_map(int fd, guint64 size, int mmap_flags, GError **erro
     return mem;
 }
 
-static MvmMemory *memory_new(guint64 size, unsigned int memfd_flags, GError **error)
+/*
+ * Guest RAM's memfd is sealed at its size for good. Its descriptor may outlive this process
+ * (mvm_vm_save_for_handoff() hands it to the next one, which maps it shared): a mapping of a
+ * file that shrinks faults SIGBUS on the lost pages, which would kill that process and every VM
+ * in it, so no holder of the descriptor may ever shrink it (nor grow it: RAM has one size).
+ * F_SEAL_SEAL, so that no holder can add F_SEAL_WRITE either once no writable mapping is left
+ * (between two owners): the next owner's writable shared mapping would then be refused.
+ */
+#define RAM_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+static int ram_fd_new(guint64 size, int seals, GError **error)
+{
+    int fd = memfd_create("microvm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+    if (fd < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create guest memory (memfd_create)");
+        return -1;
+    }
+    if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, seals) < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size and seal guest memory");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static MvmMemory *memory_new(guint64 size, int seals, GError **error)
 {
     if (!check_size(size, error))
         return NULL;
 
-    int fd = memfd_create("microvm-ram", MFD_CLOEXEC | memfd_flags);
-    if (fd < 0) {
-        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot create guest memory (memfd_create)");
+    int fd = ram_fd_new(size, seals, error);
+    if (fd < 0)
         return NULL;
-    }
-    if (ftruncate(fd, (off_t)size) < 0) {
-        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot size guest memory");
-        close(fd);
-        return NULL;
-    }
     MvmMemory *mem = memory_map(fd, size, MAP_SHARED, error);
     if (mem == NULL) {
         close(fd);
@@ -118,7 +137,12 @@ static MvmMemory *memory_new(guint64 size, unsigned int memfd_flags, GError **er
 
 MvmMemory *mvm_memory_new(guint64 size, GError **error)
 {
-    return memory_new(size, 0, error);
+    return memory_new(size, RAM_SEALS, error);
+}
+
+int mvm_memory_new_ram_fd(guint64 size, GError **error)
+{
+    return check_size(size, error) ? ram_fd_new(size, RAM_SEALS, error) : -1;
 }
 
 /*
@@ -163,6 +187,52 @@ MvmMemory *mvm_memory_new_mapped(int fd, guint64 size, GError **error)
         return NULL;
     }
     return memory_map(fd, size, MAP_PRIVATE, error);
+}
+
+/*
+ * Shared RAM is written by the guest and read by whoever else holds the memfd: only a memfd of
+ * plain shared memory (as for is_shmem()), writable through this descriptor, never sealed
+ * against writing, and sealed against shrinking (see RAM_SEALS), of exactly @size bytes. The
+ * seals are read before the size, as in mvm_memory_fd_is_sealed().
+ */
+static gboolean check_shareable(int fd, guint64 size, GError **error)
+{
+    int seals = fcntl(fd, F_GET_SEALS);
+    int mode = fcntl(fd, F_GETFL);
+    struct stat st;
+
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || !is_shmem(fd))
+        return mvm_set_invalid(error, "guest memory can be shared only from a memfd sealed "
+                                      "against shrinking (F_SEAL_SHRINK)");
+    if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+        return mvm_set_invalid(error, "shared guest memory must be writable, but the memfd "
+                                      "is sealed against writing");
+    if (mode < 0 || (mode & O_ACCMODE) != O_RDWR)
+        return mvm_set_invalid(error, "shared guest memory needs a descriptor open for reading "
+                                      "and writing");
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (guint64)st.st_size != size)
+        return mvm_set_invalid(
+            error, "shared guest memory must be a memfd of exactly %" G_GUINT64_FORMAT " bytes",
+            size);
+    return TRUE;
+}
+
+MvmMemory *mvm_memory_new_shared(int fd, guint64 size, GError **error)
+{
+    if (!check_size(size, error) || !check_shareable(fd, size, error))
+        return NULL;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (own < 0) {
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot keep the guest memory's memfd");
+        return NULL;
+    }
+    MvmMemory *mem = memory_map(own, size, MAP_SHARED, error);
+    if (mem == NULL) {
+        close(own);
+        return NULL;
+    }
+    mem->fd = own;
+    return mem;
 }
 
 static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GError **error)
@@ -233,7 +303,8 @@ MvmMemory *mvm_memory_new_copy(int fd, guint64 size, GError **error)
  */
 int mvm_memory_image_new(int fd, guint64 size, GError **error)
 {
-    g_autoptr(MvmMemory) mem = memory_new(size, MFD_ALLOW_SEALING, error);
+    /* Not F_SEAL_SEAL yet: F_SEAL_WRITE comes once the copy is in. */
+    g_autoptr(MvmMemory) mem = memory_new(size, F_SEAL_SHRINK | F_SEAL_GROW, error);
 
     if (mem == NULL || !copy_data(mem, fd, size, error))
         return -1;

@@ -23,8 +23,20 @@ typedef struct {
 
 typedef struct _MvmMemory MvmMemory;
 
-/* Allocates @size bytes (a multiple of 2 MiB, at least 2 MiB) of guest RAM. */
+/*
+ * Allocates @size bytes (a multiple of 2 MiB, at least 2 MiB) of guest RAM: a memfd sealed at
+ * that size for good (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL; memory.c says why).
+ */
 MvmMemory *mvm_memory_new(guint64 size, GError **error);
+/* Such a memfd alone, unmapped (a handoff's copy of RAM). Returns it, or -1 with @error set. */
+int mvm_memory_new_ram_fd(guint64 size, GError **error);
+/*
+ * Guest RAM that is @fd itself (MVM_RESTORE_SHARE_MEMORY): mapped shared and writable, never
+ * copied; the memory keeps a duplicate of @fd (not consumed) as its own memfd. Only a writable
+ * memfd of plain shared memory of exactly @size bytes, sealed against shrinking and not against
+ * writing; anything else is MVM_ERROR_INVALID_ARGUMENT.
+ */
+MvmMemory *mvm_memory_new_shared(int fd, guint64 size, GError **error);
 /*
  * Guest RAM from a file (a snapshot's memory), two ways. A copy: fresh RAM into which the
  * file's data is read (its holes cost nothing), for any file; the file may change or vanish

@@ -384,6 +384,24 @@ static gboolean check_can_diff(MvmVm *vm, GError **error)
     return FALSE;
 }
 
+GBytes *mvm_snapshot_encode_vm(MvmVm *vm, GError **error)
+{
+    g_autoptr(GVariant) machine = capture(vm, error);
+
+    return machine != NULL ? mvm_snapshot_encode(machine, MVM_SNAPSHOT_MAJOR, MVM_SNAPSHOT_MINOR)
+                           : NULL;
+}
+
+gboolean mvm_snapshot_write_state_fd(int fd, GBytes *state, GError **error)
+{
+    return write_state_file(fd, state, error);
+}
+
+gboolean mvm_snapshot_write_memory_fd(MvmVm *vm, int fd, GError **error)
+{
+    return write_memory(vm, fd, NULL, error);
+}
+
 static gboolean write_snapshot(MvmVm *vm, const SnapshotWrite *w, const guint64 *changed,
                                GError **error)
 {
@@ -878,6 +896,8 @@ static MvmMemory *restored_memory(const MvmSnapshotState *state, GPtrArray *laye
 {
     if (layers->len > 0)
         return mvm_snapshot_chain_memory(options->layers, layers, state, memory_fd, error);
+    if (options->flags & MVM_RESTORE_SHARE_MEMORY)
+        return mvm_memory_new_shared(memory_fd, state->memory_size, error);
     if (options->flags & MVM_RESTORE_LAZY)
         return mvm_snapshot_lazy_memory(state, memory_fd, options->prefetch, error);
     return restore_memory(memory_fd, state->memory_size, options, error);
@@ -936,11 +956,28 @@ static gboolean check_lazy(const MvmRestoreOptions *options, GError **error)
     return TRUE;
 }
 
+/*
+ * Shared RAM is @memory_fd itself: nothing is read into it, so neither a copy nor a chain's
+ * layers laid together, nor a lazy fill of pages it already has.
+ */
+static gboolean check_share(const MvmRestoreOptions *options, GError **error)
+{
+    if ((options->flags & MVM_RESTORE_SHARE_MEMORY) &&
+        ((options->flags & (MVM_RESTORE_COPY_MEMORY | MVM_RESTORE_LAZY)) ||
+         options->n_layers > 0)) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT,
+                            "shared memory is the memfd itself: not with a copy of it, a lazy "
+                            "restore, nor a diff snapshot's layers");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* The machine @state describes, with RAM from @memory_fd, once @options approved it. */
 static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *options,
                           GError **error)
 {
-    if (!check_lazy(options, error))
+    if (!check_lazy(options, error) || !check_share(options, error))
         return NULL;
     g_autoptr(MvmSnapshotState) state = mvm_snapshot_load_state(state_fd, memory_fd, error);
     if (state == NULL)
@@ -981,7 +1018,8 @@ MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRest
     g_return_val_if_fail(options != NULL, NULL);
     g_return_val_if_fail(dirfd >= 0 || (state_fd >= 0 && memory_fd >= 0), NULL);
     g_return_val_if_fail((options->flags & ~(MVM_RESTORE_COPY_MEMORY | MVM_RESTORE_CLONE |
-                                             MVM_RESTORE_TRACK_CHANGES | MVM_RESTORE_LAZY)) == 0,
+                                             MVM_RESTORE_TRACK_CHANGES | MVM_RESTORE_LAZY |
+                                             MVM_RESTORE_SHARE_MEMORY)) == 0,
                          NULL);
     g_return_val_if_fail(options->n_layers == 0 || options->layers != NULL, NULL);
 

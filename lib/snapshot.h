@@ -161,6 +161,15 @@ GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config);
 MvmVmConfig *mvm_snapshot_config_from_variant(GVariant *dict, const MvmSnapshotLimits *limits,
                                               GError **error);
 
+/* ---- writing (snapshot.c), with every vCPU parked: what snapshot-handoff.c shares ---- */
+
+/* The full `state` of @vm, as any full snapshot writes it (payload, envelope, digest). */
+GBytes *mvm_snapshot_encode_vm(MvmVm *vm, GError **error);
+/* @state into @fd, emptied first, then synced. */
+gboolean mvm_snapshot_write_state_fd(int fd, GBytes *state, GError **error);
+/* All of guest RAM into @fd (sized to it, not emptied), as `memory`: zero pages stay holes. */
+gboolean mvm_snapshot_write_memory_fd(MvmVm *vm, int fd, GError **error);
+
 /* ---- restore (snapshot.c) ---- */
 
 /* `state` and the size of `memory` of one snapshot, checked against this host's KVM. */

@@ -4,6 +4,7 @@
  * vsock, rng) with the rest. Checked here once, before anything is built from it.
  */
 #include <string.h>
+#include <unistd.h>
 #include <sys/un.h>
 
 #include "layout.h"
@@ -160,6 +161,25 @@ void mvm_vm_config_free(MvmVmConfig *config)
     g_clear_pointer(&config->cpu_template, mvm_cpu_template_unref);
     free_virtio(config);
     g_free(config);
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+void mvm_vm_config_close_fds(MvmVmConfig *config)
+{
+    g_return_if_fail(config != NULL);
+
+    close_fd(&config->kernel_fd);
+    close_fd(&config->initrd_fd);
+    for (guint i = 0; config->disks != NULL && i < config->disks->len; i++)
+        close_fd(&((MvmDiskConfig *)g_ptr_array_index(config->disks, i))->fd);
+    for (guint i = 0; config->nics != NULL && i < config->nics->len; i++)
+        close_fd(&((MvmNetConfig *)g_ptr_array_index(config->nics, i))->tap_fd);
 }
 
 gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error)

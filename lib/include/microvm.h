@@ -226,7 +226,14 @@ typedef struct {
 
 MvmVmConfig *mvm_vm_config_new(void);
 MvmVmConfig *mvm_vm_config_copy(const MvmVmConfig *config);
+/* Frees the config, never its descriptors: a config only borrows them (the VM dups its own). */
 void mvm_vm_config_free(MvmVmConfig *config);
+/*
+ * Closes every descriptor @config names (kernel_fd, initrd_fd, each disk's fd and NIC's
+ * tap_fd that is >= 0) and sets it to -1: for a config whose descriptors are its holder's, as
+ * mvm_vm_dup_backends() returns.
+ */
+void mvm_vm_config_close_fds(MvmVmConfig *config);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmVmConfig, mvm_vm_config_free)
 /* Checks ranges and that the files are given; does not open them. */
 gboolean mvm_vm_config_validate(const MvmVmConfig *config, GError **error);
@@ -421,6 +428,7 @@ typedef enum {
     MVM_RESTORE_CLONE = 1 << 1,
     MVM_RESTORE_TRACK_CHANGES = 1 << 2, /* diffs of the VM can have this snapshot as parent */
     MVM_RESTORE_LAZY = 1 << 3,          /* guest RAM read page by page on first touch: below */
+    MVM_RESTORE_SHARE_MEMORY = 1 << 4,  /* guest RAM is @memory_fd itself: see the handoff */
 } MvmRestoreFlags;
 MvmVm *mvm_vm_restore(const char *dir, MvmRestoreFlags flags, GError **error);
 MvmVm *mvm_vm_restore_at(int dirfd, MvmRestoreFlags flags, GError **error);
@@ -588,6 +596,56 @@ typedef struct {
  */
 MvmVm *mvm_vm_restore_full(int dirfd, int state_fd, int memory_fd, const MvmRestoreOptions *options,
                            GError **error);
+/*
+ * Handoff: a VM carried from one process to the next without stopping its guest (a daemon that
+ * restarts). The old process saves each VM for handoff and takes its back ends; it hands the
+ * state, the RAM memfd and the back ends' descriptors to the next one (systemd's fd store),
+ * frees the VM and exits; the next restores the VM from them with MVM_RESTORE_SHARE_MEMORY and
+ * resumes it. Guest RAM is never copied: both processes map the same memfd. What the guest
+ * notices is a pause, and the transport reset of its vsock device (every restore sends one:
+ * its host connections are closed, as the old process's sockets are).
+ *
+ * mvm_vm_save_for_handoff(): a running or paused VM is left paused (as with
+ * MVM_SNAPSHOT_LEAVE_PAUSED, and told so). Its `state`, exactly a full snapshot's, goes into
+ * @state_fd (not consumed; emptied and written from offset 0); *@memory_fd gets a new
+ * descriptor (close-on-exec, the caller's) of a memfd that holds guest RAM as a snapshot's
+ * `memory` does. That is the VM's own RAM memfd (a lazy restore's remaining pages are read in
+ * first); only a VM whose RAM is a private mapping of a sealed memfd (restored from a memory
+ * image or a sealed snapshot memfd) has none, and gets a copy in a new memfd, sealed as lib's
+ * RAM is. The VM's own memfd is sealed against shrinking and growing for good (F_SEAL_SEAL too,
+ * so that nobody can seal it against writing either), which the restore requires. Change
+ * tracking is left as it was: the handoff state is never a diff parent, and a VM restored from
+ * it with MVM_RESTORE_TRACK_CHANGES starts a chain that only a full snapshot of it can base.
+ * The state does not depend on the VM: free it (nothing of mvm_vm_free() touches guest RAM or
+ * the memfd) and the process may exit. Do not resume the VM once the RAM is restored elsewhere:
+ * two guests would run on one RAM. MVM_ERROR_INVALID_STATE in other states; a failure leaves
+ * the VM paused and *@memory_fd untouched.
+ *
+ * MVM_RESTORE_SHARE_MEMORY (mvm_vm_restore_from_fds(), mvm_vm_restore_full()): @memory_fd
+ * becomes the VM's RAM, mapped shared and writable, never read nor copied; the VM keeps a
+ * duplicate of it as its own RAM memfd (a later handoff hands it on again). Because a file
+ * that shrinks under a shared mapping kills the whole process (SIGBUS), only a memfd of plain
+ * shared memory (not MFD_HUGETLB), open for writing, sealed with F_SEAL_SHRINK, not sealed
+ * against writing, of exactly the snapshot's memory size is taken; anything else is
+ * MVM_ERROR_INVALID_ARGUMENT, as is the flag with MVM_RESTORE_COPY_MEMORY, MVM_RESTORE_LAZY or
+ * a diff's layers (memory_images are not used). Whoever holds the memfd can read and write the
+ * guest's RAM: pass only descriptors of the process's own keeping, never a caller's. The guest
+ * gets MvmRestoreOptions.generation_id, so pass the old VM's (mvm_vm_get_generation_id()) for
+ * it to see no clone.
+ */
+gboolean mvm_vm_save_for_handoff(MvmVm *vm, int state_fd, int *memory_fd, GError **error);
+/*
+ * The back ends of @vm for a restore (MvmRestoreOptions.backends): a copy of its configuration
+ * in which every disk's fd and NIC's tap_fd is a new descriptor (close-on-exec) of what the
+ * device has open, never the path opened again (a tap opened by name and not persistent goes
+ * with its last descriptor); the MACs are the ones its guest knows, vsock_cid its device's; the
+ * kernel and initrd fds are -1. The descriptors are the caller's: mvm_vm_config_close_fds()
+ * then mvm_vm_config_free(). Fails (having closed what it duplicated) when the process runs
+ * out of descriptors (MVM_ERROR_NO_RESOURCES), and after mvm_vm_release_devices()
+ * (MVM_ERROR_INVALID_STATE). Not while the VM is being freed.
+ */
+MvmVmConfig *mvm_vm_dup_backends(MvmVm *vm, GError **error);
+
 /*
  * What the snapshot in @dirfd (not consumed) describes, so that a caller can tell which back
  * ends mvm_vm_restore_with_backends() will want before it asks for them. Reads `state` alone

@@ -228,6 +228,14 @@ static void set_config(Blk *blk)
     mvm_virtio_set_config(blk->dev, config, sizeof(config));
 }
 
+/* Set once at creation and closed only when the device is freed: no lock needed. */
+int mvm_virtio_blk_get_fd(MvmVirtio *dev)
+{
+    Blk *blk = mvm_virtio_get_backend(dev);
+
+    return blk->fd;
+}
+
 MvmVirtio *mvm_virtio_blk_new(const MvmDiskConfig *config, const MvmVirtioEnv *env, GError **error)
 {
     const char *name = config->path != NULL ? config->path : "(fd)";

@@ -302,6 +302,14 @@ void mvm_virtio_net_get_mac(MvmVirtio *dev, guint8 mac[6])
     mvm_virtio_unlock(dev);
 }
 
+/* Set once at creation (a tap that failed keeps it too) and closed when the device is freed. */
+int mvm_virtio_net_get_tap_fd(MvmVirtio *dev)
+{
+    Net *net = mvm_virtio_get_backend(dev);
+
+    return net->tap_fd;
+}
+
 MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *env, GError **error)
 {
     Net *net = g_new0(Net, 1);

@@ -151,6 +151,9 @@ gboolean mvm_virtio_restore(MvmVirtio *dev, GVariant *state, GError **error);
 /* ---- devices ---- */
 MvmVirtio *mvm_virtio_blk_new(const MvmDiskConfig *config, const MvmVirtioEnv *env, GError **error);
 MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *env, GError **error);
+/* The back end the device has open (the disk image, the tap): borrowed, the device's. */
+int mvm_virtio_blk_get_fd(MvmVirtio *dev);
+int mvm_virtio_net_get_tap_fd(MvmVirtio *dev);
 /*
  * A restored NIC keeps the MAC the snapshot's guest read from its config space (then
  * mvm_virtio_net_get_mac() reports it), unless set_clone() was called before the restore: then

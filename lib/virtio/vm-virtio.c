@@ -5,6 +5,7 @@
  * MVM_VIRTIO_MMIO_SIZE and GSI MVM_VIRTIO_IRQ_BASE + n. Their configuration
  * is checked in vm-config.c.
  */
+#include <fcntl.h>
 #include <string.h>
 
 #include "device-state.h"
@@ -166,4 +167,70 @@ void mvm_vm_virtio_sync_macs(MvmVm *vm)
     for (guint i = 0; i < n_nics(vm); i++)
         mvm_virtio_net_get_mac(nic_device(vm, i),
                                ((MvmNetConfig *)g_ptr_array_index(vm->config->nics, i))->mac);
+}
+
+/* ---- handoff ---- */
+
+static int dup_backend(int fd, const char *what, guint i, GError **error)
+{
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+
+    if (copy < 0)
+        mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot duplicate the %s of device %u", what,
+                            i);
+    return copy;
+}
+
+/*
+ * The descriptors the devices have open, never a path opened again: a tap opened by name that
+ * is not persistent is gone with its last descriptor, and a path may name another file by now.
+ * The MACs are the ones the guest read (a restore's, or a clone's own).
+ */
+static gboolean dup_fds(MvmVm *vm, MvmVmConfig *copy, GError **error)
+{
+    guint n_disks = copy->disks != NULL ? copy->disks->len : 0;
+
+    for (guint i = 0; i < n_disks; i++) {
+        MvmDiskConfig *d = g_ptr_array_index(copy->disks, i);
+        d->fd =
+            dup_backend(mvm_virtio_blk_get_fd(g_ptr_array_index(vm->virtio, i)), "disk", i, error);
+        if (d->fd < 0)
+            return FALSE;
+    }
+    for (guint i = 0; i < n_nics(vm); i++) {
+        MvmNetConfig *n = g_ptr_array_index(copy->nics, i);
+        MvmVirtio *dev = nic_device(vm, i);
+        mvm_virtio_net_get_mac(dev, n->mac);
+        n->tap_fd = dup_backend(mvm_virtio_net_get_tap_fd(dev), "tap", n_disks + i, error);
+        if (n->tap_fd < 0)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+MvmVmConfig *mvm_vm_dup_backends(MvmVm *vm, GError **error)
+{
+    g_return_val_if_fail(vm != NULL, NULL);
+
+    if (vm->devices_released) {
+        g_set_error_literal(error, MVM_ERROR, MVM_ERROR_INVALID_STATE,
+                            "the VM's devices are released: it has no back ends left");
+        return NULL;
+    }
+    g_autoptr(MvmVmConfig) copy = mvm_vm_config_copy(vm->config);
+    /*
+     * None of the copy's descriptors is ours (the kernel's and initrd's are the caller's; the
+     * devices' were forgotten at attach): -1 before any is filled, so that closing the copy's
+     * fds on a failure closes only what was duplicated here.
+     */
+    copy->kernel_fd = copy->initrd_fd = -1;
+    for (guint i = 0; copy->disks != NULL && i < copy->disks->len; i++)
+        ((MvmDiskConfig *)g_ptr_array_index(copy->disks, i))->fd = -1;
+    for (guint i = 0; copy->nics != NULL && i < copy->nics->len; i++)
+        ((MvmNetConfig *)g_ptr_array_index(copy->nics, i))->tap_fd = -1;
+    if (!dup_fds(vm, copy, error)) {
+        mvm_vm_config_close_fds(copy);
+        return NULL;
+    }
+    return g_steal_pointer(&copy);
 }
