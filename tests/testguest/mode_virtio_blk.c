@@ -3,7 +3,8 @@
  * mode=blk: drives a virtio-blk disk. Args: disk (0: which virtio-blk), sectors (8), writeat (8),
  * seed (1), ro (0: expect a writable disk; 1: expect VIRTIO_BLK_F_RO and writes refused),
  * ioerr (0; 1: the host gave a disk it cannot write, expect VIRTIO_BLK_S_IOERR on writes),
- * pause (0; 1: after the first read print "BLK paused" and wait for a console byte).
+ * pause (0; 1: after the first read print "BLK paused" and wait for a console byte),
+ * writefirst (0; 1: write and check the pattern before that pause, and read it back after it).
  * Prints BLK capacity/id/read-sum lines; the host checks the image for the written pattern
  * (blk_pattern_byte, mirrored in tests/vm/test-virtio.c).
  *
@@ -104,6 +105,19 @@ static bool write_and_verify(struct vdev *d, u64 at, u64 sectors, u64 seed, u8 *
     return ok;
 }
 
+static bool read_again(struct vdev *d, u64 at, u64 sectors, const u8 *written, u8 *in)
+{
+    memset(in, 0, sectors * 512);
+    if (!check_status("blk-read-again", BLK_S_OK, blk_rw(d, BLK_T_IN, at, in, sectors * 512)))
+        return false;
+    if (memcmp(in, written, sectors * 512) != 0) {
+        fail("blk: the disk no longer holds what was written before the pause");
+        return false;
+    }
+    pass("blk-read-after-pause");
+    return true;
+}
+
 bool mode_blk(void)
 {
     struct vdev d;
@@ -124,12 +138,18 @@ bool mode_blk(void)
     u8 *in = vio_page(), *out = vio_page();
     ok &= check_status("blk-read", BLK_S_OK, blk_rw(&d, BLK_T_IN, 0, in, sectors * 512));
     gprintf("BLK read-sum 0x%lx\n", fnv1a(in, sectors * 512, FNV1A_INIT));
+    /* What the disk holds before the host saves the VM must be what it reads after. */
+    bool early = arg_u64("writefirst", 0) && !arg_u64("ro", 0) && !arg_u64("ioerr", 0);
+    if (early)
+        ok &= write_and_verify(&d, at, sectors, seed, out, in);
     if (arg_u64("pause", 0)) { /* the host snapshots and restores the VM here */
         gprintf("BLK paused\n");
         serial_getc();
     }
 
-    if (arg_u64("ro", 0)) {
+    if (early) {
+        ok &= read_again(&d, at, sectors, out, in);
+    } else if (arg_u64("ro", 0)) {
         ok &= check_u64("blk-ro-feature", BLK_F_RO, d.features & BLK_F_RO);
         ok &= check_status("blk-ro-write", BLK_S_IOERR, blk_rw(&d, BLK_T_OUT, at, out, 512));
     } else if (arg_u64("ioerr", 0)) {

@@ -399,33 +399,6 @@ static void test_vsock_symlinked_dir(void)
 #define TEST_TAP  "mvmtest0"
 #define ETHERTYPE 0x88b5
 
-/* A tap made in a throwaway network namespace: what the test needs, tried in a child. */
-static gboolean probe_tap(void)
-{
-    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
-    int fd;
-
-    if (unshare(CLONE_NEWNET) != 0 || (fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0)
-        return FALSE;
-    g_strlcpy(ifr.ifr_name, "mvmprobe0", sizeof(ifr.ifr_name));
-    return ioctl(fd, TUNSETIFF, &ifr) == 0;
-}
-
-/* Whether this process may make a network namespace with a tap (root, and a tun driver). */
-static gboolean can_unshare_net(void)
-{
-    g_autofree char *ip = g_find_program_in_path("ip");
-    if (ip == NULL)
-        return FALSE;
-    pid_t pid = fork();
-
-    if (pid == 0)
-        _exit(probe_tap() ? 0 : 1);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 /*
  * A tap named @name, up, with its index in *ifindex. Persistent (the VM opens it by name) when
  * @keep_fd is FALSE; else the open tap fd is returned for the VM to take.

@@ -1,7 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* What the virtio tests share: test guests with their console and markers, disk images. */
+#include <fcntl.h>
 #include <glib/gstdio.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "virtio-test-util.h"
@@ -143,4 +149,33 @@ char *make_image(guint sectors, GBytes **contents)
     if (contents != NULL)
         *contents = g_bytes_new(data, sectors * SECTOR);
     return path;
+}
+
+/* ---- taps ---- */
+
+/* A tap made in a throwaway network namespace: what the test needs, tried in a child. */
+static gboolean probe_tap(void)
+{
+    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
+    int fd;
+
+    if (unshare(CLONE_NEWNET) != 0 || (fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0)
+        return FALSE;
+    g_strlcpy(ifr.ifr_name, "mvmprobe0", sizeof(ifr.ifr_name));
+    return ioctl(fd, TUNSETIFF, &ifr) == 0;
+}
+
+/* Whether this process may make a network namespace with a tap (root, and a tun driver). */
+gboolean can_unshare_net(void)
+{
+    g_autofree char *ip = g_find_program_in_path("ip");
+    if (ip == NULL)
+        return FALSE;
+    pid_t pid = fork();
+
+    if (pid == 0)
+        _exit(probe_tap() ? 0 : 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }

@@ -36,3 +36,6 @@ void disk_free(gpointer data);
 void add_disk(MvmVmConfig *config, const char *path, int fd, gboolean read_only);
 /* A temporary raw image of @sectors sectors of random bytes; returns its path. */
 char *make_image(guint sectors, GBytes **contents);
+
+/* Whether this process may make a network namespace with a tap (root, /dev/net/tun, ip). */
+gboolean can_unshare_net(void);
