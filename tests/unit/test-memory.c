@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Guest memory: the single bounds check every guest-physical access goes through, the split
- * around the MMIO gap, and copy-on-write mapping of a memory file. No KVM needed.
+ * around the MMIO gap, copy-on-write mapping of a memory file, the seals of RAM's own memfd and
+ * the shared mapping a handoff restores. No KVM needed.
  */
 #include <fcntl.h>
 #include <string.h>
@@ -211,6 +212,79 @@ static void test_copy_grown(void)
     close(fd);
 }
 
+/*
+ * RAM's memfd is sealed at its size for good: nobody holding it can shrink it under a shared
+ * mapping, grow it, or seal it against writing (which would make the next owner's mapping fail).
+ */
+static void test_ram_sealed(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmMemory) mem = mvm_memory_new(4 * MVM_MIB, &error);
+    int fd = mvm_memory_get_fd(mem);
+
+    g_assert_no_error(error);
+    g_assert_cmpint(fcntl(fd, F_GET_SEALS), ==, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    g_assert_cmpint(ftruncate(fd, 2 * MVM_MIB), ==, -1);
+    g_assert_cmpint(ftruncate(fd, 8 * MVM_MIB), ==, -1);
+    g_assert_cmpint(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE), ==, -1);
+    g_assert_false(mvm_memory_fd_is_sealed(fd, 4 * MVM_MIB)); /* writable: never mapped COW */
+}
+
+/* Shared RAM is the memfd itself: what the one writes, the other reads, and the fd is kept. */
+static void test_shared(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmMemory) first = mvm_memory_new(4 * MVM_MIB, &error);
+    char buf[8];
+
+    g_assert_no_error(error);
+    g_autoptr(MvmMemory) second =
+        mvm_memory_new_shared(mvm_memory_get_fd(first), 4 * MVM_MIB, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(mvm_memory_get_fd(second), !=, mvm_memory_get_fd(first));
+    g_assert_true(mvm_memory_write(first, 3 * MVM_MIB, "handoff!", 8, &error));
+    g_assert_true(mvm_memory_read(second, 3 * MVM_MIB, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "handoff!", 8);
+    g_clear_pointer(&first, mvm_memory_free);
+    g_assert_true(mvm_memory_read(second, 3 * MVM_MIB, buf, sizeof(buf), &error));
+    g_assert_cmpmem(buf, sizeof(buf), "handoff!", 8);
+}
+
+static void assert_not_shared(int fd, guint64 size, const char *needle)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_assert_null(mvm_memory_new_shared(fd, size, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, needle));
+}
+
+static void test_shared_refused(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MvmMemory) mem = mvm_memory_new(4 * MVM_MIB, &error);
+    int plain = memfd_create("test-memory", MFD_CLOEXEC);
+    int write_sealed = memory_file(); /* sealable, 2 MiB */
+    char path[] = "/tmp/test-memory-XXXXXX";
+    int file = mkstemp(path);
+    g_autofree char *proc = g_strdup_printf("/proc/self/fd/%d", mvm_memory_get_fd(mem));
+    int read_only = open(proc, O_RDONLY | O_CLOEXEC);
+
+    g_assert_cmpint(ftruncate(plain, 4 * MVM_MIB), ==, 0);
+    g_assert_cmpint(ftruncate(file, 4 * MVM_MIB), ==, 0);
+    unlink(path);
+    g_assert_cmpint(fcntl(write_sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE), ==, 0);
+    assert_not_shared(plain, 4 * MVM_MIB, "sealed against shrinking");
+    assert_not_shared(file, 4 * MVM_MIB, "sealed against shrinking");
+    assert_not_shared(write_sealed, 2 * MVM_MIB, "sealed against writing");
+    assert_not_shared(mvm_memory_get_fd(mem), 2 * MVM_MIB, "exactly");
+    assert_not_shared(read_only, 4 * MVM_MIB, "reading and writing");
+    close(plain);
+    close(file);
+    close(write_sealed);
+    close(read_only);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -222,5 +296,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memory/hugetlb-not-mapped", test_hugetlb_not_mapped);
     g_test_add_func("/memory/copy", test_copy);
     g_test_add_func("/memory/copy-grown", test_copy_grown);
+    g_test_add_func("/memory/ram-sealed", test_ram_sealed);
+    g_test_add_func("/memory/shared", test_shared);
+    g_test_add_func("/memory/shared-refused", test_shared_refused);
     return g_test_run();
 }
