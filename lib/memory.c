@@ -118,21 +118,26 @@ static int ram_fd_new(guint64 size, int seals, GError **error)
     return fd;
 }
 
-static MvmMemory *memory_new(guint64 size, int seals, GError **error)
+/* RAM that is @fd (taken, closed on failure), mapped shared. */
+static MvmMemory *memory_map_own(int fd, guint64 size, GError **error)
 {
-    if (!check_size(size, error))
-        return NULL;
-
-    int fd = ram_fd_new(size, seals, error);
-    if (fd < 0)
-        return NULL;
     MvmMemory *mem = memory_map(fd, size, MAP_SHARED, error);
+
     if (mem == NULL) {
         close(fd);
         return NULL;
     }
     mem->fd = fd;
     return mem;
+}
+
+static MvmMemory *memory_new(guint64 size, int seals, GError **error)
+{
+    if (!check_size(size, error))
+        return NULL;
+
+    int fd = ram_fd_new(size, seals, error);
+    return fd >= 0 ? memory_map_own(fd, size, error) : NULL;
 }
 
 MvmMemory *mvm_memory_new(guint64 size, GError **error)
@@ -226,13 +231,7 @@ MvmMemory *mvm_memory_new_shared(int fd, guint64 size, GError **error)
         mvm_set_errno_error(error, MVM_ERROR_FAILED, "cannot keep the guest memory's memfd");
         return NULL;
     }
-    MvmMemory *mem = memory_map(own, size, MAP_SHARED, error);
-    if (mem == NULL) {
-        close(own);
-        return NULL;
-    }
-    mem->fd = own;
-    return mem;
+    return memory_map_own(own, size, error);
 }
 
 static gboolean read_all_at(int fd, guint8 *dst, gsize len, guint64 offset, GError **error)

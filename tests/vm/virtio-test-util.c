@@ -166,7 +166,7 @@ static gboolean probe_tap(void)
 }
 
 /* Whether this process may make a network namespace with a tap (root, and a tun driver). */
-gboolean can_unshare_net(void)
+static gboolean can_unshare_net(void)
 {
     g_autofree char *ip = g_find_program_in_path("ip");
     if (ip == NULL)
@@ -178,4 +178,20 @@ gboolean can_unshare_net(void)
     int status = 0;
     waitpid(pid, &status, 0);
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+void run_in_net_namespace(void (*func)(void))
+{
+    if (g_test_subprocess()) {
+        g_assert_cmpint(unshare(CLONE_NEWNET), ==, 0);
+        func();
+        return;
+    }
+    if (!can_unshare_net()) {
+        g_test_skip("cannot create a network namespace with a tap here (needs root, "
+                    "/dev/net/tun and iproute2's ip)");
+        return;
+    }
+    g_test_trap_subprocess(NULL, 120 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_INHERIT_STDERR);
+    g_test_trap_assert_passed();
 }

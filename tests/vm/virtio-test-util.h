@@ -37,5 +37,8 @@ void add_disk(MvmVmConfig *config, const char *path, int fd, gboolean read_only)
 /* A temporary raw image of @sectors sectors of random bytes; returns its path. */
 char *make_image(guint sectors, GBytes **contents);
 
-/* Whether this process may make a network namespace with a tap (root, /dev/net/tun, ip). */
-gboolean can_unshare_net(void);
+/*
+ * Runs @func in a subprocess of the test, in a network namespace of its own (its taps go with
+ * it); skips where this process may not make one with a tap (root, /dev/net/tun, iproute2).
+ */
+void run_in_net_namespace(void (*func)(void));
