@@ -23,6 +23,7 @@ typedef struct {
     int kvm_api_version;      /* -1: no KVM */
     gboolean stopping;        /* SIGTERM etc.: no new starts, no restarts on reset */
     gboolean force_stop;      /* the graceful part of stopping is over */
+    gboolean handing_off;     /* stopping to hand the VMs to the next daemon (handoff.h) */
     /* Why this host has no lazy restore (mvm_lazy_restore_supported(), probed once at start-up:
      * RestoreVM's `lazy` is NotSupported with it), NULL when it has. Owned. */
     char *no_lazy_restore;

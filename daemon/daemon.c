@@ -14,6 +14,7 @@
 #include "context.h"
 #include "errors.h"
 #include "fd-closer.h"
+#include "handoff.h"
 #include "machined.h"
 #include "manager.h"
 #include "names.h"
@@ -27,6 +28,7 @@
 
 #define STOP_POLL_MS        100
 #define FORCE_STOP_GRACE_US (10 * G_USEC_PER_SEC) /* after the forced stops: give up */
+#define HANDOFF_WAIT_US     (20 * G_USEC_PER_SEC) /* every VM saved and pushed, or stopped */
 
 typedef struct {
     const MvmdDaemonOptions *options;
@@ -40,11 +42,13 @@ typedef struct {
     int exit_status;
     gint64 stop_deadline;
     guint stop_source;
-    guint signal_sources[3];
+    guint signal_sources[4];
     MvmdPeerServer *peer_server;   /* socket activation (may be the only way in) */
     MvmdStatusWatch *status_watch; /* STATUS= */
     MvmdMachined *machined;
     guint watchdog_source;
+    MvmdListenFds *passed;   /* what systemd passed at start, until shared out */
+    gboolean asking_systemd; /* SIGTERM: is it a restart? (handoff.h) */
 } Daemon;
 
 static void probe_kvm(Daemon *d)
@@ -142,10 +146,17 @@ static void begin_stop(Daemon *d, const char *why)
         return;
     }
     vms = mvmd_manager_service_get_vms(d->manager);
-    for (GList *l = vms; l; l = l->next)
-        mvmd_vm_service_begin_shutdown(l->data);
+    for (GList *l = vms; l; l = l->next) {
+        if (d->ctx.handing_off)
+            mvmd_vm_service_begin_handoff(l->data);
+        else
+            mvmd_vm_service_begin_shutdown(l->data);
+    }
     d->stop_deadline = g_get_monotonic_time() + d->options->shutdown_timeout_sec * G_USEC_PER_SEC;
-    if (d->options->shutdown_timeout_sec == 0) {
+    /* A handoff waits for no guest: its bound is the saves, however short the shutdown's. */
+    if (d->ctx.handing_off)
+        d->stop_deadline = g_get_monotonic_time() + HANDOFF_WAIT_US;
+    if (d->options->shutdown_timeout_sec == 0 && !d->ctx.handing_off) {
         d->ctx.force_stop = TRUE;
         d->stop_deadline = g_get_monotonic_time() + FORCE_STOP_GRACE_US;
         for (GList *l = vms; l; l = l->next)
@@ -155,11 +166,68 @@ static void begin_stop(Daemon *d, const char *why)
     stop_tick(d);
 }
 
-static gboolean on_signal(gpointer user_data)
+/*
+ * Every VM that can be is handed to the next daemon through systemd's store (handoff.h); the
+ * rest are shut down as by begin_stop().
+ */
+static void begin_handoff(Daemon *d, const char *why, int exit_status)
+{
+    if (d->ctx.stopping)
+        return;
+    d->ctx.handing_off = TRUE;
+    d->exit_status = exit_status;
+    begin_stop(d, why);
+}
+
+static void on_restart_answer(gboolean restarting, gpointer user_data)
 {
     Daemon *d = user_data;
 
+    d->asking_systemd = FALSE;
+    if (restarting)
+        begin_handoff(d, "SIGTERM of a restart: handing the VMs to the next microvmd", 0);
+    else
+        begin_stop(d, "signal received");
+}
+
+/*
+ * systemd sends a restart's SIGTERM as a stop's: only a restart hands the VMs over, so it is
+ * asked which this is; a stop shuts the guests down as ever.
+ */
+static gboolean on_signal(gpointer user_data)
+{
+    Daemon *d = user_data;
+    const char *why;
+
+    if (d->ctx.stopping || d->asking_systemd)
+        return G_SOURCE_CONTINUE;
+    if (d->connection && mvmd_handoff_available(d->options->fd_store, &why) &&
+        mvmd_manager_service_count_active(d->manager) > 0) {
+        d->asking_systemd = TRUE;
+        mvmd_handoff_ask_if_restarting(d->connection, on_restart_answer, d);
+        return G_SOURCE_CONTINUE;
+    }
     begin_stop(d, "signal received");
+    return G_SOURCE_CONTINUE;
+}
+
+/*
+ * SIGUSR1 (`systemctl kill -s USR1 microvmd`): hand the VMs over and exit with 75
+ * (EX_TEMPFAIL), which the unit's Restart=on-failure answers with a new start. Without a
+ * store there is nobody to hand them to: the daemon says so and runs on.
+ */
+static gboolean on_sigusr1(gpointer user_data)
+{
+    Daemon *d = user_data;
+    const char *why;
+
+    if (d->ctx.stopping)
+        return G_SOURCE_CONTINUE;
+    if (!mvmd_handoff_available(d->options->fd_store, &why)) {
+        g_warning("SIGUSR1: cannot hand the VMs over: %s; running on", why);
+        return G_SOURCE_CONTINUE;
+    }
+    begin_handoff(d, "SIGUSR1: handing the VMs to the next microvmd", MVMD_EXIT_HANDED_OVER);
     return G_SOURCE_CONTINUE;
 }
 
@@ -249,11 +317,24 @@ static GDBusConnection *connect_bus(const MvmdDaemonOptions *options, GError **e
     }
 }
 
+/* The VMs the last daemon handed over, restored before anything else may start one. */
+static void take_over(Daemon *d)
+{
+    g_autoptr(GPtrArray) vms = mvmd_handoff_collect(d->passed);
+
+    if (vms->len > 0 && d->ctx.kvm_api_version < 0) {
+        g_warning("handoff: %u VMs were handed over, but KVM is not available here", vms->len);
+        return;
+    }
+    mvmd_manager_service_adopt(d->manager, vms);
+}
+
 static gboolean export_objects(Daemon *d, GError **error)
 {
     d->object_manager = g_dbus_object_manager_server_new(MVMD_DBUS_PATH);
     d->manager = mvmd_manager_service_new(&d->ctx, d->object_manager);
     mvmd_manager_service_load(d->manager);
+    take_over(d);
     if (!d->connection)
         return TRUE; /* socket activation only: peer.c exports them per client */
     g_dbus_object_manager_server_set_connection(d->object_manager, d->connection);
@@ -267,11 +348,12 @@ static gboolean start_service(Daemon *d, GError **error)
 {
     g_autoptr(GError) local = NULL;
 
-    d->peer_server = mvmd_peer_server_new(d->object_manager, d->manager, &local);
+    d->peer_server = mvmd_peer_server_new(d->object_manager, d->manager, d->passed, &local);
     if (local) {
         g_propagate_error(error, g_steal_pointer(&local));
         return FALSE;
     }
+    mvmd_listen_fds_close_rest(d->passed);
     if (d->connection)
         d->machined = mvmd_machined_new(d->connection, d->options->shutdown_timeout_sec);
     d->status_watch = mvmd_status_watch_new(
@@ -286,12 +368,17 @@ static gboolean start(Daemon *d, GError **error)
     GBusNameOwnerFlags flags =
         G_BUS_NAME_OWNER_FLAGS_ALLOW_REPLACEMENT | G_BUS_NAME_OWNER_FLAGS_DO_NOT_QUEUE;
 
+    g_autoptr(GError) local = NULL;
+
     probe_kvm(d);
     probe_lazy_restore(d);
     if (!mvmd_fd_closer_start(error))
         return FALSE;
+    d->passed = mvmd_listen_fds_take(&local);
+    if (local)
+        g_warning("%s", local->message);
     d->connection = connect_bus(d->options, error);
-    if (!d->connection && !mvmd_peer_sockets_passed())
+    if (!d->connection && !mvmd_peer_sockets_passed(d->passed))
         return FALSE;
     if (!d->connection) {
         /* Containers and orchestrators without a system bus use the socket alone. */
@@ -333,6 +420,7 @@ static void cleanup(Daemon *d)
     mvmd_status_watch_free(d->status_watch);
     mvmd_machined_free(d->machined);
     mvmd_peer_server_free(d->peer_server);
+    mvmd_listen_fds_free(d->passed);
     if (d->owner_id)
         g_bus_unown_name(d->owner_id);
     if (d->manager && d->connection) /* without a bus it was only exported to peers */
@@ -374,6 +462,7 @@ int mvmd_daemon_run(const MvmdDaemonOptions *options)
     d.signal_sources[0] = g_unix_signal_add(SIGTERM, on_signal, &d);
     d.signal_sources[1] = g_unix_signal_add(SIGINT, on_signal, &d);
     d.signal_sources[2] = g_unix_signal_add(SIGHUP, on_sighup, &d);
+    d.signal_sources[3] = g_unix_signal_add(SIGUSR1, on_sigusr1, &d);
 #ifdef MVM_TEST_HOOKS
     g_unix_signal_add(SIGUSR2, on_test_hang, NULL);
 #endif

@@ -25,7 +25,12 @@ typedef struct {
     gboolean config_required;
     const char *cpu_template_dir;    /* where custom CPU templates are (never NULL) */
     gboolean cpu_template_dir_fixed; /* from --cpu-template-dir: microvmd.conf does not change it */
+    gboolean fd_store;               /* --fd-store: systemd keeps a store for us (handoff.h) */
 } MvmdDaemonOptions;
+
+/* The exit status after SIGUSR1 handed the VMs over (EX_TEMPFAIL: Restart=on-failure starts
+ * the next daemon). */
+#define MVMD_EXIT_HANDED_OVER 75
 
 /* Runs the daemon until it is told to stop; returns the exit status. */
 int mvmd_daemon_run(const MvmdDaemonOptions *options);

@@ -157,7 +157,7 @@ static gboolean choose_cpu_template_dir(MvmdDaemonOptions *options, char **dir,
 int main(int argc, char **argv)
 {
     gboolean system = FALSE, session = FALSE, replace = FALSE, verbose = FALSE;
-    gboolean version = FALSE;
+    gboolean version = FALSE, fd_store = FALSE;
     g_autofree char *address = NULL;
     g_autofree char *state_dir = NULL;
     g_autofree char *runtime_dir = NULL;
@@ -194,6 +194,10 @@ int main(int argc, char **argv)
          "Custom CPU templates, NAME.json (default: [CPUTemplates] Directory= of the config "
          "file, else " MVMD_CPU_TEMPLATE_DIR ")",
          "DIR"},
+        {"fd-store", 0, 0, G_OPTION_ARG_NONE, &fd_store,
+         "systemd keeps a file descriptor store for us (FileDescriptorStoreMax=; systemd 254 "
+         "and later say so in $FDSTORE): a restart hands the running VMs to the next microvmd",
+         NULL},
         {"sandbox", 0, 0, G_OPTION_ARG_STRING, &sandbox,
          "Sandbox of vCPU and I/O threads: enforce (default), log or off", "MODE"},
         {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log debug messages", NULL},
@@ -257,6 +261,7 @@ int main(int argc, char **argv)
         runtime_dir ? g_strdup(runtime_dir) : default_dir("RUNTIME_DIRECTORY", session);
     options.replace = replace;
     options.shutdown_timeout_sec = shutdown_timeout;
+    options.fd_store = fd_store;
     {
         int status = mvmd_daemon_run(&options);
 

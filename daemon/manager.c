@@ -102,6 +102,44 @@ void mvmd_manager_service_load(MvmdManagerService *self)
               mvmd_store_get_dir(self->ctx->store));
 }
 
+/* The stored definition of @vm's name, if it is the same VM; else a new transient one. */
+static MvmdVmService *service_to_adopt(MvmdManagerService *self, MvmdHandoffIn *vm, GError **error)
+{
+    MvmdVmService *service = g_hash_table_lookup(self->vms, vm->definition->name);
+    MvmdQuotaCharge charge = {NULL};
+
+    if (service) {
+        if (!g_str_equal(mvmd_vm_service_get_definition(service)->uuid, vm->uuid) ||
+            mvmd_vm_service_is_active(service)) {
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_ALREADY_EXISTS,
+                        "another VM called %s is defined here", vm->definition->name);
+            return NULL;
+        }
+        return service;
+    }
+    /* Charged, never refused: it was running, and a quota lowered since loses no VM. */
+    charge_definition(self, vm->definition, TRUE, &charge, NULL);
+    return add_vm(self, g_steal_pointer(&vm->definition), MVMD_STATE_STOPPED, &charge);
+}
+
+void mvmd_manager_service_adopt(MvmdManagerService *self, GPtrArray *vms)
+{
+    for (guint i = 0; i < vms->len; i++) {
+        MvmdHandoffIn *vm = g_steal_pointer(&vms->pdata[i]);
+        g_autoptr(GError) error = NULL;
+        MvmdVmService *service = service_to_adopt(self, vm, &error);
+
+        if (!service) {
+            g_warning("handoff: VM %s is not taken over: %s", vm->uuid, error->message);
+            mvmd_handoff_in_free(vm);
+            continue;
+        }
+        mvmd_vm_service_adopt(service, vm);
+    }
+    if (vms->len > 0)
+        g_message("taking over %u VMs from the last microvmd", vms->len);
+}
+
 void mvmd_manager_service_autostart(MvmdManagerService *self)
 {
     GHashTableIter iter;

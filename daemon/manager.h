@@ -29,6 +29,12 @@ void mvmd_manager_service_load(MvmdManagerService *self);
 gboolean mvmd_manager_service_reload(MvmdManagerService *self, GError **error);
 /* Starts every VM with autostart. */
 void mvmd_manager_service_autostart(MvmdManagerService *self);
+/*
+ * The VMs the last daemon handed over (MvmdHandoffIn *, each taken: the array is left
+ * holding NULLs): each is restored into its stored definition's object, or into a new
+ * transient one, before autostart.
+ */
+void mvmd_manager_service_adopt(MvmdManagerService *self, GPtrArray *vms);
 
 /* Every VM object (borrowed), in no particular order. */
 GList *mvmd_manager_service_get_vms(MvmdManagerService *self);

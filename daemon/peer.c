@@ -83,9 +83,21 @@ struct _MvmdPeerServer {
 
 static void server_clear(MvmdPeerServer *server);
 
-gboolean mvmd_peer_sockets_passed(void)
+/* "unknown": systemd-socket-activate and sockets without FileDescriptorName=. */
+static gboolean is_ours(const char *name)
 {
-    return sd_listen_fds(0) > 0;
+    return g_str_equal(name, SOCKET_FD_NAME) || g_str_equal(name, "unknown");
+}
+
+gboolean mvmd_peer_sockets_passed(const MvmdListenFds *passed)
+{
+    int fd;
+    const char *name;
+
+    for (guint i = 0; mvmd_listen_fds_get(passed, i, &fd, &name); i++)
+        if (fd >= 0 && is_ours(name))
+            return TRUE;
+    return FALSE;
 }
 
 /* ---- the object tree on one connection ------------------------------------------------- */
@@ -502,33 +514,25 @@ static void on_vm_count(GObject *object, GParamSpec *pspec, gpointer user_data)
 
 /* ---- the listening sockets ------------------------------------------------------------- */
 
-/* Adds the passed sockets meant for us to @listener; returns how many. */
-static guint add_sockets(GSocketListener *listener, GError **error)
+/* Adds the passed sockets meant for us to @listener (taking them); returns how many. */
+static guint add_sockets(GSocketListener *listener, MvmdListenFds *passed)
 {
-    g_auto(GStrv) names = NULL;
-    int n = sd_listen_fds_with_names(1, &names);
     guint added = 0;
+    int fd;
+    const char *name;
 
-    if (n < 0) {
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot take the passed sockets: %s",
-                    g_strerror(-n));
-        return 0;
-    }
-    for (int i = 0; i < n; i++) {
-        int fd = SD_LISTEN_FDS_START + i;
-        const char *name = names && names[i] ? names[i] : "unknown";
+    for (guint i = 0; mvmd_listen_fds_get(passed, i, &fd, &name); i++) {
         g_autoptr(GSocket) socket = NULL;
         g_autoptr(GError) local = NULL;
 
-        /* "unknown": systemd-socket-activate and sockets without FileDescriptorName=. */
-        if ((!g_str_equal(name, SOCKET_FD_NAME) && !g_str_equal(name, "unknown")) ||
-            sd_is_socket(fd, AF_UNIX, SOCK_STREAM, 1) <= 0) {
-            g_warning("ignoring passed fd %d (%s): not a listening AF_UNIX stream socket named "
-                      "'%s'",
-                      fd, name, SOCKET_FD_NAME);
-            close(fd);
+        if (fd < 0 || !is_ours(name))
             continue;
+        if (sd_is_socket(fd, AF_UNIX, SOCK_STREAM, 1) <= 0) {
+            g_warning("ignoring passed fd %d (%s): not a listening AF_UNIX stream socket", fd,
+                      name);
+            continue; /* closed with the rest nobody takes */
         }
+        fd = mvmd_listen_fds_steal(passed, i);
         socket = g_socket_new_from_fd(fd, &local);
         if (!socket || !g_socket_listener_add_socket(listener, socket, NULL, &local)) {
             g_warning("ignoring passed fd %d: %s", fd, local->message);
@@ -548,7 +552,8 @@ static void log_client_message(MvmVm *vm, GLogLevelFlags level, const char *mess
 }
 
 MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
-                                     MvmdManagerService *manager, GError **error)
+                                     MvmdManagerService *manager, MvmdListenFds *passed,
+                                     GError **error)
 {
     g_autoptr(MvmdPeerServer) server = g_rc_box_new0(MvmdPeerServer);
     guint n;
@@ -569,7 +574,7 @@ MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
     g_signal_connect(server->observer, "allow-mechanism", G_CALLBACK(on_allow_mechanism), NULL);
     g_signal_connect(server->observer, "authorize-authenticated-peer",
                      G_CALLBACK(on_authorize_peer), server);
-    n = add_sockets(server->listener, error);
+    n = add_sockets(server->listener, passed);
     if (n == 0)
         return NULL;
     g_signal_connect(manager, "notify::vm-count", G_CALLBACK(on_vm_count), server);

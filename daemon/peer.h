@@ -12,21 +12,23 @@
 
 #include <gio/gio.h>
 
+#include "listen-fds.h"
 #include "manager.h"
 
 G_BEGIN_DECLS
 
 typedef struct _MvmdPeerServer MvmdPeerServer;
 
-/* Were listening sockets passed to us ($LISTEN_FDS for this process)? Does not consume them. */
-gboolean mvmd_peer_sockets_passed(void);
+/* Is a listening socket meant for us among @passed? Takes nothing. */
+gboolean mvmd_peer_sockets_passed(const MvmdListenFds *passed);
 
 /*
- * Takes the passed sockets and starts serving them on the thread-default main context. Returns
- * NULL with @error unset when there are none.
+ * Takes the sockets meant for us out of @passed and starts serving them on the thread-default
+ * main context. Returns NULL with @error unset when there are none.
  */
 MvmdPeerServer *mvmd_peer_server_new(GDBusObjectManagerServer *object_manager,
-                                     MvmdManagerService *manager, GError **error);
+                                     MvmdManagerService *manager, MvmdListenFds *passed,
+                                     GError **error);
 /* Closes every client connection and the sockets. */
 void mvmd_peer_server_free(MvmdPeerServer *server);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdPeerServer, mvmd_peer_server_free)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "cpu-templates.h"
@@ -91,6 +92,7 @@ OpData *mvmd_vm_op_data_new(Op op, MvmdVmRun *run, OpArgs *args, const MvmdVmDef
     d->run = mvmd_vm_run_ref(run);
     d->args = args ? *args : none; /* taken */
     d->restore_fd = d->restore_state_fd = d->restore_memory_fd = -1;
+    d->handoff_state_fd = d->handoff_memory_fd = -1;
     if (op == OP_START) {
         d->mvm_config = mvmd_vm_definition_to_mvm(definition);
         d->cpu_template = g_strdup(definition->cpu_template);
@@ -120,6 +122,14 @@ void mvmd_vm_op_data_free(OpData *d)
     g_free(d->cpu_template_dir);
     g_clear_pointer(&d->memory_images, mvm_memory_images_unref);
     g_clear_pointer(&d->cpu_config, g_variant_unref);
+    if (d->handoff_state_fd >= 0)
+        close(d->handoff_state_fd);
+    if (d->handoff_memory_fd >= 0)
+        close(d->handoff_memory_fd);
+    if (d->handoff_backends) {
+        mvm_vm_config_close_fds(d->handoff_backends);
+        mvm_vm_config_free(d->handoff_backends);
+    }
     g_free(d);
 }
 
@@ -324,6 +334,8 @@ static MvmVm *restore(OpData *d, int dirfd, int state_fd, int memory_fd,
         .layers = d->restore_layers,
         .n_layers = d->n_restore_layers,
         .prefetch = d->prefetch,
+        /* Only a handed-over VM keeps its generation ID; any other restore gets a new one. */
+        .generation_id = d->adopt_backends && d->set_generation_id ? d->generation_id : NULL,
     };
 
     return mvm_vm_restore_full(dirfd, state_fd, memory_fd, &options, error);
@@ -401,6 +413,9 @@ static MvmVm *worker_restore(OpData *d, GError **error)
 {
     const MvmVmConfig *backends = d->restore_own_backends ? NULL : d->mvm_config;
 
+    /* Handed over: the open back ends the last daemon's machine had, nothing opened anew. */
+    if (d->adopt_backends)
+        return restore(d, -1, d->restore_state_fd, d->restore_memory_fd, d->adopt_backends, error);
     if (!worker_read_working_set(d, error))
         return NULL;
     if (d->restore_state_fd < 0)
@@ -488,6 +503,28 @@ static gboolean worker_snapshot(OpData *d, GError **error)
 
     d->has_diff_parent = mvm_vm_get_diff_parent(d->run->vm, d->diff_parent);
     return ok;
+}
+
+/*
+ * Paused and saved for the next daemon (handoff.h). The guest does not run again here: on
+ * success the main loop pushes the descriptors into systemd's store and then stops the machine.
+ */
+static gboolean worker_handoff(OpData *d, GError **error)
+{
+    MvmVm *vm = d->run->vm;
+
+    d->handoff_running = mvm_vm_get_state(vm) == MVM_VM_STATE_RUNNING;
+    d->handoff_state_fd = memfd_create("microvmd-handoff-state", MFD_CLOEXEC);
+    if (d->handoff_state_fd < 0)
+        return mvmd_set_errno_error(error, MVMD_ERROR_NO_RESOURCES,
+                                    "cannot make a memfd for the VM's state");
+    if (!mvm_vm_save_for_handoff(vm, d->handoff_state_fd, &d->handoff_memory_fd, error))
+        return FALSE;
+    d->handoff_backends = mvm_vm_dup_backends(vm, error);
+    if (!d->handoff_backends)
+        return FALSE;
+    d->has_generation_id = mvm_vm_get_generation_id(vm, d->generation_id);
+    return TRUE;
 }
 
 /* Stop (if asked) and note how the run ended; returns the machine, now the caller's to free. */
@@ -606,6 +643,9 @@ static void op_worker(GTask *task, gpointer source, gpointer task_data, GCancell
         break;
     case OP_WORKING_SET:
         ok = mvm_vm_save_working_set(d->run->vm, d->args.working_set_fd, &error);
+        break;
+    case OP_HANDOFF:
+        ok = worker_handoff(d, &error);
         break;
     case OP_STOP:
     case OP_REAP:

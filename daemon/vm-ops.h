@@ -31,6 +31,10 @@ typedef enum {
     /* SaveWorkingSet: the pages a lazily restored guest read, written into the caller's file;
      * the guest runs on meanwhile */
     OP_WORKING_SET,
+    /* The daemon hands the VM to the next one (handoff.h): pause it, save its state into a
+     * memfd, take its RAM memfd and open back ends; the machine stays, paused, until the
+     * descriptors are in systemd's store, and a Stop then frees it */
+    OP_HANDOFF,
 } Op;
 
 /* What an operation needs besides the VM (owned by the operation). */
@@ -124,6 +128,16 @@ typedef struct {
     char *reason;
     GVariant *cpu_config; /* GetCPUConfig's reply (sunk), built on the worker: 255 vCPUs
                            * make ~1 MB, ~100 ms of building the main loop never pays */
+    /*
+     * Handoff, out: the state memfd, the RAM memfd, the open back ends (owned, closed with the
+     * record), and whether the guest was running. Start of a handed-over VM, in: the back ends
+     * it was handed (borrowed), with restore_state_fd and restore_memory_fd.
+     */
+    int handoff_state_fd;
+    int handoff_memory_fd;
+    MvmVmConfig *handoff_backends;
+    gboolean handoff_running;
+    const MvmVmConfig *adopt_backends;
 } OpData;
 
 /*

@@ -8,6 +8,7 @@
 
 #include "console.h"
 #include "log.h"
+#include "handoff.h"
 #include "vm-ops.h"
 #include "vm-run.h"
 #include "vm-service.h"
@@ -84,6 +85,13 @@ struct _MvmdVmService {
     guint restarts;
     gint64 reset_window_start;
     guint reset_count;
+
+    /* Handing over to the next daemon (handoff.h): tried once; done once it is in the store,
+     * after which the run ends without a state change (the next daemon shows it again). */
+    gboolean handoff_tried;
+    gboolean handed_over;
+    /* Taken over from the last daemon: its descriptors, until the restore is done. */
+    MvmdHandoffIn *adopting;
 };
 
 /*

@@ -186,6 +186,11 @@ static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invoc
     memset(&self->stats_cache, 0, sizeof(self->stats_cache));
     self->has_diff_parent = FALSE;
     mvmd_console_flush(self->console);
+    if (self->handed_over) {
+        /* Its State stays: the next daemon shows the same VM again, running on. */
+        vm_log(self, G_LOG_LEVEL_MESSAGE, "handed over to the next microvmd");
+        return;
+    }
     set_exit_reason(self, reason);
     vm_log(self, crashed ? G_LOG_LEVEL_WARNING : G_LOG_LEVEL_MESSAGE, "run ended: %s", reason);
 
@@ -246,6 +251,11 @@ static void update_definition(MvmdVmService *self, const OpData *d)
 static void start_done(MvmdVmService *self, const OpData *d, gboolean ok, GError *error,
                        GDBusMethodInvocation *invocation, OpReply reply)
 {
+    if (self->adopting) {
+        g_clear_pointer(&self->adopting, mvmd_handoff_in_free);
+        vm_log(self, ok ? G_LOG_LEVEL_MESSAGE : G_LOG_LEVEL_WARNING, "taken over%s%s",
+               ok ? "" : ": failed: ", ok ? "" : error->message);
+    }
     if (!ok) {
         g_autoptr(GError) mapped = mvmd_error_from_error(
             error, mvmd_vm_definition_is_restored(self->definition) ? "cannot restore the snapshot"
@@ -345,10 +355,48 @@ static void working_set_done(MvmdVmService *self, gboolean ok, GError *error,
     reply(MVMD_VM(self), invocation);
 }
 
+/*
+ * Saved: into systemd's store with it, then the machine is freed (a Stop). A VM that cannot be
+ * handed over runs on (if it ran) and is shut down as without a handoff.
+ */
+static void handoff_done(MvmdVmService *self, const OpData *d, gboolean ok, GError *error)
+{
+    g_autoptr(GError) local = NULL;
+    MvmdHandoffOut out = {
+        .definition = self->definition,
+        .running = d->handoff_running,
+        .has_generation_id = d->has_generation_id,
+        .state_fd = d->handoff_state_fd,
+        .memory_fd = d->handoff_memory_fd,
+        .backends = d->handoff_backends,
+    };
+
+    memcpy(out.generation_id, d->generation_id, sizeof(out.generation_id));
+    if (ok && mvmd_handoff_push(&out, &local)) {
+        self->handed_over = TRUE;
+        mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL, NULL);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_WARNING, "cannot be handed over (%s): shutting it down",
+           ok ? local->message : error->message);
+    if (d->handoff_running && self->run && self->run->vm &&
+        mvm_vm_get_state(self->run->vm) == MVM_VM_STATE_PAUSED &&
+        !mvm_vm_resume(self->run->vm, &local))
+        vm_log(self, G_LOG_LEVEL_WARNING, "cannot resume it: %s", local->message);
+    mvmd_vm_service_begin_shutdown(self);
+}
+
 /* The daemon is going down, or the guest ended while we were busy. */
 static void after_op(MvmdVmService *self)
 {
-    if (self->ctx->force_stop && self->run && self->op == OP_NONE)
+    MvmVmState state = mvmd_vm_service_run_state(self);
+
+    if (self->op != OP_NONE)
+        return; /* handoff_done() went on with another */
+    if (self->ctx->handing_off && !self->handoff_tried && !self->ctx->force_stop &&
+        (state == MVM_VM_STATE_RUNNING || state == MVM_VM_STATE_PAUSED))
+        mvmd_vm_service_begin_handoff(self);
+    else if (self->ctx->force_stop && self->run)
         mvmd_vm_service_begin_op(self, OP_STOP, NULL, NULL, NULL);
     else
         maybe_reap(self);
@@ -382,6 +430,9 @@ static void op_done(GObject *source, GAsyncResult *result, gpointer user_data)
         break;
     case OP_WORKING_SET:
         working_set_done(self, ok, error, invocation, reply);
+        break;
+    case OP_HANDOFF:
+        handoff_done(self, d, ok, error);
         break;
     case OP_STOP:
     case OP_REAP:
@@ -445,6 +496,13 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     if (op == OP_START && !mvmd_vm_definition_is_restored(self->definition)) {
         memcpy(data->generation_id, self->generation_id, sizeof(data->generation_id));
         data->set_generation_id = self->has_generation_id;
+    }
+    if (op == OP_START && self->adopting) {
+        /* Borrowed: the service holds them until start_done(). */
+        data->restore_state_fd = self->adopting->state_fd;
+        data->restore_memory_fd = self->adopting->memory_fd;
+        data->restore_flags = MVM_RESTORE_SHARE_MEMORY;
+        data->adopt_backends = self->adopting->backends;
     }
     g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
@@ -562,6 +620,36 @@ void mvmd_vm_service_begin_shutdown(MvmdVmService *self)
         vm_log(self, G_LOG_LEVEL_WARNING, "%s", error->message);
         mvmd_vm_service_force_stop(self);
     }
+}
+
+void mvmd_vm_service_begin_handoff(MvmdVmService *self)
+{
+    const char *why;
+
+    if (self->op != OP_NONE || !self->run || self->handoff_tried)
+        return; /* after_op() comes back once the operation ends */
+    self->handoff_tried = TRUE;
+    if (!mvmd_handoff_can_carry(self->definition, &why)) {
+        vm_log(self, G_LOG_LEVEL_WARNING, "cannot be handed over: %s; shutting it down", why);
+        mvmd_vm_service_begin_shutdown(self);
+        return;
+    }
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "handing over to the next microvmd");
+    mvmd_vm_service_begin_op(self, OP_HANDOFF, NULL, NULL, NULL);
+}
+
+void mvmd_vm_service_adopt(MvmdVmService *self, MvmdHandoffIn *vm)
+{
+    OpArgs args = OP_ARGS_INIT;
+
+    g_return_if_fail(self->op == OP_NONE && !self->run && !self->adopting);
+    self->adopting = vm;
+    memcpy(self->generation_id, vm->generation_id, sizeof(self->generation_id));
+    self->has_generation_id = vm->has_generation_id;
+    args.paused = !vm->running;
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "taking over from the last microvmd (%s)",
+           vm->running ? "running" : "paused");
+    mvmd_vm_service_begin_op(self, OP_START, NULL, NULL, &args);
 }
 
 void mvmd_vm_service_force_stop(MvmdVmService *self)
@@ -743,6 +831,7 @@ static void mvmd_vm_service_finalize(GObject *object)
     mvmd_vm_definition_free(self->definition);
     g_clear_pointer(&self->properties, g_variant_unref);
     g_free(self->exit_reason);
+    mvmd_handoff_in_free(self->adopting);
     G_OBJECT_CLASS(mvmd_vm_service_parent_class)->finalize(object);
 }
 

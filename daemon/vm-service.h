@@ -12,6 +12,7 @@
 #pragma once
 
 #include "definition.h"
+#include "handoff.h"
 #include "context.h"
 #include "mvmd-dbus-generated.h"
 
@@ -65,6 +66,18 @@ void mvmd_vm_service_autostart(MvmdVmService *self);
 
 /* Daemon shutdown: ask a running guest to shut down (a paused one is stopped at once). */
 void mvmd_vm_service_begin_shutdown(MvmdVmService *self);
+/*
+ * Daemon stopping to hand its VMs over (handoff.h): pause and save a running or paused VM and
+ * push it into systemd's store; one the handoff cannot carry, or whose save fails, is shut
+ * down as by begin_shutdown. Once the operation in progress (if any) ends.
+ */
+void mvmd_vm_service_begin_handoff(MvmdVmService *self);
+/*
+ * Start of a VM the last daemon handed over (@vm taken): restored from its descriptors, with
+ * its RAM shared, not copied; running again if it ran.
+ */
+void mvmd_vm_service_adopt(MvmdVmService *self, MvmdHandoffIn *vm);
+
 /* Daemon shutdown: stop now (or as soon as the operation in progress ends). */
 void mvmd_vm_service_force_stop(MvmdVmService *self);
 

@@ -1,0 +1,558 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "handoff.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "errors.h"
+
+#define GROUP_HANDOFF "Handoff"
+/* A definition is a few KiB (a 4 KiB cmdline, 16 disks, 8 NICs): anything larger is no def. */
+#define DEF_MAX_BYTES (256 * 1024)
+#define UUID_LEN      36
+
+/* ---- the daemon that leaves ------------------------------------------------------------ */
+
+gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why)
+{
+    const char *fdstore = g_getenv("FDSTORE");
+
+    if (!g_getenv("NOTIFY_SOCKET")) {
+        *why = "not started by systemd ($NOTIFY_SOCKET is not set)";
+        return FALSE;
+    }
+    if (fdstore && *fdstore)
+        fd_store_option = g_ascii_strtoull(fdstore, NULL, 10) > 0;
+    if (!fd_store_option) {
+        *why = "the unit keeps no file descriptor store (FileDescriptorStoreMax= and, before "
+               "systemd 254, --fd-store)";
+        return FALSE;
+    }
+    *why = NULL;
+    return TRUE;
+}
+
+gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why)
+{
+    if (mvmd_vm_definition_is_restored(definition))
+        *why = "it was made by RestoreVM, whose snapshot descriptors a handoff does not carry";
+    else if (definition->kernel_fd >= 0 || definition->initrd_fd >= 0 ||
+             mvmd_devices_have_fds(&definition->devices))
+        *why = "its definition holds descriptors its caller passed, which a handoff does not "
+               "carry";
+    else
+        *why = NULL;
+    return *why == NULL;
+}
+
+static char *fd_name(const char *uuid, const char *kind)
+{
+    return g_strdup_printf(MVMD_HANDOFF_FD_PREFIX "%s.%s", uuid, kind);
+}
+
+static void remove_from_store(const char *name)
+{
+    g_autofree char *message = g_strdup_printf("FDSTOREREMOVE=1\nFDNAME=%s", name);
+    int r = sd_notify(0, message);
+
+    if (r <= 0)
+        g_debug("cannot remove %s from the fd store: %s", name, r < 0 ? g_strerror(-r) : "no");
+}
+
+/* One descriptor per message: a message's FDNAME= names all of its descriptors alike. */
+static gboolean push_fd(int fd, const char *name, GPtrArray *pushed, GError **error)
+{
+    g_autofree char *message = g_strdup_printf("FDSTORE=1\nFDNAME=%s", name);
+    int r = sd_pid_notify_with_fds(0, 0, message, &fd, 1);
+
+    if (r <= 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED, "cannot push %s into the fd store: %s",
+                    name, r < 0 ? g_strerror(-r) : "$NOTIFY_SOCKET is not set");
+        return FALSE;
+    }
+    g_ptr_array_add(pushed, g_strdup(name));
+    return TRUE;
+}
+
+/* The definition and what the next daemon needs besides, in a sealed memfd. */
+static int write_def(const MvmdHandoffOut *vm, GError **error)
+{
+    g_autoptr(GKeyFile) kf = mvmd_vm_definition_to_keyfile(vm->definition);
+    g_autofree char *data = NULL;
+    gsize len;
+    int fd;
+
+    g_key_file_set_integer(kf, GROUP_HANDOFF, "Version", MVMD_HANDOFF_VERSION);
+    g_key_file_set_boolean(kf, GROUP_HANDOFF, "Running", vm->running);
+    if (vm->has_generation_id) {
+        g_autofree char *hex = g_malloc(2 * MVM_GENERATION_ID_SIZE + 1);
+
+        for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++)
+            g_snprintf(hex + 2 * i, 3, "%02x", vm->generation_id[i]);
+        g_key_file_set_string(kf, GROUP_HANDOFF, "GenerationID", hex);
+    }
+    g_key_file_set_integer(kf, GROUP_HANDOFF, "Disks",
+                           vm->backends->disks ? (int)vm->backends->disks->len : 0);
+    g_key_file_set_integer(kf, GROUP_HANDOFF, "NICs",
+                           vm->backends->nics ? (int)vm->backends->nics->len : 0);
+    data = g_key_file_to_data(kf, &len, NULL);
+    fd = memfd_create("microvmd-handoff-def", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || write(fd, data, len) != (ssize_t)len ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot write the handoff's definition");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static gboolean push_backends(const MvmdHandoffOut *vm, GPtrArray *pushed, GError **error)
+{
+    const char *uuid = vm->definition->uuid;
+
+    for (guint i = 0; vm->backends->disks && i < vm->backends->disks->len; i++) {
+        const MvmDiskConfig *disk = g_ptr_array_index(vm->backends->disks, i);
+        g_autofree char *kind = g_strdup_printf("disk%u", i);
+        g_autofree char *name = fd_name(uuid, kind);
+
+        if (!push_fd(disk->fd, name, pushed, error))
+            return FALSE;
+    }
+    for (guint i = 0; vm->backends->nics && i < vm->backends->nics->len; i++) {
+        const MvmNetConfig *nic = g_ptr_array_index(vm->backends->nics, i);
+        g_autofree char *kind = g_strdup_printf("nic%u", i);
+        g_autofree char *name = fd_name(uuid, kind);
+
+        if (!push_fd(nic->tap_fd, name, pushed, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean push_all(const MvmdHandoffOut *vm, GPtrArray *pushed, GError **error)
+{
+    const char *uuid = vm->definition->uuid;
+    g_autofree char *state = fd_name(uuid, "state");
+    g_autofree char *memory = fd_name(uuid, "memory");
+    g_autofree char *def = fd_name(uuid, "def");
+    int def_fd;
+    gboolean ok;
+
+    if (!push_fd(vm->state_fd, state, pushed, error) ||
+        !push_fd(vm->memory_fd, memory, pushed, error) || !push_backends(vm, pushed, error))
+        return FALSE;
+    def_fd = write_def(vm, error);
+    if (def_fd < 0)
+        return FALSE;
+    /* Last: a VM is handed over once its `def` is in the store, and only then. */
+    ok = push_fd(def_fd, def, pushed, error);
+    close(def_fd);
+    return ok;
+}
+
+gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
+{
+    g_autoptr(GPtrArray) pushed = g_ptr_array_new_with_free_func(g_free);
+
+    if (push_all(vm, pushed, error))
+        return TRUE;
+    for (guint i = 0; i < pushed->len; i++)
+        remove_from_store(pushed->pdata[i]);
+    return FALSE;
+}
+
+/* ---- the daemon that takes over -------------------------------------------------------- */
+
+void mvmd_handoff_in_free(MvmdHandoffIn *vm)
+{
+    if (!vm)
+        return;
+    g_free(vm->uuid);
+    mvmd_vm_definition_free(vm->definition);
+    if (vm->state_fd >= 0)
+        close(vm->state_fd);
+    if (vm->memory_fd >= 0)
+        close(vm->memory_fd);
+    if (vm->backends) {
+        mvm_vm_config_close_fds(vm->backends);
+        mvm_vm_config_free(vm->backends);
+    }
+    g_free(vm);
+}
+
+/* The descriptors of one VM as they came, by kind ("state", "disk0"…). */
+typedef struct {
+    GHashTable *fds; /* kind → fd + 1 (0 is no fd) */
+} Pending;
+
+static void pending_free(Pending *p)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init(&iter, p->fds);
+    while (g_hash_table_iter_next(&iter, NULL, &value))
+        close(GPOINTER_TO_INT(value) - 1);
+    g_hash_table_unref(p->fds);
+    g_free(p);
+}
+
+/* Takes the descriptor of @kind out of @p: the caller owns it; -1 when it did not come. */
+static int pending_take(Pending *p, const char *kind)
+{
+    gpointer value;
+
+    if (!g_hash_table_steal_extended(p->fds, kind, NULL, &value))
+        return -1;
+    return GPOINTER_TO_INT(value) - 1;
+}
+
+static gboolean uuid_is_valid(const char *s, gsize len)
+{
+    g_autofree char *copy = g_strndup(s, len);
+
+    return len == UUID_LEN && g_uuid_string_is_valid(copy);
+}
+
+/* "mvmd-h1.UUID.KIND" into @by_uuid; anything malformed is closed. */
+static void sort_in(GHashTable *by_uuid, const char *name, int fd)
+{
+    const char *rest = name + strlen(MVMD_HANDOFF_FD_PREFIX);
+    const char *dot = strchr(rest, '.');
+    Pending *p;
+    g_autofree char *uuid = NULL;
+
+    if (!dot || !uuid_is_valid(rest, dot - rest) || !dot[1] || strlen(dot + 1) > 16) {
+        g_warning("handoff: dropping fd %s: not a name this microvmd writes", name);
+        close(fd);
+        return;
+    }
+    uuid = g_strndup(rest, dot - rest);
+    p = g_hash_table_lookup(by_uuid, uuid);
+    if (!p) {
+        p = g_new0(Pending, 1);
+        p->fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        g_hash_table_insert(by_uuid, g_steal_pointer(&uuid), p);
+    }
+    if (g_hash_table_contains(p->fds, dot + 1)) {
+        g_warning("handoff: dropping a second fd %s", name);
+        close(fd);
+        return;
+    }
+    g_hash_table_insert(p->fds, g_strdup(dot + 1), GINT_TO_POINTER(fd + 1));
+}
+
+static GKeyFile *read_def(int fd, GError **error)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autofree char *data = g_malloc(DEF_MAX_BYTES + 1);
+    gsize len = 0;
+    ssize_t n;
+
+    while (len <= DEF_MAX_BYTES &&
+           (n = pread(fd, data + len, DEF_MAX_BYTES + 1 - len, (off_t)len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return mvmd_set_errno_error(error, MVMD_ERROR_FAILED, "cannot read `def`"), NULL;
+        len += (gsize)n;
+    }
+    if (len > DEF_MAX_BYTES) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "`def` is larger than %d bytes",
+                    DEF_MAX_BYTES);
+        return NULL;
+    }
+    if (!g_key_file_load_from_data(kf, data, len, G_KEY_FILE_NONE, error))
+        return NULL;
+    return g_steal_pointer(&kf);
+}
+
+static gboolean parse_generation_id(GKeyFile *kf, MvmdHandoffIn *vm, GError **error)
+{
+    g_autofree char *hex = g_key_file_get_string(kf, GROUP_HANDOFF, "GenerationID", NULL);
+
+    if (!hex)
+        return TRUE;
+    if (strlen(hex) != 2 * MVM_GENERATION_ID_SIZE) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "[Handoff] GenerationID is not a generation ID");
+        return FALSE;
+    }
+    for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++) {
+        int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                                "[Handoff] GenerationID is not hexadecimal");
+            return FALSE;
+        }
+        vm->generation_id[i] = (guint8)(hi << 4 | lo);
+    }
+    vm->has_generation_id = TRUE;
+    return TRUE;
+}
+
+/* A count of [Handoff]: what the leaving daemon pushed, to be matched with the devices. */
+static gboolean parse_count(GKeyFile *kf, const char *key, guint *count, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    int n = g_key_file_get_integer(kf, GROUP_HANDOFF, key, &local);
+
+    if (local || n < 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "[Handoff] %s is no count",
+                    key);
+        return FALSE;
+    }
+    *count = (guint)n;
+    return TRUE;
+}
+
+static gboolean check_version(GKeyFile *kf, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    int version = g_key_file_get_integer(kf, GROUP_HANDOFF, "Version", &local);
+
+    if (!local && version == MVMD_HANDOFF_VERSION)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                "handed over in format %d; this microvmd reads format %d", local ? 0 : version,
+                MVMD_HANDOFF_VERSION);
+    return FALSE;
+}
+
+/* [Handoff], then the definition with the same checks as a stored one gets. */
+static gboolean parse_def(GKeyFile *kf, MvmdHandoffIn *vm, GError **error)
+{
+    guint disks, nics;
+
+    if (!check_version(kf, error) || !parse_count(kf, "Disks", &disks, error) ||
+        !parse_count(kf, "NICs", &nics, error) || !parse_generation_id(kf, vm, error))
+        return FALSE;
+    vm->running = g_key_file_get_boolean(kf, GROUP_HANDOFF, "Running", NULL);
+    g_key_file_remove_group(kf, GROUP_HANDOFF, NULL);
+    vm->definition = mvmd_vm_definition_new_from_keyfile(kf, error);
+    if (!vm->definition)
+        return FALSE;
+    if (!g_str_equal(vm->definition->uuid, vm->uuid)) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "`def` is another VM's");
+        return FALSE;
+    }
+    if (disks != vm->definition->devices.disks->len || nics != vm->definition->devices.nics->len) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "%u disks and %u NICs were handed over for a definition with %u and %u", disks,
+                    nics, vm->definition->devices.disks->len, vm->definition->devices.nics->len);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* One handed back end by @kind ("disk0"…), put where the definition's own path or tap was. */
+static gboolean take_backend(Pending *p, const char *kind_prefix, guint i, int *fd, GError **error)
+{
+    g_autofree char *kind = g_strdup_printf("%s%u", kind_prefix, i);
+
+    *fd = pending_take(p, kind);
+    if (*fd >= 0)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s is missing", kind);
+    return FALSE;
+}
+
+/*
+ * The definition's devices, each with the descriptor handed over: the path or tap name stays
+ * beside it, unopened (the fd is used), since the machine's state names it for the next
+ * handoff or snapshot.
+ */
+static gboolean take_backends(Pending *p, MvmdHandoffIn *vm, GError **error)
+{
+    vm->backends = mvmd_vm_definition_to_mvm(vm->definition);
+    for (guint i = 0; vm->backends->disks && i < vm->backends->disks->len; i++) {
+        MvmDiskConfig *disk = g_ptr_array_index(vm->backends->disks, i);
+
+        if (!take_backend(p, "disk", i, &disk->fd, error))
+            return FALSE;
+    }
+    for (guint i = 0; vm->backends->nics && i < vm->backends->nics->len; i++) {
+        MvmNetConfig *nic = g_ptr_array_index(vm->backends->nics, i);
+
+        if (!take_backend(p, "nic", i, &nic->tap_fd, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static MvmdHandoffIn *take_vm(const char *uuid, Pending *p, GError **error)
+{
+    g_autoptr(MvmdHandoffIn) vm = g_new0(MvmdHandoffIn, 1);
+    g_autoptr(GKeyFile) kf = NULL;
+    int def_fd = pending_take(p, "def");
+
+    vm->uuid = g_strdup(uuid);
+    vm->state_fd = pending_take(p, "state");
+    vm->memory_fd = pending_take(p, "memory");
+    if (def_fd < 0 || vm->state_fd < 0 || vm->memory_fd < 0) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            def_fd < 0 ? "it was not handed over completely (no `def`)"
+                                       : "its `state` or `memory` is missing");
+        if (def_fd >= 0)
+            close(def_fd);
+        return NULL;
+    }
+    kf = read_def(def_fd, error);
+    close(def_fd);
+    if (!kf || !parse_def(kf, vm, error))
+        return NULL;
+    if (!take_backends(p, vm, error))
+        return NULL;
+    if (g_hash_table_size(p->fds) > 0) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "%u descriptors more than its devices have", g_hash_table_size(p->fds));
+        return NULL;
+    }
+    return g_steal_pointer(&vm);
+}
+
+GPtrArray *mvmd_handoff_collect(MvmdListenFds *passed)
+{
+    g_autoptr(GHashTable) by_uuid =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)pending_free);
+    GPtrArray *vms = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_handoff_in_free);
+    GHashTableIter iter;
+    gpointer key, value;
+    int fd;
+    const char *name;
+
+    for (guint i = 0; mvmd_listen_fds_get(passed, i, &fd, &name); i++) {
+        if (fd < 0 || !g_str_has_prefix(name, MVMD_HANDOFF_FD_PREFIX))
+            continue;
+        /* Out of the store before any guest runs on: a later start must not find it. */
+        remove_from_store(name);
+        sort_in(by_uuid, name, mvmd_listen_fds_steal(passed, i));
+    }
+    g_hash_table_iter_init(&iter, by_uuid);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        g_autoptr(GError) error = NULL;
+        MvmdHandoffIn *vm = take_vm(key, value, &error);
+
+        if (vm)
+            g_ptr_array_add(vms, vm);
+        else
+            g_warning("handoff: VM %s is not taken over: %s", (const char *)key, error->message);
+    }
+    return vms;
+}
+
+/* ---- is this stop a restart? ----------------------------------------------------------- */
+
+#define SYSTEMD_NAME   "org.freedesktop.systemd1"
+#define ASK_TIMEOUT_MS 2000
+
+typedef struct {
+    GDBusConnection *connection;
+    MvmdHandoffRestartFunc func;
+    gpointer user_data;
+} Ask;
+
+static void ask_done(Ask *ask, gboolean restarting, const char *why)
+{
+    g_message("stop: %s", why);
+    ask->func(restarting, ask->user_data);
+    g_object_unref(ask->connection);
+    g_free(ask);
+}
+
+static void get_property(Ask *ask, const char *path, const char *interface, const char *name,
+                         GAsyncReadyCallback callback)
+{
+    g_dbus_connection_call(ask->connection, SYSTEMD_NAME, path, "org.freedesktop.DBus.Properties",
+                           "Get", g_variant_new("(ss)", interface, name), G_VARIANT_TYPE("(v)"),
+                           G_DBUS_CALL_FLAGS_NO_AUTO_START, ASK_TIMEOUT_MS, NULL, callback, ask);
+}
+
+/* The reply's one value, or NULL with @why set. */
+static GVariant *reply_value(GObject *source, GAsyncResult *result, char **why)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+    GVariant *value;
+
+    if (!reply) {
+        *why =
+            g_strdup_printf("systemd did not say whether this is a restart (%s)", error->message);
+        return NULL;
+    }
+    g_variant_get(reply, "(v)", &value);
+    return value;
+}
+
+static void on_job_type(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    g_autofree char *why = NULL;
+    g_autoptr(GVariant) value = reply_value(source, result, &why);
+    const char *type = value && g_variant_is_of_type(value, G_VARIANT_TYPE_STRING)
+                           ? g_variant_get_string(value, NULL)
+                           : "";
+    gboolean restart = g_str_equal(type, "restart") || g_str_equal(type, "try-restart");
+
+    if (!why)
+        why = g_strdup_printf("systemd's job for the unit is a %s", type);
+    ask_done(user_data, restart, why);
+}
+
+static void on_unit_job(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    Ask *ask = user_data;
+    g_autofree char *why = NULL;
+    g_autoptr(GVariant) value = reply_value(source, result, &why);
+    const char *job = "/";
+
+    if (value && g_variant_is_of_type(value, G_VARIANT_TYPE("(uo)")))
+        g_variant_get(value, "(u&o)", NULL, &job);
+    if (!why && g_str_equal(job, "/"))
+        why = g_strdup("systemd has no job for the unit (a signal from elsewhere)");
+    if (why) {
+        ask_done(ask, FALSE, why);
+        return;
+    }
+    get_property(ask, job, "org.freedesktop.systemd1.Job", "JobType", on_job_type);
+}
+
+static void on_unit(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    Ask *ask = user_data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply =
+        g_dbus_connection_call_finish(G_DBUS_CONNECTION(source), result, &error);
+    const char *unit;
+
+    if (!reply) {
+        g_autofree char *why =
+            g_strdup_printf("systemd does not know our unit (%s)", error->message);
+        ask_done(ask, FALSE, why);
+        return;
+    }
+    g_variant_get(reply, "(&o)", &unit);
+    get_property(ask, unit, "org.freedesktop.systemd1.Unit", "Job", on_unit_job);
+}
+
+void mvmd_handoff_ask_if_restarting(GDBusConnection *connection, MvmdHandoffRestartFunc func,
+                                    gpointer user_data)
+{
+    Ask *ask = g_new0(Ask, 1);
+
+    ask->connection = g_object_ref(connection);
+    ask->func = func;
+    ask->user_data = user_data;
+    g_dbus_connection_call(connection, SYSTEMD_NAME, "/org/freedesktop/systemd1",
+                           "org.freedesktop.systemd1.Manager", "GetUnitByPID",
+                           g_variant_new("(u)", (guint32)getpid()), G_VARIANT_TYPE("(o)"),
+                           G_DBUS_CALL_FLAGS_NO_AUTO_START, ASK_TIMEOUT_MS, NULL, on_unit, ask);
+}

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Restart without stopping a guest: the running VMs handed to the next microvmd through
+ * systemd's file-descriptor store (docs/architecture.md, "Handing VMs to the next daemon").
+ *
+ * The daemon that leaves pauses each VM, saves its vCPU and device state into a memfd and
+ * pushes, one descriptor per FDSTORE=1 message, named "mvmd-h1.UUID.KIND":
+ *   state    the snapshot `state` (format version and digest as any snapshot's)
+ *   memory   the guest RAM memfd itself (lib maps it again, shared: no copy)
+ *   diskN    the open back end of each disk, in device order
+ *   nicN     the open tap of each NIC
+ *   def      last: a key file with the definition ([VM], [Config], as the store writes
+ *            them) and [Handoff] (Version, Running, GenerationID, Disks, NICs)
+ * A VM whose `def` is missing was not handed over completely and is dropped. The next daemon
+ * takes them from $LISTEN_FDS / $LISTEN_FDNAMES, removes every one of them from the store
+ * before a guest runs again (FDSTOREREMOVE=1: a later start must never find old state), and
+ * restores each VM from them.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "definition.h"
+#include "listen-fds.h"
+
+G_BEGIN_DECLS
+
+#define MVMD_HANDOFF_FD_PREFIX "mvmd-h1."
+#define MVMD_HANDOFF_VERSION   1
+
+/* One VM as the leaving daemon hands it over (descriptors borrowed). */
+typedef struct {
+    const MvmdVmDefinition *definition;
+    gboolean running; /* resumed by the next daemon; else left paused */
+    gboolean has_generation_id;
+    guint8 generation_id[MVM_GENERATION_ID_SIZE];
+    int state_fd;
+    int memory_fd;
+    const MvmVmConfig *backends; /* disks[].fd, nics[].tap_fd: the open back ends */
+} MvmdHandoffOut;
+
+/*
+ * Whether this daemon may hand its VMs over: systemd keeps a store for it ($FDSTORE, set by
+ * systemd 254 and later, or @fd_store_option, which the unit passes as --fd-store on older
+ * ones) and $NOTIFY_SOCKET reaches it. @why says why not.
+ */
+gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why);
+
+/*
+ * Whether the next daemon can rebuild @definition from what a handoff carries: one that holds
+ * a descriptor of its caller's (kernel-fd, a disk or tap passed as fd, a RestoreVM's snapshot)
+ * cannot be written down for the next daemon yet; such a VM is shut down as before. @why says
+ * why not.
+ */
+gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why);
+
+/*
+ * Pushes @vm into the store. On failure, what was pushed of it is removed again (best
+ * effort; without its `def` the next daemon drops the rest anyway).
+ */
+gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error);
+
+/* One VM as the next daemon receives it: owns its descriptors. */
+typedef struct {
+    char *uuid;
+    MvmdVmDefinition *definition;
+    gboolean running;
+    gboolean has_generation_id;
+    guint8 generation_id[MVM_GENERATION_ID_SIZE];
+    int state_fd;
+    int memory_fd;
+    MvmVmConfig *backends; /* n_vcpus etc. unset: only disks, nics, vsock (owned fds) */
+} MvmdHandoffIn;
+
+void mvmd_handoff_in_free(MvmdHandoffIn *vm);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdHandoffIn, mvmd_handoff_in_free)
+
+/*
+ * Takes the handed-over descriptors out of @passed, removes them all from systemd's store,
+ * and returns the VMs whose sets are complete and readable (MvmdHandoffIn *, owned); each
+ * VM refused is logged with the reason and its descriptors are closed.
+ */
+GPtrArray *mvmd_handoff_collect(MvmdListenFds *passed);
+
+/*
+ * Whether systemd is stopping us to start us again (a restart job on our unit: `systemctl
+ * restart`, a package upgrade's restart), asked on @connection without blocking; @func gets
+ * the answer, FALSE when systemd cannot tell. A plain stop, or the host going down, is no
+ * restart: the guests are shut down then, as without a store.
+ */
+typedef void (*MvmdHandoffRestartFunc)(gboolean restarting, gpointer user_data);
+void mvmd_handoff_ask_if_restarting(GDBusConnection *connection, MvmdHandoffRestartFunc func,
+                                    gpointer user_data);
+
+G_END_DECLS
