@@ -136,6 +136,54 @@ gboolean mvmd_test_bus_daemon_alive(MvmdTestBus *bus)
     return waitpid(bus->daemon_pid, &status, WNOHANG) == 0;
 }
 
+/* The environment systemd would add ($NOTIFY_SOCKET, $LISTEN_FDS, $LISTEN_FDNAMES); NULL: ours. */
+static GStrv daemon_environment(MvmdTestBus *bus)
+{
+    GStrv env;
+
+    if (!bus->daemon_notify_socket && !bus->daemon_listen_fds)
+        return NULL;
+    env = g_get_environ();
+    if (bus->daemon_notify_socket)
+        env = g_environ_setenv(env, "NOTIFY_SOCKET", bus->daemon_notify_socket, TRUE);
+    if (bus->daemon_listen_fds) {
+        g_autofree char *n = g_strdup_printf("%u", bus->daemon_listen_fds->len);
+        g_autoptr(GString) names = g_string_new(NULL);
+
+        for (guint i = 0; i < bus->daemon_listen_names->len; i++)
+            g_string_append_printf(names, "%s%s", i ? ":" : "",
+                                   (const char *)bus->daemon_listen_names->pdata[i]);
+        env = g_environ_setenv(env, "LISTEN_FDS", n, TRUE);
+        env = g_environ_setenv(env, "LISTEN_FDNAMES", names->str, TRUE);
+    }
+    return env;
+}
+
+/*
+ * Passed descriptors go to 3, 4… and $LISTEN_PID must be the daemon's own pid: a shell sets
+ * it to its own, which exec keeps.
+ */
+static void spawn_daemon(MvmdTestBus *bus, GPtrArray *argv, int out, GError **error)
+{
+    g_auto(GStrv) env = daemon_environment(bus);
+    guint n = bus->daemon_listen_fds ? bus->daemon_listen_fds->len : 0;
+    g_autofree int *targets = g_new0(int, n + 1);
+
+    if (n > 0) {
+        const char *shell[] = {"/bin/sh", "-c", "export LISTEN_PID=$$; exec \"$0\" \"$@\""};
+
+        for (guint i = 0; i < G_N_ELEMENTS(shell); i++)
+            g_ptr_array_insert(argv, (gint)i, g_strdup(shell[i]));
+    }
+    for (guint i = 0; i < n; i++)
+        targets[i] = 3 + (int)i;
+    g_spawn_async_with_pipes_and_fds(
+        NULL, (const char *const *)argv->pdata, (const char *const *)env,
+        G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, daemon_child_setup, bus, -1, out, out,
+        n > 0 ? (const int *)bus->daemon_listen_fds->data : NULL, n > 0 ? targets : NULL, n,
+        &bus->daemon_pid, NULL, NULL, NULL, error);
+}
+
 void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
 {
     const char *microvmd = g_getenv("MICROVMD");
@@ -171,9 +219,7 @@ void mvmd_test_bus_start_daemon(MvmdTestBus *bus, const char *const *extra_args)
     out = bus->daemon_log ? open(bus->daemon_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)
                           : STDERR_FILENO;
     g_assert_cmpint(out, >=, 0);
-    g_spawn_async_with_fds(NULL, (char **)argv->pdata, NULL,
-                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, daemon_child_setup, bus,
-                           &bus->daemon_pid, -1, out, out, &error);
+    spawn_daemon(bus, argv, out, &error);
     if (out != STDERR_FILENO)
         close(out);
     g_assert_no_error(error);
@@ -235,6 +281,7 @@ void mvmd_test_bus_free(MvmdTestBus *bus)
     g_free(bus->runtime_dir);
     g_free(bus->address);
     g_free(bus->daemon_log);
+    g_free(bus->daemon_notify_socket);
     g_free(bus);
 }
 

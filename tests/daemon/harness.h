@@ -33,6 +33,13 @@ typedef struct {
     /* RLIMIT_NOFILE (soft, hard) the daemon is started with; 0, 0: the test's own. */
     guint64 daemon_nofile_soft;
     guint64 daemon_nofile_hard;
+    /*
+     * What systemd would give the daemon: $NOTIFY_SOCKET (NULL: none), and descriptors passed
+     * as $LISTEN_FDS with $LISTEN_FDNAMES (borrowed; NULL: none), numbered from 3 in order.
+     */
+    char *daemon_notify_socket;
+    GArray *daemon_listen_fds;      /* of int */
+    GPtrArray *daemon_listen_names; /* of char *, as many */
 } MvmdTestBus;
 
 /*

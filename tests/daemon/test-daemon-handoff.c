@@ -1,0 +1,558 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A restart that hands the running VMs to the next microvmd (daemon/handoff.h), with this test
+ * standing in for systemd: it holds the notification socket ($NOTIFY_SOCKET) where the daemon
+ * pushes its descriptors (FDSTORE=1, FDNAME=), keeps them as systemd's store would, and starts
+ * the next daemon with them ($LISTEN_FDS, $LISTEN_FDNAMES, $LISTEN_PID), as systemd passes a
+ * store. tests/systemd/ does the same under the real systemd. The guests are the pattern test
+ * guest (tests/testguest/README.md), whose count lives in its memory: a guest handed over goes
+ * on counting, and one that booted again would start over. Needs a usable /dev/kvm (else 77).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gio/gunixfdlist.h>
+#include <glib/gstdio.h>
+
+#include "harness.h"
+
+#define ERR     "org.microvmd.MicroVM1.Error."
+#define PATTERN "pattern pages=64 base_mib=8 every=20 delay=2000"
+/* daemon/daemon.h: the exit status after SIGUSR1 handed the VMs over. */
+#define EXIT_HANDED_OVER 75
+
+static const char *testguest;
+
+/*
+ * systemd's side: the notification socket and the store it keeps. A thread of its own reads
+ * the socket all the time, as systemd does: its queue holds only a few datagrams
+ * (net.unix.max_dgram_qlen, 10 here), and a daemon whose sd_notify() finds it full waits.
+ */
+typedef struct {
+    int socket;
+    char *path;
+    GThread *thread;
+    gint stop;
+    GMutex lock;         /* the tables below */
+    GHashTable *store;   /* FDNAME → fd + 1 */
+    GHashTable *removed; /* FDNAME → 1: names the daemon took out of the store */
+} StandIn;
+
+typedef struct {
+    MvmdTestBus *bus;
+    MvmdManager *manager;
+    StandIn systemd;
+} Fixture;
+
+/* ---- the stand-in for systemd ------------------------------------------------------------- */
+
+static gboolean receive_one(StandIn *s);
+
+static gpointer stand_in_thread(gpointer data)
+{
+    StandIn *s = data;
+
+    while (!g_atomic_int_get(&s->stop)) {
+        struct pollfd p = {s->socket, POLLIN, 0};
+
+        if (poll(&p, 1, 50) > 0)
+            while (receive_one(s))
+                ;
+    }
+    return NULL;
+}
+
+static void stand_in_init(StandIn *s, const char *dir)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+
+    s->path = g_build_filename(dir, "notify", NULL);
+    g_assert_cmpuint(strlen(s->path), <, sizeof(addr.sun_path));
+    strcpy(addr.sun_path, s->path);
+    s->socket = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    g_assert_cmpint(s->socket, >=, 0);
+    g_assert_cmpint(bind(s->socket, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    s->store = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    s->removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_mutex_init(&s->lock);
+    s->thread = g_thread_new("stand-in", stand_in_thread, s);
+}
+
+static void store_close_all(StandIn *s)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init(&iter, s->store);
+    while (g_hash_table_iter_next(&iter, NULL, &value))
+        close(GPOINTER_TO_INT(value) - 1);
+    g_hash_table_remove_all(s->store);
+}
+
+static void stand_in_clear(StandIn *s)
+{
+    g_atomic_int_set(&s->stop, 1);
+    g_thread_join(s->thread);
+    g_mutex_clear(&s->lock);
+    store_close_all(s);
+    g_hash_table_unref(s->store);
+    g_hash_table_unref(s->removed);
+    close(s->socket);
+    g_free(s->path);
+}
+
+/* The value of @key= in a notification, or NULL. */
+static char *field(const char *message, const char *key)
+{
+    g_auto(GStrv) lines = g_strsplit(message, "\n", -1);
+    gsize len = strlen(key);
+
+    for (char **l = lines; *l; l++)
+        if (strncmp(*l, key, len) == 0 && (*l)[len] == '=')
+            return g_strdup(*l + len + 1);
+    return NULL;
+}
+
+/* One datagram: FDSTORE=1 keeps its descriptor under FDNAME, FDSTOREREMOVE=1 drops it. */
+static gboolean receive_one(StandIn *s)
+{
+    char buf[4096];
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * 16)];
+    } control;
+    struct iovec iov = {buf, sizeof(buf) - 1};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = &control,
+                         .msg_controllen = sizeof(control)};
+    ssize_t n = recvmsg(s->socket, &msg, MSG_CMSG_CLOEXEC);
+    g_autofree char *store = NULL, *remove = NULL, *name = NULL;
+    int fd = -1;
+
+    if (n < 0) {
+        g_assert_cmpint(errno, ==, EAGAIN);
+        return FALSE;
+    }
+    buf[n] = '\0';
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            /* One descriptor per message: that is how the daemon names each. */
+            g_assert_cmpuint(c->cmsg_len, ==, CMSG_LEN(sizeof(int)));
+            memcpy(&fd, CMSG_DATA(c), sizeof(int));
+        }
+    store = field(buf, "FDSTORE");
+    remove = field(buf, "FDSTOREREMOVE");
+    name = field(buf, "FDNAME");
+    g_mutex_lock(&s->lock);
+    if (g_strcmp0(store, "1") == 0) {
+        g_assert_nonnull(name);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_false(g_hash_table_contains(s->store, name));
+        g_hash_table_insert(s->store, g_steal_pointer(&name), GINT_TO_POINTER(fd + 1));
+    } else if (g_strcmp0(remove, "1") == 0) {
+        gpointer old;
+
+        g_assert_nonnull(name);
+        g_assert_cmpint(fd, <, 0);
+        if (g_hash_table_steal_extended(s->store, name, NULL, &old))
+            close(GPOINTER_TO_INT(old) - 1);
+        g_hash_table_add(s->removed, g_steal_pointer(&name));
+    } else if (fd >= 0) {
+        close(fd);
+    }
+    g_mutex_unlock(&s->lock);
+    return TRUE;
+}
+
+/* Waits until the daemon's last message was read: a round of the thread after it was sent. */
+static void receive_all(StandIn *s)
+{
+    g_usleep(200 * 1000);
+}
+
+/* How many stored names start with @prefix. */
+static guint store_count(StandIn *s, const char *prefix)
+{
+    GHashTableIter iter;
+    gpointer key;
+    guint n = 0;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&iter, s->store);
+    while (g_hash_table_iter_next(&iter, &key, NULL))
+        n += g_str_has_prefix(key, prefix);
+    g_mutex_unlock(&s->lock);
+    return n;
+}
+
+static guint removed_count(StandIn *s)
+{
+    guint n;
+
+    g_mutex_lock(&s->lock);
+    n = g_hash_table_size(s->removed);
+    g_mutex_unlock(&s->lock);
+    return n;
+}
+
+/* Takes @name's descriptor out of the store: the caller's now. */
+static int store_take(StandIn *s, const char *name)
+{
+    gpointer value = NULL;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_steal_extended(s->store, name, NULL, &value);
+    g_mutex_unlock(&s->lock);
+    return GPOINTER_TO_INT(value) - 1;
+}
+
+static int store_fd(StandIn *s, const char *name)
+{
+    int fd;
+
+    g_mutex_lock(&s->lock);
+    fd = GPOINTER_TO_INT(g_hash_table_lookup(s->store, name)) - 1;
+    g_mutex_unlock(&s->lock);
+    return fd;
+}
+
+/* ---- the daemon ---------------------------------------------------------------------------- */
+
+static void start_daemon(Fixture *f, const char *extra)
+{
+    const char *const args[] = {"--shutdown-timeout=2", extra, NULL};
+
+    mvmd_test_bus_start_daemon(f->bus, args);
+    g_clear_object(&f->manager);
+    f->manager = mvmd_test_bus_manager(f->bus, NULL);
+}
+
+static void fixture_setup(Fixture *f, gconstpointer data)
+{
+    f->bus = mvmd_test_bus_new();
+    f->bus->daemon_log = g_build_filename(f->bus->tmpdir, "daemon.log", NULL);
+    stand_in_init(&f->systemd, f->bus->tmpdir);
+    f->bus->daemon_notify_socket = g_strdup(f->systemd.path);
+    start_daemon(f, "--fd-store");
+}
+
+static void fixture_teardown(Fixture *f, gconstpointer data)
+{
+    g_clear_object(&f->manager);
+    if (f->bus->daemon_pid > 0)
+        g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
+    g_clear_pointer(&f->bus->daemon_listen_fds, g_array_unref);
+    g_clear_pointer(&f->bus->daemon_listen_names, g_ptr_array_unref);
+    mvmd_test_bus_free(f->bus);
+    stand_in_clear(&f->systemd);
+}
+
+/* SIGUSR1: hand over, exit 75. The stand-in then holds what was pushed. */
+static void hand_over(Fixture *f)
+{
+    int status;
+
+    g_clear_object(&f->manager);
+    g_assert_cmpint(kill(f->bus->daemon_pid, SIGUSR1), ==, 0);
+    g_assert_cmpint(waitpid(f->bus->daemon_pid, &status, 0), ==, f->bus->daemon_pid);
+    f->bus->daemon_pid = 0;
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, EXIT_HANDED_OVER);
+    receive_all(&f->systemd);
+}
+
+/* The next daemon, given the store as systemd gives it. */
+static void start_next_daemon(Fixture *f)
+{
+    GHashTableIter iter;
+    gpointer key, value;
+
+    g_clear_pointer(&f->bus->daemon_listen_fds, g_array_unref);
+    g_clear_pointer(&f->bus->daemon_listen_names, g_ptr_array_unref);
+    f->bus->daemon_listen_fds = g_array_new(FALSE, FALSE, sizeof(int));
+    f->bus->daemon_listen_names = g_ptr_array_new_with_free_func(g_free);
+    g_mutex_lock(&f->systemd.lock);
+    g_hash_table_iter_init(&iter, f->systemd.store);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        int fd = GPOINTER_TO_INT(value) - 1;
+
+        g_array_append_val(f->bus->daemon_listen_fds, fd);
+        g_ptr_array_add(f->bus->daemon_listen_names, g_strdup(key));
+    }
+    g_hash_table_remove_all(f->systemd.removed);
+    g_mutex_unlock(&f->systemd.lock);
+    start_daemon(f, "--fd-store");
+}
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static MvmdVm *create_counter(Fixture *f, const char *name, const char *extra)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *text = g_strdup_printf("{'kernel': <'%s'>, 'cmdline': <'mode=" PATTERN "'>,"
+                                            " 'memory-mib': <uint64 32>%s%s}",
+                                            testguest, extra ? ", " : "", extra ? extra : "");
+
+    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, NULL, &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+    return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+static MvmdVm *vm_by_name(Fixture *f, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, name, G_DBUS_CALL_FLAGS_NONE, -1, &path, NULL,
+                                          &error);
+    g_assert_no_error(error);
+    return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+static char *read_file(const char *path)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(GError) error = NULL;
+
+    g_file_get_contents(path, &text, NULL, &error);
+    g_assert_no_error(error);
+    return g_steal_pointer(&text);
+}
+
+static guint count_substrings(const char *text, const char *needle)
+{
+    guint n = 0;
+
+    for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+static char *console_log(Fixture *f, const char *name)
+{
+    g_autofree char *path = g_build_filename(f->bus->runtime_dir, "vm", name, "console.log", NULL);
+
+    return read_file(path);
+}
+
+/*
+ * The guest counts on from where it was, past @before (a new daemon's console has no replay of
+ * the last one's: its first count is a new one).
+ */
+static gint64 check_counts_on(MvmdVm *vm, gint64 before)
+{
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
+    gint64 count = mvmd_test_console_next_counter(c);
+
+    g_test_message("count %" G_GINT64_FORMAT " after the handoff, %" G_GINT64_FORMAT " before",
+                   count, before);
+    g_assert_cmpint(count, >, before);
+    mvmd_test_console_close(c);
+    return count;
+}
+
+/* A count the guest printed (two read: it has been counting for a while). */
+static gint64 some_count(MvmdVm *vm)
+{
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
+    gint64 count;
+
+    mvmd_test_console_next_counter(c);
+    count = mvmd_test_console_next_counter(c);
+    mvmd_test_console_close(c);
+    return count;
+}
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+/*
+ * A running transient VM and a paused persistent one are handed over and come back as they
+ * were: same objects, the running one counting on with its memory intact, the paused one still
+ * paused until resumed; every stored descriptor is taken out of the store at once. A VM whose
+ * definition holds its caller's descriptor is shut down instead, as without a store.
+ */
+static void test_running_and_paused(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) runner = create_counter(f, "runner", NULL);
+    g_autoptr(MvmdVm) sleeper = create_counter(f, "sleeper", "'persist': <true>");
+    g_autoptr(MvmdVm) by_fd = NULL;
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autofree char *runner_uuid = g_strdup(mvmd_vm_get_uuid(runner));
+    g_autofree char *prefix = NULL, *text = NULL, *log = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    gint64 before, sleeper_before;
+    int kernel = mvmd_test_fd_list_append_file(fds, testguest, O_RDONLY);
+
+    text = g_strdup_printf("{'kernel-fd': <@h %d>, 'cmdline': <'mode=idle'>}", kernel);
+    mvmd_manager_call_create_vm_sync(f->manager, "by-fd", mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+    by_fd = mvmd_test_bus_vm(f->bus, NULL, path);
+    mvmd_test_vm_call_ok(runner, "Start", NULL);
+    mvmd_test_vm_call_ok(sleeper, "Start", NULL);
+    mvmd_test_vm_call_ok(by_fd, "Start", NULL);
+    before = some_count(runner);
+    sleeper_before = some_count(sleeper);
+    mvmd_test_vm_call_ok(sleeper, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
+    g_clear_object(&runner);
+    g_clear_object(&sleeper);
+    g_clear_object(&by_fd);
+
+    hand_over(f);
+    /* state, memory, def for each of the two; nothing of the one by fd. */
+    prefix = g_strdup_printf("mvmd-h1.%s.", runner_uuid);
+    g_assert_cmpuint(store_count(&f->systemd, prefix), ==, 3);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 6);
+    log = read_file(f->bus->daemon_log);
+    g_assert_nonnull(strstr(log, "by-fd: cannot be handed over"));
+
+    start_next_daemon(f);
+    runner = vm_by_name(f, "runner");
+    sleeper = vm_by_name(f, "sleeper");
+    mvmd_test_vm_wait_state(runner, "running");
+    mvmd_test_vm_wait_state(sleeper, "paused");
+    g_assert_cmpstr(mvmd_vm_get_uuid(runner), ==, runner_uuid);
+    /* Out of the store before the guests ran again, every one of them. */
+    receive_all(&f->systemd);
+    g_assert_cmpuint(removed_count(&f->systemd), ==, 6);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    /* The transient VM by fd was not taken over: it is gone with the daemon that had it. */
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 2);
+
+    check_counts_on(runner, before);
+    g_clear_pointer(&log, g_free);
+    log = console_log(f, "runner");
+    g_assert_cmpuint(count_substrings(log, "TESTGUEST pattern start"), ==, 1);
+    g_assert_null(strstr(log, "FAIL"));
+    mvmd_test_vm_call_ok(sleeper, "Resume", NULL);
+    check_counts_on(sleeper, sleeper_before);
+    mvmd_test_vm_call_ok(sleeper, "Stop", NULL);
+}
+
+/*
+ * Handed over twice in a row, with a disk: the second daemon's VM is as handable as any. Then a
+ * plain SIGTERM (no restart) shuts it down as ever and pushes nothing.
+ */
+static void test_twice_then_stop(Fixture *f, gconstpointer data)
+{
+    g_autofree char *disk = g_build_filename(f->bus->tmpdir, "disk.img", NULL);
+    g_autofree char *extra = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    gint64 count;
+
+    g_assert_true(g_file_set_contents(disk, "", 0, NULL));
+    g_assert_cmpint(truncate(disk, 1024 * 1024), ==, 0);
+    extra = g_strdup_printf("'disks': <[{'path': <'%s'>}]>", disk);
+    vm = create_counter(f, "twice", extra);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    count = some_count(vm);
+    g_clear_object(&vm);
+    for (int round = 0; round < 2; round++) {
+        hand_over(f);
+        g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 4); /* and disk0 */
+        start_next_daemon(f);
+        vm = vm_by_name(f, "twice");
+        mvmd_test_vm_wait_state(vm, "running");
+        count = check_counts_on(vm, count);
+        g_clear_object(&vm);
+        receive_all(&f->systemd);
+        g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    }
+    /* Not a restart (no systemd to say so): the guest is stopped, nothing is pushed. */
+    g_clear_object(&f->manager);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
+    receive_all(&f->systemd);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+}
+
+/*
+ * What the next daemon cannot trust is refused per VM, its descriptors dropped from the store:
+ * a state whose digest fails, and a set without its `def` (a daemon that died mid-way). The
+ * daemon lives on and the VM is stopped, never resumed on wrong state.
+ */
+static void test_refused(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) good = create_counter(f, "good", "'persist': <true>");
+    g_autoptr(MvmdVm) bad = create_counter(f, "bad", "'persist': <true>");
+    g_autofree char *good_def = NULL, *bad_state = NULL, *log = NULL;
+    guint8 byte;
+
+    good_def = g_strdup_printf("mvmd-h1.%s.def", mvmd_vm_get_uuid(good));
+    bad_state = g_strdup_printf("mvmd-h1.%s.state", mvmd_vm_get_uuid(bad));
+    mvmd_test_vm_call_ok(good, "Start", NULL);
+    mvmd_test_vm_call_ok(bad, "Start", NULL);
+    some_count(good);
+    some_count(bad);
+    g_clear_object(&good);
+    g_clear_object(&bad);
+    hand_over(f);
+    /* A bit of the state flipped, and the good VM's def lost. */
+    g_assert_cmpint(pread(store_fd(&f->systemd, bad_state), &byte, 1, 100), ==, 1);
+    byte ^= 0x40;
+    g_assert_cmpint(pwrite(store_fd(&f->systemd, bad_state), &byte, 1, 100), ==, 1);
+    close(store_take(&f->systemd, good_def));
+
+    start_next_daemon(f);
+    good = vm_by_name(f, "good");
+    bad = vm_by_name(f, "bad");
+    /* Both stopped (their stored definitions), and the daemon answers. */
+    mvmd_test_wait_until(g_strcmp0(mvmd_test_vm_exit_reason(bad), "") != 0,
+                         MVMD_TEST_GUEST_TIMEOUT_MS);
+    mvmd_test_vm_wait_state(bad, "stopped");
+    mvmd_test_vm_wait_state(good, "stopped");
+    receive_all(&f->systemd);
+    g_assert_cmpuint(removed_count(&f->systemd), ==, 5);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(bad), "start-failed:"));
+    log = read_file(f->bus->daemon_log);
+    g_assert_nonnull(strstr(log, "was not handed over completely"));
+    /* Started afresh, as the definition says: a boot, not a resume. */
+    mvmd_test_vm_call_ok(bad, "Start", NULL);
+    mvmd_test_vm_call_ok(bad, "Stop", NULL);
+}
+
+/* Without a store SIGUSR1 hands nothing over: the daemon says so and runs on. */
+static void test_no_store(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autofree char *log = NULL;
+
+    g_clear_object(&f->manager);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
+    start_daemon(f, "--shutdown-timeout=2"); /* no --fd-store */
+    vm = create_counter(f, "stays", NULL);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
+    g_assert_cmpint(kill(f->bus->daemon_pid, SIGUSR1), ==, 0);
+    some_count(vm);
+    g_assert_true(mvmd_test_bus_daemon_alive(f->bus));
+    mvmd_test_vm_wait_state(vm, "running");
+    log = read_file(f->bus->daemon_log);
+    g_assert_nonnull(strstr(log, "cannot hand the VMs over"));
+    receive_all(&f->systemd);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    testguest = mvmd_test_guest_or_skip();
+#define ADD(path, func) g_test_add(path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+    ADD("/handoff/running-and-paused", test_running_and_paused);
+    ADD("/handoff/twice-then-stop", test_twice_then_stop);
+    ADD("/handoff/refused", test_refused);
+    ADD("/handoff/no-store", test_no_store);
+#undef ADD
+    return g_test_run();
+}
