@@ -130,6 +130,18 @@ static gboolean stop_tick(gpointer user_data)
     return G_SOURCE_CONTINUE;
 }
 
+/*
+ * How long the guests get before the rest are stopped: the shutdown timeout, and with a
+ * handoff at least HANDOFF_WAIT_US for the saves (a VM it cannot carry still gets its
+ * shutdown's time).
+ */
+static gint64 stop_wait_us(Daemon *d)
+{
+    gint64 shutdown = (gint64)d->options->shutdown_timeout_sec * G_USEC_PER_SEC;
+
+    return d->ctx.handing_off ? MAX(shutdown, HANDOFF_WAIT_US) : shutdown;
+}
+
 static void begin_stop(Daemon *d, const char *why)
 {
     g_autoptr(GList) vms = NULL;
@@ -138,9 +150,8 @@ static void begin_stop(Daemon *d, const char *why)
         return;
     g_message("stopping: %s", why);
     d->ctx.stopping = TRUE;
-    /* The graceful part, the forced part, and a little for flushing. */
-    mvmd_sd_notify_stopping(((guint64)d->options->shutdown_timeout_sec + 5) * G_USEC_PER_SEC +
-                            FORCE_STOP_GRACE_US);
+    /* The graceful part (or the handoff's), the forced part, and a little for flushing. */
+    mvmd_sd_notify_stopping((guint64)stop_wait_us(d) + 5 * G_USEC_PER_SEC + FORCE_STOP_GRACE_US);
     if (!d->manager) {
         g_main_loop_quit(d->loop);
         return;
@@ -152,10 +163,7 @@ static void begin_stop(Daemon *d, const char *why)
         else
             mvmd_vm_service_begin_shutdown(l->data);
     }
-    d->stop_deadline = g_get_monotonic_time() + d->options->shutdown_timeout_sec * G_USEC_PER_SEC;
-    /* A handoff waits for no guest: its bound is the saves, however short the shutdown's. */
-    if (d->ctx.handing_off)
-        d->stop_deadline = g_get_monotonic_time() + HANDOFF_WAIT_US;
+    d->stop_deadline = g_get_monotonic_time() + stop_wait_us(d);
     if (d->options->shutdown_timeout_sec == 0 && !d->ctx.handing_off) {
         d->ctx.force_stop = TRUE;
         d->stop_deadline = g_get_monotonic_time() + FORCE_STOP_GRACE_US;

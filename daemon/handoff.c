@@ -14,7 +14,21 @@
 #define GROUP_HANDOFF "Handoff"
 /* A definition is a few KiB (a 4 KiB cmdline, 16 disks, 8 NICs): anything larger is no def. */
 #define DEF_MAX_BYTES (256 * 1024)
-#define UUID_LEN      36
+/*
+ * systemd hands every stored name to the next daemon in one environment string,
+ * $LISTEN_FDNAMES, and the kernel refuses to exec a program with a string over 128 KiB: the
+ * next daemon would not start, and every guest would be lost. The names stay well below.
+ */
+#define NAMES_MAX_BYTES (96 * 1024)
+/* $FDSTORE when systemd sets it; else what the unit we ship asks (FileDescriptorStoreMax=). */
+#define FD_STORE_DEFAULT 16384
+/* A set older than this is stale (a restart takes seconds): never resumed on a changed disk. */
+#define MAX_AGE_US (10 * 60 * G_USEC_PER_SEC)
+
+/* What this daemon has pushed so far, against the store's limits. */
+static guint pushed_vms;
+static gsize pushed_name_bytes;
+static guint pushed_fds;
 
 /* ---- the daemon that leaves ------------------------------------------------------------ */
 
@@ -50,24 +64,30 @@ gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char *
     return *why == NULL;
 }
 
-static char *fd_name(const char *uuid, const char *kind)
+static guint store_capacity(void)
 {
-    return g_strdup_printf(MVMD_HANDOFF_FD_PREFIX "%s.%s", uuid, kind);
+    const char *fdstore = g_getenv("FDSTORE");
+    guint64 n = fdstore && *fdstore ? g_ascii_strtoull(fdstore, NULL, 10) : FD_STORE_DEFAULT;
+
+    return (guint)MIN(n, G_MAXUINT);
 }
 
-static void remove_from_store(const char *name)
+gboolean mvmd_handoff_remove_from_store(const char *name)
 {
     g_autofree char *message = g_strdup_printf("FDSTOREREMOVE=1\nFDNAME=%s", name);
     int r = sd_notify(0, message);
 
     if (r <= 0)
-        g_debug("cannot remove %s from the fd store: %s", name, r < 0 ? g_strerror(-r) : "no");
+        g_warning("cannot remove %s from the fd store: %s", name,
+                  r < 0 ? g_strerror(-r) : "$NOTIFY_SOCKET is not set");
+    return r > 0;
 }
 
 /* One descriptor per message: a message's FDNAME= names all of its descriptors alike. */
 static gboolean push_fd(int fd, const char *name, GPtrArray *pushed, GError **error)
 {
-    g_autofree char *message = g_strdup_printf("FDSTORE=1\nFDNAME=%s", name);
+    /* FDPOLL=0 (systemd 254 and later): a tap that reports an error is still this VM's. */
+    g_autofree char *message = g_strdup_printf("FDSTORE=1\nFDPOLL=0\nFDNAME=%s", name);
     int r = sd_pid_notify_with_fds(0, 0, message, &fd, 1);
 
     if (r <= 0) {
@@ -79,6 +99,16 @@ static gboolean push_fd(int fd, const char *name, GPtrArray *pushed, GError **er
     return TRUE;
 }
 
+/* This boot's ID: the monotonic clock of Time= is this boot's alone. */
+static const char *boot_id(void)
+{
+    static char *id;
+
+    if (!id && !g_file_get_contents("/proc/sys/kernel/random/boot_id", &id, NULL, NULL))
+        id = g_strdup("unknown");
+    return g_strstrip(id);
+}
+
 /* The definition and what the next daemon needs besides, in a sealed memfd. */
 static int write_def(const MvmdHandoffOut *vm, GError **error)
 {
@@ -88,6 +118,8 @@ static int write_def(const MvmdHandoffOut *vm, GError **error)
     int fd;
 
     g_key_file_set_integer(kf, GROUP_HANDOFF, "Version", MVMD_HANDOFF_VERSION);
+    g_key_file_set_string(kf, GROUP_HANDOFF, "BootID", boot_id());
+    g_key_file_set_int64(kf, GROUP_HANDOFF, "Time", g_get_monotonic_time());
     g_key_file_set_boolean(kf, GROUP_HANDOFF, "Running", vm->running);
     if (vm->has_generation_id) {
         g_autofree char *hex = g_malloc(2 * MVM_GENERATION_ID_SIZE + 1);
@@ -112,59 +144,87 @@ static int write_def(const MvmdHandoffOut *vm, GError **error)
     return fd;
 }
 
-static gboolean push_backends(const MvmdHandoffOut *vm, GPtrArray *pushed, GError **error)
+/* One VM's descriptors and their names, "mvmd.N.KIND", its definition last. */
+typedef struct {
+    GPtrArray *names; /* of char * */
+    GArray *fds;      /* of int, borrowed */
+} Plan;
+
+static void plan_add(Plan *plan, guint index, const char *kind, int fd)
 {
-    const char *uuid = vm->definition->uuid;
+    g_ptr_array_add(plan->names, g_strdup_printf(MVMD_HANDOFF_FD_PREFIX "%u.%s", index, kind));
+    g_array_append_val(plan->fds, fd);
+}
 
-    for (guint i = 0; vm->backends->disks && i < vm->backends->disks->len; i++) {
-        const MvmDiskConfig *disk = g_ptr_array_index(vm->backends->disks, i);
+static void plan_backends(Plan *plan, guint index, const MvmVmConfig *backends)
+{
+    for (guint i = 0; backends->disks && i < backends->disks->len; i++) {
+        const MvmDiskConfig *disk = g_ptr_array_index(backends->disks, i);
         g_autofree char *kind = g_strdup_printf("disk%u", i);
-        g_autofree char *name = fd_name(uuid, kind);
 
-        if (!push_fd(disk->fd, name, pushed, error))
-            return FALSE;
+        plan_add(plan, index, kind, disk->fd);
     }
-    for (guint i = 0; vm->backends->nics && i < vm->backends->nics->len; i++) {
-        const MvmNetConfig *nic = g_ptr_array_index(vm->backends->nics, i);
+    for (guint i = 0; backends->nics && i < backends->nics->len; i++) {
+        const MvmNetConfig *nic = g_ptr_array_index(backends->nics, i);
         g_autofree char *kind = g_strdup_printf("nic%u", i);
-        g_autofree char *name = fd_name(uuid, kind);
 
-        if (!push_fd(nic->tap_fd, name, pushed, error))
-            return FALSE;
+        plan_add(plan, index, kind, nic->tap_fd);
+    }
+}
+
+/* What the store and the next daemon's environment still take, with @plan in. */
+static gboolean plan_fits(const Plan *plan, gsize *name_bytes, GError **error)
+{
+    *name_bytes = 0;
+    for (guint i = 0; i < plan->names->len; i++)
+        *name_bytes += strlen(plan->names->pdata[i]) + 1; /* and its ':' */
+    if (pushed_fds + plan->fds->len > store_capacity() ||
+        pushed_name_bytes + *name_bytes > NAMES_MAX_BYTES) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
+                    "the fd store is full (%u descriptors of %u, %" G_GSIZE_FORMAT
+                    " bytes of names of %d)",
+                    pushed_fds, store_capacity(), pushed_name_bytes, NAMES_MAX_BYTES);
+        return FALSE;
     }
     return TRUE;
 }
 
-static gboolean push_all(const MvmdHandoffOut *vm, GPtrArray *pushed, GError **error)
+static gboolean push_plan(const Plan *plan, GPtrArray *pushed, GError **error)
 {
-    const char *uuid = vm->definition->uuid;
-    g_autofree char *state = fd_name(uuid, "state");
-    g_autofree char *memory = fd_name(uuid, "memory");
-    g_autofree char *def = fd_name(uuid, "def");
-    int def_fd;
-    gboolean ok;
-
-    if (!push_fd(vm->state_fd, state, pushed, error) ||
-        !push_fd(vm->memory_fd, memory, pushed, error) || !push_backends(vm, pushed, error))
-        return FALSE;
-    def_fd = write_def(vm, error);
-    if (def_fd < 0)
-        return FALSE;
-    /* Last: a VM is handed over once its `def` is in the store, and only then. */
-    ok = push_fd(def_fd, def, pushed, error);
-    close(def_fd);
-    return ok;
+    for (guint i = 0; i < plan->fds->len; i++)
+        if (!push_fd(g_array_index(plan->fds, int, i), plan->names->pdata[i], pushed, error))
+            return FALSE;
+    return TRUE;
 }
 
 gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
 {
     g_autoptr(GPtrArray) pushed = g_ptr_array_new_with_free_func(g_free);
+    Plan plan = {g_ptr_array_new_with_free_func(g_free), g_array_new(FALSE, FALSE, sizeof(int))};
+    guint index = pushed_vms;
+    gsize name_bytes;
+    int def_fd = write_def(vm, error);
+    gboolean ok;
 
-    if (push_all(vm, pushed, error))
-        return TRUE;
-    for (guint i = 0; i < pushed->len; i++)
-        remove_from_store(pushed->pdata[i]);
-    return FALSE;
+    plan_add(&plan, index, "state", vm->state_fd);
+    plan_add(&plan, index, "memory", vm->memory_fd);
+    plan_backends(&plan, index, vm->backends);
+    /* Last: a VM is handed over once its `def` is in the store, and only then. */
+    plan_add(&plan, index, "def", def_fd);
+    ok = def_fd >= 0 && plan_fits(&plan, &name_bytes, error) && push_plan(&plan, pushed, error);
+    if (ok) {
+        pushed_vms++;
+        pushed_fds += plan.fds->len;
+        pushed_name_bytes += name_bytes;
+    } else {
+        for (guint i = 0; i < pushed->len; i++)
+            mvmd_handoff_remove_from_store(pushed->pdata[i]);
+    }
+    if (def_fd >= 0)
+        close(def_fd);
+    g_ptr_array_unref(plan.names);
+    g_array_unref(plan.fds);
+    return ok;
 }
 
 /* ---- the daemon that takes over -------------------------------------------------------- */
@@ -188,7 +248,9 @@ void mvmd_handoff_in_free(MvmdHandoffIn *vm)
 
 /* The descriptors of one VM as they came, by kind ("state", "disk0"…). */
 typedef struct {
-    GHashTable *fds; /* kind → fd + 1 (0 is no fd) */
+    GHashTable *fds;      /* kind → fd + 1 (0 is no fd) */
+    gboolean not_removed; /* one of them may still be in the store: never resumed */
+    gboolean duplicate;   /* a kind came twice */
 } Pending;
 
 static void pending_free(Pending *p)
@@ -213,35 +275,39 @@ static int pending_take(Pending *p, const char *kind)
     return GPOINTER_TO_INT(value) - 1;
 }
 
-static gboolean uuid_is_valid(const char *s, gsize len)
+static gboolean is_index(const char *s, gsize len)
 {
-    g_autofree char *copy = g_strndup(s, len);
-
-    return len == UUID_LEN && g_uuid_string_is_valid(copy);
+    if (len == 0 || len > 9)
+        return FALSE;
+    for (gsize i = 0; i < len; i++)
+        if (!g_ascii_isdigit(s[i]))
+            return FALSE;
+    return TRUE;
 }
 
-/* "mvmd-h1.UUID.KIND" into @by_uuid; anything malformed is closed. */
-static void sort_in(GHashTable *by_uuid, const char *name, int fd)
+/* "mvmd.N.KIND" into @by_index; anything malformed is closed. */
+static void sort_in(GHashTable *by_index, const char *name, int fd, gboolean removed)
 {
     const char *rest = name + strlen(MVMD_HANDOFF_FD_PREFIX);
     const char *dot = strchr(rest, '.');
     Pending *p;
-    g_autofree char *uuid = NULL;
+    g_autofree char *index = NULL;
 
-    if (!dot || !uuid_is_valid(rest, dot - rest) || !dot[1] || strlen(dot + 1) > 16) {
+    if (!dot || !is_index(rest, dot - rest) || !dot[1] || strlen(dot + 1) > 16) {
         g_warning("handoff: dropping fd %s: not a name this microvmd writes", name);
         close(fd);
         return;
     }
-    uuid = g_strndup(rest, dot - rest);
-    p = g_hash_table_lookup(by_uuid, uuid);
+    index = g_strndup(rest, dot - rest);
+    p = g_hash_table_lookup(by_index, index);
     if (!p) {
         p = g_new0(Pending, 1);
         p->fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-        g_hash_table_insert(by_uuid, g_steal_pointer(&uuid), p);
+        g_hash_table_insert(by_index, g_steal_pointer(&index), p);
     }
+    p->not_removed |= !removed;
     if (g_hash_table_contains(p->fds, dot + 1)) {
-        g_warning("handoff: dropping a second fd %s", name);
+        p->duplicate = TRUE;
         close(fd);
         return;
     }
@@ -313,13 +379,35 @@ static gboolean parse_count(GKeyFile *kf, const char *key, guint *count, GError 
     return TRUE;
 }
 
+/* Handed over in this boot, moments ago: anything else would resume old state on new disks. */
+static gboolean check_fresh(GKeyFile *kf, GError **error)
+{
+    g_autofree char *boot = g_key_file_get_string(kf, GROUP_HANDOFF, "BootID", NULL);
+    g_autoptr(GError) local = NULL;
+    gint64 then = g_key_file_get_int64(kf, GROUP_HANDOFF, "Time", &local);
+    gint64 age = g_get_monotonic_time() - then;
+
+    if (g_strcmp0(boot, boot_id()) != 0 || local) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            "it was handed over in another boot");
+        return FALSE;
+    }
+    if (age < 0 || age > MAX_AGE_US) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                    "it was handed over %" G_GINT64_FORMAT " s ago: too long for a restart",
+                    age / G_USEC_PER_SEC);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 static gboolean check_version(GKeyFile *kf, GError **error)
 {
     g_autoptr(GError) local = NULL;
     int version = g_key_file_get_integer(kf, GROUP_HANDOFF, "Version", &local);
 
     if (!local && version == MVMD_HANDOFF_VERSION)
-        return TRUE;
+        return check_fresh(kf, error);
     g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                 "handed over in format %d; this microvmd reads format %d", local ? 0 : version,
                 MVMD_HANDOFF_VERSION);
@@ -339,11 +427,7 @@ static gboolean parse_def(GKeyFile *kf, MvmdHandoffIn *vm, GError **error)
     vm->definition = mvmd_vm_definition_new_from_keyfile(kf, error);
     if (!vm->definition)
         return FALSE;
-    if (!g_str_equal(vm->definition->uuid, vm->uuid)) {
-        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                            "`def` is another VM's");
-        return FALSE;
-    }
+    vm->uuid = g_strdup(vm->definition->uuid);
     if (disks != vm->definition->devices.disks->len || nics != vm->definition->devices.nics->len) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                     "%u disks and %u NICs were handed over for a definition with %u and %u", disks,
@@ -388,13 +472,12 @@ static gboolean take_backends(Pending *p, MvmdHandoffIn *vm, GError **error)
     return TRUE;
 }
 
-static MvmdHandoffIn *take_vm(const char *uuid, Pending *p, GError **error)
+static MvmdHandoffIn *take_vm(Pending *p, GError **error)
 {
     g_autoptr(MvmdHandoffIn) vm = g_new0(MvmdHandoffIn, 1);
     g_autoptr(GKeyFile) kf = NULL;
     int def_fd = pending_take(p, "def");
 
-    vm->uuid = g_strdup(uuid);
     vm->state_fd = pending_take(p, "state");
     vm->memory_fd = pending_take(p, "memory");
     if (def_fd < 0 || vm->state_fd < 0 || vm->memory_fd < 0) {
@@ -409,6 +492,12 @@ static MvmdHandoffIn *take_vm(const char *uuid, Pending *p, GError **error)
     close(def_fd);
     if (!kf || !parse_def(kf, vm, error))
         return NULL;
+    if (p->not_removed || p->duplicate) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
+                            p->duplicate ? "a descriptor of it came twice"
+                                         : "it could not be removed from the fd store");
+        return NULL;
+    }
     if (!take_backends(p, vm, error))
         return NULL;
     if (g_hash_table_size(p->fds) > 0) {
@@ -421,7 +510,7 @@ static MvmdHandoffIn *take_vm(const char *uuid, Pending *p, GError **error)
 
 GPtrArray *mvmd_handoff_collect(MvmdListenFds *passed)
 {
-    g_autoptr(GHashTable) by_uuid =
+    g_autoptr(GHashTable) by_index =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)pending_free);
     GPtrArray *vms = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_handoff_in_free);
     GHashTableIter iter;
@@ -430,21 +519,24 @@ GPtrArray *mvmd_handoff_collect(MvmdListenFds *passed)
     const char *name;
 
     for (guint i = 0; mvmd_listen_fds_get(passed, i, &fd, &name); i++) {
+        gboolean removed;
+
         if (fd < 0 || !g_str_has_prefix(name, MVMD_HANDOFF_FD_PREFIX))
             continue;
         /* Out of the store before any guest runs on: a later start must not find it. */
-        remove_from_store(name);
-        sort_in(by_uuid, name, mvmd_listen_fds_steal(passed, i));
+        removed = mvmd_handoff_remove_from_store(name);
+        sort_in(by_index, name, mvmd_listen_fds_steal(passed, i), removed);
     }
-    g_hash_table_iter_init(&iter, by_uuid);
+    g_hash_table_iter_init(&iter, by_index);
     while (g_hash_table_iter_next(&iter, &key, &value)) {
         g_autoptr(GError) error = NULL;
-        MvmdHandoffIn *vm = take_vm(key, value, &error);
+        MvmdHandoffIn *vm = take_vm(value, &error);
 
         if (vm)
             g_ptr_array_add(vms, vm);
         else
-            g_warning("handoff: VM %s is not taken over: %s", (const char *)key, error->message);
+            g_warning("handoff: VM " MVMD_HANDOFF_FD_PREFIX "%s is not taken over: %s",
+                      (const char *)key, error->message);
     }
     return vms;
 }

@@ -4,13 +4,15 @@
  * systemd's file-descriptor store (docs/architecture.md, "Handing VMs to the next daemon").
  *
  * The daemon that leaves pauses each VM, saves its vCPU and device state into a memfd and
- * pushes, one descriptor per FDSTORE=1 message, named "mvmd-h1.UUID.KIND":
+ * pushes, one descriptor per FDSTORE=1 message, named "mvmd.N.KIND" (N numbers the VMs of
+ * one handoff; names are short, since systemd passes them all in one environment string):
  *   state    the snapshot `state` (format version and digest as any snapshot's)
  *   memory   the guest RAM memfd itself (lib maps it again, shared: no copy)
  *   diskN    the open back end of each disk, in device order
  *   nicN     the open tap of each NIC
  *   def      last: a key file with the definition ([VM], [Config], as the store writes
- *            them) and [Handoff] (Version, Running, GenerationID, Disks, NICs)
+ *            them) and [Handoff] (Version, BootID, Time, Running, GenerationID, Disks,
+ *            NICs); a set from another boot, or older than a restart takes, is refused
  * A VM whose `def` is missing was not handed over completely and is dropped. The next daemon
  * takes them from $LISTEN_FDS / $LISTEN_FDNAMES, removes every one of them from the store
  * before a guest runs again (FDSTOREREMOVE=1: a later start must never find old state), and
@@ -25,7 +27,7 @@
 
 G_BEGIN_DECLS
 
-#define MVMD_HANDOFF_FD_PREFIX "mvmd-h1."
+#define MVMD_HANDOFF_FD_PREFIX "mvmd."
 #define MVMD_HANDOFF_VERSION   1
 
 /* One VM as the leaving daemon hands it over (descriptors borrowed). */
@@ -55,10 +57,15 @@ gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why);
 gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why);
 
 /*
- * Pushes @vm into the store. On failure, what was pushed of it is removed again (best
- * effort; without its `def` the next daemon drops the rest anyway).
+ * Pushes @vm into the store, if the store ($FDSTORE, else the unit's 16384) and the next
+ * daemon's $LISTEN_FDNAMES (96 KiB of names) still take it: else MVMD_ERROR_LIMIT_REACHED and
+ * nothing is pushed. On failure, what was pushed of it is removed again (best effort; without
+ * its `def` the next daemon drops the rest anyway).
  */
 gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error);
+
+/* FDSTOREREMOVE=1 of @name; FALSE (logged) when it could not be sent. */
+gboolean mvmd_handoff_remove_from_store(const char *name);
 
 /* One VM as the next daemon receives it: owns its descriptors. */
 typedef struct {

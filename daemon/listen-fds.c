@@ -85,5 +85,12 @@ void mvmd_listen_fds_close_rest(MvmdListenFds *fds)
             continue;
         g_warning("closing passed fd %d (%s): nothing here uses it", passed->fd, passed->name);
         close(g_steal_fd(&passed->fd));
+        /* Should it be from the store (a format another version wrote), out of it too: a later
+         * version must not find it there, older than what the guests did since. */
+        if (!g_str_equal(passed->name, "unknown")) {
+            g_autofree char *message = g_strdup_printf("FDSTOREREMOVE=1\nFDNAME=%s", passed->name);
+
+            sd_notify(0, message);
+        }
     }
 }

@@ -26,7 +26,7 @@ guint mvmd_listen_fds_count(const MvmdListenFds *fds);
 gboolean mvmd_listen_fds_get(const MvmdListenFds *fds, guint i, int *fd, const char **name);
 int mvmd_listen_fds_steal(MvmdListenFds *fds, guint i);
 
-/* Closes what nobody took, saying so. */
+/* Closes what nobody took, saying so, and removes it from systemd's fd store. */
 void mvmd_listen_fds_close_rest(MvmdListenFds *fds);
 
 G_END_DECLS

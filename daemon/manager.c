@@ -102,6 +102,8 @@ void mvmd_manager_service_load(MvmdManagerService *self)
               mvmd_store_get_dir(self->ctx->store));
 }
 
+static gboolean same_definition(const MvmdVmDefinition *a, const MvmdVmDefinition *b);
+
 /* The stored definition of @vm's name, if it is the same VM; else a new transient one. */
 static MvmdVmService *service_to_adopt(MvmdManagerService *self, MvmdHandoffIn *vm, GError **error)
 {
@@ -115,6 +117,11 @@ static MvmdVmService *service_to_adopt(MvmdManagerService *self, MvmdHandoffIn *
                         "another VM called %s is defined here", vm->definition->name);
             return NULL;
         }
+        /* As Reload leaves a running VM alone: the stored one applies from its next start. */
+        if (!same_definition(mvmd_vm_service_get_definition(service), vm->definition))
+            g_warning("%s: its stored definition changed while it ran; the machine runs on as "
+                      "it was made, the stored definition applies from its next start",
+                      vm->definition->name);
         return service;
     }
     /* Charged, never refused: it was running, and a quota lowered since loses no VM. */

@@ -136,7 +136,12 @@ static void complete_waiters(MvmdVmService *self, gboolean crashed, const char *
     for (GList *l = waiters; l; l = l->next) {
         Waiter *w = l->data;
 
-        if (crashed && w->kind == WAIT_SHUTDOWN)
+        if (self->handed_over)
+            /* It runs on in the next daemon: neither stopped nor shut down. */
+            g_dbus_method_invocation_return_error_literal(
+                g_steal_pointer(&w->invocation), MVMD_ERROR, MVMD_ERROR_INVALID_STATE,
+                "the VM was handed to the next microvmd (a restart), where it runs on");
+        else if (crashed && w->kind == WAIT_SHUTDOWN)
             g_dbus_method_invocation_return_error(
                 g_steal_pointer(&w->invocation), MVMD_ERROR, MVMD_ERROR_FAILED,
                 "the VM crashed while shutting down (%s)", reason);
@@ -189,6 +194,7 @@ static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invoc
     if (self->handed_over) {
         /* Its State stays: the next daemon shows the same VM again, running on. */
         vm_log(self, G_LOG_LEVEL_MESSAGE, "handed over to the next microvmd");
+        complete_waiters(self, FALSE, NULL);
         return;
     }
     set_exit_reason(self, reason);
@@ -251,6 +257,8 @@ static void update_definition(MvmdVmService *self, const OpData *d)
 static void start_done(MvmdVmService *self, const OpData *d, gboolean ok, GError *error,
                        GDBusMethodInvocation *invocation, OpReply reply)
 {
+    gboolean adopted = self->adopting != NULL;
+
     if (self->adopting) {
         g_clear_pointer(&self->adopting, mvmd_handoff_in_free);
         vm_log(self, ok ? G_LOG_LEVEL_MESSAGE : G_LOG_LEVEL_WARNING, "taken over%s%s",
@@ -276,6 +284,9 @@ static void start_done(MvmdVmService *self, const OpData *d, gboolean ok, GError
             set_exit_reason(self, reason);
             flush_properties(self);
             complete_waiters(self, FALSE, reason);
+            /* Not taken over (its state was refused): it comes back as its definition says. */
+            if (adopted && self->definition->autostart)
+                mvmd_vm_service_autostart(self);
             return;
         }
         flush_properties(self);

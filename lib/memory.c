@@ -206,9 +206,13 @@ static gboolean check_shareable(int fd, guint64 size, GError **error)
     int mode = fcntl(fd, F_GETFL);
     struct stat st;
 
-    if (seals < 0 || !(seals & F_SEAL_SHRINK) || !is_shmem(fd))
+    /* All of RAM's own seals: without F_SEAL_SEAL any holder could still seal it against
+     * writing, and the next owner's mapping would fail. */
+    const int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+    if (seals < 0 || (seals & needed) != needed || !is_shmem(fd))
         return mvm_set_invalid(error, "guest memory can be shared only from a memfd sealed "
-                                      "against shrinking (F_SEAL_SHRINK)");
+                                      "against shrinking, growing and further seals");
     if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
         return mvm_set_invalid(error, "shared guest memory must be writable, but the memfd "
                                       "is sealed against writing");

@@ -136,14 +136,18 @@ gboolean mvmd_test_bus_daemon_alive(MvmdTestBus *bus)
     return waitpid(bus->daemon_pid, &status, WNOHANG) == 0;
 }
 
-/* The environment systemd would add ($NOTIFY_SOCKET, $LISTEN_FDS, $LISTEN_FDNAMES); NULL: ours. */
+/*
+ * Ours, with what systemd would add ($NOTIFY_SOCKET, $LISTEN_FDS, $LISTEN_FDNAMES) when the
+ * test asks, and never a store or descriptors of whoever runs the tests (a systemd unit).
+ */
 static GStrv daemon_environment(MvmdTestBus *bus)
 {
-    GStrv env;
+    GStrv env = g_get_environ();
 
-    if (!bus->daemon_notify_socket && !bus->daemon_listen_fds)
-        return NULL;
-    env = g_get_environ();
+    for (const char *const *v =
+             (const char *const[]){"FDSTORE", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", NULL};
+         *v; v++)
+        env = g_environ_unsetenv(env, *v);
     if (bus->daemon_notify_socket)
         env = g_environ_setenv(env, "NOTIFY_SOCKET", bus->daemon_notify_socket, TRUE);
     if (bus->daemon_listen_fds) {

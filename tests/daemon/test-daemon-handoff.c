@@ -224,6 +224,35 @@ static int store_fd(StandIn *s, const char *name)
     return fd;
 }
 
+/*
+ * The N of the stored "mvmd.N.def" that defines VM @name (the names number the VMs; the
+ * definition key file says which is which); the result lives as long as the store's entry.
+ */
+static const char *stored_index(StandIn *s, const char *name)
+{
+    g_autofree char *needle = g_strdup_printf("\nName=%s\n", name);
+    GHashTableIter iter;
+    gpointer key, value;
+    static char index[16];
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&iter, s->store);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        char text[4096] = "";
+
+        if (!g_str_has_suffix(key, ".def") ||
+            pread(GPOINTER_TO_INT(value) - 1, text, sizeof(text) - 1, 0) <= 0 ||
+            !strstr(text, needle))
+            continue;
+        g_snprintf(index, sizeof(index), "%.*s", (int)(strrchr(key, '.') - (char *)key - 5),
+                   (char *)key + 5);
+        g_mutex_unlock(&s->lock);
+        return index;
+    }
+    g_mutex_unlock(&s->lock);
+    g_error("no definition of %s in the store", name);
+}
+
 /* ---- the daemon ---------------------------------------------------------------------------- */
 
 static void start_daemon(Fixture *f, const char *extra)
@@ -289,6 +318,11 @@ static void start_next_daemon(Fixture *f)
     }
     g_hash_table_remove_all(f->systemd.removed);
     g_mutex_unlock(&f->systemd.lock);
+    /* What the kernel takes as one environment string (systemd passes the names so). */
+    for (guint i = 0, len = 0; i < f->bus->daemon_listen_names->len; i++) {
+        len += strlen(f->bus->daemon_listen_names->pdata[i]) + 1;
+        g_assert_cmpuint(len, <, 128 * 1024);
+    }
     start_daemon(f, "--fd-store");
 }
 
@@ -411,9 +445,9 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
 
     hand_over(f);
     /* state, memory, def for each of the two; nothing of the one by fd. */
-    prefix = g_strdup_printf("mvmd-h1.%s.", runner_uuid);
+    prefix = g_strdup_printf("mvmd.%s.", stored_index(&f->systemd, "runner"));
     g_assert_cmpuint(store_count(&f->systemd, prefix), ==, 3);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 6);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 6);
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "by-fd: cannot be handed over"));
 
@@ -426,7 +460,7 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
     /* Out of the store before the guests ran again, every one of them. */
     receive_all(&f->systemd);
     g_assert_cmpuint(removed_count(&f->systemd), ==, 6);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
     /* The transient VM by fd was not taken over: it is gone with the daemon that had it. */
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 2);
 
@@ -460,20 +494,20 @@ static void test_twice_then_stop(Fixture *f, gconstpointer data)
     g_clear_object(&vm);
     for (int round = 0; round < 2; round++) {
         hand_over(f);
-        g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 4); /* and disk0 */
+        g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 4); /* and disk0 */
         start_next_daemon(f);
         vm = vm_by_name(f, "twice");
         mvmd_test_vm_wait_state(vm, "running");
         count = check_counts_on(vm, count);
         g_clear_object(&vm);
         receive_all(&f->systemd);
-        g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+        g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
     }
     /* Not a restart (no systemd to say so): the guest is stopped, nothing is pushed. */
     g_clear_object(&f->manager);
     g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
     receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
 }
 
 /*
@@ -488,8 +522,6 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_autofree char *good_def = NULL, *bad_state = NULL, *log = NULL;
     guint8 byte;
 
-    good_def = g_strdup_printf("mvmd-h1.%s.def", mvmd_vm_get_uuid(good));
-    bad_state = g_strdup_printf("mvmd-h1.%s.state", mvmd_vm_get_uuid(bad));
     mvmd_test_vm_call_ok(good, "Start", NULL);
     mvmd_test_vm_call_ok(bad, "Start", NULL);
     some_count(good);
@@ -497,6 +529,8 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_clear_object(&good);
     g_clear_object(&bad);
     hand_over(f);
+    good_def = g_strdup_printf("mvmd.%s.def", stored_index(&f->systemd, "good"));
+    bad_state = g_strdup_printf("mvmd.%s.state", stored_index(&f->systemd, "bad"));
     /* A bit of the state flipped, and the good VM's def lost. */
     g_assert_cmpint(pread(store_fd(&f->systemd, bad_state), &byte, 1, 100), ==, 1);
     byte ^= 0x40;
@@ -513,7 +547,7 @@ static void test_refused(Fixture *f, gconstpointer data)
     mvmd_test_vm_wait_state(good, "stopped");
     receive_all(&f->systemd);
     g_assert_cmpuint(removed_count(&f->systemd), ==, 5);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(bad), "start-failed:"));
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "was not handed over completely"));
@@ -541,7 +575,7 @@ static void test_no_store(Fixture *f, gconstpointer data)
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "cannot hand the VMs over"));
     receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd-h1."), ==, 0);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
 }
 
 int main(int argc, char **argv)

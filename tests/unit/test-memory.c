@@ -265,6 +265,7 @@ static void test_shared_refused(void)
     g_autoptr(MvmMemory) mem = mvm_memory_new(4 * MVM_MIB, &error);
     int plain = memfd_create("test-memory", MFD_CLOEXEC);
     int write_sealed = memory_file(); /* sealable, 2 MiB */
+    int shrink_sealed = memory_file();
     char path[] = "/tmp/test-memory-XXXXXX";
     int file = mkstemp(path);
     g_autofree char *proc = g_strdup_printf("/proc/self/fd/%d", mvm_memory_get_fd(mem));
@@ -273,8 +274,13 @@ static void test_shared_refused(void)
     g_assert_cmpint(ftruncate(plain, 4 * MVM_MIB), ==, 0);
     g_assert_cmpint(ftruncate(file, 4 * MVM_MIB), ==, 0);
     unlink(path);
-    g_assert_cmpint(fcntl(write_sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_WRITE), ==, 0);
+    g_assert_cmpint(fcntl(shrink_sealed, F_ADD_SEALS, F_SEAL_SHRINK), ==, 0);
+    g_assert_cmpint(fcntl(write_sealed, F_ADD_SEALS,
+                          F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
+                    ==, 0);
     assert_not_shared(plain, 4 * MVM_MIB, "sealed against shrinking");
+    /* Open to more seals: a holder could still seal it against writing. */
+    assert_not_shared(shrink_sealed, 2 * MVM_MIB, "further seals");
     assert_not_shared(file, 4 * MVM_MIB, "sealed against shrinking");
     assert_not_shared(write_sealed, 2 * MVM_MIB, "sealed against writing");
     assert_not_shared(mvm_memory_get_fd(mem), 2 * MVM_MIB, "exactly");
@@ -282,6 +288,7 @@ static void test_shared_refused(void)
     close(plain);
     close(file);
     close(write_sealed);
+    close(shrink_sealed);
     close(read_only);
 }
 

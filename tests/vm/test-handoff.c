@@ -273,13 +273,17 @@ static void test_refusals(void)
     guint64 size = 32 * MVM_MIB;
 
     int unsealed = memfd_with(h.memory_fd, size, 0);
-    int larger = memfd_with(h.memory_fd, size + 2 * MVM_MIB, F_SEAL_SHRINK);
-    int read_only = memfd_with(h.memory_fd, size, F_SEAL_SHRINK | F_SEAL_WRITE);
+    const int ram_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    int shrink_only = memfd_with(h.memory_fd, size, F_SEAL_SHRINK);
+    int larger = memfd_with(h.memory_fd, size + 2 * MVM_MIB, ram_seals);
+    int read_only = memfd_with(h.memory_fd, size, ram_seals | F_SEAL_WRITE);
     g_autofree char *path = NULL;
     int file = g_file_open_tmp("mvm-handoff-XXXXXX", &path, &error);
     g_assert_no_error(error);
     g_assert_cmpint(ftruncate(file, (off_t)size), ==, 0);
     assert_refused(&h, unsealed, 0, "sealed against shrinking");
+    /* Open to more seals: a holder could still seal it against writing. */
+    assert_refused(&h, shrink_only, 0, "further seals");
     assert_refused(&h, larger, 0, "bytes");
     assert_refused(&h, read_only, 0, "sealed against writing");
     assert_refused(&h, file, 0, "sealed against shrinking");
@@ -287,6 +291,7 @@ static void test_refusals(void)
     assert_refused(&h, h.memory_fd, MVM_RESTORE_LAZY, "lazy");
     close(unsealed);
     close(larger);
+    close(shrink_only);
     close(read_only);
     close(file);
     g_unlink(path);
