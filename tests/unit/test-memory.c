@@ -275,9 +275,9 @@ static void test_shared_refused(void)
     g_assert_cmpint(ftruncate(file, 4 * MVM_MIB), ==, 0);
     unlink(path);
     g_assert_cmpint(fcntl(shrink_sealed, F_ADD_SEALS, F_SEAL_SHRINK), ==, 0);
-    g_assert_cmpint(fcntl(write_sealed, F_ADD_SEALS,
-                          F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
-                    ==, 0);
+    g_assert_cmpint(
+        fcntl(write_sealed, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
+        ==, 0);
     assert_not_shared(plain, 4 * MVM_MIB, "sealed against shrinking");
     /* Open to more seals: a holder could still seal it against writing. */
     assert_not_shared(shrink_sealed, 2 * MVM_MIB, "further seals");
