@@ -231,7 +231,8 @@ static GVariant *nics_to_variant(const GPtrArray *nics)
 
 /*
  * Paths of files given by fd cannot be stored: such a disk or NIC comes back
- * without a path, and the restore refuses it with a clear message.
+ * without a path, and only a restore given its back ends takes it
+ * (check_own_backends() in snapshot.c refuses the others with a clear message).
  */
 GVariant *mvm_snapshot_config_to_variant(const MvmVmConfig *config)
 {
@@ -299,9 +300,6 @@ static gboolean disk_from_variant(GVariant *dict, MvmVmConfig *config, GError **
         !lookup(dict, "path", "s", FALSE, &path, error) ||
         !lookup(dict, "read-only", "b", FALSE, &read_only, error))
         return FALSE;
-    if (path == NULL)
-        return invalid(error, "disk %u was given by fd: a snapshot cannot reopen it",
-                       config->disks->len);
     MvmDiskConfig *disk = g_new0(MvmDiskConfig, 1);
     disk->path = dup_string_or_null(path);
     disk->fd = -1;
@@ -320,9 +318,6 @@ static gboolean nic_from_variant(GVariant *dict, MvmVmConfig *config, GError **e
         !lookup(dict, "tap", "s", FALSE, &tap, error) ||
         !lookup(dict, "mac", "ay", FALSE, &mac, error))
         return FALSE;
-    if (tap == NULL)
-        return invalid(error, "NIC %u was given by fd: a snapshot cannot reopen it",
-                       config->nics->len);
     gconstpointer bytes = mac != NULL ? g_variant_get_fixed_array(mac, &n_mac, 1) : NULL;
     if (mac != NULL && n_mac != 6)
         return invalid(error, "MAC of %" G_GSIZE_FORMAT " bytes", n_mac);

@@ -821,6 +821,22 @@ static gboolean use_backends(MvmVmConfig *config, const MvmVmConfig *backends, g
     return TRUE;
 }
 
+/* Without back ends the snapshot's own paths are opened: a disk or NIC given by fd has none. */
+static gboolean check_own_backends(const MvmVmConfig *config, GError **error)
+{
+    for (guint i = 0; i < n_items(config->disks); i++)
+        if (((const MvmDiskConfig *)g_ptr_array_index(config->disks, i))->path == NULL)
+            return mvm_snapshot_invalid(
+                error, "disk %u was given by fd: a snapshot cannot reopen it (give its back end)",
+                i);
+    for (guint i = 0; i < n_items(config->nics); i++)
+        if (((const MvmNetConfig *)g_ptr_array_index(config->nics, i))->tap_name == NULL)
+            return mvm_snapshot_invalid(
+                error, "NIC %u was given by fd: a snapshot cannot reopen it (give its back end)",
+                i);
+    return TRUE;
+}
+
 static guint32 random_cid(guint32 not_this)
 {
     guint32 cid;
@@ -983,7 +999,8 @@ static MvmVm *restore_fds(int state_fd, int memory_fd, const MvmRestoreOptions *
     if (state == NULL)
         return NULL;
     gboolean clone = (options->flags & MVM_RESTORE_CLONE) != 0;
-    if (options->backends != NULL && !use_backends(state->config, options->backends, clone, error))
+    if (options->backends != NULL ? !use_backends(state->config, options->backends, clone, error)
+                                  : !check_own_backends(state->config, error))
         return NULL;
     if (clone)
         clone_identity(state->config, options->backends);

@@ -292,13 +292,21 @@ static void test_config_round_trip(void)
     g_assert_cmpstr(nic->tap_name, ==, "tap7");
     g_assert_cmpmem(nic->mac, 6, "\x02\x00\x00\x00\x00\x07", 6);
 
-    /* A disk given by fd has no path to store: the restore cannot reopen it. */
+    /*
+     * A disk or NIC given by fd has no path to store: it comes back without one, and only a
+     * restore given its back ends takes it (tests/vm/test-snapshot.c, restore-backends).
+     */
     g_clear_pointer(&((MvmDiskConfig *)g_ptr_array_index(config->disks, 0))->path, g_free);
+    g_clear_pointer(&((MvmNetConfig *)g_ptr_array_index(config->nics, 0))->tap_name, g_free);
     g_autoptr(GVariant) by_fd = g_variant_ref_sink(mvm_snapshot_config_to_variant(config));
-    g_autoptr(MvmVmConfig) refused = mvm_snapshot_config_from_variant(by_fd, &limits, &error);
-    g_assert_null(refused);
-    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
-    g_assert_nonnull(strstr(error->message, "given by fd"));
+    g_autoptr(MvmVmConfig) pathless = mvm_snapshot_config_from_variant(by_fd, &limits, &error);
+    g_assert_no_error(error);
+    disk = g_ptr_array_index(pathless->disks, 0);
+    g_assert_null(disk->path);
+    g_assert_cmpint(disk->fd, ==, -1);
+    nic = g_ptr_array_index(pathless->nics, 0);
+    g_assert_null(nic->tap_name);
+    g_assert_cmpint(nic->tap_fd, ==, -1);
 }
 
 static MvmVcpuState *sample_vcpu_state(void)

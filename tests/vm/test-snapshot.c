@@ -1004,6 +1004,36 @@ static void test_restore_backends(void)
     g_assert_null(restore_backends(snap, none, &error));
     g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
     g_assert_nonnull(strstr(error->message, "it has 1 disks"));
+    g_clear_error(&error);
+
+    /* A guest whose disk came by fd: its snapshot names no file, so only back ends restore it. */
+    g_autofree char *snap_by_fd = make_tmpdir();
+    {
+        int afd = open(a, O_RDWR | O_CLOEXEC);
+        g_assert_cmpint(afd, >=, 0);
+        g_autoptr(MvmVmConfig) config = config_with_disk(NULL, afd, FALSE);
+        config->kernel_path = g_strdup(g_getenv("MVM_TESTGUEST"));
+        config->cmdline = g_strdup("mode=pattern pages=16 base_mib=8 every=5 delay=100");
+        config->memory_mib = 32;
+        config->debug_exit = TRUE;
+        snapshot_guest(config, "COUNTER 10\n", snap_by_fd);
+        close(afd);
+    }
+    g_assert_null(mvm_vm_restore(snap_by_fd, MVM_RESTORE_NONE, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, "disk 0 was given by fd"));
+    g_clear_error(&error);
+    fd = open(b, O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_autoptr(MvmVmConfig) by_fd_again = config_with_disk(NULL, fd, FALSE);
+    g_autoptr(MvmVm) again = restore_backends(snap_by_fd, by_fd_again, &error);
+    g_assert_no_error(error);
+    close(fd);
+    g_autoptr(Capture) c3 = capture_new();
+    mvm_vm_set_console_callback(again, on_console, c3);
+    g_assert_true(mvm_vm_resume(again, &error));
+    g_assert_true(capture_wait_from(c3, 0, "COUNTER", TIMEOUT_US));
+    rm_rf(snap_by_fd);
     rm_rf(snap);
     rm_rf(dir);
 }
