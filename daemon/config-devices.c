@@ -423,7 +423,22 @@ static char *format_mac(const guint8 mac[6])
                            mac[5]);
 }
 
-static GVariant *disks_to_variant(const MvmdDevices *devices)
+GVariant *mvmd_config_fd_handle(GArray *fds, int fd)
+{
+    g_array_append_val(fds, fd);
+    return g_variant_new_handle((gint32)fds->len - 1);
+}
+
+/* A device's caller descriptor: a handle into @fds when they are carried, else `fd-passed`. */
+static void add_fd(GVariantBuilder *b, GArray *fds, int fd)
+{
+    if (fds)
+        g_variant_builder_add(b, "{sv}", "fd", mvmd_config_fd_handle(fds, fd));
+    else
+        g_variant_builder_add(b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
+}
+
+static GVariant *disks_to_variant(const MvmdDevices *devices, GArray *fds)
 {
     GVariantBuilder b;
 
@@ -435,14 +450,14 @@ static GVariant *disks_to_variant(const MvmdDevices *devices)
         if (disk->path)
             g_variant_builder_add(&b, "{sv}", "path", g_variant_new_string(disk->path));
         else
-            g_variant_builder_add(&b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
+            add_fd(&b, fds, disk->fd);
         g_variant_builder_add(&b, "{sv}", "read-only", g_variant_new_boolean(disk->read_only));
         g_variant_builder_close(&b);
     }
     return g_variant_builder_end(&b);
 }
 
-static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored)
+static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored, GArray *fds)
 {
     GVariantBuilder b;
 
@@ -454,7 +469,7 @@ static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored)
         if (nic->tap)
             g_variant_builder_add(&b, "{sv}", "tap", g_variant_new_string(nic->tap));
         else
-            g_variant_builder_add(&b, "{sv}", "fd-passed", g_variant_new_boolean(TRUE));
+            add_fd(&b, fds, nic->fd);
         if (nic->has_mac && !(stored && nic->mac_chosen))
             g_variant_builder_add(&b, "{sv}", "mac",
                                   g_variant_new_take_string(format_mac(nic->mac)));
@@ -463,12 +478,13 @@ static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored)
     return g_variant_builder_end(&b);
 }
 
-void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GVariantBuilder *b)
+void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GArray *fds,
+                             GVariantBuilder *b)
 {
     if (devices->disks->len > 0)
-        g_variant_builder_add(b, "{sv}", "disks", disks_to_variant(devices));
+        g_variant_builder_add(b, "{sv}", "disks", disks_to_variant(devices, fds));
     if (devices->nics->len > 0)
-        g_variant_builder_add(b, "{sv}", "network", nics_to_variant(devices, stored));
+        g_variant_builder_add(b, "{sv}", "network", nics_to_variant(devices, stored, fds));
     /* A clone's CID is 0 until its restore picks one: the socket says there is a device. */
     if (devices->vsock_uds_path != NULL) {
         GVariantBuilder v;

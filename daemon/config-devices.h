@@ -87,10 +87,15 @@ gboolean mvmd_devices_check(const MvmdDevices *devices, GError **error);
 gboolean mvmd_devices_have_fds(const MvmdDevices *devices);
 
 /*
- * Adds the present device keys to @b (a{sv}); an fd shows as `fd-passed` true. @stored: for
- * the stored definition, which leaves out the MACs the library chose.
+ * Adds the present device keys to @b (a{sv}); an fd shows as `fd-passed` true, or, with @fds
+ * (a handoff's), as `fd`: a handle into @fds, where the descriptor is appended (borrowed).
+ * @stored: for the stored definition, which leaves out the MACs the library chose.
  */
-void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GVariantBuilder *b);
+void mvmd_devices_to_variant(const MvmdDevices *devices, gboolean stored, GArray *fds,
+                             GVariantBuilder *b);
+
+/* @fd appended to @fds (of int, borrowed), and the handle that names it there. */
+GVariant *mvmd_config_fd_handle(GArray *fds, int fd);
 
 /* Fills the lib config; fds are borrowed (the VM dups what it keeps). */
 void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm);

@@ -442,8 +442,11 @@ static void restored_to_variant(const MvmdVmDefinition *config, GVariantBuilder 
     g_variant_builder_add(b, "{sv}", "lazy", g_variant_new_boolean(config->lazy));
 }
 
-/* @stored: for the stored definition (devices_to_keyfile()), else for GetConfig. */
-static GVariant *definition_to_variant(const MvmdVmDefinition *config, gboolean stored)
+/*
+ * @stored: for the stored definition (devices_to_keyfile()), else for GetConfig. @fds: a
+ * handoff's, where the devices' descriptors go (mvmd_devices_to_variant()).
+ */
+static GVariant *definition_to_variant(const MvmdVmDefinition *config, gboolean stored, GArray *fds)
 {
     GVariantBuilder b;
 
@@ -468,7 +471,7 @@ static GVariant *definition_to_variant(const MvmdVmDefinition *config, gboolean 
     g_variant_builder_add(
         &b, "{sv}", "on-reboot",
         g_variant_new_string(config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart"));
-    mvmd_devices_to_variant(&config->devices, stored, &b);
+    mvmd_devices_to_variant(&config->devices, stored, fds, &b);
     g_variant_builder_add(&b, "{sv}", "cpu-template",
                           g_variant_new_string(mvmd_vm_definition_cpu_template(config)));
     return g_variant_builder_end(&b);
@@ -476,7 +479,7 @@ static GVariant *definition_to_variant(const MvmdVmDefinition *config, gboolean 
 
 GVariant *mvmd_vm_definition_to_variant(const MvmdVmDefinition *config)
 {
-    return definition_to_variant(config, FALSE);
+    return definition_to_variant(config, FALSE, NULL);
 }
 
 const char *mvmd_vm_definition_cpu_template(const MvmdVmDefinition *config)
@@ -504,9 +507,9 @@ MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config)
 /* ---- GKeyFile -------------------------------------------------------------------------- */
 
 /* The container keys are stored as GVariant text, read back with g_variant_parse(). */
-static void devices_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config)
+static void devices_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config, GArray *fds)
 {
-    g_autoptr(GVariant) all = g_variant_ref_sink(definition_to_variant(config, TRUE));
+    g_autoptr(GVariant) all = g_variant_ref_sink(definition_to_variant(config, TRUE, fds));
     static const char *const device_keys[] = {"disks", "network", "vsock"};
 
     for (gsize i = 0; i < G_N_ELEMENTS(device_keys); i++) {
@@ -519,7 +522,16 @@ static void devices_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config)
     g_key_file_set_boolean(kf, GROUP_CONFIG, "rng", config->devices.rng);
 }
 
-GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
+/* `kernel-fd`, `initrd-fd`: as GVariant text ("handle 0"), which keyfile_value() parses. */
+static void fd_to_keyfile(GKeyFile *kf, const char *key, GArray *fds, int fd)
+{
+    g_autoptr(GVariant) handle = g_variant_ref_sink(mvmd_config_fd_handle(fds, fd));
+    g_autofree char *text = g_variant_print(handle, FALSE);
+
+    g_key_file_set_string(kf, GROUP_CONFIG, key, text);
+}
+
+static GKeyFile *definition_to_keyfile(const MvmdVmDefinition *config, GArray *fds)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
 
@@ -530,8 +542,12 @@ GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
     g_key_file_set_uint64(kf, GROUP_CONFIG, "memory-mib", config->memory_mib);
     if (config->kernel)
         g_key_file_set_string(kf, GROUP_CONFIG, "kernel", config->kernel);
+    else if (fds && config->kernel_fd >= 0)
+        fd_to_keyfile(kf, "kernel-fd", fds, config->kernel_fd);
     if (config->initrd)
         g_key_file_set_string(kf, GROUP_CONFIG, "initrd", config->initrd);
+    else if (fds && config->initrd_fd >= 0)
+        fd_to_keyfile(kf, "initrd-fd", fds, config->initrd_fd);
     if (config->cmdline)
         g_key_file_set_string(kf, GROUP_CONFIG, "cmdline", config->cmdline);
     g_key_file_set_boolean(kf, GROUP_CONFIG, "persist", config->persist);
@@ -539,21 +555,34 @@ GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
     g_key_file_set_boolean(kf, GROUP_CONFIG, "debug-exit", config->debug_exit);
     g_key_file_set_string(kf, GROUP_CONFIG, "on-reboot",
                           config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart");
-    devices_to_keyfile(kf, config);
+    devices_to_keyfile(kf, config, fds);
     /* Left out when not given: a definition without it is "host" to any version. */
     if (config->cpu_template)
         g_key_file_set_string(kf, GROUP_CONFIG, "cpu-template", config->cpu_template);
     return g_steal_pointer(&kf);
 }
 
-/* One [Config] entry as the variant CreateVM would have received. */
-static GVariant *keyfile_value(GKeyFile *kf, const char *key, GError **error)
+GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config)
+{
+    return definition_to_keyfile(config, NULL);
+}
+
+GKeyFile *mvmd_vm_definition_to_keyfile_with_fds(const MvmdVmDefinition *config, GArray *fds)
+{
+    return definition_to_keyfile(config, fds);
+}
+
+/*
+ * One [Config] entry as the variant CreateVM would have received. The descriptor keys are
+ * read only with descriptors to read them against (@with_fds: a handoff's definition).
+ */
+static GVariant *keyfile_value(GKeyFile *kf, const char *key, gboolean with_fds, GError **error)
 {
     const KeyInfo *info = key_lookup(key);
     g_autoptr(GError) local = NULL;
     GVariant *value = NULL;
 
-    if (!info || !info->storable) {
+    if (!info || !(info->storable || (with_fds && g_str_equal(info->type, "h")))) {
         invalid(error, key, "unknown key in a stored definition");
         return NULL;
     }
@@ -608,7 +637,8 @@ static gboolean keyfile_owner(GKeyFile *kf, guint32 *owner, GError **error)
     return TRUE;
 }
 
-MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *kf, GError **error)
+MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile_with_fds(GKeyFile *kf, GUnixFDList *fd_list,
+                                                               GError **error)
 {
     g_autoptr(MvmdVmDefinition) config = NULL;
     g_autofree char *name = NULL;
@@ -629,7 +659,7 @@ MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *kf, GError **err
 
     g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
     for (char **k = cfg_keys; *k; k++) {
-        g_autoptr(GVariant) value = keyfile_value(kf, *k, error);
+        g_autoptr(GVariant) value = keyfile_value(kf, *k, fd_list != NULL, error);
         if (!value) {
             g_variant_builder_clear(&b);
             return NULL;
@@ -637,8 +667,13 @@ MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *kf, GError **err
         g_variant_builder_add(&b, "{sv}", *k, value);
     }
     variant = g_variant_ref_sink(g_variant_builder_end(&b));
-    config = mvmd_vm_definition_new_from_variant(name, uuid, variant, NULL, error);
+    config = mvmd_vm_definition_new_from_variant(name, uuid, variant, fd_list, error);
     if (config && !keyfile_owner(kf, &config->owner, error))
         return NULL;
     return g_steal_pointer(&config);
+}
+
+MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *kf, GError **error)
+{
+    return mvmd_vm_definition_new_from_keyfile_with_fds(kf, NULL, error);
 }

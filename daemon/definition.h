@@ -122,4 +122,15 @@ MvmVmConfig *mvmd_vm_definition_to_mvm(const MvmdVmDefinition *config);
 GKeyFile *mvmd_vm_definition_to_keyfile(const MvmdVmDefinition *config);
 MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile(GKeyFile *keyfile, GError **error);
 
+/*
+ * For a handoff (handoff.h): the same, and each descriptor the caller passed (`kernel-fd`,
+ * `initrd-fd`, a disk's or a NIC's `fd`) written as a handle, its descriptor appended to @fds
+ * (of int, borrowed). Read back with the handles into @fd_list, each descriptor dup'ed and
+ * checked as CreateVM checks a caller's.
+ */
+GKeyFile *mvmd_vm_definition_to_keyfile_with_fds(const MvmdVmDefinition *config, GArray *fds);
+MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile_with_fds(GKeyFile *keyfile,
+                                                               GUnixFDList *fd_list,
+                                                               GError **error);
+
 G_END_DECLS

@@ -3,11 +3,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
+
+#include <gio/gunixfdlist.h>
 
 #include "errors.h"
 
@@ -53,14 +57,9 @@ gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why)
 
 gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why)
 {
-    if (mvmd_vm_definition_is_restored(definition))
-        *why = "it was made by RestoreVM, whose snapshot descriptors a handoff does not carry";
-    else if (definition->kernel_fd >= 0 || definition->initrd_fd >= 0 ||
-             mvmd_devices_have_fds(&definition->devices))
-        *why = "its definition holds descriptors its caller passed, which a handoff does not "
-               "carry";
-    else
-        *why = NULL;
+    *why = mvmd_vm_definition_is_restored(definition)
+               ? "it was made by RestoreVM, whose snapshot a handoff does not carry"
+               : NULL;
     return *why == NULL;
 }
 
@@ -109,10 +108,121 @@ static const char *boot_id(void)
     return g_strstrip(id);
 }
 
-/* The definition and what the next daemon needs besides, in a sealed memfd. */
-static int write_def(const MvmdHandoffOut *vm, GError **error)
+/* One descriptor to push, "mvmd.N.KIND". */
+typedef struct {
+    char *kind;
+    int fd;        /* borrowed */
+    gboolean ours; /* a memfd made for this handoff: no other VM has it */
+} Planned;
+
+/* One VM's descriptors, its definition last. */
+typedef struct {
+    guint index;
+    GArray *entries; /* of Planned */
+} Plan;
+
+static void planned_clear(Planned *entry)
 {
-    g_autoptr(GKeyFile) kf = mvmd_vm_definition_to_keyfile(vm->definition);
+    g_free(entry->kind);
+}
+
+static const char *plan_add(Plan *plan, const char *kind, int fd, gboolean ours)
+{
+    Planned entry = {g_strdup(kind), fd, ours};
+
+    g_array_append_val(plan->entries, entry);
+    return entry.kind;
+}
+
+static char *plan_name(const Plan *plan, guint i)
+{
+    return g_strdup_printf(MVMD_HANDOFF_FD_PREFIX "%u.%s", plan->index,
+                           g_array_index(plan->entries, Planned, i).kind);
+}
+
+/*
+ * Do @a and @b share one open file? systemd's store keeps such descriptors once, under the
+ * first name, and tells them apart as this does: kcmp(KCMP_FILE), or, where the kernel has
+ * no kcmp, the same inode opened with the same flags.
+ */
+static gboolean same_open_file(int a, int b)
+{
+    pid_t pid = getpid();
+    long r = syscall(SYS_kcmp, pid, pid, KCMP_FILE, a, b);
+    struct stat sa, sb;
+
+    if (r >= 0)
+        return r == 0;
+    return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino && fcntl(a, F_GETFL) == fcntl(b, F_GETFL);
+}
+
+/* The kind under which @fd's open file is among @plan's first @n entries, or NULL. */
+static const char *plan_find_among(const Plan *plan, guint n, int fd)
+{
+    for (guint i = 0; i < n; i++) {
+        const Planned *entry = &g_array_index(plan->entries, Planned, i);
+
+        if (!entry->ours && same_open_file(entry->fd, fd))
+            return entry->kind;
+    }
+    return NULL;
+}
+
+static const char *plan_find(const Plan *plan, int fd)
+{
+    return plan_find_among(plan, plan->entries->len, fd);
+}
+
+static const char *plan_find_before(const Plan *plan, guint i)
+{
+    return plan_find_among(plan, i, g_array_index(plan->entries, Planned, i).fd);
+}
+
+static void plan_backends(Plan *plan, const MvmVmConfig *backends)
+{
+    for (guint i = 0; backends->disks && i < backends->disks->len; i++) {
+        const MvmDiskConfig *disk = g_ptr_array_index(backends->disks, i);
+        g_autofree char *kind = g_strdup_printf("disk%u", i);
+
+        plan_add(plan, kind, disk->fd, FALSE);
+    }
+    for (guint i = 0; backends->nics && i < backends->nics->len; i++) {
+        const MvmNetConfig *nic = g_ptr_array_index(backends->nics, i);
+        g_autofree char *kind = g_strdup_printf("nic%u", i);
+
+        plan_add(plan, kind, nic->tap_fd, FALSE);
+    }
+}
+
+/*
+ * The descriptors the definition names by handle, each as the kind it goes under: "fdN", or
+ * a back end's own kind when it is that back end's open file (the library dups the caller's
+ * descriptor), which the store would keep only once.
+ */
+static char **plan_caller_fds(Plan *plan, GArray *caller_fds)
+{
+    g_autoptr(GStrvBuilder) kinds = g_strv_builder_new();
+
+    for (guint i = 0; i < caller_fds->len; i++) {
+        int fd = g_array_index(caller_fds, int, i);
+        const char *kind = plan_find(plan, fd);
+        g_autofree char *own = kind ? NULL : g_strdup_printf("fd%u", i);
+
+        g_strv_builder_add(kinds, kind ? kind : plan_add(plan, own, fd, FALSE));
+    }
+    return g_strv_builder_end(kinds);
+}
+
+/*
+ * The definition and what the next daemon needs besides, in a sealed memfd. The descriptors
+ * its caller passed are planned too, and [Handoff] CallerFDs lists their kinds by handle.
+ */
+static int write_def(const MvmdHandoffOut *vm, Plan *plan, GError **error)
+{
+    g_autoptr(GArray) caller_fds = g_array_new(FALSE, FALSE, sizeof(int));
+    g_autoptr(GKeyFile) kf = mvmd_vm_definition_to_keyfile_with_fds(vm->definition, caller_fds);
+    g_auto(GStrv) caller_kinds = plan_caller_fds(plan, caller_fds);
     g_autofree char *data = NULL;
     gsize len;
     int fd;
@@ -132,6 +242,8 @@ static int write_def(const MvmdHandoffOut *vm, GError **error)
                            vm->backends->disks ? (int)vm->backends->disks->len : 0);
     g_key_file_set_integer(kf, GROUP_HANDOFF, "NICs",
                            vm->backends->nics ? (int)vm->backends->nics->len : 0);
+    g_key_file_set_string_list(kf, GROUP_HANDOFF, "CallerFDs", (const char *const *)caller_kinds,
+                               g_strv_length(caller_kinds));
     data = g_key_file_to_data(kf, &len, NULL);
     fd = memfd_create("microvmd-handoff-def", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0 || write(fd, data, len) != (ssize_t)len ||
@@ -144,31 +256,76 @@ static int write_def(const MvmdHandoffOut *vm, GError **error)
     return fd;
 }
 
-/* One VM's descriptors and their names, "mvmd.N.KIND", its definition last. */
-typedef struct {
-    GPtrArray *names; /* of char * */
-    GArray *fds;      /* of int, borrowed */
-} Plan;
+/*
+ * The back ends and caller descriptors pushed so far (dup'ed: each must stay open to be
+ * compared), by inode, "DEV:INO" → GArray of fds.
+ */
+static GHashTable *pushed_files;
 
-static void plan_add(Plan *plan, guint index, const char *kind, int fd)
+static char *inode_key(int fd)
 {
-    g_ptr_array_add(plan->names, g_strdup_printf(MVMD_HANDOFF_FD_PREFIX "%u.%s", index, kind));
-    g_array_append_val(plan->fds, fd);
+    struct stat st;
+
+    return fstat(fd, &st) == 0 ? g_strdup_printf("%" G_GUINT64_FORMAT ":%" G_GUINT64_FORMAT,
+                                                 (guint64)st.st_dev, (guint64)st.st_ino)
+                               : NULL;
 }
 
-static void plan_backends(Plan *plan, guint index, const MvmVmConfig *backends)
+/*
+ * A descriptor another VM handed over shares its open file (one descriptor passed to two
+ * CreateVM calls): the store would keep it under the other VM's name alone, and the next
+ * daemon could not take this VM. Such a VM is not handed over.
+ */
+static gboolean plan_check_unshared(const Plan *plan, GError **error)
 {
-    for (guint i = 0; backends->disks && i < backends->disks->len; i++) {
-        const MvmDiskConfig *disk = g_ptr_array_index(backends->disks, i);
-        g_autofree char *kind = g_strdup_printf("disk%u", i);
+    for (guint i = 0; i < plan->entries->len; i++) {
+        const Planned *entry = &g_array_index(plan->entries, Planned, i);
+        const char *first = entry->ours ? NULL : plan_find_before(plan, i);
 
-        plan_add(plan, index, kind, disk->fd);
+        if (first) {
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED,
+                        "its %s and %s are one open file, which systemd's store keeps once", first,
+                        entry->kind);
+            return FALSE;
+        }
     }
-    for (guint i = 0; backends->nics && i < backends->nics->len; i++) {
-        const MvmNetConfig *nic = g_ptr_array_index(backends->nics, i);
-        g_autofree char *kind = g_strdup_printf("nic%u", i);
+    for (guint i = 0; pushed_files && i < plan->entries->len; i++) {
+        const Planned *entry = &g_array_index(plan->entries, Planned, i);
+        g_autofree char *key = entry->ours ? NULL : inode_key(entry->fd);
+        GArray *same_inode = key ? g_hash_table_lookup(pushed_files, key) : NULL;
 
-        plan_add(plan, index, kind, nic->tap_fd);
+        for (guint j = 0; same_inode && j < same_inode->len; j++) {
+            if (same_open_file(entry->fd, g_array_index(same_inode, int, j))) {
+                g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED,
+                            "its %s is a file another VM was handed over with, which systemd's "
+                            "store keeps once",
+                            entry->kind);
+                return FALSE;
+            }
+        }
+    }
+    return TRUE;
+}
+
+static void plan_remember(const Plan *plan)
+{
+    if (!pushed_files)
+        pushed_files =
+            g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
+    for (guint i = 0; i < plan->entries->len; i++) {
+        const Planned *entry = &g_array_index(plan->entries, Planned, i);
+        g_autofree char *key = entry->ours ? NULL : inode_key(entry->fd);
+        int copy = key ? fcntl(entry->fd, F_DUPFD_CLOEXEC, 3) : -1;
+        GArray *same_inode;
+
+        if (copy < 0)
+            continue; /* out of descriptors: the next check compares fewer, as before */
+        same_inode = g_hash_table_lookup(pushed_files, key);
+        if (!same_inode) {
+            same_inode = g_array_new(FALSE, FALSE, sizeof(int));
+            g_hash_table_insert(pushed_files, g_steal_pointer(&key), same_inode);
+        }
+        g_array_append_val(same_inode, copy);
     }
 }
 
@@ -176,9 +333,12 @@ static void plan_backends(Plan *plan, guint index, const MvmVmConfig *backends)
 static gboolean plan_fits(const Plan *plan, gsize *name_bytes, GError **error)
 {
     *name_bytes = 0;
-    for (guint i = 0; i < plan->names->len; i++)
-        *name_bytes += strlen(plan->names->pdata[i]) + 1; /* and its ':' */
-    if (pushed_fds + plan->fds->len > store_capacity() ||
+    for (guint i = 0; i < plan->entries->len; i++) {
+        g_autofree char *name = plan_name(plan, i);
+
+        *name_bytes += strlen(name) + 1; /* and its ':' */
+    }
+    if (pushed_fds + plan->entries->len > store_capacity() ||
         pushed_name_bytes + *name_bytes > NAMES_MAX_BYTES) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
                     "the fd store is full (%u descriptors of %u, %" G_GSIZE_FORMAT
@@ -191,30 +351,37 @@ static gboolean plan_fits(const Plan *plan, gsize *name_bytes, GError **error)
 
 static gboolean push_plan(const Plan *plan, GPtrArray *pushed, GError **error)
 {
-    for (guint i = 0; i < plan->fds->len; i++)
-        if (!push_fd(g_array_index(plan->fds, int, i), plan->names->pdata[i], pushed, error))
+    for (guint i = 0; i < plan->entries->len; i++) {
+        g_autofree char *name = plan_name(plan, i);
+
+        if (!push_fd(g_array_index(plan->entries, Planned, i).fd, name, pushed, error))
             return FALSE;
+    }
     return TRUE;
 }
 
 gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
 {
     g_autoptr(GPtrArray) pushed = g_ptr_array_new_with_free_func(g_free);
-    Plan plan = {g_ptr_array_new_with_free_func(g_free), g_array_new(FALSE, FALSE, sizeof(int))};
-    guint index = pushed_vms;
+    g_autoptr(GArray) entries = g_array_new(FALSE, FALSE, sizeof(Planned));
+    Plan plan = {pushed_vms, entries};
     gsize name_bytes;
-    int def_fd = write_def(vm, error);
+    int def_fd;
     gboolean ok;
 
-    plan_add(&plan, index, "state", vm->state_fd);
-    plan_add(&plan, index, "memory", vm->memory_fd);
-    plan_backends(&plan, index, vm->backends);
+    g_array_set_clear_func(entries, (GDestroyNotify)planned_clear);
+    plan_add(&plan, "state", vm->state_fd, TRUE);
+    plan_add(&plan, "memory", vm->memory_fd, TRUE);
+    plan_backends(&plan, vm->backends);
+    def_fd = write_def(vm, &plan, error);
     /* Last: a VM is handed over once its `def` is in the store, and only then. */
-    plan_add(&plan, index, "def", def_fd);
-    ok = def_fd >= 0 && plan_fits(&plan, &name_bytes, error) && push_plan(&plan, pushed, error);
+    plan_add(&plan, "def", def_fd, TRUE);
+    ok = def_fd >= 0 && plan_check_unshared(&plan, error) && plan_fits(&plan, &name_bytes, error) &&
+         push_plan(&plan, pushed, error);
     if (ok) {
+        plan_remember(&plan);
         pushed_vms++;
-        pushed_fds += plan.fds->len;
+        pushed_fds += plan.entries->len;
         pushed_name_bytes += name_bytes;
     } else {
         for (guint i = 0; i < pushed->len; i++)
@@ -222,8 +389,6 @@ gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
     }
     if (def_fd >= 0)
         close(def_fd);
-    g_ptr_array_unref(plan.names);
-    g_array_unref(plan.fds);
     return ok;
 }
 
@@ -414,17 +579,66 @@ static gboolean check_version(GKeyFile *kf, GError **error)
     return FALSE;
 }
 
-/* [Handoff], then the definition with the same checks as a stored one gets. */
-static gboolean parse_def(GKeyFile *kf, MvmdHandoffIn *vm, GError **error)
+/* One descriptor by @kind_prefix and @i ("disk0", "fd2"…): the caller owns it. */
+static gboolean take_numbered(Pending *p, const char *kind_prefix, guint i, int *fd, GError **error)
 {
+    g_autofree char *kind = g_strdup_printf("%s%u", kind_prefix, i);
+
+    *fd = pending_take(p, kind);
+    if (*fd >= 0)
+        return TRUE;
+    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s is missing", kind);
+    return FALSE;
+}
+
+/*
+ * The descriptors the definition names by handle, by the kinds [Handoff] CallerFDs lists: a
+ * back end's ("disk0"), which take_backends() takes later, is copied; the caller's own
+ * ("fd1") are taken.
+ */
+static GUnixFDList *take_caller_fds(GKeyFile *kf, Pending *p, GError **error)
+{
+    g_autoptr(GUnixFDList) list = g_unix_fd_list_new();
+    gsize n = 0;
+    g_auto(GStrv) kinds = g_key_file_get_string_list(kf, GROUP_HANDOFF, "CallerFDs", &n, NULL);
+
+    for (gsize i = 0; i < n; i++) {
+        gpointer value = g_hash_table_lookup(p->fds, kinds[i]);
+
+        if (!value) {
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s is missing", kinds[i]);
+            return NULL;
+        }
+        if (g_unix_fd_list_append(list, GPOINTER_TO_INT(value) - 1, error) < 0)
+            return NULL;
+    }
+    for (gsize i = 0; i < n; i++) {
+        int fd = g_str_has_prefix(kinds[i], "fd") ? pending_take(p, kinds[i]) : -1;
+
+        if (fd >= 0)
+            close(fd);
+    }
+    return g_steal_pointer(&list);
+}
+
+/*
+ * [Handoff], then the definition with the same checks as a stored one gets, and those of
+ * CreateVM for the descriptors its caller passed.
+ */
+static gboolean parse_def(GKeyFile *kf, Pending *p, MvmdHandoffIn *vm, GError **error)
+{
+    g_autoptr(GUnixFDList) caller_fds = NULL;
     guint disks, nics;
 
     if (!check_version(kf, error) || !parse_count(kf, "Disks", &disks, error) ||
         !parse_count(kf, "NICs", &nics, error) || !parse_generation_id(kf, vm, error))
         return FALSE;
+    caller_fds = take_caller_fds(kf, p, error);
+    if (!caller_fds)
+        return FALSE;
     vm->running = g_key_file_get_boolean(kf, GROUP_HANDOFF, "Running", NULL);
     g_key_file_remove_group(kf, GROUP_HANDOFF, NULL);
-    vm->definition = mvmd_vm_definition_new_from_keyfile(kf, error);
+    vm->definition = mvmd_vm_definition_new_from_keyfile_with_fds(kf, caller_fds, error);
     if (!vm->definition)
         return FALSE;
     vm->uuid = g_strdup(vm->definition->uuid);
@@ -437,36 +651,31 @@ static gboolean parse_def(GKeyFile *kf, MvmdHandoffIn *vm, GError **error)
     return TRUE;
 }
 
-/* One handed back end by @kind ("disk0"…), put where the definition's own path or tap was. */
-static gboolean take_backend(Pending *p, const char *kind_prefix, guint i, int *fd, GError **error)
-{
-    g_autofree char *kind = g_strdup_printf("%s%u", kind_prefix, i);
-
-    *fd = pending_take(p, kind);
-    if (*fd >= 0)
-        return TRUE;
-    g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s is missing", kind);
-    return FALSE;
-}
-
 /*
  * The definition's devices, each with the descriptor handed over: the path or tap name stays
  * beside it, unopened (the fd is used), since the machine's state names it for the next
- * handoff or snapshot.
+ * handoff or snapshot. The definition's own descriptors are not the back ends': forgotten.
  */
 static gboolean take_backends(Pending *p, MvmdHandoffIn *vm, GError **error)
 {
-    vm->backends = mvmd_vm_definition_to_mvm(vm->definition);
-    for (guint i = 0; vm->backends->disks && i < vm->backends->disks->len; i++) {
-        MvmDiskConfig *disk = g_ptr_array_index(vm->backends->disks, i);
+    MvmVmConfig *backends = mvmd_vm_definition_to_mvm(vm->definition);
 
-        if (!take_backend(p, "disk", i, &disk->fd, error))
+    vm->backends = backends;
+    backends->kernel_fd = backends->initrd_fd = -1;
+    for (guint i = 0; backends->disks && i < backends->disks->len; i++)
+        ((MvmDiskConfig *)g_ptr_array_index(backends->disks, i))->fd = -1;
+    for (guint i = 0; backends->nics && i < backends->nics->len; i++)
+        ((MvmNetConfig *)g_ptr_array_index(backends->nics, i))->tap_fd = -1;
+    for (guint i = 0; backends->disks && i < backends->disks->len; i++) {
+        MvmDiskConfig *disk = g_ptr_array_index(backends->disks, i);
+
+        if (!take_numbered(p, "disk", i, &disk->fd, error))
             return FALSE;
     }
-    for (guint i = 0; vm->backends->nics && i < vm->backends->nics->len; i++) {
-        MvmNetConfig *nic = g_ptr_array_index(vm->backends->nics, i);
+    for (guint i = 0; backends->nics && i < backends->nics->len; i++) {
+        MvmNetConfig *nic = g_ptr_array_index(backends->nics, i);
 
-        if (!take_backend(p, "nic", i, &nic->tap_fd, error))
+        if (!take_numbered(p, "nic", i, &nic->tap_fd, error))
             return FALSE;
     }
     return TRUE;
@@ -490,7 +699,7 @@ static MvmdHandoffIn *take_vm(Pending *p, GError **error)
     }
     kf = read_def(def_fd, error);
     close(def_fd);
-    if (!kf || !parse_def(kf, vm, error))
+    if (!kf || !parse_def(kf, p, vm, error))
         return NULL;
     if (p->not_removed || p->duplicate) {
         g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,

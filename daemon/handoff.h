@@ -10,9 +10,13 @@
  *   memory   the guest RAM memfd itself (lib maps it again, shared: no copy)
  *   diskN    the open back end of each disk, in device order
  *   nicN     the open tap of each NIC
+ *   fdN      each descriptor the definition's caller passed (kernel-fd, initrd-fd, a disk's
+ *            or NIC's fd) that is not one of the back ends above: systemd's store keeps an
+ *            open file once, and the library's back end is a dup of its caller's descriptor
  *   def      last: a key file with the definition ([VM], [Config], as the store writes
- *            them) and [Handoff] (Version, BootID, Time, Running, GenerationID, Disks,
- *            NICs); a set from another boot, or older than a restart takes, is refused
+ *            them, the caller's descriptors as handles) and [Handoff] (Version, BootID,
+ *            Time, Running, GenerationID, Disks, NICs, and CallerFDs: the kind each handle
+ *            names); a set from another boot, or older than a restart takes, is refused
  * A VM whose `def` is missing was not handed over completely and is dropped. The next daemon
  * takes them from $LISTEN_FDS / $LISTEN_FDNAMES, removes every one of them from the store
  * before a guest runs again (FDSTOREREMOVE=1: a later start must never find old state), and

@@ -10,10 +10,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -43,6 +45,7 @@ typedef struct {
     GMutex lock;         /* the tables below */
     GHashTable *store;   /* FDNAME → fd + 1 */
     GHashTable *removed; /* FDNAME → 1: names the daemon took out of the store */
+    guint dropped;       /* descriptors of an open file stored already */
 } StandIn;
 
 typedef struct {
@@ -120,6 +123,20 @@ static char *field(const char *message, const char *key)
     return NULL;
 }
 
+/* Is @fd's open file stored already (systemd's same_fd(): kcmp)? Called with the lock. */
+static gboolean already_stored(StandIn *s, int fd)
+{
+    GHashTableIter iter;
+    gpointer value;
+    pid_t pid = getpid();
+
+    g_hash_table_iter_init(&iter, s->store);
+    while (g_hash_table_iter_next(&iter, NULL, &value))
+        if (syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, GPOINTER_TO_INT(value) - 1) == 0)
+            return TRUE;
+    return FALSE;
+}
+
 /* One datagram: FDSTORE=1 keeps its descriptor under FDNAME, FDSTOREREMOVE=1 drops it. */
 static gboolean receive_one(StandIn *s)
 {
@@ -156,7 +173,13 @@ static gboolean receive_one(StandIn *s)
         g_assert_nonnull(name);
         g_assert_cmpint(fd, >=, 0);
         g_assert_false(g_hash_table_contains(s->store, name));
-        g_hash_table_insert(s->store, g_steal_pointer(&name), GINT_TO_POINTER(fd + 1));
+        if (already_stored(s, fd)) {
+            /* As systemd does: an open file is kept once, under its first name. */
+            close(fd);
+            s->dropped++;
+        } else {
+            g_hash_table_insert(s->store, g_steal_pointer(&name), GINT_TO_POINTER(fd + 1));
+        }
     } else if (g_strcmp0(remove, "1") == 0) {
         gpointer old;
 
@@ -410,46 +433,106 @@ static gint64 some_count(MvmdVm *vm)
 /* ---- tests ---------------------------------------------------------------------------------- */
 
 /*
+ * Two transient VMs by descriptors: the kernel as `kernel-fd`, one descriptor for both (as an
+ * orchestrator that opens the kernel once may pass it), and a disk as `fd` each.
+ */
+static void create_by_fds(Fixture *f, const char *name, int kernel_fd)
+{
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autofree char *disk = g_build_filename(f->bus->tmpdir, name, NULL);
+    g_autofree char *text = NULL, *path = NULL;
+    g_autoptr(GError) error = NULL;
+    int kernel, disk_fd;
+
+    g_assert_true(g_file_set_contents(disk, "", 0, NULL));
+    g_assert_cmpint(truncate(disk, 1024 * 1024), ==, 0);
+    kernel = g_unix_fd_list_append(fds, kernel_fd, &error);
+    g_assert_no_error(error);
+    disk_fd = mvmd_test_fd_list_append_file(fds, disk, O_RDWR);
+    text = g_strdup_printf("{'kernel-fd': <@h %d>, 'cmdline': <'mode=idle'>,"
+                           " 'disks': <[{'fd': <@h %d>}]>}",
+                           kernel, disk_fd);
+    mvmd_manager_call_create_vm_sync(f->manager, name, mvmd_test_config(text),
+                                     G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+}
+
+/*
+ * Of the two VMs by descriptors, the one handed over (whichever went first: the other shares its
+ * kernel's open file, which systemd's store keeps once): its definition still holds its
+ * descriptors, and it starts again from them.
+ */
+static void check_by_fds_carried(Fixture *f)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GVariant) disks = NULL;
+    gboolean passed = FALSE;
+
+    mvmd_manager_call_get_vm_by_name_sync(f->manager, "by-fd", G_DBUS_CALL_FLAGS_NONE, -1, &path,
+                                          NULL, &error);
+    if (error) {
+        g_clear_error(&error);
+        mvmd_manager_call_get_vm_by_name_sync(f->manager, "by-fd-too", G_DBUS_CALL_FLAGS_NONE, -1,
+                                              &path, NULL, &error);
+    }
+    g_assert_no_error(error);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    mvmd_test_vm_wait_state(vm, "running");
+    g_assert_true(g_variant_lookup(mvmd_test_vm_config(vm), "kernel-fd-passed", "b", &passed));
+    g_assert_true(passed);
+    disks = g_variant_lookup_value(mvmd_test_vm_config(vm), "disks", G_VARIANT_TYPE("aa{sv}"));
+    g_assert_nonnull(disks);
+    g_assert_cmpuint(g_variant_n_children(disks), ==, 1);
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    mvmd_test_vm_wait_state(vm, "running");
+}
+
+/*
  * A running transient VM and a paused persistent one are handed over and come back as they
  * were: same objects, the running one counting on with its memory intact, the paused one still
- * paused until resumed; every stored descriptor is taken out of the store at once. A VM whose
- * definition holds its caller's descriptor is shut down instead, as without a store.
+ * paused until resumed; every stored descriptor is taken out of the store at once. Of two VMs
+ * whose definitions hold their callers' descriptors, one is handed over with them; the other,
+ * whose kernel is the same open file, is shut down, as without a store.
  */
 static void test_running_and_paused(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) runner = create_counter(f, "runner", NULL);
     g_autoptr(MvmdVm) sleeper = create_counter(f, "sleeper", "'persist': <true>");
-    g_autoptr(MvmdVm) by_fd = NULL;
-    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
     g_autofree char *runner_uuid = g_strdup(mvmd_vm_get_uuid(runner));
-    g_autofree char *prefix = NULL, *text = NULL, *log = NULL;
-    g_autoptr(GError) error = NULL;
-    g_autofree char *path = NULL;
+    g_autofree char *prefix = NULL, *log = NULL;
     gint64 before, sleeper_before;
-    int kernel = mvmd_test_fd_list_append_file(fds, testguest, O_RDONLY);
+    int kernel = open(testguest, O_RDONLY | O_CLOEXEC);
 
-    text = g_strdup_printf("{'kernel-fd': <@h %d>, 'cmdline': <'mode=idle'>}", kernel);
-    mvmd_manager_call_create_vm_sync(f->manager, "by-fd", mvmd_test_config(text),
-                                     G_DBUS_CALL_FLAGS_NONE, -1, fds, &path, NULL, NULL, &error);
-    g_assert_no_error(error);
-    by_fd = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_assert_cmpint(kernel, >=, 0);
+    create_by_fds(f, "by-fd", kernel);
+    create_by_fds(f, "by-fd-too", kernel);
+    close(kernel);
     mvmd_test_vm_call_ok(runner, "Start", NULL);
     mvmd_test_vm_call_ok(sleeper, "Start", NULL);
-    mvmd_test_vm_call_ok(by_fd, "Start", NULL);
+    {
+        g_autoptr(MvmdVm) by_fd = vm_by_name(f, "by-fd");
+        g_autoptr(MvmdVm) by_fd_too = vm_by_name(f, "by-fd-too");
+
+        mvmd_test_vm_call_ok(by_fd, "Start", NULL);
+        mvmd_test_vm_call_ok(by_fd_too, "Start", NULL);
+    }
     before = some_count(runner);
     sleeper_before = some_count(sleeper);
     mvmd_test_vm_call_ok(sleeper, "Pause", g_variant_new_parsed("(@a{sv} {},)"));
     g_clear_object(&runner);
     g_clear_object(&sleeper);
-    g_clear_object(&by_fd);
 
     hand_over(f);
-    /* state, memory, def for each of the two; nothing of the one by fd. */
+    /* state, memory, def for each of the two; and disk0 and fd0 (the kernel) for one by fd. */
     prefix = g_strdup_printf("mvmd.%s.", stored_index(&f->systemd, "runner"));
     g_assert_cmpuint(store_count(&f->systemd, prefix), ==, 3);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 6);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 11);
+    g_assert_cmpuint(f->systemd.dropped, ==, 0);
     log = read_file(f->bus->daemon_log);
-    g_assert_nonnull(strstr(log, "by-fd: cannot be handed over"));
+    g_assert_cmpuint(count_substrings(log, "which systemd's store keeps once"), ==, 1);
 
     start_next_daemon(f);
     runner = vm_by_name(f, "runner");
@@ -459,10 +542,10 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
     g_assert_cmpstr(mvmd_vm_get_uuid(runner), ==, runner_uuid);
     /* Out of the store before the guests ran again, every one of them. */
     receive_all(&f->systemd);
-    g_assert_cmpuint(removed_count(&f->systemd), ==, 6);
+    g_assert_cmpuint(removed_count(&f->systemd), ==, 11);
     g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
-    /* The transient VM by fd was not taken over: it is gone with the daemon that had it. */
-    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 2);
+    /* The transient VM not handed over is gone with the daemon that had it. */
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 3);
 
     check_counts_on(runner, before);
     g_clear_pointer(&log, g_free);
@@ -472,6 +555,7 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
     mvmd_test_vm_call_ok(sleeper, "Resume", NULL);
     check_counts_on(sleeper, sleeper_before);
     mvmd_test_vm_call_ok(sleeper, "Stop", NULL);
+    check_by_fds_carried(f);
 }
 
 /*
