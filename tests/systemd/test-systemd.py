@@ -915,6 +915,69 @@ def check_watchdog():
         run(["systemctl", "daemon-reload"], timeout=120)
 
 
+PATTERN = "mode=pattern pages=64 base_mib=8 every=20 delay=2000"
+
+
+def counts(name):
+    return [int(m) for m in re.findall(r"COUNTER (\d+)", console_log(name))]
+
+
+def check_restart():
+    """systemctl restart with a counting guest and a paused one, made by microvmctl (kernel-fd):
+    both handed to the next microvmd through the fd store, counting on, never booted again, the
+    kernel's descriptor carried for the next boot; the store empty after"""
+    fresh_daemon()
+    create("keep-run", PATTERN, memory=32)
+    create("keep-paused", PATTERN, memory=32)
+    for name in ("keep-run", "keep-paused"):
+        wait_state(name, "running")
+        wait_for(lambda n=name: len(counts(n)) >= 2, GUEST_WAIT, f"{name} counting")
+    ctl("pause", "keep-paused")
+    wait_state("keep-paused", "paused")
+    before = counts("keep-run")[-1]
+    pid, since = main_pid(), now()
+    started = time.monotonic()
+    run(["systemctl", "restart", UNIT], timeout=180)
+    wait_for(bus_owned, 60, "the next microvmd on the bus")
+    wait_state("keep-run", "running")
+    took = time.monotonic() - started
+    expect(main_pid() not in (0, pid), f"MainPID {pid} → {main_pid()}")
+    wait_state("keep-paused", "paused")
+    log = journal("-u", UNIT, "-o", "cat", since=since)
+    diag("\n".join(line for line in log.splitlines() if "hand" in line or "taken" in line
+                    or "taking" in line or "restart" in line))
+    diag(f"systemctl restart to keep-run running again: {took:.1f} s")
+    for name in ("keep-run", "keep-paused"):
+        expect(f"{name}: handing over to the next microvmd" in log, f"{name} not handed:\n{log}")
+        expect(f"{name}: taken over" in log, f"{name} not taken over:\n{log}")
+    wait_for(lambda: counts("keep-run")[-1] > before + 1, GUEST_WAIT, "keep-run counting on")
+    for name in ("keep-run", "keep-paused"):
+        text = console_log(name)
+        expect(text.count("TESTGUEST pattern start") == 1 and "FAIL" not in text,
+               f"{name} booted again or failed:\n{text[-2000:]}")
+    expect(prop(UNIT, "NFileDescriptorStore") == "0",
+           f"{prop(UNIT, 'NFileDescriptorStore')} descriptors left in the store")
+    ctl("resume", "keep-paused")
+    n = counts("keep-paused")[-1]
+    wait_for(lambda: counts("keep-paused")[-1] > n, GUEST_WAIT, "keep-paused counting on")
+    # microvmctl passed the kernel as kernel-fd: it came along, and a new boot reads it.
+    ctl("stop", "keep-paused")
+    wait_state("keep-paused", ("stopped", "crashed"))
+    ctl("start", "keep-paused")
+    wait_state("keep-paused", "running")
+    wait_for(lambda: console_log("keep-paused").count("TESTGUEST pattern start") == 2,
+             GUEST_WAIT, "keep-paused booting again from its handed-over kernel-fd")
+    # Registered again: the last daemon's leaders left with it (CreateMachine retries a name
+    # whose old scope is still going).
+    wait_for(lambda: set(machines()) >= {"keep-run", "keep-paused"}, 30,
+             "both VMs in machinectl again")
+    # A stop is no restart: nothing is handed over, nothing comes back.
+    stop_daemon()
+    expect(prop(UNIT, "NFileDescriptorStore") == "0", "a stop left descriptors in the store")
+    start_daemon()
+    expect(list_vms() == {}, f"VMs after stop and start: {list_vms()}")
+
+
 CHECKS = [
     (check_installed, 120),
     (check_socket_activation, 120),
@@ -928,6 +991,7 @@ CHECKS = [
     (check_security, 180),
     (check_stop, 240),
     (check_watchdog, 240),
+    (check_restart, 400),
 ]
 
 
