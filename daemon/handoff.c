@@ -14,6 +14,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "errors.h"
+#include "vm-ops.h"
 
 #define GROUP_HANDOFF "Handoff"
 /* A definition is a few KiB (a 4 KiB cmdline, 16 disks, 8 NICs): anything larger is no def. */
@@ -232,10 +233,8 @@ static int write_def(const MvmdHandoffOut *vm, Plan *plan, GError **error)
     g_key_file_set_int64(kf, GROUP_HANDOFF, "Time", g_get_monotonic_time());
     g_key_file_set_boolean(kf, GROUP_HANDOFF, "Running", vm->running);
     if (vm->has_generation_id) {
-        g_autofree char *hex = g_malloc(2 * MVM_GENERATION_ID_SIZE + 1);
+        g_autofree char *hex = mvmd_hex_format(vm->generation_id, MVM_GENERATION_ID_SIZE);
 
-        for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++)
-            g_snprintf(hex + 2 * i, 3, "%02x", vm->generation_id[i]);
         g_key_file_set_string(kf, GROUP_HANDOFF, "GenerationID", hex);
     }
     g_key_file_set_integer(kf, GROUP_HANDOFF, "Disks",
@@ -510,20 +509,10 @@ static gboolean parse_generation_id(GKeyFile *kf, MvmdHandoffIn *vm, GError **er
 
     if (!hex)
         return TRUE;
-    if (strlen(hex) != 2 * MVM_GENERATION_ID_SIZE) {
+    if (!mvmd_hex_parse(hex, vm->generation_id, MVM_GENERATION_ID_SIZE)) {
         g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                             "[Handoff] GenerationID is not a generation ID");
         return FALSE;
-    }
-    for (guint i = 0; i < MVM_GENERATION_ID_SIZE; i++) {
-        int hi = g_ascii_xdigit_value(hex[2 * i]), lo = g_ascii_xdigit_value(hex[2 * i + 1]);
-
-        if (hi < 0 || lo < 0) {
-            g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                                "[Handoff] GenerationID is not hexadecimal");
-            return FALSE;
-        }
-        vm->generation_id[i] = (guint8)(hi << 4 | lo);
     }
     vm->has_generation_id = TRUE;
     return TRUE;
@@ -591,6 +580,20 @@ static gboolean take_numbered(Pending *p, const char *kind_prefix, guint i, int 
     return FALSE;
 }
 
+/* "fdN", "diskN" or "nicN": never the state, the RAM or the definition itself. */
+static gboolean is_caller_kind(const char *kind)
+{
+    static const char *const prefixes[] = {"fd", "disk", "nic"};
+
+    for (guint i = 0; i < G_N_ELEMENTS(prefixes); i++) {
+        gsize len = strlen(prefixes[i]);
+
+        if (strncmp(kind, prefixes[i], len) == 0 && is_index(kind + len, strlen(kind + len)))
+            return TRUE;
+    }
+    return FALSE;
+}
+
 /*
  * The descriptors the definition names by handle, by the kinds [Handoff] CallerFDs lists: a
  * back end's ("disk0"), which take_backends() takes later, is copied; the caller's own
@@ -603,7 +606,7 @@ static GUnixFDList *take_caller_fds(GKeyFile *kf, Pending *p, GError **error)
     g_auto(GStrv) kinds = g_key_file_get_string_list(kf, GROUP_HANDOFF, "CallerFDs", &n, NULL);
 
     for (gsize i = 0; i < n; i++) {
-        gpointer value = g_hash_table_lookup(p->fds, kinds[i]);
+        gpointer value = is_caller_kind(kinds[i]) ? g_hash_table_lookup(p->fds, kinds[i]) : NULL;
 
         if (!value) {
             g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "%s is missing", kinds[i]);

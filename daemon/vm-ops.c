@@ -29,12 +29,12 @@ void mvmd_op_args_clear(OpArgs *args)
     mvmd_clear_fd_later(&args->working_set_fd);
 }
 
-char *mvmd_snapshot_id_format(const guint8 id[MVM_SNAPSHOT_ID_SIZE])
+char *mvmd_hex_format(const guint8 *bytes, gsize n)
 {
-    GString *hex = g_string_sized_new(2 * MVM_SNAPSHOT_ID_SIZE);
+    GString *hex = g_string_sized_new(2 * n);
 
-    for (guint i = 0; i < MVM_SNAPSHOT_ID_SIZE; i++)
-        g_string_append_printf(hex, "%02x", id[i]);
+    for (gsize i = 0; i < n; i++)
+        g_string_append_printf(hex, "%02x", bytes[i]);
     return g_string_free(hex, FALSE);
 }
 
@@ -44,17 +44,29 @@ static int lower_hex_value(char c)
     return g_ascii_isdigit(c) || (c >= 'a' && c <= 'f') ? g_ascii_xdigit_value(c) : -1;
 }
 
-gboolean mvmd_snapshot_id_parse(const char *text, const char *key, guint8 id[MVM_SNAPSHOT_ID_SIZE],
-                                GError **error)
+gboolean mvmd_hex_parse(const char *text, guint8 *bytes, gsize n)
 {
-    gboolean ok = strlen(text) == 2 * MVM_SNAPSHOT_ID_SIZE;
+    gboolean ok = strlen(text) == 2 * n;
 
-    for (guint i = 0; ok && i < MVM_SNAPSHOT_ID_SIZE; i++) {
+    for (gsize i = 0; ok && i < n; i++) {
         int hi = lower_hex_value(text[2 * i]), lo = hi < 0 ? -1 : lower_hex_value(text[2 * i + 1]);
 
         ok = lo >= 0;
-        id[i] = ok ? (guint8)(hi << 4 | lo) : 0;
+        bytes[i] = ok ? (guint8)(hi << 4 | lo) : 0;
     }
+    return ok;
+}
+
+char *mvmd_snapshot_id_format(const guint8 id[MVM_SNAPSHOT_ID_SIZE])
+{
+    return mvmd_hex_format(id, MVM_SNAPSHOT_ID_SIZE);
+}
+
+gboolean mvmd_snapshot_id_parse(const char *text, const char *key, guint8 id[MVM_SNAPSHOT_ID_SIZE],
+                                GError **error)
+{
+    gboolean ok = mvmd_hex_parse(text, id, MVM_SNAPSHOT_ID_SIZE);
+
     if (!ok)
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
                     "option '%s': not a snapshot ID, which is %d lowercase hex digits (the last "

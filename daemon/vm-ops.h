@@ -65,6 +65,10 @@ typedef struct {
 
 void mvmd_op_args_clear(OpArgs *args);
 
+/* @n bytes as 2 × @n lowercase hex digits, and back (FALSE for anything else). */
+char *mvmd_hex_format(const guint8 *bytes, gsize n);
+gboolean mvmd_hex_parse(const char *text, guint8 *bytes, gsize n);
+
 /*
  * A snapshot's ID (MVM_SNAPSHOT_ID_SIZE bytes, the SHA-256 its `state` ends with) as D-Bus shows
  * it: 64 lowercase hex digits. Parse: anything else is MVMD_ERROR_INVALID_ARGUMENT naming @key.
