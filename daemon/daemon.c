@@ -49,6 +49,7 @@ typedef struct {
     guint watchdog_source;
     MvmdListenFds *passed;   /* what systemd passed at start, until shared out */
     gboolean asking_systemd; /* SIGTERM: is it a restart? (handoff.h) */
+    gboolean took_over;      /* the last daemon handed VMs to this one */
 } Daemon;
 
 static void probe_kvm(Daemon *d)
@@ -285,6 +286,7 @@ static void on_name_acquired(GDBusConnection *connection, const char *name, gpoi
 static void on_name_lost(GDBusConnection *connection, const char *name, gpointer user_data)
 {
     Daemon *d = user_data;
+    const char *why;
 
     if (!d->name_acquired) {
         g_autoptr(GError) error =
@@ -292,6 +294,11 @@ static void on_name_lost(GDBusConnection *connection, const char *name, gpointer
 
         g_warning("cannot own %s on the bus (is another microvmd running? see --replace)", name);
         mvmd_sd_notify_failure(error);
+        /* The guests taken over would die with this daemon: on to the next one, as they came. */
+        if (d->took_over && mvmd_handoff_available(d->options->fd_store, &why)) {
+            begin_handoff(d, "handing the VMs taken over to the next microvmd again", 1);
+            return;
+        }
         d->exit_status = 1;
         g_main_loop_quit(d->loop);
         return;
@@ -334,6 +341,7 @@ static void take_over(Daemon *d)
         g_warning("handoff: %u VMs were handed over, but KVM is not available here", vms->len);
         return;
     }
+    d->took_over = vms->len > 0;
     mvmd_manager_service_adopt(d->manager, vms);
 }
 

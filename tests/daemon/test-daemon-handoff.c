@@ -321,8 +321,8 @@ static void hand_over(Fixture *f)
     receive_all(&f->systemd);
 }
 
-/* The next daemon, given the store as systemd gives it. */
-static void start_next_daemon(Fixture *f)
+/* The store, as systemd gives it to the next daemon it starts. */
+static void pass_store(Fixture *f)
 {
     GHashTableIter iter;
     gpointer key, value;
@@ -346,6 +346,12 @@ static void start_next_daemon(Fixture *f)
         len += strlen(f->bus->daemon_listen_names->pdata[i]) + 1;
         g_assert_cmpuint(len, <, 128 * 1024);
     }
+}
+
+/* The next daemon, given the store as systemd gives it. */
+static void start_next_daemon(Fixture *f)
+{
+    pass_store(f);
     start_daemon(f, "--fd-store");
 }
 
@@ -640,6 +646,82 @@ static void test_refused(Fixture *f, gconstpointer data)
     mvmd_test_vm_call_ok(bad, "Stop", NULL);
 }
 
+/* Takes the daemon's bus name, as another process might hold it. */
+static GDBusConnection *take_bus_name(Fixture *f)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDBusConnection) c =
+        g_dbus_connection_new_for_address_sync(f->bus->address,
+                                               G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                               NULL, NULL, &error);
+    g_autoptr(GVariant) reply = NULL;
+    guint32 result = 0;
+
+    g_assert_no_error(error);
+    reply = g_dbus_connection_call_sync(
+        c, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName",
+        g_variant_new("(su)", "org.microvmd.MicroVM1", 4), G_VARIANT_TYPE("(u)"),
+        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    g_assert_no_error(error);
+    g_variant_get(reply, "(u)", &result);
+    g_assert_cmpuint(result, ==, 1); /* DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER */
+    return g_steal_pointer(&c);
+}
+
+/* Lets the name go (answered once the bus has), so that the next daemon finds it free. */
+static void release_bus_name(GDBusConnection *c)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        c, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "ReleaseName",
+        g_variant_new("(s)", "org.microvmd.MicroVM1"), G_VARIANT_TYPE("(u)"),
+        G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+
+    g_assert_no_error(error);
+    g_dbus_connection_close_sync(c, NULL, NULL);
+}
+
+/*
+ * A daemon that took VMs over and then cannot own its bus name hands them on again rather than
+ * take them down with it (exit 1, which Restart=on-failure answers); the one after it has them.
+ */
+static void test_name_taken(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) vm = create_counter(f, "again", NULL);
+    g_autoptr(GDBusConnection) squatter = NULL;
+    g_autofree char *log = NULL;
+    gint64 count;
+    int status;
+
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    count = some_count(vm);
+    g_clear_object(&vm);
+    hand_over(f);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 3);
+
+    squatter = take_bus_name(f);
+    pass_store(f);
+    mvmd_test_bus_start_daemon(f->bus, (const char *const[]){"--fd-store", NULL});
+    g_assert_cmpint(waitpid(f->bus->daemon_pid, &status, 0), ==, f->bus->daemon_pid);
+    f->bus->daemon_pid = 0;
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, 1);
+    receive_all(&f->systemd);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 3);
+    log = read_file(f->bus->daemon_log);
+    g_assert_nonnull(strstr(log, "handing the VMs taken over to the next microvmd again"));
+
+    release_bus_name(squatter);
+    start_next_daemon(f);
+    vm = vm_by_name(f, "again");
+    mvmd_test_vm_wait_state(vm, "running");
+    check_counts_on(vm, count);
+    g_clear_pointer(&log, g_free);
+    log = console_log(f, "again");
+    g_assert_cmpuint(count_substrings(log, "TESTGUEST pattern start"), ==, 1);
+}
+
 /* Without a store SIGUSR1 hands nothing over: the daemon says so and runs on. */
 static void test_no_store(Fixture *f, gconstpointer data)
 {
@@ -670,6 +752,7 @@ int main(int argc, char **argv)
     ADD("/handoff/running-and-paused", test_running_and_paused);
     ADD("/handoff/twice-then-stop", test_twice_then_stop);
     ADD("/handoff/refused", test_refused);
+    ADD("/handoff/name-taken", test_name_taken);
     ADD("/handoff/no-store", test_no_store);
 #undef ADD
     return g_test_run();
