@@ -14,8 +14,9 @@
 #include "errors.h"
 #include "fd-closer.h"
 
-#define GROUP_VM     "VM"
-#define GROUP_CONFIG "Config"
+#define GROUP_VM       "VM"
+#define GROUP_CONFIG   "Config"
+#define GROUP_RESTORED "Restored" /* a handoff's alone: RestoreVM's options */
 
 static guint max_vcpus = MVM_MAX_VCPUS;
 
@@ -531,6 +532,47 @@ static void fd_to_keyfile(GKeyFile *kf, const char *key, GArray *fds, int fd)
     g_key_file_set_string(kf, GROUP_CONFIG, key, text);
 }
 
+/*
+ * A RestoreVM definition for a handoff: the options RestoreVM would take to make it again (its
+ * snapshot by path or handles, its chain, its flags, its back ends with the MACs a clone was
+ * given), as GVariant text in [Restored] Options, read back through RestoreVM's own checks.
+ */
+static void restored_to_keyfile(GKeyFile *kf, const MvmdVmDefinition *config, GArray *fds)
+{
+    g_autoptr(GVariant) options = NULL;
+    g_autofree char *text = NULL;
+    GVariantBuilder b, layers;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    if (config->snapshot_dir)
+        g_variant_builder_add(&b, "{sv}", "snapshot", g_variant_new_string(config->snapshot_dir));
+    if (config->snapshot_fd >= 0)
+        g_variant_builder_add(&b, "{sv}", "dir-fd",
+                              mvmd_config_fd_handle(fds, config->snapshot_fd));
+    if (config->snapshot_state_fd >= 0) {
+        g_variant_builder_add(&b, "{sv}", "state-fd",
+                              mvmd_config_fd_handle(fds, config->snapshot_state_fd));
+        g_variant_builder_add(&b, "{sv}", "memory-fd",
+                              mvmd_config_fd_handle(fds, config->snapshot_memory_fd));
+    }
+    g_variant_builder_init(&layers, G_VARIANT_TYPE("a(hh)"));
+    for (guint i = 0; i < config->n_snapshot_layers; i++)
+        g_variant_builder_add(&layers, "(@h@h)",
+                              mvmd_config_fd_handle(fds, config->snapshot_layers[i].state_fd),
+                              mvmd_config_fd_handle(fds, config->snapshot_layers[i].memory_fd));
+    g_variant_builder_add(&b, "{sv}", "layers", g_variant_builder_end(&layers));
+    g_variant_builder_add(&b, "{sv}", "copy-memory", g_variant_new_boolean(config->copy_memory));
+    g_variant_builder_add(&b, "{sv}", "clone", g_variant_new_boolean(config->clone));
+    g_variant_builder_add(&b, "{sv}", "track-changes",
+                          g_variant_new_boolean(config->track_changes));
+    g_variant_builder_add(&b, "{sv}", "lazy", g_variant_new_boolean(config->lazy));
+    /* Only a clone was given MACs; any other restored guest has the snapshot's. */
+    mvmd_devices_to_variant(&config->devices, !config->clone, fds, &b);
+    options = g_variant_ref_sink(g_variant_builder_end(&b));
+    text = g_variant_print(options, TRUE);
+    g_key_file_set_string(kf, GROUP_RESTORED, "Options", text);
+}
+
 static GKeyFile *definition_to_keyfile(const MvmdVmDefinition *config, GArray *fds)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
@@ -555,7 +597,10 @@ static GKeyFile *definition_to_keyfile(const MvmdVmDefinition *config, GArray *f
     g_key_file_set_boolean(kf, GROUP_CONFIG, "debug-exit", config->debug_exit);
     g_key_file_set_string(kf, GROUP_CONFIG, "on-reboot",
                           config->on_reboot == MVMD_ON_REBOOT_STOP ? "stop" : "restart");
-    devices_to_keyfile(kf, config, fds);
+    if (fds && mvmd_vm_definition_is_restored(config))
+        restored_to_keyfile(kf, config, fds); /* and its devices, as RestoreVM takes them */
+    else
+        devices_to_keyfile(kf, config, fds);
     /* Left out when not given: a definition without it is "host" to any version. */
     if (config->cpu_template)
         g_key_file_set_string(kf, GROUP_CONFIG, "cpu-template", config->cpu_template);
@@ -637,6 +682,79 @@ static gboolean keyfile_owner(GKeyFile *kf, guint32 *owner, GError **error)
     return TRUE;
 }
 
+/* RestoreVM's snapshot: its two files, else its directory (a path or a handle). */
+static MvmdVmDefinition *restored_snapshot(const char *name, GVariant *options,
+                                           GUnixFDList *fd_list, GError **error)
+{
+    g_autoptr(GVariant) dir_fd = g_variant_lookup_value(options, "dir-fd", G_VARIANT_TYPE_HANDLE);
+    g_autofree char *dir = NULL;
+    const char *path = "";
+    gboolean copy = FALSE;
+    int state_fd, memory_fd, fd = -1;
+
+    g_variant_lookup(options, "copy-memory", "b", &copy);
+    if (!mvmd_caller_files_parse(options, fd_list, MVMD_CALLER_FILE_READ, (uid_t)-1, &state_fd,
+                                 &memory_fd, error))
+        return NULL;
+    if (state_fd >= 0)
+        return mvmd_vm_definition_new_restored_files(name, state_fd, memory_fd, copy, error);
+    g_variant_lookup(options, "snapshot", "&s", &path);
+    if (!mvmd_parse_dir_argument("snapshot", path, dir_fd, fd_list, &dir, &fd, error))
+        return NULL;
+    return mvmd_vm_definition_new_restored(name, dir, fd, copy, error);
+}
+
+/* [Config] @key of a restored definition, with the checks CreateVM's value gets. */
+static gboolean restored_key(MvmdVmDefinition *config, GKeyFile *kf, const char *key,
+                             GError **error)
+{
+    g_autoptr(GVariant) value = NULL;
+
+    if (!g_key_file_has_key(kf, GROUP_CONFIG, key, NULL))
+        return TRUE;
+    value = keyfile_value(kf, key, FALSE, error);
+    return value && parse_one(config, key, value, NULL, error);
+}
+
+/* A handoff's RestoreVM definition (restored_to_keyfile()); @name and @uuid checked. */
+static MvmdVmDefinition *restored_from_keyfile(GKeyFile *kf, const char *name, const char *uuid,
+                                               GUnixFDList *fd_list, GError **error)
+{
+    static const MvmdKeySpec restored_keys[] = {
+        {"snapshot", "s"},   {"dir-fd", "h"},      {"state-fd", "h"},     {"memory-fd", "h"},
+        {"layers", "a(hh)"}, {"copy-memory", "b"}, {"clone", "b"},        {"track-changes", "b"},
+        {"lazy", "b"},       {"disks", "aa{sv}"},  {"network", "aa{sv}"}, {"vsock", "a{sv}"},
+        {"rng", "b"}};
+    g_autofree char *text = g_key_file_get_string(kf, GROUP_RESTORED, "Options", error);
+    g_autoptr(GVariant) options = NULL;
+    g_autoptr(MvmdVmDefinition) config = NULL;
+    gboolean given;
+
+    if (!text)
+        return NULL;
+    options = g_variant_parse(G_VARIANT_TYPE_VARDICT, text, NULL, NULL, error);
+    if (!options ||
+        !mvmd_config_check_keys(options, restored_keys, G_N_ELEMENTS(restored_keys), NULL, error) ||
+        !(config = restored_snapshot(name, options, fd_list, error)))
+        return NULL;
+    g_free(config->uuid);
+    config->uuid = g_ascii_strdown(uuid, -1);
+    g_variant_lookup(options, "clone", "b", &config->clone);
+    g_variant_lookup(options, "track-changes", "b", &config->track_changes);
+    g_variant_lookup(options, "lazy", "b", &config->lazy);
+    g_variant_lookup(options, "rng", "b", &config->devices.rng);
+    if (!mvmd_devices_parse_backends(&config->devices, options, fd_list, config->clone, &given,
+                                     error) ||
+        !mvmd_caller_layers_parse(options, fd_list, MVM_SNAPSHOT_MAX_LAYERS - 1,
+                                  &config->snapshot_layers, &config->n_snapshot_layers, error) ||
+        !restored_key(config, kf, "vcpus", error) ||
+        !restored_key(config, kf, "memory-mib", error) ||
+        !restored_key(config, kf, "cpu-template", error) ||
+        !keyfile_owner(kf, &config->owner, error))
+        return NULL;
+    return g_steal_pointer(&config);
+}
+
 MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile_with_fds(GKeyFile *kf, GUnixFDList *fd_list,
                                                                GError **error)
 {
@@ -653,6 +771,15 @@ MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile_with_fds(GKeyFile *kf, GUn
     uuid = g_key_file_get_string(kf, GROUP_VM, "UUID", error);
     if (!uuid)
         return NULL;
+    if (fd_list && g_key_file_has_group(kf, GROUP_RESTORED)) {
+        if (!mvmd_vm_name_validate(name, error))
+            return NULL;
+        if (!g_uuid_string_is_valid(uuid)) {
+            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "invalid UUID '%s'", uuid);
+            return NULL;
+        }
+        return restored_from_keyfile(kf, name, uuid, fd_list, error);
+    }
     cfg_keys = g_key_file_get_keys(kf, GROUP_CONFIG, NULL, error);
     if (!cfg_keys)
         return NULL;

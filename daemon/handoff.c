@@ -56,14 +56,6 @@ gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why)
     return TRUE;
 }
 
-gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why)
-{
-    *why = mvmd_vm_definition_is_restored(definition)
-               ? "it was made by RestoreVM, whose snapshot a handoff does not carry"
-               : NULL;
-    return *why == NULL;
-}
-
 static guint store_capacity(void)
 {
     const char *fdstore = g_getenv("FDSTORE");

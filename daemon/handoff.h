@@ -53,14 +53,6 @@ typedef struct {
 gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why);
 
 /*
- * Whether the next daemon can rebuild @definition from what a handoff carries: one that holds
- * a descriptor of its caller's (kernel-fd, a disk or tap passed as fd, a RestoreVM's snapshot)
- * cannot be written down for the next daemon yet; such a VM is shut down as before. @why says
- * why not.
- */
-gboolean mvmd_handoff_can_carry(const MvmdVmDefinition *definition, const char **why);
-
-/*
  * Pushes @vm into the store, if the store ($FDSTORE, else the unit's 16384) and the next
  * daemon's $LISTEN_FDNAMES (96 KiB of names) still take it: else MVMD_ERROR_LIMIT_REACHED and
  * nothing is pushed. On failure, what was pushed of it is removed again (best effort; without

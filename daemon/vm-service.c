@@ -504,7 +504,8 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
     data = mvmd_vm_op_data_new(op, self->run, args, self->definition, self->ctx->cpu_template_dir,
                                self->ctx->memory_images);
     data->charge = &self->charge; /* the task holds @self */
-    if (op == OP_START && !mvmd_vm_definition_is_restored(self->definition)) {
+    /* A handed-over machine keeps its generation ID, a restored one's too. */
+    if (op == OP_START && (self->adopting || !mvmd_vm_definition_is_restored(self->definition))) {
         memcpy(data->generation_id, self->generation_id, sizeof(data->generation_id));
         data->set_generation_id = self->has_generation_id;
     }
@@ -514,6 +515,9 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
         data->restore_memory_fd = self->adopting->memory_fd;
         data->restore_flags = MVM_RESTORE_SHARE_MEMORY;
         data->adopt_backends = self->adopting->backends;
+        /* The handed state is the machine itself, not its definition's snapshot chain. */
+        g_clear_pointer(&data->restore_layers, g_free);
+        data->n_restore_layers = 0;
     }
     g_task_set_task_data(task, data, (GDestroyNotify)mvmd_vm_op_data_free);
     mvmd_vm_op_run(task);
@@ -635,16 +639,9 @@ void mvmd_vm_service_begin_shutdown(MvmdVmService *self)
 
 void mvmd_vm_service_begin_handoff(MvmdVmService *self)
 {
-    const char *why;
-
     if (self->op != OP_NONE || !self->run || self->handoff_tried)
         return; /* after_op() comes back once the operation ends */
     self->handoff_tried = TRUE;
-    if (!mvmd_handoff_can_carry(self->definition, &why)) {
-        vm_log(self, G_LOG_LEVEL_WARNING, "cannot be handed over: %s; shutting it down", why);
-        mvmd_vm_service_begin_shutdown(self);
-        return;
-    }
     vm_log(self, G_LOG_LEVEL_MESSAGE, "handing over to the next microvmd");
     mvmd_vm_service_begin_op(self, OP_HANDOFF, NULL, NULL, NULL);
 }

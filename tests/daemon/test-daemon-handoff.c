@@ -646,6 +646,67 @@ static void test_refused(Fixture *f, gconstpointer data)
     mvmd_test_vm_call_ok(bad, "Stop", NULL);
 }
 
+static MvmdVm *restore_vm(Fixture *f, const char *name, const char *dir, const char *options,
+                          GUnixFDList *fds)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+
+    mvmd_manager_call_restore_vm_sync(f->manager, name, dir, mvmd_test_config(options),
+                                      G_DBUS_CALL_FLAGS_NONE, MVMD_TEST_GUEST_TIMEOUT_MS, fds,
+                                      &path, NULL, NULL, &error);
+    g_assert_no_error(error);
+    return mvmd_test_bus_vm(f->bus, NULL, path);
+}
+
+/*
+ * VMs RestoreVM made, from a snapshot's two files and from its directory, are handed over
+ * with their snapshots: they count on, and a later Start restores the snapshot again.
+ */
+static void test_restored(Fixture *f, gconstpointer data)
+{
+    g_autoptr(MvmdVm) source = create_counter(f, "source", NULL);
+    g_autofree char *dir = g_build_filename(f->bus->tmpdir, "snap", NULL);
+    g_autofree char *state = g_build_filename(dir, "state", NULL);
+    g_autofree char *memory = g_build_filename(dir, "memory", NULL);
+    g_autoptr(GUnixFDList) fds = g_unix_fd_list_new();
+    g_autoptr(MvmdVm) by_files = NULL, by_dir = NULL;
+    gint64 files_before, dir_before;
+
+    mvmd_test_vm_call_ok(source, "Start", NULL);
+    some_count(source);
+    g_assert_cmpint(g_mkdir(dir, 0700), ==, 0);
+    mvmd_test_vm_call_ok(source, "Snapshot",
+                         g_variant_new("(s@a{sv})", dir, mvmd_test_config("{}")));
+    mvmd_test_vm_call_ok(source, "Stop", NULL);
+    mvmd_test_fd_list_append_file(fds, state, O_RDONLY);
+    mvmd_test_fd_list_append_file(fds, memory, O_RDONLY);
+    by_files = restore_vm(f, "by-files", "",
+                          "{'state-fd': <@h 0>, 'memory-fd': <@h 1>, 'resume': <true>}", fds);
+    by_dir = restore_vm(f, "by-dir", dir, "{'resume': <true>}", NULL);
+    files_before = some_count(by_files);
+    dir_before = some_count(by_dir);
+    g_clear_object(&by_files);
+    g_clear_object(&by_dir);
+
+    hand_over(f);
+    g_assert_cmpuint(f->systemd.dropped, ==, 0);
+    start_next_daemon(f);
+    by_files = vm_by_name(f, "by-files");
+    by_dir = vm_by_name(f, "by-dir");
+    mvmd_test_vm_wait_state(by_files, "running");
+    mvmd_test_vm_wait_state(by_dir, "running");
+    check_counts_on(by_files, files_before);
+    check_counts_on(by_dir, dir_before);
+    receive_all(&f->systemd);
+    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    /* Its snapshot's files came along: a new Start restores from them. */
+    mvmd_test_vm_call_ok(by_files, "Stop", NULL);
+    mvmd_test_vm_call_ok(by_files, "Start", NULL);
+    mvmd_test_vm_wait_state(by_files, "running");
+    some_count(by_files);
+}
+
 /* Takes the daemon's bus name, as another process might hold it. */
 static GDBusConnection *take_bus_name(Fixture *f)
 {
@@ -753,6 +814,7 @@ int main(int argc, char **argv)
     ADD("/handoff/twice-then-stop", test_twice_then_stop);
     ADD("/handoff/refused", test_refused);
     ADD("/handoff/name-taken", test_name_taken);
+    ADD("/handoff/restored", test_restored);
     ADD("/handoff/no-store", test_no_store);
 #undef ADD
     return g_test_run();
