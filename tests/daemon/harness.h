@@ -173,4 +173,45 @@ gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text)
  */
 gint64 mvmd_test_console_next_counter(MvmdTestConsole *c);
 
+/*
+ * systemd's file descriptor store, as a test stands in for it (fd-store.c): the notification
+ * socket ($NOTIFY_SOCKET: mvmd_test_fd_store_path()) read by a thread of its own, as systemd
+ * reads it (net.unix.max_dgram_qlen is small, and a full queue blocks the daemon's sd_notify()).
+ * FDSTORE=1 keeps a message's descriptor under its FDNAME (unless its open file is stored
+ * already: systemd's same_fd() keeps one once), FDSTOREREMOVE=1 drops it.
+ */
+typedef struct _MvmdTestFdStore MvmdTestFdStore;
+
+/* Binds DIR/notify and starts its reader. */
+MvmdTestFdStore *mvmd_test_fd_store_new(const char *dir);
+/* Stops the reader, closes the socket and every stored descriptor. */
+void mvmd_test_fd_store_free(MvmdTestFdStore *s);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MvmdTestFdStore, mvmd_test_fd_store_free)
+const char *mvmd_test_fd_store_path(MvmdTestFdStore *s);
+/*
+ * Reads every datagram queued now. Once the daemon has exited, all it sent is in: nothing is
+ * in flight after that.
+ */
+void mvmd_test_fd_store_drain(MvmdTestFdStore *s);
+/* How many stored names start with @prefix. */
+guint mvmd_test_fd_store_count(MvmdTestFdStore *s, const char *prefix);
+/* How many names the daemon took out (FDSTOREREMOVE=1) since the last _pass(). */
+guint mvmd_test_fd_store_removed(MvmdTestFdStore *s);
+/* How many descriptors were dropped since _new() because their open file was stored already. */
+guint mvmd_test_fd_store_dropped(MvmdTestFdStore *s);
+/* Takes @name's descriptor out of the store: the caller's now. -1: no such name. */
+int mvmd_test_fd_store_take(MvmdTestFdStore *s, const char *name);
+/* @name's descriptor, still the store's; -1: no such name. */
+int mvmd_test_fd_store_get(MvmdTestFdStore *s, const char *name);
+/*
+ * The N of the stored "mvmd.N.def" that defines VM @name (the names number the VMs; the
+ * definition key file says which is which); the result lives until the next call.
+ */
+const char *mvmd_test_fd_store_vm_index(MvmdTestFdStore *s, const char *name);
+/*
+ * Gives the next daemon started on @bus the whole store, as systemd passes it ($LISTEN_FDS,
+ * $LISTEN_FDNAMES; the descriptors stay the store's), and forgets what was removed.
+ */
+void mvmd_test_fd_store_pass(MvmdTestFdStore *s, MvmdTestBus *bus);
+
 G_END_DECLS

@@ -8,15 +8,9 @@
  * guest (tests/testguest/README.md), whose count lives in its memory: a guest handed over goes
  * on counting, and one that booted again would start over. Needs a usable /dev/kvm (else 77).
  */
-#include <errno.h>
 #include <fcntl.h>
-#include <linux/kcmp.h>
-#include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,248 +26,17 @@
 
 static const char *testguest;
 
-/*
- * systemd's side: the notification socket and the store it keeps. A thread of its own reads
- * the socket all the time, as systemd does: its queue holds only a few datagrams
- * (net.unix.max_dgram_qlen, 10 here), and a daemon whose sd_notify() finds it full waits.
- */
-typedef struct {
-    int socket;
-    char *path;
-    GThread *thread;
-    gint stop;
-    GMutex lock;         /* the tables below */
-    GHashTable *store;   /* FDNAME → fd + 1 */
-    GHashTable *removed; /* FDNAME → 1: names the daemon took out of the store */
-    guint dropped;       /* descriptors of an open file stored already */
-} StandIn;
-
 typedef struct {
     MvmdTestBus *bus;
     MvmdManager *manager;
-    StandIn systemd;
+    MvmdTestFdStore *systemd; /* systemd's side: harness.h */
 } Fixture;
 
-/* ---- the stand-in for systemd ------------------------------------------------------------- */
-
-static gboolean receive_one(StandIn *s);
-
-static gpointer stand_in_thread(gpointer data)
-{
-    StandIn *s = data;
-
-    while (!g_atomic_int_get(&s->stop)) {
-        struct pollfd p = {s->socket, POLLIN, 0};
-
-        if (poll(&p, 1, 50) > 0)
-            while (receive_one(s))
-                ;
-    }
-    return NULL;
-}
-
-static void stand_in_init(StandIn *s, const char *dir)
-{
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-
-    s->path = g_build_filename(dir, "notify", NULL);
-    g_assert_cmpuint(strlen(s->path), <, sizeof(addr.sun_path));
-    strcpy(addr.sun_path, s->path);
-    s->socket = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    g_assert_cmpint(s->socket, >=, 0);
-    g_assert_cmpint(bind(s->socket, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    s->store = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    s->removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    g_mutex_init(&s->lock);
-    s->thread = g_thread_new("stand-in", stand_in_thread, s);
-}
-
-static void store_close_all(StandIn *s)
-{
-    GHashTableIter iter;
-    gpointer value;
-
-    g_hash_table_iter_init(&iter, s->store);
-    while (g_hash_table_iter_next(&iter, NULL, &value))
-        close(GPOINTER_TO_INT(value) - 1);
-    g_hash_table_remove_all(s->store);
-}
-
-static void stand_in_clear(StandIn *s)
-{
-    g_atomic_int_set(&s->stop, 1);
-    g_thread_join(s->thread);
-    g_mutex_clear(&s->lock);
-    store_close_all(s);
-    g_hash_table_unref(s->store);
-    g_hash_table_unref(s->removed);
-    close(s->socket);
-    g_free(s->path);
-}
-
-/* The value of @key= in a notification, or NULL. */
-static char *field(const char *message, const char *key)
-{
-    g_auto(GStrv) lines = g_strsplit(message, "\n", -1);
-    gsize len = strlen(key);
-
-    for (char **l = lines; *l; l++)
-        if (strncmp(*l, key, len) == 0 && (*l)[len] == '=')
-            return g_strdup(*l + len + 1);
-    return NULL;
-}
-
-/* Is @fd's open file stored already (systemd's same_fd(): kcmp)? Called with the lock. */
-static gboolean already_stored(StandIn *s, int fd)
-{
-    GHashTableIter iter;
-    gpointer value;
-    pid_t pid = getpid();
-
-    g_hash_table_iter_init(&iter, s->store);
-    while (g_hash_table_iter_next(&iter, NULL, &value))
-        if (syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, GPOINTER_TO_INT(value) - 1) == 0)
-            return TRUE;
-    return FALSE;
-}
-
-/* One datagram: FDSTORE=1 keeps its descriptor under FDNAME, FDSTOREREMOVE=1 drops it. */
-static gboolean receive_one(StandIn *s)
-{
-    char buf[4096];
-    union {
-        struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof(int) * 16)];
-    } control;
-    struct iovec iov = {buf, sizeof(buf) - 1};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = &control,
-                         .msg_controllen = sizeof(control)};
-    ssize_t n = recvmsg(s->socket, &msg, MSG_CMSG_CLOEXEC);
-    g_autofree char *store = NULL, *remove = NULL, *name = NULL;
-    int fd = -1;
-
-    if (n < 0) {
-        g_assert_cmpint(errno, ==, EAGAIN);
-        return FALSE;
-    }
-    buf[n] = '\0';
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            /* One descriptor per message: that is how the daemon names each. */
-            g_assert_cmpuint(c->cmsg_len, ==, CMSG_LEN(sizeof(int)));
-            memcpy(&fd, CMSG_DATA(c), sizeof(int));
-        }
-    store = field(buf, "FDSTORE");
-    remove = field(buf, "FDSTOREREMOVE");
-    name = field(buf, "FDNAME");
-    g_mutex_lock(&s->lock);
-    if (g_strcmp0(store, "1") == 0) {
-        g_assert_nonnull(name);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_false(g_hash_table_contains(s->store, name));
-        if (already_stored(s, fd)) {
-            /* As systemd does: an open file is kept once, under its first name. */
-            close(fd);
-            s->dropped++;
-        } else {
-            g_hash_table_insert(s->store, g_steal_pointer(&name), GINT_TO_POINTER(fd + 1));
-        }
-    } else if (g_strcmp0(remove, "1") == 0) {
-        gpointer old;
-
-        g_assert_nonnull(name);
-        g_assert_cmpint(fd, <, 0);
-        if (g_hash_table_steal_extended(s->store, name, NULL, &old))
-            close(GPOINTER_TO_INT(old) - 1);
-        g_hash_table_add(s->removed, g_steal_pointer(&name));
-    } else if (fd >= 0) {
-        close(fd);
-    }
-    g_mutex_unlock(&s->lock);
-    return TRUE;
-}
-
 /* Waits until the daemon's last message was read: a round of the thread after it was sent. */
-static void receive_all(StandIn *s)
+static void receive_all(MvmdTestFdStore *s)
 {
     g_usleep(200 * 1000);
-}
-
-/* How many stored names start with @prefix. */
-static guint store_count(StandIn *s, const char *prefix)
-{
-    GHashTableIter iter;
-    gpointer key;
-    guint n = 0;
-
-    g_mutex_lock(&s->lock);
-    g_hash_table_iter_init(&iter, s->store);
-    while (g_hash_table_iter_next(&iter, &key, NULL))
-        n += g_str_has_prefix(key, prefix);
-    g_mutex_unlock(&s->lock);
-    return n;
-}
-
-static guint removed_count(StandIn *s)
-{
-    guint n;
-
-    g_mutex_lock(&s->lock);
-    n = g_hash_table_size(s->removed);
-    g_mutex_unlock(&s->lock);
-    return n;
-}
-
-/* Takes @name's descriptor out of the store: the caller's now. */
-static int store_take(StandIn *s, const char *name)
-{
-    gpointer value = NULL;
-
-    g_mutex_lock(&s->lock);
-    g_hash_table_steal_extended(s->store, name, NULL, &value);
-    g_mutex_unlock(&s->lock);
-    return GPOINTER_TO_INT(value) - 1;
-}
-
-static int store_fd(StandIn *s, const char *name)
-{
-    int fd;
-
-    g_mutex_lock(&s->lock);
-    fd = GPOINTER_TO_INT(g_hash_table_lookup(s->store, name)) - 1;
-    g_mutex_unlock(&s->lock);
-    return fd;
-}
-
-/*
- * The N of the stored "mvmd.N.def" that defines VM @name (the names number the VMs; the
- * definition key file says which is which); the result lives as long as the store's entry.
- */
-static const char *stored_index(StandIn *s, const char *name)
-{
-    g_autofree char *needle = g_strdup_printf("\nName=%s\n", name);
-    GHashTableIter iter;
-    gpointer key, value;
-    static char index[16];
-
-    g_mutex_lock(&s->lock);
-    g_hash_table_iter_init(&iter, s->store);
-    while (g_hash_table_iter_next(&iter, &key, &value)) {
-        char text[4096] = "";
-
-        if (!g_str_has_suffix(key, ".def") ||
-            pread(GPOINTER_TO_INT(value) - 1, text, sizeof(text) - 1, 0) <= 0 ||
-            !strstr(text, needle))
-            continue;
-        g_snprintf(index, sizeof(index), "%.*s", (int)(strrchr(key, '.') - (char *)key - 5),
-                   (char *)key + 5);
-        g_mutex_unlock(&s->lock);
-        return index;
-    }
-    g_mutex_unlock(&s->lock);
-    g_error("no definition of %s in the store", name);
+    mvmd_test_fd_store_drain(s);
 }
 
 /* ---- the daemon ---------------------------------------------------------------------------- */
@@ -291,8 +54,8 @@ static void fixture_setup(Fixture *f, gconstpointer data)
 {
     f->bus = mvmd_test_bus_new();
     f->bus->daemon_log = g_build_filename(f->bus->tmpdir, "daemon.log", NULL);
-    stand_in_init(&f->systemd, f->bus->tmpdir);
-    f->bus->daemon_notify_socket = g_strdup(f->systemd.path);
+    f->systemd = mvmd_test_fd_store_new(f->bus->tmpdir);
+    f->bus->daemon_notify_socket = g_strdup(mvmd_test_fd_store_path(f->systemd));
     start_daemon(f, "--fd-store");
 }
 
@@ -304,7 +67,7 @@ static void fixture_teardown(Fixture *f, gconstpointer data)
     g_clear_pointer(&f->bus->daemon_listen_fds, g_array_unref);
     g_clear_pointer(&f->bus->daemon_listen_names, g_ptr_array_unref);
     mvmd_test_bus_free(f->bus);
-    stand_in_clear(&f->systemd);
+    mvmd_test_fd_store_free(f->systemd);
 }
 
 /* SIGUSR1: hand over, exit 75. The stand-in then holds what was pushed. */
@@ -318,29 +81,13 @@ static void hand_over(Fixture *f)
     f->bus->daemon_pid = 0;
     g_assert_true(WIFEXITED(status));
     g_assert_cmpint(WEXITSTATUS(status), ==, EXIT_HANDED_OVER);
-    receive_all(&f->systemd);
+    receive_all(f->systemd);
 }
 
 /* The store, as systemd gives it to the next daemon it starts. */
 static void pass_store(Fixture *f)
 {
-    GHashTableIter iter;
-    gpointer key, value;
-
-    g_clear_pointer(&f->bus->daemon_listen_fds, g_array_unref);
-    g_clear_pointer(&f->bus->daemon_listen_names, g_ptr_array_unref);
-    f->bus->daemon_listen_fds = g_array_new(FALSE, FALSE, sizeof(int));
-    f->bus->daemon_listen_names = g_ptr_array_new_with_free_func(g_free);
-    g_mutex_lock(&f->systemd.lock);
-    g_hash_table_iter_init(&iter, f->systemd.store);
-    while (g_hash_table_iter_next(&iter, &key, &value)) {
-        int fd = GPOINTER_TO_INT(value) - 1;
-
-        g_array_append_val(f->bus->daemon_listen_fds, fd);
-        g_ptr_array_add(f->bus->daemon_listen_names, g_strdup(key));
-    }
-    g_hash_table_remove_all(f->systemd.removed);
-    g_mutex_unlock(&f->systemd.lock);
+    mvmd_test_fd_store_pass(f->systemd, f->bus);
     /* What the kernel takes as one environment string (systemd passes the names so). */
     for (guint i = 0, len = 0; i < f->bus->daemon_listen_names->len; i++) {
         len += strlen(f->bus->daemon_listen_names->pdata[i]) + 1;
@@ -533,10 +280,10 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
 
     hand_over(f);
     /* state, memory, def for each of the two; and disk0 and fd0 (the kernel) for one by fd. */
-    prefix = g_strdup_printf("mvmd.%s.", stored_index(&f->systemd, "runner"));
-    g_assert_cmpuint(store_count(&f->systemd, prefix), ==, 3);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 11);
-    g_assert_cmpuint(f->systemd.dropped, ==, 0);
+    prefix = g_strdup_printf("mvmd.%s.", mvmd_test_fd_store_vm_index(f->systemd, "runner"));
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, prefix), ==, 3);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 11);
+    g_assert_cmpuint(mvmd_test_fd_store_dropped(f->systemd), ==, 0);
     log = read_file(f->bus->daemon_log);
     g_assert_cmpuint(count_substrings(log, "which systemd's store keeps once"), ==, 1);
 
@@ -547,9 +294,9 @@ static void test_running_and_paused(Fixture *f, gconstpointer data)
     mvmd_test_vm_wait_state(sleeper, "paused");
     g_assert_cmpstr(mvmd_vm_get_uuid(runner), ==, runner_uuid);
     /* Out of the store before the guests ran again, every one of them. */
-    receive_all(&f->systemd);
-    g_assert_cmpuint(removed_count(&f->systemd), ==, 11);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_removed(f->systemd), ==, 11);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
     /* The transient VM not handed over is gone with the daemon that had it. */
     g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 3);
 
@@ -584,20 +331,20 @@ static void test_twice_then_stop(Fixture *f, gconstpointer data)
     g_clear_object(&vm);
     for (int round = 0; round < 2; round++) {
         hand_over(f);
-        g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 4); /* and disk0 */
+        g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 4); /* and disk0 */
         start_next_daemon(f);
         vm = vm_by_name(f, "twice");
         mvmd_test_vm_wait_state(vm, "running");
         count = check_counts_on(vm, count);
         g_clear_object(&vm);
-        receive_all(&f->systemd);
-        g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+        receive_all(f->systemd);
+        g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
     }
     /* Not a restart (no systemd to say so): the guest is stopped, nothing is pushed. */
     g_clear_object(&f->manager);
     g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 60), ==, 0);
-    receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
 }
 
 /*
@@ -619,13 +366,13 @@ static void test_refused(Fixture *f, gconstpointer data)
     g_clear_object(&good);
     g_clear_object(&bad);
     hand_over(f);
-    good_def = g_strdup_printf("mvmd.%s.def", stored_index(&f->systemd, "good"));
-    bad_state = g_strdup_printf("mvmd.%s.state", stored_index(&f->systemd, "bad"));
+    good_def = g_strdup_printf("mvmd.%s.def", mvmd_test_fd_store_vm_index(f->systemd, "good"));
+    bad_state = g_strdup_printf("mvmd.%s.state", mvmd_test_fd_store_vm_index(f->systemd, "bad"));
     /* A bit of the state flipped, and the good VM's def lost. */
-    g_assert_cmpint(pread(store_fd(&f->systemd, bad_state), &byte, 1, 100), ==, 1);
+    g_assert_cmpint(pread(mvmd_test_fd_store_get(f->systemd, bad_state), &byte, 1, 100), ==, 1);
     byte ^= 0x40;
-    g_assert_cmpint(pwrite(store_fd(&f->systemd, bad_state), &byte, 1, 100), ==, 1);
-    close(store_take(&f->systemd, good_def));
+    g_assert_cmpint(pwrite(mvmd_test_fd_store_get(f->systemd, bad_state), &byte, 1, 100), ==, 1);
+    close(mvmd_test_fd_store_take(f->systemd, good_def));
 
     start_next_daemon(f);
     good = vm_by_name(f, "good");
@@ -635,9 +382,9 @@ static void test_refused(Fixture *f, gconstpointer data)
                          MVMD_TEST_GUEST_TIMEOUT_MS);
     mvmd_test_vm_wait_state(bad, "stopped");
     mvmd_test_vm_wait_state(good, "stopped");
-    receive_all(&f->systemd);
-    g_assert_cmpuint(removed_count(&f->systemd), ==, 5);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_removed(f->systemd), ==, 5);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(bad), "start-failed:"));
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "was not handed over completely"));
@@ -690,7 +437,7 @@ static void test_restored(Fixture *f, gconstpointer data)
     g_clear_object(&by_dir);
 
     hand_over(f);
-    g_assert_cmpuint(f->systemd.dropped, ==, 0);
+    g_assert_cmpuint(mvmd_test_fd_store_dropped(f->systemd), ==, 0);
     start_next_daemon(f);
     by_files = vm_by_name(f, "by-files");
     by_dir = vm_by_name(f, "by-dir");
@@ -698,8 +445,8 @@ static void test_restored(Fixture *f, gconstpointer data)
     mvmd_test_vm_wait_state(by_dir, "running");
     check_counts_on(by_files, files_before);
     check_counts_on(by_dir, dir_before);
-    receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
     /* Its snapshot's files came along: a new Start restores from them. */
     mvmd_test_vm_call_ok(by_files, "Stop", NULL);
     mvmd_test_vm_call_ok(by_files, "Start", NULL);
@@ -759,7 +506,7 @@ static void test_name_taken(Fixture *f, gconstpointer data)
     count = some_count(vm);
     g_clear_object(&vm);
     hand_over(f);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 3);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 3);
 
     squatter = take_bus_name(f);
     pass_store(f);
@@ -768,8 +515,8 @@ static void test_name_taken(Fixture *f, gconstpointer data)
     f->bus->daemon_pid = 0;
     g_assert_true(WIFEXITED(status));
     g_assert_cmpint(WEXITSTATUS(status), ==, 1);
-    receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 3);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 3);
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "handing the VMs taken over to the next microvmd again"));
 
@@ -801,8 +548,8 @@ static void test_no_store(Fixture *f, gconstpointer data)
     mvmd_test_vm_wait_state(vm, "running");
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "cannot hand the VMs over"));
-    receive_all(&f->systemd);
-    g_assert_cmpuint(store_count(&f->systemd, "mvmd."), ==, 0);
+    receive_all(f->systemd);
+    g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
 }
 
 int main(int argc, char **argv)
