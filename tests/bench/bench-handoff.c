@@ -16,7 +16,11 @@
  * the lines printed before a client reconnects would all reach it at once. The guest's own clock
  * (kvmclock) sees no gap at all: the state is restored with the clock it had.
  *
- *   bench-handoff [--counts 1,10,100] [--rounds 3] [--microvmd PATH] [--testguest PATH]
+ *   bench-handoff [--counts 1,10] [--rounds 3] [--microvmd PATH] [--testguest PATH]
+ *
+ * 100 VMs (issue 16's goal) only when asked (--counts 1,10,100): a pattern guest spins between
+ * its lines (no mode of the test guest halts between them), and 100 of them starve a host with
+ * few CPUs; the nested host of tests/vmhost, with one, never got through (docs/benchmarks.md).
  *
  * Needs /dev/kvm (exit 77 without); exits 1 when a VM does not run again or its guest booted
  * again, saying which.
@@ -50,7 +54,7 @@
  */
 #define CALL_TIMEOUT_MS (10 * 60 * 1000)
 
-static char *opt_microvmd, *opt_testguest, *opt_counts = "1,10,100";
+static char *opt_microvmd, *opt_testguest, *opt_counts = "1,10";
 static char *opt_mode = "pattern pages=64 base_mib=8 every=20 delay=2000";
 static int opt_rounds = 3, opt_memory = 32;
 
@@ -762,7 +766,7 @@ static void raise_nofile(void)
 int main(int argc, char **argv)
 {
     const GOptionEntry entries[] = {
-        {"counts", 0, 0, G_OPTION_ARG_STRING, &opt_counts, "How many VMs, one run each (1,10,100)",
+        {"counts", 0, 0, G_OPTION_ARG_STRING, &opt_counts, "How many VMs, one run each (1,10)",
          "N,..."},
         {"rounds", 0, 0, G_OPTION_ARG_INT, &opt_rounds, "Handoffs per count (3)", "R"},
         {"microvmd", 0, 0, G_OPTION_ARG_FILENAME, &opt_microvmd, "The daemon ($MICROVMD)", "PATH"},
