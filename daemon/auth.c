@@ -71,10 +71,9 @@ gboolean mvmd_auth_file_owner(GDBusMethodInvocation *invocation, uid_t *owner, G
     return TRUE;
 }
 
-gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
-                                       GError **error)
+static gboolean path_allowed(gboolean trusted, const char *key, GError **error)
 {
-    if (mvmd_auth_caller_is_trusted(invocation))
+    if (trusted)
         return TRUE;
     g_set_error(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
                 "'%s': only root may have microvmd open a path or a host interface by name; "
@@ -83,18 +82,24 @@ gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const 
     return FALSE;
 }
 
-gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
-                                      const MvmdVmDefinition *config, GError **error)
+gboolean mvmd_auth_check_path_argument(GDBusMethodInvocation *invocation, const char *key,
+                                       GError **error)
 {
-    if (config->kernel && !mvmd_auth_check_path_argument(invocation, "kernel", error))
+    return path_allowed(mvmd_auth_caller_is_trusted(invocation), key, error);
+}
+
+static gboolean config_paths_allowed(gboolean trusted, const MvmdVmDefinition *config,
+                                     GError **error)
+{
+    if (config->kernel && !path_allowed(trusted, "kernel", error))
         return FALSE;
-    if (config->initrd && !mvmd_auth_check_path_argument(invocation, "initrd", error))
+    if (config->initrd && !path_allowed(trusted, "initrd", error))
         return FALSE;
     for (guint i = 0; i < config->devices.disks->len; i++) {
         const MvmdDisk *disk = config->devices.disks->pdata[i];
         g_autofree char *key = g_strdup_printf("disks[%u].path", i);
 
-        if (disk->path && !mvmd_auth_check_path_argument(invocation, key, error))
+        if (disk->path && !path_allowed(trusted, key, error))
             return FALSE;
     }
     /* A tap named by a caller is a host interface the daemon would attach to: same rule. */
@@ -102,12 +107,37 @@ gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
         const MvmdNic *nic = config->devices.nics->pdata[i];
         g_autofree char *key = g_strdup_printf("network[%u].tap", i);
 
-        if (nic->tap && !mvmd_auth_check_path_argument(invocation, key, error))
+        if (nic->tap && !path_allowed(trusted, key, error))
             return FALSE;
     }
-    if (config->devices.vsock_uds_path &&
-        !mvmd_auth_check_path_argument(invocation, "vsock.uds-path", error))
+    if (config->devices.vsock_uds_path && !path_allowed(trusted, "vsock.uds-path", error))
         return FALSE;
+    return TRUE;
+}
+
+gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
+                                      const MvmdVmDefinition *config, GError **error)
+{
+    return config_paths_allowed(mvmd_auth_caller_is_trusted(invocation), config, error);
+}
+
+gboolean mvmd_auth_check_owner_may_have(const MvmdVmDefinition *config, GError **error)
+{
+    gboolean trusted = uid_is_trusted((uid_t)config->owner);
+
+    if (!config_paths_allowed(trusted, config, error))
+        return FALSE;
+    if (trusted)
+        return TRUE;
+    /* RestoreVM's rules (manager.c): a directory is root's; a caller's RAM file is copied. */
+    if (config->snapshot_dir || config->snapshot_fd >= 0)
+        return path_allowed(FALSE, "snapshot_dir", error);
+    if (config->snapshot_state_fd >= 0 && !config->lazy && !config->copy_memory) {
+        g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_NOT_AUTHORIZED,
+                            "'copy-memory': a snapshot's memory file of a user other than root "
+                            "is copied, never mapped");
+        return FALSE;
+    }
     return TRUE;
 }
 

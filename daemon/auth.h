@@ -80,6 +80,13 @@ gboolean mvmd_auth_check_config_paths(GDBusMethodInvocation *invocation,
                                       const MvmdVmDefinition *config, GError **error);
 
 /*
+ * What @config's owner could have given it (a definition read back from a handoff, which
+ * another microvmd wrote): paths, tap names and socket paths, a snapshot directory, and a
+ * snapshot's memory file mapped uncopied, are root's alone. MVMD_ERROR_NOT_AUTHORIZED.
+ */
+gboolean mvmd_auth_check_owner_may_have(const MvmdVmDefinition *config, GError **error);
+
+/*
  * Who may use the peer-to-peer socket: root (and the daemon's own user), and members of @group (a
  * name or a number; NULL: root only). Set once at start-up (--socket-group).
  */

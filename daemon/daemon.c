@@ -185,6 +185,8 @@ static void begin_handoff(Daemon *d, const char *why, int exit_status)
         return;
     d->ctx.handing_off = TRUE;
     d->exit_status = exit_status;
+    if (d->manager)
+        mvmd_handoff_expect(mvmd_manager_service_count_active(d->manager));
     begin_stop(d, why);
 }
 

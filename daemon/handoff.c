@@ -13,6 +13,7 @@
 
 #include <gio/gunixfdlist.h>
 
+#include "auth.h"
 #include "errors.h"
 #include "vm-ops.h"
 
@@ -31,9 +32,12 @@
 #define MAX_AGE_US (10 * 60 * G_USEC_PER_SEC)
 
 /* What this daemon has pushed so far, against the store's limits. */
+static guint next_index; /* N of "mvmd.N.": never the same twice, a VM refused half-way too */
 static guint pushed_vms;
 static gsize pushed_name_bytes;
 static guint pushed_fds;
+/* How many VMs this handoff expects (mvmd_handoff_expect()): each has its share reserved. */
+static guint expected_vms;
 
 /* ---- the daemon that leaves ------------------------------------------------------------ */
 
@@ -133,21 +137,40 @@ static char *plan_name(const Plan *plan, guint i)
                            g_array_index(plan->entries, Planned, i).kind);
 }
 
+#ifndef F_DUPFD_QUERY
+#define F_DUPFD_QUERY 1027 /* Linux 6.10 */
+#endif
+
+/* Type, device and inode, without a round trip to the file's server (a caller's NFS). */
+static gboolean stat_fd(int fd, struct statx *stx)
+{
+    return statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, stx) == 0;
+}
+
 /*
  * Do @a and @b share one open file? systemd's store keeps such descriptors once, under the
- * first name, and tells them apart as this does: kcmp(KCMP_FILE), or, where the kernel has
- * no kcmp, the same inode opened with the same flags.
+ * first name, and tells them apart as its same_fd() does, which this mirrors: F_DUPFD_QUERY,
+ * else kcmp(KCMP_FILE), else the same inode opened with the same flags, where two device
+ * nodes are never one (every tap is /dev/net/tun). Unknown counts as one: refused, not lost.
  */
 static gboolean same_open_file(int a, int b)
 {
     pid_t pid = getpid();
-    long r = syscall(SYS_kcmp, pid, pid, KCMP_FILE, a, b);
-    struct stat sa, sb;
+    long r = fcntl(a, F_DUPFD_QUERY, b);
+    struct statx sa, sb;
 
     if (r >= 0)
+        return r > 0;
+    r = syscall(SYS_kcmp, pid, pid, KCMP_FILE, a, b);
+    if (r >= 0)
         return r == 0;
-    return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino && fcntl(a, F_GETFL) == fcntl(b, F_GETFL);
+    if (!stat_fd(a, &sa) || !stat_fd(b, &sb))
+        return TRUE;
+    if ((sa.stx_mode & S_IFMT) != (sb.stx_mode & S_IFMT) || S_ISCHR(sa.stx_mode) ||
+        S_ISBLK(sa.stx_mode))
+        return FALSE;
+    return sa.stx_dev_major == sb.stx_dev_major && sa.stx_dev_minor == sb.stx_dev_minor &&
+           sa.stx_ino == sb.stx_ino && fcntl(a, F_GETFL) == fcntl(b, F_GETFL);
 }
 
 /* The kind under which @fd's open file is among @plan's first @n entries, or NULL. */
@@ -255,11 +278,54 @@ static GHashTable *pushed_files;
 
 static char *inode_key(int fd)
 {
-    struct stat st;
+    struct statx stx;
 
-    return fstat(fd, &st) == 0 ? g_strdup_printf("%" G_GUINT64_FORMAT ":%" G_GUINT64_FORMAT,
-                                                 (guint64)st.st_dev, (guint64)st.st_ino)
-                               : NULL;
+    if (!stat_fd(fd, &stx))
+        return NULL;
+    return g_strdup_printf("%u:%u:%" G_GUINT64_FORMAT, stx.stx_dev_major, stx.stx_dev_minor,
+                           (guint64)stx.stx_ino);
+}
+
+/* Open files of other VMs, to be compared with (a copy of each, closed with the table). */
+typedef struct {
+    char *key;
+    int fd;
+} FileCopy;
+
+static void file_copy_clear(FileCopy *copy)
+{
+    g_free(copy->key);
+    if (copy->fd >= 0)
+        close(copy->fd);
+}
+
+/*
+ * A copy of each descriptor of @plan that came from outside (back ends, the caller's), made
+ * before any is pushed: a VM whose files cannot be compared with later VMs' is not handed over,
+ * since a later VM sharing one would be lost rather than refused.
+ */
+static GArray *plan_copy_files(const Plan *plan, GError **error)
+{
+    g_autoptr(GArray) copies = g_array_new(FALSE, FALSE, sizeof(FileCopy));
+
+    g_array_set_clear_func(copies, (GDestroyNotify)file_copy_clear);
+    for (guint i = 0; i < plan->entries->len; i++) {
+        const Planned *entry = &g_array_index(plan->entries, Planned, i);
+        FileCopy copy = {NULL, -1};
+
+        if (entry->ours)
+            continue;
+        copy.key = inode_key(entry->fd);
+        copy.fd = copy.key ? fcntl(entry->fd, F_DUPFD_CLOEXEC, 3) : -1;
+        if (copy.fd < 0) {
+            mvmd_set_errno_error(error, MVMD_ERROR_NO_RESOURCES, "cannot look at its %s",
+                                 entry->kind);
+            file_copy_clear(&copy);
+            return NULL;
+        }
+        g_array_append_val(copies, copy);
+    }
+    return g_steal_pointer(&copies);
 }
 
 /*
@@ -267,7 +333,7 @@ static char *inode_key(int fd)
  * CreateVM calls): the store would keep it under the other VM's name alone, and the next
  * daemon could not take this VM. Such a VM is not handed over.
  */
-static gboolean plan_check_unshared(const Plan *plan, GError **error)
+static gboolean plan_check_unshared(const Plan *plan, const GArray *copies, GError **error)
 {
     for (guint i = 0; i < plan->entries->len; i++) {
         const Planned *entry = &g_array_index(plan->entries, Planned, i);
@@ -280,17 +346,15 @@ static gboolean plan_check_unshared(const Plan *plan, GError **error)
             return FALSE;
         }
     }
-    for (guint i = 0; pushed_files && i < plan->entries->len; i++) {
-        const Planned *entry = &g_array_index(plan->entries, Planned, i);
-        g_autofree char *key = entry->ours ? NULL : inode_key(entry->fd);
-        GArray *same_inode = key ? g_hash_table_lookup(pushed_files, key) : NULL;
+    for (guint i = 0; pushed_files && i < copies->len; i++) {
+        const FileCopy *copy = &g_array_index(copies, FileCopy, i);
+        GArray *same_inode = g_hash_table_lookup(pushed_files, copy->key);
 
         for (guint j = 0; same_inode && j < same_inode->len; j++) {
-            if (same_open_file(entry->fd, g_array_index(same_inode, int, j))) {
-                g_set_error(error, MVMD_ERROR, MVMD_ERROR_FAILED,
-                            "its %s is a file another VM was handed over with, which systemd's "
-                            "store keeps once",
-                            entry->kind);
+            if (same_open_file(copy->fd, g_array_index(same_inode, int, j))) {
+                g_set_error_literal(error, MVMD_ERROR, MVMD_ERROR_FAILED,
+                                    "one of its files is one another VM was handed over with, "
+                                    "which systemd's store keeps once");
                 return FALSE;
             }
         }
@@ -298,43 +362,54 @@ static gboolean plan_check_unshared(const Plan *plan, GError **error)
     return TRUE;
 }
 
-static void plan_remember(const Plan *plan)
+/* @copies into the table of what was pushed: it keeps their descriptors. */
+static void remember_files(GArray *copies)
 {
     if (!pushed_files)
         pushed_files =
             g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_array_unref);
-    for (guint i = 0; i < plan->entries->len; i++) {
-        const Planned *entry = &g_array_index(plan->entries, Planned, i);
-        g_autofree char *key = entry->ours ? NULL : inode_key(entry->fd);
-        int copy = key ? fcntl(entry->fd, F_DUPFD_CLOEXEC, 3) : -1;
-        GArray *same_inode;
+    for (guint i = 0; i < copies->len; i++) {
+        FileCopy *copy = &g_array_index(copies, FileCopy, i);
+        GArray *same_inode = g_hash_table_lookup(pushed_files, copy->key);
 
-        if (copy < 0)
-            continue; /* out of descriptors: the next check compares fewer, as before */
-        same_inode = g_hash_table_lookup(pushed_files, key);
         if (!same_inode) {
             same_inode = g_array_new(FALSE, FALSE, sizeof(int));
-            g_hash_table_insert(pushed_files, g_steal_pointer(&key), same_inode);
+            g_hash_table_insert(pushed_files, g_strdup(copy->key), same_inode);
         }
-        g_array_append_val(same_inode, copy);
+        g_array_append_val(same_inode, copy->fd);
+        copy->fd = -1;
     }
 }
 
-/* What the store and the next daemon's environment still take, with @plan in. */
+void mvmd_handoff_expect(guint n_vms)
+{
+    expected_vms = n_vms;
+}
+
+/*
+ * What the store and the next daemon's environment still take, with @plan in. Each VM is
+ * sure of its share of both (the budget over the VMs expected), whatever order the saves end
+ * in: a VM may take more only from what is left beyond the shares of those still to come, so
+ * that one owner's VMs with many descriptors cannot crowd out everybody else's.
+ */
 static gboolean plan_fits(const Plan *plan, gsize *name_bytes, GError **error)
 {
+    guint to_come = expected_vms > pushed_vms + 1 ? expected_vms - pushed_vms - 1 : 0;
+    guint64 fds_reserved = (guint64)to_come * (store_capacity() / MAX(expected_vms, 1));
+    guint64 names_reserved = (guint64)to_come * (NAMES_MAX_BYTES / MAX(expected_vms, 1));
+
     *name_bytes = 0;
     for (guint i = 0; i < plan->entries->len; i++) {
         g_autofree char *name = plan_name(plan, i);
 
         *name_bytes += strlen(name) + 1; /* and its ':' */
     }
-    if (pushed_fds + plan->entries->len > store_capacity() ||
-        pushed_name_bytes + *name_bytes > NAMES_MAX_BYTES) {
+    if (pushed_fds + plan->entries->len + fds_reserved > store_capacity() ||
+        pushed_name_bytes + *name_bytes + names_reserved > NAMES_MAX_BYTES) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
-                    "the fd store is full (%u descriptors of %u, %" G_GSIZE_FORMAT
-                    " bytes of names of %d)",
-                    pushed_fds, store_capacity(), pushed_name_bytes, NAMES_MAX_BYTES);
+                    "the fd store is full for it (%u descriptors and %" G_GSIZE_FORMAT
+                    " bytes of names, of %u and %d, are taken or kept for %u VMs to come)",
+                    plan->entries->len, *name_bytes, store_capacity(), NAMES_MAX_BYTES, to_come);
         return FALSE;
     }
     return TRUE;
@@ -355,7 +430,8 @@ gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
 {
     g_autoptr(GPtrArray) pushed = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GArray) entries = g_array_new(FALSE, FALSE, sizeof(Planned));
-    Plan plan = {pushed_vms, entries};
+    g_autoptr(GArray) copies = NULL;
+    Plan plan = {next_index++, entries};
     gsize name_bytes;
     int def_fd;
     gboolean ok;
@@ -367,10 +443,11 @@ gboolean mvmd_handoff_push(const MvmdHandoffOut *vm, GError **error)
     def_fd = write_def(vm, &plan, error);
     /* Last: a VM is handed over once its `def` is in the store, and only then. */
     plan_add(&plan, "def", def_fd, TRUE);
-    ok = def_fd >= 0 && plan_check_unshared(&plan, error) && plan_fits(&plan, &name_bytes, error) &&
+    ok = def_fd >= 0 && (copies = plan_copy_files(&plan, error)) &&
+         plan_check_unshared(&plan, copies, error) && plan_fits(&plan, &name_bytes, error) &&
          push_plan(&plan, pushed, error);
     if (ok) {
-        plan_remember(&plan);
+        remember_files(copies);
         pushed_vms++;
         pushed_fds += plan.entries->len;
         pushed_name_bytes += name_bytes;
@@ -634,7 +711,7 @@ static gboolean parse_def(GKeyFile *kf, Pending *p, MvmdHandoffIn *vm, GError **
     vm->running = g_key_file_get_boolean(kf, GROUP_HANDOFF, "Running", NULL);
     g_key_file_remove_group(kf, GROUP_HANDOFF, NULL);
     vm->definition = mvmd_vm_definition_new_from_keyfile_with_fds(kf, caller_fds, error);
-    if (!vm->definition)
+    if (!vm->definition || !mvmd_auth_check_owner_may_have(vm->definition, error))
         return FALSE;
     vm->uuid = g_strdup(vm->definition->uuid);
     if (disks != vm->definition->devices.disks->len || nics != vm->definition->devices.nics->len) {

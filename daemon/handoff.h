@@ -53,6 +53,12 @@ typedef struct {
 gboolean mvmd_handoff_available(gboolean fd_store_option, const char **why);
 
 /*
+ * How many VMs the handoff beginning hands over (at most): each is sure of its share of the
+ * store and of the names (mvmd_handoff_push()).
+ */
+void mvmd_handoff_expect(guint n_vms);
+
+/*
  * Pushes @vm into the store, if the store ($FDSTORE, else the unit's 16384) and the next
  * daemon's $LISTEN_FDNAMES (96 KiB of names) still take it: else MVMD_ERROR_LIMIT_REACHED and
  * nothing is pushed. On failure, what was pushed of it is removed again (best effort; without

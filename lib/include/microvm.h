@@ -654,7 +654,8 @@ MvmVmConfig *mvm_vm_dup_backends(MvmVm *vm, GError **error);
  * refuse what this accepted. Returns the snapshot's configuration: n_vcpus, memory_mib,
  * cmdline, rng; disks (their read_only flags are what the guest was told), nics (with the MACs
  * the guest knows), vsock_cid (0: no vsock device). Paths and tap names are the snapshot's
- * own, as untrusted as the rest; every fd is -1. Any problem: MVM_ERROR_INVALID_ARGUMENT with
+ * own, as untrusted as the rest, and NULL for a disk or NIC its VM was given by fd; every fd
+ * is -1. Any problem: MVM_ERROR_INVALID_ARGUMENT with
  * the reason, worded as by a restore.
  */
 MvmVmConfig *mvm_snapshot_read_config_at(int dirfd, GError **error);

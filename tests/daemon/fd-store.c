@@ -229,6 +229,14 @@ int mvmd_test_fd_store_take(MvmdTestFdStore *s, const char *name)
     return GPOINTER_TO_INT(value) - 1;
 }
 
+void mvmd_test_fd_store_put(MvmdTestFdStore *s, const char *name, int fd)
+{
+    g_mutex_lock(&s->lock);
+    g_assert_false(g_hash_table_contains(s->store, name));
+    g_hash_table_insert(s->store, g_strdup(name), GINT_TO_POINTER(fd + 1));
+    g_mutex_unlock(&s->lock);
+}
+
 int mvmd_test_fd_store_get(MvmdTestFdStore *s, const char *name)
 {
     int fd;

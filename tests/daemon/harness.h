@@ -201,6 +201,8 @@ guint mvmd_test_fd_store_removed(MvmdTestFdStore *s);
 guint mvmd_test_fd_store_dropped(MvmdTestFdStore *s);
 /* Takes @name's descriptor out of the store: the caller's now. -1: no such name. */
 int mvmd_test_fd_store_take(MvmdTestFdStore *s, const char *name);
+/* Stores @fd (taken) under @name, as another writer of the store might. */
+void mvmd_test_fd_store_put(MvmdTestFdStore *s, const char *name, int fd);
 /* @name's descriptor, still the store's; -1: no such name. */
 int mvmd_test_fd_store_get(MvmdTestFdStore *s, const char *name);
 /*

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -348,24 +349,52 @@ static void test_twice_then_stop(Fixture *f, gconstpointer data)
 }
 
 /*
+ * @name's handed definition rewritten as another writer of the store might: its owner a user
+ * who could not have given the kernel's path it names.
+ */
+static void forge_owner(Fixture *f, const char *name)
+{
+    g_autofree char *def =
+        g_strdup_printf("mvmd.%s.def", mvmd_test_fd_store_vm_index(f->systemd, name));
+    int old = mvmd_test_fd_store_take(f->systemd, def);
+    g_autofree char *text = g_malloc0(65536);
+    g_autofree char *forged = NULL;
+    int fd = memfd_create("forged-def", MFD_CLOEXEC);
+    g_auto(GStrv) parts = NULL;
+
+    g_assert_cmpint(pread(old, text, 65535, 0), >, 0);
+    close(old);
+    parts = g_strsplit(text, "\nOwner=0\n", 2);
+    g_assert_cmpuint(g_strv_length(parts), ==, 2);
+    forged = g_strjoin("\nOwner=4242\n", parts[0], parts[1], NULL);
+    g_assert_cmpint(write(fd, forged, strlen(forged)), ==, (ssize_t)strlen(forged));
+    mvmd_test_fd_store_put(f->systemd, def, fd);
+}
+
+/*
  * What the next daemon cannot trust is refused per VM, its descriptors dropped from the store:
- * a state whose digest fails, and a set without its `def` (a daemon that died mid-way). The
- * daemon lives on and the VM is stopped, never resumed on wrong state.
+ * a state whose digest fails, a set without its `def` (a daemon that died mid-way), and a
+ * definition naming a path its owner could not have given. The daemon lives on and the VM is
+ * stopped, never resumed on wrong state.
  */
 static void test_refused(Fixture *f, gconstpointer data)
 {
     g_autoptr(MvmdVm) good = create_counter(f, "good", "'persist': <true>");
     g_autoptr(MvmdVm) bad = create_counter(f, "bad", "'persist': <true>");
+    g_autoptr(MvmdVm) forged = create_counter(f, "forged", NULL);
     g_autofree char *good_def = NULL, *bad_state = NULL, *log = NULL;
     guint8 byte;
 
     mvmd_test_vm_call_ok(good, "Start", NULL);
     mvmd_test_vm_call_ok(bad, "Start", NULL);
+    mvmd_test_vm_call_ok(forged, "Start", NULL);
     some_count(good);
     some_count(bad);
     g_clear_object(&good);
     g_clear_object(&bad);
+    g_clear_object(&forged);
     hand_over(f);
+    forge_owner(f, "forged");
     good_def = g_strdup_printf("mvmd.%s.def", mvmd_test_fd_store_vm_index(f->systemd, "good"));
     bad_state = g_strdup_printf("mvmd.%s.state", mvmd_test_fd_store_vm_index(f->systemd, "bad"));
     /* A bit of the state flipped, and the good VM's def lost. */
@@ -383,11 +412,14 @@ static void test_refused(Fixture *f, gconstpointer data)
     mvmd_test_vm_wait_state(bad, "stopped");
     mvmd_test_vm_wait_state(good, "stopped");
     receive_all(f->systemd);
-    g_assert_cmpuint(mvmd_test_fd_store_removed(f->systemd), ==, 5);
+    g_assert_cmpuint(mvmd_test_fd_store_removed(f->systemd), ==, 8);
     g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
     g_assert_true(g_str_has_prefix(mvmd_test_vm_exit_reason(bad), "start-failed:"));
     log = read_file(f->bus->daemon_log);
     g_assert_nonnull(strstr(log, "was not handed over completely"));
+    g_assert_nonnull(strstr(log, "'kernel': only root may have microvmd open a path"));
+    /* The transient VM refused is gone with the daemon that had it. */
+    g_assert_cmpuint(mvmd_manager_get_vm_count(f->manager), ==, 2);
     /* Started afresh, as the definition says: a boot, not a resume. */
     mvmd_test_vm_call_ok(bad, "Start", NULL);
     mvmd_test_vm_call_ok(bad, "Stop", NULL);
