@@ -26,6 +26,7 @@
 #define EXIT_HANDED_OVER 75
 
 static const char *testguest;
+static const char *daemon_log; /* the fixture's, for a failure's diagnosis */
 
 typedef struct {
     MvmdTestBus *bus;
@@ -55,6 +56,7 @@ static void fixture_setup(Fixture *f, gconstpointer data)
 {
     f->bus = mvmd_test_bus_new();
     f->bus->daemon_log = g_build_filename(f->bus->tmpdir, "daemon.log", NULL);
+    daemon_log = f->bus->daemon_log;
     f->systemd = mvmd_test_fd_store_new(f->bus->tmpdir);
     f->bus->daemon_notify_socket = g_strdup(mvmd_test_fd_store_path(f->systemd));
     start_daemon(f, "--fd-store");
@@ -167,6 +169,13 @@ static gint64 check_counts_on(MvmdVm *vm, gint64 before)
 
     g_test_message("count %" G_GINT64_FORMAT " after the handoff, %" G_GINT64_FORMAT " before",
                    count, before);
+    if (count <= before) {
+        g_autofree char *log = NULL;
+
+        /* Seen once in many nested runs: what the daemons said, for the next time. */
+        g_file_get_contents(daemon_log, &log, NULL, NULL);
+        g_printerr("the daemons' log:\n%s\nthe console:\n%s\n", log ? log : "(none)", c->seen->str);
+    }
     g_assert_cmpint(count, >, before);
     mvmd_test_console_close(c);
     return count;
