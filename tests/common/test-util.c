@@ -2,11 +2,19 @@
 /* What every C test that runs a VM shares (test-util.h). */
 #include "test-util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
@@ -156,4 +164,68 @@ gboolean testguest_parse_cpuid(const char *output, guint32 leaf, guint32 subleaf
                                                      &regs[0], &regs[1], &regs[2], &regs[3]) == 4)
             return TRUE;
     return FALSE;
+}
+
+/* ---- taps ---- */
+
+/* A tap made in a throwaway network namespace: what the test needs, tried in a child. */
+static gboolean probe_tap(void)
+{
+    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
+    int fd;
+
+    if (unshare(CLONE_NEWNET) != 0 || (fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0)
+        return FALSE;
+    g_strlcpy(ifr.ifr_name, "mvmprobe0", sizeof(ifr.ifr_name));
+    return ioctl(fd, TUNSETIFF, &ifr) == 0;
+}
+
+gboolean test_can_unshare_net(void)
+{
+    g_autofree char *ip = g_find_program_in_path("ip");
+    if (ip == NULL)
+        return FALSE;
+    pid_t pid = fork();
+
+    if (pid == 0)
+        _exit(probe_tap() ? 0 : 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int test_make_tap(const char *name, gboolean keep_fd, int *ifindex)
+{
+    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
+    if (!keep_fd) {
+        g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
+        close(fd);
+        fd = -1;
+    }
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    memset(&ifr, 0, sizeof(ifr));
+    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
+    g_assert_cmpint(ioctl(sock, SIOCGIFFLAGS, &ifr), ==, 0);
+    ifr.ifr_flags |= IFF_UP;
+    g_assert_cmpint(ioctl(sock, SIOCSIFFLAGS, &ifr), ==, 0);
+    g_assert_cmpint(ioctl(sock, SIOCGIFINDEX, &ifr), ==, 0);
+    close(sock);
+    *ifindex = ifr.ifr_ifindex;
+    return fd;
+}
+
+int test_packet_socket(int ifindex, guint16 ethertype)
+{
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ethertype));
+    struct sockaddr_ll addr = {
+        .sll_family = AF_PACKET, .sll_protocol = htons(ethertype), .sll_ifindex = ifindex};
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
 }

@@ -54,6 +54,17 @@ gboolean testguest_parse_blkbench(const char *out, guint32 tsc_khz, TestguestBlk
  */
 gboolean testguest_parse_cpuid(const char *output, guint32 leaf, guint32 subleaf, guint32 regs[4]);
 
+/*
+ * Taps, for tests in a network namespace of their own (unshare(CLONE_NEWNET)). Whether this
+ * process may make one with a tap: root, /dev/net/tun, and iproute2's ip (tests delete taps
+ * with it), tried in a child. A tap @name, up, its index in *ifindex: persistent (a VM opens it
+ * by name) unless @keep_fd, which returns its open descriptor for a VM to take instead. The
+ * host's end of the wire: a packet socket for @ethertype frames on interface @ifindex.
+ */
+gboolean test_can_unshare_net(void);
+int test_make_tap(const char *name, gboolean keep_fd, int *ifindex);
+int test_packet_socket(int ifindex, guint16 ethertype);
+
 /* Removes @path and, if it is a directory (not a link to one), all it holds. */
 void rm_rf(const char *path);
 

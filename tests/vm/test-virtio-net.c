@@ -7,12 +7,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
-#include <linux/if.h>
 #include <linux/if_packet.h>
-#include <linux/if_tun.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -398,47 +395,6 @@ static void test_vsock_symlinked_dir(void)
 #define TEST_TAP  "mvmtest0"
 #define ETHERTYPE 0x88b5
 
-/*
- * A tap named @name, up, with its index in *ifindex. Persistent (the VM opens it by name) when
- * @keep_fd is FALSE; else the open tap fd is returned for the VM to take.
- */
-static int make_tap(const char *name, gboolean keep_fd, int *ifindex)
-{
-    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-
-    g_assert_cmpint(fd, >=, 0);
-    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
-    g_assert_cmpint(ioctl(fd, TUNSETIFF, &ifr), ==, 0);
-    if (!keep_fd) {
-        g_assert_cmpint(ioctl(fd, TUNSETPERSIST, 1), ==, 0);
-        close(fd);
-        fd = -1;
-    }
-    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    memset(&ifr, 0, sizeof(ifr));
-    g_strlcpy(ifr.ifr_name, name, sizeof(ifr.ifr_name));
-    g_assert_cmpint(ioctl(sock, SIOCGIFFLAGS, &ifr), ==, 0);
-    ifr.ifr_flags |= IFF_UP;
-    g_assert_cmpint(ioctl(sock, SIOCSIFFLAGS, &ifr), ==, 0);
-    g_assert_cmpint(ioctl(sock, SIOCGIFINDEX, &ifr), ==, 0);
-    close(sock);
-    *ifindex = ifr.ifr_ifindex;
-    return fd;
-}
-
-/* The host's end of the wire: a packet socket on the tap interface. */
-static int packet_socket(int ifindex)
-{
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE));
-    struct sockaddr_ll addr = {
-        .sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE), .sll_ifindex = ifindex};
-
-    g_assert_cmpint(fd, >=, 0);
-    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    return fd;
-}
-
 static const guint8 test_mac[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 
 /* Takes the guest's hello, checks it, answers to the MAC it came from (returned in @mac). */
@@ -513,8 +469,8 @@ static void net_by_name(void)
     guint8 mac[6];
     guint burst = 200;
 
-    make_tap(TEST_TAP, FALSE, &ifindex);
-    int pkt = packet_socket(ifindex);
+    test_make_tap(TEST_TAP, FALSE, &ifindex);
+    int pkt = test_packet_socket(ifindex, ETHERTYPE);
     g_autofree char *cmdline = g_strdup_printf("mode=net burst=%u rxburst=%u gone=1", burst, burst);
     g_autoptr(MvmVmConfig) config = net_config(cmdline, TEST_TAP, -1, test_mac);
     g_autoptr(Guest) g = guest_start(config);
@@ -556,8 +512,8 @@ static void net_by_fd(void)
 {
     int ifindex;
     guint8 mac[6];
-    int fd = make_tap("mvmtest1", TRUE, &ifindex);
-    int pkt = packet_socket(ifindex);
+    int fd = test_make_tap("mvmtest1", TRUE, &ifindex);
+    int pkt = test_packet_socket(ifindex, ETHERTYPE);
     g_autoptr(MvmVmConfig) config = net_config("mode=net", NULL, fd, NULL);
     g_autoptr(Guest) g = guest_start(config);
 
@@ -610,7 +566,7 @@ static void net_clone(void)
     g_autofree char *dir = make_tmpdir();
     int ifindex;
 
-    make_tap(TEST_TAP, FALSE, &ifindex);
+    test_make_tap(TEST_TAP, FALSE, &ifindex);
     {
         g_autoptr(MvmVmConfig) config = net_config("mode=idle", TEST_TAP, -1, test_mac);
         g_autoptr(Guest) g = guest_start(config);
@@ -693,8 +649,8 @@ static void net_diff_held_buffer(void)
     int ifindex;
     guint8 mac[6];
 
-    make_tap(TEST_TAP, FALSE, &ifindex);
-    int pkt = packet_socket(ifindex);
+    test_make_tap(TEST_TAP, FALSE, &ifindex);
+    int pkt = test_packet_socket(ifindex, ETHERTYPE);
     g_autoptr(MvmVmConfig) config = net_config("mode=net rxburst=1 gone=1", TEST_TAP, -1, test_mac);
     g_autoptr(Guest) g = guest_start(config);
     net_exchange(pkt, ifindex, mac);

@@ -2,12 +2,8 @@
 /* What the virtio tests share: test guests with their console and markers, disk images. */
 #include <fcntl.h>
 #include <glib/gstdio.h>
-#include <linux/if.h>
-#include <linux/if_tun.h>
 #include <sched.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "virtio-test-util.h"
@@ -153,33 +149,6 @@ char *make_image(guint sectors, GBytes **contents)
 
 /* ---- taps ---- */
 
-/* A tap made in a throwaway network namespace: what the test needs, tried in a child. */
-static gboolean probe_tap(void)
-{
-    struct ifreq ifr = {.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR};
-    int fd;
-
-    if (unshare(CLONE_NEWNET) != 0 || (fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0)
-        return FALSE;
-    g_strlcpy(ifr.ifr_name, "mvmprobe0", sizeof(ifr.ifr_name));
-    return ioctl(fd, TUNSETIFF, &ifr) == 0;
-}
-
-/* Whether this process may make a network namespace with a tap (root, and a tun driver). */
-static gboolean can_unshare_net(void)
-{
-    g_autofree char *ip = g_find_program_in_path("ip");
-    if (ip == NULL)
-        return FALSE;
-    pid_t pid = fork();
-
-    if (pid == 0)
-        _exit(probe_tap() ? 0 : 1);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 void run_in_net_namespace(void (*func)(void))
 {
     if (g_test_subprocess()) {
@@ -187,7 +156,7 @@ void run_in_net_namespace(void (*func)(void))
         func();
         return;
     }
-    if (!can_unshare_net()) {
+    if (!test_can_unshare_net()) {
         g_test_skip("cannot create a network namespace with a tap here (needs root, "
                     "/dev/net/tun and iproute2's ip)");
         return;
