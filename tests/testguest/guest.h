@@ -215,6 +215,7 @@ bool mode_cpuid(void);
 /* virtio modes (virtio.h is the driver) */
 bool mode_blk(void);
 bool mode_blkbench(void);
+bool mode_blkloop(void);
 bool mode_rng(void);
 bool mode_hostile(void);
 bool mode_vsock(void);

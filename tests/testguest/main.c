@@ -25,6 +25,7 @@ static const struct {
     {"kvmclock", mode_kvmclock},
     {"blk", mode_blk},
     {"blkbench", mode_blkbench},
+    {"blkloop", mode_blkloop},
     {"rng", mode_rng},
     {"hostile", mode_hostile},
     {"vsock", mode_vsock},

@@ -11,6 +11,12 @@
  * mode=blkbench: `count` (64) requests of `kib` (64) KiB, reads then writes, from sector 0;
  * markers 0x100/0x101 (reads) and 0x102/0x103 (writes) let the host time them; then 16 × count
  * queue notifies (0x104-0x105) and as many trapped register writes (0x105-0x106).
+ *
+ * mode=blkloop: writes sector K (K = 0, 1, ...; modulo the capacity) with K in its first 8 bytes
+ * and blk_pattern_byte(K, i, 0) in the rest, printing "BLKLOOP wrote K echoed E" once the device
+ * completed it (status OK), then waits `delay_ms` (20) before the next; `max` (0 = never) ends it.
+ * With echo=1 it echoes the virtio-net frames of mode=net's type (net_echo_pending()) meanwhile,
+ * E counting them. K and E live in memory: a guest handed to another VMM counts on.
  */
 #include "virtio.h"
 
@@ -206,5 +212,54 @@ bool mode_blkbench(void)
     outl(MVM_TESTDEV_MARKER_PORT, 0x106);
     gprintf("BLKBENCH notifies %lu tsc %lu trapped-writes tsc %lu\n", n, t1 - t0, t2 - t1);
     pass("blkbench");
+    return true;
+}
+
+/* Sector @k's content in mode=blkloop (mirrored in tests/daemon/test-daemon-handoff.c). */
+static void fill_numbered(u8 *sector, u64 k)
+{
+    memcpy(sector, &k, sizeof(k));
+    for (u32 i = sizeof(k); i < 512; i++)
+        sector[i] = blk_pattern_byte(k, i, 0);
+}
+
+/* @ms of echoing (or only waiting): the next write is not due before. */
+static bool echo_for(u64 ms, bool echo, u64 *echoed)
+{
+    u64 deadline = tsc_deadline_ms(ms);
+
+    do {
+        int n = echo ? net_echo_pending() : 0;
+        if (n < 0)
+            return false;
+        *echoed += (u64)n;
+        cpu_relax();
+    } while (!tsc_passed(deadline));
+    return true;
+}
+
+bool mode_blkloop(void)
+{
+    struct vdev d;
+    u64 delay = arg_u64("delay_ms", 20), max = arg_u64("max", 0), echoed = 0;
+    bool echo = arg_u64("echo", 0);
+
+    if (!blk_open(&d) || (echo && !net_open()))
+        return false;
+    u64 capacity = *(volatile u64 *)(d.base + VIO_CONFIG);
+    u8 *sector = vio_page();
+    gprintf("BLKLOOP capacity %lu echo %u\n", capacity, echo);
+    for (u64 k = 0; max == 0 || k < max; k++) {
+        fill_numbered(sector, k);
+        int status = blk_rw(&d, BLK_T_OUT, k % capacity, sector, 512);
+        if (status != BLK_S_OK) {
+            fail("blkloop: write %lu: status %d", k, status);
+            return false;
+        }
+        gprintf("BLKLOOP wrote %lu echoed %lu\n", k, echoed);
+        if (!echo_for(delay, echo, &echoed))
+            return false;
+    }
+    pass("blkloop");
     return true;
 }

@@ -8,6 +8,8 @@
  * frames the host sends at once (markers 0x112 at the first, 0x113 at the last).
  * gone (0): 1 = after that, wait for a byte on the console (the host deleted the tap meanwhile)
  * and check that sending still completes.
+ * net_open() and net_echo_pending() are mode=blkloop's echo (mode_virtio_blk.c): every frame of
+ * our type sent to our MAC goes back to the MAC it came from, its payload unchanged.
  */
 #include "virtio.h"
 
@@ -94,7 +96,8 @@ static bool receive_burst(u64 n)
     return true;
 }
 
-bool mode_net(void)
+/* The first virtio-net device, link up, our MAC read, RX_BUFS receive buffers posted. */
+bool net_open(void)
 {
     if (!virtio_find(1, 0, &dev)) {
         fail("net: no virtio-net device");
@@ -114,6 +117,50 @@ bool mode_net(void)
         vq_post(&dev.q[0], i, (u64)rx_pages[i], 4096, true);
     }
     vq_kick(&dev, &dev.q[0]);
+    return true;
+}
+
+/* @f (@len bytes from the Ethernet header on) back to its sender, from our MAC. */
+static bool echo_frame(const u8 *f, u32 len)
+{
+    u8 *out = tx_page + HDR_SIZE;
+    struct vbuf b = {(u64)tx_page, HDR_SIZE + len, false};
+    u32 used;
+
+    memset(tx_page, 0, HDR_SIZE);
+    memcpy(out, f + 6, 6);
+    memcpy(out + 6, mac, 6);
+    memcpy(out + 12, f + 12, len - 12);
+    return vq_request(&dev, &dev.q[1], &b, 1, &used);
+}
+
+/* Without waiting: echoes what arrived, gives each buffer back; how many echoed, -1 on an error. */
+int net_echo_pending(void)
+{
+    int echoed = 0;
+    u32 id, len;
+
+    while (vq_has_used(&dev.q[0])) {
+        vq_wait(&dev, &dev.q[0], &id, &len, 0);
+        if (id >= RX_BUFS || len < HDR_SIZE + ETH_HLEN || len > 4096) {
+            fail("net: bad rx element id %u len %u", id, len);
+            return -1;
+        }
+        u8 *f = rx_pages[id] + HDR_SIZE;
+        bool ours = (u16)(f[12] << 8 | f[13]) == ETHERTYPE && !memcmp(f, mac, 6);
+        if (ours && !echo_frame(f, len - HDR_SIZE))
+            return -1;
+        echoed += ours;
+        vq_post(&dev.q[0], (u16)id, (u64)rx_pages[id], 4096, true);
+        vq_kick(&dev, &dev.q[0]);
+    }
+    return echoed;
+}
+
+bool mode_net(void)
+{
+    if (!net_open())
+        return false;
     if (!send_frame("hello from guest net"))
         return false;
     gprintf("NET sent\n");

@@ -99,3 +99,7 @@ unsigned vio_page_mark(void);
 void vio_page_release(unsigned mark);
 u64 fnv1a(const void *data, u64 len, u64 hash);
 #define FNV1A_INIT 0xcbf29ce484222325ULL
+
+/* mode_virtio_net.c, for mode=blkloop: the NIC ready to receive, and its echo (see there). */
+bool net_open(void);
+int net_echo_pending(void);
