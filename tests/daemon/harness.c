@@ -555,7 +555,12 @@ gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text)
 
 gint64 mvmd_test_console_next_counter(MvmdTestConsole *c)
 {
-    gsize start = mvmd_test_console_expect(c, c->at, "COUNTER ");
+    return mvmd_test_console_next_number(c, "COUNTER ");
+}
+
+gint64 mvmd_test_console_next_number(MvmdTestConsole *c, const char *prefix)
+{
+    gsize start = mvmd_test_console_expect(c, c->at, prefix);
 
     c->at = mvmd_test_console_expect(c, start, "\n");
     g_assert_null(strstr(c->seen->str, "FAIL"));

@@ -172,6 +172,8 @@ gsize mvmd_test_console_expect(MvmdTestConsole *c, gsize from, const char *text)
  * printed FAIL.
  */
 gint64 mvmd_test_console_next_counter(MvmdTestConsole *c);
+/* The same for any line "@prefix<n>..." (e.g. the blkloop guest's "BLKLOOP wrote "). */
+gint64 mvmd_test_console_next_number(MvmdTestConsole *c, const char *prefix);
 
 /*
  * systemd's file descriptor store, as a test stands in for it (fd-store.c): the notification
