@@ -7,6 +7,9 @@
  *     echoes what it receives with "echo: " in front, and waits for the host to close.
  * pause=1 instead: print "VSOCK paused", wait for a console byte (the host snapshots and restores
  * the VM meanwhile) and expect a TRANSPORT_RESET event (§5.10.6.7).
+ * hold=1 instead: accept a connection on `port` and echo once as in 2., print "VSOCK holding", and
+ * keep it, waiting with no time limit for the device's next event, which must be a
+ * TRANSPORT_RESET (the host handed the VM to another VMM, or restored it, meanwhile).
  * Receive buffers: RX_BUFS pages, each one descriptor whose index is its buffer number.
  */
 #include "virtio.h"
@@ -116,7 +119,8 @@ static bool guest_connects(u32 hostport)
     return true;
 }
 
-static bool guest_listens(u32 port)
+/* A connection from the host to @port: accepted, its first message echoed; its port in @peer. */
+static bool accept_and_echo(u32 port, u32 *peer)
 {
     struct vsock_hdr h;
     char data[256], echo[300] = "echo: ";
@@ -129,13 +133,22 @@ static bool guest_listens(u32 port)
         fail("vsock: request for port %u, expected %u", h.dst_port, port);
         return false;
     }
-    u32 peer = h.src_port;
-    if (!send_pkt(port, peer, OP_RESPONSE, "", 0) ||
+    *peer = h.src_port;
+    if (!send_pkt(port, *peer, OP_RESPONSE, "", 0) ||
         !expect_op("data", OP_RW, &h, data, sizeof(data)))
         return false;
     gprintf("VSOCK received '%s'\n", data);
     memcpy(echo + 6, data, strlen(data) + 1);
-    if (!send_pkt(port, peer, OP_RW, echo, (u32)strlen(echo)))
+    return send_pkt(port, *peer, OP_RW, echo, (u32)strlen(echo));
+}
+
+static bool guest_listens(u32 port)
+{
+    struct vsock_hdr h;
+    char data[256];
+    u32 peer;
+
+    if (!accept_and_echo(port, &peer))
         return false;
     /* The host closes: a SHUTDOWN, which we answer with an RST. */
     if (!expect_op("close", OP_SHUTDOWN, &h, data, sizeof(data)) ||
@@ -149,6 +162,15 @@ static bool guest_listens(u32 port)
  * pause=1: the host snapshots and restores the VM, which must tell us TRANSPORT_RESET; then the
  * CID as the config space has it now (a clone's is new).
  */
+/* The event the device wrote (@len bytes at @event) is a transport reset. */
+static bool reset_seen(u32 *event, u32 len)
+{
+    gprintf("VSOCK event id %u len %u\n", *event, len);
+    /* virtio 1.2 §5.10.6.7: the driver reads guest_cid again after a transport reset. */
+    gprintf("VSOCK cid after reset %lu\n", *(volatile u64 *)(dev.base + VIO_CONFIG));
+    return check_u64("vsock-transport-reset", 0, *event) && check_u64("vsock-event-len", 4, len);
+}
+
 static bool transport_reset(u32 *event)
 {
     u32 id, len;
@@ -159,10 +181,21 @@ static bool transport_reset(u32 *event)
         fail("vsock: no event after the restore");
         return false;
     }
-    gprintf("VSOCK event id %u len %u\n", *event, len);
-    /* virtio 1.2 §5.10.6.7: the driver reads guest_cid again after a transport reset. */
-    gprintf("VSOCK cid after reset %lu\n", *(volatile u64 *)(dev.base + VIO_CONFIG));
-    return check_u64("vsock-transport-reset", 0, *event) && check_u64("vsock-event-len", 4, len);
+    return reset_seen(event, len);
+}
+
+/* hold=1: the connection stays open until the device says it is gone, however long that is. */
+static bool hold_until_reset(u32 port, u32 *event)
+{
+    u32 peer, id, len;
+
+    if (!accept_and_echo(port, &peer))
+        return false;
+    gprintf("VSOCK holding\n");
+    while (!vq_has_used(&dev.q[2]))
+        cpu_relax();
+    vq_wait(&dev, &dev.q[2], &id, &len, 0);
+    return reset_seen(event, len);
 }
 
 bool mode_vsock(void)
@@ -186,6 +219,8 @@ bool mode_vsock(void)
     vq_kick(&dev, &dev.q[2]);
     if (arg_u64("pause", 0))
         return transport_reset((u32 *)event);
+    if (arg_u64("hold", 0))
+        return hold_until_reset((u32)arg_u64("port", 5000), (u32 *)event);
     bool ok = guest_connects((u32)arg_u64("hostport", 1234));
     ok = ok && guest_listens((u32)arg_u64("port", 5000));
     return ok;
