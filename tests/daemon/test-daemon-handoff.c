@@ -7,7 +7,8 @@
  * store. tests/systemd/ does the same under the real systemd. The guests are the pattern test
  * guest (tests/testguest/README.md), whose count lives in its memory: a guest handed over goes
  * on counting, and one that booted again would start over. /handoff/disk-and-net has the
- * blkloop guest write numbered sectors and echo frames through a tap while it is handed over.
+ * blkloop guest write numbered sectors and echo frames through a tap while it is handed over;
+ * /handoff/vsock-reset has the vsock guest hold a connection across it.
  * Needs a usable /dev/kvm (else 77).
  */
 #include <arpa/inet.h>
@@ -22,6 +23,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -173,6 +175,13 @@ static char *console_log(Fixture *f, const char *name)
     g_autofree char *path = g_build_filename(f->bus->runtime_dir, "vm", name, "console.log", NULL);
 
     return read_file(path);
+}
+
+static gboolean console_says(Fixture *f, const char *name, const char *text)
+{
+    g_autofree char *log = console_log(f, name);
+
+    return strstr(log, text) != NULL;
 }
 
 /*
@@ -610,6 +619,98 @@ static void test_no_store(Fixture *f, gconstpointer data)
     g_assert_cmpuint(mvmd_test_fd_store_count(f->systemd, "mvmd."), ==, 0);
 }
 
+/* ---- a vsock connection across the handoff -------------------------------------------------- */
+
+static int unix_connect(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/* What @fd gives within a minute, up to @len bytes or a newline. */
+static char *read_reply(int fd, gsize len)
+{
+    g_autofree char *buf = g_malloc0(len + 1);
+    struct pollfd p = {fd, POLLIN, 0};
+    gsize got = 0;
+
+    while (got < len && (got == 0 || buf[got - 1] != '\n') && poll(&p, 1, 60000) == 1) {
+        ssize_t n = read(fd, buf + got, len - got);
+
+        if (n <= 0)
+            break;
+        got += n;
+    }
+    return g_steal_pointer(&buf);
+}
+
+/* EOF or a reset on @fd within a minute: nothing more to read, ever. */
+static gboolean peer_closed(int fd)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    char byte;
+
+    return poll(&p, 1, 60000) == 1 && read(fd, &byte, 1) <= 0;
+}
+
+/* Through the device's socket to the guest's port 5000, which echoes one message. */
+static int vsock_open(const char *uds)
+{
+    int fd = unix_connect(uds);
+    g_autofree char *ok = NULL, *echo = NULL;
+
+    g_assert_cmpint(write(fd, "CONNECT 5000\n", 13), ==, 13);
+    ok = read_reply(fd, 64);
+    g_assert_true(g_str_has_prefix(ok, "OK "));
+    g_assert_cmpint(write(fd, "held", 4), ==, 4);
+    echo = read_reply(fd, strlen("echo: held"));
+    g_assert_cmpstr(echo, ==, "echo: held");
+    return fd;
+}
+
+/*
+ * A vsock connection's fate (microvmd(8)): it ends with the daemon that had it. The host's end
+ * reads EOF once that daemon is gone, and the guest, which held its end, is told
+ * TRANSPORT_RESET (virtio 1.2 §5.10.6.7) when the next daemon runs it again.
+ */
+static void test_vsock_reset(Fixture *f, gconstpointer data)
+{
+    g_autofree char *uds = g_build_filename(f->bus->tmpdir, "v.sock", NULL);
+    g_autofree char *extra = g_strdup_printf("'vsock': <{'cid': <uint32 42>, 'uds-path': <'%s'>}>,"
+                                             " 'debug-exit': <true>",
+                                             uds);
+    g_autoptr(MvmdVm) vm = create_guest(f, "held", "mode=vsock hold=1 port=5000", extra);
+    g_autofree char *log = NULL;
+    MvmdTestConsole *c;
+    int fd;
+
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    c = mvmd_test_console_open(vm);
+    mvmd_test_console_expect(c, 0, "VSOCK listening 5000");
+    fd = vsock_open(uds);
+    mvmd_test_console_expect(c, 0, "VSOCK holding");
+    mvmd_test_console_close(c);
+    g_clear_object(&vm);
+
+    hand_over(f);
+    g_assert_true(peer_closed(fd));
+    close(fd);
+    start_next_daemon(f);
+    vm = vm_by_name(f, "held");
+    /* Not its State: a VM taken over reads "stopped" until its restore has run. */
+    mvmd_test_wait_until(console_says(f, "held", "TESTGUEST-DONE"), MVMD_TEST_GUEST_TIMEOUT_MS);
+    mvmd_test_vm_wait_state(vm, "stopped"); /* the guest's end: its debug exit */
+    log = console_log(f, "held");
+    g_assert_cmpuint(count_substrings(log, "TESTGUEST vsock start"), ==, 1);
+    g_assert_nonnull(strstr(log, "PASS vsock-transport-reset"));
+    g_assert_nonnull(strstr(log, "TESTGUEST-DONE vsock PASS"));
+}
+
 /* ---- a guest writing and echoing across the handoff ---------------------------------------- */
 
 #define STREAM_TAP     "mvmho0"
@@ -874,8 +975,8 @@ static MvmdVm *create_stream_guest(Fixture *f, const char *image)
  * The issue's promise: a guest writing its disk and echoing frames through a tap all along
  * loses no write it saw completed and no frame but those sent while it was being handed over.
  * Every write it reported before SIGUSR1 is in the image before the next daemon starts; it
- * writes on from there (its count is in its memory) and echoes again. Its vsock connections
- * would be reset (microvmd(8)); this guest has none.
+ * writes on from there (its count is in its memory) and echoes again. (Its vsock connections
+ * would be reset: /handoff/vsock-reset.)
  */
 static void test_disk_and_net(Fixture *f, gconstpointer data)
 {
@@ -952,6 +1053,7 @@ int main(int argc, char **argv)
     ADD("/handoff/name-taken", test_name_taken);
     ADD("/handoff/restored", test_restored);
     ADD("/handoff/no-store", test_no_store);
+    ADD("/handoff/vsock-reset", test_vsock_reset);
 #undef ADD
     /*
      * Last: its setup moves the test's main thread, and so every daemon it starts, into a
