@@ -272,7 +272,7 @@ static int write_def(const MvmdHandoffOut *vm, Plan *plan, GError **error)
 
 /*
  * The back ends and caller descriptors pushed so far (dup'ed: each must stay open to be
- * compared), by inode, "DEV:INO" → GArray of fds.
+ * compared), by inode, "MAJOR:MINOR:INO" → GArray of fds.
  */
 static GHashTable *pushed_files;
 
@@ -407,9 +407,11 @@ static gboolean plan_fits(const Plan *plan, gsize *name_bytes, GError **error)
     if (pushed_fds + plan->entries->len + fds_reserved > store_capacity() ||
         pushed_name_bytes + *name_bytes + names_reserved > NAMES_MAX_BYTES) {
         g_set_error(error, MVMD_ERROR, MVMD_ERROR_LIMIT_REACHED,
-                    "the fd store is full for it (%u descriptors and %" G_GSIZE_FORMAT
-                    " bytes of names, of %u and %d, are taken or kept for %u VMs to come)",
-                    plan->entries->len, *name_bytes, store_capacity(), NAMES_MAX_BYTES, to_come);
+                    "the fd store has no room for its %u descriptors (%" G_GSIZE_FORMAT
+                    " bytes of names): of %u and %d, %u and %" G_GSIZE_FORMAT
+                    " are taken, and a share is kept for each of %u VMs still to come",
+                    plan->entries->len, *name_bytes, store_capacity(), NAMES_MAX_BYTES, pushed_fds,
+                    pushed_name_bytes, to_come);
         return FALSE;
     }
     return TRUE;
