@@ -175,6 +175,12 @@ void cpu_set_idt_gate(unsigned vector, void (*handler)(void), unsigned dpl);
  */
 bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void));
 void irq_wait(void);
+/*
+ * The LAPIC timer, one-shot, on @vector (LAPIC on, nothing else set up); lapic_sleep_ms() halts
+ * until it fired @ms later (at most about 4 s), the vCPU costing the host nothing meanwhile.
+ */
+void lapic_timer_setup(u8 vector);
+void lapic_sleep_ms(u64 ms);
 void cpu_set_rsp0(u64 rsp0);
 void cpu_load_tss(void);
 void exception_handler(struct exception_frame *f);

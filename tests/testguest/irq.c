@@ -15,12 +15,17 @@
 #define LAPIC_TPR     0x80
 #define LAPIC_EOI     0xb0
 #define LAPIC_SVR     0xf0
-#define IOAPIC_REGSEL 0x00
-#define IOAPIC_WIN    0x10
-#define IOAPIC_VER    0x01
-#define IOAPIC_REDTBL 0x10
-#define PIC1_DATA     0x21
-#define PIC2_DATA     0xa1
+#define LAPIC_LVT_TMR 0x320
+#define LAPIC_TMR_ICR 0x380
+#define LAPIC_TMR_DCR 0x3e0
+/* KVM's (and QEMU's) LAPIC timer counts at 1 GHz with the divider at 1 (DCR 0xb). */
+#define LAPIC_TICKS_PER_MS 1000000ULL
+#define IOAPIC_REGSEL      0x00
+#define IOAPIC_WIN         0x10
+#define IOAPIC_VER         0x01
+#define IOAPIC_REDTBL      0x10
+#define PIC1_DATA          0x21
+#define PIC2_DATA          0xa1
 
 u64 irq_saved_rsp;
 static void (*irq_handler)(void);
@@ -51,6 +56,16 @@ void irq_record(void)
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_EOI, 0);
 }
 
+/* @vector to irq_entry, the 8259s masked (they see the low GSIs, and QEMU's PIT), LAPIC on. */
+static void lapic_enable(u8 vector)
+{
+    outb(PIC1_DATA, 0xff);
+    outb(PIC2_DATA, 0xff);
+    cpu_set_idt_gate(vector, irq_entry, 0);
+    mmio_write32(MVM_LAPIC_ADDR + LAPIC_TPR, 0);
+    mmio_write32(MVM_LAPIC_ADDR + LAPIC_SVR, 0x100 | 0xff); /* enabled, spurious vector 0xff */
+}
+
 static void ioapic_write(u32 reg, u32 value)
 {
     mmio_write32(MVM_IOAPIC_ADDR + IOAPIC_REGSEL, reg);
@@ -72,13 +87,29 @@ bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void))
         return false;
     }
     irq_handler = handler;
-    outb(PIC1_DATA, 0xff); /* the 8259s see the low GSIs too: keep them quiet */
-    outb(PIC2_DATA, 0xff);
-    cpu_set_idt_gate(vector, irq_entry, 0);
-    mmio_write32(MVM_LAPIC_ADDR + LAPIC_TPR, 0);
-    mmio_write32(MVM_LAPIC_ADDR + LAPIC_SVR, 0x100 | 0xff); /* enabled, spurious vector 0xff */
+    lapic_enable(vector);
     u32 bsp = mmio_read32(MVM_LAPIC_ADDR + LAPIC_ID) >> 24;
     ioapic_write(IOAPIC_REDTBL + 2 * gsi + 1, bsp << 24); /* destination first, then unmask */
     ioapic_write(IOAPIC_REDTBL + 2 * gsi, vector);        /* fixed, edge, high, unmasked */
     return true;
+}
+
+static void no_handler(void)
+{
+}
+
+void lapic_timer_setup(u8 vector)
+{
+    irq_handler = no_handler;
+    lapic_enable(vector);
+    mmio_write32(MVM_LAPIC_ADDR + LAPIC_TMR_DCR, 0xb);    /* divide by 1 */
+    mmio_write32(MVM_LAPIC_ADDR + LAPIC_LVT_TMR, vector); /* one-shot, unmasked */
+}
+
+void lapic_sleep_ms(u64 ms)
+{
+    u64 ticks = ms * LAPIC_TICKS_PER_MS;
+
+    mmio_write32(MVM_LAPIC_ADDR + LAPIC_TMR_ICR, ticks > 0xffffffffULL ? 0xffffffffU : (u32)ticks);
+    irq_wait();
 }

@@ -7,11 +7,13 @@
  * never), verify=sample|full (sample: first, middle and last word of every page, plus every word
  * of one page, a different one each time), idle (0; 1: once the pages are filled and checked,
  * print "PATTERN idle" and halt with interrupts off, costing the host nothing: a guest with data
- * for benchmarks of many clones).
+ * for benchmarks of many clones), sleep_ms (0; N: after each COUNTER line, halt N ms on the
+ * LAPIC timer instead of spinning on: many counting guests on few host CPUs).
  */
 #include "guest.h"
 
-#define PAGE_WORDS (MVM_PAGE_SIZE / 8)
+#define PAGE_WORDS           (MVM_PAGE_SIZE / 8)
+#define PATTERN_TIMER_VECTOR 0x41
 
 static u64 pattern_word(u64 addr, u64 page)
 {
@@ -51,6 +53,7 @@ bool mode_pattern(void)
     u64 delay = arg_u64("delay", 1000);
     u64 max = arg_u64("max", 0);
     bool full = !strcmp(arg_str("verify", "sample"), "full");
+    u64 sleep_ms = arg_u64("sleep_ms", 0);
 
     if (!pages || !every) {
         fail("pattern: expected pages and every above 0");
@@ -76,6 +79,8 @@ bool mode_pattern(void)
             __asm__ volatile("cli; hlt");
     }
 
+    if (sleep_ms)
+        lapic_timer_setup(PATTERN_TIMER_VECTOR);
     /* volatile: the count lives in memory, where a snapshot sees it. */
     static volatile u64 counter;
     counter = 0;
@@ -91,6 +96,8 @@ bool mode_pattern(void)
         gprintf("COUNTER %lu\n", counter);
         if (last)
             break;
+        if (sleep_ms)
+            lapic_sleep_ms(sleep_ms);
     }
     pass("pattern");
     return true;
