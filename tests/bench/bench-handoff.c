@@ -18,9 +18,10 @@
  *
  *   bench-handoff [--counts 1,10] [--rounds 3] [--microvmd PATH] [--testguest PATH]
  *
- * 100 VMs (issue 16's goal) only when asked (--counts 1,10,100): a pattern guest spins between
- * its lines (no mode of the test guest halts between them), and 100 of them starve a host with
- * few CPUs; the nested host of tests/vmhost, with one, never got through (docs/benchmarks.md).
+ * 100 VMs (issue 16's goal) only when asked (--counts 1,10,100): the default pattern guest
+ * spins between its lines, and 100 of them starve a host with few CPUs; on one like the nested
+ * host of tests/vmhost, add --mode "pattern ... every=1 delay=0 sleep_ms=200", whose guests
+ * halt between their lines (docs/benchmarks.md).
  *
  * Needs /dev/kvm (exit 77 without); exits 1 when a VM does not run again or its guest booted
  * again, saying which.
