@@ -347,6 +347,18 @@ static gboolean check_with_library(const MvmdVmDefinition *config, GError **erro
     return FALSE;
 }
 
+/* @uuid may be NULL (a new one is made). */
+static gboolean check_name_and_uuid(const char *name, const char *uuid, GError **error)
+{
+    if (!mvmd_vm_name_validate(name, error))
+        return FALSE;
+    if (uuid && !g_uuid_string_is_valid(uuid)) {
+        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "invalid UUID '%s'", uuid);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 MvmdVmDefinition *mvmd_vm_definition_new_from_variant(const char *name, const char *uuid,
                                                       GVariant *variant, GUnixFDList *fd_list,
                                                       GError **error)
@@ -357,12 +369,8 @@ MvmdVmDefinition *mvmd_vm_definition_new_from_variant(const char *name, const ch
     const char *key;
     GVariant *value;
 
-    if (!mvmd_vm_name_validate(name, error))
+    if (!check_name_and_uuid(name, uuid, error))
         return NULL;
-    if (uuid && !g_uuid_string_is_valid(uuid)) {
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "invalid UUID '%s'", uuid);
-        return NULL;
-    }
     config->name = g_strdup(name);
     config->uuid = uuid ? g_ascii_strdown(uuid, -1) : g_uuid_string_random();
 
@@ -771,15 +779,10 @@ MvmdVmDefinition *mvmd_vm_definition_new_from_keyfile_with_fds(GKeyFile *kf, GUn
     uuid = g_key_file_get_string(kf, GROUP_VM, "UUID", error);
     if (!uuid)
         return NULL;
-    if (fd_list && g_key_file_has_group(kf, GROUP_RESTORED)) {
-        if (!mvmd_vm_name_validate(name, error))
-            return NULL;
-        if (!g_uuid_string_is_valid(uuid)) {
-            g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT, "invalid UUID '%s'", uuid);
-            return NULL;
-        }
-        return restored_from_keyfile(kf, name, uuid, fd_list, error);
-    }
+    if (fd_list && g_key_file_has_group(kf, GROUP_RESTORED))
+        return check_name_and_uuid(name, uuid, error)
+                   ? restored_from_keyfile(kf, name, uuid, fd_list, error)
+                   : NULL;
     cfg_keys = g_key_file_get_keys(kf, GROUP_CONFIG, NULL, error);
     if (!cfg_keys)
         return NULL;
