@@ -728,31 +728,27 @@ static gboolean parse_def(GKeyFile *kf, Pending *p, MvmdHandoffIn *vm, GError **
 /*
  * The definition's devices, each with the descriptor handed over: the path or tap name stays
  * beside it, unopened (the fd is used), since the machine's state names it for the next
- * handoff or snapshot. The definition's own descriptors are not the back ends': forgotten.
+ * handoff or snapshot. The definition's own descriptors are not the back ends': each one is
+ * replaced, with the one handed over or -1, past a missing one too (the first sets @error).
  */
 static gboolean take_backends(Pending *p, MvmdHandoffIn *vm, GError **error)
 {
     MvmVmConfig *backends = mvmd_vm_definition_to_mvm(vm->definition);
+    gboolean ok = TRUE;
 
     vm->backends = backends;
     backends->kernel_fd = backends->initrd_fd = -1;
-    for (guint i = 0; backends->disks && i < backends->disks->len; i++)
-        ((MvmDiskConfig *)g_ptr_array_index(backends->disks, i))->fd = -1;
-    for (guint i = 0; backends->nics && i < backends->nics->len; i++)
-        ((MvmNetConfig *)g_ptr_array_index(backends->nics, i))->tap_fd = -1;
     for (guint i = 0; backends->disks && i < backends->disks->len; i++) {
         MvmDiskConfig *disk = g_ptr_array_index(backends->disks, i);
 
-        if (!take_numbered(p, "disk", i, &disk->fd, error))
-            return FALSE;
+        ok &= take_numbered(p, "disk", i, &disk->fd, ok ? error : NULL);
     }
     for (guint i = 0; backends->nics && i < backends->nics->len; i++) {
         MvmNetConfig *nic = g_ptr_array_index(backends->nics, i);
 
-        if (!take_numbered(p, "nic", i, &nic->tap_fd, error))
-            return FALSE;
+        ok &= take_numbered(p, "nic", i, &nic->tap_fd, ok ? error : NULL);
     }
-    return TRUE;
+    return ok;
 }
 
 static MvmdHandoffIn *take_vm(Pending *p, GError **error)
