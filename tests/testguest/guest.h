@@ -174,6 +174,8 @@ void cpu_set_idt_gate(unsigned vector, void (*handler)(void), unsigned dpl);
  * off again once one interrupt was handled.
  */
 bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void));
+/* As irq_setup(), but the interrupt only ends irq_wait(): its caller checks why it woke. */
+bool irq_setup_wake(const char *what, u32 gsi, u8 vector);
 void irq_wait(void);
 /*
  * The LAPIC timer, one-shot, on @vector (LAPIC on, nothing else set up); lapic_sleep_ms() halts

@@ -31,8 +31,14 @@ u64 irq_saved_rsp;
 static void (*irq_handler)(void);
 
 void irq_entry(void);
+void irq_wake_entry(void);
 void irq_record(void);
+void irq_eoi(void);
 
+/*
+ * irq_entry calls the handler irq_setup() was given, then EOIs; irq_wake_entry only EOIs (a
+ * wake-up whose cause the caller checks itself). Both resume irq_wait()'s caller.
+ */
 __asm__(".text\n"
         ".globl irq_wait\n"
         "irq_wait:\n"
@@ -43,25 +49,35 @@ __asm__(".text\n"
         "1:  hlt\n    jmp 1b\n"
         ".globl irq_entry\n"
         "irq_entry:\n"
-        "    mov irq_saved_rsp(%rip), %rsp\n"
+        "    lea irq_record(%rip), %rax\n"
+        "    jmp 2f\n"
+        ".globl irq_wake_entry\n"
+        "irq_wake_entry:\n"
+        "    lea irq_eoi(%rip), %rax\n"
+        "2:  mov irq_saved_rsp(%rip), %rsp\n"
         "    sub $8, %rsp\n" /* 16-byte aligned at the call */
-        "    call irq_record\n"
+        "    call *%rax\n"
         "    add $8, %rsp\n"
         "    pop %r15\n    pop %r14\n    pop %r13\n    pop %r12\n    pop %rbp\n    pop %rbx\n"
         "    ret\n");
 
-void irq_record(void)
+void irq_eoi(void)
 {
-    irq_handler();
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_EOI, 0);
 }
 
-/* @vector to irq_entry, the 8259s masked (they see the low GSIs, and QEMU's PIT), LAPIC on. */
-static void lapic_enable(u8 vector)
+void irq_record(void)
+{
+    irq_handler();
+    irq_eoi();
+}
+
+/* @vector to @entry, the 8259s masked (they see the low GSIs, and QEMU's PIT), LAPIC on. */
+static void lapic_enable(u8 vector, void (*entry)(void))
 {
     outb(PIC1_DATA, 0xff);
     outb(PIC2_DATA, 0xff);
-    cpu_set_idt_gate(vector, irq_entry, 0);
+    cpu_set_idt_gate(vector, entry, 0);
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_TPR, 0);
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_SVR, 0x100 | 0xff); /* enabled, spurious vector 0xff */
 }
@@ -78,7 +94,7 @@ static u32 ioapic_read(u32 reg)
     return mmio_read32(MVM_IOAPIC_ADDR + IOAPIC_WIN);
 }
 
-bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void))
+static bool ioapic_route(const char *what, u32 gsi, u8 vector, void (*entry)(void))
 {
     u32 pins = ((ioapic_read(IOAPIC_VER) >> 16) & 0xff) + 1;
 
@@ -86,22 +102,27 @@ bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void))
         fail("%s: expected a GSI below %u (the IOAPIC's pins) got %u", what, pins, gsi);
         return false;
     }
-    irq_handler = handler;
-    lapic_enable(vector);
+    lapic_enable(vector, entry);
     u32 bsp = mmio_read32(MVM_LAPIC_ADDR + LAPIC_ID) >> 24;
     ioapic_write(IOAPIC_REDTBL + 2 * gsi + 1, bsp << 24); /* destination first, then unmask */
     ioapic_write(IOAPIC_REDTBL + 2 * gsi, vector);        /* fixed, edge, high, unmasked */
     return true;
 }
 
-static void no_handler(void)
+bool irq_setup(const char *what, u32 gsi, u8 vector, void (*handler)(void))
 {
+    irq_handler = handler;
+    return ioapic_route(what, gsi, vector, irq_entry);
+}
+
+bool irq_setup_wake(const char *what, u32 gsi, u8 vector)
+{
+    return ioapic_route(what, gsi, vector, irq_wake_entry);
 }
 
 void lapic_timer_setup(u8 vector)
 {
-    irq_handler = no_handler;
-    lapic_enable(vector);
+    lapic_enable(vector, irq_wake_entry);
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_TMR_DCR, 0xb);    /* divide by 1 */
     mmio_write32(MVM_LAPIC_ADDR + LAPIC_LVT_TMR, vector); /* one-shot, unmasked */
 }
