@@ -236,8 +236,8 @@ static void test_out_of_descriptors(gconstpointer data)
 
 /* ---- at the limit ------------------------------------------------------------------------ */
 
-/* The lowest descriptor number @pid has free: the next one it would get. */
-static int lowest_free_fd(GPid pid)
+/* The @nth lowest descriptor number @pid has free (0: the next one it would get). */
+static int free_fd(GPid pid, guint nth)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
     g_autoptr(GHashTable) open_fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -251,17 +251,22 @@ static int lowest_free_fd(GPid pid)
     for (;; fd++) {
         g_autofree char *number = g_strdup_printf("%d", fd);
 
-        if (!g_hash_table_contains(open_fds, number))
+        if (!g_hash_table_contains(open_fds, number) && nth-- == 0)
             return fd;
     }
 }
 
-/* Lets the daemon open no more descriptors (soft limit at its next free one), or any again. */
-static void set_daemon_room(MvmdTestBus *bus, gboolean room)
+#define ROOM_ANY -1
+
+/*
+ * Lets the daemon open @room more descriptors (the soft limit at the free one after them), or
+ * any again.
+ */
+static void set_daemon_room(MvmdTestBus *bus, int room)
 {
     struct rlimit limit = {.rlim_max = bus->daemon_nofile_hard};
 
-    limit.rlim_cur = room ? limit.rlim_max : (rlim_t)lowest_free_fd(bus->daemon_pid);
+    limit.rlim_cur = room == ROOM_ANY ? limit.rlim_max : (rlim_t)free_fd(bus->daemon_pid, room);
     g_assert_cmpint(prlimit(bus->daemon_pid, RLIMIT_NOFILE, &limit, NULL), ==, 0);
 }
 
@@ -309,7 +314,7 @@ static void test_at_the_limit(void)
     created = try_create(bus, manager, "created", &error);
     g_assert_no_error(error);
 
-    set_daemon_room(bus, FALSE);
+    set_daemon_room(bus, 0);
     /* GDBus gets the message without its descriptor (the kernel had nowhere to put it). */
     g_assert_null(try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error));
     assert_no_resources(error, "file descriptors");
@@ -330,12 +335,93 @@ static void test_at_the_limit(void)
     g_clear_error(&error);
     assert_unharmed(bus, running, 2);
 
-    set_daemon_room(bus, TRUE);
+    set_daemon_room(bus, ROOM_ANY);
     by_fd = try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error);
     g_assert_no_error(error);
     call_ok(created, "Start");
     g_ptr_array_add(running, g_object_ref(created));
     assert_unharmed(bus, running, 3);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
+/* ---- the file system of a caller's file ------------------------------------------------- */
+
+static guint count_daemon_fds(MvmdTestBus *bus)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", bus->daemon_pid);
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(dir);
+    while (g_dir_read_name(dir))
+        n++;
+    return n;
+}
+
+/* The descriptors of a refused call are closed after its answer (fd-closer.h): wait for that. */
+static void wait_daemon_fds(MvmdTestBus *bus, guint n)
+{
+    mvmd_test_wait_until(count_daemon_fds(bus) == n, CALL_TIMEOUT_MS);
+}
+
+/* A new file in the test's directory, as handle 0 of a new list. */
+static GUnixFDList *new_file_fd_list(MvmdTestBus *bus)
+{
+    g_autofree char *path = g_build_filename(bus->tmpdir, "image", NULL);
+    g_autoptr(GError) error = NULL;
+    GUnixFDList *fds = g_unix_fd_list_new();
+    int fd;
+
+    g_file_set_contents(path, "not read before Start", -1, &error);
+    g_assert_no_error(error);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(g_unix_fd_list_append(fds, fd, NULL), ==, 0);
+    close(fd);
+    return fds;
+}
+
+/*
+ * A caller's file is checked against the daemon's mount table (never FUSE; a disk image on a
+ * local file system), which takes a descriptor to read. With room for the message's descriptor
+ * and the daemon's copy of it but not for that, the call answers NoResources: the file is not
+ * taken unchecked (a kernel), nor said to be on a file system the daemon does not see (a disk).
+ */
+static void test_mount_table_unread(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GUnixFDList) fds = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GError) error = NULL;
+    const char *disk = "'kernel': <'/nonexistent/kernel'>, 'disks': <[{'fd': <handle 0>}]>";
+    guint idle_fds;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    manager = start_daemon_at(bus, 256);
+    fds = new_file_fd_list(bus);
+    idle_fds = count_daemon_fds(bus);
+
+    set_daemon_room(bus, 2);
+    g_assert_null(try_create_full(bus, manager, "kernel", "'kernel-fd': <handle 0>", fds, &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    set_daemon_room(bus, ROOM_ANY);
+    wait_daemon_fds(bus, idle_fds);
+
+    set_daemon_room(bus, 2);
+    g_assert_null(try_create_full(bus, manager, "disk", disk, fds, &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    set_daemon_room(bus, ROOM_ANY);
+
+    g_assert_true(mvmd_test_bus_daemon_alive(bus));
+    vm = try_create_full(bus, manager, "kernel", "'kernel-fd': <handle 0>", fds, &error);
+    g_assert_no_error(error);
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
 }
 
@@ -410,6 +496,7 @@ int main(int argc, char **argv)
     }
     testguest = g_getenv("MVM_TESTGUEST");
     g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
+    g_test_add_func("/daemon-limits/mount-table-unread", test_mount_table_unread);
     kvm_unusable = kvm_device_unusable();
     if (kvm_unusable || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
