@@ -425,6 +425,45 @@ static void test_mount_table_unread(void)
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
 }
 
+/* ---- Reload ------------------------------------------------------------------------------ */
+
+/*
+ * Reload drops a stored VM whose definition file is gone: out of descriptors it cannot tell.
+ * With no room (for microvmd.conf) and with room for the state directory but not for a
+ * definition in it, Reload answers NoResources and the VM stays; with room again it reloads.
+ */
+static void test_reload_out_of_descriptors(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    manager = start_daemon_at(bus, 256);
+    vm = try_create_full(bus, manager, "stored", "'kernel': <'/k'>, 'persist': <true>", NULL,
+                         &error);
+    g_assert_no_error(error);
+    for (int room = 0; room <= 1; room++) {
+        set_daemon_room(bus, room);
+        g_assert_false(mvmd_manager_call_reload_sync(manager, G_DBUS_CALL_FLAGS_NONE,
+                                                     CALL_TIMEOUT_MS, NULL, &error));
+        set_daemon_room(bus, ROOM_ANY);
+        assert_no_resources(error, g_strerror(EMFILE));
+        g_clear_error(&error);
+        g_assert_cmpuint(count_managed_objects(bus), ==, 1);
+    }
+    g_assert_true(mvmd_manager_call_reload_sync(manager, G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS,
+                                                NULL, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(count_managed_objects(bus), ==, 1);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
 /* ---- out of memory ----------------------------------------------------------------------- */
 
 /* kB of the "VmSize:" line of /proc/PID/status: the address space the daemon maps. */
@@ -497,6 +536,7 @@ int main(int argc, char **argv)
     testguest = g_getenv("MVM_TESTGUEST");
     g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
     g_test_add_func("/daemon-limits/mount-table-unread", test_mount_table_unread);
+    g_test_add_func("/daemon-limits/reload-out-of-descriptors", test_reload_out_of_descriptors);
     kvm_unusable = kvm_device_unusable();
     if (kvm_unusable || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
