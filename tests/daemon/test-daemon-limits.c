@@ -7,7 +7,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -464,6 +467,81 @@ static void test_reload_out_of_descriptors(void)
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
 }
 
+/* ---- the watchdog ---------------------------------------------------------------------- */
+
+/* $NOTIFY_SOCKET as systemd makes it: a datagram socket bound at DIR/notify. */
+static int bind_notify_socket(MvmdTestBus *bus)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    g_assert_cmpint(fd, >=, 0);
+    bus->daemon_notify_socket = g_build_filename(bus->tmpdir, "notify", NULL);
+    g_assert_cmpuint(strlen(bus->daemon_notify_socket), <, sizeof(addr.sun_path));
+    strcpy(addr.sun_path, bus->daemon_notify_socket);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/* Reads the notifications queued now. */
+static void drain_notifications(int fd)
+{
+    char buf[4096];
+
+    while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) >= 0)
+        ;
+}
+
+/* Waits for the next WATCHDOG=1, reading what comes before it. */
+static void wait_watchdog_ping(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    char buf[4096];
+    ssize_t n;
+
+    do {
+        if (poll(&pfd, 1, CALL_TIMEOUT_MS) != 1)
+            g_error("no WATCHDOG=1 within %d s", CALL_TIMEOUT_MS / 1000);
+        n = recv(fd, buf, sizeof(buf) - 1, 0);
+        g_assert_cmpint(n, >=, 0);
+        buf[n] = '\0';
+    } while (!strstr(buf, "WATCHDOG=1"));
+}
+
+/*
+ * A daemon out of descriptors still pings the service manager's watchdog: a daemon that
+ * stops pinging for WatchdogSec= is killed with every guest in it. Two pings, to be sure the
+ * second was sent with no room (a ping started before the limit may end after the drain).
+ */
+static void test_watchdog_at_the_limit(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    int notify_fd;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    notify_fd = bind_notify_socket(bus);
+    /* A ping every second (half of it); any watchdog of whoever runs the tests is not ours. */
+    g_setenv("WATCHDOG_USEC", "2000000", TRUE);
+    g_unsetenv("WATCHDOG_PID");
+    manager = start_daemon_at(bus, 256);
+    g_unsetenv("WATCHDOG_USEC");
+
+    set_daemon_room(bus, 0);
+    drain_notifications(notify_fd);
+    wait_watchdog_ping(notify_fd);
+    wait_watchdog_ping(notify_fd);
+    g_assert_true(mvmd_test_bus_daemon_alive(bus));
+    set_daemon_room(bus, ROOM_ANY);
+    drain_notifications(notify_fd);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+    close(notify_fd);
+}
+
 /* ---- out of memory ----------------------------------------------------------------------- */
 
 /* kB of the "VmSize:" line of /proc/PID/status: the address space the daemon maps. */
@@ -537,6 +615,7 @@ int main(int argc, char **argv)
     g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
     g_test_add_func("/daemon-limits/mount-table-unread", test_mount_table_unread);
     g_test_add_func("/daemon-limits/reload-out-of-descriptors", test_reload_out_of_descriptors);
+    g_test_add_func("/daemon-limits/watchdog-at-the-limit", test_watchdog_at_the_limit);
     kvm_unusable = kvm_device_unusable();
     if (kvm_unusable || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
