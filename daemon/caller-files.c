@@ -125,19 +125,27 @@ char *mvmd_mountinfo_fstype(const char *mountinfo, guint major, guint minor)
 }
 
 /*
- * The type of the file system holding the file of @stx, NULL when no mount of this namespace
- * has its device. By device number, not by mount ID: the daemon usually runs in a mount
- * namespace of its own (the unit's PrivateMounts=, PrivateTmp=) where every mount, the same
- * file systems as the caller's, has another ID; the device number is the file system's own.
- * Reading /proc/self/mountinfo never waits on a file system's server.
+ * The type of the file system holding the file of @stx in @fstype, NULL when no mount of this
+ * namespace has its device. By device number, not by mount ID: the daemon usually runs in a
+ * mount namespace of its own (the unit's PrivateMounts=, PrivateTmp=) where every mount, the
+ * same file systems as the caller's, has another ID; the device number is the file system's
+ * own. Reading /proc/self/mountinfo never waits on a file system's server, but takes a
+ * descriptor: a daemon out of them cannot tell (FALSE, NoResources), and that is no "not
+ * mounted", which would let a file on FUSE through an unstrict check.
  */
-static char *file_fstype(const struct statx *stx)
+static gboolean file_fstype(const struct statx *stx, char **fstype, GError **error)
 {
     g_autofree char *text = NULL;
+    g_autoptr(GError) local = NULL;
 
-    if (!g_file_get_contents(MOUNTINFO, &text, NULL, NULL))
-        return NULL;
-    return mvmd_mountinfo_fstype(text, stx->stx_dev_major, stx->stx_dev_minor);
+    *fstype = NULL;
+    if (!g_file_get_contents(MOUNTINFO, &text, NULL, &local)) {
+        g_propagate_error(error,
+                          mvmd_error_from_error(local, "cannot tell the file's file system"));
+        return FALSE;
+    }
+    *fstype = mvmd_mountinfo_fstype(text, stx->stx_dev_major, stx->stx_dev_minor);
+    return TRUE;
 }
 
 static gboolean not_usable(GError **error, const char *what)
@@ -153,8 +161,10 @@ static gboolean not_usable(GError **error, const char *what)
  */
 gboolean mvmd_caller_file_system_check(const struct statx *stx, gboolean strict, GError **error)
 {
-    g_autofree char *fstype = file_fstype(stx);
+    g_autofree char *fstype = NULL;
 
+    if (!file_fstype(stx, &fstype, error))
+        return FALSE;
     if (!fstype)
         return !strict ||
                not_usable(error, "the file is on a file system that microvmd does not see "
@@ -180,11 +190,9 @@ gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError
     const unsigned int mask = STATX_TYPE | STATX_NLINK | STATX_UID | STATX_INO | STATX_SIZE;
 
     /* DONT_SYNC: the attributes the kernel has, without asking a FUSE or NFS server. */
-    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0) {
-        g_set_error(error, MVMD_ERROR, MVMD_ERROR_INVALID_ARGUMENT,
-                    "cannot look at the descriptor: %s", g_strerror(errno));
-        return FALSE;
-    }
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, mask, stx) < 0)
+        return mvmd_set_errno_error(error, MVMD_ERROR_INVALID_ARGUMENT,
+                                    "cannot look at the descriptor");
     return mvmd_caller_file_system_check(stx, strict, error);
 }
 

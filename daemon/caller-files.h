@@ -75,14 +75,16 @@ void mvmd_snapshot_layers_free(MvmSnapshotFiles *layers, guint n);
 /*
  * statx() of any descriptor a caller passed, without waiting on anyone, and
  * mvmd_caller_file_system_check() of its file system. FALSE with MVMD_ERROR_INVALID_ARGUMENT
- * and the reason (no key).
+ * and the reason (no key), or MVMD_ERROR_NO_RESOURCES when the daemon could not look.
  */
 gboolean mvmd_caller_fd_statx(int fd, gboolean strict, struct statx *stx, GError **error);
 
 /*
  * The file system of the file @stx describes (found by its device in /proc/self/mountinfo):
  * never FUSE (fuse, fuseblk, fuse.*); with @strict, also one of mvmd_fstype_is_local() and
- * one this daemon sees mounted. Snapshot and restore files, and disk images, are strict.
+ * one this daemon sees mounted. Snapshot and restore files, and disk images, are strict. A
+ * daemon that cannot read its mount table (out of descriptors or memory) refuses any file,
+ * strict or not, with MVMD_ERROR_NO_RESOURCES.
  */
 gboolean mvmd_caller_file_system_check(const struct statx *stx, gboolean strict, GError **error);
 

@@ -81,10 +81,9 @@ static gboolean charge_definition(MvmdManagerService *self, const MvmdVmDefiniti
                              force, charge, error);
 }
 
-void mvmd_manager_service_load(MvmdManagerService *self)
+/* The stored definitions whose names are free, as VMs (taken from @configs). */
+static void add_stored(MvmdManagerService *self, GPtrArray *configs)
 {
-    g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store);
-
     for (guint i = 0; i < configs->len; i++) {
         MvmdVmDefinition *config = configs->pdata[i];
         MvmdQuotaCharge charge = {NULL};
@@ -100,6 +99,18 @@ void mvmd_manager_service_load(MvmdManagerService *self)
     }
     g_message("%u VM definitions loaded from %s", g_hash_table_size(self->vms),
               mvmd_store_get_dir(self->ctx->store));
+}
+
+void mvmd_manager_service_load(MvmdManagerService *self)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GPtrArray) configs = mvmd_store_load_all(self->ctx->store, &error);
+
+    if (!configs) {
+        g_warning("%s", error->message);
+        return;
+    }
+    add_stored(self, configs);
 }
 
 static gboolean same_definition(const MvmdVmDefinition *a, const MvmdVmDefinition *b);
@@ -744,21 +755,25 @@ gboolean mvmd_manager_service_reload(MvmdManagerService *self, GError **error)
     g_autofree char *status = NULL;
     g_autofree char *template_dir = NULL;
 
-    /* A file with a mistake changes nothing: the limits in force stay, and so do the VMs. */
+    /*
+     * A file with a mistake changes nothing: the limits in force stay, and so do the VMs. Nor
+     * does a store that cannot be read in full (out of descriptors): a definition missing
+     * from it would drop its VM. It is read once, before anything changes.
+     */
     if (!reload_cpu_template_dir(self, &template_dir, error) ||
+        !(configs = mvmd_store_load_all(self->ctx->store, error)) ||
         !mvmd_quota_load(self->ctx->quota, self->ctx->config_path, self->ctx->config_required,
                          error)) {
-        g_prefix_error(error, "the configuration is not valid, nothing reloaded: ");
+        g_prefix_error(error, "nothing reloaded: ");
         return FALSE;
     }
     if (template_dir) {
         g_free(self->ctx->cpu_template_dir);
         self->ctx->cpu_template_dir = g_steal_pointer(&template_dir);
     }
-    configs = mvmd_store_load_all(self->ctx->store);
     mvmd_sd_notify_reloading();
     drop_outdated(self, configs);
-    mvmd_manager_service_load(self);
+    add_stored(self, configs);
     status = mvmd_manager_service_describe(self);
     mvmd_sd_notify_ready(status);
     return TRUE;
@@ -780,10 +795,12 @@ static void on_reload_authorized(GObject *source, GAsyncResult *result, gpointer
         g_dbus_method_invocation_return_error_literal(
             call->invocation, MVMD_ERROR, MVMD_ERROR_FAILED, "the daemon is shutting down");
     } else if (!mvmd_manager_service_reload(call->self, &error)) {
+        /* A mistake in a file is Failed, out of descriptors NoResources (errors.c). */
+        g_autoptr(GError) mapped = mvmd_error_from_error(error, NULL);
         /* The file's group and key names are the administrator's bytes, not always UTF-8. */
-        g_autofree char *message = g_utf8_make_valid(error->message, -1);
-        g_dbus_method_invocation_return_error_literal(call->invocation, MVMD_ERROR,
-                                                      MVMD_ERROR_FAILED, message);
+        g_autofree char *message = g_utf8_make_valid(mapped->message, -1);
+        g_dbus_method_invocation_return_error_literal(call->invocation, MVMD_ERROR, mapped->code,
+                                                      message);
     } else {
         mvmd_manager_complete_reload(MVMD_MANAGER(call->self), call->invocation);
     }

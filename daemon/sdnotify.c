@@ -7,13 +7,52 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <systemd/sd-daemon.h>
 
+/*
+ * One socket to the service manager, made with the first message (at start-up) and kept:
+ * sd_notify() makes a new one for every message, which a daemon out of descriptors cannot
+ * have, and watchdog pings that fail for WatchdogSec= get the daemon killed with every guest
+ * in it. A path or an abstract name ('@'); any other address (vsock:) goes through sd_notify().
+ */
+static int notify_fd = -1;
+static struct sockaddr_un notify_addr;
+static socklen_t notify_addr_len;
+
+static gboolean notify_socket_open(void)
+{
+    const char *path = g_getenv("NOTIFY_SOCKET");
+    gsize len = path ? strlen(path) : 0;
+
+    if (notify_fd >= 0)
+        return TRUE;
+    if (len == 0 || (path[0] != '/' && path[0] != '@') || len >= sizeof(notify_addr.sun_path))
+        return FALSE;
+    notify_addr.sun_family = AF_UNIX;
+    memcpy(notify_addr.sun_path, path, len);
+    if (path[0] == '@')
+        notify_addr.sun_path[0] = '\0';
+    notify_addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    return notify_fd >= 0;
+}
+
 static void notify(const char *message)
 {
-    int r = sd_notify(0, message);
+    int r;
 
+    if (notify_socket_open())
+        r = sendto(notify_fd, message, strlen(message), MSG_NOSIGNAL,
+                   (const struct sockaddr *)&notify_addr, notify_addr_len) < 0
+                ? -errno
+                : 0;
+    else
+        r = sd_notify(0, message);
     if (r < 0)
         g_debug("sd_notify(%s): %s", message, g_strerror(-r));
 }

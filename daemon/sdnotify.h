@@ -3,7 +3,8 @@
  * What microvmd tells its service manager (sd_notify(3)): readiness, reloads, stopping, a
  * watchdog from the main loop, a STATUS= line (status-watch.h keeps it following the VMs), and
  * why start-up failed. Without $NOTIFY_SOCKET every call is a cheap no-op, so the daemon calls
- * them unconditionally.
+ * them unconditionally. The socket is made once, with the first message: later ones need no
+ * descriptor, and are sent when the daemon has none left.
  */
 #pragma once
 

@@ -95,18 +95,39 @@ static gint compare_names(gconstpointer a, gconstpointer b)
     return g_strcmp0(*(const char *const *)a, *(const char *const *)b);
 }
 
-GPtrArray *mvmd_store_load_all(MvmdStore *store)
+/*
+ * A definition that cannot be read for want of descriptors or memory is no definition that
+ * went away: the whole load fails, or a reload would drop its VM.
+ */
+static gboolean skip_unreadable(MvmdStore *store, const char *file, const GError *local,
+                                GError **error)
 {
-    GPtrArray *configs = g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_vm_definition_free);
+    g_autofree char *what =
+        g_strdup_printf("cannot read the VM definition %s/%s", store->dir, file);
+    g_autoptr(GError) mapped = mvmd_error_from_error(local, what);
+
+    if (mapped->code == MVMD_ERROR_NO_RESOURCES) {
+        g_propagate_error(error, g_steal_pointer(&mapped));
+        return FALSE;
+    }
+    g_warning("skipping the VM definition %s/%s: %s", store->dir, file, local->message);
+    return TRUE;
+}
+
+GPtrArray *mvmd_store_load_all(MvmdStore *store, GError **error)
+{
+    g_autoptr(GPtrArray) configs =
+        g_ptr_array_new_with_free_func((GDestroyNotify)mvmd_vm_definition_free);
     g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GDir) dir = g_dir_open(store->dir, 0, &error);
+    g_autoptr(GError) local = NULL;
+    g_autoptr(GDir) dir = g_dir_open(store->dir, 0, &local);
     const char *file;
 
+    if (!dir && g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+        return g_steal_pointer(&configs);
     if (!dir) {
-        if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
-            g_warning("cannot read the VM definitions: %s", error->message);
-        return configs;
+        g_propagate_error(error, mvmd_error_from_error(local, "cannot read the VM definitions"));
+        return NULL;
     }
     while ((file = g_dir_read_name(dir))) {
         if (g_str_has_suffix(file, SUFFIX) && file[0] != '.')
@@ -114,14 +135,13 @@ GPtrArray *mvmd_store_load_all(MvmdStore *store)
     }
     g_ptr_array_sort(files, compare_names);
     for (guint i = 0; i < files->len; i++) {
-        g_autoptr(GError) local = NULL;
         MvmdVmDefinition *config = load_one(store, files->pdata[i], &local);
 
         if (config)
             g_ptr_array_add(configs, config);
-        else
-            g_warning("skipping the VM definition %s/%s: %s", store->dir, (char *)files->pdata[i],
-                      local->message);
+        else if (!skip_unreadable(store, files->pdata[i], local, error))
+            return NULL;
+        g_clear_error(&local);
     }
-    return configs;
+    return g_steal_pointer(&configs);
 }

@@ -21,7 +21,11 @@ const char *mvmd_store_get_dir(MvmdStore *store);
 gboolean mvmd_store_save(MvmdStore *store, const MvmdVmDefinition *config, GError **error);
 /* Missing files are not an error. */
 gboolean mvmd_store_remove(MvmdStore *store, const char *name, GError **error);
-/* Every valid definition (MvmdVmDefinition *, owned by the array), sorted by file name. */
-GPtrArray *mvmd_store_load_all(MvmdStore *store);
+/*
+ * Every valid definition (MvmdVmDefinition *, owned by the array), sorted by file name; an
+ * invalid one is skipped with a warning. NULL with @error (NoResources, or Failed when the
+ * directory cannot be read) when not every definition could be read: never a partial list.
+ */
+GPtrArray *mvmd_store_load_all(MvmdStore *store, GError **error);
 
 G_END_DECLS

@@ -340,7 +340,7 @@ static gboolean start_serving(MvmLazyMemory *lazy, int fd, GError **error)
                                    "cannot keep the snapshot's memory for a lazy restore");
     lazy->source_dev = st.st_dev;
     lazy->source_ino = st.st_ino;
-    lazy->thread = g_thread_try_new("mvm-lazy-ram", serve_faults, lazy, error);
+    lazy->thread = mvm_thread_new("mvm-lazy-ram", serve_faults, lazy, error);
     return lazy->thread != NULL;
 }
 

@@ -404,9 +404,10 @@ static void test_store(void)
     {
         /* The skip is logged as a warning, which GTest would make fatal. */
         GLogLevelFlags fatal = g_log_set_always_fatal(G_LOG_FATAL_MASK);
-        loaded = mvmd_store_load_all(store);
+        loaded = mvmd_store_load_all(store, &error);
         g_log_set_always_fatal(fatal);
     }
+    g_assert_no_error(error);
     g_assert_cmpuint(loaded->len, ==, 1);
     g_assert_cmpstr(((MvmdVmDefinition *)loaded->pdata[0])->uuid, ==, c->uuid);
     g_assert_true(g_file_test(junk, G_FILE_TEST_EXISTS));

@@ -7,7 +7,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -236,8 +239,8 @@ static void test_out_of_descriptors(gconstpointer data)
 
 /* ---- at the limit ------------------------------------------------------------------------ */
 
-/* The lowest descriptor number @pid has free: the next one it would get. */
-static int lowest_free_fd(GPid pid)
+/* The @nth lowest descriptor number @pid has free (0: the next one it would get). */
+static int free_fd(GPid pid, guint nth)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
     g_autoptr(GHashTable) open_fds = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -251,17 +254,22 @@ static int lowest_free_fd(GPid pid)
     for (;; fd++) {
         g_autofree char *number = g_strdup_printf("%d", fd);
 
-        if (!g_hash_table_contains(open_fds, number))
+        if (!g_hash_table_contains(open_fds, number) && nth-- == 0)
             return fd;
     }
 }
 
-/* Lets the daemon open no more descriptors (soft limit at its next free one), or any again. */
-static void set_daemon_room(MvmdTestBus *bus, gboolean room)
+#define ROOM_ANY -1
+
+/*
+ * Lets the daemon open @room more descriptors (the soft limit at the free one after them), or
+ * any again.
+ */
+static void set_daemon_room(MvmdTestBus *bus, int room)
 {
     struct rlimit limit = {.rlim_max = bus->daemon_nofile_hard};
 
-    limit.rlim_cur = room ? limit.rlim_max : (rlim_t)lowest_free_fd(bus->daemon_pid);
+    limit.rlim_cur = room == ROOM_ANY ? limit.rlim_max : (rlim_t)free_fd(bus->daemon_pid, room);
     g_assert_cmpint(prlimit(bus->daemon_pid, RLIMIT_NOFILE, &limit, NULL), ==, 0);
 }
 
@@ -309,7 +317,7 @@ static void test_at_the_limit(void)
     created = try_create(bus, manager, "created", &error);
     g_assert_no_error(error);
 
-    set_daemon_room(bus, FALSE);
+    set_daemon_room(bus, 0);
     /* GDBus gets the message without its descriptor (the kernel had nowhere to put it). */
     g_assert_null(try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error));
     assert_no_resources(error, "file descriptors");
@@ -330,13 +338,208 @@ static void test_at_the_limit(void)
     g_clear_error(&error);
     assert_unharmed(bus, running, 2);
 
-    set_daemon_room(bus, TRUE);
+    set_daemon_room(bus, ROOM_ANY);
     by_fd = try_create_full(bus, manager, "by-fd", "'kernel-fd': <handle 0>", fds, &error);
     g_assert_no_error(error);
     call_ok(created, "Start");
     g_ptr_array_add(running, g_object_ref(created));
     assert_unharmed(bus, running, 3);
     g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
+/* ---- the file system of a caller's file ------------------------------------------------- */
+
+static guint count_daemon_fds(MvmdTestBus *bus)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", bus->daemon_pid);
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(dir);
+    while (g_dir_read_name(dir))
+        n++;
+    return n;
+}
+
+/* The descriptors of a refused call are closed after its answer (fd-closer.h): wait for that. */
+static void wait_daemon_fds(MvmdTestBus *bus, guint n)
+{
+    mvmd_test_wait_until(count_daemon_fds(bus) == n, CALL_TIMEOUT_MS);
+}
+
+/* A new file in the test's directory, as handle 0 of a new list. */
+static GUnixFDList *new_file_fd_list(MvmdTestBus *bus)
+{
+    g_autofree char *path = g_build_filename(bus->tmpdir, "image", NULL);
+    g_autoptr(GError) error = NULL;
+    GUnixFDList *fds = g_unix_fd_list_new();
+    int fd;
+
+    g_file_set_contents(path, "not read before Start", -1, &error);
+    g_assert_no_error(error);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(g_unix_fd_list_append(fds, fd, NULL), ==, 0);
+    close(fd);
+    return fds;
+}
+
+/*
+ * A caller's file is checked against the daemon's mount table (never FUSE; a disk image on a
+ * local file system), which takes a descriptor to read. With room for the message's descriptor
+ * and the daemon's copy of it but not for that, the call answers NoResources: the file is not
+ * taken unchecked (a kernel), nor said to be on a file system the daemon does not see (a disk).
+ */
+static void test_mount_table_unread(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(GUnixFDList) fds = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GError) error = NULL;
+    const char *disk = "'kernel': <'/nonexistent/kernel'>, 'disks': <[{'fd': <handle 0>}]>";
+    guint idle_fds;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    manager = start_daemon_at(bus, 256);
+    fds = new_file_fd_list(bus);
+    idle_fds = count_daemon_fds(bus);
+
+    set_daemon_room(bus, 2);
+    g_assert_null(try_create_full(bus, manager, "kernel", "'kernel-fd': <handle 0>", fds, &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    set_daemon_room(bus, ROOM_ANY);
+    wait_daemon_fds(bus, idle_fds);
+
+    set_daemon_room(bus, 2);
+    g_assert_null(try_create_full(bus, manager, "disk", disk, fds, &error));
+    assert_no_resources(error, g_strerror(EMFILE));
+    g_clear_error(&error);
+    set_daemon_room(bus, ROOM_ANY);
+
+    g_assert_true(mvmd_test_bus_daemon_alive(bus));
+    vm = try_create_full(bus, manager, "kernel", "'kernel-fd': <handle 0>", fds, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
+/* ---- Reload ------------------------------------------------------------------------------ */
+
+/*
+ * Reload drops a stored VM whose definition file is gone: out of descriptors it cannot tell.
+ * With no room (for microvmd.conf) and with room for the state directory but not for a
+ * definition in it, Reload answers NoResources and the VM stays; with room again it reloads.
+ */
+static void test_reload_out_of_descriptors(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    g_autoptr(MvmdVm) vm = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    manager = start_daemon_at(bus, 256);
+    vm = try_create_full(bus, manager, "stored", "'kernel': <'/k'>, 'persist': <true>", NULL,
+                         &error);
+    g_assert_no_error(error);
+    for (int room = 0; room <= 1; room++) {
+        set_daemon_room(bus, room);
+        g_assert_false(mvmd_manager_call_reload_sync(manager, G_DBUS_CALL_FLAGS_NONE,
+                                                     CALL_TIMEOUT_MS, NULL, &error));
+        set_daemon_room(bus, ROOM_ANY);
+        assert_no_resources(error, g_strerror(EMFILE));
+        g_clear_error(&error);
+        g_assert_cmpuint(count_managed_objects(bus), ==, 1);
+    }
+    g_assert_true(mvmd_manager_call_reload_sync(manager, G_DBUS_CALL_FLAGS_NONE, CALL_TIMEOUT_MS,
+                                                NULL, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(count_managed_objects(bus), ==, 1);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+}
+
+/* ---- the watchdog ---------------------------------------------------------------------- */
+
+/* $NOTIFY_SOCKET as systemd makes it: a datagram socket bound at DIR/notify. */
+static int bind_notify_socket(MvmdTestBus *bus)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    g_assert_cmpint(fd, >=, 0);
+    bus->daemon_notify_socket = g_build_filename(bus->tmpdir, "notify", NULL);
+    g_assert_cmpuint(strlen(bus->daemon_notify_socket), <, sizeof(addr.sun_path));
+    strcpy(addr.sun_path, bus->daemon_notify_socket);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/* Reads the notifications queued now. */
+static void drain_notifications(int fd)
+{
+    char buf[4096];
+
+    while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) >= 0)
+        ;
+}
+
+/* Waits for the next WATCHDOG=1, reading what comes before it. */
+static void wait_watchdog_ping(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    char buf[4096];
+    ssize_t n;
+
+    do {
+        if (poll(&pfd, 1, CALL_TIMEOUT_MS) != 1)
+            g_error("no WATCHDOG=1 within %d s", CALL_TIMEOUT_MS / 1000);
+        n = recv(fd, buf, sizeof(buf) - 1, 0);
+        g_assert_cmpint(n, >=, 0);
+        buf[n] = '\0';
+    } while (!strstr(buf, "WATCHDOG=1"));
+}
+
+/*
+ * A daemon out of descriptors still pings the service manager's watchdog: a daemon that
+ * stops pinging for WatchdogSec= is killed with every guest in it. Two pings, to be sure the
+ * second was sent with no room (a ping started before the limit may end after the drain).
+ */
+static void test_watchdog_at_the_limit(void)
+{
+    g_autoptr(MvmdTestBus) bus = NULL;
+    g_autoptr(MvmdManager) manager = NULL;
+    int notify_fd;
+
+    if (g_getenv("MVMD_TEST_DAEMON_WRAPPER")) {
+        g_test_skip("the daemon runs under a wrapper that opens descriptors of its own");
+        return;
+    }
+    bus = mvmd_test_bus_new();
+    notify_fd = bind_notify_socket(bus);
+    /* A ping every second (half of it); any watchdog of whoever runs the tests is not ours. */
+    g_setenv("WATCHDOG_USEC", "2000000", TRUE);
+    g_unsetenv("WATCHDOG_PID");
+    manager = start_daemon_at(bus, 256);
+    g_unsetenv("WATCHDOG_USEC");
+
+    set_daemon_room(bus, 0);
+    drain_notifications(notify_fd);
+    wait_watchdog_ping(notify_fd);
+    wait_watchdog_ping(notify_fd);
+    g_assert_true(mvmd_test_bus_daemon_alive(bus));
+    set_daemon_room(bus, ROOM_ANY);
+    drain_notifications(notify_fd);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(bus, 60), ==, 0);
+    close(notify_fd);
 }
 
 /* ---- out of memory ----------------------------------------------------------------------- */
@@ -410,6 +613,9 @@ int main(int argc, char **argv)
     }
     testguest = g_getenv("MVM_TESTGUEST");
     g_test_add_func("/daemon-limits/raises-soft-limit", test_raises_soft_limit);
+    g_test_add_func("/daemon-limits/mount-table-unread", test_mount_table_unread);
+    g_test_add_func("/daemon-limits/reload-out-of-descriptors", test_reload_out_of_descriptors);
+    g_test_add_func("/daemon-limits/watchdog-at-the-limit", test_watchdog_at_the_limit);
     kvm_unusable = kvm_device_unusable();
     if (kvm_unusable || !testguest || !g_file_test(testguest, G_FILE_TEST_EXISTS)) {
         g_test_message("no usable /dev/kvm or no test guest: the KVM tests are left out");
