@@ -212,10 +212,99 @@ static gboolean path_or_fd(GVariant *dict, const char *where, const char *name_k
     return TRUE;
 }
 
+/* A required key of @dict in 1 .. @max. */
+static gboolean lookup_bounded(GVariant *dict, const char *where, const char *key, guint64 max,
+                               guint64 *value, GError **error)
+{
+    g_autofree char *name = g_strdup_printf("%s.%s", where, key);
+
+    if (!g_variant_lookup(dict, key, "t", value))
+        return mvmd_config_invalid(error, name, "required");
+    if (*value == 0 || *value > max)
+        return mvmd_config_invalid(
+            error, name, "%" G_GUINT64_FORMAT " is not in 1 to %" G_GUINT64_FORMAT, *value, max);
+    return TRUE;
+}
+
+/*
+ * A disk's `bandwidth` or `ops` (a{sv}): `size` and `refill-time-ms` (t, required), and
+ * `one-time-burst` (t): a token bucket, as MvmTokenBucketConfig. Absent: no limit.
+ */
+static gboolean parse_token_bucket(GVariant *dict, const char *where, MvmTokenBucketConfig *bucket,
+                                   GError **error)
+{
+    static const MvmdKeySpec keys[] = {
+        {"size", "t"}, {"refill-time-ms", "t"}, {"one-time-burst", "t"}};
+
+    *bucket = (MvmTokenBucketConfig){0};
+    if (!mvmd_config_check_keys(dict, keys, G_N_ELEMENTS(keys), where, error) ||
+        !lookup_bounded(dict, where, "size", MVM_TOKEN_BUCKET_MAX, &bucket->size, error) ||
+        !lookup_bounded(dict, where, "refill-time-ms", MVM_TOKEN_BUCKET_REFILL_MAX_MS,
+                        &bucket->refill_time_ms, error))
+        return FALSE;
+    if (g_variant_lookup(dict, "one-time-burst", "t", &bucket->one_time_burst) &&
+        bucket->one_time_burst > MVM_TOKEN_BUCKET_MAX) {
+        g_autofree char *name = g_strdup_printf("%s.one-time-burst", where);
+        return mvmd_config_invalid(error, name, "%" G_GUINT64_FORMAT " is more than %llu",
+                                   bucket->one_time_burst, MVM_TOKEN_BUCKET_MAX);
+    }
+    return TRUE;
+}
+
+gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, MvmRateLimit *limit,
+                                      GError **error)
+{
+    static const struct {
+        const char *key;
+        gsize offset;
+    } buckets[] = {{"bandwidth", G_STRUCT_OFFSET(MvmRateLimit, bandwidth)},
+                   {"ops", G_STRUCT_OFFSET(MvmRateLimit, ops)}};
+    MvmRateLimit updated = *limit;
+
+    for (guint i = 0; i < G_N_ELEMENTS(buckets); i++) {
+        g_autoptr(GVariant) value =
+            g_variant_lookup_value(dict, buckets[i].key, G_VARIANT_TYPE_VARDICT);
+        g_autofree char *name = g_strdup_printf("%s.%s", where, buckets[i].key);
+        MvmTokenBucketConfig *bucket = G_STRUCT_MEMBER_P(&updated, buckets[i].offset);
+
+        if (!value)
+            continue;
+        *bucket = (MvmTokenBucketConfig){0};
+        if (g_variant_n_children(value) > 0 && !parse_token_bucket(value, name, bucket, error))
+            return FALSE;
+    }
+    *limit = updated;
+    return TRUE;
+}
+
+static GVariant *token_bucket_to_variant(const MvmTokenBucketConfig *bucket)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "size", g_variant_new_uint64(bucket->size));
+    g_variant_builder_add(&b, "{sv}", "refill-time-ms",
+                          g_variant_new_uint64(bucket->refill_time_ms));
+    if (bucket->one_time_burst)
+        g_variant_builder_add(&b, "{sv}", "one-time-burst",
+                              g_variant_new_uint64(bucket->one_time_burst));
+    return g_variant_builder_end(&b);
+}
+
+/* The `bandwidth` and `ops` entries of @limit that are set, into an open a{sv}. */
+void mvmd_rate_limit_add_to(GVariantBuilder *b, const MvmRateLimit *limit)
+{
+    if (limit->bandwidth.size)
+        g_variant_builder_add(b, "{sv}", "bandwidth", token_bucket_to_variant(&limit->bandwidth));
+    if (limit->ops.size)
+        g_variant_builder_add(b, "{sv}", "ops", token_bucket_to_variant(&limit->ops));
+}
+
 static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *where,
                            GUnixFDList *fd_list, GError **error)
 {
-    static const MvmdKeySpec keys[] = {{"path", "s"}, {"fd", "h"}, {"read-only", "b"}};
+    static const MvmdKeySpec keys[] = {
+        {"path", "s"}, {"fd", "h"}, {"read-only", "b"}, {"bandwidth", "a{sv}"}, {"ops", "a{sv}"}};
     g_autoptr(MvmdDisk) disk = g_new0(MvmdDisk, 1);
     g_autofree char *path_key = g_strdup_printf("%s.path", where);
 
@@ -226,6 +315,8 @@ static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *whe
     if (disk->path && !check_path(path_key, disk->path, PATH_MAX, error))
         return FALSE;
     g_variant_lookup(dict, "read-only", "b", &disk->read_only);
+    if (!mvmd_parse_rate_limit_update(dict, where, &disk->rate_limit, error))
+        return FALSE;
     g_ptr_array_add(devices->disks, g_steal_pointer(&disk));
     return TRUE;
 }
@@ -452,6 +543,7 @@ static GVariant *disks_to_variant(const MvmdDevices *devices, GArray *fds)
         else
             add_fd(&b, fds, disk->fd);
         g_variant_builder_add(&b, "{sv}", "read-only", g_variant_new_boolean(disk->read_only));
+        mvmd_rate_limit_add_to(&b, &disk->rate_limit);
         g_variant_builder_close(&b);
     }
     return g_variant_builder_end(&b);
@@ -523,6 +615,7 @@ void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm)
         d->path = g_strdup(disk->path);
         d->fd = disk->fd;
         d->read_only = disk->read_only;
+        d->rate_limit = disk->rate_limit;
         g_ptr_array_add(mvm->disks, d);
     }
     for (guint i = 0; i < devices->nics->len; i++) {

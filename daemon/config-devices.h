@@ -22,6 +22,7 @@ typedef struct {
     char *path; /* absolute; NULL when fd >= 0 */
     int fd;
     gboolean read_only;
+    MvmRateLimit rate_limit; /* `bandwidth` and `ops`; all zero: none */
 } MvmdDisk;
 
 typedef struct {
@@ -121,6 +122,17 @@ gboolean mvmd_check_fds_arrived(GDBusMethodInvocation *invocation, GError **erro
  */
 gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv,
                                  GUnixFDList *fd_list, char **dir_out, int *fd_out, GError **error);
+
+/*
+ * A disk's `bandwidth` and `ops` (a{sv} each, in @dict): each one present replaces its token
+ * bucket in @limit (an empty a{sv}: no limit), an absent one leaves it. On a bad value
+ * MVMD_ERROR_INVALID_ARGUMENT names the key under @where ("disks[0].ops.size") and @limit is
+ * unchanged.
+ */
+gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, MvmRateLimit *limit,
+                                      GError **error);
+/* The set parts of @limit as `bandwidth` and `ops` entries, into an open a{sv} builder. */
+void mvmd_rate_limit_add_to(GVariantBuilder *b, const MvmRateLimit *limit);
 
 /* A dictionary key that may appear, and its type. */
 typedef struct {

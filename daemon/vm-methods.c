@@ -724,6 +724,27 @@ static gboolean handle_get_cpu_config(MvmdVm *vm, GDBusMethodInvocation *invocat
     return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_get_cpu_config, 0);
 }
 
+static void act_set_resources(MvmdVmService *self, GDBusMethodInvocation *invocation, guint arg)
+{
+    g_autoptr(GVariant) resources = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (!check_idle(self, invocation))
+        return;
+    g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(@a{sv})", &resources);
+    if (!mvmd_vm_service_set_resources(self, resources, &error)) {
+        g_dbus_method_invocation_return_gerror(invocation, error);
+        return;
+    }
+    mvmd_vm_complete_set_resources(MVMD_VM(self), invocation);
+}
+
+static gboolean handle_set_resources(MvmdVm *vm, GDBusMethodInvocation *invocation,
+                                     GVariant *resources)
+{
+    return authorize(MVMD_VM_SERVICE(vm), invocation, &MANAGE, act_set_resources, 0);
+}
+
 static gboolean handle_get_stats(MvmdVm *vm, GDBusMethodInvocation *invocation)
 {
     return authorize(MVMD_VM_SERVICE(vm), invocation, &READ, act_get_stats, 0);
@@ -755,4 +776,5 @@ void mvmd_vm_service_iface_init(MvmdVmIface *iface)
     iface->handle_get_config = handle_get_config;
     iface->handle_get_exit_reason = handle_get_exit_reason;
     iface->handle_get_cpu_config = handle_get_cpu_config;
+    iface->handle_set_resources = handle_set_resources;
 }

@@ -106,6 +106,11 @@ void mvmd_vm_service_begin_op(MvmdVmService *self, Op op, GDBusMethodInvocation 
 void mvmd_vm_service_resume(MvmdVmService *self, GDBusMethodInvocation *invocation, OpReply reply);
 /* The state the vCPU threads last reported (STOPPED without a run). */
 MvmVmState mvmd_vm_service_run_state(MvmdVmService *self);
+/*
+ * VM.SetResources (vm-resources.c): checks @resources, then changes the definition, stores it
+ * and gives the machine the new values; all or nothing. No operation may be in progress.
+ */
+gboolean mvmd_vm_service_set_resources(MvmdVmService *self, GVariant *resources, GError **error);
 /* A hard reset: a Stop, then a Start; @invocation (may be NULL) is answered after the Start. */
 void mvmd_vm_service_begin_reboot(MvmdVmService *self, GDBusMethodInvocation *invocation,
                                   OpReply reply);

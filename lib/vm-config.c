@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #include "layout.h"
+#include "token-bucket.h"
 #include "virtqueue.h" /* mvm_set_invalid() */
 #include "vm-config.h"
 
@@ -108,6 +109,9 @@ static gboolean validate_virtio(const MvmVmConfig *config, GError **error)
         const MvmDiskConfig *d = g_ptr_array_index(config->disks, i);
         if (d == NULL || (d->fd < 0 && (d->path == NULL || *d->path == '\0')))
             return mvm_set_invalid(error, "disk %u has neither a path nor an fd", i);
+        g_autofree char *what = g_strdup_printf("disk %u", i);
+        if (!mvm_rate_limit_validate(&d->rate_limit, what, error))
+            return FALSE;
     }
     for (guint i = 0; config->nics != NULL && i < config->nics->len; i++) {
         const MvmNetConfig *n = g_ptr_array_index(config->nics, i);

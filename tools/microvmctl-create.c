@@ -133,29 +133,56 @@ static gboolean add_file(GVariantDict *config, const char *key, const char *path
     return TRUE;
 }
 
-/* --disk PATH[,ro] → {'fd': <h>, 'read-only': <b>}, or with --persist {'path': <'/abs'>, …} */
+/* The options after a --disk's PATH: ro or rw, bandwidth=LIMIT, ops=LIMIT. */
+static gboolean add_disk_options(GVariantDict *disk, const char *arg, char **options, gboolean *ro,
+                                 GError **error)
+{
+    *ro = FALSE;
+    for (char **o = options; *o; o++) {
+        g_auto(GStrv) key_value = g_strsplit(*o, "=", 2);
+        GVariant *bucket;
+
+        if (g_str_equal(*o, "ro") || g_str_equal(*o, "rw")) {
+            *ro = g_str_equal(*o, "ro");
+            continue;
+        }
+        if (!key_value[1] ||
+            (!g_str_equal(key_value[0], "bandwidth") && !g_str_equal(key_value[0], "ops")))
+            return invalid(error, _("--disk: “%s” is not PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT]"),
+                           arg);
+        bucket = mctl_parse_rate_limit("--disk", key_value[1], error);
+        if (!bucket)
+            return FALSE;
+        g_variant_dict_insert_value(disk, key_value[0], bucket);
+    }
+    return TRUE;
+}
+
+/*
+ * --disk PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT] → {'fd': <h>, 'read-only': <b>, …}, or with
+ * --persist {'path': <'/abs'>, …}
+ */
 static gboolean add_disk(GVariantBuilder *list, const char *arg, gboolean by_path, GUnixFDList *fds,
                          GError **error)
 {
-    g_auto(GStrv) parts = g_strsplit(arg, ",", 2);
+    g_auto(GStrv) parts = g_strsplit(arg, ",", -1);
+    g_auto(GVariantDict) disk = G_VARIANT_DICT_INIT(NULL);
     gboolean ro;
-    GVariantDict disk;
     gint index;
 
-    if (!*parts[0] || (parts[1] && !g_str_equal(parts[1], "ro") && !g_str_equal(parts[1], "rw")))
-        return invalid(error, _("--disk: “%s” is not PATH[,ro]"), arg);
-    ro = parts[1] && g_str_equal(parts[1], "ro");
-    g_variant_dict_init(&disk, NULL);
+    if (!*parts[0])
+        return invalid(error, _("--disk: “%s” is not PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT]"),
+                       arg);
+    if (!add_disk_options(&disk, arg, parts + 1, &ro, error))
+        return FALSE;
     if (by_path) {
         g_autofree char *path = g_canonicalize_filename(parts[0], NULL);
 
         g_variant_dict_insert(&disk, "path", "s", path);
     } else {
         index = open_for_daemon("--disk", parts[0], ro ? O_RDONLY : O_RDWR, TRUE, fds, error);
-        if (index < 0) {
-            g_variant_dict_clear(&disk);
+        if (index < 0)
             return FALSE;
-        }
         g_variant_dict_insert(&disk, "fd", "h", index);
     }
     g_variant_dict_insert(&disk, "read-only", "b", ro);

@@ -29,6 +29,7 @@ static const MctlCommand commands[] = {
     {"pause", mctl_cmd_pause, N_("Pause a running VM")},
     {"resume", mctl_cmd_verb, N_("Resume a paused VM")},
     {"delete", mctl_cmd_verb, N_("Delete a VM that is not running")},
+    {"set", mctl_cmd_set, N_("Change a VM's resources (disk rate limits), live")},
     {"snapshot", mctl_cmd_snapshot, N_("Save a VM's state into a directory")},
     {"restore", mctl_cmd_restore, N_("Create a VM from a snapshot directory")},
     {"working-set", mctl_cmd_working_set,

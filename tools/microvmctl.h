@@ -119,5 +119,10 @@ int mctl_cmd_console(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_events(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_info(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_cpu(Mctl *ctl, int argc, char **argv);
+int mctl_cmd_set(Mctl *ctl, int argc, char **argv);
+
+/* microvmctl-resources.c: a rate limit (none, RATE, SIZE/MS) as a{sv} for the daemon, floating;
+ * NULL and a G_OPTION_ERROR naming @what when @text is none of them. */
+GVariant *mctl_parse_rate_limit(const char *what, const char *text, GError **error);
 
 G_END_DECLS

@@ -210,11 +210,36 @@ typedef struct {
     MvmCpuTemplate *cpu_template; /* owned (a reference); NULL: "host", all KVM supports */
 } MvmVmConfig;
 
+/*
+ * A token bucket, as Firecracker's rate limiter has them: @size tokens, refilled evenly over
+ * @refill_time_ms (1 ms to a day), and @one_time_burst tokens more at the start that are never
+ * refilled. @size 0 (and the rest 0): no limit.
+ */
+typedef struct {
+    guint64 size;
+    guint64 one_time_burst;
+    guint64 refill_time_ms;
+} MvmTokenBucketConfig;
+
+#define MVM_TOKEN_BUCKET_MAX           (1ULL << 50)          /* size and one_time_burst */
+#define MVM_TOKEN_BUCKET_REFILL_MAX_MS (24 * 3600 * 1000ULL) /* a day */
+
+/*
+ * The rate limit of a device's requests: bytes and requests, each a token bucket. A request
+ * waits until both buckets are out of debt, then takes what it needs (it may leave a bucket in
+ * debt, so a request larger than the bucket still goes); nothing is dropped or reordered.
+ */
+typedef struct {
+    MvmTokenBucketConfig bandwidth; /* bytes */
+    MvmTokenBucketConfig ops;       /* requests */
+} MvmRateLimit;
+
 /* One virtio-blk disk: a raw image, by path or fd (the VM dups the fd). */
 typedef struct {
     char *path;
     int fd; /* -1: open path */
     gboolean read_only;
+    MvmRateLimit rate_limit; /* all zero: none; a request's bytes are its data's */
 } MvmDiskConfig;
 
 /* One virtio-net device on a tap: by interface name or an open tap fd. */
@@ -316,6 +341,15 @@ char *mvm_vm_dup_exit_reason(MvmVm *vm);
 /* The debug exit code (MVM_EXIT_DEBUG_EXIT), else 0. */
 guint32 mvm_vm_get_exit_code(MvmVm *vm);
 const MvmVmConfig *mvm_vm_get_config(MvmVm *vm);
+/*
+ * Gives disk @index (0-based, in the config's order) another rate limit, at once and in any
+ * state: its buckets start full, and a request waiting for the old limit is reconsidered. The
+ * VM's config says the new limit from then on (and mvm_vm_dup_backends() copies it); a
+ * snapshot does not record limits: a restore's disks get the ones its config gives.
+ * Call it from the thread that owns @vm, as the calls that change it.
+ */
+gboolean mvm_vm_set_disk_rate_limit(MvmVm *vm, guint index, const MvmRateLimit *limit,
+                                    GError **error);
 
 /* Input for the serial port (bounded; returns bytes accepted). Any thread. */
 gsize mvm_vm_console_write(MvmVm *vm, const guint8 *data, gsize len);

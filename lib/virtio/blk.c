@@ -3,7 +3,9 @@
  * virtio-blk (virtio 1.2 §5.2) on a raw image file or block device. Requests
  * run on the VM's I/O thread with the device lock dropped around the
  * preadv/pwritev, so a slow disk never holds up a vCPU touching the registers.
- * A host I/O error is the guest's VIRTIO_BLK_S_IOERR, never ours.
+ * A host I/O error is the guest's VIRTIO_BLK_S_IOERR, never ours. A rate limit
+ * (token-bucket.h) holds requests in the queue, in order, until a timer on the I/O
+ * thread says they may go.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include "kvm.h"
+#include "token-bucket.h"
 #include "virtio.h"
 
 #define VIRTIO_BLK_F_SEG_MAX 2
@@ -41,6 +44,9 @@ typedef struct {
     gboolean read_only;
     guint64 size; /* bytes, a multiple of SECTOR_SIZE */
     char id[BLK_ID_BYTES];
+    /* Guarded by the device lock. */
+    MvmRateLimiter limiter;
+    GSource *throttle; /* the timer requests wait for; NULL: none waits */
 } Blk;
 
 typedef struct {
@@ -164,18 +170,44 @@ static guint32 process_chain(Blk *blk, const MvmVqChain *chain)
     return written + 1;
 }
 
+static gboolean throttle_done(gpointer data);
+
+/*
+ * Lock held. Whether the next request must wait for the rate limit; if so, a timer on the I/O
+ * thread serves the queue again once it may go. The guest sees the request as in flight.
+ */
+static gboolean throttled(Blk *blk)
+{
+    if (blk->throttle != NULL)
+        return TRUE;
+    gint64 wait_us = mvm_rate_limiter_wait_us(&blk->limiter, g_get_monotonic_time());
+    if (wait_us == 0)
+        return FALSE;
+    blk->throttle = g_timeout_source_new((guint)MIN((wait_us + 999) / 1000, G_MAXUINT));
+    g_source_set_callback(blk->throttle, throttle_done, blk, NULL);
+    g_source_attach(blk->throttle, mvm_io_thread_get_context(mvm_virtio_get_io_thread(blk->dev)));
+    return TRUE;
+}
+
+/* The bytes a request moves: its data, between the header and the status byte (§5.2.6). */
+static guint64 request_bytes(const MvmVqChain *chain)
+{
+    return chain->out_len + chain->in_len - REQ_HDR_SIZE - 1;
+}
+
 static void blk_notify(gpointer backend, guint index)
 {
     Blk *blk = backend;
     g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
 
     mvm_virtio_lock(blk->dev);
-    while (mvm_virtio_pop(blk->dev, 0, chain) == MVM_VQ_POP_OK) {
+    while (!throttled(blk) && mvm_virtio_pop(blk->dev, 0, chain) == MVM_VQ_POP_OK) {
         /* A request needs a header to read and a status byte to write (§5.2.6). */
         if (chain->out_len < REQ_HDR_SIZE || chain->in_len < 1) {
             mvm_virtio_set_needs_reset(blk->dev, "request without header or status byte");
             break;
         }
+        mvm_rate_limiter_consume(&blk->limiter, request_bytes(chain), g_get_monotonic_time());
         guint32 epoch = mvm_virtio_get_epoch(blk->dev);
         mvm_virtio_unlock(blk->dev);
         guint32 len = process_chain(blk, chain);
@@ -186,10 +218,32 @@ static void blk_notify(gpointer backend, guint index)
     mvm_virtio_unlock(blk->dev);
 }
 
+/* I/O thread: the wait is over (or the limit changed under it). */
+static gboolean throttle_done(gpointer data)
+{
+    Blk *blk = data;
+
+    mvm_virtio_lock(blk->dev);
+    if (blk->throttle == g_main_current_source())
+        g_clear_pointer(&blk->throttle, g_source_unref);
+    mvm_virtio_unlock(blk->dev);
+    blk_notify(blk, 0);
+    return G_SOURCE_REMOVE;
+}
+
+static void clear_throttle(Blk *blk)
+{
+    if (blk->throttle != NULL) {
+        g_source_destroy(blk->throttle);
+        g_clear_pointer(&blk->throttle, g_source_unref);
+    }
+}
+
 static void blk_free(gpointer backend)
 {
     Blk *blk = backend;
 
+    clear_throttle(blk);
     if (blk->fd >= 0)
         close(blk->fd);
     g_free(blk);
@@ -236,12 +290,27 @@ int mvm_virtio_blk_get_fd(MvmVirtio *dev)
     return blk->fd;
 }
 
+void mvm_virtio_blk_set_rate_limit(MvmVirtio *dev, const MvmRateLimit *limit)
+{
+    Blk *blk = mvm_virtio_get_backend(dev);
+
+    mvm_virtio_lock(dev);
+    mvm_rate_limiter_init(&blk->limiter, limit, g_get_monotonic_time());
+    /* A request that waits for the old limit is reconsidered under the new one at once. */
+    gboolean waited = blk->throttle != NULL;
+    clear_throttle(blk);
+    mvm_virtio_unlock(dev);
+    if (waited)
+        mvm_virtio_kick_queue(dev, 0);
+}
+
 MvmVirtio *mvm_virtio_blk_new(const MvmDiskConfig *config, const MvmVirtioEnv *env, GError **error)
 {
     const char *name = config->path != NULL ? config->path : "(fd)";
     Blk *blk = g_new0(Blk, 1);
 
     blk->read_only = config->read_only;
+    mvm_rate_limiter_init(&blk->limiter, &config->rate_limit, g_get_monotonic_time());
     blk->fd = open_disk(config, error);
     if (blk->fd < 0 || !disk_size(blk->fd, name, &blk->size, error)) {
         blk_free(blk);

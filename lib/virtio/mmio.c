@@ -412,6 +412,12 @@ void mvm_virtio_restore_config(MvmVirtio *dev, gsize offset, const void *data, g
     dev->config_generation++;
 }
 
+void mvm_virtio_kick_queue(MvmVirtio *dev, guint index)
+{
+    g_return_if_fail(index < dev->ops->n_queues);
+    kick_queue(&dev->queues[index]);
+}
+
 gpointer mvm_virtio_get_backend(MvmVirtio *dev)
 {
     return dev->backend;

@@ -113,6 +113,8 @@ MvmIoThread *mvm_virtio_get_io_thread(const MvmVirtio *dev);
 
 /* Device configuration space (§4.2.2 offset 0x100); bumps the generation. Any thread. */
 void mvm_virtio_set_config(MvmVirtio *dev, const void *config, gsize len);
+/* As if the guest kicked queue @index: the back end's notify runs on the I/O thread. Any thread. */
+void mvm_virtio_kick_queue(MvmVirtio *dev, guint index);
 
 void mvm_virtio_lock(MvmVirtio *dev);
 void mvm_virtio_unlock(MvmVirtio *dev);
@@ -154,6 +156,8 @@ MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *en
 /* The back end the device has open (the disk image, the tap): borrowed, the device's. */
 int mvm_virtio_blk_get_fd(MvmVirtio *dev);
 int mvm_virtio_net_get_tap_fd(MvmVirtio *dev);
+/* The buckets start full; a request waiting for the old limit is reconsidered. Any thread. */
+void mvm_virtio_blk_set_rate_limit(MvmVirtio *dev, const MvmRateLimit *limit);
 /*
  * A restored NIC keeps the MAC the snapshot's guest read from its config space (then
  * mvm_virtio_net_get_mac() reports it), unless set_clone() was called before the restore: then

@@ -10,6 +10,7 @@
 
 #include "device-state.h"
 #include "layout.h"
+#include "token-bucket.h"
 #include "virtio.h"
 #include "vm-config.h"
 #include "vm-private.h"
@@ -167,6 +168,25 @@ void mvm_vm_virtio_sync_macs(MvmVm *vm)
     for (guint i = 0; i < n_nics(vm); i++)
         mvm_virtio_net_get_mac(nic_device(vm, i),
                                ((MvmNetConfig *)g_ptr_array_index(vm->config->nics, i))->mac);
+}
+
+/* ---- live changes ---- */
+
+gboolean mvm_vm_set_disk_rate_limit(MvmVm *vm, guint index, const MvmRateLimit *limit,
+                                    GError **error)
+{
+    guint n_disks = vm->config->disks != NULL ? vm->config->disks->len : 0;
+    g_autofree char *what = g_strdup_printf("disk %u", index);
+
+    g_return_val_if_fail(limit != NULL, FALSE);
+    if (index >= n_disks)
+        return mvm_set_invalid(error, "the VM has no disk %u (it has %u)", index, n_disks);
+    if (!mvm_rate_limit_validate(limit, what, error))
+        return FALSE;
+    ((MvmDiskConfig *)g_ptr_array_index(vm->config->disks, index))->rate_limit = *limit;
+    if (vm->virtio != NULL)
+        mvm_virtio_blk_set_rate_limit(g_ptr_array_index(vm->virtio, index), limit);
+    return TRUE;
 }
 
 /* ---- handoff ---- */

@@ -429,6 +429,12 @@ void mvmd_test_bus_open_to_all(MvmdTestBus *bus)
 
 GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, const char *method)
 {
+    return mvmd_test_vm_call_as_nobody_with(bus, name, method, NULL);
+}
+
+GSubprocess *mvmd_test_vm_call_as_nobody_with(MvmdTestBus *bus, const char *name,
+                                              const char *method, const char *args)
+{
     g_autoptr(GSubprocessLauncher) launcher =
         g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_MERGE);
     g_autofree char *path = g_strconcat("/org/microvmd/MicroVM1/vm/", name, NULL);
@@ -440,7 +446,7 @@ GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, con
     g_subprocess_launcher_set_cwd(launcher, "/");
     child = g_subprocess_launcher_spawn(launcher, &error, "gdbus", "call", "--address",
                                         bus->address, "--dest", "org.microvmd.MicroVM1",
-                                        "--object-path", path, "--method", member, NULL);
+                                        "--object-path", path, "--method", member, args, NULL);
     g_assert_no_error(error);
     return child;
 }

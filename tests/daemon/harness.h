@@ -145,6 +145,9 @@ void mvmd_test_bus_open_to_all(MvmdTestBus *bus);
  * its stdout and stderr go to one pipe (g_subprocess_communicate_utf8()).
  */
 GSubprocess *mvmd_test_vm_call_as_nobody(MvmdTestBus *bus, const char *name, const char *method);
+/* The same with one argument, in gdbus's GVariant text (NULL: none). */
+GSubprocess *mvmd_test_vm_call_as_nobody_with(MvmdTestBus *bus, const char *name,
+                                              const char *method, const char *args);
 
 /*
  * python-dbusmock's polkitd on the private bus, allowing @action (as tests/system does on its

@@ -66,6 +66,39 @@ static void test_invalid(void)
          "disks[0].fd"},
         {"vm", "{'kernel': <'/k'>, 'disks': <[{'fd': <handle 0>}]>}", "disks[0].fd"},
         {"vm", "{'kernel': <'/k'>, 'disks': <'sda'>}", "disks"},
+        /* Rate limits: both of size and refill time, in range, of type t. */
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <{'size': <uint64 1>}>}]>}",
+         "disks[0].ops.refill-time-ms"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'bandwidth': <{'refill-time-ms': "
+         "<uint64 1>}>}]>}",
+         "disks[0].bandwidth.size"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'bandwidth': <{'size': <uint64 0>, "
+         "'refill-time-ms': <uint64 1>}>}]>}",
+         "disks[0].bandwidth.size"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'bandwidth': <{'size': <uint64 "
+         "1125899906842625>, 'refill-time-ms': <uint64 1>}>}]>}",
+         "disks[0].bandwidth.size"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <{'size': <uint64 1>, "
+         "'refill-time-ms': <uint64 86400001>}>}]>}",
+         "disks[0].ops.refill-time-ms"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <{'size': <uint64 1>, "
+         "'refill-time-ms': <uint64 1>, 'one-time-burst': <uint64 1125899906842625>}>}]>}",
+         "disks[0].ops.one-time-burst"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <{'size': <1>, "
+         "'refill-time-ms': <uint64 1>}>}]>}",
+         "disks[0].ops.size"},
+        {"vm",
+         "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <{'size': <uint64 1>, "
+         "'refill-time-ms': <uint64 1>, 'rate': <uint64 1>}>}]>}",
+         "disks[0].ops.rate"},
+        {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <uint64 200>}]>}",
+         "disks[0].ops"},
         {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:12:34'>}]>}",
          "network[0].mac"},
         {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'mac': <'01:00:00:00:00:01'>}]>}",
@@ -116,8 +149,10 @@ static void test_devices(void)
     g_autoptr(GError) error = NULL;
     g_autoptr(MvmdVmDefinition) c =
         parse("dev",
-              "{'kernel': <'/k'>, 'disks': <[{'path': <'/d0'>}, {'path': <'/d1'>, 'read-only': "
-              "<true>}]>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:AB:cd:01'>}, {'tap': "
+              "{'kernel': <'/k'>, 'disks': <[{'path': <'/d0'>, 'bandwidth': <@a{sv} {}>}, "
+              "{'path': <'/d1'>, 'read-only': <true>, 'ops': <{'size': <uint64 10>, "
+              "'refill-time-ms': <uint64 50>, 'one-time-burst': <uint64 5>}>}]>, "
+              "'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:AB:cd:01'>}, {'tap': "
               "<'tap1'>}]>, 'vsock': <{'cid': <uint32 42>, 'uds-path': <'/run/v.sock'>}>, 'rng': "
               "<true>}",
               &error);
@@ -132,6 +167,12 @@ static void test_devices(void)
     g_assert_cmpstr(d1->path, ==, "/d1");
     g_assert_true(d1->read_only);
     g_assert_cmpint(d1->fd, ==, -1);
+    g_assert_cmpuint(d1->rate_limit.ops.size, ==, 10);
+    g_assert_cmpuint(d1->rate_limit.ops.refill_time_ms, ==, 50);
+    g_assert_cmpuint(d1->rate_limit.ops.one_time_burst, ==, 5);
+    g_assert_cmpuint(d1->rate_limit.bandwidth.size, ==, 0);
+    /* An empty bucket is no limit. */
+    g_assert_cmpuint(((MvmDiskConfig *)mvm->disks->pdata[0])->rate_limit.bandwidth.size, ==, 0);
     g_assert_cmpuint(mvm->nics->len, ==, 2);
     n0 = mvm->nics->pdata[0];
     g_assert_cmpstr(n0->tap_name, ==, "tap0");
@@ -332,7 +373,8 @@ static void test_keyfile_roundtrip(void)
               "{'kernel': <'/k'>, 'initrd': <'/i'>, 'cmdline': <'a=1 b=\"2\"\\n'>,"
               " 'vcpus': <uint32 4>, 'memory-mib': <uint64 256>, 'persist': <true>,"
               " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>,"
-              " 'disks': <[{'path': <'/d'>, 'read-only': <true>}]>, 'rng': <true>,"
+              " 'disks': <[{'path': <'/d'>, 'read-only': <true>, 'bandwidth': <{'size':"
+              " <uint64 100000>, 'refill-time-ms': <uint64 10>}>}]>, 'rng': <true>,"
               " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>}]>,"
               " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>,"
               " 'cpu-template': <'x86-64-v2'>}",
@@ -353,6 +395,9 @@ static void test_keyfile_roundtrip(void)
     v1 = g_variant_ref_sink(mvmd_vm_definition_to_variant(c));
     v2 = g_variant_ref_sink(mvmd_vm_definition_to_variant(back));
     g_assert_true(g_variant_equal(v1, v2));
+    g_autofree char *text = g_variant_print(v2, TRUE);
+    g_assert_nonnull(strstr(text, "'bandwidth': <{'size': <uint64 100000>, 'refill-time-ms': "
+                                  "<uint64 10>}>"));
 }
 
 /* A definition stored before VMs had owners is root's; a bad Owner is refused, not guessed. */

@@ -594,6 +594,64 @@ static char *make_image(const char *dir, const char *name, gsize sectors, GBytes
     return path;
 }
 
+/*
+ * Writes per second of a `mode=blkloop delay_ms=0` guest on @c over about @ms: the numbers its
+ * "BLKLOOP wrote K" lines went up by, over the time they took to come.
+ */
+static double blkloop_rate(MvmdTestConsole *c, guint ms)
+{
+    gint64 k0 = mvmd_test_console_next_number(c, "BLKLOOP wrote ");
+    gint64 t0 = g_get_monotonic_time(), k = k0, t = t0;
+
+    while (t - t0 < ms * 1000) {
+        k = mvmd_test_console_next_number(c, "BLKLOOP wrote ");
+        t = g_get_monotonic_time();
+    }
+    return (k - k0) / ((t - t0) / 1e6);
+}
+
+/* Sets disk 0's ops limit of @vm to @bucket (GVariant text; "@a{sv} {}": none). */
+static void set_disk0_ops(MvmdVm *vm, const char *bucket)
+{
+    g_autofree char *text = g_strdup_printf("{'disks': <{uint32 0: {'ops': <%s>}}>}", bucket);
+
+    mvmd_test_vm_call_ok(vm, "SetResources",
+                         g_variant_new_tuple((GVariant *[]){mvmd_test_config(text)}, 1));
+}
+
+/*
+ * A running guest's disk limit changes with SetResources: 5 writes a second at Start, as fast
+ * as the guest goes once lifted, 5 again once set again; the guest never notices but in speed.
+ */
+static void test_disk_rate_limit_live(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GBytes) contents = NULL;
+    g_autofree char *image = make_image(f->bus->tmpdir, "limited.img", 64, &contents);
+    g_autofree char *disk = g_strdup_printf(
+        "'disks': <[{'path': <'%s'>, 'ops': <{'size': <uint64 1>, 'refill-time-ms': <uint64 "
+        "200>}>}]>",
+        image);
+    g_autoptr(MvmdVm) vm = create_guest(f, "limited", "blkloop delay_ms=0", disk);
+
+    mvmd_test_vm_call_ok(vm, "Start", NULL);
+    MvmdTestConsole *c = mvmd_test_console_open(vm);
+    double limited = blkloop_rate(c, 2000);
+    set_disk0_ops(vm, "@a{sv} {}");
+    blkloop_rate(c, 200); /* what was printed before the change */
+    double lifted = blkloop_rate(c, 1000);
+    set_disk0_ops(vm, "{'size': <uint64 1>, 'refill-time-ms': <uint64 200>}");
+    blkloop_rate(c, 200);
+    double again = blkloop_rate(c, 2000);
+    g_test_message("writes per second: %.1f limited to 5, %.1f lifted, %.1f limited again", limited,
+                   lifted, again);
+    g_assert_cmpfloat(limited, <=, 6);
+    g_assert_cmpfloat(again, <=, 6);
+    g_assert_cmpfloat(limited, >=, 3);
+    g_assert_cmpfloat(lifted, >=, 4 * limited);
+    mvmd_test_console_close(c);
+    mvmd_test_vm_call_ok(vm, "Stop", NULL);
+}
+
 /* Runs a guest that ends by itself (debug exit) and returns its console output. */
 static char *run_to_end(Fixture *f, MvmdVm *vm)
 {
@@ -1925,6 +1983,7 @@ int main(int argc, char **argv)
     ADD("/daemon-kvm/graceful-shutdown", test_graceful_shutdown);
     ADD("/daemon-kvm/reset", test_reset);
     ADD("/daemon-kvm/devices", test_devices);
+    ADD("/daemon-kvm/disk-rate-limit-live", test_disk_rate_limit_live);
     g_test_add("/daemon-kvm/guest-log-limited", Fixture, "daemon.log", fixture_setup,
                test_guest_log_limited, fixture_teardown);
     ADD("/daemon-kvm/autostart-restart", test_autostart_restart);

@@ -703,6 +703,118 @@ static gpointer client_thread(gpointer data)
     return NULL;
 }
 
+/* VM.SetResources with @text; NULL on success, else the error (its name asserted). */
+static void set_resources(MvmdVm *vm, const char *text, const char *error_name, const char *says)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GVariant) resources = g_variant_ref_sink(mvmd_test_config(text));
+
+    mvmd_vm_call_set_resources_sync(vm, resources, G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+    if (!error_name) {
+        g_assert_no_error(error);
+        return;
+    }
+    g_test_message("SetResources %s → %s", text, error->message);
+    mvmd_test_assert_dbus_error_says(error, error_name, says);
+}
+
+/* The printed `disks` of @vm's GetConfig. */
+static char *disks_text(MvmdVm *vm)
+{
+    g_autoptr(GVariant) disks =
+        g_variant_lookup_value(mvmd_test_vm_config(vm), "disks", G_VARIANT_TYPE("aa{sv}"));
+
+    g_assert_nonnull(disks);
+    return g_variant_print(disks, FALSE);
+}
+
+#define BUCKET(size, ms) "{'size': <uint64 " #size ">, 'refill-time-ms': <uint64 " #ms ">}"
+
+/*
+ * SetResources changes a stopped VM's disk limits: GetConfig shows them, a persistent
+ * definition keeps them over a restart, a bad request changes nothing, and another user needs
+ * manage-others (read-others is not enough).
+ */
+static void test_set_resources(Fixture *f, gconstpointer data)
+{
+    g_autofree char *path = create_ok(
+        f->manager, "limits",
+        "{'kernel': <'/k'>, 'persist': <true>, 'disks': <[{'path': <'/d0'>}, {'path': <'/d1'>, "
+        "'ops': <" BUCKET(200, 1000) ">}]>}");
+    g_autoptr(MvmdVm) vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_autofree char *before = disks_text(vm);
+
+    set_resources(vm, "{'disks': <{uint32 0: {'bandwidth': <" BUCKET(100000, 10) ">}}>}", NULL,
+                  NULL);
+    g_autofree char *after = disks_text(vm);
+    g_assert_nonnull(strstr(after, "'bandwidth': <{'size': <uint64 100000>, 'refill-time-ms': "
+                                   "<uint64 10>}>"));
+    g_assert_nonnull(strstr(after, "'ops': <{'size': <uint64 200>")); /* disk 1: untouched */
+
+    /* All or nothing: a good change beside a bad one is not made either. */
+    set_resources(vm,
+                  "{'disks': <{uint32 1: {'ops': <@a{sv} {}>}, uint32 0: {'ops': <{'size': "
+                  "<uint64 0>, 'refill-time-ms': <uint64 1>}>}}>}",
+                  ERR "InvalidArgument", "disks[0].ops.size");
+    set_resources(vm, "{'disks': <{uint32 2: {'ops': <@a{sv} {}>}}>}", ERR "InvalidArgument",
+                  "disks[2]");
+    set_resources(vm, "{'disks': <{uint32 0: {'read-only': <true>}}>}", ERR "InvalidArgument",
+                  "disks[0].read-only");
+    set_resources(vm, "{'memory-mib': <uint64 64>}", ERR "InvalidArgument", "memory-mib");
+    set_resources(vm, "{'disks': <[{'ops': <@a{sv} {}>}]>}", ERR "InvalidArgument", "disks");
+    g_autofree char *unchanged = disks_text(vm);
+    g_assert_cmpstr(unchanged, ==, after);
+
+    /* An empty bucket removes that limit; the definition on disk follows. */
+    set_resources(vm, "{'disks': <{uint32 1: {'ops': <@a{sv} {}>}}>}", NULL, NULL);
+    g_assert_cmpint(mvmd_test_bus_stop_daemon(f->bus, 30), ==, 0);
+    g_clear_object(&vm);
+    g_clear_object(&f->manager);
+    mvmd_test_bus_start_daemon(f->bus, NULL);
+    f->manager = mvmd_test_bus_manager(f->bus, NULL);
+    vm = mvmd_test_bus_vm(f->bus, NULL, path);
+    g_autofree char *stored = disks_text(vm);
+    g_test_message("disks before: %s; after a restart: %s", before, stored);
+    g_assert_nonnull(strstr(stored, "'bandwidth': <{'size': <uint64 100000>"));
+    g_assert_null(strstr(stored, "'ops'"));
+
+    if (getuid() != 0) {
+        g_test_skip("needs root to run a client as nobody");
+        return;
+    }
+    static const char *const lift = "{'disks': <{uint32 0: {'bandwidth': <@a{sv} {}>}}>}";
+    static const struct {
+        const char *action; /* polkit's yes (python-dbusmock), NULL: no polkit */
+        const char *answer;
+    } callers[] = {{NULL, ERR "NotAuthorized"},
+                   {"org.microvmd.vm.read-others", ERR "NotAuthorized"},
+                   {"org.microvmd.vm.manage-others", "()"}};
+    mvmd_test_bus_open_to_all(f->bus);
+    for (guint i = 0; i < G_N_ELEMENTS(callers); i++) {
+        g_autoptr(GSubprocess) mock = NULL;
+        g_autoptr(GSubprocess) client = NULL;
+        g_autoptr(GError) error = NULL;
+        g_autofree char *out = NULL;
+
+        if (callers[i].action && !(mock = mvmd_test_start_polkit_mock(f->bus, callers[i].action))) {
+            g_test_message("python-dbusmock is not installed: polkit's yes not tried");
+            break;
+        }
+        client = mvmd_test_vm_call_as_nobody_with(f->bus, "limits", "SetResources", lift);
+        g_subprocess_communicate_utf8(client, NULL, NULL, &out, NULL, &error);
+        g_assert_no_error(error);
+        g_test_message("SetResources as nobody with %s: %s", callers[i].action, out);
+        g_assert_nonnull(strstr(out, callers[i].answer));
+        g_autofree char *now = disks_text(vm);
+        g_assert_true((strstr(now, "'bandwidth'") == NULL) ==
+                      (strcmp(callers[i].answer, "()") == 0));
+        if (mock) {
+            g_subprocess_force_exit(mock);
+            g_subprocess_wait(mock, NULL, NULL);
+        }
+    }
+}
+
 static void test_concurrent_clients(Fixture *f, gconstpointer data)
 {
     Client clients[N_CLIENTS];
@@ -976,6 +1088,7 @@ int main(int argc, char **argv)
     ADD("/daemon/fd-passing", test_fd_passing);
     ADD("/daemon/object-manager", test_object_manager);
     ADD("/daemon/persistence", test_persistence);
+    ADD("/daemon/set-resources", test_set_resources);
     ADD("/daemon/concurrent-clients", test_concurrent_clients);
     ADD("/daemon/fuzz", test_fuzz);
     ADD("/daemon/replace", test_replace);

@@ -238,8 +238,8 @@ def test_man_pages(t):
     with open(os.path.join(docs, "microvmd.8.rst")) as f:
         daemon_page = f.read()
     for command in ("list", "status", "info", "create", "start", "stop", "shutdown", "reboot",
-                    "pause", "resume", "delete", "snapshot", "restore", "working-set", "console",
-                    "events", "cpu"):
+                    "pause", "resume", "delete", "set", "snapshot", "restore", "working-set",
+                    "console", "events", "cpu"):
         assert re.search(r"^``%s``" % command, ctl_page, re.M), "command %s not documented" % command
         for option in help_options([MICROVMCTL, command]):
             assert "``" + option in ctl_page, "%s %s not documented" % (command, option)
@@ -420,6 +420,33 @@ def test_define(t, bus):
         expect_rc(ctl(bus, "delete", name), OK, "delete")
     assert not os.path.exists(os.path.join(bus.dir, "state", "vms", "def2.vm"))
     expect_rc(ctl(bus, "delete", "def1"), NO_SUCH_VM, "delete twice")
+
+
+def test_set(t, bus):
+    """Disk rate limits: create --disk with limits, set them, set's errors; no guest runs."""
+    kernel = TESTGUEST or MICROVMCTL
+    disk = os.path.join(bus.dir, "limited.img")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    expect_rc(ctl(bus, "create", "lim", "--kernel", kernel, "--disk",
+                  disk + ",bandwidth=10M,ops=100/50"), OK, "create with limits")
+    d = vm_json(bus, "lim")["config"]["disks"][0]
+    assert d["bandwidth"] == {"size": 10000000, "refill-time-ms": 1000}, d
+    assert d["ops"] == {"size": 100, "refill-time-ms": 50}, d
+    expect_rc(ctl(bus, "set", "lim", "disk.0.bandwidth=none", "disk.0.ops=2k"), OK, "set")
+    d = vm_json(bus, "lim")["config"]["disks"][0]
+    assert "bandwidth" not in d and d["ops"] == {"size": 2000, "refill-time-ms": 1000}, d
+    for args, rc in ((["disk.1.ops=5"], INVALID_ARGUMENT), (["disk.0.ops=0"], INVALID_ARGUMENT),
+                     (["disk.0.ops=fast"], USAGE), (["disk.0.iops=5"], USAGE),
+                     (["disk.x.ops=5"], USAGE), (["disk.0.ops"], USAGE), ([], USAGE)):
+        r = ctl(bus, "set", "lim", *args)
+        expect_rc(r, rc, "set %s" % args)
+    assert "disks[0].ops.size" in ctl(bus, "set", "lim", "disk.0.ops=0").err
+    assert vm_json(bus, "lim")["config"]["disks"][0] == d, "a refused set changed nothing"
+    expect_rc(ctl(bus, "set", "nope", "disk.0.ops=5"), NO_SUCH_VM, "set on no VM")
+    expect_rc(ctl(bus, "create", "lim2", "--kernel", kernel, "--disk", disk + ",bw=1"), USAGE,
+              "--disk with an unknown option")
+    expect_rc(ctl(bus, "delete", "lim"), OK, "delete")
 
 
 def test_cpu_template_define(t, bus):
@@ -1240,6 +1267,7 @@ def main():
         run("info", test_info, bus)
         run("create errors", test_create_errors, bus)
         run("define, list, status, delete", test_define, bus)
+        run("disk rate limits: create and set", test_set, bus)
         run("CPU templates in definitions", test_cpu_template_define, bus)
         run("events", test_events, bus)
         run("unprivileged user", test_unprivileged, bus)

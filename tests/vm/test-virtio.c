@@ -587,6 +587,95 @@ static void test_blk_bench(void)
     g_unlink(path);
 }
 
+/* Seconds between two markers of @g, which must both have come. */
+static double marker_span_s(Guest *g, guint32 from, guint32 to)
+{
+    gint64 t0 = guest_marker_time(g, from), t1 = guest_marker_time(g, to);
+
+    g_assert_cmpint(t0, >, 0);
+    g_assert_cmpint(t1, >=, t0);
+    return (t1 - t0) / 1e6;
+}
+
+/*
+ * A disk limited to 10 MB/s (100 kB every 10 ms) moves 10 ± 0.5 MB/s, reading and writing, over
+ * 3 s of 64 KiB requests (mode=blkbench times each pass between its markers).
+ */
+static void test_blk_rate_limit_bandwidth(void)
+{
+    if (!have_kvm())
+        return;
+    guint count = 480, kib = 64;
+    g_autofree char *path = make_image(count * kib * 2, NULL);
+    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    add_disk(config, path, -1, FALSE);
+    MvmDiskConfig *disk = g_ptr_array_index(config->disks, 0);
+    disk->rate_limit.bandwidth = (MvmTokenBucketConfig){.size = 100000, .refill_time_ms = 10};
+
+    g_autoptr(Guest) g = guest_start(config);
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "PASS blkbench"));
+    for (guint pass = 0; pass < 2; pass++) {
+        double seconds = marker_span_s(g, 0x100 + 2 * pass, 0x101 + 2 * pass);
+        double mbs = (double)count * kib * 1024 / 1e6 / seconds;
+        g_test_message("%s: %u x %u KiB in %.2f s = %.2f MB/s", pass == 0 ? "read" : "write", count,
+                       kib, seconds, mbs);
+        g_assert_cmpfloat(mbs, >=, 9.5);
+        g_assert_cmpfloat(mbs, <=, 10.5);
+    }
+    g_unlink(path);
+}
+
+/*
+ * 200 requests a second (10 every 50 ms) gives 200 ± 5 % over 3 s of reads; the limit lifted
+ * while the guest writes lets the writes go at once; a bad change is refused and changes
+ * nothing.
+ */
+static void test_blk_rate_limit_ops_live(void)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!have_kvm())
+        return;
+    guint count = 600, kib = 4;
+    g_autofree char *path = make_image(count * kib * 2, NULL);
+    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
+    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
+    add_disk(config, path, -1, FALSE);
+    MvmRateLimit limited = {.ops = {.size = 10, .refill_time_ms = 50}}, none = {0};
+    ((MvmDiskConfig *)g_ptr_array_index(config->disks, 0))->rate_limit = limited;
+
+    g_autoptr(Guest) g = guest_start(config);
+    MvmRateLimit bad = {.ops = {.size = 10}};
+    g_assert_false(mvm_vm_set_disk_rate_limit(g->vm, 0, &bad, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_test_message("%s", error->message);
+    g_clear_error(&error);
+    g_assert_false(mvm_vm_set_disk_rate_limit(g->vm, 1, &none, &error));
+    g_assert_error(error, MVM_ERROR, MVM_ERROR_INVALID_ARGUMENT);
+    g_clear_error(&error);
+
+    /* The write pass starts limited, one or two requests in. */
+    g_assert_true(guest_wait_for(g, "BLKBENCH read bytes", GUEST_TIMEOUT_US));
+    g_assert_true(mvm_vm_set_disk_rate_limit(g->vm, 0, &none, &error));
+    g_assert_no_error(error);
+    const MvmDiskConfig *disk = g_ptr_array_index(mvm_vm_get_config(g->vm)->disks, 0);
+    g_assert_cmpuint(disk->rate_limit.ops.size, ==, 0);
+
+    g_autofree char *out = guest_finish(g);
+    g_assert_nonnull(strstr(out, "PASS blkbench"));
+    double read_s = marker_span_s(g, 0x100, 0x101), write_s = marker_span_s(g, 0x102, 0x103);
+    double ops = count / read_s;
+    g_test_message("reads: %u in %.2f s = %.1f/s; writes, limit lifted: %u in %.2f s", count,
+                   read_s, ops, count, write_s);
+    g_assert_cmpfloat(ops, >=, 190);
+    g_assert_cmpfloat(ops, <=, 210);
+    /* Under the limit they would take as long as the reads. */
+    g_assert_cmpfloat(write_s, <, read_s / 2);
+    g_unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -596,6 +685,8 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio/blk/two-disks-read-only", test_blk_two_disks_read_only);
     g_test_add_func("/virtio/blk/host-io-error", test_blk_host_io_error);
     g_test_add_func("/virtio/blk/bad-size", test_blk_bad_size);
+    g_test_add_func("/virtio/blk/rate-limit/bandwidth", test_blk_rate_limit_bandwidth);
+    g_test_add_func("/virtio/blk/rate-limit/ops-live", test_blk_rate_limit_ops_live);
     g_test_add_func("/virtio/blk/snapshot-restore", test_blk_snapshot_restore);
     g_test_add_func("/virtio/blk/restore-parked", test_blk_restore_parked);
     g_test_add_func("/virtio/blk/bench", test_blk_bench);

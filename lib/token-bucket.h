@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The rate limiter of a device's requests (MvmRateLimit, microvm.h): two token buckets, one
+ * counting bytes and one counting requests. A request goes when neither bucket is in debt and
+ * takes what it needs, even more than the bucket holds: the bucket goes into debt and the next
+ * request waits until the refill has paid it. So a request larger than a bucket still passes,
+ * nothing is dropped or reordered, and over time the rate is exactly size / refill time.
+ *
+ * Not thread-safe: the device's lock guards it.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "microvm.h"
+
+G_BEGIN_DECLS
+
+typedef struct {
+    guint64 size; /* 0: no limit */
+    guint64 period_us;
+    guint64 burst; /* one-time tokens left */
+    /* In 1 / period_us tokens, so that a refill of any length is exact: no rounding drift. */
+    __int128 scaled_tokens;
+    gint64 last_us;
+} MvmTokenBucket;
+
+typedef struct {
+    MvmTokenBucket bytes;
+    MvmTokenBucket ops;
+} MvmRateLimiter;
+
+/* Checks @limit's ranges (MVM_ERROR_INVALID_ARGUMENT naming @what, e.g. "disk 1"). */
+gboolean mvm_rate_limit_validate(const MvmRateLimit *limit, const char *what, GError **error);
+gboolean mvm_rate_limit_is_set(const MvmRateLimit *limit);
+
+/* Full buckets (one-time bursts included) as of @now_us (monotonic). */
+void mvm_rate_limiter_init(MvmRateLimiter *limiter, const MvmRateLimit *limit, gint64 now_us);
+/* 0: a request may go now; else the microseconds until one may. */
+gint64 mvm_rate_limiter_wait_us(MvmRateLimiter *limiter, gint64 now_us);
+/* A request of @bytes went. */
+void mvm_rate_limiter_consume(MvmRateLimiter *limiter, guint64 bytes, gint64 now_us);
+
+G_END_DECLS
