@@ -535,6 +535,19 @@ static gboolean qemu_blkbench(const char *image, const char *cmdline, char **out
     return strstr(*out, "PASS blkbench") != NULL;
 }
 
+/* mode=blkbench of @count requests of @kib KiB on a fresh disk image twice that size (@path). */
+static MvmVmConfig *blkbench_config(guint count, guint kib, char **path, char **cmdline_out)
+{
+    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
+    MvmVmConfig *config = guest_config(cmdline);
+
+    *path = make_image(count * kib * 2, NULL);
+    add_disk(config, *path, -1, FALSE);
+    if (cmdline_out != NULL)
+        *cmdline_out = g_steal_pointer(&cmdline);
+    return config;
+}
+
 static void test_blk_bench(void)
 {
     TestguestBlkbench ours, theirs;
@@ -547,10 +560,9 @@ static void test_blk_bench(void)
     if (!have_kvm())
         return;
     guint count = 32, kib = 64;
-    g_autofree char *path = make_image(count * kib * 2, NULL);
-    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
-    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
-    add_disk(config, path, -1, FALSE);
+    g_autofree char *path = NULL;
+    g_autofree char *cmdline = NULL;
+    g_autoptr(MvmVmConfig) config = blkbench_config(count, kib, &path, &cmdline);
     g_autoptr(Guest) g = guest_start(config);
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "PASS blkbench"));
@@ -606,10 +618,8 @@ static void test_blk_rate_limit_bandwidth(void)
     if (!have_kvm())
         return;
     guint count = 480, kib = 64;
-    g_autofree char *path = make_image(count * kib * 2, NULL);
-    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
-    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
-    add_disk(config, path, -1, FALSE);
+    g_autofree char *path = NULL;
+    g_autoptr(MvmVmConfig) config = blkbench_config(count, kib, &path, NULL);
     MvmDiskConfig *disk = g_ptr_array_index(config->disks, 0);
     disk->rate_limit.bandwidth = (MvmTokenBucketConfig){.size = 100000, .refill_time_ms = 10};
 
@@ -639,10 +649,8 @@ static void test_blk_rate_limit_ops_live(void)
     if (!have_kvm())
         return;
     guint count = 600, kib = 4;
-    g_autofree char *path = make_image(count * kib * 2, NULL);
-    g_autofree char *cmdline = g_strdup_printf("mode=blkbench count=%u kib=%u", count, kib);
-    g_autoptr(MvmVmConfig) config = guest_config(cmdline);
-    add_disk(config, path, -1, FALSE);
+    g_autofree char *path = NULL;
+    g_autoptr(MvmVmConfig) config = blkbench_config(count, kib, &path, NULL);
     MvmRateLimit limited = {.ops = {.size = 10, .refill_time_ms = 50}}, none = {0};
     ((MvmDiskConfig *)g_ptr_array_index(config->disks, 0))->rate_limit = limited;
 
