@@ -103,3 +103,57 @@ void mvm_rate_limiter_consume(MvmRateLimiter *limiter, guint64 bytes, gint64 now
     bucket_consume(&limiter->bytes, bytes, now_us);
     bucket_consume(&limiter->ops, 1, now_us);
 }
+
+/* ---- the timer a throttled queue waits for ---- */
+
+void mvm_throttle_init(MvmThrottle *throttle, const MvmRateLimit *limit)
+{
+    mvm_rate_limiter_init(&throttle->limiter, limit, g_get_monotonic_time());
+    throttle->timer = NULL;
+}
+
+gboolean mvm_throttle_must_wait(MvmThrottle *throttle, GMainContext *context, GSourceFunc done,
+                                gpointer data)
+{
+    if (throttle->timer != NULL)
+        return TRUE;
+    gint64 wait_us = mvm_rate_limiter_wait_us(&throttle->limiter, g_get_monotonic_time());
+    if (wait_us == 0)
+        return FALSE;
+    /* Milliseconds, rounded up (a timer that fires early would only arm itself again), with
+     * no overflow for the longest wait, G_MAXINT64. */
+    gint64 wait_ms = wait_us / 1000 + (wait_us % 1000 != 0);
+    throttle->timer = g_timeout_source_new((guint)MIN(wait_ms, (gint64)G_MAXUINT));
+    g_source_set_callback(throttle->timer, done, data, NULL);
+    g_source_attach(throttle->timer, context);
+    return TRUE;
+}
+
+void mvm_throttle_timer_done(MvmThrottle *throttle)
+{
+    /* A timer set_limit() destroyed may still run once, racing it: it must not clear a new one. */
+    if (throttle->timer == g_main_current_source())
+        g_clear_pointer(&throttle->timer, g_source_unref);
+}
+
+void mvm_throttle_consume(MvmThrottle *throttle, guint64 bytes)
+{
+    mvm_rate_limiter_consume(&throttle->limiter, bytes, g_get_monotonic_time());
+}
+
+void mvm_throttle_clear(MvmThrottle *throttle)
+{
+    if (throttle->timer != NULL) {
+        g_source_destroy(throttle->timer);
+        g_clear_pointer(&throttle->timer, g_source_unref);
+    }
+}
+
+gboolean mvm_throttle_set_limit(MvmThrottle *throttle, const MvmRateLimit *limit)
+{
+    gboolean waited = throttle->timer != NULL;
+
+    mvm_throttle_clear(throttle);
+    mvm_throttle_init(throttle, limit);
+    return waited;
+}

@@ -41,4 +41,28 @@ gint64 mvm_rate_limiter_wait_us(MvmRateLimiter *limiter, gint64 now_us);
 /* A request of @bytes went. */
 void mvm_rate_limiter_consume(MvmRateLimiter *limiter, guint64 bytes, gint64 now_us);
 
+/*
+ * A queue's rate limiter and the timer its next request waits for, on the device's I/O
+ * thread (@context). Guarded by the device's lock, as the limiter.
+ */
+typedef struct {
+    MvmRateLimiter limiter;
+    GSource *timer; /* NULL: nothing waits */
+} MvmThrottle;
+
+void mvm_throttle_init(MvmThrottle *throttle, const MvmRateLimit *limit);
+/*
+ * Whether the queue's next request must wait; if so, @done runs on @context once it may go (a
+ * timer already armed is kept). @done must call mvm_throttle_timer_done() under the lock first.
+ */
+gboolean mvm_throttle_must_wait(MvmThrottle *throttle, GMainContext *context, GSourceFunc done,
+                                gpointer data);
+void mvm_throttle_timer_done(MvmThrottle *throttle);
+/* A request of @bytes went. */
+void mvm_throttle_consume(MvmThrottle *throttle, guint64 bytes);
+/* A new limit, its buckets full; TRUE when a request was waiting (the caller serves it). */
+gboolean mvm_throttle_set_limit(MvmThrottle *throttle, const MvmRateLimit *limit);
+/* Disarms the timer (the device goes away). */
+void mvm_throttle_clear(MvmThrottle *throttle);
+
 G_END_DECLS

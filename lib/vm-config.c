@@ -122,6 +122,11 @@ static gboolean validate_virtio(const MvmVmConfig *config, GError **error)
             return mvm_set_invalid(error, "tap name %s is longer than 15 bytes", n->tap_name);
         if (n->mac[0] & 1)
             return mvm_set_invalid(error, "network interface %u has a multicast MAC address", i);
+        g_autofree char *rx = g_strdup_printf("network interface %u receive", i);
+        g_autofree char *tx = g_strdup_printf("network interface %u transmit", i);
+        if (!mvm_rate_limit_validate(&n->rx_rate_limit, rx, error) ||
+            !mvm_rate_limit_validate(&n->tx_rate_limit, tx, error))
+            return FALSE;
     }
     if (!validate_vsock(config, error))
         return FALSE;

@@ -242,11 +242,18 @@ typedef struct {
     MvmRateLimit rate_limit; /* all zero: none; a request's bytes are its data's */
 } MvmDiskConfig;
 
-/* One virtio-net device on a tap: by interface name or an open tap fd. */
+/*
+ * One virtio-net device on a tap: by interface name or an open tap fd. Its rate limits count
+ * frames and their bytes (the vnet header not included): @rx_rate_limit what the guest
+ * receives, @tx_rate_limit what it sends. A throttled guest's frames wait in its queue; frames
+ * for a throttled guest wait in the tap's, which drops what does not fit, as a link would.
+ */
 typedef struct {
     char *tap_name;
-    int tap_fd;    /* -1: open tap_name */
-    guint8 mac[6]; /* all zero: generated */
+    int tap_fd;                 /* -1: open tap_name */
+    guint8 mac[6];              /* all zero: generated */
+    MvmRateLimit rx_rate_limit; /* all zero: none */
+    MvmRateLimit tx_rate_limit;
 } MvmNetConfig;
 
 MvmVmConfig *mvm_vm_config_new(void);
@@ -350,6 +357,9 @@ const MvmVmConfig *mvm_vm_get_config(MvmVm *vm);
  */
 gboolean mvm_vm_set_disk_rate_limit(MvmVm *vm, guint index, const MvmRateLimit *limit,
                                     GError **error);
+/* The same for NIC @index: @rx and @tx, each NULL to leave it as it is. */
+gboolean mvm_vm_set_nic_rate_limits(MvmVm *vm, guint index, const MvmRateLimit *rx,
+                                    const MvmRateLimit *tx, GError **error);
 
 /* Input for the serial port (bounded; returns bytes accepted). Any thread. */
 gsize mvm_vm_console_write(MvmVm *vm, const guint8 *data, gsize len);

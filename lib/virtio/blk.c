@@ -44,9 +44,7 @@ typedef struct {
     gboolean read_only;
     guint64 size; /* bytes, a multiple of SECTOR_SIZE */
     char id[BLK_ID_BYTES];
-    /* Guarded by the device lock. */
-    MvmRateLimiter limiter;
-    GSource *throttle; /* the timer requests wait for; NULL: none waits */
+    MvmThrottle throttle; /* guarded by the device lock */
 } Blk;
 
 typedef struct {
@@ -178,21 +176,19 @@ static gboolean throttle_done(gpointer data);
  */
 static gboolean throttled(Blk *blk)
 {
-    if (blk->throttle != NULL)
-        return TRUE;
-    gint64 wait_us = mvm_rate_limiter_wait_us(&blk->limiter, g_get_monotonic_time());
-    if (wait_us == 0)
-        return FALSE;
-    blk->throttle = g_timeout_source_new((guint)MIN((wait_us + 999) / 1000, G_MAXUINT));
-    g_source_set_callback(blk->throttle, throttle_done, blk, NULL);
-    g_source_attach(blk->throttle, mvm_io_thread_get_context(mvm_virtio_get_io_thread(blk->dev)));
-    return TRUE;
+    return mvm_throttle_must_wait(&blk->throttle,
+                                  mvm_io_thread_get_context(mvm_virtio_get_io_thread(blk->dev)),
+                                  throttle_done, blk);
 }
 
-/* The bytes a request moves: its data, between the header and the status byte (§5.2.6). */
-static guint64 request_bytes(const MvmVqChain *chain)
+/*
+ * The bytes a request moves: its data, between the header and the status byte (§5.2.6). No
+ * request moves more than the disk holds, so a guest's huge bogus chain, which fails anyway,
+ * cannot put its own disk in debt for hours.
+ */
+static guint64 request_bytes(const Blk *blk, const MvmVqChain *chain)
 {
-    return chain->out_len + chain->in_len - REQ_HDR_SIZE - 1;
+    return MIN((guint64)chain->out_len + chain->in_len - REQ_HDR_SIZE - 1, blk->size);
 }
 
 static void blk_notify(gpointer backend, guint index)
@@ -207,7 +203,7 @@ static void blk_notify(gpointer backend, guint index)
             mvm_virtio_set_needs_reset(blk->dev, "request without header or status byte");
             break;
         }
-        mvm_rate_limiter_consume(&blk->limiter, request_bytes(chain), g_get_monotonic_time());
+        mvm_throttle_consume(&blk->throttle, request_bytes(blk, chain));
         guint32 epoch = mvm_virtio_get_epoch(blk->dev);
         mvm_virtio_unlock(blk->dev);
         guint32 len = process_chain(blk, chain);
@@ -224,26 +220,17 @@ static gboolean throttle_done(gpointer data)
     Blk *blk = data;
 
     mvm_virtio_lock(blk->dev);
-    if (blk->throttle == g_main_current_source())
-        g_clear_pointer(&blk->throttle, g_source_unref);
+    mvm_throttle_timer_done(&blk->throttle);
     mvm_virtio_unlock(blk->dev);
     blk_notify(blk, 0);
     return G_SOURCE_REMOVE;
-}
-
-static void clear_throttle(Blk *blk)
-{
-    if (blk->throttle != NULL) {
-        g_source_destroy(blk->throttle);
-        g_clear_pointer(&blk->throttle, g_source_unref);
-    }
 }
 
 static void blk_free(gpointer backend)
 {
     Blk *blk = backend;
 
-    clear_throttle(blk);
+    mvm_throttle_clear(&blk->throttle);
     if (blk->fd >= 0)
         close(blk->fd);
     g_free(blk);
@@ -295,10 +282,8 @@ void mvm_virtio_blk_set_rate_limit(MvmVirtio *dev, const MvmRateLimit *limit)
     Blk *blk = mvm_virtio_get_backend(dev);
 
     mvm_virtio_lock(dev);
-    mvm_rate_limiter_init(&blk->limiter, limit, g_get_monotonic_time());
     /* A request that waits for the old limit is reconsidered under the new one at once. */
-    gboolean waited = blk->throttle != NULL;
-    clear_throttle(blk);
+    gboolean waited = mvm_throttle_set_limit(&blk->throttle, limit);
     mvm_virtio_unlock(dev);
     if (waited)
         mvm_virtio_kick_queue(dev, 0);
@@ -310,7 +295,7 @@ MvmVirtio *mvm_virtio_blk_new(const MvmDiskConfig *config, const MvmVirtioEnv *e
     Blk *blk = g_new0(Blk, 1);
 
     blk->read_only = config->read_only;
-    mvm_rate_limiter_init(&blk->limiter, &config->rate_limit, g_get_monotonic_time());
+    mvm_throttle_init(&blk->throttle, &config->rate_limit);
     blk->fd = open_disk(config, error);
     if (blk->fd < 0 || !disk_size(blk->fd, name, &blk->size, error)) {
         blk_free(blk);

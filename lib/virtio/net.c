@@ -9,6 +9,11 @@
  * A tap that goes away (deleted interface, namespace gone) makes reads and
  * writes fail: the device logs it once, drops what the guest sends and
  * stops reading; the guest and the VM carry on.
+ *
+ * Each direction may have a rate limit (token-bucket.h), counting frames and their bytes
+ * without the vnet header. A throttled transmit queue stays unread, in order, until its
+ * timer; a throttled receive side stops reading the tap, whose own queue holds what comes
+ * meanwhile (and drops past its length, as a real link's would).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +25,7 @@
 #include <unistd.h>
 
 #include "kvm.h"
+#include "token-bucket.h"
 #include "virtio.h"
 
 #define VIRTIO_NET_F_MAC     5
@@ -43,10 +49,20 @@ typedef struct {
     gboolean watching;
     gboolean tap_gone;
     MvmVqChain *held; /* an rx chain popped for a frame that was not there after all */
+    MvmThrottle rx_throttle, tx_throttle;
     guint64 rx_frames, tx_frames, tx_dropped;
 } Net;
 
 static void net_update_watch(Net *net);
+static gboolean tx_throttle_done(gpointer data);
+static gboolean rx_throttle_done(gpointer data);
+
+/* Lock held: whether @throttle holds its queue back now (then its timer, @done, is armed). */
+static gboolean throttled(Net *net, MvmThrottle *throttle, GSourceFunc done)
+{
+    return mvm_throttle_must_wait(
+        throttle, mvm_io_thread_get_context(mvm_virtio_get_io_thread(net->dev)), done, net);
+}
 
 /* Once, the first time the tap fails for good. Lock held. */
 static void tap_failed(Net *net, int err)
@@ -72,19 +88,24 @@ static void process_tx(Net *net)
     g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
     struct iovec iov[MVM_VQ_MAX_SIZE];
 
-    while (mvm_virtio_pop(net->dev, NET_QUEUE_TX, chain) == MVM_VQ_POP_OK) {
+    while (!throttled(net, &net->tx_throttle, tx_throttle_done) &&
+           mvm_virtio_pop(net->dev, NET_QUEUE_TX, chain) == MVM_VQ_POP_OK) {
         if (chain->out_len < NET_HDR_SIZE) {
             mvm_virtio_set_needs_reset(net->dev, "tx buffer shorter than the net header");
             return;
         }
         guint n = mvm_vq_chain_iov(chain, FALSE, 0, chain->out_len, iov, G_N_ELEMENTS(iov));
-        if (!net->tap_gone && writev(net->tap_fd, iov, (int)n) >= 0) {
+        ssize_t sent = net->tap_gone ? -1 : writev(net->tap_fd, iov, (int)n);
+        int err = errno;
+        /* The bytes of a frame that went; a dropped one costs its operation only. */
+        mvm_throttle_consume(&net->tx_throttle, sent > NET_HDR_SIZE ? sent - NET_HDR_SIZE : 0);
+        if (sent >= 0) {
             net->tx_frames++;
         } else {
             /* A full or missing tap drops the frame, like a cable would. */
             net->tx_dropped++;
-            if (!net->tap_gone && tap_error_is_fatal(errno))
-                tap_failed(net, errno);
+            if (!net->tap_gone && tap_error_is_fatal(err))
+                tap_failed(net, err);
         }
         mvm_virtio_push(net->dev, NET_QUEUE_TX, chain->head, 0);
     }
@@ -128,8 +149,18 @@ static gboolean receive_one(Net *net)
     mvm_vq_chain_write(net->held, NET_NUM_BUFFERS_OFFSET, &one, sizeof(one));
     mvm_virtio_push(net->dev, NET_QUEUE_RX, net->held->head, (guint32)r);
     g_clear_pointer(&net->held, g_free);
+    mvm_throttle_consume(&net->rx_throttle, (guint64)r - NET_HDR_SIZE);
     net->rx_frames++;
     return TRUE;
+}
+
+/* Lock held. Bounded, so a flood of frames cannot starve the other devices on this thread. */
+static void receive_some(Net *net)
+{
+    for (guint i = 0; i < 64 && !net->tap_gone && mvm_virtio_is_active(net->dev); i++)
+        if (throttled(net, &net->rx_throttle, rx_throttle_done) || !receive_one(net))
+            break;
+    net_update_watch(net);
 }
 
 static gboolean tap_event(int fd, GIOCondition condition, gpointer data)
@@ -139,19 +170,42 @@ static gboolean tap_event(int fd, GIOCondition condition, gpointer data)
     mvm_virtio_lock(net->dev);
     if (condition & (G_IO_ERR | G_IO_HUP | G_IO_NVAL))
         tap_failed(net, EIO);
-    /* Bounded, so a flood of frames cannot starve the other devices on this thread. */
-    for (guint i = 0; i < 64 && !net->tap_gone && mvm_virtio_is_active(net->dev); i++)
-        if (!receive_one(net))
-            break;
-    net_update_watch(net);
+    receive_some(net);
     mvm_virtio_unlock(net->dev);
     return G_SOURCE_CONTINUE;
 }
 
-/* Read the tap only while the guest has somewhere to put a frame. Lock held. */
+/* I/O thread: a throttled direction may go on (or its limit changed under it). */
+static gboolean rx_throttle_done(gpointer data)
+{
+    Net *net = data;
+
+    mvm_virtio_lock(net->dev);
+    mvm_throttle_timer_done(&net->rx_throttle);
+    receive_some(net);
+    mvm_virtio_unlock(net->dev);
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean tx_throttle_done(gpointer data)
+{
+    Net *net = data;
+
+    mvm_virtio_lock(net->dev);
+    mvm_throttle_timer_done(&net->tx_throttle);
+    process_tx(net);
+    mvm_virtio_unlock(net->dev);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Read the tap only while the guest has somewhere to put a frame and the receive side is not
+ * throttled. Lock held.
+ */
 static void net_update_watch(Net *net)
 {
     gboolean want = !net->tap_gone && mvm_virtio_is_active(net->dev) &&
+                    net->rx_throttle.timer == NULL &&
                     (net->held != NULL || mvm_virtio_pending(net->dev, NET_QUEUE_RX) > 0);
 
     if (want == net->watching)
@@ -193,6 +247,8 @@ static void net_free(gpointer backend)
             " sent, %" G_GUINT64_FORMAT " dropped",
             net->name != NULL ? net->name : "(fd)", net->rx_frames, net->tx_frames,
             net->tx_dropped);
+    mvm_throttle_clear(&net->rx_throttle);
+    mvm_throttle_clear(&net->tx_throttle);
     if (net->source != NULL) {
         g_source_destroy(net->source);
         g_source_unref(net->source);
@@ -310,12 +366,30 @@ int mvm_virtio_net_get_tap_fd(MvmVirtio *dev)
     return net->tap_fd;
 }
 
+void mvm_virtio_net_set_rate_limits(MvmVirtio *dev, const MvmRateLimit *rx, const MvmRateLimit *tx)
+{
+    Net *net = mvm_virtio_get_backend(dev);
+
+    mvm_virtio_lock(dev);
+    gboolean rx_waited = mvm_throttle_set_limit(&net->rx_throttle, rx);
+    gboolean tx_waited = mvm_throttle_set_limit(&net->tx_throttle, tx);
+    mvm_virtio_unlock(dev);
+    /* What waited for the old limit is reconsidered under the new one at once, on the I/O
+     * thread: a kick of the receive queue watches the tap again, one of transmit sends. */
+    if (rx_waited)
+        mvm_virtio_kick_queue(dev, NET_QUEUE_RX);
+    if (tx_waited)
+        mvm_virtio_kick_queue(dev, NET_QUEUE_TX);
+}
+
 MvmVirtio *mvm_virtio_net_new(const MvmNetConfig *config, const MvmVirtioEnv *env, GError **error)
 {
     Net *net = g_new0(Net, 1);
     guint8 cfg[8] = {0}; /* §5.1.4: mac[6], le16 status */
 
     net->name = g_strdup(config->tap_name);
+    mvm_throttle_init(&net->rx_throttle, &config->rx_rate_limit);
+    mvm_throttle_init(&net->tx_throttle, &config->tx_rate_limit);
     net->tap_fd = open_tap(config, error);
     if (net->tap_fd < 0 || !setup_tap(net, error)) {
         net_free(net);

@@ -189,6 +189,30 @@ gboolean mvm_vm_set_disk_rate_limit(MvmVm *vm, guint index, const MvmRateLimit *
     return TRUE;
 }
 
+gboolean mvm_vm_set_nic_rate_limits(MvmVm *vm, guint index, const MvmRateLimit *rx,
+                                    const MvmRateLimit *tx, GError **error)
+{
+    guint n_configured = vm->config->nics != NULL ? vm->config->nics->len : 0;
+    g_autofree char *rx_what = g_strdup_printf("network interface %u receive", index);
+    g_autofree char *tx_what = g_strdup_printf("network interface %u transmit", index);
+
+    if (index >= n_configured)
+        return mvm_set_invalid(error, "the VM has no network interface %u (it has %u)", index,
+                               n_configured);
+    if ((rx != NULL && !mvm_rate_limit_validate(rx, rx_what, error)) ||
+        (tx != NULL && !mvm_rate_limit_validate(tx, tx_what, error)))
+        return FALSE;
+    MvmNetConfig *nic = g_ptr_array_index(vm->config->nics, index);
+    if (rx != NULL)
+        nic->rx_rate_limit = *rx;
+    if (tx != NULL)
+        nic->tx_rate_limit = *tx;
+    if (vm->virtio != NULL)
+        mvm_virtio_net_set_rate_limits(nic_device(vm, index), &nic->rx_rate_limit,
+                                       &nic->tx_rate_limit);
+    return TRUE;
+}
+
 /* ---- handoff ---- */
 
 static int dup_backend(int fd, const char *what, guint i, GError **error)

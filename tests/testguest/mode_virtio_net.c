@@ -4,8 +4,10 @@
  * Sends "hello from guest net" to the broadcast address, then waits for a frame of that type
  * carrying "hello from host net" (other frames, e.g. the host's IPv6 chatter, are skipped).
  * Args: burst (0): then sends that many more frames for the host to count ("NET burst N tsc T",
- * between markers 0x110 and 0x111). rxburst (0): then prints "NET rx-ready" and takes that many
- * frames the host sends at once (markers 0x112 at the first, 0x113 at the last).
+ * between markers 0x110 and 0x111). burst2 (0): then prints "NET burst2-ready", waits for a byte
+ * on the console (the host changes the limits meanwhile) and sends that many more (markers 0x114
+ * and 0x115). rxburst (0): then prints "NET rx-ready" and takes that many frames the host sends
+ * at once (markers 0x112 at the first, 0x113 at the last).
  * gone (0): 1 = after that, wait for a byte on the console (the host deleted the tap meanwhile)
  * and check that sending still completes.
  * net_open() and net_echo_pending() are mode=blkloop's echo (mode_virtio_blk.c): every frame of
@@ -176,6 +178,17 @@ bool mode_net(void)
     outl(MVM_TESTDEV_MARKER_PORT, 0x111);
     if (burst)
         gprintf("NET burst %lu tsc %lu\n", burst, rdtsc() - t0);
+    u64 burst2 = arg_u64("burst2", 0);
+    if (burst2) {
+        gprintf("NET burst2-ready\n");
+        serial_getc();
+        outl(MVM_TESTDEV_MARKER_PORT, 0x114);
+        for (u64 i = 0; i < burst2; i++)
+            if (!send_frame("burst"))
+                return false;
+        outl(MVM_TESTDEV_MARKER_PORT, 0x115);
+        gprintf("NET burst2 %lu\n", burst2);
+    }
     u64 rxburst = arg_u64("rxburst", 0);
     if (rxburst && !receive_burst(rxburst))
         return false;

@@ -599,16 +599,6 @@ static void test_blk_bench(void)
     g_unlink(path);
 }
 
-/* Seconds between two markers of @g, which must both have come. */
-static double marker_span_s(Guest *g, guint32 from, guint32 to)
-{
-    gint64 t0 = guest_marker_time(g, from), t1 = guest_marker_time(g, to);
-
-    g_assert_cmpint(t0, >, 0);
-    g_assert_cmpint(t1, >=, t0);
-    return (t1 - t0) / 1e6;
-}
-
 /*
  * A disk limited to 10 MB/s (100 kB every 10 ms) moves 10 ± 0.5 MB/s, reading and writing, over
  * 3 s of 64 KiB requests (mode=blkbench times each pass between its markers).
@@ -627,7 +617,7 @@ static void test_blk_rate_limit_bandwidth(void)
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "PASS blkbench"));
     for (guint pass = 0; pass < 2; pass++) {
-        double seconds = marker_span_s(g, 0x100 + 2 * pass, 0x101 + 2 * pass);
+        double seconds = guest_marker_span_s(g, 0x100 + 2 * pass, 0x101 + 2 * pass);
         double mbs = (double)count * kib * 1024 / 1e6 / seconds;
         g_test_message("%s: %u x %u KiB in %.2f s = %.2f MB/s", pass == 0 ? "read" : "write", count,
                        kib, seconds, mbs);
@@ -673,7 +663,8 @@ static void test_blk_rate_limit_ops_live(void)
 
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "PASS blkbench"));
-    double read_s = marker_span_s(g, 0x100, 0x101), write_s = marker_span_s(g, 0x102, 0x103);
+    double read_s = guest_marker_span_s(g, 0x100, 0x101),
+           write_s = guest_marker_span_s(g, 0x102, 0x103);
     double ops = count / read_s;
     g_test_message("reads: %u in %.2f s = %.1f/s; writes, limit lifted: %u in %.2f s", count,
                    read_s, ops, count, write_s);

@@ -86,6 +86,15 @@ gint64 guest_marker_time(Guest *g, guint32 marker)
     return -1;
 }
 
+double guest_marker_span_s(Guest *g, guint32 from, guint32 to)
+{
+    gint64 t0 = guest_marker_time(g, from), t1 = guest_marker_time(g, to);
+
+    g_assert_cmpint(t0, >, 0);
+    g_assert_cmpint(t1, >=, t0);
+    return (t1 - t0) / 1e6;
+}
+
 void guest_free(Guest *g)
 {
     mvm_vm_free(g->vm);

@@ -27,6 +27,8 @@ gboolean guest_wait_for(Guest *g, const char *needle, gint64 timeout_us);
 char *guest_finish(Guest *g);
 /* Host time of the first @marker the guest wrote, -1 if none. */
 gint64 guest_marker_time(Guest *g, guint32 marker);
+/* Seconds between two markers of @g, which must both have come, in that order. */
+double guest_marker_span_s(Guest *g, guint32 from, guint32 to);
 void guest_free(Guest *g);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Guest, guest_free)
 /* One guest run from start to debug exit 0. */
