@@ -251,26 +251,22 @@ static gboolean parse_token_bucket(GVariant *dict, const char *where, MvmTokenBu
     return TRUE;
 }
 
-gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, MvmRateLimit *limit,
-                                      GError **error)
+gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, const char *prefix,
+                                      MvmRateLimit *limit, GError **error)
 {
-    static const struct {
-        const char *key;
-        gsize offset;
-    } buckets[] = {{"bandwidth", G_STRUCT_OFFSET(MvmRateLimit, bandwidth)},
-                   {"ops", G_STRUCT_OFFSET(MvmRateLimit, ops)}};
     MvmRateLimit updated = *limit;
+    MvmTokenBucketConfig *buckets[] = {&updated.bandwidth, &updated.ops};
+    const char *names[] = {"bandwidth", "ops"};
 
     for (guint i = 0; i < G_N_ELEMENTS(buckets); i++) {
-        g_autoptr(GVariant) value =
-            g_variant_lookup_value(dict, buckets[i].key, G_VARIANT_TYPE_VARDICT);
-        g_autofree char *name = g_strdup_printf("%s.%s", where, buckets[i].key);
-        MvmTokenBucketConfig *bucket = G_STRUCT_MEMBER_P(&updated, buckets[i].offset);
+        g_autofree char *key = g_strconcat(prefix, names[i], NULL);
+        g_autoptr(GVariant) value = g_variant_lookup_value(dict, key, G_VARIANT_TYPE_VARDICT);
+        g_autofree char *name = g_strdup_printf("%s.%s", where, key);
 
         if (!value)
             continue;
-        *bucket = (MvmTokenBucketConfig){0};
-        if (g_variant_n_children(value) > 0 && !parse_token_bucket(value, name, bucket, error))
+        *buckets[i] = (MvmTokenBucketConfig){0};
+        if (g_variant_n_children(value) > 0 && !parse_token_bucket(value, name, buckets[i], error))
             return FALSE;
     }
     *limit = updated;
@@ -291,13 +287,15 @@ static GVariant *token_bucket_to_variant(const MvmTokenBucketConfig *bucket)
     return g_variant_builder_end(&b);
 }
 
-/* The `bandwidth` and `ops` entries of @limit that are set, into an open a{sv}. */
-void mvmd_rate_limit_add_to(GVariantBuilder *b, const MvmRateLimit *limit)
+void mvmd_rate_limit_add_to(GVariantBuilder *b, const char *prefix, const MvmRateLimit *limit)
 {
+    g_autofree char *bandwidth = g_strconcat(prefix, "bandwidth", NULL);
+    g_autofree char *ops = g_strconcat(prefix, "ops", NULL);
+
     if (limit->bandwidth.size)
-        g_variant_builder_add(b, "{sv}", "bandwidth", token_bucket_to_variant(&limit->bandwidth));
+        g_variant_builder_add(b, "{sv}", bandwidth, token_bucket_to_variant(&limit->bandwidth));
     if (limit->ops.size)
-        g_variant_builder_add(b, "{sv}", "ops", token_bucket_to_variant(&limit->ops));
+        g_variant_builder_add(b, "{sv}", ops, token_bucket_to_variant(&limit->ops));
 }
 
 static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *where,
@@ -315,7 +313,7 @@ static gboolean parse_disk(MvmdDevices *devices, GVariant *dict, const char *whe
     if (disk->path && !check_path(path_key, disk->path, PATH_MAX, error))
         return FALSE;
     g_variant_lookup(dict, "read-only", "b", &disk->read_only);
-    if (!mvmd_parse_rate_limit_update(dict, where, &disk->rate_limit, error))
+    if (!mvmd_parse_rate_limit_update(dict, where, "", &disk->rate_limit, error))
         return FALSE;
     g_ptr_array_add(devices->disks, g_steal_pointer(&disk));
     return TRUE;
@@ -373,10 +371,25 @@ static gboolean parse_mac(const char *key, const char *text, guint8 mac[6], GErr
     return TRUE;
 }
 
+gboolean mvmd_parse_nic_rate_limits(GVariant *dict, const char *where, MvmRateLimit *rx,
+                                    MvmRateLimit *tx, GError **error)
+{
+    MvmRateLimit new_rx = *rx;
+
+    if (!mvmd_parse_rate_limit_update(dict, where, "rx-", &new_rx, error) ||
+        !mvmd_parse_rate_limit_update(dict, where, "tx-", tx, error))
+        return FALSE;
+    *rx = new_rx;
+    return TRUE;
+}
+
 static gboolean parse_nic(MvmdDevices *devices, GVariant *dict, const char *where,
                           GUnixFDList *fd_list, GError **error)
 {
-    static const MvmdKeySpec keys[] = {{"tap", "s"}, {"fd", "h"}, {"mac", "s"}};
+    static const MvmdKeySpec keys[] = {{"tap", "s"},        {"fd", "h"},
+                                       {"mac", "s"},        {"rx-bandwidth", "a{sv}"},
+                                       {"rx-ops", "a{sv}"}, {"tx-bandwidth", "a{sv}"},
+                                       {"tx-ops", "a{sv}"}};
     g_autoptr(MvmdNic) nic = g_new0(MvmdNic, 1);
     g_autofree char *tap_key = g_strdup_printf("%s.tap", where);
     g_autofree char *mac_key = g_strdup_printf("%s.mac", where);
@@ -395,6 +408,8 @@ static gboolean parse_nic(MvmdDevices *devices, GVariant *dict, const char *wher
             return FALSE;
         nic->has_mac = TRUE;
     }
+    if (!mvmd_parse_nic_rate_limits(dict, where, &nic->rx_rate_limit, &nic->tx_rate_limit, error))
+        return FALSE;
     g_ptr_array_add(devices->nics, g_steal_pointer(&nic));
     return TRUE;
 }
@@ -543,7 +558,7 @@ static GVariant *disks_to_variant(const MvmdDevices *devices, GArray *fds)
         else
             add_fd(&b, fds, disk->fd);
         g_variant_builder_add(&b, "{sv}", "read-only", g_variant_new_boolean(disk->read_only));
-        mvmd_rate_limit_add_to(&b, &disk->rate_limit);
+        mvmd_rate_limit_add_to(&b, "", &disk->rate_limit);
         g_variant_builder_close(&b);
     }
     return g_variant_builder_end(&b);
@@ -565,6 +580,8 @@ static GVariant *nics_to_variant(const MvmdDevices *devices, gboolean stored, GA
         if (nic->has_mac && !(stored && nic->mac_chosen))
             g_variant_builder_add(&b, "{sv}", "mac",
                                   g_variant_new_take_string(format_mac(nic->mac)));
+        mvmd_rate_limit_add_to(&b, "rx-", &nic->rx_rate_limit);
+        mvmd_rate_limit_add_to(&b, "tx-", &nic->tx_rate_limit);
         g_variant_builder_close(&b);
     }
     return g_variant_builder_end(&b);
@@ -627,6 +644,8 @@ void mvmd_devices_to_mvm(const MvmdDevices *devices, MvmVmConfig *mvm)
         n->tap_name = g_strdup(nic->tap);
         n->tap_fd = nic->fd;
         memcpy(n->mac, nic->mac, sizeof(n->mac));
+        n->rx_rate_limit = nic->rx_rate_limit;
+        n->tx_rate_limit = nic->tx_rate_limit;
         g_ptr_array_add(mvm->nics, n);
     }
     mvm->vsock_cid = devices->vsock_cid;

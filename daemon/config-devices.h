@@ -36,6 +36,8 @@ typedef struct {
      */
     gboolean mac_chosen;
     guint8 mac[6];
+    MvmRateLimit rx_rate_limit; /* `rx-bandwidth`, `rx-ops`: what the guest receives */
+    MvmRateLimit tx_rate_limit; /* `tx-bandwidth`, `tx-ops`: what it sends */
 } MvmdNic;
 
 typedef struct {
@@ -124,15 +126,18 @@ gboolean mvmd_parse_dir_argument(const char *key, const char *dir, GVariant *fdv
                                  GUnixFDList *fd_list, char **dir_out, int *fd_out, GError **error);
 
 /*
- * A disk's `bandwidth` and `ops` (a{sv} each, in @dict): each one present replaces its token
- * bucket in @limit (an empty a{sv}: no limit), an absent one leaves it. On a bad value
- * MVMD_ERROR_INVALID_ARGUMENT names the key under @where ("disks[0].ops.size") and @limit is
- * unchanged.
+ * A disk's `bandwidth` and `ops` (a{sv} each, in @dict; with @prefix before the names, "" for
+ * a disk): each one present replaces its token bucket in @limit (an empty a{sv}: no limit), an
+ * absent one leaves it. On a bad value MVMD_ERROR_INVALID_ARGUMENT names the key under @where
+ * ("disks[0].ops.size") and @limit is unchanged.
  */
-gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, MvmRateLimit *limit,
-                                      GError **error);
-/* The set parts of @limit as `bandwidth` and `ops` entries, into an open a{sv} builder. */
-void mvmd_rate_limit_add_to(GVariantBuilder *b, const MvmRateLimit *limit);
+gboolean mvmd_parse_rate_limit_update(GVariant *dict, const char *where, const char *prefix,
+                                      MvmRateLimit *limit, GError **error);
+/* A NIC's `rx-bandwidth`, `rx-ops`, `tx-bandwidth` and `tx-ops`, the same way (both or none). */
+gboolean mvmd_parse_nic_rate_limits(GVariant *dict, const char *where, MvmRateLimit *rx,
+                                    MvmRateLimit *tx, GError **error);
+/* The set parts of @limit as `bandwidth` and `ops` entries after @prefix, into an open a{sv}. */
+void mvmd_rate_limit_add_to(GVariantBuilder *b, const char *prefix, const MvmRateLimit *limit);
 
 /* A dictionary key that may appear, and its type. */
 typedef struct {

@@ -134,6 +134,18 @@ static gboolean check_idle(MvmdVmService *self, GDBusMethodInvocation *invocatio
     return TRUE;
 }
 
+/*
+ * A VM on its way to the next microvmd (handoff.h) keeps its object until this daemon exits,
+ * but what it is now belongs to the next one: a change made here would be lost or undone.
+ */
+static gboolean check_not_handed_over(MvmdVmService *self, GDBusMethodInvocation *invocation)
+{
+    if (self->handed_over || self->ctx->handing_off)
+        return return_state_error(invocation,
+                                  "the VM is being handed to the next microvmd; try again there");
+    return TRUE;
+}
+
 static gboolean check_active(MvmdVmService *self, GDBusMethodInvocation *invocation)
 {
     if (!self->run)
@@ -531,7 +543,7 @@ static void act_delete(MvmdVmService *self, GDBusMethodInvocation *invocation, g
 {
     g_autoptr(GError) error = NULL;
 
-    if (!check_idle(self, invocation))
+    if (!check_idle(self, invocation) || !check_not_handed_over(self, invocation))
         return;
     if (self->run) {
         return_state_error(invocation, "the VM is %s: Stop it first",
@@ -729,7 +741,7 @@ static void act_set_resources(MvmdVmService *self, GDBusMethodInvocation *invoca
     g_autoptr(GVariant) resources = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (!check_idle(self, invocation))
+    if (!check_idle(self, invocation) || !check_not_handed_over(self, invocation))
         return;
     g_variant_get(g_dbus_method_invocation_get_parameters(invocation), "(@a{sv})", &resources);
     if (!mvmd_vm_service_set_resources(self, resources, &error)) {

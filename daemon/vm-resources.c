@@ -8,8 +8,79 @@
 #include "store.h"
 #include "vm-service-private.h"
 
-/* `disks` (a{ua{sv}}) into @limits, one per disk of the VM, which hold the current ones. */
-static gboolean parse_disks(GVariant *disks, MvmRateLimit *limits, guint n_disks, GError **error)
+/* What SetResources may change: the rate limits of each disk, and of each NIC both ways. */
+typedef struct {
+    MvmRateLimit *disks;
+    MvmRateLimit *rx, *tx;
+} Limits;
+
+static void limits_clear(Limits *limits)
+{
+    g_free(limits->disks);
+    g_free(limits->rx);
+    g_free(limits->tx);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(Limits, limits_clear)
+
+static MvmdDisk *disk_at(MvmdVmService *self, guint i)
+{
+    return g_ptr_array_index(self->definition->devices.disks, i);
+}
+
+static MvmdNic *nic_at(MvmdVmService *self, guint i)
+{
+    return g_ptr_array_index(self->definition->devices.nics, i);
+}
+
+static guint n_disks(MvmdVmService *self)
+{
+    return self->definition->devices.disks->len;
+}
+
+static guint n_nics(MvmdVmService *self)
+{
+    return self->definition->devices.nics->len;
+}
+
+static void limits_from_definition(MvmdVmService *self, Limits *limits)
+{
+    /* One more than needed, so that a VM without disks or NICs has arrays too. */
+    limits->disks = g_new0(MvmRateLimit, n_disks(self) + 1);
+    limits->rx = g_new0(MvmRateLimit, n_nics(self) + 1);
+    limits->tx = g_new0(MvmRateLimit, n_nics(self) + 1);
+    for (guint i = 0; i < n_disks(self); i++)
+        limits->disks[i] = disk_at(self, i)->rate_limit;
+    for (guint i = 0; i < n_nics(self); i++) {
+        limits->rx[i] = nic_at(self, i)->rx_rate_limit;
+        limits->tx[i] = nic_at(self, i)->tx_rate_limit;
+    }
+}
+
+static void limits_to_definition(MvmdVmService *self, const Limits *limits)
+{
+    for (guint i = 0; i < n_disks(self); i++)
+        disk_at(self, i)->rate_limit = limits->disks[i];
+    for (guint i = 0; i < n_nics(self); i++) {
+        nic_at(self, i)->rx_rate_limit = limits->rx[i];
+        nic_at(self, i)->tx_rate_limit = limits->tx[i];
+    }
+}
+
+/* Entry @index of `disks` or `network` names one of the VM's @count devices. */
+static gboolean check_index(const char *where, guint32 index, guint count, const char *what,
+                            GError **error)
+{
+    if (index < count)
+        return TRUE;
+    if (count == 0)
+        return mvmd_config_invalid(error, where, "the VM has no %s", what);
+    return mvmd_config_invalid(error, where, "no such device: the VM's %s are 0 to %u", what,
+                               count - 1);
+}
+
+/* `disks` (a{ua{sv}}) into @limits. */
+static gboolean parse_disks(MvmdVmService *self, GVariant *disks, Limits *limits, GError **error)
 {
     static const MvmdKeySpec keys[] = {{"bandwidth", "a{sv}"}, {"ops", "a{sv}"}};
     GVariantIter iter;
@@ -21,21 +92,37 @@ static gboolean parse_disks(GVariant *disks, MvmRateLimit *limits, guint n_disks
         g_autoptr(GVariant) owned = entry;
         g_autofree char *where = g_strdup_printf("disks[%u]", index);
 
-        if (index >= n_disks && n_disks == 0)
-            return mvmd_config_invalid(error, where, "the VM has no disks");
-        if (index >= n_disks)
-            return mvmd_config_invalid(error, where, "no such disk: the VM's are 0 to %u",
-                                       n_disks - 1);
-        if (!mvmd_config_check_keys(entry, keys, G_N_ELEMENTS(keys), where, error) ||
-            !mvmd_parse_rate_limit_update(entry, where, &limits[index], error))
+        if (!check_index(where, index, n_disks(self), "disks", error) ||
+            !mvmd_config_check_keys(entry, keys, G_N_ELEMENTS(keys), where, error) ||
+            !mvmd_parse_rate_limit_update(entry, where, "", &limits->disks[index], error))
             return FALSE;
     }
     return TRUE;
 }
 
-static MvmRateLimit *disk_limit(MvmdVmService *self, guint i)
+/* `network` (a{ua{sv}}) into @limits. */
+static gboolean parse_nics(MvmdVmService *self, GVariant *nics, Limits *limits, GError **error)
 {
-    return &((MvmdDisk *)g_ptr_array_index(self->definition->devices.disks, i))->rate_limit;
+    static const MvmdKeySpec keys[] = {{"rx-bandwidth", "a{sv}"},
+                                       {"rx-ops", "a{sv}"},
+                                       {"tx-bandwidth", "a{sv}"},
+                                       {"tx-ops", "a{sv}"}};
+    GVariantIter iter;
+    guint32 index;
+    GVariant *entry;
+
+    g_variant_iter_init(&iter, nics);
+    while (g_variant_iter_next(&iter, "{u@a{sv}}", &index, &entry)) {
+        g_autoptr(GVariant) owned = entry;
+        g_autofree char *where = g_strdup_printf("network[%u]", index);
+
+        if (!check_index(where, index, n_nics(self), "network interfaces", error) ||
+            !mvmd_config_check_keys(entry, keys, G_N_ELEMENTS(keys), where, error) ||
+            !mvmd_parse_nic_rate_limits(entry, where, &limits->rx[index], &limits->tx[index],
+                                        error))
+            return FALSE;
+    }
+    return TRUE;
 }
 
 static char *describe_bucket(const MvmTokenBucketConfig *b, const char *unit)
@@ -46,57 +133,92 @@ static char *describe_bucket(const MvmTokenBucketConfig *b, const char *unit)
                            b->refill_time_ms);
 }
 
-static void log_disk_limit(MvmdVmService *self, guint i, const MvmRateLimit *limit)
+static void log_limit(MvmdVmService *self, const char *device, const MvmRateLimit *limit)
 {
     g_autofree char *bandwidth = describe_bucket(&limit->bandwidth, "bytes");
     g_autofree char *ops = describe_bucket(&limit->ops, "requests");
 
-    vm_log(self, G_LOG_LEVEL_MESSAGE, "disk %u: rate limit now bandwidth %s, ops %s", i, bandwidth,
+    vm_log(self, G_LOG_LEVEL_MESSAGE, "%s: rate limit now bandwidth %s, ops %s", device, bandwidth,
            ops);
 }
 
-/*
- * The machine (running, paused, or stopped but not yet reaped) gets the changed limits. Its
- * library checks the same bounds the parser did, so a refusal here is a bug.
- */
-static void apply_to_machine(MvmdVmService *self, const MvmRateLimit *old)
+static gboolean limit_changed(const MvmRateLimit *a, const MvmRateLimit *b)
 {
-    for (guint i = 0; i < self->definition->devices.disks->len; i++) {
-        g_autoptr(GError) error = NULL;
+    return memcmp(a, b, sizeof(MvmRateLimit)) != 0;
+}
 
-        if (memcmp(&old[i], disk_limit(self, i), sizeof(MvmRateLimit)) == 0)
+static void apply_disks(MvmdVmService *self, const Limits *old)
+{
+    for (guint i = 0; i < n_disks(self); i++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *device = g_strdup_printf("disk %u", i);
+
+        if (!limit_changed(&old->disks[i], &disk_at(self, i)->rate_limit))
             continue;
-        log_disk_limit(self, i, disk_limit(self, i));
-        if (self->run && !mvm_vm_set_disk_rate_limit(self->run->vm, i, disk_limit(self, i), &error))
-            vm_log(self, G_LOG_LEVEL_WARNING, "BUG: disk %u refused its checked limit: %s", i,
+        log_limit(self, device, &disk_at(self, i)->rate_limit);
+        if (self->run &&
+            !mvm_vm_set_disk_rate_limit(self->run->vm, i, &disk_at(self, i)->rate_limit, &error))
+            vm_log(self, G_LOG_LEVEL_WARNING, "BUG: %s refused its checked limit: %s", device,
                    error->message);
     }
 }
 
+static void apply_nics(MvmdVmService *self, const Limits *old)
+{
+    for (guint i = 0; i < n_nics(self); i++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *rx = g_strdup_printf("network interface %u receive", i);
+        g_autofree char *tx = g_strdup_printf("network interface %u transmit", i);
+        const MvmdNic *nic = nic_at(self, i);
+
+        if (!limit_changed(&old->rx[i], &nic->rx_rate_limit) &&
+            !limit_changed(&old->tx[i], &nic->tx_rate_limit))
+            continue;
+        log_limit(self, rx, &nic->rx_rate_limit);
+        log_limit(self, tx, &nic->tx_rate_limit);
+        if (self->run && !mvm_vm_set_nic_rate_limits(self->run->vm, i, &nic->rx_rate_limit,
+                                                     &nic->tx_rate_limit, &error))
+            vm_log(self, G_LOG_LEVEL_WARNING, "BUG: %s refused its checked limits: %s", rx,
+                   error->message);
+    }
+}
+
+/*
+ * The machine (running, paused, or stopped but not yet reaped) gets the changed limits. Its
+ * library checks the same bounds the parser did, so a refusal here is a bug. The definition
+ * and the machine agree (both change only here, and a start builds the one from the other), so
+ * comparing with the old definition finds what the machine must be told.
+ */
+static void apply_to_machine(MvmdVmService *self, const Limits *old)
+{
+    apply_disks(self, old);
+    apply_nics(self, old);
+}
+
 gboolean mvmd_vm_service_set_resources(MvmdVmService *self, GVariant *resources, GError **error)
 {
-    static const MvmdKeySpec keys[] = {{"disks", "a{ua{sv}}"}};
-    guint n_disks = self->definition->devices.disks->len;
-    g_autofree MvmRateLimit *limits = g_new0(MvmRateLimit, n_disks + 1);
-    g_autofree MvmRateLimit *old = g_new0(MvmRateLimit, n_disks + 1);
+    static const MvmdKeySpec keys[] = {{"disks", "a{ua{sv}}"}, {"network", "a{ua{sv}}"}};
+    g_auto(Limits) old = {0};
+    g_auto(Limits) limits = {0};
     g_autoptr(GVariant) disks = NULL;
+    g_autoptr(GVariant) nics = NULL;
 
     g_return_val_if_fail(self->op == OP_NONE, FALSE);
     if (!mvmd_config_check_keys(resources, keys, G_N_ELEMENTS(keys), NULL, error))
         return FALSE;
-    for (guint i = 0; i < n_disks; i++)
-        limits[i] = old[i] = *disk_limit(self, i);
+    limits_from_definition(self, &old);
+    limits_from_definition(self, &limits);
     disks = g_variant_lookup_value(resources, "disks", G_VARIANT_TYPE("a{ua{sv}}"));
-    if (disks && !parse_disks(disks, limits, n_disks, error))
+    nics = g_variant_lookup_value(resources, "network", G_VARIANT_TYPE("a{ua{sv}}"));
+    if ((disks && !parse_disks(self, disks, &limits, error)) ||
+        (nics && !parse_nics(self, nics, &limits, error)))
         return FALSE;
 
-    for (guint i = 0; i < n_disks; i++)
-        *disk_limit(self, i) = limits[i];
+    limits_to_definition(self, &limits);
     if (self->definition->persist && !mvmd_store_save(self->ctx->store, self->definition, error)) {
-        for (guint i = 0; i < n_disks; i++)
-            *disk_limit(self, i) = old[i];
+        limits_to_definition(self, &old);
         return FALSE;
     }
-    apply_to_machine(self, old);
+    apply_to_machine(self, &old);
     return TRUE;
 }

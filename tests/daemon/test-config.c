@@ -99,6 +99,17 @@ static void test_invalid(void)
          "disks[0].ops.rate"},
         {"vm", "{'kernel': <'/k'>, 'disks': <[{'path': <'/a'>, 'ops': <uint64 200>}]>}",
          "disks[0].ops"},
+        {"vm",
+         "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'rx-ops': <{'size': <uint64 1>}>}]>}",
+         "network[0].rx-ops.refill-time-ms"},
+        {"vm",
+         "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'tx-bandwidth': <{'size': <uint64 0>, "
+         "'refill-time-ms': <uint64 1>}>}]>}",
+         "network[0].tx-bandwidth.size"},
+        {"vm",
+         "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'bandwidth': <{'size': <uint64 1>, "
+         "'refill-time-ms': <uint64 1>}>}]>}",
+         "network[0].bandwidth"},
         {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:12:34'>}]>}",
          "network[0].mac"},
         {"vm", "{'kernel': <'/k'>, 'network': <[{'tap': <'t'>, 'mac': <'01:00:00:00:00:01'>}]>}",
@@ -153,7 +164,9 @@ static void test_devices(void)
               "{'path': <'/d1'>, 'read-only': <true>, 'ops': <{'size': <uint64 10>, "
               "'refill-time-ms': <uint64 50>, 'one-time-burst': <uint64 5>}>}]>, "
               "'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:AB:cd:01'>}, {'tap': "
-              "<'tap1'>}]>, 'vsock': <{'cid': <uint32 42>, 'uds-path': <'/run/v.sock'>}>, 'rng': "
+              "<'tap1'>, 'rx-ops': <{'size': <uint64 7>, 'refill-time-ms': <uint64 70>}>, "
+              "'tx-bandwidth': <{'size': <uint64 9>, 'refill-time-ms': <uint64 90>}>}]>, 'vsock': "
+              "<{'cid': <uint32 42>, 'uds-path': <'/run/v.sock'>}>, 'rng': "
               "<true>}",
               &error);
     g_autoptr(MvmVmConfig) mvm = NULL;
@@ -177,6 +190,14 @@ static void test_devices(void)
     n0 = mvm->nics->pdata[0];
     g_assert_cmpstr(n0->tap_name, ==, "tap0");
     g_assert_cmpmem(n0->mac, 6, ((const guint8[]){0x52, 0x54, 0x00, 0xab, 0xcd, 0x01}), 6);
+    g_assert_cmpuint(n0->rx_rate_limit.ops.size + n0->tx_rate_limit.bandwidth.size, ==, 0);
+    const MvmNetConfig *n1 = mvm->nics->pdata[1];
+    g_assert_cmpuint(n1->rx_rate_limit.ops.size, ==, 7);
+    g_assert_cmpuint(n1->rx_rate_limit.ops.refill_time_ms, ==, 70);
+    g_assert_cmpuint(n1->rx_rate_limit.bandwidth.size, ==, 0);
+    g_assert_cmpuint(n1->tx_rate_limit.bandwidth.size, ==, 9);
+    g_assert_cmpuint(n1->tx_rate_limit.bandwidth.refill_time_ms, ==, 90);
+    g_assert_cmpuint(n1->tx_rate_limit.ops.size, ==, 0);
     g_assert_cmpuint(mvm->vsock_cid, ==, 42);
     g_assert_cmpstr(mvm->vsock_uds_path, ==, "/run/v.sock");
     g_assert_true(mvm->rng);
@@ -375,7 +396,9 @@ static void test_keyfile_roundtrip(void)
               " 'autostart': <true>, 'on-reboot': <'stop'>, 'debug-exit': <true>,"
               " 'disks': <[{'path': <'/d'>, 'read-only': <true>, 'bandwidth': <{'size':"
               " <uint64 100000>, 'refill-time-ms': <uint64 10>}>}]>, 'rng': <true>,"
-              " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>}]>,"
+              " 'network': <[{'tap': <'tap0'>, 'mac': <'52:54:00:00:00:01'>, 'tx-ops':"
+              " <{'size': <uint64 100>, 'refill-time-ms': <uint64 100>, 'one-time-burst':"
+              " <uint64 5>}>}]>,"
               " 'vsock': <{'cid': <uint32 7>, 'uds-path': <'/v'>}>,"
               " 'cpu-template': <'x86-64-v2'>}",
               &error);

@@ -718,20 +718,26 @@ static void set_resources(MvmdVm *vm, const char *text, const char *error_name, 
     mvmd_test_assert_dbus_error_says(error, error_name, says);
 }
 
-/* The printed `disks` of @vm's GetConfig. */
-static char *disks_text(MvmdVm *vm)
+/* The printed `disks` and `network` of @vm's GetConfig. */
+static char *devices_text(MvmdVm *vm)
 {
-    g_autoptr(GVariant) disks =
-        g_variant_lookup_value(mvmd_test_vm_config(vm), "disks", G_VARIANT_TYPE("aa{sv}"));
+    GVariant *config = mvmd_test_vm_config(vm); /* @vm's */
+    g_autoptr(GVariant) disks = g_variant_lookup_value(config, "disks", G_VARIANT_TYPE("aa{sv}"));
+    g_autoptr(GVariant) nics = g_variant_lookup_value(config, "network", G_VARIANT_TYPE("aa{sv}"));
+    g_autofree char *disks_text = NULL;
+    g_autofree char *nics_text = NULL;
 
     g_assert_nonnull(disks);
-    return g_variant_print(disks, FALSE);
+    g_assert_nonnull(nics);
+    disks_text = g_variant_print(disks, FALSE);
+    nics_text = g_variant_print(nics, FALSE);
+    return g_strdup_printf("disks %s network %s", disks_text, nics_text);
 }
 
 #define BUCKET(size, ms) "{'size': <uint64 " #size ">, 'refill-time-ms': <uint64 " #ms ">}"
 
 /*
- * SetResources changes a stopped VM's disk limits: GetConfig shows them, a persistent
+ * SetResources changes a stopped VM's disk and NIC limits: GetConfig shows them, a persistent
  * definition keeps them over a restart, a bad request changes nothing, and another user needs
  * manage-others (read-others is not enough).
  */
@@ -740,16 +746,25 @@ static void test_set_resources(Fixture *f, gconstpointer data)
     g_autofree char *path = create_ok(
         f->manager, "limits",
         "{'kernel': <'/k'>, 'persist': <true>, 'disks': <[{'path': <'/d0'>}, {'path': <'/d1'>, "
-        "'ops': <" BUCKET(200, 1000) ">}]>}");
+        "'ops': <" BUCKET(200, 1000) ">}]>, 'network': <[{'tap': <'tap0'>, 'tx-ops': <" BUCKET(
+            100, 100) ">}]>}");
     g_autoptr(MvmdVm) vm = mvmd_test_bus_vm(f->bus, NULL, path);
-    g_autofree char *before = disks_text(vm);
+    g_autofree char *before = devices_text(vm);
 
     set_resources(vm, "{'disks': <{uint32 0: {'bandwidth': <" BUCKET(100000, 10) ">}}>}", NULL,
                   NULL);
-    g_autofree char *after = disks_text(vm);
+    g_autofree char *after = devices_text(vm);
     g_assert_nonnull(strstr(after, "'bandwidth': <{'size': <uint64 100000>, 'refill-time-ms': "
                                    "<uint64 10>}>"));
     g_assert_nonnull(strstr(after, "'ops': <{'size': <uint64 200>")); /* disk 1: untouched */
+    set_resources(vm,
+                  "{'network': <{uint32 0: {'rx-bandwidth': <" BUCKET(
+                      50000, 10) ">, 'tx-ops': <@a{sv} {}>}}>}",
+                  NULL, NULL);
+    g_free(after);
+    after = devices_text(vm);
+    g_assert_nonnull(strstr(after, "'rx-bandwidth': <{'size': <uint64 50000>"));
+    g_assert_null(strstr(after, "'tx-ops'"));
 
     /* All or nothing: a good change beside a bad one is not made either. */
     set_resources(vm,
@@ -762,7 +777,15 @@ static void test_set_resources(Fixture *f, gconstpointer data)
                   "disks[0].read-only");
     set_resources(vm, "{'memory-mib': <uint64 64>}", ERR "InvalidArgument", "memory-mib");
     set_resources(vm, "{'disks': <[{'ops': <@a{sv} {}>}]>}", ERR "InvalidArgument", "disks");
-    g_autofree char *unchanged = disks_text(vm);
+    set_resources(vm, "{'network': <{uint32 1: {'rx-ops': <@a{sv} {}>}}>}", ERR "InvalidArgument",
+                  "network[1]");
+    set_resources(vm, "{'network': <{uint32 0: {'ops': <@a{sv} {}>}}>}", ERR "InvalidArgument",
+                  "network[0].ops");
+    set_resources(vm,
+                  "{'network': <{uint32 0: {'rx-ops': <" BUCKET(
+                      5, 5) ">, 'tx-ops': <{'size': <uint64 5>}>}}>}",
+                  ERR "InvalidArgument", "network[0].tx-ops.refill-time-ms");
+    g_autofree char *unchanged = devices_text(vm);
     g_assert_cmpstr(unchanged, ==, after);
 
     /* An empty bucket removes that limit; the definition on disk follows. */
@@ -773,10 +796,12 @@ static void test_set_resources(Fixture *f, gconstpointer data)
     mvmd_test_bus_start_daemon(f->bus, NULL);
     f->manager = mvmd_test_bus_manager(f->bus, NULL);
     vm = mvmd_test_bus_vm(f->bus, NULL, path);
-    g_autofree char *stored = disks_text(vm);
+    g_autofree char *stored = devices_text(vm);
     g_test_message("disks before: %s; after a restart: %s", before, stored);
     g_assert_nonnull(strstr(stored, "'bandwidth': <{'size': <uint64 100000>"));
     g_assert_null(strstr(stored, "'ops'"));
+    g_assert_nonnull(strstr(stored, "'rx-bandwidth': <{'size': <uint64 50000>"));
+    g_assert_null(strstr(stored, "'tx-ops'"));
 
     if (getuid() != 0) {
         g_test_skip("needs root to run a client as nobody");
@@ -805,7 +830,7 @@ static void test_set_resources(Fixture *f, gconstpointer data)
         g_assert_no_error(error);
         g_test_message("SetResources as nobody with %s: %s", callers[i].action, out);
         g_assert_nonnull(strstr(out, callers[i].answer));
-        g_autofree char *now = disks_text(vm);
+        g_autofree char *now = devices_text(vm);
         g_assert_true((strstr(now, "'bandwidth'") == NULL) ==
                       (strcmp(callers[i].answer, "()") == 0));
         if (mock) {
