@@ -133,27 +133,32 @@ static gboolean add_file(GVariantDict *config, const char *key, const char *path
     return TRUE;
 }
 
-/* The options after a --disk's PATH: ro or rw, bandwidth=LIMIT, ops=LIMIT. */
-static gboolean add_disk_options(GVariantDict *disk, const char *arg, char **options, gboolean *ro,
-                                 GError **error)
+/*
+ * The options after a --disk's PATH or a --tap's NAME (@option, with its @usage): rate limits
+ * named by @limits (KEY=LIMIT), @value_keys (KEY=TEXT, a string), and ro or rw when @ro is
+ * given.
+ */
+static gboolean add_device_options(GVariantDict *device, const char *option, const char *usage,
+                                   const char *arg, char **options, const char *const *limits,
+                                   const char *const *value_keys, gboolean *ro, GError **error)
 {
-    *ro = FALSE;
     for (char **o = options; *o; o++) {
         g_auto(GStrv) key_value = g_strsplit(*o, "=", 2);
-        GVariant *bucket;
 
-        if (g_str_equal(*o, "ro") || g_str_equal(*o, "rw")) {
+        if (ro != NULL && (g_str_equal(*o, "ro") || g_str_equal(*o, "rw"))) {
             *ro = g_str_equal(*o, "ro");
-            continue;
+        } else if (key_value[0] != NULL && key_value[1] != NULL &&
+                   g_strv_contains(limits, key_value[0])) {
+            GVariant *bucket = mctl_parse_rate_limit(option, key_value[1], error);
+            if (!bucket)
+                return FALSE;
+            g_variant_dict_insert_value(device, key_value[0], bucket);
+        } else if (key_value[0] != NULL && key_value[1] != NULL && *key_value[1] &&
+                   g_strv_contains(value_keys, key_value[0])) {
+            g_variant_dict_insert(device, key_value[0], "s", key_value[1]);
+        } else {
+            return invalid(error, _("%s: “%s” is not %s"), option, arg, usage);
         }
-        if (!key_value[1] ||
-            (!g_str_equal(key_value[0], "bandwidth") && !g_str_equal(key_value[0], "ops")))
-            return invalid(error, _("--disk: “%s” is not PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT]"),
-                           arg);
-        bucket = mctl_parse_rate_limit("--disk", key_value[1], error);
-        if (!bucket)
-            return FALSE;
-        g_variant_dict_insert_value(disk, key_value[0], bucket);
     }
     return TRUE;
 }
@@ -170,10 +175,14 @@ static gboolean add_disk(GVariantBuilder *list, const char *arg, gboolean by_pat
     gboolean ro;
     gint index;
 
-    if (!*parts[0])
-        return invalid(error, _("--disk: “%s” is not PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT]"),
-                       arg);
-    if (!add_disk_options(&disk, arg, parts + 1, &ro, error))
+    static const char *const limits[] = {"bandwidth", "ops", NULL};
+    static const char *const none[] = {NULL};
+    const char *usage = "PATH[,ro][,bandwidth=LIMIT][,ops=LIMIT]";
+
+    ro = FALSE;
+    if (!parts[0] || !*parts[0])
+        return invalid(error, _("%s: “%s” is not %s"), "--disk", arg, usage);
+    if (!add_device_options(&disk, "--disk", usage, arg, parts + 1, limits, none, &ro, error))
         return FALSE;
     if (by_path) {
         g_autofree char *path = g_canonicalize_filename(parts[0], NULL);
@@ -208,7 +217,25 @@ static gboolean add_disks(GVariantDict *config, char **disks, gboolean by_path, 
     return TRUE;
 }
 
-/* --tap NAME[,mac=MAC] → {'tap': <'NAME'>, 'mac': <'MAC'>} */
+/* --tap NAME[,mac=MAC][,rx-bandwidth=LIMIT]… → {'tap': <'NAME'>, 'mac': <'MAC'>, …} */
+static gboolean add_tap(GVariantBuilder *list, const char *arg, GError **error)
+{
+    static const char *const limits[] = {"rx-bandwidth", "rx-ops", "tx-bandwidth", "tx-ops", NULL};
+    static const char *const values[] = {"mac", NULL};
+    const char *usage = "NAME[,mac=MAC][,rx-bandwidth=LIMIT][,rx-ops=LIMIT][,tx-bandwidth=LIMIT]"
+                        "[,tx-ops=LIMIT]";
+    g_auto(GStrv) parts = g_strsplit(arg, ",", -1);
+    g_auto(GVariantDict) nic = G_VARIANT_DICT_INIT(NULL);
+
+    if (!parts[0] || !*parts[0])
+        return invalid(error, _("%s: “%s” is not %s"), "--tap", arg, usage);
+    g_variant_dict_insert(&nic, "tap", "s", parts[0]);
+    if (!add_device_options(&nic, "--tap", usage, arg, parts + 1, limits, values, NULL, error))
+        return FALSE;
+    g_variant_builder_add_value(list, g_variant_dict_end(&nic));
+    return TRUE;
+}
+
 static gboolean add_taps(GVariantDict *config, char **taps, GError **error)
 {
     GVariantBuilder list;
@@ -217,18 +244,10 @@ static gboolean add_taps(GVariantDict *config, char **taps, GError **error)
         return TRUE;
     g_variant_builder_init(&list, G_VARIANT_TYPE("aa{sv}"));
     for (char **t = taps; *t; t++) {
-        g_auto(GStrv) parts = g_strsplit(*t, ",", 2);
-        GVariantDict nic;
-
-        if (!*parts[0] || (parts[1] && !g_str_has_prefix(parts[1], "mac="))) {
+        if (!add_tap(&list, *t, error)) {
             g_variant_builder_clear(&list);
-            return invalid(error, _("--tap: “%s” is not NAME[,mac=MAC]"), *t);
+            return FALSE;
         }
-        g_variant_dict_init(&nic, NULL);
-        g_variant_dict_insert(&nic, "tap", "s", parts[0]);
-        if (parts[1])
-            g_variant_dict_insert(&nic, "mac", "s", parts[1] + strlen("mac="));
-        g_variant_builder_add_value(&list, g_variant_dict_end(&nic));
     }
     g_variant_dict_insert_value(config, "network", g_variant_builder_end(&list));
     return TRUE;
@@ -379,9 +398,13 @@ int mctl_cmd_create(Mctl *ctl, int argc, char **argv)
         {"memory", 'm', 0, G_OPTION_ARG_STRING, &o.memory,
          N_("Guest RAM in MiB, or with a suffix M or G (default 128)"), N_("SIZE")},
         {"disk", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &o.disks,
-         N_("Add a virtio disk backed by a raw image; “,ro” makes it read-only"), N_("PATH[,ro]")},
+         N_("Add a virtio disk backed by a raw image; “,ro” makes it read-only; bandwidth= "
+            "and ops= limit it (LIMIT as in set)"),
+         N_("PATH[,ro][,KEY=LIMIT]")},
         {"tap", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.taps,
-         N_("Add a virtio network card on the tap device NAME"), N_("NAME[,mac=MAC]")},
+         N_("Add a virtio network card on the tap device NAME; rx-bandwidth=, rx-ops=, "
+            "tx-bandwidth= and tx-ops= limit it (LIMIT as in set)"),
+         N_("NAME[,mac=MAC][,KEY=LIMIT]")},
         {"vsock", 0, 0, G_OPTION_ARG_STRING, &o.vsock,
          N_("Add a vsock device with the guest address CID, on unix sockets at PATH"),
          N_("CID,PATH")},

@@ -423,29 +423,49 @@ def test_define(t, bus):
 
 
 def test_set(t, bus):
-    """Disk rate limits: create --disk with limits, set them, set's errors; no guest runs."""
+    """Disk and NIC rate limits: create --disk and --tap with limits, set them, set's errors;
+    no guest runs (a tap is looked for only at a start)."""
     kernel = TESTGUEST or MICROVMCTL
     disk = os.path.join(bus.dir, "limited.img")
     with open(disk, "wb") as f:
         f.truncate(1 << 20)
     expect_rc(ctl(bus, "create", "lim", "--kernel", kernel, "--disk",
-                  disk + ",bandwidth=10M,ops=100/50"), OK, "create with limits")
-    d = vm_json(bus, "lim")["config"]["disks"][0]
+                  disk + ",bandwidth=10M,ops=100/50", "--tap",
+                  "mvmlim0,tx-ops=1k,mac=52:54:00:00:00:01,rx-bandwidth=100k/10"), OK,
+              "create with limits")
+    config = vm_json(bus, "lim")["config"]
+    d, n = config["disks"][0], config["network"][0]
     assert d["bandwidth"] == {"size": 10000000, "refill-time-ms": 1000}, d
     assert d["ops"] == {"size": 100, "refill-time-ms": 50}, d
-    expect_rc(ctl(bus, "set", "lim", "disk.0.bandwidth=none", "disk.0.ops=2k"), OK, "set")
-    d = vm_json(bus, "lim")["config"]["disks"][0]
+    assert n["mac"] == "52:54:00:00:00:01" and n["tx-ops"] == {"size": 1000,
+                                                              "refill-time-ms": 1000}, n
+    assert n["rx-bandwidth"] == {"size": 100000, "refill-time-ms": 10}, n
+    assert "rx-ops" not in n and "tx-bandwidth" not in n, n
+    expect_rc(ctl(bus, "set", "lim", "disk.0.bandwidth=none", "disk.0.ops=2k",
+                  "nic.0.tx-ops=none", "nic.0.rx-ops=50"), OK, "set")
+    config = vm_json(bus, "lim")["config"]
+    d, n = config["disks"][0], config["network"][0]
     assert "bandwidth" not in d and d["ops"] == {"size": 2000, "refill-time-ms": 1000}, d
+    assert "tx-ops" not in n and n["rx-ops"] == {"size": 50, "refill-time-ms": 1000}, n
+    assert n["rx-bandwidth"] == {"size": 100000, "refill-time-ms": 10}, "left as it was"
     for args, rc in ((["disk.1.ops=5"], INVALID_ARGUMENT), (["disk.0.ops=0"], INVALID_ARGUMENT),
-                     (["disk.0.ops=fast"], USAGE), (["disk.0.iops=5"], USAGE),
-                     (["disk.x.ops=5"], USAGE), (["disk.0.ops"], USAGE), ([], USAGE)):
+                     (["nic.1.tx-ops=5"], INVALID_ARGUMENT), (["nic.0.ops=5"], USAGE),
+                     (["disk.0.rx-ops=5"], USAGE), (["disk.0.ops=fast"], USAGE),
+                     (["disk.0.iops=5"], USAGE), (["disk.0.ops=10kM"], USAGE),
+                     (["disk.0.bandwidth="], USAGE), ([""], USAGE), (["disk.x.ops=5"], USAGE),
+                     (["disk.0.ops"], USAGE), ([], USAGE)):
         r = ctl(bus, "set", "lim", *args)
         expect_rc(r, rc, "set %s" % args)
     assert "disks[0].ops.size" in ctl(bus, "set", "lim", "disk.0.ops=0").err
-    assert vm_json(bus, "lim")["config"]["disks"][0] == d, "a refused set changed nothing"
+    assert "network[1]" in ctl(bus, "set", "lim", "nic.1.rx-ops=5").err
+    config = vm_json(bus, "lim")["config"]
+    assert config["disks"][0] == d and config["network"][0] == n, "a refused set changed nothing"
     expect_rc(ctl(bus, "set", "nope", "disk.0.ops=5"), NO_SUCH_VM, "set on no VM")
-    expect_rc(ctl(bus, "create", "lim2", "--kernel", kernel, "--disk", disk + ",bw=1"), USAGE,
-              "--disk with an unknown option")
+    for option, value in (("--disk", disk + ",bw=1"), ("--disk", disk + ",,ro"), ("--disk", ""),
+                          ("--disk", disk + ",bandwidth="), ("--tap", "mvmlim1,mac="),
+                          ("--tap", "mvmlim1,ops=5"), ("--tap", ",tx-ops=5")):
+        expect_rc(ctl(bus, "create", "lim2", "--kernel", kernel, option, value), USAGE,
+                  "%s %s" % (option, value))
     expect_rc(ctl(bus, "delete", "lim"), OK, "delete")
 
 
@@ -1267,7 +1287,7 @@ def main():
         run("info", test_info, bus)
         run("create errors", test_create_errors, bus)
         run("define, list, status, delete", test_define, bus)
-        run("disk rate limits: create and set", test_set, bus)
+        run("rate limits: create and set", test_set, bus)
         run("CPU templates in definitions", test_cpu_template_define, bus)
         run("events", test_events, bus)
         run("unprivileged user", test_unprivileged, bus)
