@@ -79,47 +79,67 @@ static gboolean check_index(const char *where, guint32 index, guint count, const
                                count - 1);
 }
 
-/* `disks` (a{ua{sv}}) into @limits. */
-static gboolean parse_disks(MvmdVmService *self, GVariant *disks, Limits *limits, GError **error)
+static gboolean parse_disk(GVariant *entry, const char *where, guint index, Limits *limits,
+                           GError **error)
 {
-    static const MvmdKeySpec keys[] = {{"bandwidth", "a{sv}"}, {"ops", "a{sv}"}};
-    GVariantIter iter;
-    guint32 index;
-    GVariant *entry;
-
-    g_variant_iter_init(&iter, disks);
-    while (g_variant_iter_next(&iter, "{u@a{sv}}", &index, &entry)) {
-        g_autoptr(GVariant) owned = entry;
-        g_autofree char *where = g_strdup_printf("disks[%u]", index);
-
-        if (!check_index(where, index, n_disks(self), "disks", error) ||
-            !mvmd_config_check_keys(entry, keys, G_N_ELEMENTS(keys), where, error) ||
-            !mvmd_parse_rate_limit_update(entry, where, "", &limits->disks[index], error))
-            return FALSE;
-    }
-    return TRUE;
+    return mvmd_parse_rate_limit_update(entry, where, "", &limits->disks[index], error);
 }
 
-/* `network` (a{ua{sv}}) into @limits. */
-static gboolean parse_nics(MvmdVmService *self, GVariant *nics, Limits *limits, GError **error)
+static gboolean parse_nic(GVariant *entry, const char *where, guint index, Limits *limits,
+                          GError **error)
 {
-    static const MvmdKeySpec keys[] = {{"rx-bandwidth", "a{sv}"},
-                                       {"rx-ops", "a{sv}"},
-                                       {"tx-bandwidth", "a{sv}"},
-                                       {"tx-ops", "a{sv}"}};
+    return mvmd_parse_nic_rate_limits(entry, where, &limits->rx[index], &limits->tx[index], error);
+}
+
+/* A kind of device SetResources changes: its key, its entries' keys and their parser. */
+typedef struct {
+    const char *key;
+    const char *what;
+    MvmdKeySpec keys[4];
+    guint n_keys;
+    gboolean (*parse)(GVariant *entry, const char *where, guint index, Limits *limits,
+                      GError **error);
+} DeviceKind;
+
+static const DeviceKind disk_kind = {
+    .key = "disks",
+    .what = "disks",
+    .keys = {{"bandwidth", "a{sv}"}, {"ops", "a{sv}"}},
+    .n_keys = 2,
+    .parse = parse_disk,
+};
+
+static const DeviceKind nic_kind = {
+    .key = "network",
+    .what = "network interfaces",
+    .keys = {{"rx-bandwidth", "a{sv}"},
+             {"rx-ops", "a{sv}"},
+             {"tx-bandwidth", "a{sv}"},
+             {"tx-ops", "a{sv}"}},
+    .n_keys = 4,
+    .parse = parse_nic,
+};
+
+/* @kind's entry of @resources (a{ua{sv}}: by device index), if any, into @limits. */
+static gboolean parse_devices(GVariant *resources, const DeviceKind *kind, guint count,
+                              Limits *limits, GError **error)
+{
+    g_autoptr(GVariant) devices =
+        g_variant_lookup_value(resources, kind->key, G_VARIANT_TYPE("a{ua{sv}}"));
     GVariantIter iter;
     guint32 index;
     GVariant *entry;
 
-    g_variant_iter_init(&iter, nics);
+    if (!devices)
+        return TRUE;
+    g_variant_iter_init(&iter, devices);
     while (g_variant_iter_next(&iter, "{u@a{sv}}", &index, &entry)) {
         g_autoptr(GVariant) owned = entry;
-        g_autofree char *where = g_strdup_printf("network[%u]", index);
+        g_autofree char *where = g_strdup_printf("%s[%u]", kind->key, index);
 
-        if (!check_index(where, index, n_nics(self), "network interfaces", error) ||
-            !mvmd_config_check_keys(entry, keys, G_N_ELEMENTS(keys), where, error) ||
-            !mvmd_parse_nic_rate_limits(entry, where, &limits->rx[index], &limits->tx[index],
-                                        error))
+        if (!check_index(where, index, count, kind->what, error) ||
+            !mvmd_config_check_keys(entry, kind->keys, kind->n_keys, where, error) ||
+            !kind->parse(entry, where, index, limits, error))
             return FALSE;
     }
     return TRUE;
@@ -200,18 +220,14 @@ gboolean mvmd_vm_service_set_resources(MvmdVmService *self, GVariant *resources,
     static const MvmdKeySpec keys[] = {{"disks", "a{ua{sv}}"}, {"network", "a{ua{sv}}"}};
     g_auto(Limits) old = {0};
     g_auto(Limits) limits = {0};
-    g_autoptr(GVariant) disks = NULL;
-    g_autoptr(GVariant) nics = NULL;
 
     g_return_val_if_fail(self->op == OP_NONE, FALSE);
     if (!mvmd_config_check_keys(resources, keys, G_N_ELEMENTS(keys), NULL, error))
         return FALSE;
     limits_from_definition(self, &old);
     limits_from_definition(self, &limits);
-    disks = g_variant_lookup_value(resources, "disks", G_VARIANT_TYPE("a{ua{sv}}"));
-    nics = g_variant_lookup_value(resources, "network", G_VARIANT_TYPE("a{ua{sv}}"));
-    if ((disks && !parse_disks(self, disks, &limits, error)) ||
-        (nics && !parse_nics(self, nics, &limits, error)))
+    if (!parse_devices(resources, &disk_kind, n_disks(self), &limits, error) ||
+        !parse_devices(resources, &nic_kind, n_nics(self), &limits, error))
         return FALSE;
 
     limits_to_definition(self, &limits);

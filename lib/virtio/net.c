@@ -54,14 +54,14 @@ typedef struct {
 } Net;
 
 static void net_update_watch(Net *net);
-static gboolean tx_throttle_done(gpointer data);
-static gboolean rx_throttle_done(gpointer data);
+static gboolean throttle_done(gpointer data);
 
-/* Lock held: whether @throttle holds its queue back now (then its timer, @done, is armed). */
-static gboolean throttled(Net *net, MvmThrottle *throttle, GSourceFunc done)
+/* Lock held: whether @throttle holds its queue back now (then its timer is armed). */
+static gboolean throttled(Net *net, MvmThrottle *throttle)
 {
-    return mvm_throttle_must_wait(
-        throttle, mvm_io_thread_get_context(mvm_virtio_get_io_thread(net->dev)), done, net);
+    return mvm_throttle_must_wait(throttle,
+                                  mvm_io_thread_get_context(mvm_virtio_get_io_thread(net->dev)),
+                                  throttle_done, net);
 }
 
 /* Once, the first time the tap fails for good. Lock held. */
@@ -88,7 +88,7 @@ static void process_tx(Net *net)
     g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
     struct iovec iov[MVM_VQ_MAX_SIZE];
 
-    while (!throttled(net, &net->tx_throttle, tx_throttle_done) &&
+    while (!throttled(net, &net->tx_throttle) &&
            mvm_virtio_pop(net->dev, NET_QUEUE_TX, chain) == MVM_VQ_POP_OK) {
         if (chain->out_len < NET_HDR_SIZE) {
             mvm_virtio_set_needs_reset(net->dev, "tx buffer shorter than the net header");
@@ -158,7 +158,7 @@ static gboolean receive_one(Net *net)
 static void receive_some(Net *net)
 {
     for (guint i = 0; i < 64 && !net->tap_gone && mvm_virtio_is_active(net->dev); i++)
-        if (throttled(net, &net->rx_throttle, rx_throttle_done) || !receive_one(net))
+        if (throttled(net, &net->rx_throttle) || !receive_one(net))
             break;
     net_update_watch(net);
 }
@@ -175,25 +175,19 @@ static gboolean tap_event(int fd, GIOCondition condition, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
-/* I/O thread: a throttled direction may go on (or its limit changed under it). */
-static gboolean rx_throttle_done(gpointer data)
+/*
+ * I/O thread: a throttled direction may go on (or its limit changed under it). One callback for
+ * both: serving the other direction too costs nothing and is never wrong.
+ */
+static gboolean throttle_done(gpointer data)
 {
     Net *net = data;
 
     mvm_virtio_lock(net->dev);
     mvm_throttle_timer_done(&net->rx_throttle);
-    receive_some(net);
-    mvm_virtio_unlock(net->dev);
-    return G_SOURCE_REMOVE;
-}
-
-static gboolean tx_throttle_done(gpointer data)
-{
-    Net *net = data;
-
-    mvm_virtio_lock(net->dev);
     mvm_throttle_timer_done(&net->tx_throttle);
     process_tx(net);
+    receive_some(net);
     mvm_virtio_unlock(net->dev);
     return G_SOURCE_REMOVE;
 }
