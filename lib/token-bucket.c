@@ -106,10 +106,15 @@ void mvm_rate_limiter_consume(MvmRateLimiter *limiter, guint64 bytes, gint64 now
 
 /* ---- the timer a throttled queue waits for ---- */
 
-void mvm_throttle_init(MvmThrottle *throttle, const MvmRateLimit *limit)
+static void throttle_set_limiter(MvmThrottle *throttle, const MvmRateLimit *limit)
 {
     mvm_rate_limiter_init(&throttle->limiter, limit, g_get_monotonic_time());
-    throttle->timer = NULL;
+}
+
+void mvm_throttle_init(MvmThrottle *throttle, const MvmRateLimit *limit)
+{
+    *throttle = (MvmThrottle){.timer = NULL};
+    throttle_set_limiter(throttle, limit);
 }
 
 gboolean mvm_throttle_must_wait(MvmThrottle *throttle, GMainContext *context, GSourceFunc done,
@@ -123,6 +128,7 @@ gboolean mvm_throttle_must_wait(MvmThrottle *throttle, GMainContext *context, GS
     /* Milliseconds, rounded up (a timer that fires early would only arm itself again), with
      * no overflow for the longest wait, G_MAXINT64. */
     gint64 wait_ms = wait_us / 1000 + (wait_us % 1000 != 0);
+    throttle->waits++;
     throttle->timer = g_timeout_source_new((guint)MIN(wait_ms, (gint64)G_MAXUINT));
     g_source_set_callback(throttle->timer, done, data, NULL);
     g_source_attach(throttle->timer, context);
@@ -154,6 +160,6 @@ gboolean mvm_throttle_set_limit(MvmThrottle *throttle, const MvmRateLimit *limit
     gboolean waited = throttle->timer != NULL;
 
     mvm_throttle_clear(throttle);
-    mvm_throttle_init(throttle, limit);
+    throttle_set_limiter(throttle, limit);
     return waited;
 }

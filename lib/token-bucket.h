@@ -48,6 +48,7 @@ void mvm_rate_limiter_consume(MvmRateLimiter *limiter, guint64 bytes, gint64 now
 typedef struct {
     MvmRateLimiter limiter;
     GSource *timer; /* NULL: nothing waits */
+    guint64 waits;  /* timers armed, over every limit this queue had */
 } MvmThrottle;
 
 void mvm_throttle_init(MvmThrottle *throttle, const MvmRateLimit *limit);

@@ -361,6 +361,26 @@ gboolean mvm_vm_set_disk_rate_limit(MvmVm *vm, guint index, const MvmRateLimit *
 gboolean mvm_vm_set_nic_rate_limits(MvmVm *vm, guint index, const MvmRateLimit *rx,
                                     const MvmRateLimit *tx, GError **error);
 
+/* What a disk has done since its VM was built (a restore starts from 0). */
+typedef struct {
+    guint64 read_requests, read_bytes; /* done; a failed request counts nowhere */
+    guint64 write_requests, write_bytes;
+    guint64 throttled; /* times its queue waited for the rate limit */
+} MvmDiskStats;
+
+/* What a network interface has done since its VM was built; bytes without the vnet header. */
+typedef struct {
+    guint64 rx_frames, rx_bytes; /* to the guest */
+    guint64 tx_frames, tx_bytes; /* from the guest, taken by the tap */
+    guint64 tx_dropped;          /* from the guest, not taken (tap full or gone) */
+    guint64 rx_throttled, tx_throttled;
+} MvmNicStats;
+
+/* Disk or NIC @index's figures (0-based, in the config's order); FALSE if there is none. Any
+ * thread. */
+gboolean mvm_vm_get_disk_stats(MvmVm *vm, guint index, MvmDiskStats *stats);
+gboolean mvm_vm_get_nic_stats(MvmVm *vm, guint index, MvmNicStats *stats);
+
 /* Input for the serial port (bounded; returns bytes accepted). Any thread. */
 gsize mvm_vm_console_write(MvmVm *vm, const guint8 *data, gsize len);
 

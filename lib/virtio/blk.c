@@ -44,7 +44,8 @@ typedef struct {
     gboolean read_only;
     guint64 size; /* bytes, a multiple of SECTOR_SIZE */
     char id[BLK_ID_BYTES];
-    MvmThrottle throttle; /* guarded by the device lock */
+    MvmThrottle throttle; /* guarded by the device lock, as @stats */
+    MvmDiskStats stats;
 } Blk;
 
 typedef struct {
@@ -134,12 +135,12 @@ static guint8 do_rw(Blk *blk, const MvmVqChain *chain, const BlkReqHdr *hdr, gbo
     return VIRTIO_BLK_S_OK;
 }
 
-static guint8 handle_request(Blk *blk, const MvmVqChain *chain, guint32 *written)
+static guint8 handle_request(Blk *blk, const MvmVqChain *chain, guint32 *type, guint32 *written)
 {
     BlkReqHdr hdr;
 
     mvm_vq_chain_read(chain, 0, &hdr, sizeof(hdr));
-    hdr.type = GUINT32_FROM_LE(hdr.type);
+    hdr.type = *type = GUINT32_FROM_LE(hdr.type);
     hdr.sector = GUINT64_FROM_LE(hdr.sector);
     switch (hdr.type) {
     case VIRTIO_BLK_T_IN:
@@ -157,15 +158,35 @@ static guint8 handle_request(Blk *blk, const MvmVqChain *chain, guint32 *written
     }
 }
 
+/* What a request was and how it ended, for the disk's figures. */
+typedef struct {
+    guint32 type;
+    guint8 status;
+} BlkDone;
+
 /* One chain, lock NOT held. Returns bytes written into the chain, status included. */
-static guint32 process_chain(Blk *blk, const MvmVqChain *chain)
+static guint32 process_chain(Blk *blk, const MvmVqChain *chain, BlkDone *done)
 {
     guint32 written = 0;
-    guint8 status = handle_request(blk, chain, &written);
 
+    done->status = handle_request(blk, chain, &done->type, &written);
     /* The status byte is the last writable byte (§5.2.6). */
-    mvm_vq_chain_write(chain, chain->in_len - 1, &status, 1);
+    mvm_vq_chain_write(chain, chain->in_len - 1, &done->status, 1);
     return written + 1;
+}
+
+/* Lock held: a request of @chain is done. */
+static void count_request(Blk *blk, const MvmVqChain *chain, const BlkDone *done)
+{
+    if (done->status != VIRTIO_BLK_S_OK)
+        return;
+    if (done->type == VIRTIO_BLK_T_IN) {
+        blk->stats.read_requests++;
+        blk->stats.read_bytes += chain->in_len - 1;
+    } else if (done->type == VIRTIO_BLK_T_OUT) {
+        blk->stats.write_requests++;
+        blk->stats.write_bytes += chain->out_len - REQ_HDR_SIZE;
+    }
 }
 
 static gboolean throttle_done(gpointer data);
@@ -206,8 +227,10 @@ static void blk_notify(gpointer backend, guint index)
         mvm_throttle_consume(&blk->throttle, request_bytes(blk, chain));
         guint32 epoch = mvm_virtio_get_epoch(blk->dev);
         mvm_virtio_unlock(blk->dev);
-        guint32 len = process_chain(blk, chain);
+        BlkDone done;
+        guint32 len = process_chain(blk, chain, &done);
         mvm_virtio_lock(blk->dev);
+        count_request(blk, chain, &done);
         if (epoch == mvm_virtio_get_epoch(blk->dev))
             mvm_virtio_push(blk->dev, 0, chain->head, len);
     }
@@ -275,6 +298,16 @@ int mvm_virtio_blk_get_fd(MvmVirtio *dev)
     Blk *blk = mvm_virtio_get_backend(dev);
 
     return blk->fd;
+}
+
+void mvm_virtio_blk_get_stats(MvmVirtio *dev, MvmDiskStats *stats)
+{
+    Blk *blk = mvm_virtio_get_backend(dev);
+
+    mvm_virtio_lock(dev);
+    *stats = blk->stats;
+    stats->throttled = blk->throttle.waits;
+    mvm_virtio_unlock(dev);
 }
 
 void mvm_virtio_blk_set_rate_limit(MvmVirtio *dev, const MvmRateLimit *limit)

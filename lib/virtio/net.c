@@ -32,9 +32,15 @@
 #define VIRTIO_NET_F_STATUS  16
 #define VIRTIO_NET_S_LINK_UP 1
 
-#define NET_QUEUE_RX           0
-#define NET_QUEUE_TX           1
-#define NET_QUEUE_MAX          256
+#define NET_QUEUE_RX  0
+#define NET_QUEUE_TX  1
+#define NET_QUEUE_MAX 256
+/*
+ * Frames sent per turn under the device lock. A guest can refill its ring as fast as we empty
+ * it; bounded, the lock is let go between turns, so that a thread that needs it (a vCPU, a
+ * rate-limit change or GetStats on the daemon's main thread) waits for one turn at most.
+ */
+#define NET_TX_BATCH           64
 #define NET_HDR_SIZE           12 /* struct virtio_net_hdr with num_buffers (§5.1.6) */
 #define NET_NUM_BUFFERS_OFFSET 10
 #define NET_STATUS_OFFSET      6 /* in the config space, after mac[6] */
@@ -50,7 +56,7 @@ typedef struct {
     gboolean tap_gone;
     MvmVqChain *held; /* an rx chain popped for a frame that was not there after all */
     MvmThrottle rx_throttle, tx_throttle;
-    guint64 rx_frames, tx_frames, tx_dropped;
+    MvmNicStats stats; /* but the throttle counts, which are in the throttles */
 } Net;
 
 static void net_update_watch(Net *net);
@@ -88,8 +94,14 @@ static void process_tx(Net *net)
     g_autofree MvmVqChain *chain = g_new(MvmVqChain, 1);
     struct iovec iov[MVM_VQ_MAX_SIZE];
 
-    while (!throttled(net, &net->tx_throttle) &&
-           mvm_virtio_pop(net->dev, NET_QUEUE_TX, chain) == MVM_VQ_POP_OK) {
+    for (guint sent_this_turn = 0; !throttled(net, &net->tx_throttle); sent_this_turn++) {
+        if (sent_this_turn == NET_TX_BATCH) {
+            /* The rest on the next turn of the I/O thread, as if the guest kicked again. */
+            mvm_virtio_kick_queue(net->dev, NET_QUEUE_TX);
+            return;
+        }
+        if (mvm_virtio_pop(net->dev, NET_QUEUE_TX, chain) != MVM_VQ_POP_OK)
+            return;
         if (chain->out_len < NET_HDR_SIZE) {
             mvm_virtio_set_needs_reset(net->dev, "tx buffer shorter than the net header");
             return;
@@ -97,13 +109,15 @@ static void process_tx(Net *net)
         guint n = mvm_vq_chain_iov(chain, FALSE, 0, chain->out_len, iov, G_N_ELEMENTS(iov));
         ssize_t sent = net->tap_gone ? -1 : writev(net->tap_fd, iov, (int)n);
         int err = errno;
+        guint64 frame_bytes = sent > NET_HDR_SIZE ? (guint64)sent - NET_HDR_SIZE : 0;
         /* The bytes of a frame that went; a dropped one costs its operation only. */
-        mvm_throttle_consume(&net->tx_throttle, sent > NET_HDR_SIZE ? sent - NET_HDR_SIZE : 0);
+        mvm_throttle_consume(&net->tx_throttle, frame_bytes);
         if (sent >= 0) {
-            net->tx_frames++;
+            net->stats.tx_frames++;
+            net->stats.tx_bytes += frame_bytes;
         } else {
             /* A full or missing tap drops the frame, like a cable would. */
-            net->tx_dropped++;
+            net->stats.tx_dropped++;
             if (!net->tap_gone && tap_error_is_fatal(err))
                 tap_failed(net, err);
         }
@@ -150,7 +164,8 @@ static gboolean receive_one(Net *net)
     mvm_virtio_push(net->dev, NET_QUEUE_RX, net->held->head, (guint32)r);
     g_clear_pointer(&net->held, g_free);
     mvm_throttle_consume(&net->rx_throttle, (guint64)r - NET_HDR_SIZE);
-    net->rx_frames++;
+    net->stats.rx_frames++;
+    net->stats.rx_bytes += (guint64)r - NET_HDR_SIZE;
     return TRUE;
 }
 
@@ -239,8 +254,8 @@ static void net_free(gpointer backend)
 
     g_debug("virtio-net %s: %" G_GUINT64_FORMAT " frames received, %" G_GUINT64_FORMAT
             " sent, %" G_GUINT64_FORMAT " dropped",
-            net->name != NULL ? net->name : "(fd)", net->rx_frames, net->tx_frames,
-            net->tx_dropped);
+            net->name != NULL ? net->name : "(fd)", net->stats.rx_frames, net->stats.tx_frames,
+            net->stats.tx_dropped);
     mvm_throttle_clear(&net->rx_throttle);
     mvm_throttle_clear(&net->tx_throttle);
     if (net->source != NULL) {
@@ -360,13 +375,24 @@ int mvm_virtio_net_get_tap_fd(MvmVirtio *dev)
     return net->tap_fd;
 }
 
+void mvm_virtio_net_get_stats(MvmVirtio *dev, MvmNicStats *stats)
+{
+    Net *net = mvm_virtio_get_backend(dev);
+
+    mvm_virtio_lock(dev);
+    *stats = net->stats;
+    stats->rx_throttled = net->rx_throttle.waits;
+    stats->tx_throttled = net->tx_throttle.waits;
+    mvm_virtio_unlock(dev);
+}
+
 void mvm_virtio_net_set_rate_limits(MvmVirtio *dev, const MvmRateLimit *rx, const MvmRateLimit *tx)
 {
     Net *net = mvm_virtio_get_backend(dev);
 
     mvm_virtio_lock(dev);
-    gboolean rx_waited = mvm_throttle_set_limit(&net->rx_throttle, rx);
-    gboolean tx_waited = mvm_throttle_set_limit(&net->tx_throttle, tx);
+    gboolean rx_waited = rx != NULL && mvm_throttle_set_limit(&net->rx_throttle, rx);
+    gboolean tx_waited = tx != NULL && mvm_throttle_set_limit(&net->tx_throttle, tx);
     mvm_virtio_unlock(dev);
     /* What waited for the old limit is reconsidered under the new one at once, on the I/O
      * thread: a kick of the receive queue watches the tap again, one of transmit sends. */

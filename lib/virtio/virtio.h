@@ -158,7 +158,11 @@ int mvm_virtio_blk_get_fd(MvmVirtio *dev);
 int mvm_virtio_net_get_tap_fd(MvmVirtio *dev);
 /* The buckets start full; a request waiting for the old limit is reconsidered. Any thread. */
 void mvm_virtio_blk_set_rate_limit(MvmVirtio *dev, const MvmRateLimit *limit);
-/* The same for a NIC's receive (@rx, host to guest) and transmit (@tx) directions. */
+/* The device's figures (microvm.h), under its lock. Any thread. */
+void mvm_virtio_blk_get_stats(MvmVirtio *dev, MvmDiskStats *stats);
+void mvm_virtio_net_get_stats(MvmVirtio *dev, MvmNicStats *stats);
+/* The same for a NIC's receive (@rx, host to guest) and transmit (@tx) directions; NULL
+ * leaves that direction as it is. */
 void mvm_virtio_net_set_rate_limits(MvmVirtio *dev, const MvmRateLimit *rx, const MvmRateLimit *tx);
 /*
  * A restored NIC keeps the MAC the snapshot's guest read from its config space (then

@@ -208,8 +208,30 @@ gboolean mvm_vm_set_nic_rate_limits(MvmVm *vm, guint index, const MvmRateLimit *
     if (tx != NULL)
         nic->tx_rate_limit = *tx;
     if (vm->virtio != NULL)
-        mvm_virtio_net_set_rate_limits(nic_device(vm, index), &nic->rx_rate_limit,
-                                       &nic->tx_rate_limit);
+        mvm_virtio_net_set_rate_limits(nic_device(vm, index), rx, tx);
+    return TRUE;
+}
+
+/* ---- figures ---- */
+
+static guint n_disk_devices(MvmVm *vm)
+{
+    return vm->config->disks != NULL && vm->virtio != NULL ? vm->config->disks->len : 0;
+}
+
+gboolean mvm_vm_get_disk_stats(MvmVm *vm, guint index, MvmDiskStats *stats)
+{
+    if (index >= n_disk_devices(vm))
+        return FALSE;
+    mvm_virtio_blk_get_stats(g_ptr_array_index(vm->virtio, index), stats);
+    return TRUE;
+}
+
+gboolean mvm_vm_get_nic_stats(MvmVm *vm, guint index, MvmNicStats *stats)
+{
+    if (index >= n_nics(vm))
+        return FALSE;
+    mvm_virtio_net_get_stats(nic_device(vm, index), stats);
     return TRUE;
 }
 

@@ -736,6 +736,20 @@ static void net_rate_limit(void)
     g_assert_cmpfloat(tx_rate, <=, limit * 1.05);
     g_assert_cmpfloat(rx_rate, >=, 200 * 0.95);
     g_assert_cmpfloat(rx_rate, <=, 200 * 1.05);
+    MvmNicStats stats;
+    g_assert_true(mvm_vm_get_nic_stats(g->vm, 0, &stats));
+    g_test_message("nic: rx %" G_GUINT64_FORMAT " frames %" G_GUINT64_FORMAT
+                   " bytes, tx %" G_GUINT64_FORMAT " frames %" G_GUINT64_FORMAT
+                   " bytes, %" G_GUINT64_FORMAT " dropped; waited rx %" G_GUINT64_FORMAT
+                   ", tx %" G_GUINT64_FORMAT " times",
+                   stats.rx_frames, stats.rx_bytes, stats.tx_frames, stats.tx_bytes,
+                   stats.tx_dropped, stats.rx_throttled, stats.tx_throttled);
+    g_assert_cmpuint(stats.tx_frames, ==, 1 + burst + burst2);
+    g_assert_cmpuint(stats.tx_bytes, ==, (1 + burst + burst2) * 64); /* FRAME_BYTES each */
+    g_assert_cmpuint(stats.tx_dropped, ==, 0);
+    g_assert_cmpuint(stats.rx_frames, >=, 1 + rxburst);
+    g_assert_cmpuint(stats.rx_throttled, >, 0);
+    g_assert_cmpuint(stats.tx_throttled, >, 0);
     const MvmNetConfig *now = g_ptr_array_index(mvm_vm_get_config(g->vm)->nics, 0);
     g_assert_cmpuint(now->tx_rate_limit.ops.size, ==, tx.ops.size);
     g_assert_cmpuint(now->rx_rate_limit.ops.size, ==, rx_size); /* NULL left it */

@@ -624,6 +624,20 @@ static void test_blk_rate_limit_bandwidth(void)
         g_assert_cmpfloat(mbs, >=, 9.5);
         g_assert_cmpfloat(mbs, <=, 10.5);
     }
+    /* The disk's figures: every request done, and the queue waited for the limit. */
+    MvmDiskStats stats;
+    g_assert_true(mvm_vm_get_disk_stats(g->vm, 0, &stats));
+    g_assert_false(mvm_vm_get_disk_stats(g->vm, 1, &stats));
+    g_test_message("disk: %" G_GUINT64_FORMAT " reads (%" G_GUINT64_FORMAT
+                   " bytes), %" G_GUINT64_FORMAT " writes (%" G_GUINT64_FORMAT
+                   " bytes), waited %" G_GUINT64_FORMAT " times",
+                   stats.read_requests, stats.read_bytes, stats.write_requests, stats.write_bytes,
+                   stats.throttled);
+    g_assert_cmpuint(stats.read_requests, >=, count);
+    g_assert_cmpuint(stats.read_bytes, >=, (guint64)count * kib * 1024);
+    g_assert_cmpuint(stats.write_requests, >=, count);
+    g_assert_cmpuint(stats.write_bytes, ==, (guint64)count * kib * 1024);
+    g_assert_cmpuint(stats.throttled, >, 0);
     g_unlink(path);
 }
 
