@@ -574,6 +574,63 @@ static void act_open_console(MvmdVmService *self, GDBusMethodInvocation *invocat
     mvmd_vm_complete_open_console(MVMD_VM(self), invocation, fd_list, g_variant_new_handle(0));
 }
 
+/* A guint64 field of a device's figures, and its name in GetStats. */
+typedef struct {
+    const char *key;
+    gsize offset;
+} StatField;
+
+static const StatField disk_fields[] = {
+    {"read-requests", G_STRUCT_OFFSET(MvmDiskStats, read_requests)},
+    {"read-bytes", G_STRUCT_OFFSET(MvmDiskStats, read_bytes)},
+    {"write-requests", G_STRUCT_OFFSET(MvmDiskStats, write_requests)},
+    {"write-bytes", G_STRUCT_OFFSET(MvmDiskStats, write_bytes)},
+    {"throttled", G_STRUCT_OFFSET(MvmDiskStats, throttled)},
+};
+
+static const StatField nic_fields[] = {
+    {"rx-frames", G_STRUCT_OFFSET(MvmNicStats, rx_frames)},
+    {"rx-bytes", G_STRUCT_OFFSET(MvmNicStats, rx_bytes)},
+    {"tx-frames", G_STRUCT_OFFSET(MvmNicStats, tx_frames)},
+    {"tx-bytes", G_STRUCT_OFFSET(MvmNicStats, tx_bytes)},
+    {"tx-dropped", G_STRUCT_OFFSET(MvmNicStats, tx_dropped)},
+    {"rx-throttled", G_STRUCT_OFFSET(MvmNicStats, rx_throttled)},
+    {"tx-throttled", G_STRUCT_OFFSET(MvmNicStats, tx_throttled)},
+};
+
+static GVariant *stat_fields_to_variant(gconstpointer stats, const StatField *fields, guint n)
+{
+    GVariantBuilder b;
+
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    for (guint i = 0; i < n; i++)
+        g_variant_builder_add(
+            &b, "{sv}", fields[i].key,
+            g_variant_new_uint64(G_STRUCT_MEMBER(guint64, stats, fields[i].offset)));
+    return g_variant_builder_end(&b);
+}
+
+/* The machine's devices' figures: {'disks': <aa{sv}>, 'network': <aa{sv}>}. */
+static GVariant *device_stats(MvmVm *vm)
+{
+    GVariantBuilder b, disks, nics;
+    MvmDiskStats disk;
+    MvmNicStats nic;
+
+    g_variant_builder_init(&disks, G_VARIANT_TYPE("aa{sv}"));
+    for (guint i = 0; mvm_vm_get_disk_stats(vm, i, &disk); i++)
+        g_variant_builder_add_value(
+            &disks, stat_fields_to_variant(&disk, disk_fields, G_N_ELEMENTS(disk_fields)));
+    g_variant_builder_init(&nics, G_VARIANT_TYPE("aa{sv}"));
+    for (guint i = 0; mvm_vm_get_nic_stats(vm, i, &nic); i++)
+        g_variant_builder_add_value(
+            &nics, stat_fields_to_variant(&nic, nic_fields, G_N_ELEMENTS(nic_fields)));
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "disks", g_variant_builder_end(&disks));
+    g_variant_builder_add(&b, "{sv}", "network", g_variant_builder_end(&nics));
+    return g_variant_ref_sink(g_variant_builder_end(&b));
+}
+
 static GVariant *build_stats(MvmdVmService *self)
 {
     MvmVmStats st = {0};
@@ -584,6 +641,8 @@ static GVariant *build_stats(MvmdVmService *self)
     if (self->run && self->op == OP_NONE) {
         mvm_vm_get_stats(self->run->vm, &st);
         self->stats_cache = st;
+        g_clear_pointer(&self->device_stats_cache, g_variant_unref);
+        self->device_stats_cache = device_stats(self->run->vm);
         self->has_lazy = mvm_vm_get_lazy_progress(self->run->vm, &self->lazy_pages_read,
                                                   &self->lazy_pages_total);
     }
@@ -611,6 +670,16 @@ static GVariant *build_stats(MvmdVmService *self)
     g_variant_builder_add(&b, "{sv}", "restarts", g_variant_new_uint32(self->restarts));
     g_variant_builder_add(&b, "{sv}", "diff-parent",
                           g_variant_new_take_string(mvmd_vm_service_format_diff_parent(self)));
+    if (self->run && self->op != OP_START && self->device_stats_cache) {
+        GVariantIter iter;
+        GVariant *entry;
+
+        g_variant_iter_init(&iter, self->device_stats_cache);
+        while ((entry = g_variant_iter_next_value(&iter))) {
+            g_variant_builder_add_value(&b, entry);
+            g_variant_unref(entry);
+        }
+    }
     if (lazy) {
         g_variant_builder_add(&b, "{sv}", "lazy-pages-read",
                               g_variant_new_uint64(self->lazy_pages_read));

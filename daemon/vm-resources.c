@@ -187,18 +187,23 @@ static void apply_nics(MvmdVmService *self, const Limits *old)
 {
     for (guint i = 0; i < n_nics(self); i++) {
         g_autoptr(GError) error = NULL;
-        g_autofree char *rx = g_strdup_printf("network interface %u receive", i);
-        g_autofree char *tx = g_strdup_printf("network interface %u transmit", i);
+        g_autofree char *device = g_strdup_printf("network interface %u", i);
+        g_autofree char *rx_name = g_strdup_printf("%s receive", device);
+        g_autofree char *tx_name = g_strdup_printf("%s transmit", device);
         const MvmdNic *nic = nic_at(self, i);
+        /* Only a direction that changed starts again with full buckets. */
+        const MvmRateLimit *rx =
+            limit_changed(&old->rx[i], &nic->rx_rate_limit) ? &nic->rx_rate_limit : NULL;
+        const MvmRateLimit *tx =
+            limit_changed(&old->tx[i], &nic->tx_rate_limit) ? &nic->tx_rate_limit : NULL;
 
-        if (!limit_changed(&old->rx[i], &nic->rx_rate_limit) &&
-            !limit_changed(&old->tx[i], &nic->tx_rate_limit))
-            continue;
-        log_limit(self, rx, &nic->rx_rate_limit);
-        log_limit(self, tx, &nic->tx_rate_limit);
-        if (self->run && !mvm_vm_set_nic_rate_limits(self->run->vm, i, &nic->rx_rate_limit,
-                                                     &nic->tx_rate_limit, &error))
-            vm_log(self, G_LOG_LEVEL_WARNING, "BUG: %s refused its checked limits: %s", rx,
+        if (rx)
+            log_limit(self, rx_name, rx);
+        if (tx)
+            log_limit(self, tx_name, tx);
+        if ((rx || tx) && self->run &&
+            !mvm_vm_set_nic_rate_limits(self->run->vm, i, rx, tx, &error))
+            vm_log(self, G_LOG_LEVEL_WARNING, "BUG: %s refused its checked limits: %s", device,
                    error->message);
     }
 }

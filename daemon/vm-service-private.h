@@ -77,6 +77,7 @@ struct _MvmdVmService {
     gboolean has_diff_parent;
 
     MvmVmStats stats_cache;
+    GVariant *device_stats_cache; /* GetStats' `disks` and `network` (a{sv}); NULL: none */
     /* GetStats' `lazy-pages-read` and `lazy-pages-total`, read and cached with the stats;
      * @has_lazy FALSE: no machine restored lazily, or every page of it is in. */
     guint64 lazy_pages_read;

@@ -189,6 +189,7 @@ static void end_run(MvmdVmService *self, OpData *d, GDBusMethodInvocation *invoc
 
     g_clear_pointer(&self->run, mvmd_vm_run_unref);
     memset(&self->stats_cache, 0, sizeof(self->stats_cache));
+    g_clear_pointer(&self->device_stats_cache, g_variant_unref);
     self->has_diff_parent = FALSE;
     mvmd_console_flush(self->console);
     if (self->handed_over) {
@@ -838,6 +839,7 @@ static void mvmd_vm_service_finalize(GObject *object)
     g_list_free_full(g_steal_pointer(&self->waiters), (GDestroyNotify)mvmd_vm_service_waiter_free);
     mvmd_vm_definition_free(self->definition);
     g_clear_pointer(&self->properties, g_variant_unref);
+    g_clear_pointer(&self->device_stats_cache, g_variant_unref);
     g_free(self->exit_reason);
     mvmd_handoff_in_free(self->adopting);
     G_OBJECT_CLASS(mvmd_vm_service_parent_class)->finalize(object);

@@ -648,6 +648,25 @@ static void test_disk_rate_limit_live(Fixture *f, gconstpointer data)
     g_assert_cmpfloat(again, <=, 6);
     g_assert_cmpfloat(limited, >=, 3);
     g_assert_cmpfloat(lifted, >=, 4 * limited);
+    /* GetStats counts the disk's writes and the times its queue waited for the limit. */
+    g_autoptr(GVariant) stats = NULL;
+    g_autoptr(GError) error = NULL;
+    g_assert_true(
+        mvmd_vm_call_get_stats_sync(vm, G_DBUS_CALL_FLAGS_NONE, -1, &stats, NULL, &error));
+    g_autoptr(GVariant) disks = g_variant_lookup_value(stats, "disks", G_VARIANT_TYPE("aa{sv}"));
+    g_assert_nonnull(disks);
+    g_assert_cmpuint(g_variant_n_children(disks), ==, 1);
+    g_autoptr(GVariant) disk0 = g_variant_get_child_value(disks, 0);
+    guint64 writes = 0, write_bytes = 0, throttled = 0;
+    g_assert_true(g_variant_lookup(disk0, "write-requests", "t", &writes));
+    g_assert_true(g_variant_lookup(disk0, "write-bytes", "t", &write_bytes));
+    g_assert_true(g_variant_lookup(disk0, "throttled", "t", &throttled));
+    g_test_message("GetStats disks[0]: %" G_GUINT64_FORMAT " writes, %" G_GUINT64_FORMAT
+                   " bytes, waited %" G_GUINT64_FORMAT " times",
+                   writes, write_bytes, throttled);
+    g_assert_cmpuint(writes, >=, 10);
+    g_assert_cmpuint(write_bytes, ==, writes * 512);
+    g_assert_cmpuint(throttled, >=, 5);
     mvmd_test_console_close(c);
     mvmd_test_vm_call_ok(vm, "Stop", NULL);
 }

@@ -77,6 +77,14 @@ echo "# web-clone: $clone_config"
 check "web-clone is a clone with a generation ID" \
     "grep -q \"'clone': <true>\" <<<\"\$clone_config\" &&
      grep -Eq \"'generation-id': <'[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}'>\" <<<\"\$clone_config\""
+store_config=$(gdbus call --address "$ADDR" -d org.microvmd.MicroVM1 \
+    -o /org/microvmd/MicroVM1/vm/store -m org.microvmd.MicroVM1.VM.GetConfig)
+echo "# store: $store_config"
+check "store has the limits SetResources gave" \
+    "grep -q \"'bandwidth': <{'size': <uint64 500000>\" <<<\"\$store_config\" &&
+     grep -q \"'rx-bandwidth': <{'size': <uint64 100000>\" <<<\"\$store_config\" &&
+     grep -q \"'tx-ops': <{'size': <uint64 100>\" <<<\"\$store_config\" &&
+     ! grep -q \"'ops'\" <<<\"\$store_config\""
 check "db is defined and stored" "[ -f \"$TMP/state/vms/db.vm\" ]"
 check "the daemon is alive" "kill -0 $DAEMON_PID"
 
