@@ -15,11 +15,6 @@
 #define SHUTDOWN_SLACK_MS    (30 * 1000)
 #define SHUTDOWN_MAX_SEC     3600
 
-#define JSON_ENTRY(ctl)                                                                            \
-    {                                                                                              \
-        "json", 'j', 0, G_OPTION_ARG_NONE, &(ctl)->json, N_("Print JSON"), NULL                    \
-    }
-
 static gboolean vm_is_live(MvmdVm *vm)
 {
     const char *state = mvmd_vm_get_state(vm);
@@ -46,8 +41,7 @@ static gint compare_vm_names(gconstpointer a, gconstpointer b)
     return g_strcmp0(mvmd_vm_get_name(*(MvmdVm **)a), mvmd_vm_get_name(*(MvmdVm **)b));
 }
 
-/* Every VM the daemon has, sorted by name, from one GetManagedObjects round trip. */
-static GPtrArray *all_vms(GDBusObjectManager *manager)
+GPtrArray *mctl_all_vms(GDBusObjectManager *manager)
 {
     GList *objects = g_dbus_object_manager_get_objects(manager);
     GPtrArray *vms = g_ptr_array_new_with_free_func(g_object_unref);
@@ -138,7 +132,7 @@ int mctl_cmd_list(Mctl *ctl, int argc, char **argv)
     manager = mctl_object_manager(ctl, &error);
     if (!manager)
         return mctl_fail(error, NULL);
-    vms = all_vms(manager);
+    vms = mctl_all_vms(manager);
     if (ctl->json) {
         g_autoptr(JsonArray) array = json_array_new();
         g_autoptr(JsonNode) root = json_node_new(JSON_NODE_ARRAY);

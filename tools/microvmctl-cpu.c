@@ -248,7 +248,7 @@ int mctl_cmd_cpu(Mctl *ctl, int argc, char **argv)
 {
     gint only = -1;
     const GOptionEntry entries[] = {
-        {"json", 'j', 0, G_OPTION_ARG_NONE, &ctl->json, N_("Print JSON"), NULL},
+        JSON_ENTRY(ctl),
         {"vcpu", 0, 0, G_OPTION_ARG_INT, &only, N_("Show only vCPU N (from 0)"), N_("N")},
         {NULL},
     };

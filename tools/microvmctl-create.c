@@ -149,7 +149,8 @@ static gboolean add_device_options(GVariantDict *device, const char *option, con
             *ro = g_str_equal(*o, "ro");
         } else if (key_value[0] != NULL && key_value[1] != NULL &&
                    g_strv_contains(limits, key_value[0])) {
-            GVariant *bucket = mctl_parse_rate_limit(option, key_value[1], error);
+            g_autofree char *what = g_strdup_printf("%s %s", option, key_value[0]);
+            GVariant *bucket = mctl_parse_rate_limit(what, key_value[1], error);
             if (!bucket)
                 return FALSE;
             g_variant_dict_insert_value(device, key_value[0], bucket);

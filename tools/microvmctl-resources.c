@@ -94,8 +94,8 @@ static gboolean add_setting(GHashTable **devices, const char *setting, GError **
 
     if (kind < 0 || key_value[1] == NULL) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                    _("“%s” is not disk.N.bandwidth, disk.N.ops or nic.N.rx-bandwidth, "
-                      "rx-ops, tx-bandwidth or tx-ops =LIMIT"),
+                    _("“%s” is not KEY=LIMIT with a KEY of disk.N.bandwidth, disk.N.ops, "
+                      "nic.N.rx-bandwidth, nic.N.rx-ops, nic.N.tx-bandwidth or nic.N.tx-ops"),
                     setting);
         return FALSE;
     }

@@ -20,6 +20,7 @@ typedef struct {
 static const MctlCommand commands[] = {
     {"list", mctl_cmd_list, N_("List the VMs")},
     {"status", mctl_cmd_status, N_("Show a VM's configuration, statistics and console")},
+    {"stats", mctl_cmd_stats, N_("Show VMs' figures: CPU, disk and network; for collectors too")},
     {"info", mctl_cmd_info, N_("Show the daemon's version and capabilities")},
     {"create", mctl_cmd_create, N_("Define a new VM")},
     {"start", mctl_cmd_verb, N_("Start a VM")},
@@ -29,7 +30,7 @@ static const MctlCommand commands[] = {
     {"pause", mctl_cmd_pause, N_("Pause a running VM")},
     {"resume", mctl_cmd_verb, N_("Resume a paused VM")},
     {"delete", mctl_cmd_verb, N_("Delete a VM that is not running")},
-    {"set", mctl_cmd_set, N_("Change a VM's resources (disk rate limits), live")},
+    {"set", mctl_cmd_set, N_("Change a VM's resources (disk and network rate limits), live")},
     {"snapshot", mctl_cmd_snapshot, N_("Save a VM's state into a directory")},
     {"restore", mctl_cmd_restore, N_("Create a VM from a snapshot directory")},
     {"working-set", mctl_cmd_working_set,

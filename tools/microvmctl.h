@@ -62,6 +62,11 @@ gboolean mctl_parse(Mctl *ctl, const GOptionEntry *entries, const char *params, 
                     int *argc, char ***argv);
 /* Checks that exactly @n positional arguments follow the command; prints why not. */
 gboolean mctl_want_args(int argc, int n, const char *usage);
+/* The --json option of the commands that print something. */
+#define JSON_ENTRY(ctl)                                                                            \
+    {                                                                                              \
+        "json", 'j', 0, G_OPTION_ARG_NONE, &(ctl)->json, N_("Print JSON"), NULL                    \
+    }
 int mctl_usage_error(const char *format, ...) G_GNUC_PRINTF(1, 2);
 
 /* microvmctl-bus.c: the connection, proxies, calls and errors. */
@@ -70,6 +75,8 @@ MvmdManager *mctl_manager(Mctl *ctl, GError **error);
 MvmdVm *mctl_vm_by_name(Mctl *ctl, const char *name, GError **error);
 MvmdVm *mctl_vm_by_path(Mctl *ctl, const char *path, GError **error);
 GDBusObjectManager *mctl_object_manager(Mctl *ctl, GError **error);
+/* Every VM the daemon has, sorted by name, from one GetManagedObjects round trip. */
+GPtrArray *mctl_all_vms(GDBusObjectManager *manager);
 /* Calls @method on @proxy; @args NULL means the method's arguments with empty defaults (so an
  * added a{sv} options argument needs no change here). While the call runs longer than a moment
  * on a terminal, shows @progress (may be NULL) with the seconds elapsed on stderr. */
@@ -108,6 +115,7 @@ GStrv mctl_console_tail(Mctl *ctl, MvmdVm *vm, guint n, GError **error);
 /* The commands, one function each. */
 int mctl_cmd_list(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_status(Mctl *ctl, int argc, char **argv);
+int mctl_cmd_stats(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_create(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_verb(Mctl *ctl, int argc, char **argv);
 int mctl_cmd_pause(Mctl *ctl, int argc, char **argv);

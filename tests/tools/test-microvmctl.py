@@ -469,6 +469,97 @@ def test_set(t, bus):
     expect_rc(ctl(bus, "delete", "lim"), OK, "delete")
 
 
+OPENMETRICS_CHECK = r"""
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        samples.append([family.type, s.name, s.labels, s.value])
+print(json.dumps(samples))
+"""
+
+
+def openmetrics(bus, *names):
+    """`stats --format=openmetrics`, read by the OpenMetrics parser of prometheus_client (Debian's
+    python3 has it: python3-prometheus-client) where there is one, else checked line by line
+    against the format's grammar; [(type or None, name, labels, value)]."""
+    r = ctl(bus, "stats", "--format=openmetrics", *names, strict=True)
+    expect_rc(r, OK, "stats --format=openmetrics")
+    assert r.out.endswith("# EOF\n"), r.out[-200:]
+    p = subprocess.run(["/usr/bin/python3", "-c", OPENMETRICS_CHECK], input=r.out,
+                       capture_output=True, text=True)
+    if "No module named 'prometheus_client'" not in p.stderr:
+        assert p.returncode == 0, "not OpenMetrics: %s\n%s" % (p.stderr, r.out)
+        return [tuple(x) for x in json.loads(p.stdout)]
+    samples = []
+    line_re = re.compile(r'^([a-z_]+)\{((?:[a-z_]+="(?:[^"\\\n]|\\.)*",?)*)\} ([0-9.e+-]+)$')
+    for line in r.out.splitlines()[:-1]:
+        if line.startswith("# "):
+            assert re.match(r"^# (TYPE|UNIT|HELP) [a-z_]+ .+$", line), line
+            continue
+        m = line_re.match(line)
+        assert m, "not an OpenMetrics sample: %r" % line
+        labels = dict(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', m.group(2)))
+        samples.append((None, m.group(1), labels, float(m.group(3))))
+    return samples
+
+
+def sample(samples, name, **labels):
+    found = [s[3] for s in samples if s[1] == name and all(s[2].get(k) == v
+                                                           for k, v in labels.items())]
+    assert len(found) == 1, "%s %r: %r" % (name, labels, found)
+    return found[0]
+
+
+def test_stats(t, bus):
+    """stats of VMs that do not run: every format; OpenMetrics a real parser reads; errors."""
+    kernel = TESTGUEST or MICROVMCTL
+    for name in ("st1", "st2"):
+        expect_rc(ctl(bus, "create", name, "--kernel", kernel), OK, "create " + name)
+    samples = openmetrics(bus)
+    assert sample(samples, "microvmd_vm_state", vm="st1", microvmd_vm_state="created") == 1
+    assert sample(samples, "microvmd_vm_state", vm="st2", microvmd_vm_state="running") == 0
+    assert sample(samples, "microvmd_vm_info", vm="st2", vcpus="1") == 1
+    assert sample(samples, "microvmd_vm_cpu_seconds_total", vm="st1") == 0
+    assert not any(s[1].startswith("microvmd_disk_") for s in samples), "no machine, no devices"
+    only = openmetrics(bus, "st2")
+    assert {s[2]["vm"] for s in only} == {"st2"}, only
+    r = ctl(bus, "stats", strict=True)
+    expect_rc(r, OK, "stats")
+    assert r.out.splitlines()[0].split()[:2] == ["NAME", "STATE"], r.out
+    assert [line.split()[0] for line in r.out.splitlines()[1:]] == ["st1", "st2"], r.out
+    j = ctl(bus, "stats", "--json", "st1").json()
+    assert j[0]["name"] == "st1" and j[0]["stats"]["uptime-us"] == 0, j
+    expect_rc(ctl(bus, "stats", "nope"), NO_SUCH_VM, "stats of no VM")
+    expect_rc(ctl(bus, "stats", "--format=xml"), USAGE, "an unknown format")
+    for name in ("st1", "st2"):
+        expect_rc(ctl(bus, "delete", name), OK, "delete " + name)
+
+
+def test_stats_running(t, bus):
+    """A guest writing its disk: stats counts the writes, its CPU time and uptime."""
+    disk = os.path.join(bus.dir, "stats.img")
+    with open(disk, "wb") as f:
+        f.truncate(1 << 20)
+    expect_rc(ctl(bus, "create", "writer", "--kernel", TESTGUEST, "--cmdline",
+                  "mode=blkloop delay_ms=5", "--memory", "16", "--disk", disk,
+                  "--set", "debug-exit=true", "--start"), OK, "create --start")
+    wait_console(bus, "writer", "BLKLOOP wrote 20 ")
+    samples = openmetrics(bus, "writer")
+    writes = sample(samples, "microvmd_disk_write_requests_total", vm="writer", disk="0")
+    written = sample(samples, "microvmd_disk_write_bytes_total", vm="writer", disk="0")
+    assert writes >= 20 and written == writes * 512, (writes, written)
+    assert sample(samples, "microvmd_vm_cpu_seconds_total", vm="writer") > 0
+    assert sample(samples, "microvmd_vm_uptime_seconds", vm="writer") > 0
+    assert sample(samples, "microvmd_vm_state", vm="writer", microvmd_vm_state="running") == 1
+    assert sample(samples, "microvmd_vm_exits_total", vm="writer", reason="mmio") > 0
+    disks = ctl(bus, "stats", "--json", "writer").json()[0]["stats"]["disks"]
+    assert disks[0]["write-requests"] >= writes and disks[0]["throttled"] == 0, disks
+    expect_rc(ctl(bus, "stop", "writer"), OK, "stop")
+    expect_rc(ctl(bus, "delete", "writer"), OK, "delete")
+
+
 def test_cpu_template_define(t, bus):
     """--cpu-template reaches the definition (status shows it); an unknown or malformed name is
     the daemon's InvalidArgument, named; `cpu` of a VM that is not running is InvalidState."""
@@ -1163,7 +1254,7 @@ def test_completion(t, bus):
         assert r.returncode == 0, r.stderr
         return sorted(x for x in r.stdout.split("\n") if x)
 
-    assert complete("microvmctl", "sta") == ["start", "status"]
+    assert complete("microvmctl", "sta") == ["start", "stats", "status"]
     assert complete("microvmctl", "--address", bus.address, "start", "") == ["alpha", "beta"]
     assert complete("microvmctl", "--address=" + bus.address, "console", "a") == ["alpha"]
     assert complete("microvmctl", "start", "--address", bus.address, "") == ["alpha", "beta"]
@@ -1171,6 +1262,8 @@ def test_completion(t, bus):
     assert complete("microvmctl", "--address", bus.address, "start", "alpha", "") == []
     assert complete("microvmctl", "create", "x", "--on-reboot", "") == ["restart", "stop"]
     assert complete("microvmctl", "create", "x", "--on-reboot=r") == ["restart"]
+    assert complete("microvmctl", "stats", "--format=o") == ["openmetrics"]
+    assert complete("microvmctl", "stats", "--format", "") == ["json", "openmetrics", "text"]
     assert complete("microvmctl", "create", "x", "--cpu-template", "x86") == ["x86-64-v2",
                                                                              "x86-64-v3"]
     assert complete("microvmctl", "--address", bus.address, "cpu", "") == ["alpha", "beta"]
@@ -1288,11 +1381,13 @@ def main():
         run("create errors", test_create_errors, bus)
         run("define, list, status, delete", test_define, bus)
         run("rate limits: create and set", test_set, bus)
+        run("stats", test_stats, bus)
         run("CPU templates in definitions", test_cpu_template_define, bus)
         run("events", test_events, bus)
         run("unprivileged user", test_unprivileged, bus)
         run("bash completion", test_completion, bus)
         run("lifecycle", test_lifecycle, bus, needs_kvm=True)
+        run("stats of a running guest", test_stats_running, bus, needs_kvm=True)
         run("console on a pty", test_console_pty, bus, needs_kvm=True)
         run("console from a pipe", test_console_pipe, bus, needs_kvm=True)
         run("snapshot and restore", test_snapshot, bus, needs_kvm=True)
