@@ -545,7 +545,11 @@ def test_stats_running(t, bus):
     expect_rc(ctl(bus, "create", "writer", "--kernel", TESTGUEST, "--cmdline",
                   "mode=blkloop delay_ms=5", "--memory", "16", "--disk", disk,
                   "--set", "debug-exit=true", "--start"), OK, "create --start")
-    wait_console(bus, "writer", "BLKLOOP wrote 20 ")
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while not any(int(m.group(1)) >= 20 for line in vm_json(bus, "writer")["console"]
+                  for m in [re.match(r"BLKLOOP wrote (\d+) ", line)] if m):
+        assert time.monotonic() < deadline, "the guest did not write 20 sectors"
+        time.sleep(0.1)
     samples = openmetrics(bus, "writer")
     writes = sample(samples, "microvmd_disk_write_requests_total", vm="writer", disk="0")
     written = sample(samples, "microvmd_disk_write_bytes_total", vm="writer", disk="0")

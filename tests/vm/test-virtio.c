@@ -600,8 +600,10 @@ static void test_blk_bench(void)
 }
 
 /*
- * A disk limited to 10 MB/s (100 kB every 10 ms) moves 10 ± 0.5 MB/s, reading and writing, over
- * 3 s of 64 KiB requests (mode=blkbench times each pass between its markers).
+ * A disk limited to 10 MB/s (1 MB every 100 ms) moves 10 ± 0.5 MB/s, reading and writing, over
+ * 3 s of 64 KiB requests (mode=blkbench times each pass between its markers). A bucket of 100
+ * ms absorbs the I/O thread's timer waking late by as much, as under nested emulation with
+ * other tests running; the reads start with it full, and that megabyte is not counted.
  */
 static void test_blk_rate_limit_bandwidth(void)
 {
@@ -611,16 +613,18 @@ static void test_blk_rate_limit_bandwidth(void)
     g_autofree char *path = NULL;
     g_autoptr(MvmVmConfig) config = blkbench_config(count, kib, &path, NULL);
     MvmDiskConfig *disk = g_ptr_array_index(config->disks, 0);
-    disk->rate_limit.bandwidth = (MvmTokenBucketConfig){.size = 100000, .refill_time_ms = 10};
+    const guint64 bucket = 1000000;
+    disk->rate_limit.bandwidth = (MvmTokenBucketConfig){.size = bucket, .refill_time_ms = 100};
 
     g_autoptr(Guest) g = guest_start(config);
     g_autofree char *out = guest_finish(g);
     g_assert_nonnull(strstr(out, "PASS blkbench"));
     for (guint pass = 0; pass < 2; pass++) {
         double seconds = guest_marker_span_s(g, 0x100 + 2 * pass, 0x101 + 2 * pass);
-        double mbs = (double)count * kib * 1024 / 1e6 / seconds;
-        g_test_message("%s: %u x %u KiB in %.2f s = %.2f MB/s", pass == 0 ? "read" : "write", count,
-                       kib, seconds, mbs);
+        guint64 bytes = (guint64)count * kib * 1024 - (pass == 0 ? bucket : 0);
+        double mbs = bytes / 1e6 / seconds;
+        g_test_message("%s: %u x %u KiB in %.2f s = %.2f MB/s (without the first bucket)",
+                       pass == 0 ? "read" : "write", count, kib, seconds, mbs);
         g_assert_cmpfloat(mbs, >=, 9.5);
         g_assert_cmpfloat(mbs, <=, 10.5);
     }
