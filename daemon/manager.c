@@ -841,7 +841,7 @@ MvmdManagerService *mvmd_manager_service_new(MvmdContext *ctx,
     for (const char *const *c =
              (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
                                    "fd-passing", "snapshot", "freeze-clock", "devices",
-                                   "cpu-template", "diff-snapshots", NULL};
+                                   "cpu-template", "diff-snapshots", "rate-limits", NULL};
          *c; c++)
         g_ptr_array_add(caps, (gpointer)*c);
     if (!ctx->no_lazy_restore)

@@ -77,7 +77,7 @@ static void test_manager_properties(Fixture *f, gconstpointer data)
     for (const char *const *c =
              (const char *const[]){"pause", "console", "shutdown", "reboot", "stats", "persist",
                                    "fd-passing", "snapshot", "freeze-clock", "devices",
-                                   "cpu-template", "diff-snapshots", NULL};
+                                   "cpu-template", "diff-snapshots", "rate-limits", NULL};
          *c; c++)
         g_assert_true(g_strv_contains(caps, *c));
     /* Every property also through org.freedesktop.DBus.Properties.GetAll. */
