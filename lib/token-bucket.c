@@ -37,11 +37,6 @@ gboolean mvm_rate_limit_validate(const MvmRateLimit *limit, const char *what, GE
            bucket_validate(&limit->ops, what, "operations", error);
 }
 
-gboolean mvm_rate_limit_is_set(const MvmRateLimit *limit)
-{
-    return limit->bandwidth.size != 0 || limit->ops.size != 0;
-}
-
 static void bucket_init(MvmTokenBucket *b, const MvmTokenBucketConfig *config, gint64 now_us)
 {
     b->size = config->size;

@@ -32,7 +32,6 @@ typedef struct {
 
 /* Checks @limit's ranges (MVM_ERROR_INVALID_ARGUMENT naming @what, e.g. "disk 1"). */
 gboolean mvm_rate_limit_validate(const MvmRateLimit *limit, const char *what, GError **error);
-gboolean mvm_rate_limit_is_set(const MvmRateLimit *limit);
 
 /* Full buckets (one-time bursts included) as of @now_us (monotonic). */
 void mvm_rate_limiter_init(MvmRateLimiter *limiter, const MvmRateLimit *limit, gint64 now_us);
