@@ -227,8 +227,8 @@ static gboolean lookup_bounded(GVariant *dict, const char *where, const char *ke
 }
 
 /*
- * A disk's `bandwidth` or `ops` (a{sv}): `size` and `refill-time-ms` (t, required), and
- * `one-time-burst` (t): a token bucket, as MvmTokenBucketConfig. Absent: no limit.
+ * A token bucket (a{sv}: a disk's `bandwidth` or `ops`, a NIC's `rx-…` or `tx-…`): `size` and
+ * `refill-time-ms` (t, required), and `one-time-burst` (t), as MvmTokenBucketConfig.
  */
 static gboolean parse_token_bucket(GVariant *dict, const char *where, MvmTokenBucketConfig *bucket,
                                    GError **error)
